@@ -1,0 +1,428 @@
+//! The typed, validated workflow model: what the interpreter executes.
+//!
+//! Built from a parsed [`crate::node::Node`] tree by [`crate::lower`]; every expression in it is
+//! already compiled and every reference (`then:` targets, `use:` names) already resolved, so the
+//! interpreter never has to report a definition error at run time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::duration::DurationSpec;
+use crate::expr::Expr;
+use crate::schema::Schema;
+use crate::template::Template;
+
+/// A whole workflow definition.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub document: Document,
+    pub input: Option<DataIn>,
+    pub output: Option<DataOut>,
+    pub use_: Use,
+    pub do_: TaskList,
+    pub timeout: Option<DurationSpec>,
+    pub schedule: Option<Schedule>,
+    /// `evaluate.mode: loose` lets plain strings in expression-only fields be jq.
+    pub evaluate_loose: bool,
+    /// The source document as plain JSON, for `$workflow.definition`.
+    pub definition: Arc<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub dsl: String,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub title: Option<String>,
+    pub summary: Option<String>,
+    pub tags: BTreeMap<String, Value>,
+    pub metadata: serde_json::Map<String, Value>,
+}
+
+/// Reusable components declared under `use:`. References are resolved during lowering, so the
+/// interpreter only needs the ones it looks up by name at run time (errors raised by name,
+/// secrets).
+#[derive(Debug, Clone, Default)]
+pub struct Use {
+    pub errors: BTreeMap<String, ErrorDef>,
+    pub secrets: Vec<String>,
+    pub functions: BTreeMap<String, Arc<Task>>,
+}
+
+/// An ordered list of named tasks; `then:` jumps resolve to indexes of this list.
+pub type TaskList = Arc<[NamedTask]>;
+
+#[derive(Debug, Clone)]
+pub struct NamedTask {
+    pub name: String,
+    /// JSON pointer of the task in the document, e.g. `/do/0/tryGetPet/try/0/getPet`.
+    pub reference: String,
+    pub task: Task,
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub if_: Option<Expr>,
+    pub input: Option<DataIn>,
+    pub output: Option<DataOut>,
+    pub export: Option<DataOut>,
+    pub timeout: Option<DurationSpec>,
+    pub then: Flow,
+    pub metadata: serde_json::Map<String, Value>,
+    pub kind: TaskKind,
+}
+
+/// A flow directive (`then:`), resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on with the next task of the list (the default).
+    Continue,
+    /// Leave the current composite task, going on after it.
+    Exit,
+    /// End the workflow gracefully.
+    End,
+    /// Jump to the task with this index in the same list.
+    Goto(usize),
+}
+
+/// `input:` of the workflow or a task.
+#[derive(Debug, Clone, Default)]
+pub struct DataIn {
+    pub schema: Option<Schema>,
+    pub from: Option<Template>,
+}
+
+/// `output:` or `export:` of the workflow or a task.
+#[derive(Debug, Clone, Default)]
+pub struct DataOut {
+    pub schema: Option<Schema>,
+    pub as_: Option<Template>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TaskKind {
+    Call(Call),
+    Do(TaskList),
+    Emit(EmitDef),
+    For(ForDef),
+    Fork(ForkDef),
+    Listen(ListenDef),
+    Raise(RaiseDef),
+    Run(RunDef),
+    Set(Template),
+    Switch(Vec<SwitchCase>),
+    Try(TryDef),
+    Wait(DurationSpec),
+}
+
+impl TaskKind {
+    /// The DSL keyword of the task type, as used in traces.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            TaskKind::Call(_) => "call",
+            TaskKind::Do(_) => "do",
+            TaskKind::Emit(_) => "emit",
+            TaskKind::For(_) => "for",
+            TaskKind::Fork(_) => "fork",
+            TaskKind::Listen(_) => "listen",
+            TaskKind::Raise(_) => "raise",
+            TaskKind::Run(_) => "run",
+            TaskKind::Set(_) => "set",
+            TaskKind::Switch(_) => "switch",
+            TaskKind::Try(_) => "try",
+            TaskKind::Wait(_) => "wait",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// call
+
+#[derive(Debug, Clone)]
+pub enum Call {
+    Http(HttpCall),
+    OpenApi(OpenApiCall),
+    /// `call: <name>` of a function declared in `use.functions`: the function's task, run with
+    /// `with:` as its input.
+    Function { name: String, task: Arc<Task>, with: Option<Template> },
+    /// grpc, asyncapi, a2a, mcp, catalog functions: accepted by the parser so that spec
+    /// examples validate, refused with a clear error when run.
+    Unsupported { kind: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    Raw,
+    #[default]
+    Content,
+    Response,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub method: Template,
+    pub endpoint: Endpoint,
+    pub headers: Option<Template>,
+    pub body: Option<Template>,
+    pub query: Option<Template>,
+    pub output: OutputFormat,
+    pub redirect: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub uri: UriSpec,
+    pub authentication: Option<Arc<AuthPolicy>>,
+}
+
+/// An endpoint URI: a literal URI template whose `{name}` placeholders are filled from the
+/// top-level fields of the task input, or a runtime expression.
+#[derive(Debug, Clone)]
+pub enum UriSpec {
+    Template(String),
+    Expr(Expr),
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthPolicy {
+    Basic { username: Template, password: Template },
+    Bearer { token: Template },
+    Digest { username: Template, password: Template },
+    /// OAuth2 and OpenID Connect; the properties (authority, grant, client, scopes, ...) as a
+    /// template, resolved at call time.
+    OAuth2 { oidc: bool, properties: Template },
+    /// `use: <secret>`: the policy's properties come from the named secret at run time.
+    Secret { scheme: AuthScheme, secret: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthScheme {
+    Basic,
+    Bearer,
+    Digest,
+    OAuth2,
+    Oidc,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenApiCall {
+    pub document: Endpoint,
+    pub operation_id: String,
+    pub parameters: Option<Template>,
+    pub authentication: Option<Arc<AuthPolicy>>,
+    pub output: OutputFormat,
+    pub redirect: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// emit, listen
+
+#[derive(Debug, Clone)]
+pub struct EmitDef {
+    /// The event's properties (`emit.event.with`), a template producing an object.
+    pub event: Template,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenDef {
+    pub to: Consumption,
+    pub read: ReadMode,
+    pub foreach: Option<ForEachEvent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    #[default]
+    Data,
+    Envelope,
+    Raw,
+}
+
+#[derive(Debug, Clone)]
+pub enum Consumption {
+    All(Vec<EventFilter>),
+    Any { filters: Vec<EventFilter>, until: Option<Until> },
+    One(EventFilter),
+}
+
+#[derive(Debug, Clone)]
+pub enum Until {
+    /// A condition evaluated on the events consumed so far.
+    Expr(Expr),
+    /// Another consumption strategy that ends the listening once satisfied.
+    Events(Box<Consumption>),
+}
+
+/// `with:` attributes an event must have (values: literals, or expressions evaluated on the
+/// event), plus correlation keys.
+#[derive(Debug, Clone)]
+pub struct EventFilter {
+    pub with: Template,
+    pub correlate: BTreeMap<String, Correlation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Correlation {
+    pub from: Expr,
+    pub expect: Option<Template>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForEachEvent {
+    pub item: String,
+    pub at: String,
+    pub do_: TaskList,
+    pub output: Option<DataOut>,
+    pub export: Option<DataOut>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// for, fork, raise, switch, try
+
+#[derive(Debug, Clone)]
+pub struct ForDef {
+    pub each: String,
+    pub in_: Expr,
+    pub at: String,
+    pub while_: Option<Expr>,
+    pub do_: TaskList,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForkDef {
+    pub branches: TaskList,
+    pub compete: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RaiseDef {
+    pub error: ErrorDef,
+}
+
+/// An error definition: each field a template (literal or expression).
+#[derive(Debug, Clone)]
+pub struct ErrorDef {
+    pub type_: Template,
+    pub status: Template,
+    pub title: Option<Template>,
+    pub detail: Option<Template>,
+    pub instance: Option<Template>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SwitchCase {
+    pub name: String,
+    pub when: Option<Expr>,
+    pub then: Flow,
+}
+
+#[derive(Debug, Clone)]
+pub struct TryDef {
+    pub try_: TaskList,
+    pub catch: Catch,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catch {
+    pub errors: Option<ErrorFilter>,
+    /// Variable name the caught error is bound to (default `error`).
+    pub as_: String,
+    pub when: Option<Expr>,
+    pub except_when: Option<Expr>,
+    pub retry: Option<Arc<RetryPolicy>>,
+    pub do_: Option<TaskList>,
+}
+
+/// Static error filter: every present field must equal the error's.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFilter {
+    pub type_: Option<String>,
+    pub status: Option<i64>,
+    pub instance: Option<String>,
+    pub title: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub when: Option<Expr>,
+    pub except_when: Option<Expr>,
+    pub delay: Option<DurationSpec>,
+    pub backoff: Backoff,
+    /// Maximum number of retry attempts.
+    pub limit_attempts: Option<u64>,
+    pub limit_attempt_duration: Option<DurationSpec>,
+    pub limit_duration: Option<DurationSpec>,
+    pub jitter: Option<(DurationSpec, DurationSpec)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backoff {
+    #[default]
+    Constant,
+    Linear,
+    Exponential,
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+
+#[derive(Debug, Clone)]
+pub struct RunDef {
+    pub process: Process,
+    /// `await: false` starts the process and goes on without its result.
+    pub await_: bool,
+    pub return_: ReturnMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnMode {
+    #[default]
+    Stdout,
+    Stderr,
+    Code,
+    All,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub enum Process {
+    Shell {
+        command: Template,
+        /// Map or array form; evaluated to a JSON object or array.
+        arguments: Option<Template>,
+        environment: Option<Template>,
+        stdin: Option<Template>,
+    },
+    Script {
+        language: String,
+        code: Option<Template>,
+        source: Option<Endpoint>,
+        arguments: Option<Template>,
+        environment: Option<Template>,
+        stdin: Option<Template>,
+    },
+    Workflow {
+        namespace: String,
+        name: String,
+        version: String,
+        input: Option<Template>,
+    },
+    /// `run: container`: not supported yet; refused when run.
+    Container,
+}
+
+// ---------------------------------------------------------------------------------------------
+// schedule
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub every: Option<DurationSpec>,
+    pub cron: Option<String>,
+    pub after: Option<DurationSpec>,
+    pub on: Option<Consumption>,
+    pub read: ReadMode,
+}
