@@ -1,1 +1,19 @@
-//! kflow-core
+//! kflow-core: the deterministic workflow interpreter.
+//!
+//! History in, commands out. The core depends on `kflow-dsl` and serde only: no async runtime,
+//! no clock, no IO (a test checks the dependency list). The host gives it the time with every
+//! call and performs the [`effect::Effect`]s it asks for; see [`instance::Instance`].
+
+pub mod effect;
+pub mod error;
+pub mod events;
+mod exec;
+pub mod instance;
+mod interp;
+pub mod notice;
+pub mod time;
+
+pub use effect::{Command, Delivery, Effect, EffectId};
+pub use error::WfError;
+pub use instance::{Instance, InstanceConfig, Status, Step};
+pub use notice::{Notice, NoticeKind};

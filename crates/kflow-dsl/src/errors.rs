@@ -15,7 +15,7 @@ pub const RUNTIME: &str = "runtime";
 
 /// The URI kflow uses when it raises a standard error.
 pub fn type_uri(kind: &str) -> String {
-    format!("https://serverlessworkflow.io/spec/1.0.0/errors/{kind}")
+    format!("https://open-workflow-specification.org/spec/1.0.0/errors/{kind}")
 }
 
 const PREFIXES: [&str; 3] = [

@@ -153,7 +153,8 @@ pub enum Call {
     Unsupported { kind: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     Raw,
     #[default]
@@ -378,7 +379,8 @@ pub struct RunDef {
     pub return_: ReturnMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReturnMode {
     #[default]
     Stdout,

@@ -1,0 +1,163 @@
+//! `emit` and `listen` tasks.
+
+use serde_json::Value;
+
+use kflow_dsl::model::{Consumption, EmitDef, EventFilter, ListenDef, NamedTask, ReadMode, Until};
+
+use super::{Cx, KindResult, Outcome, Scope, run_list};
+use crate::effect::Effect;
+use crate::error::WfError;
+use crate::events::event_matches;
+
+pub(super) async fn emit(cx: &Cx, named: &NamedTask, e: &EmitDef, input: &Value, scope: &Scope<'_>) -> KindResult {
+    let event = cx.eval(&e.event, input, scope)?;
+    if !event.is_object() {
+        return Err(WfError::validation(format!("emit: the event must be an object, got {event}")));
+    }
+    let out = cx.sh.effect(&named.reference, Effect::Emit { event }).await?;
+    Ok((out, None, None))
+}
+
+/// A filter with its `with` attributes evaluated.
+struct Filter<'a> {
+    with: Value,
+    def: &'a EventFilter,
+}
+
+/// Progress of one consumption strategy over the events seen so far.
+struct Progress<'a> {
+    kind: Kind,
+    filters: Vec<Filter<'a>>,
+    /// For `all`: which filters have been satisfied.
+    hit: Vec<bool>,
+    /// Correlation values fixed by the first correlated event.
+    correlation: serde_json::Map<String, Value>,
+}
+
+#[derive(PartialEq, Clone, Copy)]
+enum Kind {
+    All,
+    Any,
+    One,
+}
+
+impl<'a> Progress<'a> {
+    fn new(cx: &Cx, c: &'a Consumption, input: &Value, scope: &Scope<'_>) -> Result<Progress<'a>, WfError> {
+        let (kind, defs): (Kind, Vec<&EventFilter>) = match c {
+            Consumption::All(f) => (Kind::All, f.iter().collect()),
+            Consumption::Any { filters, .. } => (Kind::Any, filters.iter().collect()),
+            Consumption::One(f) => (Kind::One, vec![f]),
+        };
+        let filters = defs
+            .into_iter()
+            .map(|def| Ok(Filter { with: cx.eval(&def.with, input, scope)?, def }))
+            .collect::<Result<Vec<_>, WfError>>()?;
+        let hit = vec![false; filters.len()];
+        Ok(Progress { kind, filters, hit, correlation: Default::default() })
+    }
+
+    /// Offers an event; returns whether it was consumed.
+    fn offer(&mut self, cx: &Cx, ev: &Value) -> Result<bool, WfError> {
+        if self.kind == Kind::Any && self.filters.is_empty() {
+            return Ok(true);
+        }
+        for i in 0..self.filters.len() {
+            if self.kind == Kind::All && self.hit[i] {
+                continue;
+            }
+            if !event_matches(&self.filters[i].with, ev) || !self.correlates(cx, i, ev)? {
+                continue;
+            }
+            self.hit[i] = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn correlates(&mut self, cx: &Cx, i: usize, ev: &Value) -> Result<bool, WfError> {
+        let def = self.filters[i].def;
+        let mut fixed = Vec::new();
+        for (key, corr) in &def.correlate {
+            let scope = cx.scope(ev, None);
+            let value = cx.eval_expr(&corr.from, ev, &scope)?;
+            if let Some(expect) = &corr.expect {
+                if cx.eval(expect, ev, &scope)? != value {
+                    return Ok(false);
+                }
+            }
+            match self.correlation.get(key) {
+                Some(v) if *v != value => return Ok(false),
+                Some(_) => {}
+                None => fixed.push((key.clone(), value)),
+            }
+        }
+        self.correlation.extend(fixed);
+        Ok(true)
+    }
+
+    fn satisfied(&self) -> bool {
+        match self.kind {
+            Kind::All => self.hit.iter().all(|h| *h),
+            Kind::Any | Kind::One => self.hit.iter().any(|h| *h) || (self.kind == Kind::Any && self.filters.is_empty()),
+        }
+    }
+}
+
+fn read(mode: ReadMode, ev: &Value) -> Value {
+    match mode {
+        ReadMode::Envelope => ev.clone(),
+        ReadMode::Data | ReadMode::Raw => ev.get("data").cloned().unwrap_or(Value::Null),
+    }
+}
+
+pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Value, scope: &Scope<'_>) -> KindResult {
+    let mut main = Progress::new(cx, &l.to, input, scope)?;
+    let (until_expr, mut until_events) = match &l.to {
+        Consumption::Any { until: Some(Until::Expr(e)), .. } => (Some(e), None),
+        Consumption::Any { until: Some(Until::Events(c)), .. } => (None, Some(Progress::new(cx, c, input, scope)?)),
+        _ => (None, None),
+    };
+    let mut filters: Vec<Value> = main.filters.iter().map(|f| f.with.clone()).collect();
+    if main.filters.is_empty() {
+        filters.push(Value::Object(Default::default()));
+    }
+    if let Some(u) = &until_events {
+        filters.extend(u.filters.iter().map(|f| f.with.clone()));
+    }
+    let mut sub = cx.sh.effect(&named.reference, Effect::Listen { filters });
+    let mut consumed: Vec<Value> = Vec::new();
+    let mut outputs: Vec<Value> = Vec::new();
+    let bounded_until = until_expr.is_some() || until_events.is_some();
+    loop {
+        let ev = sub.next_event().await?;
+        if let Some(u) = until_events.as_mut() {
+            if u.offer(cx, &ev)? && u.satisfied() {
+                break;
+            }
+        }
+        if !main.offer(cx, &ev)? {
+            continue;
+        }
+        let item = read(l.read, &ev);
+        if let Some(fe) = &l.foreach {
+            let icx = cx.with_var(&fe.item, item.clone()).with_var(&fe.at, Value::from(consumed.len()));
+            match run_list(icx, fe.do_.clone(), item.clone()).await? {
+                Outcome::Done(v) | Outcome::End(v) => outputs.push(v),
+            }
+        }
+        consumed.push(item);
+        if let Some(e) = until_expr {
+            let arr = Value::Array(consumed.clone());
+            if cx.eval_bool(e, &arr, &cx.scope(&arr, None))? {
+                break;
+            }
+            continue;
+        }
+        if !bounded_until && main.satisfied() {
+            break;
+        }
+    }
+    drop(sub);
+    let out = if l.foreach.is_some() { outputs } else { consumed };
+    Ok((Value::Array(out), None, None))
+}

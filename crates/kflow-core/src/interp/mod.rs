@@ -1,0 +1,352 @@
+//! The interpreter: runs task lists the way dsl.md's "Task Flow" and "Data Flow" say.
+//!
+//! Each task goes through the same steps (`run_task`): `if`, input schema, `input.from`, the
+//! task's own work (one module per task kind), `output.as`, output schema, `export.as`, export
+//! schema. Task kinds that need the outside world await effects from [`crate::exec`]; nothing
+//! here reads a clock or performs IO.
+
+mod call;
+mod flow;
+mod listen;
+mod run;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use kflow_dsl::expr::{Expr, ExprError, Vars};
+use kflow_dsl::model::{DataIn, DataOut, Flow, NamedTask, TaskKind, TaskList, Workflow};
+use kflow_dsl::schema::Schema;
+use kflow_dsl::template::Template;
+
+use crate::effect::Effect;
+use crate::error::WfError;
+use crate::exec::{BoxFut, Either, Sh, race};
+use crate::notice::{Notice, NoticeKind};
+use crate::time;
+
+/// What stays the same for the whole life of an instance.
+pub(crate) struct Env {
+    pub wf: Arc<Workflow>,
+    pub secrets: Value,
+    pub runtime: Value,
+    /// `$workflow`: id, definition, raw input, startedAt.
+    pub workflow_desc: Value,
+}
+
+/// A variable scope: `for` items, caught errors, listen items. Persistent linked frames.
+pub(crate) struct Frame {
+    name: String,
+    value: Value,
+    parent: Option<Arc<Frame>>,
+}
+
+/// The interpreter's context: shared state, constants, and the current variable scope.
+#[derive(Clone)]
+pub(crate) struct Cx {
+    pub sh: Sh,
+    pub env: Arc<Env>,
+    frames: Option<Arc<Frame>>,
+}
+
+/// How a task list ended.
+pub(crate) enum Outcome {
+    /// Ran to its end, or a task said `exit`.
+    Done(Value),
+    /// A task said `then: end`: the workflow ends gracefully with this output.
+    End(Value),
+}
+
+impl Outcome {
+    pub fn into_value(self) -> Value {
+        match self {
+            Outcome::Done(v) | Outcome::End(v) => v,
+        }
+    }
+}
+
+/// Per-task information for expression arguments.
+pub(crate) struct TaskInfo<'a> {
+    pub named: &'a NamedTask,
+    pub raw_input: &'a Value,
+    pub raw_output: Option<&'a Value>,
+    pub started_ms: i64,
+}
+
+/// The variables visible to one evaluation.
+pub(crate) struct Scope<'a> {
+    pub cx: &'a Cx,
+    pub input: Option<&'a Value>,
+    pub output: Option<&'a Value>,
+    pub task: Option<&'a TaskInfo<'a>>,
+    pub authorization: Option<&'a Value>,
+}
+
+impl Vars for Scope<'_> {
+    fn var(&self, name: &str) -> Option<Cow<'_, Value>> {
+        let env = &self.cx.env;
+        match name {
+            "context" => Some(Cow::Owned(self.cx.sh.lock().context.clone())),
+            "input" => self.input.map(Cow::Borrowed),
+            "output" => self.output.map(Cow::Borrowed),
+            "secrets" => Some(Cow::Borrowed(&env.secrets)),
+            "workflow" => Some(Cow::Borrowed(&env.workflow_desc)),
+            "runtime" => Some(Cow::Borrowed(&env.runtime)),
+            "authorization" => self.authorization.map(Cow::Borrowed),
+            "task" => self.task.map(|t| {
+                let definition = env.wf.definition.pointer(&t.named.reference).cloned().unwrap_or(Value::Null);
+                Cow::Owned(json!({
+                    "name": t.named.name,
+                    "reference": t.named.reference,
+                    "definition": definition,
+                    "input": t.raw_input,
+                    "output": t.raw_output,
+                    "startedAt": time::descriptor(t.started_ms),
+                }))
+            }),
+            other => {
+                let mut f = self.cx.frames.as_deref();
+                while let Some(frame) = f {
+                    if frame.name == other {
+                        return Some(Cow::Borrowed(&frame.value));
+                    }
+                    f = frame.parent.as_deref();
+                }
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn expr_err(e: ExprError) -> WfError {
+    WfError::expression(e.to_string())
+}
+
+impl Cx {
+    pub fn new(sh: Sh, env: Arc<Env>) -> Cx {
+        Cx { sh, env, frames: None }
+    }
+
+    /// A child scope with `$name` bound to `value`.
+    pub fn with_var(&self, name: &str, value: Value) -> Cx {
+        Cx {
+            sh: self.sh.clone(),
+            env: self.env.clone(),
+            frames: Some(Arc::new(Frame { name: name.to_string(), value, parent: self.frames.clone() })),
+        }
+    }
+
+    pub fn scope<'a>(&'a self, input: &'a Value, task: Option<&'a TaskInfo<'a>>) -> Scope<'a> {
+        Scope { cx: self, input: Some(input), output: None, task, authorization: None }
+    }
+
+    pub fn eval(&self, t: &Template, on: &Value, scope: &Scope<'_>) -> Result<Value, WfError> {
+        t.eval(on, scope).map_err(expr_err)
+    }
+
+    pub fn eval_expr(&self, e: &Expr, on: &Value, scope: &Scope<'_>) -> Result<Value, WfError> {
+        e.eval(on, scope).map_err(expr_err)
+    }
+
+    pub fn eval_bool(&self, e: &Expr, on: &Value, scope: &Scope<'_>) -> Result<bool, WfError> {
+        e.eval_bool(on, scope).map_err(expr_err)
+    }
+
+    pub fn notice(&self, kind: NoticeKind, task: Option<&NamedTask>, detail: Option<Value>) {
+        let time_ms = self.sh.now();
+        self.sh.notice(Notice {
+            kind,
+            task: task.map(|t| (t.name.clone(), t.reference.clone())),
+            time_ms,
+            detail,
+        });
+    }
+
+    /// Waits `ms` milliseconds of workflow time, durably (a timer effect).
+    pub async fn sleep(&self, task: &str, ms: u64) -> Result<(), WfError> {
+        let at_ms = self.sh.now().saturating_add(ms.min(i64::MAX as u64) as i64);
+        self.sh.effect(task, Effect::Timer { at_ms }).await.map(|_| ())
+    }
+}
+
+fn check_schema(schema: &Option<Schema>, value: &Value, what: &str) -> Result<(), WfError> {
+    if let Some(s) = schema {
+        s.check(value).map_err(|errs| WfError::validation(format!("{what} does not match its schema: {}", errs.join("; "))))?;
+    }
+    Ok(())
+}
+
+/// Runs the workflow: input validation and transformation, the task list, the output steps.
+pub(crate) async fn run_workflow(cx: Cx, raw_input: Value) -> Result<Value, WfError> {
+    let wf = cx.env.wf.clone();
+    let body = async {
+        let input = apply_in(&cx, wf.input.as_ref(), raw_input, None, "workflow input")?;
+        cx.sh.lock().context = Value::Object(Map::new());
+        let out = run_list(cx.clone(), wf.do_.clone(), input).await?.into_value();
+        apply_out(&cx, wf.output.as_ref(), out, None, "workflow output")
+    };
+    match &wf.timeout {
+        None => body.await,
+        Some(d) => {
+            let ms = d.millis(&Value::Null, &cx.scope(&Value::Null, None)).map_err(|e| WfError::expression(e.to_string()))?;
+            match race(body, cx.sleep("/", ms)).await {
+                Either::Left(r) => r,
+                Either::Right(_) => Err(WfError::timeout(format!("the workflow did not finish within {ms} ms")).at("/")),
+            }
+        }
+    }
+}
+
+/// `input.schema` then `input.from`.
+fn apply_in(cx: &Cx, d: Option<&DataIn>, raw: Value, task: Option<&TaskInfo<'_>>, what: &str) -> Result<Value, WfError> {
+    let Some(d) = d else { return Ok(raw) };
+    check_schema(&d.schema, &raw, what)?;
+    match &d.from {
+        None => Ok(raw),
+        Some(t) => {
+            let scope = Scope { cx, input: None, output: None, task, authorization: None };
+            cx.eval(t, &raw, &scope)
+        }
+    }
+}
+
+/// `output.as` then `output.schema`.
+fn apply_out(cx: &Cx, d: Option<&DataOut>, raw: Value, scope_input: Option<&Value>, what: &str) -> Result<Value, WfError> {
+    let Some(d) = d else { return Ok(raw) };
+    let out = match &d.as_ {
+        None => raw,
+        Some(t) => {
+            let scope = Scope { cx, input: scope_input, output: None, task: None, authorization: None };
+            cx.eval(t, &raw, &scope)?
+        }
+    };
+    check_schema(&d.schema, &out, what)?;
+    Ok(out)
+}
+
+/// Runs a task list from its first task, following flow directives.
+pub(crate) fn run_list(cx: Cx, list: TaskList, input: Value) -> BoxFut<Result<Outcome, WfError>> {
+    Box::pin(async move {
+        let mut data = input;
+        let mut i = 0usize;
+        // Bound on jumps so that a `then:` cycle with no exit cannot spin forever without
+        // yielding to the host; real loops go through effects and are unaffected.
+        let mut steps: u64 = 0;
+        while i < list.len() {
+            steps += 1;
+            if steps > 10_000_000 {
+                return Err(WfError::runtime("too many task transitions (a `then:` loop that never ends?)"));
+            }
+            let (out, flow) = run_task(cx.clone(), list.clone(), i, data).await?;
+            data = out;
+            match flow {
+                Flow::Continue => i += 1,
+                Flow::Goto(j) => i = j,
+                Flow::Exit => break,
+                Flow::End => return Ok(Outcome::End(data)),
+            }
+        }
+        Ok(Outcome::Done(data))
+    })
+}
+
+/// Runs one task through all data-flow steps; returns its transformed output and where to go.
+pub(crate) fn run_task(cx: Cx, list: TaskList, idx: usize, raw_input: Value) -> BoxFut<Result<(Value, Flow), WfError>> {
+    Box::pin(async move {
+        let named = &list[idx];
+        let task = &named.task;
+        let started_ms = cx.sh.now();
+        let info = TaskInfo { named, raw_input: &raw_input, raw_output: None, started_ms };
+        if let Some(cond) = &task.if_ {
+            let scope = Scope { cx: &cx, input: None, output: None, task: Some(&info), authorization: None };
+            let run = cx.eval_bool(cond, &raw_input, &scope).map_err(|e| e.at(&named.reference))?;
+            if !run {
+                cx.notice(NoticeKind::TaskSkipped, Some(named), None);
+                return Ok((raw_input, Flow::Continue));
+            }
+        }
+        cx.notice(NoticeKind::TaskStarted, Some(named), None);
+        let result = async {
+            let input = apply_in(&cx, task.input.as_ref(), raw_input.clone(), Some(&info), "task input")?;
+            let work = run_kind(&cx, named, &input, &info);
+            let (raw_out, flow, authorization) = match &task.timeout {
+                None => work.await?,
+                Some(d) => {
+                    let ms = d.millis(&input, &cx.scope(&input, Some(&info))).map_err(|e| WfError::expression(e.to_string()))?;
+                    match race(work, cx.sleep(&named.reference, ms)).await {
+                        Either::Left(r) => r?,
+                        Either::Right(_) => {
+                            return Err(WfError::timeout(format!("task '{}' did not finish within {ms} ms", named.name)));
+                        }
+                    }
+                }
+            };
+            let info = TaskInfo { named, raw_input: &raw_input, raw_output: Some(&raw_out), started_ms };
+            let out = match task.output.as_ref().and_then(|o| o.as_.as_ref()) {
+                None => raw_out.clone(),
+                Some(t) => {
+                    let scope = Scope { cx: &cx, input: Some(&input), output: None, task: Some(&info), authorization: authorization.as_ref() };
+                    cx.eval(t, &raw_out, &scope)?
+                }
+            };
+            if let Some(o) = &task.output {
+                check_schema(&o.schema, &out, "task output")?;
+            }
+            if let Some(ex) = &task.export {
+                if let Some(t) = &ex.as_ {
+                    let scope = Scope { cx: &cx, input: Some(&input), output: Some(&out), task: Some(&info), authorization: authorization.as_ref() };
+                    let ctx = cx.eval(t, &out, &scope)?;
+                    check_schema(&ex.schema, &ctx, "exported context")?;
+                    cx.sh.lock().context = ctx;
+                } else if ex.schema.is_some() {
+                    let ctx = cx.sh.lock().context.clone();
+                    check_schema(&ex.schema, &ctx, "exported context")?;
+                }
+            }
+            let flow = match flow {
+                Some(f) => f,
+                None => task.then.clone(),
+            };
+            Ok((out, flow))
+        }
+        .await;
+        match result {
+            Ok(v) => {
+                cx.notice(NoticeKind::TaskCompleted, Some(named), None);
+                Ok(v)
+            }
+            Err(e) => {
+                let e = e.at(&named.reference);
+                cx.notice(NoticeKind::TaskFaulted, Some(named), Some(e.to_value()));
+                Err(e)
+            }
+        }
+    })
+}
+
+/// What a task kind produced: raw output, an overriding flow directive (switch, `end` from a
+/// nested list), and the resolved authorization for `$authorization`.
+pub(crate) type KindResult = Result<(Value, Option<Flow>, Option<Value>), WfError>;
+
+async fn run_kind(cx: &Cx, named: &NamedTask, input: &Value, info: &TaskInfo<'_>) -> KindResult {
+    let scope = Scope { cx, input: Some(input), output: None, task: Some(info), authorization: None };
+    match &named.task.kind {
+        TaskKind::Set(t) => Ok((cx.eval(t, input, &scope)?, None, None)),
+        TaskKind::Do(list) => flow::nested(run_list(cx.clone(), list.clone(), input.clone()).await?),
+        TaskKind::For(f) => flow::for_(cx, f, input, &scope).await,
+        TaskKind::Fork(f) => flow::fork(cx, f, input).await,
+        TaskKind::Switch(cases) => flow::switch(cx, cases, input, &scope),
+        TaskKind::Try(t) => flow::try_(cx, named, t, input).await,
+        TaskKind::Raise(r) => Err(flow::raise(cx, named, &r.error, input, &scope)?),
+        TaskKind::Wait(d) => {
+            let ms = d.millis(input, &scope).map_err(|e| WfError::expression(e.to_string()))?;
+            cx.sleep(&named.reference, ms).await?;
+            Ok((input.clone(), None, None))
+        }
+        TaskKind::Emit(e) => listen::emit(cx, named, e, input, &scope).await,
+        TaskKind::Listen(l) => listen::listen(cx, named, l, input, &scope).await,
+        TaskKind::Call(c) => call::call(cx, named, c, input, &scope).await,
+        TaskKind::Run(r) => run::run(cx, named, r, input, &scope).await,
+    }
+}
