@@ -1,1 +1,146 @@
-//! kflow-tasks
+//! kflow-tasks: the executors that perform the core's `Http`, `OpenApi` and `Process` effects.
+//!
+//! The interpreter in `kflow-core` is sans-IO: it emits [`Effect`]s whose expressions are all
+//! evaluated. A host hands the IO-bound ones to an [`Executor`], which performs them for real
+//! (HTTP requests with [`reqwest`], child processes with [`tokio::process`]) and answers with
+//! the task's raw output or a [`WfError`]. `Emit`, `Listen`, `Timer` and `Workflow` effects stay
+//! with the host. One module per kind: [`http`](crate::http) (plain calls and the machinery the
+//! others share), [`openapi`](crate::openapi), [`process`](crate::process) and
+//! [`auth`](crate::auth) (Basic, Bearer, Digest, OAuth2/OIDC token acquisition).
+//!
+//! Dropping the future returned by [`Executor::perform`] cancels the effect: the HTTP request is
+//! abandoned, a child process's whole process group is killed and its working directory removed.
+
+mod auth;
+mod http;
+mod openapi;
+mod process;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use kflow_core::{Effect, WfError};
+
+/// Limits and locations for the executors.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// The largest HTTP response body (after decompression) accepted; beyond it the call fails.
+    pub max_response_bytes: usize,
+    /// How much of a child's stdout, and of its stderr, is kept; the rest is read and dropped.
+    pub process_output_limit: usize,
+    /// Parent directory of the private per-process working directories.
+    pub work_root: PathBuf,
+    /// The Python interpreter for `run.script` with `language: python`.
+    pub python: String,
+    /// The Node.js interpreter for `run.script` with `language: js`.
+    pub node: String,
+    /// Total time allowed for one HTTP exchange (connect, send, receive the whole body).
+    pub http_timeout: Duration,
+    /// A hard cap on a process's run time (`None`: only the task's own `timeout`, which the host
+    /// enforces by dropping the future, applies). Exceeding it is a timeout error.
+    pub process_timeout: Option<Duration>,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            max_response_bytes: 16 * 1024 * 1024,
+            process_output_limit: 4 * 1024 * 1024,
+            work_root: std::env::temp_dir(),
+            python: "python3".to_string(),
+            node: "node".to_string(),
+            http_timeout: Duration::from_secs(5 * 60),
+            process_timeout: None,
+        }
+    }
+}
+
+/// Who asks for an effect: used for idempotency keys and the process environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectCtx {
+    pub instance_id: String,
+    pub effect_id: u64,
+    /// The task reference (a JSON pointer such as `/do/0/getPet`).
+    pub task: String,
+    /// 1 for the first run; higher when the host re-runs the same effect after a crash.
+    pub attempt: u32,
+}
+
+impl EffectCtx {
+    /// The same for every re-run of one effect (`<instance id>-<effect id>`), so that servers
+    /// and scripts can recognise a repeated request.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}-{}", self.instance_id, self.effect_id)
+    }
+}
+
+/// Performs effects; cheap to clone (all clones share one HTTP client pool, the OpenAPI document
+/// cache and the OAuth2 token cache).
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ExecConfig,
+    /// Follows up to 10 redirects (`redirect: true`).
+    follow: Result<reqwest::Client, String>,
+    /// Never follows redirects (`redirect: false`).
+    no_follow: Result<reqwest::Client, String>,
+    pub(crate) docs: openapi::DocCache,
+    pub(crate) tokens: auth::TokenCache,
+}
+
+impl Inner {
+    pub(crate) fn client(&self, follow_redirects: bool) -> Result<&reqwest::Client, WfError> {
+        let c = if follow_redirects { &self.follow } else { &self.no_follow };
+        c.as_ref().map_err(|e| WfError::runtime(format!("the HTTP client could not be initialised: {e}")))
+    }
+}
+
+impl Executor {
+    pub fn new(cfg: ExecConfig) -> Executor {
+        let build = |policy: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .redirect(policy)
+                .timeout(cfg.http_timeout)
+                .connect_timeout(cfg.http_timeout.min(Duration::from_secs(30)))
+                .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| http::error_chain(&e))
+        };
+        let follow = build(reqwest::redirect::Policy::limited(10));
+        let no_follow = build(reqwest::redirect::Policy::none());
+        Executor {
+            inner: Arc::new(Inner {
+                cfg,
+                follow,
+                no_follow,
+                docs: openapi::DocCache::default(),
+                tokens: auth::TokenCache::default(),
+            }),
+        }
+    }
+
+    /// The configuration this executor was built with.
+    pub fn config(&self) -> &ExecConfig {
+        &self.inner.cfg
+    }
+
+    /// Performs an `Http`, `OpenApi` or `Process` effect and returns the task's raw output; any
+    /// other effect is a runtime error (the host performs those itself).
+    pub async fn perform(&self, ctx: &EffectCtx, effect: &Effect) -> Result<Value, WfError> {
+        match effect {
+            Effect::Http(req) => http::perform(&self.inner, ctx, req).await,
+            Effect::OpenApi(req) => openapi::perform(&self.inner, ctx, req).await,
+            Effect::Process(req) => process::perform(&self.inner.cfg, ctx, req).await,
+            other => Err(WfError::runtime(format!(
+                "kflow-tasks does not perform '{}' effects (only http, openapi and process); the host must",
+                other.kind()
+            ))),
+        }
+    }
+}

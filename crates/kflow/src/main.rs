@@ -1,1 +1,133 @@
-fn main() {}
+//! The `kflow` command: validate and run Serverless Workflow documents.
+//!
+//! Exit codes: 0 success, 1 the workflow faulted, 2 invalid definition or bad usage.
+
+mod host;
+mod inputs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kflow", version, about = "A durable workflow engine for the Serverless Workflow DSL 1.0")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check workflow documents; prints FILE:LINE:COL: message for every problem.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run a workflow in-process to its end and print its output (or its error) as JSON.
+    Run {
+        file: PathBuf,
+        /// The workflow input, as JSON.
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the workflow input from a JSON or YAML file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// A YAML/JSON map of secret name to value, for `$secrets`
+        /// (default: $KFLOW_SECRETS_FILE, or the JSON map in $KFLOW_SECRETS).
+        #[arg(long)]
+        secrets_file: Option<PathBuf>,
+        /// CloudEvents (JSON, one per line) offered to `listen` tasks.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// A folder of workflow documents that `run: workflow` tasks can start.
+        #[arg(long)]
+        workflows: Option<PathBuf>,
+        /// Write lifecycle events as JSON lines on stderr.
+        #[arg(long)]
+        trace: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Run { file, input, input_file, secrets_file, events, workflows, trace } => {
+            match run(file, input, input_file, secrets_file, events, workflows, trace) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("kflow: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut bad = false;
+    for f in files {
+        match inputs::load_workflow(f) {
+            Ok(_) => {}
+            Err(lines) => {
+                bad = true;
+                for l in lines {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+    ExitCode::from(if bad { 2 } else { 0 })
+}
+
+fn run(
+    file: PathBuf,
+    input: Option<String>,
+    input_file: Option<PathBuf>,
+    secrets_file: Option<PathBuf>,
+    events: Option<PathBuf>,
+    workflows: Option<PathBuf>,
+    trace: bool,
+) -> anyhow::Result<ExitCode> {
+    let wf = match inputs::load_workflow(&file) {
+        Ok(wf) => Arc::new(wf),
+        Err(lines) => {
+            for l in lines {
+                eprintln!("{l}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let input = inputs::read_input(input.as_deref(), input_file.as_deref())?;
+    let secrets = inputs::read_secrets(secrets_file.as_deref())?;
+    let events = match &events {
+        Some(p) => inputs::read_events(p)?,
+        None => Vec::new(),
+    };
+    let registry = match &workflows {
+        Some(dir) => inputs::load_dir(dir)?,
+        None => Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let host = host::Host::new(registry, events, secrets, trace);
+    let result = rt.block_on(host.run_root(wf, input));
+    match result {
+        Ok(out) => {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{}", serde_json::to_string_pretty(&e.to_value())?);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

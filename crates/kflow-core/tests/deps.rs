@@ -1,0 +1,37 @@
+//! The core stays sans-IO: its only dependencies are the DSL crate and serde.
+
+#[test]
+fn core_depends_on_nothing_that_does_io() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap_or_default();
+    let deps = manifest.split("[dependencies]").nth(1).unwrap_or("").split("\n[").next().unwrap_or("");
+    let names: Vec<&str> = deps
+        .lines()
+        .filter_map(|l| l.split(['=', '.']).next())
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.starts_with('#'))
+        .collect();
+    let allowed = ["kflow-dsl", "serde", "serde_json"];
+    for n in &names {
+        assert!(allowed.contains(n), "kflow-core must not depend on '{n}' (allowed: {allowed:?})");
+    }
+    assert!(names.contains(&"kflow-dsl"));
+}
+
+#[test]
+fn core_sources_never_read_the_clock_or_spawn() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    let mut stack = vec![std::path::PathBuf::from(dir)];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for banned in ["SystemTime", "Instant::now", "std::thread", "std::fs", "std::net", "tokio"] {
+                assert!(!text.contains(banned), "{} uses {banned}", path.display());
+            }
+        }
+    }
+}

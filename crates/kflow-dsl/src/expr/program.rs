@@ -1,0 +1,582 @@
+//! From source text to a compiled jaq filter: lexing and parsing with jaq's public parser,
+//! rewriting the syntax tree so evaluation is metered, picking the prelude definitions the
+//! filter needs, and compiling with kflow's native filters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use jaq_core::load::lex::{self, StrPart, Token};
+use jaq_core::load::parse::{self, BinaryOp, Def, Pattern, Term};
+use jaq_core::load::{Arena, File, Lexer, Loader, Parser};
+use jaq_core::ops::Math;
+use jaq_core::path::Part;
+
+use super::runtime::{natives, Kd, MUL, TICK};
+#[cfg(test)]
+use super::runtime::REMOVED_NATIVES;
+
+/// Name of the prelude definition holding the user's filter (it is compiled as the last
+/// definition of the prelude, so that its syntax tree can be rewritten before compiling).
+const MAIN: &str = "__kflow_main";
+/// Names starting with this are reserved for the rewriter.
+const RESERVED: &str = "__kflow_";
+/// Variable bound by the `l *= r` rewrite.
+const MUL_RHS: &str = "$__kflow_rhs";
+
+/// Prelude definitions that reach the host; left out.
+const REMOVED_DEFS: &[&str] = &["debug", "stderr", "halt", "halt_error"];
+
+/// Variables never declared as globals (they reach the host or the jq command line).
+const HOST_VARS: &[&str] = &["$ENV", "$__loc__", "$__prog_args", "$__prog_name"];
+
+/// A compiled filter and the global variables it was compiled with (names without `$`).
+pub(super) struct Program {
+    pub filter: jaq_core::Filter<Kd>,
+    pub globals: Vec<String>,
+}
+
+/// Compiles `src`; `Err` is the human-readable message.
+pub(super) fn compile(src: &str) -> Result<Program, String> {
+    let tokens = Lexer::new(src).lex().map_err(|errs| lex_message(src, &errs))?;
+    let mut term = Parser::new(&tokens)
+        .parse(|p| p.term())
+        .map_err(|errs| parse_message(src, &errs))?;
+
+    let mut refs = BTreeSet::new();
+    collect_refs(&term, &mut refs);
+    if let Some(name) = refs.iter().find(|n| n.starts_with(RESERVED)) {
+        return Err(format!("`{name}` is a reserved name"));
+    }
+    let mut vars = Vec::new();
+    collect_vars(&term, &mut vars);
+    if let Some(name) = vars.iter().find(|n| n.starts_with("$__kflow_")) {
+        return Err(format!("`{name}` is a reserved name"));
+    }
+    let globals: Vec<&str> = vars.into_iter().filter(|v| !HOST_VARS.contains(v)).collect();
+
+    rewrite(&mut term, true);
+    let main = Def { name: MAIN, args: Vec::new(), body: tick_before(term) };
+
+    let prelude = prelude();
+    let defs = prelude.needed(&refs).map(shorten).chain(std::iter::once(main));
+    let arena = Arena::default();
+    let modules = Loader::new(defs)
+        .load(&arena, File { code: MAIN, path: () })
+        .map_err(|_| "internal error: cannot load the expression".to_string())?;
+    let filter = jaq_core::Compiler::default()
+        .with_funs(natives())
+        .with_global_vars(globals.iter().copied())
+        .compile(modules)
+        .map_err(|errs| {
+            let errs = errs.into_iter().flat_map(|(_file, errs)| errs);
+            let msgs: Vec<String> = errs.map(|(name, undef)| undefined_message(src, name, &undef)).collect();
+            dedup_join(msgs)
+        })?;
+    let globals = globals.iter().map(|g| g[1..].to_string()).collect();
+    Ok(Program { filter, globals })
+}
+
+/// Whether `src` is large or nested enough that parsing, compiling and evaluating it might
+/// recurse deeply; such expressions are handled on a big-stack thread.
+pub(super) fn is_big(src: &str) -> bool {
+    const MAX_INLINE_LEN: usize = 512;
+    const MAX_INLINE_NESTING: usize = 24;
+    if src.len() > MAX_INLINE_LEN {
+        return true;
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in src.bytes() {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max > MAX_INLINE_NESTING
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error messages
+
+fn offset(src: &str, part: &str) -> Option<usize> {
+    let (s, p) = (src.as_ptr() as usize, part.as_ptr() as usize);
+    (p >= s && p <= s + src.len()).then(|| p - s)
+}
+
+fn snippet(s: &str) -> String {
+    let s = s.trim();
+    let mut out: String = s.chars().take(24).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn lex_message(src: &str, errs: &[lex::Error<&str>]) -> String {
+    let msgs = errs.iter().map(|(expect, rest)| {
+        let at = offset(src, rest).unwrap_or(0);
+        match expect {
+            lex::Expect::Delim(open) => {
+                format!("{} expected: `{}` at offset {at} is never closed", expect.as_str(), open)
+            }
+            lex::Expect::Token => format!("unexpected character `{}` at offset {at}", snippet(rest)),
+            _ => format!("{} expected at offset {at}, found `{}`", expect.as_str(), snippet(rest)),
+        }
+    });
+    dedup_join(msgs.collect())
+}
+
+fn parse_message(src: &str, errs: &[parse::TError<'_, &str>]) -> String {
+    let msgs = errs.iter().map(|(expect, found)| {
+        let what = match expect {
+            parse::Expect::Nothing => "end of expression".to_string(),
+            e => e.as_str().to_string(),
+        };
+        match found {
+            Some(Token(text, _)) => {
+                let at = offset(src, text).unwrap_or(0);
+                format!("unexpected `{}` at offset {at}, expected {what}", snippet(text))
+            }
+            None => format!("unexpected end of expression, expected {what}"),
+        }
+    });
+    dedup_join(msgs.collect())
+}
+
+fn undefined_message(src: &str, name: &str, undef: &jaq_core::compile::Undefined) -> String {
+    use jaq_core::compile::Undefined;
+    if let Some(reason) = disabled_reason(name) {
+        return format!("`{name}` is not available in kflow expressions: {reason}");
+    }
+    let at = offset(src, name).map(|o| format!(" at offset {o}")).unwrap_or_default();
+    match undef {
+        Undefined::Filter(arity) => format!("undefined function `{name}/{arity}`{at}"),
+        other => format!("undefined {} `{name}`{at}", other.as_str()),
+    }
+}
+
+/// Why a builtin that exists in jq is unavailable here, if it is one of those.
+fn disabled_reason(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "env" | "$ENV" => "it reads the host environment",
+        "input" | "inputs" | "input_filename" | "input_line_number" | "$__prog_args"
+        | "$__prog_name" | "get_search_list" => "there is no process input here",
+        "debug" | "stderr" | "debug_empty" | "stderr_empty" => "it writes to the process output",
+        "halt" | "halt_error" => "it stops the process",
+        "now" | "localtime" | "strflocaltime" => {
+            "it depends on the clock or the host time zone and evaluation must be deterministic \
+             (pass times in through a variable)"
+        }
+        "$__loc__" => "source locations are not tracked",
+        _ => return None,
+    })
+}
+
+fn dedup_join(msgs: Vec<String>) -> String {
+    let mut seen = BTreeSet::new();
+    let unique: Vec<String> = msgs.into_iter().filter(|m| seen.insert(m.clone())).collect();
+    if unique.is_empty() { "invalid expression".to_string() } else { unique.join("; ") }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Syntax tree walking
+
+/// Calls `f` on every direct sub-term of `t` (definition bodies included).
+fn children<'t, S>(t: &'t Term<S>, f: &mut dyn FnMut(&'t Term<S>)) {
+    match t {
+        Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) => {}
+        Term::Str(_, parts) => parts.iter().for_each(|p| {
+            if let StrPart::Term(t) = p {
+                f(t)
+            }
+        }),
+        Term::Arr(a) => a.iter().for_each(|a| f(a)),
+        Term::Obj(kvs) => kvs.iter().for_each(|(k, v)| {
+            f(k);
+            v.iter().for_each(|v| f(v));
+        }),
+        Term::Neg(t) | Term::Label(_, t) => f(t),
+        Term::BinOp(l, op, r) => {
+            f(l);
+            if let BinaryOp::Pipe(Some(p)) = op {
+                pattern_children(p, f);
+            }
+            f(r);
+        }
+        Term::Fold(_, xs, pat, args) => {
+            f(xs);
+            pattern_children(pat, f);
+            args.iter().for_each(|a| f(a));
+        }
+        Term::TryCatch(t, c) => {
+            f(t);
+            c.iter().for_each(|c| f(c));
+        }
+        Term::IfThenElse(its, e) => {
+            its.iter().for_each(|(i, t)| {
+                f(i);
+                f(t);
+            });
+            e.iter().for_each(|e| f(e));
+        }
+        Term::Def(defs, t) => {
+            defs.iter().for_each(|d| f(&d.body));
+            f(t);
+        }
+        Term::Call(_, args) => args.iter().for_each(|a| f(a)),
+        Term::Path(t, path) => {
+            f(t);
+            path.0.iter().for_each(|(part, _opt)| match part {
+                Part::Index(i) => f(i),
+                Part::Range(a, b) => {
+                    a.iter().for_each(|a| f(a));
+                    b.iter().for_each(|b| f(b));
+                }
+            });
+        }
+    }
+}
+
+fn pattern_children<'t, S>(p: &'t Pattern<S>, f: &mut dyn FnMut(&'t Term<S>)) {
+    match p {
+        Pattern::Var(_) => {}
+        Pattern::Arr(ps) => ps.iter().for_each(|p| pattern_children(p, f)),
+        Pattern::Obj(kps) => kps.iter().for_each(|(k, p)| {
+            f(k);
+            pattern_children(p, f);
+        }),
+    }
+}
+
+/// Names of all filters `t` may call (including format filters such as `@base64`).
+fn collect_refs<'s>(t: &Term<&'s str>, out: &mut BTreeSet<&'s str>) {
+    match t {
+        Term::Call(name, _) | Term::Str(Some(name), _) => {
+            out.insert(name);
+        }
+        _ => {}
+    }
+    children(t, &mut |c| collect_refs(c, out));
+}
+
+/// All `$variables` referenced in `t`, in order of first appearance.
+fn collect_vars<'s>(t: &Term<&'s str>, out: &mut Vec<&'s str>) {
+    if let Term::Var(x) = t
+        && !out.contains(x)
+    {
+        out.push(x);
+    }
+    children(t, &mut |c| collect_vars(c, out));
+}
+
+/// `__kflow_tick | body`: keeps `body` in tail position, so jaq's tail-call optimisation
+/// still applies to recursive definitions.
+fn tick_before<'s>(body: Term<&'s str>) -> Term<&'s str> {
+    Term::BinOp(Box::new(Term::Call(TICK, Vec::new())), BinaryOp::Pipe(None), Box::new(body))
+}
+
+/// Rewrites `t` in place:
+/// * the body of every local definition starts with a tick when `tick_defs`
+///   (all user definitions are ticked; prelude definitions are ticked by [`Prelude`] only
+///   when they can recurse);
+/// * the update of every `reduce`/`foreach` starts with a tick;
+/// * `l * r` becomes `__kflow_mul(l; r)` and `l *= r` becomes
+///   `r as $__kflow_rhs | l |= __kflow_mul(.; $__kflow_rhs)`.
+fn rewrite<'s>(t: &mut Term<&'s str>, tick_defs: bool) {
+    match t {
+        Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) => {}
+        Term::Str(_, parts) => parts.iter_mut().for_each(|p| {
+            if let StrPart::Term(t) = p {
+                rewrite(t, tick_defs)
+            }
+        }),
+        Term::Arr(a) => a.iter_mut().for_each(|a| rewrite(a, tick_defs)),
+        Term::Obj(kvs) => kvs.iter_mut().for_each(|(k, v)| {
+            rewrite(k, tick_defs);
+            v.iter_mut().for_each(|v| rewrite(v, tick_defs));
+        }),
+        Term::Neg(t) | Term::Label(_, t) => rewrite(t, tick_defs),
+        Term::BinOp(l, op, r) => {
+            rewrite(l, tick_defs);
+            if let BinaryOp::Pipe(Some(p)) = op {
+                rewrite_pattern(p, tick_defs);
+            }
+            rewrite(r, tick_defs);
+            match op {
+                BinaryOp::Math(Math::Mul) => {
+                    let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
+                    *t = Term::Call(MUL, vec![l, r]);
+                }
+                BinaryOp::UpdateMath(Math::Mul) => {
+                    let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
+                    let mul = Term::Call(MUL, vec![Term::Id, Term::Var(MUL_RHS)]);
+                    let update = Term::BinOp(Box::new(l), BinaryOp::Update, Box::new(mul));
+                    let bind = BinaryOp::Pipe(Some(Pattern::Var(MUL_RHS)));
+                    *t = Term::BinOp(Box::new(r), bind, Box::new(update));
+                }
+                _ => {}
+            }
+        }
+        Term::Fold(_, xs, pat, args) => {
+            rewrite(xs, tick_defs);
+            rewrite_pattern(pat, tick_defs);
+            args.iter_mut().for_each(|a| rewrite(a, tick_defs));
+            if let Some(update) = args.get_mut(1) {
+                *update = tick_before(std::mem::take(update));
+            }
+        }
+        Term::TryCatch(t, c) => {
+            rewrite(t, tick_defs);
+            c.iter_mut().for_each(|c| rewrite(c, tick_defs));
+        }
+        Term::IfThenElse(its, e) => {
+            its.iter_mut().for_each(|(i, t)| {
+                rewrite(i, tick_defs);
+                rewrite(t, tick_defs);
+            });
+            e.iter_mut().for_each(|e| rewrite(e, tick_defs));
+        }
+        Term::Def(defs, t) => {
+            defs.iter_mut().for_each(|d| {
+                rewrite(&mut d.body, tick_defs);
+                if tick_defs {
+                    d.body = tick_before(std::mem::take(&mut d.body));
+                }
+            });
+            rewrite(t, tick_defs);
+        }
+        Term::Call(_, args) => args.iter_mut().for_each(|a| rewrite(a, tick_defs)),
+        Term::Path(t, path) => {
+            rewrite(t, tick_defs);
+            path.0.iter_mut().for_each(|(part, _opt)| match part {
+                Part::Index(i) => rewrite(i, tick_defs),
+                Part::Range(a, b) => {
+                    a.iter_mut().for_each(|a| rewrite(a, tick_defs));
+                    b.iter_mut().for_each(|b| rewrite(b, tick_defs));
+                }
+            });
+        }
+    }
+}
+
+fn rewrite_pattern<'s>(p: &mut Pattern<&'s str>, tick_defs: bool) {
+    match p {
+        Pattern::Var(_) => {}
+        Pattern::Arr(ps) => ps.iter_mut().for_each(|p| rewrite_pattern(p, tick_defs)),
+        Pattern::Obj(kps) => kps.iter_mut().for_each(|(k, p)| {
+            rewrite(k, tick_defs);
+            rewrite_pattern(p, tick_defs);
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prelude
+
+/// The jaq core, std and json definitions, host-reaching ones removed, rewritten once.
+struct Prelude {
+    defs: Vec<Def<&'static str>>,
+    /// `refs[i]`: names of the filters `defs[i]` may call.
+    refs: Vec<BTreeSet<&'static str>>,
+}
+
+fn prelude() -> &'static Prelude {
+    static PRELUDE: OnceLock<Prelude> = OnceLock::new();
+    PRELUDE.get_or_init(Prelude::build)
+}
+
+type Key = (&'static str, usize);
+
+impl Prelude {
+    fn build() -> Prelude {
+        let all = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let mut defs: Vec<Def<&'static str>> =
+            all.filter(|d| !REMOVED_DEFS.contains(&d.name)).collect();
+
+        // Which definitions can take part in a recursion? Name-and-arity call graph over all
+        // definitions (nested ones included); merging equal keys only over-approximates.
+        let mut graph: BTreeMap<Key, BTreeSet<Key>> = BTreeMap::new();
+        for d in &defs {
+            add_def_edges(d, &mut graph);
+        }
+        let recursive: BTreeSet<Key> =
+            graph.keys().copied().filter(|k| reaches(&graph, *k, *k)).collect();
+
+        for d in &mut defs {
+            rewrite_prelude_def(d, &recursive);
+        }
+        let refs = defs
+            .iter()
+            .map(|d| {
+                let mut r = BTreeSet::new();
+                collect_refs(&d.body, &mut r);
+                r
+            })
+            .collect();
+        Prelude { defs, refs }
+    }
+
+    /// The definitions a filter calling `refs` needs, in prelude order (a definition only calls
+    /// earlier ones, so one backwards pass finds them all).
+    fn needed<'p>(&'p self, refs: &BTreeSet<&str>) -> impl Iterator<Item = Def<&'static str>> + 'p {
+        let mut names: BTreeSet<&str> = refs.iter().copied().collect();
+        let mut keep = vec![false; self.defs.len()];
+        for (i, d) in self.defs.iter().enumerate().rev() {
+            if names.contains(d.name) {
+                keep[i] = true;
+                names.extend(self.refs[i].iter().copied());
+            }
+        }
+        self.defs.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d.clone())
+    }
+}
+
+/// `Def<&'static str>` is a `Def<&'s str>` (covariance).
+fn shorten<'s>(d: Def<&'static str>) -> Def<&'s str> {
+    d
+}
+
+fn key(d: &Def<&'static str>) -> Key {
+    (d.name, d.args.len())
+}
+
+/// Adds the call edges of `d` (and of the definitions nested in it) to `graph`.
+fn add_def_edges(d: &Def<&'static str>, graph: &mut BTreeMap<Key, BTreeSet<Key>>) {
+    let mut calls = BTreeSet::new();
+    body_calls(&d.body, &mut calls, graph);
+    graph.entry(key(d)).or_default().extend(calls);
+}
+
+/// Calls made by `t`, not descending into nested definition bodies (added as their own nodes).
+fn body_calls(t: &Term<&'static str>, out: &mut BTreeSet<Key>, graph: &mut BTreeMap<Key, BTreeSet<Key>>) {
+    match t {
+        Term::Call(name, args) => {
+            out.insert((name, args.len()));
+        }
+        Term::Str(Some(fmt), _) => {
+            out.insert((fmt, 0));
+        }
+        Term::Def(defs, rest) => {
+            for d in defs {
+                add_def_edges(d, graph);
+            }
+            body_calls(rest, out, graph);
+            return;
+        }
+        _ => {}
+    }
+    children(t, &mut |c| body_calls(c, out, graph));
+}
+
+fn reaches(graph: &BTreeMap<Key, BTreeSet<Key>>, from: Key, target: Key) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<Key> = graph.get(&from).into_iter().flatten().copied().collect();
+    while let Some(k) = todo.pop() {
+        if k == target {
+            return true;
+        }
+        if seen.insert(k) {
+            todo.extend(graph.get(&k).into_iter().flatten().copied());
+        }
+    }
+    false
+}
+
+/// Like [`rewrite`] with `tick_defs = false`, then ticks the bodies of the recursive
+/// definitions (nested ones included).
+fn rewrite_prelude_def(d: &mut Def<&'static str>, recursive: &BTreeSet<Key>) {
+    tick_recursive_defs(&mut d.body, recursive);
+    rewrite(&mut d.body, false);
+    if recursive.contains(&key(d)) {
+        d.body = tick_before(std::mem::take(&mut d.body));
+    }
+}
+
+fn tick_recursive_defs(t: &mut Term<&'static str>, recursive: &BTreeSet<Key>) {
+    if let Term::Def(defs, rest) = t {
+        for d in defs.iter_mut() {
+            tick_recursive_defs(&mut d.body, recursive);
+            if recursive.contains(&key(d)) {
+                d.body = tick_before(std::mem::take(&mut d.body));
+            }
+        }
+        tick_recursive_defs(rest, recursive);
+        return;
+    }
+    // visit children mutably via `rewrite`-like traversal
+    match t {
+        Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) | Term::Def(..) => {}
+        Term::Str(_, parts) => parts.iter_mut().for_each(|p| {
+            if let StrPart::Term(t) = p {
+                tick_recursive_defs(t, recursive)
+            }
+        }),
+        Term::Arr(a) => a.iter_mut().for_each(|a| tick_recursive_defs(a, recursive)),
+        Term::Obj(kvs) => kvs.iter_mut().for_each(|(k, v)| {
+            tick_recursive_defs(k, recursive);
+            v.iter_mut().for_each(|v| tick_recursive_defs(v, recursive));
+        }),
+        Term::Neg(t) | Term::Label(_, t) => tick_recursive_defs(t, recursive),
+        Term::BinOp(l, _, r) => {
+            tick_recursive_defs(l, recursive);
+            tick_recursive_defs(r, recursive);
+        }
+        Term::Fold(_, xs, _, args) => {
+            tick_recursive_defs(xs, recursive);
+            args.iter_mut().for_each(|a| tick_recursive_defs(a, recursive));
+        }
+        Term::TryCatch(t, c) => {
+            tick_recursive_defs(t, recursive);
+            c.iter_mut().for_each(|c| tick_recursive_defs(c, recursive));
+        }
+        Term::IfThenElse(its, e) => {
+            its.iter_mut().for_each(|(i, t)| {
+                tick_recursive_defs(i, recursive);
+                tick_recursive_defs(t, recursive);
+            });
+            e.iter_mut().for_each(|e| tick_recursive_defs(e, recursive));
+        }
+        Term::Call(_, args) => args.iter_mut().for_each(|a| tick_recursive_defs(a, recursive)),
+        Term::Path(t, path) => {
+            tick_recursive_defs(t, recursive);
+            path.0.iter_mut().for_each(|(part, _)| match part {
+                Part::Index(i) => tick_recursive_defs(i, recursive),
+                Part::Range(a, b) => {
+                    a.iter_mut().for_each(|a| tick_recursive_defs(a, recursive));
+                    b.iter_mut().for_each(|b| tick_recursive_defs(b, recursive));
+                }
+            });
+        }
+    }
+}
+
+/// Names of definitions and natives that exist in jq but are removed here (for tests).
+#[cfg(test)]
+pub(super) fn removed_names() -> impl Iterator<Item = &'static str> {
+    REMOVED_DEFS.iter().chain(REMOVED_NATIVES).copied()
+}
+
+#[cfg(test)]
+pub(super) fn prelude_recursive_names() -> Vec<&'static str> {
+    fn ticked(t: &Term<&'static str>) -> bool {
+        matches!(t, Term::BinOp(l, BinaryOp::Pipe(None), _) if matches!(&**l, Term::Call(n, a) if *n == TICK && a.is_empty()))
+    }
+    fn walk(d: &Def<&'static str>, out: &mut Vec<&'static str>) {
+        if ticked(&d.body) {
+            out.push(d.name);
+        }
+        fn inner(t: &Term<&'static str>, out: &mut Vec<&'static str>) {
+            if let Term::Def(defs, _) = t {
+                defs.iter().for_each(|d| walk(d, out));
+            }
+            children(t, &mut |c| inner(c, out));
+        }
+        inner(&d.body, out);
+    }
+    let mut out = Vec::new();
+    prelude().defs.iter().for_each(|d| walk(d, &mut out));
+    out
+}

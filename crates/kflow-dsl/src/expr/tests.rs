@@ -1,0 +1,476 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::*;
+
+/// Variables from a map.
+struct Map(BTreeMap<&'static str, Value>);
+
+impl Vars for Map {
+    fn var(&self, name: &str) -> Option<Cow<'_, Value>> {
+        self.0.get(name).map(Cow::Borrowed)
+    }
+}
+
+fn vars(pairs: &[(&'static str, Value)]) -> Map {
+    Map(pairs.iter().cloned().collect())
+}
+
+fn eval(src: &str, input: Value) -> Result<Value, ExprError> {
+    Expr::compile(src).unwrap_or_else(|e| panic!("{e}")).eval(&input, &())
+}
+
+fn ok(src: &str, input: Value) -> Value {
+    eval(src, input).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn compile_err(src: &str) -> String {
+    match Expr::compile(src) {
+        Err(ExprError::Compile { expr, message }) => {
+            assert_eq!(expr, src);
+            message
+        }
+        other => panic!("expected a compile error for {src:?}, got {other:?}"),
+    }
+}
+
+fn eval_err(src: &str, input: Value) -> String {
+    match eval(src, input) {
+        Err(ExprError::Eval { expr, message }) => {
+            assert_eq!(expr, src);
+            message
+        }
+        other => panic!("expected an evaluation error for {src:?}, got {other:?}"),
+    }
+}
+
+/// Evaluates a runaway filter with the default limits: it must fail, and soon.
+fn runaway(src: &str, expected: &str) -> String {
+    let start = Instant::now();
+    let message = eval_err(src, json!(null));
+    let took = start.elapsed();
+    assert!(message.contains(expected), "{src}: {message}");
+    assert!(took < Duration::from_secs(3), "{src} took {took:?}");
+    message
+}
+
+#[test]
+fn expr_arithmetic() {
+    assert_eq!(ok("1 + 2 * 3", json!(null)), json!(7));
+    assert_eq!(ok(".a + .b", json!({"a": 1, "b": 2.5})), json!(3.5));
+    assert_eq!(ok(".a / 2", json!({"a": 4})), json!(2));
+    assert_eq!(ok(".a - 1", json!({"a": 9007199254740993i64})), json!(9007199254740992i64));
+    assert_eq!(ok("10 % 3, 1", json!(null)), json!(1));
+    assert_eq!(ok("1 / 0", json!(null)), json!(null));
+    assert_eq!(ok("[.[] * 2]", json!([1, 2])), json!([2, 4]));
+    assert_eq!(ok(r#""ab" * 3"#, json!(null)), json!("ababab"));
+    assert_eq!(ok(r#"{a: 1} * {b: 2}"#, json!(null)), json!({"a": 1, "b": 2}));
+    assert_eq!(ok(".a *= 3", json!({"a": 2})), json!({"a": 6}));
+    assert_eq!(ok("(1, 2) * (10, 20)", json!(null)), json!(10));
+    let all = Expr::compile("(1, 2) * (10, 20)").unwrap().eval_all(&json!(null), &()).unwrap();
+    assert_eq!(all, [json!(10), json!(20), json!(20), json!(40)]);
+    assert_eq!(ok("1.5", json!(null)), json!(1.5));
+    assert_eq!(ok("1e3", json!(null)), json!(1000));
+    assert_eq!(ok("100000000000000000000", json!(null)), json!(1e20));
+    assert_eq!(ok(".", json!(18446744073709551615u64)), json!(18446744073709551615u64));
+}
+
+#[test]
+fn expr_string_interpolation() {
+    let input = json!({"a": "world", "b": 42});
+    assert_eq!(ok(r#""Hello \(.a) \(.b)!""#, input), json!("Hello world 42!"));
+    assert_eq!(ok(r#""x\(.)""#, json!({"k": [1]})), json!(r#"x{"k":[1]}"#));
+}
+
+#[test]
+fn expr_object_construction_and_variables() {
+    let e = Expr::compile("{ ids: [ $input, .id ] }").unwrap();
+    assert_eq!(e.variables().collect::<Vec<_>>(), ["input"]);
+    let v = vars(&[("input", json!("in"))]);
+    assert_eq!(e.eval(&json!({"id": 7}), &v).unwrap(), json!({"ids": ["in", 7]}));
+    // absent variable → null
+    assert_eq!(e.eval(&json!({"id": 7}), &()).unwrap(), json!({"ids": [null, 7]}));
+}
+
+#[test]
+fn expr_variables() {
+    let v = vars(&[
+        ("context", json!({"user": {"name": "ann"}, "n": 2})),
+        ("color", json!("red")),
+        ("a", json!(1)),
+        ("b", json!(2)),
+    ]);
+    let e = |src: &str, input: Value| Expr::compile(src).unwrap().eval(&input, &v).unwrap();
+    assert_eq!(e("$context.user.name", json!(null)), json!("ann"));
+    assert_eq!(e(".colors + [$color]", json!({"colors": ["blue"]})), json!(["blue", "red"]));
+    assert_eq!(e("[$a, $b, $a - $b]", json!(null)), json!([1, 2, -1]));
+    assert_eq!(e("[$b, $a]", json!(null)), json!([2, 1]));
+    assert_eq!(e("{$a, $color}", json!(null)), json!({"a": 1, "color": "red"}));
+    assert_eq!(e("$missing", json!(null)), json!(null));
+    // a local binding shadows the global
+    assert_eq!(e("3 as $a | $a + $b", json!(null)), json!(5));
+    // `$x` inside string literals is not a variable
+    let s = Expr::compile(r#""costs $5 \($a)""#).unwrap();
+    assert_eq!(s.variables().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(s.eval(&json!(null), &v).unwrap(), json!("costs $5 1"));
+    // variables inside definitions, reduce, patterns
+    assert_eq!(e("def f: . + $a; 1 | f", json!(null)), json!(2));
+    assert_eq!(e("reduce .[] as $x ($b; . + $x)", json!([1, 2, 3])), json!(8));
+    assert_eq!(e(". as [$p, {q: $q}] | [$p, $q, $a]", json!([5, {"q": 6}])), json!([5, 6, 1]));
+}
+
+#[test]
+fn expr_builtins() {
+    assert_eq!(ok("length", json!([1, 2, 3])), json!(3));
+    assert_eq!(ok(".s | length", json!({"s": "héllo"})), json!(5));
+    assert_eq!(ok("map(select(. > 1))", json!([1, 2, 3])), json!([2, 3]));
+    assert_eq!(ok("[.[] | select(.ok) | .id]", json!([{"ok": true, "id": 1}, {"ok": false, "id": 2}])), json!([1]));
+    assert_eq!(ok("@base64", json!("hello")), json!("aGVsbG8="));
+    assert_eq!(ok("@base64d", json!("aGVsbG8=")), json!("hello"));
+    assert_eq!(ok(r#"@base64 "x\(.)""#, json!("hi")), json!("xaGk="));
+    assert_eq!(ok("tojson", json!({"a": [1, "x"]})), json!(r#"{"a":[1,"x"]}"#));
+    assert_eq!(ok("fromjson", json!(r#"{"a":1}"#)), json!({"a": 1}));
+    assert_eq!(ok("keys", json!({"b": 1, "a": 2})), json!(["a", "b"]));
+    assert_eq!(ok("to_entries | from_entries", json!({"a": 1})), json!({"a": 1}));
+    assert_eq!(ok("[paths]", json!({"a": [1]})), json!([["a"], ["a", 0]]));
+    assert_eq!(ok("[.. | numbers]", json!({"a": [1, {"b": 2}]})), json!([1, 2]));
+    assert_eq!(ok("walk(if type == \"number\" then . + 1 else . end)", json!([1, [2]])), json!([2, [3]]));
+    assert_eq!(ok("flatten", json!([1, [2, [3]]])), json!([1, 2, 3]));
+    assert_eq!(ok("[range(5)]", json!(null)), json!([0, 1, 2, 3, 4]));
+    assert_eq!(ok("[range(0; 10; 3)]", json!(null)), json!([0, 3, 6, 9]));
+    assert_eq!(ok("[range(5; 0; -2)]", json!(null)), json!([5, 3, 1]));
+    assert_eq!(ok("[range(0; 1; 0.25)]", json!(null)), json!([0, 0.25, 0.5, 0.75]));
+    assert_eq!(ok("[limit(3; repeat(1))]", json!(null)), json!([1, 1, 1]));
+    assert_eq!(ok("until(. > 100; . * 2)", json!(1)), json!(128));
+    assert_eq!(ok("[while(. < 10; . + 3)]", json!(1)), json!([1, 4, 7]));
+    assert_eq!(ok("[recurse(if . < 3 then . + 1 else empty end)]", json!(0)), json!([0, 1, 2, 3]));
+    assert_eq!(ok("add", json!([1, 2, 3])), json!(6));
+    assert_eq!(ok("join(\",\")", json!(["a", "b"])), json!("a,b"));
+    assert_eq!(ok("test(\"^a.c$\")", json!("abc")), json!(true));
+    assert_eq!(ok("sub(\"b\"; \"X\")", json!("abc")), json!("aXc"));
+    assert_eq!(ok("ascii_upcase", json!("abc")), json!("ABC"));
+    assert_eq!(ok("todate", json!(0)), json!("1970-01-01T00:00:00Z"));
+    assert_eq!(ok("\"2015-03-05T23:51:47Z\" | fromdate", json!(null)), json!(1425599507));
+    assert_eq!(ok("getpath([\"a\", \"b\"])", json!({"a": {"b": 5}})), json!(5));
+    assert_eq!(ok("del(.a)", json!({"a": 1, "b": 2})), json!({"b": 2}));
+    assert_eq!(ok(".a |= . + 1", json!({"a": 1})), json!({"a": 2}));
+    assert_eq!(ok("path(..)", json!([1])), json!([]));
+    assert_eq!(ok("[paths(type == \"number\")]", json!([1, [2]])), json!([[0], [1, 0]]));
+    assert_eq!(ok("tostring", json!([1])), json!("[1]"));
+    assert_eq!(ok("try error(\"x\") catch .", json!(null)), json!("x"));
+    assert_eq!(ok("[.[] | tonumber? ]", json!(["1", "x"])), json!([1]));
+    assert_eq!(ok("first(range(10; 20))", json!(null)), json!(10));
+    assert_eq!(ok("[combinations]", json!([[1, 2], [3]])), json!([[1, 3], [2, 3]]));
+    assert_eq!(ok("def fac: if . <= 1 then 1 else . * (. - 1 | fac) end; 10 | fac", json!(null)), json!(3628800));
+    assert_eq!(ok("label $out | 1, break $out, 2", json!(null)), json!(1));
+    assert_eq!(ok("empty", json!(1)), json!(null));
+}
+
+#[test]
+fn expr_comparison_and_eval_bool() {
+    let t = |src: &str, input: Value| Expr::compile(src).unwrap().eval_bool(&input, &()).unwrap();
+    assert!(t(".a > 3", json!({"a": 4})));
+    assert!(!t(".a > 3", json!({"a": 3})));
+    assert!(t(".a == \"x\" and (.b | not)", json!({"a": "x", "b": false})));
+    assert!(!t(".missing", json!({})));
+    let e = Expr::compile(".a").unwrap().eval_bool(&json!({"a": 1}), &()).unwrap_err();
+    assert!(matches!(e, ExprError::Eval { ref message, .. } if message.contains("expected a boolean")), "{e}");
+}
+
+#[test]
+fn expr_jq_errors() {
+    let m = eval_err("error(\"boom\")", json!(null));
+    assert_eq!(m, "boom");
+    let m = eval_err("error({a: 1})", json!(null));
+    assert_eq!(m, r#"{"a":1}"#);
+    let m = eval_err(".a.b", json!({"a": 1}));
+    assert!(m.contains("cannot index 1"), "{m}");
+    let m = eval_err("{} + 1", json!(null));
+    assert!(m.contains("cannot calculate"), "{m}");
+    let m = eval_err("range(\"a\")", json!(null));
+    assert!(m.contains("range bounds must be numbers"), "{m}");
+    let e = eval(".a.b", json!({"a": 1})).unwrap_err();
+    assert!(e.to_string().starts_with("expression '.a.b' failed: "), "{e}");
+}
+
+#[test]
+fn expr_compile_errors() {
+    let m = compile_err(".a ==");
+    assert!(m.contains("unexpected end of expression, expected term"), "{m}");
+    let m = compile_err("foo(");
+    assert!(m.contains("closing parenthesis"), "{m}");
+    let m = compile_err("foo(1)");
+    assert_eq!(m, "undefined function `foo/1` at offset 0");
+    let m = compile_err(".a | map");
+    assert_eq!(m, "undefined function `map/0` at offset 5");
+    let m = compile_err("1 +");
+    assert!(m.contains("expected term"), "{m}");
+    let m = compile_err("if . then 1");
+    assert!(m.contains("else or end"), "{m}");
+    let m = compile_err(".a ) .b");
+    assert!(m.contains("unexpected"), "{m}");
+    let m = compile_err("");
+    assert!(m.contains("expected term"), "{m}");
+    let m = compile_err("\"abc");
+    assert!(m.contains("closing quote"), "{m}");
+    let m = compile_err("break $x");
+    assert!(m.contains("undefined label `$x`"), "{m}");
+    let m = compile_err("include \"foo\"; 1");
+    assert!(m.contains("unexpected"), "{m}");
+    let m = compile_err("__kflow_main");
+    assert!(m.contains("reserved"), "{m}");
+    let e = Expr::compile(".a ==").unwrap_err();
+    assert!(e.to_string().starts_with("invalid jq expression '.a ==': "), "{e}");
+}
+
+#[test]
+fn expr_disabled_builtins() {
+    for src in [
+        "env",
+        "$ENV",
+        "$ENV.PATH",
+        "env.HOME",
+        "input",
+        "inputs",
+        "[inputs]",
+        "now",
+        "now | todate",
+        "localtime",
+        "strflocaltime(\"%Y\")",
+        "debug",
+        "debug(\"x\")",
+        "stderr",
+        "halt",
+        "halt_error",
+        "halt_error(1)",
+        "$__loc__",
+        "$__prog_args",
+        "input_filename",
+    ] {
+        let m = compile_err(src);
+        assert!(m.contains("is not available in kflow expressions"), "{src}: {m}");
+    }
+    // defining one's own is fine
+    assert_eq!(ok("def now: 5; now", json!(null)), json!(5));
+    assert_eq!(ok("def env: {}; env", json!(null)), json!({}));
+    // nothing of the removed set is left in the natives or the prelude
+    let natives: Vec<&str> = runtime::natives().iter().map(|(n, ..)| *n).collect();
+    for name in program::removed_names() {
+        assert!(!natives.contains(&name), "{name}");
+    }
+}
+
+#[test]
+fn expr_runaway_recursion() {
+    runaway("def f: 1+f; f", "recursion too deep");
+    runaway("def f: [f]; f", "recursion too deep");
+    // mutual recursion through a prelude higher-order function
+    runaway("def f: map(f); [f]", "recursion too deep");
+    // a `try` cannot swallow the stop
+    runaway("def f: 1+f; try f catch \"caught\"", "recursion too deep");
+    runaway("def f: (1+f)?; [f, 1]", "recursion too deep");
+}
+
+#[test]
+fn expr_runaway_generators() {
+    // the first output of a generator is the result: these end at once
+    assert_eq!(ok("repeat(.)", json!(3)), json!(3));
+    assert_eq!(ok("range(1e18)", json!(null)), json!(0));
+    // collecting them does not end
+    runaway("[repeat(.)]", "budget");
+    runaway("[range(1e18)]", "budget");
+    runaway("[limit(1e9; repeat(1))]", "budget");
+    runaway("last(range(1e18))", "budget");
+    runaway("reduce range(1e18) as $x (0; . + $x)", "budget");
+    runaway("until(false; .)", "budget");
+    runaway("def f: f; f", "budget");
+    runaway("[range(0; 10; 0)]", "budget");
+    runaway("[.[] as $x | range(1e18)]", "budget");
+    // a tail-recursive loop is not a deep recursion: it runs into the step/time budgets
+    runaway("def f: . + 1 | f; 0 | f", "budget");
+    // eval_all stops at the output cap
+    let e = Expr::compile("repeat(.)").unwrap().eval_all(&json!(1), &()).unwrap_err();
+    assert!(e.to_string().contains("more than 10000 results"), "{e}");
+}
+
+#[test]
+fn expr_budget_messages() {
+    let e = Expr::compile("[range(1e18)]").unwrap();
+    let limits = Limits { time_budget: Duration::from_millis(50), max_steps: u64::MAX, ..Limits::default() };
+    let start = Instant::now();
+    let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(err.to_string(), "expression '[range(1e18)]' failed: expression exceeded its time budget of 50 ms");
+    let limits = Limits { max_steps: 100, ..Limits::default() };
+    let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
+    assert!(err.to_string().ends_with("expression exceeded its step budget of 100 evaluation steps"), "{err}");
+    // inline step allowance exhausted, but within the full budget: moves to a big stack
+    let limits = Limits { max_steps: 10_000, ..Limits::default() };
+    let v = Expr::compile("[range(9000)] | length").unwrap().eval_with_limits(&json!(null), &(), &limits);
+    assert_eq!(v.unwrap(), json!(9000));
+}
+
+#[test]
+fn expr_size_limits() {
+    let m = runaway(r#""x" * 1000000000000"#, "result too large");
+    assert!(m.contains("1000000000000 bytes"), "{m}");
+    runaway(r#""abc" * 100000000000000000000000"#, "result too large");
+    runaway(r#"reduce range(40) as $i ("xx"; . * 2)"#, "result too large");
+    let limits = Limits { max_result_bytes: 1000, ..Limits::default() };
+    let e = Expr::compile("[range(1000)]").unwrap();
+    let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
+    assert!(err.to_string().ends_with("expression result too large (more than 1000 bytes)"), "{err}");
+    // exponentially shared structure is refused when converted
+    let err = eval_err("[.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.]", json!("x"));
+    assert!(err.contains("result too large"), "{err}");
+    let err = eval_err("reduce range(2000) as $x (0; [.])", json!(null));
+    assert!(err.contains("too deeply nested"), "{err}");
+    assert_eq!(ok("reduce range(1000) as $x (0; [.]) | flatten", json!(null)), json!([0]));
+}
+
+#[test]
+fn expr_deep_but_finite_recursion_moves_to_big_stack() {
+    // non-tail recursion, far deeper than the inline stack allowance
+    let src = "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; f";
+    assert_eq!(Expr::compile(src).unwrap().eval(&json!(20000), &()).unwrap(), json!(20000));
+    // a long tail-recursive loop
+    assert_eq!(ok("until(. >= 100000; . + 1)", json!(0)), json!(100000));
+    assert_eq!(ok("[range(100000)] | length", json!(null)), json!(100000));
+    assert_eq!(ok("reduce range(100000) as $x (0; . + $x)", json!(null)), json!(4999950000i64));
+    // deep input data through recursive builtins
+    let mut deep = json!(1);
+    for _ in 0..120 {
+        deep = json!([deep]);
+    }
+    assert_eq!(ok("[.. | numbers]", deep.clone()), json!([1]));
+    assert_eq!(ok("flatten", deep.clone()), json!([1]));
+    assert_eq!(ok("walk(if type == \"number\" then . + 1 else . end) | flatten", deep), json!([2]));
+}
+
+#[test]
+fn expr_big_sources() {
+    // long sources are compiled and evaluated on a big stack
+    let src = vec!["1"; 3000].join(" + ");
+    assert_eq!(ok(&src, json!(null)), json!(3000));
+    let src = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+    let v = ok(&format!("{src} | flatten"), json!(null));
+    assert_eq!(v, json!([1]));
+    let src = format!("{}1", "- ".repeat(2000));
+    assert_eq!(ok(&src, json!(null)), json!(1));
+    let m = compile_err(&"1+".repeat(40_000));
+    assert!(m.contains("longer than"), "{m}");
+}
+
+#[test]
+fn expr_concurrent_use() {
+    let e = Expr::compile(".colors + [$color] | length").unwrap();
+    let slow = Expr::compile("def f: if . == 0 then 0 else (. - 1 | f) + 1 end; f").unwrap();
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let (e, slow) = (e.clone(), slow.clone());
+            s.spawn(move || {
+                let v = vars(&[("color", json!("red"))]);
+                for _ in 0..200 {
+                    assert_eq!(e.eval(&json!({"colors": [i]}), &v).unwrap(), json!(2));
+                }
+                assert_eq!(slow.eval(&json!(5000), &()).unwrap(), json!(5000));
+            });
+        }
+    });
+}
+
+#[test]
+fn expr_prelude_analysis() {
+    let rec = program::prelude_recursive_names();
+    for name in ["repeat", "recurse", "while", "until", "rec", "flatten"] {
+        assert!(rec.contains(&name) || rec.iter().any(|n| *n == name), "{name} missing from {rec:?}");
+    }
+    for name in ["map", "select", "not", "to_entries", "add", "join", "walk"] {
+        assert!(!rec.contains(&name), "{name} should not tick: {rec:?}");
+    }
+}
+
+#[test]
+fn expr_strip_dollar_braces() {
+    assert_eq!(strip_dollar_braces(" ${ .a } "), Some(".a"));
+    assert_eq!(strip_dollar_braces(".a"), None);
+}
+
+/// Prints the stack used per recursion level.
+#[test]
+#[ignore]
+fn expr_stack_per_level() {
+    for src in [
+        "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; f",
+        "def f: if . == 0 then [] else [. - 1 | f] end; f",
+        "def f: if . == 0 then 0 else 1 + (. - 1 | f) end; f",
+    ] {
+        let e = Expr::compile(src).unwrap();
+        for n in [100, 1000] {
+            let input = convert::to_val(&json!(n));
+            let limits = Limits::default();
+            let job = Job { program: &e.inner.program, input: &input, globals: &[], limits: &limits, deadline: Instant::now() + Duration::from_secs(10), first_only: true };
+            let (steps, stack) = on_big_stack(|| {
+                let guard = Guard::new(BIG_STACK_BUDGET, u64::MAX, false, job.deadline, 1 << 30);
+                assert!(job.pull(&guard).is_ok());
+                guard.usage()
+            }).unwrap();
+            println!("{src} | n = {n}: {steps} steps, {stack} bytes of stack, {} bytes per level", stack / n);
+        }
+    }
+}
+
+/// Prints timings; run with `cargo test -p kflow-dsl expr_bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn expr_bench() {
+    fn per_iter(n: u32, mut f: impl FnMut()) -> f64 {
+        for _ in 0..n / 10 {
+            f();
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    }
+    let input = json!({"colors": ["blue", "green"], "id": 7});
+    let v = vars(&[("color", json!("red"))]);
+    let _ = Expr::compile(".").unwrap(); // prelude
+    println!("compile .colors + [\"red\"]: {:.1} µs", per_iter(2000, || {
+        Expr::compile(".colors + [\"red\"]").unwrap();
+    }));
+    println!("compile map(select(.ok)) | length: {:.1} µs", per_iter(2000, || {
+        Expr::compile("map(select(.ok)) | length").unwrap();
+    }));
+    for src in [".colors + [\"red\"]", ".colors + [$color]", ".id", "{ ids: [ $color, .id ] }", ".colors | map(ascii_upcase)", "[.colors[] | select(. == \"blue\")]", "until(. > 100; . + 1)", "[range(3000)] | length", "[range(5000)] | length", "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; 1000 | f"] {
+        let e = Expr::compile(src).unwrap();
+        let n = if src.contains("range") || src.contains("def") { 200 } else { 20000 };
+        let us = per_iter(n, || {
+            e.eval(&input, &v).unwrap();
+        });
+        println!("eval {src}: {us:.2} µs");
+    }
+    // raw jaq (no guard, no conversion) for comparison
+    let e = Expr::compile(".colors + [\"red\"]").unwrap();
+    let val = convert::to_val(&input);
+    let p = &e.inner.program;
+    let guard = runtime::Guard::new(1 << 20, 1 << 20, false, Instant::now() + Duration::from_secs(60), 1 << 30);
+    let us = per_iter(20000, || {
+        let env = Env { lut: &p.filter.lut, guard: &guard };
+        let ctx = Ctx::<runtime::Kd>::new(env, jaq_core::Vars::new([]));
+        let out = p.filter.id.run((ctx, val.clone())).next();
+        assert!(out.is_some());
+    });
+    println!("jaq run only .colors + [\"red\"]: {us:.2} µs");
+    let us = per_iter(20000, || {
+        std::hint::black_box(convert::to_val(&input));
+    });
+    println!("to_val small object: {us:.2} µs");
+    let us = per_iter(2000, || {
+        on_big_stack(|| 1).unwrap();
+    });
+    println!("big-stack thread spawn+join: {us:.1} µs");
+}

@@ -1,0 +1,628 @@
+//! Helpers shared by the end-to-end tests of the `kflow` binary: running it with a timeout,
+//! temporary folders, YAML docstrings, trace lines, and a local HTTP server that stands in
+//! for the public services (petstore, httpbin) the conformance kit calls.
+//!
+//! The machine running the tests has no internet: the server answers on 127.0.0.1 with
+//! behaviour modelled on the real services, and records every request it receives.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The `kflow` binary built by cargo for these tests.
+pub fn kflow_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kflow")
+}
+
+/// The Serverless Workflow spec folder of `../shared`, read at run time (never copied).
+pub fn spec_dir() -> Option<PathBuf> {
+    let candidates = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec/serverless-workflow"),
+        PathBuf::from("/work/shared/spec/serverless-workflow"),
+    ];
+    candidates.into_iter().find(|p| p.is_dir())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary folders
+
+/// A folder under the system temp dir, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("kflow-test-{tag}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `name` in the folder and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create parent dir");
+        }
+        std::fs::write(&p, contents).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The exit code; `None` when killed by a signal or by the timeout.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// stdout parsed as exactly one JSON document (surrounding whitespace allowed).
+    pub fn json(&self) -> Result<Value, String> {
+        serde_json::from_str::<Value>(&self.stdout)
+            .map_err(|e| format!("stdout is not exactly one JSON document ({e}): {}", clip(&self.stdout, 800)))
+    }
+
+    /// The `--trace` lines on stderr (JSON objects with a `type`), in order.
+    pub fn trace(&self) -> Vec<Value> {
+        trace_lines(&self.stderr)
+    }
+
+    /// A short description for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "exit={:?} timed_out={} elapsed={:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code,
+            self.timed_out,
+            self.elapsed,
+            clip(&self.stdout, 1500),
+            clip(&self.stderr, 3000)
+        )
+    }
+}
+
+/// A builder for one invocation of `kflow`.
+pub struct Kflow {
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+pub fn kflow<I, S>(args: I) -> Kflow
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Kflow {
+        args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
+        env: Vec::new(),
+        stdin: None,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+impl Kflow {
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Runs the binary; a run that outlives the timeout is killed and reported as timed out.
+    pub fn run(self) -> Outcome {
+        let mut cmd = Command::new(kflow_bin());
+        cmd.args(&self.args)
+            .env_remove("KFLOW_SECRETS")
+            .env_remove("KFLOW_SECRETS_FILE")
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let start = Instant::now();
+        let mut child = cmd.spawn().expect("spawn the kflow binary");
+        if let Some(bytes) = self.stdin {
+            let mut w = child.stdin.take().expect("stdin");
+            std::thread::spawn(move || {
+                let _ = w.write_all(&bytes);
+            });
+        }
+        let out_rx = drain(child.stdout.take().expect("stdout"));
+        let err_rx = drain(child.stderr.take().expect("stderr"));
+        let mut timed_out = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if start.elapsed() > self.timeout => {
+                    timed_out = true;
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break None,
+            }
+        };
+        let elapsed = start.elapsed();
+        // A grandchild (a shell task) may still hold the pipes: do not wait for it forever.
+        let stdout = out_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        let stderr = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        Outcome {
+            code: if timed_out { None } else { status.and_then(|s| s.code()) },
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            timed_out,
+            elapsed,
+        }
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..end], s.len())
+}
+
+/// The JSON trace lines of a stderr text.
+pub fn trace_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(|v| v.get("type").and_then(Value::as_str).is_some())
+        .collect()
+}
+
+/// `FILE:LINE:COL: message` lines of a stderr text that name `file`, as (line, col, message).
+pub fn diagnostics_for(stderr: &str, file: &Path) -> Vec<(u32, u32, String)> {
+    let shown = file.display().to_string();
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&shown)?.strip_prefix(':')?;
+            let (line, rest) = rest.split_once(':')?;
+            let (col, msg) = rest.split_once(": ")?;
+            let (line, col) = (line.parse().ok()?, col.parse().ok()?);
+            (!msg.trim().is_empty()).then(|| (line, col, msg.to_string()))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML and JSON values
+
+/// Parses a YAML (or JSON) text with YAML 1.2 booleans only (`yes`/`on` stay strings).
+pub fn yaml(text: &str) -> Result<Value, String> {
+    let opts = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options::<Value>(text, opts).map_err(|e| format!("invalid YAML: {e}"))
+}
+
+/// JSON equality where numbers compare by value (`1` equals `1.0`).
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Whether every field of `expected` is in `actual` with an equal value (maps recursively).
+pub fn json_subset(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e.iter().all(|(k, v)| a.get(k).is_some_and(|w| json_subset(v, w))),
+        _ => json_eq(expected, actual),
+    }
+}
+
+/// The value at a dotted path (`a.b.0.c`); numeric segments index arrays.
+pub fn at_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, seg| match cur {
+        Value::Object(m) => m.get(seg),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local stand-in for petstore.swagger.io and httpbin.org
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The request target: path and query, as sent.
+    pub target: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 (one thread per connection, `Connection: close`).
+pub struct TestServer {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test server");
+        let port = listener.local_addr().expect("local addr").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reqs, stop2) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let reqs = reqs.clone();
+                std::thread::spawn(move || serve_connection(conn, port, &reqs));
+            }
+        });
+        TestServer { port, requests, stop }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Points a workflow text's public service addresses at this server.
+    pub fn rewrite(&self, text: &str) -> String {
+        text.replace("https://petstore.swagger.io", &format!("{}/petstore", self.base()))
+            .replace("https://httpbin.org", &format!("{}/httpbin", self.base()))
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+fn json_response(status: u16, v: &Value) -> Response {
+    Response {
+        status,
+        headers: vec![("Content-Type", "application/json".into())],
+        body: serde_json::to_vec(v).unwrap_or_default(),
+    }
+}
+
+fn serve_connection(conn: TcpStream, port: u16, reqs: &Mutex<Vec<Recorded>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(write_half) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let Some(req) = read_request(&mut reader) else { return };
+    reqs.lock().unwrap_or_else(|p| p.into_inner()).push(req.clone());
+    let resp = route(&req, port);
+    let reason = match resp.status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let mut head = format!("HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", resp.status, resp.body.len());
+    for (k, v) in &resp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut w = write_half;
+    let _ = w.write_all(head.as_bytes());
+    if req.method != "HEAD" {
+        let _ = w.write_all(&resp.body);
+    }
+    let _ = w.flush();
+    let _ = w.shutdown(std::net::Shutdown::Both);
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Recorded> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n.min(64 << 20), 0);
+        r.read_exact(&mut body).ok()?;
+    }
+    Some(Recorded { method, target, headers, body })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space in query strings).
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if plus_is_space && b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query string as (name, value) pairs, decoded.
+fn query_pairs(target: &str) -> Vec<(String, String)> {
+    let Some((_, q)) = target.split_once('?') else { return Vec::new() };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k, true), percent_decode(v, true))
+        })
+        .collect()
+}
+
+pub fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The petstore's pets (a small, fixed store).
+fn pets() -> Vec<Value> {
+    let pet = |id: i64, name: &str, category: &str, status: &str| {
+        json!({
+            "id": id,
+            "category": { "id": 1, "name": category },
+            "name": name,
+            "photoUrls": [format!("https://example.com/photos/{id}.jpg")],
+            "tags": [{ "id": id, "name": category }],
+            "status": status
+        })
+    };
+    vec![
+        pet(1, "Rex", "dogs", "available"),
+        pet(2, "Felix", "cats", "available"),
+        pet(3, "Nemo", "fish", "pending"),
+        pet(4, "Polly", "birds", "sold"),
+    ]
+}
+
+fn route(req: &Recorded, port: u16) -> Response {
+    let path = req.path().to_string();
+    let segs: Vec<String> = path.trim_start_matches('/').split('/').map(|x| percent_decode(x, false)).collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET", ["petstore", "v2", "swagger.json"]) => json_response(200, &swagger(port)),
+        ("GET", ["petstore", "v2", "pet", "findByStatus"]) => {
+            let wanted: Vec<String> = query_pairs(&req.target)
+                .into_iter()
+                .filter(|(k, _)| k == "status")
+                .flat_map(|(_, v)| v.split(',').map(str::to_string).collect::<Vec<_>>())
+                .collect();
+            let found: Vec<Value> =
+                pets().into_iter().filter(|p| wanted.iter().any(|w| p["status"] == w.as_str())).collect();
+            json_response(200, &Value::Array(found))
+        }
+        ("GET", ["petstore", "v2", "pet", id]) => match id.parse::<i64>() {
+            Ok(n) => match pets().into_iter().find(|p| p["id"] == n) {
+                Some(p) => json_response(200, &p),
+                None => json_response(404, &json!({ "code": 1, "type": "error", "message": "Pet not found" })),
+            },
+            Err(_) => json_response(404, &json!({ "code": 404, "type": "unknown", "message": format!("java.lang.NumberFormatException: For input string: \"{id}\"") })),
+        },
+        (_, ["petstore", ..]) => json_response(404, &json!({ "code": 404, "type": "unknown", "message": "HTTP 404 Not Found" })),
+        ("GET", ["httpbin", "basic-auth", user, pass]) => {
+            let expected = format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()));
+            if req.header("authorization") == Some(expected.as_str()) {
+                json_response(200, &json!({ "authenticated": true, "user": user }))
+            } else {
+                Response { status: 401, headers: vec![("WWW-Authenticate", "Basic realm=\"Fake Realm\"".into())], body: Vec::new() }
+            }
+        }
+        (_, ["httpbin", "status", code]) => {
+            Response { status: code.parse().unwrap_or(400), headers: vec![("Content-Type", "text/plain".into())], body: Vec::new() }
+        }
+        (_, ["httpbin", "anything", ..]) | ("GET", ["httpbin", "get"]) | ("POST", ["httpbin", "post"]) => {
+            let mut args = BTreeMap::new();
+            for (k, v) in query_pairs(&req.target) {
+                args.insert(k, Value::String(v));
+            }
+            let headers: serde_json::Map<String, Value> =
+                req.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let data = String::from_utf8_lossy(&req.body).into_owned();
+            let parsed = serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null);
+            json_response(200, &json!({
+                "args": args, "data": data, "headers": headers, "json": parsed,
+                "method": req.method, "url": format!("http://127.0.0.1:{port}{}", req.target)
+            }))
+        }
+        _ => json_response(404, &json!({ "error": "not found", "path": path })),
+    }
+}
+
+/// A Swagger 2.0 description of the stand-in petstore (the two operations the tests use).
+fn swagger(port: u16) -> Value {
+    let pet_ref = json!({ "$ref": "#/definitions/Pet" });
+    json!({
+        "swagger": "2.0",
+        "info": { "title": "Petstore stand-in for the kflow tests", "version": "1.0.0" },
+        "host": format!("127.0.0.1:{port}"),
+        "basePath": "/petstore/v2",
+        "schemes": ["http"],
+        "paths": {
+            "/pet/findByStatus": { "get": {
+                "tags": ["pet"],
+                "summary": "Finds pets by status",
+                "operationId": "findPetsByStatus",
+                "produces": ["application/json"],
+                "parameters": [{
+                    "name": "status", "in": "query", "required": true,
+                    "type": "array", "items": { "type": "string", "enum": ["available", "pending", "sold"] },
+                    "collectionFormat": "multi"
+                }],
+                "responses": {
+                    "200": { "description": "the pets", "schema": { "type": "array", "items": pet_ref } },
+                    "400": { "description": "invalid status value" }
+                }
+            }},
+            "/pet/{petId}": { "get": {
+                "tags": ["pet"],
+                "summary": "Finds a pet by id",
+                "operationId": "getPetById",
+                "produces": ["application/json"],
+                "parameters": [{ "name": "petId", "in": "path", "required": true, "type": "integer", "format": "int64" }],
+                "responses": {
+                    "200": { "description": "the pet", "schema": pet_ref },
+                    "404": { "description": "no such pet" }
+                }
+            }}
+        },
+        "definitions": {
+            "Pet": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "id": { "type": "integer", "format": "int64" },
+                    "name": { "type": "string" },
+                    "status": { "type": "string", "enum": ["available", "pending", "sold"] }
+                }
+            }
+        }
+    })
+}
