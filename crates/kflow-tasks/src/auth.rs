@@ -616,7 +616,7 @@ fn primes(n: usize) -> Vec<u32> {
     let mut p = Vec::with_capacity(n);
     let mut c = 2u32;
     while p.len() < n {
-        if p.iter().all(|q| c % q != 0) {
+        if p.iter().all(|q| !c.is_multiple_of(*q)) {
             p.push(c);
         }
         c += 1;

@@ -297,10 +297,10 @@ pub(crate) async fn send(
     follow: bool,
 ) -> Result<(HeaderMap, Received), WfError> {
     let mut headers = out.headers.clone();
-    if !headers.contains_key("idempotency-key") {
-        if let Ok(v) = HeaderValue::from_str(&ctx.idempotency_key()) {
-            headers.insert(HeaderName::from_static("idempotency-key"), v);
-        }
+    if !headers.contains_key("idempotency-key")
+        && let Ok(v) = HeaderValue::from_str(&ctx.idempotency_key())
+    {
+        headers.insert(HeaderName::from_static("idempotency-key"), v);
     }
     let mut oauth_key = None;
     match auth {
@@ -319,14 +319,14 @@ pub(crate) async fn send(
             // The token was refused: do not hand it out again.
             inner.tokens.invalidate(&key);
         }
-        if let Some(Auth::Digest { username, password }) = auth {
-            if let Some(value) = auth::digest_answer(&resp.headers, username, password, out)? {
-                let v = HeaderValue::from_str(&value)
-                    .map_err(|_| WfError::configuration("the digest credentials contain characters not allowed in an HTTP header"))?;
-                headers.insert(reqwest::header::AUTHORIZATION, v);
-                let resp = send_once(inner, out, &headers, follow).await?;
-                return Ok((headers, resp));
-            }
+        if let Some(Auth::Digest { username, password }) = auth
+            && let Some(value) = auth::digest_answer(&resp.headers, username, password, out)?
+        {
+            let v = HeaderValue::from_str(&value)
+                .map_err(|_| WfError::configuration("the digest credentials contain characters not allowed in an HTTP header"))?;
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+            let resp = send_once(inner, out, &headers, follow).await?;
+            return Ok((headers, resp));
         }
     }
     Ok((headers, resp))
@@ -384,10 +384,10 @@ pub(crate) fn check_status(out: &Outgoing, resp: &Received, redirect: bool) -> R
         detail.push(' ');
         detail.push_str(resp.reason);
     }
-    if (300..400).contains(&resp.status) {
-        if let Some(loc) = resp.headers.get(reqwest::header::LOCATION) {
-            detail.push_str(&format!(" (redirect to {}; set 'redirect: true' to follow)", String::from_utf8_lossy(loc.as_bytes())));
-        }
+    if (300..400).contains(&resp.status)
+        && let Some(loc) = resp.headers.get(reqwest::header::LOCATION)
+    {
+        detail.push_str(&format!(" (redirect to {}; set 'redirect: true' to follow)", String::from_utf8_lossy(loc.as_bytes())));
     }
     let excerpt = excerpt(&resp.body, ERROR_BODY_EXCERPT);
     if !excerpt.trim().is_empty() {
@@ -419,10 +419,10 @@ pub(crate) fn decode_content(headers: &HeaderMap, body: &[u8]) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
-    if content_type(headers).is_some_and(|ct| is_json_type(&ct)) {
-        if let Ok(v) = serde_json::from_slice::<Value>(body) {
-            return v;
-        }
+    if content_type(headers).is_some_and(|ct| is_json_type(&ct))
+        && let Ok(v) = serde_json::from_slice::<Value>(body)
+    {
+        return v;
     }
     match std::str::from_utf8(body) {
         Ok(s) => Value::String(s.to_string()),

@@ -4,9 +4,8 @@
 //! evaluated. A host hands the IO-bound ones to an [`Executor`], which performs them for real
 //! (HTTP requests with [`reqwest`], child processes with [`tokio::process`]) and answers with
 //! the task's raw output or a [`WfError`]. `Emit`, `Listen`, `Timer` and `Workflow` effects stay
-//! with the host. One module per kind: [`http`](crate::http) (plain calls and the machinery the
-//! others share), [`openapi`](crate::openapi), [`process`](crate::process) and
-//! [`auth`](crate::auth) (Basic, Bearer, Digest, OAuth2/OIDC token acquisition).
+//! with the host. One module per kind: `http` (plain calls and the machinery the others share),
+//! `openapi`, `process` and `auth` (Basic, Bearer, Digest, OAuth2/OIDC token acquisition).
 //!
 //! Dropping the future returned by [`Executor::perform`] cancels the effect: the HTTP request is
 //! abandoned, a child process's whole process group is killed and its working directory removed.

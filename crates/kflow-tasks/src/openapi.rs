@@ -422,10 +422,10 @@ fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Va
     let body_bytes = match body {
         None => None,
         Some(b) => {
-            if let Some(ct) = &content_type {
-                if !headers.contains_key(reqwest::header::CONTENT_TYPE) {
-                    http::add_header(&mut headers, "content-type", ct)?;
-                }
+            if let Some(ct) = &content_type
+                && !headers.contains_key(reqwest::header::CONTENT_TYPE)
+            {
+                http::add_header(&mut headers, "content-type", ct)?;
             }
             Some(http::encode_body(&b, &mut headers)?)
         }

@@ -161,7 +161,7 @@ pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequ
     };
     guard.finish().await;
     let status = status.map_err(|e| WfError::runtime(format!("waiting for the process failed: {e}")))?;
-    Ok(shape(req.return_, status, out, err)?)
+    shape(req.return_, status, out, err)
 }
 
 /// Waits for the process while feeding stdin and draining both pipes; kills the group as soon as

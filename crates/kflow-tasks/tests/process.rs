@@ -65,10 +65,10 @@ fn group_members(pgid: u32) -> Vec<u32> {
 async fn wait_for_file(p: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            if s.ends_with('\n') {
-                return s.trim().to_string();
-            }
+        if let Ok(s) = std::fs::read_to_string(p)
+            && s.ends_with('\n')
+        {
+            return s.trim().to_string();
         }
         assert!(Instant::now() < deadline, "{} never appeared", p.display());
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -43,7 +43,7 @@
 //! * **Sticky stop.** A tripped guard fails every later tick as well, and the evaluator reports
 //!   the trip whatever the filter produced afterwards, so `try … catch` cannot swallow it.
 //! * **Inline first, big stack when needed.** A run starts inline on the caller's thread with a
-//!   small allowance: 256 KiB of stack growth and 4096 steps. Most expressions never tick at
+//!   small allowance: 256 KiB of stack growth and 1024 steps. Most expressions never tick at
 //!   all, and pay only for the value conversions and one clock read. When the allowance runs
 //!   out, the run is abandoned and repeated from the start (jq is pure here, so that is safe)
 //!   on a fresh thread with a 256 MiB stack (reserved, committed by the OS only as it is
@@ -122,7 +122,7 @@ pub struct Expr {
 struct ExprInner {
     source: String,
     program: Program,
-    /// Compile and evaluate on a big stack only (long or deeply nested source).
+    /// Evaluate on a big stack only (long or deeply nested source).
     big: bool,
 }
 
@@ -159,7 +159,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             time_budget: Duration::from_millis(1000),
-            max_steps: 10_000_000,
+            max_steps: 1_000_000,
             max_result_bytes: 64 << 20,
             max_outputs: 10_000,
         }
@@ -170,7 +170,7 @@ impl Default for Limits {
 const MAX_SOURCE_LEN: usize = 64 << 10;
 /// Stack growth and steps allowed inline, on the caller's thread.
 const INLINE_STACK_BUDGET: usize = 256 << 10;
-const INLINE_STEPS: u64 = 4096;
+const INLINE_STEPS: u64 = 1024;
 /// Stack of the big-stack thread, and the part of it recursion may use.
 const BIG_STACK: usize = 256 << 20;
 const BIG_STACK_BUDGET: usize = 64 << 20;
@@ -191,6 +191,7 @@ impl Expr {
             program::compile(source)
         };
         let program = program.map_err(fail)?;
+        let big = big || program.deep;
         Ok(Expr { inner: Arc::new(ExprInner { source: source.to_string(), program, big }) })
     }
 
@@ -268,11 +269,14 @@ impl Expr {
             Fail::Trip(Trip::Stack | Trip::Escalate) => {
                 format!("expression recursion too deep (used up its {} MiB stack budget)", BIG_STACK_BUDGET >> 20)
             }
-            Fail::Trip(Trip::TooLarge(bytes)) => format!(
-                "expression result too large: an operation would build a string of {bytes} bytes \
-                 (limit {} bytes)",
-                limits.max_result_bytes
-            ),
+            Fail::Trip(Trip::TooLarge(bytes)) => {
+                let size = if bytes == u64::MAX { "an unbounded number of".to_string() } else { bytes.to_string() };
+                format!(
+                    "expression result too large: an operation would build a string of {size} bytes \
+                     (limit {} bytes)",
+                    limits.max_result_bytes
+                )
+            }
             Fail::Size(Oversize::Bytes) => {
                 format!("expression result too large (more than {} bytes)", limits.max_result_bytes)
             }

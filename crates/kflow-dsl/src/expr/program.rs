@@ -33,7 +33,14 @@ const HOST_VARS: &[&str] = &["$ENV", "$__loc__", "$__prog_args", "$__prog_name"]
 pub(super) struct Program {
     pub filter: jaq_core::Filter<Kd>,
     pub globals: Vec<String>,
+    /// The syntax tree is nested deeper than [`MAX_INLINE_DEPTH`]: evaluate on a big stack.
+    pub deep: bool,
 }
+
+/// Deepest syntax tree evaluated inline. Evaluation recurses along the tree without ticking
+/// (about 5 KiB of stack per level in an unoptimised build), so the inline stack allowance of
+/// ticks does not cover it.
+const MAX_INLINE_DEPTH: usize = 40;
 
 /// Compiles `src`; `Err` is the human-readable message.
 pub(super) fn compile(src: &str) -> Result<Program, String> {
@@ -42,6 +49,7 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
         .parse(|p| p.term())
         .map_err(|errs| parse_message(src, &errs))?;
 
+    let deep = depth(&term) > MAX_INLINE_DEPTH;
     let mut refs = BTreeSet::new();
     collect_refs(&term, &mut refs);
     if let Some(name) = refs.iter().find(|n| n.starts_with(RESERVED)) {
@@ -73,11 +81,11 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
             dedup_join(msgs)
         })?;
     let globals = globals.iter().map(|g| g[1..].to_string()).collect();
-    Ok(Program { filter, globals })
+    Ok(Program { filter, globals, deep })
 }
 
-/// Whether `src` is large or nested enough that parsing, compiling and evaluating it might
-/// recurse deeply; such expressions are handled on a big-stack thread.
+/// Whether `src` is large or nested enough that parsing and compiling it might recurse deeply;
+/// such expressions are compiled and evaluated on a big-stack thread.
 pub(super) fn is_big(src: &str) -> bool {
     const MAX_INLINE_LEN: usize = 512;
     const MAX_INLINE_NESTING: usize = 24;
@@ -249,6 +257,13 @@ fn pattern_children<'t, S>(p: &'t Pattern<S>, f: &mut dyn FnMut(&'t Term<S>)) {
             pattern_children(p, f);
         }),
     }
+}
+
+/// Nesting depth of a syntax tree.
+fn depth<S>(t: &Term<S>) -> usize {
+    let mut max = 0;
+    children(t, &mut |c| max = max.max(depth(c)));
+    max + 1
 }
 
 /// Names of all filters `t` may call (including format filters such as `@base64`).
@@ -569,8 +584,9 @@ pub(super) fn prelude_recursive_names() -> Vec<&'static str> {
             out.push(d.name);
         }
         fn inner(t: &Term<&'static str>, out: &mut Vec<&'static str>) {
-            if let Term::Def(defs, _) = t {
+            if let Term::Def(defs, rest) = t {
                 defs.iter().for_each(|d| walk(d, out));
+                return inner(rest, out);
             }
             children(t, &mut |c| inner(c, out));
         }
