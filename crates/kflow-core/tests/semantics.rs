@@ -493,3 +493,31 @@ fn expression_errors_fault_with_the_expression_type() {
     assert!(e.type_.ends_with("/errors/expression"), "{e:?}");
     assert_eq!((e.status, e.instance.as_deref()), (400, Some("/do/0/a")));
 }
+
+#[test]
+fn catch_then_jumps_after_a_handled_error() {
+    let body = r#"do:
+  - attempt:
+      try:
+        - fail:
+            raise:
+              error:
+                type: https://serverlessworkflow.io/spec/1.0.0/errors/communication
+                status: 503
+      catch:
+        errors:
+          with:
+            status: 503
+        then: recordFailure
+  - continueProcessing:
+      set:
+        status: ok
+      then: end
+  - recordFailure:
+      set:
+        status: failed
+"#;
+    let s = run(body, json!({}));
+    assert_eq!(s.output(), json!({"status": "failed"}));
+    assert!(!s.trace().iter().any(|t| t.ends_with(":continueProcessing")));
+}

@@ -335,6 +335,8 @@ pub struct Catch {
     pub except_when: Option<Expr>,
     pub retry: Option<Arc<RetryPolicy>>,
     pub do_: Option<TaskList>,
+    /// Where to go after the error was handled (instead of the try task's own `then:`).
+    pub then: Option<Flow>,
 }
 
 /// Static error filter: every present field must equal the error's.

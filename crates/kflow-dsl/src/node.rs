@@ -170,6 +170,8 @@ struct Builder<'l> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Built>,
     nodes: usize,
+    /// Whether an anchor was seen: then copies count too, and messages say so.
+    anchors_used: bool,
     root: Option<Node>,
 }
 
@@ -179,7 +181,7 @@ fn err(pos: Pos, message: impl Into<String>) -> Diagnostic {
 
 impl<'l> Builder<'l> {
     fn new(limits: &'l Limits) -> Self {
-        Builder { limits, stack: Vec::new(), anchors: HashMap::new(), nodes: 0, root: None }
+        Builder { limits, stack: Vec::new(), anchors: HashMap::new(), nodes: 0, anchors_used: false, root: None }
     }
 
     fn run(mut self, text: &str) -> Result<Node, Diagnostic> {
@@ -277,10 +279,8 @@ impl<'l> Builder<'l> {
     fn count(&mut self, n: usize, pos: Pos) -> Result<(), Diagnostic> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > self.limits.max_nodes {
-            return Err(err(
-                pos,
-                format!("the document has too many nodes: more than {} (aliases count every node they copy)", self.limits.max_nodes),
-            ));
+            let why = if self.anchors_used { " (anchors and aliases count every node they copy)" } else { "" };
+            return Err(err(pos, format!("the document has too many nodes: more than {}{why}", self.limits.max_nodes)));
         }
         Ok(())
     }
@@ -290,6 +290,7 @@ impl<'l> Builder<'l> {
     fn finish(&mut self, built: Built, anchor: usize) -> Result<(), Diagnostic> {
         if anchor != 0 {
             // The copy kept for aliases costs as much as the node itself.
+            self.anchors_used = true;
             self.count(built.size, built.node.pos)?;
             self.anchors.insert(
                 anchor,

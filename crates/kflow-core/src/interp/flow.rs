@@ -214,12 +214,14 @@ pub(super) async fn try_(cx: &Cx, named: &NamedTask, t: &TryDef, input: &Value) 
                 return Err(err);
             }
         }
-        return match &t.catch.do_ {
-            None => Ok((input.clone(), None, None)),
+        let (out, flow, auth) = match &t.catch.do_ {
+            None => (input.clone(), None, None),
             Some(list) => {
                 let ecx = cx.with_var(&t.catch.as_, err.to_value());
-                nested(run_list(ecx, list.clone(), input.clone()).await?)
+                nested(run_list(ecx, list.clone(), input.clone()).await?)?
             }
         };
+        // `then: end` inside catch.do wins; otherwise catch.then, if any, says where to go.
+        return Ok((out, flow.or_else(|| t.catch.then.clone()), auth));
     }
 }

@@ -71,7 +71,9 @@ impl<'a> Obj<'a> {
     pub fn check(&self, cx: &mut Cx, allowed: &[&str]) {
         for (k, _) in self.entries {
             let name = key_str(k);
-            if !allowed.contains(&name) {
+            if name == "<<" {
+                cx.at(k, "YAML merge keys ('<<') are not supported (YAML 1.2 has none); write the properties out");
+            } else if !allowed.contains(&name) {
                 cx.at(
                     k,
                     format!("unknown property '{name}' in {} (expected one of: {})", self.label, allowed.join(", ")),

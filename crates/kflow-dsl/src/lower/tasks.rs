@@ -133,6 +133,10 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
     let kinds: Vec<&str> = KINDS.into_iter().filter(|k| obj.has(k) && !(*k == "do" && obj.has("for"))).collect();
     let kind = match kinds.as_slice() {
         [k] => *k,
+        [] if obj.has("<<") => {
+            obj.check(cx, &BASE);
+            return None;
+        }
         [] => {
             let found = list_names(obj.entries.iter().map(|(k, _)| key_str(k)).filter(|k| !BASE.contains(k)));
             let found = if found.is_empty() { String::new() } else { format!(" (found: {found})") };
@@ -341,11 +345,8 @@ fn catch(cx: &mut Cx, node: &Node, reference: &str, scope: &Scope) -> Option<Cat
         }
     });
     let do_ = obj.get("do").map(|n| task_list(cx, n, &format!("{reference}/catch/do"), &obj.field("do")));
-    // `catch.then` (DSL 1.0.3+) jumps within the try task's own list; the model has no field for
-    // it yet, so it is checked here and not kept.
-    if let Some(n) = obj.get("then") {
-        flow(cx, n, scope, &obj.field("then"));
-    }
+    // `catch.then` (DSL 1.0.3+): where to go after a handled error, in the try task's own list.
+    let then = obj.get("then").and_then(|n| flow(cx, n, scope, &obj.field("then")));
     Some(Catch {
         errors,
         as_: as_.flatten().unwrap_or_else(|| "error".to_string()),
@@ -353,6 +354,7 @@ fn catch(cx: &mut Cx, node: &Node, reference: &str, scope: &Scope) -> Option<Cat
         except_when: except_when.flatten(),
         retry: retry.flatten(),
         do_: do_.flatten(),
+        then,
     })
 }
 
