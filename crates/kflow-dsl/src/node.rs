@@ -59,6 +59,18 @@ impl Default for Limits {
 
 /// Parses one YAML (or JSON) document whose root is a mapping.
 pub fn parse(text: &[u8], limits: &Limits) -> Result<Node, Diagnostic> {
+    let root = parse_value(text, limits)?;
+    match root.kind {
+        NodeKind::Map(_) => Ok(root),
+        ref kind => Err(err(
+            root.pos,
+            format!("the document root must be a mapping (of document, do, ...), got {}", describe(kind)),
+        )),
+    }
+}
+
+/// Parses one YAML (or JSON) document with any root (workflow inputs, secrets files).
+pub fn parse_value(text: &[u8], limits: &Limits) -> Result<Node, Diagnostic> {
     if text.len() > limits.max_bytes {
         return Err(Diagnostic::new(
             1,
@@ -259,12 +271,8 @@ impl<'l> Builder<'l> {
             }
         }
         match self.root.take() {
-            Some(root @ Node { kind: NodeKind::Map(_), .. }) => Ok(root),
             Some(Node { kind: NodeKind::Null, .. }) if is_blank(text) => Err(Diagnostic::new(1, 1, "the document is empty")),
-            Some(Node { pos, kind }) => Err(err(
-                pos,
-                format!("the document root must be a mapping (of document, do, ...), got {}", describe(&kind)),
-            )),
+            Some(root) => Ok(root),
             None => Err(Diagnostic::new(1, 1, "the document is empty")),
         }
     }

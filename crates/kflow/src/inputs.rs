@@ -23,7 +23,7 @@ fn parse_data(bytes: &[u8], what: &str) -> anyhow::Result<Value> {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         return Ok(v);
     }
-    match kflow_dsl::node::parse(bytes, &kflow_dsl::node::Limits::default()) {
+    match kflow_dsl::node::parse_value(bytes, &kflow_dsl::node::Limits::default()) {
         Ok(node) => Ok(node.to_json()),
         Err(d) => bail!("{what}:{d}"),
     }
