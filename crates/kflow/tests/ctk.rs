@@ -72,10 +72,16 @@ fn parse_feature(text: &str) -> Result<Feature, String> {
             in_background = false;
             let steps = background.clone();
             scenarios.push(Scenario { name: name.trim().to_string(), line: n, steps });
-        } else if t.starts_with("Scenario Outline:") || t.starts_with("Scenario Template:") || t.starts_with("Examples:") || t.starts_with('|') || t.starts_with("Rule:") {
+        } else if t.starts_with("Scenario Outline:")
+            || t.starts_with("Scenario Template:")
+            || t.starts_with("Examples:")
+            || t.starts_with('|')
+            || t.starts_with("Rule:")
+        {
             return Err(format!("line {n}: this reader does not support `{t}`"));
         } else if let Some(kw) = KEYWORDS.iter().find(|k| t.starts_with(*k)) {
-            let step = StepText { keyword: kw.trim().to_string(), text: t[kw.len()..].trim().to_string(), doc: None, line: n };
+            let step =
+                StepText { keyword: kw.trim().to_string(), text: t[kw.len()..].trim().to_string(), doc: None, line: n };
             if in_background {
                 background.push(step);
             } else if let Some(s) = scenarios.last_mut() {
@@ -100,7 +106,11 @@ fn parse_feature(text: &str) -> Result<Feature, String> {
                 body.push(&l[strip.min(indent)..]);
             }
             let doc = body.join("\n");
-            let target = if in_background { background.last_mut() } else { scenarios.last_mut().and_then(|s| s.steps.last_mut()) };
+            let target = if in_background {
+                background.last_mut()
+            } else {
+                scenarios.last_mut().and_then(|s| s.steps.last_mut())
+            };
             match target {
                 Some(step) if step.doc.is_none() => step.doc = Some(doc),
                 _ => return Err(format!("line {n}: a docstring that belongs to no step")),
@@ -142,9 +152,7 @@ enum Step {
 
 /// `'a', 'b.c'` → `["a", "b.c"]`.
 fn quoted_list(s: &str) -> Option<Vec<String>> {
-    s.split(',')
-        .map(|p| p.trim().strip_prefix('\'')?.strip_suffix('\'').map(str::to_string))
-        .collect()
+    s.split(',').map(|p| p.trim().strip_prefix('\'')?.strip_suffix('\'').map(str::to_string)).collect()
 }
 
 /// A task name: one token (the CTK's names have no spaces).
@@ -175,8 +183,13 @@ fn parse_step(st: &StepText) -> Result<Step, String> {
                 let (path, tail) = rest.split_once('\'').ok_or("unclosed property name")?;
                 if tail == " property with value:" {
                     Step::PropertyValue(path.to_string(), doc.clone().ok_or("a value step needs a docstring")?)
-                } else if let Some(count) = tail.strip_prefix(" property containing ").and_then(|t| t.strip_suffix(" items")) {
-                    Step::PropertyCount(path.to_string(), count.trim().parse().map_err(|_| format!("bad count `{count}`"))?)
+                } else if let Some(count) =
+                    tail.strip_prefix(" property containing ").and_then(|t| t.strip_suffix(" items"))
+                {
+                    Step::PropertyCount(
+                        path.to_string(),
+                        count.trim().parse().map_err(|_| format!("bad count `{count}`"))?,
+                    )
                 } else {
                     return Err(format!("unknown step: {} {}", st.keyword, st.text));
                 }
@@ -184,9 +197,13 @@ fn parse_step(st: &StepText) -> Result<Step, String> {
                 Step::RunsFirst(t)
             } else if let Some(t) = text.strip_suffix(" should run last").and_then(task_name) {
                 Step::RunsLast(t)
-            } else if let Some((a, b)) = text.split_once(" should run before ").and_then(|(a, b)| Some((task_name(a)?, task_name(b)?))) {
+            } else if let Some((a, b)) =
+                text.split_once(" should run before ").and_then(|(a, b)| Some((task_name(a)?, task_name(b)?)))
+            {
                 Step::RunsBefore(a, b)
-            } else if let Some((a, b)) = text.split_once(" should run after ").and_then(|(a, b)| Some((task_name(a)?, task_name(b)?))) {
+            } else if let Some((a, b)) =
+                text.split_once(" should run after ").and_then(|(a, b)| Some((task_name(a)?, task_name(b)?)))
+            {
                 Step::RunsAfter(a, b)
             } else if let Some(t) = text.strip_suffix(" should complete").and_then(task_name) {
                 Step::TaskCompletes(t, None)
@@ -273,7 +290,8 @@ impl World {
     }
 
     fn order_failure(&self, what: &str) -> String {
-        let order: Vec<String> = self.ran.as_ref().map(|r| started(&r.trace)).unwrap_or_default().into_iter().map(|(_, r)| r).collect();
+        let order: Vec<String> =
+            self.ran.as_ref().map(|r| started(&r.trace)).unwrap_or_default().into_iter().map(|(_, r)| r).collect();
         format!("{what}; task.started order: {order:?}")
     }
 
@@ -323,11 +341,15 @@ impl World {
             Step::WorkflowFaultsWith(d) => {
                 let (want, got) = (doc_value(&d)?, self.fault()?);
                 if !json_subset(&want, &got) {
-                    return Err(format!("error differs (every expected field must be equal)\n  expected: {want}\n  actual:   {got}"));
+                    return Err(format!(
+                        "error differs (every expected field must be equal)\n  expected: {want}\n  actual:   {got}"
+                    ));
                 }
             }
             Step::WorkflowCancels | Step::TaskCancels(_) => {
-                return Err("cancellation cannot be observed through `kflow run` (this runner has no way to check it)".into());
+                return Err(
+                    "cancellation cannot be observed through `kflow run` (this runner has no way to check it)".into()
+                );
             }
             Step::HasProperties(paths) => {
                 let out = self.output()?;
@@ -340,7 +362,12 @@ impl World {
                 let (want, out) = (doc_value(&d)?, self.output()?);
                 match at_path(&out, &path) {
                     Some(got) if json_eq(&want, got) => {}
-                    got => return Err(format!("`{path}` is {got:?}, expected {want}\n  output: {}", clip(&out.to_string(), 1500))),
+                    got => {
+                        return Err(format!(
+                            "`{path}` is {got:?}, expected {want}\n  output: {}",
+                            clip(&out.to_string(), 1500)
+                        ));
+                    }
                 }
             }
             Step::PropertyCount(path, n) => {
@@ -457,10 +484,8 @@ fn ctk_conformance() {
     for (at, name, r) in &rows {
         println!("{:<6} {:<24} {name}", if r.is_ok() { "pass" } else { "FAIL" }, at);
     }
-    let failures: Vec<String> = rows
-        .iter()
-        .filter_map(|(at, name, r)| r.as_ref().err().map(|e| format!("=== {at} {name}\n{e}")))
-        .collect();
+    let failures: Vec<String> =
+        rows.iter().filter_map(|(at, name, r)| r.as_ref().err().map(|e| format!("=== {at} {name}\n{e}"))).collect();
     for f in &failures {
         println!("\n{f}");
     }
@@ -509,4 +534,43 @@ fn gherkin_reader() {
     assert_eq!(yaml("1").unwrap(), serde_json::json!(1));
     assert_eq!(yaml("on: yes").unwrap(), serde_json::json!({"on": "yes"}));
     assert_eq!(yaml("/do/0/x").unwrap(), serde_json::json!("/do/0/x"));
+}
+
+/// The runner fails scenarios whose expectations are wrong (it does not pass vacuously).
+#[test]
+fn runner_detects_wrong_expectations() {
+    let server = TestServer::start();
+    let def = "    Given a workflow with definition:\n    \"\"\"yaml\n    document:\n      dsl: '1.0.3'\n      namespace: test\n      name: order\n      version: '0.1.0'\n    do:\n      - one:\n          set:\n            n: 1\n      - two:\n          set:\n            n: 2\n            list: [a, b]\n    \"\"\"\n    When the workflow is executed\n";
+    let right = [
+        "Then the workflow should complete with output:\n    \"\"\"yaml\n    n: 2\n    list: [a, b]\n    \"\"\"",
+        "And one should run first",
+        "And two should run last",
+        "And two should run after one",
+        "And one should run before two",
+        "And the workflow output should have a 'list' property containing 2 items",
+        "And the workflow output should have a 'list.1' property with value:\n    \"\"\"yaml\n    b\n    \"\"\"",
+    ];
+    let wrong = [
+        "Then the workflow should fault",
+        "Then the workflow should complete with output:\n    \"\"\"yaml\n    n: 1\n    \"\"\"",
+        "And two should run first",
+        "And one should run last",
+        "And one should run after two",
+        "And two should run before one",
+        "And three should run first",
+        "And the workflow output should have properties 'n', 'missing'",
+        "And the workflow output should have a 'list' property containing 3 items",
+        "And the moon should be full",
+    ];
+    let scenario = |step: &str| {
+        let text = format!("Feature: self-check\n  Scenario: s\n{def}    {step}\n");
+        let f = parse_feature(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        run_scenario(&f.scenarios[0], &server)
+    };
+    for step in right {
+        assert!(scenario(step).is_ok(), "should pass: {step}: {:?}", scenario(step));
+    }
+    for step in wrong {
+        assert!(scenario(step).is_err(), "should fail: {step}");
+    }
 }

@@ -44,10 +44,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let path = std::env::temp_dir().join(format!("kflow-test-{tag}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir { path }
@@ -117,7 +115,6 @@ impl Outcome {
 pub struct Kflow {
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
-    stdin: Option<Vec<u8>>,
     timeout: Duration,
 }
 
@@ -129,7 +126,6 @@ where
     Kflow {
         args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
         env: Vec::new(),
-        stdin: None,
         timeout: Duration::from_secs(30),
     }
 }
@@ -150,11 +146,6 @@ impl Kflow {
         self
     }
 
-    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
-        self.stdin = Some(bytes.into());
-        self
-    }
-
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
@@ -169,18 +160,12 @@ impl Kflow {
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+            .stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let start = Instant::now();
         let mut child = cmd.spawn().expect("spawn the kflow binary");
-        if let Some(bytes) = self.stdin {
-            let mut w = child.stdin.take().expect("stdin");
-            std::thread::spawn(move || {
-                let _ = w.write_all(&bytes);
-            });
-        }
         let out_rx = drain(child.stdout.take().expect("stdout"));
         let err_rx = drain(child.stderr.take().expect("stderr"));
         let mut timed_out = false;
@@ -402,7 +387,8 @@ fn serve_connection(conn: TcpStream, port: u16, reqs: &Mutex<Vec<Recorded>>) {
         503 => "Service Unavailable",
         _ => "Status",
     };
-    let mut head = format!("HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", resp.status, resp.body.len());
+    let mut head =
+        format!("HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", resp.status, resp.body.len());
     for (k, v) in &resp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -462,12 +448,13 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(if plus_is_space && b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -544,20 +531,31 @@ fn route(req: &Recorded, port: u16) -> Response {
                 Some(p) => json_response(200, &p),
                 None => json_response(404, &json!({ "code": 1, "type": "error", "message": "Pet not found" })),
             },
-            Err(_) => json_response(404, &json!({ "code": 404, "type": "unknown", "message": format!("java.lang.NumberFormatException: For input string: \"{id}\"") })),
+            Err(_) => json_response(
+                404,
+                &json!({ "code": 404, "type": "unknown", "message": format!("java.lang.NumberFormatException: For input string: \"{id}\"") }),
+            ),
         },
-        (_, ["petstore", ..]) => json_response(404, &json!({ "code": 404, "type": "unknown", "message": "HTTP 404 Not Found" })),
+        (_, ["petstore", ..]) => {
+            json_response(404, &json!({ "code": 404, "type": "unknown", "message": "HTTP 404 Not Found" }))
+        }
         ("GET", ["httpbin", "basic-auth", user, pass]) => {
             let expected = format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()));
             if req.header("authorization") == Some(expected.as_str()) {
                 json_response(200, &json!({ "authenticated": true, "user": user }))
             } else {
-                Response { status: 401, headers: vec![("WWW-Authenticate", "Basic realm=\"Fake Realm\"".into())], body: Vec::new() }
+                Response {
+                    status: 401,
+                    headers: vec![("WWW-Authenticate", "Basic realm=\"Fake Realm\"".into())],
+                    body: Vec::new(),
+                }
             }
         }
-        (_, ["httpbin", "status", code]) => {
-            Response { status: code.parse().unwrap_or(400), headers: vec![("Content-Type", "text/plain".into())], body: Vec::new() }
-        }
+        (_, ["httpbin", "status", code]) => Response {
+            status: code.parse().unwrap_or(400),
+            headers: vec![("Content-Type", "text/plain".into())],
+            body: Vec::new(),
+        },
         (_, ["httpbin", "anything", ..]) | ("GET", ["httpbin", "get"]) | ("POST", ["httpbin", "post"]) => {
             let mut args = BTreeMap::new();
             for (k, v) in query_pairs(&req.target) {
@@ -567,10 +565,13 @@ fn route(req: &Recorded, port: u16) -> Response {
                 req.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
             let data = String::from_utf8_lossy(&req.body).into_owned();
             let parsed = serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null);
-            json_response(200, &json!({
-                "args": args, "data": data, "headers": headers, "json": parsed,
-                "method": req.method, "url": format!("http://127.0.0.1:{port}{}", req.target)
-            }))
+            json_response(
+                200,
+                &json!({
+                    "args": args, "data": data, "headers": headers, "json": parsed,
+                    "method": req.method, "url": format!("http://127.0.0.1:{port}{}", req.target)
+                }),
+            )
         }
         _ => json_response(404, &json!({ "error": "not found", "path": path })),
     }
