@@ -521,3 +521,33 @@ fn catch_then_jumps_after_a_handled_error() {
     assert_eq!(s.output(), json!({"status": "failed"}));
     assert!(!s.trace().iter().any(|t| t.ends_with(":continueProcessing")));
 }
+
+#[test]
+fn listen_foreach_processes_each_event_in_order() {
+    let body = r#"do:
+  - l:
+      listen:
+        to:
+          any:
+            - with:
+                type: order
+          until: ( . | length ) >= 2
+      foreach:
+        item: ev
+        at: i
+        do:
+          - note:
+              set:
+                seen: '${ [$i, $ev.id] }'
+        output:
+          as: ${ .seen }
+"#;
+    let mut s = Sim::new(load(&doc(body)));
+    s.events.extend([
+        json!({"type": "order", "data": {"id": 1}}),
+        json!({"type": "other", "data": {"id": 9}}),
+        json!({"type": "order", "data": {"id": 2}}),
+    ]);
+    s.run(json!({}), echo);
+    assert_eq!(s.output(), json!([[0, 1], [1, 2]]));
+}

@@ -140,10 +140,22 @@ pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Va
         }
         let item = read(l.read, &ev);
         if let Some(fe) = &l.foreach {
+            // Each event is processed before the next is taken (FIFO). The task's output holds
+            // the events, each transformed by `foreach.output.as` when that is set.
             let icx = cx.with_var(&fe.item, item.clone()).with_var(&fe.at, Value::from(consumed.len()));
-            match run_list(icx, fe.do_.clone(), item.clone()).await? {
-                Outcome::Done(v) | Outcome::End(v) => outputs.push(v),
+            let result = match run_list(icx.clone(), fe.do_.clone(), item.clone()).await? {
+                Outcome::Done(v) | Outcome::End(v) => v,
+            };
+            let scope = icx.scope(&item, None);
+            let out = match fe.output.as_ref().and_then(|o| o.as_.as_ref()) {
+                Some(t) => icx.eval(t, &result, &scope)?,
+                None => item.clone(),
+            };
+            if let Some(t) = fe.export.as_ref().and_then(|e| e.as_.as_ref()) {
+                let ctx = icx.eval(t, &out, &scope)?;
+                cx.sh.lock().context = ctx;
             }
+            outputs.push(out);
         }
         consumed.push(item);
         if let Some(e) = until_expr {
