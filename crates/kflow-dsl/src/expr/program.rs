@@ -11,9 +11,9 @@ use jaq_core::load::{Arena, File, Lexer, Loader, Parser};
 use jaq_core::ops::Math;
 use jaq_core::path::Part;
 
-use super::runtime::{natives, Kd, MUL, TICK};
 #[cfg(test)]
 use super::runtime::REMOVED_NATIVES;
+use super::runtime::{Kd, MUL, TICK, natives};
 
 /// Name of the prelude definition holding the user's filter (it is compiled as the last
 /// definition of the prelude, so that its syntax tree can be rewritten before compiling).
@@ -45,9 +45,7 @@ const MAX_INLINE_DEPTH: usize = 40;
 /// Compiles `src`; `Err` is the human-readable message.
 pub(super) fn compile(src: &str) -> Result<Program, String> {
     let tokens = Lexer::new(src).lex().map_err(|errs| lex_message(src, &errs))?;
-    let mut term = Parser::new(&tokens)
-        .parse(|p| p.term())
-        .map_err(|errs| parse_message(src, &errs))?;
+    let mut term = Parser::new(&tokens).parse(|p| p.term()).map_err(|errs| parse_message(src, &errs))?;
 
     let deep = depth(&term) > MAX_INLINE_DEPTH;
     let mut refs = BTreeSet::new();
@@ -62,7 +60,7 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
     }
     let globals: Vec<&str> = vars.into_iter().filter(|v| !HOST_VARS.contains(v)).collect();
 
-    rewrite(&mut term, true);
+    rewrite(&mut term, &|_| true);
     let main = Def { name: MAIN, args: Vec::new(), body: tick_before(term) };
 
     let prelude = prelude();
@@ -128,7 +126,16 @@ fn lex_message(src: &str, errs: &[lex::Error<&str>]) -> String {
         let at = offset(src, rest).unwrap_or(0);
         match expect {
             lex::Expect::Delim(open) => {
-                format!("{} expected: `{}` at offset {at} is never closed", expect.as_str(), open)
+                let opened = offset(src, open).map(|o| format!(" at offset {o}")).unwrap_or_default();
+                if rest.trim().is_empty() {
+                    format!("`{open}`{opened} is never closed ({} expected)", expect.as_str())
+                } else {
+                    format!(
+                        "{} expected at offset {at} for `{open}`{opened}, found `{}`",
+                        expect.as_str(),
+                        snippet(rest)
+                    )
+                }
             }
             lex::Expect::Token => format!("unexpected character `{}` at offset {at}", snippet(rest)),
             _ => format!("{} expected at offset {at}, found `{}`", expect.as_str(), snippet(rest)),
@@ -170,8 +177,8 @@ fn undefined_message(src: &str, name: &str, undef: &jaq_core::compile::Undefined
 fn disabled_reason(name: &str) -> Option<&'static str> {
     Some(match name {
         "env" | "$ENV" => "it reads the host environment",
-        "input" | "inputs" | "input_filename" | "input_line_number" | "$__prog_args"
-        | "$__prog_name" | "get_search_list" => "there is no process input here",
+        "input" | "inputs" | "input_filename" | "input_line_number" | "$__prog_args" | "$__prog_name"
+        | "get_search_list" => "there is no process input here",
         "debug" | "stderr" | "debug_empty" | "stderr_empty" => "it writes to the process output",
         "halt" | "halt_error" => "it stops the process",
         "now" | "localtime" | "strflocaltime" => {
@@ -294,32 +301,31 @@ fn tick_before<'s>(body: Term<&'s str>) -> Term<&'s str> {
 }
 
 /// Rewrites `t` in place:
-/// * the body of every local definition starts with a tick when `tick_defs`
-///   (all user definitions are ticked; prelude definitions are ticked by [`Prelude`] only
-///   when they can recurse);
+/// * the body of every local definition for which `tick_def` holds starts with a tick
+///   (all user definitions are ticked; prelude definitions only when they can recurse);
 /// * the update of every `reduce`/`foreach` starts with a tick;
 /// * `l * r` becomes `__kflow_mul(l; r)` and `l *= r` becomes
 ///   `r as $__kflow_rhs | l |= __kflow_mul(.; $__kflow_rhs)`.
-fn rewrite<'s>(t: &mut Term<&'s str>, tick_defs: bool) {
+fn rewrite<'s>(t: &mut Term<&'s str>, tick_def: &dyn Fn(&Def<&'s str>) -> bool) {
     match t {
         Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) => {}
         Term::Str(_, parts) => parts.iter_mut().for_each(|p| {
             if let StrPart::Term(t) = p {
-                rewrite(t, tick_defs)
+                rewrite(t, tick_def)
             }
         }),
-        Term::Arr(a) => a.iter_mut().for_each(|a| rewrite(a, tick_defs)),
+        Term::Arr(a) => a.iter_mut().for_each(|a| rewrite(a, tick_def)),
         Term::Obj(kvs) => kvs.iter_mut().for_each(|(k, v)| {
-            rewrite(k, tick_defs);
-            v.iter_mut().for_each(|v| rewrite(v, tick_defs));
+            rewrite(k, tick_def);
+            v.iter_mut().for_each(|v| rewrite(v, tick_def));
         }),
-        Term::Neg(t) | Term::Label(_, t) => rewrite(t, tick_defs),
+        Term::Neg(t) | Term::Label(_, t) => rewrite(t, tick_def),
         Term::BinOp(l, op, r) => {
-            rewrite(l, tick_defs);
+            rewrite(l, tick_def);
             if let BinaryOp::Pipe(Some(p)) = op {
-                rewrite_pattern(p, tick_defs);
+                rewrite_pattern(p, tick_def);
             }
-            rewrite(r, tick_defs);
+            rewrite(r, tick_def);
             match op {
                 BinaryOp::Math(Math::Mul) => {
                     let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
@@ -336,54 +342,54 @@ fn rewrite<'s>(t: &mut Term<&'s str>, tick_defs: bool) {
             }
         }
         Term::Fold(_, xs, pat, args) => {
-            rewrite(xs, tick_defs);
-            rewrite_pattern(pat, tick_defs);
-            args.iter_mut().for_each(|a| rewrite(a, tick_defs));
+            rewrite(xs, tick_def);
+            rewrite_pattern(pat, tick_def);
+            args.iter_mut().for_each(|a| rewrite(a, tick_def));
             if let Some(update) = args.get_mut(1) {
                 *update = tick_before(std::mem::take(update));
             }
         }
         Term::TryCatch(t, c) => {
-            rewrite(t, tick_defs);
-            c.iter_mut().for_each(|c| rewrite(c, tick_defs));
+            rewrite(t, tick_def);
+            c.iter_mut().for_each(|c| rewrite(c, tick_def));
         }
         Term::IfThenElse(its, e) => {
             its.iter_mut().for_each(|(i, t)| {
-                rewrite(i, tick_defs);
-                rewrite(t, tick_defs);
+                rewrite(i, tick_def);
+                rewrite(t, tick_def);
             });
-            e.iter_mut().for_each(|e| rewrite(e, tick_defs));
+            e.iter_mut().for_each(|e| rewrite(e, tick_def));
         }
         Term::Def(defs, t) => {
             defs.iter_mut().for_each(|d| {
-                rewrite(&mut d.body, tick_defs);
-                if tick_defs {
+                rewrite(&mut d.body, tick_def);
+                if tick_def(d) {
                     d.body = tick_before(std::mem::take(&mut d.body));
                 }
             });
-            rewrite(t, tick_defs);
+            rewrite(t, tick_def);
         }
-        Term::Call(_, args) => args.iter_mut().for_each(|a| rewrite(a, tick_defs)),
+        Term::Call(_, args) => args.iter_mut().for_each(|a| rewrite(a, tick_def)),
         Term::Path(t, path) => {
-            rewrite(t, tick_defs);
+            rewrite(t, tick_def);
             path.0.iter_mut().for_each(|(part, _opt)| match part {
-                Part::Index(i) => rewrite(i, tick_defs),
+                Part::Index(i) => rewrite(i, tick_def),
                 Part::Range(a, b) => {
-                    a.iter_mut().for_each(|a| rewrite(a, tick_defs));
-                    b.iter_mut().for_each(|b| rewrite(b, tick_defs));
+                    a.iter_mut().for_each(|a| rewrite(a, tick_def));
+                    b.iter_mut().for_each(|b| rewrite(b, tick_def));
                 }
             });
         }
     }
 }
 
-fn rewrite_pattern<'s>(p: &mut Pattern<&'s str>, tick_defs: bool) {
+fn rewrite_pattern<'s>(p: &mut Pattern<&'s str>, tick_def: &dyn Fn(&Def<&'s str>) -> bool) {
     match p {
         Pattern::Var(_) => {}
-        Pattern::Arr(ps) => ps.iter_mut().for_each(|p| rewrite_pattern(p, tick_defs)),
+        Pattern::Arr(ps) => ps.iter_mut().for_each(|p| rewrite_pattern(p, tick_def)),
         Pattern::Obj(kps) => kps.iter_mut().for_each(|(k, p)| {
-            rewrite(k, tick_defs);
-            rewrite_pattern(p, tick_defs);
+            rewrite(k, tick_def);
+            rewrite_pattern(p, tick_def);
         }),
     }
 }
@@ -408,8 +414,7 @@ type Key = (&'static str, usize);
 impl Prelude {
     fn build() -> Prelude {
         let all = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let mut defs: Vec<Def<&'static str>> =
-            all.filter(|d| !REMOVED_DEFS.contains(&d.name)).collect();
+        let mut defs: Vec<Def<&'static str>> = all.filter(|d| !REMOVED_DEFS.contains(&d.name)).collect();
 
         // Which definitions can take part in a recursion? Name-and-arity call graph over all
         // definitions (nested ones included); merging equal keys only over-approximates.
@@ -417,8 +422,7 @@ impl Prelude {
         for d in &defs {
             add_def_edges(d, &mut graph);
         }
-        let recursive: BTreeSet<Key> =
-            graph.keys().copied().filter(|k| reaches(&graph, *k, *k)).collect();
+        let recursive: BTreeSet<Key> = graph.keys().copied().filter(|k| reaches(&graph, *k, *k)).collect();
 
         for d in &mut defs {
             rewrite_prelude_def(d, &recursive);
@@ -500,71 +504,12 @@ fn reaches(graph: &BTreeMap<Key, BTreeSet<Key>>, from: Key, target: Key) -> bool
     false
 }
 
-/// Like [`rewrite`] with `tick_defs = false`, then ticks the bodies of the recursive
-/// definitions (nested ones included).
+/// [`rewrite`], ticking the recursive definitions only.
 fn rewrite_prelude_def(d: &mut Def<&'static str>, recursive: &BTreeSet<Key>) {
-    tick_recursive_defs(&mut d.body, recursive);
-    rewrite(&mut d.body, false);
-    if recursive.contains(&key(d)) {
+    let tick = |d: &Def<&'static str>| recursive.contains(&key(d));
+    rewrite(&mut d.body, &tick);
+    if tick(d) {
         d.body = tick_before(std::mem::take(&mut d.body));
-    }
-}
-
-fn tick_recursive_defs(t: &mut Term<&'static str>, recursive: &BTreeSet<Key>) {
-    if let Term::Def(defs, rest) = t {
-        for d in defs.iter_mut() {
-            tick_recursive_defs(&mut d.body, recursive);
-            if recursive.contains(&key(d)) {
-                d.body = tick_before(std::mem::take(&mut d.body));
-            }
-        }
-        tick_recursive_defs(rest, recursive);
-        return;
-    }
-    // visit children mutably via `rewrite`-like traversal
-    match t {
-        Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) | Term::Def(..) => {}
-        Term::Str(_, parts) => parts.iter_mut().for_each(|p| {
-            if let StrPart::Term(t) = p {
-                tick_recursive_defs(t, recursive)
-            }
-        }),
-        Term::Arr(a) => a.iter_mut().for_each(|a| tick_recursive_defs(a, recursive)),
-        Term::Obj(kvs) => kvs.iter_mut().for_each(|(k, v)| {
-            tick_recursive_defs(k, recursive);
-            v.iter_mut().for_each(|v| tick_recursive_defs(v, recursive));
-        }),
-        Term::Neg(t) | Term::Label(_, t) => tick_recursive_defs(t, recursive),
-        Term::BinOp(l, _, r) => {
-            tick_recursive_defs(l, recursive);
-            tick_recursive_defs(r, recursive);
-        }
-        Term::Fold(_, xs, _, args) => {
-            tick_recursive_defs(xs, recursive);
-            args.iter_mut().for_each(|a| tick_recursive_defs(a, recursive));
-        }
-        Term::TryCatch(t, c) => {
-            tick_recursive_defs(t, recursive);
-            c.iter_mut().for_each(|c| tick_recursive_defs(c, recursive));
-        }
-        Term::IfThenElse(its, e) => {
-            its.iter_mut().for_each(|(i, t)| {
-                tick_recursive_defs(i, recursive);
-                tick_recursive_defs(t, recursive);
-            });
-            e.iter_mut().for_each(|e| tick_recursive_defs(e, recursive));
-        }
-        Term::Call(_, args) => args.iter_mut().for_each(|a| tick_recursive_defs(a, recursive)),
-        Term::Path(t, path) => {
-            tick_recursive_defs(t, recursive);
-            path.0.iter_mut().for_each(|(part, _)| match part {
-                Part::Index(i) => tick_recursive_defs(i, recursive),
-                Part::Range(a, b) => {
-                    a.iter_mut().for_each(|a| tick_recursive_defs(a, recursive));
-                    b.iter_mut().for_each(|b| tick_recursive_defs(b, recursive));
-                }
-            });
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use jaq_core::box_iter::box_once;
 use jaq_core::data::HasLut;
-use jaq_core::native::{v, Fun};
+use jaq_core::native::{Fun, v};
 use jaq_core::{Cv, DataT, Error, Exn, Native, ValX, ValXs};
 use jaq_json::Val;
 
@@ -121,7 +121,6 @@ impl Guard {
     }
 
     /// Steps taken and deepest stack growth seen so far.
-    #[cfg(test)]
     pub(super) fn usage(&self) -> (u64, usize) {
         (self.steps.get(), self.max_stack.get())
     }
@@ -247,17 +246,8 @@ impl<'a> Iterator for RangeIter<'a> {
 
 /// Native filters of jaq that reach the host (environment, clock, time zone, process exit,
 /// logging): left out, so filters using them do not compile.
-pub(super) const REMOVED_NATIVES: &[&str] = &[
-    "env",
-    "now",
-    "halt",
-    "debug_empty",
-    "stderr_empty",
-    "localtime",
-    "strflocaltime",
-    "input",
-    "inputs",
-];
+pub(super) const REMOVED_NATIVES: &[&str] =
+    &["env", "now", "halt", "debug_empty", "stderr_empty", "localtime", "strflocaltime", "input", "inputs"];
 
 /// All native filters available to kflow expressions.
 pub(super) fn natives() -> Vec<Fun<Kd>> {
@@ -273,10 +263,7 @@ pub(super) fn natives() -> Vec<Fun<Kd>> {
             Ok(()) => f(cv.1),
             Err(t) => box_once(Err(exn(t))),
         });
-    let own: [Fun<Kd>; 3] = [
-        (TICK, v(0), tick),
-        (MUL, v(2), Native::<Kd>::new(mul_run)),
-        ("range", v(3), Native::<Kd>::new(range_run)),
-    ];
+    let own: [Fun<Kd>; 3] =
+        [(TICK, v(0), tick), (MUL, v(2), Native::<Kd>::new(mul_run)), ("range", v(3), Native::<Kd>::new(range_run))];
     core.chain(std).chain(json).chain(own).collect()
 }

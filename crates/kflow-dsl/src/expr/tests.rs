@@ -171,7 +171,6 @@ fn expr_builtins() {
     assert_eq!(ok("[path(recurse(.[]?))]", json!([[1]])), json!([[], [0], [0, 0]]));
     assert_eq!(ok("def f: .a; f |= 5", json!({"a": 1})), json!({"a": 5}));
     assert_eq!(ok("path(def f: .a; f)", json!(null)), json!(["a"]));
-    assert_eq!(ok("setpath([\"a\", \"b\"]; 1)", json!({})), json!({"a": {"b": 1}}));
     assert_eq!(ok("delpaths([[\"a\"]])", json!({"a": 1, "b": 2})), json!({"b": 2}));
     assert_eq!(ok("(.. | numbers) |= . + 1", json!([1, [2]])), json!([2, [3]]));
     assert_eq!(ok("del(.. | nulls)", json!([1, null, [null, 2]])), json!([1, [2]]));
@@ -181,6 +180,165 @@ fn expr_builtins() {
     assert_eq!(all, [json!({"a": 2}), json!({"a": 3})]);
     assert_eq!(ok("[foreach (1, 2, 3) as $x (0; . + $x)]", json!(null)), json!([1, 3, 6]));
     assert_eq!(ok("[foreach (1, 2, 3) as $x (0; . + $x; [$x, .])]", json!(null)), json!([[1, 1], [2, 3], [3, 6]]));
+}
+
+/// All outputs (or the error) of `src` run by plain jaq: no rewriting, no metering.
+fn plain_jaq(src: &str, input: &Value) -> Result<Vec<Value>, String> {
+    use jaq_core::load::{Arena, File, Loader};
+    use jaq_core::{Compiler, data};
+    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+    let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+    let arena = Arena::default();
+    let modules = Loader::new(defs).load(&arena, File { code: src, path: () }).map_err(|_| "syntax")?;
+    let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|_| "undefined")?;
+    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, jaq_core::Vars::new([]));
+    let mut out = Vec::new();
+    for y in filter.id.run((ctx, convert::to_val(input))) {
+        match y {
+            Ok(v) => out.push(convert::from_val(&v, &mut u64::MAX.clone(), 10_000).unwrap()),
+            Err(e) => {
+                return Err(match exn_fail(e) {
+                    Fail::Jq(m) => m,
+                    _ => "other".to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn expr_same_results_as_plain_jaq() {
+    let input = json!({"a": [1, 2, {"b": null, "c": "x"}], "n": 3, "s": "a,b", "o": {"k": [true, false]}});
+    let filters = [
+        ".",
+        ".a",
+        ".a[]",
+        "[.a[] | numbers]",
+        ".a[2].c",
+        "[..]",
+        "[paths]",
+        "[paths(type == \"string\")]",
+        "[leaf_paths]",
+        "to_entries",
+        "with_entries(.value |= tostring)",
+        "keys",
+        "[.[] | length]",
+        ".n * 2",
+        ".n * 2.5",
+        ".s * 2",
+        ".o * {\"k\": 1}",
+        ".a[0] *= 3",
+        ".a[:2][] *= 2",
+        ".n *= (1, 2)",
+        "[.n * (1, 2)]",
+        "[(1, 2) * (3, 4)]",
+        "[range(.n)]",
+        "[range(1; 10; .n)]",
+        "[range(.n; 0; -1)]",
+        "reduce .a[] as $x (0; . + 1)",
+        "[foreach .a[] as $x (0; . + 1; [$x, .])]",
+        "[limit(5; repeat(.n))]",
+        "[.n | until(. > 20; . * 2)]",
+        "[.n | while(. < 20; . * 2)]",
+        "[recurse | numbers]",
+        "[recurse(.a?[]?)]",
+        "flatten",
+        "[.a | flatten(1)]",
+        "walk(if type == \"number\" then . + 1 else . end)",
+        "del(.a[0])",
+        "del(.. | nulls)",
+        "delpaths([[\"a\", 0]])",
+        "setpath([\"a\", 0]; 9)",
+        "getpath([\"o\", \"k\", 1])",
+        "(.. | numbers) |= . * 10",
+        "[path(..)]",
+        "path(.a[0])",
+        "[path(recurse(.a?[]?))]",
+        "pick(.o.k)",
+        "[splits(\",\")]",
+        ".s | split(\",\")",
+        "[.s | scan(\"[a-z]\")]",
+        ".s | sub(\",\"; \";\")",
+        "tojson | fromjson",
+        "[.a[] | tostring]",
+        "@base64 \"\\(.n)\"",
+        "[combinations(2)]?",
+        "[.a | combinations]?",
+        "input_line_number?",
+        "def f: if . > 0 then . - 1 | f else \"done\" end; .n | f",
+        "def f(g): g | g; .n | f(. + 1)",
+        "def fac: if . <= 1 then 1 else . * (. - 1 | fac) end; [range(8) | fac]",
+        "[.a[] | select(type == \"number\")] | add",
+        "any(.a[]; . == 2)",
+        "all(.a[]; . != null)",
+        "isempty(empty)",
+        "first(.a[])",
+        "last(.a[])",
+        "nth(1; .a[])",
+        "[limit(2; .a[])]",
+        "[skip(1; .a[])]",
+        "indices(1)",
+        ".a | index(2)",
+        "[.a[] | tojson] | join(\"-\")",
+        "transpose?",
+        "[.a | min, max]",
+        "[.a[:2] | sort, unique]",
+        "group_by(.)?",
+        ".o | map_values(length)",
+        "[.a[] | type]",
+        "ltrimstr(\"a\")",
+        ".s | ascii_downcase | explode | implode",
+        "todate?",
+        "[1, 2] | getpath([0])",
+        "[.a[] | .b?]",
+        "try error(\"x\") catch .",
+        "label $f | .a[] | if . == 2 then break $f else . end",
+        ".a as [$x, $y] | {$x, $y}",
+        ". as {n: $n, $s} | [$n, $s]",
+        "[.a[] as [$x] | $x]?",
+        "{(.s): 1}",
+        "[.[] | objects | keys]",
+        "\"\\(.n) \\(.s)\"",
+        "@json",
+        "@text",
+        "@html \"<\\(.s)>\"",
+        "@uri \"\\(.s) x\"",
+        "@sh \"echo \\(.s)\"",
+        ".n / 2",
+        ".n % 2",
+        "-.n",
+        "[.n, 1] | .[0] / .[1]",
+        "1e1000",
+        "-1e1000",
+        "nan | isnan",
+        "infinite",
+        "[1,2] - [2]",
+        "{} | .a.b.c = 1",
+        "[] | .[3] = 1",
+        ".a[1:] = [\"z\"]",
+        ".a |= map(numbers)",
+        ".o.k[] |= not",
+        "[.a[] | numbers | . as $x | [range($x)] | length]",
+        "reduce range(5) as $i ([]; . + [$i * $i])",
+        "[foreach range(5) as $i (0; . + $i)]",
+        "[range(3) as $x | range($x)]",
+    ];
+    for src in filters {
+        let want = plain_jaq(src, &input);
+        let got = match Expr::compile(src) {
+            Ok(e) => e.eval_all(&input, &()),
+            Err(e) => {
+                assert_eq!(want, Err("undefined".to_string()), "{src}: {e}");
+                continue;
+            }
+        };
+        match (&want, &got) {
+            (Ok(w), Ok(g)) => assert_eq!(w, g, "{src}"),
+            (Err(w), Err(ExprError::Eval { message, .. })) => assert_eq!(w, message, "{src}"),
+            _ => panic!("{src}: plain jaq {want:?}, kflow {got:?}"),
+        }
+    }
 }
 
 #[test]
@@ -215,7 +373,9 @@ fn expr_compile_errors() {
     let m = compile_err(".a ==");
     assert!(m.contains("unexpected end of expression, expected term"), "{m}");
     let m = compile_err("foo(");
-    assert!(m.contains("closing parenthesis"), "{m}");
+    assert_eq!(m, "`(` at offset 3 is never closed (closing parenthesis expected)");
+    let m = compile_err("(1 ]");
+    assert!(m.contains("closing parenthesis expected at offset 3 for `(` at offset 0"), "{m}");
     let m = compile_err("foo(1)");
     assert_eq!(m, "undefined function `foo/1` at offset 0");
     let m = compile_err(".a | map");
@@ -338,7 +498,10 @@ fn expr_size_limits() {
     let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
     assert!(err.to_string().ends_with("expression result too large (more than 1000 bytes)"), "{err}");
     // exponentially shared structure is refused when converted
-    let err = eval_err("[.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.]", json!("x"));
+    let err = eval_err(
+        "[.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.]",
+        json!("x"),
+    );
     assert!(err.contains("result too large"), "{err}");
     let err = eval_err("reduce range(2000) as $x (0; [.])", json!(null));
     assert!(err.contains("too deeply nested"), "{err}");
@@ -426,12 +589,20 @@ fn expr_stack_per_level() {
         for n in [100, 1000] {
             let input = convert::to_val(&json!(n));
             let limits = Limits::default();
-            let job = Job { program: &e.inner.program, input: &input, globals: &[], limits: &limits, deadline: Instant::now() + Duration::from_secs(10), first_only: true };
+            let job = Job {
+                program: &e.inner.program,
+                input: &input,
+                globals: &[],
+                limits: &limits,
+                deadline: Instant::now() + Duration::from_secs(10),
+                first_only: true,
+            };
             let (steps, stack) = on_big_stack(|| {
                 let guard = Guard::new(BIG_STACK_BUDGET, u64::MAX, false, job.deadline, 1 << 30);
                 assert!(job.pull(&guard).is_ok());
                 guard.usage()
-            }).unwrap();
+            })
+            .unwrap();
             println!("{src} | n = {n}: {steps} steps, {stack} bytes of stack, {} bytes per level", stack / n);
         }
     }
@@ -442,70 +613,36 @@ fn expr_stack_per_level() {
 #[ignore]
 fn expr_stack_per_nesting() {
     let n = 40;
-    for (open, close) in [("1 + (", ")"), ("[", "]"), ("{a: ", "}"), ("(. | ", ")"), ("(if . then ", " else 1 end)"), ("(1, ", ")"), ("(. as $x | ", ")"), ("(reduce 1 as $x (.; ", "))"), ("(", " + 1)"), ("((", ") | tostring)")] {
+    for (open, close) in [
+        ("1 + (", ")"),
+        ("[", "]"),
+        ("{a: ", "}"),
+        ("(. | ", ")"),
+        ("(if . then ", " else 1 end)"),
+        ("(1, ", ")"),
+        ("(. as $x | ", ")"),
+        ("(reduce 1 as $x (.; ", "))"),
+        ("(", " + 1)"),
+        ("((", ") | tostring)"),
+    ] {
         let src = format!("def f: .; {}f{}", open.repeat(n), close.repeat(n));
         let e = Expr::compile(&src).unwrap();
         let input = convert::to_val(&json!(1));
         let limits = Limits::default();
-        let job = Job { program: &e.inner.program, input: &input, globals: &[], limits: &limits, deadline: Instant::now() + Duration::from_secs(10), first_only: true };
+        let job = Job {
+            program: &e.inner.program,
+            input: &input,
+            globals: &[],
+            limits: &limits,
+            deadline: Instant::now() + Duration::from_secs(10),
+            first_only: true,
+        };
         let (_, stack) = on_big_stack(|| {
             let guard = Guard::new(BIG_STACK_BUDGET, u64::MAX, false, job.deadline, 1 << 30);
             let _ = job.pull(&guard);
             guard.usage()
-        }).unwrap();
+        })
+        .unwrap();
         println!("{open}…{close}: {} bytes per level", stack / n);
     }
-}
-
-/// Prints timings; run with `cargo test -p kflow-dsl expr_bench -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn expr_bench() {
-    fn per_iter(n: u32, mut f: impl FnMut()) -> f64 {
-        for _ in 0..n / 10 {
-            f();
-        }
-        let start = Instant::now();
-        for _ in 0..n {
-            f();
-        }
-        start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
-    }
-    let input = json!({"colors": ["blue", "green"], "id": 7});
-    let v = vars(&[("color", json!("red"))]);
-    let _ = Expr::compile(".").unwrap(); // prelude
-    println!("compile .colors + [\"red\"]: {:.1} µs", per_iter(2000, || {
-        Expr::compile(".colors + [\"red\"]").unwrap();
-    }));
-    println!("compile map(select(.ok)) | length: {:.1} µs", per_iter(2000, || {
-        Expr::compile("map(select(.ok)) | length").unwrap();
-    }));
-    for src in [".colors + [\"red\"]", ".colors + [$color]", ".id", "{ ids: [ $color, .id ] }", ".colors | map(ascii_upcase)", "[.colors[] | select(. == \"blue\")]", "until(. > 100; . + 1)", "[range(3000)] | length", "[range(5000)] | length", "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; 1000 | f"] {
-        let e = Expr::compile(src).unwrap();
-        let n = if src.contains("range") || src.contains("def") { 200 } else { 20000 };
-        let us = per_iter(n, || {
-            e.eval(&input, &v).unwrap();
-        });
-        println!("eval {src}: {us:.2} µs");
-    }
-    // raw jaq (no guard, no conversion) for comparison
-    let e = Expr::compile(".colors + [\"red\"]").unwrap();
-    let val = convert::to_val(&input);
-    let p = &e.inner.program;
-    let guard = runtime::Guard::new(1 << 20, 1 << 20, false, Instant::now() + Duration::from_secs(60), 1 << 30);
-    let us = per_iter(20000, || {
-        let env = Env { lut: &p.filter.lut, guard: &guard };
-        let ctx = Ctx::<runtime::Kd>::new(env, jaq_core::Vars::new([]));
-        let out = p.filter.id.run((ctx, val.clone())).next();
-        assert!(out.is_some());
-    });
-    println!("jaq run only .colors + [\"red\"]: {us:.2} µs");
-    let us = per_iter(20000, || {
-        std::hint::black_box(convert::to_val(&input));
-    });
-    println!("to_val small object: {us:.2} µs");
-    let us = per_iter(2000, || {
-        on_big_stack(|| 1).unwrap();
-    });
-    println!("big-stack thread spawn+join: {us:.1} µs");
 }
