@@ -82,6 +82,16 @@ impl Instance {
         self.sh.lock().pending.iter().map(|(id, (task, e))| (*id, task.clone(), e.clone())).collect()
     }
 
+    /// Whether everything the instance waits for is a timer or an event (nothing in progress).
+    pub fn only_waiting(&self) -> bool {
+        self.sh.lock().pending.values().all(|(_, e)| matches!(e, Effect::Timer { .. } | Effect::Listen { .. }))
+    }
+
+    /// Whether effect `id` is started and not yet answered.
+    pub fn is_pending(&self, id: EffectId) -> bool {
+        self.sh.lock().pending.contains_key(&id)
+    }
+
     /// Starts the workflow with its raw input at time `now_ms`.
     pub fn start(&mut self, input: Value, now_ms: i64) -> Step {
         if self.root.is_some() || self.status.is_finished() {

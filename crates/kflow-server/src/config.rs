@@ -1,0 +1,105 @@
+//! Server settings: defaults, the `--config kflow.yaml` file, and command-line overrides.
+//!
+//! Unknown keys in the file are an error that names them, so a typo never silently falls back
+//! to a default.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use kflow_store::sqlite::Durability;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    pub max_concurrent_effects: usize,
+    /// How long SIGTERM waits for running tasks before exiting.
+    pub drain_seconds: u64,
+    /// `$secrets` for every instance (a YAML/JSON map of name to value).
+    pub secrets_file: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("kflow-data"),
+            durability: Durability::Process,
+            max_body_bytes: 1024 * 1024,
+            max_concurrent_effects: 512,
+            drain_seconds: 30,
+            secrets_file: None,
+        }
+    }
+}
+
+/// The file's shape: every key optional, no others allowed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_concurrent_effects: Option<usize>,
+    drain_seconds: Option<u64>,
+    secrets_file: Option<PathBuf>,
+}
+
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "process" | "default" => Ok(Durability::Process),
+        "full" => Ok(Durability::Full),
+        other => Err(format!("unknown durability '{other}' (expected 'process' or 'full')")),
+    }
+}
+
+impl ServerConfig {
+    /// Reads a config file (YAML or JSON); `name` is used in messages.
+    pub fn from_file_bytes(bytes: &[u8], name: &str) -> Result<ServerConfig, String> {
+        let node = kflow_dsl::node::parse_value(bytes, &kflow_dsl::node::Limits::default())
+            .map_err(|d| format!("{name}:{d}"))?;
+        let json = node.to_json();
+        let file: FileConfig = serde_json::from_value(json).map_err(|e| format!("{name}: {e}"))?;
+        let mut c = ServerConfig::default();
+        if let Some(v) = file.listen {
+            c.listen = v;
+        }
+        if let Some(v) = file.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = file.durability {
+            c.durability = parse_durability(&v).map_err(|e| format!("{name}: durability: {e}"))?;
+        }
+        if let Some(v) = file.max_body_bytes {
+            c.max_body_bytes = v;
+        }
+        if let Some(v) = file.max_concurrent_effects {
+            c.max_concurrent_effects = v.max(1);
+        }
+        if let Some(v) = file.drain_seconds {
+            c.drain_seconds = v;
+        }
+        c.secrets_file = file.secrets_file;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_known_keys_and_names_unknown_ones() {
+        let c = ServerConfig::from_file_bytes(b"listen: 0.0.0.0:9000\ndurability: full\nmax_body_bytes: 10\n", "k.yaml").unwrap();
+        assert_eq!((c.listen.as_str(), c.durability, c.max_body_bytes), ("0.0.0.0:9000", Durability::Full, 10));
+        let e = ServerConfig::from_file_bytes(b"listen: x\nlistn: y\n", "k.yaml").unwrap_err();
+        assert!(e.contains("unknown field `listn`"), "{e}");
+        let e = ServerConfig::from_file_bytes(b"durability: fast\n", "k.yaml").unwrap_err();
+        assert!(e.contains("unknown durability 'fast'"), "{e}");
+    }
+}

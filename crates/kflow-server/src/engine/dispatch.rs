@@ -1,0 +1,59 @@
+//! Performing effects outside the driver: calls and processes on tokio tasks, bounded by a
+//! semaphore, each answering the driver with a [`Msg::Deliver`].
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use kflow_core::{Delivery, Effect, WfError};
+use kflow_tasks::{EffectCtx, Executor};
+
+use super::driver::Msg;
+use super::{Shared, now_ms};
+
+pub struct Dispatcher {
+    pub executor: Executor,
+    pub permits: Arc<Semaphore>,
+    pub tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Dispatcher {
+    /// Runs an http, openapi or process effect; the attempt number comes from the store so that
+    /// a re-run after a crash sees `KFLOW_ATTEMPT` > 1 (with the same idempotency key).
+    pub fn spawn(&self, shared: Arc<Shared>, instance: String, effect_id: u64, task: String, effect: Effect) -> JoinHandle<()> {
+        let exec = self.executor.clone();
+        let permits = self.permits.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            let (i2, s2) = (instance.clone(), shared.clone());
+            let attempt = tokio::task::spawn_blocking(move || s2.store.mark_attempt(&i2, effect_id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let Some(attempt) = attempt else { return }; // the row is gone: answered or cancelled
+            let ctx = EffectCtx { instance_id: instance.clone(), effect_id, task, attempt };
+            let result = exec.perform(&ctx, &effect).await;
+            let _ = tx.send(Msg::Deliver { instance, effect: effect_id, delivery: Delivery::Result(result) });
+        })
+    }
+}
+
+/// Fills the CloudEvent attributes an `emit` left out.
+pub fn complete_event(mut event: Value, instance_id: &str) -> Value {
+    if let Value::Object(m) = &mut event {
+        m.entry("specversion").or_insert_with(|| json!("1.0"));
+        m.entry("id").or_insert_with(|| json!(uuid::Uuid::now_v7().to_string()));
+        m.entry("time").or_insert_with(|| json!(kflow_core::time::iso8601(now_ms())));
+        m.entry("source").or_insert_with(|| json!(format!("urn:kflow:instance:{instance_id}")));
+    }
+    event
+}
+
+/// The error a parent sees when its sub-workflow cannot start.
+pub fn child_error(detail: String) -> Delivery {
+    Delivery::Result(Err(WfError::configuration(detail)))
+}

@@ -1,0 +1,673 @@
+//! The driver: the one task that changes instances.
+//!
+//! Messages are taken in batches. Each message is applied to its instance's core (replayed from
+//! the history when not in memory), producing a [`Commit`]; the whole batch is written in one
+//! transaction (group commit); only after it is durable does the driver reply, dispatch the new
+//! effects and publish live events. If the write fails, the instances it touched are dropped
+//! from memory (they will be replayed from what *was* committed) and callers get the error.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use kflow_core::events::event_matches;
+use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step};
+use kflow_dsl::Workflow;
+use kflow_store::{Commit, HistoryEvent, Instance, InstanceStatus, WorkItem};
+
+use super::dispatch::{Dispatcher, child_error, complete_event};
+use super::timers::{SCAN_EVERY_MS, Timers};
+use super::{EngineError, LiveEvent, Result, Shared, now_ms};
+
+pub enum Msg {
+    Start { wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>> },
+    Deliver { instance: String, effect: u64, delivery: Delivery },
+    Cancel { id: String, reply: oneshot::Sender<Result<Instance>> },
+    Suspend { id: String, reply: oneshot::Sender<Result<Instance>> },
+    Resume { id: String, reply: oneshot::Sender<Result<Instance>> },
+    Event { event: Value, reply: oneshot::Sender<Result<usize>> },
+    Shutdown { deadline: Duration, reply: oneshot::Sender<()> },
+}
+
+/// An instance in memory.
+struct Active {
+    core: kflow_core::Instance,
+    row: Instance,
+    next_seq: i64,
+    /// Deliveries that arrived while suspended.
+    held: Vec<(u64, Delivery)>,
+}
+
+/// What to do once the batch is committed.
+enum After {
+    ReplyInstance(oneshot::Sender<Result<Instance>>, String),
+    ReplyCount(oneshot::Sender<Result<usize>>, usize),
+    Dispatch { instance: String, effect: u64, task: String, effect_def: Effect },
+    Timer { instance: String, effect: u64, due: i64 },
+    Abort { instance: String, effect: u64 },
+    Live(String, HistoryEvent),
+}
+
+#[derive(Default)]
+struct Batch {
+    commits: Vec<Commit>,
+    /// Index of each instance's commit in `commits`.
+    by_instance: HashMap<String, usize>,
+    after: Vec<After>,
+    /// Deliveries produced inside the batch (emits, events, finished children).
+    ready: VecDeque<(String, u64, Delivery)>,
+}
+
+impl Batch {
+    fn commit_for(&mut self, id: &str, now: i64) -> &mut Commit {
+        let idx = match self.by_instance.get(id) {
+            Some(i) => *i,
+            None => {
+                self.commits.push(Commit { instance_id: id.to_string(), now_ms: now, ..Default::default() });
+                self.by_instance.insert(id.to_string(), self.commits.len() - 1);
+                self.commits.len() - 1
+            }
+        };
+        &mut self.commits[idx]
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    dispatcher: Dispatcher,
+    active: HashMap<String, Active>,
+    inflight: HashMap<(String, u64), JoinHandle<()>>,
+    /// Open `listen` subscriptions: filters by (instance, effect).
+    subs: HashMap<(String, u64), Vec<Value>>,
+    timers: Timers,
+    draining: bool,
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+pub(super) async fn spawn(
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+) -> Result<JoinHandle<()>> {
+    let dispatcher = Dispatcher {
+        executor: kflow_tasks::Executor::new(shared.config.executor.clone()),
+        permits: Arc::new(Semaphore::new(shared.config.max_concurrent_effects.max(1))),
+        tx,
+    };
+    let mut d = Driver {
+        shared,
+        dispatcher,
+        active: HashMap::new(),
+        inflight: HashMap::new(),
+        subs: HashMap::new(),
+        timers: Timers::default(),
+        draining: false,
+    };
+    d.recover()?;
+    Ok(tokio::spawn(d.run(rx)))
+}
+
+impl Driver {
+    /// After a restart: re-open subscriptions, re-arm near timers, re-run interrupted effects.
+    fn recover(&mut self) -> Result<()> {
+        let store = self.shared.store.clone();
+        let now = now_ms();
+        for w in blocking(|| store.subscriptions())? {
+            if let Ok(Effect::Listen { filters }) = serde_json::from_value::<Effect>(w.effect.clone()) {
+                self.subs.insert((w.instance_id.clone(), w.effect_id), filters);
+            }
+        }
+        let mut ready = VecDeque::new();
+        for w in blocking(|| store.due_work(now + super::timers::HORIZON_MS, u32::MAX))? {
+            self.resume_work(w, now, &mut ready);
+        }
+        if !ready.is_empty() {
+            let mut b = Batch { ready, ..Default::default() };
+            self.drain_ready(&mut b, now);
+            let commits = std::mem::take(&mut b.commits);
+            blocking(|| store.apply(&commits))?;
+            self.finish(b);
+        }
+        Ok(())
+    }
+
+    /// Puts a stored work row back in motion (timer armed, effect re-run, child checked).
+    fn resume_work(&mut self, w: WorkItem, now: i64, ready: &mut VecDeque<(String, u64, Delivery)>) {
+        let Ok(effect) = serde_json::from_value::<Effect>(w.effect.clone()) else { return };
+        match effect {
+            Effect::Timer { at_ms } => self.timers.offer(now, at_ms, &w.instance_id, w.effect_id),
+            Effect::Listen { filters } => {
+                self.subs.insert((w.instance_id.clone(), w.effect_id), filters);
+            }
+            Effect::Workflow { .. } => {
+                let child = child_id(&w.instance_id, w.effect_id);
+                let store = self.shared.store.clone();
+                match blocking(|| store.get_instance(&child)) {
+                    Ok(Some(c)) if c.status.is_finished() => ready.push_back((w.instance_id, w.effect_id, child_result(&c))),
+                    Ok(Some(_)) => {} // still running: its completion will answer
+                    _ => ready.push_back((w.instance_id, w.effect_id, Delivery::Result(Ok(Value::Null)))),
+                }
+            }
+            Effect::Emit { event } => {
+                ready.push_back((w.instance_id.clone(), w.effect_id, Delivery::Result(Ok(complete_event(event, &w.instance_id)))));
+            }
+            other => {
+                let key = (w.instance_id.clone(), w.effect_id);
+                if !self.inflight.contains_key(&key) {
+                    let h = self.dispatcher.spawn(self.shared.clone(), w.instance_id, w.effect_id, w.task, other);
+                    self.inflight.insert(key, h);
+                }
+            }
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut next_scan = now_ms() + SCAN_EVERY_MS;
+        let mut shutdown: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
+        loop {
+            let now = now_ms();
+            let wake_at = self.timers.next_due().unwrap_or(i64::MAX).min(next_scan);
+            let sleep = Duration::from_millis((wake_at - now).clamp(0, 60_000) as u64);
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => return,
+                },
+                _ = tokio::time::sleep(sleep) => None,
+            };
+            let mut msgs: Vec<Msg> = first.into_iter().collect();
+            while msgs.len() < 2048 {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            let now = now_ms();
+            let mut b = Batch::default();
+            if !self.draining {
+                for (inst, effect) in self.timers.pop_due(now) {
+                    b.ready.push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
+                }
+            }
+            if now >= next_scan {
+                next_scan = now + SCAN_EVERY_MS;
+                if !self.draining {
+                    self.scan_timers(now);
+                }
+            }
+            for m in msgs {
+                match m {
+                    Msg::Shutdown { deadline, reply } => {
+                        self.draining = true;
+                        shutdown = Some((tokio::time::Instant::now() + deadline, reply));
+                    }
+                    other => self.handle(other, &mut b, now),
+                }
+            }
+            self.drain_ready(&mut b, now);
+            let touched: Vec<String> = b.by_instance.keys().cloned().collect();
+            self.commit(b).await;
+            self.evict(touched);
+            if let Some((deadline, _)) = &shutdown {
+                self.inflight.retain(|_, h| !h.is_finished());
+                if self.inflight.is_empty() || tokio::time::Instant::now() >= *deadline {
+                    for (_, h) in self.inflight.drain() {
+                        h.abort();
+                    }
+                    if let Some((_, reply)) = shutdown.take() {
+                        let _ = reply.send(());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn scan_timers(&mut self, now: i64) {
+        let store = self.shared.store.clone();
+        if let Ok(rows) = blocking(|| store.due_work(now + super::timers::HORIZON_MS, 10_000)) {
+            for w in rows.into_iter().filter(|w| w.kind == "timer") {
+                self.timers.offer(now, w.due_ms, &w.instance_id, w.effect_id);
+            }
+        }
+    }
+
+    async fn commit(&mut self, mut b: Batch) {
+        if b.commits.is_empty() {
+            self.finish(b);
+            return;
+        }
+        let store = self.shared.store.clone();
+        let commits = std::mem::take(&mut b.commits);
+        let result = tokio::task::spawn_blocking(move || {
+            let r = store.apply(&commits);
+            (commits, r)
+        })
+        .await;
+        match result {
+            Ok((_, Ok(()))) => self.finish(b),
+            Ok((commits, Err(e))) => self.fail(commits, b, e.to_string()),
+            Err(e) => self.fail(Vec::new(), b, e.to_string()),
+        }
+    }
+
+    /// The batch is durable: act on it.
+    fn finish(&mut self, b: Batch) {
+        let now = now_ms();
+        for a in b.after {
+            match a {
+                After::ReplyInstance(reply, id) => {
+                    let row = self.active.get(&id).map(|a| a.row.clone());
+                    let r = match row {
+                        Some(r) => Ok(r),
+                        None => {
+                            let store = self.shared.store.clone();
+                            blocking(|| store.get_instance(&id))
+                                .map_err(EngineError::from)
+                                .and_then(|r| r.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist"))))
+                        }
+                    };
+                    let _ = reply.send(r);
+                }
+                After::ReplyCount(reply, n) => {
+                    let _ = reply.send(Ok(n));
+                }
+                After::Dispatch { instance, effect, task, effect_def } => {
+                    if self.draining {
+                        continue; // left as a work row: the next start runs it
+                    }
+                    let h = self.dispatcher.spawn(self.shared.clone(), instance.clone(), effect, task, effect_def);
+                    self.inflight.insert((instance, effect), h);
+                }
+                After::Timer { instance, effect, due } => self.timers.offer(now, due, &instance, effect),
+                After::Abort { instance, effect } => {
+                    if let Some(h) = self.inflight.remove(&(instance.clone(), effect)) {
+                        h.abort();
+                    }
+                    self.subs.remove(&(instance, effect));
+                }
+                After::Live(id, event) => {
+                    let _ = self.shared.live.send(LiveEvent { instance_id: id, event });
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, commits: Vec<Commit>, b: Batch, message: String) {
+        eprintln!("kflow: committing a batch failed: {message}");
+        for c in &commits {
+            self.active.remove(&c.instance_id);
+        }
+        for a in b.after {
+            match a {
+                After::ReplyInstance(reply, _) => {
+                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(message.clone()))));
+                }
+                After::ReplyCount(reply, _) => {
+                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(message.clone()))));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Drops the touched instances that now only wait (timers, events, suspended) or are
+    /// finished from memory: 100,000 waiting instances cost rows, not RAM.
+    fn evict(&mut self, touched: Vec<String>) {
+        for id in touched {
+            let idle = self.active.get(&id).is_some_and(|a| {
+                a.held.is_empty()
+                    && (a.row.status != InstanceStatus::Running || a.core.only_waiting())
+            });
+            if idle {
+                self.active.remove(&id);
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg, b: &mut Batch, now: i64) {
+        match m {
+            Msg::Start { wf, input, reply } => {
+                if self.draining {
+                    let _ = reply.send(Err(EngineError::Unavailable));
+                    return;
+                }
+                let id = uuid::Uuid::now_v7().to_string();
+                self.create(&id, wf, input, b, now);
+                b.after.push(After::ReplyInstance(reply, id));
+            }
+            Msg::Deliver { instance, effect, delivery } => {
+                self.inflight.remove(&(instance.clone(), effect));
+                b.ready.push_back((instance, effect, delivery));
+            }
+            Msg::Event { event, reply } => {
+                let mut n = 0;
+                let mut keys: Vec<&(String, u64)> = self.subs.keys().collect();
+                keys.sort();
+                for key in keys {
+                    if self.subs[key].iter().any(|f| event_matches(f, &event)) {
+                        b.ready.push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
+                        n += 1;
+                    }
+                }
+                b.after.push(After::ReplyCount(reply, n));
+            }
+            Msg::Cancel { id, reply } => {
+                let r = self.control(&id, b, now, |a, now| {
+                    if a.row.status.is_finished() {
+                        return Err(EngineError::Conflict(format!("instance {} already {}", a.row.id, a.row.status.as_str())));
+                    }
+                    Ok(("cancelled", Some(a.core.cancel(now))))
+                });
+                self.reply_control(r, reply, id, b);
+            }
+            Msg::Suspend { id, reply } => {
+                let r = self.control(&id, b, now, |a, _| match a.row.status {
+                    InstanceStatus::Running => {
+                        a.row.status = InstanceStatus::Suspended;
+                        Ok(("suspended", None))
+                    }
+                    s => Err(EngineError::Conflict(format!("instance {} is {}: only a running instance can be suspended", a.row.id, s.as_str()))),
+                });
+                self.reply_control(r, reply, id, b);
+            }
+            Msg::Resume { id, reply } => {
+                let r = self.control(&id, b, now, |a, _| match a.row.status {
+                    InstanceStatus::Suspended => {
+                        a.row.status = InstanceStatus::Running;
+                        Ok(("resumed", None))
+                    }
+                    s => Err(EngineError::Conflict(format!("instance {} is {}: only a suspended instance can be resumed", a.row.id, s.as_str()))),
+                });
+                if r.is_ok() {
+                    self.after_resume(&id, b, now);
+                }
+                self.reply_control(r, reply, id, b);
+            }
+            Msg::Shutdown { .. } => {}
+        }
+    }
+
+    fn reply_control(&mut self, r: Result<()>, reply: oneshot::Sender<Result<Instance>>, id: String, b: &mut Batch) {
+        match r {
+            Ok(()) => b.after.push(After::ReplyInstance(reply, id)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Cancel / suspend / resume: a history event, the status, and the core's reaction.
+    fn control(
+        &mut self,
+        id: &str,
+        b: &mut Batch,
+        now: i64,
+        f: impl FnOnce(&mut Active, i64) -> Result<(&'static str, Option<Step>)>,
+    ) -> Result<()> {
+        self.load(id)?;
+        let Some(a) = self.active.get_mut(id) else {
+            return Err(EngineError::NotFound(format!("instance {id} does not exist")));
+        };
+        let (kind, step) = f(a, now)?;
+        let seq = a.next_seq;
+        a.next_seq += 1;
+        let ev = HistoryEvent { seq, time_ms: now, kind: kind.to_string(), data: Value::Null };
+        let status = a.row.status;
+        let c = b.commit_for(id, now);
+        c.history.push(ev.clone());
+        c.status = Some((status, None, None));
+        b.after.push(After::Live(id.to_string(), ev));
+        if let Some(step) = step {
+            self.absorb(id, step, b, now);
+        }
+        Ok(())
+    }
+
+    fn after_resume(&mut self, id: &str, b: &mut Batch, now: i64) {
+        let held = self.active.get_mut(id).map(|a| std::mem::take(&mut a.held)).unwrap_or_default();
+        let answered: Vec<u64> = held.iter().map(|(e, _)| *e).collect();
+        for (effect, d) in held {
+            b.ready.push_back((id.to_string(), effect, d));
+        }
+        // Effects that were interrupted while suspended (e.g. by a restart) run again.
+        let store = self.shared.store.clone();
+        let id2 = id.to_string();
+        if let Ok(rows) = blocking(|| store.work_of(&id2)) {
+            let mut ready = VecDeque::new();
+            for w in rows.into_iter().filter(|w| !answered.contains(&w.effect_id)) {
+                if !self.inflight.contains_key(&(w.instance_id.clone(), w.effect_id)) {
+                    self.resume_work(w, now, &mut ready);
+                }
+            }
+            b.ready.extend(ready);
+        }
+    }
+
+    fn create(&mut self, id: &str, wf: Arc<Workflow>, input: Value, b: &mut Batch, now: i64) {
+        let d = &wf.document;
+        let row = Instance {
+            id: id.to_string(),
+            namespace: d.namespace.clone(),
+            name: d.name.clone(),
+            version: d.version.clone(),
+            status: InstanceStatus::Running,
+            input: input.clone(),
+            output: None,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
+        let mut core = kflow_core::Instance::new(wf, cfg);
+        let step = core.start(input.clone(), now);
+        let started = HistoryEvent { seq: 1, time_ms: now, kind: "started".into(), data: json!({ "input": input }) };
+        let c = b.commit_for(id, now);
+        c.create = Some(row.clone());
+        c.history.push(started.clone());
+        b.after.push(After::Live(id.to_string(), started));
+        self.active.insert(id.to_string(), Active { core, row, next_seq: 2, held: Vec::new() });
+        self.absorb(id, step, b, now);
+    }
+
+    /// Brings an instance into memory by replaying its committed history.
+    fn load(&mut self, id: &str) -> Result<()> {
+        if self.active.contains_key(id) {
+            return Ok(());
+        }
+        let store = self.shared.store.clone();
+        let id2 = id.to_string();
+        let (row, history) = blocking(|| -> kflow_store::Result<_> {
+            let row = store.get_instance(&id2)?;
+            let history = match &row {
+                Some(_) => store.history(&id2, 0, u32::MAX)?,
+                None => Vec::new(),
+            };
+            Ok((row, history))
+        })?;
+        let row = row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        let wf = self.shared.workflow(&row.namespace, &row.name, &row.version)?;
+        let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
+        let mut core = kflow_core::Instance::new(wf, cfg);
+        let mut next_seq = 1;
+        for ev in &history {
+            next_seq = ev.seq + 1;
+            match ev.kind.as_str() {
+                "started" => {
+                    core.start(ev.data.get("input").cloned().unwrap_or(Value::Null), ev.time_ms);
+                }
+                "delivery" => {
+                    let effect = ev.data.get("effect").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    if let Ok(d) = serde_json::from_value::<Delivery>(ev.data.get("delivery").cloned().unwrap_or(Value::Null)) {
+                        core.deliver(effect, d, ev.time_ms);
+                    }
+                }
+                "cancelled" => {
+                    core.cancel(ev.time_ms);
+                }
+                _ => {}
+            }
+        }
+        self.active.insert(id.to_string(), Active { core, row, next_seq, held: Vec::new() });
+        Ok(())
+    }
+
+    /// Applies every delivery produced so far in this batch (and the ones they produce).
+    fn drain_ready(&mut self, b: &mut Batch, now: i64) {
+        while let Some((id, effect, delivery)) = b.ready.pop_front() {
+            if self.load(&id).is_err() {
+                continue; // the instance is gone
+            }
+            let Some(a) = self.active.get_mut(&id) else { continue };
+            if a.row.status.is_finished() || !a.core.is_pending(effect) {
+                continue; // stale: cancelled, timed out, or answered before
+            }
+            if a.row.status == InstanceStatus::Suspended {
+                a.held.push((effect, delivery));
+                continue;
+            }
+            let seq = a.next_seq;
+            a.next_seq += 1;
+            let data = json!({ "effect": effect, "delivery": delivery });
+            let step = a.core.deliver(effect, delivery, now);
+            let ev = HistoryEvent { seq, time_ms: now, kind: "delivery".into(), data };
+            let c = b.commit_for(&id, now);
+            c.history.push(ev.clone());
+            c.remove_work.push(effect);
+            b.after.push(After::Live(id.clone(), ev));
+            self.absorb(&id, step, b, now);
+        }
+    }
+
+    /// Turns a core step into history, work rows, and post-commit actions.
+    fn absorb(&mut self, id: &str, step: Step, b: &mut Batch, now: i64) {
+        let Some(a) = self.active.get_mut(id) else { return };
+        let mut events = Vec::with_capacity(step.notices.len());
+        for n in &step.notices {
+            events.push(HistoryEvent { seq: a.next_seq, time_ms: n.time_ms, kind: "notice".into(), data: n.to_json() });
+            a.next_seq += 1;
+        }
+        let finished = step.finished.map(|r| {
+            let (status, output, error) = match r {
+                Ok(v) => (InstanceStatus::Completed, Some(v), None),
+                Err(e) => (InstanceStatus::Faulted, None, Some(e.to_value())),
+            };
+            a.row.status = status;
+            a.row.output = output.clone();
+            a.row.error = error.clone();
+            a.row.updated_ms = now;
+            (status, output, error)
+        });
+        if let Status::Cancelled = a.core.status() {
+            a.row.status = InstanceStatus::Cancelled;
+        }
+        let status = a.row.status;
+        let leftover: Vec<u64> = if status.is_finished() { a.core.pending().into_iter().map(|(e, _, _)| e).collect() } else { Vec::new() };
+        let c = b.commit_for(id, now);
+        c.history.extend(events.iter().cloned());
+        if let Some(f) = finished {
+            c.status = Some(f);
+        } else if status == InstanceStatus::Cancelled {
+            c.status = Some((InstanceStatus::Cancelled, None, None));
+        }
+        for ev in events {
+            b.after.push(After::Live(id.to_string(), ev));
+        }
+        for cmd in step.commands {
+            match cmd {
+                Command::Start { id: effect, task, effect: e } => self.start_effect(id, effect, task, e, b, now),
+                Command::Cancel { id: effect } => {
+                    b.commit_for(id, now).remove_work.push(effect);
+                    b.after.push(After::Abort { instance: id.to_string(), effect });
+                    self.subs.remove(&(id.to_string(), effect));
+                }
+            }
+        }
+        if status.is_finished() {
+            let c = b.commit_for(id, now);
+            c.remove_work.extend(leftover);
+            // A finished child answers its parent.
+            if let Some((parent, effect)) = parent_of(id) {
+                if let Some(a) = self.active.get(id) {
+                    b.ready.push_back((parent, effect, child_result(&a.row)));
+                }
+            }
+        }
+    }
+
+    fn start_effect(&mut self, id: &str, effect: u64, task: String, e: Effect, b: &mut Batch, now: i64) {
+        let due = match &e {
+            Effect::Timer { at_ms } => *at_ms,
+            _ => now,
+        };
+        let row = WorkItem {
+            instance_id: id.to_string(),
+            effect_id: effect,
+            task: task.clone(),
+            kind: e.kind().to_string(),
+            effect: serde_json::to_value(&e).unwrap_or(Value::Null),
+            due_ms: due,
+            attempts: 0,
+        };
+        b.commit_for(id, now).add_work.push(row);
+        match e {
+            Effect::Timer { at_ms } => b.after.push(After::Timer { instance: id.to_string(), effect, due: at_ms }),
+            Effect::Emit { event } => {
+                let event = complete_event(event, id);
+                // Emitted events also reach this server's listeners.
+                let mut keys: Vec<(String, u64)> = self.subs.keys().cloned().collect();
+                keys.sort();
+                for key in keys {
+                    if self.subs[&key].iter().any(|f| event_matches(f, &event)) {
+                        b.ready.push_back((key.0, key.1, Delivery::Event(event.clone())));
+                    }
+                }
+                b.ready.push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
+            }
+            Effect::Listen { filters } => {
+                self.subs.insert((id.to_string(), effect), filters);
+            }
+            Effect::Workflow { namespace, name, version, input } => {
+                let child = child_id(id, effect);
+                match self.shared.workflow(&namespace, &name, &version) {
+                    Ok(wf) => self.create(&child, wf, input, b, now),
+                    Err(e) => b.ready.push_back((id.to_string(), effect, child_error(format!("run workflow: {e}")))),
+                }
+            }
+            other => b.after.push(After::Dispatch { instance: id.to_string(), effect, task, effect_def: other }),
+        }
+    }
+}
+
+/// A sub-workflow's id: its parent's id and the parent's effect id.
+fn child_id(parent: &str, effect: u64) -> String {
+    format!("{parent}.{effect}")
+}
+
+fn parent_of(id: &str) -> Option<(String, u64)> {
+    let (parent, effect) = id.rsplit_once('.')?;
+    Some((parent.to_string(), effect.parse().ok()?))
+}
+
+fn child_result(row: &Instance) -> Delivery {
+    match row.status {
+        InstanceStatus::Completed => Delivery::Result(Ok(row.output.clone().unwrap_or(Value::Null))),
+        InstanceStatus::Faulted => Delivery::Result(Err(row
+            .error
+            .as_ref()
+            .and_then(|e| kflow_core::WfError::from_value(e).ok())
+            .unwrap_or_else(|| kflow_core::WfError::runtime("the sub-workflow faulted")))),
+        _ => Delivery::Result(Err(kflow_core::WfError::runtime(format!("the sub-workflow {} was cancelled", row.id)))),
+    }
+}
+
+fn runtime_descriptor() -> Value {
+    json!({ "name": "kflow", "version": env!("CARGO_PKG_VERSION"), "metadata": {} })
+}

@@ -1,0 +1,332 @@
+//! The durable engine: the kflow-core interpreter driven over a [`Store`].
+//!
+//! The API talks to an [`Engine`] handle. Every state change goes through one driver task
+//! ([`driver`]) that owns the active instances, turns messages (start, effect results, cancel,
+//! events, ...) into [`kflow_store::Commit`]s, applies a whole batch of them in one transaction,
+//! and only then acts: replies to callers, dispatches effects, publishes live events. Reads go
+//! straight to the store.
+
+mod dispatch;
+mod driver;
+mod timers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use kflow_dsl::Workflow;
+use kflow_store::{Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Store, StoreError};
+
+pub use driver::Msg;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad input: an invalid definition (with its diagnostics), input failing the schema, ...
+    #[error("{message}")]
+    Invalid { message: String, details: Vec<String> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the engine is shutting down")]
+    Unavailable,
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub durability: kflow_store::sqlite::Durability,
+    /// Effects (calls, processes) performed at the same time, at most.
+    pub max_concurrent_effects: usize,
+    /// Active instances kept in memory; waiting ones are dropped first.
+    pub max_active: usize,
+    pub executor: kflow_tasks::ExecConfig,
+    /// `$secrets` for every instance.
+    pub secrets: Value,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("kflow-data"),
+            durability: kflow_store::sqlite::Durability::Process,
+            max_concurrent_effects: 512,
+            max_active: 10_000,
+            executor: kflow_tasks::ExecConfig::default(),
+            secrets: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// A live update: one history event of one instance, as it is committed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveEvent {
+    pub instance_id: String,
+    pub event: HistoryEvent,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// Tasks with an effect in progress (calls, processes, sub-workflows).
+    pub running: Vec<String>,
+    /// Tasks waiting on a timer or for events.
+    pub waiting: Vec<Waiting>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    pub task: String,
+    /// `timer` or `event`.
+    pub on: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    /// `created` or `unchanged`.
+    pub outcome: &'static str,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub config: EngineConfig,
+    /// Compiled definitions by (namespace, name, version).
+    pub workflows: Mutex<HashMap<(String, String, String), Arc<Workflow>>>,
+    pub live: broadcast::Sender<LiveEvent>,
+}
+
+impl Shared {
+    /// The compiled workflow of a registered version (compiled once, then cached).
+    pub fn workflow(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
+        let key = (ns.to_string(), name.to_string(), version.to_string());
+        if let Some(wf) = self.workflows.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(wf.clone());
+        }
+        let def = self
+            .store
+            .get_definition(ns, name, Some(version))?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered")))?;
+        let wf = kflow_dsl::load(def.source.as_bytes()).map_err(|d| {
+            EngineError::Store(StoreError::Corrupt(format!(
+                "stored definition {ns}/{name}@{version} no longer validates: {}",
+                d.first().map(|d| d.to_string()).unwrap_or_default()
+            )))
+        })?;
+        let wf = Arc::new(wf);
+        self.workflows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, wf.clone());
+        Ok(wf)
+    }
+}
+
+/// The handle the API uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+fn canonical_hash(doc: &Value) -> String {
+    let bytes = serde_json::to_vec(doc).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Engine {
+    /// Opens (or creates) the store in the data directory, recovers, and starts the driver.
+    pub async fn open(config: EngineConfig) -> Result<Engine> {
+        let path = config.data_dir.join("kflow.db");
+        let durability = config.durability;
+        let store = tokio::task::spawn_blocking(move || kflow_store::sqlite::SqliteStore::open(&path, durability))
+            .await
+            .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??;
+        Self::with_store(Arc::new(store), config).await
+    }
+
+    pub async fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine> {
+        let (live, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared { store, config, workflows: Mutex::new(HashMap::new()), live });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
+        Ok(Engine { shared, tx, driver: Arc::new(Mutex::new(Some(handle))) })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)?
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Store) -> kflow_store::Result<T> + Send + 'static) -> Result<T> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(shared.store.as_ref()))
+            .await
+            .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))?
+            .map_err(EngineError::Store)
+    }
+
+    /// Registers a definition. Same version and content: no-op; same version, other content:
+    /// refused. An invalid document is never stored.
+    pub async fn register(&self, source: &[u8]) -> Result<Registered> {
+        let wf = kflow_dsl::load(source).map_err(|diags| EngineError::Invalid {
+            message: "the workflow definition is invalid".into(),
+            details: diags.iter().map(|d| d.to_string()).collect(),
+        })?;
+        let text = String::from_utf8_lossy(source).into_owned();
+        let d = &wf.document;
+        let def = Definition {
+            namespace: d.namespace.clone(),
+            name: d.name.clone(),
+            version: d.version.clone(),
+            source: text,
+            hash: canonical_hash(&wf.definition),
+            deprecated: false,
+            created_ms: now_ms(),
+        };
+        let (ns, name, version) = (def.namespace.clone(), def.name.clone(), def.version.clone());
+        let outcome = self.blocking(move |s| s.put_definition(&def)).await?;
+        match outcome {
+            PutDefinition::Created => {
+                let key = (ns.clone(), name.clone(), version.clone());
+                self.shared.workflows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(wf));
+                Ok(Registered { namespace: ns, name, version, outcome: "created" })
+            }
+            PutDefinition::Unchanged => Ok(Registered { namespace: ns, name, version, outcome: "unchanged" }),
+            PutDefinition::Conflict { .. } => Err(EngineError::Conflict(format!(
+                "{ns}/{name} version {version} is already registered with different content; \
+                 registered versions never change: bump document.version (e.g. to a higher patch version)"
+            ))),
+        }
+    }
+
+    pub async fn definitions(&self, namespace: Option<String>) -> Result<Vec<Definition>> {
+        self.blocking(move |s| s.list_definitions(namespace.as_deref())).await
+    }
+
+    /// One version, or the latest (highest semver) when `version` is None or `latest`.
+    pub async fn definition(&self, ns: &str, name: &str, version: Option<&str>) -> Result<Definition> {
+        let (n, m) = (ns.to_string(), name.to_string());
+        let v = version.filter(|v| *v != "latest").map(str::to_string);
+        let shown = format!("{ns}/{name}@{}", version.unwrap_or("latest"));
+        self.blocking(move |s| s.get_definition(&n, &m, v.as_deref()))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {shown} is not registered")))
+    }
+
+    pub async fn deprecate(&self, ns: &str, name: &str, version: &str, deprecated: bool) -> Result<()> {
+        let (n, m, v) = (ns.to_string(), name.to_string(), version.to_string());
+        let found = self.blocking(move |s| s.set_deprecated(&n, &m, &v, deprecated)).await?;
+        if found { Ok(()) } else { Err(EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered"))) }
+    }
+
+    /// Starts an instance; returns once it is committed.
+    pub async fn start(&self, ns: &str, name: &str, version: Option<&str>, input: Value) -> Result<Instance> {
+        let def = self.definition(ns, name, version).await?;
+        if def.deprecated {
+            return Err(EngineError::Conflict(format!(
+                "{ns}/{name}@{} is deprecated: no new instances can start; use a newer version",
+                def.version
+            )));
+        }
+        let wf = self.shared.workflow(ns, name, &def.version)?;
+        if let Some(schema) = wf.input.as_ref().and_then(|i| i.schema.as_ref()) {
+            schema.check(&input).map_err(|errs| EngineError::Invalid {
+                message: "the input does not match the workflow's input schema".into(),
+                details: errs,
+            })?;
+        }
+        self.ask(|reply| Msg::Start { wf, input, reply }).await
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<InstanceView> {
+        let id2 = id.to_string();
+        let (inst, work) = self
+            .blocking(move |s| Ok((s.get_instance(&id2)?, s.work_of(&id2)?)))
+            .await?;
+        let instance = inst.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        let mut running = Vec::new();
+        let mut waiting = Vec::new();
+        for w in work {
+            match w.kind.as_str() {
+                "timer" => waiting.push(Waiting { task: w.task, on: "timer".into(), until_ms: Some(w.due_ms) }),
+                "listen" => waiting.push(Waiting { task: w.task, on: "event".into(), until_ms: None }),
+                _ => running.push(w.task),
+            }
+        }
+        Ok(InstanceView { instance, running, waiting })
+    }
+
+    pub async fn instances(&self, filter: InstanceFilter, cursor: Option<String>, limit: u32) -> Result<Page> {
+        self.blocking(move |s| s.list_instances(&filter, cursor.as_deref(), limit)).await.map_err(|e| match e {
+            EngineError::Store(StoreError::Db(m)) if m.contains("invalid cursor") => {
+                EngineError::Invalid { message: "invalid cursor".into(), details: vec![] }
+            }
+            other => other,
+        })
+    }
+
+    pub async fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
+        let id2 = id.to_string();
+        let exists = self.blocking(move |s| s.get_instance(&id2)).await?.is_some();
+        if !exists {
+            return Err(EngineError::NotFound(format!("instance {id} does not exist")));
+        }
+        let id2 = id.to_string();
+        self.blocking(move |s| s.history(&id2, after, limit)).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Instance> {
+        self.ask(|reply| Msg::Cancel { id: id.to_string(), reply }).await
+    }
+
+    pub async fn suspend(&self, id: &str) -> Result<Instance> {
+        self.ask(|reply| Msg::Suspend { id: id.to_string(), reply }).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<Instance> {
+        self.ask(|reply| Msg::Resume { id: id.to_string(), reply }).await
+    }
+
+    /// Offers a CloudEvent to every waiting `listen`; returns how many took it. Acknowledged
+    /// after the deliveries are committed.
+    pub async fn publish_event(&self, event: Value) -> Result<usize> {
+        self.ask(|reply| Msg::Event { event, reply }).await
+    }
+
+    /// Live updates of every instance (filter by id on the receiving side).
+    pub fn watch(&self) -> broadcast::Receiver<LiveEvent> {
+        self.shared.live.subscribe()
+    }
+
+    /// Stops taking work, lets running effects finish until `deadline`, then stops the driver.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown { deadline, reply }).is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+    }
+}

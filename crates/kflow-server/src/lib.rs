@@ -1,0 +1,11 @@
+//! kflow-server: the durable engine and its HTTP API.
+//!
+//! [`engine`] runs workflow instances over a [`kflow_store::Store`], committing every step
+//! before acting on it; the API (REST under `/api/v1`, server-sent events) is a thin layer that
+//! maps requests to engine calls and engine errors to responses in one place.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+
+pub use engine::{Engine, EngineConfig, EngineError};
