@@ -7,5 +7,6 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod serve;
 
 pub use engine::{Engine, EngineConfig, EngineError};

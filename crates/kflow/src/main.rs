@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the workflow faulted, 2 invalid definition or bad usage.
 
+mod client;
 mod host;
 mod inputs;
 
@@ -24,6 +25,25 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run the durable server: REST API and engine, SQLite in the data directory.
+    Server {
+        /// Data directory (created on first start).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        /// A YAML/JSON settings file; unknown keys are an error.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `process` (default: survives kill -9) or `full` (fsync at commit: survives power loss).
+        #[arg(long)]
+        durability: Option<String>,
+        /// A YAML/JSON map of secret name to value, for `$secrets`
+        /// (default: $KFLOW_SECRETS_FILE, or the JSON map in $KFLOW_SECRETS).
+        #[arg(long)]
+        secrets_file: Option<PathBuf>,
     },
     /// Run a workflow in-process to its end and print its output (or its error) as JSON.
     Run {
@@ -48,6 +68,10 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    // Verbs that talk to a kflow server: apply, start, get, ls, cancel, suspend, resume,
+    // history, events (see client/mod.rs).
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +85,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Validate { files } => validate(&files),
+        Command::Server { data_dir, listen, config, durability, secrets_file } => {
+            match server(data_dir, listen, config, durability, secrets_file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kflow: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { file, input, input_file, secrets_file, events, workflows, trace } => {
             match run(file, input, input_file, secrets_file, events, workflows, trace) {
                 Ok(code) => code,
@@ -70,7 +103,37 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Client(cmd) => client::run(cmd),
     }
+}
+
+fn server(
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    config: Option<PathBuf>,
+    durability: Option<String>,
+    secrets_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use kflow_server::config::{ServerConfig, parse_durability};
+    let mut cfg = match &config {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read --config {}: {e}", p.display()))?;
+            ServerConfig::from_file_bytes(&bytes, &p.display().to_string()).map_err(anyhow::Error::msg)?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = durability {
+        cfg.durability = parse_durability(&d).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
+    }
+    let secrets = inputs::read_secrets(secrets_file.as_deref().or(cfg.secrets_file.as_deref()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(kflow_server::serve::serve(cfg, secrets)).map_err(anyhow::Error::msg)
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

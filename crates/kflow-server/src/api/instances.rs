@@ -1,0 +1,227 @@
+//! `/api/v1/instances`: start, list, read, control (cancel, suspend, resume) and history.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use kflow_store::{InstanceFilter, InstanceStatus};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiPath, ApiQuery, JsonBody};
+use super::types::{
+    HistoryEventDto, HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery, InstanceViewDto, StartRequest,
+};
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_HISTORY: u32 = 1000;
+pub const MAX_HISTORY: u32 = 10_000;
+
+/// Starts an instance of a registered workflow.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances",
+    tag = "instances",
+    request_body = StartRequest,
+    responses(
+        (status = 201, description = "Started (committed)", body = InstanceDto),
+        (status = 400, description = "Malformed body, or the input does not match the workflow's input schema (`details` names the failing paths)", body = ErrorBody),
+        (status = 404, description = "Unknown workflow or version", body = ErrorBody),
+        (status = 409, description = "The version is deprecated", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    )
+)]
+pub async fn start_instance(State(st): State<AppState>, JsonBody(req): JsonBody<StartRequest>) -> ApiResult<(StatusCode, Json<InstanceDto>)> {
+    let version = req.version.as_deref().filter(|v| !v.is_empty() && *v != "latest");
+    let input = req.input.unwrap_or_else(|| Value::Object(Default::default()));
+    let inst = st.engine.start(&req.namespace, &req.name, version, input).await?;
+    Ok((StatusCode::CREATED, Json(inst.into())))
+}
+
+/// Lists instances, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances",
+    tag = "instances",
+    params(InstanceQuery),
+    responses(
+        (status = 200, description = "A page of instances", body = InstanceList),
+        (status = 400, description = "Bad status, time, cursor or limit", body = ErrorBody),
+    )
+)]
+pub async fn list_instances(State(st): State<AppState>, ApiQuery(q): ApiQuery<InstanceQuery>) -> ApiResult<Json<InstanceList>> {
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let status = match nonempty(q.status) {
+        None => None,
+        Some(s) => Some(InstanceStatus::parse(&s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "invalid status `{s}`: expected running, suspended, completed, faulted or cancelled"
+            ))
+        })?),
+    };
+    let filter = InstanceFilter {
+        namespace: nonempty(q.namespace),
+        name: nonempty(q.name),
+        version: nonempty(q.version),
+        status,
+        from_ms: nonempty(q.from).map(|t| parse_time("from", &t)).transpose()?,
+        to_ms: nonempty(q.to).map(|t| parse_time("to", &t)).transpose()?,
+    };
+    let limit = parse_count("limit", q.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let page = st.engine.instances(filter, nonempty(q.cursor), limit).await?;
+    Ok(Json(InstanceList { items: page.items.into_iter().map(InstanceDto::from).collect(), next: page.next }))
+}
+
+/// An instance: status, input, output or error, and the tasks running or waiting now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "The instance", body = InstanceViewDto),
+        (status = 404, description = "No such instance", body = ErrorBody),
+    )
+)]
+pub async fn get_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceViewDto>> {
+    Ok(Json(st.engine.instance(&id).await?.into()))
+}
+
+/// Cancels an instance that has not finished.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/cancel",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "The instance, cancelled", body = InstanceDto),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
+    )
+)]
+pub async fn cancel_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceDto>> {
+    Ok(Json(st.engine.cancel(&id).await?.into()))
+}
+
+/// Suspends a running instance: results and events that arrive meanwhile are held.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/suspend",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "The instance, suspended", body = InstanceDto),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Not running", body = ErrorBody),
+    )
+)]
+pub async fn suspend_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceDto>> {
+    Ok(Json(st.engine.suspend(&id).await?.into()))
+}
+
+/// Resumes a suspended instance.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/resume",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "The instance, running again", body = InstanceDto),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Not suspended", body = ErrorBody),
+    )
+)]
+pub async fn resume_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceDto>> {
+    Ok(Json(st.engine.resume(&id).await?.into()))
+}
+
+/// The history of an instance: what happened, in order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/history",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id"), HistoryQuery),
+    responses(
+        (status = 200, description = "History events with `seq > after`", body = HistoryList),
+        (status = 400, description = "Bad `after` or `limit`", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody),
+    )
+)]
+pub async fn get_history(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<HistoryList>> {
+    let after = match q.after.filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::invalid(format!("invalid `after` `{s}`: expected a history seq (0 or more)")))?,
+    };
+    let limit = parse_count("limit", q.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
+    let events = st.engine.history(&id, after, limit).await?;
+    Ok(Json(HistoryList { items: events.into_iter().map(HistoryEventDto::from).collect() }))
+}
+
+/// A count parameter: 1 to `max`, `default` when absent.
+fn parse_count(name: &str, value: Option<String>, default: u32, max: u32) -> ApiResult<u32> {
+    match value.filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("invalid `{name}` `{s}`: expected a number from 1 to {max}"))),
+    }
+}
+
+/// A time parameter: epoch milliseconds or RFC 3339 (a `+` offset that arrived as a space,
+/// because it was not percent-encoded in the query, is read as `+`).
+pub fn parse_time(name: &str, s: &str) -> ApiResult<i64> {
+    let t = s.trim();
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<i64>().map_err(|_| ApiError::invalid(format!("invalid `{name}` `{s}`: out of range")));
+    }
+    let parsed = chrono::DateTime::parse_from_rfc3339(t).or_else(|e| {
+        if s.contains(' ') { chrono::DateTime::parse_from_rfc3339(&s.trim_start().replace(' ', "+")) } else { Err(e) }
+    });
+    parsed.map(|d| d.timestamp_millis()).map_err(|e| {
+        ApiError::invalid(format!(
+            "invalid `{name}` `{s}`: expected RFC 3339 (e.g. 2026-01-02T03:04:05Z) or epoch milliseconds ({e})"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("from", "0").ok(), Some(0));
+        assert_eq!(parse_time("from", "1700000000000").ok(), Some(1_700_000_000_000));
+        assert_eq!(parse_time("from", "1970-01-01T00:00:01Z").ok(), Some(1000));
+        assert_eq!(parse_time("from", "1970-01-01T02:00:01.5+02:00").ok(), Some(1500));
+        assert_eq!(parse_time("from", "1970-01-01T02:00:01.5 02:00").ok(), Some(1500));
+        assert!(parse_time("from", "yesterday").is_err());
+        assert!(parse_time("from", "99999999999999999999999").is_err());
+        assert!(parse_time("from", "-").is_err());
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("limit", None, 50, 1000).ok(), Some(50));
+        assert_eq!(parse_count("limit", Some("7".into()), 50, 1000).ok(), Some(7));
+        assert!(parse_count("limit", Some("0".into()), 50, 1000).is_err());
+        assert!(parse_count("limit", Some("1001".into()), 50, 1000).is_err());
+        assert!(parse_count("limit", Some("ten".into()), 50, 1000).is_err());
+    }
+}

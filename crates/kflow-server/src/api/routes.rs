@@ -1,0 +1,104 @@
+//! The routes: every handler is registered through utoipa-axum's [`OpenApiRouter`], so the
+//! OpenAPI document is generated from the same list that routes the requests.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{self, ErrorBody};
+use super::{AppState, ApiConfig, definitions, events, instances, watch};
+use crate::engine::Engine;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kflow",
+        description = "A durable workflow engine for the CNCF Serverless Workflow DSL. \
+                       Every error is `{\"error\": {\"code\", \"message\", \"details\"}}`."
+    ),
+    tags(
+        (name = "definitions", description = "Workflow definitions: registered once per version, never changed"),
+        (name = "instances", description = "Workflow instances: start, inspect, control, history, live updates"),
+        (name = "events", description = "CloudEvents for waiting `listen` tasks"),
+        (name = "health", description = "Liveness"),
+    ),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// Liveness: 200 `ok` while the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain"))
+)]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(definitions::register_definition, definitions::list_definitions))
+        .routes(routes!(definitions::get_latest_definition))
+        .routes(routes!(definitions::get_definition_version))
+        .routes(routes!(definitions::deprecate_definition))
+        .routes(routes!(instances::start_instance, instances::list_instances))
+        .routes(routes!(instances::get_instance))
+        .routes(routes!(instances::cancel_instance))
+        .routes(routes!(instances::suspend_instance))
+        .routes(routes!(instances::resume_instance))
+        .routes(routes!(instances::get_history))
+        .routes(routes!(watch::watch_instance))
+        .routes(routes!(events::publish_event))
+        .routes(routes!(healthz))
+}
+
+/// The OpenAPI document of the API (also served at `/api/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api().into_openapi();
+    doc.paths.paths.insert(
+        "/api/v1/openapi.json".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .operation_id(Some("openapi"))
+                .summary(Some("This document"))
+                .response(
+                    "200",
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description("The OpenAPI document")
+                        .content("application/json", utoipa::openapi::content::Content::new(None::<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>)),
+                ),
+        ),
+    );
+    doc
+}
+
+pub fn build(engine: Engine, config: ApiConfig) -> Router {
+    let (router, _) = api().split_for_parts();
+    let doc: Arc<str> = openapi().to_json().unwrap_or_else(|_| "{}".into()).into();
+    let limit = config.max_body_bytes;
+    let state = AppState { engine, config };
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response() }
+            }),
+        )
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .with_state(state)
+}

@@ -1,0 +1,69 @@
+//! `kflow server`: open the engine, serve the API, drain on SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::api::{ApiConfig, router};
+use crate::config::ServerConfig;
+use crate::engine::{Engine, EngineConfig};
+
+/// Runs the server until SIGTERM or Ctrl-C, then drains: no new work is taken, running tasks
+/// get `drain_seconds` to finish, unfinished ones stay durable and resume at the next start.
+pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", cfg.data_dir.display()))?;
+    let engine = Engine::open(EngineConfig {
+        data_dir: cfg.data_dir.clone(),
+        durability: cfg.durability,
+        max_concurrent_effects: cfg.max_concurrent_effects,
+        secrets,
+        ..EngineConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot open the engine in {}: {e}", cfg.data_dir.display()))?;
+    let app = router(engine.clone(), ApiConfig { max_body_bytes: cfg.max_body_bytes });
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.clone());
+    eprintln!("kflow server listening on http://{addr} (data in {})", cfg.data_dir.display());
+
+    let stop = Arc::new(Notify::new());
+    let stop2 = stop.clone();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop2.notified().await }).await;
+    });
+    wait_for_signal().await;
+    eprintln!("kflow server: draining (up to {} s)", cfg.drain_seconds);
+    stop.notify_waiters();
+    engine.shutdown(Duration::from_secs(cfg.drain_seconds)).await;
+    // Open watch streams would keep the HTTP side alive forever: give it a moment, then go.
+    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+    eprintln!("kflow server: stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,203 @@
+//! kflow-store: where durable state lives.
+//!
+//! The [`Store`] trait is what the server's engine needs from a database; [`sqlite`] is the
+//! embedded default backend (PostgreSQL comes as another implementation of the same trait).
+//! Every state change of an instance is one [`Commit`], applied in one transaction: the history
+//! events, the work rows they imply, the instance's status. Several commits may be applied in
+//! one transaction ([`Store::apply`] takes a batch): that is group commit.
+//!
+//! The trait is synchronous: the server calls it from a dedicated writer thread (SQLite has one
+//! writer anyway) and from blocking tasks for reads.
+
+pub mod cursor;
+pub mod semver;
+pub mod sqlite;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A registered workflow definition (one version).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    /// The document text as registered.
+    pub source: String,
+    /// SHA-256 (hex) of the canonical JSON of the document: equal content, equal hash.
+    pub hash: String,
+    pub deprecated: bool,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutDefinition {
+    Created,
+    /// Same version, same content: nothing changed.
+    Unchanged,
+    /// Same version, different content: refused.
+    Conflict { existing_hash: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Running,
+    Suspended,
+    Completed,
+    Faulted,
+    Cancelled,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Running => "running",
+            InstanceStatus::Suspended => "suspended",
+            InstanceStatus::Completed => "completed",
+            InstanceStatus::Faulted => "faulted",
+            InstanceStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InstanceStatus> {
+        Some(match s {
+            "running" => InstanceStatus::Running,
+            "suspended" => InstanceStatus::Suspended,
+            "completed" => InstanceStatus::Completed,
+            "faulted" => InstanceStatus::Faulted,
+            "cancelled" => InstanceStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, InstanceStatus::Completed | InstanceStatus::Faulted | InstanceStatus::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// UUID v7 text: sorts by creation time.
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub status: InstanceStatus,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One history event of an instance. `seq` starts at 1 and has no gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub seq: i64,
+    pub time_ms: i64,
+    /// `started` (data: input), `delivery` (data: {effect, delivery}), `notice` (data: the
+    /// lifecycle notice as JSON), `cancelled`, `suspended`, `resumed`.
+    pub kind: String,
+    pub data: Value,
+}
+
+/// A durable row for an effect the instance started and that has not been answered yet:
+/// calls, processes, timers, listen subscriptions, sub-workflows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub instance_id: String,
+    pub effect_id: u64,
+    /// Reference (JSON pointer) of the task that started it, e.g. `/do/0/getPet`.
+    pub task: String,
+    /// Effect kind: http, openapi, process, timer, listen, workflow, emit.
+    pub kind: String,
+    /// The effect as JSON (kflow_core::Effect).
+    pub effect: Value,
+    /// When it may run (timers: when they fire; others: when started).
+    pub due_ms: i64,
+    /// How many times it was handed out to run (0 until first claimed).
+    pub attempts: u32,
+}
+
+/// One instance's state change, applied atomically (and possibly batched with others).
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub instance_id: String,
+    /// Set when the instance is created by this commit.
+    pub create: Option<Instance>,
+    /// Appended to the history; their `seq` must continue the instance's history exactly.
+    pub history: Vec<HistoryEvent>,
+    pub add_work: Vec<WorkItem>,
+    /// Effect ids whose work rows are removed (answered or cancelled).
+    pub remove_work: Vec<u64>,
+    /// New status, with output / error when finished.
+    pub status: Option<(InstanceStatus, Option<Value>, Option<Value>)>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub status: Option<InstanceStatus>,
+    /// Created at or after (ms).
+    pub from_ms: Option<i64>,
+    /// Created before (ms).
+    pub to_ms: Option<i64>,
+}
+
+/// A page of instances, newest first; `next` is an opaque cursor for the following page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Instance>,
+    pub next: Option<String>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    // --- definitions -----------------------------------------------------------------
+    fn put_definition(&self, def: &Definition) -> Result<PutDefinition>;
+    /// `version: None` is the latest: the highest semantic version (not the newest row).
+    fn get_definition(&self, namespace: &str, name: &str, version: Option<&str>) -> Result<Option<Definition>>;
+    fn list_definitions(&self, namespace: Option<&str>) -> Result<Vec<Definition>>;
+    /// Returns false when no such version exists.
+    fn set_deprecated(&self, namespace: &str, name: &str, version: &str, deprecated: bool) -> Result<bool>;
+
+    // --- instances -------------------------------------------------------------------
+    /// Applies all commits in ONE transaction, in order; either all or none.
+    fn apply(&self, commits: &[Commit]) -> Result<()>;
+    fn get_instance(&self, id: &str) -> Result<Option<Instance>>;
+    fn list_instances(&self, filter: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page>;
+    /// History events with `seq > after`, in order, at most `limit`.
+    fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>>;
+    /// The last history seq of an instance (0 when none).
+    fn last_seq(&self, id: &str) -> Result<i64>;
+
+    // --- work --------------------------------------------------------------------------
+    /// Every work row of an instance.
+    fn work_of(&self, id: &str) -> Result<Vec<WorkItem>>;
+    /// Work rows of running instances with `due_ms <= until_ms`, earliest first, at most `limit`,
+    /// excluding `listen` rows. Used at startup (everything) and by the timer loop.
+    fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>>;
+    /// The earliest `due_ms` of any timer row, if any.
+    fn next_timer(&self) -> Result<Option<i64>>;
+    /// Increments and returns the attempts counter of a work row (None if the row is gone).
+    fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>>;
+    /// Open `listen` rows (subscriptions) of running instances.
+    fn subscriptions(&self) -> Result<Vec<WorkItem>>;
+    /// Ids of instances in `running` status.
+    fn running_instances(&self) -> Result<Vec<String>>;
+}

@@ -1,0 +1,212 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Connections: one writer connection behind a mutex, used by every write method (SQLite has a
+//! single writer anyway, and the server funnels writes through one thread), plus a small pool of
+//! read-only connections. In WAL mode a reader works on the last committed snapshot and never
+//! waits for the writer, even while a long write transaction is open. Every statement is
+//! prepared once per connection (`prepare_cached`).
+//!
+//! An in-memory database ([`SqliteStore::open_in_memory`], for tests) cannot be shared between
+//! connections, so there reads go through the writer connection.
+
+mod queries;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::{Result, StoreError};
+
+pub use schema::SCHEMA_VERSION;
+
+/// How hard a commit is pushed to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL + `synchronous=NORMAL`: a commit survives the process being killed (`kill -9`, a
+    /// crash); the last commits before a power loss or an OS crash may be lost (never
+    /// corrupted). No fsync per commit: only at checkpoints.
+    #[default]
+    Process,
+    /// WAL + `synchronous=FULL`: the WAL is fsynced at every commit, so a commit survives a
+    /// power loss too. Costs one fsync per transaction (batches amortize it).
+    Full,
+}
+
+/// Read-only connections for a file database.
+const READERS: usize = 4;
+/// How long a statement waits for a lock held by another connection (or process).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection (list_instances has one per filter combination).
+const STATEMENT_CACHE: usize = 128;
+
+/// The SQLite [`crate::Store`].
+pub struct SqliteStore {
+    // Field order is drop order: readers close before the writer, so that the writer, being the
+    // last connection, checkpoints and removes the WAL file.
+    readers: Option<ReadPool>,
+    writer: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) the database at `path`, creating or
+    /// migrating the schema. A database written by a newer kflow (higher schema version) is
+    /// refused.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore> {
+        let at = |e: StoreError| prefix(path, e);
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut writer = Connection::open_with_flags(path, flags).map_err(|e| at(e.into()))?;
+        configure_writer(&writer, Some(durability)).map_err(at)?;
+        schema::migrate(&mut writer).map_err(at)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(path, flags).map_err(|e| at(e.into()))?;
+            configure_common(&conn).map_err(at)?;
+            readers.push(conn);
+        }
+        Ok(SqliteStore {
+            readers: Some(ReadPool { idle: Mutex::new(readers), available: Condvar::new() }),
+            writer: Mutex::new(writer),
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A private in-memory database (for tests): gone when the store is dropped.
+    pub fn open_in_memory() -> Result<SqliteStore> {
+        let mut writer = Connection::open_in_memory()?;
+        configure_writer(&writer, None)?;
+        schema::migrate(&mut writer)?;
+        Ok(SqliteStore { readers: None, writer: Mutex::new(writer), path: None })
+    }
+
+    /// The database file (None in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Runs `f` on the writer connection. A transaction left open by a panicking holder is
+    /// rolled back first.
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")?;
+        }
+        f(&mut conn)
+    }
+
+    /// Runs `f` on a read-only connection (the writer's, in memory).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        match &self.readers {
+            Some(pool) => {
+                let conn = pool.get();
+                f(conn.conn())
+            }
+            None => self.write(|conn| f(conn)),
+        }
+    }
+
+    #[cfg(test)]
+    fn writer_for_tests(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn prefix(path: &Path, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Db(m) => StoreError::Db(format!("{}: {m}", path.display())),
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", path.display())),
+    }
+}
+
+fn configure_common(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+/// `durability: None` is an in-memory database (no WAL there).
+fn configure_writer(conn: &Connection, durability: Option<Durability>) -> Result<()> {
+    configure_common(conn)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    if let Some(durability) = durability {
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Db(format!("cannot enable WAL journal mode (got {mode})")));
+        }
+        let synchronous = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        // Keep the WAL file from staying huge after a burst (bytes, after a checkpoint).
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    }
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(e.to_string()),
+            _ => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+/// Idle read-only connections; a reader takes one, or waits until one is given back.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    available: Condvar,
+}
+
+impl ReadPool {
+    fn get(&self) -> PooledConn<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = idle.pop() {
+                return PooledConn { pool: self, conn: Some(conn) };
+            }
+            idle = self.available.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+struct PooledConn<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl PooledConn<'_> {
+    fn conn(&self) -> &Connection {
+        self.conn.as_ref().expect("pooled connection present until drop")
+    }
+}
+
+impl Drop for PooledConn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.pool.available.notify_one();
+        }
+    }
+}

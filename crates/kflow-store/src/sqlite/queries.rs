@@ -1,0 +1,545 @@
+//! The [`Store`] implementation: SQL and row mapping.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
+use serde_json::Value;
+
+use super::SqliteStore;
+use crate::{
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, Page, PutDefinition, Result, Store,
+    StoreError, WorkItem, cursor, semver,
+};
+
+// Column lists as macros so that every statement is one `&'static str` (no formatting on the
+// hot path; the statement cache is keyed by the text).
+macro_rules! definition_columns {
+    () => {
+        "namespace, name, version, hash, deprecated, created_ms, source"
+    };
+}
+macro_rules! instance_columns {
+    () => {
+        "id, namespace, name, version, status, created_ms, updated_ms, input, output, error"
+    };
+}
+macro_rules! work_columns {
+    () => {
+        "w.instance_id, w.effect_id, w.task, w.kind, w.due_ms, w.attempts, w.effect"
+    };
+}
+
+// `CROSS JOIN` keeps SQLite from reordering the join: these walk the work indexes in the
+// wanted order and stop after LIMIT rows, instead of collecting the work of every running
+// instance and sorting it.
+
+/// Work rows due by ?1, in (due_ms, instance_id, effect_id) order: the `work_due` index.
+pub(super) const DUE_WORK: &str = concat!(
+    "SELECT ",
+    work_columns!(),
+    " FROM work w CROSS JOIN instances i ON i.id = w.instance_id",
+    " WHERE w.due_ms <= ?1 AND w.kind <> 'listen' AND i.status = 'running'",
+    " ORDER BY w.due_ms, w.instance_id, w.effect_id LIMIT ?2"
+);
+
+/// The `work_kind` index from the earliest timer, up to the first one of a running instance.
+pub(super) const NEXT_TIMER: &str = "SELECT w.due_ms FROM work w CROSS JOIN instances i ON i.id = w.instance_id \
+     WHERE w.kind = 'timer' AND i.status = 'running' ORDER BY w.due_ms LIMIT 1";
+
+/// The last history seq of ?1 (no row: 0): one probe of the primary-key index, however long the
+/// history is.
+pub(super) const LAST_SEQ: &str = "SELECT seq FROM history WHERE instance_id = ?1 ORDER BY seq DESC LIMIT 1";
+
+fn last_seq(conn: &Connection, id: &str) -> Result<i64> {
+    Ok(conn.prepare_cached(LAST_SEQ)?.query_row([id], |row| row.get(0)).optional()?.unwrap_or(0))
+}
+
+/// Most rows a page of instances holds.
+const MAX_PAGE: u32 = 1000;
+
+fn to_json(v: &Value) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Db(format!("cannot serialize JSON: {e}")))
+}
+
+fn from_json(text: &str, what: impl FnOnce() -> String) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{}: invalid JSON: {e}", what())))
+}
+
+/// u64 effect ids are stored as the i64 with the same bits (SQLite integers are signed).
+fn effect_key(effect_id: u64) -> i64 {
+    effect_id as i64
+}
+
+/// Adds what was being done to a database error.
+fn context(what: impl FnOnce() -> String) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| match StoreError::from(e) {
+        StoreError::Db(m) => StoreError::Db(format!("{}: {m}", what())),
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", what())),
+    }
+}
+
+fn definition_row(row: &Row<'_>) -> Result<Definition> {
+    Ok(Definition {
+        namespace: row.get(0)?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        hash: row.get(3)?,
+        deprecated: row.get(4)?,
+        created_ms: row.get(5)?,
+        source: row.get(6)?,
+    })
+}
+
+fn instance_row(row: &Row<'_>) -> Result<Instance> {
+    let id: String = row.get(0)?;
+    let status: String = row.get(4)?;
+    let Some(status) = InstanceStatus::parse(&status) else {
+        return Err(StoreError::Corrupt(format!("instance {id}: unknown status {status:?}")));
+    };
+    let input: String = row.get(7)?;
+    let output: Option<String> = row.get(8)?;
+    let error: Option<String> = row.get(9)?;
+    let input = from_json(&input, || format!("instance {id}: input"))?;
+    let output = output.map(|t| from_json(&t, || format!("instance {id}: output"))).transpose()?;
+    let error = error.map(|t| from_json(&t, || format!("instance {id}: error"))).transpose()?;
+    Ok(Instance {
+        namespace: row.get(1)?,
+        name: row.get(2)?,
+        version: row.get(3)?,
+        status,
+        input,
+        output,
+        error,
+        created_ms: row.get(5)?,
+        updated_ms: row.get(6)?,
+        id,
+    })
+}
+
+fn work_row(row: &Row<'_>) -> Result<WorkItem> {
+    let instance_id: String = row.get(0)?;
+    let effect_id = row.get::<_, i64>(1)? as u64;
+    let attempts: i64 = row.get(5)?;
+    let attempts = u32::try_from(attempts).map_err(|_| {
+        StoreError::Corrupt(format!("work {instance_id}/{effect_id}: attempts {attempts} out of range"))
+    })?;
+    let effect: String = row.get(6)?;
+    let effect = from_json(&effect, || format!("work {instance_id}/{effect_id}: effect"))?;
+    Ok(WorkItem {
+        task: row.get(2)?,
+        kind: row.get(3)?,
+        due_ms: row.get(4)?,
+        attempts,
+        effect,
+        effect_id,
+        instance_id,
+    })
+}
+
+fn history_row(row: &Row<'_>) -> Result<HistoryEvent> {
+    let seq: i64 = row.get(0)?;
+    let data: String = row.get(3)?;
+    Ok(HistoryEvent {
+        seq,
+        time_ms: row.get(1)?,
+        kind: row.get(2)?,
+        data: from_json(&data, || format!("history event {seq}"))?,
+    })
+}
+
+/// Runs a cached statement and maps every row.
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnMut(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_and_then(params, map)?;
+    rows.collect()
+}
+
+/// Runs a cached statement and maps the first row, if any.
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnMut(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query_and_then(params, map)?;
+    rows.next().transpose()
+}
+
+/// One commit, inside the batch's transaction. Any error aborts the whole batch.
+fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
+    let id = c.instance_id.as_str();
+    if let Some(inst) = &c.create {
+        if inst.id != c.instance_id {
+            return Err(StoreError::Corrupt(format!("the commit of instance {id} creates instance {}", inst.id)));
+        }
+        let output = inst.output.as_ref().map(to_json).transpose()?;
+        let error = inst.error.as_ref().map(to_json).transpose()?;
+        conn.prepare_cached(concat!(
+            "INSERT INTO instances (",
+            instance_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))?
+        .execute(params![
+            inst.id,
+            inst.namespace,
+            inst.name,
+            inst.version,
+            inst.status.as_str(),
+            inst.created_ms,
+            inst.updated_ms,
+            to_json(&inst.input)?,
+            output,
+            error,
+        ])
+        .map_err(context(|| format!("creating instance {id}")))?;
+    }
+
+    if let Some(first) = c.history.first() {
+        let last = last_seq(conn, id)?;
+        if first.seq != last + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "instance {id}: history seq {} does not follow the last stored seq {last} (expected {}); \
+                 was this commit applied twice?",
+                first.seq,
+                last + 1
+            )));
+        }
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO history (instance_id, seq, time_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut expected = last + 1;
+        for ev in &c.history {
+            if ev.seq != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "instance {id}: history seq {} follows seq {} in the same commit (expected {expected})",
+                    ev.seq,
+                    expected - 1
+                )));
+            }
+            insert
+                .execute(params![id, ev.seq, ev.time_ms, ev.kind, to_json(&ev.data)?])
+                .map_err(context(|| format!("instance {id}: appending history seq {}", ev.seq)))?;
+            expected += 1;
+        }
+    }
+
+    if !c.add_work.is_empty() {
+        let mut insert = conn.prepare_cached(
+            "INSERT OR REPLACE INTO work (instance_id, effect_id, task, kind, due_ms, attempts, effect) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for w in &c.add_work {
+            if w.instance_id != c.instance_id {
+                return Err(StoreError::Corrupt(format!(
+                    "the commit of instance {id} adds work {} of instance {}",
+                    w.effect_id, w.instance_id
+                )));
+            }
+            insert
+                .execute(params![
+                    id,
+                    effect_key(w.effect_id),
+                    w.task,
+                    w.kind,
+                    w.due_ms,
+                    w.attempts,
+                    to_json(&w.effect)?
+                ])
+                .map_err(context(|| format!("instance {id}: adding work {}", w.effect_id)))?;
+        }
+    }
+
+    if !c.remove_work.is_empty() {
+        let mut delete = conn.prepare_cached("DELETE FROM work WHERE instance_id = ?1 AND effect_id = ?2")?;
+        for effect_id in &c.remove_work {
+            delete.execute(params![id, effect_key(*effect_id)])?;
+        }
+    }
+
+    if let Some((status, output, error)) = &c.status {
+        let output = output.as_ref().map(to_json).transpose()?;
+        let error = error.as_ref().map(to_json).transpose()?;
+        let changed = conn
+            .prepare_cached("UPDATE instances SET status = ?2, output = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1")?
+            .execute(params![id, status.as_str(), output, error, c.now_ms])?;
+        if changed == 0 {
+            return Err(StoreError::Db(format!("cannot set the status of instance {id}: no such instance")));
+        }
+    }
+    Ok(())
+}
+
+/// The `list_instances` query (rows after the cursor's, `limit` of them) and its parameters.
+pub(super) fn list_instances_sql(
+    filter: &InstanceFilter,
+    after: Option<(i64, String)>,
+    limit: u32,
+) -> (String, Vec<SqlValue>) {
+    let mut conds: Vec<&str> = Vec::new();
+    let mut args: Vec<SqlValue> = Vec::new();
+    let text = |s: &String| SqlValue::Text(s.clone());
+    if let Some(ns) = &filter.namespace {
+        conds.push("namespace = ?");
+        args.push(text(ns));
+    }
+    if let Some(name) = &filter.name {
+        conds.push("name = ?");
+        args.push(text(name));
+    }
+    if let Some(version) = &filter.version {
+        conds.push("version = ?");
+        args.push(text(version));
+    }
+    if let Some(status) = filter.status {
+        conds.push("status = ?");
+        args.push(SqlValue::Text(status.as_str().to_string()));
+    }
+    if let Some(from) = filter.from_ms {
+        conds.push("created_ms >= ?");
+        args.push(SqlValue::Integer(from));
+    }
+    if let Some(to) = filter.to_ms {
+        conds.push("created_ms < ?");
+        args.push(SqlValue::Integer(to));
+    }
+    if let Some((ms, id)) = after {
+        conds.push("(created_ms, id) < (?, ?)");
+        args.push(SqlValue::Integer(ms));
+        args.push(SqlValue::Text(id));
+    }
+    let clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
+    args.push(SqlValue::Integer(i64::from(limit)));
+    let sql = format!(
+        concat!("SELECT ", instance_columns!(), " FROM instances{} ORDER BY created_ms DESC, id DESC LIMIT ?"),
+        clause
+    );
+    (sql, args)
+}
+
+impl Store for SqliteStore {
+    fn put_definition(&self, def: &Definition) -> Result<PutDefinition> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing: Option<String> = tx
+                .prepare_cached("SELECT hash FROM definitions WHERE namespace = ?1 AND name = ?2 AND version = ?3")?
+                .query_row(params![def.namespace, def.name, def.version], |row| row.get(0))
+                .optional()?;
+            let outcome = match existing {
+                Some(hash) if hash == def.hash => PutDefinition::Unchanged,
+                Some(hash) => PutDefinition::Conflict { existing_hash: hash },
+                None => {
+                    tx.prepare_cached(concat!(
+                        "INSERT INTO definitions (",
+                        definition_columns!(),
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    ))?
+                    .execute(params![
+                        def.namespace,
+                        def.name,
+                        def.version,
+                        def.hash,
+                        def.deprecated,
+                        def.created_ms,
+                        def.source
+                    ])?;
+                    PutDefinition::Created
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+    }
+
+    fn get_definition(&self, namespace: &str, name: &str, version: Option<&str>) -> Result<Option<Definition>> {
+        self.read(|conn| {
+            let version = match version {
+                Some(v) => v.to_string(),
+                None => {
+                    // Only the keys (the primary-key index covers them), never the sources.
+                    let versions: Vec<String> = query_all(
+                        conn,
+                        "SELECT version FROM definitions WHERE namespace = ?1 AND name = ?2",
+                        params![namespace, name],
+                        |row| Ok(row.get(0)?),
+                    )?;
+                    match semver::latest(versions.iter().map(String::as_str)) {
+                        Some(v) => v.to_string(),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            query_opt(
+                conn,
+                concat!(
+                    "SELECT ",
+                    definition_columns!(),
+                    " FROM definitions WHERE namespace = ?1 AND name = ?2 AND version = ?3"
+                ),
+                params![namespace, name, version],
+                definition_row,
+            )
+        })
+    }
+
+    fn list_definitions(&self, namespace: Option<&str>) -> Result<Vec<Definition>> {
+        let mut defs = self.read(|conn| match namespace {
+            Some(ns) => query_all(
+                conn,
+                concat!("SELECT ", definition_columns!(), " FROM definitions WHERE namespace = ?1"),
+                [ns],
+                definition_row,
+            ),
+            None => query_all(conn, concat!("SELECT ", definition_columns!(), " FROM definitions"), [], definition_row),
+        })?;
+        defs.sort_by(|a, b| {
+            a.namespace
+                .cmp(&b.namespace)
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| semver::compare(&b.version, &a.version))
+        });
+        Ok(defs)
+    }
+
+    fn set_deprecated(&self, namespace: &str, name: &str, version: &str, deprecated: bool) -> Result<bool> {
+        self.write(|conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE definitions SET deprecated = ?4 WHERE namespace = ?1 AND name = ?2 AND version = ?3",
+                )?
+                .execute(params![namespace, name, version, deprecated])?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn apply(&self, commits: &[Commit]) -> Result<()> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        self.write(|conn| {
+            // Dropping the transaction on an error rolls the whole batch back.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for commit in commits {
+                apply_commit(&tx, commit)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
+        self.read(|conn| {
+            query_opt(conn, concat!("SELECT ", instance_columns!(), " FROM instances WHERE id = ?1"), [id], instance_row)
+        })
+    }
+
+    fn list_instances(&self, filter: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page> {
+        let after = cursor.map(cursor::decode).transpose()?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        // One row more than the page tells whether another page follows.
+        let (sql, args) = list_instances_sql(filter, after, limit + 1);
+        let mut items = self.read(|conn| query_all(conn, &sql, params_from_iter(args), instance_row))?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|last| cursor::encode(last.created_ms, &last.id))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                "SELECT seq, time_ms, kind, data FROM history WHERE instance_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                params![id, after, limit],
+                history_row,
+            )
+        })
+    }
+
+    fn last_seq(&self, id: &str) -> Result<i64> {
+        self.read(|conn| last_seq(conn, id))
+    }
+
+    fn work_of(&self, id: &str) -> Result<Vec<WorkItem>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                concat!("SELECT ", work_columns!(), " FROM work w WHERE w.instance_id = ?1 ORDER BY w.effect_id"),
+                [id],
+                work_row,
+            )
+        })
+    }
+
+    fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                DUE_WORK,
+                params![until_ms, limit],
+                work_row,
+            )
+        })
+    }
+
+    fn next_timer(&self) -> Result<Option<i64>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(NEXT_TIMER)?
+                .query_row([], |row| row.get(0))
+                .optional()?)
+        })
+    }
+
+    fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
+        let attempts: Option<i64> = self.write(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "UPDATE work SET attempts = attempts + 1 WHERE instance_id = ?1 AND effect_id = ?2 RETURNING attempts",
+                )?
+                .query_row(params![instance_id, effect_key(effect_id)], |row| row.get(0))
+                .optional()?)
+        })?;
+        attempts
+            .map(|n| {
+                u32::try_from(n).map_err(|_| {
+                    StoreError::Corrupt(format!("work {instance_id}/{effect_id}: attempts {n} out of range"))
+                })
+            })
+            .transpose()
+    }
+
+    fn subscriptions(&self) -> Result<Vec<WorkItem>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                concat!(
+                    "SELECT ",
+                    work_columns!(),
+                    " FROM work w JOIN instances i ON i.id = w.instance_id",
+                    " WHERE w.kind = 'listen' AND i.status = 'running' ORDER BY w.instance_id, w.effect_id"
+                ),
+                [],
+                work_row,
+            )
+        })
+    }
+
+    fn running_instances(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id",
+                [],
+                |row| Ok(row.get(0)?),
+            )
+        })
+    }
+}

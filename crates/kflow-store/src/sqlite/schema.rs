@@ -1,0 +1,120 @@
+//! Schema creation and migrations.
+//!
+//! `schema_version` has one row per applied migration; the database's version is the highest.
+//! Opening runs, in one transaction, every migration above it. A database whose version is
+//! higher than [`SCHEMA_VERSION`] was written by a newer kflow and is refused.
+//!
+//! Column order matters for speed: large JSON payloads come last in their rows, so that a query
+//! selecting only the small columns never reads their overflow pages.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::{Result, StoreError};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1];
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
+
+const V1: &str = "
+CREATE TABLE definitions (
+    namespace  TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    version    TEXT    NOT NULL,
+    hash       TEXT    NOT NULL,
+    deprecated INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    source     TEXT    NOT NULL,
+    PRIMARY KEY (namespace, name, version)
+);
+
+CREATE TABLE instances (
+    id         TEXT    NOT NULL PRIMARY KEY,
+    namespace  TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    version    TEXT    NOT NULL,
+    status     TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    input      TEXT    NOT NULL,
+    output     TEXT,
+    error      TEXT
+);
+-- list_instances: newest first, optionally by definition or by status; id breaks ties.
+CREATE INDEX instances_created    ON instances (created_ms, id);
+CREATE INDEX instances_definition ON instances (namespace, name, created_ms, id);
+CREATE INDEX instances_status     ON instances (status, created_ms, id);
+
+CREATE TABLE history (
+    instance_id TEXT    NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    time_ms     INTEGER NOT NULL,
+    kind        TEXT    NOT NULL,
+    data        TEXT    NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
+
+-- effect_id is a u64 stored as the i64 with the same bits.
+CREATE TABLE work (
+    instance_id TEXT    NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+    effect_id   INTEGER NOT NULL,
+    task        TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    due_ms      INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    effect      TEXT    NOT NULL,
+    PRIMARY KEY (instance_id, effect_id)
+);
+-- due_work scans in (due_ms, instance_id, effect_id) order; next_timer and subscriptions by kind.
+CREATE INDEX work_due  ON work (due_ms, instance_id, effect_id);
+CREATE INDEX work_kind ON work (kind, due_ms);
+";
+
+/// Creates or migrates the schema (in one IMMEDIATE transaction).
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let has_versions: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |row| row.get(0),
+    )?;
+    let current: i64 = if has_versions {
+        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| row.get(0))?
+    } else {
+        let tables: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            [],
+            |row| row.get(0),
+        )?;
+        if tables > 0 {
+            return Err(StoreError::Db(
+                "not a kflow database: it has tables but no schema_version table".to_string(),
+            ));
+        }
+        tx.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )?;
+        0
+    };
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Db(format!(
+            "database schema version {current} is newer than the version this kflow supports \
+             ({SCHEMA_VERSION}): it was written by a newer kflow; upgrade kflow to open it"
+        )));
+    }
+    if current < 0 {
+        return Err(StoreError::Corrupt(format!("invalid schema version {current}")));
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    for version in current + 1..=SCHEMA_VERSION {
+        tx.execute_batch(MIGRATIONS[(version - 1) as usize])?;
+        tx.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)", (version, now_ms))?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! SqliteStore: the shared conformance suite (in memory and on a file) plus what is specific to
+//! SQLite: files, schema versions, pragmas, concurrency of readers and the writer.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{Durability, SCHEMA_VERSION, SqliteStore};
+use crate::testkit::{self, append, create, instance, work};
+use crate::{
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result, Store,
+    WorkItem,
+};
+
+/// A file store that deletes its directory when dropped (the store closes first).
+struct TempStore {
+    store: SqliteStore,
+    _dir: tempfile::TempDir,
+}
+
+impl TempStore {
+    fn new(durability: Durability) -> TempStore {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("kflow.db"), durability).expect("open");
+        TempStore { store, _dir: dir }
+    }
+}
+
+impl Store for TempStore {
+    fn put_definition(&self, def: &Definition) -> Result<PutDefinition> {
+        self.store.put_definition(def)
+    }
+    fn get_definition(&self, namespace: &str, name: &str, version: Option<&str>) -> Result<Option<Definition>> {
+        self.store.get_definition(namespace, name, version)
+    }
+    fn list_definitions(&self, namespace: Option<&str>) -> Result<Vec<Definition>> {
+        self.store.list_definitions(namespace)
+    }
+    fn set_deprecated(&self, namespace: &str, name: &str, version: &str, deprecated: bool) -> Result<bool> {
+        self.store.set_deprecated(namespace, name, version, deprecated)
+    }
+    fn apply(&self, commits: &[Commit]) -> Result<()> {
+        self.store.apply(commits)
+    }
+    fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
+        self.store.get_instance(id)
+    }
+    fn list_instances(&self, filter: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page> {
+        self.store.list_instances(filter, cursor, limit)
+    }
+    fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
+        self.store.history(id, after, limit)
+    }
+    fn last_seq(&self, id: &str) -> Result<i64> {
+        self.store.last_seq(id)
+    }
+    fn work_of(&self, id: &str) -> Result<Vec<WorkItem>> {
+        self.store.work_of(id)
+    }
+    fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
+        self.store.due_work(until_ms, limit)
+    }
+    fn next_timer(&self) -> Result<Option<i64>> {
+        self.store.next_timer()
+    }
+    fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
+        self.store.mark_attempt(instance_id, effect_id)
+    }
+    fn subscriptions(&self) -> Result<Vec<WorkItem>> {
+        self.store.subscriptions()
+    }
+    fn running_instances(&self) -> Result<Vec<String>> {
+        self.store.running_instances()
+    }
+}
+
+mod conformance_in_memory {
+    use super::*;
+    crate::store_conformance_tests!(|| Box::new(SqliteStore::open_in_memory().expect("open")));
+}
+
+mod conformance_on_file {
+    use super::*;
+    crate::store_conformance_tests!(|| Box::new(TempStore::new(Durability::Process)));
+}
+
+#[test]
+fn conformance_suite_runner_on_full_durability_file() {
+    testkit::conformance_suite(&|| Box::new(TempStore::new(Durability::Full)));
+}
+
+fn pragma<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, name: &str) -> T {
+    conn.pragma_query_value(None, name, |row| row.get(0)).expect("pragma")
+}
+
+fn schema_versions(path: &Path) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let mut stmt = conn.prepare("SELECT version FROM schema_version ORDER BY version").expect("prepare");
+    stmt.query_map([], |row| row.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+}
+
+#[test]
+fn open_creates_directories_schema_and_pragmas() {
+    let dir = tempfile::tempdir().unwrap();
+    for (durability, synchronous) in [(Durability::Process, 1i64), (Durability::Full, 2)] {
+        let path = dir.path().join(format!("{durability:?}/nested/deeper/kflow.db"));
+        let store = SqliteStore::open(&path, durability).expect("open");
+        assert!(path.exists());
+        assert_eq!(store.path(), Some(path.as_path()));
+        {
+            let w = store.writer_for_tests();
+            assert_eq!(pragma::<String>(&w, "journal_mode"), "wal");
+            assert_eq!(pragma::<i64>(&w, "synchronous"), synchronous);
+            assert_eq!(pragma::<i64>(&w, "foreign_keys"), 1);
+            assert_eq!(pragma::<i64>(&w, "busy_timeout"), 5000);
+        }
+        let pool = store.readers.as_ref().expect("file stores have readers");
+        let readers = pool.idle.lock().unwrap();
+        assert_eq!(readers.len(), super::READERS);
+        for r in readers.iter() {
+            assert!(r.is_readonly(rusqlite::MAIN_DB).unwrap());
+            assert_eq!(pragma::<String>(r, "journal_mode"), "wal");
+            assert_eq!(pragma::<i64>(r, "busy_timeout"), 5000);
+        }
+        drop(readers);
+        drop(store);
+        assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    }
+    // A relative path without a directory part works too.
+    assert!(Path::new("kflow.db").parent().is_some_and(|p| p.as_os_str().is_empty()));
+}
+
+#[test]
+fn reopening_a_file_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/kflow.db");
+    let mut i = instance("keep", 10);
+    i.input = serde_json::json!({"big": "y".repeat(20_000)});
+    let mut c = create(&i);
+    c.add_work = vec![work("keep", 1, "timer", 99), work("keep", 2, "listen", 5)];
+    {
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        store.put_definition(&testkit::definition("ns", "flow", "1.0.0", "h")).unwrap();
+        store.set_deprecated("ns", "flow", "1.0.0", true).unwrap();
+        store.apply(&[c, append("keep", 2..=3)]).unwrap();
+        store.mark_attempt("keep", 1).unwrap();
+    }
+    for durability in [Durability::Process, Durability::Full] {
+        let store = SqliteStore::open(&path, durability).unwrap();
+        let d = store.get_definition("ns", "flow", None).unwrap().expect("definition");
+        assert!(d.deprecated);
+        assert_eq!(store.get_instance("keep").unwrap(), Some(i.clone()));
+        let expected = if durability == Durability::Process { 3 } else { 4 };
+        assert_eq!(store.last_seq("keep").unwrap(), expected);
+        assert_eq!(store.history("keep", 0, 10).unwrap().len() as i64, expected);
+        let rows = store.work_of("keep").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].attempts, 1);
+        assert_eq!(store.next_timer().unwrap(), Some(99));
+        assert_eq!(store.subscriptions().unwrap().len(), 1);
+        assert_eq!(store.running_instances().unwrap(), ["keep"]);
+        // And it goes on from there.
+        if durability == Durability::Process {
+            store.apply(&[append("keep", 4..=4)]).unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path, Durability::Process).unwrap();
+    assert_eq!(store.last_seq("keep").unwrap(), 4);
+    assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>(), "no migration ran twice");
+}
+
+#[test]
+fn a_newer_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kflow.db");
+    drop(SqliteStore::open(&path, Durability::Process).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, 0)", [SCHEMA_VERSION + 1])
+            .unwrap();
+    }
+    let err = SqliteStore::open(&path, Durability::Process).expect_err("must refuse");
+    let msg = err.to_string();
+    let newer = (SCHEMA_VERSION + 1).to_string();
+    for part in ["schema version", newer.as_str(), "newer", "upgrade kflow", path.to_str().unwrap()] {
+        assert!(msg.contains(part), "{msg:?} should mention {part:?}");
+    }
+    // Nothing was changed by the attempt.
+    assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION + 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_foreign_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY)").unwrap();
+    }
+    let err = SqliteStore::open(&path, Durability::Process).expect_err("must refuse");
+    assert!(err.to_string().contains("not a kflow database"), "{err}");
+
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"this is not a database file at all, not even close....................................................").unwrap();
+    assert!(SqliteStore::open(&junk, Durability::Process).is_err());
+}
+
+/// A long write transaction is open on the writer connection; reads on the pool proceed (and
+/// see the last committed state), they do not wait for it.
+#[test]
+fn reads_do_not_wait_for_a_long_write_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("kflow.db"), Durability::Process).unwrap();
+    let mut c = create(&instance("committed", 1));
+    c.add_work = vec![work("committed", 1, "http", 1)];
+    store.apply(&[c]).unwrap();
+
+    let (opened_tx, opened_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let store = &store;
+        scope.spawn(move || {
+            let w = store.writer_for_tests();
+            w.execute_batch("BEGIN IMMEDIATE").unwrap();
+            w.execute(
+                "INSERT INTO instances (id, namespace, name, version, status, created_ms, updated_ms, input) \
+                 VALUES ('uncommitted', 'default', 'flow', '1.0.0', 'running', 2, 2, '{}')",
+                [],
+            )
+            .unwrap();
+            opened_tx.send(()).unwrap();
+            // Hold the transaction (and the writer mutex) until the readers are done.
+            release_rx.recv_timeout(Duration::from_secs(30)).ok();
+            w.execute_batch("ROLLBACK").unwrap();
+        });
+        opened_rx.recv().unwrap();
+
+        let (done_tx, done_rx) = mpsc::channel::<Duration>();
+        scope.spawn(move || {
+            let start = Instant::now();
+            for _ in 0..20 {
+                assert!(store.get_instance("committed").unwrap().is_some());
+                assert!(store.get_instance("uncommitted").unwrap().is_none(), "uncommitted rows are invisible");
+                let page = store.list_instances(&InstanceFilter::default(), None, 10).unwrap();
+                assert_eq!(page.items.len(), 1);
+                assert_eq!(store.last_seq("committed").unwrap(), 1);
+                assert_eq!(store.history("committed", 0, 10).unwrap().len(), 1);
+                assert_eq!(store.due_work(10, 10).unwrap().len(), 1);
+                assert_eq!(store.running_instances().unwrap(), ["committed"]);
+                assert!(store.get_definition("ns", "x", None).unwrap().is_none());
+            }
+            done_tx.send(start.elapsed()).unwrap();
+        });
+        let elapsed = done_rx.recv_timeout(Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        let elapsed = elapsed.expect("reads were blocked by the write transaction");
+        assert!(elapsed < Duration::from_secs(5), "reads took {elapsed:?}");
+    });
+    // The rolled-back row never existed.
+    assert!(store.get_instance("uncommitted").unwrap().is_none());
+}
+
+/// More concurrent readers than pooled connections: they queue for a free one.
+#[test]
+fn readers_share_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("kflow.db"), Durability::Process).unwrap();
+    store.apply(&[create(&instance("a", 1))]).unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..(super::READERS * 3) {
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    assert_eq!(store.last_seq("a").unwrap(), 1);
+                }
+            });
+        }
+    });
+    assert_eq!(store.readers.as_ref().unwrap().idle.lock().unwrap().len(), super::READERS, "all given back");
+}
+
+/// A panic while the writer connection is inside a transaction does not wedge the store.
+#[test]
+fn the_writer_recovers_from_a_panic_inside_a_transaction() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = store.write(|conn| -> Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            conn.execute(
+                "INSERT INTO instances (id, namespace, name, version, status, created_ms, updated_ms, input) \
+                 VALUES ('half', 'default', 'flow', '1.0.0', 'running', 2, 2, '{}')",
+                [],
+            )
+            .unwrap();
+            panic!("boom");
+        });
+    }));
+    assert!(result.is_err());
+    store.apply(&[create(&instance("after", 3))]).unwrap();
+    assert!(store.get_instance("half").unwrap().is_none(), "the half-done transaction was rolled back");
+    assert!(store.get_instance("after").unwrap().is_some());
+}
+
+/// The hot queries use their indexes (no full scan of instances or work).
+#[test]
+fn hot_queries_use_indexes() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let w = store.writer_for_tests();
+    let plan = |sql: &str| -> String {
+        let mut stmt = w.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        rows.join(" | ")
+    };
+    use super::queries::{DUE_WORK, LAST_SEQ, NEXT_TIMER, list_instances_sql};
+    let list = |filter: InstanceFilter| list_instances_sql(&filter, Some((5, "x".into())), 10).0;
+    let by_definition = InstanceFilter { namespace: Some("a".into()), name: Some("b".into()), ..Default::default() };
+    let by_status = InstanceFilter { status: Some(crate::InstanceStatus::Running), ..Default::default() };
+    let cases = [
+        (LAST_SEQ.to_string(), "sqlite_autoindex_history_1"),
+        (NEXT_TIMER.to_string(), "work_kind"),
+        (DUE_WORK.to_string(), "work_due"),
+        (list(InstanceFilter::default()), "instances_created"),
+        (list(by_definition), "instances_definition"),
+        (list(by_status), "instances_status"),
+    ];
+    for (sql, index) in cases {
+        let p = plan(&sql);
+        assert!(p.contains(index), "{sql}: {p}");
+        assert!(!p.contains("TEMP B-TREE"), "{sql} sorts: {p}");
+        assert!(!p.contains("SCAN w") && !p.contains("SCAN work"), "{sql} scans work: {p}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The client verbs of `kflow`: talking to a running kflow server over its REST API.
+//!
+//! `apply`, `start`, `get`, `ls`, `cancel`, `suspend`, `resume`, `history` and `events send`
+//! are the [`ClientCommand`] variants, flattened into the binary's own verb list; [`run`] is the
+//! single dispatch point. Every verb reaches the server named by `--server URL` (or
+//! `$KFLOW_SERVER`, default `http://127.0.0.1:8080`).
+//!
+//! Exit codes: 0 success; 1 the server refused a request or the workflow faulted / was
+//! cancelled; 2 bad usage, an unreadable file, or no server answering (the message names the URL).
+
+mod apply;
+mod http;
+mod render;
+mod sse;
+mod verbs;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+pub use http::Failure;
+
+/// Where the server is.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The kflow server's base URL.
+    #[arg(long, env = "KFLOW_SERVER", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub server: String,
+}
+
+/// How a read verb prints what the server answered.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// A readable summary or table.
+    #[default]
+    Text,
+    /// The server's JSON, pretty-printed.
+    Json,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Register workflow definitions with the server (one line per document).
+    Apply {
+        /// A workflow document, or a folder: every *.yaml, *.yml and *.json in it (sorted).
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start an instance of a registered workflow and print its id.
+    Start {
+        /// The workflow: NAMESPACE/NAME, optionally @VERSION (default: the latest).
+        #[arg(value_name = "NS/NAME[@VERSION]")]
+        workflow: String,
+        /// The workflow input, as JSON.
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the workflow input from a JSON or YAML file.
+        #[arg(long, value_name = "PATH")]
+        input_file: Option<PathBuf>,
+        /// Wait for the instance to finish and print its output (or its error) as JSON.
+        #[arg(long, conflicts_with = "watch")]
+        wait: bool,
+        /// Show live progress until the instance finishes, then print like --wait.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one instance: workflow, status, running and waiting tasks, output or error.
+    Get {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List instances.
+    Ls {
+        #[command(flatten)]
+        filter: ListArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel an instance and print its new status.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Suspend an instance and print its new status.
+    Suspend {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume a suspended instance and print its new status.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print an instance's history, one line per event.
+    History {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Send CloudEvents to the server.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Post the CloudEvents in FILE (one JSON object, or one object per line; `-` reads stdin)
+    /// and print how many subscriptions each matched.
+    Send {
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// The filters of `kflow ls`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ListArgs {
+    /// Only instances in this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only instances of the workflow with this name.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only instances of this workflow version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Only instances with this status (running, suspended, completed, faulted, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only instances created at or after this time (passed to the server as is).
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Only instances created before this time (passed to the server as is).
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// At most this many instances per page.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Follow the cursor through every page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs one client verb to its end; the only entry point `main` needs.
+pub fn run(cmd: ClientCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kflow: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cmd)) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("{}", f.render());
+            ExitCode::from(f.exit_code())
+        }
+    }
+}
+
+async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        ClientCommand::Apply { files, server } => apply::apply(&http::Api::new(&server)?, &files).await,
+        ClientCommand::Start { workflow, input, input_file, wait, watch, server } => {
+            let api = http::Api::new(&server)?;
+            let opts = verbs::StartOptions { workflow, input, input_file, wait, watch };
+            verbs::start(&api, opts).await
+        }
+        ClientCommand::Get { id, out, server } => verbs::get(&http::Api::new(&server)?, &id, out.output).await,
+        ClientCommand::Ls { filter, out, server } => verbs::ls(&http::Api::new(&server)?, &filter, out.output).await,
+        ClientCommand::Cancel { id, out, server } => {
+            verbs::control(&http::Api::new(&server)?, &id, "cancel", out.output).await
+        }
+        ClientCommand::Suspend { id, out, server } => {
+            verbs::control(&http::Api::new(&server)?, &id, "suspend", out.output).await
+        }
+        ClientCommand::Resume { id, out, server } => {
+            verbs::control(&http::Api::new(&server)?, &id, "resume", out.output).await
+        }
+        ClientCommand::History { id, out, server } => {
+            verbs::history(&http::Api::new(&server)?, &id, out.output).await
+        }
+        ClientCommand::Events { command: EventsCommand::Send { file, server } } => {
+            apply::send_events(&http::Api::new(&server)?, &file).await
+        }
+    }
+}

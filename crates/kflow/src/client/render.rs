@@ -1,0 +1,322 @@
+//! Turning the server's JSON into text for people: aligned tables, times, the instance
+//! summary of `kflow get`, and history lines.
+//!
+//! Everything here is pure and forgiving about the exact shape of the server's answers: a
+//! time may be an RFC 3339 string or milliseconds since the epoch, a task reference a string
+//! or an object, and unknown shapes fall back to compact JSON.
+
+use chrono::{DateTime, Local, TimeZone, Utc};
+use serde_json::Value;
+
+/// At most `max` characters of `s`, with `…` when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Columns padded to their widest cell, two spaces apart; no trailing blanks.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().take(widths.len()) {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A time from the server: RFC 3339 text, or milliseconds since the epoch.
+pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::String(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => s.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis),
+        },
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).and_then(DateTime::from_timestamp_millis),
+        _ => None,
+    }
+}
+
+/// `v` formatted with `fmt` in `tz`; the raw value when it is not a time.
+pub fn fmt_time_in<Tz: TimeZone>(v: &Value, tz: &Tz, fmt: &str) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    match parse_time(v) {
+        Some(t) => t.with_timezone(tz).format(fmt).to_string(),
+        None => scalar(v),
+    }
+}
+
+/// A date and time in local time, to the second.
+pub fn fmt_datetime(v: &Value) -> String {
+    fmt_time_in(v, &Local, "%Y-%m-%d %H:%M:%S")
+}
+
+/// A time of day in local time, to the millisecond.
+pub fn fmt_clock(v: &Value) -> String {
+    fmt_time_in(v, &Local, "%H:%M:%S%.3f")
+}
+
+/// A string as is, anything else as compact JSON (null as empty).
+pub fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// `namespace/name@version` of an instance or definition.
+pub fn workflow_label(v: &Value) -> String {
+    let s = |k: &str| v.get(k).map(scalar).unwrap_or_default();
+    let mut out = format!("{}/{}", s("namespace"), s("name"));
+    let version = s("version");
+    if !version.is_empty() {
+        out.push('@');
+        out.push_str(&version);
+    }
+    out
+}
+
+/// The creation time of an instance, whatever the server called it.
+pub fn created(v: &Value) -> &Value {
+    for k in ["created", "created_at", "createdAt", "created_ms", "created_time"] {
+        if let Some(t) = v.get(k).filter(|t| !t.is_null()) {
+            return t;
+        }
+    }
+    &Value::Null
+}
+
+/// A task reference: a JSON-pointer string, or an object holding one.
+pub fn task_ref(v: &Value) -> String {
+    match v {
+        Value::Object(m) => ["reference", "task", "name"]
+            .iter()
+            .find_map(|k| m.get(*k).and_then(Value::as_str))
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string()),
+        other => scalar(other),
+    }
+}
+
+/// The `kflow ls` table.
+pub fn instance_table(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i.get(k).map(scalar).unwrap_or_default();
+            vec![
+                s("id"),
+                format!("{}/{}", s("namespace"), s("name")),
+                s("version"),
+                s("status"),
+                fmt_datetime(created(i)),
+            ]
+        })
+        .collect();
+    table(&["ID", "WORKFLOW", "VERSION", "STATUS", "CREATED"], &rows)
+}
+
+/// JSON pretty-printed with every line after the first indented by `indent` spaces.
+fn indented_json(v: &Value, indent: usize) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    let pad = " ".repeat(indent);
+    text.lines().collect::<Vec<_>>().join(&format!("\n{pad}"))
+}
+
+/// The readable summary of `kflow get`.
+pub fn instance_summary(inst: &Value) -> String {
+    const W: usize = 10;
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| {
+        out.push_str(&format!("{:<W$} {value}\n", format!("{name}:")));
+    };
+    let s = |k: &str| inst.get(k).map(scalar).unwrap_or_default();
+    field("ID", &s("id"));
+    field("Workflow", &workflow_label(inst));
+    field("Status", &s("status"));
+    let c = created(inst);
+    if !c.is_null() {
+        field("Created", &fmt_datetime(c));
+    }
+    let pad = " ".repeat(W + 1);
+    if let Some(Value::Array(running)) = inst.get("running").filter(|r| r.as_array().is_some_and(|a| !a.is_empty())) {
+        let lines: Vec<String> = running.iter().map(task_ref).collect();
+        field("Running", &lines.join(&format!("\n{pad}")));
+    }
+    if let Some(Value::Array(waiting)) = inst.get("waiting").filter(|r| r.as_array().is_some_and(|a| !a.is_empty())) {
+        let lines: Vec<String> = waiting.iter().map(waiting_line).collect();
+        field("Waiting", &lines.join(&format!("\n{pad}")));
+    }
+    for key in ["output", "error"] {
+        if let Some(v) = inst.get(key).filter(|v| !v.is_null()) {
+            let mut name = key.to_owned();
+            name[..1].make_ascii_uppercase();
+            field(&name, &indented_json(v, W + 1));
+        }
+    }
+    out
+}
+
+/// `TASK on WHAT [until TIME]` for one waiting entry.
+pub fn waiting_line(w: &Value) -> String {
+    let task = w.get("task").map(task_ref).unwrap_or_else(|| task_ref(w));
+    let mut line = task;
+    if let Some(on) = w.get("on").filter(|v| !v.is_null()) {
+        line.push_str(" on ");
+        line.push_str(&clip(&scalar(on), 80));
+    }
+    if let Some(until) = w.get("until_ms").or_else(|| w.get("until")).filter(|v| !v.is_null()) {
+        line.push_str(" until ");
+        line.push_str(&fmt_time_in(until, &Local, "%Y-%m-%d %H:%M:%S%.3f"));
+    }
+    line
+}
+
+/// What one history item says, without its time: the notice type and task for notices,
+/// a short rendering of the data otherwise.
+pub fn history_summary(item: &Value) -> String {
+    let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
+    let data = item.get("data").unwrap_or(&Value::Null);
+    match kind {
+        "notice" => notice_summary(data),
+        "started" => match data.get("input") {
+            Some(input) => format!("input {}", clip(&input.to_string(), 100)),
+            None => clip(&scalar(data), 100),
+        },
+        _ => clip(&scalar(data), 100),
+    }
+}
+
+/// `task.faulted /do/0/x: <error title>` and the like.
+pub fn notice_summary(data: &Value) -> String {
+    let ty = data.get("type").and_then(Value::as_str).unwrap_or("notice");
+    let mut s = ty.to_owned();
+    let r = data.get("reference").or_else(|| data.get("task")).map(scalar).unwrap_or_default();
+    if !r.is_empty() {
+        s.push(' ');
+        s.push_str(&r);
+    }
+    if let Some(e) = data.get("error").filter(|e| !e.is_null()) {
+        let what = ["title", "detail", "type"].iter().find_map(|k| e.get(*k).and_then(Value::as_str));
+        s.push_str(": ");
+        s.push_str(&clip(&what.map(str::to_owned).unwrap_or_else(|| e.to_string()), 100));
+    }
+    if let Some(a) = data.get("attempt").filter(|a| !a.is_null()) {
+        s.push_str(&format!(" (attempt {})", scalar(a)));
+    }
+    s
+}
+
+/// One line per history item: `SEQ  TIME  KIND  SUMMARY`.
+pub fn history_lines<Tz: TimeZone>(items: &[Value], tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            vec![
+                i.get("seq").map(scalar).unwrap_or_default(),
+                fmt_time_in(i.get("time").unwrap_or(&Value::Null), tz, "%Y-%m-%d %H:%M:%S%.3f"),
+                i.get("kind").map(scalar).unwrap_or_default(),
+                history_summary(i),
+            ]
+        })
+        .collect();
+    table(&["SEQ", "TIME", "KIND", "SUMMARY"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_pads_columns_and_trims_lines() {
+        let rows = vec![vec!["a".into(), "long value".into(), "x".into()], vec!["bbbb".into(), "é".into(), "".into()]];
+        assert_eq!(table(&["ID", "NAME", "S"], &rows), "ID    NAME        S\na     long value  x\nbbbb  é\n");
+        assert_eq!(table(&["ID", "NAME"], &[]), "ID  NAME\n");
+    }
+
+    #[test]
+    fn instance_table_reads_the_fields() {
+        let items = [json!({"id": "01H", "namespace": "ns", "name": "wf", "version": "1.0.0",
+            "status": "running", "created": "not a time"})];
+        assert_eq!(
+            instance_table(&items),
+            "ID   WORKFLOW  VERSION  STATUS   CREATED\n01H  ns/wf     1.0.0    running  not a time\n"
+        );
+    }
+
+    #[test]
+    fn times_from_text_or_millis() {
+        let want = "2024-05-01 12:00:01.250";
+        let f = "%Y-%m-%d %H:%M:%S%.3f";
+        assert_eq!(fmt_time_in(&json!("2024-05-01T14:00:01.25+02:00"), &Utc, f), want);
+        assert_eq!(fmt_time_in(&json!(1714564801250i64), &Utc, f), want);
+        assert_eq!(fmt_time_in(&json!("yesterday"), &Utc, f), "yesterday");
+        assert_eq!(fmt_time_in(&Value::Null, &Utc, f), "");
+    }
+
+    #[test]
+    fn clip_counts_chars() {
+        assert_eq!(clip("héllo", 5), "héllo");
+        assert_eq!(clip("héllo world", 5), "héll…");
+    }
+
+    #[test]
+    fn summary_of_a_faulted_instance() {
+        let inst = json!({"id": "i1", "namespace": "ns", "name": "wf", "version": "1.0.0", "status": "faulted",
+            "running": [], "waiting": [{"task": "/do/1/wait", "on": "event"}],
+            "error": {"type": "https://x/errors/runtime", "status": 500}});
+        assert_eq!(
+            instance_summary(&inst),
+            "ID:        i1\nWorkflow:  ns/wf@1.0.0\nStatus:    faulted\nWaiting:   /do/1/wait on event\n\
+             Error:     {\n             \"type\": \"https://x/errors/runtime\",\n             \"status\": 500\n           }\n"
+        );
+    }
+
+    #[test]
+    fn history_lines_summarise_each_kind() {
+        let items = [
+            json!({"seq": 1, "time": 0, "kind": "started", "data": {"input": {"a": 1}}}),
+            json!({"seq": 2, "time": 5, "kind": "notice",
+                   "data": {"type": "task.started", "task": "x", "reference": "/do/0/x", "time": "t"}}),
+            json!({"seq": 3, "time": 9, "kind": "notice",
+                   "data": {"type": "task.faulted", "reference": "/do/0/x", "error": {"title": "boom"}}}),
+            json!({"seq": 4, "time": 10, "kind": "cancelled", "data": null}),
+        ];
+        assert_eq!(
+            history_lines(&items, &Utc),
+            "SEQ  TIME                     KIND       SUMMARY\n\
+             1    1970-01-01 00:00:00.000  started    input {\"a\":1}\n\
+             2    1970-01-01 00:00:00.005  notice     task.started /do/0/x\n\
+             3    1970-01-01 00:00:00.009  notice     task.faulted /do/0/x: boom\n\
+             4    1970-01-01 00:00:00.010  cancelled\n"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The instance verbs: `start`, `get`, `ls`, `cancel`/`suspend`/`resume` and `history`.
+//!
+//! Each one makes its request through [`Api`], prints the answer (the server's JSON as is with
+//! `-o json`, a summary or table otherwise) and returns the exit code; failures travel back to
+//! [`super::run`] as [`Failure`]s.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{Map, Value, json};
+
+use super::Format;
+use super::ListArgs;
+use super::http::{Api, Failure};
+use super::render;
+use super::watch::{self, Mode};
+
+/// `NAMESPACE/NAME[@VERSION]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowRef {
+    pub namespace: String,
+    pub name: String,
+    pub version: Option<String>,
+}
+
+pub fn parse_workflow_ref(s: &str) -> Result<WorkflowRef, String> {
+    let bad = |why: &str| format!("{s:?} is not NAMESPACE/NAME[@VERSION]: {why}");
+    let (path, version) = match s.split_once('@') {
+        Some((p, v)) => (p, Some(v)),
+        None => (s, None),
+    };
+    let Some((namespace, name)) = path.split_once('/') else { return Err(bad("the namespace is missing")) };
+    if namespace.is_empty() {
+        return Err(bad("the namespace is empty"));
+    }
+    if name.is_empty() {
+        return Err(bad("the name is empty"));
+    }
+    if name.contains('/') {
+        return Err(bad("too many '/'"));
+    }
+    if version.is_some_and(|v| v.is_empty() || v.contains('@')) {
+        return Err(bad("the version after '@' is empty or holds another '@'"));
+    }
+    Ok(WorkflowRef { namespace: namespace.into(), name: name.into(), version: version.map(str::to_owned) })
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+pub struct StartOptions {
+    pub workflow: String,
+    pub input: Option<String>,
+    pub input_file: Option<PathBuf>,
+    pub wait: bool,
+    pub watch: bool,
+}
+
+/// `kflow start`: without --wait/--watch prints the new id on stdout; with them the id goes to
+/// stderr (`started ID`) so stdout holds only the output (or error) JSON, like `kflow run`.
+pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
+    let wf = parse_workflow_ref(&opts.workflow).map_err(Failure::Usage)?;
+    let mut body = Map::new();
+    body.insert("namespace".into(), json!(wf.namespace));
+    body.insert("name".into(), json!(wf.name));
+    if let Some(v) = &wf.version {
+        body.insert("version".into(), json!(v));
+    }
+    if opts.input.is_some() || opts.input_file.is_some() {
+        let input = crate::inputs::read_input(opts.input.as_deref(), opts.input_file.as_deref())
+            .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+        body.insert("input".into(), input);
+    }
+    let inst = api.post_json(&["instances"], &Value::Object(body)).await?;
+    let id = text(&inst, "id").to_owned();
+    if id.is_empty() {
+        return Err(Failure::Protocol(format!("the server started an instance but sent no id: {inst}")));
+    }
+    if !opts.wait && !opts.watch {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("started {id}");
+    let mode = match (opts.watch, std::io::stderr().is_terminal()) {
+        (false, _) => Mode::Quiet,
+        (true, true) => Mode::StatusLine,
+        (true, false) => Mode::Lines,
+    };
+    let done = if watch::is_finished(text(&inst, "status")) { inst } else { watch::follow(api, &id, mode).await? };
+    Ok(print_outcome(&done))
+}
+
+/// Prints what a finished instance produced; exit 0 completed, 1 faulted or cancelled.
+fn print_outcome(inst: &Value) -> ExitCode {
+    let field = |k: &str| inst.get(k).filter(|v| !v.is_null());
+    match text(inst, "status") {
+        "completed" => {
+            print_json(field("output").unwrap_or(&Value::Null));
+            ExitCode::SUCCESS
+        }
+        status => {
+            match field("error") {
+                Some(e) => print_json(e),
+                None => eprintln!("kflow: instance {} {status}", text(inst, "id")),
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `kflow get ID`.
+pub async fn get(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failure> {
+    let inst = api.get(&["instances", id], &[]).await?;
+    match format {
+        Format::Json => print_json(&inst),
+        Format::Text => print!("{}", render::instance_summary(&inst)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The query string of `kflow ls` (without the cursor).
+pub fn list_query(f: &ListArgs) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    let fields = [
+        ("namespace", &f.namespace),
+        ("name", &f.workflow),
+        ("version", &f.version),
+        ("status", &f.status),
+        ("from", &f.from),
+        ("to", &f.to),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    if let Some(n) = f.limit {
+        q.push(("limit", n.to_string()));
+    }
+    q
+}
+
+fn next_cursor(page: &Value) -> Option<String> {
+    match page.get("next") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `kflow ls`: one page, or every page with `--all`.
+pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode, Failure> {
+    let base = list_query(filter);
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let more = loop {
+        let mut q = base.clone();
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page = api.get(&["instances"], &q).await?;
+        if !filter.all && format == Format::Json {
+            print_json(&page);
+            return Ok(ExitCode::SUCCESS);
+        }
+        match page.get("items") {
+            Some(Value::Array(a)) => items.extend(a.iter().cloned()),
+            _ => return Err(Failure::Protocol(format!("the instance list has no items array: {}", render::clip(&page.to_string(), 200)))),
+        }
+        match next_cursor(&page) {
+            Some(next) if filter.all => {
+                if cursor.as_ref() == Some(&next) {
+                    return Err(Failure::Protocol(format!("the server returned the same cursor twice: {next}")));
+                }
+                cursor = Some(next);
+            }
+            next => break next.is_some(),
+        }
+    };
+    match format {
+        Format::Json => print_json(&json!({ "items": items })),
+        Format::Text if items.is_empty() => eprintln!("no instances found"),
+        Format::Text => {
+            print!("{}", render::instance_table(&items));
+            if more {
+                eprintln!("(more instances: add --all to list every page)");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kflow cancel|suspend|resume ID`: prints `ID STATUS`.
+pub async fn control(api: &Api, id: &str, action: &str, format: Format) -> Result<ExitCode, Failure> {
+    let inst = api.post_json(&["instances", id, action], &json!({})).await?;
+    match format {
+        Format::Json => print_json(&inst),
+        Format::Text => {
+            let shown = if text(&inst, "id").is_empty() { id } else { text(&inst, "id") };
+            println!("{shown} {}", text(&inst, "status"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kflow history ID`.
+pub async fn history(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failure> {
+    let page = api.get(&["instances", id, "history"], &[]).await?;
+    match (format, page.get("items")) {
+        (Format::Json, _) => print_json(&page),
+        (Format::Text, Some(Value::Array(items))) => print!("{}", render::history_lines(items, &chrono::Local)),
+        (Format::Text, _) => {
+            return Err(Failure::Protocol(format!("the history has no items array: {}", render::clip(&page.to_string(), 200))));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(ns: &str, name: &str, v: Option<&str>) -> WorkflowRef {
+        WorkflowRef { namespace: ns.into(), name: name.into(), version: v.map(Into::into) }
+    }
+
+    #[test]
+    fn workflow_refs() {
+        assert_eq!(parse_workflow_ref("default/order"), Ok(r("default", "order", None)));
+        assert_eq!(parse_workflow_ref("default/order@1.2.0-rc.1+b5"), Ok(r("default", "order", Some("1.2.0-rc.1+b5"))));
+        for bad in ["order", "/order", "ns/", "ns/a/b", "ns/order@", "ns/order@1@2", "@1.0.0", ""] {
+            assert!(parse_workflow_ref(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(
+            parse_workflow_ref("order@1").unwrap_err(),
+            "\"order@1\" is not NAMESPACE/NAME[@VERSION]: the namespace is missing"
+        );
+    }
+
+    #[test]
+    fn list_query_maps_the_flags() {
+        let f = ListArgs {
+            namespace: Some("ns".into()),
+            workflow: Some("wf".into()),
+            status: Some("running".into()),
+            limit: Some(5),
+            ..Default::default()
+        };
+        let q = list_query(&f);
+        assert_eq!(q, vec![("namespace", "ns".into()), ("name", "wf".into()), ("status", "running".into()), ("limit", "5".into())]);
+    }
+
+    #[test]
+    fn cursors() {
+        assert_eq!(next_cursor(&json!({"items": [], "next": "abc"})), Some("abc".into()));
+        assert_eq!(next_cursor(&json!({"items": [], "next": null})), None);
+        assert_eq!(next_cursor(&json!({"items": [], "next": ""})), None);
+        assert_eq!(next_cursor(&json!({"items": []})), None);
+    }
+}
