@@ -224,6 +224,11 @@ async fn latest_is_the_highest_semantic_version() {
     assert!(e["message"].as_str().unwrap_or_default().contains("2.0.0"), "{e}");
     api.get("/api/v1/definitions/test/nope").await.expect_error(StatusCode::NOT_FOUND, "not_found");
     api.get("/api/v1/definitions/other/semver").await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    // `latest` in the deprecate path names the highest version.
+    let d = api.post("/api/v1/definitions/test/semver/versions/latest/deprecate").await.expect(StatusCode::OK);
+    assert_eq!((d["version"].clone(), d["deprecated"].clone()), (json!("1.10.0"), json!(true)));
+    let v = api.get("/api/v1/definitions/test/semver/versions/1.9.0").await.expect(StatusCode::OK);
+    assert_eq!(v["deprecated"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,7 +583,7 @@ async fn cancel_a_waiting_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_holds_and_resume_completes() {
     let api = Api::new().await;
-    api.register(&sleeper("pausable", "PT0.5S")).await;
+    api.register(&sleeper("pausable", "PT1S")).await;
     let inst = api.start("test", "pausable", json!({})).await;
     let id = inst["id"].as_str().unwrap_or_default().to_string();
     // Not suspended yet: resume is a conflict.
@@ -588,7 +593,7 @@ async fn suspend_holds_and_resume_completes() {
     assert_eq!(s["status"], "suspended");
     api.post(&format!("/api/v1/instances/{id}/suspend")).await.expect_error(StatusCode::CONFLICT, "conflict");
     // The timer fires while suspended: the instance does not move.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let got = api.instance(&id).await;
     assert_eq!(got["status"], "suspended", "{got}");
     assert!(got.get("output").is_none(), "{got}");
@@ -944,4 +949,24 @@ async fn oversized_bodies_are_413() {
     api.register(&small).await;
     // The default limit is 1 MiB.
     assert_eq!(ApiConfig::default().max_body_bytes, 1024 * 1024);
+}
+
+// ---------------------------------------------------------------------------------------------
+// shutdown
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_engine_answers_503() {
+    let api = Api::new().await;
+    api.register(&quick("test", "late", "1.0.0")).await;
+    api.engine.shutdown(Duration::from_millis(200)).await;
+    let e = api
+        .post_json("/api/v1/instances", &json!({"namespace": "test", "name": "late"}))
+        .await
+        .expect_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(e["message"].as_str().unwrap_or_default().contains("shutting down"), "{e}");
+    let ev = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+    api.post_json("/api/v1/events", &ev).await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    // Reads still work.
+    assert_eq!(api.get("/healthz").await.status, StatusCode::OK);
+    api.get("/api/v1/definitions/test/late").await.expect(StatusCode::OK);
 }

@@ -144,8 +144,13 @@ fn main() {
     let sample = Workload { next: vec![2; INSTANCES], cursor: 0, payload: "x".repeat(175) }.commit(0);
     let bytes = serde_json::to_string(&sample.history[0].data).unwrap().len()
         + serde_json::to_string(&sample.add_work[0].effect).unwrap().len();
-    println!("store bench: {INSTANCES} instances; each commit = 1 event + 1 work add + 1 work remove, {bytes} bytes of JSON");
-    println!("{:<10} {:>6} {:>14} {:>12} {:>14} {:>12}", "durability", "batch", "commits/s", "batches/s", "mean/batch", "worst");
+    println!(
+        "store bench: {INSTANCES} instances; each commit = 1 event + 1 work add + 1 work remove, {bytes} bytes of JSON"
+    );
+    println!(
+        "{:<10} {:>6} {:>14} {:>12} {:>14} {:>12}",
+        "durability", "batch", "commits/s", "batches/s", "mean/batch", "worst"
+    );
     for durability in [Durability::Process, Durability::Full] {
         for batch in [1usize, 10, 100] {
             let o = run(durability, batch, budget);

@@ -46,7 +46,9 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for (ms, id) in [(0, "a"), (1_700_000_000_000, "0190f5a4-7c4e-7b1a-9d7e-0123456789ab"), (-5, "x:y:z"), (i64::MAX, "é")] {
+        for (ms, id) in
+            [(0, "a"), (1_700_000_000_000, "0190f5a4-7c4e-7b1a-9d7e-0123456789ab"), (-5, "x:y:z"), (i64::MAX, "é")]
+        {
             let c = encode(ms, id);
             assert!(c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{c}");
             assert_eq!(decode(&c).unwrap(), (ms, id.to_string()));

@@ -36,13 +36,11 @@ fn parse(v: &str) -> Option<Parsed<'_>> {
         None => (without_build, None),
     };
     let mut core = [0u64; 3];
-    let mut count = 0;
-    for part in core_text.split('.') {
-        if count == 3 || !is_numeric(part) {
+    for (i, part) in core_text.split('.').enumerate() {
+        if i == 3 || !is_numeric(part) {
             return None;
         }
-        core[count] = part.parse().ok()?;
-        count += 1;
+        core[i] = part.parse().ok()?;
     }
     Some(Parsed { core, pre })
 }

@@ -181,7 +181,12 @@ pub fn create(inst: &Instance) -> Commit {
     Commit {
         instance_id: inst.id.clone(),
         create: Some(inst.clone()),
-        history: vec![HistoryEvent { seq: 1, time_ms: inst.created_ms, kind: "started".into(), data: inst.input.clone() }],
+        history: vec![HistoryEvent {
+            seq: 1,
+            time_ms: inst.created_ms,
+            kind: "started".into(),
+            data: inst.input.clone(),
+        }],
         now_ms: inst.created_ms,
         ..Default::default()
     }
@@ -522,7 +527,8 @@ pub fn apply_batch_is_all_or_nothing(store: &dyn Store) {
 pub fn apply_refuses_unknown_instances(store: &dyn Store) {
     ok(store.apply(&[create(&instance("known", 1))]));
     let history = append("ghost", 1..=1);
-    let work_only = Commit { instance_id: "ghost".into(), add_work: vec![work("ghost", 1, "http", 1)], ..Default::default() };
+    let work_only =
+        Commit { instance_id: "ghost".into(), add_work: vec![work("ghost", 1, "http", 1)], ..Default::default() };
     let status = set_status("ghost", InstanceStatus::Completed, 5);
     for bad in [history, work_only, status] {
         let batch = [append("known", 2..=2), bad];
@@ -574,7 +580,12 @@ pub fn list_instances_newest_first_and_limit_clamp(store: &dyn Store) {
     let page = ok(store.list_instances(&all, None, 10));
     assert!(page.items.is_empty());
     assert!(page.next.is_none());
-    ok(store.apply(&[create(&instance("a", 10)), create(&instance("c", 30)), create(&instance("b", 20)), create(&instance("d", 30))]));
+    ok(store.apply(&[
+        create(&instance("a", 10)),
+        create(&instance("c", 30)),
+        create(&instance("b", 20)),
+        create(&instance("d", 30)),
+    ]));
     let page = ok(store.list_instances(&all, None, 10));
     assert_eq!(ids(&page.items), ["d", "c", "b", "a"], "created_ms DESC, then id DESC");
     assert!(page.next.is_none(), "no next page when everything fits");
@@ -620,11 +631,8 @@ pub fn list_instances_filters(store: &dyn Store) {
         })
         .collect();
     ok(store.apply(&creates));
-    let updates: Vec<Commit> = model
-        .iter()
-        .filter(|i| i.status != Running)
-        .map(|i| set_status(&i.id, i.status, i.updated_ms))
-        .collect();
+    let updates: Vec<Commit> =
+        model.iter().filter(|i| i.status != Running).map(|i| set_status(&i.id, i.status, i.updated_ms)).collect();
     ok(store.apply(&updates));
 
     let filters = [
@@ -632,7 +640,12 @@ pub fn list_instances_filters(store: &dyn Store) {
         InstanceFilter { namespace: Some("a".into()), ..Default::default() },
         InstanceFilter { namespace: Some("b".into()), name: Some("y".into()), ..Default::default() },
         InstanceFilter { name: Some("z".into()), ..Default::default() },
-        InstanceFilter { namespace: Some("a".into()), name: Some("x".into()), version: Some("2.0.0".into()), ..Default::default() },
+        InstanceFilter {
+            namespace: Some("a".into()),
+            name: Some("x".into()),
+            version: Some("2.0.0".into()),
+            ..Default::default()
+        },
         InstanceFilter { version: Some("1.0.0".into()), ..Default::default() },
         InstanceFilter { status: Some(Running), ..Default::default() },
         InstanceFilter { status: Some(Faulted), namespace: Some("b".into()), ..Default::default() },

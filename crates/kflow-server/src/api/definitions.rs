@@ -110,7 +110,7 @@ pub async fn get_definition_version(
         ("name" = String, Path, description = "Workflow name"),
         ("version" = String, Path, description = "Semantic version, or `latest`"),
     ),
-    request_body(content = DeprecateRequest, description = "Optional; `deprecated` defaults to true", content_type = "application/json"),
+    request_body(content = Option<DeprecateRequest>, description = "Optional; `deprecated` defaults to true", content_type = "application/json"),
     responses(
         (status = 200, description = "The version, as it is now", body = DefinitionSummary),
         (status = 400, description = "Bad body", body = ErrorBody),

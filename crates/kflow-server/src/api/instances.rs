@@ -26,7 +26,7 @@ pub const MAX_HISTORY: u32 = 10_000;
     tag = "instances",
     request_body = StartRequest,
     responses(
-        (status = 201, description = "Started (committed)", body = InstanceDto),
+        (status = 201, description = "Started (committed); with `wait`, the finished instance (an InstanceView)", body = InstanceDto),
         (status = 400, description = "Malformed body, or the input does not match the workflow's input schema (`details` names the failing paths)", body = ErrorBody),
         (status = 404, description = "Unknown workflow or version", body = ErrorBody),
         (status = 409, description = "The version is deprecated", body = ErrorBody),
@@ -34,11 +34,18 @@ pub const MAX_HISTORY: u32 = 10_000;
         (status = 503, description = "Shutting down", body = ErrorBody),
     )
 )]
-pub async fn start_instance(State(st): State<AppState>, JsonBody(req): JsonBody<StartRequest>) -> ApiResult<(StatusCode, Json<InstanceDto>)> {
+pub async fn start_instance(State(st): State<AppState>, JsonBody(req): JsonBody<StartRequest>) -> ApiResult<(StatusCode, Json<Value>)> {
     let version = req.version.as_deref().filter(|v| !v.is_empty() && *v != "latest");
     let input = req.input.unwrap_or_else(|| Value::Object(Default::default()));
     let inst = st.engine.start(&req.namespace, &req.name, version, input).await?;
-    Ok((StatusCode::CREATED, Json(inst.into())))
+    if req.wait {
+        let timeout = std::time::Duration::from_secs(req.wait_seconds.unwrap_or(60).min(3600));
+        let view = st.engine.wait_finished(&inst.id, timeout).await?;
+        let body = serde_json::to_value(InstanceViewDto::from(view)).map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok((StatusCode::CREATED, Json(body)));
+    }
+    let body = serde_json::to_value(InstanceDto::from(inst)).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 /// Lists instances, newest first, a page at a time.

@@ -106,6 +106,10 @@ pub struct StartRequest {
     pub version: Option<String>,
     /// The workflow input (default `{}`); checked against the workflow's input schema.
     pub input: Option<Value>,
+    /// Answer only once the instance has finished (or after `wait_seconds`, default 60).
+    #[serde(default)]
+    pub wait: bool,
+    pub wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -226,6 +230,7 @@ pub struct InstanceQuery {
     pub name: Option<String>,
     pub version: Option<String>,
     /// running, suspended, completed, faulted or cancelled.
+    #[param(value_type = Option<Status>)]
     pub status: Option<String>,
     /// Created at or after: RFC 3339 or epoch milliseconds.
     pub from: Option<String>,
@@ -234,6 +239,7 @@ pub struct InstanceQuery {
     /// The `next` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 
@@ -266,8 +272,10 @@ pub struct HistoryList {
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only events with a greater `seq` (default 0).
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
     /// At most this many, 1 to 10000 (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     pub limit: Option<String>,
 }
 

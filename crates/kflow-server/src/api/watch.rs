@@ -60,10 +60,31 @@ pub async fn watch_instance(
             .filter(|n| *n >= 0)
             .ok_or_else(|| ApiError::invalid("invalid Last-Event-ID: expected a history seq"))?,
     };
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let (tx, mut rx) = mpsc::channel::<Out>(64);
     tokio::spawn(pump(st.engine.clone(), id, after, live, tx));
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)));
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(|o| Ok(o.into_event()))));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// What the pump sends to the stream.
+#[derive(Debug)]
+pub(crate) enum Out {
+    History(HistoryEventDto),
+    End(Box<InstanceDto>),
+    Error(ErrorBody),
+}
+
+impl Out {
+    fn into_event(self) -> Event {
+        fn json<T: serde::Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+        }
+        match self {
+            Out::History(ev) => Event::default().event("history").id(ev.seq.to_string()).data(json(&ev)),
+            Out::End(inst) => Event::default().event("end").data(json(&inst)),
+            Out::Error(e) => Event::default().event("error").data(json(&e)),
+        }
+    }
 }
 
 struct Pump {
@@ -71,7 +92,7 @@ struct Pump {
     id: String,
     /// The seq of the last history event sent.
     last: i64,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Out>,
 }
 
 /// Why the pump stops.
@@ -82,7 +103,7 @@ enum Stop {
     Done,
 }
 
-async fn pump(engine: Engine, id: String, after: i64, mut live: broadcast::Receiver<LiveEvent>, tx: mpsc::Sender<Event>) {
+pub(crate) async fn pump(engine: Engine, id: String, after: i64, mut live: broadcast::Receiver<LiveEvent>, tx: mpsc::Sender<Out>) {
     let mut p = Pump { engine, id, last: after, tx };
     let _ = p.run(&mut live).await;
 }
@@ -126,14 +147,13 @@ impl Pump {
         }
     }
 
-    async fn send(&self, event: Event) -> Result<(), Stop> {
+    async fn send(&self, event: Out) -> Result<(), Stop> {
         self.tx.send(event).await.map_err(|_| Stop::Gone)
     }
 
     async fn send_history(&mut self, ev: HistoryEventDto) -> Result<(), Stop> {
         let seq = ev.seq;
-        let data = serde_json::to_string(&ev).unwrap_or_else(|_| "null".into());
-        self.send(Event::default().event("history").id(seq.to_string()).data(data)).await?;
+        self.send(Out::History(ev)).await?;
         self.last = seq;
         Ok(())
     }
@@ -168,15 +188,13 @@ impl Pump {
         }
         // Finished: nothing more will be committed; send what the feed has not delivered yet.
         self.catch_up().await?;
-        let data = serde_json::to_string(&InstanceDto::from(view.instance)).unwrap_or_else(|_| "null".into());
-        self.send(Event::default().event("end").data(data)).await?;
+        self.send(Out::End(Box::new(InstanceDto::from(view.instance)))).await?;
         Err(Stop::Done)
     }
 
     async fn fail(&self, e: ApiError) -> Result<(), Stop> {
         let body = ErrorBody { error: ErrorDetail { code: e.code, message: e.message, details: e.details } };
-        let data = serde_json::to_string(&body).unwrap_or_else(|_| "null".into());
-        self.send(Event::default().event("error").data(data)).await?;
+        self.send(Out::Error(body)).await?;
         Err(Stop::Done)
     }
 }
@@ -192,4 +210,104 @@ fn may_end(ev: &LiveEvent) -> bool {
             .get("type")
             .and_then(|t| t.as_str())
             .is_some_and(|t| matches!(t, "workflow.completed" | "workflow.faulted" | "workflow.cancelled"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::EngineConfig;
+    use kflow_store::HistoryEvent;
+
+    const DOC: &str = "document:\n  dsl: '1.0.3'\n  namespace: test\n  name: lag\n  version: '1.0.0'\ndo:\n  - a:\n      set:\n        x: 1\n  - nap:\n      wait: PT0.2S\n  - b:\n      set:\n        y: 2\n";
+
+    async fn setup() -> (Engine, String) {
+        let store = kflow_store::sqlite::SqliteStore::open_in_memory().expect("store");
+        let engine = Engine::with_store(Arc::new(store), EngineConfig::default()).await.expect("engine");
+        engine.register(DOC.as_bytes()).await.expect("register");
+        let inst = engine.start("test", "lag", None, json!({})).await.expect("start");
+        (engine, inst.id)
+    }
+
+    async fn wait_finished(engine: &Engine, id: &str) {
+        for _ in 0..500 {
+            if engine.instance(id).await.expect("instance").instance.status.is_finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("instance {id} did not finish");
+    }
+
+    fn fake(id: &str, seq: i64) -> LiveEvent {
+        LiveEvent { instance_id: id.into(), event: HistoryEvent { seq, time_ms: 0, kind: "fake".into(), data: Value::Null } }
+    }
+
+    /// Drains the pump's output until it ends; checks seqs run 1..=N with no gap and the last is End.
+    async fn collect(engine: &Engine, id: &str, rx: &mut mpsc::Receiver<Out>) {
+        let mut seqs = Vec::new();
+        let mut ended = false;
+        while let Ok(Some(out)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            match out {
+                Out::History(ev) => {
+                    assert!(!ended);
+                    assert_ne!(ev.kind, "fake", "a feed event was passed on instead of the store's");
+                    seqs.push(ev.seq);
+                }
+                Out::End(inst) => {
+                    assert_eq!(inst.status, crate::api::types::Status::Completed);
+                    ended = true;
+                }
+                Out::Error(e) => panic!("error event: {e:?}"),
+            }
+        }
+        assert!(ended, "no end; got {seqs:?}");
+        let all = engine.history(id, 0, 1000).await.expect("history");
+        assert_eq!(seqs, all.iter().map(|e| e.seq).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_feed_is_repaired_from_the_store() {
+        let (engine, id) = setup().await;
+        // A tiny feed, overflowed before the pump reads it, and again after the instance ends:
+        // every wake-up is a `Lagged`, never a real event.
+        let (feed, live) = broadcast::channel(2);
+        for i in 0..5 {
+            let _ = feed.send(fake("someone-else", i));
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let pump = tokio::spawn(pump(engine.clone(), id.clone(), 0, live, tx));
+        wait_finished(&engine, &id).await;
+        for i in 0..5 {
+            let _ = feed.send(fake("someone-else", i));
+        }
+        collect(&engine, &id, &mut rx).await;
+        let _ = pump.await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gap_in_the_feed_is_filled_from_the_store() {
+        let (engine, id) = setup().await;
+        let (feed, live) = broadcast::channel(16);
+        let (tx, mut rx) = mpsc::channel(64);
+        let pump = tokio::spawn(pump(engine.clone(), id.clone(), 0, live, tx));
+        wait_finished(&engine, &id).await;
+        // Only a far-ahead seq of this instance arrives: the pump reads what it skipped.
+        let _ = feed.send(fake(&id, 1000));
+        collect(&engine, &id, &mut rx).await;
+        let _ = pump.await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pump_stops_when_the_client_goes() {
+        let (engine, id) = setup().await;
+        let (_feed, live) = broadcast::channel(16);
+        let (tx, rx) = mpsc::channel(1);
+        let pump = tokio::spawn(pump(engine.clone(), id.clone(), 0, live, tx));
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the pump ends").expect("no panic");
+    }
 }

@@ -252,9 +252,26 @@ impl Driver {
         })
         .await;
         match result {
-            Ok((_, Ok(()))) => self.finish(b),
+            Ok((commits, Ok(()))) => {
+                self.wake_waiters(&commits);
+                self.finish(b)
+            }
             Ok((commits, Err(e))) => self.fail(commits, b, e.to_string()),
             Err(e) => self.fail(Vec::new(), b, e.to_string()),
+        }
+    }
+
+    fn wake_waiters(&self, commits: &[Commit]) {
+        let mut waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.is_empty() {
+            return;
+        }
+        for c in commits {
+            if c.status.as_ref().is_some_and(|(s, _, _)| s.is_finished()) {
+                for w in waiters.remove(&c.instance_id).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+            }
         }
     }
 

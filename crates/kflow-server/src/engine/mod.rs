@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     /// Compiled definitions by (namespace, name, version).
     pub workflows: Mutex<HashMap<(String, String, String), Arc<Workflow>>>,
     pub live: broadcast::Sender<LiveEvent>,
+    /// Callers waiting for instances to finish.
+    pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
 }
 
 impl Shared {
@@ -165,7 +167,13 @@ impl Engine {
 
     pub async fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine> {
         let (live, _) = broadcast::channel(4096);
-        let shared = Arc::new(Shared { store, config, workflows: Mutex::new(HashMap::new()), live });
+        let shared = Arc::new(Shared {
+            store,
+            config,
+            workflows: Mutex::new(HashMap::new()),
+            live,
+            waiters: Mutex::new(HashMap::new()),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
         Ok(Engine { shared, tx, driver: Arc::new(Mutex::new(Some(handle))) })
@@ -241,7 +249,15 @@ impl Engine {
 
     /// Starts an instance; returns once it is committed.
     pub async fn start(&self, ns: &str, name: &str, version: Option<&str>, input: Value) -> Result<Instance> {
-        let def = self.definition(ns, name, version).await?;
+        let mut def = self.definition(ns, name, version).await?;
+        if def.deprecated && version.is_none() {
+            // "latest" means the highest version that still takes new runs.
+            let (n, m) = (ns.to_string(), name.to_string());
+            let all = self.blocking(move |s| s.list_definitions(Some(&n))).await?;
+            if let Some(d) = all.into_iter().find(|d| d.name == m && !d.deprecated) {
+                def = d;
+            }
+        }
         if def.deprecated {
             return Err(EngineError::Conflict(format!(
                 "{ns}/{name}@{} is deprecated: no new instances can start; use a newer version",
@@ -274,6 +290,31 @@ impl Engine {
             }
         }
         Ok(InstanceView { instance, running, waiting })
+    }
+
+    /// Waits until the instance is finished (completed, faulted or cancelled), at most
+    /// `timeout`; returns its view either way.
+    pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Result<InstanceView> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(tx);
+        // Registered before reading: a finish committed in between still wakes us.
+        let view = self.instance(id).await?;
+        if !view.instance.status.is_finished() {
+            let _ = tokio::time::timeout(timeout, rx).await;
+            self.forget_closed_waiters(id);
+            return self.instance(id).await;
+        }
+        Ok(view)
+    }
+
+    fn forget_closed_waiters(&self, id: &str) {
+        let mut waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = waiters.get_mut(id) {
+            list.retain(|s| !s.is_closed());
+            if list.is_empty() {
+                waiters.remove(id);
+            }
+        }
     }
 
     pub async fn instances(&self, filter: InstanceFilter, cursor: Option<String>, limit: u32) -> Result<Page> {

@@ -124,15 +124,7 @@ fn work_row(row: &Row<'_>) -> Result<WorkItem> {
     })?;
     let effect: String = row.get(6)?;
     let effect = from_json(&effect, || format!("work {instance_id}/{effect_id}: effect"))?;
-    Ok(WorkItem {
-        task: row.get(2)?,
-        kind: row.get(3)?,
-        due_ms: row.get(4)?,
-        attempts,
-        effect,
-        effect_id,
-        instance_id,
-    })
+    Ok(WorkItem { task: row.get(2)?, kind: row.get(3)?, due_ms: row.get(4)?, attempts, effect, effect_id, instance_id })
 }
 
 fn history_row(row: &Row<'_>) -> Result<HistoryEvent> {
@@ -212,8 +204,7 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
         let mut insert = conn.prepare_cached(
             "INSERT INTO history (instance_id, seq, time_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        let mut expected = last + 1;
-        for ev in &c.history {
+        for (expected, ev) in (last + 1..).zip(&c.history) {
             if ev.seq != expected {
                 return Err(StoreError::Corrupt(format!(
                     "instance {id}: history seq {} follows seq {} in the same commit (expected {expected})",
@@ -224,7 +215,6 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
             insert
                 .execute(params![id, ev.seq, ev.time_ms, ev.kind, to_json(&ev.data)?])
                 .map_err(context(|| format!("instance {id}: appending history seq {}", ev.seq)))?;
-            expected += 1;
         }
     }
 
@@ -433,7 +423,12 @@ impl Store for SqliteStore {
 
     fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
         self.read(|conn| {
-            query_opt(conn, concat!("SELECT ", instance_columns!(), " FROM instances WHERE id = ?1"), [id], instance_row)
+            query_opt(
+                conn,
+                concat!("SELECT ", instance_columns!(), " FROM instances WHERE id = ?1"),
+                [id],
+                instance_row,
+            )
         })
     }
 
@@ -479,23 +474,11 @@ impl Store for SqliteStore {
     }
 
     fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
-        self.read(|conn| {
-            query_all(
-                conn,
-                DUE_WORK,
-                params![until_ms, limit],
-                work_row,
-            )
-        })
+        self.read(|conn| query_all(conn, DUE_WORK, params![until_ms, limit], work_row))
     }
 
     fn next_timer(&self) -> Result<Option<i64>> {
-        self.read(|conn| {
-            Ok(conn
-                .prepare_cached(NEXT_TIMER)?
-                .query_row([], |row| row.get(0))
-                .optional()?)
-        })
+        self.read(|conn| Ok(conn.prepare_cached(NEXT_TIMER)?.query_row([], |row| row.get(0)).optional()?))
     }
 
     fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
@@ -534,12 +517,9 @@ impl Store for SqliteStore {
 
     fn running_instances(&self) -> Result<Vec<String>> {
         self.read(|conn| {
-            query_all(
-                conn,
-                "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id",
-                [],
-                |row| Ok(row.get(0)?),
-            )
+            query_all(conn, "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id", [], |row| {
+                Ok(row.get(0)?)
+            })
         })
     }
 }

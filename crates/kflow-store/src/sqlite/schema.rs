@@ -89,9 +89,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
             |row| row.get(0),
         )?;
         if tables > 0 {
-            return Err(StoreError::Db(
-                "not a kflow database: it has tables but no schema_version table".to_string(),
-            ));
+            return Err(StoreError::Db("not a kflow database: it has tables but no schema_version table".to_string()));
         }
         tx.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, applied_ms INTEGER NOT NULL)",
@@ -107,10 +105,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     if current < 0 {
         return Err(StoreError::Corrupt(format!("invalid schema version {current}")));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     for version in current + 1..=SCHEMA_VERSION {
         tx.execute_batch(MIGRATIONS[(version - 1) as usize])?;
         tx.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)", (version, now_ms))?;

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Durability, SCHEMA_VERSION, SqliteStore};
 use crate::testkit::{self, append, create, instance, work};
-use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result, Store,
-    WorkItem,
-};
+use crate::{Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result, Store, WorkItem};
 
 /// A file store that deletes its directory when dropped (the store closes first).
 struct TempStore {
@@ -176,8 +173,7 @@ fn a_newer_schema_version_is_refused() {
     drop(SqliteStore::open(&path, Durability::Process).unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, 0)", [SCHEMA_VERSION + 1])
-            .unwrap();
+        conn.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, 0)", [SCHEMA_VERSION + 1]).unwrap();
     }
     let err = SqliteStore::open(&path, Durability::Process).expect_err("must refuse");
     let msg = err.to_string();
@@ -201,7 +197,11 @@ fn a_foreign_database_is_refused() {
     assert!(err.to_string().contains("not a kflow database"), "{err}");
 
     let junk = dir.path().join("junk.db");
-    std::fs::write(&junk, b"this is not a database file at all, not even close....................................................").unwrap();
+    std::fs::write(
+        &junk,
+        b"this is not a database file at all, not even close....................................................",
+    )
+    .unwrap();
     assert!(SqliteStore::open(&junk, Durability::Process).is_err());
 }
 

@@ -304,6 +304,11 @@ impl Recorded {
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
+
+    /// The first value of a query parameter, decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        query_pairs(&self.target).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 (one thread per connection, `Connection: close`).
@@ -315,11 +320,26 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> TestServer {
+        Self::start_inner(None)
+    }
+
+    /// Like [`TestServer::start`], with `handler` consulted first for every request: `Some`
+    /// answers it (status and JSON body), `None` falls back to the stand-in services. The
+    /// request is recorded before the handler runs.
+    pub fn start_with<F>(handler: F) -> TestServer
+    where
+        F: Fn(&Recorded) -> Option<(u16, Value)> + Send + Sync + 'static,
+    {
+        Self::start_inner(Some(Arc::new(handler)))
+    }
+
+    fn start_inner(handler: Option<Handler>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test server");
         let port = listener.local_addr().expect("local addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (reqs, stop2) = (requests.clone(), stop.clone());
+        let handler = handler.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -327,7 +347,8 @@ impl TestServer {
                 }
                 let Ok(conn) = conn else { continue };
                 let reqs = reqs.clone();
-                std::thread::spawn(move || serve_connection(conn, port, &reqs));
+                let handler = handler.clone();
+                std::thread::spawn(move || serve_connection(conn, port, &reqs, handler.as_ref()));
             }
         });
         TestServer { port, requests, stop }
@@ -370,13 +391,19 @@ fn json_response(status: u16, v: &Value) -> Response {
     }
 }
 
-fn serve_connection(conn: TcpStream, port: u16, reqs: &Mutex<Vec<Recorded>>) {
+/// A custom route of [`TestServer::start_with`].
+type Handler = Arc<dyn Fn(&Recorded) -> Option<(u16, Value)> + Send + Sync>;
+
+fn serve_connection(conn: TcpStream, port: u16, reqs: &Mutex<Vec<Recorded>>, handler: Option<&Handler>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(write_half) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
     let Some(req) = read_request(&mut reader) else { return };
     reqs.lock().unwrap_or_else(|p| p.into_inner()).push(req.clone());
-    let resp = route(&req, port);
+    let resp = match handler.and_then(|h| h(&req)) {
+        Some((status, body)) => json_response(status, &body),
+        None => route(&req, port),
+    };
     let reason = match resp.status {
         200 => "OK",
         400 => "Bad Request",
@@ -626,4 +653,319 @@ fn swagger(port: u16) -> Value {
             }
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A plain HTTP/1.1 client (for the kflow server's REST API)
+
+/// A response of [`http_request`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Result<Value, String> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| format!("HTTP {} body is not JSON ({e}): {}", self.status, clip(&self.text(), 500)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request to `base` (`http://HOST:PORT`) with `Connection: close`; `Err` when the server
+/// could not be reached or the connection broke before a whole response arrived.
+pub fn http_request(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let addr: std::net::SocketAddr = host.parse().map_err(|e| format!("bad address {host}: {e}"))?;
+    let mut conn = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
+        .map_err(|e| format!("connect {host}: {e}"))?;
+    conn.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n");
+    if let Some((ct, b)) = body {
+        head.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    if let Some((_, b)) = body {
+        out.extend_from_slice(b);
+    }
+    conn.write_all(&out).map_err(|e| format!("send to {host}: {e}"))?;
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| format!("read from {host}: {e}"))?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("no HTTP status line from {host}: {line:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).map_err(|e| format!("read from {host}: {e}"))? == 0 {
+            return Err(format!("{host} closed the connection in the headers"));
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "content-length" {
+                length = v.parse::<usize>().ok();
+            } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    let broke = |e: std::io::Error| format!("read the body from {host}: {e}");
+    if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).map_err(broke)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size from {host}: {size:?}"))?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).map_err(broke)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body).map_err(broke)?;
+    } else if method != "HEAD" && status != 204 && status != 304 {
+        r.read_to_end(&mut body).map_err(broke)?;
+    }
+    Ok(HttpResponse { status, body })
+}
+
+/// GET `base` + `path` and parse the JSON answer (any status).
+pub fn get_json(base: &str, path: &str) -> Result<(u16, Value), String> {
+    let r = http_request("GET", base, path, None, Duration::from_secs(30))?;
+    Ok((r.status, r.json()?))
+}
+
+/// POST a JSON body to `base` + `path` and parse the JSON answer (any status).
+pub fn post_json(base: &str, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let r = http_request("POST", base, path, Some(("application/json", &bytes)), Duration::from_secs(30))?;
+    Ok((r.status, r.json()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// `kflow server` as a child process
+
+/// A port that was free a moment ago on 127.0.0.1 (another process may still take it: callers
+/// retry on a bind failure).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `kflow server` child on 127.0.0.1 with its own data folder; stdout and stderr of every
+/// incarnation are kept (see [`ServerProcess::log`]). Killed on drop.
+pub struct ServerProcess {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<std::process::Child>,
+    log: Arc<Mutex<String>>,
+    ready: Option<mpsc::Receiver<bool>>,
+    incarnation: usize,
+}
+
+const LISTENING: &str = "kflow server listening on";
+
+impl ServerProcess {
+    /// Starts a server on a free port (another port is tried when the bind fails) and waits
+    /// until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let mut s = ServerProcess {
+            port: 0,
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            ready: None,
+            incarnation: 0,
+        };
+        for _ in 0..10 {
+            s.port = free_port();
+            if s.spawn_and_wait(Duration::from_secs(60)).is_ok() {
+                return s;
+            }
+        }
+        panic!("the kflow server did not start\n{}", s.log_tail(4000));
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Everything the server incarnations printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn log_tail(&self, max: usize) -> String {
+        let log = self.log();
+        let mut start = log.len().saturating_sub(max);
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        log[start..].to_string()
+    }
+
+    /// Spawns one incarnation on `self.port` without waiting for it.
+    fn spawn(&mut self) {
+        self.incarnation += 1;
+        let mut cmd = Command::new(kflow_bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra)
+            .env_remove("KFLOW_SECRETS")
+            .env_remove("KFLOW_SECRETS_FILE")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kflow server");
+        let (tx, rx) = mpsc::channel();
+        let n = self.incarnation;
+        for (stream, tx) in [
+            (Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>, Some(tx)),
+            (Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>, None),
+        ] {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                let mut told = false;
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if !told && line.contains(LISTENING) {
+                        told = true;
+                        if let Some(tx) = &tx {
+                            let _ = tx.send(true);
+                        }
+                    }
+                    let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+                    l.push_str(&format!("[server #{n}] {line}\n"));
+                }
+                if let Some(tx) = &tx {
+                    let _ = tx.send(false);
+                }
+            });
+        }
+        self.child = Some(child);
+        self.ready = Some(rx);
+    }
+
+    /// Waits until the current incarnation listens; `Err` when it exited or timed out.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let Some(rx) = &self.ready else { return Err("no server process".into()) };
+        match rx.recv_timeout(timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Err(format!("the server exited before listening\n{}", self.log_tail(2000)))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("the server did not listen within {timeout:?}")),
+        }
+    }
+
+    fn spawn_and_wait(&mut self, timeout: Duration) -> Result<(), String> {
+        self.spawn();
+        self.wait_ready(timeout)
+    }
+
+    /// Starts the server again on the same port and data folder (a few tries when the port is
+    /// still taken, then a new port) and waits until it listens.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: the server is still running");
+        for attempt in 0..40 {
+            if attempt == 30 {
+                self.port = free_port();
+            }
+            match self.spawn_and_wait(Duration::from_secs(60)) {
+                Ok(()) => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        panic!("the kflow server did not restart\n{}", self.log_tail(4000));
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM (through `kill`, the workspace forbids `unsafe`).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+    }
+
+    /// Waits for the server to exit; `None` (still running) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let c = self.child.as_mut()?;
+            match c.try_wait() {
+                Ok(Some(s)) => {
+                    self.child = None;
+                    return Some(s);
+                }
+                Ok(None) if start.elapsed() > timeout => return None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` every `every` until it returns `Some`, or `None` after `timeout`.
+pub fn poll_until<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
 }

@@ -1,0 +1,245 @@
+//! Server benchmarks over HTTP on loopback, SQLite store in a temporary directory.
+//!
+//! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick]`
+//!
+//! Starts the real API router and engine in-process on 127.0.0.1, plus a local endpoint that
+//! answers at once, and measures what BENCHMARKS.md lists: seq40, set40, fanout100 (start to
+//! completion, one instance at a time), 10,000 instances of a 5-call workflow started as fast
+//! as possible (time to all done, durable steps per second, start latency p50/p99, peak RSS),
+//! and 100,000 instances waiting on a one-hour timer (RSS, restart time).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use kflow_server::api::{ApiConfig, router};
+use kflow_server::engine::{Engine, EngineConfig};
+use kflow_store::sqlite::Durability;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn doc(name: &str, body: &str) -> String {
+    format!("document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: {name}\n  version: '1.0.0'\ndo:\n{body}")
+}
+
+fn calls(n: usize, endpoint: &str) -> String {
+    (0..n)
+        .map(|i| format!("  - c{i}:\n      call: http\n      with:\n        method: get\n        endpoint: {endpoint}\n"))
+        .collect()
+}
+
+fn sets(n: usize) -> String {
+    (0..n).map(|i| format!("  - s{i}:\n      set:\n        n: ${{ .n + 1 }}\n")).collect()
+}
+
+fn fanout(n: usize, endpoint: &str) -> String {
+    let mut s = String::from("  - fan:\n      fork:\n        branches:\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "          - b{i}:\n              call: http\n              with:\n                method: get\n                endpoint: {endpoint}\n"
+        ));
+    }
+    s
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Bench {
+    api: String,
+    http: reqwest::Client,
+}
+
+impl Bench {
+    async fn register(&self, text: String) {
+        let r = self.http.post(format!("{}/api/v1/definitions", self.api)).body(text).send().await.expect("register");
+        assert!(r.status().is_success(), "register failed: {}", r.text().await.unwrap_or_default());
+    }
+
+    /// Starts an instance and waits for it to finish; returns the final instance JSON.
+    async fn run(&self, name: &str, input: Value) -> Value {
+        let body = json!({"namespace": "bench", "name": name, "input": input, "wait": true});
+        let r = self.http.post(format!("{}/api/v1/instances", self.api)).json(&body).send().await.expect("start");
+        r.json().await.expect("json")
+    }
+
+    async fn start(&self, name: &str, input: Value) -> String {
+        let body = json!({"namespace": "bench", "name": name, "input": input});
+        let r = self.http.post(format!("{}/api/v1/instances", self.api)).json(&body).send().await.expect("start");
+        let v: Value = r.json().await.expect("json");
+        v["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    async fn series(&self, label: &str, name: &str, runs: usize, tasks: usize) {
+        self.run(name, json!({"n": 0})).await; // warm-up: compile, caches
+        let mut ms = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            let v = self.run(name, json!({"n": 0})).await;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(v["status"], "completed", "{v}");
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{label:<10} tasks={tasks:<4} median={:>7.2} ms  p99={:>7.2} ms  ({runs} runs, start to completion over HTTP)",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99)
+        );
+    }
+}
+
+async fn answer_server() -> String {
+    let hits = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/ok",
+        axum::routing::get(move || {
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::Relaxed);
+                axum::Json(json!({"ok": true}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/ok")
+}
+
+async fn start_server(dir: &std::path::Path, durability: Durability) -> (Engine, String) {
+    let cfg = EngineConfig { data_dir: dir.to_path_buf(), durability, ..EngineConfig::default() };
+    let engine = Engine::open(cfg).await.expect("engine");
+    let app = router(engine.clone(), ApiConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (engine, format!("http://{addr}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return; // `cargo test` builds benches; only `cargo bench` runs them
+    }
+    let durability = if args.iter().any(|a| a == "full") { Durability::Full } else { Durability::Process };
+    let quick = args.iter().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let dir = std::env::temp_dir().join(format!("kflow-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let endpoint = answer_server().await;
+        let (engine, api) = start_server(&dir, durability).await;
+        println!("durability={durability:?} data={}", dir.display());
+        let b = Bench { api, http: reqwest::Client::new() };
+        b.register(doc("seq40", &calls(40, &endpoint))).await;
+        b.register(doc("set40", &sets(40))).await;
+        b.register(doc("fanout100", &fanout(100, &endpoint))).await;
+        b.register(doc("five", &calls(5, &endpoint))).await;
+        b.register(doc("sleeper", "  - nap:\n      wait: PT1H\n")).await;
+        let runs = if quick { 5 } else { 50 };
+        b.series("seq40", "seq40", runs, 40).await;
+        b.series("set40", "set40", runs, 40).await;
+        b.series("fanout100", "fanout100", runs, 101).await;
+
+        // 10,000 instances of a 5-call workflow, started as fast as possible.
+        let n = if quick { 1_000 } else { 10_000 };
+        let b = Arc::new(b);
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        let per = n / 32;
+        for w in 0..32 {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                let mut ids = Vec::with_capacity(per);
+                for i in 0..per {
+                    let t = Instant::now();
+                    ids.push(b.start("five", json!({"i": w * per + i})).await);
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                (lat, ids)
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut ids = Vec::new();
+        for h in handles {
+            let (l, i) = h.await.expect("starter");
+            lat.extend(l);
+            ids.extend(i);
+        }
+        let started = t0.elapsed();
+        for id in &ids {
+            let v = engine.wait_finished(id, Duration::from_secs(600)).await.expect("wait");
+            assert_eq!(v.instance.status.as_str(), "completed");
+        }
+        let done = t0.elapsed();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let steps = (ids.len() * 5) as f64;
+        println!(
+            "load      {} instances x 5 calls: all started in {:.2} s, all done in {:.2} s, {:.0} durable steps/s, start latency p50={:.2} ms p99={:.2} ms, peak RSS {:.0} MiB",
+            ids.len(),
+            started.as_secs_f64(),
+            done.as_secs_f64(),
+            steps / done.as_secs_f64(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            peak_rss_mib()
+        );
+
+        // 100,000 instances waiting on a one-hour timer.
+        let n = if quick { 5_000 } else { 100_000 };
+        let before = rss_mib();
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..32 {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move {
+                for _ in 0..n / 32 {
+                    b.start("sleeper", json!({})).await;
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("starter");
+        }
+        println!(
+            "waiting   {} instances on a 1 h timer started in {:.1} s; RSS {:.0} MiB (was {:.0} MiB before)",
+            n / 32 * 32,
+            t0.elapsed().as_secs_f64(),
+            rss_mib(),
+            before
+        );
+        engine.shutdown(Duration::from_secs(5)).await;
+        let t0 = Instant::now();
+        let (engine2, _api2) = start_server(&dir, durability).await;
+        println!("restart   engine reopened with those instances in {:.0} ms; RSS {:.0} MiB", t0.elapsed().as_secs_f64() * 1e3, rss_mib());
+        engine2.shutdown(Duration::from_secs(5)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
