@@ -161,7 +161,7 @@ impl Driver {
             other => {
                 let key = (w.instance_id.clone(), w.effect_id);
                 if !self.inflight.contains_key(&key) {
-                    let h = self.dispatcher.spawn(self.shared.clone(), w.instance_id, w.effect_id, w.task, other);
+                    let h = self.dispatcher.spawn(self.shared.clone(), w.instance_id, w.effect_id, w.task, other, None);
                     self.inflight.insert(key, h);
                 }
             }
@@ -300,7 +300,7 @@ impl Driver {
                     if self.draining {
                         continue; // left as a work row: the next start runs it
                     }
-                    let h = self.dispatcher.spawn(self.shared.clone(), instance.clone(), effect, task, effect_def);
+                    let h = self.dispatcher.spawn(self.shared.clone(), instance.clone(), effect, task, effect_def, Some(1));
                     self.inflight.insert((instance, effect), h);
                 }
                 After::Timer { instance, effect, due } => self.timers.offer(now, due, &instance, effect),
@@ -631,7 +631,8 @@ impl Driver {
             kind: e.kind().to_string(),
             effect: serde_json::to_value(&e).unwrap_or(Value::Null),
             due_ms: due,
-            attempts: 0,
+            // Calls and processes are dispatched right after this commit: that is attempt 1.
+            attempts: u32::from(matches!(e, Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_))),
         };
         b.commit_for(id, now).add_work.push(row);
         match e {

@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     /// Compiled definitions by (namespace, name, version).
     pub workflows: Mutex<HashMap<(String, String, String), Arc<Workflow>>>,
     pub live: broadcast::Sender<LiveEvent>,
+    /// Resolved definitions by (namespace, name, version or None for latest); cleared for a
+    /// workflow when one of its versions is registered or deprecated.
+    pub definitions: Mutex<HashMap<(String, String, Option<String>), Definition>>,
     /// Callers waiting for instances to finish.
     pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
 }
@@ -172,6 +175,7 @@ impl Engine {
             config,
             workflows: Mutex::new(HashMap::new()),
             live,
+            definitions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -215,6 +219,7 @@ impl Engine {
         let outcome = self.blocking(move |s| s.put_definition(&def)).await?;
         match outcome {
             PutDefinition::Created => {
+                self.forget_definitions(&ns, &name);
                 let key = (ns.clone(), name.clone(), version.clone());
                 self.shared.workflows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(wf));
                 Ok(Registered { namespace: ns, name, version, outcome: "created" })
@@ -235,15 +240,27 @@ impl Engine {
     pub async fn definition(&self, ns: &str, name: &str, version: Option<&str>) -> Result<Definition> {
         let (n, m) = (ns.to_string(), name.to_string());
         let v = version.filter(|v| *v != "latest").map(str::to_string);
+        let key = (n.clone(), m.clone(), v.clone());
+        if let Some(d) = self.shared.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(d.clone());
+        }
         let shown = format!("{ns}/{name}@{}", version.unwrap_or("latest"));
-        self.blocking(move |s| s.get_definition(&n, &m, v.as_deref()))
+        let def = self
+            .blocking(move |s| s.get_definition(&n, &m, v.as_deref()))
             .await?
-            .ok_or_else(|| EngineError::NotFound(format!("workflow {shown} is not registered")))
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {shown} is not registered")))?;
+        self.shared.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, def.clone());
+        Ok(def)
+    }
+
+    fn forget_definitions(&self, ns: &str, name: &str) {
+        self.shared.definitions.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, m, _), _| !(n == ns && m == name));
     }
 
     pub async fn deprecate(&self, ns: &str, name: &str, version: &str, deprecated: bool) -> Result<()> {
         let (n, m, v) = (ns.to_string(), name.to_string(), version.to_string());
         let found = self.blocking(move |s| s.set_deprecated(&n, &m, &v, deprecated)).await?;
+        self.forget_definitions(ns, name);
         if found { Ok(()) } else { Err(EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered"))) }
     }
 

@@ -334,3 +334,56 @@ fn hot_queries_use_indexes() {
         assert!(!p.contains("SCAN w") && !p.contains("SCAN work"), "{sql} scans work: {p}");
     }
 }
+
+/// `Durability::Process`: what was committed survives `kill -9` of the process; what was not
+/// committed is gone. The test re-runs its own binary as the child that gets killed.
+#[test]
+fn commits_survive_the_process_being_killed() {
+    const CHILD: &str = "KFLOW_STORE_TEST_KILLED_CHILD";
+    if let Some(path) = std::env::var_os(CHILD) {
+        let store = SqliteStore::open(Path::new(&path), Durability::Process).unwrap();
+        for i in 0..50 {
+            let id = format!("k{i:02}");
+            let mut c = create(&instance(&id, i));
+            c.add_work = vec![work(&id, 1, "timer", 1_000 + i)];
+            store.apply(&[c, append(&id, 2..=3)]).unwrap();
+        }
+        let w = store.writer_for_tests();
+        w.execute_batch("BEGIN IMMEDIATE; DELETE FROM work; DELETE FROM history WHERE seq > 1;").unwrap();
+        w.execute(
+            "INSERT INTO instances (id, namespace, name, version, status, created_ms, updated_ms, input) \
+             VALUES ('uncommitted', 'default', 'flow', '1.0.0', 'running', 2, 2, '{}')",
+            [],
+        )
+        .unwrap();
+        // SIGKILL: nothing runs after it (no destructor, no close, no core dump).
+        let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kflow.db");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sqlite::tests::commits_survive_the_process_being_killed", "--test-threads=1"])
+        .env(CHILD, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must die");
+    #[cfg(unix)]
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed by SIGKILL");
+    assert!(path.exists());
+
+    let store = SqliteStore::open(&path, Durability::Process).unwrap();
+    let page = store.list_instances(&InstanceFilter::default(), None, 1000).unwrap();
+    assert_eq!(page.items.len(), 50);
+    assert!(store.get_instance("uncommitted").unwrap().is_none());
+    for i in 0..50 {
+        let id = format!("k{i:02}");
+        assert_eq!(store.last_seq(&id).unwrap(), 3, "{id}");
+        assert_eq!(store.work_of(&id).unwrap().len(), 1, "{id}");
+    }
+    assert_eq!(store.next_timer().unwrap(), Some(1_000));
+    let integrity: String = store.writer_for_tests().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(integrity, "ok");
+}
