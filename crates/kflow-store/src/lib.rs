@@ -192,6 +192,9 @@ pub trait Store: Send + Sync + 'static {
     /// Work rows of running instances with `due_ms <= until_ms`, earliest first, at most `limit`,
     /// excluding `listen` rows. Used at startup (everything) and by the timer loop.
     fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>>;
+    /// Timer rows of running instances with `due_ms <= until_ms`, earliest first: the timer
+    /// loop's rescan, which must not re-read in-flight calls.
+    fn due_timers(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>>;
     /// The earliest `due_ms` of any timer row, if any.
     fn next_timer(&self) -> Result<Option<i64>>;
     /// Increments and returns the attempts counter of a work row (None if the row is gone).

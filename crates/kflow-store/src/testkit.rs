@@ -828,6 +828,12 @@ pub fn next_timer_of_running_instances(store: &dyn Store) {
     c.add_work = vec![work("x", 1, "http", 5), work("x", 2, "listen", 6)];
     ok(store.apply(&[c]));
     assert_eq!(ok(store.next_timer()), None, "only timers count");
+    assert!(ok(store.due_timers(1_000, 10)).is_empty(), "calls and listens are not timers");
+    let c = Commit { instance_id: "x".into(), add_work: vec![work("x", 3, "timer", 7), work("x", 4, "timer", 900)], ..Default::default() };
+    ok(store.apply(&[c]));
+    assert_eq!(work_keys(&ok(store.due_timers(100, 10))), [key("x", 3)]);
+    let c = Commit { instance_id: "x".into(), remove_work: vec![3, 4], ..Default::default() };
+    ok(store.apply(&[c]));
     work_fixture(store);
     assert_eq!(ok(store.next_timer()), Some(300), "the suspended and completed instances' timers do not count");
     let c = Commit { instance_id: "r1".into(), remove_work: vec![5], ..Default::default() };

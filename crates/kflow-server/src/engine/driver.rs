@@ -232,8 +232,8 @@ impl Driver {
 
     fn scan_timers(&mut self, now: i64) {
         let store = self.shared.store.clone();
-        if let Ok(rows) = blocking(|| store.due_work(now + super::timers::HORIZON_MS, 10_000)) {
-            for w in rows.into_iter().filter(|w| w.kind == "timer") {
+        if let Ok(rows) = blocking(|| store.due_timers(now + super::timers::HORIZON_MS, 10_000)) {
+            for w in rows {
                 self.timers.offer(now, w.due_ms, &w.instance_id, w.effect_id);
             }
         }

@@ -41,6 +41,14 @@ pub(super) const DUE_WORK: &str = concat!(
     " ORDER BY w.due_ms, w.instance_id, w.effect_id LIMIT ?2"
 );
 
+pub(super) const DUE_TIMERS: &str = concat!(
+    "SELECT ",
+    work_columns!(),
+    " FROM work w CROSS JOIN instances i ON i.id = w.instance_id",
+    " WHERE w.kind = 'timer' AND w.due_ms <= ?1 AND i.status = 'running'",
+    " ORDER BY w.due_ms LIMIT ?2"
+);
+
 /// The `work_kind` index from the earliest timer, up to the first one of a running instance.
 pub(super) const NEXT_TIMER: &str = "SELECT w.due_ms FROM work w CROSS JOIN instances i ON i.id = w.instance_id \
      WHERE w.kind = 'timer' AND i.status = 'running' ORDER BY w.due_ms LIMIT 1";
@@ -475,6 +483,10 @@ impl Store for SqliteStore {
 
     fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
         self.read(|conn| query_all(conn, DUE_WORK, params![until_ms, limit], work_row))
+    }
+
+    fn due_timers(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
+        self.read(|conn| query_all(conn, DUE_TIMERS, params![until_ms, limit], work_row))
     }
 
     fn next_timer(&self) -> Result<Option<i64>> {

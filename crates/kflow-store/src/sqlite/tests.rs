@@ -57,6 +57,9 @@ impl Store for TempStore {
     fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
         self.store.due_work(until_ms, limit)
     }
+    fn due_timers(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
+        self.store.due_timers(until_ms, limit)
+    }
     fn next_timer(&self) -> Result<Option<i64>> {
         self.store.next_timer()
     }
