@@ -93,7 +93,7 @@ fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("")
 }
 
-fn waiting_on<'a>(v: &'a Value, on: &str) -> bool {
+fn waiting_on(v: &Value, on: &str) -> bool {
     v["waiting"].as_array().is_some_and(|w| w.iter().any(|w| w["on"] == on))
 }
 

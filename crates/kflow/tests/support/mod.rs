@@ -293,6 +293,8 @@ pub struct Recorded {
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the request was read (wall clock, milliseconds since the epoch).
+    pub at_ms: i64,
 }
 
 impl Recorded {
@@ -465,7 +467,11 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Recorded> {
         body.resize(n.min(64 << 20), 0);
         r.read_exact(&mut body).ok()?;
     }
-    Some(Recorded { method, target, headers, body })
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Some(Recorded { method, target, headers, body, at_ms })
 }
 
 /// Decodes `%XX` escapes (and `+` as a space in query strings).
