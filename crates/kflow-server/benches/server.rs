@@ -142,6 +142,51 @@ async fn start_server(dir: &std::path::Path, durability: Durability) -> (Engine,
     (engine, format!("http://{addr}"))
 }
 
+/// Starts `n` instances of the 5-call workflow from `clients` concurrent clients, waits for all.
+async fn load(b: &Arc<Bench>, engine: &Engine, n: usize, clients: usize) {
+    let t0 = Instant::now();
+    let per = n / clients;
+    let mut handles = Vec::new();
+    for w in 0..clients {
+        let b = b.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            let mut ids = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                ids.push(b.start("five", json!({"i": w * per + i})).await);
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            (lat, ids)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut ids = Vec::new();
+    for h in handles {
+        let (l, i) = h.await.expect("starter");
+        lat.extend(l);
+        ids.extend(i);
+    }
+    let started = t0.elapsed();
+    for id in &ids {
+        let v = engine.wait_finished(id, Duration::from_secs(600)).await.expect("wait");
+        assert_eq!(v.instance.status.as_str(), "completed");
+    }
+    let done = t0.elapsed();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let steps = (ids.len() * 5) as f64;
+    println!(
+        "load      {} instances x 5 calls, {clients} clients: all started in {:.2} s, all done in {:.2} s, {:.0} durable steps/s, start latency p50={:.2} ms p99={:.2} ms, peak RSS {:.0} MiB",
+        ids.len(),
+        started.as_secs_f64(),
+        done.as_secs_f64(),
+        steps / done.as_secs_f64(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        peak_rss_mib()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -167,50 +212,12 @@ fn main() {
         b.series("set40", "set40", runs, 40).await;
         b.series("fanout100", "fanout100", runs, 101).await;
 
-        // 10,000 instances of a 5-call workflow, started as fast as possible.
+        // 10,000 instances of a 5-call workflow, started as fast as possible by N clients.
         let n = if quick { 1_000 } else { 10_000 };
         let b = Arc::new(b);
-        let t0 = Instant::now();
-        let mut handles = Vec::new();
-        let per = n / 32;
-        for w in 0..32 {
-            let b = b.clone();
-            handles.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per);
-                let mut ids = Vec::with_capacity(per);
-                for i in 0..per {
-                    let t = Instant::now();
-                    ids.push(b.start("five", json!({"i": w * per + i})).await);
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                (lat, ids)
-            }));
+        for clients in [8usize, 32] {
+            load(&b, &engine, n, clients).await;
         }
-        let mut lat = Vec::new();
-        let mut ids = Vec::new();
-        for h in handles {
-            let (l, i) = h.await.expect("starter");
-            lat.extend(l);
-            ids.extend(i);
-        }
-        let started = t0.elapsed();
-        for id in &ids {
-            let v = engine.wait_finished(id, Duration::from_secs(600)).await.expect("wait");
-            assert_eq!(v.instance.status.as_str(), "completed");
-        }
-        let done = t0.elapsed();
-        lat.sort_by(|a, b| a.total_cmp(b));
-        let steps = (ids.len() * 5) as f64;
-        println!(
-            "load      {} instances x 5 calls: all started in {:.2} s, all done in {:.2} s, {:.0} durable steps/s, start latency p50={:.2} ms p99={:.2} ms, peak RSS {:.0} MiB",
-            ids.len(),
-            started.as_secs_f64(),
-            done.as_secs_f64(),
-            steps / done.as_secs_f64(),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            peak_rss_mib()
-        );
 
         // 100,000 instances waiting on a one-hour timer.
         let n = if quick { 5_000 } else { 100_000 };

@@ -246,11 +246,16 @@ impl Driver {
         }
         let store = self.shared.store.clone();
         let commits = std::mem::take(&mut b.commits);
+        let t0 = std::time::Instant::now();
+        let n = commits.len();
         let result = tokio::task::spawn_blocking(move || {
             let r = store.apply(&commits);
             (commits, r)
         })
         .await;
+        if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
+            eprintln!("batch commits={n} apply_ms={:.2}", t0.elapsed().as_secs_f64() * 1e3);
+        }
         match result {
             Ok((commits, Ok(()))) => {
                 self.wake_waiters(&commits);
@@ -311,7 +316,10 @@ impl Driver {
                     self.subs.remove(&(instance, effect));
                 }
                 After::Live(id, event) => {
-                    let _ = self.shared.live.send(LiveEvent { instance_id: id, event });
+                    // No watcher: skip the clone into the broadcast ring.
+                    if self.shared.live.receiver_count() > 0 {
+                        let _ = self.shared.live.send(LiveEvent { instance_id: id, event });
+                    }
                 }
             }
         }
