@@ -18,26 +18,24 @@ use kflow_server::api::{ApiConfig, router};
 use kflow_server::engine::{Engine, EngineConfig};
 use kflow_store::sqlite::Durability;
 
-fn rss_mib() -> f64 {
+/// A `/proc/self/status` figure in MiB (`VmRSS` now, `VmHWM` the peak).
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
 }
 
+fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    status_mib("VmHWM:")
 }
 
 fn doc(name: &str, body: &str) -> String {

@@ -11,6 +11,7 @@
 //! abandoned, a child process's whole process group is killed and its working directory removed.
 
 mod auth;
+pub mod emit;
 mod http;
 mod openapi;
 mod process;

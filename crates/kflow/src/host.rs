@@ -156,7 +156,7 @@ impl Run {
                 });
             }
             Effect::Emit { event } => {
-                let event = complete_event(event, &self.instance_id);
+                let event = kflow_tasks::emit::complete_event(event, &self.instance_id, now_ms());
                 self.ready.push_back((id, Delivery::Result(Ok(event))));
             }
             Effect::Listen { filters } => {
@@ -194,15 +194,4 @@ impl Run {
             }
         }
     }
-}
-
-/// Fills the CloudEvent attributes the workflow left out.
-fn complete_event(mut event: Value, instance_id: &str) -> Value {
-    if let Value::Object(m) = &mut event {
-        m.entry("specversion").or_insert_with(|| json!("1.0"));
-        m.entry("id").or_insert_with(|| json!(uuid::Uuid::now_v7().to_string()));
-        m.entry("time").or_insert_with(|| json!(kflow_core::time::iso8601(now_ms())));
-        m.entry("source").or_insert_with(|| json!(format!("urn:kflow:instance:{instance_id}")));
-    }
-    event
 }

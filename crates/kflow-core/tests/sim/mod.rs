@@ -1,4 +1,6 @@
 //! A deterministic in-memory host for core tests: virtual time, scripted answers, a journal.
+// Each test binary uses a different part of it.
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
@@ -51,14 +51,8 @@ impl Dispatcher {
 }
 
 /// Fills the CloudEvent attributes an `emit` left out.
-pub fn complete_event(mut event: Value, instance_id: &str) -> Value {
-    if let Value::Object(m) = &mut event {
-        m.entry("specversion").or_insert_with(|| json!("1.0"));
-        m.entry("id").or_insert_with(|| json!(uuid::Uuid::now_v7().to_string()));
-        m.entry("time").or_insert_with(|| json!(kflow_core::time::iso8601(now_ms())));
-        m.entry("source").or_insert_with(|| json!(format!("urn:kflow:instance:{instance_id}")));
-    }
-    event
+pub fn complete_event(event: Value, instance_id: &str) -> Value {
+    kflow_tasks::emit::complete_event(event, instance_id, now_ms())
 }
 
 /// The error a parent sees when its sub-workflow cannot start.
