@@ -105,29 +105,26 @@ pub(super) fn raise(cx: &Cx, named: &NamedTask, def: &ErrorDef, input: &Value, s
 
 /// Whether `catch` applies to `err` (static filter, then `when` / `exceptWhen`).
 fn catches(cx: &Cx, c: &Catch, err: &WfError, input: &Value) -> Result<bool, WfError> {
-    if let Some(f) = &c.errors {
-        if f.type_.as_deref().is_some_and(|t| !errors::same_type(t, &err.type_))
+    if let Some(f) = &c.errors
+        && (f.type_.as_deref().is_some_and(|t| !errors::same_type(t, &err.type_))
             || f.status.is_some_and(|s| s != err.status)
             || f.instance.as_ref().is_some_and(|i| Some(i) != err.instance.as_ref())
             || f.title.as_ref().is_some_and(|t| Some(t) != err.title.as_ref())
-            || f.detail.as_ref().is_some_and(|d| Some(d) != err.detail.as_ref())
+            || f.detail.as_ref().is_some_and(|d| Some(d) != err.detail.as_ref()))
         {
             return Ok(false);
         }
-    }
     let ev = err.to_value();
     let ecx = cx.with_var(&c.as_, ev.clone());
     let scope = ecx.scope(input, None);
-    if let Some(w) = &c.when {
-        if !ecx.eval_bool(w, &ev, &scope)? {
+    if let Some(w) = &c.when
+        && !ecx.eval_bool(w, &ev, &scope)? {
             return Ok(false);
         }
-    }
-    if let Some(w) = &c.except_when {
-        if ecx.eval_bool(w, &ev, &scope)? {
+    if let Some(w) = &c.except_when
+        && ecx.eval_bool(w, &ev, &scope)? {
             return Ok(false);
         }
-    }
     Ok(true)
 }
 
@@ -139,16 +136,14 @@ fn retry_delay(cx: &Cx, r: &RetryPolicy, err: &WfError, attempt: u64, elapsed_ms
     let ev = err.to_value();
     let ecx = cx.with_var("error", ev.clone());
     let scope = ecx.scope(input, None);
-    if let Some(w) = &r.when {
-        if !ecx.eval_bool(w, &ev, &scope)? {
+    if let Some(w) = &r.when
+        && !ecx.eval_bool(w, &ev, &scope)? {
             return Ok(None);
         }
-    }
-    if let Some(w) = &r.except_when {
-        if ecx.eval_bool(w, &ev, &scope)? {
+    if let Some(w) = &r.except_when
+        && ecx.eval_bool(w, &ev, &scope)? {
             return Ok(None);
         }
-    }
     let ms = |d: &kflow_dsl::duration::DurationSpec| d.millis(input, &scope).map_err(|e| WfError::expression(e.to_string()));
     let base = match &r.delay {
         Some(d) => ms(d)?,
@@ -167,11 +162,10 @@ fn retry_delay(cx: &Cx, r: &RetryPolicy, err: &WfError, attempt: u64, elapsed_ms
             delay = delay.saturating_add(lo);
         }
     }
-    if let Some(limit) = &r.limit_duration {
-        if elapsed_ms.max(0) as u64 + delay > ms(limit)? {
+    if let Some(limit) = &r.limit_duration
+        && elapsed_ms.max(0) as u64 + delay > ms(limit)? {
             return Ok(None);
         }
-    }
     Ok(Some(delay))
 }
 

@@ -80,11 +80,10 @@ impl<'a> Progress<'a> {
         for (key, corr) in &def.correlate {
             let scope = cx.scope(ev, None);
             let value = cx.eval_expr(&corr.from, ev, &scope)?;
-            if let Some(expect) = &corr.expect {
-                if cx.eval(expect, ev, &scope)? != value {
+            if let Some(expect) = &corr.expect
+                && cx.eval(expect, ev, &scope)? != value {
                     return Ok(false);
                 }
-            }
             match self.correlation.get(key) {
                 Some(v) if *v != value => return Ok(false),
                 Some(_) => {}
@@ -130,11 +129,10 @@ pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Va
     let bounded_until = until_expr.is_some() || until_events.is_some();
     loop {
         let ev = sub.next_event().await?;
-        if let Some(u) = until_events.as_mut() {
-            if u.offer(cx, &ev)? && u.satisfied() {
+        if let Some(u) = until_events.as_mut()
+            && u.offer(cx, &ev)? && u.satisfied() {
                 break;
             }
-        }
         if !main.offer(cx, &ev)? {
             continue;
         }

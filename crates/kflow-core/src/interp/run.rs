@@ -74,7 +74,7 @@ pub(super) async fn run(cx: &Cx, named: &NamedTask, r: &RunDef, input: &Value, s
         program,
         arguments,
         environment,
-        stdin: stdin.map(|v| text(v)),
+        stdin: stdin.map(text),
         return_: r.return_,
         await_: r.await_,
     };

@@ -619,11 +619,10 @@ impl Driver {
             let c = b.commit_for(id, now);
             c.remove_work.extend(leftover);
             // A finished child answers its parent.
-            if let Some((parent, effect)) = parent_of(id) {
-                if let Some(a) = self.active.get(id) {
+            if let Some((parent, effect)) = parent_of(id)
+                && let Some(a) = self.active.get(id) {
                     b.ready.push_back((parent, effect, child_result(&a.row)));
                 }
-            }
         }
     }
 
