@@ -69,6 +69,25 @@ fn fork100() -> String {
     s
 }
 
+/// A `dag` (kflow extension) of 1,000 `call http` subtasks in 20 layers of 50; each subtask
+/// of a layer needs two of the previous layer (1,950 edges).
+fn dag1000() -> String {
+    let mut s = header("dag1000");
+    s.push_str("  - build:\n      dag:\n        tasks:\n");
+    for layer in 0..20 {
+        for i in 0..50 {
+            s.push_str(&format!("          - t{layer}_{i}:\n"));
+            if layer > 0 {
+                s.push_str(&format!("              needs: [t{}_{i}, t{}_{}]\n", layer - 1, layer - 1, (i + 1) % 50));
+            }
+            s.push_str(&format!(
+                "              call: http\n              with:\n                method: get\n                endpoint: http://svc/t{layer}_{i}\n"
+            ));
+        }
+    }
+    s
+}
+
 /// Runs one instance to completion, answering effects immediately.
 fn run_once(wf: &Arc<kflow_dsl::Workflow>) -> Value {
     let cfg = InstanceConfig { id: "bench".into(), secrets: Value::Null, runtime: Value::Null };
@@ -127,4 +146,5 @@ fn main() {
     bench("seq40", &seq40(), 40, iters);
     bench("calls40", &calls40(), 40, iters);
     bench("fork100", &fork100(), 101, iters);
+    bench("dag1000", &dag1000(), 1001, iters / 5);
 }

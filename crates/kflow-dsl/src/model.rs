@@ -116,6 +116,8 @@ pub enum TaskKind {
     Switch(Vec<SwitchCase>),
     Try(TryDef),
     Wait(DurationSpec),
+    /// kflow extension: a dependency-scheduled task graph (see [`DagDef`]).
+    Dag(DagDef),
 }
 
 impl TaskKind {
@@ -134,6 +136,7 @@ impl TaskKind {
             TaskKind::Switch(_) => "switch",
             TaskKind::Try(_) => "try",
             TaskKind::Wait(_) => "wait",
+            TaskKind::Dag(_) => "dag",
         }
     }
 }
@@ -290,6 +293,130 @@ pub struct ForDef {
     pub at: String,
     pub while_: Option<Expr>,
     pub do_: TaskList,
+    /// kflow extension `parallel:` (never together with `while`): run the iterations
+    /// concurrently instead of one after the other. Each iteration gets the for task's input
+    /// (not the previous iteration's output), the output is the array of the iterations'
+    /// outputs in item order, and the first iteration to fault cancels the others and faults
+    /// the task. `None`: the standard sequential loop.
+    pub parallel: Option<Parallelism>,
+}
+
+/// How many iterations of a parallel `for` may run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallelism {
+    /// `parallel: true`: every iteration starts at once.
+    Unbounded,
+    /// `parallel: N` (N ≥ 1): at most N iterations in progress; when one finishes, the next
+    /// item (in item order) starts.
+    Max(usize),
+}
+
+// ---------------------------------------------------------------------------------------------
+// dag (kflow extension)
+
+/// kflow extension task `dag:` — subtasks scheduled by their dependencies instead of by list
+/// order. Not part of the Serverless Workflow DSL: `kflow validate --strict` refuses it.
+///
+/// ```yaml
+/// - build:
+///     dag:
+///       tasks:
+///         - fetchA: { call: http, with: { method: get, endpoint: http://svc/a } }
+///         - fetchB: { run: { shell: { command: echo b } } }
+///         - merge:
+///             needs: [fetchA, fetchB]
+///             trigger: all_succeeded   # the default
+///             set: { a: "${ $needs.fetchA }", b: "${ $needs.fetchB }" }
+/// ```
+///
+/// Semantics:
+/// - Every subtask's input is the dag task's (transformed) input. Subtasks whose dependencies
+///   are settled are started together and run concurrently, like fork branches; they are
+///   polled in declaration order, so runs are deterministic.
+/// - A subtask is *decided* once every task it `needs` is done (succeeded, failed or
+///   skipped). Then its [`Trigger`] rule is checked: when it holds, the subtask runs (through
+///   the usual task steps: `if`, input, output, export); when it does not, the subtask is
+///   skipped (a `task.skipped` notice) and counts as done-and-skipped for its own dependents.
+///   A subtask whose `if` is false is skipped the same way.
+/// - While a subtask runs, `$needs` is an object with one entry per dependency: the
+///   dependency's output when it succeeded, its error object when it failed, `null` when it
+///   was skipped. Root subtasks see `$needs == {}`.
+/// - A failed subtask is *handled* when at least one of its direct dependents ran anyway
+///   (only `all_done`, `one_failed` and `one_succeeded` can run after a failed dependency).
+///   Failures never cancel other subtasks: everything that can still run runs. When all are
+///   done, the dag faults with the error of the first unhandled failed subtask in declaration
+///   order; otherwise it completes.
+/// - The output is an object `{name: output}` with an entry for every subtask that completed
+///   successfully (skipped and failed subtasks are absent).
+/// - Flow directives have no place in a graph: `then:` on a subtask, a `switch` or a
+///   `catch.then` directly in the dag are refused when lowering; a `then: end` inside a nested
+///   list of a subtask ends that subtask only (as in fork branches).
+#[derive(Debug, Clone)]
+pub struct DagDef {
+    pub tasks: TaskList,
+    /// One entry per task of `tasks`, same index.
+    pub nodes: Vec<DagNode>,
+}
+
+/// A dag subtask's dependencies (indexes into [`DagDef::tasks`], in the order written) and
+/// trigger rule.
+#[derive(Debug, Clone, Default)]
+pub struct DagNode {
+    pub needs: Vec<usize>,
+    pub trigger: Trigger,
+}
+
+/// When a dag subtask runs, judged once every dependency is done (counts over its `needs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trigger {
+    /// `all_succeeded` (default): every dependency succeeded (true with no dependencies).
+    #[default]
+    AllSucceeded,
+    /// `all_done`: always, once every dependency is done whatever its outcome.
+    AllDone,
+    /// `one_failed`: at least one dependency failed.
+    OneFailed,
+    /// `one_succeeded`: at least one dependency succeeded.
+    OneSucceeded,
+    /// `none_failed`: no dependency failed (succeeded or skipped; true with no dependencies).
+    NoneFailed,
+}
+
+impl Trigger {
+    pub const NAMES: [&'static str; 5] = ["all_succeeded", "all_done", "one_failed", "one_succeeded", "none_failed"];
+
+    pub fn from_name(name: &str) -> Option<Trigger> {
+        Some(match name {
+            "all_succeeded" => Trigger::AllSucceeded,
+            "all_done" => Trigger::AllDone,
+            "one_failed" => Trigger::OneFailed,
+            "one_succeeded" => Trigger::OneSucceeded,
+            "none_failed" => Trigger::NoneFailed,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::AllSucceeded => "all_succeeded",
+            Trigger::AllDone => "all_done",
+            Trigger::OneFailed => "one_failed",
+            Trigger::OneSucceeded => "one_succeeded",
+            Trigger::NoneFailed => "none_failed",
+        }
+    }
+
+    /// Whether the rule holds, given how many of `total` dependencies succeeded and failed
+    /// (the rest were skipped).
+    pub fn holds(self, succeeded: usize, failed: usize, total: usize) -> bool {
+        match self {
+            Trigger::AllSucceeded => succeeded == total,
+            Trigger::AllDone => true,
+            Trigger::OneFailed => failed >= 1,
+            Trigger::OneSucceeded => succeeded >= 1,
+            Trigger::NoneFailed => failed == 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

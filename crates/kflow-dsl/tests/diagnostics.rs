@@ -1,14 +1,16 @@
 //! Data-driven diagnostics tests: each `tests/diagnostics/*.yaml` is a small invalid document,
 //! and its sibling `*.expected` holds the exact diagnostics `kflow_dsl::load` must report, one
-//! `LINE:COL: message` per line. A new case is a new pair of files, not new code.
+//! `LINE:COL: message` per line. A new case is a new pair of files, not new code. Cases whose
+//! name starts with `strict-` are loaded in strict mode (`LoadOptions { strict: true }`, what
+//! `kflow validate --strict` does).
 //!
 //! `UPDATE_EXPECT=1 cargo test -p kflow-dsl --test diagnostics` rewrites the expected files from
 //! the current output (review the diff before committing it).
 
 use std::path::{Path, PathBuf};
 
-fn render(text: &[u8]) -> String {
-    match kflow_dsl::load(text) {
+fn render(text: &[u8], strict: bool) -> String {
+    match kflow_dsl::load_with(text, &kflow_dsl::LoadOptions { strict }) {
         Ok(_) => "(no diagnostics: the document is valid)\n".to_string(),
         Err(diags) => diags.iter().map(|d| format!("{d}\n")).collect(),
     }
@@ -34,7 +36,8 @@ fn diagnostics_match_expected_files() {
     let mut failures = Vec::new();
     for case in &cases {
         let text = std::fs::read(case).unwrap_or_else(|e| panic!("cannot read {}: {e}", case.display()));
-        let actual = render(&text);
+        let strict = case.file_name().is_some_and(|n| n.to_string_lossy().starts_with("strict-"));
+        let actual = render(&text, strict);
         let expected_path = case.with_extension("expected");
         if update {
             std::fs::write(&expected_path, &actual).unwrap_or_else(|e| panic!("cannot write {}: {e}", expected_path.display()));

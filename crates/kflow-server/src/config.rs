@@ -21,6 +21,12 @@ pub struct ServerConfig {
     pub drain_seconds: u64,
     /// `$secrets` for every instance (a YAML/JSON map of name to value).
     pub secrets_file: Option<PathBuf>,
+    /// Required from remote workers (`Authorization: Bearer`); none: workers need no token.
+    pub worker_token: Option<String>,
+    /// A remote worker silent this long loses its tasks to other workers.
+    pub lease_ttl_ms: i64,
+    /// The time zone of cron schedules that name none (IANA name; default UTC).
+    pub timezone: String,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +39,9 @@ impl Default for ServerConfig {
             max_concurrent_effects: 512,
             drain_seconds: 30,
             secrets_file: None,
+            worker_token: None,
+            lease_ttl_ms: 2_000,
+            timezone: "UTC".into(),
         }
     }
 }
@@ -48,6 +57,9 @@ struct FileConfig {
     max_concurrent_effects: Option<usize>,
     drain_seconds: Option<u64>,
     secrets_file: Option<PathBuf>,
+    worker_token: Option<String>,
+    lease_ttl_ms: Option<i64>,
+    timezone: Option<String>,
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -85,6 +97,17 @@ impl ServerConfig {
             c.drain_seconds = v;
         }
         c.secrets_file = file.secrets_file;
+        c.worker_token = file.worker_token;
+        if let Some(v) = file.lease_ttl_ms {
+            if v < 100 {
+                return Err(format!("{name}: lease_ttl_ms must be at least 100"));
+            }
+            c.lease_ttl_ms = v;
+        }
+        if let Some(v) = file.timezone {
+            crate::schedule::plan::parse_tz(&v).map_err(|e| format!("{name}: timezone: {e}"))?;
+            c.timezone = v;
+        }
         Ok(c)
     }
 }
@@ -101,5 +124,10 @@ mod tests {
         assert!(e.contains("unknown field `listn`"), "{e}");
         let e = ServerConfig::from_file_bytes(b"durability: fast\n", "k.yaml").unwrap_err();
         assert!(e.contains("unknown durability 'fast'"), "{e}");
+        let c = ServerConfig::from_file_bytes(b"timezone: Europe/Paris\n", "k.yaml").unwrap();
+        assert_eq!(c.timezone, "Europe/Paris");
+        assert_eq!(ServerConfig::default().timezone, "UTC");
+        let e = ServerConfig::from_file_bytes(b"timezone: Europe/Pariss\n", "k.yaml").unwrap_err();
+        assert!(e.contains("timezone: unknown time zone 'Europe/Pariss'"), "{e}");
     }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod schedule;
 pub mod serve;
 
 pub use engine::{Engine, EngineConfig, EngineError};

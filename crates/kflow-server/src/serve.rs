@@ -20,11 +20,20 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         durability: cfg.durability,
         max_concurrent_effects: cfg.max_concurrent_effects,
         secrets,
+        lease_ttl_ms: cfg.lease_ttl_ms,
         ..EngineConfig::default()
     })
     .await
     .map_err(|e| format!("cannot open the engine in {}: {e}", cfg.data_dir.display()))?;
-    let app = router(engine.clone(), ApiConfig { max_body_bytes: cfg.max_body_bytes });
+    let scheduler = crate::schedule::Scheduler::new(
+        engine.clone(),
+        crate::schedule::SchedulerConfig { timezone: cfg.timezone.clone(), ..Default::default() },
+        std::sync::Arc::new(crate::schedule::SystemClock),
+    )
+    .await
+    .map_err(|e| format!("cannot start the scheduler: {e}"))?;
+    let schedules = scheduler.spawn();
+    let app = router(engine.clone(), ApiConfig { max_body_bytes: cfg.max_body_bytes, worker_token: cfg.worker_token.clone() });
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -39,6 +48,8 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     wait_for_signal().await;
     eprintln!("kflow server: draining (up to {} s)", cfg.drain_seconds);
     stop.notify_waiters();
+    // No new fires while draining; decided ones stay in their rows for the next start.
+    schedules.abort();
     engine.shutdown(Duration::from_secs(cfg.drain_seconds)).await;
     // Open watch streams would keep the HTTP side alive forever: give it a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;

@@ -84,6 +84,9 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/instances/{id}/history", vec!["get"]),
         ("/api/v1/instances/{id}/watch", vec!["get"]),
         ("/api/v1/events", vec!["post"]),
+        ("/api/v1/schedules", vec!["get"]),
+        ("/api/v1/schedules/{namespace}/{name}/pause", vec!["post"]),
+        ("/api/v1/schedules/{namespace}/{name}/resume", vec!["post"]),
         ("/api/v1/openapi.json", vec!["get"]),
         ("/healthz", vec!["get"]),
     ];

@@ -167,6 +167,28 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// The durable state of one workflow's schedule: one row per (namespace, name), following the
+/// workflow's newest non-deprecated version. The store only keeps it; the server's scheduler
+/// gives `state` its meaning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRow {
+    pub namespace: String,
+    pub name: String,
+    /// The definition version the schedule runs.
+    pub version: String,
+    /// When the next timed fire is due (None: nothing timed is due, e.g. event-driven, or
+    /// waiting for a run to finish).
+    pub next_fire_ms: Option<i64>,
+    /// The last fire (None: never fired).
+    pub last_fire_ms: Option<i64>,
+    pub paused: bool,
+    /// Compare-and-set token: every write stores `revision + 1`. 0 means "no row yet".
+    pub revision: i64,
+    pub updated_ms: i64,
+    /// The scheduler's own state (policies, pending fires, ...), as JSON.
+    pub state: Value,
+}
+
 pub trait Store: Send + Sync + 'static {
     // --- definitions -----------------------------------------------------------------
     fn put_definition(&self, def: &Definition) -> Result<PutDefinition>;
@@ -203,4 +225,20 @@ pub trait Store: Send + Sync + 'static {
     fn subscriptions(&self) -> Result<Vec<WorkItem>>;
     /// Ids of instances in `running` status.
     fn running_instances(&self) -> Result<Vec<String>>;
+
+    // --- schedules ---------------------------------------------------------------------------
+    /// Every schedule row, by namespace then name.
+    fn list_schedules(&self) -> Result<Vec<ScheduleRow>>;
+    fn get_schedule(&self, namespace: &str, name: &str) -> Result<Option<ScheduleRow>>;
+    /// Compare-and-set: writes `row` (stored with revision `row.revision + 1`) if the stored
+    /// row of (namespace, name) has revision `row.revision`, or if there is none and
+    /// `row.revision` is 0. Returns false, writing nothing, otherwise.
+    fn put_schedule(&self, row: &ScheduleRow) -> Result<bool>;
+    /// Removes the row whatever its revision; false when there was none.
+    fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool>;
+    /// Pauses or resumes (bumping the revision); returns the row as it is now, None when there
+    /// is none.
+    fn set_schedule_paused(&self, namespace: &str, name: &str, paused: bool, now_ms: i64) -> Result<Option<ScheduleRow>>;
+    /// The earliest `next_fire_ms` of the rows that are not paused.
+    fn next_schedule_fire(&self) -> Result<Option<i64>>;
 }

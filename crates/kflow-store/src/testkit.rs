@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 
 use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, PutDefinition, Store, StoreError,
-    WorkItem,
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, PutDefinition, ScheduleRow, Store,
+    StoreError, WorkItem,
 };
 
 /// One conformance case: runs against an empty store, panics on a violation.
@@ -59,6 +59,9 @@ cases!(
     running_instances_lists_running_only,
     effect_ids_use_the_full_u64_range,
     concurrent_writers_and_readers,
+    schedules_put_is_compare_and_set,
+    schedules_list_get_delete,
+    schedules_pause_and_next_fire,
 );
 
 /// Runs every case on a fresh store from `make`; reports all failures at the end.
@@ -105,6 +108,9 @@ macro_rules! store_conformance_tests {
             running_instances_lists_running_only,
             effect_ids_use_the_full_u64_range,
             concurrent_writers_and_readers,
+            schedules_put_is_compare_and_set,
+            schedules_list_get_delete,
+            schedules_pause_and_next_fire,
         );
     };
 }
@@ -943,4 +949,96 @@ pub fn concurrent_writers_and_readers(store: &dyn Store) {
         assert_eq!(seqs(&ok(store.history(&id, 0, 1000))), (1..=STEPS).collect::<Vec<_>>());
     }
     assert_eq!(ok(store.running_instances()).len(), THREADS);
+}
+
+// --- schedules ------------------------------------------------------------------------------
+
+pub fn schedule(namespace: &str, name: &str, next_fire_ms: Option<i64>) -> ScheduleRow {
+    ScheduleRow {
+        namespace: namespace.into(),
+        name: name.into(),
+        version: "1.0.0".into(),
+        next_fire_ms,
+        last_fire_ms: None,
+        paused: false,
+        revision: 0,
+        updated_ms: 1,
+        state: json!({"kind": "cron", "outbox": []}),
+    }
+}
+
+pub fn schedules_put_is_compare_and_set(store: &dyn Store) {
+    let mut row = schedule("ns", "a", Some(100));
+    assert!(ok(store.put_schedule(&row)), "revision 0 creates");
+    assert!(!ok(store.put_schedule(&row)), "revision 0 again: the row exists");
+    let stored = ok(store.get_schedule("ns", "a")).expect("stored");
+    assert_eq!(stored.revision, 1);
+    assert_eq!(stored, ScheduleRow { revision: 1, ..row.clone() });
+
+    // A write from revision 1 succeeds once; a second writer holding revision 1 loses.
+    row.revision = 1;
+    row.next_fire_ms = Some(200);
+    row.last_fire_ms = Some(100);
+    row.version = "1.1.0".into();
+    row.state = json!({"kind": "cron", "outbox": [{"id": "x", "fire_ms": 100}], "big": "z".repeat(10_000)});
+    row.updated_ms = 7;
+    assert!(ok(store.put_schedule(&row)));
+    let mut stale = row.clone();
+    stale.next_fire_ms = Some(999);
+    assert!(!ok(store.put_schedule(&stale)), "a stale revision writes nothing");
+    let stored = ok(store.get_schedule("ns", "a")).expect("stored");
+    assert_eq!(stored, ScheduleRow { revision: 2, ..row.clone() });
+    // Unset times round-trip as None.
+    let mut r = stored.clone();
+    r.next_fire_ms = None;
+    assert!(ok(store.put_schedule(&r)));
+    let stored = ok(store.get_schedule("ns", "a")).expect("stored");
+    assert_eq!((stored.next_fire_ms, stored.revision), (None, 3));
+    // A revision that never existed writes nothing, and creates nothing.
+    let mut ghost = schedule("ns", "ghost", Some(1));
+    ghost.revision = 5;
+    assert!(!ok(store.put_schedule(&ghost)));
+    assert_eq!(ok(store.get_schedule("ns", "ghost")), None);
+}
+
+pub fn schedules_list_get_delete(store: &dyn Store) {
+    assert!(ok(store.list_schedules()).is_empty());
+    assert_eq!(ok(store.get_schedule("ns", "a")), None);
+    for (ns, name) in [("b", "z"), ("a", "y"), ("b", "a"), ("a", "x")] {
+        assert!(ok(store.put_schedule(&schedule(ns, name, Some(1)))));
+    }
+    let keys: Vec<(String, String)> =
+        ok(store.list_schedules()).into_iter().map(|r| (r.namespace, r.name)).collect();
+    let expect: Vec<(String, String)> =
+        [("a", "x"), ("a", "y"), ("b", "a"), ("b", "z")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(keys, expect, "sorted by namespace, then name");
+    assert!(ok(store.delete_schedule("a", "y")));
+    assert!(!ok(store.delete_schedule("a", "y")), "already gone");
+    assert_eq!(ok(store.get_schedule("a", "y")), None);
+    assert_eq!(ok(store.list_schedules()).len(), 3);
+    // Deleted rows can be created again from revision 0.
+    assert!(ok(store.put_schedule(&schedule("a", "y", None))));
+    assert_eq!(ok(store.get_schedule("a", "y")).map(|r| r.revision), Some(1));
+}
+
+pub fn schedules_pause_and_next_fire(store: &dyn Store) {
+    assert_eq!(ok(store.next_schedule_fire()), None);
+    assert_eq!(ok(store.set_schedule_paused("ns", "none", true, 5)), None);
+    assert!(ok(store.put_schedule(&schedule("ns", "a", Some(300)))));
+    assert!(ok(store.put_schedule(&schedule("ns", "b", Some(200)))));
+    assert!(ok(store.put_schedule(&schedule("ns", "c", None))));
+    assert_eq!(ok(store.next_schedule_fire()), Some(200));
+    let paused = ok(store.set_schedule_paused("ns", "b", true, 42)).expect("row");
+    assert!(paused.paused);
+    assert_eq!((paused.revision, paused.updated_ms, paused.next_fire_ms), (2, 42, Some(200)));
+    assert_eq!(ok(store.next_schedule_fire()), Some(300), "paused rows are left out");
+    // Pausing bumps the revision: a writer that read the row before loses its compare-and-set.
+    let mut before = schedule("ns", "b", Some(250));
+    before.revision = 1;
+    assert!(!ok(store.put_schedule(&before)));
+    let resumed = ok(store.set_schedule_paused("ns", "b", false, 43)).expect("row");
+    assert!(!resumed.paused);
+    assert_eq!(resumed.revision, 3);
+    assert_eq!(ok(store.next_schedule_fire()), Some(200));
+    assert!(ok(store.get_schedule("ns", "a")).is_some_and(|r| !r.paused));
 }

@@ -25,6 +25,10 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Refuse kflow's extensions to the DSL (the `dag` task, `parallel` on `for`), so that
+        /// what validates is portable to any Serverless Workflow runtime.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the durable server: REST API and engine, SQLite in the data directory.
     Server {
@@ -44,6 +48,9 @@ enum Command {
         /// (default: $KFLOW_SECRETS_FILE, or the JSON map in $KFLOW_SECRETS).
         #[arg(long)]
         secrets_file: Option<PathBuf>,
+        /// Token remote workers must present.
+        #[arg(long, env = "KFLOW_WORKER_TOKEN")]
+        worker_token: Option<String>,
     },
     /// Run a workflow in-process to its end and print its output (or its error) as JSON.
     Run {
@@ -67,6 +74,9 @@ enum Command {
         /// Write lifecycle events as JSON lines on stderr.
         #[arg(long)]
         trace: bool,
+        /// Refuse kflow's extensions to the DSL in FILE (the `dag` task, `parallel` on `for`).
+        #[arg(long)]
+        strict: bool,
     },
     // Verbs that talk to a kflow server: apply, start, get, ls, cancel, suspend, resume,
     // history, events (see client/mod.rs).
@@ -84,9 +94,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Validate { files } => validate(&files),
-        Command::Server { data_dir, listen, config, durability, secrets_file } => {
-            match server(data_dir, listen, config, durability, secrets_file) {
+        Command::Validate { files, strict } => validate(&files, strict),
+        Command::Server { data_dir, listen, config, durability, secrets_file, worker_token } => {
+            match server(data_dir, listen, config, durability, secrets_file, worker_token) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kflow: {e:#}");
@@ -94,8 +104,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { file, input, input_file, secrets_file, events, workflows, trace } => {
-            match run(file, input, input_file, secrets_file, events, workflows, trace) {
+        Command::Run { file, input, input_file, secrets_file, events, workflows, trace, strict } => {
+            match run(file, input, input_file, secrets_file, events, workflows, trace, strict) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("kflow: {e:#}");
@@ -113,6 +123,7 @@ fn server(
     config: Option<PathBuf>,
     durability: Option<String>,
     secrets_file: Option<PathBuf>,
+    worker_token: Option<String>,
 ) -> anyhow::Result<()> {
     use kflow_server::config::{ServerConfig, parse_durability};
     let mut cfg = match &config {
@@ -128,6 +139,9 @@ fn server(
     if let Some(l) = listen {
         cfg.listen = l;
     }
+    if worker_token.is_some() {
+        cfg.worker_token = worker_token;
+    }
     if let Some(d) = durability {
         cfg.durability = parse_durability(&d).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
     }
@@ -136,10 +150,21 @@ fn server(
     rt.block_on(kflow_server::serve::serve(cfg, secrets)).map_err(anyhow::Error::msg)
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+/// [`inputs::load_workflow`], with kflow's extensions refused when `strict`.
+fn load_workflow(path: &std::path::Path, strict: bool) -> Result<kflow_dsl::Workflow, Vec<String>> {
+    if !strict {
+        return inputs::load_workflow(path);
+    }
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| vec![format!("{shown}: cannot read the file: {e}")])?;
+    kflow_dsl::load_with(&bytes, &kflow_dsl::LoadOptions { strict })
+        .map_err(|diags| diags.iter().map(|d| format!("{shown}:{d}")).collect())
+}
+
+fn validate(files: &[PathBuf], strict: bool) -> ExitCode {
     let mut bad = false;
     for f in files {
-        match inputs::load_workflow(f) {
+        match load_workflow(f, strict) {
             Ok(_) => {}
             Err(lines) => {
                 bad = true;
@@ -152,6 +177,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     ExitCode::from(if bad { 2 } else { 0 })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     file: PathBuf,
     input: Option<String>,
@@ -160,8 +186,9 @@ fn run(
     events: Option<PathBuf>,
     workflows: Option<PathBuf>,
     trace: bool,
+    strict: bool,
 ) -> anyhow::Result<ExitCode> {
-    let wf = match inputs::load_workflow(&file) {
+    let wf = match load_workflow(&file, strict) {
         Ok(wf) => Arc::new(wf),
         Err(lines) => {
             for l in lines {

@@ -1,9 +1,14 @@
 //! Control-flow task kinds: do, for, fork, switch, try (with retries), raise.
 
+use std::collections::BTreeMap;
+use std::task::Poll;
+
 use serde_json::{Value, json};
 
 use kflow_dsl::errors;
-use kflow_dsl::model::{Backoff, Catch, ErrorDef, Flow, ForDef, ForkDef, NamedTask, RetryPolicy, SwitchCase, TryDef};
+use kflow_dsl::model::{
+    Backoff, Catch, ErrorDef, Flow, ForDef, ForkDef, NamedTask, Parallelism, RetryPolicy, SwitchCase, TryDef,
+};
 
 use super::{Cx, KindResult, Outcome, Scope, run_list};
 use crate::error::WfError;
@@ -30,6 +35,9 @@ pub(super) async fn for_(cx: &Cx, f: &ForDef, input: &Value, scope: &Scope<'_>) 
             )));
         }
     };
+    if let Some(p) = f.parallel {
+        return for_parallel(cx, f, items, input, p).await;
+    }
     let mut data = input.clone();
     for (i, item) in items.into_iter().enumerate() {
         let icx = cx.with_var(&f.each, item).with_var(&f.at, Value::from(i));
@@ -45,6 +53,60 @@ pub(super) async fn for_(cx: &Cx, f: &ForDef, input: &Value, scope: &Scope<'_>) 
         }
     }
     Ok((data, None, None))
+}
+
+/// A `for` with `parallel:` (kflow extension): every iteration runs the `do` list on the for
+/// task's input; at most `limit` iterations are in progress, polled in item order, and when
+/// one finishes the next item starts. The output is the array of the iterations' outputs in
+/// item order. The first iteration to fault (in poll order) drops the others, which cancels
+/// their effects, and faults the task. A `then: end` inside an iteration ends that iteration
+/// only.
+async fn for_parallel(cx: &Cx, f: &ForDef, items: Vec<Value>, input: &Value, p: Parallelism) -> KindResult {
+    let n = items.len();
+    let limit = match p {
+        Parallelism::Unbounded => n,
+        Parallelism::Max(m) => m.max(1),
+    };
+    let mut items = items.into_iter().enumerate();
+    let mut outs: Vec<Value> = vec![Value::Null; n];
+    let mut active: BTreeMap<usize, BoxFut<Result<super::Outcome, WfError>>> = BTreeMap::new();
+    let mut started = 0usize;
+    let outputs = std::future::poll_fn(move |pcx| {
+        loop {
+            while active.len() < limit {
+                let Some((i, item)) = items.next() else { break };
+                let icx = cx.with_var(&f.each, item).with_var(&f.at, Value::from(i));
+                active.insert(i, run_list(icx, f.do_.clone(), input.clone()));
+                started += 1;
+            }
+            let mut finished = false;
+            let order: Vec<usize> = active.keys().copied().collect();
+            for i in order {
+                let Some(fut) = active.get_mut(&i) else { continue };
+                match fut.as_mut().poll(pcx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(o)) => {
+                        outs[i] = o.into_value();
+                        active.remove(&i);
+                        finished = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        active.clear();
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            if active.is_empty() && started == n {
+                return Poll::Ready(Ok(std::mem::take(&mut outs)));
+            }
+            // A finished iteration frees a slot for the next item.
+            if !finished || started == n {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await?;
+    Ok((Value::Array(outputs), None, None))
 }
 
 pub(super) async fn fork(cx: &Cx, f: &ForkDef, input: &Value) -> KindResult {

@@ -6,6 +6,7 @@
 //! here reads a clock or performs IO.
 
 mod call;
+mod dag;
 mod flow;
 mod listen;
 mod run;
@@ -348,5 +349,6 @@ async fn run_kind(cx: &Cx, named: &NamedTask, input: &Value, info: &TaskInfo<'_>
         TaskKind::Listen(l) => listen::listen(cx, named, l, input, &scope).await,
         TaskKind::Call(c) => call::call(cx, named, c, input, &scope).await,
         TaskKind::Run(r) => run::run(cx, named, r, input, &scope).await,
+        TaskKind::Dag(d) => dag::dag(cx, named, d, input).await,
     }
 }

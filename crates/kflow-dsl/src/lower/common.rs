@@ -54,6 +54,11 @@ impl<'a> Obj<'a> {
         self.entries.iter().find(|(k, _)| key_str(k) == key).map(|(_, v)| v)
     }
 
+    /// The key node of `key` (for diagnostics about the property itself).
+    pub fn key(&self, key: &str) -> Option<&'a Node> {
+        self.entries.iter().find(|(k, _)| key_str(k) == key).map(|(k, _)| k)
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.get(key).is_some()
     }

@@ -10,10 +10,12 @@
 //! Module map: [`common`] holds the readers shared by everything (types, expressions, durations,
 //! schemas, errors, retries), `tasks` the task lists and the control-flow tasks, `calls` the
 //! `call` task with endpoints and authentication, `run` the `run` task, `events` `emit`,
-//! `listen` and the workflow `schedule`.
+//! `listen` and the workflow `schedule`, `dag` the kflow `dag` extension task (dependencies,
+//! trigger rules, cycles).
 
 mod calls;
 mod common;
+mod dag;
 mod events;
 mod run;
 mod tasks;
@@ -44,11 +46,15 @@ pub(crate) struct Cx<'a> {
     functions: BTreeMap<String, Option<Arc<Task>>>,
     /// Functions being lowered right now, to detect a function that calls itself.
     function_stack: Vec<String>,
+    /// `LoadOptions::strict`: kflow's extensions (`dag`, `needs`, `trigger`, `parallel`) are
+    /// refused.
+    strict: bool,
 }
 
 impl<'a> Cx<'a> {
-    fn new() -> Self {
+    fn new(strict: bool) -> Self {
         Cx {
+            strict,
             diags: Vec::new(),
             errors: BTreeMap::new(),
             retries: BTreeMap::new(),
@@ -65,6 +71,18 @@ impl<'a> Cx<'a> {
     /// Records a problem at `node`.
     pub(crate) fn at(&mut self, node: &Node, message: impl Into<String>) {
         self.diags.push(Diagnostic::new(node.pos.line, node.pos.col, message));
+    }
+
+    /// In strict mode, reports the kflow extension property `key` (at its key node) and returns
+    /// true; otherwise returns false.
+    pub(crate) fn refuse_extension(&mut self, key: &Node, name: &str) -> bool {
+        if self.strict {
+            self.at(
+                key,
+                format!("'{name}' is a kflow extension, not part of the Serverless Workflow DSL; remove --strict to allow it"),
+            );
+        }
+        self.strict
     }
 
     /// " (defined: a, b)" or " (use.x is empty)" for messages about an unresolved name.
@@ -125,7 +143,12 @@ const MAX_DIAGNOSTICS: usize = 200;
 
 /// Lowers a parsed document to a workflow, or returns every problem found, sorted by position.
 pub fn lower(root: &Node) -> Result<Workflow, Vec<Diagnostic>> {
-    let mut cx = Cx::new();
+    lower_with(root, &crate::LoadOptions::default())
+}
+
+/// [`lower`] with options (strict mode refuses kflow's extensions).
+pub fn lower_with(root: &Node, options: &crate::LoadOptions) -> Result<Workflow, Vec<Diagnostic>> {
+    let mut cx = Cx::new(options.strict);
     let workflow = workflow(&mut cx, root);
     let mut diags = cx.diags;
     match workflow {

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Catch, Flow, ForDef, ForkDef, NamedTask, RaiseDef, SwitchCase, Task, TaskKind, TaskList, TryDef};
+use crate::model::{Catch, Flow, ForDef, ForkDef, NamedTask, Parallelism, RaiseDef, SwitchCase, Task, TaskKind, TaskList, TryDef};
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
 
 use super::common::{self, Obj, key_str, pointer_token};
-use super::{Cx, calls, events, list_names, run};
+use super::{Cx, calls, dag, events, list_names, run};
 
 /// The task names of the list a task belongs to, for resolving `then:`.
 pub(super) struct Scope {
@@ -19,19 +19,22 @@ pub(super) struct Scope {
     index: HashMap<String, usize>,
     /// Set for a lone task (a function), which has no siblings to jump to.
     single: bool,
+    /// Set for the subtasks of a `dag` (kflow extension): they may carry `needs` and
+    /// `trigger`, and no flow directive.
+    dag: bool,
 }
 
 impl Scope {
     pub(super) fn single() -> Scope {
-        Scope { names: Vec::new(), index: HashMap::new(), single: true }
+        Scope { names: Vec::new(), index: HashMap::new(), single: true, dag: false }
     }
 
-    fn of(names: Vec<String>) -> Scope {
+    fn of(names: Vec<String>, dag: bool) -> Scope {
         let mut index = HashMap::with_capacity(names.len());
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
-        Scope { names, index, single: false }
+        Scope { names, index, single: false, dag }
     }
 }
 
@@ -59,6 +62,12 @@ fn flow(cx: &mut Cx, node: &Node, scope: &Scope, what: &str) -> Option<Flow> {
 
 /// A list of named tasks; `reference` is the JSON pointer of the list itself.
 pub(super) fn task_list(cx: &mut Cx, node: &Node, reference: &str, what: &str) -> Option<TaskList> {
+    task_list_in(cx, node, reference, what, false)
+}
+
+/// [`task_list`], for the subtasks of a dag when `dag` is set (`needs` and `trigger` allowed,
+/// flow directives refused).
+pub(super) fn task_list_in(cx: &mut Cx, node: &Node, reference: &str, what: &str, dag: bool) -> Option<TaskList> {
     let Some(items) = node.as_seq() else {
         common::type_error(cx, node, "a list of tasks", what);
         return None;
@@ -103,7 +112,7 @@ pub(super) fn task_list(cx: &mut Cx, node: &Node, reference: &str, what: &str) -
         }
         entries.push((i, key, value));
     }
-    let scope = Scope::of(entries.iter().map(|(_, k, _)| key_str(k).to_string()).collect());
+    let scope = Scope::of(entries.iter().map(|(_, k, _)| key_str(k).to_string()).collect(), dag);
     let mut tasks = Vec::with_capacity(entries.len());
     for (i, key, value) in entries {
         let name = key_str(key);
@@ -125,12 +134,17 @@ fn describe_item(item: &Node) -> &'static str {
 
 const KINDS: [&str; 12] = ["call", "do", "emit", "for", "fork", "listen", "raise", "run", "set", "switch", "try", "wait"];
 const BASE: [&str; 7] = ["if", "input", "output", "export", "timeout", "then", "metadata"];
+/// Task types that are kflow extensions (refused in strict mode).
+const EXTENSION_KINDS: [&str; 1] = ["dag"];
+/// Properties of a dag subtask (kflow extension).
+const DAG_PROPERTIES: [&str; 2] = ["needs", "trigger"];
 
 /// One task: the shared properties, then the kind-specific ones.
 pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope: &Scope) -> Option<Task> {
     let obj = Obj::new(cx, node, format!("task '{name}'"), "")?;
     // `for` tasks carry a `do` list too; only a `do` without `for` makes a do task.
-    let kinds: Vec<&str> = KINDS.into_iter().filter(|k| obj.has(k) && !(*k == "do" && obj.has("for"))).collect();
+    let kinds: Vec<&str> =
+        KINDS.into_iter().chain(EXTENSION_KINDS).filter(|k| obj.has(k) && !(*k == "do" && obj.has("for"))).collect();
     let kind = match kinds.as_slice() {
         [k] => *k,
         [] if obj.has("<<") => {
@@ -155,7 +169,8 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
         "try" => &["try", "catch"],
         k => &[k][..],
     };
-    let allowed: Vec<&str> = BASE.iter().chain(extra).copied().collect();
+    let mut allowed: Vec<&str> = BASE.iter().chain(extra).copied().collect();
+    extension_properties(cx, &obj, name, kind, scope, &mut allowed);
     obj.check(cx, &allowed);
 
     let if_ = obj.get("if").map(|n| common::runtime_expr(cx, n, &obj.field("if")));
@@ -163,7 +178,7 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
     let output = obj.get("output").map(|n| common::data_out(cx, n, "output"));
     let export = obj.get("export").map(|n| common::data_out(cx, n, "export"));
     let timeout = obj.get("timeout").map(|n| common::timeout(cx, n, &obj.field("timeout"), "timeout"));
-    let then = obj.get("then").map(|n| flow(cx, n, scope, &obj.field("then")));
+    let then = obj.get("then").filter(|_| !scope.dag).map(|n| flow(cx, n, scope, &obj.field("then")));
     let metadata = obj.get("metadata").map(|n| common::json_object(cx, n, &obj.field("metadata")));
     let kind = task_kind(cx, kind, &obj, reference, scope);
     Some(Task {
@@ -176,6 +191,50 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
         metadata: metadata.flatten().unwrap_or_default(),
         kind: kind?,
     })
+}
+
+/// The kflow extensions a task may carry: the `dag` task type, `needs`/`trigger` on a dag
+/// subtask, `parallel` on a for task. Adds the ones allowed here to `allowed`; reports them in
+/// strict mode, and misplaced ones (`needs` outside a dag, flow directives inside one).
+fn extension_properties<'a>(cx: &mut Cx, obj: &Obj<'a>, name: &str, kind: &'a str, scope: &Scope, allowed: &mut Vec<&'a str>) {
+    if EXTENSION_KINDS.contains(&kind)
+        && let Some(k) = obj.key(kind)
+    {
+        cx.refuse_extension(k, kind);
+    }
+    if kind == "for" {
+        match obj.key("parallel") {
+            Some(k) => {
+                cx.refuse_extension(k, "parallel");
+                allowed.push("parallel");
+            }
+            None if !cx.strict => allowed.push("parallel"),
+            None => {}
+        }
+    }
+    for prop in DAG_PROPERTIES {
+        match obj.key(prop) {
+            Some(k) => {
+                allowed.push(prop);
+                // Inside a dag, the `dag` key itself was reported in strict mode.
+                if !scope.dag && !cx.refuse_extension(k, prop) {
+                    cx.at(k, format!("'{prop}' is only allowed on a task directly inside a 'dag' task (a kflow extension); task '{name}' is not"));
+                }
+            }
+            None if scope.dag && !cx.strict => allowed.push(prop),
+            None => {}
+        }
+    }
+    if scope.dag {
+        if let Some(k) = obj.key("then") {
+            cx.at(k, format!("'then' is not allowed on task '{name}' inside a dag: the dag's 'needs' decide the order"));
+        }
+        if kind == "switch"
+            && let Some(k) = obj.key("switch")
+        {
+            cx.at(k, format!("a switch task ('{name}') cannot be a direct subtask of a dag: the dag's 'needs' decide the order (wrap it in a 'do' task)"));
+        }
+    }
 }
 
 fn task_kind(cx: &mut Cx, kind: &str, obj: &Obj, reference: &str, scope: &Scope) -> Option<TaskKind> {
@@ -193,6 +252,7 @@ fn task_kind(cx: &mut Cx, kind: &str, obj: &Obj, reference: &str, scope: &Scope)
         "switch" => switch(cx, value, scope).map(TaskKind::Switch),
         "try" => try_task(cx, obj, value, reference, scope).map(TaskKind::Try),
         "wait" => common::duration(cx, value, &obj.field("wait")).map(TaskKind::Wait),
+        "dag" => dag::dag(cx, value, reference).map(TaskKind::Dag),
         _ => None,
     }
 }
@@ -218,6 +278,10 @@ fn for_task(cx: &mut Cx, task: &Obj, node: &Node, reference: &str) -> Option<For
         _ => common::runtime_expr(cx, n, &obj.field("in")),
     });
     let while_ = task.get("while").map(|n| common::runtime_expr(cx, n, &task.field("while")));
+    let parallel = task.get("parallel").map(|n| parallelism(cx, n, &task.field("parallel")));
+    if let (Some(Some(Some(_))), Some(k)) = (&parallel, task.key("while")) {
+        cx.at(k, format!("'while' cannot be combined with 'parallel' in {}: the iterations of a parallel for do not run one after another", task.label));
+    }
     let do_ = task.req(cx, "do").and_then(|n| task_list(cx, n, &format!("{reference}/do"), "'do' of a for task"));
     Some(ForDef {
         each: each.flatten().unwrap_or_else(|| "item".to_string()),
@@ -225,7 +289,29 @@ fn for_task(cx: &mut Cx, task: &Obj, node: &Node, reference: &str) -> Option<For
         at: at.flatten().unwrap_or_else(|| "index".to_string()),
         while_: while_.flatten(),
         do_: do_?,
+        parallel: match parallel {
+            None => None,
+            Some(p) => p?,
+        },
     })
+}
+
+/// `parallel:` of a for task (kflow extension): `true` (unbounded), `false` (sequential, the
+/// default) or the maximum number of iterations in progress at once (an integer ≥ 1).
+fn parallelism(cx: &mut Cx, node: &Node, what: &str) -> Option<Option<Parallelism>> {
+    match node.kind {
+        NodeKind::Bool(true) => Some(Some(Parallelism::Unbounded)),
+        NodeKind::Bool(false) => Some(None),
+        NodeKind::Int(n) if n >= 1 => Some(Some(Parallelism::Max(usize::try_from(n).unwrap_or(usize::MAX)))),
+        NodeKind::Int(n) => {
+            cx.at(node, format!("invalid value {n} for {what}: expected at least 1 (or true for no limit)"));
+            None
+        }
+        _ => {
+            common::type_error(cx, node, "an integer ≥ 1 or true", what);
+            None
+        }
+    }
 }
 
 fn fork(cx: &mut Cx, node: &Node, reference: &str) -> Option<ForkDef> {
@@ -346,7 +432,13 @@ fn catch(cx: &mut Cx, node: &Node, reference: &str, scope: &Scope) -> Option<Cat
     });
     let do_ = obj.get("do").map(|n| task_list(cx, n, &format!("{reference}/catch/do"), &obj.field("do")));
     // `catch.then` (DSL 1.0.3+): where to go after a handled error, in the try task's own list.
-    let then = obj.get("then").and_then(|n| flow(cx, n, scope, &obj.field("then")));
+    // A dag has no list order to go to.
+    if scope.dag
+        && let Some(k) = obj.key("then")
+    {
+        cx.at(k, "'catch.then' is not allowed on a task inside a dag: the dag's 'needs' decide the order");
+    }
+    let then = obj.get("then").filter(|_| !scope.dag).and_then(|n| flow(cx, n, scope, &obj.field("then")));
     Some(Catch {
         errors,
         as_: as_.flatten().unwrap_or_else(|| "error".to_string()),

@@ -348,3 +348,41 @@ fn large_documents_lower_in_linear_time() {
     assert!(diags[200].message.starts_with("... and 19800 more problems"), "{}", diags[200]);
     assert!(start.elapsed() < std::time::Duration::from_secs(10), "took {:?}", start.elapsed());
 }
+
+#[test]
+fn dag_extension_lowers_to_indexes_and_triggers() {
+    let w = load(
+        "do:
+  - build:
+      dag:
+        tasks:
+          - merge:
+              needs: [b, a]
+              trigger: none_failed
+              set: { m: 1 }
+          - a:
+              set: { a: 1 }
+          - b:
+              needs: a
+              set: { b: 1 }
+  - loop:
+      for:
+        in: .items
+      parallel: 3
+      do:
+        - inner:
+            set: { i: 1 }
+",
+    );
+    let TaskKind::Dag(d) = &w.do_[0].task.kind else { panic!("dag") };
+    assert_eq!(d.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["merge", "a", "b"]);
+    assert_eq!(d.nodes[0].needs, [2, 1]);
+    assert_eq!(d.nodes[0].trigger, Trigger::NoneFailed);
+    assert!(d.nodes[1].needs.is_empty());
+    assert_eq!(d.nodes[1].trigger, Trigger::AllSucceeded);
+    assert_eq!(d.nodes[2].needs, [1]);
+    assert_eq!(d.tasks[2].reference, "/do/0/build/dag/tasks/2/b");
+    let TaskKind::For(f) = &w.do_[1].task.kind else { panic!("for") };
+    assert_eq!(f.parallel, Some(Parallelism::Max(3)));
+    assert_eq!(w.do_[0].task.kind.keyword(), "dag");
+}

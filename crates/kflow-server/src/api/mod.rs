@@ -13,8 +13,10 @@ pub mod events;
 mod extract;
 pub mod instances;
 pub mod routes;
+pub mod schedules;
 pub mod types;
 pub mod watch;
+pub mod workers;
 
 use crate::engine::Engine;
 
@@ -25,11 +27,13 @@ pub use routes::openapi;
 pub struct ApiConfig {
     /// The largest request body accepted (413 past it). Default 1 MiB.
     pub max_body_bytes: usize,
+    /// When set, the worker routes require `Authorization: Bearer <token>`.
+    pub worker_token: Option<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 1024 * 1024 }
+        ApiConfig { max_body_bytes: 1024 * 1024, worker_token: None }
     }
 }
 

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{self, ErrorBody};
-use super::{AppState, ApiConfig, definitions, events, instances, watch};
+use super::{AppState, ApiConfig, definitions, events, instances, schedules, watch, workers};
 use crate::engine::Engine;
 
 #[derive(OpenApi)]
@@ -28,6 +28,8 @@ use crate::engine::Engine;
         (name = "definitions", description = "Workflow definitions: registered once per version, never changed"),
         (name = "instances", description = "Workflow instances: start, inspect, control, history, live updates"),
         (name = "events", description = "CloudEvents for waiting `listen` tasks"),
+        (name = "schedules", description = "Schedules of the registered workflows: next fire times, pause, resume"),
+        (name = "workers", description = "Remote workers: register, long-poll for tasks, heartbeat, results; queues"),
         (name = "health", description = "Liveness"),
     ),
     components(schemas(ErrorBody))
@@ -59,6 +61,16 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(instances::get_history))
         .routes(routes!(watch::watch_instance))
         .routes(routes!(events::publish_event))
+        .routes(routes!(schedules::list_schedules))
+        .routes(routes!(schedules::pause_schedule))
+        .routes(routes!(schedules::resume_schedule))
+        .routes(routes!(workers::register_worker, workers::list_workers))
+        .routes(routes!(workers::poll_work))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::complete_lease))
+        .routes(routes!(workers::drain_worker))
+        .routes(routes!(workers::list_queues))
+        .routes(routes!(workers::explain))
         .routes(routes!(healthz))
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use kflow_core::events::event_matches;
@@ -19,7 +19,8 @@ use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step};
 use kflow_dsl::Workflow;
 use kflow_store::{Commit, HistoryEvent, Instance, InstanceStatus, WorkItem};
 
-use super::dispatch::{Dispatcher, child_error, complete_event};
+use super::dispatch::{child_error, complete_event};
+use super::queue::{Item, hints};
 use super::timers::{SCAN_EVERY_MS, Timers};
 use super::{EngineError, LiveEvent, Result, Shared, now_ms};
 
@@ -36,6 +37,7 @@ pub enum Msg {
 /// An instance in memory.
 struct Active {
     core: kflow_core::Instance,
+    wf: Arc<Workflow>,
     row: Instance,
     next_seq: i64,
     /// Deliveries that arrived while suspended.
@@ -78,9 +80,7 @@ impl Batch {
 
 struct Driver {
     shared: Arc<Shared>,
-    dispatcher: Dispatcher,
     active: HashMap<String, Active>,
-    inflight: HashMap<(String, u64), JoinHandle<()>>,
     /// Open `listen` subscriptions: filters by (instance, effect).
     subs: HashMap<(String, u64), Vec<Value>>,
     timers: Timers,
@@ -96,16 +96,10 @@ pub(super) async fn spawn(
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 ) -> Result<JoinHandle<()>> {
-    let dispatcher = Dispatcher {
-        executor: kflow_tasks::Executor::new(shared.config.executor.clone()),
-        permits: Arc::new(Semaphore::new(shared.config.max_concurrent_effects.max(1))),
-        tx,
-    };
+    super::workers::start(shared.clone(), shared.queue.clone(), tx, shared.config.max_concurrent_effects.max(1));
     let mut d = Driver {
         shared,
-        dispatcher,
         active: HashMap::new(),
-        inflight: HashMap::new(),
         subs: HashMap::new(),
         timers: Timers::default(),
         draining: false,
@@ -159,10 +153,10 @@ impl Driver {
                 ready.push_back((w.instance_id.clone(), w.effect_id, Delivery::Result(Ok(complete_event(event, &w.instance_id)))));
             }
             other => {
-                let key = (w.instance_id.clone(), w.effect_id);
-                if !self.inflight.contains_key(&key) {
-                    let h = self.dispatcher.spawn(self.shared.clone(), w.instance_id, w.effect_id, w.task, other, None);
-                    self.inflight.insert(key, h);
+                if !self.shared.queue.is_active(&w.instance_id, w.effect_id) {
+                    // Interrupted by a restart (or a lost lease): run again, counted as a new attempt.
+                    let item = self.item(&w.instance_id, w.effect_id, w.task, other, now, None);
+                    self.shared.queue.push(item);
                 }
             }
         }
@@ -216,11 +210,9 @@ impl Driver {
             self.commit(b).await;
             self.evict(touched);
             if let Some((deadline, _)) = &shutdown {
-                self.inflight.retain(|_, h| !h.is_finished());
-                if self.inflight.is_empty() || tokio::time::Instant::now() >= *deadline {
-                    for (_, h) in self.inflight.drain() {
-                        h.abort();
-                    }
+                self.shared.queue.lock().set_draining(super::workers::BUILTIN);
+                if self.shared.queue.builtin_running() == 0 || tokio::time::Instant::now() >= *deadline {
+                    self.shared.queue.abort_builtin();
                     if let Some((_, reply)) = shutdown.take() {
                         let _ = reply.send(());
                     }
@@ -305,14 +297,12 @@ impl Driver {
                     if self.draining {
                         continue; // left as a work row: the next start runs it
                     }
-                    let h = self.dispatcher.spawn(self.shared.clone(), instance.clone(), effect, task, effect_def, Some(1));
-                    self.inflight.insert((instance, effect), h);
+                    let item = self.item(&instance, effect, task, effect_def, now, Some(1));
+                    self.shared.queue.push(item);
                 }
                 After::Timer { instance, effect, due } => self.timers.offer(now, due, &instance, effect),
                 After::Abort { instance, effect } => {
-                    if let Some(h) = self.inflight.remove(&(instance.clone(), effect)) {
-                        h.abort();
-                    }
+                    self.shared.queue.cancel(&instance, effect);
                     self.subs.remove(&(instance, effect));
                 }
                 After::Live(id, event) => {
@@ -369,7 +359,6 @@ impl Driver {
                 b.after.push(After::ReplyInstance(reply, id));
             }
             Msg::Deliver { instance, effect, delivery } => {
-                self.inflight.remove(&(instance.clone(), effect));
                 b.ready.push_back((instance, effect, delivery));
             }
             Msg::Event { event, reply } => {
@@ -468,7 +457,7 @@ impl Driver {
         if let Ok(rows) = blocking(|| store.work_of(&id2)) {
             let mut ready = VecDeque::new();
             for w in rows.into_iter().filter(|w| !answered.contains(&w.effect_id)) {
-                if !self.inflight.contains_key(&(w.instance_id.clone(), w.effect_id)) {
+                if !self.shared.queue.is_active(&w.instance_id, w.effect_id) {
                     self.resume_work(w, now, &mut ready);
                 }
             }
@@ -491,14 +480,14 @@ impl Driver {
             updated_ms: now,
         };
         let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
-        let mut core = kflow_core::Instance::new(wf, cfg);
+        let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let step = core.start(input.clone(), now);
         let started = HistoryEvent { seq: 1, time_ms: now, kind: "started".into(), data: json!({ "input": input }) };
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
         c.history.push(started.clone());
         b.after.push(After::Live(id.to_string(), started));
-        self.active.insert(id.to_string(), Active { core, row, next_seq: 2, held: Vec::new() });
+        self.active.insert(id.to_string(), Active { core, wf, row, next_seq: 2, held: Vec::new() });
         self.absorb(id, step, b, now);
     }
 
@@ -520,7 +509,7 @@ impl Driver {
         let row = row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
         let wf = self.shared.workflow(&row.namespace, &row.name, &row.version)?;
         let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
-        let mut core = kflow_core::Instance::new(wf, cfg);
+        let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let mut next_seq = 1;
         for ev in &history {
             next_seq = ev.seq + 1;
@@ -540,7 +529,7 @@ impl Driver {
                 _ => {}
             }
         }
-        self.active.insert(id.to_string(), Active { core, row, next_seq, held: Vec::new() });
+        self.active.insert(id.to_string(), Active { core, wf, row, next_seq, held: Vec::new() });
         Ok(())
     }
 
@@ -624,6 +613,28 @@ impl Driver {
                     b.ready.push_back((parent, effect, child_result(&a.row)));
                 }
         }
+    }
+
+    /// A queue item for a call or process, with the task's engine hints (`metadata.kflow`:
+    /// queue, priority, resources, labels; the workflow's `document.metadata.kflow` gives
+    /// defaults).
+    fn item(&mut self, instance: &str, effect_id: u64, task: String, effect: Effect, now: i64, attempt: Option<u32>) -> Item {
+        let wf = match self.active.get(instance) {
+            Some(a) => Some(a.wf.clone()),
+            None => self.load(instance).ok().and_then(|_| self.active.get(instance).map(|a| a.wf.clone())),
+        };
+        let task_meta = wf.as_ref().and_then(|wf| wf.definition.pointer(&format!("{task}/metadata")).cloned());
+        let doc_meta = wf.as_ref().and_then(|wf| wf.definition.pointer("/document/metadata").cloned());
+        let (mut queue, mut priority, needs, labels) = hints(task_meta.as_ref());
+        let (doc_queue, doc_priority, _, _) = hints(doc_meta.as_ref());
+        let has = |k: &str| task_meta.as_ref().and_then(|m| m.get("kflow")).and_then(|m| m.get(k)).is_some();
+        if !has("queue") {
+            queue = doc_queue;
+        }
+        if !has("priority") {
+            priority = doc_priority;
+        }
+        Item { instance: instance.to_string(), effect_id, task, effect, queue, priority, needs, labels, enqueued_ms: now, attempt }
     }
 
     fn start_effect(&mut self, id: &str, effect: u64, task: String, e: Effect, b: &mut Batch, now: i64) {

@@ -8,11 +8,13 @@
 
 mod dispatch;
 mod driver;
+pub mod queue;
 mod timers;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -53,6 +55,9 @@ pub struct EngineConfig {
     pub executor: kflow_tasks::ExecConfig,
     /// `$secrets` for every instance.
     pub secrets: Value,
+    /// How long a remote worker's lease lives without a heartbeat: a worker that dies has its
+    /// tasks queued again after this long.
+    pub lease_ttl_ms: i64,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +69,7 @@ impl Default for EngineConfig {
             max_active: 10_000,
             executor: kflow_tasks::ExecConfig::default(),
             secrets: Value::Object(Default::default()),
+            lease_ttl_ms: 2_000,
         }
     }
 }
@@ -117,8 +123,12 @@ pub(crate) struct Shared {
     /// Resolved definitions by (namespace, name, version or None for latest); cleared for a
     /// workflow when one of its versions is registered or deprecated.
     pub definitions: Mutex<HashMap<(String, String, Option<String>), Definition>>,
+    /// Calls and processes waiting for, or leased to, a worker (built-in or remote).
+    pub queue: Arc<workers::WorkQueue>,
     /// Callers waiting for instances to finish.
     pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// The scheduler, told about definitions and events (weak: it holds an Engine).
+    pub observer: RwLock<Option<Weak<dyn Observer>>>,
 }
 
 impl Shared {
@@ -170,13 +180,16 @@ impl Engine {
 
     pub async fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine> {
         let (live, _) = broadcast::channel(4096);
+        let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
         let shared = Arc::new(Shared {
             store,
             config,
             workflows: Mutex::new(HashMap::new()),
             live,
             definitions: Mutex::new(HashMap::new()),
+            queue,
             waiters: Mutex::new(HashMap::new()),
+            observer: RwLock::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
@@ -204,6 +217,10 @@ impl Engine {
             message: "the workflow definition is invalid".into(),
             details: diags.iter().map(|d| d.to_string()).collect(),
         })?;
+        crate::schedule::check(&wf).map_err(|details| EngineError::Invalid {
+            message: "the workflow's schedule is invalid".into(),
+            details,
+        })?;
         let text = String::from_utf8_lossy(source).into_owned();
         let d = &wf.document;
         let def = Definition {
@@ -222,6 +239,9 @@ impl Engine {
                 self.forget_definitions(&ns, &name);
                 let key = (ns.clone(), name.clone(), version.clone());
                 self.shared.workflows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(wf));
+                if let Some(o) = self.observer() {
+                    o.definitions_changed(&ns, &name).await;
+                }
                 Ok(Registered { namespace: ns, name, version, outcome: "created" })
             }
             PutDefinition::Unchanged => Ok(Registered { namespace: ns, name, version, outcome: "unchanged" }),
@@ -261,6 +281,11 @@ impl Engine {
         let (n, m, v) = (ns.to_string(), name.to_string(), version.to_string());
         let found = self.blocking(move |s| s.set_deprecated(&n, &m, &v, deprecated)).await?;
         self.forget_definitions(ns, name);
+        if found
+            && let Some(o) = self.observer()
+        {
+            o.definitions_changed(ns, name).await;
+        }
         if found { Ok(()) } else { Err(EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered"))) }
     }
 
@@ -288,7 +313,7 @@ impl Engine {
                 details: errs,
             })?;
         }
-        self.ask(|reply| Msg::Start { wf, input, reply }).await
+        self.ask(|reply| start_msg(None, wf, input, reply)).await
     }
 
     pub async fn instance(&self, id: &str) -> Result<InstanceView> {
@@ -367,8 +392,14 @@ impl Engine {
 
     /// Offers a CloudEvent to every waiting `listen`; returns how many took it. Acknowledged
     /// after the deliveries are committed.
+    /// Schedules (`schedule.on`) that start an instance for it count too.
     pub async fn publish_event(&self, event: Value) -> Result<usize> {
-        self.ask(|reply| Msg::Event { event, reply }).await
+        let scheduled = match self.observer() {
+            Some(o) => o.event_published(&event).await?,
+            None => 0,
+        };
+        let delivered = self.ask(|reply| Msg::Event { event, reply }).await?;
+        Ok(delivered + scheduled)
     }
 
     /// Live updates of every instance (filter by id on the receiving side).
@@ -386,5 +417,240 @@ impl Engine {
         if let Some(h) = handle {
             let _ = h.await;
         }
+    }
+}
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+pub struct WorkerSpec {
+    /// Stable id; generated when absent.
+    pub id: Option<String>,
+    pub queues: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `cpu=4,memory=8Gi,gpu=1` (a `tasks` slot count defaults to 16).
+    #[serde(default)]
+    pub capacity: Option<String>,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseView {
+    pub lease: String,
+    pub instance: String,
+    pub effect: u64,
+    pub task: String,
+    pub effect_def: kflow_core::Effect,
+    pub attempt: u32,
+    pub expires_ms: i64,
+}
+
+impl Engine {
+    pub fn lease_ttl_ms(&self) -> i64 {
+        self.shared.queue.ttl_ms
+    }
+
+    /// Registers (or re-registers) a worker; returns its id.
+    pub fn register_worker(&self, spec: WorkerSpec) -> Result<String> {
+        if spec.queues.is_empty() || spec.queues.iter().any(|q| q.trim().is_empty()) {
+            return Err(EngineError::Invalid { message: "a worker needs at least one non-empty queue name".into(), details: vec![] });
+        }
+        let capacity = queue::parse_capacity(spec.capacity.as_deref().unwrap_or(""))
+            .map_err(|e| EngineError::Invalid { message: format!("invalid capacity: {e}"), details: vec![] })?;
+        let id = spec.id.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("w-{}", uuid::Uuid::now_v7()));
+        if id == workers::BUILTIN {
+            return Err(EngineError::Conflict("the worker id 'builtin' is reserved for the server's own worker".into()));
+        }
+        self.shared.queue.register(queue::Worker {
+            id: id.clone(),
+            queues: spec.queues,
+            labels: spec.labels,
+            capacity,
+            used: Default::default(),
+            leases: Default::default(),
+            last_seen_ms: now_ms(),
+            draining: false,
+            builtin: false,
+            waiting: false,
+        });
+        Ok(id)
+    }
+
+    fn known_worker(&self, id: &str) -> Result<()> {
+        if self.shared.queue.lock().worker(id).is_some() {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!("worker {id} is not registered (or was forgotten after going silent): register again")))
+        }
+    }
+
+    /// Long-polls for up to `max` tasks for a registered worker.
+    pub async fn poll_work(&self, worker: &str, max: usize, wait: Duration) -> Result<Vec<LeaseView>> {
+        self.known_worker(worker)?;
+        let leases = self.shared.queue.poll(worker, max.clamp(1, 64), wait.min(Duration::from_secs(60))).await;
+        let mut out = Vec::with_capacity(leases.len());
+        for l in leases {
+            let Some(attempt) = workers::attempt_of(&self.shared, &l).await else {
+                // The effect was answered or cancelled meanwhile: drop the lease.
+                let _ = self.shared.queue.lock().complete(&l.id, worker);
+                continue;
+            };
+            out.push(LeaseView {
+                lease: l.id,
+                instance: l.item.instance,
+                effect: l.item.effect_id,
+                task: l.item.task,
+                effect_def: l.item.effect,
+                attempt,
+                expires_ms: l.expires_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Renews a worker's leases; returns the leases it reported that it must stop.
+    pub fn heartbeat(&self, worker: &str, running: &[String]) -> Result<Vec<String>> {
+        self.shared.queue.heartbeat(worker, running).ok_or_else(|| {
+            EngineError::NotFound(format!("worker {worker} is not registered (or was forgotten after going silent): register again"))
+        })
+    }
+
+    /// A worker's result for a lease it holds; refused (Conflict) when the lease expired.
+    pub fn complete_lease(&self, worker: &str, lease: &str, result: std::result::Result<Value, kflow_core::WfError>) -> Result<()> {
+        workers::deliver(&self.shared.queue, &self.tx, lease, worker, result).map_err(EngineError::Conflict)
+    }
+
+    /// Stops a worker taking work; it finishes what it has.
+    pub fn drain_worker(&self, worker: &str) -> Result<()> {
+        if self.shared.queue.lock().set_draining(worker) {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!("worker {worker} is not registered")))
+        }
+    }
+
+    pub fn workers(&self) -> Vec<queue::Worker> {
+        let mut w: Vec<queue::Worker> = self.shared.queue.lock().workers().cloned().collect();
+        w.sort_by(|a, b| a.id.cmp(&b.id));
+        w
+    }
+
+    /// Per queue: depth, age of the oldest waiting item (ms), and the workers serving it.
+    pub fn queues(&self) -> Vec<Value> {
+        let q = self.shared.queue.lock();
+        let now = now_ms();
+        q.depths(now)
+            .into_iter()
+            .map(|(name, (depth, oldest))| {
+                let serving: Vec<&str> = q.workers().filter(|w| w.queues.contains(&name)).map(|w| w.id.as_str()).collect();
+                serde_json::json!({ "queue": name, "depth": depth, "oldest_wait_ms": oldest, "workers": serving })
+            })
+            .collect()
+    }
+
+    /// Why an instance is not done: for each pending effect, what it is waiting for.
+    pub async fn explain(&self, id: &str) -> Result<Value> {
+        let view = self.instance(id).await?;
+        let status = view.instance.status;
+        let id2 = id.to_string();
+        let work = self.blocking(move |s| s.work_of(&id2)).await?;
+        let now = now_ms();
+        let mut reasons = Vec::new();
+        for w in work {
+            let why = match w.kind.as_str() {
+                "timer" => format!("waiting on a timer until {}", kflow_core::time::iso8601(w.due_ms)),
+                "listen" => {
+                    let filters = w.effect.get("filters").cloned().unwrap_or(Value::Null);
+                    format!("waiting for an event matching {filters}")
+                }
+                "workflow" => format!("waiting for the sub-workflow {id}.{}", w.effect_id),
+                _ => {
+                    let q = self.shared.queue.lock();
+                    if let Some(l) = q.lease_of(&w.instance_id, w.effect_id) {
+                        format!("running on worker {} (attempt {}, lease until {})", l.worker, w.attempts, kflow_core::time::iso8601(l.expires_ms))
+                    } else if let Some(item) = q.items().iter().find(|i| i.instance == w.instance_id && i.effect_id == w.effect_id) {
+                        format!("queued for {} ms: {}", now - item.enqueued_ms, queue::why_waiting(&q, item))
+                    } else if status == kflow_store::InstanceStatus::Suspended {
+                        "the instance is suspended".to_string()
+                    } else {
+                        "about to be dispatched".to_string()
+                    }
+                }
+            };
+            reasons.push(serde_json::json!({ "task": w.task, "effect": w.effect_id, "kind": w.kind, "reason": why }));
+        }
+        Ok(serde_json::json!({ "id": id, "status": status, "waiting": reasons }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// For the scheduler (crate::schedule): an observer hook, the store, compiled definitions, and
+// starts with a caller-chosen id.
+
+/// What the scheduler is told by the engine. Held weakly: dropping the scheduler detaches it.
+pub trait Observer: Send + Sync + 'static {
+    /// A version of namespace/name was registered (new content), deprecated or undeprecated.
+    fn definitions_changed<'a>(&'a self, namespace: &'a str, name: &'a str) -> futures_util::future::BoxFuture<'a, ()>;
+    /// A CloudEvent posted to the API; returns how many instances it started. An error fails
+    /// the post (nothing was committed for it).
+    fn event_published<'a>(&'a self, event: &'a Value) -> futures_util::future::BoxFuture<'a, Result<usize>>;
+    /// A CloudEvent emitted by an instance, once committed (called by the driver; must not
+    /// block).
+    fn event_emitted(&self, event: Value);
+    /// Schedules were paused or resumed through the API: look again.
+    fn nudge(&self);
+}
+
+/// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7.
+// DRIVER: once `Msg::Start` carries `id: Option<String>` (an existing id replies with that
+// instance instead of creating one), pass `id` through here.
+fn start_msg(id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>>) -> Msg {
+    let _ = id;
+    Msg::Start { wf, input, reply }
+}
+
+impl Engine {
+    /// Attaches the scheduler (replacing any other).
+    pub fn set_observer(&self, observer: Weak<dyn Observer>) {
+        *self.shared.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    pub(crate) fn observer(&self) -> Option<Arc<dyn Observer>> {
+        self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Weak::upgrade)
+    }
+
+    /// The store under the engine (reads, and the schedules rows).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.shared.store.clone()
+    }
+
+    /// The compiled workflow of a registered version (cached).
+    pub fn compiled(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
+        self.shared.workflow(ns, name, version)
+    }
+
+    /// Starts an instance with the given id, at most once: if an instance with this id exists,
+    /// returns it and starts nothing. (Until the driver takes the id, a new instance gets a
+    /// fresh id; see `start_msg`.)
+    pub async fn start_with_id(&self, id: &str, ns: &str, name: &str, version: &str, input: Value) -> Result<Instance> {
+        let id2 = id.to_string();
+        if let Some(existing) = self.blocking(move |s| s.get_instance(&id2)).await? {
+            return Ok(existing);
+        }
+        let def = self.definition(ns, name, Some(version)).await?;
+        if def.deprecated {
+            return Err(EngineError::Conflict(format!(
+                "{ns}/{name}@{version} is deprecated: no new instances can start; use a newer version"
+            )));
+        }
+        let wf = self.shared.workflow(ns, name, version)?;
+        if let Some(schema) = wf.input.as_ref().and_then(|i| i.schema.as_ref()) {
+            schema.check(&input).map_err(|errs| EngineError::Invalid {
+                message: "the input does not match the workflow's input schema".into(),
+                details: errs,
+            })?;
+        }
+        let id = id.to_string();
+        self.ask(|reply| start_msg(Some(id), wf, input, reply)).await
     }
 }

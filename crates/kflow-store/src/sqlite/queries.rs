@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::SqliteStore;
 use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, Page, PutDefinition, Result, Store,
-    StoreError, WorkItem, cursor, semver,
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, Page, PutDefinition, Result,
+    ScheduleRow, Store, StoreError, WorkItem, cursor, semver,
 };
 
 // Column lists as macros so that every statement is one `&'static str` (no formatting on the
@@ -25,6 +25,12 @@ macro_rules! instance_columns {
 macro_rules! work_columns {
     () => {
         "w.instance_id, w.effect_id, w.task, w.kind, w.due_ms, w.attempts, w.effect"
+    };
+}
+
+macro_rules! schedule_columns {
+    () => {
+        "namespace, name, version, next_fire_ms, last_fire_ms, paused, revision, updated_ms, state"
     };
 }
 
@@ -52,6 +58,10 @@ pub(super) const DUE_TIMERS: &str = concat!(
 /// The `work_kind` index from the earliest timer, up to the first one of a running instance.
 pub(super) const NEXT_TIMER: &str = "SELECT w.due_ms FROM work w CROSS JOIN instances i ON i.id = w.instance_id \
      WHERE w.kind = 'timer' AND i.status = 'running' ORDER BY w.due_ms LIMIT 1";
+
+/// The earliest fire of the schedules that are not paused: the `schedules_next` index.
+pub(super) const NEXT_SCHEDULE_FIRE: &str =
+    "SELECT MIN(next_fire_ms) FROM schedules WHERE paused = 0 AND next_fire_ms IS NOT NULL";
 
 /// The last history seq of ?1 (no row: 0): one probe of the primary-key index, however long the
 /// history is.
@@ -133,6 +143,24 @@ fn work_row(row: &Row<'_>) -> Result<WorkItem> {
     let effect: String = row.get(6)?;
     let effect = from_json(&effect, || format!("work {instance_id}/{effect_id}: effect"))?;
     Ok(WorkItem { task: row.get(2)?, kind: row.get(3)?, due_ms: row.get(4)?, attempts, effect, effect_id, instance_id })
+}
+
+fn schedule_row(row: &Row<'_>) -> Result<ScheduleRow> {
+    let namespace: String = row.get(0)?;
+    let name: String = row.get(1)?;
+    let state: String = row.get(8)?;
+    let state = from_json(&state, || format!("schedule {namespace}/{name}: state"))?;
+    Ok(ScheduleRow {
+        version: row.get(2)?,
+        next_fire_ms: row.get(3)?,
+        last_fire_ms: row.get(4)?,
+        paused: row.get(5)?,
+        revision: row.get(6)?,
+        updated_ms: row.get(7)?,
+        state,
+        namespace,
+        name,
+    })
 }
 
 fn history_row(row: &Row<'_>) -> Result<HistoryEvent> {
@@ -532,6 +560,101 @@ impl Store for SqliteStore {
             query_all(conn, "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id", [], |row| {
                 Ok(row.get(0)?)
             })
+        })
+    }
+
+    fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                concat!("SELECT ", schedule_columns!(), " FROM schedules ORDER BY namespace, name"),
+                [],
+                schedule_row,
+            )
+        })
+    }
+
+    fn get_schedule(&self, namespace: &str, name: &str) -> Result<Option<ScheduleRow>> {
+        self.read(|conn| {
+            query_opt(
+                conn,
+                concat!("SELECT ", schedule_columns!(), " FROM schedules WHERE namespace = ?1 AND name = ?2"),
+                params![namespace, name],
+                schedule_row,
+            )
+        })
+    }
+
+    fn put_schedule(&self, row: &ScheduleRow) -> Result<bool> {
+        let state = to_json(&row.state)?;
+        self.write(|conn| {
+            let changed = if row.revision == 0 {
+                conn.prepare_cached(concat!(
+                    "INSERT INTO schedules (",
+                    schedule_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8) ON CONFLICT (namespace, name) DO NOTHING"
+                ))?
+                .execute(params![
+                    row.namespace,
+                    row.name,
+                    row.version,
+                    row.next_fire_ms,
+                    row.last_fire_ms,
+                    row.paused,
+                    row.updated_ms,
+                    state
+                ])?
+            } else {
+                conn.prepare_cached(
+                    "UPDATE schedules SET version = ?3, next_fire_ms = ?4, last_fire_ms = ?5, paused = ?6, \
+                     revision = revision + 1, updated_ms = ?7, state = ?8 \
+                     WHERE namespace = ?1 AND name = ?2 AND revision = ?9",
+                )?
+                .execute(params![
+                    row.namespace,
+                    row.name,
+                    row.version,
+                    row.next_fire_ms,
+                    row.last_fire_ms,
+                    row.paused,
+                    row.updated_ms,
+                    state,
+                    row.revision
+                ])?
+            };
+            Ok(changed == 1)
+        })
+    }
+
+    fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool> {
+        self.write(|conn| {
+            let changed = conn
+                .prepare_cached("DELETE FROM schedules WHERE namespace = ?1 AND name = ?2")?
+                .execute(params![namespace, name])?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn set_schedule_paused(&self, namespace: &str, name: &str, paused: bool, now_ms: i64) -> Result<Option<ScheduleRow>> {
+        self.write(|conn| {
+            query_opt(
+                conn,
+                concat!(
+                    "UPDATE schedules SET paused = ?3, revision = revision + 1, updated_ms = ?4 ",
+                    "WHERE namespace = ?1 AND name = ?2 RETURNING ",
+                    schedule_columns!()
+                ),
+                params![namespace, name, paused, now_ms],
+                schedule_row,
+            )
+        })
+    }
+
+    fn next_schedule_fire(&self) -> Result<Option<i64>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(NEXT_SCHEDULE_FIRE)?
+                .query_row([], |row| row.get(0))?)
         })
     }
 }

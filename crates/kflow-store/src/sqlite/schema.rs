@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -71,6 +71,24 @@ CREATE TABLE work (
 -- for long) are left out, so that they never slow it down. next_timer and subscriptions by kind.
 CREATE INDEX work_due  ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen';
 CREATE INDEX work_kind ON work (kind, due_ms);
+";
+
+/// Schedules: one row per scheduled workflow; `state` is the scheduler's JSON.
+const V2: &str = "
+CREATE TABLE schedules (
+    namespace    TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    next_fire_ms INTEGER,
+    last_fire_ms INTEGER,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    revision     INTEGER NOT NULL,
+    updated_ms   INTEGER NOT NULL,
+    state        TEXT    NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+-- next_schedule_fire: the earliest fire of the rows that are not paused.
+CREATE INDEX schedules_next ON schedules (next_fire_ms) WHERE paused = 0 AND next_fire_ms IS NOT NULL;
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

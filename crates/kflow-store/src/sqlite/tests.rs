@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::{Durability, SCHEMA_VERSION, SqliteStore};
 use crate::testkit::{self, append, create, instance, work};
-use crate::{Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result, Store, WorkItem};
+use crate::{
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result, ScheduleRow, Store, WorkItem,
+};
 
 /// A file store that deletes its directory when dropped (the store closes first).
 struct TempStore {
@@ -71,6 +73,24 @@ impl Store for TempStore {
     }
     fn running_instances(&self) -> Result<Vec<String>> {
         self.store.running_instances()
+    }
+    fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.store.list_schedules()
+    }
+    fn get_schedule(&self, namespace: &str, name: &str) -> Result<Option<ScheduleRow>> {
+        self.store.get_schedule(namespace, name)
+    }
+    fn put_schedule(&self, row: &ScheduleRow) -> Result<bool> {
+        self.store.put_schedule(row)
+    }
+    fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool> {
+        self.store.delete_schedule(namespace, name)
+    }
+    fn set_schedule_paused(&self, namespace: &str, name: &str, paused: bool, now_ms: i64) -> Result<Option<ScheduleRow>> {
+        self.store.set_schedule_paused(namespace, name, paused, now_ms)
+    }
+    fn next_schedule_fire(&self) -> Result<Option<i64>> {
+        self.store.next_schedule_fire()
     }
 }
 
@@ -167,6 +187,31 @@ fn reopening_a_file_keeps_everything() {
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
     assert_eq!(store.last_seq("keep").unwrap(), 4);
     assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>(), "no migration ran twice");
+}
+
+/// A version-1 database (before schedules) is migrated to the current version on open, keeping
+/// what it held; the new table works.
+#[test]
+fn a_version_1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kflow.db");
+    {
+        let store = SqliteStore::open(&path, Durability::Process).unwrap();
+        store.put_definition(&testkit::definition("ns", "flow", "1.0.0", "h")).unwrap();
+    }
+    {
+        // Back to what version 1 wrote.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE schedules; DELETE FROM schema_version WHERE version > 1;").unwrap();
+    }
+    assert_eq!(schema_versions(&path), vec![1]);
+    let store = SqliteStore::open(&path, Durability::Process).unwrap();
+    assert!(store.get_definition("ns", "flow", Some("1.0.0")).unwrap().is_some());
+    assert!(store.list_schedules().unwrap().is_empty());
+    assert!(store.put_schedule(&testkit::schedule("ns", "flow", Some(5))).unwrap());
+    assert_eq!(store.next_schedule_fire().unwrap(), Some(5));
+    drop(store);
+    assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 }
 
 #[test]
@@ -318,7 +363,7 @@ fn hot_queries_use_indexes() {
             .unwrap();
         rows.join(" | ")
     };
-    use super::queries::{DUE_WORK, LAST_SEQ, NEXT_TIMER, list_instances_sql};
+    use super::queries::{DUE_WORK, LAST_SEQ, NEXT_SCHEDULE_FIRE, NEXT_TIMER, list_instances_sql};
     let list = |filter: InstanceFilter| list_instances_sql(&filter, Some((5, "x".into())), 10).0;
     let by_definition = InstanceFilter { namespace: Some("a".into()), name: Some("b".into()), ..Default::default() };
     let by_status = InstanceFilter { status: Some(crate::InstanceStatus::Running), ..Default::default() };
@@ -329,6 +374,7 @@ fn hot_queries_use_indexes() {
         (list(InstanceFilter::default()), "instances_created"),
         (list(by_definition), "instances_definition"),
         (list(by_status), "instances_status"),
+        (NEXT_SCHEDULE_FIRE.to_string(), "schedules_next"),
     ];
     for (sql, index) in cases {
         let p = plan(&sql);

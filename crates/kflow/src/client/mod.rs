@@ -14,6 +14,7 @@ mod render;
 mod sse;
 mod verbs;
 mod watch;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,30 @@ pub struct OutputArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
+    /// Run a remote worker: take tasks from the server's queues and run them here.
+    Worker(worker::WorkerArgs),
+    /// List the workers: queues, capacity, use, leases.
+    Workers {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the queues: depth, oldest waiting task, workers.
+    Queues {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Say what an instance is waiting for: a timer, an event, a worker, a free slot.
+    Explain {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Register workflow definitions with the server (one line per document).
     Apply {
         /// A workflow document, or a folder: every *.yaml, *.yml and *.json in it (sorted).
@@ -193,6 +218,10 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
 
 async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
     match cmd {
+        ClientCommand::Worker(args) => worker::worker(args).await,
+        ClientCommand::Workers { out, server } => worker::workers(&http::Api::new(&server)?, out.output).await,
+        ClientCommand::Queues { out, server } => worker::queues(&http::Api::new(&server)?, out.output).await,
+        ClientCommand::Explain { id, out, server } => worker::explain(&http::Api::new(&server)?, &id, out.output).await,
         ClientCommand::Apply { files, server } => apply::apply(&http::Api::new(&server)?, &files).await,
         ClientCommand::Start { workflow, input, input_file, wait, watch, server } => {
             let api = http::Api::new(&server)?;

@@ -691,6 +691,18 @@ pub fn http_request(
     body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> Result<HttpResponse, String> {
+    http_request_with(method, base, path, &[], body, timeout)
+}
+
+/// [`http_request`] with extra request headers.
+pub fn http_request_with(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let addr: std::net::SocketAddr = host.parse().map_err(|e| format!("bad address {host}: {e}"))?;
     let mut conn = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
@@ -698,6 +710,9 @@ pub fn http_request(
     conn.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     conn.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some((ct, b)) = body {
         head.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
     }

@@ -1,0 +1,196 @@
+//! Remote workers and queues: register, long-poll for tasks, heartbeat, report results, drain;
+//! list workers and queues; explain why an instance is waiting.
+//!
+//! A worker holds a lease per task; the lease lives while the worker heartbeats (every
+//! `heartbeat_ms`, well within `lease_ttl_ms`). A worker that stops heartbeating loses its
+//! leases and its tasks go back to the queue; the late result of an expired lease is refused
+//! with 409.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiPath, JsonBody};
+use crate::engine::WorkerSpec;
+
+fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &st.config.worker_token else { return Ok(()) };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant-time comparison: no early exit on the first differing byte.
+    let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { Ok(()) } else { Err(ApiError::unauthorized("a valid worker token is required (Authorization: Bearer <token>)")) }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub id: Option<String>,
+    pub queues: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// e.g. `cpu=4,memory=8Gi,gpu=1`
+    pub capacity: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    pub id: String,
+    pub lease_ttl_ms: i64,
+    pub heartbeat_ms: i64,
+}
+
+/// Registers a worker (again, with the same id, after a restart of the server).
+#[utoipa::path(post, path = "/api/v1/workers", tag = "workers", request_body = RegisterRequest,
+    responses((status = 200, body = Registered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn register_worker(State(st): State<AppState>, headers: HeaderMap, JsonBody(req): JsonBody<RegisterRequest>) -> ApiResult<Json<Registered>> {
+    authorize(&st, &headers)?;
+    let spec = WorkerSpec { id: req.id, queues: req.queues, labels: req.labels, capacity: req.capacity };
+    let id = st.engine.register_worker(spec)?;
+    let ttl = st.engine.lease_ttl_ms();
+    Ok(Json(Registered { id, lease_ttl_ms: ttl, heartbeat_ms: (ttl / 4).max(50) }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// How many tasks at most (default 1).
+    pub max: Option<usize>,
+    /// How long to wait for work, in ms (default 20000, at most 60000).
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaseDto {
+    pub lease: String,
+    pub instance: String,
+    pub effect: u64,
+    pub task: String,
+    /// The effect to perform (http, openapi or process), fully resolved.
+    #[schema(value_type = Object)]
+    pub effect_def: Value,
+    pub attempt: u32,
+    pub expires_ms: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PollResponse {
+    pub leases: Vec<LeaseDto>,
+}
+
+/// Long-polls for tasks this worker can take (queue, labels, free capacity).
+#[utoipa::path(post, path = "/api/v1/workers/{id}/poll", tag = "workers", request_body = PollRequest,
+    params(("id" = String, Path, description = "Worker id")),
+    responses((status = 200, body = PollResponse), (status = 401, body = ErrorBody), (status = 404, description = "Unknown worker: register again", body = ErrorBody)))]
+pub async fn poll_work(State(st): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, JsonBody(req): JsonBody<PollRequest>) -> ApiResult<Json<PollResponse>> {
+    authorize(&st, &headers)?;
+    let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000));
+    let leases = st.engine.poll_work(&id, req.max.unwrap_or(1), wait).await?;
+    let leases = leases
+        .into_iter()
+        .map(|l| LeaseDto {
+            lease: l.lease,
+            instance: l.instance,
+            effect: l.effect,
+            task: l.task,
+            effect_def: serde_json::to_value(&l.effect_def).unwrap_or(Value::Null),
+            attempt: l.attempt,
+            expires_ms: l.expires_ms,
+        })
+        .collect();
+    Ok(Json(PollResponse { leases }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The leases the worker is running now.
+    #[serde(default)]
+    pub running: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatResponse {
+    /// Leases the worker must stop (cancelled, or expired before this heartbeat).
+    pub stop: Vec<String>,
+    pub draining: bool,
+}
+
+/// Renews the worker's leases.
+#[utoipa::path(post, path = "/api/v1/workers/{id}/heartbeat", tag = "workers", request_body = HeartbeatRequest,
+    params(("id" = String, Path, description = "Worker id")),
+    responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn heartbeat(State(st): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, JsonBody(req): JsonBody<HeartbeatRequest>) -> ApiResult<Json<HeartbeatResponse>> {
+    authorize(&st, &headers)?;
+    let stop = st.engine.heartbeat(&id, &req.running)?;
+    let draining = st.engine.workers().iter().any(|w| w.id == id && w.draining);
+    Ok(Json(HeartbeatResponse { stop, draining }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub worker: String,
+    /// The effect's output, when it succeeded.
+    #[schema(value_type = Object)]
+    pub output: Option<Value>,
+    /// The workflow error ({type, status, title, detail}), when it failed.
+    #[schema(value_type = Object)]
+    pub error: Option<Value>,
+}
+
+/// Reports a lease's result. Refused (409) when the lease is no longer held by this worker.
+#[utoipa::path(post, path = "/api/v1/leases/{lease}/complete", tag = "workers", request_body = CompleteRequest,
+    params(("lease" = String, Path, description = "Lease id")),
+    responses((status = 200, description = "Accepted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
+pub async fn complete_lease(State(st): State<AppState>, headers: HeaderMap, ApiPath(lease): ApiPath<String>, JsonBody(req): JsonBody<CompleteRequest>) -> ApiResult<Json<Value>> {
+    authorize(&st, &headers)?;
+    let result = match (req.output, req.error) {
+        (_, Some(e)) => Err(kflow_core::WfError::from_value(&e).map_err(|m| ApiError::invalid(format!("'error' is not a workflow error: {m}")))?),
+        (Some(v), None) => Ok(v),
+        (None, None) => Ok(Value::Null),
+    };
+    st.engine.complete_lease(&req.worker, &lease, result)?;
+    Ok(Json(serde_json::json!({ "accepted": true })))
+}
+
+/// Stops a worker taking new tasks; it finishes those it has.
+#[utoipa::path(post, path = "/api/v1/workers/{id}/drain", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    responses((status = 200, description = "Draining"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn drain_worker(State(st): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+    authorize(&st, &headers)?;
+    st.engine.drain_worker(&id)?;
+    Ok(Json(serde_json::json!({ "id": id, "draining": true })))
+}
+
+/// Workers: queues, labels, capacity, what they use, their leases, when last seen.
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", responses((status = 200, description = "Workers", body = Object)))]
+pub async fn list_workers(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let items = serde_json::to_value(st.engine.workers()).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+/// Queues: depth, the oldest waiting task's age, the workers serving each.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "workers", responses((status = 200, description = "Queues", body = Object)))]
+pub async fn list_queues(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::json!({ "items": st.engine.queues() })))
+}
+
+/// What an instance is waiting for: timers, events, sub-workflows, a worker or a free slot.
+#[utoipa::path(get, path = "/api/v1/instances/{id}/explain", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Reasons", body = Object), (status = 404, body = ErrorBody)))]
+pub async fn explain(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(st.engine.explain(&id).await?))
+}

@@ -1,0 +1,494 @@
+//! The work queue: ready calls and processes waiting for a worker, the workers, their leases.
+//!
+//! A pure data structure (time is passed in), wrapped by [`super::workers`] for the async side.
+//! Rules:
+//! - an item goes only to a worker that serves its queue, has every label it asks for, and has
+//!   room for its resources (`tasks` slots always, plus `cpu`, `memory`, named slots when the
+//!   task declares them): capacity is never oversubscribed;
+//! - among items a worker can take, the highest effective priority wins: the task's priority
+//!   plus one point per [`AGING_MS`] of waiting, so low priority is never starved; ties go to
+//!   the oldest;
+//! - among workers waiting for work, an item goes to the least loaded eligible one;
+//! - a lease lives while its worker heartbeats; an expired lease puts its item back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use kflow_core::Effect;
+
+/// Waiting this long raises an item's effective priority by one.
+pub const AGING_MS: i64 = 10_000;
+
+/// Resource amounts by name: `tasks`, `cpu` (cores), `memory` (bytes), or any named slot.
+pub type Resources = BTreeMap<String, f64>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub instance: String,
+    pub effect_id: u64,
+    pub task: String,
+    #[serde(skip)]
+    pub effect: Effect,
+    pub queue: String,
+    pub priority: i64,
+    pub needs: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub enqueued_ms: i64,
+    /// Known attempt number (1 for a first run committed with the row); `None`: count it.
+    #[serde(skip)]
+    pub attempt: Option<u32>,
+}
+
+impl Item {
+    fn score(&self, now: i64) -> i64 {
+        self.priority + (now - self.enqueued_ms).max(0) / AGING_MS
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Worker {
+    pub id: String,
+    pub queues: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub used: Resources,
+    pub leases: HashSet<String>,
+    pub last_seen_ms: i64,
+    pub draining: bool,
+    /// The server's own in-process worker: never expires.
+    pub builtin: bool,
+    /// Parked in a long poll right now.
+    #[serde(skip)]
+    pub waiting: bool,
+}
+
+impl Worker {
+    fn fits(&self, item: &Item) -> bool {
+        if self.draining || !self.queues.iter().any(|q| *q == item.queue) {
+            return false;
+        }
+        if !item.labels.iter().all(|(k, v)| self.labels.get(k) == Some(v)) {
+            return false;
+        }
+        item.needs.iter().all(|(k, need)| {
+            let cap = self.capacity.get(k).copied().unwrap_or(0.0);
+            let used = self.used.get(k).copied().unwrap_or(0.0);
+            used + need <= cap + 1e-9
+        })
+    }
+
+    /// The fullest dimension, as a fraction of capacity.
+    fn load(&self) -> f64 {
+        self.capacity
+            .iter()
+            .map(|(k, cap)| if *cap > 0.0 { self.used.get(k).copied().unwrap_or(0.0) / cap } else { 1.0 })
+            .fold(0.0, f64::max)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lease {
+    pub id: String,
+    pub worker: String,
+    pub expires_ms: i64,
+    pub attempt: Option<u32>,
+    pub item: Item,
+}
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: Vec<Item>,
+    workers: HashMap<String, Worker>,
+    leases: HashMap<String, Lease>,
+    by_effect: HashMap<(String, u64), String>,
+    next_lease: u64,
+}
+
+/// Why an item is still waiting, for `kflow explain`.
+pub fn why_waiting(q: &Queue, item: &Item) -> String {
+    let serving: Vec<&Worker> = q.workers.values().filter(|w| w.queues.iter().any(|x| *x == item.queue)).collect();
+    if serving.is_empty() {
+        return format!("no worker serves queue '{}'", item.queue);
+    }
+    let labelled: Vec<&&Worker> = serving.iter().filter(|w| item.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))).collect();
+    if labelled.is_empty() {
+        let want: Vec<String> = item.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        return format!("no worker of queue '{}' has the labels {}", item.queue, want.join(","));
+    }
+    let big_enough = labelled.iter().any(|w| item.needs.iter().all(|(k, n)| w.capacity.get(k).copied().unwrap_or(0.0) >= *n));
+    if !big_enough {
+        return format!("no worker of queue '{}' is large enough for {}", item.queue, fmt_resources(&item.needs));
+    }
+    format!("waiting for a free slot on a worker of queue '{}' (needs {})", item.queue, fmt_resources(&item.needs))
+}
+
+pub fn fmt_resources(r: &Resources) -> String {
+    r.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+impl Queue {
+    pub fn push(&mut self, item: Item) {
+        let key = (item.instance.clone(), item.effect_id);
+        if self.by_effect.contains_key(&key) || self.items.iter().any(|i| i.instance == key.0 && i.effect_id == key.1) {
+            return; // already queued or leased
+        }
+        self.items.push(item);
+    }
+
+    /// Removes a queued item or revokes its lease (the effect was cancelled); returns the
+    /// worker that held it, if leased.
+    pub fn cancel(&mut self, instance: &str, effect_id: u64) -> Option<String> {
+        self.items.retain(|i| !(i.instance == instance && i.effect_id == effect_id));
+        let lease_id = self.by_effect.remove(&(instance.to_string(), effect_id))?;
+        let lease = self.leases.remove(&lease_id)?;
+        self.release(&lease);
+        Some(lease.worker)
+    }
+
+    fn release(&mut self, lease: &Lease) {
+        if let Some(w) = self.workers.get_mut(&lease.worker) {
+            w.leases.remove(&lease.id);
+            for (k, n) in &lease.item.needs {
+                if let Some(u) = w.used.get_mut(k) {
+                    *u = (*u - n).max(0.0);
+                }
+            }
+        }
+    }
+
+    pub fn register(&mut self, w: Worker) {
+        match self.workers.get_mut(&w.id) {
+            // Re-registration keeps the leases and their use.
+            Some(old) => {
+                old.queues = w.queues;
+                old.labels = w.labels;
+                old.capacity = w.capacity;
+                old.last_seen_ms = w.last_seen_ms;
+                old.draining = w.draining;
+            }
+            None => {
+                self.workers.insert(w.id.clone(), w);
+            }
+        }
+    }
+
+    pub fn worker(&self, id: &str) -> Option<&Worker> {
+        self.workers.get(id)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    pub fn lease_of(&self, instance: &str, effect_id: u64) -> Option<&Lease> {
+        self.by_effect.get(&(instance.to_string(), effect_id)).and_then(|l| self.leases.get(l))
+    }
+
+    pub fn set_waiting(&mut self, worker: &str, waiting: bool) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.waiting = waiting;
+        }
+    }
+
+    pub fn set_draining(&mut self, worker: &str) -> bool {
+        match self.workers.get_mut(worker) {
+            Some(w) => {
+                w.draining = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Renews every lease of `worker`; returns the lease ids it reported that are no longer
+    /// its (cancelled or expired): the worker should stop them.
+    pub fn heartbeat(&mut self, worker: &str, reported: &[String], now: i64, ttl_ms: i64) -> Option<Vec<String>> {
+        let w = self.workers.get_mut(worker)?;
+        w.last_seen_ms = now;
+        let held: Vec<String> = w.leases.iter().cloned().collect();
+        for id in &held {
+            if let Some(l) = self.leases.get_mut(id) {
+                l.expires_ms = now + ttl_ms;
+            }
+        }
+        Some(reported.iter().filter(|id| !held.contains(id)).cloned().collect())
+    }
+
+    /// Takes up to `max` items for `worker`, leasing them until `now + ttl_ms`.
+    pub fn take(&mut self, worker: &str, max: usize, now: i64, ttl_ms: i64) -> Vec<Lease> {
+        let mut out = Vec::new();
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.last_seen_ms = now;
+        }
+        while out.len() < max {
+            let Some(w) = self.workers.get(worker) else { break };
+            // The best item this worker can take, unless a less loaded waiting worker can too.
+            let mut best: Option<(usize, i64)> = None;
+            for (i, item) in self.items.iter().enumerate() {
+                if !w.fits(item) {
+                    continue;
+                }
+                let my_load = w.load();
+                let other_better = self
+                    .workers
+                    .values()
+                    .any(|o| o.id != w.id && o.waiting && o.fits(item) && o.load() + 1e-9 < my_load);
+                if other_better {
+                    continue;
+                }
+                let s = item.score(now);
+                if best.is_none_or(|(_, bs)| s > bs) {
+                    best = Some((i, s));
+                }
+            }
+            let Some((i, _)) = best else { break };
+            let item = self.items.remove(i);
+            self.next_lease += 1;
+            let lease = Lease {
+                id: format!("{}-{}", worker, self.next_lease),
+                worker: worker.to_string(),
+                expires_ms: now + ttl_ms,
+                attempt: item.attempt,
+                item,
+            };
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.leases.insert(lease.id.clone());
+                for (k, n) in &lease.item.needs {
+                    *w.used.entry(k.clone()).or_insert(0.0) += n;
+                }
+            }
+            self.by_effect.insert((lease.item.instance.clone(), lease.item.effect_id), lease.id.clone());
+            self.leases.insert(lease.id.clone(), lease.clone());
+            out.push(lease);
+        }
+        out
+    }
+
+    /// Ends a lease with its result; `Err` says why the result is refused.
+    pub fn complete(&mut self, lease_id: &str, worker: &str) -> Result<Lease, String> {
+        let Some(lease) = self.leases.get(lease_id) else {
+            return Err(format!("lease {lease_id} is not held: it expired, was cancelled, or never existed"));
+        };
+        if lease.worker != worker {
+            return Err(format!("lease {lease_id} belongs to worker {}, not {worker}", lease.worker));
+        }
+        let lease = self.leases.remove(lease_id).ok_or_else(|| format!("lease {lease_id} is not held"))?;
+        self.by_effect.remove(&(lease.item.instance.clone(), lease.item.effect_id));
+        self.release(&lease);
+        Ok(lease)
+    }
+
+    /// Expires leases of workers that stopped heartbeating (their items go back to the queue,
+    /// to be counted as a new attempt) and forgets dead workers. Returns the expired leases.
+    pub fn expire(&mut self, now: i64, ttl_ms: i64) -> Vec<Lease> {
+        let expired: Vec<String> =
+            self.leases.values().filter(|l| l.expires_ms < now && !self.is_builtin(&l.worker)).map(|l| l.id.clone()).collect();
+        let mut out = Vec::new();
+        for id in expired {
+            if let Some(lease) = self.leases.remove(&id) {
+                self.by_effect.remove(&(lease.item.instance.clone(), lease.item.effect_id));
+                self.release(&lease);
+                let mut item = lease.item.clone();
+                item.attempt = None;
+                self.items.push(item);
+                out.push(lease);
+            }
+        }
+        self.workers.retain(|_, w| w.builtin || !w.leases.is_empty() || now - w.last_seen_ms < ttl_ms * 5);
+        out
+    }
+
+    fn is_builtin(&self, worker: &str) -> bool {
+        self.workers.get(worker).is_some_and(|w| w.builtin)
+    }
+
+    /// Queue depth and oldest waiting item per queue.
+    pub fn depths(&self, now: i64) -> BTreeMap<String, (usize, i64)> {
+        let mut m: BTreeMap<String, (usize, i64)> = BTreeMap::new();
+        for i in &self.items {
+            let e = m.entry(i.queue.clone()).or_insert((0, 0));
+            e.0 += 1;
+            e.1 = e.1.max(now - i.enqueued_ms);
+        }
+        for w in self.workers.values() {
+            for q in &w.queues {
+                m.entry(q.clone()).or_insert((0, 0));
+            }
+        }
+        m
+    }
+}
+
+/// Reads `metadata.kflow` engine hints of a task: queue, priority, resources, labels.
+pub fn hints(task_metadata: Option<&Value>) -> (String, i64, Resources, BTreeMap<String, String>) {
+    let k = task_metadata.and_then(|m| m.get("kflow"));
+    let queue = k.and_then(|k| k.get("queue")).and_then(Value::as_str).unwrap_or("default").to_string();
+    let priority = k.and_then(|k| k.get("priority")).and_then(Value::as_i64).unwrap_or(0);
+    let mut needs = Resources::new();
+    needs.insert("tasks".into(), 1.0);
+    if let Some(r) = k.and_then(|k| k.get("resources")).and_then(Value::as_object) {
+        for (name, v) in r {
+            let amount = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => parse_amount(s).ok(),
+                _ => None,
+            };
+            if let Some(a) = amount {
+                needs.insert(name.clone(), a);
+            }
+        }
+    }
+    let labels = k
+        .and_then(|k| k.get("labels"))
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(a, b)| (a.clone(), b.as_str().map(str::to_string).unwrap_or_else(|| b.to_string()))).collect())
+        .unwrap_or_default();
+    (queue, priority, needs, labels)
+}
+
+/// Parses `4`, `0.5`, `8Gi`, `512Mi`, `2G`, `100k` into a number (binary suffixes Ki/Mi/Gi/Ti,
+/// decimal k/M/G/T).
+pub fn parse_amount(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, mult) = [("Ki", 1024f64), ("Mi", 1024f64.powi(2)), ("Gi", 1024f64.powi(3)), ("Ti", 1024f64.powi(4)), ("k", 1e3), ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)]
+        .iter()
+        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+        .unwrap_or((s, 1.0));
+    let n: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"));
+    }
+    Ok(n * mult)
+}
+
+/// Parses a capacity string `cpu=4,memory=8Gi,gpu=1` (a `tasks` slot count defaults to 16).
+pub fn parse_capacity(s: &str) -> Result<Resources, String> {
+    let mut r = Resources::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("'{part}' in the capacity is not name=amount"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("'{part}' in the capacity has no name"));
+        }
+        r.insert(k.to_string(), parse_amount(v).map_err(|e| format!("'{part}': {e}"))?);
+    }
+    r.entry("tasks".into()).or_insert(16.0);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(i: &str, queue: &str, priority: i64, needs: &[(&str, f64)], at: i64) -> Item {
+        let mut n: Resources = needs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        n.entry("tasks".into()).or_insert(1.0);
+        Item {
+            instance: i.into(),
+            effect_id: 0,
+            task: "/do/0/x".into(),
+            effect: Effect::Timer { at_ms: 0 },
+            queue: queue.into(),
+            priority,
+            needs: n,
+            labels: BTreeMap::new(),
+            enqueued_ms: at,
+            attempt: Some(1),
+        }
+    }
+
+    fn worker(id: &str, cap: &str) -> Worker {
+        Worker {
+            id: id.into(),
+            queues: vec!["default".into()],
+            labels: BTreeMap::new(),
+            capacity: parse_capacity(cap).unwrap(),
+            used: Resources::new(),
+            leases: HashSet::new(),
+            last_seen_ms: 0,
+            draining: false,
+            builtin: false,
+            waiting: false,
+        }
+    }
+
+    #[test]
+    fn capacity_is_never_oversubscribed() {
+        let mut q = Queue::default();
+        q.register(worker("w", "cpu=4,tasks=10"));
+        for i in 0..5 {
+            q.push(item(&format!("i{i}"), "default", 0, &[("cpu", 2.0)], 0));
+        }
+        assert_eq!(q.take("w", 10, 0, 2000).len(), 2);
+        assert_eq!(q.worker("w").unwrap().used["cpu"], 4.0);
+        let l = q.leases.keys().next().cloned().unwrap();
+        q.complete(&l, "w").unwrap();
+        assert_eq!(q.take("w", 10, 0, 2000).len(), 1);
+    }
+
+    #[test]
+    fn priority_then_age_and_aging_prevents_starvation() {
+        let mut q = Queue::default();
+        q.register(worker("w", "tasks=1"));
+        q.push(item("low-old", "default", 0, &[], 0));
+        q.push(item("high", "default", 5, &[], 40_000));
+        assert_eq!(q.take("w", 1, 40_000, 2000)[0].item.instance, "high");
+        let l = q.leases.keys().next().cloned().unwrap();
+        q.complete(&l, "w").unwrap();
+        // After 60 s of waiting the old low-priority item outranks a fresh priority-5 one.
+        q.push(item("high2", "default", 5, &[], 60_000));
+        assert_eq!(q.take("w", 1, 60_000, 2000)[0].item.instance, "low-old");
+    }
+
+    #[test]
+    fn queues_labels_and_least_loaded() {
+        let mut q = Queue::default();
+        let mut gpu = worker("gpu", "tasks=4");
+        gpu.queues = vec!["gpu".into()];
+        gpu.labels.insert("zone".into(), "a".into());
+        q.register(gpu);
+        q.register(worker("busy", "tasks=4"));
+        q.register(worker("idle", "tasks=4"));
+        let mut x = item("x", "gpu", 0, &[], 0);
+        x.labels.insert("zone".into(), "b".into());
+        q.push(x.clone());
+        assert!(q.take("gpu", 1, 0, 2000).is_empty(), "label mismatch");
+        assert!(why_waiting(&q, &x).contains("labels zone=b"));
+        q.push(item("a", "default", 0, &[], 0));
+        assert_eq!(q.take("busy", 1, 0, 2000).len(), 1);
+        q.push(item("b", "default", 0, &[], 0));
+        q.set_waiting("idle", true);
+        assert!(q.take("busy", 1, 0, 2000).is_empty(), "the idle waiting worker should get it");
+        assert_eq!(q.take("idle", 1, 0, 2000).len(), 1);
+    }
+
+    #[test]
+    fn expired_leases_go_back_and_late_results_are_refused() {
+        let mut q = Queue::default();
+        q.register(worker("w", "tasks=2"));
+        q.push(item("a", "default", 0, &[], 0));
+        let lease = q.take("w", 1, 0, 2000).remove(0);
+        assert!(q.expire(1000, 2000).is_empty());
+        assert_eq!(q.heartbeat("w", std::slice::from_ref(&lease.id), 1500, 2000), Some(vec![]));
+        let gone = q.expire(4000, 2000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(q.items().len(), 1, "back in the queue");
+        assert!(q.complete(&lease.id, "w").unwrap_err().contains("not held"));
+        assert_eq!(q.heartbeat("w", std::slice::from_ref(&lease.id), 4000, 2000), Some(vec![lease.id.clone()]));
+    }
+
+    #[test]
+    fn capacity_strings() {
+        let c = parse_capacity("cpu=4,memory=8Gi,gpu=1").unwrap();
+        assert_eq!((c["cpu"], c["memory"], c["gpu"], c["tasks"]), (4.0, 8.0 * 1024f64.powi(3), 1.0, 16.0));
+        for bad in ["cpu", "cpu=x", "=4", "memory=-1Gi"] {
+            assert!(parse_capacity(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The async side of the work queue: long polls, the lease sweeper, and the server's built-in
+//! worker, which takes work through the same queue as remote `kflow worker` processes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use kflow_core::{Delivery, WfError};
+use kflow_tasks::{EffectCtx, Executor};
+
+use super::driver::Msg;
+use super::queue::{Item, Lease, Queue, Worker};
+use super::{Shared, now_ms};
+
+pub const BUILTIN: &str = "builtin";
+
+pub struct WorkQueue {
+    q: Mutex<Queue>,
+    notify: Notify,
+    pub ttl_ms: i64,
+    /// Tasks the built-in worker is running, by (instance, effect).
+    running: Mutex<HashMap<(String, u64), JoinHandle<()>>>,
+    /// Lease ids revoked while a remote worker held them: told at its next heartbeat.
+    revoked: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl WorkQueue {
+    pub fn new(ttl_ms: i64) -> WorkQueue {
+        WorkQueue {
+            q: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            ttl_ms,
+            running: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, item: Item) {
+        self.lock().push(item);
+        self.notify.notify_waiters();
+    }
+
+    /// The effect is no longer wanted: drop it from the queue, stop it where it runs.
+    pub fn cancel(&self, instance: &str, effect_id: u64) {
+        let key = (instance.to_string(), effect_id);
+        let lease = self.lock().lease_of(instance, effect_id).map(|l| (l.id.clone(), l.worker.clone()));
+        self.lock().cancel(instance, effect_id);
+        if let Some(h) = self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
+            h.abort();
+        }
+        if let Some((lease, worker)) = lease {
+            if worker != BUILTIN {
+                self.revoked.lock().unwrap_or_else(|p| p.into_inner()).entry(worker).or_default().insert(lease);
+            }
+        }
+    }
+
+    pub fn is_active(&self, instance: &str, effect_id: u64) -> bool {
+        let q = self.lock();
+        q.lease_of(instance, effect_id).is_some() || q.items().iter().any(|i| i.instance == instance && i.effect_id == effect_id)
+    }
+
+    pub fn register(&self, w: Worker) {
+        self.lock().register(w);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits up to `wait` for work `worker` can take; returns the leases (maybe none).
+    pub async fn poll(&self, worker: &str, max: usize, wait: Duration) -> Vec<Lease> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let leases = self.lock().take(worker, max, now_ms(), self.ttl_ms);
+            if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
+                return leases;
+            }
+            self.lock().set_waiting(worker, true);
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+            self.lock().set_waiting(worker, false);
+        }
+    }
+
+    /// Renews a worker's leases; returns the reported leases it must stop, or None when the
+    /// worker is unknown (it must register again).
+    pub fn heartbeat(&self, worker: &str, reported: &[String]) -> Option<Vec<String>> {
+        let mut stop = self.lock().heartbeat(worker, reported, now_ms(), self.ttl_ms)?;
+        if let Some(revoked) = self.revoked.lock().unwrap_or_else(|p| p.into_inner()).remove(worker) {
+            for id in revoked {
+                if !stop.contains(&id) {
+                    stop.push(id);
+                }
+            }
+        }
+        Some(stop)
+    }
+
+    /// Expires leases of silent workers; their items are queued again.
+    pub fn sweep(&self) -> usize {
+        let n = self.lock().expire(now_ms(), self.ttl_ms).len();
+        if n > 0 {
+            self.notify.notify_waiters();
+        }
+        n
+    }
+
+    pub fn builtin_running(&self) -> usize {
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|_, h| !h.is_finished());
+        r.len()
+    }
+
+    pub fn abort_builtin(&self) {
+        for (_, h) in self.running.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            h.abort();
+        }
+    }
+}
+
+/// The attempt number of a lease: known for a first run, else counted in the store now.
+pub(crate) async fn attempt_of(shared: &Arc<Shared>, lease: &Lease) -> Option<u32> {
+    if let Some(a) = lease.attempt {
+        return Some(a);
+    }
+    let (s, i, e) = (shared.clone(), lease.item.instance.clone(), lease.item.effect_id);
+    tokio::task::spawn_blocking(move || s.store.mark_attempt(&i, e)).await.ok().and_then(Result::ok).flatten()
+}
+
+/// Starts the sweeper and the built-in worker (`slots` tasks at once).
+pub(crate) fn start(shared: Arc<Shared>, queue: Arc<WorkQueue>, tx: mpsc::UnboundedSender<Msg>, slots: usize) {
+    let mut capacity = BTreeMap::new();
+    capacity.insert("tasks".to_string(), slots as f64);
+    queue.register(Worker {
+        id: BUILTIN.into(),
+        queues: vec!["default".into()],
+        labels: BTreeMap::new(),
+        capacity,
+        used: BTreeMap::new(),
+        leases: HashSet::new(),
+        last_seen_ms: now_ms(),
+        draining: false,
+        builtin: true,
+        waiting: false,
+    });
+    let q2 = queue.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            q2.sweep();
+            if Arc::strong_count(&q2) == 1 {
+                return;
+            }
+        }
+    });
+    let executor = Executor::new(shared.config.executor.clone());
+    let permits = Arc::new(Semaphore::new(slots.max(1)));
+    tokio::spawn(async move {
+        loop {
+            let free = permits.available_permits();
+            if free == 0 {
+                let _ = permits.clone().acquire_owned().await.map(drop);
+                continue;
+            }
+            if queue.lock().worker(BUILTIN).is_some_and(|w| w.draining) {
+                return;
+            }
+            let leases = queue.poll(BUILTIN, free, Duration::from_millis(500)).await;
+            for lease in leases {
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let (queue2, shared2, exec, tx2) = (queue.clone(), shared.clone(), executor.clone(), tx.clone());
+                let key = (lease.item.instance.clone(), lease.item.effect_id);
+                let h = tokio::spawn(async move {
+                    let _permit = permit;
+                    let Some(attempt) = attempt_of(&shared2, &lease).await else {
+                        let _ = queue2.lock().complete(&lease.id, BUILTIN);
+                        return;
+                    };
+                    let item = &lease.item;
+                    let ctx = EffectCtx { instance_id: item.instance.clone(), effect_id: item.effect_id, task: item.task.clone(), attempt };
+                    let result = exec.perform(&ctx, &item.effect).await;
+                    // Refused only when the effect was cancelled meanwhile: nothing to do.
+                    let _ = deliver(&queue2, &tx2, &lease.id, BUILTIN, result);
+                });
+                queue.running.lock().unwrap_or_else(|p| p.into_inner()).insert(key, h);
+            }
+        }
+    });
+}
+
+/// Ends a lease with its result and hands the result to the driver; `Err` when the lease is
+/// no longer held (expired or cancelled): the result is refused.
+pub(crate) fn deliver(
+    queue: &WorkQueue,
+    tx: &mpsc::UnboundedSender<Msg>,
+    lease_id: &str,
+    worker: &str,
+    result: Result<serde_json::Value, WfError>,
+) -> Result<(), String> {
+    let lease = queue.lock().complete(lease_id, worker)?;
+    let key = (lease.item.instance.clone(), lease.item.effect_id);
+    if worker == BUILTIN {
+        queue.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    }
+    tx.send(Msg::Deliver { instance: key.0, effect: key.1, delivery: Delivery::Result(result) })
+        .map_err(|_| "the engine is shutting down".to_string())
+}

@@ -1,0 +1,428 @@
+//! What a workflow's `schedule` means, worked out once per definition: the trigger (cron in a
+//! time zone, every, after, on events) and kflow's policies from
+//! `document.metadata.kflow.schedule`. Everything here is pure: times come in as arguments.
+
+use std::str::FromStr;
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::errors::CronError;
+use croner::parser::{CronParser, Seconds, Year};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use kflow_core::events::event_matches;
+use kflow_dsl::Workflow;
+use kflow_dsl::duration::DurationSpec;
+use kflow_dsl::expr::Expr;
+use kflow_dsl::model::{Consumption, EventFilter, ReadMode, Schedule};
+
+/// What happens to ticks that came and went while the server was down or the schedule paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Missed {
+    /// Fire none of them; go on with the next tick to come.
+    #[default]
+    Skip,
+    /// Fire the most recent ones, at most `catchupMax`.
+    Catchup,
+}
+
+/// What a tick does while an instance started by the schedule is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Start another one anyway.
+    #[default]
+    Allow,
+    /// Start nothing for this tick.
+    Skip,
+    /// Start it once the running one has finished (in order).
+    Queue,
+    /// Cancel the running one, then start.
+    Cancel,
+}
+
+impl Missed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Missed::Skip => "skip",
+            Missed::Catchup => "catchup",
+        }
+    }
+}
+
+impl Overlap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Allow => "allow",
+            Overlap::Skip => "skip",
+            Overlap::Queue => "queue",
+            Overlap::Cancel => "cancel",
+        }
+    }
+}
+
+/// `document.metadata.kflow.schedule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// An IANA time zone name; None: the server's default.
+    pub timezone: Option<String>,
+    pub missed: Missed,
+    pub catchup_max: u32,
+    pub overlap: Overlap,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { timezone: None, missed: Missed::Skip, catchup_max: 1, overlap: Overlap::Allow }
+    }
+}
+
+const SETTINGS_KEYS: [&str; 4] = ["timezone", "missed", "catchupMax", "overlap"];
+
+/// Reads kflow's schedule settings from the document's metadata; every problem is listed.
+pub fn settings(metadata: &Map<String, Value>) -> Result<Option<Settings>, Vec<String>> {
+    let Some(kflow) = metadata.get("kflow") else { return Ok(None) };
+    let Some(kflow) = kflow.as_object() else {
+        return Err(vec!["document.metadata.kflow must be an object".into()]);
+    };
+    let Some(raw) = kflow.get("schedule") else { return Ok(None) };
+    let Some(raw) = raw.as_object() else {
+        return Err(vec!["document.metadata.kflow.schedule must be an object".into()]);
+    };
+    let at = |k: &str| format!("document.metadata.kflow.schedule.{k}");
+    let mut errors = Vec::new();
+    let mut s = Settings::default();
+    for key in raw.keys().filter(|k| !SETTINGS_KEYS.contains(&k.as_str())) {
+        errors.push(format!("{}: unknown setting (expected one of: {})", at(key), SETTINGS_KEYS.join(", ")));
+    }
+    if let Some(v) = raw.get("timezone") {
+        match v.as_str() {
+            Some(name) => match parse_tz(name) {
+                Ok(_) => s.timezone = Some(name.to_string()),
+                Err(e) => errors.push(format!("{}: {e}", at("timezone"))),
+            },
+            None => errors.push(format!("{}: must be a string (an IANA time zone such as Europe/Paris)", at("timezone"))),
+        }
+    }
+    if let Some(v) = raw.get("missed") {
+        match v.as_str() {
+            Some("skip") => s.missed = Missed::Skip,
+            Some("catchup") => s.missed = Missed::Catchup,
+            _ => errors.push(format!("{}: expected 'skip' or 'catchup', got {v}", at("missed"))),
+        }
+    }
+    if let Some(v) = raw.get("catchupMax") {
+        match v.as_u64() {
+            Some(n) if (1..=1000).contains(&n) => s.catchup_max = n as u32,
+            _ => errors.push(format!("{}: expected an integer from 1 to 1000, got {v}", at("catchupMax"))),
+        }
+    }
+    if let Some(v) = raw.get("overlap") {
+        match v.as_str() {
+            Some("allow") => s.overlap = Overlap::Allow,
+            Some("skip") => s.overlap = Overlap::Skip,
+            Some("queue") => s.overlap = Overlap::Queue,
+            Some("cancel") => s.overlap = Overlap::Cancel,
+            _ => errors.push(format!("{}: expected 'allow', 'skip', 'queue' or 'cancel', got {v}", at("overlap"))),
+        }
+    }
+    if errors.is_empty() { Ok(Some(s)) } else { Err(errors) }
+}
+
+pub fn parse_tz(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris or UTC)"))
+}
+
+/// When a schedule fires.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Cron(CronSpec),
+    /// Every `ms` from the schedule's creation.
+    Every { ms: i64 },
+    /// `ms` after the previous run finished (the first run at creation).
+    After { ms: i64 },
+    On(OnSpec),
+}
+
+impl Trigger {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Cron(_) => "cron",
+            Trigger::Every { .. } => "every",
+            Trigger::After { .. } => "after",
+            Trigger::On(_) => "on",
+        }
+    }
+
+    /// The expression as shown: the cron text, an ISO 8601 duration, or the event filters.
+    pub fn expression(&self) -> String {
+        match self {
+            Trigger::Cron(c) => c.text.clone(),
+            Trigger::Every { ms } | Trigger::After { ms } => iso_duration(*ms),
+            Trigger::On(on) => {
+                let filters: Vec<Value> = on.filters.iter().map(|f| f.with.clone()).collect();
+                format!("{} {}", on.mode.as_str(), Value::Array(filters))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    pub text: String,
+    pub cron: Cron,
+    pub tz: Tz,
+}
+
+/// A cron expression: 5 fields (minute first) or 6 (seconds first), or a nickname.
+pub fn parse_cron(text: &str) -> Result<Cron, String> {
+    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+    parser.parse(text).map_err(|e| format!("invalid cron expression '{text}': {e}"))
+}
+
+impl CronSpec {
+    fn at(&self, ms: i64) -> Option<chrono::DateTime<Tz>> {
+        Utc.timestamp_millis_opt(ms).single().map(|t| t.with_timezone(&self.tz))
+    }
+
+    /// The first tick strictly after `ms`; Ok(None) when there is none (ever).
+    pub fn next_after(&self, ms: i64) -> Result<Option<i64>, String> {
+        let start = self.at(ms).ok_or_else(|| format!("time {ms} is out of range"))?;
+        match self.cron.find_next_occurrence(&start, false) {
+            Ok(t) => Ok(Some(t.timestamp_millis())),
+            Err(CronError::TimeSearchLimitExceeded) => Ok(None),
+            Err(e) => Err(format!("cron '{}': {e}", self.text)),
+        }
+    }
+
+    /// The last tick at or before `ms`.
+    pub fn latest_at_or_before(&self, ms: i64) -> Option<i64> {
+        let start = self.at(ms)?;
+        self.cron.find_previous_occurrence(&start, true).ok().map(|t| t.timestamp_millis()).filter(|t| *t <= ms)
+    }
+
+    /// The last tick strictly before `ms`.
+    pub fn before(&self, ms: i64) -> Option<i64> {
+        // `ms` is a tick (whole seconds); exclusive steps back one second.
+        let start = self.at(ms)?;
+        self.cron.find_previous_occurrence(&start, false).ok().map(|t| t.timestamp_millis()).filter(|t| *t < ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMode {
+    One,
+    Any,
+    All,
+}
+
+impl OnMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMode::One => "one",
+            OnMode::Any => "any",
+            OnMode::All => "all",
+        }
+    }
+}
+
+/// `schedule.on`: the filters with their `with` evaluated once.
+#[derive(Debug, Clone)]
+pub struct OnSpec {
+    pub mode: OnMode,
+    pub filters: Vec<OnFilter>,
+    pub read: ReadMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct OnFilter {
+    pub with: Value,
+    /// Correlation keys: `from` evaluated on the event, compared with `expect` when given.
+    pub correlate: Vec<(String, Expr, Option<Value>)>,
+}
+
+impl OnFilter {
+    /// Whether the event matches, and its correlation values.
+    pub fn matches(&self, event: &Value) -> Option<Map<String, Value>> {
+        if !event_matches(&self.with, event) {
+            return None;
+        }
+        let mut keys = Map::new();
+        for (key, from, expect) in &self.correlate {
+            let v = from.eval(event, &()).ok()?;
+            if expect.as_ref().is_some_and(|e| *e != v) {
+                return None;
+            }
+            keys.insert(key.clone(), v);
+        }
+        Some(keys)
+    }
+}
+
+impl OnSpec {
+    /// How an event becomes (part of) the input.
+    pub fn read(&self, event: &Value) -> Value {
+        match self.read {
+            ReadMode::Envelope => event.clone(),
+            ReadMode::Data => event.get("data").cloned().unwrap_or(Value::Null),
+            ReadMode::Raw => event.get("data").or_else(|| event.get("data_base64")).cloned().unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A workflow's schedule, worked out.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub trigger: Trigger,
+    pub settings: Settings,
+    /// The time zone in effect (the settings', or the server's default).
+    pub timezone: String,
+}
+
+impl Plan {
+    /// Builds the plan of a workflow that has a `schedule`; Err lists what is wrong.
+    pub fn build(wf: &Workflow, default_tz: &str) -> Result<Option<Plan>, Vec<String>> {
+        let settings = settings(&wf.document.metadata)?;
+        let Some(schedule) = &wf.schedule else {
+            return match settings {
+                Some(_) => Err(vec![
+                    "document.metadata.kflow.schedule is set but the workflow has no 'schedule'".into(),
+                ]),
+                None => Ok(None),
+            };
+        };
+        let settings = settings.unwrap_or_default();
+        let timezone = settings.timezone.clone().unwrap_or_else(|| default_tz.to_string());
+        let tz = parse_tz(&timezone).map_err(|e| vec![e])?;
+        let trigger = trigger(schedule, tz)?;
+        Ok(Some(Plan { trigger, settings, timezone }))
+    }
+}
+
+fn trigger(s: &Schedule, tz: Tz) -> Result<Trigger, Vec<String>> {
+    let set: Vec<&str> = [("every", s.every.is_some()), ("cron", s.cron.is_some()), ("after", s.after.is_some()), ("on", s.on.is_some())]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+    if set.len() != 1 {
+        return Err(vec![format!(
+            "schedule: kflow runs a schedule with exactly one of every, cron, after, on (found {})",
+            if set.is_empty() { "none".to_string() } else { set.join(", ") }
+        )]);
+    }
+    if let Some(text) = &s.cron {
+        let cron = parse_cron(text).map_err(|e| vec![format!("schedule.cron: {e}")])?;
+        let spec = CronSpec { text: text.clone(), cron, tz };
+        // A pattern that matches no date at all (e.g. February 30th) never fires.
+        let now = Utc::now().timestamp_millis();
+        match spec.next_after(now) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(vec![format!("schedule.cron: '{text}' never fires (no date matches it)")]),
+            Err(e) => return Err(vec![format!("schedule.cron: {e}")]),
+        }
+        return Ok(Trigger::Cron(spec));
+    }
+    if let Some(d) = &s.every {
+        let ms = duration(d, "schedule.every")?;
+        if ms <= 0 {
+            return Err(vec!["schedule.every: the interval must be longer than zero".into()]);
+        }
+        return Ok(Trigger::Every { ms });
+    }
+    if let Some(d) = &s.after {
+        return Ok(Trigger::After { ms: duration(d, "schedule.after")? });
+    }
+    let Some(on) = &s.on else { unreachable!("one of the four is set") };
+    Ok(Trigger::On(on_spec(on, s.read)?))
+}
+
+fn duration(d: &DurationSpec, what: &str) -> Result<i64, Vec<String>> {
+    let ms = d.millis(&Value::Null, &()).map_err(|e| vec![format!("{what}: {e}")])?;
+    i64::try_from(ms).map_err(|_| vec![format!("{what}: the duration is too long")])
+}
+
+fn on_spec(c: &Consumption, read: ReadMode) -> Result<OnSpec, Vec<String>> {
+    let (mode, defs): (OnMode, Vec<&EventFilter>) = match c {
+        Consumption::One(f) => (OnMode::One, vec![f]),
+        Consumption::Any { filters, .. } => (OnMode::Any, filters.iter().collect()),
+        Consumption::All(filters) => (OnMode::All, filters.iter().collect()),
+    };
+    let mut errors = Vec::new();
+    let mut filters = Vec::new();
+    for (i, def) in defs.into_iter().enumerate() {
+        let with = match def.with.eval(&Value::Null, &()) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("schedule.on: filter {i}: {e}"));
+                continue;
+            }
+        };
+        let mut correlate = Vec::new();
+        for (key, corr) in &def.correlate {
+            let expect = match &corr.expect {
+                Some(t) => match t.eval(&Value::Null, &()) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        errors.push(format!("schedule.on: filter {i}: correlate.{key}.expect: {e}"));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            correlate.push((key.clone(), corr.from.clone(), expect));
+        }
+        filters.push(OnFilter { with, correlate });
+    }
+    if mode == OnMode::All && filters.is_empty() && errors.is_empty() {
+        errors.push("schedule.on: 'all' needs at least one filter".into());
+    }
+    if errors.is_empty() { Ok(OnSpec { mode, filters, read }) } else { Err(errors) }
+}
+
+/// The registration-time check: a schedule kflow cannot run is refused with the reasons.
+pub fn check(wf: &Workflow) -> Result<(), Vec<String>> {
+    Plan::build(wf, "UTC").map(|_| ())
+}
+
+/// Milliseconds as an ISO 8601 duration (`PT1H30M`, `P1DT2H`, `PT0.25S`).
+pub fn iso_duration(ms: i64) -> String {
+    if ms <= 0 {
+        return "PT0S".into();
+    }
+    let (days, rest) = (ms / 86_400_000, ms % 86_400_000);
+    let (h, rest) = (rest / 3_600_000, rest % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, milli) = (rest / 1000, rest % 1000);
+    let mut out = String::from("P");
+    if days > 0 {
+        out.push_str(&format!("{days}D"));
+    }
+    if h > 0 || m > 0 || s > 0 || milli > 0 {
+        out.push('T');
+        if h > 0 {
+            out.push_str(&format!("{h}H"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}M"));
+        }
+        if milli > 0 {
+            let frac = format!("{milli:03}");
+            out.push_str(&format!("{s}.{}S", frac.trim_end_matches('0')));
+        } else if s > 0 {
+            out.push_str(&format!("{s}S"));
+        }
+    }
+    out
+}
+
+/// Epoch milliseconds as RFC 3339 in a time zone (`2026-03-29T03:30:00+02:00`).
+pub fn rfc3339_in(ms: i64, timezone: &str) -> String {
+    let Some(t) = Utc.timestamp_millis_opt(ms).single() else { return String::new() };
+    match parse_tz(timezone) {
+        Ok(tz) => t.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        Err(_) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    }
+}

@@ -1,0 +1,232 @@
+//! Remote workers, end to end: a real server, real `kflow worker` processes, a local endpoint
+//! that records how many calls of each kind run at once.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::{ServerProcess, TempDir, TestServer, get_json, kflow_bin, post_json};
+
+/// In-flight and peak concurrent calls per zone.
+#[derive(Default)]
+struct Load {
+    now: HashMap<String, i64>,
+    peak: HashMap<String, i64>,
+    total: HashMap<String, i64>,
+}
+
+fn slow_endpoint(load: Arc<Mutex<Load>>) -> TestServer {
+    TestServer::start_with(move |req| {
+        if req.path() != "/slow" {
+            return None;
+        }
+        let zone = req.query("zone").unwrap_or_default();
+        let ms: u64 = req.query("ms").and_then(|m| m.parse().ok()).unwrap_or(300);
+        {
+            let mut l = load.lock().unwrap_or_else(|p| p.into_inner());
+            let n = {
+                let e = l.now.entry(zone.clone()).or_insert(0);
+                *e += 1;
+                *e
+            };
+            let p = l.peak.entry(zone.clone()).or_insert(0);
+            *p = (*p).max(n);
+            *l.total.entry(zone.clone()).or_insert(0) += 1;
+        }
+        std::thread::sleep(Duration::from_millis(ms));
+        load.lock().unwrap_or_else(|p| p.into_inner()).now.entry(zone.clone()).and_modify(|n| *n -= 1);
+        Some((200, json!({ "zone": zone })))
+    })
+}
+
+struct Worker(Child);
+
+impl Worker {
+    fn start(server: &str, args: &[&str]) -> Worker {
+        let child = Command::new(kflow_bin())
+            .arg("worker")
+            .args(["--server", server])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a kflow worker");
+        Worker(child)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn workflow(name: &str, zone: &str, resources: &str, endpoint: &str, ms: u64) -> String {
+    format!(
+        r#"document:
+  dsl: '1.0.3'
+  namespace: test
+  name: {name}
+  version: '1.0.0'
+do:
+  - work:
+      metadata:
+        kflow:
+          queue: remote
+          labels:
+            zone: {zone}
+          resources: {resources}
+      call: http
+      with:
+        method: get
+        endpoint: {endpoint}/slow?zone={zone}&ms={ms}
+"#
+    )
+}
+
+fn register(base: &str, doc: &str) {
+    let (status, body) = support::http_request("POST", base, "/api/v1/definitions", Some(("application/yaml", doc.as_bytes())), Duration::from_secs(30))
+        .map(|r| (r.status, r.text()))
+        .expect("register");
+    assert!(status < 300, "register failed: {status} {body}");
+}
+
+fn start(base: &str, name: &str) -> String {
+    let (status, v) = post_json(base, "/api/v1/instances", &json!({ "namespace": "test", "name": name })).expect("start");
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn wait_done(base: &str, ids: &[String], timeout: Duration) -> Vec<Value> {
+    let t0 = Instant::now();
+    loop {
+        let all: Vec<Value> = ids.iter().map(|id| get_json(base, &format!("/api/v1/instances/{id}")).expect("get").1).collect();
+        if all.iter().all(|v| v["status"] != "running") {
+            return all;
+        }
+        if t0.elapsed() > timeout {
+            let stuck: Vec<String> = all.iter().filter(|v| v["status"] == "running").map(|v| v["id"].to_string()).collect();
+            let explain: Vec<Value> = stuck
+                .iter()
+                .take(3)
+                .map(|id| get_json(base, &format!("/api/v1/instances/{}/explain", id.trim_matches('"'))).map(|r| r.1).unwrap_or(Value::Null))
+                .collect();
+            panic!("instances still running after {timeout:?}: {stuck:?}\n{explain:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tasks_go_only_where_they_fit_and_capacity_is_never_exceeded() {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let endpoint = slow_endpoint(load.clone());
+    let dir = TempDir::new("workers-fit");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let base = server.base();
+    register(&base, &workflow("za", "a", "{ cpu: 2 }", &endpoint.base(), 300));
+    register(&base, &workflow("zb", "b", "{ cpu: 1, memory: 1Gi }", &endpoint.base(), 300));
+    register(&base, &workflow("zc", "c", "{ gpu: 1 }", &endpoint.base(), 300));
+    // A: zone a, 4 cpus → 2 tasks of 2 cpus at once. B: zone b, 1 cpu → one at a time.
+    // C: zone c, one gpu → one at a time.
+    let _a = Worker::start(&base, &["--queue", "remote", "--labels", "zone=a", "--capacity", "cpu=4,memory=8Gi"]);
+    let _b = Worker::start(&base, &["--queue", "remote", "--labels", "zone=b", "--capacity", "cpu=1,memory=2Gi"]);
+    let _c = Worker::start(&base, &["--queue", "remote", "--labels", "zone=c", "--capacity", "cpu=8,gpu=1"]);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(start(&base, "za"));
+        ids.push(start(&base, "zb"));
+        ids.push(start(&base, "zc"));
+    }
+    let done = wait_done(&base, &ids, Duration::from_secs(60));
+    for v in &done {
+        assert_eq!(v["status"], "completed", "{v}");
+    }
+    let l = load.lock().unwrap_or_else(|p| p.into_inner());
+    println!("peak concurrent calls per zone: {:?}, totals: {:?}", l.peak, l.total);
+    assert_eq!(l.total.get("a"), Some(&6));
+    assert_eq!(l.total.get("b"), Some(&6));
+    assert_eq!(l.total.get("c"), Some(&6));
+    assert!(l.peak["a"] <= 2, "worker A's 4 cpus were oversubscribed: {}", l.peak["a"]);
+    assert_eq!(l.peak["a"], 2, "worker A should run two 2-cpu tasks at once");
+    assert_eq!(l.peak["b"], 1, "worker B has one cpu");
+    assert_eq!(l.peak["c"], 1, "worker C has one gpu");
+    // Every call went to a worker of its zone: the endpoint saw each zone's calls only.
+    let workers = get_json(&base, "/api/v1/workers").expect("workers").1;
+    assert!(workers["items"].as_array().map(Vec::len).unwrap_or(0) >= 4, "{workers}");
+}
+
+#[test]
+fn a_task_on_a_killed_worker_is_finished_by_another() {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let endpoint = slow_endpoint(load.clone());
+    let dir = TempDir::new("workers-kill");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let base = server.base();
+    register(&base, &workflow("long", "k", "{ cpu: 1 }", &endpoint.base(), 1500));
+    let mut first = Worker::start(&base, &["--queue", "remote", "--labels", "zone=k", "--capacity", "cpu=1"]);
+    let id = start(&base, "long");
+    // Wait until the call is running on the first worker, then kill it.
+    let t0 = Instant::now();
+    while endpoint.requests().iter().all(|r| r.path() != "/slow") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the first worker never took the task");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let explain = get_json(&base, &format!("/api/v1/instances/{id}/explain")).expect("explain").1;
+    assert!(explain.to_string().contains("running on worker"), "{explain}");
+    first.kill9();
+    let killed_at = Instant::now();
+    let _second = Worker::start(&base, &["--queue", "remote", "--labels", "zone=k", "--capacity", "cpu=1"]);
+    let done = wait_done(&base, std::slice::from_ref(&id), Duration::from_secs(30));
+    assert_eq!(done[0]["status"], "completed", "{}", done[0]);
+    let took = killed_at.elapsed();
+    let calls: Vec<_> = endpoint.requests().into_iter().filter(|r| r.path() == "/slow").collect();
+    assert_eq!(calls.len(), 2, "the call ran on the killed worker, then once more");
+    assert_eq!(calls[0].header("idempotency-key"), calls[1].header("idempotency-key"), "a re-run keeps its key");
+    // Lease TTL 2 s, plus the re-run's 1.5 s call, plus start-up of the second worker.
+    assert!(took < Duration::from_secs(8), "re-queued too slowly: {took:?}");
+    let history = get_json(&base, &format!("/api/v1/instances/{id}/history")).expect("history").1;
+    let deliveries = history["items"].as_array().map(|h| h.iter().filter(|e| e["kind"] == "delivery").count()).unwrap_or(0);
+    assert_eq!(deliveries, 1, "the instance took exactly one result: {history}");
+}
+
+#[test]
+fn bad_worker_input_is_refused() {
+    let dir = TempDir::new("workers-bad");
+    let server = ServerProcess::start(dir.path(), &["--worker-token", "s3cret"]);
+    let base = server.base();
+    let call = |path: &str, token: &str, body: &[u8]| {
+        let auth = format!("Bearer {token}");
+        support::http_request_with("POST", &base, path, &[("Authorization", auth.as_str())], Some(("application/json", body)), Duration::from_secs(30))
+            .expect("request")
+    };
+    // Wrong token.
+    let r = call("/api/v1/workers", "nope", br#"{"queues":["q"]}"#);
+    assert_eq!(r.status, 401, "{}", r.text());
+    // A capacity the server cannot parse.
+    let r = call("/api/v1/workers", "s3cret", br#"{"queues":["q"],"capacity":"cpu=lots"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("cpu=lots"), "{}", r.text());
+    // A result for a lease it does not hold.
+    let r = call("/api/v1/workers", "s3cret", br#"{"id":"w1","queues":["q"]}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call("/api/v1/leases/w1-99/complete", "s3cret", br#"{"worker":"w1","output":1}"#);
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Polling as an unknown worker.
+    let r = call("/api/v1/workers/ghost/poll", "s3cret", br#"{"wait_ms":10}"#);
+    assert_eq!(r.status, 404, "{}", r.text());
+    // The CLI refuses a capacity it cannot parse before contacting anyone.
+    let out = support::kflow(["worker", "--server", &base, "--token", "s3cret", "--capacity", "tasks=many"]).run();
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+}
