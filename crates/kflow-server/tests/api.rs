@@ -926,7 +926,7 @@ async fn bad_cloudevents_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_413() {
-    let api = Api::with_config(ApiConfig { max_body_bytes: 1024 }).await;
+    let api = Api::with_config(ApiConfig { max_body_bytes: 1024, ..ApiConfig::default() }).await;
     let big = format!("{}\n# {}\n", quick("test", "big", "1.0.0"), "x".repeat(2000));
     for (uri, ct) in [
         ("/api/v1/definitions", "application/yaml"),
