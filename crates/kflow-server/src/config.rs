@@ -40,7 +40,7 @@ impl Default for ServerConfig {
             drain_seconds: 30,
             secrets_file: None,
             worker_token: None,
-            lease_ttl_ms: 2_000,
+            lease_ttl_ms: 1_500,
             timezone: "UTC".into(),
         }
     }

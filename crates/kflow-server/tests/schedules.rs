@@ -479,6 +479,11 @@ async fn bad_schedules_are_refused_at_registration() {
     assert!(details.contains("catchupMax: expected an integer from 1 to 1000"), "{details}");
     let e = post(doc("feb30", "1.0.0", "  cron: '0 0 30 2 *'\n", "", QUICK)).await.expect_error(StatusCode::BAD_REQUEST, "invalid");
     assert!(e["details"].to_string().contains("never fires"), "{e}");
+    // Both kinds of problems at once.
+    let e = post(doc("both", "1.0.0", "  cron: '0 0 30 2 *'\n", "missed: sometimes", QUICK))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid");
+    assert_eq!(e["details"].as_array().map(Vec::len), Some(2), "{e}");
     let e = post(doc("tz", "1.0.0", "  cron: '0 0 * * *'\n", "timezone: Nowhere/Land", QUICK))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "invalid");

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiPath, JsonBody};
+use super::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::engine::WorkerSpec;
 
 fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
@@ -181,10 +181,21 @@ pub async fn list_workers(State(st): State<AppState>) -> ApiResult<Json<Value>> 
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
-/// Queues: depth, the oldest waiting task's age, the workers serving each.
-#[utoipa::path(get, path = "/api/v1/queues", tag = "workers", responses((status = 200, description = "Queues", body = Object)))]
-pub async fn list_queues(State(st): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(serde_json::json!({ "items": st.engine.queues() })))
+/// Queues: depth, the oldest waiting task's age, the workers serving each; the dispatch
+/// latency (ready → leased to a worker) over recent dispatches.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "workers", params(QueuesQuery), responses((status = 200, description = "Queues", body = Object)))]
+pub async fn list_queues(State(st): State<AppState>, ApiQuery(q): ApiQuery<QueuesQuery>) -> ApiResult<Json<Value>> {
+    let (count, p50, p99) = st.engine.dispatch_latency(q.reset_latency.unwrap_or(false));
+    Ok(Json(serde_json::json!({
+        "items": st.engine.queues(),
+        "dispatch_latency": { "count": count, "p50_us": p50, "p99_us": p99 },
+    })))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct QueuesQuery {
+    /// Start a new dispatch-latency measurement after this read.
+    pub reset_latency: Option<bool>,
 }
 
 /// What an instance is waiting for: timers, events, sub-workflows, a worker or a free slot.

@@ -634,7 +634,8 @@ impl Driver {
         if !has("priority") {
             priority = doc_priority;
         }
-        Item { instance: instance.to_string(), effect_id, task, effect, queue, priority, needs, labels, enqueued_ms: now, attempt }
+        let ready_us = super::queue::mono_us();
+        Item { instance: instance.to_string(), effect_id, task, effect, queue, priority, needs, labels, enqueued_ms: now, ready_us, attempt }
     }
 
     fn start_effect(&mut self, id: &str, effect: u64, task: String, e: Effect, b: &mut Batch, now: i64) {

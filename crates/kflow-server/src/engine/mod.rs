@@ -69,7 +69,7 @@ impl Default for EngineConfig {
             max_active: 10_000,
             executor: kflow_tasks::ExecConfig::default(),
             secrets: Value::Object(Default::default()),
-            lease_ttl_ms: 2_000,
+            lease_ttl_ms: 1_500,
         }
     }
 }
@@ -533,6 +533,17 @@ impl Engine {
         let mut w: Vec<queue::Worker> = self.shared.queue.lock().workers().cloned().collect();
         w.sort_by(|a, b| a.id.cmp(&b.id));
         w
+    }
+
+    /// Dispatch latency from ready to leased over recent dispatches: (count, p50 µs, p99 µs);
+    /// `reset` starts a new measurement.
+    pub fn dispatch_latency(&self, reset: bool) -> (usize, u64, u64) {
+        let mut q = self.shared.queue.lock();
+        let l = q.latency();
+        if reset {
+            q.reset_latency();
+        }
+        l
     }
 
     /// Per queue: depth, age of the oldest waiting item (ms), and the workers serving it.

@@ -36,6 +36,9 @@ pub struct Item {
     pub needs: Resources,
     pub labels: BTreeMap<String, String>,
     pub enqueued_ms: i64,
+    /// When it became ready, on the monotonic clock (µs), for dispatch latency.
+    #[serde(skip)]
+    pub ready_us: u64,
     /// Known attempt number (1 for a first run committed with the row); `None`: count it.
     #[serde(skip)]
     pub attempt: Option<u32>,
@@ -104,6 +107,15 @@ pub struct Queue {
     leases: HashMap<String, Lease>,
     by_effect: HashMap<(String, u64), String>,
     next_lease: u64,
+    /// Recent dispatch latencies (ready → leased), in microseconds: a ring of the last 10,000.
+    latencies: Vec<u64>,
+    latency_next: usize,
+}
+
+/// Microseconds on a monotonic clock (for latencies only; never persisted).
+pub fn mono_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
 }
 
 /// Why an item is still waiting, for `kflow explain`.
@@ -249,6 +261,13 @@ impl Queue {
             }
             let Some((i, _)) = best else { break };
             let item = self.items.remove(i);
+            let waited = mono_us().saturating_sub(item.ready_us);
+            if self.latencies.len() < 10_000 {
+                self.latencies.push(waited);
+            } else {
+                self.latencies[self.latency_next] = waited;
+                self.latency_next = (self.latency_next + 1) % 10_000;
+            }
             self.next_lease += 1;
             let lease = Lease {
                 id: format!("{}-{}", worker, self.next_lease),
@@ -306,6 +325,23 @@ impl Queue {
 
     fn is_builtin(&self, worker: &str) -> bool {
         self.workers.get(worker).is_some_and(|w| w.builtin)
+    }
+
+    /// Dispatch latency (ready → leased) over the recent dispatches: (count, p50 µs, p99 µs).
+    pub fn latency(&self) -> (usize, u64, u64) {
+        let mut v = self.latencies.clone();
+        if v.is_empty() {
+            return (0, 0, 0);
+        }
+        v.sort_unstable();
+        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        (v.len(), at(0.5), at(0.99))
+    }
+
+    /// Forgets the recorded latencies (benchmarks measure one phase at a time).
+    pub fn reset_latency(&mut self) {
+        self.latencies.clear();
+        self.latency_next = 0;
     }
 
     /// Queue depth and oldest waiting item per queue.
@@ -399,6 +435,7 @@ mod tests {
             needs: n,
             labels: BTreeMap::new(),
             enqueued_ms: at,
+            ready_us: 0,
             attempt: Some(1),
         }
     }

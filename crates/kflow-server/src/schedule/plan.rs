@@ -285,20 +285,34 @@ pub struct Plan {
 impl Plan {
     /// Builds the plan of a workflow that has a `schedule`; Err lists what is wrong.
     pub fn build(wf: &Workflow, default_tz: &str) -> Result<Option<Plan>, Vec<String>> {
-        let settings = settings(&wf.document.metadata)?;
+        let settings = settings(&wf.document.metadata);
         let Some(schedule) = &wf.schedule else {
             return match settings {
-                Some(_) => Err(vec![
-                    "document.metadata.kflow.schedule is set but the workflow has no 'schedule'".into(),
-                ]),
-                None => Ok(None),
+                Ok(None) => Ok(None),
+                _ => Err(vec!["document.metadata.kflow.schedule is set but the workflow has no 'schedule'".into()]),
             };
         };
-        let settings = settings.unwrap_or_default();
+        // Every problem at once: the settings', then the schedule's own.
+        let (settings, mut errors) = match settings {
+            Ok(s) => (s.unwrap_or_default(), Vec::new()),
+            Err(errors) => (Settings::default(), errors),
+        };
         let timezone = settings.timezone.clone().unwrap_or_else(|| default_tz.to_string());
-        let tz = parse_tz(&timezone).map_err(|e| vec![e])?;
-        let trigger = trigger(schedule, tz)?;
-        Ok(Some(Plan { trigger, settings, timezone }))
+        let tz = match parse_tz(&timezone) {
+            Ok(tz) => tz,
+            Err(e) => {
+                errors.push(e);
+                Tz::UTC
+            }
+        };
+        match trigger(schedule, tz) {
+            Ok(trigger) if errors.is_empty() => Ok(Some(Plan { trigger, settings, timezone })),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                Err(errors)
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 mod apply;
 mod http;
 mod render;
+mod schedules;
 mod sse;
 mod verbs;
 mod watch;
@@ -156,6 +157,15 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// List the workflows' schedules and their next fire times; `pause` or `resume` one.
+    Schedules {
+        #[command(subcommand)]
+        command: Option<schedules::SchedulesCommand>,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +251,13 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         }
         ClientCommand::History { id, out, server } => {
             verbs::history(&http::Api::new(&server)?, &id, out.output).await
+        }
+        ClientCommand::Schedules { command: None, out, server } => {
+            schedules::list(&http::Api::new(&server)?, out.output).await
+        }
+        ClientCommand::Schedules { command: Some(cmd), .. } => {
+            let api = http::Api::new(schedules::server_of(&cmd))?;
+            schedules::control(&api, cmd).await
         }
         ClientCommand::Events { command: EventsCommand::Send { file, server } } => {
             apply::send_events(&http::Api::new(&server)?, &file).await
