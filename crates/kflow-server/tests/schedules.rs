@@ -587,3 +587,20 @@ async fn the_loop_fires_on_the_system_clock() {
     assert_eq!(instances(&api.engine, "loop").await.len(), n);
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_keeps_a_due_tick_for_the_missed_policy() {
+    let t0 = utc(2026, 9, 1, 0, 0, 0);
+    let h = H::new(t0).await;
+    h.register(&doc("v", "1.0.0", "  every: PT1M\n", "", QUICK)).await;
+    // Down for 5 minutes; the first thing after the restart is a new version.
+    h.clock.set(t0 + 5 * MIN + 30_000);
+    h.register(&doc("v", "2.0.0", "  every: PT1M\n", "missed: catchup\ncatchupMax: 2", QUICK)).await;
+    assert_eq!(h.schedule("v").await["next_fire_ms"], json!(t0 + MIN), "still due");
+    assert_eq!(h.tick(t0 + 5 * MIN + 30_000).await, 3, "5 min on time, 3 and 4 min caught up");
+    assert!(instances(&h.api.engine, "v").await.iter().all(|i| i.version == "2.0.0"));
+    // A version registered while nothing is due starts from now.
+    h.clock.set(t0 + 5 * MIN + 40_000);
+    h.register(&doc("v", "3.0.0", "  cron: '0 0 * * *'\n", "", QUICK)).await;
+    assert_eq!(h.schedule("v").await["next_fire_ms"], json!(utc(2026, 9, 2, 0, 0, 0)));
+}

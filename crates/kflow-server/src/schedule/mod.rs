@@ -210,6 +210,9 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> kflow_store::Result
         .map_err(EngineError::Store)
 }
 
+/// Plans by (namespace, name), with the fingerprint each was built for.
+type PlanCache = HashMap<(String, String), (String, Arc<Plan>)>;
+
 /// Runs the schedules of every registered workflow. Cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -222,7 +225,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: SchedulerConfig,
     /// Plans by (namespace, name), with the fingerprint they were built for.
-    plans: Mutex<HashMap<(String, String), (String, Arc<Plan>)>>,
+    plans: Mutex<PlanCache>,
     /// One decision at a time in this process (other processes: the compare-and-set).
     busy: tokio::sync::Mutex<()>,
     wake: Notify,
@@ -275,7 +278,11 @@ impl Scheduler {
         names.sort();
         names.dedup();
         for (ns, name) in names {
-            self.inner.sync(&ns, &name).await?;
+            match self.inner.sync(&ns, &name).await {
+                Ok(()) => {}
+                Err(e @ EngineError::Store(_)) => return Err(e),
+                Err(e) => eprintln!("kflow scheduler: the schedule of {ns}/{name}: {e}"),
+            }
         }
         Ok(())
     }
@@ -370,12 +377,18 @@ impl Observer for Inner {
 
     fn event_published<'a>(&'a self, event: &'a Value) -> BoxFuture<'a, Result<usize>> {
         Box::pin(async move {
+            if !self.has_on_schedules() {
+                return Ok(0); // the common case: no lock, no read
+            }
             let _g = self.busy.lock().await;
             self.on_event(event, self.clock.now_ms()).await
         })
     }
 
     fn event_emitted(&self, event: Value) {
+        if !self.has_on_schedules() {
+            return;
+        }
         self.emitted.lock().unwrap_or_else(|p| p.into_inner()).push_back(event);
         self.wake.notify_one();
     }
@@ -386,6 +399,12 @@ impl Observer for Inner {
 }
 
 impl Inner {
+    /// Whether any schedule of this process is event-driven (every row's plan is cached by
+    /// the syncs).
+    fn has_on_schedules(&self) -> bool {
+        self.plans.lock().unwrap_or_else(|p| p.into_inner()).values().any(|(_, p)| matches!(p.trigger, Trigger::On(_)))
+    }
+
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Store) -> kflow_store::Result<T> + Send + 'static) -> Result<T> {
         let store = self.store.clone();
         run_blocking(move || f(store.as_ref())).await
@@ -448,14 +467,15 @@ impl Inner {
         let target = defs.into_iter().filter(|d| d.name == name).find(|d| !d.deprecated);
         let built = match &target {
             None => None,
-            Some(d) => {
-                let wf = self.engine.compiled(ns, name, &d.version)?;
-                match Plan::build(&wf, &self.config.timezone) {
+            Some(d) => match self.engine.compiled(ns, name, &d.version) {
+                // A stored definition that no longer loads: shown as the schedule's error.
+                Err(e) => Some((d.clone(), Err(e.to_string()))),
+                Ok(wf) => match Plan::build(&wf, &self.config.timezone) {
                     Ok(None) => None,
                     Ok(Some(p)) => Some((d.clone(), Ok(Arc::new(p)))),
                     Err(errs) => Some((d.clone(), Err(errs.join("; ")))),
-                }
-            }
+                },
+            },
         };
         let key = (ns.to_string(), name.to_string());
         let Some((def, plan)) = built else {
@@ -701,7 +721,13 @@ fn fresh_row(
         }
         Ok(p) => {
             st.describe(p);
+            // A timed fire that was due and not decided yet stays due: the missed policy then
+            // looks at the new expression's ticks since then.
+            let due_before = old
+                .and_then(|r| r.next_fire_ms)
+                .filter(|t| *t <= now && matches!(old_state.kind.as_str(), "cron" | "every"));
             match &p.trigger {
+                Trigger::Cron(_) | Trigger::Every { .. } if due_before.is_some() => due_before,
                 Trigger::Cron(c) => match c.next_after(now) {
                     Ok(Some(t)) => Some(t),
                     Ok(None) => {

@@ -139,7 +139,7 @@ pub fn parse_tz(name: &str) -> Result<Tz, String> {
 /// When a schedule fires.
 #[derive(Debug, Clone)]
 pub enum Trigger {
-    Cron(CronSpec),
+    Cron(Box<CronSpec>),
     /// Every `ms` from the schedule's creation.
     Every { ms: i64 },
     /// `ms` after the previous run finished (the first run at creation).
@@ -337,7 +337,7 @@ fn trigger(s: &Schedule, tz: Tz) -> Result<Trigger, Vec<String>> {
             Ok(None) => return Err(vec![format!("schedule.cron: '{text}' never fires (no date matches it)")]),
             Err(e) => return Err(vec![format!("schedule.cron: {e}")]),
         }
-        return Ok(Trigger::Cron(spec));
+        return Ok(Trigger::Cron(Box::new(spec)));
     }
     if let Some(d) = &s.every {
         let ms = duration(d, "schedule.every")?;

@@ -34,7 +34,7 @@ fn plan_of(schedule: &str, metadata: &str) -> Plan {
 fn cron_of(expr: &str, tz: &str) -> plan::CronSpec {
     let p = plan_of(&format!("  cron: '{expr}'\n"), &format!("  metadata:\n    kflow:\n      schedule:\n        timezone: {tz}\n"));
     match p.trigger {
-        Trigger::Cron(c) => c,
+        Trigger::Cron(c) => *c,
         other => panic!("{other:?}"),
     }
 }
