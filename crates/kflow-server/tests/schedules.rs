@@ -248,7 +248,6 @@ const QUICK_PROBE: &str =
 /// start must find the instance by its id. Needs the driver to create instances with the id
 /// given by `Engine::start_with_id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Msg::Start { id: Option<String> } in the driver"]
 async fn a_start_repeated_after_a_crash_is_refused_by_id() {
     let h = H::new(utc(2026, 1, 1, 0, 0, 0)).await;
     h.register(&doc("dup", "1.0.0", "  every: PT1M\n", "", QUICK)).await;

@@ -25,7 +25,8 @@ use super::timers::{SCAN_EVERY_MS, Timers};
 use super::{EngineError, LiveEvent, Result, Shared, now_ms};
 
 pub enum Msg {
-    Start { wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>> },
+    /// `id: Some` starts at most once: an instance with that id already existing is the answer.
+    Start { id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>> },
     Deliver { instance: String, effect: u64, delivery: Delivery },
     Cancel { id: String, reply: oneshot::Sender<Result<Instance>> },
     Suspend { id: String, reply: oneshot::Sender<Result<Instance>> },
@@ -349,12 +350,25 @@ impl Driver {
 
     fn handle(&mut self, m: Msg, b: &mut Batch, now: i64) {
         match m {
-            Msg::Start { wf, input, reply } => {
+            Msg::Start { id, wf, input, reply } => {
                 if self.draining {
                     let _ = reply.send(Err(EngineError::Unavailable));
                     return;
                 }
-                let id = uuid::Uuid::now_v7().to_string();
+                let id = match id {
+                    None => uuid::Uuid::now_v7().to_string(),
+                    Some(id) => {
+                        let store = self.shared.store.clone();
+                        let exists = self.active.contains_key(&id)
+                            || b.by_instance.contains_key(&id)
+                            || blocking(|| store.get_instance(&id)).ok().flatten().is_some();
+                        if exists {
+                            b.after.push(After::ReplyInstance(reply, id));
+                            return;
+                        }
+                        id
+                    }
+                };
                 self.create(&id, wf, input, b, now);
                 b.after.push(After::ReplyInstance(reply, id));
             }

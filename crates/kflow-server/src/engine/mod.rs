@@ -616,8 +616,7 @@ pub trait Observer: Send + Sync + 'static {
 // DRIVER: once `Msg::Start` carries `id: Option<String>` (an existing id replies with that
 // instance instead of creating one), pass `id` through here.
 fn start_msg(id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>>) -> Msg {
-    let _ = id;
-    Msg::Start { wf, input, reply }
+    Msg::Start { id, wf, input, reply }
 }
 
 impl Engine {

@@ -247,10 +247,10 @@ impl Queue {
                     continue;
                 }
                 let my_load = w.load();
-                let other_better = self
-                    .workers
-                    .values()
-                    .any(|o| o.id != w.id && o.waiting && o.fits(item) && o.load() + 1e-9 < my_load);
+                // Only workers parked in a poll right now, and heard from recently, count.
+                let other_better = self.workers.values().any(|o| {
+                    o.id != w.id && o.waiting && now - o.last_seen_ms < ttl_ms && o.fits(item) && o.load() + 1e-9 < my_load
+                });
                 if other_better {
                     continue;
                 }

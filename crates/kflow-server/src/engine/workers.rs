@@ -83,9 +83,9 @@ impl WorkQueue {
             if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
                 return leases;
             }
-            self.lock().set_waiting(worker, true);
+            // The flag must drop even when the long poll is abandoned (client gone): a guard.
+            let _waiting = Waiting::new(self, worker);
             let _ = tokio::time::timeout_at(deadline, notified).await;
-            self.lock().set_waiting(worker, false);
         }
     }
 
@@ -122,6 +122,25 @@ impl WorkQueue {
         for (_, h) in self.running.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             h.abort();
         }
+    }
+}
+
+/// Marks a worker as parked in a long poll for as long as it lives.
+struct Waiting<'a> {
+    queue: &'a WorkQueue,
+    worker: &'a str,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(queue: &'a WorkQueue, worker: &'a str) -> Waiting<'a> {
+        queue.lock().set_waiting(worker, true);
+        Waiting { queue, worker }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.queue.lock().set_waiting(self.worker, false);
     }
 }
 
