@@ -603,3 +603,27 @@ async fn a_new_version_keeps_a_due_tick_for_the_missed_policy() {
     h.register(&doc("v", "3.0.0", "  cron: '0 0 * * *'\n", "", QUICK)).await;
     assert_eq!(h.schedule("v").await["next_fire_ms"], json!(utc(2026, 9, 2, 0, 0, 0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_emitted_by_instances_start_on_schedules() {
+    let h = H::new(Utc::now().timestamp_millis()).await;
+    h.register(&doc("onemit", "1.0.0", "  on:\n    one:\n      with:\n        type: com.example.shipped\n", "", QUICK)).await;
+    let emitter = "document:\n  dsl: '1.0.3'\n  namespace: sched\n  name: emitter\n  version: '1.0.0'\ndo:\n  - tell:\n      emit:\n        event:\n          with:\n            source: https://kflow.test\n            type: com.example.shipped\n            data:\n              parcel: 42\n";
+    h.api.engine.register(emitter.as_bytes()).await.expect("register emitter");
+    let started = h.api.engine.start("sched", "emitter", None, json!({})).await.expect("start emitter");
+    h.api.engine.wait_finished(&started.id, std::time::Duration::from_secs(10)).await.expect("emitter done");
+    // The scheduler's loop takes emitted events on its next turn.
+    let looping = h.sched.spawn();
+    let t0 = std::time::Instant::now();
+    loop {
+        let got = instances(&h.api.engine, "onemit").await;
+        if let Some(i) = got.first() {
+            assert_eq!(got.len(), 1);
+            assert_eq!(i.input, json!([{"parcel": 42}]));
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the emitted event never started the on-schedule");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    looping.abort();
+}

@@ -53,6 +53,8 @@ enum After {
     Timer { instance: String, effect: u64, due: i64 },
     Abort { instance: String, effect: u64 },
     Live(String, HistoryEvent),
+    /// An event an instance emitted: offered to event-driven schedules once committed.
+    Emitted(Value),
 }
 
 #[derive(Default)]
@@ -305,6 +307,12 @@ impl Driver {
                 After::Abort { instance, effect } => {
                     self.shared.queue.cancel(&instance, effect);
                     self.subs.remove(&(instance, effect));
+                }
+                After::Emitted(event) => {
+                    let observer = self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(std::sync::Weak::upgrade);
+                    if let Some(o) = observer {
+                        o.event_emitted(event);
+                    }
                 }
                 After::Live(id, event) => {
                     // No watcher: skip the clone into the broadcast ring.
@@ -680,6 +688,7 @@ impl Driver {
                         b.ready.push_back((key.0, key.1, Delivery::Event(event.clone())));
                     }
                 }
+                b.after.push(After::Emitted(event.clone()));
                 b.ready.push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
             }
             Effect::Listen { filters } => {

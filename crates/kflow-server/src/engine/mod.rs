@@ -612,9 +612,8 @@ pub trait Observer: Send + Sync + 'static {
     fn nudge(&self);
 }
 
-/// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7.
-// DRIVER: once `Msg::Start` carries `id: Option<String>` (an existing id replies with that
-// instance instead of creating one), pass `id` through here.
+/// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7, `Some` starts
+/// at most once (an existing instance with that id is the answer).
 fn start_msg(id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>>) -> Msg {
     Msg::Start { id, wf, input, reply }
 }
