@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub worker_token: Option<String>,
     /// A remote worker silent this long loses its tasks to other workers.
     pub lease_ttl_ms: i64,
+    /// Tasks per second, by `queue:NAME` or `host:NAME`.
+    pub rate_limits: std::collections::HashMap<String, f64>,
     /// The time zone of cron schedules that name none (IANA name; default UTC).
     pub timezone: String,
 }
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             secrets_file: None,
             worker_token: None,
             lease_ttl_ms: 1_500,
+            rate_limits: Default::default(),
             timezone: "UTC".into(),
         }
     }
@@ -59,6 +62,7 @@ struct FileConfig {
     secrets_file: Option<PathBuf>,
     worker_token: Option<String>,
     lease_ttl_ms: Option<i64>,
+    rate_limits: Option<std::collections::HashMap<String, f64>>,
     timezone: Option<String>,
 }
 
@@ -98,6 +102,18 @@ impl ServerConfig {
         }
         c.secrets_file = file.secrets_file;
         c.worker_token = file.worker_token;
+        if let Some(limits) = file.rate_limits {
+            for (k, v) in &limits {
+                let ok_key = k.strip_prefix("queue:").or_else(|| k.strip_prefix("host:")).is_some_and(|n| !n.is_empty());
+                if !ok_key {
+                    return Err(format!("{name}: rate_limits: '{k}' must be 'queue:NAME' or 'host:NAME'"));
+                }
+                if !v.is_finite() || *v <= 0.0 {
+                    return Err(format!("{name}: rate_limits: '{k}' must be a positive number of tasks per second"));
+                }
+            }
+            c.rate_limits = limits;
+        }
         if let Some(v) = file.lease_ttl_ms {
             if v < 100 {
                 return Err(format!("{name}: lease_ttl_ms must be at least 100"));
@@ -122,6 +138,10 @@ mod tests {
         assert_eq!((c.listen.as_str(), c.durability, c.max_body_bytes), ("0.0.0.0:9000", Durability::Full, 10));
         let e = ServerConfig::from_file_bytes(b"listen: x\nlistn: y\n", "k.yaml").unwrap_err();
         assert!(e.contains("unknown field `listn`"), "{e}");
+        let c = ServerConfig::from_file_bytes(b"rate_limits:\n  host:api.example.com: 5\n", "k.yaml").unwrap();
+        assert_eq!(c.rate_limits.get("host:api.example.com"), Some(&5.0));
+        let e = ServerConfig::from_file_bytes(b"rate_limits:\n  api.example.com: 5\n", "k.yaml").unwrap_err();
+        assert!(e.contains("must be 'queue:NAME' or 'host:NAME'"), "{e}");
         let e = ServerConfig::from_file_bytes(b"durability: fast\n", "k.yaml").unwrap_err();
         assert!(e.contains("unknown durability 'fast'"), "{e}");
         let c = ServerConfig::from_file_bytes(b"timezone: Europe/Paris\n", "k.yaml").unwrap();

@@ -21,6 +21,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         max_concurrent_effects: cfg.max_concurrent_effects,
         secrets,
         lease_ttl_ms: cfg.lease_ttl_ms,
+        rate_limits: cfg.rate_limits.clone(),
         ..EngineConfig::default()
     })
     .await

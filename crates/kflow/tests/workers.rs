@@ -230,3 +230,33 @@ fn bad_worker_input_is_refused() {
     let out = support::kflow(["worker", "--server", &base, "--token", "s3cret", "--capacity", "tasks=many"]).run();
     assert_eq!(out.code, Some(2), "{}", out.describe());
 }
+
+#[test]
+fn a_rate_limit_per_target_host_spaces_the_calls() {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let endpoint = slow_endpoint(load.clone());
+    let dir = TempDir::new("workers-rate");
+    let config = dir.write("kflow.yaml", "rate_limits:\n  host:127.0.0.1: 4\n");
+    let server = ServerProcess::start(dir.path(), &["--config", &config.to_string_lossy()]);
+    let base = server.base();
+    // Default queue: the server's built-in worker runs these.
+    let doc = format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: test\n  name: limited\n  version: '1.0.0'\ndo:\n  - hit:\n      call: http\n      with:\n        method: get\n        endpoint: {}/slow?zone=r&ms=1\n",
+        endpoint.base()
+    );
+    register(&base, &doc);
+    let ids: Vec<String> = (0..12).map(|_| start(&base, "limited")).collect();
+    let done = wait_done(&base, &ids, Duration::from_secs(30));
+    assert!(done.iter().all(|v| v["status"] == "completed"));
+    let mut at: Vec<i64> = endpoint.requests().iter().filter(|r| r.path() == "/slow").map(|r| r.at_ms).collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), 12);
+    // A bucket of 4 tokens refilled at 4/s: call k (from 0) comes no sooner than (k-3)/4 s
+    // after the first (100 ms of slack for scheduling jitter).
+    for (k, t) in at.iter().enumerate().skip(4) {
+        let earliest = (k as i64 - 3) * 250 - 100;
+        assert!(t - at[0] >= earliest, "call {k} came {} ms after the first, before {earliest} ms: {at:?}", t - at[0]);
+    }
+    let spread = at[11] - at[0];
+    assert!(spread >= 1_900, "12 calls at 4/s with a burst of 4 take about 2 s, took {spread} ms");
+}

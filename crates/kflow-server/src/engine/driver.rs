@@ -657,7 +657,31 @@ impl Driver {
             priority = doc_priority;
         }
         let ready_us = super::queue::mono_us();
-        Item { instance: instance.to_string(), effect_id, task, effect, queue, priority, needs, labels, enqueued_ms: now, ready_us, attempt }
+        let namespace = self.active.get(instance).map(|a| a.row.namespace.clone()).unwrap_or_default();
+        let mut rate_keys = vec![format!("queue:{queue}")];
+        let uri = match &effect {
+            Effect::Http(h) => Some(h.uri.as_str()),
+            Effect::OpenApi(o) => Some(o.document.as_str()),
+            _ => None,
+        };
+        if let Some(host) = uri.and_then(host_of) {
+            rate_keys.push(format!("host:{host}"));
+        }
+        Item {
+            instance: instance.to_string(),
+            namespace,
+            rate_keys,
+            effect_id,
+            task,
+            effect,
+            queue,
+            priority,
+            needs,
+            labels,
+            enqueued_ms: now,
+            ready_us,
+            attempt,
+        }
     }
 
     fn start_effect(&mut self, id: &str, effect: u64, task: String, e: Effect, b: &mut Batch, now: i64) {
@@ -704,6 +728,15 @@ impl Driver {
             other => b.after.push(After::Dispatch { instance: id.to_string(), effect, task, effect_def: other }),
         }
     }
+}
+
+/// The host of an absolute URI (`https://api.example.com:8443/x` → `api.example.com`).
+fn host_of(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') { host.split(']').next().map(|h| h.trim_start_matches('['))? } else { host.split(':').next()? };
+    (!host.is_empty()).then_some(host)
 }
 
 /// A sub-workflow's id: its parent's id and the parent's effect id.

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     /// How long a remote worker's lease lives without a heartbeat: a worker that dies has its
     /// tasks queued again after this long.
     pub lease_ttl_ms: i64,
+    /// Tasks per second by bucket: `queue:NAME` or `host:NAME`.
+    pub rate_limits: HashMap<String, f64>,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +72,7 @@ impl Default for EngineConfig {
             executor: kflow_tasks::ExecConfig::default(),
             secrets: Value::Object(Default::default()),
             lease_ttl_ms: 1_500,
+            rate_limits: HashMap::new(),
         }
     }
 }
@@ -181,6 +184,7 @@ impl Engine {
     pub async fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine> {
         let (live, _) = broadcast::channel(4096);
         let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
+        queue.lock().set_limits(config.rate_limits.clone());
         let shared = Arc::new(Shared {
             store,
             config,

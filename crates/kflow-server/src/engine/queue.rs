@@ -9,6 +9,10 @@
 //!   plus one point per [`AGING_MS`] of waiting, so low priority is never starved; ties go to
 //!   the oldest;
 //! - among workers waiting for work, an item goes to the least loaded eligible one;
+//! - among items of equal effective priority, the namespace holding the fewest leases goes
+//!   first, so namespaces share the workers fairly;
+//! - rate limits (per second, per queue `queue:NAME` or per target host `host:NAME`) are token
+//!   buckets with a one-second burst: an item waits while any of its buckets is empty;
 //! - a lease lives while its worker heartbeats; an expired lease puts its item back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,6 +31,9 @@ pub type Resources = BTreeMap<String, f64>;
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
     pub instance: String,
+    pub namespace: String,
+    /// Rate-limit buckets this item draws from: `queue:NAME`, `host:NAME`.
+    pub rate_keys: Vec<String>,
     pub effect_id: u64,
     pub task: String,
     #[serde(skip)]
@@ -110,6 +117,11 @@ pub struct Queue {
     /// Recent dispatch latencies (ready → leased), in microseconds: a ring of the last 10,000.
     latencies: Vec<u64>,
     latency_next: usize,
+    /// Rate limits (per second) by bucket key, and the buckets: (tokens, last refill ms).
+    limits: HashMap<String, f64>,
+    buckets: HashMap<String, (f64, i64)>,
+    /// Leases held per namespace, for fairness.
+    ns_leases: HashMap<String, usize>,
 }
 
 /// Microseconds on a monotonic clock (for latencies only; never persisted).
@@ -120,6 +132,9 @@ pub fn mono_us() -> u64 {
 
 /// Why an item is still waiting, for `kflow explain`.
 pub fn why_waiting(q: &Queue, item: &Item) -> String {
+    if let Some(k) = q.limited_by(&item.rate_keys) {
+        return format!("rate limited by '{k}' ({}/s)", q.limits.get(&k).copied().unwrap_or(0.0));
+    }
     let serving: Vec<&Worker> = q.workers.values().filter(|w| w.queues.iter().any(|x| *x == item.queue)).collect();
     if serving.is_empty() {
         return format!("no worker serves queue '{}'", item.queue);
@@ -141,6 +156,41 @@ pub fn fmt_resources(r: &Resources) -> String {
 }
 
 impl Queue {
+    /// Sets the rate limits: bucket key (`queue:NAME`, `host:NAME`) to tasks per second.
+    pub fn set_limits(&mut self, limits: HashMap<String, f64>) {
+        self.limits = limits.into_iter().filter(|(_, r)| *r > 0.0).collect();
+        self.buckets.clear();
+    }
+
+    /// Whether every bucket of `keys` has a token now (refilling them first).
+    fn rate_ok(&mut self, keys: &[String], now: i64) -> bool {
+        let mut ok = true;
+        for k in keys {
+            let Some(rate) = self.limits.get(k).copied() else { continue };
+            let b = self.buckets.entry(k.clone()).or_insert((rate.max(1.0), now));
+            let refill = (now - b.1).max(0) as f64 / 1000.0 * rate;
+            b.0 = (b.0 + refill).min(rate.max(1.0));
+            b.1 = now;
+            if b.0 < 1.0 {
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    fn consume(&mut self, keys: &[String]) {
+        for k in keys {
+            if let Some(b) = self.buckets.get_mut(k) {
+                b.0 -= 1.0;
+            }
+        }
+    }
+
+    /// The first of `keys` whose bucket is empty, if any (for `kflow explain`).
+    pub fn limited_by(&self, keys: &[String]) -> Option<String> {
+        keys.iter().find(|k| self.buckets.get(*k).is_some_and(|b| b.0 < 1.0)).cloned()
+    }
+
     pub fn push(&mut self, item: Item) {
         let key = (item.instance.clone(), item.effect_id);
         if self.by_effect.contains_key(&key) || self.items.iter().any(|i| i.instance == key.0 && i.effect_id == key.1) {
@@ -160,6 +210,9 @@ impl Queue {
     }
 
     fn release(&mut self, lease: &Lease) {
+        if let Some(n) = self.ns_leases.get_mut(&lease.item.namespace) {
+            *n = n.saturating_sub(1);
+        }
         if let Some(w) = self.workers.get_mut(&lease.worker) {
             w.leases.remove(&lease.id);
             for (k, n) in &lease.item.needs {
@@ -241,11 +294,15 @@ impl Queue {
         while out.len() < max {
             let Some(w) = self.workers.get(worker) else { break };
             // The best item this worker can take, unless a less loaded waiting worker can too.
-            let mut best: Option<(usize, i64)> = None;
-            for (i, item) in self.items.iter().enumerate() {
-                if !w.fits(item) {
+            let mut best: Option<(usize, i64, usize)> = None;
+            let candidates: Vec<usize> = (0..self.items.len()).filter(|i| w.fits(&self.items[*i])).collect();
+            let w = w.clone();
+            for i in candidates {
+                let keys = self.items[i].rate_keys.clone();
+                if !self.rate_ok(&keys, now) {
                     continue;
                 }
+                let item = &self.items[i];
                 let my_load = w.load();
                 // Only workers parked in a poll right now, and heard from recently, count.
                 let other_better = self.workers.values().any(|o| {
@@ -255,12 +312,15 @@ impl Queue {
                     continue;
                 }
                 let s = item.score(now);
-                if best.is_none_or(|(_, bs)| s > bs) {
-                    best = Some((i, s));
+                let ns_load = self.ns_leases.get(&item.namespace).copied().unwrap_or(0);
+                if best.is_none_or(|(_, bs, bl)| s > bs || (s == bs && ns_load < bl)) {
+                    best = Some((i, s, ns_load));
                 }
             }
-            let Some((i, _)) = best else { break };
+            let Some((i, _, _)) = best else { break };
             let item = self.items.remove(i);
+            self.consume(&item.rate_keys);
+            *self.ns_leases.entry(item.namespace.clone()).or_insert(0) += 1;
             let waited = mono_us().saturating_sub(item.ready_us);
             if self.latencies.len() < 10_000 {
                 self.latencies.push(waited);
@@ -427,6 +487,8 @@ mod tests {
         n.entry("tasks".into()).or_insert(1.0);
         Item {
             instance: i.into(),
+            namespace: "ns".into(),
+            rate_keys: vec![format!("queue:{queue}")],
             effect_id: 0,
             task: "/do/0/x".into(),
             effect: Effect::Timer { at_ms: 0 },
@@ -527,5 +589,76 @@ mod tests {
         for bad in ["cpu", "cpu=x", "=4", "memory=-1Gi"] {
             assert!(parse_capacity(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn it(i: &str, ns: &str, at: i64) -> Item {
+        let mut needs = Resources::new();
+        needs.insert("tasks".into(), 1.0);
+        Item {
+            instance: i.into(),
+            namespace: ns.into(),
+            rate_keys: vec!["queue:default".into(), "host:api.example.com".into()],
+            effect_id: 0,
+            task: "/do/0/x".into(),
+            effect: Effect::Timer { at_ms: 0 },
+            queue: "default".into(),
+            priority: 0,
+            needs,
+            labels: BTreeMap::new(),
+            enqueued_ms: at,
+            ready_us: 0,
+            attempt: Some(1),
+        }
+    }
+
+    fn worker(slots: f64) -> Worker {
+        let mut capacity = Resources::new();
+        capacity.insert("tasks".into(), slots);
+        Worker {
+            id: "w".into(),
+            queues: vec!["default".into()],
+            labels: BTreeMap::new(),
+            capacity,
+            used: Resources::new(),
+            leases: HashSet::new(),
+            last_seen_ms: 0,
+            draining: false,
+            builtin: false,
+            waiting: false,
+        }
+    }
+
+    #[test]
+    fn rate_limits_are_token_buckets_per_host() {
+        let mut q = Queue::default();
+        q.set_limits([("host:api.example.com".to_string(), 2.0)].into_iter().collect());
+        q.register(worker(100.0));
+        for i in 0..10 {
+            q.push(it(&format!("i{i}"), "ns", 0));
+        }
+        assert_eq!(q.take("w", 100, 0, 2000).len(), 2, "burst of one second at 2/s");
+        assert_eq!(q.take("w", 100, 100, 2000).len(), 0);
+        assert!(why_waiting(&q, &q.items()[0]).contains("rate limited by 'host:api.example.com'"));
+        assert_eq!(q.take("w", 100, 600, 2000).len(), 1, "one token back after 0.5 s");
+        assert_eq!(q.take("w", 100, 10_000, 2000).len(), 2, "never more than the burst");
+    }
+
+    #[test]
+    fn namespaces_share_workers_fairly() {
+        let mut q = Queue::default();
+        q.register(worker(4.0));
+        // A busy namespace queued first, a quiet one after: equal priority.
+        for i in 0..6 {
+            q.push(it(&format!("busy{i}"), "busy", 0));
+        }
+        q.push(it("quiet0", "quiet", 0));
+        q.push(it("quiet1", "quiet", 0));
+        let taken: Vec<String> = q.take("w", 4, 0, 2000).into_iter().map(|l| l.item.namespace).collect();
+        assert_eq!(taken.iter().filter(|n| *n == "quiet").count(), 2, "{taken:?}");
     }
 }

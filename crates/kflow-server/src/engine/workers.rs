@@ -85,7 +85,10 @@ impl WorkQueue {
             }
             // The flag must drop even when the long poll is abandoned (client gone): a guard.
             let _waiting = Waiting::new(self, worker);
-            let _ = tokio::time::timeout_at(deadline, notified).await;
+            // Work held back by a rate limit becomes takeable without a push: look again soon.
+            let held_back = !self.lock().items().is_empty();
+            let until = if held_back { deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)) } else { deadline };
+            let _ = tokio::time::timeout_at(until, notified).await;
         }
     }
 
