@@ -88,6 +88,8 @@ struct Driver {
     subs: HashMap<(String, u64), Vec<Value>>,
     timers: Timers,
     draining: bool,
+    /// Running and waiting instances of workflows with a concurrency limit.
+    groups: super::concurrency::Groups,
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -106,6 +108,7 @@ pub(super) async fn spawn(
         subs: HashMap::new(),
         timers: Timers::default(),
         draining: false,
+        groups: Default::default(),
     };
     d.recover()?;
     Ok(tokio::spawn(d.run(rx)))
@@ -125,14 +128,115 @@ impl Driver {
         for w in blocking(|| store.due_work(now + super::timers::HORIZON_MS, u32::MAX))? {
             self.resume_work(w, now, &mut ready);
         }
-        if !ready.is_empty() {
+        let admitted = self.rebuild_groups();
+        if !ready.is_empty() || !admitted.is_empty() {
             let mut b = Batch { ready, ..Default::default() };
+            for id in admitted {
+                self.admit(&id, &mut b, now);
+            }
             self.drain_ready(&mut b, now);
             let commits = std::mem::take(&mut b.commits);
             blocking(|| store.apply(&commits))?;
             self.finish(b);
         }
         Ok(())
+    }
+
+    /// After a restart: which running instances of limited workflows run and which wait;
+    /// returns the waiting ones that have room now.
+    fn rebuild_groups(&mut self) -> Vec<String> {
+        let store = self.shared.store.clone();
+        let Ok(mut ids) = blocking(|| store.running_instances()) else { return Vec::new() };
+        ids.sort();
+        for id in ids {
+            let (row, head) = match blocking(|| Ok::<_, kflow_store::StoreError>((store.get_instance(&id)?, store.history(&id, 0, 2)?))) {
+                Ok((Some(row), head)) => (row, head),
+                _ => continue,
+            };
+            let Ok(wf) = self.shared.workflow(&row.namespace, &row.name, &row.version) else { continue };
+            let Ok(Some(spec)) = super::concurrency::spec(&wf) else { continue };
+            let Ok(group) = super::concurrency::group_of(&wf, &spec, &row.input) else { continue };
+            if head.iter().any(|e| e.kind == "started") {
+                self.groups.add_running(&group, spec.limit, &id);
+            } else {
+                self.groups.add_waiting(&group, spec.limit, &id);
+            }
+        }
+        self.groups.fill()
+    }
+
+    /// Starts an instance that waited for a concurrency slot.
+    fn admit(&mut self, id: &str, b: &mut Batch, now: i64) {
+        if self.load(id).is_err() {
+            return;
+        }
+        let Some(a) = self.active.get_mut(id) else { return };
+        if a.row.status != InstanceStatus::Running {
+            return;
+        }
+        let input = a.row.input.clone();
+        let seq = a.next_seq;
+        a.next_seq += 1;
+        let step = a.core.start(input.clone(), now);
+        let started = HistoryEvent { seq, time_ms: now, kind: "started".into(), data: json!({ "input": input }) };
+        b.commit_for(id, now).history.push(started.clone());
+        b.after.push(After::Live(id.to_string(), started));
+        self.absorb(id, step, b, now);
+    }
+
+    /// Commits an instance that waits for a concurrency slot: row and a `queued` event only.
+    fn create_queued(&mut self, id: &str, wf: &Workflow, input: Value, b: &mut Batch, now: i64) {
+        let d = &wf.document;
+        let row = Instance {
+            id: id.to_string(),
+            namespace: d.namespace.clone(),
+            name: d.name.clone(),
+            version: d.version.clone(),
+            status: InstanceStatus::Running,
+            input,
+            output: None,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let queued = HistoryEvent { seq: 1, time_ms: now, kind: "queued".into(), data: json!({ "reason": "concurrency limit" }) };
+        let c = b.commit_for(id, now);
+        c.create = Some(row);
+        c.history.push(queued.clone());
+        b.after.push(After::Live(id.to_string(), queued));
+    }
+
+    /// Applies the workflow's concurrency limit to a new instance: `Ok(true)` start it now,
+    /// `Ok(false)` it was queued, `Err` refused.
+    fn admission(&mut self, id: &str, wf: &Arc<Workflow>, input: &Value, b: &mut Batch, now: i64) -> Result<bool> {
+        use super::concurrency::{OnLimit, group_of, spec};
+        let invalid = |m: String| EngineError::Invalid { message: m, details: vec![] };
+        let Some(spec) = spec(wf).map_err(invalid)? else { return Ok(true) };
+        let group = group_of(wf, &spec, input).map_err(invalid)?;
+        match self.groups.full(&group, spec.limit) {
+            None => {
+                self.groups.add_running(&group, spec.limit, id);
+                Ok(true)
+            }
+            Some(oldest) => match spec.on_limit {
+                OnLimit::Skip => Err(EngineError::Conflict(format!(
+                    "{group} already has {} running instance(s), its concurrency limit (onLimit: skip): not started",
+                    spec.limit
+                ))),
+                OnLimit::Queue => {
+                    self.create_queued(id, wf, input.clone(), b, now);
+                    self.groups.add_waiting(&group, spec.limit, id);
+                    Ok(false)
+                }
+                OnLimit::CancelOldest => {
+                    if let Some(o) = oldest {
+                        let _ = self.control(&o, b, now, |a, now| Ok(("cancelled", Some(a.core.cancel(now)))));
+                    }
+                    self.groups.add_running(&group, spec.limit, id);
+                    Ok(true)
+                }
+            },
+        }
     }
 
     /// Puts a stored work row back in motion (timer armed, effect re-run, child checked).
@@ -377,7 +481,14 @@ impl Driver {
                         id
                     }
                 };
-                self.create(&id, wf, input, b, now);
+                match self.admission(&id, &wf, &input, b, now) {
+                    Ok(true) => self.create(&id, wf, input, b, now),
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
                 b.after.push(After::ReplyInstance(reply, id));
             }
             Msg::Deliver { instance, effect, delivery } => {
@@ -629,6 +740,9 @@ impl Driver {
         if status.is_finished() {
             let c = b.commit_for(id, now);
             c.remove_work.extend(leftover);
+            for next in self.groups.finished(id) {
+                self.admit(&next, b, now);
+            }
             // A finished child answers its parent.
             if let Some((parent, effect)) = parent_of(id)
                 && let Some(a) = self.active.get(id) {

@@ -6,6 +6,7 @@
 //! and only then acts: replies to callers, dispatches effects, publishes live events. Reads go
 //! straight to the store.
 
+pub mod concurrency;
 mod dispatch;
 mod driver;
 pub mod queue;
@@ -224,6 +225,10 @@ impl Engine {
         crate::schedule::check(&wf).map_err(|details| EngineError::Invalid {
             message: "the workflow's schedule is invalid".into(),
             details,
+        })?;
+        concurrency::spec(&wf).map_err(|m| EngineError::Invalid {
+            message: "the workflow's concurrency settings are invalid".into(),
+            details: vec![m],
         })?;
         let text = String::from_utf8_lossy(source).into_owned();
         let d = &wf.document;
@@ -593,6 +598,13 @@ impl Engine {
                 }
             };
             reasons.push(serde_json::json!({ "task": w.task, "effect": w.effect_id, "kind": w.kind, "reason": why }));
+        }
+        if status == kflow_store::InstanceStatus::Running {
+            let id2 = id.to_string();
+            let head = self.blocking(move |s| s.history(&id2, 0, 2)).await?;
+            if head.iter().any(|e| e.kind == "queued") && !head.iter().any(|e| e.kind == "started") {
+                reasons.push(serde_json::json!({ "task": null, "kind": "concurrency", "reason": "waiting for a slot under the workflow's concurrency limit" }));
+            }
         }
         Ok(serde_json::json!({ "id": id, "status": status, "waiting": reasons }))
     }
