@@ -260,3 +260,41 @@ fn a_rate_limit_per_target_host_spaces_the_calls() {
     let spread = at[11] - at[0];
     assert!(spread >= 1_900, "12 calls at 4/s with a burst of 4 take about 2 s, took {spread} ms");
 }
+
+#[test]
+fn a_higher_priority_instance_runs_first() {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let endpoint = slow_endpoint(load.clone());
+    let dir = TempDir::new("workers-prio");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let base = server.base();
+    register(&base, &workflow("blocker", "p", "{ cpu: 1 }", &endpoint.base(), 800));
+    register(&base, &workflow("job", "p", "{ cpu: 1 }", &endpoint.base(), 10));
+    let _w = Worker::start(&base, &["--queue", "remote", "--labels", "zone=p", "--capacity", "cpu=1"]);
+    let blocker = start(&base, "blocker");
+    let t0 = Instant::now();
+    while endpoint.requests().iter().all(|r| r.path() != "/slow") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the worker never took the blocker");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // While the only slot is busy: three ordinary instances, then an urgent one.
+    let mut ids = vec![blocker];
+    for i in 0..3 {
+        let (s, v) = post_json(&base, "/api/v1/instances", &json!({"namespace": "test", "name": "job", "input": {"n": i}})).expect("start");
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    let (s, v) = post_json(&base, "/api/v1/instances", &json!({"namespace": "test", "name": "job", "priority": 10})).expect("start");
+    assert_eq!(s, 201, "{v}");
+    let urgent = v["id"].as_str().expect("id").to_string();
+    ids.push(urgent.clone());
+    wait_done(&base, &ids, Duration::from_secs(30));
+    let order: Vec<String> = endpoint
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/slow")
+        .filter_map(|r| r.header("idempotency-key").map(|k| k.split('-').take(5).collect::<Vec<_>>().join("-")))
+        .collect();
+    assert_eq!(order.len(), 5, "{order:?}");
+    assert_eq!(order[1], urgent, "the urgent instance ran right after the blocker: {order:?}");
+}

@@ -37,7 +37,7 @@ pub const MAX_HISTORY: u32 = 10_000;
 pub async fn start_instance(State(st): State<AppState>, JsonBody(req): JsonBody<StartRequest>) -> ApiResult<(StatusCode, Json<Value>)> {
     let version = req.version.as_deref().filter(|v| !v.is_empty() && *v != "latest");
     let input = req.input.unwrap_or_else(|| Value::Object(Default::default()));
-    let inst = st.engine.start(&req.namespace, &req.name, version, input).await?;
+    let inst = st.engine.start_with_priority(&req.namespace, &req.name, version, input, req.priority).await?;
     if req.wait {
         let timeout = std::time::Duration::from_secs(req.wait_seconds.unwrap_or(60).min(3600));
         let view = st.engine.wait_finished(&inst.id, timeout).await?;

@@ -110,6 +110,8 @@ pub struct StartRequest {
     #[serde(default)]
     pub wait: bool,
     pub wait_seconds: Option<u64>,
+    /// Queue priority of the instance's calls and processes (higher first; default 0).
+    pub priority: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -26,7 +26,7 @@ use super::{EngineError, LiveEvent, Result, Shared, now_ms};
 
 pub enum Msg {
     /// `id: Some` starts at most once: an instance with that id already existing is the answer.
-    Start { id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>> },
+    Start { id: Option<String>, wf: Arc<Workflow>, input: Value, priority: Option<i64>, reply: oneshot::Sender<Result<Instance>> },
     Deliver { instance: String, effect: u64, delivery: Delivery },
     Cancel { id: String, reply: oneshot::Sender<Result<Instance>> },
     Suspend { id: String, reply: oneshot::Sender<Result<Instance>> },
@@ -41,6 +41,8 @@ struct Active {
     wf: Arc<Workflow>,
     row: Instance,
     next_seq: i64,
+    /// The instance's priority (from its start request; default 0).
+    priority: i64,
     /// Deliveries that arrived while suspended.
     held: Vec<(u64, Delivery)>,
 }
@@ -178,14 +180,14 @@ impl Driver {
         let seq = a.next_seq;
         a.next_seq += 1;
         let step = a.core.start(input.clone(), now);
-        let started = HistoryEvent { seq, time_ms: now, kind: "started".into(), data: json!({ "input": input }) };
+        let started = HistoryEvent { seq, time_ms: now, kind: "started".into(), data: json!({ "input": input, "priority": a.priority }) };
         b.commit_for(id, now).history.push(started.clone());
         b.after.push(After::Live(id.to_string(), started));
         self.absorb(id, step, b, now);
     }
 
     /// Commits an instance that waits for a concurrency slot: row and a `queued` event only.
-    fn create_queued(&mut self, id: &str, wf: &Workflow, input: Value, b: &mut Batch, now: i64) {
+    fn create_queued(&mut self, id: &str, wf: &Workflow, input: Value, priority: i64, b: &mut Batch, now: i64) {
         let d = &wf.document;
         let row = Instance {
             id: id.to_string(),
@@ -199,7 +201,7 @@ impl Driver {
             created_ms: now,
             updated_ms: now,
         };
-        let queued = HistoryEvent { seq: 1, time_ms: now, kind: "queued".into(), data: json!({ "reason": "concurrency limit" }) };
+        let queued = HistoryEvent { seq: 1, time_ms: now, kind: "queued".into(), data: json!({ "reason": "concurrency limit", "priority": priority }) };
         let c = b.commit_for(id, now);
         c.create = Some(row);
         c.history.push(queued.clone());
@@ -208,7 +210,7 @@ impl Driver {
 
     /// Applies the workflow's concurrency limit to a new instance: `Ok(true)` start it now,
     /// `Ok(false)` it was queued, `Err` refused.
-    fn admission(&mut self, id: &str, wf: &Arc<Workflow>, input: &Value, b: &mut Batch, now: i64) -> Result<bool> {
+    fn admission(&mut self, id: &str, wf: &Arc<Workflow>, input: &Value, priority: i64, b: &mut Batch, now: i64) -> Result<bool> {
         use super::concurrency::{OnLimit, group_of, spec};
         let invalid = |m: String| EngineError::Invalid { message: m, details: vec![] };
         let Some(spec) = spec(wf).map_err(invalid)? else { return Ok(true) };
@@ -224,7 +226,7 @@ impl Driver {
                     spec.limit
                 ))),
                 OnLimit::Queue => {
-                    self.create_queued(id, wf, input.clone(), b, now);
+                    self.create_queued(id, wf, input.clone(), priority, b, now);
                     self.groups.add_waiting(&group, spec.limit, id);
                     Ok(false)
                 }
@@ -462,7 +464,7 @@ impl Driver {
 
     fn handle(&mut self, m: Msg, b: &mut Batch, now: i64) {
         match m {
-            Msg::Start { id, wf, input, reply } => {
+            Msg::Start { id, wf, input, priority, reply } => {
                 if self.draining {
                     let _ = reply.send(Err(EngineError::Unavailable));
                     return;
@@ -481,8 +483,9 @@ impl Driver {
                         id
                     }
                 };
-                match self.admission(&id, &wf, &input, b, now) {
-                    Ok(true) => self.create(&id, wf, input, b, now),
+                let priority = priority.unwrap_or(0);
+                match self.admission(&id, &wf, &input, priority, b, now) {
+                    Ok(true) => self.create(&id, wf, input, priority, b, now),
                     Ok(false) => {}
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -598,7 +601,7 @@ impl Driver {
         }
     }
 
-    fn create(&mut self, id: &str, wf: Arc<Workflow>, input: Value, b: &mut Batch, now: i64) {
+    fn create(&mut self, id: &str, wf: Arc<Workflow>, input: Value, priority: i64, b: &mut Batch, now: i64) {
         let d = &wf.document;
         let row = Instance {
             id: id.to_string(),
@@ -615,12 +618,12 @@ impl Driver {
         let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let step = core.start(input.clone(), now);
-        let started = HistoryEvent { seq: 1, time_ms: now, kind: "started".into(), data: json!({ "input": input }) };
+        let started = HistoryEvent { seq: 1, time_ms: now, kind: "started".into(), data: json!({ "input": input, "priority": priority }) };
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
         c.history.push(started.clone());
         b.after.push(After::Live(id.to_string(), started));
-        self.active.insert(id.to_string(), Active { core, wf, row, next_seq: 2, held: Vec::new() });
+        self.active.insert(id.to_string(), Active { core, wf, row, next_seq: 2, priority, held: Vec::new() });
         self.absorb(id, step, b, now);
     }
 
@@ -644,8 +647,12 @@ impl Driver {
         let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let mut next_seq = 1;
+        let mut priority = 0;
         for ev in &history {
             next_seq = ev.seq + 1;
+            if let Some(p) = ev.data.get("priority").and_then(Value::as_i64) {
+                priority = p;
+            }
             match ev.kind.as_str() {
                 "started" => {
                     core.start(ev.data.get("input").cloned().unwrap_or(Value::Null), ev.time_ms);
@@ -662,7 +669,7 @@ impl Driver {
                 _ => {}
             }
         }
-        self.active.insert(id.to_string(), Active { core, wf, row, next_seq, held: Vec::new() });
+        self.active.insert(id.to_string(), Active { core, wf, row, next_seq, priority, held: Vec::new() });
         Ok(())
     }
 
@@ -768,7 +775,9 @@ impl Driver {
             queue = doc_queue;
         }
         if !has("priority") {
-            priority = doc_priority;
+            // The instance's own priority, else the workflow's default.
+            let instance_priority = self.active.get(instance).map(|a| a.priority).unwrap_or(0);
+            priority = if instance_priority != 0 { instance_priority } else { doc_priority };
         }
         let ready_us = super::queue::mono_us();
         let namespace = self.active.get(instance).map(|a| a.row.namespace.clone()).unwrap_or_default();
@@ -835,7 +844,11 @@ impl Driver {
             Effect::Workflow { namespace, name, version, input } => {
                 let child = child_id(id, effect);
                 match self.shared.workflow(&namespace, &name, &version) {
-                    Ok(wf) => self.create(&child, wf, input, b, now),
+                    Ok(wf) => {
+                        // A sub-workflow runs at its parent's priority.
+                        let p = self.active.get(id).map(|a| a.priority).unwrap_or(0);
+                        self.create(&child, wf, input, p, b, now)
+                    }
                     Err(e) => b.ready.push_back((id.to_string(), effect, child_error(format!("run workflow: {e}")))),
                 }
             }

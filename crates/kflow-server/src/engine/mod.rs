@@ -300,6 +300,12 @@ impl Engine {
 
     /// Starts an instance; returns once it is committed.
     pub async fn start(&self, ns: &str, name: &str, version: Option<&str>, input: Value) -> Result<Instance> {
+        self.start_with_priority(ns, name, version, input, None).await
+    }
+
+    /// Starts an instance whose calls and processes queue at `priority` (higher first; a
+    /// task's own `metadata.kflow.priority` wins).
+    pub async fn start_with_priority(&self, ns: &str, name: &str, version: Option<&str>, input: Value, priority: Option<i64>) -> Result<Instance> {
         let mut def = self.definition(ns, name, version).await?;
         if def.deprecated && version.is_none() {
             // "latest" means the highest version that still takes new runs.
@@ -322,7 +328,7 @@ impl Engine {
                 details: errs,
             })?;
         }
-        self.ask(|reply| start_msg(None, wf, input, reply)).await
+        self.ask(|reply| Msg::Start { id: None, wf, input, priority, reply }).await
     }
 
     pub async fn instance(&self, id: &str) -> Result<InstanceView> {
@@ -631,7 +637,7 @@ pub trait Observer: Send + Sync + 'static {
 /// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7, `Some` starts
 /// at most once (an existing instance with that id is the answer).
 fn start_msg(id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>>) -> Msg {
-    Msg::Start { id, wf, input, reply }
+    Msg::Start { id, wf, input, priority: None, reply }
 }
 
 impl Engine {

@@ -100,6 +100,9 @@ pub enum ClientCommand {
         /// Show live progress until the instance finishes, then print like --wait.
         #[arg(long)]
         watch: bool,
+        /// Queue priority of the instance's calls and processes (higher first).
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i64>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -233,9 +236,9 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         ClientCommand::Queues { out, server } => worker::queues(&http::Api::new(&server)?, out.output).await,
         ClientCommand::Explain { id, out, server } => worker::explain(&http::Api::new(&server)?, &id, out.output).await,
         ClientCommand::Apply { files, server } => apply::apply(&http::Api::new(&server)?, &files).await,
-        ClientCommand::Start { workflow, input, input_file, wait, watch, server } => {
+        ClientCommand::Start { workflow, input, input_file, wait, watch, priority, server } => {
             let api = http::Api::new(&server)?;
-            let opts = verbs::StartOptions { workflow, input, input_file, wait, watch };
+            let opts = verbs::StartOptions { workflow, input, input_file, wait, watch, priority };
             verbs::start(&api, opts).await
         }
         ClientCommand::Get { id, out, server } => verbs::get(&http::Api::new(&server)?, &id, out.output).await,

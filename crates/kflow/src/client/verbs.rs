@@ -60,6 +60,7 @@ pub struct StartOptions {
     pub input_file: Option<PathBuf>,
     pub wait: bool,
     pub watch: bool,
+    pub priority: Option<i64>,
 }
 
 /// `kflow start`: without --wait/--watch prints the new id on stdout; with them the id goes to
@@ -76,6 +77,9 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
         let input = crate::inputs::read_input(opts.input.as_deref(), opts.input_file.as_deref())
             .map_err(|e| Failure::Usage(format!("{e:#}")))?;
         body.insert("input".into(), input);
+    }
+    if let Some(p) = opts.priority {
+        body.insert("priority".into(), json!(p));
     }
     let inst = api.post_json(&["instances"], &Value::Object(body)).await?;
     let id = text(&inst, "id").to_owned();
