@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub lease_ttl_ms: i64,
     /// Tasks per second, by `queue:NAME` or `host:NAME`.
     pub rate_limits: std::collections::HashMap<String, f64>,
+    /// Running instances at most per namespace.
+    pub namespace_limits: std::collections::HashMap<String, usize>,
     /// The time zone of cron schedules that name none (IANA name; default UTC).
     pub timezone: String,
 }
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
             worker_token: None,
             lease_ttl_ms: 1_500,
             rate_limits: Default::default(),
+            namespace_limits: Default::default(),
             timezone: "UTC".into(),
         }
     }
@@ -63,6 +66,7 @@ struct FileConfig {
     worker_token: Option<String>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
+    namespace_limits: Option<std::collections::HashMap<String, usize>>,
     timezone: Option<String>,
 }
 
@@ -113,6 +117,12 @@ impl ServerConfig {
                 }
             }
             c.rate_limits = limits;
+        }
+        if let Some(limits) = file.namespace_limits {
+            if let Some((ns, _)) = limits.iter().find(|(_, n)| **n == 0) {
+                return Err(format!("{name}: namespace_limits: '{ns}' must allow at least 1 running instance"));
+            }
+            c.namespace_limits = limits;
         }
         if let Some(v) = file.lease_ttl_ms {
             if v < 100 {

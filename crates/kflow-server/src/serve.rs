@@ -22,6 +22,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         secrets,
         lease_ttl_ms: cfg.lease_ttl_ms,
         rate_limits: cfg.rate_limits.clone(),
+        namespace_limits: cfg.namespace_limits.clone(),
         ..EngineConfig::default()
     })
     .await

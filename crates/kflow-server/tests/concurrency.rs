@@ -141,3 +141,25 @@ async fn queued_instances_survive_a_restart() {
     e.shutdown(Duration::from_millis(0)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_limit_spans_its_workflows() {
+    let store = SqliteStore::open_in_memory().expect("store");
+    let mut cfg = EngineConfig::default();
+    cfg.namespace_limits.insert("c".into(), 1);
+    let e = Engine::with_store(Arc::new(store), cfg).await.expect("engine");
+    // Two workflows without limits of their own, in the limited namespace.
+    let plain = |name: &str| {
+        format!("document:\n  dsl: '1.0.3'\n  namespace: c\n  name: {name}\n  version: '1.0.0'\ndo:\n  - nap:\n      wait: PT0.3S\n")
+    };
+    e.register(plain("p").as_bytes()).await.expect("register");
+    e.register(plain("q").as_bytes()).await.expect("register");
+    let a = e.start("c", "p", None, json!({})).await.expect("start").id;
+    let b = e.start("c", "q", None, json!({})).await.expect("start").id;
+    for id in [&a, &b] {
+        e.wait_finished(id, Duration::from_secs(10)).await.expect("wait");
+    }
+    let (_, end_a) = span(&e, &a).await;
+    let (start_b, _) = span(&e, &b).await;
+    assert!(start_b >= end_a, "the namespace runs one instance at a time");
+}

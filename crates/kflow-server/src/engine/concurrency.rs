@@ -82,80 +82,88 @@ pub fn group_of(wf: &Workflow, spec: &Spec, input: &Value) -> Result<String, Str
     }
 }
 
+/// Running and waiting instances. An instance belongs to one or more groups (its workflow or
+/// workflow key, its namespace when the server limits it), each with a limit; it runs only when
+/// every one of its groups has room. Waiting instances start in arrival order.
 #[derive(Debug, Default)]
-struct Group {
-    limit: usize,
-    /// Running instances; ids are UUID v7, so the first is the oldest.
-    running: BTreeSet<String>,
+pub struct Groups {
+    limits: HashMap<String, usize>,
+    /// Running instances per group; ids are UUID v7, so the first is the oldest.
+    running: HashMap<String, BTreeSet<String>>,
+    of: HashMap<String, Vec<String>>,
     waiting: VecDeque<String>,
 }
 
-/// Running and waiting instances per group.
-#[derive(Debug, Default)]
-pub struct Groups {
-    groups: HashMap<String, Group>,
-    of: HashMap<String, String>,
-}
-
 impl Groups {
-    /// Whether `group` has a free slot; else its oldest running instance.
-    pub fn full(&mut self, group: &str, limit: usize) -> Option<Option<String>> {
-        let g = self.groups.entry(group.to_string()).or_default();
-        g.limit = limit;
-        if g.running.len() < limit { None } else { Some(g.running.first().cloned()) }
+    fn has_room(&self, group: &str) -> bool {
+        let limit = self.limits.get(group).copied().unwrap_or(usize::MAX);
+        self.running.get(group).map_or(0, BTreeSet::len) < limit
     }
 
-    pub fn add_running(&mut self, group: &str, limit: usize, id: &str) {
-        let g = self.groups.entry(group.to_string()).or_default();
-        g.limit = limit;
-        g.running.insert(id.to_string());
-        self.of.insert(id.to_string(), group.to_string());
+    /// `None` when every group has room; else the first full group and its oldest instance.
+    pub fn full(&mut self, groups: &[(String, usize)]) -> Option<(String, Option<String>)> {
+        for (g, limit) in groups {
+            self.limits.insert(g.clone(), *limit);
+        }
+        groups
+            .iter()
+            .find(|(g, _)| !self.has_room(g))
+            .map(|(g, _)| (g.clone(), self.running.get(g).and_then(|r| r.first().cloned())))
     }
 
-    pub fn add_waiting(&mut self, group: &str, limit: usize, id: &str) {
-        let g = self.groups.entry(group.to_string()).or_default();
-        g.limit = limit;
-        g.waiting.push_back(id.to_string());
-        self.of.insert(id.to_string(), group.to_string());
+    pub fn add_running(&mut self, id: &str, groups: &[(String, usize)]) {
+        for (g, limit) in groups {
+            self.limits.insert(g.clone(), *limit);
+            self.running.entry(g.clone()).or_default().insert(id.to_string());
+        }
+        self.of.insert(id.to_string(), groups.iter().map(|(g, _)| g.clone()).collect());
     }
 
-    /// An instance finished (or was cancelled): frees its slot; returns the waiting instances
-    /// that may start now (they are counted as running from here on).
+    pub fn add_waiting(&mut self, id: &str, groups: &[(String, usize)]) {
+        for (g, limit) in groups {
+            self.limits.insert(g.clone(), *limit);
+        }
+        self.of.insert(id.to_string(), groups.iter().map(|(g, _)| g.clone()).collect());
+        self.waiting.push_back(id.to_string());
+    }
+
+    /// An instance finished (or was cancelled): frees its slots; returns the waiting instances
+    /// that may start now (counted as running from here on).
     pub fn finished(&mut self, id: &str) -> Vec<String> {
-        let Some(group) = self.of.remove(id) else { return Vec::new() };
-        let Some(g) = self.groups.get_mut(&group) else { return Vec::new() };
-        g.running.remove(id);
-        g.waiting.retain(|w| w != id);
+        let Some(groups) = self.of.remove(id) else { return Vec::new() };
+        for g in &groups {
+            if let Some(r) = self.running.get_mut(g) {
+                r.remove(id);
+                if r.is_empty() {
+                    self.running.remove(g);
+                }
+            }
+        }
+        self.waiting.retain(|w| w != id);
+        self.fill()
+    }
+
+    /// Admits waiting instances, in arrival order, wherever all their groups have room.
+    pub fn fill(&mut self) -> Vec<String> {
         let mut admitted = Vec::new();
-        while g.running.len() < g.limit {
-            let Some(next) = g.waiting.pop_front() else { break };
-            g.running.insert(next.clone());
-            admitted.push(next);
+        let mut still = VecDeque::with_capacity(self.waiting.len());
+        while let Some(w) = self.waiting.pop_front() {
+            let groups = self.of.get(&w).cloned().unwrap_or_default();
+            if groups.iter().all(|g| self.has_room(g)) {
+                for g in &groups {
+                    self.running.entry(g.clone()).or_default().insert(w.clone());
+                }
+                admitted.push(w);
+            } else {
+                still.push_back(w);
+            }
         }
-        for a in &admitted {
-            self.of.insert(a.clone(), group.clone());
-        }
-        if g.running.is_empty() && g.waiting.is_empty() {
-            self.groups.remove(&group);
-        }
+        self.waiting = still;
         admitted
     }
 
-    /// Admits waiting instances wherever a group has room (after a restart); returns them.
-    pub fn fill(&mut self) -> Vec<String> {
-        let mut admitted = Vec::new();
-        for (name, g) in self.groups.iter_mut() {
-            while g.running.len() < g.limit {
-                let Some(next) = g.waiting.pop_front() else { break };
-                g.running.insert(next.clone());
-                admitted.push((next, name.clone()));
-            }
-        }
-        admitted.into_iter().map(|(id, _)| id).collect()
-    }
-
     pub fn is_waiting(&self, id: &str) -> bool {
-        self.of.get(id).and_then(|g| self.groups.get(g)).is_some_and(|g| g.waiting.iter().any(|w| w == id))
+        self.waiting.iter().any(|w| w == id)
     }
 }
 
@@ -163,19 +171,35 @@ impl Groups {
 mod tests {
     use super::*;
 
+    fn g(name: &str, limit: usize) -> (String, usize) {
+        (name.to_string(), limit)
+    }
+
     #[test]
     fn slots_free_in_order() {
-        let mut g = Groups::default();
-        assert_eq!(g.full("w", 1), None);
-        g.add_running("w", 1, "a");
-        assert_eq!(g.full("w", 1), Some(Some("a".to_string())));
-        g.add_waiting("w", 1, "b");
-        g.add_waiting("w", 1, "c");
-        assert!(g.is_waiting("b"));
-        assert_eq!(g.finished("a"), vec!["b".to_string()]);
-        assert!(!g.is_waiting("b"));
-        assert_eq!(g.finished("c"), Vec::<String>::new(), "a waiting one cancelled frees nothing");
-        assert_eq!(g.finished("b"), Vec::<String>::new());
-        assert_eq!(g.full("w", 1), None);
+        let mut gs = Groups::default();
+        let w = [g("w", 1)];
+        assert_eq!(gs.full(&w), None);
+        gs.add_running("a", &w);
+        assert_eq!(gs.full(&w), Some(("w".to_string(), Some("a".to_string()))));
+        gs.add_waiting("b", &w);
+        gs.add_waiting("c", &w);
+        assert!(gs.is_waiting("b"));
+        assert_eq!(gs.finished("a"), vec!["b".to_string()]);
+        assert!(!gs.is_waiting("b"));
+        assert_eq!(gs.finished("c"), Vec::<String>::new(), "a waiting one cancelled frees nothing");
+        assert_eq!(gs.finished("b"), Vec::<String>::new());
+        assert_eq!(gs.full(&w), None);
+    }
+
+    #[test]
+    fn every_group_must_have_room() {
+        let mut gs = Groups::default();
+        // Namespace limit 2 across two workflows with limit 5 each.
+        gs.add_running("a1", &[g("ns:x", 2), g("x/a", 5)]);
+        gs.add_running("b1", &[g("ns:x", 2), g("x/b", 5)]);
+        assert!(gs.full(&[g("ns:x", 2), g("x/a", 5)]).is_some(), "the namespace is full");
+        gs.add_waiting("a2", &[g("ns:x", 2), g("x/a", 5)]);
+        assert_eq!(gs.finished("b1"), vec!["a2".to_string()]);
     }
 }

@@ -156,12 +156,14 @@ impl Driver {
                 _ => continue,
             };
             let Ok(wf) = self.shared.workflow(&row.namespace, &row.name, &row.version) else { continue };
-            let Ok(Some(spec)) = super::concurrency::spec(&wf) else { continue };
-            let Ok(group) = super::concurrency::group_of(&wf, &spec, &row.input) else { continue };
+            let Ok((groups, _)) = self.groups_of(&wf, &row.input) else { continue };
+            if groups.is_empty() {
+                continue;
+            }
             if head.iter().any(|e| e.kind == "started") {
-                self.groups.add_running(&group, spec.limit, &id);
+                self.groups.add_running(&id, &groups);
             } else {
-                self.groups.add_waiting(&group, spec.limit, &id);
+                self.groups.add_waiting(&id, &groups);
             }
         }
         self.groups.fill()
@@ -211,34 +213,54 @@ impl Driver {
     /// Applies the workflow's concurrency limit to a new instance: `Ok(true)` start it now,
     /// `Ok(false)` it was queued, `Err` refused.
     fn admission(&mut self, id: &str, wf: &Arc<Workflow>, input: &Value, priority: i64, b: &mut Batch, now: i64) -> Result<bool> {
-        use super::concurrency::{OnLimit, group_of, spec};
-        let invalid = |m: String| EngineError::Invalid { message: m, details: vec![] };
-        let Some(spec) = spec(wf).map_err(invalid)? else { return Ok(true) };
-        let group = group_of(wf, &spec, input).map_err(invalid)?;
-        match self.groups.full(&group, spec.limit) {
-            None => {
-                self.groups.add_running(&group, spec.limit, id);
+        use super::concurrency::OnLimit;
+        let (groups, spec) = self.groups_of(wf, input)?;
+        if groups.is_empty() {
+            return Ok(true);
+        }
+        let Some((full, oldest)) = self.groups.full(&groups) else {
+            self.groups.add_running(id, &groups);
+            return Ok(true);
+        };
+        // The namespace limit always queues; the workflow's own limit follows its onLimit.
+        let policy = if full.starts_with("ns:") { OnLimit::Queue } else { spec.map_or(OnLimit::Queue, |s| s.on_limit) };
+        match policy {
+            OnLimit::Skip => Err(EngineError::Conflict(format!(
+                "{full} already has as many running instances as its concurrency limit allows (onLimit: skip): not started"
+            ))),
+            OnLimit::Queue => {
+                self.create_queued(id, wf, input.clone(), priority, b, now);
+                self.groups.add_waiting(id, &groups);
+                Ok(false)
+            }
+            OnLimit::CancelOldest => {
+                if let Some(o) = oldest {
+                    let _ = self.control(&o, b, now, |a, now| Ok(("cancelled", Some(a.core.cancel(now)))));
+                }
+                if self.groups.full(&groups).is_some() {
+                    self.create_queued(id, wf, input.clone(), priority, b, now);
+                    self.groups.add_waiting(id, &groups);
+                    return Ok(false);
+                }
+                self.groups.add_running(id, &groups);
                 Ok(true)
             }
-            Some(oldest) => match spec.on_limit {
-                OnLimit::Skip => Err(EngineError::Conflict(format!(
-                    "{group} already has {} running instance(s), its concurrency limit (onLimit: skip): not started",
-                    spec.limit
-                ))),
-                OnLimit::Queue => {
-                    self.create_queued(id, wf, input.clone(), priority, b, now);
-                    self.groups.add_waiting(&group, spec.limit, id);
-                    Ok(false)
-                }
-                OnLimit::CancelOldest => {
-                    if let Some(o) = oldest {
-                        let _ = self.control(&o, b, now, |a, now| Ok(("cancelled", Some(a.core.cancel(now)))));
-                    }
-                    self.groups.add_running(&group, spec.limit, id);
-                    Ok(true)
-                }
-            },
         }
+    }
+
+    /// The concurrency groups of a new instance: its workflow (or workflow key) when the
+    /// workflow sets a limit, its namespace when the server limits it.
+    fn groups_of(&self, wf: &Workflow, input: &Value) -> Result<(Vec<(String, usize)>, Option<super::concurrency::Spec>)> {
+        let invalid = |m: String| EngineError::Invalid { message: m, details: vec![] };
+        let mut groups = Vec::new();
+        let spec = super::concurrency::spec(wf).map_err(invalid)?;
+        if let Some(s) = &spec {
+            groups.push((super::concurrency::group_of(wf, s, input).map_err(invalid)?, s.limit));
+        }
+        if let Some(limit) = self.shared.config.namespace_limits.get(&wf.document.namespace) {
+            groups.push((format!("ns:{}", wf.document.namespace), *limit));
+        }
+        Ok((groups, spec))
     }
 
     /// Puts a stored work row back in motion (timer armed, effect re-run, child checked).

@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub lease_ttl_ms: i64,
     /// Tasks per second by bucket: `queue:NAME` or `host:NAME`.
     pub rate_limits: HashMap<String, f64>,
+    /// Running instances at most per namespace (more wait, oldest first).
+    pub namespace_limits: HashMap<String, usize>,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +76,7 @@ impl Default for EngineConfig {
             secrets: Value::Object(Default::default()),
             lease_ttl_ms: 1_500,
             rate_limits: HashMap::new(),
+            namespace_limits: HashMap::new(),
         }
     }
 }
