@@ -146,6 +146,8 @@ pub struct Commit {
     /// New status, with output / error when finished.
     pub status: Option<(InstanceStatus, Option<Value>, Option<Value>)>,
     pub now_ms: i64,
+    /// Posted CloudEvents (ids from [`Store::add_event`]) whose deliveries this batch commits.
+    pub processed_events: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -225,6 +227,12 @@ pub trait Store: Send + Sync + 'static {
     fn subscriptions(&self) -> Result<Vec<WorkItem>>;
     /// Ids of instances in `running` status.
     fn running_instances(&self) -> Result<Vec<String>>;
+
+    // --- events ------------------------------------------------------------------------
+    /// Records a posted CloudEvent before it is acknowledged; returns its id (increasing).
+    fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64>;
+    /// Recorded events not yet marked processed by a commit, oldest first.
+    fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>>;
 
     // --- schedules ---------------------------------------------------------------------------
     /// Every schedule row, by namespace then name.

@@ -58,6 +58,7 @@ cases!(
     subscriptions_of_running_instances,
     running_instances_lists_running_only,
     effect_ids_use_the_full_u64_range,
+    events_are_pending_until_a_commit_processes_them,
     concurrent_writers_and_readers,
     schedules_put_is_compare_and_set,
     schedules_list_get_delete,
@@ -107,6 +108,7 @@ macro_rules! store_conformance_tests {
             subscriptions_of_running_instances,
             running_instances_lists_running_only,
             effect_ids_use_the_full_u64_range,
+    events_are_pending_until_a_commit_processes_them,
             concurrent_writers_and_readers,
             schedules_put_is_compare_and_set,
             schedules_list_get_delete,
@@ -1041,4 +1043,24 @@ pub fn schedules_pause_and_next_fire(store: &dyn Store) {
     assert_eq!(resumed.revision, 3);
     assert_eq!(ok(store.next_schedule_fire()), Some(200));
     assert!(ok(store.get_schedule("ns", "a")).is_some_and(|r| !r.paused));
+}
+
+pub fn events_are_pending_until_a_commit_processes_them(store: &dyn Store) {
+    assert!(ok(store.pending_events(10)).is_empty());
+    let a = ok(store.add_event(&serde_json::json!({"id": "a"}), 1));
+    let b = ok(store.add_event(&serde_json::json!({"id": "b"}), 2));
+    assert!(b > a, "ids increase");
+    let pending = ok(store.pending_events(10));
+    assert_eq!(pending.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(pending[1].1["id"], "b");
+    assert_eq!(ok(store.pending_events(1)).len(), 1, "limit");
+    // A commit with no instance can mark events (an event that matched nobody).
+    ok(store.apply(&[Commit { processed_events: vec![a], ..Default::default() }]));
+    assert_eq!(ok(store.pending_events(10)).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [b]);
+    // A failing batch marks nothing.
+    let mut bad = create(&instance("e1", 1));
+    bad.processed_events = vec![b];
+    let dup = create(&instance("e1", 1));
+    assert!(store.apply(&[bad, dup]).is_err());
+    assert_eq!(ok(store.pending_events(10)).len(), 1);
 }

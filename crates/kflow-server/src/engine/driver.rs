@@ -31,7 +31,9 @@ pub enum Msg {
     Cancel { id: String, reply: oneshot::Sender<Result<Instance>> },
     Suspend { id: String, reply: oneshot::Sender<Result<Instance>> },
     Resume { id: String, reply: oneshot::Sender<Result<Instance>> },
-    Event { event: Value, reply: oneshot::Sender<Result<usize>> },
+    /// A posted CloudEvent (`event_id`: its row in the store, marked processed by the commit
+    /// of its deliveries).
+    Event { event: Value, event_id: Option<i64>, reply: oneshot::Sender<Result<usize>> },
     Shutdown { deadline: Duration, reply: oneshot::Sender<()> },
 }
 
@@ -131,8 +133,13 @@ impl Driver {
             self.resume_work(w, now, &mut ready);
         }
         let admitted = self.rebuild_groups();
-        if !ready.is_empty() || !admitted.is_empty() {
+        let pending_events = blocking(|| store.pending_events(10_000))?;
+        if !ready.is_empty() || !admitted.is_empty() || !pending_events.is_empty() {
             let mut b = Batch { ready, ..Default::default() };
+            // Events recorded but not delivered before the crash: offered again, once.
+            for (id, event) in pending_events {
+                self.offer_event(&event, Some(id), &mut b, now);
+            }
             for id in admitted {
                 self.admit(&id, &mut b, now);
             }
@@ -519,16 +526,8 @@ impl Driver {
             Msg::Deliver { instance, effect, delivery } => {
                 b.ready.push_back((instance, effect, delivery));
             }
-            Msg::Event { event, reply } => {
-                let mut n = 0;
-                let mut keys: Vec<&(String, u64)> = self.subs.keys().collect();
-                keys.sort();
-                for key in keys {
-                    if self.subs[key].iter().any(|f| event_matches(f, &event)) {
-                        b.ready.push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
-                        n += 1;
-                    }
-                }
+            Msg::Event { event, event_id, reply } => {
+                let n = self.offer_event(&event, event_id, b, now);
                 b.after.push(After::ReplyCount(reply, n));
             }
             Msg::Cancel { id, reply } => {
@@ -565,6 +564,24 @@ impl Driver {
             }
             Msg::Shutdown { .. } => {}
         }
+    }
+
+    /// Offers a posted event to every open subscription; returns how many took it.
+    fn offer_event(&mut self, event: &Value, event_id: Option<i64>, b: &mut Batch, now: i64) -> usize {
+        let mut n = 0;
+        let mut keys: Vec<&(String, u64)> = self.subs.keys().collect();
+        keys.sort();
+        for key in keys {
+            if self.subs[key].iter().any(|f| event_matches(f, event)) {
+                b.ready.push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
+                n += 1;
+            }
+        }
+        if let Some(id) = event_id {
+            // Marked processed in the same transaction as the deliveries it caused.
+            b.commit_for("", now).processed_events.push(id);
+        }
+        n
     }
 
     fn reply_control(&mut self, r: Result<()>, reply: oneshot::Sender<Result<Instance>>, id: String, b: &mut Batch) {

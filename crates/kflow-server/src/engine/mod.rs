@@ -412,11 +412,15 @@ impl Engine {
     /// after the deliveries are committed.
     /// Schedules (`schedule.on`) that start an instance for it count too.
     pub async fn publish_event(&self, event: Value) -> Result<usize> {
+        // Recorded first: an event is never acknowledged before it is durable, and one whose
+        // deliveries were not committed (a crash in between) is offered again at the next start.
+        let (e2, now) = (event.clone(), now_ms());
+        let event_id = self.blocking(move |s| s.add_event(&e2, now)).await?;
         let scheduled = match self.observer() {
             Some(o) => o.event_published(&event).await?,
             None => 0,
         };
-        let delivered = self.ask(|reply| Msg::Event { event, reply }).await?;
+        let delivered = self.ask(|reply| Msg::Event { event, event_id: Some(event_id), reply }).await?;
         Ok(delivered + scheduled)
     }
 

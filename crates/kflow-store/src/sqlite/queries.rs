@@ -287,6 +287,13 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
         }
     }
 
+    if !c.processed_events.is_empty() {
+        let mut mark = conn.prepare_cached("UPDATE events SET processed = 1 WHERE id = ?1")?;
+        for e in &c.processed_events {
+            mark.execute(params![e])?;
+        }
+    }
+
     if let Some((status, output, error)) = &c.status {
         let output = output.as_ref().map(to_json).transpose()?;
         let error = error.as_ref().map(to_json).transpose()?;
@@ -511,6 +518,28 @@ impl Store for SqliteStore {
 
     fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
         self.read(|conn| query_all(conn, DUE_WORK, params![until_ms, limit], work_row))
+    }
+
+    fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64> {
+        let text = to_json(event)?;
+        self.write(|conn| {
+            conn.prepare_cached("INSERT INTO events (received_ms, event) VALUES (?1, ?2)")?.execute(params![received_ms, text])?;
+            Ok(conn.last_insert_rowid())
+        })
+    }
+
+    fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT id, event FROM events WHERE processed = 0 ORDER BY id LIMIT ?1")?;
+            let rows = stmt.query_map(params![limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (id, text) = r?;
+                let v: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
+                out.push((id, v));
+            }
+            Ok(out)
+        })
     }
 
     fn due_timers(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {

@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -89,6 +89,18 @@ CREATE TABLE schedules (
 );
 -- next_schedule_fire: the earliest fire of the rows that are not paused.
 CREATE INDEX schedules_next ON schedules (next_fire_ms) WHERE paused = 0 AND next_fire_ms IS NOT NULL;
+";
+
+/// Posted CloudEvents: recorded before they are acknowledged, marked processed by the commit
+/// of their deliveries.
+const V3: &str = "
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ms INTEGER NOT NULL,
+    processed   INTEGER NOT NULL DEFAULT 0,
+    event       TEXT    NOT NULL
+);
+CREATE INDEX events_pending ON events (id) WHERE processed = 0;
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

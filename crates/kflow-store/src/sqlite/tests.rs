@@ -59,6 +59,12 @@ impl Store for TempStore {
     fn due_work(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
         self.store.due_work(until_ms, limit)
     }
+    fn add_event(&self, event: &serde_json::Value, received_ms: i64) -> Result<i64> {
+        self.store.add_event(event, received_ms)
+    }
+    fn pending_events(&self, limit: u32) -> Result<Vec<(i64, serde_json::Value)>> {
+        self.store.pending_events(limit)
+    }
     fn due_timers(&self, until_ms: i64, limit: u32) -> Result<Vec<WorkItem>> {
         self.store.due_timers(until_ms, limit)
     }
@@ -202,7 +208,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE schedules; DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
@@ -210,6 +216,7 @@ fn a_version_1_database_is_migrated() {
     assert!(store.list_schedules().unwrap().is_empty());
     assert!(store.put_schedule(&testkit::schedule("ns", "flow", Some(5))).unwrap());
     assert_eq!(store.next_schedule_fire().unwrap(), Some(5));
+    assert!(store.add_event(&serde_json::json!({"id": "e"}), 1).unwrap() > 0);
     drop(store);
     assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 }
