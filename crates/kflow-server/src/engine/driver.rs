@@ -197,19 +197,7 @@ impl Driver {
 
     /// Commits an instance that waits for a concurrency slot: row and a `queued` event only.
     fn create_queued(&mut self, id: &str, wf: &Workflow, input: Value, priority: i64, b: &mut Batch, now: i64) {
-        let d = &wf.document;
-        let row = Instance {
-            id: id.to_string(),
-            namespace: d.namespace.clone(),
-            name: d.name.clone(),
-            version: d.version.clone(),
-            status: InstanceStatus::Running,
-            input,
-            output: None,
-            error: None,
-            created_ms: now,
-            updated_ms: now,
-        };
+        let row = new_row(id, wf, input, now);
         let queued = HistoryEvent { seq: 1, time_ms: now, kind: "queued".into(), data: json!({ "reason": "concurrency limit", "priority": priority }) };
         let c = b.commit_for(id, now);
         c.create = Some(row);
@@ -641,19 +629,7 @@ impl Driver {
     }
 
     fn create(&mut self, id: &str, wf: Arc<Workflow>, input: Value, priority: i64, b: &mut Batch, now: i64) {
-        let d = &wf.document;
-        let row = Instance {
-            id: id.to_string(),
-            namespace: d.namespace.clone(),
-            name: d.name.clone(),
-            version: d.version.clone(),
-            status: InstanceStatus::Running,
-            input: input.clone(),
-            output: None,
-            error: None,
-            created_ms: now,
-            updated_ms: now,
-        };
+        let row = new_row(id, &wf, input.clone(), now);
         let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let step = core.start(input.clone(), now);
@@ -893,6 +869,23 @@ impl Driver {
             }
             other => b.after.push(After::Dispatch { instance: id.to_string(), effect, task, effect_def: other }),
         }
+    }
+}
+
+/// The row of a new instance.
+fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
+    let d = &wf.document;
+    Instance {
+        id: id.to_string(),
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+        version: d.version.clone(),
+        status: InstanceStatus::Running,
+        input,
+        output: None,
+        error: None,
+        created_ms: now,
+        updated_ms: now,
     }
 }
 
