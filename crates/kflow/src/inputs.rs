@@ -11,11 +11,13 @@ use kflow_dsl::Workflow;
 /// Registered workflows by (namespace, name, version).
 pub type Registry = HashMap<(String, String, String), std::sync::Arc<Workflow>>;
 
-/// Loads and validates one document; on failure, one `FILE:LINE:COL: message` line per problem.
-pub fn load_workflow(path: &Path) -> Result<Workflow, Vec<String>> {
+/// Loads and validates one document (kflow's extensions refused when `strict`); on failure,
+/// one `FILE:LINE:COL: message` line per problem.
+pub fn load_workflow_with(path: &Path, strict: bool) -> Result<Workflow, Vec<String>> {
     let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| vec![format!("{shown}: cannot read the file: {e}")])?;
-    kflow_dsl::load(&bytes).map_err(|diags| diags.iter().map(|d| format!("{shown}:{d}")).collect())
+    kflow_dsl::load_with(&bytes, &kflow_dsl::LoadOptions { strict })
+        .map_err(|diags| diags.iter().map(|d| format!("{shown}:{d}")).collect())
 }
 
 /// Parses JSON, or YAML when it is not JSON.
@@ -86,7 +88,7 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Every workflow document (`*.yaml`, `*.yml`, `*.json`) in a folder.
-pub fn load_dir(dir: &Path) -> anyhow::Result<Registry> {
+pub fn load_dir(dir: &Path, strict: bool) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read --workflows {}", dir.display()))?;
     let mut problems = Vec::new();
@@ -96,7 +98,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Registry> {
         if !matches!(ext, "yaml" | "yml" | "json") {
             continue;
         }
-        match load_workflow(&path) {
+        match load_workflow_with(&path, strict) {
             Ok(wf) => {
                 let d = &wf.document;
                 reg.insert((d.namespace.clone(), d.name.clone(), d.version.clone()), std::sync::Arc::new(wf));

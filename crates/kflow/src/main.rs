@@ -150,15 +150,8 @@ fn server(
     rt.block_on(kflow_server::serve::serve(cfg, secrets)).map_err(anyhow::Error::msg)
 }
 
-/// [`inputs::load_workflow`], with kflow's extensions refused when `strict`.
 fn load_workflow(path: &std::path::Path, strict: bool) -> Result<kflow_dsl::Workflow, Vec<String>> {
-    if !strict {
-        return inputs::load_workflow(path);
-    }
-    let shown = path.display();
-    let bytes = std::fs::read(path).map_err(|e| vec![format!("{shown}: cannot read the file: {e}")])?;
-    kflow_dsl::load_with(&bytes, &kflow_dsl::LoadOptions { strict })
-        .map_err(|diags| diags.iter().map(|d| format!("{shown}:{d}")).collect())
+    inputs::load_workflow_with(path, strict)
 }
 
 fn validate(files: &[PathBuf], strict: bool) -> ExitCode {
@@ -204,7 +197,7 @@ fn run(
         None => Vec::new(),
     };
     let registry = match &workflows {
-        Some(dir) => inputs::load_dir(dir)?,
+        Some(dir) => inputs::load_dir(dir, strict)?,
         None => Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -157,3 +157,23 @@ fn strict_run_refuses_the_extensions_and_runs_without_it() {
     let o = kflow(["run"]).arg(&file).run();
     assert_eq!(completed(&o), json!([{"x": 1}, {"x": 1}]), "{}", o.describe());
 }
+
+#[test]
+fn strict_also_checks_the_sub_workflows_folder() {
+    let dir = TempDir::new("strict-subflows");
+    let lib = dir.path().join("lib");
+    std::fs::create_dir_all(&lib).expect("mkdir");
+    std::fs::write(lib.join("child.yaml"), wf("child", "do:\n  - g:\n      dag:\n        tasks:\n          - a:\n              set:\n                x: 1\n"))
+        .expect("write child");
+    let parent = dir.write(
+        "parent.yaml",
+        wf("parent", "do:\n  - sub:\n      run:\n        workflow:\n          namespace: test\n          name: child\n          version: '0.1.0'\n"),
+    );
+    let lib_s = lib.to_string_lossy().to_string();
+    let ok = kflow(["run", &parent.to_string_lossy(), "--workflows", &lib_s]).run();
+    assert_eq!(ok.code, Some(0), "{}", ok.describe());
+    let strict = kflow(["run", &parent.to_string_lossy(), "--workflows", &lib_s, "--strict"]).run();
+    assert_eq!(strict.code, Some(2), "{}", strict.describe());
+    assert!(strict.stderr.contains("child.yaml:") && strict.stderr.contains("'dag' is a kflow extension"), "{}", strict.stderr);
+    assert!(strict.stdout.trim().is_empty());
+}
