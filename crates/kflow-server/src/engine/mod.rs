@@ -442,6 +442,38 @@ impl Engine {
     }
 }
 
+/// Every `dag` task in a definition: its reference and (name, reference, needs) of its subtasks.
+#[allow(clippy::type_complexity)]
+fn find_dags(v: &Value, path: String, out: &mut Vec<(String, Vec<(String, String, Vec<String>)>)>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(tasks) = m.get("dag").and_then(|d| d.get("tasks")).and_then(Value::as_array) {
+                let mut subs = Vec::new();
+                for (i, item) in tasks.iter().enumerate() {
+                    if let Some((name, body)) = item.as_object().and_then(|o| o.iter().next()) {
+                        let needs = match body.get("needs") {
+                            Some(Value::String(s)) => vec![s.clone()],
+                            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                            _ => Vec::new(),
+                        };
+                        subs.push((name.clone(), format!("{path}/dag/tasks/{i}/{name}"), needs));
+                    }
+                }
+                out.push((path.clone(), subs));
+            }
+            for (k, child) in m {
+                find_dags(child, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                find_dags(child, format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// What a worker says about itself when it registers.
 #[derive(Debug, Clone, serde::Deserialize, Serialize)]
 pub struct WorkerSpec {
@@ -581,6 +613,52 @@ impl Engine {
             .collect()
     }
 
+    /// DAG subtasks that have not started because a dependency is not done yet, from the
+    /// definition and the history's task notices.
+    async fn dag_waits(&self, id: &str, inst: &Instance) -> Result<Vec<Value>> {
+        let wf = self.shared.workflow(&inst.namespace, &inst.name, &inst.version)?;
+        let mut dags = Vec::new();
+        find_dags(&wf.definition, String::new(), &mut dags);
+        if dags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id2 = id.to_string();
+        let history = self.blocking(move |s| s.history(&id2, 0, u32::MAX)).await?;
+        let mut started = std::collections::HashSet::new();
+        let mut done = std::collections::HashSet::new();
+        for ev in history.iter().filter(|e| e.kind == "notice") {
+            let r = ev.data["reference"].as_str().unwrap_or_default().to_string();
+            match ev.data["type"].as_str() {
+                Some("task.started") => {
+                    started.insert(r);
+                }
+                Some("task.completed" | "task.faulted" | "task.skipped") => {
+                    done.insert(r);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (dag_ref, tasks) in dags {
+            if !started.contains(&dag_ref) || done.contains(&dag_ref) {
+                continue;
+            }
+            let refs: HashMap<String, String> =
+                tasks.iter().map(|(name, r, _)| (name.clone(), r.clone())).collect();
+            for (_, r, needs) in &tasks {
+                if started.contains(r) || done.contains(r) {
+                    continue;
+                }
+                let waiting: Vec<&str> =
+                    needs.iter().filter(|n| refs.get(*n).is_none_or(|nr| !done.contains(nr))).map(String::as_str).collect();
+                if !waiting.is_empty() {
+                    out.push(serde_json::json!({ "task": r, "kind": "dependency", "reason": format!("waiting for its dependencies: {}", waiting.join(", ")) }));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Why an instance is not done: for each pending effect, what it is waiting for.
     pub async fn explain(&self, id: &str) -> Result<Value> {
         let view = self.instance(id).await?;
@@ -613,6 +691,7 @@ impl Engine {
             reasons.push(serde_json::json!({ "task": w.task, "effect": w.effect_id, "kind": w.kind, "reason": why }));
         }
         if status == kflow_store::InstanceStatus::Running {
+            reasons.extend(self.dag_waits(id, &view.instance).await?);
             let id2 = id.to_string();
             let head = self.blocking(move |s| s.history(&id2, 0, 2)).await?;
             if head.iter().any(|e| e.kind == "queued") && !head.iter().any(|e| e.kind == "started") {
