@@ -49,20 +49,6 @@ struct Active {
     held: Vec<(u64, Delivery)>,
 }
 
-/// A batch whose commit runs in the background.
-struct InFlight {
-    handle: JoinHandle<(Vec<Commit>, kflow_store::Result<()>)>,
-    /// The batch, its commits moved out: what to do once they are durable.
-    batch: Batch,
-    touched: Vec<String>,
-}
-
-enum Wake {
-    Msg(Msg),
-    Committed(std::result::Result<(Vec<Commit>, kflow_store::Result<()>), tokio::task::JoinError>),
-    Timer,
-}
-
 /// What to do once the batch is committed.
 enum After {
     ReplyInstance(oneshot::Sender<Result<Instance>>, String),
@@ -342,34 +328,18 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut next_scan = now_ms() + SCAN_EVERY_MS;
         let mut shutdown: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
-        // The batch being committed while the next one is built (pipelining): batch N+1 is
-        // prepared in memory, but applied — and acted on — only after N is durable.
-        let mut inflight: Option<InFlight> = None;
         loop {
             let now = now_ms();
             let wake_at = self.timers.next_due().unwrap_or(i64::MAX).min(next_scan);
             let sleep = Duration::from_millis((wake_at - now).clamp(0, 60_000) as u64);
-            let wake = match inflight.as_mut() {
-                Some(f) => tokio::select! {
-                    m = rx.recv() => match m { Some(m) => Wake::Msg(m), None => return },
-                    r = &mut f.handle => Wake::Committed(r),
-                    _ = tokio::time::sleep(sleep) => Wake::Timer,
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => return,
                 },
-                None => tokio::select! {
-                    m = rx.recv() => match m { Some(m) => Wake::Msg(m), None => return },
-                    _ = tokio::time::sleep(sleep) => Wake::Timer,
-                },
+                _ = tokio::time::sleep(sleep) => None,
             };
-            let mut msgs: Vec<Msg> = Vec::new();
-            match wake {
-                Wake::Committed(r) => {
-                    if let Some(f) = inflight.take() {
-                        self.settle(f, r);
-                    }
-                }
-                Wake::Msg(m) => msgs.push(m),
-                Wake::Timer => {}
-            }
+            let mut msgs: Vec<Msg> = first.into_iter().collect();
             while msgs.len() < 2048 {
                 match rx.try_recv() {
                     Ok(m) => msgs.push(m),
@@ -399,28 +369,12 @@ impl Driver {
                 }
             }
             self.drain_ready(&mut b, now);
-            // Batch N must be durable before N+1 (built on N's state) is applied.
-            if let Some(mut f) = inflight.take() {
-                let r = (&mut f.handle).await;
-                // Instances that batch N+1 changed stay in memory: their new state is not
-                // in the store yet.
-                f.touched.retain(|id| !b.by_instance.contains_key(id));
-                if !self.settle(f, r) {
-                    let touched: Vec<String> = b.by_instance.keys().cloned().collect();
-                    let commits = std::mem::take(&mut b.commits);
-                    self.fail(commits, touched, b, "an earlier batch could not be committed".into());
-                    continue;
-                }
-            }
-            inflight = self.launch(b);
+            let touched: Vec<String> = b.by_instance.keys().cloned().collect();
+            self.commit(b).await;
+            self.evict(touched);
             if let Some((deadline, _)) = &shutdown {
-                let deadline = *deadline;
-                if let Some(mut f) = inflight.take() {
-                    let r = (&mut f.handle).await;
-                    self.settle(f, r);
-                }
                 self.shared.queue.lock().set_draining(super::workers::BUILTIN);
-                if self.shared.queue.builtin_running() == 0 || tokio::time::Instant::now() >= deadline {
+                if self.shared.queue.builtin_running() == 0 || tokio::time::Instant::now() >= *deadline {
                     self.shared.queue.abort_builtin();
                     if let Some((_, reply)) = shutdown.take() {
                         let _ = reply.send(());
@@ -431,56 +385,39 @@ impl Driver {
         }
     }
 
-    /// Starts committing a batch in the background; a batch with nothing to write is acted on
-    /// at once.
-    fn launch(&mut self, mut b: Batch) -> Option<InFlight> {
-        let touched: Vec<String> = b.by_instance.keys().cloned().collect();
-        if b.commits.is_empty() {
-            self.finish(b);
-            self.evict(touched);
-            return None;
-        }
-        let store = self.shared.store.clone();
-        let commits = std::mem::take(&mut b.commits);
-        let debug = std::env::var_os("KFLOW_DEBUG_BATCH").is_some();
-        let handle = tokio::task::spawn_blocking(move || {
-            let t0 = std::time::Instant::now();
-            let r = store.apply(&commits);
-            if debug {
-                eprintln!("batch commits={} apply_ms={:.2}", commits.len(), t0.elapsed().as_secs_f64() * 1e3);
-            }
-            (commits, r)
-        });
-        Some(InFlight { handle, batch: b, touched })
-    }
-
-    /// A background commit finished: act on its batch, or drop what it touched from memory.
-    /// Returns whether it was committed.
-    fn settle(&mut self, f: InFlight, r: std::result::Result<(Vec<Commit>, kflow_store::Result<()>), tokio::task::JoinError>) -> bool {
-        match r {
-            Ok((commits, Ok(()))) => {
-                self.wake_waiters(&commits);
-                self.finish(f.batch);
-                self.evict(f.touched);
-                true
-            }
-            Ok((commits, Err(e))) => {
-                self.fail(commits, f.touched, f.batch, e.to_string());
-                false
-            }
-            Err(e) => {
-                self.fail(Vec::new(), f.touched, f.batch, e.to_string());
-                false
-            }
-        }
-    }
-
     fn scan_timers(&mut self, now: i64) {
         let store = self.shared.store.clone();
         if let Ok(rows) = blocking(|| store.due_timers(now + super::timers::HORIZON_MS, 10_000)) {
             for w in rows {
                 self.timers.offer(now, w.due_ms, &w.instance_id, w.effect_id);
             }
+        }
+    }
+
+    async fn commit(&mut self, mut b: Batch) {
+        if b.commits.is_empty() {
+            self.finish(b);
+            return;
+        }
+        let store = self.shared.store.clone();
+        let commits = std::mem::take(&mut b.commits);
+        let t0 = std::time::Instant::now();
+        let n = commits.len();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = store.apply(&commits);
+            (commits, r)
+        })
+        .await;
+        if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
+            eprintln!("batch commits={n} apply_ms={:.2}", t0.elapsed().as_secs_f64() * 1e3);
+        }
+        match result {
+            Ok((commits, Ok(()))) => {
+                self.wake_waiters(&commits);
+                self.finish(b)
+            }
+            Ok((commits, Err(e))) => self.fail(commits, b, e.to_string()),
+            Err(e) => self.fail(Vec::new(), b, e.to_string()),
         }
     }
 
@@ -547,13 +484,10 @@ impl Driver {
         }
     }
 
-    fn fail(&mut self, commits: Vec<Commit>, touched: Vec<String>, b: Batch, message: String) {
+    fn fail(&mut self, commits: Vec<Commit>, b: Batch, message: String) {
         eprintln!("kflow: committing a batch failed: {message}");
         for c in &commits {
             self.active.remove(&c.instance_id);
-        }
-        for id in &touched {
-            self.active.remove(id);
         }
         for a in b.after {
             match a {
