@@ -36,14 +36,18 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn header(name: &str) -> String {
-    format!("document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: {name}\n  version: '1.0.0'\ndo:\n")
+    format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: {name}\n  version: '1.0.0'\ndo:\n"
+    )
 }
 
 /// 40 sequential `set` tasks, each reading the previous output.
 fn seq40() -> String {
     let mut s = header("seq40");
     for i in 0..40 {
-        s.push_str(&format!("  - step{i}:\n      set:\n        n: ${{ .n + 1 }}\n        last: step{i}\n"));
+        s.push_str(&format!(
+            "  - step{i}:\n      set:\n        n: ${{ .n + 1 }}\n        last: step{i}\n"
+        ));
     }
     s
 }
@@ -78,7 +82,12 @@ fn dag1000() -> String {
         for i in 0..50 {
             s.push_str(&format!("          - t{layer}_{i}:\n"));
             if layer > 0 {
-                s.push_str(&format!("              needs: [t{}_{i}, t{}_{}]\n", layer - 1, layer - 1, (i + 1) % 50));
+                s.push_str(&format!(
+                    "              needs: [t{}_{i}, t{}_{}]\n",
+                    layer - 1,
+                    layer - 1,
+                    (i + 1) % 50
+                ));
             }
             s.push_str(&format!(
                 "              call: http\n              with:\n                method: get\n                endpoint: http://svc/t{layer}_{i}\n"
@@ -90,13 +99,22 @@ fn dag1000() -> String {
 
 /// Runs one instance to completion, answering effects immediately.
 fn run_once(wf: &Arc<kflow_dsl::Workflow>) -> Value {
-    let cfg = InstanceConfig { id: "bench".into(), secrets: Value::Null, runtime: Value::Null };
+    let cfg = InstanceConfig {
+        id: "bench".into(),
+        secrets: Value::Null,
+        runtime: Value::Null,
+    };
     let mut inst = Instance::new(wf.clone(), cfg);
     let mut queue = Vec::new();
     let mut step = inst.start(json!({"n": 0}), 0);
     loop {
         for c in step.commands.drain(..) {
-            if let Command::Start { id, effect: Effect::Http(_) | Effect::Timer { .. }, .. } = c {
+            if let Command::Start {
+                id,
+                effect: Effect::Http(_) | Effect::Timer { .. },
+                ..
+            } = c
+            {
                 queue.push(id);
             }
         }

@@ -23,14 +23,25 @@ pub enum Effect {
     Process(ProcessRequest),
     /// Publish a CloudEvent; the host fills `id`, `time`, `source`, `specversion` when absent
     /// and answers with the event as emitted.
-    Emit { event: Value },
+    Emit {
+        event: Value,
+    },
     /// Subscribe to events matching any of `filters` (attribute maps); the host delivers each
     /// matching event with [`Delivery::Event`] until the core cancels the effect.
-    Listen { filters: Vec<Value> },
+    Listen {
+        filters: Vec<Value>,
+    },
     /// Fire at `at_ms` (milliseconds since the Unix epoch); answer with a null result.
-    Timer { at_ms: i64 },
+    Timer {
+        at_ms: i64,
+    },
     /// Run another workflow to its end and answer with its output or error.
-    Workflow { namespace: String, name: String, version: String, input: Value },
+    Workflow {
+        namespace: String,
+        name: String,
+        version: String,
+        input: Value,
+    },
 }
 
 impl Effect {
@@ -51,12 +62,23 @@ impl Effect {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "scheme", rename_all = "snake_case")]
 pub enum Auth {
-    Basic { username: String, password: String },
-    Bearer { token: String },
-    Digest { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    Digest {
+        username: String,
+        password: String,
+    },
     /// OAuth2 / OIDC: the policy's properties (authority, grant, client, scopes, audiences,
     /// endpoints, ...); the host obtains the token.
-    OAuth2 { oidc: bool, properties: Value },
+    OAuth2 {
+        oidc: bool,
+        properties: Value,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,7 +138,11 @@ pub enum Delivery {
 /// Something the host must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Start { id: EffectId, task: String, effect: Effect },
+    Start {
+        id: EffectId,
+        task: String,
+        effect: Effect,
+    },
     /// The effect is no longer wanted (its task was cancelled or timed out).
     Cancel { id: EffectId },
 }

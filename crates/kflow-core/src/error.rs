@@ -81,7 +81,9 @@ impl WfError {
 
     /// Reads an error object produced by a `raise` task's templates.
     pub fn from_value(v: &Value) -> Result<WfError, String> {
-        let obj = v.as_object().ok_or_else(|| format!("an error must be an object, got {v}"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("an error must be an object, got {v}"))?;
         let type_ = obj
             .get("type")
             .and_then(Value::as_str)
@@ -89,21 +91,36 @@ impl WfError {
             .to_string();
         let status = match obj.get("status") {
             Some(Value::Number(n)) => n.as_i64().ok_or("an error 'status' must be an integer")?,
-            Some(Value::String(s)) => s.parse().map_err(|_| format!("an error 'status' must be an integer, got '{s}'"))?,
+            Some(Value::String(s)) => s
+                .parse()
+                .map_err(|_| format!("an error 'status' must be an integer, got '{s}'"))?,
             _ => return Err("an error needs an integer 'status'".into()),
         };
-        let text = |k: &str| obj.get(k).and_then(|v| match v {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        });
-        Ok(WfError { type_, status, title: text("title"), detail: text("detail"), instance: text("instance") })
+        let text = |k: &str| {
+            obj.get(k).and_then(|v| match v {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            })
+        };
+        Ok(WfError {
+            type_,
+            status,
+            title: text("title"),
+            detail: text("detail"),
+            instance: text("instance"),
+        })
     }
 }
 
 impl std::fmt::Display for WfError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.title.as_deref().unwrap_or(&self.type_), self.status)?;
+        write!(
+            f,
+            "{} ({})",
+            self.title.as_deref().unwrap_or(&self.type_),
+            self.status
+        )?;
         if let Some(d) = &self.detail {
             write!(f, ": {d}")?;
         }

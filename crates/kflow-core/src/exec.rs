@@ -88,7 +88,13 @@ impl Sh {
 
     /// An effect: started when first polled, resolved by the host's delivery.
     pub fn effect(&self, task: &str, effect: Effect) -> EffectFut {
-        EffectFut { sh: self.clone(), task: task.to_string(), effect: Some(effect), id: None, done: false }
+        EffectFut {
+            sh: self.clone(),
+            task: task.to_string(),
+            effect: Some(effect),
+            id: None,
+            done: false,
+        }
     }
 }
 
@@ -109,7 +115,11 @@ impl EffectFut {
                 s.next_id += 1;
                 let effect = self.effect.take().unwrap_or(Effect::Timer { at_ms: 0 });
                 s.pending.insert(id, (self.task.clone(), effect.clone()));
-                s.commands.push(Command::Start { id, task: self.task.clone(), effect });
+                s.commands.push(Command::Start {
+                    id,
+                    task: self.task.clone(),
+                    effect,
+                });
                 self.id = Some(id);
                 id
             }
@@ -201,7 +211,10 @@ pub(crate) async fn join_all<T: Send + 'static>(
             }
         }
         if all_done {
-            Poll::Ready(Ok(outs.iter_mut().map(|o| o.take().expect("every branch finished")).collect()))
+            Poll::Ready(Ok(outs
+                .iter_mut()
+                .map(|o| o.take().expect("every branch finished"))
+                .collect()))
         } else {
             Poll::Pending
         }
@@ -211,7 +224,9 @@ pub(crate) async fn join_all<T: Send + 'static>(
 
 /// Resolves to the first future that succeeds (by poll order), dropping the rest; when all
 /// fail, to the first error.
-pub(crate) async fn first_ok<T: Send + 'static>(futs: Vec<BoxFut<Result<T, WfError>>>) -> Result<T, WfError> {
+pub(crate) async fn first_ok<T: Send + 'static>(
+    futs: Vec<BoxFut<Result<T, WfError>>>,
+) -> Result<T, WfError> {
     let mut slots: Vec<Option<BoxFut<Result<T, WfError>>>> = futs.into_iter().map(Some).collect();
     let mut first_err: Option<WfError> = None;
     std::future::poll_fn(move |cx| {
@@ -231,7 +246,9 @@ pub(crate) async fn first_ok<T: Send + 'static>(futs: Vec<BoxFut<Result<T, WfErr
             }
         }
         if slots.iter().all(Option::is_none) {
-            Poll::Ready(Err(first_err.take().unwrap_or_else(|| WfError::runtime("fork has no branches"))))
+            Poll::Ready(Err(first_err
+                .take()
+                .unwrap_or_else(|| WfError::runtime("fork has no branches"))))
         } else {
             Poll::Pending
         }
@@ -246,7 +263,10 @@ pub(crate) enum Either<A, B> {
 }
 
 /// Polls `a` then `b`; the first ready wins and the other is dropped.
-pub(crate) async fn race<A, B>(a: impl Future<Output = A>, b: impl Future<Output = B>) -> Either<A, B> {
+pub(crate) async fn race<A, B>(
+    a: impl Future<Output = A>,
+    b: impl Future<Output = B>,
+) -> Either<A, B> {
     let mut a = std::pin::pin!(a);
     let mut b = std::pin::pin!(b);
     std::future::poll_fn(move |cx| {

@@ -42,7 +42,10 @@ pub enum Status {
 
 impl Status {
     pub fn is_finished(&self) -> bool {
-        matches!(self, Status::Completed(_) | Status::Faulted(_) | Status::Cancelled)
+        matches!(
+            self,
+            Status::Completed(_) | Status::Faulted(_) | Status::Cancelled
+        )
     }
 }
 
@@ -65,12 +68,20 @@ pub struct Instance {
 
 fn seed(id: &str) -> u64 {
     // FNV-1a: stable across runs and platforms, unlike std's hasher.
-    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl Instance {
     pub fn new(wf: Arc<Workflow>, config: InstanceConfig) -> Instance {
-        Instance { wf, config, sh: Sh::default(), root: None, status: Status::Pending }
+        Instance {
+            wf,
+            config,
+            sh: Sh::default(),
+            root: None,
+            status: Status::Pending,
+        }
     }
 
     pub fn status(&self) -> &Status {
@@ -79,12 +90,21 @@ impl Instance {
 
     /// Effects started and not yet answered: after a replay, the host runs these again.
     pub fn pending(&self) -> Vec<(EffectId, String, Effect)> {
-        self.sh.lock().pending.iter().map(|(id, (task, e))| (*id, task.clone(), e.clone())).collect()
+        self.sh
+            .lock()
+            .pending
+            .iter()
+            .map(|(id, (task, e))| (*id, task.clone(), e.clone()))
+            .collect()
     }
 
     /// Whether everything the instance waits for is a timer or an event (nothing in progress).
     pub fn only_waiting(&self) -> bool {
-        self.sh.lock().pending.values().all(|(_, e)| matches!(e, Effect::Timer { .. } | Effect::Listen { .. }))
+        self.sh
+            .lock()
+            .pending
+            .values()
+            .all(|(_, e)| matches!(e, Effect::Timer { .. } | Effect::Listen { .. }))
     }
 
     /// Whether effect `id` is started and not yet answered.
@@ -114,7 +134,12 @@ impl Instance {
             }),
         });
         let cx = Cx::new(self.sh.clone(), env);
-        self.sh.notice(Notice { kind: NoticeKind::WorkflowStarted, task: None, time_ms: now_ms, detail: None });
+        self.sh.notice(Notice {
+            kind: NoticeKind::WorkflowStarted,
+            task: None,
+            time_ms: now_ms,
+            detail: None,
+        });
         self.root = Some(Box::pin(run_workflow(cx, input)));
         self.status = Status::Running;
         self.poll()
@@ -145,12 +170,19 @@ impl Instance {
         self.sh.lock().now = now_ms;
         self.root = None; // dropping the futures cancels their effects
         self.status = Status::Cancelled;
-        self.sh.notice(Notice { kind: NoticeKind::WorkflowCancelled, task: None, time_ms: now_ms, detail: None });
+        self.sh.notice(Notice {
+            kind: NoticeKind::WorkflowCancelled,
+            task: None,
+            time_ms: now_ms,
+            detail: None,
+        });
         self.drain(None)
     }
 
     fn poll(&mut self) -> Step {
-        let Some(root) = self.root.as_mut() else { return Step::default() };
+        let Some(root) = self.root.as_mut() else {
+            return Step::default();
+        };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let finished = match root.as_mut().poll(&mut cx) {
             Poll::Pending => None,
@@ -161,7 +193,12 @@ impl Instance {
                     Ok(_) => (NoticeKind::WorkflowCompleted, None),
                     Err(e) => (NoticeKind::WorkflowFaulted, Some(e.to_value())),
                 };
-                self.sh.notice(Notice { kind, task: None, time_ms: now, detail });
+                self.sh.notice(Notice {
+                    kind,
+                    task: None,
+                    time_ms: now,
+                    detail,
+                });
                 self.status = match &r {
                     Ok(v) => Status::Completed(v.clone()),
                     Err(e) => Status::Faulted(e.clone()),
@@ -174,6 +211,10 @@ impl Instance {
 
     fn drain(&mut self, finished: Option<Result<Value, WfError>>) -> Step {
         let mut s = self.sh.lock();
-        Step { commands: std::mem::take(&mut s.commands), notices: std::mem::take(&mut s.notices), finished }
+        Step {
+            commands: std::mem::take(&mut s.commands),
+            notices: std::mem::take(&mut s.notices),
+            finished,
+        }
     }
 }

@@ -2,8 +2,15 @@
 
 #[test]
 fn core_depends_on_nothing_that_does_io() {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap_or_default();
-    let deps = manifest.split("[dependencies]").nth(1).unwrap_or("").split("\n[").next().unwrap_or("");
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .unwrap_or_default();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap_or("")
+        .split("\n[")
+        .next()
+        .unwrap_or("");
     let names: Vec<&str> = deps
         .lines()
         .filter_map(|l| l.split(['=', '.']).next())
@@ -12,7 +19,10 @@ fn core_depends_on_nothing_that_does_io() {
         .collect();
     let allowed = ["kflow-dsl", "serde", "serde_json"];
     for n in &names {
-        assert!(allowed.contains(n), "kflow-core must not depend on '{n}' (allowed: {allowed:?})");
+        assert!(
+            allowed.contains(n),
+            "kflow-core must not depend on '{n}' (allowed: {allowed:?})"
+        );
     }
     assert!(names.contains(&"kflow-dsl"));
 }
@@ -29,7 +39,14 @@ fn core_sources_never_read_the_clock_or_spawn() {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            for banned in ["SystemTime", "Instant::now", "std::thread", "std::fs", "std::net", "tokio"] {
+            for banned in [
+                "SystemTime",
+                "Instant::now",
+                "std::thread",
+                "std::fs",
+                "std::net",
+                "tokio",
+            ] {
                 assert!(!text.contains(banned), "{} uses {banned}", path.display());
             }
         }

@@ -37,17 +37,23 @@ fn call(name: &str, extra: &str) -> String {
 
 /// A workflow whose only task is the dag `build` with `items` (YAML of the task list).
 fn dag(items: &str) -> Arc<kflow_dsl::Workflow> {
-    load(&doc(&format!("do:\n  - build:\n      dag:\n        tasks:\n{items}")))
+    load(&doc(&format!(
+        "do:\n  - build:\n      dag:\n        tasks:\n{items}"
+    )))
 }
 
 /// A world where `http://svc/<name>` answers per `script` (name → reply), others after 10 ms
 /// with `"<name>-out"`.
-fn world(script: &'static [(&'static str, u64, Option<&'static str>)]) -> impl FnMut(&Effect) -> Reply {
+fn world(
+    script: &'static [(&'static str, u64, Option<&'static str>)],
+) -> impl FnMut(&Effect) -> Reply {
     move |e| {
         let name = target(e);
         match script.iter().find(|(n, _, _)| *n == name) {
             Some((_, ms, None)) => Reply::After(*ms, Ok(json!(format!("{name}-out")))),
-            Some((_, ms, Some(detail))) => Reply::After(*ms, Err(WfError::communication(503, *detail))),
+            Some((_, ms, Some(detail))) => {
+                Reply::After(*ms, Err(WfError::communication(503, *detail)))
+            }
             None => Reply::After(10, Ok(json!(format!("{name}-out")))),
         }
     }
@@ -62,7 +68,8 @@ fn at(s: &Sim, kind: NoticeKind, task: &str) -> Option<i64> {
 }
 
 fn started_at(s: &Sim, task: &str) -> i64 {
-    at(s, NoticeKind::TaskStarted, task).unwrap_or_else(|| panic!("task {task} never started: {:?}", s.trace()))
+    at(s, NoticeKind::TaskStarted, task)
+        .unwrap_or_else(|| panic!("task {task} never started: {:?}", s.trace()))
 }
 
 fn skipped(s: &Sim, task: &str) -> bool {
@@ -72,7 +79,11 @@ fn skipped(s: &Sim, task: &str) -> bool {
 /// Feeds the simulator's journal to a fresh instance, checking that the same commands come
 /// out (the replay property), and returns the largest number of effects pending at once.
 fn replay_max_pending(wf: Arc<kflow_dsl::Workflow>, input: Value, s: &Sim) -> usize {
-    let cfg = InstanceConfig { id: "test-instance".into(), secrets: json!({"token": "s3cret"}), runtime: Value::Null };
+    let cfg = InstanceConfig {
+        id: "test-instance".into(),
+        secrets: json!({"token": "s3cret"}),
+        runtime: Value::Null,
+    };
     let mut inst = Instance::new(wf, cfg);
     let mut started = Vec::new();
     let mut collect = |cmds: Vec<Command>| {
@@ -88,8 +99,15 @@ fn replay_max_pending(wf: Arc<kflow_dsl::Workflow>, input: Value, s: &Sim) -> us
         collect(inst.deliver(*id, d.clone(), *now).commands);
         max = max.max(inst.pending().len());
     }
-    assert_eq!(started, s.started, "replaying the journal started different effects");
-    assert_eq!(inst.status(), s.inst.status(), "replaying the journal ended differently");
+    assert_eq!(
+        started, s.started,
+        "replaying the journal started different effects"
+    );
+    assert_eq!(
+        inst.status(),
+        s.inst.status(),
+        "replaying the journal ended differently"
+    );
     max
 }
 
@@ -108,10 +126,16 @@ fn dag_roots_run_concurrently_and_the_join_sees_needs() {
     // Both roots are started before either is answered.
     let mut s = Sim::new(wf.clone());
     s.run(json!({"n": 1}), |_| Reply::Never);
-    assert_eq!(s.started.iter().map(|(_, e)| target(e)).collect::<Vec<_>>(), ["fetchA", "fetchB"]);
+    assert_eq!(
+        s.started.iter().map(|(_, e)| target(e)).collect::<Vec<_>>(),
+        ["fetchA", "fetchB"]
+    );
 
     let mut s = Sim::new(wf.clone());
-    s.run(json!({"n": 1}), world(&[("fetchA", 50, None), ("fetchB", 10, None)]));
+    s.run(
+        json!({"n": 1}),
+        world(&[("fetchA", 50, None), ("fetchB", 10, None)]),
+    );
     assert_eq!(
         s.output(),
         json!({
@@ -153,14 +177,25 @@ fn dag_respects_dependency_order_in_a_diamond() {
     .concat();
     let wf = dag(&items);
     let mut s = Sim::new(wf.clone());
-    s.run(json!({}), world(&[("a", 10, None), ("b", 30, None), ("c", 5, None), ("e", 100, None)]));
+    s.run(
+        json!({}),
+        world(&[
+            ("a", 10, None),
+            ("b", 30, None),
+            ("c", 5, None),
+            ("e", 100, None),
+        ]),
+    );
     assert_eq!(started_at(&s, "e"), 0);
     assert_eq!(started_at(&s, "a"), 0);
     assert_eq!(started_at(&s, "b"), 10);
     assert_eq!(started_at(&s, "c"), 10);
     assert_eq!(started_at(&s, "d"), 40);
     // Roots are started in declaration order (e before a), b and c in declaration order too.
-    assert_eq!(s.started.iter().map(|(_, e)| target(e)).collect::<Vec<_>>(), ["e", "a", "b", "c", "d"]);
+    assert_eq!(
+        s.started.iter().map(|(_, e)| target(e)).collect::<Vec<_>>(),
+        ["e", "a", "b", "c", "d"]
+    );
     let out = s.output();
     assert_eq!(out.as_object().map(|m| m.len()), Some(5));
     assert_eq!(out["d"], json!("d-out"));
@@ -170,8 +205,7 @@ fn dag_respects_dependency_order_in_a_diamond() {
 #[test]
 fn dag_subtasks_get_the_dag_input_and_their_own_data_flow() {
     let s = {
-        let mut s = Sim::new(load(&doc(
-            r#"do:
+        let mut s = Sim::new(load(&doc(r#"do:
   - build:
       input:
         from: ${ .payload }
@@ -191,12 +225,14 @@ fn dag_subtasks_get_the_dag_input_and_their_own_data_flow() {
           - root:
               set:
                 seen: ${ $needs }
-"#,
-        )));
+"#)));
         s.run(json!({"payload": {"x": 10}}), sim::echo);
         s
     };
-    assert_eq!(s.output(), json!({"one": {"v": 11}, "two": 21, "root": {"seen": {}}}));
+    assert_eq!(
+        s.output(),
+        json!({"one": {"v": 11}, "two": 21, "root": {"seen": {}}})
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,10 +242,19 @@ fn dag_subtasks_get_the_dag_input_and_their_own_data_flow() {
 fn all_succeeded_skips_after_a_failure_and_the_unhandled_failure_faults_the_dag_at_the_end() {
     // a fails at 10 ms; b (needs a) and c (needs b) are skipped; x, independent, runs on to
     // 100 ms and is not cancelled; then the dag faults with a's error.
-    let items = [call("a", ""), call("b", "needs: [a]"), call("c", "needs: [b]"), call("x", "")].concat();
+    let items = [
+        call("a", ""),
+        call("b", "needs: [a]"),
+        call("c", "needs: [b]"),
+        call("x", ""),
+    ]
+    .concat();
     let wf = dag(&items);
     let mut s = Sim::new(wf.clone());
-    s.run(json!({}), world(&[("a", 10, Some("a is down")), ("x", 100, None)]));
+    s.run(
+        json!({}),
+        world(&[("a", 10, Some("a is down")), ("x", 100, None)]),
+    );
     let err = s.error();
     assert_eq!(err.status, 503);
     assert_eq!(err.detail.as_deref(), Some("a is down"));
@@ -217,10 +262,21 @@ fn all_succeeded_skips_after_a_failure_and_the_unhandled_failure_faults_the_dag_
     assert!(skipped(&s, "b") && skipped(&s, "c"), "{:?}", s.trace());
     assert_eq!(at(&s, NoticeKind::TaskCompleted, "x"), Some(100));
     assert_eq!(at(&s, NoticeKind::TaskFaulted, "build"), Some(100));
-    assert!(s.cancelled.is_empty(), "a failure cancels nothing: {:?}", s.cancelled);
+    assert!(
+        s.cancelled.is_empty(),
+        "a failure cancels nothing: {:?}",
+        s.cancelled
+    );
     // The skip notice says why.
-    let skip = s.notices.iter().find(|n| n.kind == NoticeKind::TaskSkipped).map(|n| n.to_json());
-    assert_eq!(skip.as_ref().map(|j| j["detail"]["reason"].clone()), Some(json!("trigger 'all_succeeded' does not hold")));
+    let skip = s
+        .notices
+        .iter()
+        .find(|n| n.kind == NoticeKind::TaskSkipped)
+        .map(|n| n.to_json());
+    assert_eq!(
+        skip.as_ref().map(|j| j["detail"]["reason"].clone()),
+        Some(json!("trigger 'all_succeeded' does not hold"))
+    );
     replay_max_pending(wf, json!({}), &s);
 }
 
@@ -235,7 +291,10 @@ fn all_done_runs_after_a_failure_sees_the_error_and_handles_it() {
     s.run(json!({}), world(&[("b", 20, Some("b broke"))]));
     let out = s.output();
     // The failed subtask is absent from the output; the handler ran with its error.
-    assert_eq!(out, json!({"a": "a-out", "report": {"a": "a-out", "bStatus": 503}}));
+    assert_eq!(
+        out,
+        json!({"a": "a-out", "report": {"a": "a-out", "bStatus": 503}})
+    );
     assert_eq!(started_at(&s, "report"), 20);
 }
 
@@ -255,7 +314,12 @@ fn all_done_passes_errors_and_skips_in_needs() {
     assert_eq!(b["status"], json!(503));
     assert_eq!(b["detail"], json!("b broke"));
     assert_eq!(b["instance"], json!("/do/0/build/dag/tasks/1/b"));
-    assert!(b["type"].as_str().is_some_and(|t| t.ends_with("/communication")), "{b}");
+    assert!(
+        b["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/communication")),
+        "{b}"
+    );
     assert!(skipped(&s, "maybe"));
 }
 
@@ -268,7 +332,10 @@ fn one_failed_runs_only_when_a_dependency_failed() {
     // A failure: the handler runs, names it, and the dag completes (the failure is handled).
     let mut s = Sim::new(wf.clone());
     s.run(json!({}), world(&[("a", 5, Some("nope"))]));
-    assert_eq!(s.output(), json!({"b": "b-out", "onError": {"failed": ["a"]}}));
+    assert_eq!(
+        s.output(),
+        json!({"b": "b-out", "onError": {"failed": ["a"]}})
+    );
 
     // No failure: the handler is skipped, the dag completes without it.
     let mut s = Sim::new(wf);
@@ -280,16 +347,31 @@ fn one_failed_runs_only_when_a_dependency_failed() {
 #[test]
 fn one_succeeded_takes_any_mirror_and_faults_when_none_answers() {
     let pick = "          - pick:\n              needs: [m1, m2, m3]\n              trigger: one_succeeded\n              set: ${ [$needs[] | strings] | first }\n";
-    let items = format!("{}{}{}{pick}", call("m1", ""), call("m2", ""), call("m3", ""));
+    let items = format!(
+        "{}{}{}{pick}",
+        call("m1", ""),
+        call("m2", ""),
+        call("m3", "")
+    );
     let wf = dag(&items);
 
     let mut s = Sim::new(wf.clone());
-    s.run(json!({}), world(&[("m1", 5, Some("m1 down")), ("m3", 5, Some("m3 down"))]));
+    s.run(
+        json!({}),
+        world(&[("m1", 5, Some("m1 down")), ("m3", 5, Some("m3 down"))]),
+    );
     // m1 and m3 failed, but pick ran after them: both failures are handled.
     assert_eq!(s.output(), json!({"m2": "m2-out", "pick": "m2-out"}));
 
     let mut s = Sim::new(wf);
-    s.run(json!({}), world(&[("m1", 30, Some("m1 down")), ("m2", 20, Some("m2 down")), ("m3", 10, Some("m3 down"))]));
+    s.run(
+        json!({}),
+        world(&[
+            ("m1", 30, Some("m1 down")),
+            ("m2", 20, Some("m2 down")),
+            ("m3", 10, Some("m3 down")),
+        ]),
+    );
     assert!(skipped(&s, "pick"));
     // Every mirror failed, nothing handled them: the first in declaration order (m1) wins,
     // although it failed last.
@@ -306,9 +388,15 @@ fn none_failed_accepts_skipped_dependencies_but_not_failed_ones() {
         call("afterFail", "needs: [broken]\ntrigger: none_failed"),
     ) + &call("broken", "");
     let mut s = Sim::new(dag(&items));
-    s.run(json!({"withOptional": false}), world(&[("broken", 5, Some("broken"))]));
+    s.run(
+        json!({"withOptional": false}),
+        world(&[("broken", 5, Some("broken"))]),
+    );
     assert!(skipped(&s, "optional"));
-    assert!(skipped(&s, "strict"), "all_succeeded is false with a skipped dependency");
+    assert!(
+        skipped(&s, "strict"),
+        "all_succeeded is false with a skipped dependency"
+    );
     assert_eq!(started_at(&s, "lenient"), 10);
     assert!(skipped(&s, "afterFail"));
     // broken's failure is unhandled (its only dependent did not run).
@@ -353,8 +441,7 @@ fn a_failing_handler_is_itself_a_failure_to_handle() {
 
 #[test]
 fn a_dag_inside_try_is_caught_and_a_dag_timeout_cancels_its_subtasks() {
-    let mut s = Sim::new(load(&doc(
-        r#"do:
+    let mut s = Sim::new(load(&doc(r#"do:
   - guarded:
       try:
         - build:
@@ -374,14 +461,23 @@ fn a_dag_inside_try_is_caught_and_a_dag_timeout_cancels_its_subtasks() {
           - note:
               set:
                 caught: ${ $e.status }
-"#,
-    )));
+"#)));
     s.run(json!({}), |_| Reply::Never);
     assert_eq!(s.output(), json!({"caught": 408}));
     // Both subtask calls were cancelled when the timeout dropped the dag.
-    let calls: Vec<u64> = s.started.iter().filter(|(_, e)| matches!(e, Effect::Http(_))).map(|(id, _)| *id).collect();
+    let calls: Vec<u64> = s
+        .started
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::Http(_)))
+        .map(|(id, _)| *id)
+        .collect();
     assert_eq!(calls.len(), 2);
-    assert!(calls.iter().all(|id| s.cancelled.contains(id)), "{:?} vs {:?}", calls, s.cancelled);
+    assert!(
+        calls.iter().all(|id| s.cancelled.contains(id)),
+        "{:?} vs {:?}",
+        calls,
+        s.cancelled
+    );
 }
 
 /// 1,000 subtasks in 20 layers of 50; each task of a layer needs two of the previous one.
@@ -391,7 +487,12 @@ fn dag1000() -> String {
         for i in 0..50 {
             s.push_str(&format!("          - t{layer}_{i}:\n"));
             if layer > 0 {
-                s.push_str(&format!("              needs: [t{}_{i}, t{}_{}]\n", layer - 1, layer - 1, (i + 1) % 50));
+                s.push_str(&format!(
+                    "              needs: [t{}_{i}, t{}_{}]\n",
+                    layer - 1,
+                    layer - 1,
+                    (i + 1) % 50
+                ));
             }
             s.push_str(&format!(
                 "              call: http\n              with:\n                method: get\n                endpoint: http://svc/t{layer}_{i}\n"
@@ -467,7 +568,9 @@ fn parallel_for_keeps_item_order_and_gives_each_iteration_the_for_input() {
     let mut s = Sim::new(wf.clone());
     s.run(input.clone(), reversed);
     let out = s.output();
-    let expected: Vec<Value> = (0..5).map(|k| json!({"item": k, "i": k, "got": k * 100, "n": 7})).collect();
+    let expected: Vec<Value> = (0..5)
+        .map(|k| json!({"item": k, "i": k, "got": k * 100, "n": 7}))
+        .collect();
     assert_eq!(out, Value::Array(expected));
     // Unbounded: every iteration started at once; it took as long as the slowest (item 0).
     assert_eq!(replay_max_pending(wf, input, &s), 5);
@@ -512,14 +615,21 @@ fn parallel_for_with_limit_one_runs_one_at_a_time_on_the_same_input() {
 fn parallel_for_fault_cancels_the_other_iterations() {
     let wf = parallel_for("true");
     let mut s = Sim::new(wf);
-    s.run(json!({"n": 0, "items": [0, 1, 2, 3]}), |e| match target(e).as_str() {
-        "2" => Reply::After(10, Err(WfError::communication(502, "item 2 broke"))),
-        _ => Reply::Never,
+    s.run(json!({"n": 0, "items": [0, 1, 2, 3]}), |e| {
+        match target(e).as_str() {
+            "2" => Reply::After(10, Err(WfError::communication(502, "item 2 broke"))),
+            _ => Reply::Never,
+        }
     });
     let err = s.error();
     assert_eq!(err.detail.as_deref(), Some("item 2 broke"));
     assert_eq!(s.now - T0, 10);
-    let others: Vec<u64> = s.started.iter().filter(|(_, e)| target(e) != "2").map(|(id, _)| *id).collect();
+    let others: Vec<u64> = s
+        .started
+        .iter()
+        .filter(|(_, e)| target(e) != "2")
+        .map(|(id, _)| *id)
+        .collect();
     assert_eq!(others.len(), 3);
     let mut cancelled = s.cancelled.clone();
     cancelled.sort_unstable();
@@ -530,10 +640,13 @@ fn parallel_for_fault_cancels_the_other_iterations() {
 fn parallel_for_fault_with_a_limit_starts_nothing_more() {
     let wf = parallel_for("2");
     let mut s = Sim::new(wf);
-    s.run(json!({"n": 0, "items": [0, 1, 2, 3, 4]}), |e| match target(e).as_str() {
-        "0" => Reply::After(5, Err(WfError::communication(500, "first broke"))),
-        _ => Reply::Never,
-    });
+    s.run(
+        json!({"n": 0, "items": [0, 1, 2, 3, 4]}),
+        |e| match target(e).as_str() {
+            "0" => Reply::After(5, Err(WfError::communication(500, "first broke"))),
+            _ => Reply::Never,
+        },
+    );
     assert_eq!(s.error().detail.as_deref(), Some("first broke"));
     assert_eq!(s.started.len(), 2, "items 2.. never started");
     assert_eq!(s.cancelled.len(), 1);

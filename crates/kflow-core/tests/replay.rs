@@ -68,7 +68,11 @@ fn world() -> impl FnMut(&Effect) -> Reply {
         Effect::Http(r) if r.uri.ends_with("/slow") => Reply::After(3_000, Ok(json!("slow"))),
         Effect::Http(r) if r.uri.ends_with("/flaky") => {
             flaky += 1;
-            if flaky < 3 { Reply::After(10, Err(WfError::communication(503, "busy"))) } else { Reply::Now(Ok(json!("fine"))) }
+            if flaky < 3 {
+                Reply::After(10, Err(WfError::communication(503, "busy")))
+            } else {
+                Reply::Now(Ok(json!("fine")))
+            }
         }
         Effect::Http(r) => Reply::After(5, Ok(json!({"uri": r.uri}))),
         _ => Reply::Now(Ok(Value::Null)),
@@ -76,7 +80,11 @@ fn world() -> impl FnMut(&Effect) -> Reply {
 }
 
 fn fresh() -> Instance {
-    let cfg = InstanceConfig { id: "test-instance".into(), secrets: json!({"token": "s3cret"}), runtime: Value::Null };
+    let cfg = InstanceConfig {
+        id: "test-instance".into(),
+        secrets: json!({"token": "s3cret"}),
+        runtime: Value::Null,
+    };
     Instance::new(load(WF), cfg)
 }
 
@@ -84,10 +92,16 @@ fn fresh() -> Instance {
 fn replaying_any_prefix_of_the_journal_then_the_rest_gives_the_same_result() {
     let mut original = Sim::new(load(WF));
     original.run(json!({}), world());
-    let Status::Completed(expected) = original.inst.status().clone() else { panic!("{:?}", original.inst.status()) };
+    let Status::Completed(expected) = original.inst.status().clone() else {
+        panic!("{:?}", original.inst.status())
+    };
     assert_eq!(expected, json!(["slow", "fine"]));
     let journal = original.journal.clone();
-    assert!(journal.len() > 8, "journal too short to be interesting: {}", journal.len());
+    assert!(
+        journal.len() > 8,
+        "journal too short to be interesting: {}",
+        journal.len()
+    );
 
     for crash_at in 0..=journal.len() {
         // Before the crash: the first `crash_at` deliveries were committed.
@@ -102,13 +116,20 @@ fn replaying_any_prefix_of_the_journal_then_the_rest_gives_the_same_result() {
         let pending: Vec<u64> = inst.pending().into_iter().map(|(id, _, _)| id).collect();
         let later: Vec<u64> = journal[crash_at..].iter().map(|(id, _, _)| *id).collect();
         for id in &pending {
-            assert!(later.contains(id), "crash at {crash_at}: pending effect {id} never answered later");
+            assert!(
+                later.contains(id),
+                "crash at {crash_at}: pending effect {id} never answered later"
+            );
         }
         // Recovery: the rest of the journal, as the re-run effects answer.
         for (id, d, t) in &journal[crash_at..] {
             inst.deliver(*id, d.clone(), *t);
         }
-        assert_eq!(inst.status(), &Status::Completed(expected.clone()), "crash at {crash_at}");
+        assert_eq!(
+            inst.status(),
+            &Status::Completed(expected.clone()),
+            "crash at {crash_at}"
+        );
     }
 }
 

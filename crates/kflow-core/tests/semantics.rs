@@ -25,7 +25,15 @@ fn set_replaces_the_output_and_chains_tasks() {
         json!({"n": 1}),
     );
     assert_eq!(s.output(), json!({"y": 20, "lit": [1, "two"]}));
-    assert_eq!(s.trace(), ["task.started:a", "task.completed:a", "task.started:b", "task.completed:b"]);
+    assert_eq!(
+        s.trace(),
+        [
+            "task.started:a",
+            "task.completed:a",
+            "task.started:b",
+            "task.completed:b"
+        ]
+    );
 }
 
 #[test]
@@ -62,7 +70,10 @@ output:
 
 #[test]
 fn if_false_skips_the_task_and_passes_input_through() {
-    let s = run("do:\n  - a:\n      if: ${ .go }\n      set:\n        x: 1\n  - b:\n      set:\n        y: ${ .go }\n", json!({"go": false}));
+    let s = run(
+        "do:\n  - a:\n      if: ${ .go }\n      set:\n        x: 1\n  - b:\n      set:\n        y: ${ .go }\n",
+        json!({"go": false}),
+    );
     assert_eq!(s.output(), json!({"y": false}));
     assert_eq!(s.trace()[0], "task.skipped:a");
 }
@@ -122,8 +133,14 @@ fn switch_then_jumps_and_end() {
       set:
         size: ${ .size + "!" }
 "#;
-    assert_eq!(run(body, json!({"n": 50})).output(), json!({"size": "large!"}));
-    assert_eq!(run(body, json!({"n": 1})).output(), json!({"size": "small"}));
+    assert_eq!(
+        run(body, json!({"n": 50})).output(),
+        json!({"size": "large!"})
+    );
+    assert_eq!(
+        run(body, json!({"n": 1})).output(),
+        json!({"size": "small"})
+    );
 }
 
 #[test]
@@ -177,7 +194,10 @@ fn for_each_at_and_while() {
               seen: '${ .seen + [ { c: $c, i: $i } ] }'
 "#;
     let s = run(body, json!({"colors": ["r", "g", "b"], "seen": []}));
-    assert_eq!(s.output(), json!({"seen": [{"c": "r", "i": 0}, {"c": "g", "i": 1}]}));
+    assert_eq!(
+        s.output(),
+        json!({"seen": [{"c": "r", "i": 0}, {"c": "g", "i": 1}]})
+    );
     let defaults = "do:\n  - loop:\n      for:\n        in: ${ [10, 20] }\n      do:\n        - s:\n            set:\n              last: ${ [$item, $index] }\n";
     assert_eq!(run(defaults, json!({})).output(), json!({"last": [20, 1]}));
 }
@@ -245,19 +265,25 @@ fn raise_inline_and_reusable_with_instance() {
         json!({"what": "tea"}),
     )
     .error();
-    assert_eq!(e, WfError {
-        type_: "https://example.com/errors/x".into(),
-        status: 418,
-        title: Some("bad tea".into()),
-        detail: None,
-        instance: Some("/do/0/boom".into()),
-    });
+    assert_eq!(
+        e,
+        WfError {
+            type_: "https://example.com/errors/x".into(),
+            status: 418,
+            title: Some("bad tea".into()),
+            detail: None,
+            instance: Some("/do/0/boom".into()),
+        }
+    );
     let e = run(
         "use:\n  errors:\n    nope:\n      type: https://example.com/nope\n      status: 400\ndo:\n  - r:\n      raise:\n        error: nope\n",
         json!({}),
     )
     .error();
-    assert_eq!((e.type_.as_str(), e.status), ("https://example.com/nope", 400));
+    assert_eq!(
+        (e.type_.as_str(), e.status),
+        ("https://example.com/nope", 400)
+    );
 }
 
 #[test]
@@ -287,9 +313,16 @@ fn try_catches_by_filter_with_any_standard_uri_spelling() {
         )
     };
     let s = run(&body(404), json!({}));
-    assert_eq!(s.output(), json!({"caught": 404, "at": "/do/0/guard/try/0/fail"}));
+    assert_eq!(
+        s.output(),
+        json!({"caught": 404, "at": "/do/0/guard/try/0/fail"})
+    );
     let s = run(&body(503), json!({}));
-    assert_eq!(s.error().status, 404, "an error the filter does not match is not caught");
+    assert_eq!(
+        s.error().status,
+        404,
+        "an error the filter does not match is not caught"
+    );
 }
 
 #[test]
@@ -299,9 +332,22 @@ fn catch_when_and_except_when() {
             "do:\n  - t:\n      try:\n        - f:\n            raise:\n              error:\n                type: https://x/e\n                status: 500\n      catch:\n        {cond}\n"
         )
     };
-    assert_eq!(run(&body("when: ${ .status == 500 }"), json!({"k": 1})).output(), json!({"k": 1}));
-    assert_eq!(run(&body("when: ${ .status == 400 }"), json!({})).error().status, 500);
-    assert_eq!(run(&body("exceptWhen: ${ $error.status == 500 }"), json!({})).error().status, 500);
+    assert_eq!(
+        run(&body("when: ${ .status == 500 }"), json!({"k": 1})).output(),
+        json!({"k": 1})
+    );
+    assert_eq!(
+        run(&body("when: ${ .status == 400 }"), json!({}))
+            .error()
+            .status,
+        500
+    );
+    assert_eq!(
+        run(&body("exceptWhen: ${ $error.status == 500 }"), json!({}))
+            .error()
+            .status,
+        500
+    );
 }
 
 #[test]
@@ -332,7 +378,11 @@ fn retry_with_exponential_backoff_in_virtual_time() {
     s.run(json!({}), |e| match e {
         Effect::Http(_) => {
             calls += 1;
-            if calls < 4 { Reply::Now(Err(WfError::communication(503, "busy"))) } else { Reply::Now(Ok(json!("ok"))) }
+            if calls < 4 {
+                Reply::Now(Err(WfError::communication(503, "busy")))
+            } else {
+                Reply::Now(Ok(json!("ok")))
+            }
         }
         _ => Reply::Now(Ok(Value::Null)),
     });
@@ -340,7 +390,13 @@ fn retry_with_exponential_backoff_in_virtual_time() {
     assert_eq!(calls, 4);
     // Delays 1 s, 2 s, 4 s.
     assert_eq!(s.now - T0, 7_000);
-    assert_eq!(s.trace().iter().filter(|t| t.starts_with("task.retried")).count(), 3);
+    assert_eq!(
+        s.trace()
+            .iter()
+            .filter(|t| t.starts_with("task.retried"))
+            .count(),
+        3
+    );
 }
 
 #[test]
@@ -373,14 +429,20 @@ fn retry_gives_up_after_the_attempt_limit() {
         Reply::Now(Err(WfError::communication(503, "down")))
     });
     let e = s.error();
-    assert_eq!((e.status, e.instance.as_deref()), (503, Some("/do/0/t/try/0/get")));
+    assert_eq!(
+        (e.status, e.instance.as_deref()),
+        (503, Some("/do/0/t/try/0/get"))
+    );
     assert_eq!(calls, 3, "one try and two retries");
     assert_eq!(s.now - T0, 100 + 200, "linear backoff");
 }
 
 #[test]
 fn wait_sleeps_in_workflow_time() {
-    let s = run("do:\n  - w:\n      wait: PT1M30S\n  - w2:\n      wait:\n        seconds: 10\n", json!({"x": 1}));
+    let s = run(
+        "do:\n  - w:\n      wait: PT1M30S\n  - w2:\n      wait:\n        seconds: 10\n",
+        json!({"x": 1}),
+    );
     assert_eq!(s.output(), json!({"x": 1}));
     assert_eq!(s.now - T0, 100_000);
 }
@@ -439,7 +501,10 @@ fn http_endpoint_placeholders_headers_query_and_auth() {
 fn emit_outputs_the_event() {
     let body = "do:\n  - e:\n      emit:\n        event:\n          with:\n            source: https://src\n            type: t.v1\n            data:\n              n: ${ .n }\n";
     let s = run(body, json!({"n": 7}));
-    assert_eq!(s.output(), json!({"source": "https://src", "type": "t.v1", "data": {"n": 7}}));
+    assert_eq!(
+        s.output(),
+        json!({"source": "https://src", "type": "t.v1", "data": {"n": 7}})
+    );
 }
 
 #[test]
@@ -459,7 +524,8 @@ fn listen_one_all_and_any_until() {
 
     let until = "do:\n  - l:\n      listen:\n        to:\n          any: []\n          until: ( . | length ) >= 3\n";
     let mut s = Sim::new(load(&doc(until)));
-    s.events.extend([ev("a", 1), ev("b", 2), ev("c", 3), ev("d", 4)]);
+    s.events
+        .extend([ev("a", 1), ev("b", 2), ev("c", 3), ev("d", 4)]);
     s.run(json!({}), echo);
     assert_eq!(s.output(), json!([{"n": 1}, {"n": 2}, {"n": 3}]));
 }
@@ -473,7 +539,9 @@ fn run_shell_request_is_fully_resolved() {
         seen = Some(e.clone());
         Reply::Now(Ok(json!({"code": 0, "stdout": "ada\n", "stderr": ""})))
     });
-    let Some(Effect::Process(p)) = seen else { panic!("no process effect") };
+    let Some(Effect::Process(p)) = seen else {
+        panic!("no process effect")
+    };
     assert_eq!(p.arguments, json!(["ada"]));
     assert_eq!(p.environment["GREETING"], "hi");
     assert_eq!(p.return_, kflow_dsl::model::ReturnMode::All);
@@ -484,12 +552,22 @@ fn run_shell_request_is_fully_resolved() {
 fn unsupported_calls_fail_clearly() {
     let body = "do:\n  - g:\n      call: grpc\n      with:\n        proto:\n          endpoint: file://app/greet.proto\n        service:\n          name: GreeterApi.Greeter\n          host: localhost\n        method: SayHello\n";
     let e = run(body, json!({})).error();
-    assert!(e.detail.as_deref().unwrap_or("").contains("not supported yet"), "{e:?}");
+    assert!(
+        e.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("not supported yet"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn expression_errors_fault_with_the_expression_type() {
-    let e = run("do:\n  - a:\n      set:\n        x: ${ .a + 1 }\n", json!({"a": "text"})).error();
+    let e = run(
+        "do:\n  - a:\n      set:\n        x: ${ .a + 1 }\n",
+        json!({"a": "text"}),
+    )
+    .error();
     assert!(e.type_.ends_with("/errors/expression"), "{e:?}");
     assert_eq!((e.status, e.instance.as_deref()), (400, Some("/do/0/a")));
 }

@@ -42,11 +42,22 @@ struct Plain {
 
 impl Plain {
     fn new(code: &str) -> Plain {
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs());
         let arena = Arena::default();
-        let modules = Loader::new(defs).load(&arena, File { code, path: () }).unwrap();
-        Plain { filter: Compiler::default().with_funs(funs).compile(modules).unwrap() }
+        let modules = Loader::new(defs)
+            .load(&arena, File { code, path: () })
+            .unwrap();
+        Plain {
+            filter: Compiler::default()
+                .with_funs(funs)
+                .compile(modules)
+                .unwrap(),
+        }
     }
 
     fn first(&self, input: &Val) -> bool {
@@ -63,10 +74,15 @@ fn main() {
 
     let start = Instant::now();
     Expr::compile(".").unwrap();
-    println!("first compile (parses and analyses the prelude): {:.0} µs", start.elapsed().as_secs_f64() * 1e6);
-    for src in
-        [".colors + [\"red\"]", "map(select(.ok)) | length", "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; f"]
-    {
+    println!(
+        "first compile (parses and analyses the prelude): {:.0} µs",
+        start.elapsed().as_secs_f64() * 1e6
+    );
+    for src in [
+        ".colors + [\"red\"]",
+        "map(select(.ok)) | length",
+        "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; f",
+    ] {
         let us = per_call(2000 / scale, || {
             black_box(Expr::compile(src).unwrap());
         });
@@ -74,7 +90,10 @@ fn main() {
     }
     println!();
 
-    println!("{:<58} {:>10} {:>12}", "filter", "kflow eval", "plain jaq run");
+    println!(
+        "{:<58} {:>10} {:>12}",
+        "filter", "kflow eval", "plain jaq run"
+    );
     let cases: &[(&str, u32)] = &[
         (".colors + [\"red\"]", 100_000),
         (".colors + [$color]", 100_000),
@@ -87,8 +106,14 @@ fn main() {
         ("[range(1100)] | length", 500),
         ("reduce range(1000) as $x (0; . + $x)", 500),
         ("0 | until(. >= 1000; . + 1)", 500),
-        ("def f: if . == 0 then 0 else (. - 1 | f) + 1 end; 5 | f", 20_000),
-        ("def f: if . == 0 then 0 else (. - 1 | f) + 1 end; 200 | f", 200),
+        (
+            "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; 5 | f",
+            20_000,
+        ),
+        (
+            "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; 200 | f",
+            200,
+        ),
     ];
     let jaq_input = Val::deserialize(&input).unwrap();
     for (src, runs) in cases {

@@ -11,7 +11,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(line: u32, col: u32, message: impl Into<String>) -> Self {
-        Diagnostic { line, col, message: message.into() }
+        Diagnostic {
+            line,
+            col,
+            message: message.into(),
+        }
     }
 }
 

@@ -58,9 +58,9 @@ pub fn duration_from_value(v: &Value) -> Result<u64, String> {
                         ));
                     }
                 };
-                let n = v
-                    .as_u64()
-                    .ok_or_else(|| format!("duration property '{k}' must be a non-negative integer, got {v}"))?;
+                let n = v.as_u64().ok_or_else(|| {
+                    format!("duration property '{k}' must be a non-negative integer, got {v}")
+                })?;
                 total = n
                     .checked_mul(unit)
                     .and_then(|x| total.checked_add(x))
@@ -68,7 +68,9 @@ pub fn duration_from_value(v: &Value) -> Result<u64, String> {
             }
             Ok(total)
         }
-        other => Err(format!("expected an ISO 8601 duration string or a duration object, got {other}")),
+        other => Err(format!(
+            "expected an ISO 8601 duration string or a duration object, got {other}"
+        )),
     }
 }
 

@@ -33,7 +33,10 @@ fn canonical(uri: &str) -> &str {
         }
         // Also accept the http:// spelling of the same prefixes.
         if let Some(rest) = p.strip_prefix("https://") {
-            if let Some(kind) = uri.strip_prefix("http://").and_then(|u| u.strip_prefix(rest)) {
+            if let Some(kind) = uri
+                .strip_prefix("http://")
+                .and_then(|u| u.strip_prefix(rest))
+            {
                 return kind;
             }
         }
@@ -56,7 +59,10 @@ mod tests {
         let b = "https://open-workflow-specification.org/spec/1.0.0/errors/communication";
         let c = "https://open-workflow-specification.org/dsl/errors/types/communication";
         assert!(same_type(a, b) && same_type(b, c) && same_type(a, c));
-        assert!(!same_type(a, "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"));
+        assert!(!same_type(
+            a,
+            "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
+        ));
         assert!(same_type("https://example.com/x", "https://example.com/x"));
     }
 }

@@ -150,10 +150,16 @@ pub enum Call {
     OpenApi(OpenApiCall),
     /// `call: <name>` of a function declared in `use.functions`: the function's task, run with
     /// `with:` as its input.
-    Function { name: String, task: Arc<Task>, with: Option<Template> },
+    Function {
+        name: String,
+        task: Arc<Task>,
+        with: Option<Template>,
+    },
     /// grpc, asyncapi, a2a, mcp, catalog functions: accepted by the parser so that spec
     /// examples validate, refused with a clear error when run.
-    Unsupported { kind: String },
+    Unsupported {
+        kind: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -192,14 +198,28 @@ pub enum UriSpec {
 
 #[derive(Debug, Clone)]
 pub enum AuthPolicy {
-    Basic { username: Template, password: Template },
-    Bearer { token: Template },
-    Digest { username: Template, password: Template },
+    Basic {
+        username: Template,
+        password: Template,
+    },
+    Bearer {
+        token: Template,
+    },
+    Digest {
+        username: Template,
+        password: Template,
+    },
     /// OAuth2 and OpenID Connect; the properties (authority, grant, client, scopes, ...) as a
     /// template, resolved at call time.
-    OAuth2 { oidc: bool, properties: Template },
+    OAuth2 {
+        oidc: bool,
+        properties: Template,
+    },
     /// `use: <secret>`: the policy's properties come from the named secret at run time.
-    Secret { scheme: AuthScheme, secret: String },
+    Secret {
+        scheme: AuthScheme,
+        secret: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +268,10 @@ pub enum ReadMode {
 #[derive(Debug, Clone)]
 pub enum Consumption {
     All(Vec<EventFilter>),
-    Any { filters: Vec<EventFilter>, until: Option<Until> },
+    Any {
+        filters: Vec<EventFilter>,
+        until: Option<Until>,
+    },
     One(EventFilter),
 }
 
@@ -383,7 +406,13 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const NAMES: [&'static str; 5] = ["all_succeeded", "all_done", "one_failed", "one_succeeded", "none_failed"];
+    pub const NAMES: [&'static str; 5] = [
+        "all_succeeded",
+        "all_done",
+        "one_failed",
+        "one_succeeded",
+        "none_failed",
+    ];
 
     pub fn from_name(name: &str) -> Option<Trigger> {
         Some(match name {

@@ -53,7 +53,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 16 * 1024 * 1024, max_depth: 256, max_nodes: 1_000_000 }
+        Limits {
+            max_bytes: 16 * 1024 * 1024,
+            max_depth: 256,
+            max_nodes: 1_000_000,
+        }
     }
 }
 
@@ -64,7 +68,10 @@ pub fn parse(text: &[u8], limits: &Limits) -> Result<Node, Diagnostic> {
         NodeKind::Map(_) => Ok(root),
         ref kind => Err(err(
             root.pos,
-            format!("the document root must be a mapping (of document, do, ...), got {}", describe(kind)),
+            format!(
+                "the document root must be a mapping (of document, do, ...), got {}",
+                describe(kind)
+            ),
         )),
     }
 }
@@ -75,15 +82,25 @@ pub fn parse_value(text: &[u8], limits: &Limits) -> Result<Node, Diagnostic> {
         return Err(Diagnostic::new(
             1,
             1,
-            format!("the document is too large: {} bytes (the limit is {} bytes)", text.len(), limits.max_bytes),
+            format!(
+                "the document is too large: {} bytes (the limit is {} bytes)",
+                text.len(),
+                limits.max_bytes
+            ),
         ));
     }
     let text = decode(text)?;
     check_characters(text)?;
     // A third-party parser must not take the process down: a panic in it becomes a diagnostic.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Builder::new(limits).run(text))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Builder::new(limits).run(text)
+    })) {
         Ok(result) => result,
-        Err(_) => Err(Diagnostic::new(1, 1, "invalid YAML: the parser failed on this document")),
+        Err(_) => Err(Diagnostic::new(
+            1,
+            1,
+            "invalid YAML: the parser failed on this document",
+        )),
     }
 }
 
@@ -105,7 +122,10 @@ fn decode(text: &[u8]) -> Result<&str, Diagnostic> {
             Err(Diagnostic::new(
                 line,
                 col,
-                format!("the document is not valid UTF-8: invalid byte 0x{:02X} at byte offset {good}{hint}", text[good]),
+                format!(
+                    "the document is not valid UTF-8: invalid byte 0x{:02X} at byte offset {good}{hint}",
+                    text[good]
+                ),
             ))
         }
     }
@@ -136,14 +156,20 @@ fn check_characters(text: &str) -> Result<(), Diagnostic> {
             Err(Diagnostic::new(
                 line,
                 col,
-                format!("the document contains a control character (U+{:04X}); is it a binary file?", u32::from(c)),
+                format!(
+                    "the document contains a control character (U+{:04X}); is it a binary file?",
+                    u32::from(c)
+                ),
             ))
         }
     }
 }
 
 fn pos_of(span: &Span) -> Pos {
-    Pos { line: to_u32(span.start.line()), col: to_u32(span.start.col() + 1) }
+    Pos {
+        line: to_u32(span.start.line()),
+        col: to_u32(span.start.col() + 1),
+    }
 }
 
 fn scan_error(e: &ScanError) -> Diagnostic {
@@ -165,7 +191,13 @@ struct Built {
 }
 
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node>, size: usize, height: usize },
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+        size: usize,
+        height: usize,
+    },
     Map {
         pos: Pos,
         anchor: usize,
@@ -193,7 +225,14 @@ fn err(pos: Pos, message: impl Into<String>) -> Diagnostic {
 
 impl<'l> Builder<'l> {
     fn new(limits: &'l Limits) -> Self {
-        Builder { limits, stack: Vec::new(), anchors: HashMap::new(), nodes: 0, anchors_used: false, root: None }
+        Builder {
+            limits,
+            stack: Vec::new(),
+            anchors: HashMap::new(),
+            nodes: 0,
+            anchors_used: false,
+            root: None,
+        }
     }
 
     fn run(mut self, text: &str) -> Result<Node, Diagnostic> {
@@ -221,12 +260,25 @@ impl<'l> Builder<'l> {
                 Event::Scalar(value, style, anchor, tag) => {
                     let node = scalar(&value, style, tag.as_deref(), pos)?;
                     self.count(1, pos)?;
-                    self.finish(Built { node, size: 1, height: 1 }, anchor)?;
+                    self.finish(
+                        Built {
+                            node,
+                            size: 1,
+                            height: 1,
+                        },
+                        anchor,
+                    )?;
                 }
                 Event::SequenceStart(anchor, tag) => {
                     check_collection_tag(tag.as_deref(), "seq", pos)?;
                     self.push(pos)?;
-                    self.stack.push(Frame::Seq { pos, anchor, items: Vec::new(), size: 1, height: 0 });
+                    self.stack.push(Frame::Seq {
+                        pos,
+                        anchor,
+                        items: Vec::new(),
+                        size: 1,
+                        height: 0,
+                    });
                 }
                 Event::MappingStart(anchor, tag) => {
                     check_collection_tag(tag.as_deref(), "map", pos)?;
@@ -243,35 +295,76 @@ impl<'l> Builder<'l> {
                 }
                 Event::SequenceEnd | Event::MappingEnd => {
                     let (built, anchor) = match self.stack.pop() {
-                        Some(Frame::Seq { pos, anchor, items, size, height }) => {
-                            (Built { node: Node { pos, kind: NodeKind::Seq(items) }, size, height: height + 1 }, anchor)
-                        }
-                        Some(Frame::Map { pos, anchor, entries, size, height, .. }) => {
-                            (Built { node: Node { pos, kind: NodeKind::Map(entries) }, size, height: height + 1 }, anchor)
-                        }
+                        Some(Frame::Seq {
+                            pos,
+                            anchor,
+                            items,
+                            size,
+                            height,
+                        }) => (
+                            Built {
+                                node: Node {
+                                    pos,
+                                    kind: NodeKind::Seq(items),
+                                },
+                                size,
+                                height: height + 1,
+                            },
+                            anchor,
+                        ),
+                        Some(Frame::Map {
+                            pos,
+                            anchor,
+                            entries,
+                            size,
+                            height,
+                            ..
+                        }) => (
+                            Built {
+                                node: Node {
+                                    pos,
+                                    kind: NodeKind::Map(entries),
+                                },
+                                size,
+                                height: height + 1,
+                            },
+                            anchor,
+                        ),
                         None => return Err(err(pos, "invalid YAML: unbalanced collection end")),
                     };
                     self.finish(built, anchor)?;
                 }
                 Event::Alias(id) => {
                     let Some(target) = self.anchors.get(&id) else {
-                        return Err(err(pos, "this alias refers to an anchor whose node is not complete (a node cannot contain an alias of itself)"));
+                        return Err(err(
+                            pos,
+                            "this alias refers to an anchor whose node is not complete (a node cannot contain an alias of itself)",
+                        ));
                     };
                     let (size, height) = (target.size, target.height);
                     if self.stack.len() + height > self.limits.max_depth {
                         return Err(err(
                             pos,
-                            format!("nesting is too deep: this alias expands beyond {} levels", self.limits.max_depth),
+                            format!(
+                                "nesting is too deep: this alias expands beyond {} levels",
+                                self.limits.max_depth
+                            ),
                         ));
                     }
-                    let node = Node { pos, ..target.node.clone() };
+                    let node = Node {
+                        pos,
+                        ..target.node.clone()
+                    };
                     self.count(size, pos)?;
                     self.finish(Built { node, size, height }, 0)?;
                 }
             }
         }
         match self.root.take() {
-            Some(Node { kind: NodeKind::Null, .. }) if is_blank(text) => Err(Diagnostic::new(1, 1, "the document is empty")),
+            Some(Node {
+                kind: NodeKind::Null,
+                ..
+            }) if is_blank(text) => Err(Diagnostic::new(1, 1, "the document is empty")),
             Some(root) => Ok(root),
             None => Err(Diagnostic::new(1, 1, "the document is empty")),
         }
@@ -279,7 +372,13 @@ impl<'l> Builder<'l> {
 
     fn push(&mut self, pos: Pos) -> Result<(), Diagnostic> {
         if self.stack.len() >= self.limits.max_depth {
-            return Err(err(pos, format!("nesting is too deep: more than {} levels", self.limits.max_depth)));
+            return Err(err(
+                pos,
+                format!(
+                    "nesting is too deep: more than {} levels",
+                    self.limits.max_depth
+                ),
+            ));
         }
         self.count(1, pos)
     }
@@ -287,8 +386,18 @@ impl<'l> Builder<'l> {
     fn count(&mut self, n: usize, pos: Pos) -> Result<(), Diagnostic> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > self.limits.max_nodes {
-            let why = if self.anchors_used { " (anchors and aliases count every node they copy)" } else { "" };
-            return Err(err(pos, format!("the document has too many nodes: more than {}{why}", self.limits.max_nodes)));
+            let why = if self.anchors_used {
+                " (anchors and aliases count every node they copy)"
+            } else {
+                ""
+            };
+            return Err(err(
+                pos,
+                format!(
+                    "the document has too many nodes: more than {}{why}",
+                    self.limits.max_nodes
+                ),
+            ));
         }
         Ok(())
     }
@@ -302,20 +411,40 @@ impl<'l> Builder<'l> {
             self.count(built.size, built.node.pos)?;
             self.anchors.insert(
                 anchor,
-                Built { node: built.node.clone(), size: built.size, height: built.height },
+                Built {
+                    node: built.node.clone(),
+                    size: built.size,
+                    height: built.height,
+                },
             );
         }
-        let Built { node, size: child_size, height: child_height } = built;
+        let Built {
+            node,
+            size: child_size,
+            height: child_height,
+        } = built;
         match self.stack.last_mut() {
             None => {
                 self.root = Some(node);
             }
-            Some(Frame::Seq { items, size, height, .. }) => {
+            Some(Frame::Seq {
+                items,
+                size,
+                height,
+                ..
+            }) => {
                 items.push(node);
                 *size += child_size;
                 *height = (*height).max(child_height);
             }
-            Some(Frame::Map { entries, key, seen, size, height, .. }) => {
+            Some(Frame::Map {
+                entries,
+                key,
+                seen,
+                size,
+                height,
+                ..
+            }) => {
                 *size += child_size;
                 *height = (*height).max(child_height);
                 match key.take() {
@@ -324,14 +453,20 @@ impl<'l> Builder<'l> {
                         let NodeKind::Str(name) = &node.kind else {
                             return Err(err(
                                 node.pos,
-                                format!("mapping keys must be strings, got {} (quote the key)", describe(&node.kind)),
+                                format!(
+                                    "mapping keys must be strings, got {} (quote the key)",
+                                    describe(&node.kind)
+                                ),
                             ));
                         };
                         match seen.entry(name.clone()) {
                             Entry::Occupied(first) => {
                                 return Err(err(
                                     node.pos,
-                                    format!("duplicate key '{name}' in this mapping (first at line {})", first.get().line),
+                                    format!(
+                                        "duplicate key '{name}' in this mapping (first at line {})",
+                                        first.get().line
+                                    ),
                                 ));
                             }
                             Entry::Vacant(slot) => {
@@ -371,7 +506,12 @@ fn core_tag(tag: Option<&Tag>, pos: Pos) -> Result<Option<&str>, Diagnostic> {
     match tag {
         None => Ok(None),
         Some(t) if t.is_yaml_core_schema() => Ok(Some(t.suffix.as_str())),
-        Some(t) => Err(err(pos, format!("unsupported YAML tag '{t}' (only the core schema tags !!str, !!int, !!float, !!bool, !!null, !!seq, !!map are allowed)"))),
+        Some(t) => Err(err(
+            pos,
+            format!(
+                "unsupported YAML tag '{t}' (only the core schema tags !!str, !!int, !!float, !!bool, !!null, !!seq, !!map are allowed)"
+            ),
+        )),
     }
 }
 
@@ -379,11 +519,22 @@ fn check_collection_tag(tag: Option<&Tag>, want: &str, pos: Pos) -> Result<(), D
     match core_tag(tag, pos)? {
         None => Ok(()),
         Some(s) if s == want => Ok(()),
-        Some(s) => Err(err(pos, format!("the tag '!!{s}' cannot be used on a {}", if want == "seq" { "list" } else { "mapping" }))),
+        Some(s) => Err(err(
+            pos,
+            format!(
+                "the tag '!!{s}' cannot be used on a {}",
+                if want == "seq" { "list" } else { "mapping" }
+            ),
+        )),
     }
 }
 
-fn scalar(value: &str, style: ScalarStyle, tag: Option<&Tag>, pos: Pos) -> Result<Node, Diagnostic> {
+fn scalar(
+    value: &str,
+    style: ScalarStyle,
+    tag: Option<&Tag>,
+    pos: Pos,
+) -> Result<Node, Diagnostic> {
     let kind = match core_tag(tag, pos)? {
         Some("str") => NodeKind::Str(value.to_string()),
         Some("null") => match resolve_plain(value) {
@@ -392,7 +543,12 @@ fn scalar(value: &str, style: ScalarStyle, tag: Option<&Tag>, pos: Pos) -> Resul
         },
         Some("bool") => match resolve_plain(value) {
             k @ NodeKind::Bool(_) => k,
-            _ => return Err(err(pos, format!("'{value}' is not a valid !!bool (only true or false)"))),
+            _ => {
+                return Err(err(
+                    pos,
+                    format!("'{value}' is not a valid !!bool (only true or false)"),
+                ));
+            }
         },
         Some("int") => match resolve_plain(value) {
             k @ NodeKind::Int(_) => k,
@@ -404,7 +560,12 @@ fn scalar(value: &str, style: ScalarStyle, tag: Option<&Tag>, pos: Pos) -> Resul
             _ => return Err(err(pos, format!("'{value}' is not a valid !!float"))),
         },
         Some(other) => {
-            return Err(err(pos, format!("the tag '!!{other}' is not supported (use !!str, !!int, !!float, !!bool or !!null)")));
+            return Err(err(
+                pos,
+                format!(
+                    "the tag '!!{other}' is not supported (use !!str, !!int, !!float, !!bool or !!null)"
+                ),
+            ));
         }
         None => match style {
             ScalarStyle::Plain => resolve_plain(value),
@@ -420,7 +581,9 @@ fn resolve_plain(s: &str) -> NodeKind {
         "" | "~" | "null" | "Null" | "NULL" => return NodeKind::Null,
         "true" | "True" | "TRUE" => return NodeKind::Bool(true),
         "false" | "False" | "FALSE" => return NodeKind::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return NodeKind::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return NodeKind::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return NodeKind::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return NodeKind::Float(f64::NAN),
         _ => {}
@@ -442,7 +605,9 @@ fn resolve_plain(s: &str) -> NodeKind {
         return match s.parse::<i64>() {
             Ok(i) => NodeKind::Int(i),
             // Out of the i64 range: keep the magnitude as a float, like JSON parsers do.
-            Err(_) => s.parse::<f64>().map_or_else(|_| NodeKind::Str(s.to_string()), NodeKind::Float),
+            Err(_) => s
+                .parse::<f64>()
+                .map_or_else(|_| NodeKind::Str(s.to_string()), NodeKind::Float),
         };
     }
     if is_core_float(digits)
@@ -497,11 +662,16 @@ impl Node {
             NodeKind::Null => Value::Null,
             NodeKind::Bool(b) => Value::Bool(*b),
             NodeKind::Int(i) => Value::from(*i),
-            NodeKind::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            NodeKind::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+            }
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
             NodeKind::Map(entries) => Value::Object(
-                entries.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v.to_json())).collect(),
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v.to_json()))
+                    .collect(),
             ),
         }
     }
@@ -529,7 +699,10 @@ impl Node {
 
     /// The value under `key` when this node is a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
     }
 
     /// "a string", "a number", ... for messages.
@@ -543,7 +716,10 @@ impl Node {
         for raw in pointer.split('/').skip(1) {
             let token = raw.replace("~1", "/").replace("~0", "~");
             let next = match &node.kind {
-                NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(&token)).map(|(_, v)| v),
+                NodeKind::Map(entries) => entries
+                    .iter()
+                    .find(|(k, _)| k.as_str() == Some(&token))
+                    .map(|(_, v)| v),
                 NodeKind::Seq(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
                 _ => None,
             };
@@ -555,7 +731,6 @@ impl Node {
         node
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -582,8 +757,10 @@ mod tests {
 
     #[test]
     fn core_schema_scalars() {
-        let n = ok("a: yes\nb: no\nc: on\nd: off\ne: true\nf: False\ng: ~\nh: null\ni:\nj: 0x1F\nk: 0o17\nl: -12\n\
-                    m: +7\nn: 1.5\no: .inf\np: -.Inf\nq: .nan\nr: 1e3\ns: '12'\nt: \"true\"\nu: 1_000\nv: 0.1.0\nw: |\n  x\n");
+        let n = ok(
+            "a: yes\nb: no\nc: on\nd: off\ne: true\nf: False\ng: ~\nh: null\ni:\nj: 0x1F\nk: 0o17\nl: -12\n\
+                    m: +7\nn: 1.5\no: .inf\np: -.Inf\nq: .nan\nr: 1e3\ns: '12'\nt: \"true\"\nu: 1_000\nv: 0.1.0\nw: |\n  x\n",
+        );
         assert_eq!(
             n.to_json(),
             json!({"a": "yes", "b": "no", "c": "on", "d": "off", "e": true, "f": false, "g": null, "h": null,
@@ -593,7 +770,10 @@ mod tests {
         assert!(matches!(n.get("o").map(|n| &n.kind), Some(NodeKind::Float(f)) if f.is_infinite()));
         assert!(matches!(n.get("q").map(|n| &n.kind), Some(NodeKind::Float(f)) if f.is_nan()));
         assert_eq!(ok("a: 99999999999999999999").to_json(), json!({"a": 1e20}));
-        assert_eq!(ok("a: !!str 12\nb: !!float 1\n").to_json(), json!({"a": "12", "b": 1.0}));
+        assert_eq!(
+            ok("a: !!str 12\nb: !!float 1\n").to_json(),
+            json!({"a": "12", "b": 1.0})
+        );
     }
 
     #[test]
@@ -610,7 +790,9 @@ mod tests {
 
     #[test]
     fn json_documents_parse() {
-        let n = ok(r#"{"document": {"dsl": "1.0.0", "n": 1.5, "t": true, "z": null}, "do": [{"a": {"wait": "PT1S"}}]}"#);
+        let n = ok(
+            r#"{"document": {"dsl": "1.0.0", "n": 1.5, "t": true, "z": null}, "do": [{"a": {"wait": "PT1S"}}]}"#,
+        );
         assert_eq!(
             n.to_json(),
             json!({"document": {"dsl": "1.0.0", "n": 1.5, "t": true, "z": null}, "do": [{"a": {"wait": "PT1S"}}]})
@@ -622,22 +804,33 @@ mod tests {
     #[test]
     fn invalid_utf8_is_located() {
         let msg = fails(b"a: 1\nb: x\xFFy\n");
-        assert_eq!(msg, "2:5: the document is not valid UTF-8: invalid byte 0xFF at byte offset 9");
+        assert_eq!(
+            msg,
+            "2:5: the document is not valid UTF-8: invalid byte 0xFF at byte offset 9"
+        );
         assert!(fails(b"\xFF\xFEa\x00:\x00").contains("UTF-16"));
     }
 
     #[test]
     fn binary_garbage_is_refused() {
         let msg = fails(b"a: 1\n\x00\x01\x02\x03");
-        assert_eq!(msg, "2:1: the document contains a control character (U+0000); is it a binary file?");
-        let garbage: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        assert_eq!(
+            msg,
+            "2:1: the document contains a control character (U+0000); is it a binary file?"
+        );
+        let garbage: Vec<u8> = (0u32..4096)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let _ = parse(&garbage, &Limits::default()).unwrap_err();
     }
 
     #[test]
     fn random_inputs_never_panic() {
         // Small deterministic fuzz over YAML-ish fragments.
-        let parts = ["a", ":", " ", "\n", "-", "[", "]", "{", "}", ",", "&x", "*x", "!!str", "'", "\"", "|", ">", "#", "?", "---", "  ", "1", "~"];
+        let parts = [
+            "a", ":", " ", "\n", "-", "[", "]", "{", "}", ",", "&x", "*x", "!!str", "'", "\"", "|",
+            ">", "#", "?", "---", "  ", "1", "~",
+        ];
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..3000 {
             let mut s = String::new();
@@ -654,9 +847,18 @@ mod tests {
 
     #[test]
     fn root_must_be_a_mapping() {
-        assert_eq!(fails(b"- a\n- b\n"), "1:1: the document root must be a mapping (of document, do, ...), got a list");
-        assert_eq!(fails(b"just text"), "1:1: the document root must be a mapping (of document, do, ...), got a string");
-        assert_eq!(fails(b"~"), "1:1: the document root must be a mapping (of document, do, ...), got null");
+        assert_eq!(
+            fails(b"- a\n- b\n"),
+            "1:1: the document root must be a mapping (of document, do, ...), got a list"
+        );
+        assert_eq!(
+            fails(b"just text"),
+            "1:1: the document root must be a mapping (of document, do, ...), got a string"
+        );
+        assert_eq!(
+            fails(b"~"),
+            "1:1: the document root must be a mapping (of document, do, ...), got null"
+        );
     }
 
     #[test]
@@ -676,15 +878,30 @@ mod tests {
 
     #[test]
     fn duplicate_keys() {
-        assert_eq!(fails(b"a: 1\nb:\n  c: 1\n  c: 2\n"), "4:3: duplicate key 'c' in this mapping (first at line 3)");
-        assert_eq!(fails(b"{\"a\": 1, \"a\": 2}"), "1:10: duplicate key 'a' in this mapping (first at line 1)");
+        assert_eq!(
+            fails(b"a: 1\nb:\n  c: 1\n  c: 2\n"),
+            "4:3: duplicate key 'c' in this mapping (first at line 3)"
+        );
+        assert_eq!(
+            fails(b"{\"a\": 1, \"a\": 2}"),
+            "1:10: duplicate key 'a' in this mapping (first at line 1)"
+        );
     }
 
     #[test]
     fn non_string_keys() {
-        assert_eq!(fails(b"a: 1\n3: x\n"), "2:1: mapping keys must be strings, got a number (quote the key)");
-        assert_eq!(fails(b"true: x\n"), "1:1: mapping keys must be strings, got a boolean (quote the key)");
-        assert_eq!(fails(b"? [a]\n: b\n"), "1:3: mapping keys must be strings, got a list (quote the key)");
+        assert_eq!(
+            fails(b"a: 1\n3: x\n"),
+            "2:1: mapping keys must be strings, got a number (quote the key)"
+        );
+        assert_eq!(
+            fails(b"true: x\n"),
+            "1:1: mapping keys must be strings, got a boolean (quote the key)"
+        );
+        assert_eq!(
+            fails(b"? [a]\n: b\n"),
+            "1:3: mapping keys must be strings, got a list (quote the key)"
+        );
         assert_eq!(ok("'3': x\n").to_json(), json!({"3": "x"}));
     }
 
@@ -708,20 +925,30 @@ mod tests {
         let big = vec![b'a'; 50 * 1024 * 1024];
         let start = std::time::Instant::now();
         let msg = fails(&big);
-        assert_eq!(msg, "1:1: the document is too large: 52428800 bytes (the limit is 16777216 bytes)");
+        assert_eq!(
+            msg,
+            "1:1: the document is too large: 52428800 bytes (the limit is 16777216 bytes)"
+        );
         assert!(start.elapsed() < std::time::Duration::from_millis(500));
     }
 
     #[test]
     fn deep_nesting_fails_fast() {
         let start = std::time::Instant::now();
-        for text in ["[".repeat(10_000), "{".repeat(10_000), format!("a: {}1", "[".repeat(10_000))] {
+        for text in [
+            "[".repeat(10_000),
+            "{".repeat(10_000),
+            format!("a: {}1", "[".repeat(10_000)),
+        ] {
             let msg = fails(text.as_bytes());
             assert!(msg.contains("nesting is too deep"), "{msg}");
         }
         // Block nesting: `- - - - ... x` nests a list per dash.
         let text = format!("{}x\n", "- ".repeat(10_000));
-        assert_eq!(fails(text.as_bytes()), "1:513: nesting is too deep: more than 256 levels");
+        assert_eq!(
+            fails(text.as_bytes()),
+            "1:513: nesting is too deep: more than 256 levels"
+        );
         // Indented mappings, 10,000 deep.
         let mut text = String::new();
         for i in 0..10_000 {
@@ -731,15 +958,28 @@ mod tests {
                 break;
             }
         }
-        let limits = Limits { max_depth: 100, ..Limits::default() };
-        assert_eq!(fails_with(text.as_bytes(), &limits), "101:101: nesting is too deep: more than 100 levels");
-        assert!(start.elapsed() < std::time::Duration::from_secs(2), "took {:?}", start.elapsed());
+        let limits = Limits {
+            max_depth: 100,
+            ..Limits::default()
+        };
+        assert_eq!(
+            fails_with(text.as_bytes(), &limits),
+            "101:101: nesting is too deep: more than 100 levels"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
     fn aliases_expand_within_budget() {
         let n = ok("base: &b {x: 1}\ncopy: *b\nlist: [&s str, *s]\n");
-        assert_eq!(n.to_json(), json!({"base": {"x": 1}, "copy": {"x": 1}, "list": ["str", "str"]}));
+        assert_eq!(
+            n.to_json(),
+            json!({"base": {"x": 1}, "copy": {"x": 1}, "list": ["str", "str"]})
+        );
         assert_eq!(n.get("copy").unwrap().pos, Pos { line: 2, col: 7 });
     }
 

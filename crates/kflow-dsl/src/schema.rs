@@ -15,15 +15,21 @@ pub struct Schema {
 
 impl std::fmt::Debug for Schema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Schema").field("document", &self.document).finish()
+        f.debug_struct("Schema")
+            .field("document", &self.document)
+            .finish()
     }
 }
 
 impl Schema {
     /// Compiles an inline JSON Schema; the error says why it is not a valid schema.
     pub fn compile(document: &Value) -> Result<Schema, String> {
-        let validator = jsonschema::validator_for(document).map_err(|e| format!("invalid JSON schema: {e}"))?;
-        Ok(Schema { validator: Arc::new(validator), document: Arc::new(document.clone()) })
+        let validator =
+            jsonschema::validator_for(document).map_err(|e| format!("invalid JSON schema: {e}"))?;
+        Ok(Schema {
+            validator: Arc::new(validator),
+            document: Arc::new(document.clone()),
+        })
     }
 
     /// Checks `value`; on failure returns one message per violation, each naming the failing
@@ -34,10 +40,18 @@ impl Schema {
             .iter_errors(value)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                let path = if path.is_empty() { "/".to_string() } else { path };
+                let path = if path.is_empty() {
+                    "/".to_string()
+                } else {
+                    path
+                };
                 format!("{path}: {e}")
             })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }

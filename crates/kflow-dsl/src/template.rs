@@ -26,7 +26,9 @@ impl Template {
     fn build(value: &Value, path: &mut String) -> Result<Template, (String, ExprError)> {
         match value {
             Value::String(s) => match crate::expr::strip_dollar_braces(s) {
-                Some(src) => Expr::compile(src).map(Template::Expr).map_err(|e| (path.clone(), e)),
+                Some(src) => Expr::compile(src)
+                    .map(Template::Expr)
+                    .map_err(|e| (path.clone(), e)),
                 None => Ok(Template::Literal(value.clone())),
             },
             Value::Array(items) => {
@@ -57,7 +59,13 @@ impl Template {
     fn collapse_array(items: Vec<Template>) -> Template {
         if items.iter().all(|t| matches!(t, Template::Literal(_))) {
             Template::Literal(Value::Array(
-                items.into_iter().map(|t| match t { Template::Literal(v) => v, _ => unreachable!() }).collect(),
+                items
+                    .into_iter()
+                    .map(|t| match t {
+                        Template::Literal(v) => v,
+                        _ => unreachable!(),
+                    })
+                    .collect(),
             ))
         } else {
             Template::Array(items)
@@ -65,7 +73,10 @@ impl Template {
     }
 
     fn collapse_object(fields: Vec<(String, Template)>) -> Template {
-        if fields.iter().all(|(_, t)| matches!(t, Template::Literal(_))) {
+        if fields
+            .iter()
+            .all(|(_, t)| matches!(t, Template::Literal(_)))
+        {
             let mut map = Map::with_capacity(fields.len());
             for (k, t) in fields {
                 if let Template::Literal(v) = t {
@@ -92,9 +103,11 @@ impl Template {
         match self {
             Template::Literal(v) => Ok(v.clone()),
             Template::Expr(e) => e.eval(input, vars),
-            Template::Array(items) => {
-                items.iter().map(|t| t.eval(input, vars)).collect::<Result<Vec<_>, _>>().map(Value::Array)
-            }
+            Template::Array(items) => items
+                .iter()
+                .map(|t| t.eval(input, vars))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
             Template::Object(fields) => {
                 let mut map = Map::with_capacity(fields.len());
                 for (k, t) in fields {

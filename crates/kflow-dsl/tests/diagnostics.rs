@@ -32,21 +32,34 @@ fn cases() -> Vec<PathBuf> {
 fn diagnostics_match_expected_files() {
     let update = std::env::var("UPDATE_EXPECT").is_ok_and(|v| v == "1");
     let cases = cases();
-    assert!(cases.len() >= 25, "expected at least 25 cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 25,
+        "expected at least 25 cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
-        let text = std::fs::read(case).unwrap_or_else(|e| panic!("cannot read {}: {e}", case.display()));
-        let strict = case.file_name().is_some_and(|n| n.to_string_lossy().starts_with("strict-"));
+        let text =
+            std::fs::read(case).unwrap_or_else(|e| panic!("cannot read {}: {e}", case.display()));
+        let strict = case
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("strict-"));
         let actual = render(&text, strict);
         let expected_path = case.with_extension("expected");
         if update {
-            std::fs::write(&expected_path, &actual).unwrap_or_else(|e| panic!("cannot write {}: {e}", expected_path.display()));
+            std::fs::write(&expected_path, &actual)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", expected_path.display()));
             continue;
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != actual {
-            let name = case.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            failures.push(format!("--- {name}\nexpected:\n{expected}actual:\n{actual}"));
+            let name = case
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            failures.push(format!(
+                "--- {name}\nexpected:\n{expected}actual:\n{actual}"
+            ));
         }
     }
     assert!(

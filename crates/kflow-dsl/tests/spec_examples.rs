@@ -19,7 +19,12 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
-    files.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")));
+    files.retain(|p| {
+        matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+    });
     files.sort();
     files
 }
@@ -36,7 +41,10 @@ fn every_spec_example_loads() {
     for file in &files {
         let text = std::fs::read(file).unwrap_or_default();
         if let Err(diags) = kflow_dsl::load(&text) {
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             for d in diags {
                 failures.push(format!("{name}:{d}"));
             }
@@ -45,7 +53,12 @@ fn every_spec_example_loads() {
     for f in &failures {
         eprintln!("{f}");
     }
-    assert!(failures.is_empty(), "{} problems in {} examples (listed above)", failures.len(), files.len());
+    assert!(
+        failures.is_empty(),
+        "{} problems in {} examples (listed above)",
+        failures.len(),
+        files.len()
+    );
     eprintln!("{} spec examples load", files.len());
 }
 
@@ -56,14 +69,23 @@ fn every_invalid_fixture_is_refused() {
         return;
     };
     let files = yaml_files(&spec.join("invalid"));
-    assert!(!files.is_empty(), "no invalid fixtures found in {}", spec.display());
+    assert!(
+        !files.is_empty(),
+        "no invalid fixtures found in {}",
+        spec.display()
+    );
     for file in &files {
         let text = std::fs::read(file).unwrap_or_default();
         match kflow_dsl::load(&text) {
             Ok(_) => panic!("{} should be refused", file.display()),
             Err(diags) => {
                 for d in diags {
-                    eprintln!("{}:{d}", file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+                    eprintln!(
+                        "{}:{d}",
+                        file.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    );
                 }
             }
         }

@@ -39,7 +39,9 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn doc(name: &str, body: &str) -> String {
-    format!("document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: {name}\n  version: '1.0.0'\ndo:\n{body}")
+    format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: {name}\n  version: '1.0.0'\ndo:\n{body}"
+    )
 }
 
 fn calls(n: usize, endpoint: &str) -> String {
@@ -49,7 +51,9 @@ fn calls(n: usize, endpoint: &str) -> String {
 }
 
 fn sets(n: usize) -> String {
-    (0..n).map(|i| format!("  - s{i}:\n      set:\n        n: ${{ .n + 1 }}\n")).collect()
+    (0..n)
+        .map(|i| format!("  - s{i}:\n      set:\n        n: ${{ .n + 1 }}\n"))
+        .collect()
 }
 
 fn fanout(n: usize, endpoint: &str) -> String {
@@ -76,20 +80,42 @@ struct Bench {
 
 impl Bench {
     async fn register(&self, text: String) {
-        let r = self.http.post(format!("{}/api/v1/definitions", self.api)).body(text).send().await.expect("register");
-        assert!(r.status().is_success(), "register failed: {}", r.text().await.unwrap_or_default());
+        let r = self
+            .http
+            .post(format!("{}/api/v1/definitions", self.api))
+            .body(text)
+            .send()
+            .await
+            .expect("register");
+        assert!(
+            r.status().is_success(),
+            "register failed: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 
     /// Starts an instance and waits for it to finish; returns the final instance JSON.
     async fn run(&self, name: &str, input: Value) -> Value {
         let body = json!({"namespace": "bench", "name": name, "input": input, "wait": true});
-        let r = self.http.post(format!("{}/api/v1/instances", self.api)).json(&body).send().await.expect("start");
+        let r = self
+            .http
+            .post(format!("{}/api/v1/instances", self.api))
+            .json(&body)
+            .send()
+            .await
+            .expect("start");
         r.json().await.expect("json")
     }
 
     async fn start(&self, name: &str, input: Value) -> String {
         let body = json!({"namespace": "bench", "name": name, "input": input});
-        let r = self.http.post(format!("{}/api/v1/instances", self.api)).json(&body).send().await.expect("start");
+        let r = self
+            .http
+            .post(format!("{}/api/v1/instances", self.api))
+            .json(&body)
+            .send()
+            .await
+            .expect("start");
         let v: Value = r.json().await.expect("json");
         v["id"].as_str().unwrap_or_default().to_string()
     }
@@ -124,17 +150,25 @@ async fn answer_server() -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/ok")
 }
 
 async fn start_server(dir: &std::path::Path, durability: Durability) -> (Engine, String) {
-    let cfg = EngineConfig { data_dir: dir.to_path_buf(), durability, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        data_dir: dir.to_path_buf(),
+        durability,
+        ..EngineConfig::default()
+    };
     let engine = Engine::open(cfg).await.expect("engine");
     let app = router(engine.clone(), ApiConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (engine, format!("http://{addr}"))
@@ -167,7 +201,10 @@ async fn load(b: &Arc<Bench>, engine: &Engine, n: usize, clients: usize) {
     }
     let started = t0.elapsed();
     for id in &ids {
-        let v = engine.wait_finished(id, Duration::from_secs(600)).await.expect("wait");
+        let v = engine
+            .wait_finished(id, Duration::from_secs(600))
+            .await
+            .expect("wait");
         assert_eq!(v.instance.status.as_str(), "completed");
     }
     let done = t0.elapsed();
@@ -190,9 +227,16 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return; // `cargo test` builds benches; only `cargo bench` runs them
     }
-    let durability = if args.iter().any(|a| a == "full") { Durability::Full } else { Durability::Process };
+    let durability = if args.iter().any(|a| a == "full") {
+        Durability::Full
+    } else {
+        Durability::Process
+    };
     let quick = args.iter().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let dir = std::env::temp_dir().join(format!("kflow-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -74,7 +74,9 @@ pub fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "process" | "default" => Ok(Durability::Process),
         "full" => Ok(Durability::Full),
-        other => Err(format!("unknown durability '{other}' (expected 'process' or 'full')")),
+        other => Err(format!(
+            "unknown durability '{other}' (expected 'process' or 'full')"
+        )),
     }
 }
 
@@ -108,19 +110,28 @@ impl ServerConfig {
         c.worker_token = file.worker_token;
         if let Some(limits) = file.rate_limits {
             for (k, v) in &limits {
-                let ok_key = k.strip_prefix("queue:").or_else(|| k.strip_prefix("host:")).is_some_and(|n| !n.is_empty());
+                let ok_key = k
+                    .strip_prefix("queue:")
+                    .or_else(|| k.strip_prefix("host:"))
+                    .is_some_and(|n| !n.is_empty());
                 if !ok_key {
-                    return Err(format!("{name}: rate_limits: '{k}' must be 'queue:NAME' or 'host:NAME'"));
+                    return Err(format!(
+                        "{name}: rate_limits: '{k}' must be 'queue:NAME' or 'host:NAME'"
+                    ));
                 }
                 if !v.is_finite() || *v <= 0.0 {
-                    return Err(format!("{name}: rate_limits: '{k}' must be a positive number of tasks per second"));
+                    return Err(format!(
+                        "{name}: rate_limits: '{k}' must be a positive number of tasks per second"
+                    ));
                 }
             }
             c.rate_limits = limits;
         }
         if let Some(limits) = file.namespace_limits {
             if let Some((ns, _)) = limits.iter().find(|(_, n)| **n == 0) {
-                return Err(format!("{name}: namespace_limits: '{ns}' must allow at least 1 running instance"));
+                return Err(format!(
+                    "{name}: namespace_limits: '{ns}' must allow at least 1 running instance"
+                ));
             }
             c.namespace_limits = limits;
         }
@@ -144,13 +155,23 @@ mod tests {
 
     #[test]
     fn reads_known_keys_and_names_unknown_ones() {
-        let c = ServerConfig::from_file_bytes(b"listen: 0.0.0.0:9000\ndurability: full\nmax_body_bytes: 10\n", "k.yaml").unwrap();
-        assert_eq!((c.listen.as_str(), c.durability, c.max_body_bytes), ("0.0.0.0:9000", Durability::Full, 10));
+        let c = ServerConfig::from_file_bytes(
+            b"listen: 0.0.0.0:9000\ndurability: full\nmax_body_bytes: 10\n",
+            "k.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.durability, c.max_body_bytes),
+            ("0.0.0.0:9000", Durability::Full, 10)
+        );
         let e = ServerConfig::from_file_bytes(b"listen: x\nlistn: y\n", "k.yaml").unwrap_err();
         assert!(e.contains("unknown field `listn`"), "{e}");
-        let c = ServerConfig::from_file_bytes(b"rate_limits:\n  host:api.example.com: 5\n", "k.yaml").unwrap();
+        let c =
+            ServerConfig::from_file_bytes(b"rate_limits:\n  host:api.example.com: 5\n", "k.yaml")
+                .unwrap();
         assert_eq!(c.rate_limits.get("host:api.example.com"), Some(&5.0));
-        let e = ServerConfig::from_file_bytes(b"rate_limits:\n  api.example.com: 5\n", "k.yaml").unwrap_err();
+        let e = ServerConfig::from_file_bytes(b"rate_limits:\n  api.example.com: 5\n", "k.yaml")
+            .unwrap_err();
         assert!(e.contains("must be 'queue:NAME' or 'host:NAME'"), "{e}");
         let e = ServerConfig::from_file_bytes(b"durability: fast\n", "k.yaml").unwrap_err();
         assert!(e.contains("unknown durability 'fast'"), "{e}");
@@ -158,6 +179,9 @@ mod tests {
         assert_eq!(c.timezone, "Europe/Paris");
         assert_eq!(ServerConfig::default().timezone, "UTC");
         let e = ServerConfig::from_file_bytes(b"timezone: Europe/Pariss\n", "k.yaml").unwrap_err();
-        assert!(e.contains("timezone: unknown time zone 'Europe/Pariss'"), "{e}");
+        assert!(
+            e.contains("timezone: unknown time zone 'Europe/Pariss'"),
+            "{e}"
+        );
     }
 }

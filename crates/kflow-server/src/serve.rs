@@ -13,8 +13,12 @@ use crate::engine::{Engine, EngineConfig};
 /// Runs the server until SIGTERM or Ctrl-C, then drains: no new work is taken, running tasks
 /// get `drain_seconds` to finish, unfinished ones stay durable and resume at the next start.
 pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| format!("cannot create the data directory {}: {e}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}",
+            cfg.data_dir.display()
+        )
+    })?;
     let engine = Engine::open(EngineConfig {
         data_dir: cfg.data_dir.clone(),
         durability: cfg.durability,
@@ -29,30 +33,49 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     .map_err(|e| format!("cannot open the engine in {}: {e}", cfg.data_dir.display()))?;
     let scheduler = crate::schedule::Scheduler::new(
         engine.clone(),
-        crate::schedule::SchedulerConfig { timezone: cfg.timezone.clone(), ..Default::default() },
+        crate::schedule::SchedulerConfig {
+            timezone: cfg.timezone.clone(),
+            ..Default::default()
+        },
         std::sync::Arc::new(crate::schedule::SystemClock),
     )
     .await
     .map_err(|e| format!("cannot start the scheduler: {e}"))?;
     let schedules = scheduler.spawn();
-    let app = router(engine.clone(), ApiConfig { max_body_bytes: cfg.max_body_bytes, worker_token: cfg.worker_token.clone() });
+    let app = router(
+        engine.clone(),
+        ApiConfig {
+            max_body_bytes: cfg.max_body_bytes,
+            worker_token: cfg.worker_token.clone(),
+        },
+    );
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.clone());
-    eprintln!("kflow server listening on http://{addr} (data in {})", cfg.data_dir.display());
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| cfg.listen.clone());
+    eprintln!(
+        "kflow server listening on http://{addr} (data in {})",
+        cfg.data_dir.display()
+    );
 
     let stop = Arc::new(Notify::new());
     let stop2 = stop.clone();
     let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop2.notified().await }).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop2.notified().await })
+            .await;
     });
     wait_for_signal().await;
     eprintln!("kflow server: draining (up to {} s)", cfg.drain_seconds);
     stop.notify_waiters();
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
-    engine.shutdown(Duration::from_secs(cfg.drain_seconds)).await;
+    engine
+        .shutdown(Duration::from_secs(cfg.drain_seconds))
+        .await;
     // Open watch streams would keep the HTTP side alive forever: give it a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     eprintln!("kflow server: stopped");

@@ -16,7 +16,9 @@ use kflow_store::{Instance, InstanceFilter, InstanceStatus};
 use support::Api;
 
 fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap().timestamp_millis()
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+        .unwrap()
+        .timestamp_millis()
 }
 
 const MIN: i64 = 60_000;
@@ -31,7 +33,9 @@ fn doc(name: &str, version: &str, schedule: &str, settings: &str, body: &str) ->
         let lines: String = settings.lines().map(|l| format!("        {l}\n")).collect();
         format!("  metadata:\n    kflow:\n      schedule:\n{lines}")
     };
-    format!("document:\n  dsl: '1.0.3'\n  namespace: sched\n  name: {name}\n  version: '{version}'\n{meta}schedule:\n{schedule}{body}")
+    format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: sched\n  name: {name}\n  version: '{version}'\n{meta}schedule:\n{schedule}{body}"
+    )
 }
 
 const QUICK: &str = "do:\n  - only:\n      set:\n        ran: true\n";
@@ -51,7 +55,13 @@ impl H {
 
     async fn over(api: Api, now_ms: i64) -> H {
         let clock = Arc::new(ManualClock::new(now_ms));
-        let sched = Scheduler::new(api.engine.clone(), SchedulerConfig::default(), clock.clone()).await.expect("scheduler");
+        let sched = Scheduler::new(
+            api.engine.clone(),
+            SchedulerConfig::default(),
+            clock.clone(),
+        )
+        .await
+        .expect("scheduler");
         H { api, sched, clock }
     }
 
@@ -67,7 +77,11 @@ impl H {
     }
 
     async fn schedule(&self, name: &str) -> Value {
-        let all = self.api.get("/api/v1/schedules").await.expect(StatusCode::OK);
+        let all = self
+            .api
+            .get("/api/v1/schedules")
+            .await
+            .expect(StatusCode::OK);
         all["items"]
             .as_array()
             .and_then(|items| items.iter().find(|s| s["name"] == json!(name)).cloned())
@@ -76,20 +90,40 @@ impl H {
 }
 
 async fn instances(engine: &Engine, name: &str) -> Vec<Instance> {
-    let filter = InstanceFilter { namespace: Some("sched".into()), name: Some(name.into()), ..Default::default() };
-    let mut items = engine.instances(filter, None, 1000).await.expect("instances").items;
+    let filter = InstanceFilter {
+        namespace: Some("sched".into()),
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let mut items = engine
+        .instances(filter, None, 1000)
+        .await
+        .expect("instances")
+        .items;
     items.reverse(); // oldest first
     items
 }
 
 async fn running(engine: &Engine, name: &str) -> usize {
-    instances(engine, name).await.iter().filter(|i| i.status == InstanceStatus::Running).count()
+    instances(engine, name)
+        .await
+        .iter()
+        .filter(|i| i.status == InstanceStatus::Running)
+        .count()
 }
 
 async fn finish_all(engine: &Engine, name: &str) {
     for i in instances(engine, name).await {
-        let v = engine.wait_finished(&i.id, Duration::from_secs(20)).await.expect("wait");
-        assert!(v.instance.status.is_finished(), "{} still {:?}", i.id, v.instance.status);
+        let v = engine
+            .wait_finished(&i.id, Duration::from_secs(20))
+            .await
+            .expect("wait");
+        assert!(
+            v.instance.status.is_finished(),
+            "{} still {:?}",
+            i.id,
+            v.instance.status
+        );
     }
 }
 
@@ -100,7 +134,14 @@ async fn finish_all(engine: &Engine, name: &str) {
 async fn cron_fires_each_tick_once() {
     let t0 = utc(2026, 3, 27, 12, 0, 0);
     let h = H::new(t0).await;
-    h.register(&doc("hourly", "1.0.0", "  cron: '0 * * * *'\n", "timezone: Europe/Paris", QUICK)).await;
+    h.register(&doc(
+        "hourly",
+        "1.0.0",
+        "  cron: '0 * * * *'\n",
+        "timezone: Europe/Paris",
+        QUICK,
+    ))
+    .await;
     let s = h.schedule("hourly").await;
     assert_eq!(s["kind"], "cron");
     assert_eq!(s["expression"], "0 * * * *");
@@ -134,17 +175,31 @@ async fn cron_fires_each_tick_once() {
 async fn cron_six_fields_and_the_dst_switch_through_the_api() {
     let h = H::new(utc(2026, 3, 28, 12, 0, 0)).await;
     // 02:30 Paris time does not exist on 2026-03-29.
-    h.register(&doc("night", "1.0.0", "  cron: '0 30 2 * * *'\n", "timezone: Europe/Paris", QUICK)).await;
+    h.register(&doc(
+        "night",
+        "1.0.0",
+        "  cron: '0 30 2 * * *'\n",
+        "timezone: Europe/Paris",
+        QUICK,
+    ))
+    .await;
     let s = h.schedule("night").await;
     assert_eq!(s["expression"], "0 30 2 * * *");
     let first = s["next_fire_ms"].as_i64().unwrap();
-    assert!(s["next_fire"].as_str().unwrap().starts_with("2026-03-29T03:"), "{s}");
+    assert!(
+        s["next_fire"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-03-29T03:"),
+        "{s}"
+    );
     assert_eq!(h.tick(first).await, 1);
     let s = h.schedule("night").await;
     assert_eq!(s["next_fire"], "2026-03-30T02:30:00+02:00", "{s}");
     assert_eq!(s["next_fire_ms"], json!(utc(2026, 3, 30, 0, 30, 0)));
     // New York, 5 fields, the server's default zone is UTC when none is given.
-    h.register(&doc("utc", "1.0.0", "  cron: '15 9 * * *'\n", "", QUICK)).await;
+    h.register(&doc("utc", "1.0.0", "  cron: '15 9 * * *'\n", "", QUICK))
+        .await;
     assert_eq!(h.schedule("utc").await["next_fire"], "2026-03-29T09:15:00Z");
 }
 
@@ -152,14 +207,21 @@ async fn cron_six_fields_and_the_dst_switch_through_the_api() {
 async fn every_counts_from_the_schedule_creation() {
     let t0 = utc(2026, 5, 1, 8, 3, 7);
     let h = H::new(t0).await;
-    h.register(&doc("tenmin", "1.0.0", "  every: PT10M\n", "", QUICK)).await;
+    h.register(&doc("tenmin", "1.0.0", "  every: PT10M\n", "", QUICK))
+        .await;
     let s = h.schedule("tenmin").await;
-    assert_eq!((s["kind"].as_str(), s["expression"].as_str()), (Some("every"), Some("PT10M")));
+    assert_eq!(
+        (s["kind"].as_str(), s["expression"].as_str()),
+        (Some("every"), Some("PT10M"))
+    );
     assert_eq!(s["next_fire_ms"], json!(t0 + 10 * MIN));
     assert_eq!(h.tick(t0 + 10 * MIN).await, 1);
     assert_eq!(h.tick(t0 + 15 * MIN).await, 0);
     assert_eq!(h.tick(t0 + 20 * MIN + 30).await, 1);
-    assert_eq!(h.schedule("tenmin").await["next_fire_ms"], json!(t0 + 30 * MIN));
+    assert_eq!(
+        h.schedule("tenmin").await["next_fire_ms"],
+        json!(t0 + 30 * MIN)
+    );
     assert_eq!(instances(&h.api.engine, "tenmin").await.len(), 2);
 }
 
@@ -169,16 +231,24 @@ async fn after_restarts_once_the_previous_run_finished() {
     // clock at the real time.
     let t0 = Utc::now().timestamp_millis();
     let h = H::new(t0).await;
-    h.register(&doc("again", "1.0.0", "  after: PT1M\n", "", QUICK)).await;
+    h.register(&doc("again", "1.0.0", "  after: PT1M\n", "", QUICK))
+        .await;
     let s = h.schedule("again").await;
     assert_eq!(s["kind"], "after");
     assert_eq!(s["next_fire_ms"], json!(t0), "the first run is at creation");
     assert_eq!(h.tick(t0).await, 1);
-    assert_eq!(h.schedule("again").await["next_fire_ms"], Value::Null, "waiting for the run");
+    assert_eq!(
+        h.schedule("again").await["next_fire_ms"],
+        Value::Null,
+        "waiting for the run"
+    );
     finish_all(&h.api.engine, "again").await;
     let finished = instances(&h.api.engine, "again").await[0].updated_ms;
     assert_eq!(h.tick(t0 + 1).await, 0);
-    assert_eq!(h.schedule("again").await["next_fire_ms"], json!(finished + MIN));
+    assert_eq!(
+        h.schedule("again").await["next_fire_ms"],
+        json!(finished + MIN)
+    );
     assert_eq!(h.tick(finished + MIN - 1).await, 0);
     assert_eq!(h.tick(finished + MIN).await, 1);
     assert_eq!(h.tick(finished + MIN).await, 0);
@@ -188,7 +258,10 @@ async fn after_restarts_once_the_previous_run_finished() {
     // The next one counts from the second run's end.
     let second = runs[1].updated_ms.max(finished + MIN);
     assert_eq!(h.tick(second).await, 0);
-    assert_eq!(h.schedule("again").await["next_fire_ms"], json!(runs[1].updated_ms + MIN));
+    assert_eq!(
+        h.schedule("again").await["next_fire_ms"],
+        json!(runs[1].updated_ms + MIN)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,7 +271,8 @@ async fn after_restarts_once_the_previous_run_finished() {
 async fn a_fire_decided_before_a_crash_runs_once_after_it() {
     let t0 = utc(2026, 1, 1, 0, 0, 0);
     let h = H::new(t0).await;
-    h.register(&doc("min", "1.0.0", "  every: PT1M\n", "", QUICK)).await;
+    h.register(&doc("min", "1.0.0", "  every: PT1M\n", "", QUICK))
+        .await;
     // The fire is decided and durable, then the process dies before starting the instance.
     h.sched.decide(t0 + MIN).await.expect("decide");
     assert_eq!(instances(&h.api.engine, "min").await.len(), 0);
@@ -206,7 +280,11 @@ async fn a_fire_decided_before_a_crash_runs_once_after_it() {
     let H { api, sched, .. } = h;
     drop(sched);
     let after = H::over(api, t0 + MIN + 5_000).await;
-    assert_eq!(after.tick(t0 + MIN + 5_000).await, 1, "the recorded fire runs");
+    assert_eq!(
+        after.tick(t0 + MIN + 5_000).await,
+        1,
+        "the recorded fire runs"
+    );
     assert_eq!(after.tick(t0 + MIN + 6_000).await, 0);
     assert_eq!(instances(&after.api.engine, "min").await.len(), 1);
 }
@@ -215,8 +293,15 @@ async fn a_fire_decided_before_a_crash_runs_once_after_it() {
 async fn two_schedulers_on_one_store_fire_each_tick_once() {
     let t0 = utc(2026, 1, 1, 0, 0, 0);
     let a = H::new(t0).await;
-    a.register(&doc("race", "1.0.0", "  every: PT1M\n", "", QUICK)).await;
-    let b = Scheduler::new(a.api.engine.clone(), SchedulerConfig::default(), a.clock.clone()).await.unwrap();
+    a.register(&doc("race", "1.0.0", "  every: PT1M\n", "", QUICK))
+        .await;
+    let b = Scheduler::new(
+        a.api.engine.clone(),
+        SchedulerConfig::default(),
+        a.clock.clone(),
+    )
+    .await
+    .unwrap();
     for k in 1..=5 {
         let t = t0 + k * MIN;
         let (x, y) = tokio::join!(a.sched.tick(t), b.tick(t));
@@ -225,7 +310,10 @@ async fn two_schedulers_on_one_store_fire_each_tick_once() {
     }
     // Each tick was decided once...
     assert_eq!(a.schedule("race").await["fired"], 5);
-    assert_eq!(a.schedule("race").await["last_fire_ms"], json!(t0 + 5 * MIN));
+    assert_eq!(
+        a.schedule("race").await["last_fire_ms"],
+        json!(t0 + 5 * MIN)
+    );
     // ...and both schedulers may have executed it: the instance id makes the second start a
     // no-op, once the driver creates instances with the ids it is given.
     if driver_honours_ids(&a.api.engine).await {
@@ -235,14 +323,19 @@ async fn two_schedulers_on_one_store_fire_each_tick_once() {
 
 /// Whether `Engine::start_with_id` creates the instance with that id (a driver change).
 async fn driver_honours_ids(engine: &Engine) -> bool {
-    engine.register(QUICK_PROBE.as_bytes()).await.expect("probe");
+    engine
+        .register(QUICK_PROBE.as_bytes())
+        .await
+        .expect("probe");
     let id = uuid::Uuid::now_v7().to_string();
-    let inst = engine.start_with_id(&id, "sched", "probe", "1.0.0", json!({})).await.expect("probe start");
+    let inst = engine
+        .start_with_id(&id, "sched", "probe", "1.0.0", json!({}))
+        .await
+        .expect("probe start");
     inst.id == id
 }
 
-const QUICK_PROBE: &str =
-    "document:\n  dsl: '1.0.3'\n  namespace: sched\n  name: probe\n  version: '1.0.0'\ndo:\n  - only:\n      set:\n        ran: true\n";
+const QUICK_PROBE: &str = "document:\n  dsl: '1.0.3'\n  namespace: sched\n  name: probe\n  version: '1.0.0'\ndo:\n  - only:\n      set:\n        ran: true\n";
 
 /// The crash window between an instance's commit and the fire leaving the row: the second
 /// start must find the instance by its id. Needs the driver to create instances with the id
@@ -250,10 +343,27 @@ const QUICK_PROBE: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_repeated_after_a_crash_is_refused_by_id() {
     let h = H::new(utc(2026, 1, 1, 0, 0, 0)).await;
-    h.register(&doc("dup", "1.0.0", "  every: PT1M\n", "", QUICK)).await;
-    let a = h.api.engine.start_with_id("0190a6f2-0000-7000-8000-000000000001", "sched", "dup", "1.0.0", json!({})).await.unwrap();
+    h.register(&doc("dup", "1.0.0", "  every: PT1M\n", "", QUICK))
+        .await;
+    let a = h
+        .api
+        .engine
+        .start_with_id(
+            "0190a6f2-0000-7000-8000-000000000001",
+            "sched",
+            "dup",
+            "1.0.0",
+            json!({}),
+        )
+        .await
+        .unwrap();
     assert_eq!(a.id, "0190a6f2-0000-7000-8000-000000000001");
-    let b = h.api.engine.start_with_id(&a.id, "sched", "dup", "1.0.0", json!({})).await.unwrap();
+    let b = h
+        .api
+        .engine
+        .start_with_id(&a.id, "sched", "dup", "1.0.0", json!({}))
+        .await
+        .unwrap();
     assert_eq!(a.id, b.id);
     assert_eq!(instances(&h.api.engine, "dup").await.len(), 1);
 }
@@ -265,22 +375,66 @@ async fn a_start_repeated_after_a_crash_is_refused_by_id() {
 async fn missed_ticks_skip_or_catch_up_at_most_n_after_downtime() {
     let t0 = utc(2026, 2, 1, 9, 30, 0);
     let h = H::new(t0).await;
-    h.register(&doc("skipper", "1.0.0", "  cron: '0 * * * *'\n", "missed: skip", QUICK)).await;
-    h.register(&doc("catcher", "1.0.0", "  cron: '0 * * * *'\n", "missed: catchup\ncatchupMax: 2", QUICK)).await;
-    h.register(&doc("one", "1.0.0", "  cron: '0 * * * *'\n", "missed: catchup", QUICK)).await;
-    assert_eq!(h.tick(utc(2026, 2, 1, 10, 0, 0)).await, 3, "on time: everyone fires");
+    h.register(&doc(
+        "skipper",
+        "1.0.0",
+        "  cron: '0 * * * *'\n",
+        "missed: skip",
+        QUICK,
+    ))
+    .await;
+    h.register(&doc(
+        "catcher",
+        "1.0.0",
+        "  cron: '0 * * * *'\n",
+        "missed: catchup\ncatchupMax: 2",
+        QUICK,
+    ))
+    .await;
+    h.register(&doc(
+        "one",
+        "1.0.0",
+        "  cron: '0 * * * *'\n",
+        "missed: catchup",
+        QUICK,
+    ))
+    .await;
+    assert_eq!(
+        h.tick(utc(2026, 2, 1, 10, 0, 0)).await,
+        3,
+        "on time: everyone fires"
+    );
     // Down from 10:00:01 to 13:30: 11:00, 12:00 and 13:00 were missed.
     let H { api, .. } = h;
     let h = H::over(api, utc(2026, 2, 1, 13, 30, 0)).await;
     h.tick(utc(2026, 2, 1, 13, 30, 0)).await;
     let engine = &h.api.engine;
-    assert_eq!(instances(engine, "skipper").await.len(), 1, "skip: nothing more");
-    assert_eq!(instances(engine, "catcher").await.len(), 3, "catchup 2: 12:00 and 13:00");
-    assert_eq!(instances(engine, "one").await.len(), 2, "catchupMax defaults to 1");
+    assert_eq!(
+        instances(engine, "skipper").await.len(),
+        1,
+        "skip: nothing more"
+    );
+    assert_eq!(
+        instances(engine, "catcher").await.len(),
+        3,
+        "catchup 2: 12:00 and 13:00"
+    );
+    assert_eq!(
+        instances(engine, "one").await.len(),
+        2,
+        "catchupMax defaults to 1"
+    );
     for name in ["skipper", "catcher", "one"] {
-        assert_eq!(h.schedule(name).await["next_fire_ms"], json!(utc(2026, 2, 1, 14, 0, 0)), "{name}");
+        assert_eq!(
+            h.schedule(name).await["next_fire_ms"],
+            json!(utc(2026, 2, 1, 14, 0, 0)),
+            "{name}"
+        );
     }
-    assert_eq!(h.schedule("catcher").await["last_fire_ms"], json!(utc(2026, 2, 1, 13, 0, 0)));
+    assert_eq!(
+        h.schedule("catcher").await["last_fire_ms"],
+        json!(utc(2026, 2, 1, 13, 0, 0))
+    );
     // A restart shorter than the grace period misses nothing.
     let t = utc(2026, 2, 1, 14, 0, 40);
     assert_eq!(h.tick(t).await, 3);
@@ -294,19 +448,39 @@ async fn overlap_allow_skip_queue_cancel() {
     let t0 = utc(2026, 4, 1, 0, 0, 0);
     let h = H::new(t0).await;
     for policy in ["allow", "skip", "queue", "cancel"] {
-        h.register(&doc(policy, "1.0.0", "  every: PT1M\n", &format!("overlap: {policy}"), LONG)).await;
+        h.register(&doc(
+            policy,
+            "1.0.0",
+            "  every: PT1M\n",
+            &format!("overlap: {policy}"),
+            LONG,
+        ))
+        .await;
     }
     let e = &h.api.engine;
     assert_eq!(h.tick(t0 + MIN).await, 4);
     h.tick(t0 + 2 * MIN).await;
-    assert_eq!((instances(e, "allow").await.len(), running(e, "allow").await), (2, 2));
-    assert_eq!((instances(e, "skip").await.len(), running(e, "skip").await), (1, 1));
+    assert_eq!(
+        (instances(e, "allow").await.len(), running(e, "allow").await),
+        (2, 2)
+    );
+    assert_eq!(
+        (instances(e, "skip").await.len(), running(e, "skip").await),
+        (1, 1)
+    );
     assert_eq!(h.schedule("skip").await["skipped"], 1);
-    assert_eq!((instances(e, "queue").await.len(), running(e, "queue").await), (1, 1));
+    assert_eq!(
+        (instances(e, "queue").await.len(), running(e, "queue").await),
+        (1, 1)
+    );
     assert_eq!(h.schedule("queue").await["queued"], 1);
     let cancel = instances(e, "cancel").await;
     assert_eq!(cancel.len(), 2);
-    assert_eq!(cancel[0].status, InstanceStatus::Cancelled, "the previous one was cancelled");
+    assert_eq!(
+        cancel[0].status,
+        InstanceStatus::Cancelled,
+        "the previous one was cancelled"
+    );
     assert_eq!(cancel[1].status, InstanceStatus::Running);
     assert_eq!(h.schedule("cancel").await["running"], json!([cancel[1].id]));
 
@@ -324,7 +498,10 @@ async fn overlap_allow_skip_queue_cancel() {
     let first = instances(e, "skip").await.remove(0);
     e.cancel(&first.id).await.unwrap();
     h.tick(t0 + 4 * MIN).await;
-    assert_eq!((instances(e, "skip").await.len(), running(e, "skip").await), (2, 1));
+    assert_eq!(
+        (instances(e, "skip").await.len(), running(e, "skip").await),
+        (2, 1)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,27 +511,66 @@ async fn overlap_allow_skip_queue_cancel() {
 async fn pause_and_resume_through_the_api() {
     let t0 = utc(2026, 6, 1, 0, 0, 0);
     let h = H::new(t0).await;
-    h.register(&doc("p", "1.0.0", "  every: PT1M\n", "missed: catchup", QUICK)).await;
-    let v = h.api.post("/api/v1/schedules/sched/p/pause").await.expect(StatusCode::OK);
+    h.register(&doc(
+        "p",
+        "1.0.0",
+        "  every: PT1M\n",
+        "missed: catchup",
+        QUICK,
+    ))
+    .await;
+    let v = h
+        .api
+        .post("/api/v1/schedules/sched/p/pause")
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(v["paused"], true);
     assert_eq!(h.schedule("p").await["paused"], true);
     for k in 1..=5 {
         assert_eq!(h.tick(t0 + k * MIN).await, 0, "paused");
     }
-    let v = h.api.post("/api/v1/schedules/sched/p/resume").await.expect(StatusCode::OK);
+    let v = h
+        .api
+        .post("/api/v1/schedules/sched/p/resume")
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(v["paused"], false);
     // Resumed at 5 min: that tick is on time, and one missed tick (4 min) is caught up.
     assert_eq!(h.tick(t0 + 5 * MIN).await, 2);
     assert_eq!(h.schedule("p").await["next_fire_ms"], json!(t0 + 6 * MIN));
     // Pausing twice is fine; an unknown workflow or one without a schedule is a 404.
-    h.api.post("/api/v1/schedules/sched/p/pause").await.expect(StatusCode::OK);
-    h.api.post("/api/v1/schedules/sched/p/pause").await.expect(StatusCode::OK);
-    let e = h.api.post("/api/v1/schedules/sched/nope/pause").await.expect_error(StatusCode::NOT_FOUND, "not_found");
-    assert!(e["message"].as_str().unwrap().contains("not registered"), "{e}");
-    h.register(&support::wf("sched", "plain", "1.0.0", QUICK)).await;
-    let e = h.api.post("/api/v1/schedules/sched/plain/resume").await.expect_error(StatusCode::NOT_FOUND, "not_found");
-    assert!(e["message"].as_str().unwrap().contains("has no schedule"), "{e}");
-    h.api.get("/api/v1/schedules/sched/p/pause").await.expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    h.api
+        .post("/api/v1/schedules/sched/p/pause")
+        .await
+        .expect(StatusCode::OK);
+    h.api
+        .post("/api/v1/schedules/sched/p/pause")
+        .await
+        .expect(StatusCode::OK);
+    let e = h
+        .api
+        .post("/api/v1/schedules/sched/nope/pause")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(
+        e["message"].as_str().unwrap().contains("not registered"),
+        "{e}"
+    );
+    h.register(&support::wf("sched", "plain", "1.0.0", QUICK))
+        .await;
+    let e = h
+        .api
+        .post("/api/v1/schedules/sched/plain/resume")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(
+        e["message"].as_str().unwrap().contains("has no schedule"),
+        "{e}"
+    );
+    h.api
+        .get("/api/v1/schedules/sched/p/pause")
+        .await
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,26 +600,59 @@ async fn on_events_start_instances_with_the_events_as_input() {
     ))
     .await;
     let s = h.schedule("onone").await;
-    assert_eq!((s["kind"].as_str(), s["next_fire"].clone()), (Some("on"), Value::Null));
+    assert_eq!(
+        (s["kind"].as_str(), s["next_fire"].clone()),
+        (Some("on"), Value::Null)
+    );
 
     let order = event("com.example.order", json!({"id": 7}));
-    let r = h.api.post_json("/api/v1/events", &order).await.expect(StatusCode::ACCEPTED);
+    let r = h
+        .api
+        .post_json("/api/v1/events", &order)
+        .await
+        .expect(StatusCode::ACCEPTED);
     assert_eq!(r["matched"], 2, "two schedules started an instance");
     let e = &h.api.engine;
     let one = instances(e, "onone").await;
     assert_eq!(one.len(), 1);
-    assert_eq!(one[0].input, json!([{"id": 7}]), "read: data (the default), as an array");
-    assert_eq!(instances(e, "onenv").await[0].input, json!([order]), "read: envelope");
+    assert_eq!(
+        one[0].input,
+        json!([{"id": 7}]),
+        "read: data (the default), as an array"
+    );
+    assert_eq!(
+        instances(e, "onenv").await[0].input,
+        json!([order]),
+        "read: envelope"
+    );
     // Other events start nothing.
-    let r = h.api.post_json("/api/v1/events", &event("com.example.other", json!({}))).await.expect(StatusCode::ACCEPTED);
+    let r = h
+        .api
+        .post_json("/api/v1/events", &event("com.example.other", json!({})))
+        .await
+        .expect(StatusCode::ACCEPTED);
     assert_eq!(r["matched"], 0);
-    let r = h.api.post_json("/api/v1/events", &event("com.example.refund", json!(1))).await.expect(StatusCode::ACCEPTED);
+    let r = h
+        .api
+        .post_json("/api/v1/events", &event("com.example.refund", json!(1)))
+        .await
+        .expect(StatusCode::ACCEPTED);
     assert_eq!(r["matched"], 1);
     assert_eq!(instances(e, "onone").await.len(), 1);
     assert_eq!(instances(e, "onenv").await.len(), 2);
     // Paused: events are ignored.
-    h.api.post("/api/v1/schedules/sched/onone/pause").await.expect(StatusCode::OK);
-    let r = h.api.post_json("/api/v1/events", &event("com.example.order", json!({"id": 8}))).await.expect(StatusCode::ACCEPTED);
+    h.api
+        .post("/api/v1/schedules/sched/onone/pause")
+        .await
+        .expect(StatusCode::OK);
+    let r = h
+        .api
+        .post_json(
+            "/api/v1/events",
+            &event("com.example.order", json!({"id": 8})),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED);
     assert_eq!(r["matched"], 1, "only onenv");
     assert_eq!(instances(e, "onone").await.len(), 1);
 }
@@ -421,7 +670,13 @@ async fn on_all_waits_for_every_filter_per_correlation_key() {
     .await;
     let post = |e: Value| {
         let api = &h.api;
-        async move { api.post_json("/api/v1/events", &e).await.expect(StatusCode::ACCEPTED)["matched"].as_u64().unwrap() }
+        async move {
+            api.post_json("/api/v1/events", &e)
+                .await
+                .expect(StatusCode::ACCEPTED)["matched"]
+                .as_u64()
+                .unwrap()
+        }
     };
     assert_eq!(post(event("paid", json!({"order": 1}))).await, 0);
     assert_eq!(post(event("shipped", json!({"order": 2}))).await, 0);
@@ -440,25 +695,57 @@ async fn on_all_waits_for_every_filter_per_correlation_key() {
 async fn the_schedule_follows_the_newest_non_deprecated_version() {
     let t0 = utc(2026, 7, 1, 0, 0, 0);
     let h = H::new(t0).await;
-    h.register(&doc("wf", "1.0.0", "  cron: '0 0 * * *'\n", "", QUICK)).await;
-    h.register(&doc("wf", "2.0.0", "  every: PT5M\n", "overlap: skip", QUICK)).await;
+    h.register(&doc("wf", "1.0.0", "  cron: '0 0 * * *'\n", "", QUICK))
+        .await;
+    h.register(&doc(
+        "wf",
+        "2.0.0",
+        "  every: PT5M\n",
+        "overlap: skip",
+        QUICK,
+    ))
+    .await;
     let s = h.schedule("wf").await;
-    assert_eq!((s["version"].as_str(), s["kind"].as_str(), s["overlap"].as_str()), (Some("2.0.0"), Some("every"), Some("skip")));
+    assert_eq!(
+        (
+            s["version"].as_str(),
+            s["kind"].as_str(),
+            s["overlap"].as_str()
+        ),
+        (Some("2.0.0"), Some("every"), Some("skip"))
+    );
     // An older version registered later changes nothing.
-    h.register(&doc("wf", "1.5.0", "  after: PT1M\n", "", QUICK)).await;
+    h.register(&doc("wf", "1.5.0", "  after: PT1M\n", "", QUICK))
+        .await;
     assert_eq!(h.schedule("wf").await["version"], "2.0.0");
-    h.api.post("/api/v1/definitions/sched/wf/versions/2.0.0/deprecate").await.expect(StatusCode::OK);
+    h.api
+        .post("/api/v1/definitions/sched/wf/versions/2.0.0/deprecate")
+        .await
+        .expect(StatusCode::OK);
     let s = h.schedule("wf").await;
-    assert_eq!((s["version"].as_str(), s["kind"].as_str()), (Some("1.5.0"), Some("after")));
+    assert_eq!(
+        (s["version"].as_str(), s["kind"].as_str()),
+        (Some("1.5.0"), Some("after"))
+    );
     // A newest version without a schedule removes it.
-    h.register(&support::wf("sched", "wf", "3.0.0", QUICK)).await;
+    h.register(&support::wf("sched", "wf", "3.0.0", QUICK))
+        .await;
     let all = h.api.get("/api/v1/schedules").await.expect(StatusCode::OK);
     assert_eq!(all["items"], json!([]), "{all}");
-    let e = h.api.post("/api/v1/schedules/sched/wf/pause").await.expect_error(StatusCode::NOT_FOUND, "not_found");
-    assert!(e["message"].as_str().unwrap().contains("has no schedule"), "{e}");
+    let e = h
+        .api
+        .post("/api/v1/schedules/sched/wf/pause")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(
+        e["message"].as_str().unwrap().contains("has no schedule"),
+        "{e}"
+    );
     // A started scheduler picks up what was registered before it.
     let later = H::over(h.api, t0).await;
-    later.register(&doc("wf", "4.0.0", "  every: PT1M\n", "", QUICK)).await;
+    later
+        .register(&doc("wf", "4.0.0", "  every: PT1M\n", "", QUICK))
+        .await;
     assert_eq!(later.schedule("wf").await["version"], "4.0.0");
 }
 
@@ -467,39 +754,96 @@ async fn bad_schedules_are_refused_at_registration() {
     let h = H::new(utc(2026, 1, 1, 0, 0, 0)).await;
     let post = |d: String| {
         let api = &h.api;
-        async move { api.post_raw("/api/v1/definitions", "application/yaml", d).await }
+        async move {
+            api.post_raw("/api/v1/definitions", "application/yaml", d)
+                .await
+        }
     };
-    let e = post(doc("bad", "1.0.0", "  every: PT1M\n", "overlap: sometimes\ncatchupMax: -1", QUICK))
-        .await
-        .expect_error(StatusCode::BAD_REQUEST, "invalid");
+    let e = post(doc(
+        "bad",
+        "1.0.0",
+        "  every: PT1M\n",
+        "overlap: sometimes\ncatchupMax: -1",
+        QUICK,
+    ))
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid");
     assert_eq!(e["message"], "the workflow's schedule is invalid");
     let details = e["details"].to_string();
     assert!(details.contains("document.metadata.kflow.schedule.overlap: expected 'allow', 'skip', 'queue' or 'cancel'"), "{details}");
-    assert!(details.contains("catchupMax: expected an integer from 1 to 1000"), "{details}");
-    let e = post(doc("feb30", "1.0.0", "  cron: '0 0 30 2 *'\n", "", QUICK)).await.expect_error(StatusCode::BAD_REQUEST, "invalid");
+    assert!(
+        details.contains("catchupMax: expected an integer from 1 to 1000"),
+        "{details}"
+    );
+    let e = post(doc("feb30", "1.0.0", "  cron: '0 0 30 2 *'\n", "", QUICK))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid");
     assert!(e["details"].to_string().contains("never fires"), "{e}");
     // Both kinds of problems at once.
-    let e = post(doc("both", "1.0.0", "  cron: '0 0 30 2 *'\n", "missed: sometimes", QUICK))
-        .await
-        .expect_error(StatusCode::BAD_REQUEST, "invalid");
+    let e = post(doc(
+        "both",
+        "1.0.0",
+        "  cron: '0 0 30 2 *'\n",
+        "missed: sometimes",
+        QUICK,
+    ))
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid");
     assert_eq!(e["details"].as_array().map(Vec::len), Some(2), "{e}");
-    let e = post(doc("tz", "1.0.0", "  cron: '0 0 * * *'\n", "timezone: Nowhere/Land", QUICK))
-        .await
-        .expect_error(StatusCode::BAD_REQUEST, "invalid");
-    assert!(e["details"].to_string().contains("unknown time zone 'Nowhere/Land'"), "{e}");
+    let e = post(doc(
+        "tz",
+        "1.0.0",
+        "  cron: '0 0 * * *'\n",
+        "timezone: Nowhere/Land",
+        QUICK,
+    ))
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid");
+    assert!(
+        e["details"]
+            .to_string()
+            .contains("unknown time zone 'Nowhere/Land'"),
+        "{e}"
+    );
     // Nothing was registered, nothing is scheduled.
-    assert_eq!(h.api.get("/api/v1/schedules").await.expect(StatusCode::OK)["items"], json!([]));
-    h.api.get("/api/v1/definitions/sched/bad").await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        h.api.get("/api/v1/schedules").await.expect(StatusCode::OK)["items"],
+        json!([])
+    );
+    h.api
+        .get("/api/v1/definitions/sched/bad")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedules_list_has_every_field() {
     let h = H::new(utc(2026, 1, 1, 0, 0, 0)).await;
-    h.register(&doc("b", "1.0.0", "  every: PT1H\n", "overlap: queue\nmissed: catchup\ncatchupMax: 4", QUICK)).await;
-    h.register(&doc("a", "1.0.0", "  cron: '@daily'\n", "timezone: Asia/Tokyo", QUICK)).await;
+    h.register(&doc(
+        "b",
+        "1.0.0",
+        "  every: PT1H\n",
+        "overlap: queue\nmissed: catchup\ncatchupMax: 4",
+        QUICK,
+    ))
+    .await;
+    h.register(&doc(
+        "a",
+        "1.0.0",
+        "  cron: '@daily'\n",
+        "timezone: Asia/Tokyo",
+        QUICK,
+    ))
+    .await;
     let all = h.api.get("/api/v1/schedules").await.expect(StatusCode::OK);
     let items = all["items"].as_array().unwrap();
-    assert_eq!(items.iter().map(|s| s["name"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        items
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     let a = &items[0];
     assert_eq!(a["next_fire"], "2026-01-02T00:00:00+09:00", "{a}");
     let b = &items[1];
@@ -523,8 +867,16 @@ async fn the_schedules_list_has_every_field() {
         assert_eq!(b[k], v, "{k} in {b}");
     }
     // In the OpenAPI document.
-    let doc = h.api.get("/api/v1/openapi.json").await.expect(StatusCode::OK);
-    for p in ["/api/v1/schedules", "/api/v1/schedules/{namespace}/{name}/pause", "/api/v1/schedules/{namespace}/{name}/resume"] {
+    let doc = h
+        .api
+        .get("/api/v1/openapi.json")
+        .await
+        .expect(StatusCode::OK);
+    for p in [
+        "/api/v1/schedules",
+        "/api/v1/schedules/{namespace}/{name}/pause",
+        "/api/v1/schedules/{namespace}/{name}/resume",
+    ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }
     assert!(doc["components"]["schemas"]["ScheduleView"].is_object());
@@ -536,22 +888,49 @@ async fn the_schedules_list_has_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_over_a_file_store_keeps_schedules_and_fires_once() {
     let dir = std::env::temp_dir().join(format!("kflow-sched-{}", uuid::Uuid::now_v7()));
-    let config = || EngineConfig { data_dir: dir.clone(), ..EngineConfig::default() };
+    let config = || EngineConfig {
+        data_dir: dir.clone(),
+        ..EngineConfig::default()
+    };
     let t0 = utc(2026, 8, 1, 0, 0, 0);
     {
         let engine = Engine::open(config()).await.unwrap();
-        let h = H::over(Api { router: kflow_server::api::router(engine.clone(), Default::default()), engine }, t0).await;
-        h.register(&doc("file", "1.0.0", "  every: PT1M\n", "", QUICK)).await;
-        h.api.post("/api/v1/schedules/sched/file/pause").await.expect(StatusCode::OK);
-        h.api.post("/api/v1/schedules/sched/file/resume").await.expect(StatusCode::OK);
+        let h = H::over(
+            Api {
+                router: kflow_server::api::router(engine.clone(), Default::default()),
+                engine,
+            },
+            t0,
+        )
+        .await;
+        h.register(&doc("file", "1.0.0", "  every: PT1M\n", "", QUICK))
+            .await;
+        h.api
+            .post("/api/v1/schedules/sched/file/pause")
+            .await
+            .expect(StatusCode::OK);
+        h.api
+            .post("/api/v1/schedules/sched/file/resume")
+            .await
+            .expect(StatusCode::OK);
         assert_eq!(h.tick(t0 + MIN).await, 1);
         h.sched.decide(t0 + 2 * MIN).await.unwrap(); // decided, not started: then "crash"
         h.api.engine.shutdown(Duration::from_secs(5)).await;
     }
     {
         let engine = Engine::open(config()).await.unwrap();
-        let h = H::over(Api { router: kflow_server::api::router(engine.clone(), Default::default()), engine }, t0 + 2 * MIN).await;
-        assert_eq!(h.schedule("file").await["next_fire_ms"], json!(t0 + 3 * MIN));
+        let h = H::over(
+            Api {
+                router: kflow_server::api::router(engine.clone(), Default::default()),
+                engine,
+            },
+            t0 + 2 * MIN,
+        )
+        .await;
+        assert_eq!(
+            h.schedule("file").await["next_fire_ms"],
+            json!(t0 + 3 * MIN)
+        );
         assert_eq!(h.tick(t0 + 2 * MIN).await, 1, "the decided fire");
         assert_eq!(h.tick(t0 + 2 * MIN).await, 0);
         assert_eq!(h.tick(t0 + 3 * MIN).await, 1);
@@ -567,19 +946,29 @@ async fn a_restart_over_a_file_store_keeps_schedules_and_fires_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_fires_on_the_system_clock() {
     let api = Api::new().await;
-    let sched = Scheduler::new(api.engine.clone(), SchedulerConfig::default(), Arc::new(kflow_server::schedule::SystemClock))
-        .await
-        .unwrap();
+    let sched = Scheduler::new(
+        api.engine.clone(),
+        SchedulerConfig::default(),
+        Arc::new(kflow_server::schedule::SystemClock),
+    )
+    .await
+    .unwrap();
     let task = sched.spawn();
     // Registered after the loop went to sleep: the registration wakes it.
-    api.register(&doc("loop", "1.0.0", "  every: PT0.3S\n", "", QUICK)).await;
+    api.register(&doc("loop", "1.0.0", "  every: PT0.3S\n", "", QUICK))
+        .await;
     let start = std::time::Instant::now();
     while instances(&api.engine, "loop").await.len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "the loop did not fire twice in 10 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the loop did not fire twice in 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Paused through the API: the loop stops firing.
-    api.post("/api/v1/schedules/sched/loop/pause").await.expect(StatusCode::OK);
+    api.post("/api/v1/schedules/sched/loop/pause")
+        .await
+        .expect(StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let n = instances(&api.engine, "loop").await.len();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -591,27 +980,72 @@ async fn the_loop_fires_on_the_system_clock() {
 async fn a_new_version_keeps_a_due_tick_for_the_missed_policy() {
     let t0 = utc(2026, 9, 1, 0, 0, 0);
     let h = H::new(t0).await;
-    h.register(&doc("v", "1.0.0", "  every: PT1M\n", "", QUICK)).await;
+    h.register(&doc("v", "1.0.0", "  every: PT1M\n", "", QUICK))
+        .await;
     // Down for 5 minutes; the first thing after the restart is a new version.
     h.clock.set(t0 + 5 * MIN + 30_000);
-    h.register(&doc("v", "2.0.0", "  every: PT1M\n", "missed: catchup\ncatchupMax: 2", QUICK)).await;
-    assert_eq!(h.schedule("v").await["next_fire_ms"], json!(t0 + MIN), "still due");
-    assert_eq!(h.tick(t0 + 5 * MIN + 30_000).await, 3, "5 min on time, 3 and 4 min caught up");
-    assert!(instances(&h.api.engine, "v").await.iter().all(|i| i.version == "2.0.0"));
+    h.register(&doc(
+        "v",
+        "2.0.0",
+        "  every: PT1M\n",
+        "missed: catchup\ncatchupMax: 2",
+        QUICK,
+    ))
+    .await;
+    assert_eq!(
+        h.schedule("v").await["next_fire_ms"],
+        json!(t0 + MIN),
+        "still due"
+    );
+    assert_eq!(
+        h.tick(t0 + 5 * MIN + 30_000).await,
+        3,
+        "5 min on time, 3 and 4 min caught up"
+    );
+    assert!(
+        instances(&h.api.engine, "v")
+            .await
+            .iter()
+            .all(|i| i.version == "2.0.0")
+    );
     // A version registered while nothing is due starts from now.
     h.clock.set(t0 + 5 * MIN + 40_000);
-    h.register(&doc("v", "3.0.0", "  cron: '0 0 * * *'\n", "", QUICK)).await;
-    assert_eq!(h.schedule("v").await["next_fire_ms"], json!(utc(2026, 9, 2, 0, 0, 0)));
+    h.register(&doc("v", "3.0.0", "  cron: '0 0 * * *'\n", "", QUICK))
+        .await;
+    assert_eq!(
+        h.schedule("v").await["next_fire_ms"],
+        json!(utc(2026, 9, 2, 0, 0, 0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_emitted_by_instances_start_on_schedules() {
     let h = H::new(Utc::now().timestamp_millis()).await;
-    h.register(&doc("onemit", "1.0.0", "  on:\n    one:\n      with:\n        type: com.example.shipped\n", "", QUICK)).await;
+    h.register(&doc(
+        "onemit",
+        "1.0.0",
+        "  on:\n    one:\n      with:\n        type: com.example.shipped\n",
+        "",
+        QUICK,
+    ))
+    .await;
     let emitter = "document:\n  dsl: '1.0.3'\n  namespace: sched\n  name: emitter\n  version: '1.0.0'\ndo:\n  - tell:\n      emit:\n        event:\n          with:\n            source: https://kflow.test\n            type: com.example.shipped\n            data:\n              parcel: 42\n";
-    h.api.engine.register(emitter.as_bytes()).await.expect("register emitter");
-    let started = h.api.engine.start("sched", "emitter", None, json!({})).await.expect("start emitter");
-    h.api.engine.wait_finished(&started.id, std::time::Duration::from_secs(10)).await.expect("emitter done");
+    h.api
+        .engine
+        .register(emitter.as_bytes())
+        .await
+        .expect("register emitter");
+    let started = h
+        .api
+        .engine
+        .start("sched", "emitter", None, json!({}))
+        .await
+        .expect("start emitter");
+    h.api
+        .engine
+        .wait_finished(&started.id, std::time::Duration::from_secs(10))
+        .await
+        .expect("emitter done");
     // The scheduler's loop takes emitted events on its next turn.
     let looping = h.sched.spawn();
     let t0 = std::time::Instant::now();
@@ -622,7 +1056,10 @@ async fn events_emitted_by_instances_start_on_schedules() {
             assert_eq!(i.input, json!([{"parcel": 42}]));
             break;
         }
-        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the emitted event never started the on-schedule");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the emitted event never started the on-schedule"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     looping.abort();

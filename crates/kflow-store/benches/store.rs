@@ -51,6 +51,7 @@ impl Workload {
             status: None,
             create: None,
             now_ms,
+            processed_events: Vec::new(),
         }
     }
 }
@@ -77,7 +78,12 @@ fn setup(store: &SqliteStore) -> Workload {
                     created_ms: i as i64,
                     updated_ms: i as i64,
                 }),
-                history: vec![HistoryEvent { seq: 1, time_ms: 0, kind: "started".into(), data: json!({"n": i}) }],
+                history: vec![HistoryEvent {
+                    seq: 1,
+                    time_ms: 0,
+                    kind: "started".into(),
+                    data: json!({"n": i}),
+                }],
                 add_work: vec![WorkItem {
                     instance_id: id,
                     effect_id: 1,
@@ -93,7 +99,11 @@ fn setup(store: &SqliteStore) -> Workload {
         })
         .collect();
     store.apply(&creates).expect("setup");
-    Workload { next: vec![2; INSTANCES], cursor: 0, payload: "x".repeat(175) }
+    Workload {
+        next: vec![2; INSTANCES],
+        cursor: 0,
+        payload: "x".repeat(175),
+    }
 }
 
 struct Outcome {
@@ -133,20 +143,36 @@ fn run(durability: Durability, batch: usize, budget: Duration) -> Outcome {
     let probe = instance_id(0);
     assert_eq!(store.work_of(&probe).expect("work").len(), 1);
     assert_eq!(store.last_seq(&probe).expect("seq"), load.next[0] - 1);
-    Outcome { commits: commits_done, elapsed, worst }
+    Outcome {
+        commits: commits_done,
+        elapsed,
+        worst,
+    }
 }
 
 fn main() {
     let full_run = std::env::args().any(|a| a == "--bench");
     let budget = if full_run {
-        let ms = std::env::var("KFLOW_BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        let ms = std::env::var("KFLOW_BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
         Duration::from_millis(ms)
     } else {
         Duration::from_millis(50)
     };
-    let sample = Workload { next: vec![2; INSTANCES], cursor: 0, payload: "x".repeat(175) }.commit(0);
-    let bytes = serde_json::to_string(&sample.history[0].data).unwrap().len()
-        + serde_json::to_string(&sample.add_work[0].effect).unwrap().len();
+    let sample = Workload {
+        next: vec![2; INSTANCES],
+        cursor: 0,
+        payload: "x".repeat(175),
+    }
+    .commit(0);
+    let bytes = serde_json::to_string(&sample.history[0].data)
+        .unwrap()
+        .len()
+        + serde_json::to_string(&sample.add_work[0].effect)
+            .unwrap()
+            .len();
     println!(
         "store bench: {INSTANCES} instances; each commit = 1 event + 1 work add + 1 work remove, {bytes} bytes of JSON"
     );

@@ -30,7 +30,12 @@ pub fn decode(cursor: &str) -> Result<(i64, String)> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (ms, id) = text.split_once(':').ok_or_else(invalid)?;
-    if ms.is_empty() || !ms.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-')) {
+    if ms.is_empty()
+        || !ms
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+    {
         return Err(invalid());
     }
     let ms: i64 = ms.parse().map_err(|_| invalid())?;
@@ -46,11 +51,18 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for (ms, id) in
-            [(0, "a"), (1_700_000_000_000, "0190f5a4-7c4e-7b1a-9d7e-0123456789ab"), (-5, "x:y:z"), (i64::MAX, "é")]
-        {
+        for (ms, id) in [
+            (0, "a"),
+            (1_700_000_000_000, "0190f5a4-7c4e-7b1a-9d7e-0123456789ab"),
+            (-5, "x:y:z"),
+            (i64::MAX, "é"),
+        ] {
             let c = encode(ms, id);
-            assert!(c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{c}");
+            assert!(
+                c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{c}"
+            );
             assert_eq!(decode(&c).unwrap(), (ms, id.to_string()));
         }
     }

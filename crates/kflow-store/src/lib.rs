@@ -48,7 +48,9 @@ pub enum PutDefinition {
     /// Same version, same content: nothing changed.
     Unchanged,
     /// Same version, different content: refused.
-    Conflict { existing_hash: String },
+    Conflict {
+        existing_hash: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +86,10 @@ impl InstanceStatus {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, InstanceStatus::Completed | InstanceStatus::Faulted | InstanceStatus::Cancelled)
+        matches!(
+            self,
+            InstanceStatus::Completed | InstanceStatus::Faulted | InstanceStatus::Cancelled
+        )
     }
 }
 
@@ -195,16 +200,32 @@ pub trait Store: Send + Sync + 'static {
     // --- definitions -----------------------------------------------------------------
     fn put_definition(&self, def: &Definition) -> Result<PutDefinition>;
     /// `version: None` is the latest: the highest semantic version (not the newest row).
-    fn get_definition(&self, namespace: &str, name: &str, version: Option<&str>) -> Result<Option<Definition>>;
+    fn get_definition(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Definition>>;
     fn list_definitions(&self, namespace: Option<&str>) -> Result<Vec<Definition>>;
     /// Returns false when no such version exists.
-    fn set_deprecated(&self, namespace: &str, name: &str, version: &str, deprecated: bool) -> Result<bool>;
+    fn set_deprecated(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        deprecated: bool,
+    ) -> Result<bool>;
 
     // --- instances -------------------------------------------------------------------
     /// Applies all commits in ONE transaction, in order; either all or none.
     fn apply(&self, commits: &[Commit]) -> Result<()>;
     fn get_instance(&self, id: &str) -> Result<Option<Instance>>;
-    fn list_instances(&self, filter: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page>;
+    fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page>;
     /// History events with `seq > after`, in order, at most `limit`.
     fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>>;
     /// The last history seq of an instance (0 when none).
@@ -246,7 +267,13 @@ pub trait Store: Send + Sync + 'static {
     fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool>;
     /// Pauses or resumes (bumping the revision); returns the row as it is now, None when there
     /// is none.
-    fn set_schedule_paused(&self, namespace: &str, name: &str, paused: bool, now_ms: i64) -> Result<Option<ScheduleRow>>;
+    fn set_schedule_paused(
+        &self,
+        namespace: &str,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<Option<ScheduleRow>>;
     /// The earliest `next_fire_ms` of the rows that are not paused.
     fn next_schedule_fire(&self) -> Result<Option<i64>>;
 }

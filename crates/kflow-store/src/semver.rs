@@ -50,7 +50,8 @@ fn is_numeric(s: &str) -> bool {
 }
 
 fn identifiers_ok(s: &str) -> bool {
-    s.split('.').all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    s.split('.')
+        .all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// Numeric identifiers of any length, compared as numbers.
@@ -122,7 +123,10 @@ mod tests {
         assert_eq!(compare("1.9.10", "1.9.9"), Ordering::Greater);
         assert_eq!(compare("10.0.0", "9.99.99"), Ordering::Greater);
         assert_eq!(compare("0.0.1", "0.0.1"), Ordering::Equal);
-        assert_eq!(compare("18446744073709551615.0.0", "1.0.0"), Ordering::Greater);
+        assert_eq!(
+            compare("18446744073709551615.0.0", "1.0.0"),
+            Ordering::Greater
+        );
     }
 
     #[test]
@@ -141,8 +145,20 @@ mod tests {
             "1.0.1",
         ];
         for pair in chain.windows(2) {
-            assert_eq!(compare(pair[0], pair[1]), Ordering::Less, "{} < {}", pair[0], pair[1]);
-            assert_eq!(compare(pair[1], pair[0]), Ordering::Greater, "{} > {}", pair[1], pair[0]);
+            assert_eq!(
+                compare(pair[0], pair[1]),
+                Ordering::Less,
+                "{} < {}",
+                pair[0],
+                pair[1]
+            );
+            assert_eq!(
+                compare(pair[1], pair[0]),
+                Ordering::Greater,
+                "{} > {}",
+                pair[1],
+                pair[0]
+            );
         }
         assert_eq!(compare("1.0.0-rc.10", "1.0.0-rc.9"), Ordering::Greater);
     }
@@ -161,16 +177,33 @@ mod tests {
         assert!(is_valid("1.2"));
         assert!(is_valid("1.2.3-rc.1+sha.abc"));
         assert_eq!(compare("1.10", "1.9.5"), Ordering::Greater);
-        for bad in ["", "v1.0.0", "1.0.0.0", "1..0", "1.0.0-", "1.0.0-a..b", "1.0.0+", "latest", "1.x"] {
+        for bad in [
+            "",
+            "v1.0.0",
+            "1.0.0.0",
+            "1..0",
+            "1.0.0-",
+            "1.0.0-a..b",
+            "1.0.0+",
+            "latest",
+            "1.x",
+        ] {
             assert!(!is_valid(bad), "{bad:?} should be invalid");
-            assert_eq!(compare(bad, "0.0.0-0"), Ordering::Less, "{bad:?} sorts below valid versions");
+            assert_eq!(
+                compare(bad, "0.0.0-0"),
+                Ordering::Less,
+                "{bad:?} sorts below valid versions"
+            );
         }
         assert_eq!(compare("abc", "abd"), Ordering::Less);
     }
 
     #[test]
     fn latest_picks_the_highest() {
-        assert_eq!(latest(["1.2.0", "1.10.0", "1.9.0", "2.0.0-rc.1", "1.10.0-rc.1"]), Some("2.0.0-rc.1"));
+        assert_eq!(
+            latest(["1.2.0", "1.10.0", "1.9.0", "2.0.0-rc.1", "1.10.0-rc.1"]),
+            Some("2.0.0-rc.1")
+        );
         assert_eq!(latest(["2.0.0-rc.1", "2.0.0", "2.0.0-rc.2"]), Some("2.0.0"));
         assert_eq!(latest(std::iter::empty::<&str>()), None);
     }

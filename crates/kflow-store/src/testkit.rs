@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 
 use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, PutDefinition, ScheduleRow, Store,
-    StoreError, WorkItem,
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, PutDefinition,
+    ScheduleRow, Store, StoreError, WorkItem,
 };
 
 /// One conformance case: runs against an empty store, panics on a violation.
@@ -70,12 +70,18 @@ pub fn conformance_suite(make: &dyn Fn() -> Box<dyn Store>) {
     let mut failed = Vec::new();
     for case in CASES {
         let store = make();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(store.as_ref())));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(store.as_ref())));
         if outcome.is_err() {
             failed.push(case.name);
         }
     }
-    assert!(failed.is_empty(), "store conformance: {} of {} cases failed: {failed:?}", failed.len(), CASES.len());
+    assert!(
+        failed.is_empty(),
+        "store conformance: {} of {} cases failed: {failed:?}",
+        failed.len(),
+        CASES.len()
+    );
 }
 
 /// Expands to one `#[test]` per conformance case, each on a fresh store from `$make`
@@ -146,7 +152,9 @@ pub fn definition(namespace: &str, name: &str, version: &str, hash: &str) -> Def
         namespace: namespace.into(),
         name: name.into(),
         version: version.into(),
-        source: format!("document: {{dsl: '1.0.0', namespace: {namespace}, name: {name}, version: '{version}'}}"),
+        source: format!(
+            "document: {{dsl: '1.0.0', namespace: {namespace}, name: {name}, version: '{version}'}}"
+        ),
         hash: hash.into(),
         deprecated: false,
         created_ms: 1_000,
@@ -169,7 +177,12 @@ pub fn instance(id: &str, created_ms: i64) -> Instance {
 }
 
 pub fn event(seq: i64, kind: &str) -> HistoryEvent {
-    HistoryEvent { seq, time_ms: 1_000 + seq, kind: kind.into(), data: json!({"seq": seq, "kind": kind}) }
+    HistoryEvent {
+        seq,
+        time_ms: 1_000 + seq,
+        kind: kind.into(),
+        data: json!({"seq": seq, "kind": kind}),
+    }
 }
 
 pub fn work(instance_id: &str, effect_id: u64, kind: &str, due_ms: i64) -> WorkItem {
@@ -202,11 +215,20 @@ pub fn create(inst: &Instance) -> Commit {
 
 /// Appends events `seqs` to an existing instance.
 pub fn append(id: &str, seqs: std::ops::RangeInclusive<i64>) -> Commit {
-    Commit { instance_id: id.into(), history: seqs.map(|s| event(s, "delivery")).collect(), ..Default::default() }
+    Commit {
+        instance_id: id.into(),
+        history: seqs.map(|s| event(s, "delivery")).collect(),
+        ..Default::default()
+    }
 }
 
 pub fn set_status(id: &str, status: InstanceStatus, now_ms: i64) -> Commit {
-    Commit { instance_id: id.into(), status: Some((status, None, None)), now_ms, ..Default::default() }
+    Commit {
+        instance_id: id.into(),
+        status: Some((status, None, None)),
+        now_ms,
+        ..Default::default()
+    }
 }
 
 fn ok<T>(r: crate::Result<T>) -> T {
@@ -225,7 +247,10 @@ fn ids(items: &[Instance]) -> Vec<String> {
 }
 
 fn work_keys(items: &[WorkItem]) -> Vec<(String, u64)> {
-    items.iter().map(|w| (w.instance_id.clone(), w.effect_id)).collect()
+    items
+        .iter()
+        .map(|w| (w.instance_id.clone(), w.effect_id))
+        .collect()
 }
 
 fn key(id: &str, effect: u64) -> (String, u64) {
@@ -240,7 +265,11 @@ fn all_pages(store: &dyn Store, filter: &InstanceFilter, limit: u32) -> Vec<Stri
         let page = ok(store.list_instances(filter, cursor.as_deref(), limit));
         assert!(page.items.len() <= limit as usize);
         if page.next.is_some() {
-            assert_eq!(page.items.len(), limit as usize, "only the last page may be short");
+            assert_eq!(
+                page.items.len(),
+                limit as usize,
+                "only the last page may be short"
+            );
         }
         out.extend(ids(&page.items));
         match page.next {
@@ -272,19 +301,42 @@ pub fn definitions_put_created_unchanged_conflict(store: &dyn Store) {
     let mut same_hash = d.clone();
     same_hash.source = "reformatted".into();
     same_hash.created_ms = 9_999;
-    assert_eq!(ok(store.put_definition(&same_hash)), PutDefinition::Unchanged);
+    assert_eq!(
+        ok(store.put_definition(&same_hash)),
+        PutDefinition::Unchanged
+    );
     let other = definition("ns", "flow", "1.0.0", "h2");
-    assert_eq!(ok(store.put_definition(&other)), PutDefinition::Conflict { existing_hash: "h1".into() });
-    assert_eq!(ok(store.get_definition("ns", "flow", Some("1.0.0"))), Some(d.clone()));
+    assert_eq!(
+        ok(store.put_definition(&other)),
+        PutDefinition::Conflict {
+            existing_hash: "h1".into()
+        }
+    );
+    assert_eq!(
+        ok(store.get_definition("ns", "flow", Some("1.0.0"))),
+        Some(d.clone())
+    );
 
     // The key is (namespace, name, version).
-    assert_eq!(ok(store.put_definition(&definition("ns2", "flow", "1.0.0", "h2"))), PutDefinition::Created);
-    assert_eq!(ok(store.put_definition(&definition("ns", "flow2", "1.0.0", "h2"))), PutDefinition::Created);
-    assert_eq!(ok(store.put_definition(&definition("ns", "flow", "1.0.1", "h2"))), PutDefinition::Created);
+    assert_eq!(
+        ok(store.put_definition(&definition("ns2", "flow", "1.0.0", "h2"))),
+        PutDefinition::Created
+    );
+    assert_eq!(
+        ok(store.put_definition(&definition("ns", "flow2", "1.0.0", "h2"))),
+        PutDefinition::Created
+    );
+    assert_eq!(
+        ok(store.put_definition(&definition("ns", "flow", "1.0.1", "h2"))),
+        PutDefinition::Created
+    );
 
     assert_eq!(ok(store.get_definition("ns", "flow", Some("2.0.0"))), None);
     assert_eq!(ok(store.get_definition("ns", "nope", None)), None);
-    assert_eq!(ok(store.get_definition("nope", "flow", Some("1.0.0"))), None);
+    assert_eq!(
+        ok(store.get_definition("nope", "flow", Some("1.0.0"))),
+        None
+    );
 
     // Every field round-trips.
     let mut full = definition("ns", "full", "3.2.1", "hash-full");
@@ -292,7 +344,10 @@ pub fn definitions_put_created_unchanged_conflict(store: &dyn Store) {
     full.created_ms = 1_234_567;
     full.source = "document:\n  name: \"ünïcode ✓\"\n".repeat(500);
     assert_eq!(ok(store.put_definition(&full)), PutDefinition::Created);
-    assert_eq!(ok(store.get_definition("ns", "full", Some("3.2.1"))), Some(full.clone()));
+    assert_eq!(
+        ok(store.get_definition("ns", "full", Some("3.2.1"))),
+        Some(full.clone())
+    );
     assert_eq!(ok(store.get_definition("ns", "full", None)), Some(full));
 }
 
@@ -302,14 +357,22 @@ pub fn definitions_latest_is_highest_semver(store: &dyn Store) {
     for v in ["1.9.0", "1.10.0", "1.2.0", "0.9.9"] {
         ok(store.put_definition(&definition("ns", "flow", v, v)));
     }
-    assert_eq!(latest("flow").as_deref(), Some("1.10.0"), "numeric, not lexicographic");
+    assert_eq!(
+        latest("flow").as_deref(),
+        Some("1.10.0"),
+        "numeric, not lexicographic"
+    );
     ok(store.put_definition(&definition("ns", "flow", "2.0.0-rc.1", "rc1")));
     assert_eq!(latest("flow").as_deref(), Some("2.0.0-rc.1"));
     ok(store.put_definition(&definition("ns", "flow", "2.0.0", "2")));
     assert_eq!(latest("flow").as_deref(), Some("2.0.0"));
     // Registered later, but a pre-release of the same version sorts below it.
     ok(store.put_definition(&definition("ns", "flow", "2.0.0-rc.2", "rc2")));
-    assert_eq!(latest("flow").as_deref(), Some("2.0.0"), "not the newest row");
+    assert_eq!(
+        latest("flow").as_deref(),
+        Some("2.0.0"),
+        "not the newest row"
+    );
     // Deprecation does not change which version is the latest.
     assert!(ok(store.set_deprecated("ns", "flow", "2.0.0", true)));
     let d = ok(store.get_definition("ns", "flow", None)).expect("latest");
@@ -320,18 +383,41 @@ pub fn definitions_latest_is_highest_semver(store: &dyn Store) {
     assert_eq!(latest("flow").as_deref(), Some("2.0.0"));
 
     // Pre-release precedence (semver.org §11), registered in scrambled order.
-    let chain = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0"];
-    for v in [chain[3], chain[6], chain[0], chain[5], chain[2], chain[4], chain[1]] {
+    let chain = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+    ];
+    for v in [
+        chain[3], chain[6], chain[0], chain[5], chain[2], chain[4], chain[1],
+    ] {
         ok(store.put_definition(&definition("pre", "flow", v, v)));
     }
-    let listed: Vec<String> = ok(store.list_definitions(Some("pre"))).into_iter().map(|d| d.version).collect();
+    let listed: Vec<String> = ok(store.list_definitions(Some("pre")))
+        .into_iter()
+        .map(|d| d.version)
+        .collect();
     let mut expected: Vec<String> = chain.iter().map(|s| s.to_string()).collect();
     expected.reverse();
     assert_eq!(listed, expected);
-    assert_eq!(ok(store.get_definition("pre", "flow", None)).map(|d| d.version).as_deref(), Some("1.0.0"));
+    assert_eq!(
+        ok(store.get_definition("pre", "flow", None))
+            .map(|d| d.version)
+            .as_deref(),
+        Some("1.0.0")
+    );
     ok(store.put_definition(&definition("pre", "rc", "1.0.0-rc.9", "9")));
     ok(store.put_definition(&definition("pre", "rc", "1.0.0-rc.10", "10")));
-    assert_eq!(ok(store.get_definition("pre", "rc", None)).map(|d| d.version).as_deref(), Some("1.0.0-rc.10"));
+    assert_eq!(
+        ok(store.get_definition("pre", "rc", None))
+            .map(|d| d.version)
+            .as_deref(),
+        Some("1.0.0-rc.10")
+    );
 }
 
 pub fn definitions_list_sorted_and_filtered(store: &dyn Store) {
@@ -348,30 +434,55 @@ pub fn definitions_list_sorted_and_filtered(store: &dyn Store) {
         ok(store.put_definition(&definition(ns, name, v, &format!("{ns}{name}{v}"))));
     }
     let keys = |defs: Vec<Definition>| -> Vec<String> {
-        defs.into_iter().map(|d| format!("{}/{}@{}", d.namespace, d.name, d.version)).collect()
+        defs.into_iter()
+            .map(|d| format!("{}/{}@{}", d.namespace, d.name, d.version))
+            .collect()
     };
     assert_eq!(
         keys(ok(store.list_definitions(None))),
-        ["a/x@0.1.0", "a/y@1.10.0", "a/y@1.10.0-rc.1", "a/y@1.9.0", "b/a@2.0.0", "b/x@1.0.0"]
+        [
+            "a/x@0.1.0",
+            "a/y@1.10.0",
+            "a/y@1.10.0-rc.1",
+            "a/y@1.9.0",
+            "b/a@2.0.0",
+            "b/x@1.0.0"
+        ]
     );
-    assert_eq!(keys(ok(store.list_definitions(Some("b")))), ["b/a@2.0.0", "b/x@1.0.0"]);
+    assert_eq!(
+        keys(ok(store.list_definitions(Some("b")))),
+        ["b/a@2.0.0", "b/x@1.0.0"]
+    );
     assert!(ok(store.list_definitions(Some("c"))).is_empty());
     let listed = ok(store.list_definitions(Some("a")));
-    assert_eq!(listed[0], definition("a", "x", "0.1.0", "ax0.1.0"), "full rows");
+    assert_eq!(
+        listed[0],
+        definition("a", "x", "0.1.0", "ax0.1.0"),
+        "full rows"
+    );
 }
 
 pub fn definitions_set_deprecated(store: &dyn Store) {
-    assert!(!ok(store.set_deprecated("ns", "flow", "1.0.0", true)), "no such version");
+    assert!(
+        !ok(store.set_deprecated("ns", "flow", "1.0.0", true)),
+        "no such version"
+    );
     ok(store.put_definition(&definition("ns", "flow", "1.0.0", "h")));
     ok(store.put_definition(&definition("ns", "flow", "1.1.0", "h")));
     assert!(ok(store.set_deprecated("ns", "flow", "1.0.0", true)));
     let get = |v: &str| ok(store.get_definition("ns", "flow", Some(v))).expect("exists");
     assert!(get("1.0.0").deprecated);
     assert!(!get("1.1.0").deprecated, "only that version");
-    assert!(ok(store.set_deprecated("ns", "flow", "1.0.0", true)), "idempotent");
+    assert!(
+        ok(store.set_deprecated("ns", "flow", "1.0.0", true)),
+        "idempotent"
+    );
     assert!(get("1.0.0").deprecated);
     assert_eq!(get("1.0.0").hash, "h");
-    assert_eq!(ok(store.put_definition(&definition("ns", "flow", "1.0.0", "h"))), PutDefinition::Unchanged);
+    assert_eq!(
+        ok(store.put_definition(&definition("ns", "flow", "1.0.0", "h"))),
+        PutDefinition::Unchanged
+    );
     assert!(ok(store.set_deprecated("ns", "flow", "1.0.0", false)));
     assert!(!get("1.0.0").deprecated);
     assert!(!ok(store.set_deprecated("ns", "flow", "3.0.0", true)));
@@ -400,17 +511,32 @@ pub fn apply_creates_instances(store: &dyn Store) {
     let got = ok(store.get_instance("i1")).expect("i1");
     assert_eq!(got, i1);
     // Key order is kept (JSON objects keep their insertion order).
-    assert_eq!(serde_json::to_string(&got.input).unwrap(), serde_json::to_string(&i1.input).unwrap());
+    assert_eq!(
+        serde_json::to_string(&got.input).unwrap(),
+        serde_json::to_string(&i1.input).unwrap()
+    );
     assert_eq!(ok(store.get_instance("i2")), Some(i2.clone()));
     assert_eq!(ok(store.get_instance("i3")), None);
     let h = ok(store.history("i1", 0, 100));
-    assert_eq!(h, vec![HistoryEvent { seq: 1, time_ms: 100, kind: "started".into(), data: i1.input.clone() }]);
+    assert_eq!(
+        h,
+        vec![HistoryEvent {
+            seq: 1,
+            time_ms: 100,
+            kind: "started".into(),
+            data: i1.input.clone()
+        }]
+    );
     assert_eq!(ok(store.last_seq("i1")), 1);
     assert_eq!(ok(store.last_seq("i2")), 1);
 
     // A creation without any history event is allowed too.
     let i4 = instance("i4", 300);
-    ok(store.apply(&[Commit { instance_id: "i4".into(), create: Some(i4.clone()), ..Default::default() }]));
+    ok(store.apply(&[Commit {
+        instance_id: "i4".into(),
+        create: Some(i4.clone()),
+        ..Default::default()
+    }]));
     assert_eq!(ok(store.get_instance("i4")), Some(i4));
     assert_eq!(ok(store.last_seq("i4")), 0);
     assert!(ok(store.history("i4", 0, 10)).is_empty());
@@ -423,9 +549,16 @@ pub fn apply_creates_instances(store: &dyn Store) {
 pub fn apply_empty_batch_is_a_no_op(store: &dyn Store) {
     ok(store.apply(&[]));
     ok(store.apply(&[create(&instance("a", 1))]));
-    ok(store.apply(&[Commit { instance_id: "a".into(), now_ms: 5, ..Default::default() }]));
+    ok(store.apply(&[Commit {
+        instance_id: "a".into(),
+        now_ms: 5,
+        ..Default::default()
+    }]));
     let got = ok(store.get_instance("a")).expect("a");
-    assert_eq!(got.updated_ms, 1, "a commit without status leaves updated_ms");
+    assert_eq!(
+        got.updated_ms, 1,
+        "a commit without status leaves updated_ms"
+    );
     assert_eq!(ok(store.last_seq("a")), 1);
 }
 
@@ -446,7 +579,11 @@ pub fn apply_appends_history_in_order(store: &dyn Store) {
     assert_eq!(ok(store.last_seq("a")), 7);
     assert_eq!(ok(store.last_seq("nope")), 0);
     // Histories of instances are independent.
-    ok(store.apply(&[create(&instance("b", 2)), append("b", 2..=2), append("a", 8..=8)]));
+    ok(store.apply(&[
+        create(&instance("b", 2)),
+        append("b", 2..=2),
+        append("a", 8..=8),
+    ]));
     assert_eq!(ok(store.last_seq("a")), 8);
     assert_eq!(ok(store.last_seq("b")), 2);
     assert_eq!(seqs(&ok(store.history("b", 0, 100))), [1, 2]);
@@ -455,9 +592,15 @@ pub fn apply_appends_history_in_order(store: &dyn Store) {
 pub fn apply_refuses_seq_gaps(store: &dyn Store) {
     ok(store.apply(&[create(&instance("gap-instance", 1))]));
     // Skips seq 2.
-    expect_corrupt(store.apply(&[append("gap-instance", 3..=3)]), &["gap-instance", "3", "1"]);
+    expect_corrupt(
+        store.apply(&[append("gap-instance", 3..=3)]),
+        &["gap-instance", "3", "1"],
+    );
     // Starts over.
-    expect_corrupt(store.apply(&[append("gap-instance", 1..=1)]), &["gap-instance"]);
+    expect_corrupt(
+        store.apply(&[append("gap-instance", 1..=1)]),
+        &["gap-instance"],
+    );
     // A gap inside one commit.
     let mut c = append("gap-instance", 2..=2);
     c.history.push(event(4, "delivery"));
@@ -483,7 +626,10 @@ pub fn apply_refuses_double_apply(store: &dyn Store) {
     let d = append("twice", 4..=4);
     expect_corrupt(store.apply(&[d.clone(), d]), &["twice", "4", "5"]);
     assert_eq!(seqs(&ok(store.history("twice", 0, 100))), [1, 2, 3]);
-    assert!(store.apply(&[create(&a)]).is_err(), "a creation applied twice");
+    assert!(
+        store.apply(&[create(&a)]).is_err(),
+        "a creation applied twice"
+    );
 }
 
 pub fn apply_batch_is_all_or_nothing(store: &dyn Store) {
@@ -496,7 +642,10 @@ pub fn apply_batch_is_all_or_nothing(store: &dyn Store) {
     // The 2nd commit has a seq gap: the 1st commit's rows must be absent too.
     let mut first = create(&instance("a", 2));
     first.add_work.push(work("a", 1, "http", 5));
-    expect_corrupt(store.apply(&[first.clone(), append("x", 3..=3)]), &["x", "3"]);
+    expect_corrupt(
+        store.apply(&[first.clone(), append("x", 3..=3)]),
+        &["x", "3"],
+    );
     assert_eq!(ok(store.get_instance("a")), None);
     assert!(ok(store.history("a", 0, 10)).is_empty());
     assert_eq!(ok(store.last_seq("a")), 0);
@@ -508,13 +657,21 @@ pub fn apply_batch_is_all_or_nothing(store: &dyn Store) {
     x_done.add_work.push(work("x", 3, "process", 7));
     x_done.status = Some((InstanceStatus::Completed, Some(json!({"done": true})), None));
     x_done.now_ms = 99;
-    let batch = [first.clone(), x_done.clone(), create(&instance("b", 3)), append("x", 4..=4)];
+    let batch = [
+        first.clone(),
+        x_done.clone(),
+        create(&instance("b", 3)),
+        append("x", 4..=4),
+    ];
     expect_corrupt(store.apply(&batch), &["x", "4"]);
     assert_eq!(ok(store.get_instance("a")), None);
     assert_eq!(ok(store.get_instance("b")), None);
     assert_eq!(ok(store.get_instance("x")), Some(before_x.clone()));
     assert_eq!(ok(store.last_seq("x")), 1);
-    assert_eq!(work_keys(&ok(store.work_of("x"))), [key("x", 1), key("x", 2)]);
+    assert_eq!(
+        work_keys(&ok(store.work_of("x"))),
+        [key("x", 1), key("x", 2)]
+    );
     assert_eq!(ok(store.running_instances()), ["x"]);
 
     // Any other error too (here: creating an instance that exists), wherever it comes.
@@ -522,7 +679,10 @@ pub fn apply_batch_is_all_or_nothing(store: &dyn Store) {
     assert!(store.apply(&batch).is_err());
     assert_eq!(ok(store.get_instance("a")), None);
     assert_eq!(ok(store.get_instance("x")), Some(before_x));
-    assert_eq!(work_keys(&ok(store.work_of("x"))), [key("x", 1), key("x", 2)]);
+    assert_eq!(
+        work_keys(&ok(store.work_of("x"))),
+        [key("x", 1), key("x", 2)]
+    );
 
     // And the same batch without the bad commit goes through whole.
     ok(store.apply(&[first, x_done]));
@@ -535,29 +695,50 @@ pub fn apply_batch_is_all_or_nothing(store: &dyn Store) {
 pub fn apply_refuses_unknown_instances(store: &dyn Store) {
     ok(store.apply(&[create(&instance("known", 1))]));
     let history = append("ghost", 1..=1);
-    let work_only =
-        Commit { instance_id: "ghost".into(), add_work: vec![work("ghost", 1, "http", 1)], ..Default::default() };
+    let work_only = Commit {
+        instance_id: "ghost".into(),
+        add_work: vec![work("ghost", 1, "http", 1)],
+        ..Default::default()
+    };
     let status = set_status("ghost", InstanceStatus::Completed, 5);
     for bad in [history, work_only, status] {
         let batch = [append("known", 2..=2), bad];
-        assert!(store.apply(&batch).is_err(), "a commit for an instance that does not exist");
-        assert_eq!(ok(store.last_seq("known")), 1, "and nothing of its batch is kept");
+        assert!(
+            store.apply(&batch).is_err(),
+            "a commit for an instance that does not exist"
+        );
+        assert_eq!(
+            ok(store.last_seq("known")),
+            1,
+            "and nothing of its batch is kept"
+        );
         assert_eq!(ok(store.get_instance("ghost")), None);
         assert!(ok(store.work_of("ghost")).is_empty());
     }
     // Removing work that does not exist is fine (it was answered already).
-    ok(store.apply(&[Commit { instance_id: "known".into(), remove_work: vec![42], ..Default::default() }]));
+    ok(store.apply(&[Commit {
+        instance_id: "known".into(),
+        remove_work: vec![42],
+        ..Default::default()
+    }]));
 }
 
 pub fn apply_updates_status(store: &dyn Store) {
     ok(store.apply(&[create(&instance("s", 100)), create(&instance("f", 100))]));
     ok(store.apply(&[set_status("s", InstanceStatus::Suspended, 200)]));
     let s = ok(store.get_instance("s")).expect("s");
-    assert_eq!((s.status, s.created_ms, s.updated_ms), (InstanceStatus::Suspended, 100, 200));
+    assert_eq!(
+        (s.status, s.created_ms, s.updated_ms),
+        (InstanceStatus::Suspended, 100, 200)
+    );
     assert_eq!((s.output, s.error), (None, None));
     ok(store.apply(&[set_status("s", InstanceStatus::Running, 250)]));
     let mut done = append("s", 2..=2);
-    done.status = Some((InstanceStatus::Completed, Some(json!({"result": [1, 2, 3]})), None));
+    done.status = Some((
+        InstanceStatus::Completed,
+        Some(json!({"result": [1, 2, 3]})),
+        None,
+    ));
     done.now_ms = 300;
     ok(store.apply(&[done]));
     let s = ok(store.get_instance("s")).expect("s");
@@ -568,11 +749,18 @@ pub fn apply_updates_status(store: &dyn Store) {
     assert_eq!(s.input, json!({"id": "s"}), "input untouched");
 
     let mut faulted = set_status("f", InstanceStatus::Faulted, 400);
-    faulted.status = Some((InstanceStatus::Faulted, None, Some(json!({"type": "https://x/error", "status": 500}))));
+    faulted.status = Some((
+        InstanceStatus::Faulted,
+        None,
+        Some(json!({"type": "https://x/error", "status": 500})),
+    ));
     ok(store.apply(&[faulted]));
     let f = ok(store.get_instance("f")).expect("f");
     assert_eq!((f.status, f.updated_ms), (InstanceStatus::Faulted, 400));
-    assert_eq!(f.error, Some(json!({"type": "https://x/error", "status": 500})));
+    assert_eq!(
+        f.error,
+        Some(json!({"type": "https://x/error", "status": 500}))
+    );
     assert_eq!(f.output, None);
 
     // A status replaces output and error as given.
@@ -580,7 +768,10 @@ pub fn apply_updates_status(store: &dyn Store) {
     c.status = Some((InstanceStatus::Cancelled, Some(json!(null)), None));
     ok(store.apply(&[c]));
     let f = ok(store.get_instance("f")).expect("f");
-    assert_eq!((f.status, f.output, f.error), (InstanceStatus::Cancelled, Some(Value::Null), None));
+    assert_eq!(
+        (f.status, f.output, f.error),
+        (InstanceStatus::Cancelled, Some(Value::Null), None)
+    );
 }
 
 pub fn list_instances_newest_first_and_limit_clamp(store: &dyn Store) {
@@ -595,7 +786,11 @@ pub fn list_instances_newest_first_and_limit_clamp(store: &dyn Store) {
         create(&instance("d", 30)),
     ]));
     let page = ok(store.list_instances(&all, None, 10));
-    assert_eq!(ids(&page.items), ["d", "c", "b", "a"], "created_ms DESC, then id DESC");
+    assert_eq!(
+        ids(&page.items),
+        ["d", "c", "b", "a"],
+        "created_ms DESC, then id DESC"
+    );
     assert!(page.next.is_none(), "no next page when everything fits");
     assert_eq!(page.items[3], instance("a", 10), "full rows");
     let page = ok(store.list_instances(&all, None, 4));
@@ -608,7 +803,9 @@ pub fn list_instances_newest_first_and_limit_clamp(store: &dyn Store) {
     assert_eq!(ids(&page.items), ["c"]);
 
     // limit above 1000 is 1000.
-    let many: Vec<Commit> = (0..1001).map(|i| create(&instance(&format!("m{i:04}"), 1_000 + i))).collect();
+    let many: Vec<Commit> = (0..1001)
+        .map(|i| create(&instance(&format!("m{i:04}"), 1_000 + i)))
+        .collect();
     ok(store.apply(&many));
     let page = ok(store.list_instances(&all, None, 5000));
     assert_eq!(page.items.len(), 1000);
@@ -639,29 +836,70 @@ pub fn list_instances_filters(store: &dyn Store) {
         })
         .collect();
     ok(store.apply(&creates));
-    let updates: Vec<Commit> =
-        model.iter().filter(|i| i.status != Running).map(|i| set_status(&i.id, i.status, i.updated_ms)).collect();
+    let updates: Vec<Commit> = model
+        .iter()
+        .filter(|i| i.status != Running)
+        .map(|i| set_status(&i.id, i.status, i.updated_ms))
+        .collect();
     ok(store.apply(&updates));
 
     let filters = [
         InstanceFilter::default(),
-        InstanceFilter { namespace: Some("a".into()), ..Default::default() },
-        InstanceFilter { namespace: Some("b".into()), name: Some("y".into()), ..Default::default() },
-        InstanceFilter { name: Some("z".into()), ..Default::default() },
+        InstanceFilter {
+            namespace: Some("a".into()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            namespace: Some("b".into()),
+            name: Some("y".into()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            name: Some("z".into()),
+            ..Default::default()
+        },
         InstanceFilter {
             namespace: Some("a".into()),
             name: Some("x".into()),
             version: Some("2.0.0".into()),
             ..Default::default()
         },
-        InstanceFilter { version: Some("1.0.0".into()), ..Default::default() },
-        InstanceFilter { status: Some(Running), ..Default::default() },
-        InstanceFilter { status: Some(Faulted), namespace: Some("b".into()), ..Default::default() },
-        InstanceFilter { from_ms: Some(1_100), ..Default::default() },
-        InstanceFilter { to_ms: Some(1_100), ..Default::default() },
-        InstanceFilter { from_ms: Some(1_050), to_ms: Some(1_150), status: Some(Completed), ..Default::default() },
-        InstanceFilter { from_ms: Some(1_100), to_ms: Some(1_100), ..Default::default() },
-        InstanceFilter { namespace: Some("c".into()), ..Default::default() },
+        InstanceFilter {
+            version: Some("1.0.0".into()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            status: Some(Running),
+            ..Default::default()
+        },
+        InstanceFilter {
+            status: Some(Faulted),
+            namespace: Some("b".into()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            from_ms: Some(1_100),
+            ..Default::default()
+        },
+        InstanceFilter {
+            to_ms: Some(1_100),
+            ..Default::default()
+        },
+        InstanceFilter {
+            from_ms: Some(1_050),
+            to_ms: Some(1_150),
+            status: Some(Completed),
+            ..Default::default()
+        },
+        InstanceFilter {
+            from_ms: Some(1_100),
+            to_ms: Some(1_100),
+            ..Default::default()
+        },
+        InstanceFilter {
+            namespace: Some("c".into()),
+            ..Default::default()
+        },
         InstanceFilter {
             namespace: Some("a".into()),
             name: Some("x".into()),
@@ -681,21 +919,37 @@ pub fn list_instances_filters(store: &dyn Store) {
             .filter(|i| filter.from_ms.is_none_or(|v| i.created_ms >= v))
             .filter(|i| filter.to_ms.is_none_or(|v| i.created_ms < v))
             .collect();
-        expected.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
+        expected.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
         let expected: Vec<String> = expected.iter().map(|i| i.id.clone()).collect();
         assert_eq!(all_pages(store, filter, 1000), expected, "{filter:?}");
-        assert_eq!(all_pages(store, filter, 3), expected, "{filter:?} in pages of 3");
+        assert_eq!(
+            all_pages(store, filter, 3),
+            expected,
+            "{filter:?} in pages of 3"
+        );
     }
     let one = ok(store.list_instances(&filters[7], None, 1000));
-    assert!(one.items.iter().all(|i| i.status == Faulted && i.namespace == "b"));
+    assert!(
+        one.items
+            .iter()
+            .all(|i| i.status == Faulted && i.namespace == "b")
+    );
     assert!(!one.items.is_empty());
 }
 
 pub fn list_instances_paginates_without_duplicates_or_gaps(store: &dyn Store) {
     // 25 instances, 3 per created_ms (ties are broken by id).
-    let originals: Vec<Commit> = (0..25i64).map(|i| create(&instance(&format!("p{i:02}"), 1_000 + i / 3))).collect();
+    let originals: Vec<Commit> = (0..25i64)
+        .map(|i| create(&instance(&format!("p{i:02}"), 1_000 + i / 3)))
+        .collect();
     ok(store.apply(&originals));
-    let mut expected: Vec<(i64, String)> = (0..25i64).map(|i| (1_000 + i / 3, format!("p{i:02}"))).collect();
+    let mut expected: Vec<(i64, String)> = (0..25i64)
+        .map(|i| (1_000 + i / 3, format!("p{i:02}")))
+        .collect();
     expected.sort_by(|a, b| b.cmp(a));
     let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
 
@@ -713,7 +967,10 @@ pub fn list_instances_paginates_without_duplicates_or_gaps(store: &dyn Store) {
             n
         });
         // Some arrive between pages for sure.
-        ok(store.apply(&[create(&instance("between-1", 4_000)), create(&instance("between-2", 1_008))]));
+        ok(store.apply(&[
+            create(&instance("between-1", 4_000)),
+            create(&instance("between-2", 1_008)),
+        ]));
         let second = ok(store.list_instances(&all, first.next.as_deref(), 10));
         ok(store.apply(&[create(&instance("between-3", 4_001))]));
         let third = ok(store.list_instances(&all, second.next.as_deref(), 10));
@@ -726,7 +983,10 @@ pub fn list_instances_paginates_without_duplicates_or_gaps(store: &dyn Store) {
     assert_eq!(third.items.len(), 5);
     assert!(first.next.is_some() && second.next.is_some());
     assert!(third.next.is_none(), "the last page says so");
-    let got: Vec<String> = [first, second, third].iter().flat_map(|p| ids(&p.items)).collect();
+    let got: Vec<String> = [first, second, third]
+        .iter()
+        .flat_map(|p| ids(&p.items))
+        .collect();
     assert_eq!(got, expected, "no duplicates, no gaps");
     let unique: BTreeSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), 25);
@@ -734,7 +994,15 @@ pub fn list_instances_paginates_without_duplicates_or_gaps(store: &dyn Store) {
 
 pub fn list_instances_rejects_malformed_cursor(store: &dyn Store) {
     ok(store.apply(&[create(&instance("a", 1)), create(&instance("b", 2))]));
-    for bad in ["", "garbage!", "%%%", "bm90LWEtY3Vyc29y", "MTIzNA", "=", "\u{1F600}"] {
+    for bad in [
+        "",
+        "garbage!",
+        "%%%",
+        "bm90LWEtY3Vyc29y",
+        "MTIzNA",
+        "=",
+        "\u{1F600}",
+    ] {
         match store.list_instances(&InstanceFilter::default(), Some(bad), 10) {
             Err(StoreError::Db(m)) => assert_eq!(m, "invalid cursor", "cursor {bad:?}"),
             other => panic!("cursor {bad:?}: expected Db(\"invalid cursor\"), got {other:?}"),
@@ -743,8 +1011,14 @@ pub fn list_instances_rejects_malformed_cursor(store: &dyn Store) {
     // A real cursor works with other filters too (it is only a position).
     let page = ok(store.list_instances(&InstanceFilter::default(), None, 1));
     let next = page.next.expect("next");
-    let filtered = InstanceFilter { status: Some(InstanceStatus::Running), ..Default::default() };
-    assert_eq!(ids(&ok(store.list_instances(&filtered, Some(&next), 10)).items), ["a"]);
+    let filtered = InstanceFilter {
+        status: Some(InstanceStatus::Running),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&ok(store.list_instances(&filtered, Some(&next), 10)).items),
+        ["a"]
+    );
 }
 
 // --- work -----------------------------------------------------------------------------------
@@ -754,16 +1028,28 @@ pub fn work_add_replace_remove(store: &dyn Store) {
     let mut big = work("w", 3, "listen", 0);
     big.effect = json!({"filter": "x".repeat(50_000)});
     big.attempts = 2;
-    c.add_work = vec![work("w", 2, "timer", 500), work("w", 1, "http", 10), big.clone()];
+    c.add_work = vec![
+        work("w", 2, "timer", 500),
+        work("w", 1, "http", 10),
+        big.clone(),
+    ];
     ok(store.apply(&[c]));
     let rows = ok(store.work_of("w"));
-    assert_eq!(rows, vec![work("w", 1, "http", 10), work("w", 2, "timer", 500), big], "all fields, by effect id");
+    assert_eq!(
+        rows,
+        vec![work("w", 1, "http", 10), work("w", 2, "timer", 500), big],
+        "all fields, by effect id"
+    );
     assert!(ok(store.work_of("nope")).is_empty());
 
     // Adding an existing effect id replaces the row.
     let mut replaced = work("w", 1, "http", 20);
     replaced.task = "/do/9/other".into();
-    let c = Commit { instance_id: "w".into(), add_work: vec![replaced.clone()], ..Default::default() };
+    let c = Commit {
+        instance_id: "w".into(),
+        add_work: vec![replaced.clone()],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     assert_eq!(ok(store.work_of("w"))[0], replaced);
 
@@ -775,16 +1061,26 @@ pub fn work_add_replace_remove(store: &dyn Store) {
         ..Default::default()
     };
     ok(store.apply(&[c]));
-    assert_eq!(work_keys(&ok(store.work_of("w"))), [key("w", 1), key("w", 3)]);
+    assert_eq!(
+        work_keys(&ok(store.work_of("w"))),
+        [key("w", 1), key("w", 3)]
+    );
 
     // Work of other instances is separate.
     let mut other = create(&instance("v", 2));
     other.add_work = vec![work("v", 1, "http", 10)];
     ok(store.apply(&[other]));
-    let c = Commit { instance_id: "v".into(), remove_work: vec![1, 3], ..Default::default() };
+    let c = Commit {
+        instance_id: "v".into(),
+        remove_work: vec![1, 3],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     assert!(ok(store.work_of("v")).is_empty());
-    assert_eq!(work_keys(&ok(store.work_of("w"))), [key("w", 1), key("w", 3)]);
+    assert_eq!(
+        work_keys(&ok(store.work_of("w"))),
+        [key("w", 1), key("w", 3)]
+    );
 }
 
 /// r1, r2 running; s suspended; d completed (with leftover rows, which must not run).
@@ -798,13 +1094,28 @@ fn work_fixture(store: &dyn Store) {
         work("r1", 5, "timer", 300),
     ];
     let mut r2 = create(&instance("r2", 2));
-    r2.add_work = vec![work("r2", 1, "http", 100), work("r2", 2, "listen", 60), work("r2", 3, "workflow", 90)];
+    r2.add_work = vec![
+        work("r2", 1, "http", 100),
+        work("r2", 2, "listen", 60),
+        work("r2", 3, "workflow", 90),
+    ];
     let mut s = create(&instance("s", 3));
-    s.add_work = vec![work("s", 1, "http", 10), work("s", 2, "timer", 20), work("s", 3, "listen", 30)];
+    s.add_work = vec![
+        work("s", 1, "http", 10),
+        work("s", 2, "timer", 20),
+        work("s", 3, "listen", 30),
+    ];
     let mut d = create(&instance("d", 4));
-    d.add_work = vec![work("d", 1, "http", 10), work("d", 2, "timer", 20), work("d", 3, "listen", 30)];
+    d.add_work = vec![
+        work("d", 1, "http", 10),
+        work("d", 2, "timer", 20),
+        work("d", 3, "listen", 30),
+    ];
     ok(store.apply(&[r1, r2, s, d]));
-    ok(store.apply(&[set_status("s", InstanceStatus::Suspended, 5), set_status("d", InstanceStatus::Completed, 5)]));
+    ok(store.apply(&[
+        set_status("s", InstanceStatus::Suspended, 5),
+        set_status("d", InstanceStatus::Completed, 5),
+    ]));
 }
 
 pub fn due_work_only_running_non_listen_in_order(store: &dyn Store) {
@@ -819,15 +1130,28 @@ pub fn due_work_only_running_non_listen_in_order(store: &dyn Store) {
     assert!(ok(store.due_work(89, 100)).is_empty());
     assert_eq!(
         work_keys(&ok(store.due_work(i64::MAX, 100))),
-        [key("r2", 3), key("r1", 1), key("r1", 4), key("r2", 1), key("r1", 5), key("r1", 2)]
+        [
+            key("r2", 3),
+            key("r1", 1),
+            key("r1", 4),
+            key("r2", 1),
+            key("r1", 5),
+            key("r1", 2)
+        ]
     );
-    assert_eq!(work_keys(&ok(store.due_work(i64::MAX, 2))), [key("r2", 3), key("r1", 1)]);
+    assert_eq!(
+        work_keys(&ok(store.due_work(i64::MAX, 2))),
+        [key("r2", 3), key("r1", 1)]
+    );
     let rows = ok(store.due_work(90, 1));
     assert_eq!(rows, vec![work("r2", 3, "workflow", 90)], "full rows");
 
     // Resuming makes the suspended instance's work due again.
     ok(store.apply(&[set_status("s", InstanceStatus::Running, 6)]));
-    assert_eq!(work_keys(&ok(store.due_work(20, 100))), [key("s", 1), key("s", 2)]);
+    assert_eq!(
+        work_keys(&ok(store.due_work(20, 100))),
+        [key("s", 1), key("s", 2)]
+    );
 }
 
 pub fn next_timer_of_running_instances(store: &dyn Store) {
@@ -836,20 +1160,42 @@ pub fn next_timer_of_running_instances(store: &dyn Store) {
     c.add_work = vec![work("x", 1, "http", 5), work("x", 2, "listen", 6)];
     ok(store.apply(&[c]));
     assert_eq!(ok(store.next_timer()), None, "only timers count");
-    assert!(ok(store.due_timers(1_000, 10)).is_empty(), "calls and listens are not timers");
-    let c = Commit { instance_id: "x".into(), add_work: vec![work("x", 3, "timer", 7), work("x", 4, "timer", 900)], ..Default::default() };
+    assert!(
+        ok(store.due_timers(1_000, 10)).is_empty(),
+        "calls and listens are not timers"
+    );
+    let c = Commit {
+        instance_id: "x".into(),
+        add_work: vec![work("x", 3, "timer", 7), work("x", 4, "timer", 900)],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     assert_eq!(work_keys(&ok(store.due_timers(100, 10))), [key("x", 3)]);
-    let c = Commit { instance_id: "x".into(), remove_work: vec![3, 4], ..Default::default() };
+    let c = Commit {
+        instance_id: "x".into(),
+        remove_work: vec![3, 4],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     work_fixture(store);
-    assert_eq!(ok(store.next_timer()), Some(300), "the suspended and completed instances' timers do not count");
-    let c = Commit { instance_id: "r1".into(), remove_work: vec![5], ..Default::default() };
+    assert_eq!(
+        ok(store.next_timer()),
+        Some(300),
+        "the suspended and completed instances' timers do not count"
+    );
+    let c = Commit {
+        instance_id: "r1".into(),
+        remove_work: vec![5],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     assert_eq!(ok(store.next_timer()), Some(500));
     ok(store.apply(&[set_status("s", InstanceStatus::Running, 9)]));
     assert_eq!(ok(store.next_timer()), Some(20));
-    ok(store.apply(&[set_status("s", InstanceStatus::Cancelled, 10), set_status("r1", InstanceStatus::Suspended, 10)]));
+    ok(store.apply(&[
+        set_status("s", InstanceStatus::Cancelled, 10),
+        set_status("r1", InstanceStatus::Suspended, 10),
+    ]));
     assert_eq!(ok(store.next_timer()), None);
 }
 
@@ -865,13 +1211,21 @@ pub fn mark_attempt_counts(store: &dyn Store) {
     assert_eq!((rows[0].attempts, rows[1].attempts), (3, 1));
     assert_eq!(ok(store.mark_attempt("m", 3)), None, "no such row");
     assert_eq!(ok(store.mark_attempt("nope", 1)), None);
-    let c = Commit { instance_id: "m".into(), remove_work: vec![1], ..Default::default() };
+    let c = Commit {
+        instance_id: "m".into(),
+        remove_work: vec![1],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     assert_eq!(ok(store.mark_attempt("m", 1)), None, "gone");
     // A replaced row starts from the attempts it is given.
     let mut again = work("m", 2, "process", 1);
     again.attempts = 7;
-    ok(store.apply(&[Commit { instance_id: "m".into(), add_work: vec![again], ..Default::default() }]));
+    ok(store.apply(&[Commit {
+        instance_id: "m".into(),
+        add_work: vec![again],
+        ..Default::default()
+    }]));
     assert_eq!(ok(store.mark_attempt("m", 2)), Some(8));
     assert_eq!(ok(store.due_work(10, 10))[0].attempts, 8);
 }
@@ -882,9 +1236,19 @@ pub fn subscriptions_of_running_instances(store: &dyn Store) {
     let subs = ok(store.subscriptions());
     assert_eq!(work_keys(&subs), [key("r1", 3), key("r2", 2)]);
     assert_eq!(subs[0], work("r1", 3, "listen", 50), "full rows");
-    ok(store.apply(&[set_status("r1", InstanceStatus::Suspended, 9), set_status("s", InstanceStatus::Running, 9)]));
-    assert_eq!(work_keys(&ok(store.subscriptions())), [key("r2", 2), key("s", 3)]);
-    let c = Commit { instance_id: "r2".into(), remove_work: vec![2], ..Default::default() };
+    ok(store.apply(&[
+        set_status("r1", InstanceStatus::Suspended, 9),
+        set_status("s", InstanceStatus::Running, 9),
+    ]));
+    assert_eq!(
+        work_keys(&ok(store.subscriptions())),
+        [key("r2", 2), key("s", 3)]
+    );
+    let c = Commit {
+        instance_id: "r2".into(),
+        remove_work: vec![2],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     assert_eq!(work_keys(&ok(store.subscriptions())), [key("s", 3)]);
 }
@@ -915,8 +1279,15 @@ pub fn effect_ids_use_the_full_u64_range(store: &dyn Store) {
     assert_eq!(got, ids);
     assert_eq!(ok(store.mark_attempt("u", u64::MAX)), Some(1));
     let due = ok(store.due_work(1, 100));
-    assert!(due.iter().any(|w| w.effect_id == u64::MAX && w.attempts == 1));
-    let c = Commit { instance_id: "u".into(), remove_work: vec![u64::MAX, 1 << 63], ..Default::default() };
+    assert!(
+        due.iter()
+            .any(|w| w.effect_id == u64::MAX && w.attempts == 1)
+    );
+    let c = Commit {
+        instance_id: "u".into(),
+        remove_work: vec![u64::MAX, 1 << 63],
+        ..Default::default()
+    };
     ok(store.apply(&[c]));
     let mut got: Vec<u64> = ok(store.work_of("u")).iter().map(|w| w.effect_id).collect();
     got.sort();
@@ -948,7 +1319,10 @@ pub fn concurrent_writers_and_readers(store: &dyn Store) {
     for t in 0..THREADS {
         let id = format!("t{t}");
         assert_eq!(ok(store.last_seq(&id)), STEPS);
-        assert_eq!(seqs(&ok(store.history(&id, 0, 1000))), (1..=STEPS).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&ok(store.history(&id, 0, 1000))),
+            (1..=STEPS).collect::<Vec<_>>()
+        );
     }
     assert_eq!(ok(store.running_instances()).len(), THREADS);
 }
@@ -972,24 +1346,43 @@ pub fn schedule(namespace: &str, name: &str, next_fire_ms: Option<i64>) -> Sched
 pub fn schedules_put_is_compare_and_set(store: &dyn Store) {
     let mut row = schedule("ns", "a", Some(100));
     assert!(ok(store.put_schedule(&row)), "revision 0 creates");
-    assert!(!ok(store.put_schedule(&row)), "revision 0 again: the row exists");
+    assert!(
+        !ok(store.put_schedule(&row)),
+        "revision 0 again: the row exists"
+    );
     let stored = ok(store.get_schedule("ns", "a")).expect("stored");
     assert_eq!(stored.revision, 1);
-    assert_eq!(stored, ScheduleRow { revision: 1, ..row.clone() });
+    assert_eq!(
+        stored,
+        ScheduleRow {
+            revision: 1,
+            ..row.clone()
+        }
+    );
 
     // A write from revision 1 succeeds once; a second writer holding revision 1 loses.
     row.revision = 1;
     row.next_fire_ms = Some(200);
     row.last_fire_ms = Some(100);
     row.version = "1.1.0".into();
-    row.state = json!({"kind": "cron", "outbox": [{"id": "x", "fire_ms": 100}], "big": "z".repeat(10_000)});
+    row.state =
+        json!({"kind": "cron", "outbox": [{"id": "x", "fire_ms": 100}], "big": "z".repeat(10_000)});
     row.updated_ms = 7;
     assert!(ok(store.put_schedule(&row)));
     let mut stale = row.clone();
     stale.next_fire_ms = Some(999);
-    assert!(!ok(store.put_schedule(&stale)), "a stale revision writes nothing");
+    assert!(
+        !ok(store.put_schedule(&stale)),
+        "a stale revision writes nothing"
+    );
     let stored = ok(store.get_schedule("ns", "a")).expect("stored");
-    assert_eq!(stored, ScheduleRow { revision: 2, ..row.clone() });
+    assert_eq!(
+        stored,
+        ScheduleRow {
+            revision: 2,
+            ..row.clone()
+        }
+    );
     // Unset times round-trip as None.
     let mut r = stored.clone();
     r.next_fire_ms = None;
@@ -1009,10 +1402,14 @@ pub fn schedules_list_get_delete(store: &dyn Store) {
     for (ns, name) in [("b", "z"), ("a", "y"), ("b", "a"), ("a", "x")] {
         assert!(ok(store.put_schedule(&schedule(ns, name, Some(1)))));
     }
-    let keys: Vec<(String, String)> =
-        ok(store.list_schedules()).into_iter().map(|r| (r.namespace, r.name)).collect();
-    let expect: Vec<(String, String)> =
-        [("a", "x"), ("a", "y"), ("b", "a"), ("b", "z")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let keys: Vec<(String, String)> = ok(store.list_schedules())
+        .into_iter()
+        .map(|r| (r.namespace, r.name))
+        .collect();
+    let expect: Vec<(String, String)> = [("a", "x"), ("a", "y"), ("b", "a"), ("b", "z")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(keys, expect, "sorted by namespace, then name");
     assert!(ok(store.delete_schedule("a", "y")));
     assert!(!ok(store.delete_schedule("a", "y")), "already gone");
@@ -1020,7 +1417,10 @@ pub fn schedules_list_get_delete(store: &dyn Store) {
     assert_eq!(ok(store.list_schedules()).len(), 3);
     // Deleted rows can be created again from revision 0.
     assert!(ok(store.put_schedule(&schedule("a", "y", None))));
-    assert_eq!(ok(store.get_schedule("a", "y")).map(|r| r.revision), Some(1));
+    assert_eq!(
+        ok(store.get_schedule("a", "y")).map(|r| r.revision),
+        Some(1)
+    );
 }
 
 pub fn schedules_pause_and_next_fire(store: &dyn Store) {
@@ -1032,8 +1432,15 @@ pub fn schedules_pause_and_next_fire(store: &dyn Store) {
     assert_eq!(ok(store.next_schedule_fire()), Some(200));
     let paused = ok(store.set_schedule_paused("ns", "b", true, 42)).expect("row");
     assert!(paused.paused);
-    assert_eq!((paused.revision, paused.updated_ms, paused.next_fire_ms), (2, 42, Some(200)));
-    assert_eq!(ok(store.next_schedule_fire()), Some(300), "paused rows are left out");
+    assert_eq!(
+        (paused.revision, paused.updated_ms, paused.next_fire_ms),
+        (2, 42, Some(200))
+    );
+    assert_eq!(
+        ok(store.next_schedule_fire()),
+        Some(300),
+        "paused rows are left out"
+    );
     // Pausing bumps the revision: a writer that read the row before loses its compare-and-set.
     let mut before = schedule("ns", "b", Some(250));
     before.revision = 1;
@@ -1051,12 +1458,24 @@ pub fn events_are_pending_until_a_commit_processes_them(store: &dyn Store) {
     let b = ok(store.add_event(&serde_json::json!({"id": "b"}), 2));
     assert!(b > a, "ids increase");
     let pending = ok(store.pending_events(10));
-    assert_eq!(pending.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(
+        pending.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [a, b]
+    );
     assert_eq!(pending[1].1["id"], "b");
     assert_eq!(ok(store.pending_events(1)).len(), 1, "limit");
     // A commit with no instance can mark events (an event that matched nobody).
-    ok(store.apply(&[Commit { processed_events: vec![a], ..Default::default() }]));
-    assert_eq!(ok(store.pending_events(10)).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [b]);
+    ok(store.apply(&[Commit {
+        processed_events: vec![a],
+        ..Default::default()
+    }]));
+    assert_eq!(
+        ok(store.pending_events(10))
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        [b]
+    );
     // A failing batch marks nothing.
     let mut bad = create(&instance("e1", 1));
     bad.processed_events = vec![b];

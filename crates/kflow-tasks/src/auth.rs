@@ -33,8 +33,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use kflow_core::effect::Auth;
 use kflow_core::WfError;
+use kflow_core::effect::Auth;
 use kflow_dsl::errors::AUTHENTICATION;
 
 use crate::Inner;
@@ -62,10 +62,17 @@ pub(crate) struct TokenCache {
 impl TokenCache {
     fn get(map: &Mutex<HashMap<String, (String, Instant)>>, key: &str) -> Option<String> {
         let m = map.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(key).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+        m.get(key)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(t, _)| t.clone())
     }
 
-    fn put(map: &Mutex<HashMap<String, (String, Instant)>>, key: String, value: String, until: Instant) {
+    fn put(
+        map: &Mutex<HashMap<String, (String, Instant)>>,
+        key: String,
+        value: String,
+        until: Instant,
+    ) {
         let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_CACHED {
             let now = Instant::now();
@@ -78,13 +85,19 @@ impl TokenCache {
     }
 
     pub(crate) fn invalidate(&self, key: &str) {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
 /// The `Authorization` header value for Basic, Bearer and OAuth2 (with the token cache key for
 /// OAuth2, so that a refused token can be dropped). Digest has no value before the challenge.
-pub(crate) async fn authorization(inner: &Inner, auth: &Auth) -> Result<(String, Option<String>), WfError> {
+pub(crate) async fn authorization(
+    inner: &Inner,
+    auth: &Auth,
+) -> Result<(String, Option<String>), WfError> {
     match auth {
         Auth::Basic { username, password } => Ok((basic(username, password), None)),
         Auth::Bearer { token } => {
@@ -93,7 +106,9 @@ pub(crate) async fn authorization(inner: &Inner, auth: &Auth) -> Result<(String,
             }
             Ok((format!("Bearer {token}"), None))
         }
-        Auth::Digest { .. } => Err(WfError::runtime("digest authentication has no preemptive header")),
+        Auth::Digest { .. } => Err(WfError::runtime(
+            "digest authentication has no preemptive header",
+        )),
         Auth::OAuth2 { oidc, properties } => {
             let (token, key) = oauth2_token(inner, *oidc, properties).await?;
             Ok((format!("Bearer {token}"), Some(key)))
@@ -122,7 +137,11 @@ fn prop_str(p: &Value, path: &[&str]) -> Option<String> {
 
 fn prop_list(p: &Value, path: &[&str]) -> Vec<String> {
     match prop(p, path) {
-        Some(Value::Array(a)) => a.iter().map(http::text_of).filter(|s| !s.is_empty()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(http::text_of)
+            .filter(|s| !s.is_empty())
+            .collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
         _ => Vec::new(),
     }
@@ -132,13 +151,18 @@ fn join_path(base: &str, path: &str) -> String {
     if path.starts_with("http://") || path.starts_with("https://") {
         return path.to_string();
     }
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 async fn token_endpoint(inner: &Inner, oidc: bool, props: &Value) -> Result<String, WfError> {
     let scheme = if oidc { "oidc" } else { "oauth2" };
-    let authority = prop_str(props, &["authority"])
-        .ok_or_else(|| WfError::configuration(format!("{scheme} authentication: 'authority' is required")))?;
+    let authority = prop_str(props, &["authority"]).ok_or_else(|| {
+        WfError::configuration(format!("{scheme} authentication: 'authority' is required"))
+    })?;
     let authority = authority.trim().to_string();
     let (base, is_discovery_url) = match authority.trim_end_matches('/').strip_suffix(WELL_KNOWN) {
         Some(b) => (b.to_string(), true),
@@ -156,7 +180,12 @@ async fn token_endpoint(inner: &Inner, oidc: bool, props: &Value) -> Result<Stri
     }
     let out = Outgoing {
         method: reqwest::Method::GET,
-        url: http::parse_url(&url).map_err(|e| auth_error(format!("{scheme} authentication: {}", e.detail.unwrap_or_default())))?,
+        url: http::parse_url(&url).map_err(|e| {
+            auth_error(format!(
+                "{scheme} authentication: {}",
+                e.detail.unwrap_or_default()
+            ))
+        })?,
         headers: accept_json(),
         body: None,
     };
@@ -168,33 +197,54 @@ async fn token_endpoint(inner: &Inner, oidc: bool, props: &Value) -> Result<Stri
             http::excerpt(&resp.body, 512).trim()
         )));
     }
-    let doc: Value = serde_json::from_slice(&resp.body)
-        .map_err(|e| auth_error(format!("{scheme} discovery: {url} is not a JSON document: {e}")))?;
+    let doc: Value = serde_json::from_slice(&resp.body).map_err(|e| {
+        auth_error(format!(
+            "{scheme} discovery: {url} is not a JSON document: {e}"
+        ))
+    })?;
     let endpoint = doc
         .get("token_endpoint")
         .and_then(Value::as_str)
         .ok_or_else(|| auth_error(format!("{scheme} discovery: {url} has no 'token_endpoint'")))?
         .to_string();
-    TokenCache::put(&inner.tokens.discovered, url, endpoint.clone(), Instant::now() + Duration::from_secs(3600));
+    TokenCache::put(
+        &inner.tokens.discovered,
+        url,
+        endpoint.clone(),
+        Instant::now() + Duration::from_secs(3600),
+    );
     Ok(endpoint)
 }
 
 fn accept_json() -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json"));
+    h.insert(
+        reqwest::header::ACCEPT,
+        HeaderValue::from_static("application/json"),
+    );
     h
 }
 
 /// One plain request to an authorization server (redirects followed, no idempotency key).
 async fn fetch(inner: &Inner, out: &Outgoing) -> Result<http::Received, WfError> {
     let client = inner.client(true)?;
-    let mut rb = client.request(out.method.clone(), out.url.clone()).headers(out.headers.clone());
+    let mut rb = client
+        .request(out.method.clone(), out.url.clone())
+        .headers(out.headers.clone());
     if let Some(b) = &out.body {
         rb = rb.body(b.clone());
     }
     let resp = rb.send().await.map_err(|e| {
         let status = if e.is_timeout() { 504 } else { 503 };
-        WfError::communication(status, format!("{} {}: {}", out.method, http::redact_url(&out.url), http::error_chain(&e)))
+        WfError::communication(
+            status,
+            format!(
+                "{} {}: {}",
+                out.method,
+                http::redact_url(&out.url),
+                http::error_chain(&e)
+            ),
+        )
     })?;
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -202,24 +252,50 @@ async fn fetch(inner: &Inner, out: &Outgoing) -> Result<http::Received, WfError>
     let mut resp = resp;
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        WfError::communication(502, format!("{} {}: {}", out.method, http::redact_url(&out.url), http::error_chain(&e)))
+        WfError::communication(
+            502,
+            format!(
+                "{} {}: {}",
+                out.method,
+                http::redact_url(&out.url),
+                http::error_chain(&e)
+            ),
+        )
     })? {
         if body.len() + chunk.len() > 1024 * 1024 {
-            return Err(auth_error(format!("{}: the authorization server's answer is larger than 1 MiB", out.url)));
+            return Err(auth_error(format!(
+                "{}: the authorization server's answer is larger than 1 MiB",
+                out.url
+            )));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(http::Received { status: status.as_u16(), reason: status.canonical_reason().unwrap_or(""), headers, body })
+    Ok(http::Received {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or(""),
+        headers,
+        body,
+    })
 }
 
-async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(String, String), WfError> {
+async fn oauth2_token(
+    inner: &Inner,
+    oidc: bool,
+    props: &Value,
+) -> Result<(String, String), WfError> {
     let scheme = if oidc { "oidc" } else { "oauth2" };
     if !props.is_object() {
-        return Err(WfError::configuration(format!("{scheme} authentication: the properties must be an object")));
+        return Err(WfError::configuration(format!(
+            "{scheme} authentication: the properties must be an object"
+        )));
     }
     let endpoint = token_endpoint(inner, oidc, props).await?;
-    let url = http::parse_url(&endpoint)
-        .map_err(|e| WfError::configuration(format!("{scheme} token endpoint: {}", e.detail.unwrap_or_default())))?;
+    let url = http::parse_url(&endpoint).map_err(|e| {
+        WfError::configuration(format!(
+            "{scheme} token endpoint: {}",
+            e.detail.unwrap_or_default()
+        ))
+    })?;
 
     let grant_raw = prop_str(props, &["grant"]).unwrap_or_else(|| "client_credentials".into());
     let grant = match grant_raw.as_str() {
@@ -252,25 +328,35 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
     }
     match grant {
         "password" => {
-            let user = prop_str(props, &["username"])
-                .ok_or_else(|| WfError::configuration(format!("{scheme} authentication: the password grant needs 'username'")))?;
+            let user = prop_str(props, &["username"]).ok_or_else(|| {
+                WfError::configuration(format!(
+                    "{scheme} authentication: the password grant needs 'username'"
+                ))
+            })?;
             fields.push(("username".into(), user));
-            fields.push(("password".into(), prop_str(props, &["password"]).unwrap_or_default()));
+            fields.push((
+                "password".into(),
+                prop_str(props, &["password"]).unwrap_or_default(),
+            ));
         }
         "urn:ietf:params:oauth:grant-type:token-exchange" => {
             let token = prop_str(props, &["subject", "token"]).ok_or_else(|| {
-                WfError::configuration(format!("{scheme} authentication: token exchange needs 'subject.token'"))
+                WfError::configuration(format!(
+                    "{scheme} authentication: token exchange needs 'subject.token'"
+                ))
             })?;
             fields.push(("subject_token".into(), token));
             fields.push((
                 "subject_token_type".into(),
-                prop_str(props, &["subject", "type"]).unwrap_or_else(|| "urn:ietf:params:oauth:token-type:access_token".into()),
+                prop_str(props, &["subject", "type"])
+                    .unwrap_or_else(|| "urn:ietf:params:oauth:token-type:access_token".into()),
             ));
             if let Some(actor) = prop_str(props, &["actor", "token"]) {
                 fields.push(("actor_token".into(), actor));
                 fields.push((
                     "actor_token_type".into(),
-                    prop_str(props, &["actor", "type"]).unwrap_or_else(|| "urn:ietf:params:oauth:token-type:access_token".into()),
+                    prop_str(props, &["actor", "type"])
+                        .unwrap_or_else(|| "urn:ietf:params:oauth:token-type:access_token".into()),
                 ));
             }
         }
@@ -279,7 +365,8 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
 
     let client_id = prop_str(props, &["client", "id"]);
     let client_secret = prop_str(props, &["client", "secret"]);
-    let method = prop_str(props, &["client", "authentication"]).unwrap_or_else(|| "client_secret_post".into());
+    let method = prop_str(props, &["client", "authentication"])
+        .unwrap_or_else(|| "client_secret_post".into());
     let mut headers = accept_json();
     let need_id = || {
         client_id
@@ -298,8 +385,11 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
             let id = need_id()?;
             let secret = client_secret.clone().unwrap_or_default();
             let value = basic(&http::form_escaped(&id), &http::form_escaped(&secret));
-            let v = HeaderValue::from_str(&value)
-                .map_err(|_| WfError::configuration(format!("{scheme} authentication: the client credentials are not valid header text")))?;
+            let v = HeaderValue::from_str(&value).map_err(|_| {
+                WfError::configuration(format!(
+                    "{scheme} authentication: the client credentials are not valid header text"
+                ))
+            })?;
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
         "none" => {
@@ -316,7 +406,10 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
             if let Some(id) = &client_id {
                 fields.push(("client_id".into(), id.clone()));
             }
-            fields.push(("client_assertion_type".into(), "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+            fields.push((
+                "client_assertion_type".into(),
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ));
             fields.push(("client_assertion".into(), assertion));
         }
         other => {
@@ -337,13 +430,22 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
                 m.insert(k.clone(), Value::String(v.clone()));
             }
             if !audiences.is_empty() {
-                m.insert("audience".into(), Value::Array(audiences.iter().cloned().map(Value::String).collect()));
+                m.insert(
+                    "audience".into(),
+                    Value::Array(audiences.iter().cloned().map(Value::String).collect()),
+                );
             }
-            headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             Value::Object(m).to_string()
         }
         e if e == http::FORM => {
-            headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static(http::FORM));
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static(http::FORM),
+            );
             http::form_encode(&fields)
         }
         other => {
@@ -362,7 +464,12 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
         return Ok((t, key));
     }
 
-    let out = Outgoing { method: reqwest::Method::POST, url, headers, body: Some(body.into_bytes()) };
+    let out = Outgoing {
+        method: reqwest::Method::POST,
+        url,
+        headers,
+        body: Some(body.into_bytes()),
+    };
     let resp = fetch(inner, &out).await?;
     if !(200..300).contains(&resp.status) {
         return Err(auth_error(format!(
@@ -372,22 +479,38 @@ async fn oauth2_token(inner: &Inner, oidc: bool, props: &Value) -> Result<(Strin
             http::excerpt(&resp.body, 1024).trim()
         )));
     }
-    let answer: Value = serde_json::from_slice(&resp.body)
-        .map_err(|e| auth_error(format!("{scheme}: the token endpoint {} did not answer JSON: {e}", out.url)))?;
+    let answer: Value = serde_json::from_slice(&resp.body).map_err(|e| {
+        auth_error(format!(
+            "{scheme}: the token endpoint {} did not answer JSON: {e}",
+            out.url
+        ))
+    })?;
     let token = answer
         .get("access_token")
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| auth_error(format!("{scheme}: the token endpoint {} answered without 'access_token'", out.url)))?
+        .ok_or_else(|| {
+            auth_error(format!(
+                "{scheme}: the token endpoint {} answered without 'access_token'",
+                out.url
+            ))
+        })?
         .to_string();
     let lifetime = match answer.get("expires_in") {
-        Some(Value::Number(n)) => n.as_f64().map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))),
         Some(Value::String(s)) => s.trim().parse::<u64>().ok().map(Duration::from_secs),
         _ => None,
     }
     .unwrap_or(DEFAULT_LIFETIME);
     if lifetime > EXPIRY_MARGIN {
-        TokenCache::put(&inner.tokens.tokens, key.clone(), token.clone(), Instant::now() + (lifetime - EXPIRY_MARGIN));
+        TokenCache::put(
+            &inner.tokens.tokens,
+            key.clone(),
+            token.clone(),
+            Instant::now() + (lifetime - EXPIRY_MARGIN),
+        );
     }
     Ok((token, key))
 }
@@ -476,13 +599,21 @@ fn parse_challenges(s: &str) -> Vec<HashMap<String, String>> {
 
 /// The `Authorization` value answering the response's Digest challenge, or `None` when the
 /// response has no challenge kflow can answer.
-pub(crate) fn digest_answer(headers: &HeaderMap, username: &str, password: &str, out: &Outgoing) -> Result<Option<String>, WfError> {
+pub(crate) fn digest_answer(
+    headers: &HeaderMap,
+    username: &str,
+    password: &str,
+    out: &Outgoing,
+) -> Result<Option<String>, WfError> {
     let challenges = digest_challenges(headers);
     if challenges.is_empty() {
         return Ok(None);
     }
     let pick = challenges.iter().find_map(|c| {
-        let alg = c.get("algorithm").map(|a| a.to_ascii_uppercase()).unwrap_or_else(|| "MD5".into());
+        let alg = c
+            .get("algorithm")
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_else(|| "MD5".into());
         let h: fn(&[u8]) -> String = match alg.as_str() {
             "MD5" | "MD5-SESS" => |d| hex(&md5(d)),
             "SHA-256" | "SHA-256-SESS" => |d| hex(&sha256(d)),
@@ -491,7 +622,10 @@ pub(crate) fn digest_answer(headers: &HeaderMap, username: &str, password: &str,
         Some((c, alg, h))
     });
     let Some((c, alg, h)) = pick else {
-        let algs: Vec<String> = challenges.iter().map(|c| c.get("algorithm").cloned().unwrap_or_else(|| "MD5".into())).collect();
+        let algs: Vec<String> = challenges
+            .iter()
+            .map(|c| c.get("algorithm").cloned().unwrap_or_else(|| "MD5".into()))
+            .collect();
         return Err(auth_error(format!(
             "digest authentication: the server asks for algorithm(s) {} (kflow supports MD5, MD5-sess, SHA-256, SHA-256-sess)",
             algs.join(", ")
@@ -504,7 +638,12 @@ pub(crate) fn digest_answer(headers: &HeaderMap, username: &str, password: &str,
         .ok_or_else(|| auth_error("digest authentication: the server's challenge has no nonce"))?;
     let qops: Vec<String> = c
         .get("qop")
-        .map(|q| q.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect())
+        .map(|q| {
+            q.split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let qop = if qops.is_empty() {
         None
@@ -513,7 +652,10 @@ pub(crate) fn digest_answer(headers: &HeaderMap, username: &str, password: &str,
     } else if qops.iter().any(|q| q == "auth-int") {
         Some("auth-int")
     } else {
-        return Err(auth_error(format!("digest authentication: unsupported qop '{}'", qops.join(","))));
+        return Err(auth_error(format!(
+            "digest authentication: unsupported qop '{}'",
+            qops.join(",")
+        )));
     };
     let mut uri = out.url.path().to_string();
     if let Some(q) = out.url.query() {
@@ -537,8 +679,14 @@ pub(crate) fn digest_answer(headers: &HeaderMap, username: &str, password: &str,
         Some(q) => h(format!("{ha1}:{nonce}:{nc}:{cnonce}:{q}:{ha2}").as_bytes()),
         None => h(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
     };
-    let userhash = c.get("userhash").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let user_field = if userhash { h(format!("{username}:{realm}").as_bytes()) } else { username.to_string() };
+    let userhash = c
+        .get("userhash")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let user_field = if userhash {
+        h(format!("{username}:{realm}").as_bytes())
+    } else {
+        username.to_string()
+    };
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut value = format!(
         "Digest username=\"{}\", realm=\"{}\", uri=\"{}\", algorithm={}, nonce=\"{}\"",
@@ -573,7 +721,11 @@ fn pad(data: &[u8], big_endian: bool) -> Vec<u8> {
     while m.len() % 64 != 56 {
         m.push(0);
     }
-    m.extend_from_slice(&if big_endian { bits.to_be_bytes() } else { bits.to_le_bytes() });
+    m.extend_from_slice(&if big_endian {
+        bits.to_be_bytes()
+    } else {
+        bits.to_le_bytes()
+    });
     m
 }
 
@@ -581,7 +733,9 @@ fn pad(data: &[u8], big_endian: bool) -> Vec<u8> {
 pub(crate) fn md5(data: &[u8]) -> [u8; 16] {
     const SHIFTS: [u32; 16] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
     // K[i] = floor(|sin(i + 1)| * 2^32).
-    let k: Vec<u32> = (0..64).map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32).collect();
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
+        .collect();
     let mut s = [0x6745_2301u32, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
     for block in pad(data, false).chunks_exact(64) {
         let mut w = [0u32; 16];
@@ -602,7 +756,12 @@ pub(crate) fn md5(data: &[u8]) -> [u8; 16] {
             c = b;
             b = b.wrapping_add(f.rotate_left(SHIFTS[(i / 16) * 4 + i % 4]));
         }
-        s = [s[0].wrapping_add(a), s[1].wrapping_add(b), s[2].wrapping_add(c), s[3].wrapping_add(d)];
+        s = [
+            s[0].wrapping_add(a),
+            s[1].wrapping_add(b),
+            s[2].wrapping_add(c),
+            s[3].wrapping_add(d),
+        ];
     }
     let mut out = [0u8; 16];
     for (i, v) in s.iter().enumerate() {
@@ -633,7 +792,10 @@ fn frac32(x: f64) -> u32 {
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let ps = primes(64);
     let k: Vec<u32> = ps.iter().map(|&p| frac32(f64::from(p).cbrt())).collect();
-    let mut h: Vec<u32> = ps[..8].iter().map(|&p| frac32(f64::from(p).sqrt())).collect();
+    let mut h: Vec<u32> = ps[..8]
+        .iter()
+        .map(|&p| frac32(f64::from(p).sqrt()))
+        .collect();
     for block in pad(data, true).chunks_exact(64) {
         let mut w = [0u32; 64];
         for (i, word) in block.chunks_exact(4).enumerate() {
@@ -642,13 +804,21 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
             let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
         }
-        let (mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh) = (h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
+        let (mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh) =
+            (h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
         for i in 0..64 {
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
             let ch = (e & f) ^ (!e & g);
-            let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(k[i]).wrapping_add(w[i]);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(k[i])
+                .wrapping_add(w[i]);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
             let maj = (a & b) ^ (a & c) ^ (b & c);
             let t2 = s0.wrapping_add(maj);
@@ -680,19 +850,32 @@ mod tests {
     fn md5_rfc1321_vectors() {
         assert_eq!(hex(&md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(hex(&md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(hex(&md5(b"message digest")), "f96b697d7cb7938d525a2f31aaf161d0");
         assert_eq!(
-            hex(&md5(b"12345678901234567890123456789012345678901234567890123456789012345678901234567890")),
+            hex(&md5(b"message digest")),
+            "f96b697d7cb7938d525a2f31aaf161d0"
+        );
+        assert_eq!(
+            hex(&md5(
+                b"12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+            )),
             "57edf4a22be3c955ac49da2e2107b67a"
         );
     }
 
     #[test]
     fn sha256_vectors() {
-        assert_eq!(hex(&sha256(b"")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(
-            hex(&sha256(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")),
+            hex(&sha256(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(&sha256(
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+            )),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
         );
     }
@@ -724,7 +907,15 @@ mod tests {
 
     #[test]
     fn challenge_parser_survives_garbage() {
-        for s in ["", "Digest", "Digest realm=", "Digest realm=\"x", "Basic realm=\"a\", Digest nonce=n", "==,,\"\\", "Bearer abc==, Digest nonce=\"q\""] {
+        for s in [
+            "",
+            "Digest",
+            "Digest realm=",
+            "Digest realm=\"x",
+            "Basic realm=\"a\", Digest nonce=n",
+            "==,,\"\\",
+            "Bearer abc==, Digest nonce=\"q\"",
+        ] {
             let _ = parse_challenges(s);
         }
         let c = parse_challenges("Basic realm=\"a\", Digest nonce=n, realm=\"r\"");

@@ -32,8 +32,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::{Map, Value};
 
-use kflow_core::effect::{Auth, HttpRequest};
 use kflow_core::WfError;
+use kflow_core::effect::{Auth, HttpRequest};
 use kflow_dsl::model::OutputFormat;
 
 use crate::{EffectCtx, Inner, auth};
@@ -59,7 +59,11 @@ pub(crate) struct Received {
     pub body: Vec<u8>,
 }
 
-pub(crate) async fn perform(inner: &Inner, ctx: &EffectCtx, req: &HttpRequest) -> Result<Value, WfError> {
+pub(crate) async fn perform(
+    inner: &Inner,
+    ctx: &EffectCtx,
+    req: &HttpRequest,
+) -> Result<Value, WfError> {
     let out = build(req)?;
     exchange(inner, ctx, out, req.auth.as_ref(), req.redirect, req.output).await
 }
@@ -88,7 +92,12 @@ fn build(req: &HttpRequest) -> Result<Outgoing, WfError> {
         None | Some(Value::Null) => None,
         Some(b) => Some(encode_body(b, &mut headers)?),
     };
-    Ok(Outgoing { method, url, headers, body })
+    Ok(Outgoing {
+        method,
+        url,
+        headers,
+        body,
+    })
 }
 
 pub(crate) fn parse_method(m: &str) -> Result<Method, WfError> {
@@ -105,7 +114,9 @@ pub(crate) fn parse_url(uri: &str) -> Result<Url, WfError> {
         .map_err(|e| WfError::configuration(format!("'{uri}' is not an absolute URI: {e}")))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        other => Err(WfError::configuration(format!("'{uri}': the scheme '{other}' is not supported (use http or https)"))),
+        other => Err(WfError::configuration(format!(
+            "'{uri}': the scheme '{other}' is not supported (use http or https)"
+        ))),
     }
 }
 
@@ -126,7 +137,12 @@ pub(crate) fn pairs_of(map: &Map<String, Value>) -> Vec<(String, String)> {
         match v {
             Value::Null => {}
             Value::Array(items) => {
-                out.extend(items.iter().filter(|i| !i.is_null()).map(|i| (k.clone(), text_of(i))));
+                out.extend(
+                    items
+                        .iter()
+                        .filter(|i| !i.is_null())
+                        .map(|i| (k.clone(), text_of(i))),
+                );
             }
             other => out.push((k.clone(), text_of(other))),
         }
@@ -167,15 +183,23 @@ pub(crate) fn header_map(h: &Map<String, Value>) -> Result<HeaderMap, WfError> {
 pub(crate) fn add_header(map: &mut HeaderMap, name: &str, value: &str) -> Result<(), WfError> {
     let n = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| WfError::configuration(format!("'{name}' is not a valid HTTP header name")))?;
-    let v = HeaderValue::from_str(value.trim())
-        .map_err(|_| WfError::configuration(format!("the value of HTTP header '{name}' is not valid (control characters?)")))?;
+    let v = HeaderValue::from_str(value.trim()).map_err(|_| {
+        WfError::configuration(format!(
+            "the value of HTTP header '{name}' is not valid (control characters?)"
+        ))
+    })?;
     map.append(n, v);
     Ok(())
 }
 
 /// The media type without parameters, lowercase.
 pub(crate) fn essence(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 pub(crate) fn is_json_type(content_type: &str) -> bool {
@@ -188,11 +212,19 @@ pub(crate) const FORM: &str = "application/x-www-form-urlencoded";
 /// Encodes a body per the request's content type, setting `content-type: application/json` when
 /// none was given.
 pub(crate) fn encode_body(body: &Value, headers: &mut HeaderMap) -> Result<Vec<u8>, WfError> {
-    let ct = headers.get(reqwest::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let json = |b: &Value| serde_json::to_vec(b).map_err(|e| WfError::runtime(format!("the request body cannot be serialised: {e}")));
+    let ct = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let json = |b: &Value| {
+        serde_json::to_vec(b)
+            .map_err(|e| WfError::runtime(format!("the request body cannot be serialised: {e}")))
+    };
     match ct {
         None => {
-            headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             json(body)
         }
         Some(ct) if is_json_type(&ct) => json(body),
@@ -228,7 +260,9 @@ pub(crate) fn form_escaped(s: &str) -> String {
 fn form_escape(s: &str, out: &mut String) {
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -240,7 +274,9 @@ pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -270,9 +306,22 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 fn transport_error(out: &Outgoing, e: &reqwest::Error, timeout: std::time::Duration) -> WfError {
     let what = format!("{} {}", out.method, redact_url(&out.url));
     if e.is_timeout() {
-        WfError::communication(504, format!("{what}: no complete response within {} s: {}", timeout.as_secs_f64(), error_chain(e)))
+        WfError::communication(
+            504,
+            format!(
+                "{what}: no complete response within {} s: {}",
+                timeout.as_secs_f64(),
+                error_chain(e)
+            ),
+        )
     } else if e.is_redirect() {
-        WfError::communication(503, format!("{what}: too many redirects (at most 10 are followed): {}", error_chain(e)))
+        WfError::communication(
+            503,
+            format!(
+                "{what}: too many redirects (at most 10 are followed): {}",
+                error_chain(e)
+            ),
+        )
     } else {
         WfError::communication(503, format!("{what}: {}", error_chain(e)))
     }
@@ -308,8 +357,11 @@ pub(crate) async fn send(
         Some(a) => {
             let (value, key) = auth::authorization(inner, a).await?;
             oauth_key = key;
-            let v = HeaderValue::from_str(&value)
-                .map_err(|_| WfError::configuration("the credentials contain characters not allowed in an HTTP header"))?;
+            let v = HeaderValue::from_str(&value).map_err(|_| {
+                WfError::configuration(
+                    "the credentials contain characters not allowed in an HTTP header",
+                )
+            })?;
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
     }
@@ -322,8 +374,11 @@ pub(crate) async fn send(
         if let Some(Auth::Digest { username, password }) = auth
             && let Some(value) = auth::digest_answer(&resp.headers, username, password, out)?
         {
-            let v = HeaderValue::from_str(&value)
-                .map_err(|_| WfError::configuration("the digest credentials contain characters not allowed in an HTTP header"))?;
+            let v = HeaderValue::from_str(&value).map_err(|_| {
+                WfError::configuration(
+                    "the digest credentials contain characters not allowed in an HTTP header",
+                )
+            })?;
             headers.insert(reqwest::header::AUTHORIZATION, v);
             let resp = send_once(inner, out, &headers, follow).await?;
             return Ok((headers, resp));
@@ -332,20 +387,34 @@ pub(crate) async fn send(
     Ok((headers, resp))
 }
 
-async fn send_once(inner: &Inner, out: &Outgoing, headers: &HeaderMap, follow: bool) -> Result<Received, WfError> {
+async fn send_once(
+    inner: &Inner,
+    out: &Outgoing,
+    headers: &HeaderMap,
+    follow: bool,
+) -> Result<Received, WfError> {
     let client = inner.client(follow)?;
-    let mut rb = client.request(out.method.clone(), out.url.clone()).headers(headers.clone());
+    let mut rb = client
+        .request(out.method.clone(), out.url.clone())
+        .headers(headers.clone());
     if let Some(b) = &out.body {
         rb = rb.body(b.clone());
     }
     let timeout = inner.cfg.http_timeout;
-    let mut resp = rb.send().await.map_err(|e| transport_error(out, &e, timeout))?;
+    let mut resp = rb
+        .send()
+        .await
+        .map_err(|e| transport_error(out, &e, timeout))?;
     let status = resp.status();
     let max = inner.cfg.max_response_bytes;
     let too_big = || {
         WfError::communication(
             502,
-            format!("{} {}: the response body exceeds the limit of {max} bytes", out.method, redact_url(&out.url)),
+            format!(
+                "{} {}: the response body exceeds the limit of {max} bytes",
+                out.method,
+                redact_url(&out.url)
+            ),
         )
     };
     if resp.content_length().is_some_and(|n| n > max as u64) {
@@ -365,12 +434,22 @@ async fn send_once(inner: &Inner, out: &Outgoing, headers: &HeaderMap, follow: b
             Err(e) => {
                 return Err(WfError::communication(
                     502,
-                    format!("{} {}: reading the response body failed: {}", out.method, redact_url(&out.url), error_chain(&e)),
+                    format!(
+                        "{} {}: reading the response body failed: {}",
+                        out.method,
+                        redact_url(&out.url),
+                        error_chain(&e)
+                    ),
                 ));
             }
         }
     }
-    Ok(Received { status: status.as_u16(), reason: status.canonical_reason().unwrap_or(""), headers: resp.headers().clone(), body })
+    Ok(Received {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or(""),
+        headers: resp.headers().clone(),
+        body,
+    })
 }
 
 /// 2xx is a success; so is 3xx when redirects are followed (`redirect: true`).
@@ -379,7 +458,12 @@ pub(crate) fn check_status(out: &Outgoing, resp: &Received, redirect: bool) -> R
     if ok {
         return Ok(());
     }
-    let mut detail = format!("{} {} returned {}", out.method, redact_url(&out.url), resp.status);
+    let mut detail = format!(
+        "{} {} returned {}",
+        out.method,
+        redact_url(&out.url),
+        resp.status
+    );
     if !resp.reason.is_empty() {
         detail.push(' ');
         detail.push_str(resp.reason);
@@ -387,7 +471,10 @@ pub(crate) fn check_status(out: &Outgoing, resp: &Received, redirect: bool) -> R
     if (300..400).contains(&resp.status)
         && let Some(loc) = resp.headers.get(reqwest::header::LOCATION)
     {
-        detail.push_str(&format!(" (redirect to {}; set 'redirect: true' to follow)", String::from_utf8_lossy(loc.as_bytes())));
+        detail.push_str(&format!(
+            " (redirect to {}; set 'redirect: true' to follow)",
+            String::from_utf8_lossy(loc.as_bytes())
+        ));
     }
     let excerpt = excerpt(&resp.body, ERROR_BODY_EXCERPT);
     if !excerpt.trim().is_empty() {
@@ -411,7 +498,9 @@ pub(crate) fn excerpt(body: &[u8], max: usize) -> String {
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
-    headers.get(reqwest::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// The body as the workflow sees it (`content` output).
@@ -433,7 +522,10 @@ pub(crate) fn decode_content(headers: &HeaderMap, body: &[u8]) -> Value {
 fn headers_json(h: &HeaderMap, skip_credentials: bool) -> Value {
     let mut m = Map::new();
     for name in h.keys() {
-        if skip_credentials && (name == reqwest::header::AUTHORIZATION || name == reqwest::header::PROXY_AUTHORIZATION) {
+        if skip_credentials
+            && (name == reqwest::header::AUTHORIZATION
+                || name == reqwest::header::PROXY_AUTHORIZATION)
+        {
             continue;
         }
         let joined = h
@@ -447,13 +539,21 @@ fn headers_json(h: &HeaderMap, skip_credentials: bool) -> Value {
     Value::Object(m)
 }
 
-pub(crate) fn shape(out: &Outgoing, sent: &HeaderMap, resp: &Received, output: OutputFormat) -> Value {
+pub(crate) fn shape(
+    out: &Outgoing,
+    sent: &HeaderMap,
+    resp: &Received,
+    output: OutputFormat,
+) -> Value {
     match output {
         OutputFormat::Raw => Value::String(B64.encode(&resp.body)),
         OutputFormat::Content => decode_content(&resp.headers, &resp.body),
         OutputFormat::Response => {
             let mut request = Map::new();
-            request.insert("method".into(), Value::String(out.method.as_str().to_string()));
+            request.insert(
+                "method".into(),
+                Value::String(out.method.as_str().to_string()),
+            );
             request.insert("uri".into(), Value::String(redact_url(&out.url)));
             request.insert("headers".into(), headers_json(sent, true));
             let mut m = Map::new();

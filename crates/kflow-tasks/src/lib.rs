@@ -96,8 +96,13 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn client(&self, follow_redirects: bool) -> Result<&reqwest::Client, WfError> {
-        let c = if follow_redirects { &self.follow } else { &self.no_follow };
-        c.as_ref().map_err(|e| WfError::runtime(format!("the HTTP client could not be initialised: {e}")))
+        let c = if follow_redirects {
+            &self.follow
+        } else {
+            &self.no_follow
+        };
+        c.as_ref()
+            .map_err(|e| WfError::runtime(format!("the HTTP client could not be initialised: {e}")))
     }
 }
 

@@ -36,7 +36,9 @@ use kflow_core::effect::{Auth, OpenApiRequest};
 use crate::http::{self, Outgoing};
 use crate::{EffectCtx, Inner};
 
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 /// The most documents kept; the cache is cleared when it fills up.
 const MAX_DOCS: usize = 128;
 /// How many `$ref` hops are followed before giving up (cycles).
@@ -48,33 +50,61 @@ pub(crate) struct DocCache {
     docs: Mutex<HashMap<String, Arc<Value>>>,
 }
 
-pub(crate) async fn perform(inner: &Inner, ctx: &EffectCtx, req: &OpenApiRequest) -> Result<Value, WfError> {
-    let doc_url = Url::parse(req.document.trim())
-        .map_err(|e| WfError::configuration(format!("call openapi: the document '{}' is not an absolute URI: {e}", req.document)))?;
+pub(crate) async fn perform(
+    inner: &Inner,
+    ctx: &EffectCtx,
+    req: &OpenApiRequest,
+) -> Result<Value, WfError> {
+    let doc_url = Url::parse(req.document.trim()).map_err(|e| {
+        WfError::configuration(format!(
+            "call openapi: the document '{}' is not an absolute URI: {e}",
+            req.document
+        ))
+    })?;
     let doc = document(inner, ctx, &doc_url, req.document_auth.as_ref()).await?;
     let out = build(&doc, &doc_url, &req.operation_id, &req.parameters)?;
     http::exchange(inner, ctx, out, req.auth.as_ref(), req.redirect, req.output).await
 }
 
-async fn document(inner: &Inner, ctx: &EffectCtx, url: &Url, auth: Option<&Auth>) -> Result<Arc<Value>, WfError> {
+async fn document(
+    inner: &Inner,
+    ctx: &EffectCtx,
+    url: &Url,
+    auth: Option<&Auth>,
+) -> Result<Arc<Value>, WfError> {
     let key = url.to_string();
-    if let Some(d) = inner.docs.docs.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    if let Some(d) = inner
+        .docs
+        .docs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+    {
         return Ok(d.clone());
     }
     let max = inner.cfg.max_response_bytes;
     let bytes = if url.scheme() == "file" {
-        let path = url
-            .to_file_path()
-            .map_err(|_| WfError::configuration(format!("call openapi: '{url}' is not a usable file URI")))?;
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| WfError::configuration(format!("call openapi: cannot read the document {}: {e}", path.display())))?;
+        let path = url.to_file_path().map_err(|_| {
+            WfError::configuration(format!("call openapi: '{url}' is not a usable file URI"))
+        })?;
+        let meta = tokio::fs::metadata(&path).await.map_err(|e| {
+            WfError::configuration(format!(
+                "call openapi: cannot read the document {}: {e}",
+                path.display()
+            ))
+        })?;
         if meta.len() > max as u64 {
-            return Err(WfError::configuration(format!("call openapi: the document {} is larger than {max} bytes", path.display())));
+            return Err(WfError::configuration(format!(
+                "call openapi: the document {} is larger than {max} bytes",
+                path.display()
+            )));
         }
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| WfError::configuration(format!("call openapi: cannot read the document {}: {e}", path.display())))?
+        tokio::fs::read(&path).await.map_err(|e| {
+            WfError::configuration(format!(
+                "call openapi: cannot read the document {}: {e}",
+                path.display()
+            ))
+        })?
     } else {
         let url = http::parse_url(url.as_str())?;
         let mut headers = HeaderMap::new();
@@ -82,10 +112,19 @@ async fn document(inner: &Inner, ctx: &EffectCtx, url: &Url, auth: Option<&Auth>
             reqwest::header::ACCEPT,
             HeaderValue::from_static("application/json, application/yaml;q=0.9, */*;q=0.5"),
         );
-        let out = Outgoing { method: reqwest::Method::GET, url, headers, body: None };
+        let out = Outgoing {
+            method: reqwest::Method::GET,
+            url,
+            headers,
+            body: None,
+        };
         let (_, resp) = http::send(inner, ctx, &out, auth, true).await?;
-        http::check_status(&out, &resp, true)
-            .map_err(|e| WfError { detail: e.detail.map(|d| format!("fetching the OpenAPI document: {d}")), ..e })?;
+        http::check_status(&out, &resp, true).map_err(|e| WfError {
+            detail: e
+                .detail
+                .map(|d| format!("fetching the OpenAPI document: {d}")),
+            ..e
+        })?;
         resp.body
     };
     let doc = Arc::new(parse_document(&bytes, url)?);
@@ -107,7 +146,9 @@ fn parse_document(bytes: &[u8], url: &Url) -> Result<Value, WfError> {
         })?,
     };
     if !doc.is_object() || doc.get("paths").is_none_or(|p| !p.is_object()) {
-        return Err(WfError::configuration(format!("call openapi: the document at {url} has no 'paths' object")));
+        return Err(WfError::configuration(format!(
+            "call openapi: the document at {url} has no 'paths' object"
+        )));
     }
     Ok(doc)
 }
@@ -129,15 +170,21 @@ fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
 /// Follows a local `$ref` (`#/a/b`) until a non-reference object.
 fn resolve<'a>(doc: &'a Value, mut v: &'a Value) -> Result<&'a Value, WfError> {
     for _ in 0..MAX_REF_HOPS {
-        let Some(r) = v.get("$ref").and_then(Value::as_str) else { return Ok(v) };
-        let Some(pointer) = r.strip_prefix('#') else {
-            return Err(WfError::configuration(format!("call openapi: external reference '{r}' is not supported")));
+        let Some(r) = v.get("$ref").and_then(Value::as_str) else {
+            return Ok(v);
         };
-        v = doc
-            .pointer(pointer)
-            .ok_or_else(|| WfError::configuration(format!("call openapi: the reference '{r}' points nowhere")))?;
+        let Some(pointer) = r.strip_prefix('#') else {
+            return Err(WfError::configuration(format!(
+                "call openapi: external reference '{r}' is not supported"
+            )));
+        };
+        v = doc.pointer(pointer).ok_or_else(|| {
+            WfError::configuration(format!("call openapi: the reference '{r}' points nowhere"))
+        })?;
     }
-    Err(WfError::configuration("call openapi: too many nested $ref (a cycle?)"))
+    Err(WfError::configuration(
+        "call openapi: too many nested $ref (a cycle?)",
+    ))
 }
 
 struct Operation<'a> {
@@ -148,14 +195,25 @@ struct Operation<'a> {
 }
 
 fn find_operation<'a>(doc: &'a Value, id: &str) -> Result<Operation<'a>, WfError> {
-    let paths = doc.get("paths").and_then(Value::as_object).into_iter().flatten();
+    let paths = doc
+        .get("paths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten();
     let mut known = Vec::new();
     for (path, item) in paths {
         let item = resolve(doc, item)?;
         for method in METHODS {
             let Some(op) = item.get(method) else { continue };
             match op.get("operationId").and_then(Value::as_str) {
-                Some(oid) if oid == id => return Ok(Operation { method, path, item, op }),
+                Some(oid) if oid == id => {
+                    return Ok(Operation {
+                        method,
+                        path,
+                        item,
+                        op,
+                    });
+                }
                 Some(oid) => known.push(oid.to_string()),
                 None => {}
             }
@@ -163,17 +221,28 @@ fn find_operation<'a>(doc: &'a Value, id: &str) -> Result<Operation<'a>, WfError
     }
     let total = known.len();
     known.truncate(10);
-    let more = if total > known.len() { format!(" and {} more", total - known.len()) } else { String::new() };
+    let more = if total > known.len() {
+        format!(" and {} more", total - known.len())
+    } else {
+        String::new()
+    };
     Err(WfError::configuration(if known.is_empty() {
         format!("call openapi: the document has no operation '{id}' (it declares no operationIds)")
     } else {
-        format!("call openapi: the document has no operation '{id}'; known operations: {}{more}", known.join(", "))
+        format!(
+            "call openapi: the document has no operation '{id}'; known operations: {}{more}",
+            known.join(", ")
+        )
     }))
 }
 
 fn base_url(doc: &Value, doc_url: &Url) -> Result<String, WfError> {
     let origin = || {
-        let mut s = format!("{}://{}", doc_url.scheme(), doc_url.host_str().unwrap_or(""));
+        let mut s = format!(
+            "{}://{}",
+            doc_url.scheme(),
+            doc_url.host_str().unwrap_or("")
+        );
         if let Some(p) = doc_url.port() {
             s.push_str(&format!(":{p}"));
         }
@@ -201,20 +270,34 @@ fn base_url(doc: &Value, doc_url: &Url) -> Result<String, WfError> {
             }
         };
         let base_path = doc.get("basePath").and_then(Value::as_str).unwrap_or("");
-        return Ok(format!("{scheme}://{host}{}", base_path.trim_end_matches('/')));
+        return Ok(format!(
+            "{scheme}://{host}{}",
+            base_path.trim_end_matches('/')
+        ));
     }
-    let server = doc.get("servers").and_then(Value::as_array).and_then(|s| s.first());
-    let Some(server) = server else { return Ok(origin()) };
-    let mut url = server.get("url").and_then(Value::as_str).unwrap_or("/").to_string();
+    let server = doc
+        .get("servers")
+        .and_then(Value::as_array)
+        .and_then(|s| s.first());
+    let Some(server) = server else {
+        return Ok(origin());
+    };
+    let mut url = server
+        .get("url")
+        .and_then(Value::as_str)
+        .unwrap_or("/")
+        .to_string();
     if let Some(vars) = server.get("variables").and_then(Value::as_object) {
         for (name, var) in vars {
             let default = var.get("default").map(http::text_of).unwrap_or_default();
             url = url.replace(&format!("{{{name}}}"), &default);
         }
     }
-    let resolved = doc_url
-        .join(&url)
-        .map_err(|e| WfError::configuration(format!("call openapi: the server URL '{url}' is not valid: {e}")))?;
+    let resolved = doc_url.join(&url).map_err(|e| {
+        WfError::configuration(format!(
+            "call openapi: the server URL '{url}' is not valid: {e}"
+        ))
+    })?;
     Ok(resolved.as_str().trim_end_matches('/').to_string())
 }
 
@@ -230,27 +313,49 @@ fn collect_params<'a>(doc: &'a Value, op: &Operation<'a>) -> Result<Vec<Param<'a
     let mut out: Vec<Param<'a>> = Vec::new();
     let lists = [op.item.get("parameters"), op.op.get("parameters")];
     for list in lists.into_iter().flatten() {
-        let Some(list) = list.as_array() else { continue };
+        let Some(list) = list.as_array() else {
+            continue;
+        };
         for p in list {
             let def = resolve(doc, p)?;
-            let Some(name) = def.get("name").and_then(Value::as_str) else { continue };
-            let location = def.get("in").and_then(Value::as_str).unwrap_or("query").to_string();
-            let required = location == "path" || def.get("required").and_then(Value::as_bool).unwrap_or(false);
+            let Some(name) = def.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let location = def
+                .get("in")
+                .and_then(Value::as_str)
+                .unwrap_or("query")
+                .to_string();
+            let required = location == "path"
+                || def
+                    .get("required")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
             // Operation-level parameters override path-level ones with the same name and place.
             out.retain(|q| !(q.name == name && q.location == location));
-            out.push(Param { name: name.to_string(), location, required, def });
+            out.push(Param {
+                name: name.to_string(),
+                location,
+                required,
+                def,
+            });
         }
     }
     Ok(out)
 }
 
 fn is_json_list(v: Option<&Value>) -> bool {
-    v.and_then(Value::as_array).is_some_and(|a| a.iter().filter_map(Value::as_str).any(http::is_json_type))
+    v.and_then(Value::as_array)
+        .is_some_and(|a| a.iter().filter_map(Value::as_str).any(http::is_json_type))
 }
 
 /// The content type to send: a JSON one when accepted, else the first.
 fn pick_type<'t>(types: &[&'t str]) -> Option<&'t str> {
-    types.iter().find(|t| http::is_json_type(t)).or(types.first()).copied()
+    types
+        .iter()
+        .find(|t| http::is_json_type(t))
+        .or(types.first())
+        .copied()
 }
 
 fn query_values(param: &Param<'_>, v: &Value, swagger: bool) -> Vec<(String, String)> {
@@ -258,9 +363,18 @@ fn query_values(param: &Param<'_>, v: &Value, swagger: bool) -> Vec<(String, Str
     match v {
         Value::Null => Vec::new(),
         Value::Array(items) => {
-            let texts: Vec<String> = items.iter().filter(|i| !i.is_null()).map(http::text_of).collect();
+            let texts: Vec<String> = items
+                .iter()
+                .filter(|i| !i.is_null())
+                .map(http::text_of)
+                .collect();
             let sep = if swagger {
-                match param.def.get("collectionFormat").and_then(Value::as_str).unwrap_or("csv") {
+                match param
+                    .def
+                    .get("collectionFormat")
+                    .and_then(Value::as_str)
+                    .unwrap_or("csv")
+                {
                     "multi" => None,
                     "ssv" => Some(" "),
                     "tsv" => Some("\t"),
@@ -268,8 +382,16 @@ fn query_values(param: &Param<'_>, v: &Value, swagger: bool) -> Vec<(String, Str
                     _ => Some(","),
                 }
             } else {
-                let style = param.def.get("style").and_then(Value::as_str).unwrap_or("form");
-                let explode = param.def.get("explode").and_then(Value::as_bool).unwrap_or(style == "form");
+                let style = param
+                    .def
+                    .get("style")
+                    .and_then(Value::as_str)
+                    .unwrap_or("form");
+                let explode = param
+                    .def
+                    .get("explode")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(style == "form");
                 match (explode, style) {
                     (true, _) => None,
                     (false, "spaceDelimited") => Some(" "),
@@ -282,8 +404,18 @@ fn query_values(param: &Param<'_>, v: &Value, swagger: bool) -> Vec<(String, Str
                 Some(s) => vec![(name, texts.join(s))],
             }
         }
-        Value::Object(m) if !swagger && param.def.get("explode").and_then(Value::as_bool).unwrap_or(true) => {
-            m.iter().filter(|(_, x)| !x.is_null()).map(|(k, x)| (k.clone(), http::text_of(x))).collect()
+        Value::Object(m)
+            if !swagger
+                && param
+                    .def
+                    .get("explode")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true) =>
+        {
+            m.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), http::text_of(x)))
+                .collect()
         }
         other => vec![(name, http::text_of(other))],
     }
@@ -291,12 +423,21 @@ fn query_values(param: &Param<'_>, v: &Value, swagger: bool) -> Vec<(String, Str
 
 fn simple_text(v: &Value) -> String {
     match v {
-        Value::Array(items) => items.iter().map(http::text_of).collect::<Vec<_>>().join(","),
+        Value::Array(items) => items
+            .iter()
+            .map(http::text_of)
+            .collect::<Vec<_>>()
+            .join(","),
         other => http::text_of(other),
     }
 }
 
-fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Value>) -> Result<Outgoing, WfError> {
+fn build(
+    doc: &Value,
+    doc_url: &Url,
+    operation_id: &str,
+    params: &Map<String, Value>,
+) -> Result<Outgoing, WfError> {
     let op = find_operation(doc, operation_id)?;
     let swagger = doc.get("swagger").is_some();
     let declared = collect_params(doc, &op)?;
@@ -326,12 +467,19 @@ fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Va
             continue;
         };
         match p.location.as_str() {
-            "path" => path = path.replace(&format!("{{{}}}", p.name), &http::percent_encode(&simple_text(value))),
+            "path" => {
+                path = path.replace(
+                    &format!("{{{}}}", p.name),
+                    &http::percent_encode(&simple_text(value)),
+                )
+            }
             "query" => query.extend(query_values(p, value, swagger)),
             "header" => http::add_header(&mut headers, &p.name, &simple_text(value))?,
             "cookie" => cookies.push(format!("{}={}", p.name, simple_text(value))),
             "formData" => match value {
-                Value::Array(items) => form.extend(items.iter().map(|i| (p.name.clone(), http::text_of(i)))),
+                Value::Array(items) => {
+                    form.extend(items.iter().map(|i| (p.name.clone(), http::text_of(i))))
+                }
                 other => form.push((p.name.clone(), http::text_of(other))),
             },
             other => {
@@ -359,14 +507,20 @@ fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Va
     let mut content_type: Option<String> = None;
     if swagger {
         let consumes = op.op.get("consumes").or(doc.get("consumes"));
-        let types: Vec<&str> =
-            consumes.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let types: Vec<&str> = consumes
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         if let Some(p) = body_param {
             body = match params.get(&p.name).filter(|v| !v.is_null()) {
                 Some(v) => Some(v.clone()),
                 None => {
                     let rest = leftovers(&p.name);
-                    if rest.is_empty() { None } else { Some(Value::Object(rest)) }
+                    if rest.is_empty() {
+                        None
+                    } else {
+                        Some(Value::Object(rest))
+                    }
                 }
             };
             if body.is_none() && p.required {
@@ -379,13 +533,19 @@ fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Va
         }
     } else if let Some(rb) = op.op.get("requestBody") {
         let rb = resolve(doc, rb)?;
-        let name = rb.get("x-codegen-request-body-name").or(op.op.get("x-codegen-request-body-name"));
+        let name = rb
+            .get("x-codegen-request-body-name")
+            .or(op.op.get("x-codegen-request-body-name"));
         let name = name.and_then(Value::as_str).unwrap_or("body");
         body = match params.get(name).filter(|v| !v.is_null()) {
             Some(v) => Some(v.clone()),
             None => {
                 let rest = leftovers(name);
-                if rest.is_empty() { None } else { Some(Value::Object(rest)) }
+                if rest.is_empty() {
+                    None
+                } else {
+                    Some(Value::Object(rest))
+                }
             }
         };
         if body.is_none() && rb.get("required").and_then(Value::as_bool).unwrap_or(false) {
@@ -393,30 +553,43 @@ fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Va
                 "call openapi: operation '{operation_id}' requires a request body: pass it as parameter '{name}' or as parameters the operation does not declare"
             )));
         }
-        let types: Vec<&str> = rb.get("content").and_then(Value::as_object).map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+        let types: Vec<&str> = rb
+            .get("content")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         content_type = Some(pick_type(&types).unwrap_or("application/json").to_string());
     }
 
     let base = base_url(doc, doc_url)?;
-    let full = format!("{base}{}{path}", if path.starts_with('/') { "" } else { "/" });
+    let full = format!(
+        "{base}{}{path}",
+        if path.starts_with('/') { "" } else { "/" }
+    );
     let mut url = http::parse_url(&full)?;
     http::append_pairs(&mut url, &query);
 
     let produces_json = if swagger {
         is_json_list(op.op.get("produces").or(doc.get("produces")))
     } else {
-        op.op.get("responses").and_then(Value::as_object).is_some_and(|rs| {
-            rs.values().any(|r| {
-                resolve(doc, r)
-                    .ok()
-                    .and_then(|r| r.get("content"))
-                    .and_then(Value::as_object)
-                    .is_some_and(|c| c.keys().any(|k| http::is_json_type(k)))
+        op.op
+            .get("responses")
+            .and_then(Value::as_object)
+            .is_some_and(|rs| {
+                rs.values().any(|r| {
+                    resolve(doc, r)
+                        .ok()
+                        .and_then(|r| r.get("content"))
+                        .and_then(Value::as_object)
+                        .is_some_and(|c| c.keys().any(|k| http::is_json_type(k)))
+                })
             })
-        })
     };
     if produces_json && !headers.contains_key(reqwest::header::ACCEPT) {
-        headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
     }
 
     let body_bytes = match body {
@@ -431,7 +604,12 @@ fn build(doc: &Value, doc_url: &Url, operation_id: &str, params: &Map<String, Va
         }
     };
     let method = http::parse_method(op.method)?;
-    Ok(Outgoing { method, url, headers, body: body_bytes })
+    Ok(Outgoing {
+        method,
+        url,
+        headers,
+        body: body_bytes,
+    })
 }
 
 #[cfg(test)]
@@ -462,12 +640,33 @@ mod tests {
             "parameters": {"verbose": {"name": "verbose", "in": "query", "type": "boolean"}}
         });
         let u = Url::parse("http://docs.example.com/swagger.json").unwrap();
-        let o = build(&doc, &u, "getPet", &params(json!({"petId": 7, "verbose": true}))).unwrap();
-        assert_eq!(o.url.as_str(), "https://api.example.com:8443/v2/pet/7?verbose=true");
+        let o = build(
+            &doc,
+            &u,
+            "getPet",
+            &params(json!({"petId": 7, "verbose": true})),
+        )
+        .unwrap();
+        assert_eq!(
+            o.url.as_str(),
+            "https://api.example.com:8443/v2/pet/7?verbose=true"
+        );
         assert_eq!(o.headers["accept"], "application/json");
-        let o = build(&doc, &u, "find", &params(json!({"status": ["a", "b"], "tags": ["x", "y"]}))).unwrap();
+        let o = build(
+            &doc,
+            &u,
+            "find",
+            &params(json!({"status": ["a", "b"], "tags": ["x", "y"]})),
+        )
+        .unwrap();
         assert_eq!(o.url.query(), Some("status=a&status=b&tags=x%2Cy"));
-        let o = build(&doc, &u, "updatePet", &params(json!({"petId": 1, "name": "rex"}))).unwrap();
+        let o = build(
+            &doc,
+            &u,
+            "updatePet",
+            &params(json!({"petId": 1, "name": "rex"})),
+        )
+        .unwrap();
         assert_eq!(o.method, reqwest::Method::POST);
         assert_eq!(o.body.as_deref(), Some(br#"{"name":"rex"}"#.as_slice()));
         assert_eq!(o.headers["content-type"], "application/json");
@@ -495,7 +694,13 @@ mod tests {
             }
         });
         let u = Url::parse("http://localhost:9000/docs/openapi.yaml").unwrap();
-        let o = build(&doc, &u, "put", &params(json!({"id": "a b", "X-Trace": 5, "session": "s1", "body": {"k": 1}}))).unwrap();
+        let o = build(
+            &doc,
+            &u,
+            "put",
+            &params(json!({"id": "a b", "X-Trace": 5, "session": "s1", "body": {"k": 1}})),
+        )
+        .unwrap();
         assert_eq!(o.url.as_str(), "http://localhost:9000/api/v1/items/a%20b");
         assert_eq!(o.headers["x-trace"], "5");
         assert_eq!(o.headers["cookie"], "session=s1");

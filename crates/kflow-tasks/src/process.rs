@@ -51,7 +51,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How much of stderr goes into the error raised for a failed process.
 const STDERR_EXCERPT: usize = 1024;
 
-pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequest) -> Result<Value, WfError> {
+pub(crate) async fn perform(
+    cfg: &ExecConfig,
+    ctx: &EffectCtx,
+    req: &ProcessRequest,
+) -> Result<Value, WfError> {
     let args = arguments(&req.arguments)?;
     let user_env = environment(&req.environment)?;
 
@@ -59,7 +63,9 @@ pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequ
     let (program, script) = match &req.program {
         Program::Shell { command } => {
             if command.contains('\0') {
-                return Err(WfError::configuration("run shell: the command contains a NUL character"));
+                return Err(WfError::configuration(
+                    "run shell: the command contains a NUL character",
+                ));
             }
             (PathBuf::from(SHELL), None)
         }
@@ -90,8 +96,9 @@ pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequ
             argv.extend(["-c".to_string(), command.clone(), "sh".to_string()]);
         }
         (_, Some((file, code))) => {
-            write_private(&dir.join(file), code.as_bytes())
-                .map_err(|e| WfError::runtime(format!("run script: cannot write the script file: {e}")))?;
+            write_private(&dir.join(file), code.as_bytes()).map_err(|e| {
+                WfError::runtime(format!("run script: cannot write the script file: {e}"))
+            })?;
             argv.push(file.to_string());
         }
         (_, None) => return Err(WfError::runtime("run: no program")),
@@ -113,7 +120,11 @@ pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequ
         .current_dir(&dir)
         .process_group(0)
         .kill_on_drop(true)
-        .stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        .stdin(if req.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     if req.await_ {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     } else {
@@ -146,7 +157,13 @@ pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequ
     let limit = cfg.process_output_limit;
     let mut out = Capture::new(limit);
     let mut err = Capture::new(limit);
-    let run = run_to_end(&mut child, guard.pgid, req.stdin.as_deref(), &mut out, &mut err);
+    let run = run_to_end(
+        &mut child,
+        guard.pgid,
+        req.stdin.as_deref(),
+        &mut out,
+        &mut err,
+    );
     let status = match cfg.process_timeout {
         Some(t) => match tokio::time::timeout(t, run).await {
             Ok(s) => s,
@@ -154,13 +171,17 @@ pub(crate) async fn perform(cfg: &ExecConfig, ctx: &EffectCtx, req: &ProcessRequ
                 // Dropping the guard kills the group and removes the directory.
                 drop(child);
                 drop(guard);
-                return Err(WfError::timeout(format!("the process did not finish within {} s", t.as_secs_f64())));
+                return Err(WfError::timeout(format!(
+                    "the process did not finish within {} s",
+                    t.as_secs_f64()
+                )));
             }
         },
         None => run.await,
     };
     guard.finish().await;
-    let status = status.map_err(|e| WfError::runtime(format!("waiting for the process failed: {e}")))?;
+    let status =
+        status.map_err(|e| WfError::runtime(format!("waiting for the process failed: {e}")))?;
     shape(req.return_, status, out, err)
 }
 
@@ -225,7 +246,11 @@ struct Capture {
 
 impl Capture {
     fn new(limit: usize) -> Capture {
-        Capture { buf: Vec::new(), limit, truncated: false }
+        Capture {
+            buf: Vec::new(),
+            limit,
+            truncated: false,
+        }
     }
 
     async fn fill<R: AsyncRead + Unpin>(&mut self, r: Option<R>) {
@@ -265,7 +290,12 @@ fn exit_code(status: ExitStatus) -> i64 {
     }
 }
 
-fn shape(mode: ReturnMode, status: ExitStatus, out: Capture, err: Capture) -> Result<Value, WfError> {
+fn shape(
+    mode: ReturnMode,
+    status: ExitStatus,
+    out: Capture,
+    err: Capture,
+) -> Result<Value, WfError> {
     let code = exit_code(status);
     if code != 0 && !matches!(mode, ReturnMode::Code | ReturnMode::All) {
         let mut detail = match std::os::unix::process::ExitStatusExt::signal(&status) {
@@ -304,11 +334,16 @@ fn arguments(v: &Value) -> Result<Vec<String>, WfError> {
     let args: Vec<String> = match v {
         Value::Null => Vec::new(),
         Value::Array(items) => items.iter().map(crate::http::text_of).collect(),
-        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", crate::http::text_of(v))).collect(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", crate::http::text_of(v)))
+            .collect(),
         other => vec![crate::http::text_of(other)],
     };
     if args.iter().any(|a| a.contains('\0')) {
-        return Err(WfError::configuration("run: an argument contains a NUL character"));
+        return Err(WfError::configuration(
+            "run: an argument contains a NUL character",
+        ));
     }
     Ok(args)
 }
@@ -317,14 +352,18 @@ fn environment(env: &Map<String, Value>) -> Result<Vec<(String, String)>, WfErro
     let mut out = Vec::new();
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(WfError::configuration(format!("run: '{k}' is not a valid environment variable name")));
+            return Err(WfError::configuration(format!(
+                "run: '{k}' is not a valid environment variable name"
+            )));
         }
         if v.is_null() {
             continue;
         }
         let text = crate::http::text_of(v);
         if text.contains('\0') {
-            return Err(WfError::configuration(format!("run: environment variable '{k}' contains a NUL character")));
+            return Err(WfError::configuration(format!(
+                "run: environment variable '{k}' contains a NUL character"
+            )));
         }
         out.push((k.clone(), text));
     }
@@ -333,10 +372,13 @@ fn environment(env: &Map<String, Value>) -> Result<Vec<(String, String)>, WfErro
 
 fn spawn_error(program: &Path, e: &io::Error) -> WfError {
     match e.kind() {
-        io::ErrorKind::NotFound => WfError::configuration(format!("run: '{}' was not found", program.display())),
-        io::ErrorKind::PermissionDenied => {
-            WfError::configuration(format!("run: '{}' cannot be executed (permission denied)", program.display()))
+        io::ErrorKind::NotFound => {
+            WfError::configuration(format!("run: '{}' was not found", program.display()))
         }
+        io::ErrorKind::PermissionDenied => WfError::configuration(format!(
+            "run: '{}' cannot be executed (permission denied)",
+            program.display()
+        )),
         _ => WfError::runtime(format!("run: starting '{}' failed: {e}", program.display())),
     }
 }
@@ -358,20 +400,30 @@ fn find_program(name: &str) -> Option<PathBuf> {
     }
     let own = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::env::split_paths(DEFAULT_PATH).chain(std::env::split_paths(&own));
-    dirs.map(|d| d.join(name)).find(|p| p.is_absolute() && is_executable(p))
+    dirs.map(|d| d.join(name))
+        .find(|p| p.is_absolute() && is_executable(p))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }
 
 /// Sends SIGKILL to a process group (through the shell's `kill` builtin: no `unsafe` needed).
 async fn kill_group(pgid: u32) {
     let _ = tokio::process::Command::new(SHELL)
-        .args(["-c", "kill -s KILL -- \"-$1\" 2>/dev/null", "sh", &pgid.to_string()])
+        .args([
+            "-c",
+            "kill -s KILL -- \"-$1\" 2>/dev/null",
+            "sh",
+            &pgid.to_string(),
+        ])
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -382,7 +434,12 @@ async fn kill_group(pgid: u32) {
 
 fn kill_group_blocking(pgid: u32) {
     let _ = std::process::Command::new(SHELL)
-        .args(["-c", "kill -s KILL -- \"-$1\" 2>/dev/null", "sh", &pgid.to_string()])
+        .args([
+            "-c",
+            "kill -s KILL -- \"-$1\" 2>/dev/null",
+            "sh",
+            &pgid.to_string(),
+        ])
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -401,14 +458,27 @@ struct Sandbox {
 impl Sandbox {
     fn create(root: &Path) -> Result<Sandbox, WfError> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::create_dir_all(root)
-            .map_err(|e| WfError::runtime(format!("run: cannot create the work root {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root).map_err(|e| {
+            WfError::runtime(format!(
+                "run: cannot create the work root {}: {e}",
+                root.display()
+            ))
+        })?;
         let dir = root.join(format!("kflow-run-{}", uuid::Uuid::new_v4().simple()));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| WfError::runtime(format!("run: cannot create a working directory in {}: {e}", root.display())))?;
-        Ok(Sandbox { dir, pgid: None, done: false })
+            .map_err(|e| {
+                WfError::runtime(format!(
+                    "run: cannot create a working directory in {}: {e}",
+                    root.display()
+                ))
+            })?;
+        Ok(Sandbox {
+            dir,
+            pgid: None,
+            done: false,
+        })
     }
 
     /// Kills what is left of the group and removes the directory.
@@ -455,8 +525,14 @@ mod tests {
 
     #[test]
     fn arguments_from_list_and_map() {
-        assert_eq!(arguments(&json!(["a", 1, true, null])).unwrap(), vec!["a", "1", "true", ""]);
-        assert_eq!(arguments(&json!({"x": "1", "y": 2})).unwrap(), vec!["x=1", "y=2"]);
+        assert_eq!(
+            arguments(&json!(["a", 1, true, null])).unwrap(),
+            vec!["a", "1", "true", ""]
+        );
+        assert_eq!(
+            arguments(&json!({"x": "1", "y": 2})).unwrap(),
+            vec!["x=1", "y=2"]
+        );
         assert!(arguments(&json!(["a\u{0}b"])).is_err());
     }
 

@@ -2,8 +2,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -30,7 +30,9 @@ fn get(uri: String) -> HttpRequest {
 }
 
 async fn run(req: HttpRequest) -> Result<Value, WfError> {
-    Executor::new(ExecConfig::default()).perform(&ctx(), &Effect::Http(req)).await
+    Executor::new(ExecConfig::default())
+        .perform(&ctx(), &Effect::Http(req))
+        .await
 }
 
 fn is_type(e: &WfError, kind: &str) -> bool {
@@ -66,7 +68,13 @@ async fn get_with_query_and_headers() {
 
 #[tokio::test]
 async fn post_json_body() {
-    let server = Server::start(|r: &Req| Resp::json(201, &json!({"got": r.body_json(), "ct": r.header("content-type")}))).await;
+    let server = Server::start(|r: &Req| {
+        Resp::json(
+            201,
+            &json!({"got": r.body_json(), "ct": r.header("content-type")}),
+        )
+    })
+    .await;
     let mut req = get(server.url("/pets"));
     req.method = "POST".into();
     req.body = Some(json!({"name": "milou", "tags": [1, 2]}));
@@ -77,14 +85,23 @@ async fn post_json_body() {
 
 #[tokio::test]
 async fn form_and_raw_text_bodies() {
-    let server = Server::start(|r: &Req| Resp::json(200, &json!({"ct": r.header("content-type"), "body": r.body_text()}))).await;
+    let server = Server::start(|r: &Req| {
+        Resp::json(
+            200,
+            &json!({"ct": r.header("content-type"), "body": r.body_text()}),
+        )
+    })
+    .await;
     let mut req = get(server.url("/form"));
     req.method = "POST".into();
     req.headers = map(json!({"Content-Type": "application/x-www-form-urlencoded"}));
     req.body = Some(json!({"user": "a b", "n": 1, "x": "é&="}));
     let out = run(req.clone()).await.unwrap();
     assert_eq!(out["body"], "user=a+b&n=1&x=%C3%A9%26%3D");
-    assert_eq!(support::parse_form(out["body"].as_str().unwrap())[2], ("x".to_string(), "é&=".to_string()));
+    assert_eq!(
+        support::parse_form(out["body"].as_str().unwrap())[2],
+        ("x".to_string(), "é&=".to_string())
+    );
 
     req.headers = map(json!({"content-type": "text/plain"}));
     req.body = Some(json!("just text"));
@@ -100,27 +117,48 @@ async fn output_formats() {
         "/problem" => Resp::text(200, "application/problem+json", r#"{"title":"t"}"#),
         "/text" => Resp::text(200, "text/plain; charset=utf-8", "hello\n"),
         "/badjson" => Resp::text(200, "application/json", "{not json"),
-        "/binary" => Resp::new(200).header("content-type", "application/octet-stream").body(vec![0xff, 0x00, 0xfe]),
+        "/binary" => Resp::new(200)
+            .header("content-type", "application/octet-stream")
+            .body(vec![0xff, 0x00, 0xfe]),
         _ => Resp::new(204),
     })
     .await;
-    assert_eq!(run(get(server.url("/json"))).await.unwrap(), json!({"id": 1}));
-    assert_eq!(run(get(server.url("/problem"))).await.unwrap(), json!({"title": "t"}));
-    assert_eq!(run(get(server.url("/text"))).await.unwrap(), json!("hello\n"));
-    assert_eq!(run(get(server.url("/badjson"))).await.unwrap(), json!("{not json"));
-    assert_eq!(run(get(server.url("/binary"))).await.unwrap(), json!("/wD+"));
+    assert_eq!(
+        run(get(server.url("/json"))).await.unwrap(),
+        json!({"id": 1})
+    );
+    assert_eq!(
+        run(get(server.url("/problem"))).await.unwrap(),
+        json!({"title": "t"})
+    );
+    assert_eq!(
+        run(get(server.url("/text"))).await.unwrap(),
+        json!("hello\n")
+    );
+    assert_eq!(
+        run(get(server.url("/badjson"))).await.unwrap(),
+        json!("{not json")
+    );
+    assert_eq!(
+        run(get(server.url("/binary"))).await.unwrap(),
+        json!("/wD+")
+    );
     assert_eq!(run(get(server.url("/empty"))).await.unwrap(), Value::Null);
 
     let mut raw = get(server.url("/json"));
     raw.output = OutputFormat::Raw;
     let out = run(raw).await.unwrap();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(out.as_str().unwrap()).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(out.as_str().unwrap())
+        .unwrap();
     assert_eq!(bytes, br#"{"id":1}"#);
 
     let mut full = get(server.url("/json?q=1"));
     full.output = OutputFormat::Response;
     full.headers = map(json!({"X-Mine": "m"}));
-    full.auth = Some(Auth::Bearer { token: "secret-token".into() });
+    full.auth = Some(Auth::Bearer {
+        token: "secret-token".into(),
+    });
     let out = run(full).await.unwrap();
     assert_eq!(out["statusCode"], 200);
     assert_eq!(out["content"], json!({"id": 1}));
@@ -130,12 +168,22 @@ async fn output_formats() {
     assert_eq!(out["request"]["uri"], server.url("/json?q=1"));
     assert_eq!(out["request"]["headers"]["x-mine"], "m");
     assert_eq!(out["request"]["headers"]["idempotency-key"], "inst-1-42");
-    assert!(out["request"]["headers"].get("authorization").is_none(), "credentials must not leak into the output");
+    assert!(
+        out["request"]["headers"].get("authorization").is_none(),
+        "credentials must not leak into the output"
+    );
 }
 
 #[tokio::test]
 async fn error_status_is_a_communication_error() {
-    let server = Server::start(|_: &Req| Resp::text(404, "text/plain", &format!("no such pet {}", "x".repeat(3000)))).await;
+    let server = Server::start(|_: &Req| {
+        Resp::text(
+            404,
+            "text/plain",
+            &format!("no such pet {}", "x".repeat(3000)),
+        )
+    })
+    .await;
     let err = run(get(server.url("/pet/9"))).await.unwrap_err();
     assert!(is_type(&err, "communication"), "{err:?}");
     assert_eq!(err.status, 404);
@@ -143,7 +191,11 @@ async fn error_status_is_a_communication_error() {
     assert!(detail.contains("GET"), "{detail}");
     assert!(detail.contains(&server.url("/pet/9")), "{detail}");
     assert!(detail.contains("no such pet"), "{detail}");
-    assert!(detail.len() < 1500, "the body excerpt is bounded: {}", detail.len());
+    assert!(
+        detail.len() < 1500,
+        "the body excerpt is bounded: {}",
+        detail.len()
+    );
 
     let server = Server::start(|_: &Req| Resp::json(500, &json!({"e": 1}))).await;
     assert_eq!(run(get(server.url("/x"))).await.unwrap_err().status, 500);
@@ -185,10 +237,18 @@ async fn redirects() {
 async fn basic_and_bearer_headers_reach_the_server() {
     let server = Server::start(|r: &Req| Resp::json(200, &json!(r.header("authorization")))).await;
     let mut req = get(server.url("/secure"));
-    req.auth = Some(Auth::Basic { username: "admin".into(), password: "p@ss:word".into() });
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:p@ss:word"));
+    req.auth = Some(Auth::Basic {
+        username: "admin".into(),
+        password: "p@ss:word".into(),
+    });
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:p@ss:word")
+    );
     assert_eq!(run(req.clone()).await.unwrap(), json!(expected));
-    req.auth = Some(Auth::Bearer { token: "tok123".into() });
+    req.auth = Some(Auth::Bearer {
+        token: "tok123".into(),
+    });
     assert_eq!(run(req).await.unwrap(), json!("Bearer tok123"));
 }
 
@@ -202,7 +262,11 @@ fn md5_hex(s: &str) -> String {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn digest_params(h: &str) -> std::collections::HashMap<String, String> {
@@ -223,23 +287,41 @@ async fn digest_authentication() {
             "www-authenticate",
             r#"Digest realm="kflow-test", qop="auth", algorithm=MD5, nonce="abc123", opaque="op""#,
         );
-        let Some(h) = r.header("authorization") else { return challenge };
+        let Some(h) = r.header("authorization") else {
+            return challenge;
+        };
         let p = digest_params(h);
         let ha1 = md5_hex("alice:kflow-test:wonder land");
-        let ha2 = md5_hex(&format!("{}:{}", r.method, p.get("uri").cloned().unwrap_or_default()));
+        let ha2 = md5_hex(&format!(
+            "{}:{}",
+            r.method,
+            p.get("uri").cloned().unwrap_or_default()
+        ));
         let expected = md5_hex(&format!(
             "{ha1}:abc123:{}:{}:auth:{ha2}",
             p.get("nc").cloned().unwrap_or_default(),
             p.get("cnonce").cloned().unwrap_or_default()
         ));
-        let ok = p.get("response") == Some(&expected) && p.get("uri").map(String::as_str) == Some(r.target.as_str()) && p.get("opaque").map(String::as_str) == Some("op");
-        if ok { Resp::json(200, &json!({"user": p["username"]})) } else { challenge }
+        let ok = p.get("response") == Some(&expected)
+            && p.get("uri").map(String::as_str) == Some(r.target.as_str())
+            && p.get("opaque").map(String::as_str) == Some("op");
+        if ok {
+            Resp::json(200, &json!({"user": p["username"]}))
+        } else {
+            challenge
+        }
     })
     .await;
     let mut req = get(server.url("/digest?x=1"));
-    req.auth = Some(Auth::Digest { username: "alice".into(), password: "wonder land".into() });
+    req.auth = Some(Auth::Digest {
+        username: "alice".into(),
+        password: "wonder land".into(),
+    });
     assert_eq!(run(req.clone()).await.unwrap(), json!({"user": "alice"}));
-    req.auth = Some(Auth::Digest { username: "alice".into(), password: "wrong".into() });
+    req.auth = Some(Auth::Digest {
+        username: "alice".into(),
+        password: "wrong".into(),
+    });
     assert_eq!(run(req).await.unwrap_err().status, 401);
 }
 
@@ -251,7 +333,12 @@ async fn oauth2_client_credentials_token_is_fetched_once() {
         "/realms/test/oauth2/token" => {
             calls.fetch_add(1, Ordering::SeqCst);
             let f = r.form();
-            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            let get = |k: &str| {
+                f.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
             if r.method == "POST"
                 && r.header("content-type") == Some("application/x-www-form-urlencoded")
                 && get("grant_type") == "client_credentials"
@@ -260,12 +347,20 @@ async fn oauth2_client_credentials_token_is_fetched_once() {
                 && get("scope") == "api read"
                 && get("audience") == "runtime"
             {
-                Resp::json(200, &json!({"access_token": "tok-1", "token_type": "Bearer", "expires_in": 3600}))
+                Resp::json(
+                    200,
+                    &json!({"access_token": "tok-1", "token_type": "Bearer", "expires_in": 3600}),
+                )
             } else {
-                Resp::json(400, &json!({"error": "invalid_client", "form": format!("{f:?}")}))
+                Resp::json(
+                    400,
+                    &json!({"error": "invalid_client", "form": format!("{f:?}")}),
+                )
             }
         }
-        "/api" if r.header("authorization") == Some("Bearer tok-1") => Resp::json(200, &json!("ok")),
+        "/api" if r.header("authorization") == Some("Bearer tok-1") => {
+            Resp::json(200, &json!("ok"))
+        }
         _ => Resp::new(401),
     })
     .await;
@@ -278,17 +373,30 @@ async fn oauth2_client_credentials_token_is_fetched_once() {
     });
     let exec = Executor::new(ExecConfig::default());
     let mut req = get(server.url("/api"));
-    req.auth = Some(Auth::OAuth2 { oidc: false, properties: props.clone() });
+    req.auth = Some(Auth::OAuth2 {
+        oidc: false,
+        properties: props.clone(),
+    });
     let eff = Effect::Http(req);
     assert_eq!(exec.perform(&ctx(), &eff).await.unwrap(), json!("ok"));
-    assert_eq!(exec.clone().perform(&ctx(), &eff).await.unwrap(), json!("ok"));
-    assert_eq!(token_calls.load(Ordering::SeqCst), 1, "the second call reuses the cached token");
+    assert_eq!(
+        exec.clone().perform(&ctx(), &eff).await.unwrap(),
+        json!("ok")
+    );
+    assert_eq!(
+        token_calls.load(Ordering::SeqCst),
+        1,
+        "the second call reuses the cached token"
+    );
 
     // A refused client: authentication error.
     let mut bad = props.clone();
     bad["client"]["secret"] = json!("nope");
     let mut req = get(server.url("/api"));
-    req.auth = Some(Auth::OAuth2 { oidc: false, properties: bad });
+    req.auth = Some(Auth::OAuth2 {
+        oidc: false,
+        properties: bad,
+    });
     let err = exec.perform(&ctx(), &Effect::Http(req)).await.unwrap_err();
     assert!(is_type(&err, "authentication"), "{err:?}");
     assert_eq!(err.status, 401);
@@ -336,9 +444,18 @@ async fn oauth2_basic_client_auth_json_encoding_and_oidc_discovery() {
 
 #[tokio::test]
 async fn idempotency_key_is_sent() {
-    let server = Server::start(|r: &Req| Resp::json(200, &json!(r.header("idempotency-key")))).await;
-    let ctx = EffectCtx { instance_id: "0190-abc".into(), effect_id: 7, task: "/do/1/x".into(), attempt: 2 };
-    let out = Executor::new(ExecConfig::default()).perform(&ctx, &Effect::Http(get(server.url("/k")))).await.unwrap();
+    let server =
+        Server::start(|r: &Req| Resp::json(200, &json!(r.header("idempotency-key")))).await;
+    let ctx = EffectCtx {
+        instance_id: "0190-abc".into(),
+        effect_id: 7,
+        task: "/do/1/x".into(),
+        attempt: 2,
+    };
+    let out = Executor::new(ExecConfig::default())
+        .perform(&ctx, &Effect::Http(get(server.url("/k"))))
+        .await
+        .unwrap();
     assert_eq!(out, json!(ctx.idempotency_key()));
     assert_eq!(ctx.idempotency_key(), "0190-abc-7");
 }
@@ -350,14 +467,23 @@ async fn transport_failures() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let err = run(get(format!("http://127.0.0.1:{port}/x"))).await.unwrap_err();
+    let err = run(get(format!("http://127.0.0.1:{port}/x")))
+        .await
+        .unwrap_err();
     assert!(is_type(&err, "communication"));
     assert_eq!(err.status, 503);
 
     // Timeout.
-    let server = Server::start(|_: &Req| Resp::json(200, &json!(1)).delayed(Duration::from_secs(3))).await;
-    let exec = Executor::new(ExecConfig { http_timeout: Duration::from_millis(300), ..ExecConfig::default() });
-    let err = exec.perform(&ctx(), &Effect::Http(get(server.url("/slow")))).await.unwrap_err();
+    let server =
+        Server::start(|_: &Req| Resp::json(200, &json!(1)).delayed(Duration::from_secs(3))).await;
+    let exec = Executor::new(ExecConfig {
+        http_timeout: Duration::from_millis(300),
+        ..ExecConfig::default()
+    });
+    let err = exec
+        .perform(&ctx(), &Effect::Http(get(server.url("/slow"))))
+        .await
+        .unwrap_err();
     assert!(is_type(&err, "communication"));
     assert_eq!(err.status, 504);
 
@@ -375,14 +501,23 @@ async fn transport_failures() {
 #[tokio::test]
 async fn response_size_limit() {
     let server = Server::start(|_: &Req| Resp::text(200, "text/plain", &"a".repeat(10_000))).await;
-    let exec = Executor::new(ExecConfig { max_response_bytes: 1000, ..ExecConfig::default() });
-    let err = exec.perform(&ctx(), &Effect::Http(get(server.url("/big")))).await.unwrap_err();
+    let exec = Executor::new(ExecConfig {
+        max_response_bytes: 1000,
+        ..ExecConfig::default()
+    });
+    let err = exec
+        .perform(&ctx(), &Effect::Http(get(server.url("/big"))))
+        .await
+        .unwrap_err();
     assert!(is_type(&err, "communication"));
     assert!(err.detail.unwrap().contains("1000"));
 }
 
 #[tokio::test]
 async fn other_effects_are_refused() {
-    let err = Executor::new(ExecConfig::default()).perform(&ctx(), &Effect::Timer { at_ms: 0 }).await.unwrap_err();
+    let err = Executor::new(ExecConfig::default())
+        .perform(&ctx(), &Effect::Timer { at_ms: 0 })
+        .await
+        .unwrap_err();
     assert!(is_type(&err, "runtime"));
 }

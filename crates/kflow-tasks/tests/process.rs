@@ -16,7 +16,9 @@ use support::{ctx, map};
 
 fn shell(command: &str) -> ProcessRequest {
     ProcessRequest {
-        program: Program::Shell { command: command.into() },
+        program: Program::Shell {
+            command: command.into(),
+        },
         arguments: json!([]),
         environment: Default::default(),
         stdin: None,
@@ -26,11 +28,19 @@ fn shell(command: &str) -> ProcessRequest {
 }
 
 fn script(language: &str, code: &str) -> ProcessRequest {
-    ProcessRequest { program: Program::Script { language: language.into(), code: code.into() }, ..shell("") }
+    ProcessRequest {
+        program: Program::Script {
+            language: language.into(),
+            code: code.into(),
+        },
+        ..shell("")
+    }
 }
 
 async fn run(req: ProcessRequest) -> Result<Value, WfError> {
-    Executor::new(ExecConfig::default()).perform(&ctx(), &Effect::Process(req)).await
+    Executor::new(ExecConfig::default())
+        .perform(&ctx(), &Effect::Process(req))
+        .await
 }
 
 fn is_type(e: &WfError, kind: &str) -> bool {
@@ -48,12 +58,20 @@ fn scratch(name: &str) -> PathBuf {
 /// Live (non-zombie) processes whose process group is `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid pgrp ...
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let fields: Vec<&str> = after.split_whitespace().collect();
         if fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<u32>().ok() == Some(pgid) {
             out.push(pid);
@@ -78,19 +96,28 @@ async fn wait_for_file(p: &Path) -> String {
 async fn wait_group_gone(pgid: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !group_members(pgid).is_empty() {
-        assert!(Instant::now() < deadline, "process group {pgid} survived: {:?}", group_members(pgid));
+        assert!(
+            Instant::now() < deadline,
+            "process group {pgid} survived: {:?}",
+            group_members(pgid)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test]
 async fn shell_with_arguments_environment_and_stdin() {
-    let mut req = shell("input=$(cat)\necho \"STDIN was: $input\"\necho \"ARGS are $1 $2\"\necho \"FOO=$FOO N=$N\"");
+    let mut req = shell(
+        "input=$(cat)\necho \"STDIN was: $input\"\necho \"ARGS are $1 $2\"\necho \"FOO=$FOO N=$N\"",
+    );
     req.arguments = json!(["Foo", "Bar baz"]);
     req.environment = map(json!({"FOO": "foo value", "N": 3}));
     req.stdin = Some("Hello World".into());
     let out = run(req).await.unwrap();
-    assert_eq!(out, json!("STDIN was: Hello World\nARGS are Foo Bar baz\nFOO=foo value N=3"));
+    assert_eq!(
+        out,
+        json!("STDIN was: Hello World\nARGS are Foo Bar baz\nFOO=foo value N=3")
+    );
 
     // An object of arguments passes key=value items.
     let mut req = shell("printf '%s|' \"$@\"");
@@ -103,34 +130,72 @@ async fn shell_with_arguments_environment_and_stdin() {
 
 #[tokio::test]
 async fn environment_is_clean_and_carries_kflow_variables() {
-    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "cargo sets this for tests");
-    let ctx = EffectCtx { instance_id: "inst-9".into(), effect_id: 5, task: "/do/0/x".into(), attempt: 3 };
+    assert!(
+        std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+        "cargo sets this for tests"
+    );
+    let ctx = EffectCtx {
+        instance_id: "inst-9".into(),
+        effect_id: 5,
+        task: "/do/0/x".into(),
+        attempt: 3,
+    };
     let exec = Executor::new(ExecConfig::default());
-    let out = exec.perform(&ctx, &Effect::Process(shell("env"))).await.unwrap();
+    let out = exec
+        .perform(&ctx, &Effect::Process(shell("env")))
+        .await
+        .unwrap();
     let env: Vec<(String, String)> = out
         .as_str()
         .unwrap()
         .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    assert_eq!(get("CARGO_MANIFEST_DIR"), None, "the test's environment must not leak: {env:?}");
+    assert_eq!(
+        get("CARGO_MANIFEST_DIR"),
+        None,
+        "the test's environment must not leak: {env:?}"
+    );
     assert_eq!(get("KFLOW_IDEMPOTENCY_KEY").as_deref(), Some("inst-9-5"));
     assert_eq!(get("KFLOW_ATTEMPT").as_deref(), Some("3"));
     assert_eq!(get("PATH").as_deref(), Some("/usr/local/bin:/usr/bin:/bin"));
     assert_eq!(get("LANG").as_deref(), Some("C.UTF-8"));
-    let allowed = ["PATH", "HOME", "TMPDIR", "LANG", "KFLOW_IDEMPOTENCY_KEY", "KFLOW_ATTEMPT", "PWD", "OLDPWD", "SHLVL", "_"];
+    let allowed = [
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "KFLOW_IDEMPOTENCY_KEY",
+        "KFLOW_ATTEMPT",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ];
     for (k, _) in &env {
-        assert!(allowed.contains(&k.as_str()), "unexpected variable {k} in {env:?}");
+        assert!(
+            allowed.contains(&k.as_str()),
+            "unexpected variable {k} in {env:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn private_working_directory_is_removed() {
     let root = scratch("root");
-    let exec = Executor::new(ExecConfig { work_root: root.join("nested"), ..ExecConfig::default() });
+    let exec = Executor::new(ExecConfig {
+        work_root: root.join("nested"),
+        ..ExecConfig::default()
+    });
     let out = exec
-        .perform(&ctx(), &Effect::Process(shell("pwd; stat -c %a .; echo \"$HOME\"; touch file; ls")))
+        .perform(
+            &ctx(),
+            &Effect::Process(shell("pwd; stat -c %a .; echo \"$HOME\"; touch file; ls")),
+        )
         .await
         .unwrap();
     let lines: Vec<&str> = out.as_str().unwrap().lines().collect();
@@ -146,24 +211,48 @@ async fn private_working_directory_is_removed() {
 #[tokio::test]
 async fn return_modes() {
     let cmd = "echo out; echo err >&2";
-    let with = |mode| ProcessRequest { return_: mode, ..shell(cmd) };
+    let with = |mode| ProcessRequest {
+        return_: mode,
+        ..shell(cmd)
+    };
     assert_eq!(run(with(ReturnMode::Stdout)).await.unwrap(), json!("out"));
     assert_eq!(run(with(ReturnMode::Stderr)).await.unwrap(), json!("err"));
     assert_eq!(run(with(ReturnMode::Code)).await.unwrap(), json!(0));
-    assert_eq!(run(with(ReturnMode::All)).await.unwrap(), json!({"code": 0, "stdout": "out", "stderr": "err"}));
+    assert_eq!(
+        run(with(ReturnMode::All)).await.unwrap(),
+        json!({"code": 0, "stdout": "out", "stderr": "err"})
+    );
     assert_eq!(run(with(ReturnMode::None)).await.unwrap(), Value::Null);
     // Only one trailing newline is removed.
     assert_eq!(run(shell("printf 'a\\n\\n'")).await.unwrap(), json!("a\n"));
 
     // A non-zero exit code: returned with code/all, an error otherwise.
     let failing = "echo partial; echo 'something broke' >&2; exit 3";
-    assert_eq!(run(ProcessRequest { return_: ReturnMode::Code, ..shell(failing) }).await.unwrap(), json!(3));
     assert_eq!(
-        run(ProcessRequest { return_: ReturnMode::All, ..shell(failing) }).await.unwrap(),
+        run(ProcessRequest {
+            return_: ReturnMode::Code,
+            ..shell(failing)
+        })
+        .await
+        .unwrap(),
+        json!(3)
+    );
+    assert_eq!(
+        run(ProcessRequest {
+            return_: ReturnMode::All,
+            ..shell(failing)
+        })
+        .await
+        .unwrap(),
         json!({"code": 3, "stdout": "partial", "stderr": "something broke"})
     );
     for mode in [ReturnMode::Stdout, ReturnMode::Stderr, ReturnMode::None] {
-        let err = run(ProcessRequest { return_: mode, ..shell(failing) }).await.unwrap_err();
+        let err = run(ProcessRequest {
+            return_: mode,
+            ..shell(failing)
+        })
+        .await
+        .unwrap_err();
         assert!(is_type(&err, "runtime"), "{err:?}");
         let d = err.detail.unwrap();
         assert!(d.contains("code 3") && d.contains("something broke"), "{d}");
@@ -172,7 +261,10 @@ async fn return_modes() {
 
 #[tokio::test]
 async fn python_script_with_arguments() {
-    let mut req = script("python", "import sys, os\nprint(' '.join(sys.argv[1:]), os.environ['X'], sys.stdin.read())");
+    let mut req = script(
+        "python",
+        "import sys, os\nprint(' '.join(sys.argv[1:]), os.environ['X'], sys.stdin.read())",
+    );
     req.arguments = json!(["hello", "world"]);
     req.environment = map(json!({"X": "x!"}));
     req.stdin = Some("in".into());
@@ -193,8 +285,14 @@ async fn javascript_script_with_arguments() {
 async fn script_configuration_errors() {
     let err = run(script("ruby", "puts 1")).await.unwrap_err();
     assert!(is_type(&err, "configuration"), "{err:?}");
-    let exec = Executor::new(ExecConfig { python: "no-such-python-kflow".into(), ..ExecConfig::default() });
-    let err = exec.perform(&ctx(), &Effect::Process(script("python", "print(1)"))).await.unwrap_err();
+    let exec = Executor::new(ExecConfig {
+        python: "no-such-python-kflow".into(),
+        ..ExecConfig::default()
+    });
+    let err = exec
+        .perform(&ctx(), &Effect::Process(script("python", "print(1)")))
+        .await
+        .unwrap_err();
     assert!(is_type(&err, "configuration"), "{err:?}");
     assert!(err.detail.unwrap().contains("no-such-python-kflow"));
     let mut req = shell("true");
@@ -216,7 +314,11 @@ async fn cancellation_kills_the_process_group() {
     // The shell and both sleeps are in the group.
     let deadline = Instant::now() + Duration::from_secs(5);
     while group_members(pgid).len() < 3 {
-        assert!(Instant::now() < deadline, "group members: {:?}", group_members(pgid));
+        assert!(
+            Instant::now() < deadline,
+            "group members: {:?}",
+            group_members(pgid)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     task.abort();
@@ -232,7 +334,9 @@ async fn cancellation_kills_the_process_group() {
 
 #[tokio::test]
 async fn background_children_do_not_outlive_the_task() {
-    let out = run(shell("sleep 30 >/dev/null 2>&1 & echo $$")).await.unwrap();
+    let out = run(shell("sleep 30 >/dev/null 2>&1 & echo $$"))
+        .await
+        .unwrap();
     let pgid: u32 = out.as_str().unwrap().parse().unwrap();
     wait_group_gone(pgid).await;
 
@@ -245,19 +349,30 @@ async fn background_children_do_not_outlive_the_task() {
 
 #[tokio::test]
 async fn process_timeout() {
-    let exec = Executor::new(ExecConfig { process_timeout: Some(Duration::from_millis(300)), ..ExecConfig::default() });
+    let exec = Executor::new(ExecConfig {
+        process_timeout: Some(Duration::from_millis(300)),
+        ..ExecConfig::default()
+    });
     let started = Instant::now();
-    let err = exec.perform(&ctx(), &Effect::Process(shell("sleep 30"))).await.unwrap_err();
+    let err = exec
+        .perform(&ctx(), &Effect::Process(shell("sleep 30")))
+        .await
+        .unwrap_err();
     assert!(is_type(&err, "timeout"), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
 async fn output_is_truncated_at_the_limit() {
-    let exec = Executor::new(ExecConfig { process_output_limit: 1000, ..ExecConfig::default() });
+    let exec = Executor::new(ExecConfig {
+        process_output_limit: 1000,
+        ..ExecConfig::default()
+    });
     let req = ProcessRequest {
         return_: ReturnMode::All,
-        ..shell("head -c 300000 /dev/zero | tr '\\0' a; head -c 300000 /dev/zero | tr '\\0' b >&2; echo end")
+        ..shell(
+            "head -c 300000 /dev/zero | tr '\\0' a; head -c 300000 /dev/zero | tr '\\0' b >&2; echo end",
+        )
     };
     let out = exec.perform(&ctx(), &Effect::Process(req)).await.unwrap();
     assert_eq!(out["code"], 0);
@@ -270,13 +385,18 @@ async fn output_is_truncated_at_the_limit() {
 async fn not_awaited_process_runs_in_the_background() {
     let d = scratch("detached");
     let f = d.join("out");
-    let mut req = shell("echo started > \"$1\"; read line; sleep 0.3; echo \"done $line $KFLOW_ATTEMPT\" >> \"$1\"");
+    let mut req = shell(
+        "echo started > \"$1\"; read line; sleep 0.3; echo \"done $line $KFLOW_ATTEMPT\" >> \"$1\"",
+    );
     req.arguments = json!([f.to_string_lossy()]);
     req.stdin = Some("payload\n".into());
     req.await_ = false;
     let started = Instant::now();
     assert_eq!(run(req).await.unwrap(), Value::Null);
-    assert!(started.elapsed() < Duration::from_millis(300), "it does not wait");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "it does not wait"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = std::fs::read_to_string(&f).unwrap_or_default();
@@ -284,7 +404,10 @@ async fn not_awaited_process_runs_in_the_background() {
             assert_eq!(s, "started\ndone payload 1\n");
             break;
         }
-        assert!(Instant::now() < deadline, "the detached process never finished: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the detached process never finished: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = std::fs::remove_dir_all(&d);

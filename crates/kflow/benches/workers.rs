@@ -40,7 +40,10 @@ fn answer_server(delay_ms: u64) -> u16 {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18_181)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18_181)
 }
 
 struct Proc(Child);
@@ -73,12 +76,20 @@ fn doc(name: &str, endpoint: &str) -> String {
 fn dag_doc(n: usize) -> String {
     // 10 layers of n/10 `set` tasks; each task of layer k needs two tasks of layer k-1.
     let per = n / 10;
-    let mut s = String::from("document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: dag1000\n  version: '1.0.0'\ndo:\n  - graph:\n      dag:\n        tasks:\n");
+    let mut s = String::from(
+        "document:\n  dsl: '1.0.3'\n  namespace: bench\n  name: dag1000\n  version: '1.0.0'\ndo:\n  - graph:\n      dag:\n        tasks:\n",
+    );
     for layer in 0..10 {
         for i in 0..per {
             s.push_str(&format!("          - t{layer}x{i}:\n"));
             if layer > 0 {
-                s.push_str(&format!("              needs: [t{}x{}, t{}x{}]\n", layer - 1, i, layer - 1, (i + 1) % per));
+                s.push_str(&format!(
+                    "              needs: [t{}x{}, t{}x{}]\n",
+                    layer - 1,
+                    i,
+                    layer - 1,
+                    (i + 1) % per
+                ));
             }
             s.push_str(&format!("              set:\n                v: {i}\n"));
         }
@@ -93,22 +104,41 @@ struct Client {
 
 impl Client {
     async fn post(&self, path: &str, body: Value) -> Value {
-        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.expect("post");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
         r.json().await.unwrap_or(Value::Null)
     }
 
     async fn get(&self, path: &str) -> Value {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("get");
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("get");
         r.json().await.unwrap_or(Value::Null)
     }
 
     async fn register(&self, text: String) -> bool {
-        let r = self.http.post(format!("{}/api/v1/definitions", self.base)).body(text).send().await.expect("register");
+        let r = self
+            .http
+            .post(format!("{}/api/v1/definitions", self.base))
+            .body(text)
+            .send()
+            .await
+            .expect("register");
         r.status().is_success()
     }
 
     async fn running(&self) -> usize {
-        let v = self.get("/api/v1/instances?status=running&limit=1000").await;
+        let v = self
+            .get("/api/v1/instances?status=running&limit=1000")
+            .await;
         v["items"].as_array().map(Vec::len).unwrap_or(0)
     }
 }
@@ -125,8 +155,17 @@ async fn main() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let data = dir.to_string_lossy().to_string();
-    let _server = spawn(&["server", "--data-dir", &data, "--listen", &format!("127.0.0.1:{port}")]);
-    let c = Client { http: reqwest::Client::new(), base: base.clone() };
+    let _server = spawn(&[
+        "server",
+        "--data-dir",
+        &data,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
     for _ in 0..200 {
         if c.http.get(format!("{base}/healthz")).send().await.is_ok() {
             break;
@@ -135,22 +174,45 @@ async fn main() {
     }
     let fast = answer_server(0);
     let slow = answer_server(5_000);
-    assert!(c.register(doc("one", &format!("http://127.0.0.1:{fast}/x"))).await);
-    assert!(c.register(doc("hold", &format!("http://127.0.0.1:{slow}/x"))).await);
+    assert!(
+        c.register(doc("one", &format!("http://127.0.0.1:{fast}/x")))
+            .await
+    );
+    assert!(
+        c.register(doc("hold", &format!("http://127.0.0.1:{slow}/x")))
+            .await
+    );
 
     for workers in [1usize, 2, 4] {
         let procs: Vec<Proc> = (0..workers)
-            .map(|_| spawn(&["worker", "--server", &base, "--queue", "remote", "--capacity", "tasks=32"]))
+            .map(|_| {
+                spawn(&[
+                    "worker",
+                    "--server",
+                    &base,
+                    "--queue",
+                    "remote",
+                    "--capacity",
+                    "tasks=32",
+                ])
+            })
             .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.get("/api/v1/queues?reset_latency=true").await;
         let t0 = Instant::now();
         let mut starters = Vec::new();
         for w in 0..8 {
-            let c2 = Client { http: c.http.clone(), base: base.clone() };
+            let c2 = Client {
+                http: c.http.clone(),
+                base: base.clone(),
+            };
             starters.push(tokio::spawn(async move {
                 for _ in 0..n / 8 {
-                    c2.post("/api/v1/instances", json!({"namespace": "bench", "name": "one", "input": {"w": w}})).await;
+                    c2.post(
+                        "/api/v1/instances",
+                        json!({"namespace": "bench", "name": "one", "input": {"w": w}}),
+                    )
+                    .await;
                 }
             }));
         }
@@ -171,7 +233,11 @@ async fn main() {
             if let Some(wait) = due.checked_sub(t1.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
-            c.post("/api/v1/instances", json!({"namespace": "bench", "name": "one", "input": {"p": i}})).await;
+            c.post(
+                "/api/v1/instances",
+                json!({"namespace": "bench", "name": "one", "input": {"p": i}}),
+            )
+            .await;
         }
         while c.running().await > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,9 +259,22 @@ async fn main() {
     }
 
     // A worker killed mid-task: how long until its task is queued again.
-    let mut victim = spawn(&["worker", "--server", &base, "--queue", "remote", "--capacity", "tasks=1"]);
+    let mut victim = spawn(&[
+        "worker",
+        "--server",
+        &base,
+        "--queue",
+        "remote",
+        "--capacity",
+        "tasks=1",
+    ]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let inst = c.post("/api/v1/instances", json!({"namespace": "bench", "name": "hold"})).await;
+    let inst = c
+        .post(
+            "/api/v1/instances",
+            json!({"namespace": "bench", "name": "hold"}),
+        )
+        .await;
     let id = inst["id"].as_str().unwrap_or_default().to_string();
     loop {
         let e = c.get(&format!("/api/v1/instances/{id}/explain")).await;
@@ -211,17 +290,34 @@ async fn main() {
         if e.to_string().contains("queued") {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "never re-queued: {e}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "never re-queued: {e}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("kill      a worker killed with SIGKILL mid-task: its task was queued again {:.0} ms later", killed.elapsed().as_secs_f64() * 1e3);
-    let _ = c.post(&format!("/api/v1/instances/{id}/cancel"), json!({})).await;
+    println!(
+        "kill      a worker killed with SIGKILL mid-task: its task was queued again {:.0} ms later",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = c
+        .post(&format!("/api/v1/instances/{id}/cancel"), json!({}))
+        .await;
 
     // A DAG of 1,000 `set` tasks in 10 layers, in the server (start to completion).
     if c.register(dag_doc(1_000)).await {
         let t0 = Instant::now();
-        let v = c.post("/api/v1/instances", json!({"namespace": "bench", "name": "dag1000", "wait": true})).await;
-        println!("dag1000   a 1,000-task DAG ran to {} in {:.1} ms (start to completion over HTTP)", v["status"], t0.elapsed().as_secs_f64() * 1e3);
+        let v = c
+            .post(
+                "/api/v1/instances",
+                json!({"namespace": "bench", "name": "dag1000", "wait": true}),
+            )
+            .await;
+        println!(
+            "dag1000   a 1,000-task DAG ran to {} in {:.1} ms (start to completion over HTTP)",
+            v["status"],
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     } else {
         println!("dag1000   skipped: this build does not accept the dag extension");
     }

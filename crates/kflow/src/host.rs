@@ -32,7 +32,10 @@ pub struct Host {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn runtime_descriptor() -> Value {
@@ -50,17 +53,38 @@ impl Host {
         })
     }
 
-    pub async fn run_root(self: Arc<Self>, wf: Arc<Workflow>, input: Value) -> Result<Value, WfError> {
+    pub async fn run_root(
+        self: Arc<Self>,
+        wf: Arc<Workflow>,
+        input: Value,
+    ) -> Result<Value, WfError> {
         self.run(wf, input, 0).await
     }
 
-    fn run(self: Arc<Self>, wf: Arc<Workflow>, input: Value, depth: usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, WfError>> + Send>> {
+    fn run(
+        self: Arc<Self>,
+        wf: Arc<Workflow>,
+        input: Value,
+        depth: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, WfError>> + Send>> {
         Box::pin(async move {
             let id = uuid::Uuid::now_v7().to_string();
-            let config = InstanceConfig { id: id.clone(), secrets: self.secrets.clone(), runtime: runtime_descriptor() };
+            let config = InstanceConfig {
+                id: id.clone(),
+                secrets: self.secrets.clone(),
+                runtime: runtime_descriptor(),
+            };
             let mut inst = Instance::new(wf, config);
             let (tx, mut rx) = mpsc::unbounded_channel::<(EffectId, Delivery)>();
-            let mut run = Run { host: self.clone(), instance_id: id, depth, tx, tasks: HashMap::new(), subs: HashMap::new(), ready: VecDeque::new() };
+            let mut run = Run {
+                host: self.clone(),
+                instance_id: id,
+                depth,
+                tx,
+                tasks: HashMap::new(),
+                subs: HashMap::new(),
+                ready: VecDeque::new(),
+            };
             let mut step = inst.start(input, now_ms());
             loop {
                 if let Some(done) = run.handle(step) {
@@ -73,7 +97,8 @@ impl Host {
                 };
                 let Some((id, delivery)) = next else {
                     // Only `listen` tasks are left and no event can come any more.
-                    let waiting: Vec<String> = run.subs.values().map(|(task, _)| task.clone()).collect();
+                    let waiting: Vec<String> =
+                        run.subs.values().map(|(task, _)| task.clone()).collect();
                     return Err(WfError::runtime(format!(
                         "the workflow waits for events that never came (listen tasks: {}); pass them with --events",
                         waiting.join(", ")
@@ -132,7 +157,11 @@ impl Run {
         None
     }
 
-    fn spawn(&mut self, id: EffectId, fut: impl std::future::Future<Output = Result<Value, WfError>> + Send + 'static) {
+    fn spawn(
+        &mut self,
+        id: EffectId,
+        fut: impl std::future::Future<Output = Result<Value, WfError>> + Send + 'static,
+    ) {
         let tx = self.tx.clone();
         let h = tokio::spawn(async move {
             let r = fut.await;
@@ -145,7 +174,12 @@ impl Run {
         match effect {
             Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) => {
                 let exec = self.host.executor.clone();
-                let ctx = EffectCtx { instance_id: self.instance_id.clone(), effect_id: id, task, attempt: 1 };
+                let ctx = EffectCtx {
+                    instance_id: self.instance_id.clone(),
+                    effect_id: id,
+                    task,
+                    attempt: 1,
+                };
                 self.spawn(id, async move { exec.perform(&ctx, &effect).await });
             }
             Effect::Timer { at_ms } => {
@@ -175,7 +209,12 @@ impl Run {
                 // The subscription stays open; when the events run out the run loop notices.
                 self.subs.insert(id, (task, filters));
             }
-            Effect::Workflow { namespace, name, version, input } => {
+            Effect::Workflow {
+                namespace,
+                name,
+                version,
+                input,
+            } => {
                 let key = (namespace.clone(), name.clone(), version.clone());
                 let child = self.host.registry.get(&key).cloned();
                 let host = self.host.clone();

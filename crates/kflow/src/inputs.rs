@@ -15,7 +15,8 @@ pub type Registry = HashMap<(String, String, String), std::sync::Arc<Workflow>>;
 /// one `FILE:LINE:COL: message` line per problem.
 pub fn load_workflow_with(path: &Path, strict: bool) -> Result<Workflow, Vec<String>> {
     let shown = path.display();
-    let bytes = std::fs::read(path).map_err(|e| vec![format!("{shown}: cannot read the file: {e}")])?;
+    let bytes =
+        std::fs::read(path).map_err(|e| vec![format!("{shown}: cannot read the file: {e}")])?;
     kflow_dsl::load_with(&bytes, &kflow_dsl::LoadOptions { strict })
         .map_err(|diags| diags.iter().map(|d| format!("{shown}:{d}")).collect())
 }
@@ -36,7 +37,8 @@ pub fn read_input(inline: Option<&str>, file: Option<&Path>) -> anyhow::Result<V
         return serde_json::from_str(s).with_context(|| format!("--input is not valid JSON: {s}"));
     }
     if let Some(p) = file {
-        let bytes = std::fs::read(p).with_context(|| format!("cannot read --input-file {}", p.display()))?;
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("cannot read --input-file {}", p.display()))?;
         return parse_data(&bytes, &p.display().to_string());
     }
     Ok(Value::Object(Default::default()))
@@ -45,10 +47,14 @@ pub fn read_input(inline: Option<&str>, file: Option<&Path>) -> anyhow::Result<V
 /// `$secrets`: `--secrets-file`, else `$KFLOW_SECRETS_FILE`, else the JSON map in `$KFLOW_SECRETS`.
 pub fn read_secrets(file: Option<&Path>) -> anyhow::Result<Value> {
     let from_file = |p: &Path| -> anyhow::Result<Value> {
-        let bytes = std::fs::read(p).with_context(|| format!("cannot read the secrets file {}", p.display()))?;
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("cannot read the secrets file {}", p.display()))?;
         let v = parse_data(&bytes, &p.display().to_string())?;
         if !v.is_object() {
-            bail!("the secrets file {} must hold a map of secret name to value", p.display());
+            bail!(
+                "the secrets file {} must hold a map of secret name to value",
+                p.display()
+            );
         }
         Ok(v)
     };
@@ -70,7 +76,8 @@ pub fn read_secrets(file: Option<&Path>) -> anyhow::Result<Value> {
 
 /// CloudEvents, one JSON object per line (blank lines and `#` comments skipped).
 pub fn read_events(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --events {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --events {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -80,7 +87,11 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<Value>> {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a JSON CloudEvent", path.display(), i + 1))?;
         if !v.is_object() {
-            bail!("{}:{}: a CloudEvent must be a JSON object", path.display(), i + 1);
+            bail!(
+                "{}:{}: a CloudEvent must be a JSON object",
+                path.display(),
+                i + 1
+            );
         }
         out.push(v);
     }
@@ -90,7 +101,8 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<Value>> {
 /// Every workflow document (`*.yaml`, `*.yml`, `*.json`) in a folder.
 pub fn load_dir(dir: &Path, strict: bool) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read --workflows {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read --workflows {}", dir.display()))?;
     let mut problems = Vec::new();
     for entry in entries {
         let path = entry?.path();
@@ -101,13 +113,20 @@ pub fn load_dir(dir: &Path, strict: bool) -> anyhow::Result<Registry> {
         match load_workflow_with(&path, strict) {
             Ok(wf) => {
                 let d = &wf.document;
-                reg.insert((d.namespace.clone(), d.name.clone(), d.version.clone()), std::sync::Arc::new(wf));
+                reg.insert(
+                    (d.namespace.clone(), d.name.clone(), d.version.clone()),
+                    std::sync::Arc::new(wf),
+                );
             }
             Err(lines) => problems.extend(lines),
         }
     }
     if !problems.is_empty() {
-        bail!("invalid workflows in {}:\n{}", dir.display(), problems.join("\n"));
+        bail!(
+            "invalid workflows in {}:\n{}",
+            dir.display(),
+            problems.join("\n")
+        );
     }
     Ok(reg)
 }

@@ -13,7 +13,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kflow", version, about = "A durable workflow engine for the Serverless Workflow DSL 1.0")]
+#[command(
+    name = "kflow",
+    version,
+    about = "A durable workflow engine for the Serverless Workflow DSL 1.0"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,8 +99,22 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Validate { files, strict } => validate(&files, strict),
-        Command::Server { data_dir, listen, config, durability, secrets_file, worker_token } => {
-            match server(data_dir, listen, config, durability, secrets_file, worker_token) {
+        Command::Server {
+            data_dir,
+            listen,
+            config,
+            durability,
+            secrets_file,
+            worker_token,
+        } => {
+            match server(
+                data_dir,
+                listen,
+                config,
+                durability,
+                secrets_file,
+                worker_token,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kflow: {e:#}");
@@ -104,8 +122,26 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { file, input, input_file, secrets_file, events, workflows, trace, strict } => {
-            match run(file, input, input_file, secrets_file, events, workflows, trace, strict) {
+        Command::Run {
+            file,
+            input,
+            input_file,
+            secrets_file,
+            events,
+            workflows,
+            trace,
+            strict,
+        } => {
+            match run(
+                file,
+                input,
+                input_file,
+                secrets_file,
+                events,
+                workflows,
+                trace,
+                strict,
+            ) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("kflow: {e:#}");
@@ -128,8 +164,10 @@ fn server(
     use kflow_server::config::{ServerConfig, parse_durability};
     let mut cfg = match &config {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read --config {}: {e}", p.display()))?;
-            ServerConfig::from_file_bytes(&bytes, &p.display().to_string()).map_err(anyhow::Error::msg)?
+            let bytes = std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cannot read --config {}: {e}", p.display()))?;
+            ServerConfig::from_file_bytes(&bytes, &p.display().to_string())
+                .map_err(anyhow::Error::msg)?
         }
         None => ServerConfig::default(),
     };
@@ -146,8 +184,11 @@ fn server(
         cfg.durability = parse_durability(&d).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
     }
     let secrets = inputs::read_secrets(secrets_file.as_deref().or(cfg.secrets_file.as_deref()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(kflow_server::serve::serve(cfg, secrets)).map_err(anyhow::Error::msg)
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(kflow_server::serve::serve(cfg, secrets))
+        .map_err(anyhow::Error::msg)
 }
 
 fn load_workflow(path: &std::path::Path, strict: bool) -> Result<kflow_dsl::Workflow, Vec<String>> {
@@ -200,7 +241,9 @@ fn run(
         Some(dir) => inputs::load_dir(dir, strict)?,
         None => Default::default(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let host = host::Host::new(registry, events, secrets, trace);
     let result = rt.block_on(host.run_root(wf, input));
     match result {

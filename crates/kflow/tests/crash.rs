@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Recorded, ServerProcess, TempDir, TestServer, get_json, http_request, json_eq, post_json};
+use support::{
+    Recorded, ServerProcess, TempDir, TestServer, get_json, http_request, json_eq, post_json,
+};
 
 const DEFAULT_SEED: u64 = 0x6b66_6c6f_775f_6b39;
 /// Acknowledged instances to reach.
@@ -88,8 +90,12 @@ fn v(i: u64, s: u64) -> u64 {
 fn expected_output(i: u64) -> Value {
     match kind_of(i) {
         0 => json!({"i": i, "a": v(i, 1), "sh": 7 * i, "b": v(i, 3)}),
-        1 => json!({"i": i, "sum": v(i, 1) + v(i, 2) + v(i, 3), "parts": [v(i, 1), v(i, 2), v(i, 3)]}),
-        2 => json!({"i": i, "fail": fails_of(i), "r": v(i, 1), "attempts": fails_of(i) + 1, "b": v(i, 2)}),
+        1 => {
+            json!({"i": i, "sum": v(i, 1) + v(i, 2) + v(i, 3), "parts": [v(i, 1), v(i, 2), v(i, 3)]})
+        }
+        2 => {
+            json!({"i": i, "fail": fails_of(i), "r": v(i, 1), "attempts": fails_of(i) + 1, "b": v(i, 2)})
+        }
         3 => json!({"i": i, "x": 3 * i, "y": 5 * i}),
         _ => json!({"i": i, "web": v(i, 1), "box": 11 * i, "c": v(i, 3)}),
     }
@@ -132,14 +138,24 @@ fn http_task(indent: &str, name: &str, base: &str, s: u64, merge: &str) -> Strin
 
 /// A `run: shell` task on step `s`: logs `i s key attempt epoch-ms` first, then runs `then` (e.g. a
 /// short sleep, so that kills find processes running) and prints `i * mul`.
-fn shell_task(indent: &str, name: &str, log: &str, s: u64, mul: u64, then: &str, merge: Option<&str>) -> String {
+fn shell_task(
+    indent: &str,
+    name: &str,
+    log: &str,
+    s: u64,
+    mul: u64,
+    then: &str,
+    merge: Option<&str>,
+) -> String {
     let mut t = format!(
         "{indent}- {name}:\n{indent}    run:\n{indent}      shell:\n\
          {indent}        command: 'echo \"$1 {s} $KFLOW_IDEMPOTENCY_KEY $KFLOW_ATTEMPT $(date +%s%3N)\" >> {log}; {then} echo $(( $1 * {mul} ))'\n\
          {indent}        arguments:\n{indent}          - ${{ .i }}\n"
     );
     if let Some(m) = merge {
-        t.push_str(&format!("{indent}    output:\n{indent}      as: '${{ $input + {m} }}'\n"));
+        t.push_str(&format!(
+            "{indent}    output:\n{indent}      as: '${{ $input + {m} }}'\n"
+        ));
     }
     t
 }
@@ -187,7 +203,15 @@ fn workflows(base: &str, log: &str) -> Vec<String> {
         header("shells"),
         init(""),
         shell_task("  ", "one", log, 1, 3, "", Some("{ x: (. | tonumber) }")),
-        shell_task("  ", "two", log, 2, 5, "sleep 0.2;", Some("{ y: (. | tonumber) }")),
+        shell_task(
+            "  ",
+            "two",
+            log,
+            2,
+            5,
+            "sleep 0.2;",
+            Some("{ y: (. | tonumber) }")
+        ),
     );
     let mixed = format!(
         "{}{}  - pause:\n      wait: PT0.2S\n  - f:\n      fork:\n        branches:\n{}{}\
@@ -231,7 +255,10 @@ fn service() -> TestServer {
                 if ordinal <= fail {
                     Some((503, json!({"error": "try again", "attempt": ordinal})))
                 } else {
-                    Some((200, json!({"i": i, "s": s, "v": v(i, s), "attempt": ordinal})))
+                    Some((
+                        200,
+                        json!({"i": i, "s": s, "v": v(i, s), "attempt": ordinal}),
+                    ))
                 }
             }
             _ => None,
@@ -262,7 +289,10 @@ fn list_all(base: &str) -> Result<BTreeMap<String, (u64, String, Value)>, String
             let id = it["id"].as_str().unwrap_or("").to_string();
             let i = it["input"]["i"].as_u64().unwrap_or(u64::MAX);
             let status = it["status"].as_str().unwrap_or("").to_string();
-            out.insert(id, (i, status, it.get("output").cloned().unwrap_or(Value::Null)));
+            out.insert(
+                id,
+                (i, status, it.get("output").cloned().unwrap_or(Value::Null)),
+            );
         }
         match page["next"].as_str() {
             Some(n) if !n.is_empty() => cursor = Some(n.to_string()),
@@ -274,8 +304,12 @@ fn list_all(base: &str) -> Result<BTreeMap<String, (u64, String, Value)>, String
 /// The instance, its work and its history, for a failure message.
 fn describe_instance(base: &str, id: &str) -> String {
     let inst = get_json(base, &format!("/api/v1/instances/{id}")).map(|(_, v)| v);
-    let hist = get_json(base, &format!("/api/v1/instances/{id}/history?limit=10000")).map(|(_, v)| v);
-    let mut s = format!("instance {id}: {}\n  history:\n", inst.map(|v| v.to_string()).unwrap_or_else(|e| e));
+    let hist =
+        get_json(base, &format!("/api/v1/instances/{id}/history?limit=10000")).map(|(_, v)| v);
+    let mut s = format!(
+        "instance {id}: {}\n  history:\n",
+        inst.map(|v| v.to_string()).unwrap_or_else(|e| e)
+    );
     match hist {
         Ok(h) => {
             for item in h["items"].as_array().cloned().unwrap_or_default() {
@@ -315,7 +349,13 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
             Duration::from_secs(30),
         )
         .expect("register a workflow");
-        assert_eq!(r.status, 201, "registering {}: {}\n{doc}", NAMES[n], r.text());
+        assert_eq!(
+            r.status,
+            201,
+            "registering {}: {}\n{doc}",
+            NAMES[n],
+            r.text()
+        );
     }
 
     // Start instances from another thread, paced so that they spread over the kills.
@@ -323,21 +363,38 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     let failed_starts = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let starter = {
-        let (acked, failed, port, stop) = (acked.clone(), failed_starts.clone(), port.clone(), stop.clone());
+        let (acked, failed, port, stop) = (
+            acked.clone(),
+            failed_starts.clone(),
+            port.clone(),
+            stop.clone(),
+        );
         let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
         std::thread::spawn(move || {
             let mut i = 0u64;
-            while acked.lock().map(|a| a.len()).unwrap_or(0) < INSTANCES && !stop.load(Ordering::SeqCst) {
+            while acked.lock().map(|a| a.len()).unwrap_or(0) < INSTANCES
+                && !stop.load(Ordering::SeqCst)
+            {
                 i += 1;
-                let body = json!({"namespace": "crash", "name": NAMES[kind_of(i)], "input": {"i": i}});
+                let body =
+                    json!({"namespace": "crash", "name": NAMES[kind_of(i)], "input": {"i": i}});
                 match post_json(&base_of(&port), "/api/v1/instances", &body) {
                     Ok((201, v)) => {
                         let id = v["id"].as_str().unwrap_or("").to_string();
                         assert!(!id.is_empty(), "201 without an id: {v}");
-                        acked.lock().unwrap_or_else(|p| p.into_inner()).insert(i, id);
+                        acked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(i, id);
                     }
-                    Ok((code, v)) => failed.lock().unwrap_or_else(|p| p.into_inner()).push((i, format!("HTTP {code}: {v}"))),
-                    Err(e) => failed.lock().unwrap_or_else(|p| p.into_inner()).push((i, e)),
+                    Ok((code, v)) => failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, format!("HTTP {code}: {v}"))),
+                    Err(e) => failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, e)),
                 }
                 std::thread::sleep(Duration::from_millis(rng.range(20, 70)));
             }
@@ -363,7 +420,10 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
                 Instant::now() < start_deadline,
                 "only {} instances acknowledged; failed starts: {:?}\n{}",
                 count(),
-                failed_starts.lock().map(|f| f.iter().rev().take(5).cloned().collect::<Vec<_>>()).unwrap_or_default(),
+                failed_starts
+                    .lock()
+                    .map(|f| f.iter().rev().take(5).cloned().collect::<Vec<_>>())
+                    .unwrap_or_default(),
                 server.log_tail(3000)
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -380,34 +440,63 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     stop.store(true, Ordering::SeqCst);
     starter.join().expect("the starter thread panicked");
     let acked: BTreeMap<u64, String> = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let failed_starts = failed_starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let failed_starts = failed_starts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let kills_during_starts = acked_at_kill.iter().filter(|n| **n < INSTANCES).count();
     println!(
         "kills: {kills} in {kills_phase:.1?} ({kills_during_starts} while instances were being started; acknowledged at each kill: {acked_at_kill:?})"
     );
-    println!("starts: {} acknowledged, {} failed (server down or killed)", acked.len(), failed_starts.len());
-    assert!(acked.len() >= INSTANCES, "only {} instances acknowledged", acked.len());
+    println!(
+        "starts: {} acknowledged, {} failed (server down or killed)",
+        acked.len(),
+        failed_starts.len()
+    );
+    assert!(
+        acked.len() >= INSTANCES,
+        "only {} instances acknowledged",
+        acked.len()
+    );
 
     // Wait for every instance the server has (acknowledged or not) to finish.
     let base = server.base();
     let wait_start = Instant::now();
     let mut all;
     loop {
-        all = list_all(&base).unwrap_or_else(|e| panic!("listing the instances failed: {e}\n{}", server.log_tail(3000)));
+        all = list_all(&base).unwrap_or_else(|e| {
+            panic!(
+                "listing the instances failed: {e}\n{}",
+                server.log_tail(3000)
+            )
+        });
         let missing: Vec<&String> = acked.values().filter(|id| !all.contains_key(*id)).collect();
         assert!(
             missing.is_empty(),
             "acknowledged instances are LOST (not listed after the restarts): {missing:?}\n{}",
             server.log_tail(3000)
         );
-        let unfinished = all.values().filter(|(_, s, _)| s == "running" || s == "suspended").count();
+        let unfinished = all
+            .values()
+            .filter(|(_, s, _)| s == "running" || s == "suspended")
+            .count();
         if unfinished == 0 {
             break;
         }
         if wait_start.elapsed() > FINISH_TIMEOUT {
-            let mut msg = format!("{unfinished} instances did not finish within {FINISH_TIMEOUT:?} of the last restart:\n");
-            for (id, (i, s, _)) in all.iter().filter(|(_, (_, s, _))| s == "running" || s == "suspended").take(5) {
-                msg.push_str(&format!("--- i={i} ({}) status {s}, acknowledged: {}\n", NAMES[kind_of(*i)], acked.values().any(|a| a == id)));
+            let mut msg = format!(
+                "{unfinished} instances did not finish within {FINISH_TIMEOUT:?} of the last restart:\n"
+            );
+            for (id, (i, s, _)) in all
+                .iter()
+                .filter(|(_, (_, s, _))| s == "running" || s == "suspended")
+                .take(5)
+            {
+                msg.push_str(&format!(
+                    "--- i={i} ({}) status {s}, acknowledged: {}\n",
+                    NAMES[kind_of(*i)],
+                    acked.values().any(|a| a == id)
+                ));
                 msg.push_str(&describe_instance(&base, id));
             }
             panic!("{msg}\n--- server log tail ---\n{}", server.log_tail(3000));
@@ -420,9 +509,17 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     let by_i: BTreeMap<u64, String> = all.iter().map(|(id, (i, _, _))| (*i, id.clone())).collect();
     assert_eq!(by_i.len(), all.len(), "two instances with the same input i");
     for (i, id) in &acked {
-        assert_eq!(by_i.get(i), Some(id), "acknowledged instance i={i} {id} is listed under another id");
+        assert_eq!(
+            by_i.get(i),
+            Some(id),
+            "acknowledged instance i={i} {id} is listed under another id"
+        );
     }
-    let ghosts: Vec<u64> = by_i.keys().filter(|i| !acked.contains_key(i)).copied().collect();
+    let ghosts: Vec<u64> = by_i
+        .keys()
+        .filter(|i| !acked.contains_key(i))
+        .copied()
+        .collect();
 
     // (a) Every instance completed with exactly the expected output.
     let mut problems = Vec::new();
@@ -437,35 +534,60 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
             ));
         }
     }
-    assert!(problems.is_empty(), "{} instances are wrong:\n{}", problems.len(), problems.iter().take(5).cloned().collect::<String>());
+    assert!(
+        problems.is_empty(),
+        "{} instances are wrong:\n{}",
+        problems.len(),
+        problems.iter().take(5).cloned().collect::<String>()
+    );
 
     // (b) HTTP calls: every step reached the service; repeats carry the same key.
-    let requests: Vec<Recorded> = service.requests().into_iter().filter(|r| r.path().starts_with("/crash/")).collect();
+    let requests: Vec<Recorded> = service
+        .requests()
+        .into_iter()
+        .filter(|r| r.path().starts_with("/crash/"))
+        .collect();
     let mut calls: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
     for r in &requests {
-        let (Some(i), Some(s)) = (r.query("i").and_then(|x| x.parse().ok()), r.query("s").and_then(|x| x.parse().ok())) else {
+        let (Some(i), Some(s)) = (
+            r.query("i").and_then(|x| x.parse().ok()),
+            r.query("s").and_then(|x| x.parse().ok()),
+        ) else {
             panic!("a request without i and s: {}", r.target);
         };
-        let key = r.header("idempotency-key").unwrap_or_else(|| panic!("a call without an Idempotency-Key: {}", r.target));
+        let key = r
+            .header("idempotency-key")
+            .unwrap_or_else(|| panic!("a call without an Idempotency-Key: {}", r.target));
         calls.entry((i, s)).or_default().push(key.to_string());
     }
     let mut key_owner: HashMap<&str, (u64, u64)> = HashMap::new();
     let mut repeated = 0usize;
     let mut max_repeats = 0usize;
     for ((i, s), keys) in &calls {
-        let id = by_i.get(i).unwrap_or_else(|| panic!("a call for i={i} s={s}, an instance the server does not have"));
+        let id = by_i.get(i).unwrap_or_else(|| {
+            panic!("a call for i={i} s={s}, an instance the server does not have")
+        });
         let distinct: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
         repeated += keys.len() - distinct.len();
         for k in &distinct {
             let n = keys.iter().filter(|x| x.as_str() == *k).count();
             max_repeats = max_repeats.max(n - 1);
             if let Some(other) = key_owner.insert(*k, (*i, *s)) {
-                panic!("Idempotency-Key {k} was sent for i={i} s={s} and for i={} s={}", other.0, other.1);
+                panic!(
+                    "Idempotency-Key {k} was sent for i={i} s={s} and for i={} s={}",
+                    other.0, other.1
+                );
             }
         }
-        let want = expected_http(*i).into_iter().find(|(step, _)| step == s).map(|(_, n)| n);
+        let want = expected_http(*i)
+            .into_iter()
+            .find(|(step, _)| step == s)
+            .map(|(_, n)| n);
         match want {
-            None => panic!("unexpected call i={i} s={s} ({}) {id}: keys {keys:?}", NAMES[kind_of(*i)]),
+            None => panic!(
+                "unexpected call i={i} s={s} ({}) {id}: keys {keys:?}",
+                NAMES[kind_of(*i)]
+            ),
             Some(n) => assert_eq!(
                 distinct.len(),
                 n,
@@ -478,7 +600,11 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     }
     for i in by_i.keys() {
         for (s, _) in expected_http(*i) {
-            assert!(calls.contains_key(&(*i, s)), "i={i} s={s} ({}) never called the service", NAMES[kind_of(*i)]);
+            assert!(
+                calls.contains_key(&(*i, s)),
+                "i={i} s={s} ({}) never called the service",
+                NAMES[kind_of(*i)]
+            );
         }
     }
 
@@ -489,23 +615,47 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let parsed = match f.as_slice() {
-            [i, s, key, attempt, ms] => match (i.parse::<u64>(), s.parse::<u64>(), attempt.parse::<u32>(), ms.parse::<i64>()) {
+            [i, s, key, attempt, ms] => match (
+                i.parse::<u64>(),
+                s.parse::<u64>(),
+                attempt.parse::<u32>(),
+                ms.parse::<i64>(),
+            ) {
                 (Ok(i), Ok(s), Ok(a), Ok(ms)) => Some((i, s, key, a, ms)),
                 _ => None,
             },
             _ => None,
         };
-        let (i, s, key, attempt, ms) = parsed.unwrap_or_else(|| panic!("a bad shell log line: {line:?}"));
-        shells.entry((i, s)).or_default().push((key.to_string(), attempt));
-        shell_times.push((key.to_string(), ms, format!("shell run i={i} s={s} attempt {attempt}")));
+        let (i, s, key, attempt, ms) =
+            parsed.unwrap_or_else(|| panic!("a bad shell log line: {line:?}"));
+        shells
+            .entry((i, s))
+            .or_default()
+            .push((key.to_string(), attempt));
+        shell_times.push((
+            key.to_string(),
+            ms,
+            format!("shell run i={i} s={s} attempt {attempt}"),
+        ));
     }
     let mut shell_reruns = 0usize;
     let mut attempt_gaps = Vec::new();
     for ((i, s), runs) in &shells {
-        let id = by_i.get(i).unwrap_or_else(|| panic!("a shell run for i={i}, an instance the server does not have"));
-        assert!(expected_shell(*i).contains(s), "unexpected shell run i={i} s={s} ({}): {runs:?}", NAMES[kind_of(*i)]);
+        let id = by_i.get(i).unwrap_or_else(|| {
+            panic!("a shell run for i={i}, an instance the server does not have")
+        });
+        assert!(
+            expected_shell(*i).contains(s),
+            "unexpected shell run i={i} s={s} ({}): {runs:?}",
+            NAMES[kind_of(*i)]
+        );
         let keys: BTreeSet<&str> = runs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys.len(), 1, "i={i} s={s}: a shell step ran under several keys: {runs:?}\n{}", describe_instance(&base, id));
+        assert_eq!(
+            keys.len(),
+            1,
+            "i={i} s={s}: a shell step ran under several keys: {runs:?}\n{}",
+            describe_instance(&base, id)
+        );
         let mut attempts: Vec<u32> = runs.iter().map(|(_, a)| *a).collect();
         attempts.sort_unstable();
         let before = attempts.len();
@@ -525,7 +675,11 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     }
     for i in by_i.keys() {
         for s in expected_shell(*i) {
-            assert!(shells.contains_key(&(*i, s)), "i={i} s={s} ({}) never ran its shell step", NAMES[kind_of(*i)]);
+            assert!(
+                shells.contains_key(&(*i, s)),
+                "i={i} s={s} ({}) never ran its shell step",
+                NAMES[kind_of(*i)]
+            );
         }
     }
 
@@ -534,12 +688,16 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     // the commit itself). The idempotency key is `<instance id>-<effect id>`.
     let mut delivered: HashMap<String, i64> = HashMap::new();
     for id in by_i.values() {
-        let (code, h) = get_json(&base, &format!("/api/v1/instances/{id}/history?limit=10000"))
-            .unwrap_or_else(|e| panic!("history of {id}: {e}"));
+        let (code, h) = get_json(
+            &base,
+            &format!("/api/v1/instances/{id}/history?limit=10000"),
+        )
+        .unwrap_or_else(|e| panic!("history of {id}: {e}"));
         assert_eq!(code, 200, "history of {id}: {h}");
         for item in h["items"].as_array().cloned().unwrap_or_default() {
             if item["kind"] == "delivery"
-                && let (Some(effect), Some(t)) = (item["data"]["effect"].as_u64(), item["time_ms"].as_i64())
+                && let (Some(effect), Some(t)) =
+                    (item["data"]["effect"].as_u64(), item["time_ms"].as_i64())
             {
                 delivered.insert(format!("{id}-{effect}"), t);
             }
@@ -549,7 +707,13 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     let mut max_margin = i64::MIN;
     let runs = requests
         .iter()
-        .map(|r| (r.header("idempotency-key").unwrap_or("").to_string(), r.at_ms, format!("call {}", r.target)))
+        .map(|r| {
+            (
+                r.header("idempotency-key").unwrap_or("").to_string(),
+                r.at_ms,
+                format!("call {}", r.target),
+            )
+        })
         .chain(shell_times.iter().cloned());
     for (key, at, what) in runs {
         let Some(d) = delivered.get(&key) else {
@@ -557,7 +721,10 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
         };
         max_margin = max_margin.max(at - d);
         if at > d + COMMIT_SLACK_MS {
-            late.push(format!("{what} (key {key}) at {at}, {} ms after its result was committed", at - d));
+            late.push(format!(
+                "{what} (key {key}) at {at}, {} ms after its result was committed",
+                at - d
+            ));
         }
     }
     assert!(
@@ -582,7 +749,10 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
         ghosts.len(),
         failed_starts.len()
     );
-    println!("kills: {kills} (each followed by a restart); all {} instances completed {finish_wait:.1?} after the last restart", by_i.len());
+    println!(
+        "kills: {kills} (each followed by a restart); all {} instances completed {finish_wait:.1?} after the last restart",
+        by_i.len()
+    );
     println!(
         "http calls: {} for {} (instance, step) pairs, {} distinct keys; {repeated} repeated (same key) — at most {max_repeats} repeats of one call",
         requests.len(),
@@ -593,7 +763,11 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
         "shell runs: {shell_runs} for {} steps; {shell_reruns} re-runs; {} steps with a gap in KFLOW_ATTEMPT{}",
         shells.len(),
         attempt_gaps.len(),
-        if attempt_gaps.is_empty() { String::new() } else { format!(": {attempt_gaps:?}") }
+        if attempt_gaps.is_empty() {
+            String::new()
+        } else {
+            format!(": {attempt_gaps:?}")
+        }
     );
     let per_kill = (repeated + shell_reruns) as f64 / kills as f64;
     println!(

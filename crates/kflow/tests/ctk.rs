@@ -68,10 +68,17 @@ fn parse_feature(text: &str) -> Result<Feature, String> {
             feature = Some(name.trim().to_string());
         } else if t.starts_with("Background:") {
             in_background = true;
-        } else if let Some(name) = t.strip_prefix("Scenario:").or_else(|| t.strip_prefix("Example:")) {
+        } else if let Some(name) = t
+            .strip_prefix("Scenario:")
+            .or_else(|| t.strip_prefix("Example:"))
+        {
             in_background = false;
             let steps = background.clone();
-            scenarios.push(Scenario { name: name.trim().to_string(), line: n, steps });
+            scenarios.push(Scenario {
+                name: name.trim().to_string(),
+                line: n,
+                steps,
+            });
         } else if t.starts_with("Scenario Outline:")
             || t.starts_with("Scenario Template:")
             || t.starts_with("Examples:")
@@ -80,8 +87,12 @@ fn parse_feature(text: &str) -> Result<Feature, String> {
         {
             return Err(format!("line {n}: this reader does not support `{t}`"));
         } else if let Some(kw) = KEYWORDS.iter().find(|k| t.starts_with(*k)) {
-            let step =
-                StepText { keyword: kw.trim().to_string(), text: t[kw.len()..].trim().to_string(), doc: None, line: n };
+            let step = StepText {
+                keyword: kw.trim().to_string(),
+                text: t[kw.len()..].trim().to_string(),
+                doc: None,
+                line: n,
+            };
             if in_background {
                 background.push(step);
             } else if let Some(s) = scenarios.last_mut() {
@@ -152,7 +163,14 @@ enum Step {
 
 /// `'a', 'b.c'` → `["a", "b.c"]`.
 fn quoted_list(s: &str) -> Option<Vec<String>> {
-    s.split(',').map(|p| p.trim().strip_prefix('\'')?.strip_suffix('\'').map(str::to_string)).collect()
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .strip_prefix('\'')?
+                .strip_suffix('\'')
+                .map(str::to_string)
+        })
+        .collect()
 }
 
 /// A task name: one token (the CTK's names have no spaces).
@@ -166,7 +184,11 @@ fn parse_step(st: &StepText) -> Result<Step, String> {
     // "And given the workflow input is:" spells its keyword twice.
     let text = text.strip_prefix("given ").unwrap_or(text);
     let doc = st.doc.clone();
-    let with_doc = |s: fn(String) -> Step| doc.clone().map(s).ok_or_else(|| format!("`{text}` needs a docstring"));
+    let with_doc = |s: fn(String) -> Step| {
+        doc.clone()
+            .map(s)
+            .ok_or_else(|| format!("`{text}` needs a docstring"))
+    };
     let step = match text {
         "a workflow with definition:" => with_doc(Step::Definition)?,
         "the workflow input is:" => with_doc(Step::Input)?,
@@ -178,17 +200,26 @@ fn parse_step(st: &StepText) -> Result<Step, String> {
         "the workflow should cancel" => Step::WorkflowCancels,
         _ => {
             if let Some(rest) = text.strip_prefix("the workflow output should have properties ") {
-                Step::HasProperties(quoted_list(rest).ok_or_else(|| format!("bad property list: {rest}"))?)
+                Step::HasProperties(
+                    quoted_list(rest).ok_or_else(|| format!("bad property list: {rest}"))?,
+                )
             } else if let Some(rest) = text.strip_prefix("the workflow output should have a '") {
                 let (path, tail) = rest.split_once('\'').ok_or("unclosed property name")?;
                 if tail == " property with value:" {
-                    Step::PropertyValue(path.to_string(), doc.clone().ok_or("a value step needs a docstring")?)
-                } else if let Some(count) =
-                    tail.strip_prefix(" property containing ").and_then(|t| t.strip_suffix(" items"))
+                    Step::PropertyValue(
+                        path.to_string(),
+                        doc.clone().ok_or("a value step needs a docstring")?,
+                    )
+                } else if let Some(count) = tail
+                    .strip_prefix(" property containing ")
+                    .and_then(|t| t.strip_suffix(" items"))
                 {
                     Step::PropertyCount(
                         path.to_string(),
-                        count.trim().parse().map_err(|_| format!("bad count `{count}`"))?,
+                        count
+                            .trim()
+                            .parse()
+                            .map_err(|_| format!("bad count `{count}`"))?,
                     )
                 } else {
                     return Err(format!("unknown step: {} {}", st.keyword, st.text));
@@ -197,21 +228,29 @@ fn parse_step(st: &StepText) -> Result<Step, String> {
                 Step::RunsFirst(t)
             } else if let Some(t) = text.strip_suffix(" should run last").and_then(task_name) {
                 Step::RunsLast(t)
-            } else if let Some((a, b)) =
-                text.split_once(" should run before ").and_then(|(a, b)| Some((task_name(a)?, task_name(b)?)))
+            } else if let Some((a, b)) = text
+                .split_once(" should run before ")
+                .and_then(|(a, b)| Some((task_name(a)?, task_name(b)?)))
             {
                 Step::RunsBefore(a, b)
-            } else if let Some((a, b)) =
-                text.split_once(" should run after ").and_then(|(a, b)| Some((task_name(a)?, task_name(b)?)))
+            } else if let Some((a, b)) = text
+                .split_once(" should run after ")
+                .and_then(|(a, b)| Some((task_name(a)?, task_name(b)?)))
             {
                 Step::RunsAfter(a, b)
             } else if let Some(t) = text.strip_suffix(" should complete").and_then(task_name) {
                 Step::TaskCompletes(t, None)
-            } else if let Some(t) = text.strip_suffix(" should complete with output:").and_then(task_name) {
+            } else if let Some(t) = text
+                .strip_suffix(" should complete with output:")
+                .and_then(task_name)
+            {
                 Step::TaskCompletes(t, Some(doc.clone().ok_or("needs a docstring")?))
             } else if let Some(t) = text.strip_suffix(" should fault").and_then(task_name) {
                 Step::TaskFaults(t, None)
-            } else if let Some(t) = text.strip_suffix(" should fault with error:").and_then(task_name) {
+            } else if let Some(t) = text
+                .strip_suffix(" should fault with error:")
+                .and_then(task_name)
+            {
                 Step::TaskFaults(t, Some(doc.clone().ok_or("needs a docstring")?))
             } else if let Some(t) = text.strip_suffix(" should cancel").and_then(task_name) {
                 Step::TaskCancels(t)
@@ -251,7 +290,12 @@ fn started(trace: &[Value]) -> Vec<(String, String)> {
     trace
         .iter()
         .filter(|l| l["type"] == "task.started")
-        .map(|l| (l["task"].as_str().unwrap_or("").to_string(), l["reference"].as_str().unwrap_or("").to_string()))
+        .map(|l| {
+            (
+                l["task"].as_str().unwrap_or("").to_string(),
+                l["reference"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
@@ -264,14 +308,19 @@ fn parent(reference: &str) -> &str {
 
 impl World {
     fn ran(&self) -> Result<&Ran, String> {
-        self.ran.as_ref().ok_or_else(|| "an assertion before `When the workflow is executed`".to_string())
+        self.ran
+            .as_ref()
+            .ok_or_else(|| "an assertion before `When the workflow is executed`".to_string())
     }
 
     /// The output of a completed run.
     fn output(&self) -> Result<Value, String> {
         let ran = self.ran()?;
         if ran.outcome.code != Some(0) {
-            return Err(format!("the workflow did not complete (expected exit 0)\n{}", ran.outcome.describe()));
+            return Err(format!(
+                "the workflow did not complete (expected exit 0)\n{}",
+                ran.outcome.describe()
+            ));
         }
         ran.outcome.json()
     }
@@ -280,18 +329,29 @@ impl World {
     fn fault(&self) -> Result<Value, String> {
         let ran = self.ran()?;
         if ran.outcome.code != Some(1) {
-            return Err(format!("the workflow did not fault (expected exit 1)\n{}", ran.outcome.describe()));
+            return Err(format!(
+                "the workflow did not fault (expected exit 1)\n{}",
+                ran.outcome.describe()
+            ));
         }
         let err = ran.outcome.json()?;
         if !(err["type"].is_string() && err["status"].is_number()) {
-            return Err(format!("a fault's stdout must be an error object with type and status: {err}"));
+            return Err(format!(
+                "a fault's stdout must be an error object with type and status: {err}"
+            ));
         }
         Ok(err)
     }
 
     fn order_failure(&self, what: &str) -> String {
-        let order: Vec<String> =
-            self.ran.as_ref().map(|r| started(&r.trace)).unwrap_or_default().into_iter().map(|(_, r)| r).collect();
+        let order: Vec<String> = self
+            .ran
+            .as_ref()
+            .map(|r| started(&r.trace))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         format!("{what}; task.started order: {order:?}")
     }
 
@@ -308,17 +368,25 @@ impl World {
             Step::Definition(d) => self.definition = Some(d),
             Step::Input(d) => self.input = Some(doc_value(&d)?),
             Step::Execute => {
-                let def = self.definition.as_ref().ok_or("no workflow definition before `When`")?;
+                let def = self
+                    .definition
+                    .as_ref()
+                    .ok_or("no workflow definition before `When`")?;
                 let dir = TempDir::new("ctk");
                 // The only change to the scenario: public service addresses → the local server.
                 let file = dir.write("workflow.yaml", server.rewrite(def));
                 let mut cmd = kflow(["run"]).arg(&file).arg("--trace");
                 if let Some(input) = &self.input {
-                    cmd = cmd.arg("--input").arg(serde_json::to_string(input).unwrap_or_default());
+                    cmd = cmd
+                        .arg("--input")
+                        .arg(serde_json::to_string(input).unwrap_or_default());
                 }
                 let outcome = cmd.run();
                 if outcome.timed_out {
-                    return Err(format!("kflow run did not finish in time\n{}", outcome.describe()));
+                    return Err(format!(
+                        "kflow run did not finish in time\n{}",
+                        outcome.describe()
+                    ));
                 }
                 if outcome.stderr.contains("panicked") {
                     return Err(format!("kflow panicked\n{}", outcome.describe()));
@@ -332,7 +400,9 @@ impl World {
             Step::WorkflowCompletesWith(d) => {
                 let (want, got) = (doc_value(&d)?, self.output()?);
                 if !json_eq(&want, &got) {
-                    return Err(format!("output differs\n  expected: {want}\n  actual:   {got}"));
+                    return Err(format!(
+                        "output differs\n  expected: {want}\n  actual:   {got}"
+                    ));
                 }
             }
             Step::WorkflowFaults => {
@@ -353,9 +423,15 @@ impl World {
             }
             Step::HasProperties(paths) => {
                 let out = self.output()?;
-                let missing: Vec<&String> = paths.iter().filter(|p| at_path(&out, p).is_none()).collect();
+                let missing: Vec<&String> = paths
+                    .iter()
+                    .filter(|p| at_path(&out, p).is_none())
+                    .collect();
                 if !missing.is_empty() {
-                    return Err(format!("output lacks {missing:?}\n  output: {}", clip(&out.to_string(), 1500)));
+                    return Err(format!(
+                        "output lacks {missing:?}\n  output: {}",
+                        clip(&out.to_string(), 1500)
+                    ));
                 }
             }
             Step::PropertyValue(path, d) => {
@@ -374,7 +450,11 @@ impl World {
                 let out = self.output()?;
                 match at_path(&out, &path) {
                     Some(Value::Array(a)) if a.len() == n => {}
-                    got => return Err(format!("`{path}` should be an array of {n} items, is {got:?}")),
+                    got => {
+                        return Err(format!(
+                            "`{path}` should be an array of {n} items, is {got:?}"
+                        ));
+                    }
                 }
             }
             // Order is judged among the tasks of the same list (siblings), by task.started.
@@ -389,7 +469,10 @@ impl World {
             Step::RunsLast(t) => {
                 let (_, reference) = self.first_start(&t)?;
                 let s = started(&self.ran()?.trace);
-                let last = s.iter().rev().find(|(_, r)| parent(r) == parent(&reference));
+                let last = s
+                    .iter()
+                    .rev()
+                    .find(|(_, r)| parent(r) == parent(&reference));
                 if last.map(|(n, _)| n.as_str()) != Some(t.as_str()) {
                     return Err(self.order_failure(&format!("`{t}` did not run last")));
                 }
@@ -404,24 +487,38 @@ impl World {
             }
             Step::TaskCompletes(t, want) => {
                 let ran = self.ran()?;
-                let line = ran.trace.iter().find(|l| l["type"] == "task.completed" && l["task"] == t.as_str());
-                let line = line.ok_or_else(|| self.order_failure(&format!("no task.completed for `{t}`")))?;
+                let line = ran
+                    .trace
+                    .iter()
+                    .find(|l| l["type"] == "task.completed" && l["task"] == t.as_str());
+                let line = line
+                    .ok_or_else(|| self.order_failure(&format!("no task.completed for `{t}`")))?;
                 if let Some(d) = want {
                     let want = doc_value(&d)?;
                     match line.get("output") {
                         Some(got) if json_eq(&want, got) => {}
-                        got => return Err(format!("`{t}` output is {got:?}, expected {want} (trace line: {line})")),
+                        got => {
+                            return Err(format!(
+                                "`{t}` output is {got:?}, expected {want} (trace line: {line})"
+                            ));
+                        }
                     }
                 }
             }
             Step::TaskFaults(t, want) => {
                 let ran = self.ran()?;
-                let line = ran.trace.iter().find(|l| l["type"] == "task.faulted" && l["task"] == t.as_str());
-                let line = line.ok_or_else(|| self.order_failure(&format!("no task.faulted for `{t}`")))?;
+                let line = ran
+                    .trace
+                    .iter()
+                    .find(|l| l["type"] == "task.faulted" && l["task"] == t.as_str());
+                let line =
+                    line.ok_or_else(|| self.order_failure(&format!("no task.faulted for `{t}`")))?;
                 if let Some(d) = want {
                     let want = doc_value(&d)?;
                     if !line.get("error").is_some_and(|e| json_subset(&want, e)) {
-                        return Err(format!("`{t}` error differs: expected {want}, trace line {line}"));
+                        return Err(format!(
+                            "`{t}` error differs: expected {want}, trace line {line}"
+                        ));
                     }
                 }
             }
@@ -435,7 +532,9 @@ fn run_scenario(sc: &Scenario, server: &TestServer) -> Result<(), String> {
     let mut world = World::default();
     for st in &sc.steps {
         let step = parse_step(st).map_err(|e| format!("line {}: {e}", st.line))?;
-        world.step(step, server).map_err(|e| format!("line {}: `{} {}` failed: {e}", st.line, st.keyword, st.text))?;
+        world
+            .step(step, server)
+            .map_err(|e| format!("line {}: `{} {}` failed: {e}", st.line, st.keyword, st.text))?;
     }
     if world.ran.is_none() {
         return Err("the scenario never executed its workflow".into());
@@ -465,32 +564,56 @@ fn load(path: &Path) -> Feature {
 #[test]
 fn ctk_conformance() {
     let Some(files) = features() else {
-        println!("the CTK (../shared/spec/serverless-workflow/ctk) is missing: skipping the conformance run");
+        println!(
+            "the CTK (../shared/spec/serverless-workflow/ctk) is missing: skipping the conformance run"
+        );
         return;
     };
     let server = TestServer::start();
     let mut rows: Vec<(String, String, Result<(), String>)> = Vec::new();
     for f in &files {
         let feature = load(f);
-        let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for sc in &feature.scenarios {
             let r = run_scenario(sc, &server);
-            rows.push((format!("{file}:{}", sc.line), format!("{} / {}", feature.name, sc.name), r));
+            rows.push((
+                format!("{file}:{}", sc.line),
+                format!("{} / {}", feature.name, sc.name),
+                r,
+            ));
         }
     }
     let passed = rows.iter().filter(|r| r.2.is_ok()).count();
     println!("\nCTK conformance: {passed}/{} scenarios pass", rows.len());
     println!("{:<6} {:<24} SCENARIO", "RESULT", "WHERE");
     for (at, name, r) in &rows {
-        println!("{:<6} {:<24} {name}", if r.is_ok() { "pass" } else { "FAIL" }, at);
+        println!(
+            "{:<6} {:<24} {name}",
+            if r.is_ok() { "pass" } else { "FAIL" },
+            at
+        );
     }
-    let failures: Vec<String> =
-        rows.iter().filter_map(|(at, name, r)| r.as_ref().err().map(|e| format!("=== {at} {name}\n{e}"))).collect();
+    let failures: Vec<String> = rows
+        .iter()
+        .filter_map(|(at, name, r)| r.as_ref().err().map(|e| format!("=== {at} {name}\n{e}")))
+        .collect();
     for f in &failures {
         println!("\n{f}");
     }
-    assert!(rows.len() >= 21, "expected the CTK's 21 scenarios, found {}", rows.len());
-    assert!(failures.is_empty(), "{} of {} CTK scenarios fail (see the table above)", failures.len(), rows.len());
+    assert!(
+        rows.len() >= 21,
+        "expected the CTK's 21 scenarios, found {}",
+        rows.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} CTK scenarios fail (see the table above)",
+        failures.len(),
+        rows.len()
+    );
 }
 
 /// Every step of every CTK scenario is one this runner understands.
@@ -519,17 +642,35 @@ fn gherkin_reader() {
     let text = "Feature: F\n  As someone\n\n  # comment\n  Scenario: S1\n    Given a workflow with definition:\n    \"\"\"yaml\n    do:\n      - a: 1\n    \"\"\"\n    And given the workflow input is:\n      \"\"\"yaml\n      x: 1\n      \"\"\"\n    When the workflow is executed\n    Then the workflow should complete with output:\n    \"\"\"yaml\n    x: 1\n    \"\"\"\n    And setRed should run after setBlue\n    And the workflow output should have properties 'a', 'b.c'\n    And the workflow output should have a 'colors' property containing 3 items\n";
     let f = parse_feature(text).expect("parses");
     assert_eq!(f.name, "F");
-    let steps: Vec<Step> = f.scenarios[0].steps.iter().map(|s| parse_step(s).expect("known step")).collect();
+    let steps: Vec<Step> = f.scenarios[0]
+        .steps
+        .iter()
+        .map(|s| parse_step(s).expect("known step"))
+        .collect();
     assert_eq!(steps[0], Step::Definition("do:\n  - a: 1".into()));
     assert_eq!(steps[1], Step::Input("x: 1".into()));
     assert_eq!(steps[4], Step::RunsAfter("setRed".into(), "setBlue".into()));
-    assert_eq!(steps[5], Step::HasProperties(vec!["a".into(), "b.c".into()]));
+    assert_eq!(
+        steps[5],
+        Step::HasProperties(vec!["a".into(), "b.c".into()])
+    );
     assert_eq!(steps[6], Step::PropertyCount("colors".into(), 3));
     // Unknown steps are errors, never ignored.
-    let bad = StepText { keyword: "Then".into(), text: "the moon should be full".into(), doc: None, line: 1 };
+    let bad = StepText {
+        keyword: "Then".into(),
+        text: "the moon should be full".into(),
+        doc: None,
+        line: 1,
+    };
     assert!(parse_step(&bad).is_err());
-    assert!(parse_feature("Feature: F\n  Scenario: S\n    Given x\n    \"\"\"\n    never closed\n").is_err());
-    assert_eq!(parent("/do/0/tryGetPet/try/0/getPet"), "/do/0/tryGetPet/try");
+    assert!(
+        parse_feature("Feature: F\n  Scenario: S\n    Given x\n    \"\"\"\n    never closed\n")
+            .is_err()
+    );
+    assert_eq!(
+        parent("/do/0/tryGetPet/try/0/getPet"),
+        "/do/0/tryGetPet/try"
+    );
     assert_eq!(parent("/do/1/setRed"), "/do");
     assert_eq!(yaml("1").unwrap(), serde_json::json!(1));
     assert_eq!(yaml("on: yes").unwrap(), serde_json::json!({"on": "yes"}));
@@ -568,7 +709,11 @@ fn runner_detects_wrong_expectations() {
         run_scenario(&f.scenarios[0], &server)
     };
     for step in right {
-        assert!(scenario(step).is_ok(), "should pass: {step}: {:?}", scenario(step));
+        assert!(
+            scenario(step).is_ok(),
+            "should pass: {step}: {:?}",
+            scenario(step)
+        );
     }
     for step in wrong {
         assert!(scenario(step).is_err(), "should fail: {step}");

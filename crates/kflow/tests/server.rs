@@ -11,7 +11,9 @@ use support::{Outcome, ServerProcess, TempDir, free_port, get_json, json_eq, kfl
 
 /// A workflow document in namespace `srv`: the `document` header, then `body`.
 fn wf(name: &str, body: &str) -> String {
-    format!("document:\n  dsl: '1.0.3'\n  namespace: srv\n  name: {name}\n  version: '0.1.0'\n{body}")
+    format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: srv\n  name: {name}\n  version: '0.1.0'\n{body}"
+    )
 }
 
 /// A server on a fresh data folder, and a folder for the test's files.
@@ -24,13 +26,20 @@ struct Env {
 fn setup(tag: &str, extra: &[&str]) -> Env {
     let data = TempDir::new(&format!("{tag}-data"));
     let server = ServerProcess::start(&data.path().join("kflow"), extra);
-    Env { server, files: TempDir::new(&format!("{tag}-files")), _data: data }
+    Env {
+        server,
+        files: TempDir::new(&format!("{tag}-files")),
+        _data: data,
+    }
 }
 
 impl Env {
     /// Runs a client verb against this server (through `KFLOW_SERVER`).
     fn cli(&self, args: &[&str]) -> Outcome {
-        kflow(args).env("KFLOW_SERVER", &self.server.base()).timeout(Duration::from_secs(60)).run()
+        kflow(args)
+            .env("KFLOW_SERVER", &self.server.base())
+            .timeout(Duration::from_secs(60))
+            .run()
     }
 
     /// Writes the documents and applies them; asserts success.
@@ -38,7 +47,13 @@ impl Env {
         for (name, text) in docs {
             let f = self.files.write(name, text);
             let o = self.cli(&["apply", "-f", f.to_str().unwrap_or_default()]);
-            assert_eq!(o.code, Some(0), "apply {name}\n{}\n{}", o.describe(), self.server.log_tail(2000));
+            assert_eq!(
+                o.code,
+                Some(0),
+                "apply {name}\n{}\n{}",
+                o.describe(),
+                self.server.log_tail(2000)
+            );
         }
     }
 
@@ -57,7 +72,12 @@ impl Env {
             last = self.instance(id);
             pred(&last).then(|| last.clone())
         })
-        .unwrap_or_else(|| panic!("instance {id} never became {what}: {last}\n{}", self.server.log_tail(2000)))
+        .unwrap_or_else(|| {
+            panic!(
+                "instance {id} never became {what}: {last}\n{}",
+                self.server.log_tail(2000)
+            )
+        })
     }
 }
 
@@ -85,7 +105,11 @@ fn start_id(env: &Env, workflow: &str, input: &str) -> String {
     let o = env.cli(&["start", workflow, "--input", input]);
     ok(&o);
     let id = o.stdout.trim().to_string();
-    assert!(!id.is_empty() && !id.contains(char::is_whitespace), "start should print just the id\n{}", o.describe());
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "start should print just the id\n{}",
+        o.describe()
+    );
     id
 }
 
@@ -94,7 +118,9 @@ fn status(v: &Value) -> &str {
 }
 
 fn waiting_on(v: &Value, on: &str) -> bool {
-    v["waiting"].as_array().is_some_and(|w| w.iter().any(|w| w["on"] == on))
+    v["waiting"]
+        .as_array()
+        .is_some_and(|w| w.iter().any(|w| w["on"] == on))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,40 +129,78 @@ fn waiting_on(v: &Value, on: &str) -> bool {
 fn apply_a_folder_created_unchanged_and_conflict() {
     let env = setup("apply", &[]);
     let defs = TempDir::new("apply-defs");
-    defs.write("a.yaml", wf("alpha", "do:\n  - x:\n      set:\n        a: 1\n"));
-    defs.write("b.yml", wf("beta", "do:\n  - y:\n      set:\n        b: 2\n"));
+    defs.write(
+        "a.yaml",
+        wf("alpha", "do:\n  - x:\n      set:\n        a: 1\n"),
+    );
+    defs.write(
+        "b.yml",
+        wf("beta", "do:\n  - y:\n      set:\n        b: 2\n"),
+    );
     defs.write("notes.txt", "not a workflow");
     let dir = defs.path().to_str().unwrap_or_default();
 
     let o = env.cli(&["apply", "-f", dir]);
     ok(&o);
     let lines: Vec<&str> = o.stdout.lines().collect();
-    assert_eq!(lines, ["srv/alpha@0.1.0 created", "srv/beta@0.1.0 created"], "{}", o.describe());
+    assert_eq!(
+        lines,
+        ["srv/alpha@0.1.0 created", "srv/beta@0.1.0 created"],
+        "{}",
+        o.describe()
+    );
 
     let o = env.cli(&["apply", "-f", dir]);
     ok(&o);
     let lines: Vec<&str> = o.stdout.lines().collect();
-    assert_eq!(lines, ["srv/alpha@0.1.0 unchanged", "srv/beta@0.1.0 unchanged"], "{}", o.describe());
+    assert_eq!(
+        lines,
+        ["srv/alpha@0.1.0 unchanged", "srv/beta@0.1.0 unchanged"],
+        "{}",
+        o.describe()
+    );
 
     // The same version with other content: refused, the message names the file and the rule;
     // the other document still goes through.
-    let a = defs.write("a.yaml", wf("alpha", "do:\n  - x:\n      set:\n        a: 2\n"));
+    let a = defs.write(
+        "a.yaml",
+        wf("alpha", "do:\n  - x:\n      set:\n        a: 2\n"),
+    );
     let o = env.cli(&["apply", "-f", dir]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
-    assert!(o.stderr.contains(&a.display().to_string()), "the message should name the file\n{}", o.describe());
     assert!(
-        o.stderr.contains("already registered with different content"),
+        o.stderr.contains(&a.display().to_string()),
+        "the message should name the file\n{}",
+        o.describe()
+    );
+    assert!(
+        o.stderr
+            .contains("already registered with different content"),
         "the message should explain the conflict\n{}",
         o.describe()
     );
-    assert!(o.stdout.contains("srv/beta@0.1.0 unchanged"), "{}", o.describe());
+    assert!(
+        o.stdout.contains("srv/beta@0.1.0 unchanged"),
+        "{}",
+        o.describe()
+    );
     // The registered version did not change.
-    let (code, def) = get_json(&env.server.base(), "/api/v1/definitions/srv/alpha").expect("GET definition");
+    let (code, def) =
+        get_json(&env.server.base(), "/api/v1/definitions/srv/alpha").expect("GET definition");
     assert_eq!(code, 200, "{def}");
-    assert!(def["source"].as_str().is_some_and(|s| s.contains("a: 1")), "the stored source changed: {def}");
+    assert!(
+        def["source"].as_str().is_some_and(|s| s.contains("a: 1")),
+        "the stored source changed: {def}"
+    );
 
     // An invalid document: exit 1 with a positioned diagnostic.
-    let bad = defs.write("c.yaml", wf("gamma", "do:\n  - z:\n      set:\n        c: 3\n      bogus: true\n"));
+    let bad = defs.write(
+        "c.yaml",
+        wf(
+            "gamma",
+            "do:\n  - z:\n      set:\n        c: 3\n      bogus: true\n",
+        ),
+    );
     let o = env.cli(&["apply", "-f", bad.to_str().unwrap_or_default()]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert!(o.stderr.contains("invalid"), "{}", o.describe());
@@ -155,17 +219,37 @@ fn start_wait_prints_the_output_or_the_error() {
             ),
         ),
     ]);
-    let o = env.cli(&["start", "srv/greet", "--input", r#"{"name":"ada"}"#, "--wait"]);
+    let o = env.cli(&[
+        "start",
+        "srv/greet",
+        "--input",
+        r#"{"name":"ada"}"#,
+        "--wait",
+    ]);
     let out = json_out(&o);
-    assert!(json_eq(&out, &json!({"greeting": "hello ada"})), "{}", o.describe());
+    assert!(
+        json_eq(&out, &json!({"greeting": "hello ada"})),
+        "{}",
+        o.describe()
+    );
     let id = started_id(&o);
     let inst = env.instance(&id);
     assert_eq!(status(&inst), "completed", "{inst}");
     assert!(json_eq(&inst["output"], &out), "{inst}");
 
     // With an explicit version.
-    let o = env.cli(&["start", "srv/greet@0.1.0", "--input", r#"{"name":"bob"}"#, "--wait"]);
-    assert!(json_eq(&json_out(&o), &json!({"greeting": "hello bob"})), "{}", o.describe());
+    let o = env.cli(&[
+        "start",
+        "srv/greet@0.1.0",
+        "--input",
+        r#"{"name":"bob"}"#,
+        "--wait",
+    ]);
+    assert!(
+        json_eq(&json_out(&o), &json!({"greeting": "hello bob"})),
+        "{}",
+        o.describe()
+    );
 
     // A fault: exit 1, the error object on stdout.
     let o = env.cli(&["start", "srv/boom", "--wait"]);
@@ -190,14 +274,26 @@ fn start_with_input_failing_the_schema_is_refused() {
     for bad in [r#"{"n": "seven"}"#, r#"{"m": 1}"#] {
         let o = env.cli(&["start", "srv/typed", "--input", bad, "--wait"]);
         assert_eq!(o.code, Some(1), "input {bad}\n{}", o.describe());
-        assert!(o.stderr.contains("input schema"), "the message should name the input schema\n{}", o.describe());
-        assert!(!o.stderr.contains("started "), "no instance may start\n{}", o.describe());
+        assert!(
+            o.stderr.contains("input schema"),
+            "the message should name the input schema\n{}",
+            o.describe()
+        );
+        assert!(
+            !o.stderr.contains("started "),
+            "no instance may start\n{}",
+            o.describe()
+        );
     }
     // Nothing was created; a good input works.
     let (_, page) = get_json(&env.server.base(), "/api/v1/instances?name=typed").expect("list");
     assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page}");
     let o = env.cli(&["start", "srv/typed", "--input", r#"{"n": 21}"#, "--wait"]);
-    assert!(json_eq(&json_out(&o), &json!({"d": 42})), "{}", o.describe());
+    assert!(
+        json_eq(&json_out(&o), &json!({"d": 42})),
+        "{}",
+        o.describe()
+    );
     // Input that is not JSON at all is a usage error (exit 2), caught by the client.
     let o = env.cli(&["start", "srv/typed", "--input", "{nope"]);
     assert_eq!(o.code, Some(2), "{}", o.describe());
@@ -211,46 +307,113 @@ fn get_ls_and_history_show_the_instance() {
         wf("steps", "do:\n  - first:\n      set:\n        a: ${ .x + 1 }\n  - second:\n      set:\n        b: ${ .a * 10 }\n"),
     )]);
     let o = env.cli(&["start", "srv/steps", "--input", r#"{"x": 4}"#, "--wait"]);
-    assert!(json_eq(&json_out(&o), &json!({"b": 50})), "{}", o.describe());
+    assert!(
+        json_eq(&json_out(&o), &json!({"b": 50})),
+        "{}",
+        o.describe()
+    );
     let id = started_id(&o);
 
     // get
     let v = json_out(&env.cli(&["get", &id, "-o", "json"]));
     assert_eq!(v["id"], id.as_str(), "{v}");
-    assert_eq!((v["namespace"].clone(), v["name"].clone(), v["version"].clone()), (json!("srv"), json!("steps"), json!("0.1.0")));
+    assert_eq!(
+        (
+            v["namespace"].clone(),
+            v["name"].clone(),
+            v["version"].clone()
+        ),
+        (json!("srv"), json!("steps"), json!("0.1.0"))
+    );
     assert_eq!(status(&v), "completed", "{v}");
-    assert!(json_eq(&v["input"], &json!({"x": 4})) && json_eq(&v["output"], &json!({"b": 50})), "{v}");
+    assert!(
+        json_eq(&v["input"], &json!({"x": 4})) && json_eq(&v["output"], &json!({"b": 50})),
+        "{v}"
+    );
     let o = env.cli(&["get", &id]);
     ok(&o);
     for want in [id.as_str(), "srv/steps@0.1.0", "completed", "\"b\": 50"] {
-        assert!(o.stdout.contains(want), "`get` text should show {want:?}\n{}", o.describe());
+        assert!(
+            o.stdout.contains(want),
+            "`get` text should show {want:?}\n{}",
+            o.describe()
+        );
     }
-    assert!(o.stdout.lines().any(|l| l.starts_with("Status:") && l.contains("completed")), "{}", o.describe());
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with("Status:") && l.contains("completed")),
+        "{}",
+        o.describe()
+    );
 
     // ls: a second instance, still running, to tell the filters apart.
-    env.apply(&[("sleepy.yaml", wf("sleepy", "do:\n  - nap:\n      wait: PT1H\n"))]);
+    env.apply(&[(
+        "sleepy.yaml",
+        wf("sleepy", "do:\n  - nap:\n      wait: PT1H\n"),
+    )]);
     let sleepy = start_id(&env, "srv/sleepy", "{}");
     let page = json_out(&env.cli(&["ls", "-o", "json"]));
-    let ids: Vec<&str> = page["items"].as_array().expect("items").iter().filter_map(|i| i["id"].as_str()).collect();
-    assert!(ids.contains(&id.as_str()) && ids.contains(&sleepy.as_str()), "{page}");
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&id.as_str()) && ids.contains(&sleepy.as_str()),
+        "{page}"
+    );
     assert_eq!(ids.first(), Some(&sleepy.as_str()), "newest first: {page}");
-    let page = json_out(&env.cli(&["ls", "--workflow", "steps", "--status", "completed", "-o", "json"]));
+    let page = json_out(&env.cli(&[
+        "ls",
+        "--workflow",
+        "steps",
+        "--status",
+        "completed",
+        "-o",
+        "json",
+    ]));
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 1, "{page}");
-    assert_eq!((items[0]["id"].as_str(), status(&items[0])), (Some(id.as_str()), "completed"), "{page}");
+    assert_eq!(
+        (items[0]["id"].as_str(), status(&items[0])),
+        (Some(id.as_str()), "completed"),
+        "{page}"
+    );
     let page = json_out(&env.cli(&["ls", "--status", "running", "-o", "json"]));
-    let ids: Vec<&str> = page["items"].as_array().expect("items").iter().filter_map(|i| i["id"].as_str()).collect();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
     assert_eq!(ids, [sleepy.as_str()], "{page}");
     let o = env.cli(&["ls"]);
     ok(&o);
     let mut lines = o.stdout.lines();
     let head = lines.next().unwrap_or("");
-    assert!(head.starts_with("ID") && head.contains("WORKFLOW") && head.contains("STATUS"), "{}", o.describe());
-    let row = o.stdout.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("no row for {id}\n{}", o.describe()));
-    assert!(row.contains("srv/steps") && row.contains("0.1.0") && row.contains("completed"), "{row}");
+    assert!(
+        head.starts_with("ID") && head.contains("WORKFLOW") && head.contains("STATUS"),
+        "{}",
+        o.describe()
+    );
+    let row = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("no row for {id}\n{}", o.describe()));
+    assert!(
+        row.contains("srv/steps") && row.contains("0.1.0") && row.contains("completed"),
+        "{row}"
+    );
     let o = env.cli(&["ls", "--status", "faulted"]);
     ok(&o);
-    assert!(o.stdout.trim().is_empty() && o.stderr.contains("no instances"), "{}", o.describe());
+    assert!(
+        o.stdout.trim().is_empty() && o.stderr.contains("no instances"),
+        "{}",
+        o.describe()
+    );
     // --limit 1 --all follows the cursor through every page.
     let all = json_out(&env.cli(&["ls", "--limit", "1", "--all", "-o", "json"]));
     assert_eq!(all["items"].as_array().map(Vec::len), Some(2), "{all}");
@@ -262,11 +425,19 @@ fn get_ls_and_history_show_the_instance() {
     let h = json_out(&env.cli(&["history", &id, "-o", "json"]));
     let items = h["items"].as_array().expect("history items");
     let seqs: Vec<i64> = items.iter().filter_map(|i| i["seq"].as_i64()).collect();
-    assert_eq!(seqs, (1..=items.len() as i64).collect::<Vec<_>>(), "seq from 1 without gaps: {h}");
+    assert_eq!(
+        seqs,
+        (1..=items.len() as i64).collect::<Vec<_>>(),
+        "seq from 1 without gaps: {h}"
+    );
     assert_eq!(items[0]["kind"], "started", "{h}");
     assert!(json_eq(&items[0]["data"]["input"], &json!({"x": 4})), "{h}");
     let notice = |ty: &str, r: &str| {
-        items.iter().any(|i| i["kind"] == "notice" && i["data"]["type"] == ty && (r.is_empty() || i["data"]["reference"] == r))
+        items.iter().any(|i| {
+            i["kind"] == "notice"
+                && i["data"]["type"] == ty
+                && (r.is_empty() || i["data"]["reference"] == r)
+        })
     };
     for (ty, r) in [
         ("task.started", "/do/0/first"),
@@ -278,11 +449,32 @@ fn get_ls_and_history_show_the_instance() {
     }
     let o = env.cli(&["history", &id]);
     ok(&o);
-    assert!(o.stdout.lines().next().is_some_and(|l| l.starts_with("SEQ") && l.contains("KIND")), "{}", o.describe());
-    for want in ["started", "task.completed /do/0/first", "task.completed /do/1/second", "workflow.completed"] {
-        assert!(o.stdout.contains(want), "history text should show {want:?}\n{}", o.describe());
+    assert!(
+        o.stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("SEQ") && l.contains("KIND")),
+        "{}",
+        o.describe()
+    );
+    for want in [
+        "started",
+        "task.completed /do/0/first",
+        "task.completed /do/1/second",
+        "workflow.completed",
+    ] {
+        assert!(
+            o.stdout.contains(want),
+            "history text should show {want:?}\n{}",
+            o.describe()
+        );
     }
-    assert_eq!(o.stdout.lines().count(), items.len() + 1, "one line per event\n{}", o.describe());
+    assert_eq!(
+        o.stdout.lines().count(),
+        items.len() + 1,
+        "one line per event\n{}",
+        o.describe()
+    );
 
     // Unknown ids: exit 1 with the server's message.
     for verb in ["get", "history"] {
@@ -298,7 +490,10 @@ fn cancel_a_waiting_instance() {
     let env = setup("cancel", &[]);
     env.apply(&[(
         "sleepy.yaml",
-        wf("sleepy", "do:\n  - nap:\n      wait: PT1H\n  - after:\n      set:\n        woke: true\n"),
+        wf(
+            "sleepy",
+            "do:\n  - nap:\n      wait: PT1H\n  - after:\n      set:\n        woke: true\n",
+        ),
     )]);
     let id = start_id(&env, "srv/sleepy", "{}");
     let v = env.wait_for(&id, "waiting on a timer", |v| waiting_on(v, "timer"));
@@ -307,13 +502,26 @@ fn cancel_a_waiting_instance() {
 
     let o = env.cli(&["cancel", &id]);
     ok(&o);
-    assert_eq!(o.stdout.trim(), format!("{id} cancelled"), "{}", o.describe());
+    assert_eq!(
+        o.stdout.trim(),
+        format!("{id} cancelled"),
+        "{}",
+        o.describe()
+    );
     let v = env.instance(&id);
     assert_eq!(status(&v), "cancelled", "{v}");
-    assert!(v["waiting"].as_array().is_some_and(Vec::is_empty), "a cancelled instance waits for nothing: {v}");
+    assert!(
+        v["waiting"].as_array().is_some_and(Vec::is_empty),
+        "a cancelled instance waits for nothing: {v}"
+    );
     assert!(v.get("output").is_none_or(Value::is_null), "{v}");
     let h = json_out(&env.cli(&["history", &id, "-o", "json"]));
-    assert!(h["items"].as_array().is_some_and(|i| i.iter().any(|e| e["kind"] == "cancelled")), "{h}");
+    assert!(
+        h["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|e| e["kind"] == "cancelled")),
+        "{h}"
+    );
 
     // Cancelling again: refused (already finished), exit 1.
     let o = env.cli(&["cancel", &id, "-o", "json"]);
@@ -322,7 +530,11 @@ fn cancel_a_waiting_instance() {
     // Cancel with -o json prints the instance.
     let id2 = start_id(&env, "srv/sleepy", "{}");
     let v = json_out(&env.cli(&["cancel", &id2, "-o", "json"]));
-    assert_eq!((v["id"].as_str(), status(&v)), (Some(id2.as_str()), "cancelled"), "{v}");
+    assert_eq!(
+        (v["id"].as_str(), status(&v)),
+        (Some(id2.as_str()), "cancelled"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -330,12 +542,20 @@ fn suspend_holds_an_instance_and_resume_lets_it_finish() {
     let env = setup("suspend", &[]);
     env.apply(&[(
         "nap.yaml",
-        wf("nap", "do:\n  - nap:\n      wait: PT1S\n  - after:\n      set:\n        woke: ${ .name }\n"),
+        wf(
+            "nap",
+            "do:\n  - nap:\n      wait: PT1S\n  - after:\n      set:\n        woke: ${ .name }\n",
+        ),
     )]);
     let id = start_id(&env, "srv/nap", r#"{"name":"ada"}"#);
     let o = env.cli(&["suspend", &id]);
     ok(&o);
-    assert_eq!(o.stdout.trim(), format!("{id} suspended"), "{}", o.describe());
+    assert_eq!(
+        o.stdout.trim(),
+        format!("{id} suspended"),
+        "{}",
+        o.describe()
+    );
     assert_eq!(status(&env.instance(&id)), "suspended");
     // Suspending twice is refused.
     let o = env.cli(&["suspend", &id]);
@@ -358,9 +578,20 @@ fn suspend_holds_an_instance_and_resume_lets_it_finish() {
     let v = env.wait_for(&id, "completed", |v| status(v) == "completed");
     assert!(json_eq(&v["output"], &json!({"woke": "ada"})), "{v}");
     let h = json_out(&env.cli(&["history", &id, "-o", "json"]));
-    let kinds: Vec<&str> = h["items"].as_array().expect("items").iter().filter_map(|i| i["kind"].as_str()).collect();
-    let (s, r) = (kinds.iter().position(|k| *k == "suspended"), kinds.iter().position(|k| *k == "resumed"));
-    assert!(s.is_some() && r.is_some() && s < r, "suspended then resumed in the history: {kinds:?}");
+    let kinds: Vec<&str> = h["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["kind"].as_str())
+        .collect();
+    let (s, r) = (
+        kinds.iter().position(|k| *k == "suspended"),
+        kinds.iter().position(|k| *k == "resumed"),
+    );
+    assert!(
+        s.is_some() && r.is_some() && s < r,
+        "suspended then resumed in the history: {kinds:?}"
+    );
 
     // Resuming a finished instance is refused.
     let o = env.cli(&["resume", &id]);
@@ -383,7 +614,12 @@ fn events_send_reaches_a_listen() {
     );
     let o = env.cli(&["events", "send", other.to_str().unwrap_or_default()]);
     ok(&o);
-    assert_eq!(o.stdout.trim(), "e0 (com.example.kflow.other): matched 0", "{}", o.describe());
+    assert_eq!(
+        o.stdout.trim(),
+        "e0 (com.example.kflow.other): matched 0",
+        "{}",
+        o.describe()
+    );
     assert_eq!(status(&env.instance(&id)), "running");
 
     let ping = env.files.write(
@@ -392,7 +628,12 @@ fn events_send_reaches_a_listen() {
     );
     let o = env.cli(&["events", "send", ping.to_str().unwrap_or_default()]);
     ok(&o);
-    assert_eq!(o.stdout.trim(), "e1 (com.example.kflow.ping): matched 1", "{}", o.describe());
+    assert_eq!(
+        o.stdout.trim(),
+        "e1 (com.example.kflow.ping): matched 1",
+        "{}",
+        o.describe()
+    );
     let v = env.wait_for(&id, "completed", |v| status(v) == "completed");
     assert!(json_eq(&v["output"], &json!([{"n": 7}])), "{v}");
 
@@ -401,7 +642,9 @@ fn events_send_reaches_a_listen() {
     ok(&o);
     assert!(o.stdout.contains("matched 0"), "{}", o.describe());
     // An event without the required attributes is refused (exit 1).
-    let bad = env.files.write("bad.json", r#"{"id":"e2","type":"com.example.kflow.ping"}"#);
+    let bad = env
+        .files
+        .write("bad.json", r#"{"id":"e2","type":"com.example.kflow.ping"}"#);
     let o = env.cli(&["events", "send", bad.to_str().unwrap_or_default()]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
 }
@@ -422,7 +665,11 @@ fn watch_without_a_terminal_prints_task_lines() {
     let id = started_id(&o);
     assert_eq!(status(&env.instance(&id)), "completed");
     // One plain line per lifecycle event (`HH:MM:SS.mmm what`), no terminal control codes.
-    assert!(!o.stderr.contains('\x1b') && !o.stderr.contains('\r'), "no redrawing without a terminal\n{}", o.describe());
+    assert!(
+        !o.stderr.contains('\x1b') && !o.stderr.contains('\r'),
+        "no redrawing without a terminal\n{}",
+        o.describe()
+    );
     for want in [
         "task.started /do/0/first",
         "task.completed /do/0/first",
@@ -434,11 +681,22 @@ fn watch_without_a_terminal_prints_task_lines() {
         let line = o.stderr.lines().find(|l| l.ends_with(want));
         let line = line.unwrap_or_else(|| panic!("no {want:?} line on stderr\n{}", o.describe()));
         let clock = line.split(' ').next().unwrap_or("");
-        assert!(clock.len() == 12 && clock.as_bytes()[2] == b':' && clock.as_bytes()[8] == b'.', "{line}");
+        assert!(
+            clock.len() == 12 && clock.as_bytes()[2] == b':' && clock.as_bytes()[8] == b'.',
+            "{line}"
+        );
     }
     let pos = |w: &str| o.stderr.find(w).unwrap_or(usize::MAX);
-    assert!(pos("task.completed /do/0/first") < pos("task.started /do/1/pause"), "{}", o.describe());
-    assert!(pos("task.completed /do/2/last") < pos("workflow.completed"), "{}", o.describe());
+    assert!(
+        pos("task.completed /do/0/first") < pos("task.started /do/1/pause"),
+        "{}",
+        o.describe()
+    );
+    assert!(
+        pos("task.completed /do/2/last") < pos("workflow.completed"),
+        "{}",
+        o.describe()
+    );
 }
 
 #[test]
@@ -454,7 +712,13 @@ fn sigterm_drains_and_the_data_survives_a_graceful_restart() {
         ),
         ("sleepy.yaml", wf("sleepy", "do:\n  - nap:\n      wait: PT1H\n")),
     ]);
-    let o = env.cli(&["start", "srv/greet", "--input", r#"{"name":"ada"}"#, "--wait"]);
+    let o = env.cli(&[
+        "start",
+        "srv/greet",
+        "--input",
+        r#"{"name":"ada"}"#,
+        "--wait",
+    ]);
     let out = json_out(&o);
     let done = started_id(&o);
     let history_before = json_out(&env.cli(&["history", &done, "-o", "json"]));
@@ -462,7 +726,9 @@ fn sigterm_drains_and_the_data_survives_a_graceful_restart() {
     env.wait_for(&sleepy, "waiting", |v| waiting_on(v, "timer"));
     let slow = start_id(&env, "srv/slow", "{}");
     env.wait_for(&slow, "running its shell task", |v| {
-        v["running"].as_array().is_some_and(|r| r.iter().any(|t| t == "/do/0/sleep"))
+        v["running"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|t| t == "/do/0/sleep"))
     });
 
     let t0 = Instant::now();
@@ -470,10 +736,17 @@ fn sigterm_drains_and_the_data_survives_a_graceful_restart() {
     let exit = env.server.wait_exit(Duration::from_secs(20));
     let took = t0.elapsed();
     let log = env.server.log();
-    let exit = exit.unwrap_or_else(|| panic!("the server did not exit within 20 s of SIGTERM\n{log}"));
-    assert!(exit.success(), "SIGTERM should end the server with success, got {exit:?}\n{log}");
+    let exit =
+        exit.unwrap_or_else(|| panic!("the server did not exit within 20 s of SIGTERM\n{log}"));
+    assert!(
+        exit.success(),
+        "SIGTERM should end the server with success, got {exit:?}\n{log}"
+    );
     // The drain time is 2 s: the shell task (30 s) is not waited for.
-    assert!(took < Duration::from_secs(2 + 6), "the server took {took:?} to drain (drain_seconds: 2)\n{log}");
+    assert!(
+        took < Duration::from_secs(2 + 6),
+        "the server took {took:?} to drain (drain_seconds: 2)\n{log}"
+    );
     assert!(log.contains("draining"), "{log}");
 
     // A graceful restart on the same data folder: everything is still there.
@@ -482,17 +755,35 @@ fn sigterm_drains_and_the_data_survives_a_graceful_restart() {
     assert_eq!(status(&v), "completed", "{v}");
     assert!(json_eq(&v["output"], &out), "{v}");
     let history_after = json_out(&env.cli(&["history", &done, "-o", "json"]));
-    assert_eq!(history_before, history_after, "the history changed across the restart");
+    assert_eq!(
+        history_before, history_after,
+        "the history changed across the restart"
+    );
     let v = env.instance(&sleepy);
-    assert!(status(&v) == "running" && waiting_on(&v, "timer"), "the waiting instance should still wait: {v}");
+    assert!(
+        status(&v) == "running" && waiting_on(&v, "timer"),
+        "the waiting instance should still wait: {v}"
+    );
     // The interrupted shell task runs again.
     let v = env.wait_for(&slow, "running its shell task again", |v| {
-        v["running"].as_array().is_some_and(|r| r.iter().any(|t| t == "/do/0/sleep"))
+        v["running"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|t| t == "/do/0/sleep"))
     });
     assert_eq!(status(&v), "running", "{v}");
     // Definitions survived too: no apply needed.
-    let o = env.cli(&["start", "srv/greet", "--input", r#"{"name":"bob"}"#, "--wait"]);
-    assert!(json_eq(&json_out(&o), &json!({"greeting": "hello bob"})), "{}", o.describe());
+    let o = env.cli(&[
+        "start",
+        "srv/greet",
+        "--input",
+        r#"{"name":"bob"}"#,
+        "--wait",
+    ]);
+    assert!(
+        json_eq(&json_out(&o), &json!({"greeting": "hello bob"})),
+        "{}",
+        o.describe()
+    );
     // Clean up the long-running ones (this also ends the sleeping shell).
     ok(&env.cli(&["cancel", &slow]));
     ok(&env.cli(&["cancel", &sleepy]));
@@ -501,8 +792,16 @@ fn sigterm_drains_and_the_data_survives_a_graceful_restart() {
     let t0 = Instant::now();
     env.server.terminate();
     let exit = env.server.wait_exit(Duration::from_secs(20));
-    assert!(exit.is_some_and(|s| s.success()), "{exit:?}\n{}", env.server.log_tail(2000));
-    assert!(t0.elapsed() < Duration::from_secs(5), "an idle server took {:?} to stop", t0.elapsed());
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        env.server.log_tail(2000)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "an idle server took {:?} to stop",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -516,9 +815,17 @@ fn config_with_an_unknown_key_is_refused() {
         .arg(&data)
         .timeout(Duration::from_secs(30))
         .run();
-    assert!(!o.timed_out, "the server started despite the bad config\n{}", o.describe());
+    assert!(
+        !o.timed_out,
+        "the server started despite the bad config\n{}",
+        o.describe()
+    );
     assert_eq!(o.code, Some(2), "{}", o.describe());
-    assert!(o.stderr.contains("drain_secnds"), "the message should name the unknown key\n{}", o.describe());
+    assert!(
+        o.stderr.contains("drain_secnds"),
+        "the message should name the unknown key\n{}",
+        o.describe()
+    );
     assert!(!o.stderr.contains("panicked"), "{}", o.describe());
     // A bad durability value is refused the same way.
     let o = kflow(["server", "--durability", "fast", "--data-dir"])
@@ -534,9 +841,21 @@ fn config_with_an_unknown_key_is_refused() {
 #[test]
 fn client_verbs_without_a_server_exit_2_naming_the_url() {
     let url = format!("http://127.0.0.1:{}", free_port());
-    for args in [vec!["get", "some-id"], vec!["ls"], vec!["start", "srv/greet", "--wait"]] {
-        let o = kflow(&args).arg("--server").arg(&url).timeout(Duration::from_secs(60)).run();
+    for args in [
+        vec!["get", "some-id"],
+        vec!["ls"],
+        vec!["start", "srv/greet", "--wait"],
+    ] {
+        let o = kflow(&args)
+            .arg("--server")
+            .arg(&url)
+            .timeout(Duration::from_secs(60))
+            .run();
         assert_eq!(o.code, Some(2), "{args:?}\n{}", o.describe());
-        assert!(o.stderr.contains(&url), "the message should name {url}\n{}", o.describe());
+        assert!(
+            o.stderr.contains(&url),
+            "the message should name {url}\n{}",
+            o.describe()
+        );
     }
 }

@@ -39,7 +39,11 @@ fn slow_endpoint(load: Arc<Mutex<Load>>) -> TestServer {
             *l.total.entry(zone.clone()).or_insert(0) += 1;
         }
         std::thread::sleep(Duration::from_millis(ms));
-        load.lock().unwrap_or_else(|p| p.into_inner()).now.entry(zone.clone()).and_modify(|n| *n -= 1);
+        load.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .now
+            .entry(zone.clone())
+            .and_modify(|n| *n -= 1);
         Some((200, json!({ "zone": zone })))
     })
 }
@@ -96,14 +100,25 @@ do:
 }
 
 fn register(base: &str, doc: &str) {
-    let (status, body) = support::http_request("POST", base, "/api/v1/definitions", Some(("application/yaml", doc.as_bytes())), Duration::from_secs(30))
-        .map(|r| (r.status, r.text()))
-        .expect("register");
+    let (status, body) = support::http_request(
+        "POST",
+        base,
+        "/api/v1/definitions",
+        Some(("application/yaml", doc.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .map(|r| (r.status, r.text()))
+    .expect("register");
     assert!(status < 300, "register failed: {status} {body}");
 }
 
 fn start(base: &str, name: &str) -> String {
-    let (status, v) = post_json(base, "/api/v1/instances", &json!({ "namespace": "test", "name": name })).expect("start");
+    let (status, v) = post_json(
+        base,
+        "/api/v1/instances",
+        &json!({ "namespace": "test", "name": name }),
+    )
+    .expect("start");
     assert_eq!(status, 201, "{v}");
     v["id"].as_str().expect("id").to_string()
 }
@@ -111,16 +126,34 @@ fn start(base: &str, name: &str) -> String {
 fn wait_done(base: &str, ids: &[String], timeout: Duration) -> Vec<Value> {
     let t0 = Instant::now();
     loop {
-        let all: Vec<Value> = ids.iter().map(|id| get_json(base, &format!("/api/v1/instances/{id}")).expect("get").1).collect();
+        let all: Vec<Value> = ids
+            .iter()
+            .map(|id| {
+                get_json(base, &format!("/api/v1/instances/{id}"))
+                    .expect("get")
+                    .1
+            })
+            .collect();
         if all.iter().all(|v| v["status"] != "running") {
             return all;
         }
         if t0.elapsed() > timeout {
-            let stuck: Vec<String> = all.iter().filter(|v| v["status"] == "running").map(|v| v["id"].to_string()).collect();
+            let stuck: Vec<String> = all
+                .iter()
+                .filter(|v| v["status"] == "running")
+                .map(|v| v["id"].to_string())
+                .collect();
             let explain: Vec<Value> = stuck
                 .iter()
                 .take(3)
-                .map(|id| get_json(base, &format!("/api/v1/instances/{}/explain", id.trim_matches('"'))).map(|r| r.1).unwrap_or(Value::Null))
+                .map(|id| {
+                    get_json(
+                        base,
+                        &format!("/api/v1/instances/{}/explain", id.trim_matches('"')),
+                    )
+                    .map(|r| r.1)
+                    .unwrap_or(Value::Null)
+                })
                 .collect();
             panic!("instances still running after {timeout:?}: {stuck:?}\n{explain:#?}");
         }
@@ -135,14 +168,53 @@ fn tasks_go_only_where_they_fit_and_capacity_is_never_exceeded() {
     let dir = TempDir::new("workers-fit");
     let server = ServerProcess::start(dir.path(), &[]);
     let base = server.base();
-    register(&base, &workflow("za", "a", "{ cpu: 2 }", &endpoint.base(), 300));
-    register(&base, &workflow("zb", "b", "{ cpu: 1, memory: 1Gi }", &endpoint.base(), 300));
-    register(&base, &workflow("zc", "c", "{ gpu: 1 }", &endpoint.base(), 300));
+    register(
+        &base,
+        &workflow("za", "a", "{ cpu: 2 }", &endpoint.base(), 300),
+    );
+    register(
+        &base,
+        &workflow("zb", "b", "{ cpu: 1, memory: 1Gi }", &endpoint.base(), 300),
+    );
+    register(
+        &base,
+        &workflow("zc", "c", "{ gpu: 1 }", &endpoint.base(), 300),
+    );
     // A: zone a, 4 cpus → 2 tasks of 2 cpus at once. B: zone b, 1 cpu → one at a time.
     // C: zone c, one gpu → one at a time.
-    let _a = Worker::start(&base, &["--queue", "remote", "--labels", "zone=a", "--capacity", "cpu=4,memory=8Gi"]);
-    let _b = Worker::start(&base, &["--queue", "remote", "--labels", "zone=b", "--capacity", "cpu=1,memory=2Gi"]);
-    let _c = Worker::start(&base, &["--queue", "remote", "--labels", "zone=c", "--capacity", "cpu=8,gpu=1"]);
+    let _a = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=a",
+            "--capacity",
+            "cpu=4,memory=8Gi",
+        ],
+    );
+    let _b = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=b",
+            "--capacity",
+            "cpu=1,memory=2Gi",
+        ],
+    );
+    let _c = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=c",
+            "--capacity",
+            "cpu=8,gpu=1",
+        ],
+    );
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(start(&base, "za"));
@@ -154,17 +226,30 @@ fn tasks_go_only_where_they_fit_and_capacity_is_never_exceeded() {
         assert_eq!(v["status"], "completed", "{v}");
     }
     let l = load.lock().unwrap_or_else(|p| p.into_inner());
-    println!("peak concurrent calls per zone: {:?}, totals: {:?}", l.peak, l.total);
+    println!(
+        "peak concurrent calls per zone: {:?}, totals: {:?}",
+        l.peak, l.total
+    );
     assert_eq!(l.total.get("a"), Some(&6));
     assert_eq!(l.total.get("b"), Some(&6));
     assert_eq!(l.total.get("c"), Some(&6));
-    assert!(l.peak["a"] <= 2, "worker A's 4 cpus were oversubscribed: {}", l.peak["a"]);
-    assert_eq!(l.peak["a"], 2, "worker A should run two 2-cpu tasks at once");
+    assert!(
+        l.peak["a"] <= 2,
+        "worker A's 4 cpus were oversubscribed: {}",
+        l.peak["a"]
+    );
+    assert_eq!(
+        l.peak["a"], 2,
+        "worker A should run two 2-cpu tasks at once"
+    );
     assert_eq!(l.peak["b"], 1, "worker B has one cpu");
     assert_eq!(l.peak["c"], 1, "worker C has one gpu");
     // Every call went to a worker of its zone: the endpoint saw each zone's calls only.
     let workers = get_json(&base, "/api/v1/workers").expect("workers").1;
-    assert!(workers["items"].as_array().map(Vec::len).unwrap_or(0) >= 4, "{workers}");
+    assert!(
+        workers["items"].as_array().map(Vec::len).unwrap_or(0) >= 4,
+        "{workers}"
+    );
 }
 
 #[test]
@@ -174,31 +259,85 @@ fn a_task_on_a_killed_worker_is_finished_by_another() {
     let dir = TempDir::new("workers-kill");
     let server = ServerProcess::start(dir.path(), &[]);
     let base = server.base();
-    register(&base, &workflow("long", "k", "{ cpu: 1 }", &endpoint.base(), 1500));
-    let mut first = Worker::start(&base, &["--queue", "remote", "--labels", "zone=k", "--capacity", "cpu=1"]);
+    register(
+        &base,
+        &workflow("long", "k", "{ cpu: 1 }", &endpoint.base(), 1500),
+    );
+    let mut first = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=k",
+            "--capacity",
+            "cpu=1",
+        ],
+    );
     let id = start(&base, "long");
     // Wait until the call is running on the first worker, then kill it.
     let t0 = Instant::now();
     while endpoint.requests().iter().all(|r| r.path() != "/slow") {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the first worker never took the task");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the first worker never took the task"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let explain = get_json(&base, &format!("/api/v1/instances/{id}/explain")).expect("explain").1;
-    assert!(explain.to_string().contains("running on worker"), "{explain}");
+    let explain = get_json(&base, &format!("/api/v1/instances/{id}/explain"))
+        .expect("explain")
+        .1;
+    assert!(
+        explain.to_string().contains("running on worker"),
+        "{explain}"
+    );
     first.kill9();
     let killed_at = Instant::now();
-    let _second = Worker::start(&base, &["--queue", "remote", "--labels", "zone=k", "--capacity", "cpu=1"]);
+    let _second = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=k",
+            "--capacity",
+            "cpu=1",
+        ],
+    );
     let done = wait_done(&base, std::slice::from_ref(&id), Duration::from_secs(30));
     assert_eq!(done[0]["status"], "completed", "{}", done[0]);
     let took = killed_at.elapsed();
-    let calls: Vec<_> = endpoint.requests().into_iter().filter(|r| r.path() == "/slow").collect();
-    assert_eq!(calls.len(), 2, "the call ran on the killed worker, then once more");
-    assert_eq!(calls[0].header("idempotency-key"), calls[1].header("idempotency-key"), "a re-run keeps its key");
+    let calls: Vec<_> = endpoint
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/slow")
+        .collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "the call ran on the killed worker, then once more"
+    );
+    assert_eq!(
+        calls[0].header("idempotency-key"),
+        calls[1].header("idempotency-key"),
+        "a re-run keeps its key"
+    );
     // Lease TTL 2 s, plus the re-run's 1.5 s call, plus start-up of the second worker.
-    assert!(took < Duration::from_secs(8), "re-queued too slowly: {took:?}");
-    let history = get_json(&base, &format!("/api/v1/instances/{id}/history")).expect("history").1;
-    let deliveries = history["items"].as_array().map(|h| h.iter().filter(|e| e["kind"] == "delivery").count()).unwrap_or(0);
-    assert_eq!(deliveries, 1, "the instance took exactly one result: {history}");
+    assert!(
+        took < Duration::from_secs(8),
+        "re-queued too slowly: {took:?}"
+    );
+    let history = get_json(&base, &format!("/api/v1/instances/{id}/history"))
+        .expect("history")
+        .1;
+    let deliveries = history["items"]
+        .as_array()
+        .map(|h| h.iter().filter(|e| e["kind"] == "delivery").count())
+        .unwrap_or(0);
+    assert_eq!(
+        deliveries, 1,
+        "the instance took exactly one result: {history}"
+    );
 }
 
 #[test]
@@ -208,26 +347,54 @@ fn bad_worker_input_is_refused() {
     let base = server.base();
     let call = |path: &str, token: &str, body: &[u8]| {
         let auth = format!("Bearer {token}");
-        support::http_request_with("POST", &base, path, &[("Authorization", auth.as_str())], Some(("application/json", body)), Duration::from_secs(30))
-            .expect("request")
+        support::http_request_with(
+            "POST",
+            &base,
+            path,
+            &[("Authorization", auth.as_str())],
+            Some(("application/json", body)),
+            Duration::from_secs(30),
+        )
+        .expect("request")
     };
     // Wrong token.
     let r = call("/api/v1/workers", "nope", br#"{"queues":["q"]}"#);
     assert_eq!(r.status, 401, "{}", r.text());
     // A capacity the server cannot parse.
-    let r = call("/api/v1/workers", "s3cret", br#"{"queues":["q"],"capacity":"cpu=lots"}"#);
+    let r = call(
+        "/api/v1/workers",
+        "s3cret",
+        br#"{"queues":["q"],"capacity":"cpu=lots"}"#,
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("cpu=lots"), "{}", r.text());
     // A result for a lease it does not hold.
-    let r = call("/api/v1/workers", "s3cret", br#"{"id":"w1","queues":["q"]}"#);
+    let r = call(
+        "/api/v1/workers",
+        "s3cret",
+        br#"{"id":"w1","queues":["q"]}"#,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = call("/api/v1/leases/w1-99/complete", "s3cret", br#"{"worker":"w1","output":1}"#);
+    let r = call(
+        "/api/v1/leases/w1-99/complete",
+        "s3cret",
+        br#"{"worker":"w1","output":1}"#,
+    );
     assert_eq!(r.status, 409, "{}", r.text());
     // Polling as an unknown worker.
     let r = call("/api/v1/workers/ghost/poll", "s3cret", br#"{"wait_ms":10}"#);
     assert_eq!(r.status, 404, "{}", r.text());
     // The CLI refuses a capacity it cannot parse before contacting anyone.
-    let out = support::kflow(["worker", "--server", &base, "--token", "s3cret", "--capacity", "tasks=many"]).run();
+    let out = support::kflow([
+        "worker",
+        "--server",
+        &base,
+        "--token",
+        "s3cret",
+        "--capacity",
+        "tasks=many",
+    ])
+    .run();
     assert_eq!(out.code, Some(2), "{}", out.describe());
 }
 
@@ -248,17 +415,29 @@ fn a_rate_limit_per_target_host_spaces_the_calls() {
     let ids: Vec<String> = (0..12).map(|_| start(&base, "limited")).collect();
     let done = wait_done(&base, &ids, Duration::from_secs(30));
     assert!(done.iter().all(|v| v["status"] == "completed"));
-    let mut at: Vec<i64> = endpoint.requests().iter().filter(|r| r.path() == "/slow").map(|r| r.at_ms).collect();
+    let mut at: Vec<i64> = endpoint
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/slow")
+        .map(|r| r.at_ms)
+        .collect();
     at.sort_unstable();
     assert_eq!(at.len(), 12);
     // A bucket of 4 tokens refilled at 4/s: call k (from 0) comes no sooner than (k-3)/4 s
     // after the first (100 ms of slack for scheduling jitter).
     for (k, t) in at.iter().enumerate().skip(4) {
         let earliest = (k as i64 - 3) * 250 - 100;
-        assert!(t - at[0] >= earliest, "call {k} came {} ms after the first, before {earliest} ms: {at:?}", t - at[0]);
+        assert!(
+            t - at[0] >= earliest,
+            "call {k} came {} ms after the first, before {earliest} ms: {at:?}",
+            t - at[0]
+        );
     }
     let spread = at[11] - at[0];
-    assert!(spread >= 1_900, "12 calls at 4/s with a burst of 4 take about 2 s, took {spread} ms");
+    assert!(
+        spread >= 1_900,
+        "12 calls at 4/s with a burst of 4 take about 2 s, took {spread} ms"
+    );
 }
 
 #[test]
@@ -268,23 +447,52 @@ fn a_higher_priority_instance_runs_first() {
     let dir = TempDir::new("workers-prio");
     let server = ServerProcess::start(dir.path(), &[]);
     let base = server.base();
-    register(&base, &workflow("blocker", "p", "{ cpu: 1 }", &endpoint.base(), 800));
-    register(&base, &workflow("job", "p", "{ cpu: 1 }", &endpoint.base(), 10));
-    let _w = Worker::start(&base, &["--queue", "remote", "--labels", "zone=p", "--capacity", "cpu=1"]);
+    register(
+        &base,
+        &workflow("blocker", "p", "{ cpu: 1 }", &endpoint.base(), 800),
+    );
+    register(
+        &base,
+        &workflow("job", "p", "{ cpu: 1 }", &endpoint.base(), 10),
+    );
+    let _w = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=p",
+            "--capacity",
+            "cpu=1",
+        ],
+    );
     let blocker = start(&base, "blocker");
     let t0 = Instant::now();
     while endpoint.requests().iter().all(|r| r.path() != "/slow") {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the worker never took the blocker");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the worker never took the blocker"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // While the only slot is busy: three ordinary instances, then an urgent one.
     let mut ids = vec![blocker];
     for i in 0..3 {
-        let (s, v) = post_json(&base, "/api/v1/instances", &json!({"namespace": "test", "name": "job", "input": {"n": i}})).expect("start");
+        let (s, v) = post_json(
+            &base,
+            "/api/v1/instances",
+            &json!({"namespace": "test", "name": "job", "input": {"n": i}}),
+        )
+        .expect("start");
         assert_eq!(s, 201, "{v}");
         ids.push(v["id"].as_str().expect("id").to_string());
     }
-    let (s, v) = post_json(&base, "/api/v1/instances", &json!({"namespace": "test", "name": "job", "priority": 10})).expect("start");
+    let (s, v) = post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "test", "name": "job", "priority": 10}),
+    )
+    .expect("start");
     assert_eq!(s, 201, "{v}");
     let urgent = v["id"].as_str().expect("id").to_string();
     ids.push(urgent.clone());
@@ -293,8 +501,14 @@ fn a_higher_priority_instance_runs_first() {
         .requests()
         .iter()
         .filter(|r| r.path() == "/slow")
-        .filter_map(|r| r.header("idempotency-key").map(|k| k.split('-').take(5).collect::<Vec<_>>().join("-")))
+        .filter_map(|r| {
+            r.header("idempotency-key")
+                .map(|k| k.split('-').take(5).collect::<Vec<_>>().join("-"))
+        })
         .collect();
     assert_eq!(order.len(), 5, "{order:?}");
-    assert_eq!(order[1], urgent, "the urgent instance ran right after the blocker: {order:?}");
+    assert_eq!(
+        order[1], urgent,
+        "the urgent instance ran right after the blocker: {order:?}"
+    );
 }

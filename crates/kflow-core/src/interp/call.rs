@@ -12,12 +12,22 @@ use super::{Cx, KindResult, Scope};
 use crate::effect::{Auth, Effect, HttpRequest, OpenApiRequest};
 use crate::error::WfError;
 
-pub(super) async fn call(cx: &Cx, named: &NamedTask, c: &Call, input: &Value, scope: &Scope<'_>) -> KindResult {
+pub(super) async fn call(
+    cx: &Cx,
+    named: &NamedTask,
+    c: &Call,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> KindResult {
     match c {
         Call::Http(h) => {
             let method = match cx.eval(&h.method, input, scope)? {
                 Value::String(s) => s.to_ascii_uppercase(),
-                other => return Err(WfError::validation(format!("call http: 'method' must be a string, got {other}"))),
+                other => {
+                    return Err(WfError::validation(format!(
+                        "call http: 'method' must be a string, got {other}"
+                    )));
+                }
             };
             let uri = resolve_uri(cx, &h.endpoint, input, scope)?;
             let auth = resolve_auth(cx, h.endpoint.authentication.as_deref(), input, scope)?;
@@ -28,13 +38,23 @@ pub(super) async fn call(cx: &Cx, named: &NamedTask, c: &Call, input: &Value, sc
                 Some(t) => Some(cx.eval(t, input, scope)?),
             };
             let authorization = auth.as_ref().map(authorization_descriptor);
-            let req = HttpRequest { method, uri, headers, query, body, output: h.output, redirect: h.redirect, auth };
+            let req = HttpRequest {
+                method,
+                uri,
+                headers,
+                query,
+                body,
+                output: h.output,
+                redirect: h.redirect,
+                auth,
+            };
             let out = cx.sh.effect(&named.reference, Effect::Http(req)).await?;
             Ok((out, None, authorization))
         }
         Call::OpenApi(o) => {
             let document = resolve_uri(cx, &o.document, input, scope)?;
-            let document_auth = resolve_auth(cx, o.document.authentication.as_deref(), input, scope)?;
+            let document_auth =
+                resolve_auth(cx, o.document.authentication.as_deref(), input, scope)?;
             let auth = resolve_auth(cx, o.authentication.as_deref(), input, scope)?;
             let parameters = object_of(cx, o.parameters.as_ref(), input, scope, "parameters")?;
             let authorization = auth.as_ref().map(authorization_descriptor);
@@ -83,18 +103,27 @@ fn object_of(
         Some(t) => match cx.eval(t, input, scope)? {
             Value::Object(m) => Ok(m),
             Value::Null => Ok(Map::new()),
-            other => Err(WfError::validation(format!("call: '{what}' must be an object, got {other}"))),
+            other => Err(WfError::validation(format!(
+                "call: '{what}' must be an object, got {other}"
+            ))),
         },
     }
 }
 
 /// Resolves an endpoint URI: `{name}` placeholders come from the top-level fields of the task
 /// input (percent-encoded); `${ }` endpoints are evaluated.
-pub(super) fn resolve_uri(cx: &Cx, e: &Endpoint, input: &Value, scope: &Scope<'_>) -> Result<String, WfError> {
+pub(super) fn resolve_uri(
+    cx: &Cx,
+    e: &Endpoint,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> Result<String, WfError> {
     match &e.uri {
         UriSpec::Expr(x) => match cx.eval_expr(x, input, scope)? {
             Value::String(s) => Ok(s),
-            other => Err(WfError::expression(format!("endpoint expression must produce a string, got {other}"))),
+            other => Err(WfError::expression(format!(
+                "endpoint expression must produce a string, got {other}"
+            ))),
         },
         UriSpec::Template(t) => fill_uri_template(t, input),
     }
@@ -112,7 +141,9 @@ fn fill_uri_template(t: &str, input: &Value) -> Result<String, WfError> {
         };
         let name = after[..end].trim();
         let value = input.get(name).ok_or_else(|| {
-            WfError::expression(format!("the endpoint '{t}' needs '{name}', which the task input does not have"))
+            WfError::expression(format!(
+                "the endpoint '{t}' needs '{name}', which the task input does not have"
+            ))
         })?;
         let text = match value {
             Value::String(s) => s.clone(),
@@ -130,7 +161,9 @@ fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -146,30 +179,62 @@ fn text(v: Value) -> String {
 }
 
 /// Evaluates an authentication policy, reading `use: <secret>` policies from `$secrets`.
-pub(super) fn resolve_auth(cx: &Cx, p: Option<&AuthPolicy>, input: &Value, scope: &Scope<'_>) -> Result<Option<Auth>, WfError> {
+pub(super) fn resolve_auth(
+    cx: &Cx,
+    p: Option<&AuthPolicy>,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> Result<Option<Auth>, WfError> {
     let Some(p) = p else { return Ok(None) };
     let ev = |t: &kflow_dsl::template::Template| cx.eval(t, input, scope);
     Ok(Some(match p {
-        AuthPolicy::Basic { username, password } => Auth::Basic { username: text(ev(username)?), password: text(ev(password)?) },
-        AuthPolicy::Digest { username, password } => Auth::Digest { username: text(ev(username)?), password: text(ev(password)?) },
-        AuthPolicy::Bearer { token } => Auth::Bearer { token: text(ev(token)?) },
-        AuthPolicy::OAuth2 { oidc, properties } => Auth::OAuth2 { oidc: *oidc, properties: ev(properties)? },
+        AuthPolicy::Basic { username, password } => Auth::Basic {
+            username: text(ev(username)?),
+            password: text(ev(password)?),
+        },
+        AuthPolicy::Digest { username, password } => Auth::Digest {
+            username: text(ev(username)?),
+            password: text(ev(password)?),
+        },
+        AuthPolicy::Bearer { token } => Auth::Bearer {
+            token: text(ev(token)?),
+        },
+        AuthPolicy::OAuth2 { oidc, properties } => Auth::OAuth2 {
+            oidc: *oidc,
+            properties: ev(properties)?,
+        },
         AuthPolicy::Secret { scheme, secret } => {
             let s = cx.env.secrets.get(secret).ok_or_else(|| {
                 WfError::standard(
                     kflow_dsl::errors::AUTHENTICATION,
                     401,
                     "Authentication Error",
-                    format!("the authentication policy uses secret '{secret}', which is not defined"),
+                    format!(
+                        "the authentication policy uses secret '{secret}', which is not defined"
+                    ),
                 )
             })?;
             let field = |k: &str| s.get(k).cloned().map(text).unwrap_or_default();
             match scheme {
-                AuthScheme::Basic => Auth::Basic { username: field("username"), password: field("password") },
-                AuthScheme::Digest => Auth::Digest { username: field("username"), password: field("password") },
-                AuthScheme::Bearer => Auth::Bearer { token: field("token") },
-                AuthScheme::OAuth2 => Auth::OAuth2 { oidc: false, properties: s.clone() },
-                AuthScheme::Oidc => Auth::OAuth2 { oidc: true, properties: s.clone() },
+                AuthScheme::Basic => Auth::Basic {
+                    username: field("username"),
+                    password: field("password"),
+                },
+                AuthScheme::Digest => Auth::Digest {
+                    username: field("username"),
+                    password: field("password"),
+                },
+                AuthScheme::Bearer => Auth::Bearer {
+                    token: field("token"),
+                },
+                AuthScheme::OAuth2 => Auth::OAuth2 {
+                    oidc: false,
+                    properties: s.clone(),
+                },
+                AuthScheme::Oidc => Auth::OAuth2 {
+                    oidc: true,
+                    properties: s.clone(),
+                },
             }
         }
     }))
@@ -195,7 +260,11 @@ mod base64_lite {
     pub fn encode(bytes: &[u8]) -> String {
         let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {

@@ -33,7 +33,10 @@ enum State {
 
 impl State {
     fn is_done(&self) -> bool {
-        matches!(self, State::Succeeded(_) | State::Failed(_) | State::Skipped)
+        matches!(
+            self,
+            State::Succeeded(_) | State::Failed(_) | State::Skipped
+        )
     }
 }
 
@@ -90,7 +93,11 @@ impl Run<'_> {
         }
         if !node.trigger.holds(succeeded, failed, node.needs.len()) {
             let reason = format!("trigger '{}' does not hold", node.trigger.name());
-            self.cx.notice(NoticeKind::TaskSkipped, Some(named), Some(json!({ "reason": reason })));
+            self.cx.notice(
+                NoticeKind::TaskSkipped,
+                Some(named),
+                Some(json!({ "reason": reason })),
+            );
             self.finish(i, State::Skipped);
             return;
         }
@@ -98,8 +105,19 @@ impl Run<'_> {
         // A false `if` makes a skipped subtask here (not a pass-through as in a task list), so
         // that its dependents see it skipped. run_task evaluates the same condition again.
         if let Some(cond) = &named.task.if_ {
-            let info = TaskInfo { named, raw_input: self.input, raw_output: None, started_ms: icx.sh.now() };
-            let scope = Scope { cx: &icx, input: None, output: None, task: Some(&info), authorization: None };
+            let info = TaskInfo {
+                named,
+                raw_input: self.input,
+                raw_output: None,
+                started_ms: icx.sh.now(),
+            };
+            let scope = Scope {
+                cx: &icx,
+                input: None,
+                output: None,
+                task: Some(&info),
+                authorization: None,
+            };
             match icx.eval_bool(cond, self.input, &scope) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -109,7 +127,8 @@ impl Run<'_> {
                 }
                 Err(e) => {
                     let e = e.at(&named.reference);
-                    self.cx.notice(NoticeKind::TaskFaulted, Some(named), Some(e.to_value()));
+                    self.cx
+                        .notice(NoticeKind::TaskFaulted, Some(named), Some(e.to_value()));
                     self.finish(i, State::Failed(e));
                     return;
                 }
@@ -117,7 +136,8 @@ impl Run<'_> {
         }
         let (list, input) = (self.dag.tasks.clone(), self.input.clone());
         // A subtask's own flow (a `then: end` from a nested list) stays inside the subtask.
-        let fut: BoxFut<Result<Value, WfError>> = Box::pin(async move { Ok(run_task(icx, list, i, input).await?.0) });
+        let fut: BoxFut<Result<Value, WfError>> =
+            Box::pin(async move { Ok(run_task(icx, list, i, input).await?.0) });
         self.states[i] = State::Running(fut);
         self.ran[i] = true;
         self.running.insert(i);
@@ -132,7 +152,11 @@ impl Run<'_> {
                 State::Succeeded(v) => {
                     out.insert(self.dag.tasks[i].name.clone(), v);
                 }
-                State::Failed(e) if fault.is_none() && !self.dependents[i].iter().any(|&d| self.ran[d]) => fault = Some(e),
+                State::Failed(e)
+                    if fault.is_none() && !self.dependents[i].iter().any(|&d| self.ran[d]) =>
+                {
+                    fault = Some(e)
+                }
                 _ => {}
             }
         }
@@ -171,7 +195,9 @@ pub(super) async fn dag(cx: &Cx, _named: &NamedTask, d: &DagDef, input: &Value) 
             }
             let order: Vec<usize> = run.running.iter().copied().collect();
             for i in order {
-                let State::Running(fut) = &mut run.states[i] else { continue };
+                let State::Running(fut) = &mut run.states[i] else {
+                    continue;
+                };
                 match fut.as_mut().poll(pcx) {
                     Poll::Pending => {}
                     Poll::Ready(Ok(v)) => run.finish(i, State::Succeeded(v)),

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use kflow_dsl::errors;
 use kflow_dsl::model::{
-    Backoff, Catch, ErrorDef, Flow, ForDef, ForkDef, NamedTask, Parallelism, RetryPolicy, SwitchCase, TryDef,
+    Backoff, Catch, ErrorDef, Flow, ForDef, ForkDef, NamedTask, Parallelism, RetryPolicy,
+    SwitchCase, TryDef,
 };
 
 use super::{Cx, KindResult, Outcome, Scope, run_list};
@@ -42,7 +43,13 @@ pub(super) async fn for_(cx: &Cx, f: &ForDef, input: &Value, scope: &Scope<'_>) 
     for (i, item) in items.into_iter().enumerate() {
         let icx = cx.with_var(&f.each, item).with_var(&f.at, Value::from(i));
         if let Some(w) = &f.while_ {
-            let scope = Scope { cx: &icx, input: scope.input, output: None, task: scope.task, authorization: None };
+            let scope = Scope {
+                cx: &icx,
+                input: scope.input,
+                output: None,
+                task: scope.task,
+                authorization: None,
+            };
             if !icx.eval_bool(w, &data, &scope)? {
                 break;
             }
@@ -61,7 +68,13 @@ pub(super) async fn for_(cx: &Cx, f: &ForDef, input: &Value, scope: &Scope<'_>) 
 /// item order. The first iteration to fault (in poll order) drops the others, which cancels
 /// their effects, and faults the task. A `then: end` inside an iteration ends that iteration
 /// only.
-async fn for_parallel(cx: &Cx, f: &ForDef, items: Vec<Value>, input: &Value, p: Parallelism) -> KindResult {
+async fn for_parallel(
+    cx: &Cx,
+    f: &ForDef,
+    items: Vec<Value>,
+    input: &Value,
+    p: Parallelism,
+) -> KindResult {
     let n = items.len();
     let limit = match p {
         Parallelism::Unbounded => n,
@@ -82,7 +95,9 @@ async fn for_parallel(cx: &Cx, f: &ForDef, items: Vec<Value>, input: &Value, p: 
             let mut finished = false;
             let order: Vec<usize> = active.keys().copied().collect();
             for i in order {
-                let Some(fut) = active.get_mut(&i) else { continue };
+                let Some(fut) = active.get_mut(&i) else {
+                    continue;
+                };
                 match fut.as_mut().poll(pcx) {
                     Poll::Pending => {}
                     Poll::Ready(Ok(o)) => {
@@ -126,7 +141,12 @@ pub(super) async fn fork(cx: &Cx, f: &ForkDef, input: &Value) -> KindResult {
     }
 }
 
-pub(super) fn switch(cx: &Cx, cases: &[SwitchCase], input: &Value, scope: &Scope<'_>) -> KindResult {
+pub(super) fn switch(
+    cx: &Cx,
+    cases: &[SwitchCase],
+    input: &Value,
+    scope: &Scope<'_>,
+) -> KindResult {
     for case in cases {
         let hit = match &case.when {
             None => true,
@@ -139,7 +159,13 @@ pub(super) fn switch(cx: &Cx, cases: &[SwitchCase], input: &Value, scope: &Scope
     Ok((input.clone(), None, None))
 }
 
-pub(super) fn raise(cx: &Cx, named: &NamedTask, def: &ErrorDef, input: &Value, scope: &Scope<'_>) -> Result<WfError, WfError> {
+pub(super) fn raise(
+    cx: &Cx,
+    named: &NamedTask,
+    def: &ErrorDef,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> Result<WfError, WfError> {
     let text = |t: &Option<kflow_dsl::template::Template>| -> Result<Option<String>, WfError> {
         Ok(match t {
             None => None,
@@ -154,7 +180,11 @@ pub(super) fn raise(cx: &Cx, named: &NamedTask, def: &ErrorDef, input: &Value, s
     let status = match cx.eval(&def.status, input, scope)? {
         Value::Number(n) if n.as_i64().is_some() => n.as_i64().unwrap_or_default(),
         Value::String(s) if s.parse::<i64>().is_ok() => s.parse().unwrap_or_default(),
-        other => return Err(WfError::validation(format!("raise: error 'status' must be an integer, got {other}"))),
+        other => {
+            return Err(WfError::validation(format!(
+                "raise: error 'status' must be an integer, got {other}"
+            )));
+        }
     };
     Ok(WfError {
         type_,
@@ -168,30 +198,48 @@ pub(super) fn raise(cx: &Cx, named: &NamedTask, def: &ErrorDef, input: &Value, s
 /// Whether `catch` applies to `err` (static filter, then `when` / `exceptWhen`).
 fn catches(cx: &Cx, c: &Catch, err: &WfError, input: &Value) -> Result<bool, WfError> {
     if let Some(f) = &c.errors
-        && (f.type_.as_deref().is_some_and(|t| !errors::same_type(t, &err.type_))
+        && (f
+            .type_
+            .as_deref()
+            .is_some_and(|t| !errors::same_type(t, &err.type_))
             || f.status.is_some_and(|s| s != err.status)
-            || f.instance.as_ref().is_some_and(|i| Some(i) != err.instance.as_ref())
-            || f.title.as_ref().is_some_and(|t| Some(t) != err.title.as_ref())
-            || f.detail.as_ref().is_some_and(|d| Some(d) != err.detail.as_ref()))
-        {
-            return Ok(false);
-        }
+            || f.instance
+                .as_ref()
+                .is_some_and(|i| Some(i) != err.instance.as_ref())
+            || f.title
+                .as_ref()
+                .is_some_and(|t| Some(t) != err.title.as_ref())
+            || f.detail
+                .as_ref()
+                .is_some_and(|d| Some(d) != err.detail.as_ref()))
+    {
+        return Ok(false);
+    }
     let ev = err.to_value();
     let ecx = cx.with_var(&c.as_, ev.clone());
     let scope = ecx.scope(input, None);
     if let Some(w) = &c.when
-        && !ecx.eval_bool(w, &ev, &scope)? {
-            return Ok(false);
-        }
+        && !ecx.eval_bool(w, &ev, &scope)?
+    {
+        return Ok(false);
+    }
     if let Some(w) = &c.except_when
-        && ecx.eval_bool(w, &ev, &scope)? {
-            return Ok(false);
-        }
+        && ecx.eval_bool(w, &ev, &scope)?
+    {
+        return Ok(false);
+    }
     Ok(true)
 }
 
 /// The delay before retry number `attempt` (1-based), in ms; `None` when the policy says stop.
-fn retry_delay(cx: &Cx, r: &RetryPolicy, err: &WfError, attempt: u64, elapsed_ms: i64, input: &Value) -> Result<Option<u64>, WfError> {
+fn retry_delay(
+    cx: &Cx,
+    r: &RetryPolicy,
+    err: &WfError,
+    attempt: u64,
+    elapsed_ms: i64,
+    input: &Value,
+) -> Result<Option<u64>, WfError> {
     if r.limit_attempts.is_some_and(|max| attempt > max) {
         return Ok(None);
     }
@@ -199,14 +247,19 @@ fn retry_delay(cx: &Cx, r: &RetryPolicy, err: &WfError, attempt: u64, elapsed_ms
     let ecx = cx.with_var("error", ev.clone());
     let scope = ecx.scope(input, None);
     if let Some(w) = &r.when
-        && !ecx.eval_bool(w, &ev, &scope)? {
-            return Ok(None);
-        }
+        && !ecx.eval_bool(w, &ev, &scope)?
+    {
+        return Ok(None);
+    }
     if let Some(w) = &r.except_when
-        && ecx.eval_bool(w, &ev, &scope)? {
-            return Ok(None);
-        }
-    let ms = |d: &kflow_dsl::duration::DurationSpec| d.millis(input, &scope).map_err(|e| WfError::expression(e.to_string()));
+        && ecx.eval_bool(w, &ev, &scope)?
+    {
+        return Ok(None);
+    }
+    let ms = |d: &kflow_dsl::duration::DurationSpec| {
+        d.millis(input, &scope)
+            .map_err(|e| WfError::expression(e.to_string()))
+    };
     let base = match &r.delay {
         Some(d) => ms(d)?,
         None => 0,
@@ -214,7 +267,10 @@ fn retry_delay(cx: &Cx, r: &RetryPolicy, err: &WfError, attempt: u64, elapsed_ms
     let mut delay = match r.backoff {
         Backoff::Constant => base,
         Backoff::Linear => base.saturating_mul(attempt),
-        Backoff::Exponential => base.saturating_mul(1u64.checked_shl((attempt - 1).min(62) as u32).unwrap_or(u64::MAX)),
+        Backoff::Exponential => base.saturating_mul(
+            1u64.checked_shl((attempt - 1).min(62) as u32)
+                .unwrap_or(u64::MAX),
+        ),
     };
     if let Some((from, to)) = &r.jitter {
         let (lo, hi) = (ms(from)?, ms(to)?);
@@ -225,9 +281,10 @@ fn retry_delay(cx: &Cx, r: &RetryPolicy, err: &WfError, attempt: u64, elapsed_ms
         }
     }
     if let Some(limit) = &r.limit_duration
-        && elapsed_ms.max(0) as u64 + delay > ms(limit)? {
-            return Ok(None);
-        }
+        && elapsed_ms.max(0) as u64 + delay > ms(limit)?
+    {
+        return Ok(None);
+    }
     Ok(Some(delay))
 }
 
@@ -236,15 +293,23 @@ pub(super) async fn try_(cx: &Cx, named: &NamedTask, t: &TryDef, input: &Value) 
     let mut attempt: u64 = 0;
     loop {
         let attempt_run = run_list(cx.clone(), t.try_.clone(), input.clone());
-        let result = match t.catch.retry.as_ref().and_then(|r| r.limit_attempt_duration.as_ref()) {
+        let result = match t
+            .catch
+            .retry
+            .as_ref()
+            .and_then(|r| r.limit_attempt_duration.as_ref())
+        {
             None => attempt_run.await,
             Some(d) => {
-                let ms = d.millis(input, &cx.scope(input, None)).map_err(|e| WfError::expression(e.to_string()))?;
+                let ms = d
+                    .millis(input, &cx.scope(input, None))
+                    .map_err(|e| WfError::expression(e.to_string()))?;
                 match crate::exec::race(attempt_run, cx.sleep(&named.reference, ms)).await {
                     crate::exec::Either::Left(r) => r,
-                    crate::exec::Either::Right(_) => {
-                        Err(WfError::timeout(format!("attempt did not finish within {ms} ms")).at(&named.reference))
-                    }
+                    crate::exec::Either::Right(_) => Err(WfError::timeout(format!(
+                        "attempt did not finish within {ms} ms"
+                    ))
+                    .at(&named.reference)),
                 }
             }
         };

@@ -9,12 +9,23 @@ use crate::effect::Effect;
 use crate::error::WfError;
 use crate::events::event_matches;
 
-pub(super) async fn emit(cx: &Cx, named: &NamedTask, e: &EmitDef, input: &Value, scope: &Scope<'_>) -> KindResult {
+pub(super) async fn emit(
+    cx: &Cx,
+    named: &NamedTask,
+    e: &EmitDef,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> KindResult {
     let event = cx.eval(&e.event, input, scope)?;
     if !event.is_object() {
-        return Err(WfError::validation(format!("emit: the event must be an object, got {event}")));
+        return Err(WfError::validation(format!(
+            "emit: the event must be an object, got {event}"
+        )));
     }
-    let out = cx.sh.effect(&named.reference, Effect::Emit { event }).await?;
+    let out = cx
+        .sh
+        .effect(&named.reference, Effect::Emit { event })
+        .await?;
     Ok((out, None, None))
 }
 
@@ -42,7 +53,12 @@ enum Kind {
 }
 
 impl<'a> Progress<'a> {
-    fn new(cx: &Cx, c: &'a Consumption, input: &Value, scope: &Scope<'_>) -> Result<Progress<'a>, WfError> {
+    fn new(
+        cx: &Cx,
+        c: &'a Consumption,
+        input: &Value,
+        scope: &Scope<'_>,
+    ) -> Result<Progress<'a>, WfError> {
         let (kind, defs): (Kind, Vec<&EventFilter>) = match c {
             Consumption::All(f) => (Kind::All, f.iter().collect()),
             Consumption::Any { filters, .. } => (Kind::Any, filters.iter().collect()),
@@ -50,10 +66,20 @@ impl<'a> Progress<'a> {
         };
         let filters = defs
             .into_iter()
-            .map(|def| Ok(Filter { with: cx.eval(&def.with, input, scope)?, def }))
+            .map(|def| {
+                Ok(Filter {
+                    with: cx.eval(&def.with, input, scope)?,
+                    def,
+                })
+            })
             .collect::<Result<Vec<_>, WfError>>()?;
         let hit = vec![false; filters.len()];
-        Ok(Progress { kind, filters, hit, correlation: Default::default() })
+        Ok(Progress {
+            kind,
+            filters,
+            hit,
+            correlation: Default::default(),
+        })
     }
 
     /// Offers an event; returns whether it was consumed.
@@ -81,9 +107,10 @@ impl<'a> Progress<'a> {
             let scope = cx.scope(ev, None);
             let value = cx.eval_expr(&corr.from, ev, &scope)?;
             if let Some(expect) = &corr.expect
-                && cx.eval(expect, ev, &scope)? != value {
-                    return Ok(false);
-                }
+                && cx.eval(expect, ev, &scope)? != value
+            {
+                return Ok(false);
+            }
             match self.correlation.get(key) {
                 Some(v) if *v != value => return Ok(false),
                 Some(_) => {}
@@ -97,7 +124,9 @@ impl<'a> Progress<'a> {
     fn satisfied(&self) -> bool {
         match self.kind {
             Kind::All => self.hit.iter().all(|h| *h),
-            Kind::Any | Kind::One => self.hit.iter().any(|h| *h) || (self.kind == Kind::Any && self.filters.is_empty()),
+            Kind::Any | Kind::One => {
+                self.hit.iter().any(|h| *h) || (self.kind == Kind::Any && self.filters.is_empty())
+            }
         }
     }
 }
@@ -109,11 +138,23 @@ fn read(mode: ReadMode, ev: &Value) -> Value {
     }
 }
 
-pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Value, scope: &Scope<'_>) -> KindResult {
+pub(super) async fn listen(
+    cx: &Cx,
+    named: &NamedTask,
+    l: &ListenDef,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> KindResult {
     let mut main = Progress::new(cx, &l.to, input, scope)?;
     let (until_expr, mut until_events) = match &l.to {
-        Consumption::Any { until: Some(Until::Expr(e)), .. } => (Some(e), None),
-        Consumption::Any { until: Some(Until::Events(c)), .. } => (None, Some(Progress::new(cx, c, input, scope)?)),
+        Consumption::Any {
+            until: Some(Until::Expr(e)),
+            ..
+        } => (Some(e), None),
+        Consumption::Any {
+            until: Some(Until::Events(c)),
+            ..
+        } => (None, Some(Progress::new(cx, c, input, scope)?)),
         _ => (None, None),
     };
     let mut filters: Vec<Value> = main.filters.iter().map(|f| f.with.clone()).collect();
@@ -130,9 +171,11 @@ pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Va
     loop {
         let ev = sub.next_event().await?;
         if let Some(u) = until_events.as_mut()
-            && u.offer(cx, &ev)? && u.satisfied() {
-                break;
-            }
+            && u.offer(cx, &ev)?
+            && u.satisfied()
+        {
+            break;
+        }
         if !main.offer(cx, &ev)? {
             continue;
         }
@@ -140,7 +183,9 @@ pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Va
         if let Some(fe) = &l.foreach {
             // Each event is processed before the next is taken (FIFO). The task's output holds
             // the events, each transformed by `foreach.output.as` when that is set.
-            let icx = cx.with_var(&fe.item, item.clone()).with_var(&fe.at, Value::from(consumed.len()));
+            let icx = cx
+                .with_var(&fe.item, item.clone())
+                .with_var(&fe.at, Value::from(consumed.len()));
             let result = match run_list(icx.clone(), fe.do_.clone(), item.clone()).await? {
                 Outcome::Done(v) | Outcome::End(v) => v,
             };
@@ -168,6 +213,10 @@ pub(super) async fn listen(cx: &Cx, named: &NamedTask, l: &ListenDef, input: &Va
         }
     }
     drop(sub);
-    let out = if l.foreach.is_some() { outputs } else { consumed };
+    let out = if l.foreach.is_some() {
+        outputs
+    } else {
+        consumed
+    };
     Ok((Value::Array(out), None, None))
 }

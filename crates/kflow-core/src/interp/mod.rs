@@ -96,7 +96,12 @@ impl Vars for Scope<'_> {
             "runtime" => Some(Cow::Borrowed(&env.runtime)),
             "authorization" => self.authorization.map(Cow::Borrowed),
             "task" => self.task.map(|t| {
-                let definition = env.wf.definition.pointer(&t.named.reference).cloned().unwrap_or(Value::Null);
+                let definition = env
+                    .wf
+                    .definition
+                    .pointer(&t.named.reference)
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 Cow::Owned(json!({
                     "name": t.named.name,
                     "reference": t.named.reference,
@@ -126,7 +131,11 @@ pub(crate) fn expr_err(e: ExprError) -> WfError {
 
 impl Cx {
     pub fn new(sh: Sh, env: Arc<Env>) -> Cx {
-        Cx { sh, env, frames: None }
+        Cx {
+            sh,
+            env,
+            frames: None,
+        }
     }
 
     /// A child scope with `$name` bound to `value`.
@@ -134,12 +143,22 @@ impl Cx {
         Cx {
             sh: self.sh.clone(),
             env: self.env.clone(),
-            frames: Some(Arc::new(Frame { name: name.to_string(), value, parent: self.frames.clone() })),
+            frames: Some(Arc::new(Frame {
+                name: name.to_string(),
+                value,
+                parent: self.frames.clone(),
+            })),
         }
     }
 
     pub fn scope<'a>(&'a self, input: &'a Value, task: Option<&'a TaskInfo<'a>>) -> Scope<'a> {
-        Scope { cx: self, input: Some(input), output: None, task, authorization: None }
+        Scope {
+            cx: self,
+            input: Some(input),
+            output: None,
+            task,
+            authorization: None,
+        }
     }
 
     pub fn eval(&self, t: &Template, on: &Value, scope: &Scope<'_>) -> Result<Value, WfError> {
@@ -167,13 +186,21 @@ impl Cx {
     /// Waits `ms` milliseconds of workflow time, durably (a timer effect).
     pub async fn sleep(&self, task: &str, ms: u64) -> Result<(), WfError> {
         let at_ms = self.sh.now().saturating_add(ms.min(i64::MAX as u64) as i64);
-        self.sh.effect(task, Effect::Timer { at_ms }).await.map(|_| ())
+        self.sh
+            .effect(task, Effect::Timer { at_ms })
+            .await
+            .map(|_| ())
     }
 }
 
 fn check_schema(schema: &Option<Schema>, value: &Value, what: &str) -> Result<(), WfError> {
     if let Some(s) = schema {
-        s.check(value).map_err(|errs| WfError::validation(format!("{what} does not match its schema: {}", errs.join("; "))))?;
+        s.check(value).map_err(|errs| {
+            WfError::validation(format!(
+                "{what} does not match its schema: {}",
+                errs.join("; ")
+            ))
+        })?;
     }
     Ok(())
 }
@@ -184,41 +211,72 @@ pub(crate) async fn run_workflow(cx: Cx, raw_input: Value) -> Result<Value, WfEr
     let body = async {
         let input = apply_in(&cx, wf.input.as_ref(), raw_input, None, "workflow input")?;
         cx.sh.lock().context = Value::Object(Map::new());
-        let out = run_list(cx.clone(), wf.do_.clone(), input).await?.into_value();
+        let out = run_list(cx.clone(), wf.do_.clone(), input)
+            .await?
+            .into_value();
         apply_out(&cx, wf.output.as_ref(), out, None, "workflow output")
     };
     match &wf.timeout {
         None => body.await,
         Some(d) => {
-            let ms = d.millis(&Value::Null, &cx.scope(&Value::Null, None)).map_err(|e| WfError::expression(e.to_string()))?;
+            let ms = d
+                .millis(&Value::Null, &cx.scope(&Value::Null, None))
+                .map_err(|e| WfError::expression(e.to_string()))?;
             match race(body, cx.sleep("/", ms)).await {
                 Either::Left(r) => r,
-                Either::Right(_) => Err(WfError::timeout(format!("the workflow did not finish within {ms} ms")).at("/")),
+                Either::Right(_) => Err(WfError::timeout(format!(
+                    "the workflow did not finish within {ms} ms"
+                ))
+                .at("/")),
             }
         }
     }
 }
 
 /// `input.schema` then `input.from`.
-fn apply_in(cx: &Cx, d: Option<&DataIn>, raw: Value, task: Option<&TaskInfo<'_>>, what: &str) -> Result<Value, WfError> {
+fn apply_in(
+    cx: &Cx,
+    d: Option<&DataIn>,
+    raw: Value,
+    task: Option<&TaskInfo<'_>>,
+    what: &str,
+) -> Result<Value, WfError> {
     let Some(d) = d else { return Ok(raw) };
     check_schema(&d.schema, &raw, what)?;
     match &d.from {
         None => Ok(raw),
         Some(t) => {
-            let scope = Scope { cx, input: None, output: None, task, authorization: None };
+            let scope = Scope {
+                cx,
+                input: None,
+                output: None,
+                task,
+                authorization: None,
+            };
             cx.eval(t, &raw, &scope)
         }
     }
 }
 
 /// `output.as` then `output.schema`.
-fn apply_out(cx: &Cx, d: Option<&DataOut>, raw: Value, scope_input: Option<&Value>, what: &str) -> Result<Value, WfError> {
+fn apply_out(
+    cx: &Cx,
+    d: Option<&DataOut>,
+    raw: Value,
+    scope_input: Option<&Value>,
+    what: &str,
+) -> Result<Value, WfError> {
     let Some(d) = d else { return Ok(raw) };
     let out = match &d.as_ {
         None => raw,
         Some(t) => {
-            let scope = Scope { cx, input: scope_input, output: None, task: None, authorization: None };
+            let scope = Scope {
+                cx,
+                input: scope_input,
+                output: None,
+                task: None,
+                authorization: None,
+            };
             cx.eval(t, &raw, &scope)?
         }
     };
@@ -237,7 +295,9 @@ pub(crate) fn run_list(cx: Cx, list: TaskList, input: Value) -> BoxFut<Result<Ou
         while i < list.len() {
             steps += 1;
             if steps > 10_000_000 {
-                return Err(WfError::runtime("too many task transitions (a `then:` loop that never ends?)"));
+                return Err(WfError::runtime(
+                    "too many task transitions (a `then:` loop that never ends?)",
+                ));
             }
             let (out, flow) = run_task(cx.clone(), list.clone(), i, data).await?;
             data = out;
@@ -253,15 +313,33 @@ pub(crate) fn run_list(cx: Cx, list: TaskList, input: Value) -> BoxFut<Result<Ou
 }
 
 /// Runs one task through all data-flow steps; returns its transformed output and where to go.
-pub(crate) fn run_task(cx: Cx, list: TaskList, idx: usize, raw_input: Value) -> BoxFut<Result<(Value, Flow), WfError>> {
+pub(crate) fn run_task(
+    cx: Cx,
+    list: TaskList,
+    idx: usize,
+    raw_input: Value,
+) -> BoxFut<Result<(Value, Flow), WfError>> {
     Box::pin(async move {
         let named = &list[idx];
         let task = &named.task;
         let started_ms = cx.sh.now();
-        let info = TaskInfo { named, raw_input: &raw_input, raw_output: None, started_ms };
+        let info = TaskInfo {
+            named,
+            raw_input: &raw_input,
+            raw_output: None,
+            started_ms,
+        };
         if let Some(cond) = &task.if_ {
-            let scope = Scope { cx: &cx, input: None, output: None, task: Some(&info), authorization: None };
-            let run = cx.eval_bool(cond, &raw_input, &scope).map_err(|e| e.at(&named.reference))?;
+            let scope = Scope {
+                cx: &cx,
+                input: None,
+                output: None,
+                task: Some(&info),
+                authorization: None,
+            };
+            let run = cx
+                .eval_bool(cond, &raw_input, &scope)
+                .map_err(|e| e.at(&named.reference))?;
             if !run {
                 cx.notice(NoticeKind::TaskSkipped, Some(named), None);
                 return Ok((raw_input, Flow::Continue));
@@ -269,25 +347,47 @@ pub(crate) fn run_task(cx: Cx, list: TaskList, idx: usize, raw_input: Value) -> 
         }
         cx.notice(NoticeKind::TaskStarted, Some(named), None);
         let result = async {
-            let input = apply_in(&cx, task.input.as_ref(), raw_input.clone(), Some(&info), "task input")?;
+            let input = apply_in(
+                &cx,
+                task.input.as_ref(),
+                raw_input.clone(),
+                Some(&info),
+                "task input",
+            )?;
             let work = run_kind(&cx, named, &input, &info);
             let (raw_out, flow, authorization) = match &task.timeout {
                 None => work.await?,
                 Some(d) => {
-                    let ms = d.millis(&input, &cx.scope(&input, Some(&info))).map_err(|e| WfError::expression(e.to_string()))?;
+                    let ms = d
+                        .millis(&input, &cx.scope(&input, Some(&info)))
+                        .map_err(|e| WfError::expression(e.to_string()))?;
                     match race(work, cx.sleep(&named.reference, ms)).await {
                         Either::Left(r) => r?,
                         Either::Right(_) => {
-                            return Err(WfError::timeout(format!("task '{}' did not finish within {ms} ms", named.name)));
+                            return Err(WfError::timeout(format!(
+                                "task '{}' did not finish within {ms} ms",
+                                named.name
+                            )));
                         }
                     }
                 }
             };
-            let info = TaskInfo { named, raw_input: &raw_input, raw_output: Some(&raw_out), started_ms };
+            let info = TaskInfo {
+                named,
+                raw_input: &raw_input,
+                raw_output: Some(&raw_out),
+                started_ms,
+            };
             let out = match task.output.as_ref().and_then(|o| o.as_.as_ref()) {
                 None => raw_out.clone(),
                 Some(t) => {
-                    let scope = Scope { cx: &cx, input: Some(&input), output: None, task: Some(&info), authorization: authorization.as_ref() };
+                    let scope = Scope {
+                        cx: &cx,
+                        input: Some(&input),
+                        output: None,
+                        task: Some(&info),
+                        authorization: authorization.as_ref(),
+                    };
                     cx.eval(t, &raw_out, &scope)?
                 }
             };
@@ -296,7 +396,13 @@ pub(crate) fn run_task(cx: Cx, list: TaskList, idx: usize, raw_input: Value) -> 
             }
             if let Some(ex) = &task.export {
                 if let Some(t) = &ex.as_ {
-                    let scope = Scope { cx: &cx, input: Some(&input), output: Some(&out), task: Some(&info), authorization: authorization.as_ref() };
+                    let scope = Scope {
+                        cx: &cx,
+                        input: Some(&input),
+                        output: Some(&out),
+                        task: Some(&info),
+                        authorization: authorization.as_ref(),
+                    };
                     let ctx = cx.eval(t, &out, &scope)?;
                     check_schema(&ex.schema, &ctx, "exported context")?;
                     cx.sh.lock().context = ctx;
@@ -331,17 +437,27 @@ pub(crate) fn run_task(cx: Cx, list: TaskList, idx: usize, raw_input: Value) -> 
 pub(crate) type KindResult = Result<(Value, Option<Flow>, Option<Value>), WfError>;
 
 async fn run_kind(cx: &Cx, named: &NamedTask, input: &Value, info: &TaskInfo<'_>) -> KindResult {
-    let scope = Scope { cx, input: Some(input), output: None, task: Some(info), authorization: None };
+    let scope = Scope {
+        cx,
+        input: Some(input),
+        output: None,
+        task: Some(info),
+        authorization: None,
+    };
     match &named.task.kind {
         TaskKind::Set(t) => Ok((cx.eval(t, input, &scope)?, None, None)),
-        TaskKind::Do(list) => flow::nested(run_list(cx.clone(), list.clone(), input.clone()).await?),
+        TaskKind::Do(list) => {
+            flow::nested(run_list(cx.clone(), list.clone(), input.clone()).await?)
+        }
         TaskKind::For(f) => flow::for_(cx, f, input, &scope).await,
         TaskKind::Fork(f) => flow::fork(cx, f, input).await,
         TaskKind::Switch(cases) => flow::switch(cx, cases, input, &scope),
         TaskKind::Try(t) => flow::try_(cx, named, t, input).await,
         TaskKind::Raise(r) => Err(flow::raise(cx, named, &r.error, input, &scope)?),
         TaskKind::Wait(d) => {
-            let ms = d.millis(input, &scope).map_err(|e| WfError::expression(e.to_string()))?;
+            let ms = d
+                .millis(input, &scope)
+                .map_err(|e| WfError::expression(e.to_string()))?;
             cx.sleep(&named.reference, ms).await?;
             Ok((input.clone(), None, None))
         }

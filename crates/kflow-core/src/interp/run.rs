@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use kflow_dsl::model::{NamedTask, Process, RunDef};
 
 use super::{Cx, KindResult, Scope};
-use crate::effect::{Effect, Program, ProcessRequest};
+use crate::effect::{Effect, ProcessRequest, Program};
 use crate::error::WfError;
 
 fn text(v: Value) -> String {
@@ -16,7 +16,13 @@ fn text(v: Value) -> String {
     }
 }
 
-pub(super) async fn run(cx: &Cx, named: &NamedTask, r: &RunDef, input: &Value, scope: &Scope<'_>) -> KindResult {
+pub(super) async fn run(
+    cx: &Cx,
+    named: &NamedTask,
+    r: &RunDef,
+    input: &Value,
+    scope: &Scope<'_>,
+) -> KindResult {
     let opt = |t: &Option<kflow_dsl::template::Template>| -> Result<Option<Value>, WfError> {
         t.as_ref().map(|t| cx.eval(t, input, scope)).transpose()
     };
@@ -24,25 +30,59 @@ pub(super) async fn run(cx: &Cx, named: &NamedTask, r: &RunDef, input: &Value, s
         match v {
             None | Some(Value::Null) => Ok(Map::new()),
             Some(Value::Object(m)) => Ok(m),
-            Some(other) => Err(WfError::validation(format!("run: 'environment' must be an object, got {other}"))),
+            Some(other) => Err(WfError::validation(format!(
+                "run: 'environment' must be an object, got {other}"
+            ))),
         }
     };
     let (program, arguments, environment, stdin) = match &r.process {
-        Process::Shell { command, arguments, environment, stdin } => {
+        Process::Shell {
+            command,
+            arguments,
+            environment,
+            stdin,
+        } => {
             let command = text(cx.eval(command, input, scope)?);
-            (Program::Shell { command }, opt(arguments)?, env_map(opt(environment)?)?, opt(stdin)?)
+            (
+                Program::Shell { command },
+                opt(arguments)?,
+                env_map(opt(environment)?)?,
+                opt(stdin)?,
+            )
         }
-        Process::Script { language, code, source, arguments, environment, stdin } => {
+        Process::Script {
+            language,
+            code,
+            source,
+            arguments,
+            environment,
+            stdin,
+        } => {
             let code = match (code, source) {
                 (Some(c), _) => text(cx.eval(c, input, scope)?),
                 (None, Some(_)) => {
-                    return Err(WfError::configuration("run script: external 'source' scripts are not supported yet; inline the code"));
+                    return Err(WfError::configuration(
+                        "run script: external 'source' scripts are not supported yet; inline the code",
+                    ));
                 }
                 (None, None) => return Err(WfError::configuration("run script: needs 'code'")),
             };
-            (Program::Script { language: language.clone(), code }, opt(arguments)?, env_map(opt(environment)?)?, opt(stdin)?)
+            (
+                Program::Script {
+                    language: language.clone(),
+                    code,
+                },
+                opt(arguments)?,
+                env_map(opt(environment)?)?,
+                opt(stdin)?,
+            )
         }
-        Process::Workflow { namespace, name, version, input: with } => {
+        Process::Workflow {
+            namespace,
+            name,
+            version,
+            input: with,
+        } => {
             let child_input = match with {
                 None => input.clone(),
                 Some(t) => cx.eval(t, input, scope)?,
@@ -62,13 +102,19 @@ pub(super) async fn run(cx: &Cx, named: &NamedTask, r: &RunDef, input: &Value, s
             return Ok((cx.sh.effect(&named.reference, effect).await?, None, None));
         }
         Process::Container => {
-            return Err(WfError::configuration("run container is not supported yet by kflow (supported: shell, script, workflow)"));
+            return Err(WfError::configuration(
+                "run container is not supported yet by kflow (supported: shell, script, workflow)",
+            ));
         }
     };
     let arguments = match arguments {
         None | Some(Value::Null) => Value::Array(Vec::new()),
         Some(v @ (Value::Array(_) | Value::Object(_))) => v,
-        Some(other) => return Err(WfError::validation(format!("run: 'arguments' must be a list or a map, got {other}"))),
+        Some(other) => {
+            return Err(WfError::validation(format!(
+                "run: 'arguments' must be a list or a map, got {other}"
+            )));
+        }
     };
     let req = ProcessRequest {
         program,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use kflow_core::{Command, Delivery, Effect, EffectId, Instance, InstanceConfig, Notice, Status, Step, WfError};
+use kflow_core::{
+    Command, Delivery, Effect, EffectId, Instance, InstanceConfig, Notice, Status, Step, WfError,
+};
 
 pub fn load(yaml: &str) -> Arc<kflow_dsl::Workflow> {
     match kflow_dsl::load(yaml.as_bytes()) {
@@ -43,7 +45,11 @@ pub const T0: i64 = 1_700_000_000_000;
 
 impl Sim {
     pub fn new(wf: Arc<kflow_dsl::Workflow>) -> Sim {
-        let cfg = InstanceConfig { id: "test-instance".into(), secrets: serde_json::json!({"token": "s3cret"}), runtime: Value::Null };
+        let cfg = InstanceConfig {
+            id: "test-instance".into(),
+            secrets: serde_json::json!({"token": "s3cret"}),
+            runtime: Value::Null,
+        };
         Sim {
             inst: Instance::new(wf, cfg),
             now: T0,
@@ -64,7 +70,10 @@ impl Sim {
                 Command::Start { id, effect, .. } => {
                     self.started.push((id, effect.clone()));
                     match &effect {
-                        Effect::Timer { at_ms } => self.due.push((*at_ms, id, Delivery::Result(Ok(Value::Null)))),
+                        Effect::Timer { at_ms } => {
+                            self.due
+                                .push((*at_ms, id, Delivery::Result(Ok(Value::Null))))
+                        }
                         Effect::Listen { .. } => {
                             for ev in self.events.drain(..) {
                                 self.due.push((self.now, id, Delivery::Event(ev)));
@@ -72,7 +81,10 @@ impl Sim {
                         }
                         _ => match reply(&effect) {
                             Reply::Now(r) => self.due.push((self.now, id, Delivery::Result(r))),
-                            Reply::After(ms, r) => self.due.push((self.now + ms as i64, id, Delivery::Result(r))),
+                            Reply::After(ms, r) => {
+                                self.due
+                                    .push((self.now + ms as i64, id, Delivery::Result(r)))
+                            }
                             Reply::Never => {}
                         },
                     }
@@ -94,7 +106,9 @@ impl Sim {
         self.absorb(step, &mut reply);
         while self.finished.is_none() {
             // Earliest due first; ties in the order they were scheduled.
-            let Some(i) = (0..self.due.len()).min_by_key(|&i| (self.due[i].0, i)) else { break };
+            let Some(i) = (0..self.due.len()).min_by_key(|&i| (self.due[i].0, i)) else {
+                break;
+            };
             let (at, id, d) = self.due.remove(i);
             self.now = self.now.max(at);
             self.journal.push((id, d.clone(), self.now));
@@ -122,7 +136,11 @@ impl Sim {
     pub fn trace(&self) -> Vec<String> {
         self.notices
             .iter()
-            .filter_map(|n| n.task.as_ref().map(|(name, _)| format!("{}:{name}", n.kind.as_str())))
+            .filter_map(|n| {
+                n.task
+                    .as_ref()
+                    .map(|(name, _)| format!("{}:{name}", n.kind.as_str()))
+            })
             .collect()
     }
 }

@@ -19,7 +19,11 @@ pub(super) fn to_val(v: &Value) -> Val {
         }
         Value::String(s) => Val::from(s.clone()),
         Value::Array(a) => a.iter().map(to_val).collect(),
-        Value::Object(o) => Val::obj(o.iter().map(|(k, v)| (Val::from(k.clone()), to_val(v))).collect()),
+        Value::Object(o) => Val::obj(
+            o.iter()
+                .map(|(k, v)| (Val::from(k.clone()), to_val(v)))
+                .collect(),
+        ),
     }
 }
 

@@ -209,17 +209,32 @@ const MAX_RESULT_DEPTH: usize = 1024;
 impl Expr {
     /// Compiles a jq filter (the text inside `${ }`, or a bare expression).
     pub fn compile(source: &str) -> Result<Expr, ExprError> {
-        let fail = |message: String| ExprError::Compile { expr: source.to_string(), message };
+        let fail = |message: String| ExprError::Compile {
+            expr: source.to_string(),
+            message,
+        };
         if source.len() > MAX_SOURCE_LEN {
-            return Err(fail(format!("expression longer than {MAX_SOURCE_LEN} bytes")));
+            return Err(fail(format!(
+                "expression longer than {MAX_SOURCE_LEN} bytes"
+            )));
         }
         let big = program::is_big(source);
-        let program =
-            if big { on_big_stack(|| program::compile(source)).map_err(fail)? } else { program::compile(source) };
+        let program = if big {
+            on_big_stack(|| program::compile(source)).map_err(fail)?
+        } else {
+            program::compile(source)
+        };
         let program = program.map_err(fail)?;
         let big = big || program.deep;
         let skip_inline = AtomicU8::new(0);
-        Ok(Expr { inner: Arc::new(ExprInner { source: source.to_string(), program, big, skip_inline }) })
+        Ok(Expr {
+            inner: Arc::new(ExprInner {
+                source: source.to_string(),
+                program,
+                big,
+                skip_inline,
+            }),
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -237,7 +252,12 @@ impl Expr {
     }
 
     /// [`Expr::eval`] with explicit budgets.
-    pub fn eval_with_limits(&self, input: &Value, vars: &dyn Vars, limits: &Limits) -> Result<Value, ExprError> {
+    pub fn eval_with_limits(
+        &self,
+        input: &Value,
+        vars: &dyn Vars,
+        limits: &Limits,
+    ) -> Result<Value, ExprError> {
         let mut out = self.run(input, vars, limits, true)?;
         Ok(out.pop().unwrap_or(Value::Null))
     }
@@ -270,12 +290,21 @@ impl Expr {
         }
     }
 
-    fn run(&self, input: &Value, vars: &dyn Vars, limits: &Limits, first_only: bool) -> Result<Vec<Value>, ExprError> {
+    fn run(
+        &self,
+        input: &Value,
+        vars: &dyn Vars,
+        limits: &Limits,
+        first_only: bool,
+    ) -> Result<Vec<Value>, ExprError> {
         let deadline = Instant::now() + limits.time_budget;
         let input = to_val(input);
         let program = &self.inner.program;
-        let globals: Vec<Val> =
-            program.globals.iter().map(|name| vars.var(name).map_or(Val::Null, |v| to_val(&v))).collect();
+        let globals: Vec<Val> = program
+            .globals
+            .iter()
+            .map(|name| vars.var(name).map_or(Val::Null, |v| to_val(&v)))
+            .collect();
         let inner = &self.inner;
         let inline = !inner.big && {
             let skip = inner.skip_inline.load(Ordering::Relaxed);
@@ -285,10 +314,19 @@ impl Expr {
             skip == 0
         };
         if inline {
-            let job = Job { program, input: &input, globals: &globals, limits, deadline, first_only };
+            let job = Job {
+                program,
+                input: &input,
+                globals: &globals,
+                limits,
+                deadline,
+                first_only,
+            };
             match job.run(true).0 {
                 Err(Fail::Trip(Trip::Escalate)) => {
-                    inner.skip_inline.store(SKIP_INLINE_AFTER_ESCALATION, Ordering::Relaxed);
+                    inner
+                        .skip_inline
+                        .store(SKIP_INLINE_AFTER_ESCALATION, Ordering::Relaxed);
                 }
                 done => return done.map_err(|f| self.error(f, limits)),
             }
@@ -296,12 +334,22 @@ impl Expr {
         let (shared, owned_limits) = (Arc::clone(inner), limits.clone());
         let done = worker::run(move || {
             let limits = &owned_limits;
-            let job = Job { program: &shared.program, input: &input, globals: &globals, limits, deadline, first_only };
+            let job = Job {
+                program: &shared.program,
+                input: &input,
+                globals: &globals,
+                limits,
+                deadline,
+                first_only,
+            };
             job.run(false)
         });
         match done {
             Ok(done) => done.map_err(|f| self.error(f, limits)),
-            Err(message) => Err(ExprError::Eval { expr: inner.source.clone(), message }),
+            Err(message) => Err(ExprError::Eval {
+                expr: inner.source.clone(),
+                message,
+            }),
         }
     }
 
@@ -309,16 +357,29 @@ impl Expr {
         let message = match fail {
             Fail::Jq(m) => m,
             Fail::Trip(Trip::Time) => {
-                format!("expression exceeded its time budget of {} ms", limits.time_budget.as_millis())
+                format!(
+                    "expression exceeded its time budget of {} ms",
+                    limits.time_budget.as_millis()
+                )
             }
             Fail::Trip(Trip::Steps) => {
-                format!("expression exceeded its step budget of {} evaluation steps", limits.max_steps)
+                format!(
+                    "expression exceeded its step budget of {} evaluation steps",
+                    limits.max_steps
+                )
             }
             Fail::Trip(Trip::Stack | Trip::Escalate) => {
-                format!("expression recursion too deep (used up its {} MiB stack budget)", BIG_STACK_BUDGET >> 20)
+                format!(
+                    "expression recursion too deep (used up its {} MiB stack budget)",
+                    BIG_STACK_BUDGET >> 20
+                )
             }
             Fail::Trip(Trip::TooLarge(bytes)) => {
-                let size = if bytes == u64::MAX { "an unbounded number of".to_string() } else { bytes.to_string() };
+                let size = if bytes == u64::MAX {
+                    "an unbounded number of".to_string()
+                } else {
+                    bytes.to_string()
+                };
                 format!(
                     "expression result too large: an operation would build a string of {size} bytes \
                      (limit {} bytes)",
@@ -326,15 +387,24 @@ impl Expr {
                 )
             }
             Fail::Size(Oversize::Bytes) => {
-                format!("expression result too large (more than {} bytes)", limits.max_result_bytes)
+                format!(
+                    "expression result too large (more than {} bytes)",
+                    limits.max_result_bytes
+                )
             }
             Fail::Size(Oversize::Depth) => {
                 format!("expression result too deeply nested (more than {MAX_RESULT_DEPTH} levels)")
             }
-            Fail::TooMany => format!("expression produced more than {} results", limits.max_outputs),
+            Fail::TooMany => format!(
+                "expression produced more than {} results",
+                limits.max_outputs
+            ),
             Fail::Internal(m) => format!("internal error in the jq interpreter: {m}"),
         };
-        ExprError::Eval { expr: self.inner.source.clone(), message }
+        ExprError::Eval {
+            expr: self.inner.source.clone(),
+            message,
+        }
     }
 }
 
@@ -365,7 +435,13 @@ impl Job<'_> {
             let steps = self.limits.max_steps.min(INLINE_STEPS);
             Guard::new(INLINE_STACK_BUDGET, steps, true, self.deadline, max_bytes)
         } else {
-            Guard::new(BIG_STACK_BUDGET, self.limits.max_steps, false, self.deadline, max_bytes)
+            Guard::new(
+                BIG_STACK_BUDGET,
+                self.limits.max_steps,
+                false,
+                self.deadline,
+                max_bytes,
+            )
         };
         let result = catch_unwind(AssertUnwindSafe(|| self.pull(&guard))).unwrap_or_else(|panic| {
             let text = panic
@@ -380,7 +456,10 @@ impl Job<'_> {
 
     fn pull(&self, guard: &Guard) -> Result<Vec<Value>, Fail> {
         let filter = &self.program.filter;
-        let env = Env { lut: &filter.lut, guard };
+        let env = Env {
+            lut: &filter.lut,
+            guard,
+        };
         let ctx = Ctx::<runtime::Kd>::new(env, jaq_core::Vars::new(self.globals.iter().cloned()));
         let mut outputs = filter.id.run((ctx, self.input.clone()));
         let mut budget = self.limits.max_result_bytes as u64;
@@ -427,7 +506,9 @@ fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
             .stack_size(BIG_STACK)
             .spawn_scoped(scope, f)
             .map_err(|e| format!("cannot start an evaluation thread: {e}"))?;
-        handle.join().map_err(|_| "the evaluation thread panicked".to_string())
+        handle
+            .join()
+            .map_err(|_| "the evaluation thread panicked".to_string())
     })
 }
 
@@ -440,5 +521,7 @@ const _: () = {
 /// `Some(inner)` when `s` is a `${ ... }` runtime expression, with the braces stripped.
 pub fn strip_dollar_braces(s: &str) -> Option<&str> {
     let t = s.trim();
-    t.strip_prefix("${").and_then(|r| r.strip_suffix('}')).map(str::trim)
+    t.strip_prefix("${")
+        .and_then(|r| r.strip_suffix('}'))
+        .map(str::trim)
 }

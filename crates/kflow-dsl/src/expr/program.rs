@@ -44,8 +44,12 @@ const MAX_INLINE_DEPTH: usize = 40;
 
 /// Compiles `src`; `Err` is the human-readable message.
 pub(super) fn compile(src: &str) -> Result<Program, String> {
-    let tokens = Lexer::new(src).lex().map_err(|errs| lex_message(src, &errs))?;
-    let mut term = Parser::new(&tokens).parse(|p| p.term()).map_err(|errs| parse_message(src, &errs))?;
+    let tokens = Lexer::new(src)
+        .lex()
+        .map_err(|errs| lex_message(src, &errs))?;
+    let mut term = Parser::new(&tokens)
+        .parse(|p| p.term())
+        .map_err(|errs| parse_message(src, &errs))?;
 
     let deep = depth(&term) > MAX_INLINE_DEPTH;
     let mut refs = BTreeSet::new();
@@ -58,16 +62,32 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
     if let Some(name) = vars.iter().find(|n| n.starts_with("$__kflow_")) {
         return Err(format!("`{name}` is a reserved name"));
     }
-    let globals: Vec<&str> = vars.into_iter().filter(|v| !HOST_VARS.contains(v)).collect();
+    let globals: Vec<&str> = vars
+        .into_iter()
+        .filter(|v| !HOST_VARS.contains(v))
+        .collect();
 
     rewrite(&mut term, &|_| true);
-    let main = Def { name: MAIN, args: Vec::new(), body: tick_before(term) };
+    let main = Def {
+        name: MAIN,
+        args: Vec::new(),
+        body: tick_before(term),
+    };
 
     let prelude = prelude();
-    let defs = prelude.needed(&refs).map(shorten).chain(std::iter::once(main));
+    let defs = prelude
+        .needed(&refs)
+        .map(shorten)
+        .chain(std::iter::once(main));
     let arena = Arena::default();
     let modules = Loader::new(defs)
-        .load(&arena, File { code: MAIN, path: () })
+        .load(
+            &arena,
+            File {
+                code: MAIN,
+                path: (),
+            },
+        )
         .map_err(|_| "internal error: cannot load the expression".to_string())?;
     let filter = jaq_core::Compiler::default()
         .with_funs(natives())
@@ -75,11 +95,17 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
         .compile(modules)
         .map_err(|errs| {
             let errs = errs.into_iter().flat_map(|(_file, errs)| errs);
-            let msgs: Vec<String> = errs.map(|(name, undef)| undefined_message(src, name, &undef)).collect();
+            let msgs: Vec<String> = errs
+                .map(|(name, undef)| undefined_message(src, name, &undef))
+                .collect();
             dedup_join(msgs)
         })?;
     let globals = globals.iter().map(|g| g[1..].to_string()).collect();
-    Ok(Program { filter, globals, deep })
+    Ok(Program {
+        filter,
+        globals,
+        deep,
+    })
 }
 
 /// Whether `src` is large or nested enough that parsing and compiling it might recurse deeply;
@@ -126,9 +152,14 @@ fn lex_message(src: &str, errs: &[lex::Error<&str>]) -> String {
         let at = offset(src, rest).unwrap_or(0);
         match expect {
             lex::Expect::Delim(open) => {
-                let opened = offset(src, open).map(|o| format!(" at offset {o}")).unwrap_or_default();
+                let opened = offset(src, open)
+                    .map(|o| format!(" at offset {o}"))
+                    .unwrap_or_default();
                 if rest.trim().is_empty() {
-                    format!("`{open}`{opened} is never closed ({} expected)", expect.as_str())
+                    format!(
+                        "`{open}`{opened} is never closed ({} expected)",
+                        expect.as_str()
+                    )
                 } else {
                     format!(
                         "{} expected at offset {at} for `{open}`{opened}, found `{}`",
@@ -137,8 +168,14 @@ fn lex_message(src: &str, errs: &[lex::Error<&str>]) -> String {
                     )
                 }
             }
-            lex::Expect::Token => format!("unexpected character `{}` at offset {at}", snippet(rest)),
-            _ => format!("{} expected at offset {at}, found `{}`", expect.as_str(), snippet(rest)),
+            lex::Expect::Token => {
+                format!("unexpected character `{}` at offset {at}", snippet(rest))
+            }
+            _ => format!(
+                "{} expected at offset {at}, found `{}`",
+                expect.as_str(),
+                snippet(rest)
+            ),
         }
     });
     dedup_join(msgs.collect())
@@ -153,7 +190,10 @@ fn parse_message(src: &str, errs: &[parse::TError<'_, &str>]) -> String {
         match found {
             Some(Token(text, _)) => {
                 let at = offset(src, text).unwrap_or(0);
-                format!("unexpected `{}` at offset {at}, expected {what}", snippet(text))
+                format!(
+                    "unexpected `{}` at offset {at}, expected {what}",
+                    snippet(text)
+                )
             }
             None => format!("unexpected end of expression, expected {what}"),
         }
@@ -166,7 +206,9 @@ fn undefined_message(src: &str, name: &str, undef: &jaq_core::compile::Undefined
     if let Some(reason) = disabled_reason(name) {
         return format!("`{name}` is not available in kflow expressions: {reason}");
     }
-    let at = offset(src, name).map(|o| format!(" at offset {o}")).unwrap_or_default();
+    let at = offset(src, name)
+        .map(|o| format!(" at offset {o}"))
+        .unwrap_or_default();
     match undef {
         Undefined::Filter(arity) => format!("undefined function `{name}/{arity}`{at}"),
         other => format!("undefined {} `{name}`{at}", other.as_str()),
@@ -177,8 +219,8 @@ fn undefined_message(src: &str, name: &str, undef: &jaq_core::compile::Undefined
 fn disabled_reason(name: &str) -> Option<&'static str> {
     Some(match name {
         "env" | "$ENV" => "it reads the host environment",
-        "input" | "inputs" | "input_filename" | "input_line_number" | "$__prog_args" | "$__prog_name"
-        | "get_search_list" => "there is no process input here",
+        "input" | "inputs" | "input_filename" | "input_line_number" | "$__prog_args"
+        | "$__prog_name" | "get_search_list" => "there is no process input here",
         "debug" | "stderr" | "debug_empty" | "stderr_empty" => "it writes to the process output",
         "halt" | "halt_error" => "it stops the process",
         "now" | "localtime" | "strflocaltime" => {
@@ -192,8 +234,15 @@ fn disabled_reason(name: &str) -> Option<&'static str> {
 
 fn dedup_join(msgs: Vec<String>) -> String {
     let mut seen = BTreeSet::new();
-    let unique: Vec<String> = msgs.into_iter().filter(|m| seen.insert(m.clone())).collect();
-    if unique.is_empty() { "invalid expression".to_string() } else { unique.join("; ") }
+    let unique: Vec<String> = msgs
+        .into_iter()
+        .filter(|m| seen.insert(m.clone()))
+        .collect();
+    if unique.is_empty() {
+        "invalid expression".to_string()
+    } else {
+        unique.join("; ")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,7 +346,11 @@ fn collect_vars<'s>(t: &Term<&'s str>, out: &mut Vec<&'s str>) {
 /// `__kflow_tick | body`: keeps `body` in tail position, so jaq's tail-call optimisation
 /// still applies to recursive definitions.
 fn tick_before<'s>(body: Term<&'s str>) -> Term<&'s str> {
-    Term::BinOp(Box::new(Term::Call(TICK, Vec::new())), BinaryOp::Pipe(None), Box::new(body))
+    Term::BinOp(
+        Box::new(Term::Call(TICK, Vec::new())),
+        BinaryOp::Pipe(None),
+        Box::new(body),
+    )
 }
 
 /// Rewrites `t` in place:
@@ -413,8 +466,11 @@ type Key = (&'static str, usize);
 
 impl Prelude {
     fn build() -> Prelude {
-        let all = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let mut defs: Vec<Def<&'static str>> = all.filter(|d| !REMOVED_DEFS.contains(&d.name)).collect();
+        let all = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let mut defs: Vec<Def<&'static str>> =
+            all.filter(|d| !REMOVED_DEFS.contains(&d.name)).collect();
 
         // Which definitions can take part in a recursion? Name-and-arity call graph over all
         // definitions (nested ones included); merging equal keys only over-approximates.
@@ -422,7 +478,11 @@ impl Prelude {
         for d in &defs {
             add_def_edges(d, &mut graph);
         }
-        let recursive: BTreeSet<Key> = graph.keys().copied().filter(|k| reaches(&graph, *k, *k)).collect();
+        let recursive: BTreeSet<Key> = graph
+            .keys()
+            .copied()
+            .filter(|k| reaches(&graph, *k, *k))
+            .collect();
 
         for d in &mut defs {
             rewrite_prelude_def(d, &recursive);
@@ -449,7 +509,11 @@ impl Prelude {
                 names.extend(self.refs[i].iter().copied());
             }
         }
-        self.defs.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d.clone())
+        self.defs
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(d, _)| d.clone())
     }
 }
 
@@ -470,7 +534,11 @@ fn add_def_edges(d: &Def<&'static str>, graph: &mut BTreeMap<Key, BTreeSet<Key>>
 }
 
 /// Calls made by `t`, not descending into nested definition bodies (added as their own nodes).
-fn body_calls(t: &Term<&'static str>, out: &mut BTreeSet<Key>, graph: &mut BTreeMap<Key, BTreeSet<Key>>) {
+fn body_calls(
+    t: &Term<&'static str>,
+    out: &mut BTreeSet<Key>,
+    graph: &mut BTreeMap<Key, BTreeSet<Key>>,
+) {
     match t {
         Term::Call(name, args) => {
             out.insert((name, args.len()));

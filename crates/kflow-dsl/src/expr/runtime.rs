@@ -140,14 +140,22 @@ impl Guard {
         let n = self.steps.get() + 1;
         self.steps.set(n);
         if n > self.step_limit {
-            return Err(self.trip(if self.inline { Trip::Escalate } else { Trip::Steps }));
+            return Err(self.trip(if self.inline {
+                Trip::Escalate
+            } else {
+                Trip::Steps
+            }));
         }
         let stack = stack_addr().abs_diff(self.base);
         if stack > self.max_stack.get() {
             self.max_stack.set(stack);
         }
         if stack > self.stack_budget {
-            return Err(self.trip(if self.inline { Trip::Escalate } else { Trip::Stack }));
+            return Err(self.trip(if self.inline {
+                Trip::Escalate
+            } else {
+                Trip::Stack
+            }));
         }
         if n % CLOCK_EVERY == 0 && Instant::now() >= self.deadline {
             return Err(self.trip(Trip::Time));
@@ -181,7 +189,11 @@ fn mul_run<'a>(mut cv: Cv<'a, Kd>) -> ValXs<'a, V<'a>> {
     let guard = cv.0.data().guard;
     let rep = match (&l, &r) {
         (Val::TStr(s) | Val::BStr(s), Val::Num(n)) | (Val::Num(n), Val::TStr(s) | Val::BStr(s)) => {
-            Some((s.len() as u64, n.as_isize(), Val::Num(n.clone()) > Val::from(0isize)))
+            Some((
+                s.len() as u64,
+                n.as_isize(),
+                Val::Num(n.clone()) > Val::from(0isize),
+            ))
         }
         _ => None,
     };
@@ -211,7 +223,13 @@ fn range_run<'a>(mut cv: Cv<'a, Kd>) -> ValXs<'a, V<'a>> {
         return box_once(Err(Exn::from(Error::str(msg))));
     }
     let dir = by.cmp(&Val::from(0isize));
-    Box::new(RangeIter { next: Some(from), to, by, dir, guard })
+    Box::new(RangeIter {
+        next: Some(from),
+        to,
+        by,
+        dir,
+        guard,
+    })
 }
 
 struct RangeIter<'a> {
@@ -246,8 +264,17 @@ impl<'a> Iterator for RangeIter<'a> {
 
 /// Native filters of jaq that reach the host (environment, clock, time zone, process exit,
 /// logging): left out, so filters using them do not compile.
-pub(super) const REMOVED_NATIVES: &[&str] =
-    &["env", "now", "halt", "debug_empty", "stderr_empty", "localtime", "strflocaltime", "input", "inputs"];
+pub(super) const REMOVED_NATIVES: &[&str] = &[
+    "env",
+    "now",
+    "halt",
+    "debug_empty",
+    "stderr_empty",
+    "localtime",
+    "strflocaltime",
+    "input",
+    "inputs",
+];
 
 /// All native filters available to kflow expressions.
 pub(super) fn natives() -> Vec<Fun<Kd>> {
@@ -263,7 +290,10 @@ pub(super) fn natives() -> Vec<Fun<Kd>> {
             Ok(()) => f(cv.1),
             Err(t) => box_once(Err(exn(t))),
         });
-    let own: [Fun<Kd>; 3] =
-        [(TICK, v(0), tick), (MUL, v(2), Native::<Kd>::new(mul_run)), ("range", v(3), Native::<Kd>::new(range_run))];
+    let own: [Fun<Kd>; 3] = [
+        (TICK, v(0), tick),
+        (MUL, v(2), Native::<Kd>::new(mul_run)),
+        ("range", v(3), Native::<Kd>::new(range_run)),
+    ];
     core.chain(std).chain(json).chain(own).collect()
 }

@@ -19,7 +19,9 @@ fn vars(pairs: &[(&'static str, Value)]) -> Map {
 }
 
 fn eval(src: &str, input: Value) -> Result<Value, ExprError> {
-    Expr::compile(src).unwrap_or_else(|e| panic!("{e}")).eval(&input, &())
+    Expr::compile(src)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .eval(&input, &())
 }
 
 fn ok(src: &str, input: Value) -> Value {
@@ -62,26 +64,41 @@ fn expr_arithmetic() {
     assert_eq!(ok("1 + 2 * 3", json!(null)), json!(7));
     assert_eq!(ok(".a + .b", json!({"a": 1, "b": 2.5})), json!(3.5));
     assert_eq!(ok(".a / 2", json!({"a": 4})), json!(2));
-    assert_eq!(ok(".a - 1", json!({"a": 9007199254740993i64})), json!(9007199254740992i64));
+    assert_eq!(
+        ok(".a - 1", json!({"a": 9007199254740993i64})),
+        json!(9007199254740992i64)
+    );
     assert_eq!(ok("10 % 3, 1", json!(null)), json!(1));
     assert_eq!(ok("1 / 0", json!(null)), json!(null));
     assert_eq!(ok("[.[] * 2]", json!([1, 2])), json!([2, 4]));
     assert_eq!(ok(r#""ab" * 3"#, json!(null)), json!("ababab"));
-    assert_eq!(ok(r#"{a: 1} * {b: 2}"#, json!(null)), json!({"a": 1, "b": 2}));
+    assert_eq!(
+        ok(r#"{a: 1} * {b: 2}"#, json!(null)),
+        json!({"a": 1, "b": 2})
+    );
     assert_eq!(ok(".a *= 3", json!({"a": 2})), json!({"a": 6}));
     assert_eq!(ok("(1, 2) * (10, 20)", json!(null)), json!(10));
-    let all = Expr::compile("(1, 2) * (10, 20)").unwrap().eval_all(&json!(null), &()).unwrap();
+    let all = Expr::compile("(1, 2) * (10, 20)")
+        .unwrap()
+        .eval_all(&json!(null), &())
+        .unwrap();
     assert_eq!(all, [json!(10), json!(20), json!(20), json!(40)]);
     assert_eq!(ok("1.5", json!(null)), json!(1.5));
     assert_eq!(ok("1e3", json!(null)), json!(1000));
     assert_eq!(ok("100000000000000000000", json!(null)), json!(1e20));
-    assert_eq!(ok(".", json!(18446744073709551615u64)), json!(18446744073709551615u64));
+    assert_eq!(
+        ok(".", json!(18446744073709551615u64)),
+        json!(18446744073709551615u64)
+    );
 }
 
 #[test]
 fn expr_string_interpolation() {
     let input = json!({"a": "world", "b": 42});
-    assert_eq!(ok(r#""Hello \(.a) \(.b)!""#, input), json!("Hello world 42!"));
+    assert_eq!(
+        ok(r#""Hello \(.a) \(.b)!""#, input),
+        json!("Hello world 42!")
+    );
     assert_eq!(ok(r#""x\(.)""#, json!({"k": [1]})), json!(r#"x{"k":[1]}"#));
 }
 
@@ -90,9 +107,15 @@ fn expr_object_construction_and_variables() {
     let e = Expr::compile("{ ids: [ $input, .id ] }").unwrap();
     assert_eq!(e.variables().collect::<Vec<_>>(), ["input"]);
     let v = vars(&[("input", json!("in"))]);
-    assert_eq!(e.eval(&json!({"id": 7}), &v).unwrap(), json!({"ids": ["in", 7]}));
+    assert_eq!(
+        e.eval(&json!({"id": 7}), &v).unwrap(),
+        json!({"ids": ["in", 7]})
+    );
     // absent variable → null
-    assert_eq!(e.eval(&json!({"id": 7}), &()).unwrap(), json!({"ids": [null, 7]}));
+    assert_eq!(
+        e.eval(&json!({"id": 7}), &()).unwrap(),
+        json!({"ids": [null, 7]})
+    );
 }
 
 #[test]
@@ -105,10 +128,16 @@ fn expr_variables() {
     ]);
     let e = |src: &str, input: Value| Expr::compile(src).unwrap().eval(&input, &v).unwrap();
     assert_eq!(e("$context.user.name", json!(null)), json!("ann"));
-    assert_eq!(e(".colors + [$color]", json!({"colors": ["blue"]})), json!(["blue", "red"]));
+    assert_eq!(
+        e(".colors + [$color]", json!({"colors": ["blue"]})),
+        json!(["blue", "red"])
+    );
     assert_eq!(e("[$a, $b, $a - $b]", json!(null)), json!([1, 2, -1]));
     assert_eq!(e("[$b, $a]", json!(null)), json!([2, 1]));
-    assert_eq!(e("{$a, $color}", json!(null)), json!({"a": 1, "color": "red"}));
+    assert_eq!(
+        e("{$a, $color}", json!(null)),
+        json!({"a": 1, "color": "red"})
+    );
     assert_eq!(e("$missing", json!(null)), json!(null));
     // a local binding shadows the global
     assert_eq!(e("3 as $a | $a + $b", json!(null)), json!(5));
@@ -118,8 +147,14 @@ fn expr_variables() {
     assert_eq!(s.eval(&json!(null), &v).unwrap(), json!("costs $5 1"));
     // variables inside definitions, reduce, patterns
     assert_eq!(e("def f: . + $a; 1 | f", json!(null)), json!(2));
-    assert_eq!(e("reduce .[] as $x ($b; . + $x)", json!([1, 2, 3])), json!(8));
-    assert_eq!(e(". as [$p, {q: $q}] | [$p, $q, $a]", json!([5, {"q": 6}])), json!([5, 6, 1]));
+    assert_eq!(
+        e("reduce .[] as $x ($b; . + $x)", json!([1, 2, 3])),
+        json!(8)
+    );
+    assert_eq!(
+        e(". as [$p, {q: $q}] | [$p, $q, $a]", json!([5, {"q": 6}])),
+        json!([5, 6, 1])
+    );
 }
 
 #[test]
@@ -127,70 +162,157 @@ fn expr_builtins() {
     assert_eq!(ok("length", json!([1, 2, 3])), json!(3));
     assert_eq!(ok(".s | length", json!({"s": "héllo"})), json!(5));
     assert_eq!(ok("map(select(. > 1))", json!([1, 2, 3])), json!([2, 3]));
-    assert_eq!(ok("[.[] | select(.ok) | .id]", json!([{"ok": true, "id": 1}, {"ok": false, "id": 2}])), json!([1]));
+    assert_eq!(
+        ok(
+            "[.[] | select(.ok) | .id]",
+            json!([{"ok": true, "id": 1}, {"ok": false, "id": 2}])
+        ),
+        json!([1])
+    );
     assert_eq!(ok("@base64", json!("hello")), json!("aGVsbG8="));
     assert_eq!(ok("@base64d", json!("aGVsbG8=")), json!("hello"));
     assert_eq!(ok(r#"@base64 "x\(.)""#, json!("hi")), json!("xaGk="));
-    assert_eq!(ok("tojson", json!({"a": [1, "x"]})), json!(r#"{"a":[1,"x"]}"#));
+    assert_eq!(
+        ok("tojson", json!({"a": [1, "x"]})),
+        json!(r#"{"a":[1,"x"]}"#)
+    );
     assert_eq!(ok("fromjson", json!(r#"{"a":1}"#)), json!({"a": 1}));
     assert_eq!(ok("keys", json!({"b": 1, "a": 2})), json!(["a", "b"]));
-    assert_eq!(ok("to_entries | from_entries", json!({"a": 1})), json!({"a": 1}));
+    assert_eq!(
+        ok("to_entries | from_entries", json!({"a": 1})),
+        json!({"a": 1})
+    );
     assert_eq!(ok("[paths]", json!({"a": [1]})), json!([["a"], ["a", 0]]));
-    assert_eq!(ok("[.. | numbers]", json!({"a": [1, {"b": 2}]})), json!([1, 2]));
-    assert_eq!(ok("walk(if type == \"number\" then . + 1 else . end)", json!([1, [2]])), json!([2, [3]]));
+    assert_eq!(
+        ok("[.. | numbers]", json!({"a": [1, {"b": 2}]})),
+        json!([1, 2])
+    );
+    assert_eq!(
+        ok(
+            "walk(if type == \"number\" then . + 1 else . end)",
+            json!([1, [2]])
+        ),
+        json!([2, [3]])
+    );
     assert_eq!(ok("flatten", json!([1, [2, [3]]])), json!([1, 2, 3]));
     assert_eq!(ok("[range(5)]", json!(null)), json!([0, 1, 2, 3, 4]));
     assert_eq!(ok("[range(0; 10; 3)]", json!(null)), json!([0, 3, 6, 9]));
     assert_eq!(ok("[range(5; 0; -2)]", json!(null)), json!([5, 3, 1]));
-    assert_eq!(ok("[range(0; 1; 0.25)]", json!(null)), json!([0, 0.25, 0.5, 0.75]));
+    assert_eq!(
+        ok("[range(0; 1; 0.25)]", json!(null)),
+        json!([0, 0.25, 0.5, 0.75])
+    );
     assert_eq!(ok("[limit(3; repeat(1))]", json!(null)), json!([1, 1, 1]));
     assert_eq!(ok("until(. > 100; . * 2)", json!(1)), json!(128));
     assert_eq!(ok("[while(. < 10; . + 3)]", json!(1)), json!([1, 4, 7]));
-    assert_eq!(ok("[recurse(if . < 3 then . + 1 else empty end)]", json!(0)), json!([0, 1, 2, 3]));
+    assert_eq!(
+        ok("[recurse(if . < 3 then . + 1 else empty end)]", json!(0)),
+        json!([0, 1, 2, 3])
+    );
     assert_eq!(ok("add", json!([1, 2, 3])), json!(6));
     assert_eq!(ok("join(\",\")", json!(["a", "b"])), json!("a,b"));
     assert_eq!(ok("test(\"^a.c$\")", json!("abc")), json!(true));
     assert_eq!(ok("sub(\"b\"; \"X\")", json!("abc")), json!("aXc"));
     assert_eq!(ok("ascii_upcase", json!("abc")), json!("ABC"));
     assert_eq!(ok("todate", json!(0)), json!("1970-01-01T00:00:00Z"));
-    assert_eq!(ok("\"2015-03-05T23:51:47Z\" | fromdate", json!(null)), json!(1425599507));
-    assert_eq!(ok("getpath([\"a\", \"b\"])", json!({"a": {"b": 5}})), json!(5));
+    assert_eq!(
+        ok("\"2015-03-05T23:51:47Z\" | fromdate", json!(null)),
+        json!(1425599507)
+    );
+    assert_eq!(
+        ok("getpath([\"a\", \"b\"])", json!({"a": {"b": 5}})),
+        json!(5)
+    );
     assert_eq!(ok("del(.a)", json!({"a": 1, "b": 2})), json!({"b": 2}));
     assert_eq!(ok(".a |= . + 1", json!({"a": 1})), json!({"a": 2}));
     assert_eq!(ok("path(..)", json!([1])), json!([]));
-    assert_eq!(ok("[paths(type == \"number\")]", json!([1, [2]])), json!([[0], [1, 0]]));
+    assert_eq!(
+        ok("[paths(type == \"number\")]", json!([1, [2]])),
+        json!([[0], [1, 0]])
+    );
     assert_eq!(ok("tostring", json!([1])), json!("[1]"));
     assert_eq!(ok("try error(\"x\") catch .", json!(null)), json!("x"));
     assert_eq!(ok("[.[] | tonumber? ]", json!(["1", "x"])), json!([1]));
     assert_eq!(ok("first(range(10; 20))", json!(null)), json!(10));
-    assert_eq!(ok("[combinations]", json!([[1, 2], [3]])), json!([[1, 3], [2, 3]]));
-    assert_eq!(ok("def fac: if . <= 1 then 1 else . * (. - 1 | fac) end; 10 | fac", json!(null)), json!(3628800));
+    assert_eq!(
+        ok("[combinations]", json!([[1, 2], [3]])),
+        json!([[1, 3], [2, 3]])
+    );
+    assert_eq!(
+        ok(
+            "def fac: if . <= 1 then 1 else . * (. - 1 | fac) end; 10 | fac",
+            json!(null)
+        ),
+        json!(3628800)
+    );
     assert_eq!(ok("label $out | 1, break $out, 2", json!(null)), json!(1));
     assert_eq!(ok("empty", json!(1)), json!(null));
     // paths and updates through ticked definitions and folds
-    assert_eq!(ok("[path(recurse(.[]?))]", json!([[1]])), json!([[], [0], [0, 0]]));
+    assert_eq!(
+        ok("[path(recurse(.[]?))]", json!([[1]])),
+        json!([[], [0], [0, 0]])
+    );
     assert_eq!(ok("def f: .a; f |= 5", json!({"a": 1})), json!({"a": 5}));
     assert_eq!(ok("path(def f: .a; f)", json!(null)), json!(["a"]));
-    assert_eq!(ok("delpaths([[\"a\"]])", json!({"a": 1, "b": 2})), json!({"b": 2}));
-    assert_eq!(ok("(.. | numbers) |= . + 1", json!([1, [2]])), json!([2, [3]]));
-    assert_eq!(ok("del(.. | nulls)", json!([1, null, [null, 2]])), json!([1, [2]]));
-    assert_eq!(ok("(recurse(.[]?) | numbers) |= . * 10", json!([1, [2]])), json!([10, [20]]));
+    assert_eq!(
+        ok("delpaths([[\"a\"]])", json!({"a": 1, "b": 2})),
+        json!({"b": 2})
+    );
+    assert_eq!(
+        ok("(.. | numbers) |= . + 1", json!([1, [2]])),
+        json!([2, [3]])
+    );
+    assert_eq!(
+        ok("del(.. | nulls)", json!([1, null, [null, 2]])),
+        json!([1, [2]])
+    );
+    assert_eq!(
+        ok("(recurse(.[]?) | numbers) |= . * 10", json!([1, [2]])),
+        json!([10, [20]])
+    );
     assert_eq!(ok(".[] *= 2", json!([1, 2])), json!([2, 4]));
-    let all = Expr::compile(".a *= (2, 3)").unwrap().eval_all(&json!({"a": 1}), &()).unwrap();
+    let all = Expr::compile(".a *= (2, 3)")
+        .unwrap()
+        .eval_all(&json!({"a": 1}), &())
+        .unwrap();
     assert_eq!(all, [json!({"a": 2}), json!({"a": 3})]);
-    assert_eq!(ok("[foreach (1, 2, 3) as $x (0; . + $x)]", json!(null)), json!([1, 3, 6]));
-    assert_eq!(ok("[foreach (1, 2, 3) as $x (0; . + $x; [$x, .])]", json!(null)), json!([[1, 1], [2, 3], [3, 6]]));
+    assert_eq!(
+        ok("[foreach (1, 2, 3) as $x (0; . + $x)]", json!(null)),
+        json!([1, 3, 6])
+    );
+    assert_eq!(
+        ok(
+            "[foreach (1, 2, 3) as $x (0; . + $x; [$x, .])]",
+            json!(null)
+        ),
+        json!([[1, 1], [2, 3], [3, 6]])
+    );
 }
 
 /// All outputs (or the error) of `src` run by plain jaq: no rewriting, no metering.
 fn plain_jaq(src: &str, input: &Value) -> Result<Vec<Value>, String> {
     use jaq_core::load::{Arena, File, Loader};
     use jaq_core::{Compiler, data};
-    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-    let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs());
+    let funs = jaq_core::funs()
+        .chain(jaq_std::funs())
+        .chain(jaq_json::funs());
     let arena = Arena::default();
-    let modules = Loader::new(defs).load(&arena, File { code: src, path: () }).map_err(|_| "syntax")?;
-    let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|_| "undefined")?;
+    let modules = Loader::new(defs)
+        .load(
+            &arena,
+            File {
+                code: src,
+                path: (),
+            },
+        )
+        .map_err(|_| "syntax")?;
+    let filter = Compiler::default()
+        .with_funs(funs)
+        .compile(modules)
+        .map_err(|_| "undefined")?;
     let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, jaq_core::Vars::new([]));
     let mut out = Vec::new();
     for y in filter.id.run((ctx, convert::to_val(input))) {
@@ -209,7 +331,8 @@ fn plain_jaq(src: &str, input: &Value) -> Result<Vec<Value>, String> {
 
 #[test]
 fn expr_same_results_as_plain_jaq() {
-    let input = json!({"a": [1, 2, {"b": null, "c": "x"}], "n": 3, "s": "a,b", "o": {"k": [true, false]}});
+    let input =
+        json!({"a": [1, 2, {"b": null, "c": "x"}], "n": 3, "s": "a,b", "o": {"k": [true, false]}});
     let filters = [
         ".",
         ".a",
@@ -346,10 +469,19 @@ fn expr_comparison_and_eval_bool() {
     let t = |src: &str, input: Value| Expr::compile(src).unwrap().eval_bool(&input, &()).unwrap();
     assert!(t(".a > 3", json!({"a": 4})));
     assert!(!t(".a > 3", json!({"a": 3})));
-    assert!(t(".a == \"x\" and (.b | not)", json!({"a": "x", "b": false})));
+    assert!(t(
+        ".a == \"x\" and (.b | not)",
+        json!({"a": "x", "b": false})
+    ));
     assert!(!t(".missing", json!({})));
-    let e = Expr::compile(".a").unwrap().eval_bool(&json!({"a": 1}), &()).unwrap_err();
-    assert!(matches!(e, ExprError::Eval { ref message, .. } if message.contains("expected a boolean")), "{e}");
+    let e = Expr::compile(".a")
+        .unwrap()
+        .eval_bool(&json!({"a": 1}), &())
+        .unwrap_err();
+    assert!(
+        matches!(e, ExprError::Eval { ref message, .. } if message.contains("expected a boolean")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -365,17 +497,29 @@ fn expr_jq_errors() {
     let m = eval_err("range(\"a\")", json!(null));
     assert!(m.contains("range bounds must be numbers"), "{m}");
     let e = eval(".a.b", json!({"a": 1})).unwrap_err();
-    assert!(e.to_string().starts_with("expression '.a.b' failed: "), "{e}");
+    assert!(
+        e.to_string().starts_with("expression '.a.b' failed: "),
+        "{e}"
+    );
 }
 
 #[test]
 fn expr_compile_errors() {
     let m = compile_err(".a ==");
-    assert!(m.contains("unexpected end of expression, expected term"), "{m}");
+    assert!(
+        m.contains("unexpected end of expression, expected term"),
+        "{m}"
+    );
     let m = compile_err("foo(");
-    assert_eq!(m, "`(` at offset 3 is never closed (closing parenthesis expected)");
+    assert_eq!(
+        m,
+        "`(` at offset 3 is never closed (closing parenthesis expected)"
+    );
     let m = compile_err("(1 ]");
-    assert!(m.contains("closing parenthesis expected at offset 3 for `(` at offset 0"), "{m}");
+    assert!(
+        m.contains("closing parenthesis expected at offset 3 for `(` at offset 0"),
+        "{m}"
+    );
     let m = compile_err("foo(1)");
     assert_eq!(m, "undefined function `foo/1` at offset 0");
     let m = compile_err(".a | map");
@@ -397,7 +541,10 @@ fn expr_compile_errors() {
     let m = compile_err("__kflow_main");
     assert!(m.contains("reserved"), "{m}");
     let e = Expr::compile(".a ==").unwrap_err();
-    assert!(e.to_string().starts_with("invalid jq expression '.a ==': "), "{e}");
+    assert!(
+        e.to_string().starts_with("invalid jq expression '.a ==': "),
+        "{e}"
+    );
 }
 
 #[test]
@@ -425,7 +572,10 @@ fn expr_disabled_builtins() {
         "input_filename",
     ] {
         let m = compile_err(src);
-        assert!(m.contains("is not available in kflow expressions"), "{src}: {m}");
+        assert!(
+            m.contains("is not available in kflow expressions"),
+            "{src}: {m}"
+        );
     }
     // defining one's own is fine
     assert_eq!(ok("def now: 5; now", json!(null)), json!(5));
@@ -466,24 +616,46 @@ fn expr_runaway_generators() {
     // a tail-recursive loop is not a deep recursion: it runs into the step/time budgets
     runaway("def f: . + 1 | f; 0 | f", "budget");
     // eval_all stops at the output cap
-    let e = Expr::compile("repeat(.)").unwrap().eval_all(&json!(1), &()).unwrap_err();
+    let e = Expr::compile("repeat(.)")
+        .unwrap()
+        .eval_all(&json!(1), &())
+        .unwrap_err();
     assert!(e.to_string().contains("more than 10000 results"), "{e}");
 }
 
 #[test]
 fn expr_budget_messages() {
     let e = Expr::compile("[range(1e18)]").unwrap();
-    let limits = Limits { time_budget: Duration::from_millis(50), max_steps: u64::MAX, ..Limits::default() };
+    let limits = Limits {
+        time_budget: Duration::from_millis(50),
+        max_steps: u64::MAX,
+        ..Limits::default()
+    };
     let start = Instant::now();
     let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(2));
-    assert_eq!(err.to_string(), "expression '[range(1e18)]' failed: expression exceeded its time budget of 50 ms");
-    let limits = Limits { max_steps: 100, ..Limits::default() };
+    assert_eq!(
+        err.to_string(),
+        "expression '[range(1e18)]' failed: expression exceeded its time budget of 50 ms"
+    );
+    let limits = Limits {
+        max_steps: 100,
+        ..Limits::default()
+    };
     let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
-    assert!(err.to_string().ends_with("expression exceeded its step budget of 100 evaluation steps"), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("expression exceeded its step budget of 100 evaluation steps"),
+        "{err}"
+    );
     // inline step allowance exhausted, but within the full budget: moves to a big stack
-    let limits = Limits { max_steps: 10_000, ..Limits::default() };
-    let v = Expr::compile("[range(9000)] | length").unwrap().eval_with_limits(&json!(null), &(), &limits);
+    let limits = Limits {
+        max_steps: 10_000,
+        ..Limits::default()
+    };
+    let v = Expr::compile("[range(9000)] | length")
+        .unwrap()
+        .eval_with_limits(&json!(null), &(), &limits);
     assert_eq!(v.unwrap(), json!(9000));
 }
 
@@ -492,11 +664,21 @@ fn expr_size_limits() {
     let m = runaway(r#""x" * 1000000000000"#, "result too large");
     assert!(m.contains("1000000000000 bytes"), "{m}");
     runaway(r#""abc" * 100000000000000000000000"#, "result too large");
-    runaway(r#"reduce range(40) as $i ("xx"; . * 2)"#, "result too large");
-    let limits = Limits { max_result_bytes: 1000, ..Limits::default() };
+    runaway(
+        r#"reduce range(40) as $i ("xx"; . * 2)"#,
+        "result too large",
+    );
+    let limits = Limits {
+        max_result_bytes: 1000,
+        ..Limits::default()
+    };
     let e = Expr::compile("[range(1000)]").unwrap();
     let err = e.eval_with_limits(&json!(null), &(), &limits).unwrap_err();
-    assert!(err.to_string().ends_with("expression result too large (more than 1000 bytes)"), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("expression result too large (more than 1000 bytes)"),
+        "{err}"
+    );
     // exponentially shared structure is refused when converted
     let err = eval_err(
         "[.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.] | [.,.]",
@@ -505,18 +687,27 @@ fn expr_size_limits() {
     assert!(err.contains("result too large"), "{err}");
     let err = eval_err("reduce range(2000) as $x (0; [.])", json!(null));
     assert!(err.contains("too deeply nested"), "{err}");
-    assert_eq!(ok("reduce range(1000) as $x (0; [.]) | flatten", json!(null)), json!([0]));
+    assert_eq!(
+        ok("reduce range(1000) as $x (0; [.]) | flatten", json!(null)),
+        json!([0])
+    );
 }
 
 #[test]
 fn expr_deep_but_finite_recursion_moves_to_big_stack() {
     // non-tail recursion, far deeper than the inline stack allowance
     let src = "def f: if . == 0 then 0 else (. - 1 | f) + 1 end; f";
-    assert_eq!(Expr::compile(src).unwrap().eval(&json!(1000), &()).unwrap(), json!(1000));
+    assert_eq!(
+        Expr::compile(src).unwrap().eval(&json!(1000), &()).unwrap(),
+        json!(1000)
+    );
     // a long tail-recursive loop
     assert_eq!(ok("until(. >= 100000; . + 1)", json!(0)), json!(100000));
     assert_eq!(ok("[range(100000)] | length", json!(null)), json!(100000));
-    assert_eq!(ok("reduce range(100000) as $x (0; . + $x)", json!(null)), json!(4999950000i64));
+    assert_eq!(
+        ok("reduce range(100000) as $x (0; . + $x)", json!(null)),
+        json!(4999950000i64)
+    );
     // deep input data through recursive builtins
     let mut deep = json!(1);
     for _ in 0..120 {
@@ -524,7 +715,13 @@ fn expr_deep_but_finite_recursion_moves_to_big_stack() {
     }
     assert_eq!(ok("[.. | numbers]", deep.clone()), json!([1]));
     assert_eq!(ok("flatten", deep.clone()), json!([1]));
-    assert_eq!(ok("walk(if type == \"number\" then . + 1 else . end) | flatten", deep), json!([2]));
+    assert_eq!(
+        ok(
+            "walk(if type == \"number\" then . + 1 else . end) | flatten",
+            deep
+        ),
+        json!([2])
+    );
 }
 
 #[test]
@@ -565,7 +762,19 @@ fn expr_prelude_analysis() {
     let rec = program::prelude_recursive_names();
     assert_eq!(rec.iter().filter(|n| **n == "rec").count(), 4, "{rec:?}");
     assert!(rec.contains(&"flatten"), "{rec:?}");
-    for name in ["repeat", "recurse", "while", "until", "map", "select", "not", "to_entries", "add", "join", "walk"] {
+    for name in [
+        "repeat",
+        "recurse",
+        "while",
+        "until",
+        "map",
+        "select",
+        "not",
+        "to_entries",
+        "add",
+        "join",
+        "walk",
+    ] {
         assert!(!rec.contains(&name), "{name} should not tick: {rec:?}");
     }
 }
@@ -603,7 +812,10 @@ fn expr_stack_per_level() {
                 guard.usage()
             })
             .unwrap();
-            println!("{src} | n = {n}: {steps} steps, {stack} bytes of stack, {} bytes per level", stack / n);
+            println!(
+                "{src} | n = {n}: {steps} steps, {stack} bytes of stack, {} bytes per level",
+                stack / n
+            );
         }
     }
 }

@@ -18,7 +18,9 @@ const RETIRE_STACK: usize = 8 << 20;
 
 /// Runs `f` on a big-stack worker and returns its result; `f` also reports how many bytes of
 /// stack it grew by.
-pub(super) fn run<T: Send + 'static>(f: impl FnOnce() -> (T, usize) + Send + 'static) -> Result<T, String> {
+pub(super) fn run<T: Send + 'static>(
+    f: impl FnOnce() -> (T, usize) + Send + 'static,
+) -> Result<T, String> {
     let (reply_tx, reply_rx) = mpsc::sync_channel::<(T, usize)>(1);
     let task: Task = Box::new(move || {
         let _ = reply_tx.send(f());
@@ -32,7 +34,9 @@ pub(super) fn run<T: Send + 'static>(f: impl FnOnce() -> (T, usize) + Send + 'st
         },
         None => spawn(task)?,
     };
-    let (value, stack) = reply_rx.recv().map_err(|_| "the evaluation thread stopped unexpectedly".to_string())?;
+    let (value, stack) = reply_rx
+        .recv()
+        .map_err(|_| "the evaluation thread stopped unexpectedly".to_string())?;
     if stack <= RETIRE_STACK {
         let mut idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {

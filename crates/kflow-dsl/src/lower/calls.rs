@@ -6,15 +6,26 @@
 use std::sync::Arc;
 
 use crate::expr;
-use crate::model::{AuthPolicy, AuthScheme, Call, Endpoint, HttpCall, OpenApiCall, OutputFormat, UriSpec};
+use crate::model::{
+    AuthPolicy, AuthScheme, Call, Endpoint, HttpCall, OpenApiCall, OutputFormat, UriSpec,
+};
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
 
 use super::Cx;
 use super::common::{self, Obj, key_str};
 
-const HTTP_WITH: [&str; 7] = ["method", "endpoint", "headers", "body", "query", "output", "redirect"];
-const OPENAPI_WITH: [&str; 6] = ["document", "operationId", "parameters", "authentication", "output", "redirect"];
+const HTTP_WITH: [&str; 7] = [
+    "method", "endpoint", "headers", "body", "query", "output", "redirect",
+];
+const OPENAPI_WITH: [&str; 6] = [
+    "document",
+    "operationId",
+    "parameters",
+    "authentication",
+    "output",
+    "redirect",
+];
 
 /// `call:` with its `with:` (`task` is the task mapping).
 pub(super) fn call(cx: &mut Cx, task: &Obj, value: &Node) -> Option<Call> {
@@ -29,19 +40,33 @@ pub(super) fn call(cx: &mut Cx, task: &Obj, value: &Node) -> Option<Call> {
                 "openapi" => openapi(cx, &obj).map(Call::OpenApi),
                 _ => {
                     unsupported(cx, &obj, target);
-                    Some(Call::Unsupported { kind: target.to_string() })
+                    Some(Call::Unsupported {
+                        kind: target.to_string(),
+                    })
                 }
             }
         }
         name => {
             let with = with.map(|n| common::mapping_template(cx, n, &task.field("with")));
             match cx.function(name, value) {
-                Some(Some(function)) => Some(Call::Function { name: name.to_string(), task: function, with: with.flatten() }),
+                Some(Some(function)) => Some(Call::Function {
+                    name: name.to_string(),
+                    task: function,
+                    with: with.flatten(),
+                }),
                 Some(None) => None,
-                None if name.contains("://") => Some(Call::Unsupported { kind: format!("function {name}") }),
+                None if name.contains("://") => Some(Call::Unsupported {
+                    kind: format!("function {name}"),
+                }),
                 None if name.contains('@') => catalog_function(cx, value, name),
                 None => {
-                    cx.at(value, format!("function '{name}' is not defined in use.functions{}", cx.known("functions")));
+                    cx.at(
+                        value,
+                        format!(
+                            "function '{name}' is not defined in use.functions{}",
+                            cx.known("functions")
+                        ),
+                    );
                     None
                 }
             }
@@ -53,21 +78,41 @@ pub(super) fn call(cx: &mut Cx, task: &Obj, value: &Node) -> Option<Call> {
 fn catalog_function(cx: &mut Cx, node: &Node, name: &str) -> Option<Call> {
     let catalog = name.rsplit('@').next().unwrap_or("");
     if catalog != "default" && !cx.catalogs.iter().any(|c| c == catalog) {
-        cx.at(node, format!("catalog '{catalog}' of function '{name}' is not defined in use.catalogs{}", cx.known("catalogs")));
+        cx.at(
+            node,
+            format!(
+                "catalog '{catalog}' of function '{name}' is not defined in use.catalogs{}",
+                cx.known("catalogs")
+            ),
+        );
         return None;
     }
-    Some(Call::Unsupported { kind: format!("catalog function {name}") })
+    Some(Call::Unsupported {
+        kind: format!("catalog function {name}"),
+    })
 }
 
 fn http(cx: &mut Cx, obj: &Obj) -> Option<HttpCall> {
     obj.check(cx, &HTTP_WITH);
-    let method = obj.req(cx, "method").and_then(|n| common::string_template(cx, n, &obj.field("method")));
-    let endpoint = obj.req(cx, "endpoint").and_then(|n| endpoint(cx, n, &obj.child("endpoint")));
-    let headers = obj.get("headers").map(|n| string_map_or_expr(cx, n, &obj.child("headers")));
+    let method = obj
+        .req(cx, "method")
+        .and_then(|n| common::string_template(cx, n, &obj.field("method")));
+    let endpoint = obj
+        .req(cx, "endpoint")
+        .and_then(|n| endpoint(cx, n, &obj.child("endpoint")));
+    let headers = obj
+        .get("headers")
+        .map(|n| string_map_or_expr(cx, n, &obj.child("headers")));
     let body = obj.get("body").map(|n| common::template(cx, n));
-    let query = obj.get("query").map(|n| string_map_or_expr(cx, n, &obj.child("query")));
-    let output = obj.get("output").map(|n| output_format(cx, n, &obj.field("output")));
-    let redirect = obj.get("redirect").map(|n| common::boolean(cx, n, &obj.field("redirect")));
+    let query = obj
+        .get("query")
+        .map(|n| string_map_or_expr(cx, n, &obj.child("query")));
+    let output = obj
+        .get("output")
+        .map(|n| output_format(cx, n, &obj.field("output")));
+    let redirect = obj
+        .get("redirect")
+        .map(|n| common::boolean(cx, n, &obj.field("redirect")));
     Some(HttpCall {
         method: method?,
         endpoint: endpoint?,
@@ -94,7 +139,12 @@ fn string_map_or_expr(cx: &mut Cx, node: &Node, path: &str) -> Option<Template> 
             if ok { common::template(cx, node) } else { None }
         }
         _ => {
-            common::type_error(cx, node, "a mapping of strings or a ${ } expression", &format!("'{path}'"));
+            common::type_error(
+                cx,
+                node,
+                "a mapping of strings or a ${ } expression",
+                &format!("'{path}'"),
+            );
             None
         }
     }
@@ -110,12 +160,24 @@ fn output_format(cx: &mut Cx, node: &Node, what: &str) -> Option<OutputFormat> {
 
 fn openapi(cx: &mut Cx, obj: &Obj) -> Option<OpenApiCall> {
     obj.check(cx, &OPENAPI_WITH);
-    let document = obj.req(cx, "document").and_then(|n| external_resource(cx, n, &obj.child("document")));
-    let operation_id = obj.req(cx, "operationId").and_then(|n| common::string(cx, n, &obj.field("operationId")));
-    let parameters = obj.get("parameters").map(|n| common::mapping_template(cx, n, &obj.field("parameters")));
-    let authentication = obj.get("authentication").map(|n| authentication(cx, n, &obj.child("authentication")));
-    let output = obj.get("output").map(|n| output_format(cx, n, &obj.field("output")));
-    let redirect = obj.get("redirect").map(|n| common::boolean(cx, n, &obj.field("redirect")));
+    let document = obj
+        .req(cx, "document")
+        .and_then(|n| external_resource(cx, n, &obj.child("document")));
+    let operation_id = obj
+        .req(cx, "operationId")
+        .and_then(|n| common::string(cx, n, &obj.field("operationId")));
+    let parameters = obj
+        .get("parameters")
+        .map(|n| common::mapping_template(cx, n, &obj.field("parameters")));
+    let authentication = obj
+        .get("authentication")
+        .map(|n| authentication(cx, n, &obj.child("authentication")));
+    let output = obj
+        .get("output")
+        .map(|n| output_format(cx, n, &obj.field("output")));
+    let redirect = obj
+        .get("redirect")
+        .map(|n| common::boolean(cx, n, &obj.field("redirect")));
     Some(OpenApiCall {
         document: document?,
         operation_id: operation_id?.to_string(),
@@ -130,13 +192,38 @@ fn openapi(cx: &mut Cx, obj: &Obj) -> Option<OpenApiCall> {
 /// authentication references are checked; kflow refuses to run them.
 fn unsupported(cx: &mut Cx, obj: &Obj, kind: &str) {
     let (allowed, required): (&[&str], &[&str]) = match kind {
-        "grpc" => (&["proto", "service", "method", "arguments"], &["proto", "service", "method"]),
+        "grpc" => (
+            &["proto", "service", "method", "arguments"],
+            &["proto", "service", "method"],
+        ),
         "asyncapi" => (
-            &["document", "channel", "operation", "server", "protocol", "message", "subscription", "authentication"],
+            &[
+                "document",
+                "channel",
+                "operation",
+                "server",
+                "protocol",
+                "message",
+                "subscription",
+                "authentication",
+            ],
             &["document"],
         ),
-        "a2a" => (&["agentCard", "server", "method", "parameters"], &["method"]),
-        _ => (&["protocolVersion", "method", "parameters", "timeout", "transport", "client"], &["method", "transport"]),
+        "a2a" => (
+            &["agentCard", "server", "method", "parameters"],
+            &["method"],
+        ),
+        _ => (
+            &[
+                "protocolVersion",
+                "method",
+                "parameters",
+                "timeout",
+                "transport",
+                "client",
+            ],
+            &["method", "transport"],
+        ),
     };
     obj.check(cx, allowed);
     for key in required {
@@ -146,7 +233,13 @@ fn unsupported(cx: &mut Cx, obj: &Obj, kind: &str) {
         for pair in [["operation", "channel"], ["message", "subscription"]] {
             let n = pair.iter().filter(|k| obj.has(k)).count();
             if n != 1 {
-                cx.at(obj.node, format!("{} needs exactly one of '{}' and '{}'", obj.label, pair[0], pair[1]));
+                cx.at(
+                    obj.node,
+                    format!(
+                        "{} needs exactly one of '{}' and '{}'",
+                        obj.label, pair[0], pair[1]
+                    ),
+                );
             }
         }
     }
@@ -175,16 +268,31 @@ pub(super) fn external_resource(cx: &mut Cx, node: &Node, path: &str) -> Option<
 /// An endpoint: a URI (template), a `${ }` expression, or `{ uri, authentication }`.
 pub(super) fn endpoint(cx: &mut Cx, node: &Node, path: &str) -> Option<Endpoint> {
     match &node.kind {
-        NodeKind::Str(_) => uri(cx, node, &format!("'{path}'")).map(|uri| Endpoint { uri, authentication: None }),
+        NodeKind::Str(_) => uri(cx, node, &format!("'{path}'")).map(|uri| Endpoint {
+            uri,
+            authentication: None,
+        }),
         NodeKind::Map(_) => {
             let obj = Obj::new(cx, node, format!("'{path}'"), path)?;
             obj.check(cx, &["uri", "authentication"]);
-            let uri = obj.req(cx, "uri").and_then(|n| uri(cx, n, &obj.field("uri")));
-            let authentication = obj.get("authentication").map(|n| authentication(cx, n, &obj.child("authentication")));
-            Some(Endpoint { uri: uri?, authentication: authentication.flatten() })
+            let uri = obj
+                .req(cx, "uri")
+                .and_then(|n| uri(cx, n, &obj.field("uri")));
+            let authentication = obj
+                .get("authentication")
+                .map(|n| authentication(cx, n, &obj.child("authentication")));
+            Some(Endpoint {
+                uri: uri?,
+                authentication: authentication.flatten(),
+            })
         }
         _ => {
-            common::type_error(cx, node, "a URI or an endpoint mapping ({uri, authentication})", &format!("'{path}'"));
+            common::type_error(
+                cx,
+                node,
+                "a URI or an endpoint mapping ({uri, authentication})",
+                &format!("'{path}'"),
+            );
             None
         }
     }
@@ -211,7 +319,13 @@ pub(super) fn authentication(cx: &mut Cx, node: &Node, path: &str) -> Option<Arc
             return match cx.auths.get(name) {
                 Some(policy) => policy.clone(),
                 None => {
-                    cx.at(n, format!("authentication '{name}' is not defined in use.authentications{}", cx.known("authentications")));
+                    cx.at(
+                        n,
+                        format!(
+                            "authentication '{name}' is not defined in use.authentications{}",
+                            cx.known("authentications")
+                        ),
+                    );
                     None
                 }
             };
@@ -225,7 +339,12 @@ const SCHEMES: [&str; 5] = ["basic", "bearer", "digest", "oauth2", "oidc"];
 
 /// An authentication policy: exactly one of basic, bearer, digest, oauth2, oidc, each with its
 /// properties or `{ use: <secret> }`.
-pub(super) fn auth_policy(cx: &mut Cx, node: &Node, path: &str, top_level: bool) -> Option<AuthPolicy> {
+pub(super) fn auth_policy(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    top_level: bool,
+) -> Option<AuthPolicy> {
     let obj = Obj::new(cx, node, format!("'{path}'"), path)?;
     if top_level && obj.has("use") {
         if let Some((k, _)) = obj.entries.iter().find(|(k, _)| key_str(k) == "use") {
@@ -238,11 +357,25 @@ pub(super) fn auth_policy(cx: &mut Cx, node: &Node, path: &str, top_level: bool)
     let scheme = match present.as_slice() {
         [s] => *s,
         [] => {
-            cx.at(node, format!("{} needs an authentication scheme: one of {}", obj.label, SCHEMES.join(", ")));
+            cx.at(
+                node,
+                format!(
+                    "{} needs an authentication scheme: one of {}",
+                    obj.label,
+                    SCHEMES.join(", ")
+                ),
+            );
             return None;
         }
         many => {
-            cx.at(node, format!("{} must have exactly one authentication scheme (found {})", obj.label, many.join(", ")));
+            cx.at(
+                node,
+                format!(
+                    "{} must have exactly one authentication scheme (found {})",
+                    obj.label,
+                    many.join(", ")
+                ),
+            );
             return None;
         }
     };
@@ -258,13 +391,24 @@ pub(super) fn auth_policy(cx: &mut Cx, node: &Node, path: &str, top_level: bool)
         config.check(cx, &["use"]);
         let secret = common::string(cx, n, &config.field("use"))?;
         if !cx.secrets.iter().any(|s| s == secret) {
-            cx.at(n, format!("secret '{secret}' is not declared in use.secrets{}", cx.known("secrets")));
+            cx.at(
+                n,
+                format!(
+                    "secret '{secret}' is not declared in use.secrets{}",
+                    cx.known("secrets")
+                ),
+            );
             return None;
         }
-        return Some(AuthPolicy::Secret { scheme: auth_scheme, secret: secret.to_string() });
+        return Some(AuthPolicy::Secret {
+            scheme: auth_scheme,
+            secret: secret.to_string(),
+        });
     }
     let text = |cx: &mut Cx, key: &str| {
-        config.req(cx, key).and_then(|n| common::string_template(cx, n, &config.field(key)))
+        config
+            .req(cx, key)
+            .and_then(|n| common::string_template(cx, n, &config.field(key)))
     };
     match auth_scheme {
         AuthScheme::Basic | AuthScheme::Digest => {
@@ -284,25 +428,47 @@ pub(super) fn auth_policy(cx: &mut Cx, node: &Node, path: &str, top_level: bool)
         AuthScheme::OAuth2 | AuthScheme::Oidc => {
             let oidc = auth_scheme == AuthScheme::Oidc;
             oauth2_properties(cx, &config, oidc)?;
-            common::template(cx, config.node).map(|properties| AuthPolicy::OAuth2 { oidc, properties })
+            common::template(cx, config.node)
+                .map(|properties| AuthPolicy::OAuth2 { oidc, properties })
         }
     }
 }
 
 /// Checks the properties of an oauth2 or oidc policy.
 fn oauth2_properties(cx: &mut Cx, obj: &Obj, oidc: bool) -> Option<()> {
-    const GRANTS: [&str; 5] =
-        ["authorization_code", "client_credentials", "password", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"];
+    const GRANTS: [&str; 5] = [
+        "authorization_code",
+        "client_credentials",
+        "password",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ];
     let mut allowed = vec![
-        "authority", "grant", "client", "request", "issuers", "scopes", "audiences", "username", "password", "subject", "actor",
+        "authority",
+        "grant",
+        "client",
+        "request",
+        "issuers",
+        "scopes",
+        "audiences",
+        "username",
+        "password",
+        "subject",
+        "actor",
     ];
     if !oidc {
         allowed.push("endpoints");
     }
     obj.check(cx, &allowed);
     let mut ok = true;
-    ok &= obj.req(cx, "authority").and_then(|n| common::uri_or_expr(cx, n, &obj.field("authority"))).is_some();
-    ok &= obj.req(cx, "grant").and_then(|n| common::one_of(cx, n, &obj.field("grant"), &GRANTS)).is_some();
+    ok &= obj
+        .req(cx, "authority")
+        .and_then(|n| common::uri_or_expr(cx, n, &obj.field("authority")))
+        .is_some();
+    ok &= obj
+        .req(cx, "grant")
+        .and_then(|n| common::one_of(cx, n, &obj.field("grant"), &GRANTS))
+        .is_some();
     if let Some(client) = obj.get("client").and_then(|n| obj.sub(cx, "client", n)) {
         client.check(cx, &["id", "secret", "assertion", "authentication"]);
         for key in ["id", "secret", "assertion"] {
@@ -311,7 +477,13 @@ fn oauth2_properties(cx: &mut Cx, obj: &Obj, oidc: bool) -> Option<()> {
             }
         }
         if let Some(n) = client.get("authentication") {
-            let methods = ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"];
+            let methods = [
+                "client_secret_basic",
+                "client_secret_post",
+                "client_secret_jwt",
+                "private_key_jwt",
+                "none",
+            ];
             ok &= common::one_of(cx, n, &client.field("authentication"), &methods).is_some();
         }
     }
@@ -336,11 +508,17 @@ fn oauth2_properties(cx: &mut Cx, obj: &Obj, oidc: bool) -> Option<()> {
         if let Some(token) = obj.get(key).and_then(|n| obj.sub(cx, key, n)) {
             token.check(cx, &["token", "type"]);
             for k in ["token", "type"] {
-                ok &= token.req(cx, k).and_then(|n| common::string(cx, n, &token.field(k))).is_some();
+                ok &= token
+                    .req(cx, k)
+                    .and_then(|n| common::string(cx, n, &token.field(k)))
+                    .is_some();
             }
         }
     }
-    if let Some(endpoints) = obj.get("endpoints").and_then(|n| obj.sub(cx, "endpoints", n)) {
+    if let Some(endpoints) = obj
+        .get("endpoints")
+        .and_then(|n| obj.sub(cx, "endpoints", n))
+    {
         endpoints.check(cx, &["token", "revocation", "introspection"]);
         for (k, v) in endpoints.entries {
             ok &= common::string(cx, v, &endpoints.field(key_str(k))).is_some();

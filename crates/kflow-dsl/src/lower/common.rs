@@ -34,12 +34,25 @@ pub(super) struct Obj<'a> {
 
 impl<'a> Obj<'a> {
     /// Views `node` as a mapping, or reports that it is not one.
-    pub fn new(cx: &mut Cx, node: &'a Node, label: impl Into<String>, path: impl Into<String>) -> Option<Obj<'a>> {
+    pub fn new(
+        cx: &mut Cx,
+        node: &'a Node,
+        label: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Option<Obj<'a>> {
         let label = label.into();
         match node.as_map() {
-            Some(entries) => Some(Obj { node, entries, label, path: path.into() }),
+            Some(entries) => Some(Obj {
+                node,
+                entries,
+                label,
+                path: path.into(),
+            }),
             None => {
-                cx.at(node, format!("expected a mapping for {label}, got {}", node.describe()));
+                cx.at(
+                    node,
+                    format!("expected a mapping for {label}, got {}", node.describe()),
+                );
                 None
             }
         }
@@ -51,12 +64,18 @@ impl<'a> Obj<'a> {
     }
 
     pub fn get(&self, key: &str) -> Option<&'a Node> {
-        self.entries.iter().find(|(k, _)| key_str(k) == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| key_str(k) == key)
+            .map(|(_, v)| v)
     }
 
     /// The key node of `key` (for diagnostics about the property itself).
     pub fn key(&self, key: &str) -> Option<&'a Node> {
-        self.entries.iter().find(|(k, _)| key_str(k) == key).map(|(k, _)| k)
+        self.entries
+            .iter()
+            .find(|(k, _)| key_str(k) == key)
+            .map(|(k, _)| k)
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -67,7 +86,10 @@ impl<'a> Obj<'a> {
     pub fn req(&self, cx: &mut Cx, key: &str) -> Option<&'a Node> {
         let found = self.get(key);
         if found.is_none() {
-            cx.at(self.node, format!("missing required property '{key}' in {}", self.label));
+            cx.at(
+                self.node,
+                format!("missing required property '{key}' in {}", self.label),
+            );
         }
         found
     }
@@ -81,7 +103,11 @@ impl<'a> Obj<'a> {
             } else if !allowed.contains(&name) {
                 cx.at(
                     k,
-                    format!("unknown property '{name}' in {} (expected one of: {})", self.label, allowed.join(", ")),
+                    format!(
+                        "unknown property '{name}' in {} (expected one of: {})",
+                        self.label,
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -89,22 +115,38 @@ impl<'a> Obj<'a> {
 
     /// Dotted path of a field: `with.method`.
     pub fn child(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     /// How messages name a field: `'with.method'`, or `'if' in task 'x'` on a task itself.
     pub fn field(&self, key: &str) -> String {
-        if self.path.is_empty() { format!("'{key}' in {}", self.label) } else { format!("'{}'", self.child(key)) }
+        if self.path.is_empty() {
+            format!("'{key}' in {}", self.label)
+        } else {
+            format!("'{}'", self.child(key))
+        }
     }
 }
 
 /// Reports "expected X for Y, got Z" at `node`.
 pub(super) fn type_error(cx: &mut Cx, node: &Node, expected: &str, what: &str) {
     let hint = match (&node.kind, expected) {
-        (NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Bool(_), "a string") => " (quote it to make it a string)",
+        (NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Bool(_), "a string") => {
+            " (quote it to make it a string)"
+        }
         _ => "",
     };
-    cx.at(node, format!("expected {expected} for {what}, got {}{hint}", node.describe()));
+    cx.at(
+        node,
+        format!(
+            "expected {expected} for {what}, got {}{hint}",
+            node.describe()
+        ),
+    );
 }
 
 pub(super) fn string<'n>(cx: &mut Cx, node: &'n Node, what: &str) -> Option<&'n str> {
@@ -166,12 +208,23 @@ pub(super) fn string_list(cx: &mut Cx, node: &Node, what: &str) -> Option<Vec<St
 }
 
 /// A string that must be one of `allowed`.
-pub(super) fn one_of<'n>(cx: &mut Cx, node: &'n Node, what: &str, allowed: &[&str]) -> Option<&'n str> {
+pub(super) fn one_of<'n>(
+    cx: &mut Cx,
+    node: &'n Node,
+    what: &str,
+    allowed: &[&str],
+) -> Option<&'n str> {
     let s = string(cx, node, what)?;
     if allowed.contains(&s) {
         Some(s)
     } else {
-        cx.at(node, format!("invalid value '{s}' for {what} (expected one of: {})", allowed.join(", ")));
+        cx.at(
+            node,
+            format!(
+                "invalid value '{s}' for {what} (expected one of: {})",
+                allowed.join(", ")
+            ),
+        );
         None
     }
 }
@@ -180,7 +233,9 @@ pub(super) fn one_of<'n>(cx: &mut Cx, node: &'n Node, what: &str, allowed: &[&st
 pub(super) fn var_name(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
     let s = string(cx, node, what)?;
     let mut chars = s.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if valid {
         Some(s.to_string())
@@ -257,7 +312,12 @@ pub(super) fn transform(cx: &mut Cx, node: &Node, what: &str) -> Option<Template
         NodeKind::Str(_) => runtime_expr(cx, node, what).map(Template::expr),
         NodeKind::Map(_) | NodeKind::Seq(_) => template(cx, node),
         _ => {
-            type_error(cx, node, "a runtime expression (a string) or a mapping", what);
+            type_error(
+                cx,
+                node,
+                "a runtime expression (a string) or a mapping",
+                what,
+            );
             None
         }
     }
@@ -284,10 +344,21 @@ pub(super) fn duration(cx: &mut Cx, node: &Node, what: &str) -> Option<DurationS
             for (k, v) in entries {
                 let unit = key_str(k);
                 if !UNITS.contains(&unit) {
-                    cx.at(k, format!("unknown duration property '{unit}' in {what} (expected one of: {})", UNITS.join(", ")));
+                    cx.at(
+                        k,
+                        format!(
+                            "unknown duration property '{unit}' in {what} (expected one of: {})",
+                            UNITS.join(", ")
+                        ),
+                    );
                     ok = false;
                 } else if !matches!(v.kind, NodeKind::Int(i) if i >= 0) {
-                    type_error(cx, v, "a non-negative integer", &format!("'{unit}' of {what}"));
+                    type_error(
+                        cx,
+                        v,
+                        "a non-negative integer",
+                        &format!("'{unit}' of {what}"),
+                    );
                     ok = false;
                 }
             }
@@ -303,7 +374,12 @@ pub(super) fn duration(cx: &mut Cx, node: &Node, what: &str) -> Option<DurationS
             }
         }
         _ => {
-            type_error(cx, node, "a duration (an ISO 8601 string such as PT30S, or a mapping such as {seconds: 30})", what);
+            type_error(
+                cx,
+                node,
+                "a duration (an ISO 8601 string such as PT30S, or a mapping such as {seconds: 30})",
+                what,
+            );
             None
         }
     }
@@ -316,20 +392,36 @@ pub(super) fn timeout(cx: &mut Cx, node: &Node, what: &str, path: &str) -> Optio
         NodeKind::Str(name) => match cx.timeouts.get(name.as_str()) {
             Some(t) => t.clone(),
             None => {
-                cx.at(node, format!("timeout '{name}' is not defined in use.timeouts{}", cx.known("timeouts")));
+                cx.at(
+                    node,
+                    format!(
+                        "timeout '{name}' is not defined in use.timeouts{}",
+                        cx.known("timeouts")
+                    ),
+                );
                 None
             }
         },
         NodeKind::Map(_) => timeout_def(cx, node, &format!("'{path}'"), path),
         _ => {
-            type_error(cx, node, "a timeout mapping ({after: ...}) or the name of a timeout in use.timeouts", what);
+            type_error(
+                cx,
+                node,
+                "a timeout mapping ({after: ...}) or the name of a timeout in use.timeouts",
+                what,
+            );
             None
         }
     }
 }
 
 /// A timeout definition: `{ after: <duration> }`.
-pub(super) fn timeout_def(cx: &mut Cx, node: &Node, label: &str, path: &str) -> Option<DurationSpec> {
+pub(super) fn timeout_def(
+    cx: &mut Cx,
+    node: &Node,
+    label: &str,
+    path: &str,
+) -> Option<DurationSpec> {
     let obj = Obj::new(cx, node, label, path)?;
     obj.check(cx, &["after"]);
     let after = obj.req(cx, "after")?;
@@ -345,11 +437,17 @@ pub(super) fn schema(cx: &mut Cx, node: &Node, path: &str) -> Option<Schema> {
         && format != "json"
         && !format.starts_with("json:")
     {
-        cx.at(f, format!("schema format '{format}' is not supported (only json)"));
+        cx.at(
+            f,
+            format!("schema format '{format}' is not supported (only json)"),
+        );
     }
     match (obj.get("document"), obj.get("resource")) {
         (Some(_), Some(r)) => {
-            cx.at(r, format!("{} has both 'document' and 'resource'; use one", obj.label));
+            cx.at(
+                r,
+                format!("{} has both 'document' and 'resource'; use one", obj.label),
+            );
             None
         }
         (Some(doc), None) => match Schema::compile(&doc.to_json()) {
@@ -364,7 +462,10 @@ pub(super) fn schema(cx: &mut Cx, node: &Node, path: &str) -> Option<Schema> {
             None
         }
         (None, None) => {
-            cx.at(node, format!("missing required property 'document' in {}", obj.label));
+            cx.at(
+                node,
+                format!("missing required property 'document' in {}", obj.label),
+            );
             None
         }
     }
@@ -374,18 +475,30 @@ pub(super) fn schema(cx: &mut Cx, node: &Node, path: &str) -> Option<Schema> {
 pub(super) fn data_in(cx: &mut Cx, node: &Node, path: &str) -> Option<DataIn> {
     let obj = Obj::new(cx, node, format!("'{path}'"), path)?;
     obj.check(cx, &["schema", "from"]);
-    let schema = obj.get("schema").map(|n| schema(cx, n, &obj.child("schema")));
-    let from = obj.get("from").map(|n| transform(cx, n, &obj.field("from")));
-    Some(DataIn { schema: schema.flatten(), from: from.flatten() })
+    let schema = obj
+        .get("schema")
+        .map(|n| schema(cx, n, &obj.child("schema")));
+    let from = obj
+        .get("from")
+        .map(|n| transform(cx, n, &obj.field("from")));
+    Some(DataIn {
+        schema: schema.flatten(),
+        from: from.flatten(),
+    })
 }
 
 /// `output:` or `export:` of the workflow or a task.
 pub(super) fn data_out(cx: &mut Cx, node: &Node, path: &str) -> Option<DataOut> {
     let obj = Obj::new(cx, node, format!("'{path}'"), path)?;
     obj.check(cx, &["schema", "as"]);
-    let schema = obj.get("schema").map(|n| schema(cx, n, &obj.child("schema")));
+    let schema = obj
+        .get("schema")
+        .map(|n| schema(cx, n, &obj.child("schema")));
     let as_ = obj.get("as").map(|n| transform(cx, n, &obj.field("as")));
-    Some(DataOut { schema: schema.flatten(), as_: as_.flatten() })
+    Some(DataOut {
+        schema: schema.flatten(),
+        as_: as_.flatten(),
+    })
 }
 
 /// A literal URI (or URI template) with no whitespace, or a `${ }` expression.
@@ -415,7 +528,11 @@ pub(super) fn check_uri(cx: &mut Cx, node: &Node, s: &str, what: &str) -> Option
                 _ => {}
             }
         }
-        if open { Some("a '{' placeholder is not closed".to_string()) } else { bad }
+        if open {
+            Some("a '{' placeholder is not closed".to_string())
+        } else {
+            bad
+        }
     };
     match problem {
         None => Some(()),
@@ -429,22 +546,44 @@ pub(super) fn check_uri(cx: &mut Cx, node: &Node, s: &str, what: &str) -> Option
 /// An error definition (inline in `raise`, or in `use.errors`).
 pub(super) fn error_def(cx: &mut Cx, node: &Node, label: &str, path: &str) -> Option<ErrorDef> {
     let obj = Obj::new(cx, node, label, path)?;
-    obj.check(cx, &["type", "status", "instance", "title", "detail", "details"]);
+    obj.check(
+        cx,
+        &["type", "status", "instance", "title", "detail", "details"],
+    );
     if let Some((k, _)) = obj.entries.iter().find(|(k, _)| key_str(k) == "details") {
-        cx.at(k, format!("unknown property 'details' in {} (the property is spelled 'detail')", obj.label));
+        cx.at(
+            k,
+            format!(
+                "unknown property 'details' in {} (the property is spelled 'detail')",
+                obj.label
+            ),
+        );
     }
-    let type_ = obj.req(cx, "type").and_then(|n| uri_or_expr(cx, n, &obj.field("type")));
+    let type_ = obj
+        .req(cx, "type")
+        .and_then(|n| uri_or_expr(cx, n, &obj.field("type")));
     let status = obj.req(cx, "status").and_then(|n| match &n.kind {
         NodeKind::Int(_) => template(cx, n),
         NodeKind::Str(s) if is_dollar_expr(s) => template(cx, n),
         _ => {
-            type_error(cx, n, "an integer (or a ${ } expression)", &obj.field("status"));
+            type_error(
+                cx,
+                n,
+                "an integer (or a ${ } expression)",
+                &obj.field("status"),
+            );
             None
         }
     });
-    let instance = obj.get("instance").map(|n| string_template(cx, n, &obj.field("instance")));
-    let title = obj.get("title").map(|n| string_template(cx, n, &obj.field("title")));
-    let detail = obj.get("detail").map(|n| string_template(cx, n, &obj.field("detail")));
+    let instance = obj
+        .get("instance")
+        .map(|n| string_template(cx, n, &obj.field("instance")));
+    let title = obj
+        .get("title")
+        .map(|n| string_template(cx, n, &obj.field("title")));
+    let detail = obj
+        .get("detail")
+        .map(|n| string_template(cx, n, &obj.field("detail")));
     Some(ErrorDef {
         type_: type_?,
         status: status?,
@@ -459,26 +598,67 @@ pub(super) fn error_filter(cx: &mut Cx, node: &Node, path: &str) -> Option<Error
     let obj = Obj::new(cx, node, format!("'{path}'"), path)?;
     obj.check(cx, &["type", "status", "instance", "title", "detail"]);
     if obj.entries.is_empty() {
-        cx.at(node, format!("{} needs at least one of type, status, instance, title, detail", obj.label));
+        cx.at(
+            node,
+            format!(
+                "{} needs at least one of type, status, instance, title, detail",
+                obj.label
+            ),
+        );
     }
-    let mut text = |key: &str| obj.get(key).and_then(|n| string(cx, n, &obj.field(key)).map(str::to_string));
-    let (type_, instance, title, detail) = (text("type"), text("instance"), text("title"), text("detail"));
-    let status = obj.get("status").and_then(|n| integer(cx, n, &obj.field("status")));
-    Some(ErrorFilter { type_, status, instance, title, detail })
+    let mut text = |key: &str| {
+        obj.get(key)
+            .and_then(|n| string(cx, n, &obj.field(key)).map(str::to_string))
+    };
+    let (type_, instance, title, detail) = (
+        text("type"),
+        text("instance"),
+        text("title"),
+        text("detail"),
+    );
+    let status = obj
+        .get("status")
+        .and_then(|n| integer(cx, n, &obj.field("status")));
+    Some(ErrorFilter {
+        type_,
+        status,
+        instance,
+        title,
+        detail,
+    })
 }
 
 /// A retry policy (inline in `catch.retry`, or in `use.retries`).
-pub(super) fn retry_policy(cx: &mut Cx, node: &Node, label: &str, path: &str) -> Option<Arc<RetryPolicy>> {
+pub(super) fn retry_policy(
+    cx: &mut Cx,
+    node: &Node,
+    label: &str,
+    path: &str,
+) -> Option<Arc<RetryPolicy>> {
     let obj = Obj::new(cx, node, label, path)?;
-    obj.check(cx, &["when", "exceptWhen", "delay", "backoff", "limit", "jitter"]);
-    let when = obj.get("when").map(|n| runtime_expr(cx, n, &obj.field("when")));
-    let except_when = obj.get("exceptWhen").map(|n| runtime_expr(cx, n, &obj.field("exceptWhen")));
-    let delay = obj.get("delay").map(|n| duration(cx, n, &obj.field("delay")));
-    let backoff = obj.get("backoff").map(|n| backoff(cx, n, &obj.child("backoff")));
+    obj.check(
+        cx,
+        &["when", "exceptWhen", "delay", "backoff", "limit", "jitter"],
+    );
+    let when = obj
+        .get("when")
+        .map(|n| runtime_expr(cx, n, &obj.field("when")));
+    let except_when = obj
+        .get("exceptWhen")
+        .map(|n| runtime_expr(cx, n, &obj.field("exceptWhen")));
+    let delay = obj
+        .get("delay")
+        .map(|n| duration(cx, n, &obj.field("delay")));
+    let backoff = obj
+        .get("backoff")
+        .map(|n| backoff(cx, n, &obj.child("backoff")));
     let (mut attempts, mut attempt_duration, mut limit_duration) = (None, None, None);
     if let Some(limit) = obj.get("limit").and_then(|n| obj.sub(cx, "limit", n)) {
         limit.check(cx, &["attempt", "duration"]);
-        if let Some(attempt) = limit.get("attempt").and_then(|n| limit.sub(cx, "attempt", n)) {
+        if let Some(attempt) = limit
+            .get("attempt")
+            .and_then(|n| limit.sub(cx, "attempt", n))
+        {
             attempt.check(cx, &["count", "duration"]);
             attempts = attempt.get("count").and_then(|n| match n.kind {
                 NodeKind::Int(i) if i >= 0 => u64::try_from(i).ok(),
@@ -487,15 +667,23 @@ pub(super) fn retry_policy(cx: &mut Cx, node: &Node, label: &str, path: &str) ->
                     None
                 }
             });
-            attempt_duration = attempt.get("duration").and_then(|n| duration(cx, n, &attempt.field("duration")));
+            attempt_duration = attempt
+                .get("duration")
+                .and_then(|n| duration(cx, n, &attempt.field("duration")));
         }
-        limit_duration = limit.get("duration").and_then(|n| duration(cx, n, &limit.field("duration")));
+        limit_duration = limit
+            .get("duration")
+            .and_then(|n| duration(cx, n, &limit.field("duration")));
     }
     let mut jitter = None;
     if let Some(j) = obj.get("jitter").and_then(|n| obj.sub(cx, "jitter", n)) {
         j.check(cx, &["from", "to"]);
-        let from = j.req(cx, "from").and_then(|n| duration(cx, n, &j.field("from")));
-        let to = j.req(cx, "to").and_then(|n| duration(cx, n, &j.field("to")));
+        let from = j
+            .req(cx, "from")
+            .and_then(|n| duration(cx, n, &j.field("from")));
+        let to = j
+            .req(cx, "to")
+            .and_then(|n| duration(cx, n, &j.field("to")));
         jitter = from.zip(to);
     }
     Some(Arc::new(RetryPolicy {
@@ -528,19 +716,33 @@ fn backoff(cx: &mut Cx, node: &Node, path: &str) -> Option<Backoff> {
         [] => {
             // An unknown key was reported already; say what is missing only for `{}`.
             if obj.entries.is_empty() {
-                cx.at(node, format!("{} needs one of: constant, linear, exponential", obj.label));
+                cx.at(
+                    node,
+                    format!("{} needs one of: constant, linear, exponential", obj.label),
+                );
             }
             None
         }
         _ => {
-            cx.at(node, format!("{} must have exactly one of constant, linear, exponential (found {})", obj.label, present.join(", ")));
+            cx.at(
+                node,
+                format!(
+                    "{} must have exactly one of constant, linear, exponential (found {})",
+                    obj.label,
+                    present.join(", ")
+                ),
+            );
             None
         }
     }
 }
 
 /// A JSON object from a mapping (`metadata`, `tags`).
-pub(super) fn json_object(cx: &mut Cx, node: &Node, what: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub(super) fn json_object(
+    cx: &mut Cx,
+    node: &Node,
+    what: &str,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
     mapping(cx, node, what)?;
     match node.to_json() {
         serde_json::Value::Object(m) => Some(m),

@@ -23,14 +23,24 @@ pub(super) fn dag(cx: &mut Cx, node: &Node, reference: &str) -> Option<DagDef> {
     let obj = Obj::new(cx, node, "'dag'", "dag")?;
     obj.check(cx, &["tasks"]);
     let list_node = obj.req(cx, "tasks")?;
-    let list = tasks::task_list_in(cx, list_node, &format!("{reference}/dag/tasks"), &obj.field("tasks"), true);
+    let list = tasks::task_list_in(
+        cx,
+        list_node,
+        &format!("{reference}/dag/tasks"),
+        &obj.field("tasks"),
+        true,
+    );
     // task_list_in reported a list that is not a list, and malformed items.
     let items: Vec<Item> = list_node
         .as_seq()
         .unwrap_or_default()
         .iter()
         .filter_map(|item| match item.as_map() {
-            Some([(key, def)]) => Some(Item { name: key_str(key), key, def: def.as_map() }),
+            Some([(key, def)]) => Some(Item {
+                name: key_str(key),
+                key,
+                def: def.as_map(),
+            }),
             _ => None,
         })
         .collect();
@@ -47,7 +57,10 @@ pub(super) fn dag(cx: &mut Cx, node: &Node, reference: &str) -> Option<DagDef> {
     // For each edge: the node of its name in `needs`, to report cycles at.
     let mut edge_at: HashMap<(usize, usize), &Node> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
-        let get = |key: &str| item.def.and_then(|m| m.iter().find(|(k, _)| key_str(k) == key).map(|(_, v)| v));
+        let get = |key: &str| {
+            item.def
+                .and_then(|m| m.iter().find(|(k, _)| key_str(k) == key).map(|(_, v)| v))
+        };
         let mut needs = Vec::new();
         if let Some(n) = get("needs") {
             match needs_names(cx, n, item.name) {
@@ -63,7 +76,9 @@ pub(super) fn dag(cx: &mut Cx, node: &Node, reference: &str) -> Option<DagDef> {
                                 edge_at.insert((i, j), name_node);
                             }
                         } else {
-                            let known = list_names(items.iter().map(|it| it.name).filter(|n| *n != item.name));
+                            let known = list_names(
+                                items.iter().map(|it| it.name).filter(|n| *n != item.name),
+                            );
                             cx.at(
                                 name_node,
                                 format!("'needs' of task '{}' names '{name}', which is not a task of this dag (tasks here: {known})", item.name),
@@ -81,10 +96,16 @@ pub(super) fn dag(cx: &mut Cx, node: &Node, reference: &str) -> Option<DagDef> {
                 None => ok = false,
                 Some(t) => {
                     trigger = t;
-                    if matches!(t, Trigger::OneFailed | Trigger::OneSucceeded) && get("needs").is_none() {
+                    if matches!(t, Trigger::OneFailed | Trigger::OneSucceeded)
+                        && get("needs").is_none()
+                    {
                         cx.at(
                             n,
-                            format!("trigger '{}' of task '{}' can never hold: the task has no 'needs'", t.name(), item.name),
+                            format!(
+                                "trigger '{}' of task '{}' can never hold: the task has no 'needs'",
+                                t.name(),
+                                item.name
+                            ),
                         );
                         ok = false;
                     }
@@ -94,9 +115,22 @@ pub(super) fn dag(cx: &mut Cx, node: &Node, reference: &str) -> Option<DagDef> {
         nodes.push(DagNode { needs, trigger });
     }
     for cycle in cycles(&nodes) {
-        let path: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| items[i].name).collect();
-        let at = edge_at.get(&(cycle[0], cycle[1 % cycle.len()])).copied().unwrap_or(items[cycle[0]].key);
-        cx.at(at, format!("dependency cycle in the dag: {} (each task needs the next)", path.join(" -> ")));
+        let path: Vec<&str> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|&i| items[i].name)
+            .collect();
+        let at = edge_at
+            .get(&(cycle[0], cycle[1 % cycle.len()]))
+            .copied()
+            .unwrap_or(items[cycle[0]].key);
+        cx.at(
+            at,
+            format!(
+                "dependency cycle in the dag: {} (each task needs the next)",
+                path.join(" -> ")
+            ),
+        );
         ok = false;
     }
     let list = list?;
@@ -115,7 +149,12 @@ fn needs_names<'n>(cx: &mut Cx, node: &'n Node, task: &str) -> Option<Vec<(&'n N
                 match item.as_str() {
                     Some(s) => out.push((item, s)),
                     None => {
-                        common::type_error(cx, item, "a task name (a string)", &format!("an item of {what}"));
+                        common::type_error(
+                            cx,
+                            item,
+                            "a task name (a string)",
+                            &format!("an item of {what}"),
+                        );
                         ok = false;
                     }
                 }
@@ -159,7 +198,8 @@ fn cycles(nodes: &[DagNode]) -> Vec<Vec<usize>> {
                         }
                         Color::Grey => {
                             let start = stack.iter().position(|&(s, _)| s == m).unwrap_or(0);
-                            let mut cycle: Vec<usize> = stack[start..].iter().map(|&(s, _)| s).collect();
+                            let mut cycle: Vec<usize> =
+                                stack[start..].iter().map(|&(s, _)| s).collect();
                             let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
                             cycle.rotate_left(first);
                             found.push(cycle);

@@ -70,7 +70,8 @@ impl<'a> Cx<'a> {
 
     /// Records a problem at `node`.
     pub(crate) fn at(&mut self, node: &Node, message: impl Into<String>) {
-        self.diags.push(Diagnostic::new(node.pos.line, node.pos.col, message));
+        self.diags
+            .push(Diagnostic::new(node.pos.line, node.pos.col, message));
     }
 
     /// In strict mode, reports the kflow extension property `key` (at its key node) and returns
@@ -98,7 +99,11 @@ impl<'a> Cx<'a> {
             _ => Box::new(std::iter::empty()),
         };
         let names = list_names(names);
-        if names.is_empty() { String::new() } else { format!(" (defined: {names})") }
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" (defined: {names})")
+        }
     }
 
     /// The function `name` of `use.functions`, lowering it on first use. `None` when it does not
@@ -109,9 +114,15 @@ impl<'a> Cx<'a> {
         }
         let node = *self.function_nodes.get(name)?;
         if let Some(start) = self.function_stack.iter().position(|n| n == name) {
-            let mut cycle: Vec<&str> = self.function_stack[start..].iter().map(String::as_str).collect();
+            let mut cycle: Vec<&str> = self.function_stack[start..]
+                .iter()
+                .map(String::as_str)
+                .collect();
             cycle.push(name);
-            self.at(at, format!("function '{name}' calls itself ({})", cycle.join(" → ")));
+            self.at(
+                at,
+                format!("function '{name}' calls itself ({})", cycle.join(" → ")),
+            );
             return Some(None);
         }
         self.function_stack.push(name.to_string());
@@ -135,7 +146,11 @@ pub(crate) fn list_names<S: AsRef<str>>(names: impl Iterator<Item = S>) -> Strin
         }
         shown.push(name.as_ref().to_string());
     }
-    if more { format!("{}, ...", shown.join(", ")) } else { shown.join(", ") }
+    if more {
+        format!("{}, ...", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// At most this many diagnostics are returned; a last one says how many more there were.
@@ -155,14 +170,24 @@ pub fn lower_with(root: &Node, options: &crate::LoadOptions) -> Result<Workflow,
         Some(w) if diags.is_empty() => Ok(w),
         _ => {
             if diags.is_empty() {
-                diags.push(Diagnostic::new(root.pos.line, root.pos.col, "the workflow is invalid"));
+                diags.push(Diagnostic::new(
+                    root.pos.line,
+                    root.pos.col,
+                    "the workflow is invalid",
+                ));
             }
             diags.sort_by_key(|d| (d.line, d.col));
             diags.dedup();
             if diags.len() > MAX_DIAGNOSTICS {
                 let more = diags.len() - MAX_DIAGNOSTICS;
                 let next = &diags[MAX_DIAGNOSTICS];
-                let last = Diagnostic::new(next.line, next.col, format!("... and {more} more problems (only the first {MAX_DIAGNOSTICS} are listed)"));
+                let last = Diagnostic::new(
+                    next.line,
+                    next.col,
+                    format!(
+                        "... and {more} more problems (only the first {MAX_DIAGNOSTICS} are listed)"
+                    ),
+                );
                 diags.truncate(MAX_DIAGNOSTICS);
                 diags.push(last);
             }
@@ -171,7 +196,9 @@ pub fn lower_with(root: &Node, options: &crate::LoadOptions) -> Result<Workflow,
     }
 }
 
-const TOP_LEVEL: [&str; 8] = ["document", "input", "use", "do", "timeout", "output", "schedule", "evaluate"];
+const TOP_LEVEL: [&str; 8] = [
+    "document", "input", "use", "do", "timeout", "output", "schedule", "evaluate",
+];
 
 fn workflow<'a>(cx: &mut Cx<'a>, root: &'a Node) -> Option<Workflow> {
     let obj = Obj::new(cx, root, "the workflow", "")?;
@@ -182,9 +209,13 @@ fn workflow<'a>(cx: &mut Cx<'a>, root: &'a Node) -> Option<Workflow> {
     let evaluate_loose = obj.get("evaluate").map(|n| evaluate(cx, n));
     let input = obj.get("input").map(|n| common::data_in(cx, n, "input"));
     let output = obj.get("output").map(|n| common::data_out(cx, n, "output"));
-    let timeout = obj.get("timeout").map(|n| common::timeout(cx, n, "'timeout'", "timeout"));
+    let timeout = obj
+        .get("timeout")
+        .map(|n| common::timeout(cx, n, "'timeout'", "timeout"));
     let schedule = obj.get("schedule").map(|n| events::schedule(cx, n));
-    let do_ = obj.req(cx, "do").and_then(|n| tasks::task_list(cx, n, "/do", "'do'"));
+    let do_ = obj
+        .req(cx, "do")
+        .and_then(|n| tasks::task_list(cx, n, "/do", "'do'"));
     let use_ = match use_ {
         None => Some(Use::default()),
         Some(u) => u,
@@ -204,9 +235,25 @@ fn workflow<'a>(cx: &mut Cx<'a>, root: &'a Node) -> Option<Workflow> {
 
 fn document(cx: &mut Cx, node: &Node) -> Option<Document> {
     let obj = Obj::new(cx, node, "'document'", "document")?;
-    obj.check(cx, &["dsl", "namespace", "name", "version", "title", "summary", "tags", "metadata"]);
+    obj.check(
+        cx,
+        &[
+            "dsl",
+            "namespace",
+            "name",
+            "version",
+            "title",
+            "summary",
+            "tags",
+            "metadata",
+        ],
+    );
     let text = |cx: &mut Cx, key: &str, required: bool| {
-        let n = if required { obj.req(cx, key) } else { obj.get(key) };
+        let n = if required {
+            obj.req(cx, key)
+        } else {
+            obj.get(key)
+        };
         n.and_then(|n| common::string(cx, n, &obj.field(key)).map(|s| (n, s.to_string())))
     };
     let dsl = text(cx, "dsl", true);
@@ -231,10 +278,19 @@ fn document(cx: &mut Cx, node: &Node) -> Option<Document> {
     if let Some((n, v)) = &version
         && !is_semver(v)
     {
-        cx.at(n, format!("'{v}' is not a valid document.version: expected a semantic version such as 1.0.0"));
+        cx.at(
+            n,
+            format!(
+                "'{v}' is not a valid document.version: expected a semantic version such as 1.0.0"
+            ),
+        );
     }
-    let tags = obj.get("tags").and_then(|n| common::json_object(cx, n, &obj.field("tags")));
-    let metadata = obj.get("metadata").and_then(|n| common::json_object(cx, n, &obj.field("metadata")));
+    let tags = obj
+        .get("tags")
+        .and_then(|n| common::json_object(cx, n, &obj.field("tags")));
+    let metadata = obj
+        .get("metadata")
+        .and_then(|n| common::json_object(cx, n, &obj.field("metadata")));
     Some(Document {
         dsl: dsl?.1,
         namespace: namespace?.1,
@@ -250,13 +306,25 @@ fn document(cx: &mut Cx, node: &Node) -> Option<Document> {
 /// kflow runs DSL 1.x documents (1.0.0 to 1.0.3 and later 1.x revisions).
 fn check_dsl_version(cx: &mut Cx, node: &Node, dsl: &str) {
     if !is_semver(dsl) {
-        cx.at(node, format!("'{dsl}' is not a valid document.dsl: expected a semantic version such as 1.0.0"));
+        cx.at(
+            node,
+            format!(
+                "'{dsl}' is not a valid document.dsl: expected a semantic version such as 1.0.0"
+            ),
+        );
         return;
     }
     let major = dsl.split('.').next().unwrap_or("");
     if major != "1" {
-        let hint = if major == "0" { "; 0.x documents use a different format" } else { "" };
-        cx.at(node, format!("unsupported DSL version '{dsl}': kflow runs DSL 1.x documents{hint}"));
+        let hint = if major == "0" {
+            "; 0.x documents use a different format"
+        } else {
+            ""
+        };
+        cx.at(
+            node,
+            format!("unsupported DSL version '{dsl}': kflow runs DSL 1.x documents{hint}"),
+        );
     }
 }
 
@@ -280,12 +348,18 @@ pub(crate) fn is_semver(s: &str) -> bool {
         Some((c, p)) => (c, Some(p)),
         None => (rest, None),
     };
-    let numeric = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'));
-    let ident = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let numeric = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
+    };
+    let ident =
+        |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3
         && parts.iter().all(|p| numeric(p))
-        && pre.is_none_or(|p| p.split('.').all(|id| ident(id) && (numeric(id) || !id.bytes().all(|b| b.is_ascii_digit()))))
+        && pre.is_none_or(|p| {
+            p.split('.')
+                .all(|id| ident(id) && (numeric(id) || !id.bytes().all(|b| b.is_ascii_digit())))
+        })
         && build.is_none_or(|b| b.split('.').all(ident))
 }
 
@@ -296,9 +370,14 @@ fn evaluate(cx: &mut Cx, node: &Node) -> Option<bool> {
         && let Some(lang) = common::string(cx, n, &obj.field("language"))
         && lang != "jq"
     {
-        cx.at(n, format!("expression language '{lang}' is not supported (only jq)"));
+        cx.at(
+            n,
+            format!("expression language '{lang}' is not supported (only jq)"),
+        );
     }
-    let mode = obj.get("mode").and_then(|n| common::one_of(cx, n, &obj.field("mode"), &["strict", "loose"]));
+    let mode = obj
+        .get("mode")
+        .and_then(|n| common::one_of(cx, n, &obj.field("mode"), &["strict", "loose"]));
     Some(mode == Some("loose"))
 }
 
@@ -306,7 +385,19 @@ fn evaluate(cx: &mut Cx, node: &Node) -> Option<bool> {
 /// (which may refer to all of them, and to each other) last.
 fn use_section<'a>(cx: &mut Cx<'a>, node: &'a Node) -> Option<Use> {
     let obj = Obj::new(cx, node, "'use'", "use")?;
-    obj.check(cx, &["authentications", "errors", "extensions", "functions", "retries", "secrets", "timeouts", "catalogs"]);
+    obj.check(
+        cx,
+        &[
+            "authentications",
+            "errors",
+            "extensions",
+            "functions",
+            "retries",
+            "secrets",
+            "timeouts",
+            "catalogs",
+        ],
+    );
     if let Some(n) = obj.get("secrets") {
         cx.secrets = common::string_list(cx, n, &obj.field("secrets")).unwrap_or_default();
     }
@@ -324,7 +415,8 @@ fn use_section<'a>(cx: &mut Cx<'a>, node: &'a Node) -> Option<Use> {
     }
     if let Some(n) = obj.get("authentications") {
         for (k, v) in named(cx, n, &obj.field("authentications")) {
-            let policy = calls::auth_policy(cx, v, &format!("use.authentications.{k}"), true).map(Arc::new);
+            let policy =
+                calls::auth_policy(cx, v, &format!("use.authentications.{k}"), true).map(Arc::new);
             cx.auths.insert(k.to_string(), policy);
         }
     }
@@ -368,8 +460,16 @@ fn use_section<'a>(cx: &mut Cx<'a>, node: &'a Node) -> Option<Use> {
             functions.insert(name, task.clone());
         }
     }
-    let errors = cx.errors.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
-    Some(Use { errors, secrets: cx.secrets.clone(), functions })
+    let errors = cx
+        .errors
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+        .collect();
+    Some(Use {
+        errors,
+        secrets: cx.secrets.clone(),
+        functions,
+    })
 }
 
 /// The entries of a name → definition mapping (`use.errors`, ...).

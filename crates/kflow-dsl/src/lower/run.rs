@@ -13,8 +13,20 @@ const PROCESSES: [&str; 4] = ["container", "script", "shell", "workflow"];
 
 pub(super) fn run(cx: &mut Cx, node: &Node) -> Option<RunDef> {
     let obj = Obj::new(cx, node, "'run'", "run")?;
-    obj.check(cx, &["await", "return", "container", "script", "shell", "workflow"]);
-    let await_ = obj.get("await").map(|n| common::boolean(cx, n, &obj.field("await")));
+    obj.check(
+        cx,
+        &[
+            "await",
+            "return",
+            "container",
+            "script",
+            "shell",
+            "workflow",
+        ],
+    );
+    let await_ = obj
+        .get("await")
+        .map(|n| common::boolean(cx, n, &obj.field("await")));
     let return_ = obj.get("return").map(|n| {
         let modes = ["stdout", "stderr", "code", "all", "none"];
         common::one_of(cx, n, &obj.field("return"), &modes).map(|m| match m {
@@ -38,11 +50,20 @@ pub(super) fn run(cx: &mut Cx, node: &Node) -> Option<RunDef> {
             })
         }
         [] => {
-            cx.at(node, format!("'run' needs a process: one of {}", PROCESSES.join(", ")));
+            cx.at(
+                node,
+                format!("'run' needs a process: one of {}", PROCESSES.join(", ")),
+            );
             None
         }
         many => {
-            cx.at(node, format!("'run' must have exactly one process (found {})", many.join(", ")));
+            cx.at(
+                node,
+                format!(
+                    "'run' must have exactly one process (found {})",
+                    many.join(", ")
+                ),
+            );
             None
         }
     };
@@ -76,30 +97,65 @@ fn arguments(cx: &mut Cx, node: &Node, what: &str) -> Option<Template> {
 
 /// `stdin`, `arguments`, `environment`, shared by shell and script.
 fn io(cx: &mut Cx, obj: &Obj) -> (Option<Template>, Option<Template>, Option<Template>) {
-    let stdin = obj.get("stdin").and_then(|n| common::string_template(cx, n, &obj.field("stdin")));
-    let args = obj.get("arguments").and_then(|n| arguments(cx, n, &obj.field("arguments")));
-    let env = obj.get("environment").and_then(|n| common::mapping_template(cx, n, &obj.field("environment")));
+    let stdin = obj
+        .get("stdin")
+        .and_then(|n| common::string_template(cx, n, &obj.field("stdin")));
+    let args = obj
+        .get("arguments")
+        .and_then(|n| arguments(cx, n, &obj.field("arguments")));
+    let env = obj
+        .get("environment")
+        .and_then(|n| common::mapping_template(cx, n, &obj.field("environment")));
     (stdin, args, env)
 }
 
 fn shell(cx: &mut Cx, obj: &Obj) -> Option<Process> {
     obj.check(cx, &["command", "stdin", "arguments", "environment"]);
-    let command = obj.req(cx, "command").and_then(|n| common::string_template(cx, n, &obj.field("command")));
+    let command = obj
+        .req(cx, "command")
+        .and_then(|n| common::string_template(cx, n, &obj.field("command")));
     let (stdin, arguments, environment) = io(cx, obj);
-    Some(Process::Shell { command: command?, arguments, environment, stdin })
+    Some(Process::Shell {
+        command: command?,
+        arguments,
+        environment,
+        stdin,
+    })
 }
 
 fn script(cx: &mut Cx, obj: &Obj) -> Option<Process> {
-    obj.check(cx, &["language", "code", "source", "stdin", "arguments", "environment"]);
+    obj.check(
+        cx,
+        &[
+            "language",
+            "code",
+            "source",
+            "stdin",
+            "arguments",
+            "environment",
+        ],
+    );
     let language = obj.req(cx, "language").and_then(|n| {
         // Stored as `js` or `python`, whichever spelling the document uses.
-        common::one_of(cx, n, &obj.field("language"), &["js", "javascript", "python"])
-            .map(|l| if l == "python" { "python" } else { "js" })
+        common::one_of(
+            cx,
+            n,
+            &obj.field("language"),
+            &["js", "javascript", "python"],
+        )
+        .map(|l| if l == "python" { "python" } else { "js" })
     });
-    let code = obj.get("code").map(|n| common::string_template(cx, n, &obj.field("code")));
-    let source = obj.get("source").map(|n| calls::external_resource(cx, n, &obj.child("source")));
+    let code = obj
+        .get("code")
+        .map(|n| common::string_template(cx, n, &obj.field("code")));
+    let source = obj
+        .get("source")
+        .map(|n| calls::external_resource(cx, n, &obj.child("source")));
     if obj.has("code") == obj.has("source") {
-        cx.at(obj.node, format!("{} needs exactly one of 'code' and 'source'", obj.label));
+        cx.at(
+            obj.node,
+            format!("{} needs exactly one of 'code' and 'source'", obj.label),
+        );
     }
     let (stdin, arguments, environment) = io(cx, obj);
     Some(Process::Script {
@@ -115,20 +171,43 @@ fn script(cx: &mut Cx, obj: &Obj) -> Option<Process> {
 fn workflow(cx: &mut Cx, obj: &Obj) -> Option<Process> {
     obj.check(cx, &["namespace", "name", "version", "input"]);
     let text = |cx: &mut Cx, key: &str| {
-        obj.req(cx, key).and_then(|n| common::string(cx, n, &obj.field(key))).map(str::to_string)
+        obj.req(cx, key)
+            .and_then(|n| common::string(cx, n, &obj.field(key)))
+            .map(str::to_string)
     };
     let (namespace, name, version) = (text(cx, "namespace"), text(cx, "name"), text(cx, "version"));
-    let input = obj.get("input").map(|n| common::mapping_template(cx, n, &obj.field("input")));
-    Some(Process::Workflow { namespace: namespace?, name: name?, version: version?, input: input.flatten() })
+    let input = obj
+        .get("input")
+        .map(|n| common::mapping_template(cx, n, &obj.field("input")));
+    Some(Process::Workflow {
+        namespace: namespace?,
+        name: name?,
+        version: version?,
+        input: input.flatten(),
+    })
 }
 
 /// Containers are not run by kflow yet; the definition is still checked.
 fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
     obj.check(
         cx,
-        &["image", "name", "command", "ports", "volumes", "environment", "stdin", "arguments", "lifetime", "pullPolicy"],
+        &[
+            "image",
+            "name",
+            "command",
+            "ports",
+            "volumes",
+            "environment",
+            "stdin",
+            "arguments",
+            "lifetime",
+            "pullPolicy",
+        ],
     );
-    let mut ok = obj.req(cx, "image").and_then(|n| common::string(cx, n, &obj.field("image"))).is_some();
+    let mut ok = obj
+        .req(cx, "image")
+        .and_then(|n| common::string(cx, n, &obj.field("image")))
+        .is_some();
     for key in ["name", "command", "stdin"] {
         if let Some(n) = obj.get(key) {
             ok &= common::string(cx, n, &obj.field(key)).is_some();
@@ -143,13 +222,24 @@ fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
         ok &= common::string_list(cx, n, &obj.field("arguments")).is_some();
     }
     if let Some(n) = obj.get("pullPolicy") {
-        ok &= common::one_of(cx, n, &obj.field("pullPolicy"), &["ifNotPresent", "always", "never"]).is_some();
+        ok &= common::one_of(
+            cx,
+            n,
+            &obj.field("pullPolicy"),
+            &["ifNotPresent", "always", "never"],
+        )
+        .is_some();
     }
     if let Some(lifetime) = obj.get("lifetime").and_then(|n| obj.sub(cx, "lifetime", n)) {
         lifetime.check(cx, &["cleanup", "after"]);
-        let cleanup = lifetime
-            .req(cx, "cleanup")
-            .and_then(|n| common::one_of(cx, n, &lifetime.field("cleanup"), &["always", "never", "eventually"]));
+        let cleanup = lifetime.req(cx, "cleanup").and_then(|n| {
+            common::one_of(
+                cx,
+                n,
+                &lifetime.field("cleanup"),
+                &["always", "never", "eventually"],
+            )
+        });
         match (cleanup, lifetime.get("after")) {
             (Some("eventually"), None) => {
                 cx.at(lifetime.node, "missing required property 'after' in 'run.container.lifetime' (cleanup is eventually)");
@@ -159,7 +249,10 @@ fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
                 ok &= common::duration(cx, after, &lifetime.field("after")).is_some();
             }
             (Some(other), Some(after)) => {
-                cx.at(after, format!("'after' only applies when cleanup is eventually (it is {other})"));
+                cx.at(
+                    after,
+                    format!("'after' only applies when cleanup is eventually (it is {other})"),
+                );
                 ok = false;
             }
             _ => {}

@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Catch, Flow, ForDef, ForkDef, NamedTask, Parallelism, RaiseDef, SwitchCase, Task, TaskKind, TaskList, TryDef};
+use crate::model::{
+    Catch, Flow, ForDef, ForkDef, NamedTask, Parallelism, RaiseDef, SwitchCase, Task, TaskKind,
+    TaskList, TryDef,
+};
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
 
@@ -26,7 +29,12 @@ pub(super) struct Scope {
 
 impl Scope {
     pub(super) fn single() -> Scope {
-        Scope { names: Vec::new(), index: HashMap::new(), single: true, dag: false }
+        Scope {
+            names: Vec::new(),
+            index: HashMap::new(),
+            single: true,
+            dag: false,
+        }
     }
 
     fn of(names: Vec<String>, dag: bool) -> Scope {
@@ -34,7 +42,12 @@ impl Scope {
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
-        Scope { names, index, single: false, dag }
+        Scope {
+            names,
+            index,
+            single: false,
+            dag,
+        }
     }
 }
 
@@ -53,7 +66,10 @@ fn flow(cx: &mut Cx, node: &Node, scope: &Scope, what: &str) -> Option<Flow> {
                 } else {
                     format!("tasks here: {}", list_names(scope.names.iter()))
                 };
-                cx.at(node, format!("'then: {name}' names no task in the same list ({here})"));
+                cx.at(
+                    node,
+                    format!("'then: {name}' names no task in the same list ({here})"),
+                );
                 None
             }
         },
@@ -67,7 +83,13 @@ pub(super) fn task_list(cx: &mut Cx, node: &Node, reference: &str, what: &str) -
 
 /// [`task_list`], for the subtasks of a dag when `dag` is set (`needs` and `trigger` allowed,
 /// flow directives refused).
-pub(super) fn task_list_in(cx: &mut Cx, node: &Node, reference: &str, what: &str, dag: bool) -> Option<TaskList> {
+pub(super) fn task_list_in(
+    cx: &mut Cx,
+    node: &Node,
+    reference: &str,
+    what: &str,
+    dag: bool,
+) -> Option<TaskList> {
     let Some(items) = node.as_seq() else {
         common::type_error(cx, node, "a list of tasks", what);
         return None;
@@ -103,7 +125,10 @@ pub(super) fn task_list_in(cx: &mut Cx, node: &Node, reference: &str, what: &str
         }
         match seen.get(name) {
             Some(first) => {
-                cx.at(key, format!("duplicate task name '{name}' in this list (first at line {first})"));
+                cx.at(
+                    key,
+                    format!("duplicate task name '{name}' in this list (first at line {first})"),
+                );
                 ok = false;
             }
             None => {
@@ -112,13 +137,23 @@ pub(super) fn task_list_in(cx: &mut Cx, node: &Node, reference: &str, what: &str
         }
         entries.push((i, key, value));
     }
-    let scope = Scope::of(entries.iter().map(|(_, k, _)| key_str(k).to_string()).collect(), dag);
+    let scope = Scope::of(
+        entries
+            .iter()
+            .map(|(_, k, _)| key_str(k).to_string())
+            .collect(),
+        dag,
+    );
     let mut tasks = Vec::with_capacity(entries.len());
     for (i, key, value) in entries {
         let name = key_str(key);
         let reference = format!("{reference}/{i}/{}", pointer_token(name));
         match task(cx, name, value, &reference, &scope) {
-            Some(t) => tasks.push(NamedTask { name: name.to_string(), reference, task: t }),
+            Some(t) => tasks.push(NamedTask {
+                name: name.to_string(),
+                reference,
+                task: t,
+            }),
             None => ok = false,
         }
     }
@@ -132,19 +167,32 @@ fn describe_item(item: &Node) -> &'static str {
     }
 }
 
-const KINDS: [&str; 12] = ["call", "do", "emit", "for", "fork", "listen", "raise", "run", "set", "switch", "try", "wait"];
-const BASE: [&str; 7] = ["if", "input", "output", "export", "timeout", "then", "metadata"];
+const KINDS: [&str; 12] = [
+    "call", "do", "emit", "for", "fork", "listen", "raise", "run", "set", "switch", "try", "wait",
+];
+const BASE: [&str; 7] = [
+    "if", "input", "output", "export", "timeout", "then", "metadata",
+];
 /// Task types that are kflow extensions (refused in strict mode).
 const EXTENSION_KINDS: [&str; 1] = ["dag"];
 /// Properties of a dag subtask (kflow extension).
 const DAG_PROPERTIES: [&str; 2] = ["needs", "trigger"];
 
 /// One task: the shared properties, then the kind-specific ones.
-pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope: &Scope) -> Option<Task> {
+pub(super) fn task(
+    cx: &mut Cx,
+    name: &str,
+    node: &Node,
+    reference: &str,
+    scope: &Scope,
+) -> Option<Task> {
     let obj = Obj::new(cx, node, format!("task '{name}'"), "")?;
     // `for` tasks carry a `do` list too; only a `do` without `for` makes a do task.
-    let kinds: Vec<&str> =
-        KINDS.into_iter().chain(EXTENSION_KINDS).filter(|k| obj.has(k) && !(*k == "do" && obj.has("for"))).collect();
+    let kinds: Vec<&str> = KINDS
+        .into_iter()
+        .chain(EXTENSION_KINDS)
+        .filter(|k| obj.has(k) && !(*k == "do" && obj.has("for")))
+        .collect();
     let kind = match kinds.as_slice() {
         [k] => *k,
         [] if obj.has("<<") => {
@@ -152,13 +200,34 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
             return None;
         }
         [] => {
-            let found = list_names(obj.entries.iter().map(|(k, _)| key_str(k)).filter(|k| !BASE.contains(k)));
-            let found = if found.is_empty() { String::new() } else { format!(" (found: {found})") };
-            cx.at(node, format!("unknown task type in task '{name}': expected one of {}{found}", KINDS.join(", ")));
+            let found = list_names(
+                obj.entries
+                    .iter()
+                    .map(|(k, _)| key_str(k))
+                    .filter(|k| !BASE.contains(k)),
+            );
+            let found = if found.is_empty() {
+                String::new()
+            } else {
+                format!(" (found: {found})")
+            };
+            cx.at(
+                node,
+                format!(
+                    "unknown task type in task '{name}': expected one of {}{found}",
+                    KINDS.join(", ")
+                ),
+            );
             return None;
         }
         many => {
-            cx.at(node, format!("task '{name}' has more than one task type: {} (a task has exactly one)", many.join(", ")));
+            cx.at(
+                node,
+                format!(
+                    "task '{name}' has more than one task type: {} (a task has exactly one)",
+                    many.join(", ")
+                ),
+            );
             return None;
         }
     };
@@ -173,13 +242,22 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
     extension_properties(cx, &obj, name, kind, scope, &mut allowed);
     obj.check(cx, &allowed);
 
-    let if_ = obj.get("if").map(|n| common::runtime_expr(cx, n, &obj.field("if")));
+    let if_ = obj
+        .get("if")
+        .map(|n| common::runtime_expr(cx, n, &obj.field("if")));
     let input = obj.get("input").map(|n| common::data_in(cx, n, "input"));
     let output = obj.get("output").map(|n| common::data_out(cx, n, "output"));
     let export = obj.get("export").map(|n| common::data_out(cx, n, "export"));
-    let timeout = obj.get("timeout").map(|n| common::timeout(cx, n, &obj.field("timeout"), "timeout"));
-    let then = obj.get("then").filter(|_| !scope.dag).map(|n| flow(cx, n, scope, &obj.field("then")));
-    let metadata = obj.get("metadata").map(|n| common::json_object(cx, n, &obj.field("metadata")));
+    let timeout = obj
+        .get("timeout")
+        .map(|n| common::timeout(cx, n, &obj.field("timeout"), "timeout"));
+    let then = obj
+        .get("then")
+        .filter(|_| !scope.dag)
+        .map(|n| flow(cx, n, scope, &obj.field("then")));
+    let metadata = obj
+        .get("metadata")
+        .map(|n| common::json_object(cx, n, &obj.field("metadata")));
     let kind = task_kind(cx, kind, &obj, reference, scope);
     Some(Task {
         if_: if_.flatten(),
@@ -196,7 +274,14 @@ pub(super) fn task(cx: &mut Cx, name: &str, node: &Node, reference: &str, scope:
 /// The kflow extensions a task may carry: the `dag` task type, `needs`/`trigger` on a dag
 /// subtask, `parallel` on a for task. Adds the ones allowed here to `allowed`; reports them in
 /// strict mode, and misplaced ones (`needs` outside a dag, flow directives inside one).
-fn extension_properties<'a>(cx: &mut Cx, obj: &Obj<'a>, name: &str, kind: &'a str, scope: &Scope, allowed: &mut Vec<&'a str>) {
+fn extension_properties<'a>(
+    cx: &mut Cx,
+    obj: &Obj<'a>,
+    name: &str,
+    kind: &'a str,
+    scope: &Scope,
+    allowed: &mut Vec<&'a str>,
+) {
     if EXTENSION_KINDS.contains(&kind)
         && let Some(k) = obj.key(kind)
     {
@@ -237,11 +322,19 @@ fn extension_properties<'a>(cx: &mut Cx, obj: &Obj<'a>, name: &str, kind: &'a st
     }
 }
 
-fn task_kind(cx: &mut Cx, kind: &str, obj: &Obj, reference: &str, scope: &Scope) -> Option<TaskKind> {
+fn task_kind(
+    cx: &mut Cx,
+    kind: &str,
+    obj: &Obj,
+    reference: &str,
+    scope: &Scope,
+) -> Option<TaskKind> {
     let value = obj.get(kind)?;
     match kind {
         "call" => calls::call(cx, obj, value).map(TaskKind::Call),
-        "do" => task_list(cx, value, &format!("{reference}/do"), &obj.field("do")).map(TaskKind::Do),
+        "do" => {
+            task_list(cx, value, &format!("{reference}/do"), &obj.field("do")).map(TaskKind::Do)
+        }
         "emit" => events::emit(cx, value).map(TaskKind::Emit),
         "for" => for_task(cx, obj, value, reference).map(TaskKind::For),
         "fork" => fork(cx, value, reference).map(TaskKind::Fork),
@@ -260,29 +353,48 @@ fn task_kind(cx: &mut Cx, kind: &str, obj: &Obj, reference: &str, scope: &Scope)
 fn for_task(cx: &mut Cx, task: &Obj, node: &Node, reference: &str) -> Option<ForDef> {
     let obj = Obj::new(cx, node, "'for'", "for")?;
     obj.check(cx, &["each", "in", "at"]);
-    let each = obj.get("each").map(|n| common::var_name(cx, n, &obj.field("each")));
-    let at = obj.get("at").map(|n| common::var_name(cx, n, &obj.field("at")));
+    let each = obj
+        .get("each")
+        .map(|n| common::var_name(cx, n, &obj.field("each")));
+    let at = obj
+        .get("at")
+        .map(|n| common::var_name(cx, n, &obj.field("at")));
     let in_ = obj.req(cx, "in").and_then(|n| match &n.kind {
         NodeKind::Seq(items) => {
             // An inline array: every item an object, enumerated as a jq literal.
             let mut ok = true;
             for item in items {
                 if item.as_map().is_none() {
-                    common::type_error(cx, item, "a mapping", "an item of the inline 'for.in' list");
+                    common::type_error(
+                        cx,
+                        item,
+                        "a mapping",
+                        "an item of the inline 'for.in' list",
+                    );
                     ok = false;
                 }
             }
             let json = serde_json::to_string(&n.to_json()).ok()?;
-            if ok { common::compile(cx, n, &json, &obj.field("in")) } else { None }
+            if ok {
+                common::compile(cx, n, &json, &obj.field("in"))
+            } else {
+                None
+            }
         }
         _ => common::runtime_expr(cx, n, &obj.field("in")),
     });
-    let while_ = task.get("while").map(|n| common::runtime_expr(cx, n, &task.field("while")));
-    let parallel = task.get("parallel").map(|n| parallelism(cx, n, &task.field("parallel")));
+    let while_ = task
+        .get("while")
+        .map(|n| common::runtime_expr(cx, n, &task.field("while")));
+    let parallel = task
+        .get("parallel")
+        .map(|n| parallelism(cx, n, &task.field("parallel")));
     if let (Some(Some(Some(_))), Some(k)) = (&parallel, task.key("while")) {
         cx.at(k, format!("'while' cannot be combined with 'parallel' in {}: the iterations of a parallel for do not run one after another", task.label));
     }
-    let do_ = task.req(cx, "do").and_then(|n| task_list(cx, n, &format!("{reference}/do"), "'do' of a for task"));
+    let do_ = task
+        .req(cx, "do")
+        .and_then(|n| task_list(cx, n, &format!("{reference}/do"), "'do' of a for task"));
     Some(ForDef {
         each: each.flatten().unwrap_or_else(|| "item".to_string()),
         in_: in_?,
@@ -302,9 +414,14 @@ fn parallelism(cx: &mut Cx, node: &Node, what: &str) -> Option<Option<Parallelis
     match node.kind {
         NodeKind::Bool(true) => Some(Some(Parallelism::Unbounded)),
         NodeKind::Bool(false) => Some(None),
-        NodeKind::Int(n) if n >= 1 => Some(Some(Parallelism::Max(usize::try_from(n).unwrap_or(usize::MAX)))),
+        NodeKind::Int(n) if n >= 1 => Some(Some(Parallelism::Max(
+            usize::try_from(n).unwrap_or(usize::MAX),
+        ))),
         NodeKind::Int(n) => {
-            cx.at(node, format!("invalid value {n} for {what}: expected at least 1 (or true for no limit)"));
+            cx.at(
+                node,
+                format!("invalid value {n} for {what}: expected at least 1 (or true for no limit)"),
+            );
             None
         }
         _ => {
@@ -317,11 +434,21 @@ fn parallelism(cx: &mut Cx, node: &Node, what: &str) -> Option<Option<Parallelis
 fn fork(cx: &mut Cx, node: &Node, reference: &str) -> Option<ForkDef> {
     let obj = Obj::new(cx, node, "'fork'", "fork")?;
     obj.check(cx, &["branches", "compete"]);
-    let branches = obj
-        .req(cx, "branches")
-        .and_then(|n| task_list(cx, n, &format!("{reference}/fork/branches"), &obj.field("branches")));
-    let compete = obj.get("compete").map(|n| common::boolean(cx, n, &obj.field("compete")));
-    Some(ForkDef { branches: branches?, compete: compete.flatten().unwrap_or(false) })
+    let branches = obj.req(cx, "branches").and_then(|n| {
+        task_list(
+            cx,
+            n,
+            &format!("{reference}/fork/branches"),
+            &obj.field("branches"),
+        )
+    });
+    let compete = obj
+        .get("compete")
+        .map(|n| common::boolean(cx, n, &obj.field("compete")));
+    Some(ForkDef {
+        branches: branches?,
+        compete: compete.flatten().unwrap_or(false),
+    })
 }
 
 fn raise(cx: &mut Cx, node: &Node) -> Option<RaiseDef> {
@@ -332,13 +459,24 @@ fn raise(cx: &mut Cx, node: &Node) -> Option<RaiseDef> {
         NodeKind::Str(name) => match cx.errors.get(name.as_str()) {
             Some(def) => def.clone(),
             None => {
-                cx.at(error, format!("error '{name}' is not defined in use.errors{}", cx.known("errors")));
+                cx.at(
+                    error,
+                    format!(
+                        "error '{name}' is not defined in use.errors{}",
+                        cx.known("errors")
+                    ),
+                );
                 None
             }
         },
         NodeKind::Map(_) => common::error_def(cx, error, "'raise.error'", "raise.error"),
         _ => {
-            common::type_error(cx, error, "an error mapping or the name of an error in use.errors", &obj.field("error"));
+            common::type_error(
+                cx,
+                error,
+                "an error mapping or the name of an error in use.errors",
+                &obj.field("error"),
+            );
             None
         }
     };
@@ -348,7 +486,10 @@ fn raise(cx: &mut Cx, node: &Node) -> Option<RaiseDef> {
 fn set(cx: &mut Cx, node: &Node) -> Option<Template> {
     match &node.kind {
         NodeKind::Map(entries) if entries.is_empty() => {
-            cx.at(node, "'set' needs at least one property (or a runtime expression)");
+            cx.at(
+                node,
+                "'set' needs at least one property (or a runtime expression)",
+            );
             None
         }
         NodeKind::Map(_) => common::template(cx, node),
@@ -371,19 +512,34 @@ fn switch(cx: &mut Cx, node: &Node, scope: &Scope) -> Option<Vec<SwitchCase>> {
     let mut default: Option<&str> = None;
     for (i, item) in items.iter().enumerate() {
         let Some(entries) = item.as_map().filter(|m| m.len() == 1) else {
-            cx.at(item, format!("expected a case (a mapping 'name: {{when, then}}') for item {} of 'switch'", i + 1));
+            cx.at(
+                item,
+                format!(
+                    "expected a case (a mapping 'name: {{when, then}}') for item {} of 'switch'",
+                    i + 1
+                ),
+            );
             ok = false;
             continue;
         };
         let (key, value) = &entries[0];
         let name = key_str(key);
-        let Some(case) = Obj::new(cx, value, format!("switch case '{name}'"), format!("switch.{name}")) else {
+        let Some(case) = Obj::new(
+            cx,
+            value,
+            format!("switch case '{name}'"),
+            format!("switch.{name}"),
+        ) else {
             ok = false;
             continue;
         };
         case.check(cx, &["when", "then"]);
-        let when = case.get("when").map(|n| common::runtime_expr(cx, n, &case.field("when")));
-        let then = case.req(cx, "then").and_then(|n| flow(cx, n, scope, &case.field("then")));
+        let when = case
+            .get("when")
+            .map(|n| common::runtime_expr(cx, n, &case.field("when")));
+        let then = case
+            .req(cx, "then")
+            .and_then(|n| flow(cx, n, scope, &case.field("then")));
         if !case.has("when") {
             if let Some(first) = default {
                 cx.at(key, format!("only one switch case may omit 'when' (the default case); '{first}' already does"));
@@ -393,44 +549,83 @@ fn switch(cx: &mut Cx, node: &Node, scope: &Scope) -> Option<Vec<SwitchCase>> {
         }
         match (when, then) {
             (Some(None), _) | (_, None) => ok = false,
-            (when, Some(then)) => cases.push(SwitchCase { name: name.to_string(), when: when.flatten(), then }),
+            (when, Some(then)) => cases.push(SwitchCase {
+                name: name.to_string(),
+                when: when.flatten(),
+                then,
+            }),
         }
     }
     ok.then_some(cases)
 }
 
-fn try_task(cx: &mut Cx, task: &Obj, node: &Node, reference: &str, scope: &Scope) -> Option<TryDef> {
+fn try_task(
+    cx: &mut Cx,
+    task: &Obj,
+    node: &Node,
+    reference: &str,
+    scope: &Scope,
+) -> Option<TryDef> {
     let try_ = task_list(cx, node, &format!("{reference}/try"), "'try'");
-    let catch = task.req(cx, "catch").and_then(|n| catch(cx, n, reference, scope));
-    Some(TryDef { try_: try_?, catch: catch? })
+    let catch = task
+        .req(cx, "catch")
+        .and_then(|n| catch(cx, n, reference, scope));
+    Some(TryDef {
+        try_: try_?,
+        catch: catch?,
+    })
 }
 
 fn catch(cx: &mut Cx, node: &Node, reference: &str, scope: &Scope) -> Option<Catch> {
     let obj = Obj::new(cx, node, "'catch'", "catch")?;
-    obj.check(cx, &["errors", "as", "when", "exceptWhen", "retry", "do", "then"]);
+    obj.check(
+        cx,
+        &["errors", "as", "when", "exceptWhen", "retry", "do", "then"],
+    );
     let mut errors = None;
     if let Some(e) = obj.get("errors").and_then(|n| obj.sub(cx, "errors", n)) {
         e.check(cx, &["with"]);
-        errors = e.get("with").and_then(|n| common::error_filter(cx, n, &e.child("with")));
+        errors = e
+            .get("with")
+            .and_then(|n| common::error_filter(cx, n, &e.child("with")));
     }
-    let as_ = obj.get("as").map(|n| common::var_name(cx, n, &obj.field("as")));
-    let when = obj.get("when").map(|n| common::runtime_expr(cx, n, &obj.field("when")));
-    let except_when = obj.get("exceptWhen").map(|n| common::runtime_expr(cx, n, &obj.field("exceptWhen")));
+    let as_ = obj
+        .get("as")
+        .map(|n| common::var_name(cx, n, &obj.field("as")));
+    let when = obj
+        .get("when")
+        .map(|n| common::runtime_expr(cx, n, &obj.field("when")));
+    let except_when = obj
+        .get("exceptWhen")
+        .map(|n| common::runtime_expr(cx, n, &obj.field("exceptWhen")));
     let retry = obj.get("retry").map(|n| match &n.kind {
         NodeKind::Str(name) => match cx.retries.get(name.as_str()) {
             Some(policy) => policy.clone(),
             None => {
-                cx.at(n, format!("retry policy '{name}' is not defined in use.retries{}", cx.known("retries")));
+                cx.at(
+                    n,
+                    format!(
+                        "retry policy '{name}' is not defined in use.retries{}",
+                        cx.known("retries")
+                    ),
+                );
                 None
             }
         },
         NodeKind::Map(_) => common::retry_policy(cx, n, "'catch.retry'", "catch.retry"),
         _ => {
-            common::type_error(cx, n, "a retry policy mapping or the name of one in use.retries", &obj.field("retry"));
+            common::type_error(
+                cx,
+                n,
+                "a retry policy mapping or the name of one in use.retries",
+                &obj.field("retry"),
+            );
             None
         }
     });
-    let do_ = obj.get("do").map(|n| task_list(cx, n, &format!("{reference}/catch/do"), &obj.field("do")));
+    let do_ = obj
+        .get("do")
+        .map(|n| task_list(cx, n, &format!("{reference}/catch/do"), &obj.field("do")));
     // `catch.then` (DSL 1.0.3+): where to go after a handled error, in the try task's own list.
     // A dag has no list order to go to.
     if scope.dag
@@ -438,7 +633,10 @@ fn catch(cx: &mut Cx, node: &Node, reference: &str, scope: &Scope) -> Option<Cat
     {
         cx.at(k, "'catch.then' is not allowed on a task inside a dag: the dag's 'needs' decide the order");
     }
-    let then = obj.get("then").filter(|_| !scope.dag).and_then(|n| flow(cx, n, scope, &obj.field("then")));
+    let then = obj
+        .get("then")
+        .filter(|_| !scope.dag)
+        .and_then(|n| flow(cx, n, scope, &obj.field("then")));
     Some(Catch {
         errors,
         as_: as_.flatten().unwrap_or_else(|| "error".to_string()),
@@ -452,9 +650,23 @@ fn catch(cx: &mut Cx, node: &Node, reference: &str, scope: &Scope) -> Option<Cat
 
 /// `use.extensions`: checked (their tasks included), not kept: kflow does not run extensions.
 pub(super) fn extensions(cx: &mut Cx, node: &Node) {
-    const TARGETS: [&str; 12] =
-        ["call", "composite", "emit", "for", "listen", "raise", "run", "set", "switch", "try", "wait", "all"];
-    let Some(items) = common::list(cx, node, "'use.extensions'") else { return };
+    const TARGETS: [&str; 12] = [
+        "call",
+        "composite",
+        "emit",
+        "for",
+        "listen",
+        "raise",
+        "run",
+        "set",
+        "switch",
+        "try",
+        "wait",
+        "all",
+    ];
+    let Some(items) = common::list(cx, node, "'use.extensions'") else {
+        return;
+    };
     for (i, item) in items.iter().enumerate() {
         let Some(entries) = item.as_map().filter(|m| m.len() == 1) else {
             cx.at(item, format!("expected an extension (a mapping 'name: definition') for item {} of 'use.extensions'", i + 1));
@@ -463,7 +675,9 @@ pub(super) fn extensions(cx: &mut Cx, node: &Node) {
         let (key, value) = &entries[0];
         let name = key_str(key);
         let path = format!("use.extensions.{name}");
-        let Some(obj) = Obj::new(cx, value, format!("extension '{name}'"), path) else { continue };
+        let Some(obj) = Obj::new(cx, value, format!("extension '{name}'"), path) else {
+            continue;
+        };
         obj.check(cx, &["extend", "when", "before", "after"]);
         if let Some(n) = obj.req(cx, "extend") {
             common::one_of(cx, n, &obj.field("extend"), &TARGETS);

@@ -6,15 +6,22 @@ use crate::model::*;
 use crate::template::Template;
 
 fn load(body: &str) -> Workflow {
-    let text = format!("document:\n  dsl: '1.0.3'\n  namespace: test\n  name: t\n  version: '0.1.0'\n{body}");
+    let text = format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: test\n  name: t\n  version: '0.1.0'\n{body}"
+    );
     match crate::load(text.as_bytes()) {
         Ok(w) => w,
-        Err(diags) => panic!("should load:\n{}", diags.iter().map(|d| format!("{d}\n")).collect::<String>()),
+        Err(diags) => panic!(
+            "should load:\n{}",
+            diags.iter().map(|d| format!("{d}\n")).collect::<String>()
+        ),
     }
 }
 
 fn errors(body: &str) -> Vec<String> {
-    let text = format!("document:\n  dsl: '1.0.3'\n  namespace: test\n  name: t\n  version: '0.1.0'\n{body}");
+    let text = format!(
+        "document:\n  dsl: '1.0.3'\n  namespace: test\n  name: t\n  version: '0.1.0'\n{body}"
+    );
     match crate::load(text.as_bytes()) {
         Ok(_) => panic!("should fail"),
         Err(diags) => diags.iter().map(ToString::to_string).collect(),
@@ -62,19 +69,36 @@ fn references_are_document_pointers() {
 ",
     );
     let refs: Vec<&str> = w.do_.iter().map(|t| t.reference.as_str()).collect();
-    assert_eq!(refs, ["/do/0/tryGetPet", "/do/1/par", "/do/2/loop", "/do/3/ev"]);
-    let TaskKind::Try(t) = &w.do_[0].task.kind else { panic!("try") };
+    assert_eq!(
+        refs,
+        ["/do/0/tryGetPet", "/do/1/par", "/do/2/loop", "/do/3/ev"]
+    );
+    let TaskKind::Try(t) = &w.do_[0].task.kind else {
+        panic!("try")
+    };
     assert_eq!(t.try_[0].reference, "/do/0/tryGetPet/try/0/getPet");
-    assert_eq!(t.catch.do_.as_ref().map(|d| d[0].reference.as_str()), Some("/do/0/tryGetPet/catch/do/0/recover"));
+    assert_eq!(
+        t.catch.do_.as_ref().map(|d| d[0].reference.as_str()),
+        Some("/do/0/tryGetPet/catch/do/0/recover")
+    );
     assert_eq!(t.catch.as_, "error");
-    let TaskKind::Fork(f) = &w.do_[1].task.kind else { panic!("fork") };
+    let TaskKind::Fork(f) = &w.do_[1].task.kind else {
+        panic!("fork")
+    };
     assert_eq!(f.branches[0].reference, "/do/1/par/fork/branches/0/b~11");
     assert!(!f.compete);
-    let TaskKind::For(f) = &w.do_[2].task.kind else { panic!("for") };
+    let TaskKind::For(f) = &w.do_[2].task.kind else {
+        panic!("for")
+    };
     assert_eq!(f.do_[0].reference, "/do/2/loop/do/0/inner");
     assert_eq!((f.each.as_str(), f.at.as_str()), ("item", "index"));
-    let TaskKind::Listen(l) = &w.do_[3].task.kind else { panic!("listen") };
-    let each = l.foreach.as_ref().map(|f| (f.item.as_str(), f.at.as_str(), f.do_[0].reference.as_str()));
+    let TaskKind::Listen(l) = &w.do_[3].task.kind else {
+        panic!("listen")
+    };
+    let each = l
+        .foreach
+        .as_ref()
+        .map(|f| (f.item.as_str(), f.at.as_str(), f.do_[0].reference.as_str()));
     assert_eq!(each, Some(("item", "index", "/do/3/ev/foreach/do/0/each")));
 }
 
@@ -97,10 +121,15 @@ fn then_resolves_to_indexes() {
       then: a
 ",
     );
-    let TaskKind::Switch(cases) = &w.do_[0].task.kind else { panic!("switch") };
+    let TaskKind::Switch(cases) = &w.do_[0].task.kind else {
+        panic!("switch")
+    };
     assert_eq!(cases[0].then, Flow::Goto(2));
     assert!(cases[0].when.is_some());
-    assert_eq!((cases[1].then.clone(), cases[1].when.is_none()), (Flow::Exit, true));
+    assert_eq!(
+        (cases[1].then.clone(), cases[1].when.is_none()),
+        (Flow::Exit, true)
+    );
     assert_eq!(w.do_[0].task.then, Flow::Continue);
     assert_eq!(w.do_[1].task.then, Flow::End);
     assert_eq!(w.do_[2].task.then, Flow::Goto(0));
@@ -159,20 +188,36 @@ do:
     assert_eq!(millis(&w.timeout), Some(10_000));
     assert_eq!(w.use_.secrets, ["creds"]);
     assert!(w.use_.errors.contains_key("notFound"));
-    let TaskKind::Try(t) = &w.do_[0].task.kind else { panic!("try") };
-    let retry = t.catch.retry.as_ref().map(|r| (r.backoff, r.limit_attempts, millis(&r.delay)));
+    let TaskKind::Try(t) = &w.do_[0].task.kind else {
+        panic!("try")
+    };
+    let retry = t
+        .catch
+        .retry
+        .as_ref()
+        .map(|r| (r.backoff, r.limit_attempts, millis(&r.delay)));
     assert_eq!(retry, Some((Backoff::Linear, Some(5), Some(2000))));
     let b = &t.try_[0].task;
     assert_eq!(millis(&b.timeout), Some(10_000));
-    let TaskKind::Call(Call::Function { name, task, with }) = &b.kind else { panic!("function call") };
+    let TaskKind::Call(Call::Function { name, task, with }) = &b.kind else {
+        panic!("function call")
+    };
     assert_eq!(name, "getPet");
     assert!(matches!(with, Some(Template::Literal(v)) if v["id"] == 3));
-    let TaskKind::Call(Call::Http(http)) = &task.kind else { panic!("http") };
-    assert!(matches!(&http.endpoint.uri, UriSpec::Template(u) if u == "https://example.com/pets/{id}"));
+    let TaskKind::Call(Call::Http(http)) = &task.kind else {
+        panic!("http")
+    };
+    assert!(
+        matches!(&http.endpoint.uri, UriSpec::Template(u) if u == "https://example.com/pets/{id}")
+    );
     let auth = http.endpoint.authentication.as_deref();
-    assert!(matches!(auth, Some(AuthPolicy::Secret { scheme: AuthScheme::Basic, secret }) if secret == "creds"));
+    assert!(
+        matches!(auth, Some(AuthPolicy::Secret { scheme: AuthScheme::Basic, secret }) if secret == "creds")
+    );
     assert!(w.use_.functions.contains_key("getPet"));
-    let TaskKind::Raise(r) = &w.do_[1].task.kind else { panic!("raise") };
+    let TaskKind::Raise(r) = &w.do_[1].task.kind else {
+        panic!("raise")
+    };
     assert!(matches!(&r.error.status, Template::Literal(v) if v == 404));
 }
 
@@ -199,13 +244,24 @@ do:
 ",
     );
     assert!(w.evaluate_loose);
-    let input = w.input.as_ref().map(|i| (i.schema.is_some(), matches!(i.from, Some(Template::Expr(_)))));
+    let input = w.input.as_ref().map(|i| {
+        (
+            i.schema.is_some(),
+            matches!(i.from, Some(Template::Expr(_))),
+        )
+    });
     assert_eq!(input, Some((true, true)));
-    assert!(matches!(w.output.as_ref().and_then(|o| o.as_.as_ref()), Some(Template::Object(_))));
+    assert!(matches!(
+        w.output.as_ref().and_then(|o| o.as_.as_ref()),
+        Some(Template::Object(_))
+    ));
     let a = &w.do_[0].task;
     assert!(a.if_.is_some());
     assert!(matches!(&a.kind, TaskKind::Set(Template::Expr(_))));
-    assert!(matches!(a.export.as_ref().and_then(|e| e.as_.as_ref()), Some(Template::Expr(_))));
+    assert!(matches!(
+        a.export.as_ref().and_then(|e| e.as_.as_ref()),
+        Some(Template::Expr(_))
+    ));
     assert_eq!(w.definition["do"][0]["a"]["set"], "${ .x }");
 }
 
@@ -243,16 +299,27 @@ fn run_and_call_defaults() {
       call: log:1.0.0@default
 ",
     );
-    let TaskKind::Run(a) = &w.do_[0].task.kind else { panic!("run") };
+    let TaskKind::Run(a) = &w.do_[0].task.kind else {
+        panic!("run")
+    };
     assert!(matches!(&a.process, Process::Script { language, .. } if language == "js"));
     assert_eq!((a.await_, a.return_), (true, ReturnMode::Stdout));
-    let TaskKind::Run(b) = &w.do_[1].task.kind else { panic!("run") };
+    let TaskKind::Run(b) = &w.do_[1].task.kind else {
+        panic!("run")
+    };
     assert_eq!((b.await_, b.return_), (false, ReturnMode::All));
-    let TaskKind::Call(Call::Http(c)) = &w.do_[2].task.kind else { panic!("http") };
+    let TaskKind::Call(Call::Http(c)) = &w.do_[2].task.kind else {
+        panic!("http")
+    };
     assert!(matches!(c.endpoint.uri, UriSpec::Expr(_)));
     assert_eq!((c.output, c.redirect), (OutputFormat::Response, false));
-    assert!(matches!(&w.do_[3].task.kind, TaskKind::Call(Call::Unsupported { kind }) if kind == "grpc"));
-    assert!(matches!(&w.do_[4].task.kind, TaskKind::Call(Call::Unsupported { .. })));
+    assert!(
+        matches!(&w.do_[3].task.kind, TaskKind::Call(Call::Unsupported { kind }) if kind == "grpc")
+    );
+    assert!(matches!(
+        &w.do_[4].task.kind,
+        TaskKind::Call(Call::Unsupported { .. })
+    ));
 }
 
 #[test]
@@ -273,11 +340,19 @@ do:
             wait: PT1S
 ",
     );
-    let TaskKind::For(f) = &w.do_[0].task.kind else { panic!("for") };
+    let TaskKind::For(f) = &w.do_[0].task.kind else {
+        panic!("for")
+    };
     assert_eq!(f.each, "color");
     assert!(f.in_.source().contains("\"red\""));
-    let s = w.schedule.as_ref().map(|s| (s.cron.clone(), millis(&s.every)));
-    assert_eq!(s, Some((Some("*/5 * * * * *".to_string()), Some(3_600_000))));
+    let s = w
+        .schedule
+        .as_ref()
+        .map(|s| (s.cron.clone(), millis(&s.every)));
+    assert_eq!(
+        s,
+        Some((Some("*/5 * * * * *".to_string()), Some(3_600_000)))
+    );
 }
 
 #[test]
@@ -305,7 +380,9 @@ fn every_problem_is_reported_in_position_order() {
 #[test]
 fn deep_task_nesting_within_the_depth_limit_lowers() {
     // Each nested `do` costs three YAML levels (list, item, task): 80 levels use 240 of 256.
-    let mut text = String::from("document:\n  dsl: '1.0.3'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo: ");
+    let mut text = String::from(
+        "document:\n  dsl: '1.0.3'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo: ",
+    );
     for _ in 0..80 {
         text.push_str("[{t: {do: ");
     }
@@ -314,18 +391,24 @@ fn deep_task_nesting_within_the_depth_limit_lowers() {
         text.push_str("}}]");
     }
     // Run on a thread with the default 2 MiB stack, like a caller would.
-    let handle = std::thread::Builder::new().stack_size(2 << 20).spawn(move || crate::load(text.as_bytes()).is_ok());
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || crate::load(text.as_bytes()).is_ok());
     assert!(matches!(handle.map(|h| h.join()), Ok(Ok(true))));
 }
 
 #[test]
 fn dsl_versions() {
     for ok in ["1.0.0", "1.0.3", "1.1.0", "1.0.0-alpha5"] {
-        let text = format!("document:\n  dsl: '{ok}'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo: []\n");
+        let text = format!(
+            "document:\n  dsl: '{ok}'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo: []\n"
+        );
         assert!(crate::load(text.as_bytes()).is_ok(), "{ok}");
     }
     for bad in ["0.8.0", "2.0.0", "1.0", "v1.0.0"] {
-        let text = format!("document:\n  dsl: '{bad}'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo: []\n");
+        let text = format!(
+            "document:\n  dsl: '{bad}'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo: []\n"
+        );
         assert!(crate::load(text.as_bytes()).is_err(), "{bad}");
     }
 }
@@ -333,9 +416,14 @@ fn dsl_versions() {
 #[test]
 fn large_documents_lower_in_linear_time() {
     const N: usize = 20_000;
-    let mut text = String::from("document:\n  dsl: '1.0.3'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo:\n");
+    let mut text = String::from(
+        "document:\n  dsl: '1.0.3'\n  namespace: t\n  name: t\n  version: '0.1.0'\ndo:\n",
+    );
     for i in 0..N {
-        text.push_str(&format!("  - t{i}:\n      wait: PT1S\n      then: t{}\n", N - 1 - i));
+        text.push_str(&format!(
+            "  - t{i}:\n      wait: PT1S\n      then: t{}\n",
+            N - 1 - i
+        ));
     }
     let start = std::time::Instant::now();
     let w = crate::load(text.as_bytes()).map_err(|d| d.len());
@@ -344,9 +432,25 @@ fn large_documents_lower_in_linear_time() {
     let bad = text.replace("then: t", "then: x");
     let diags = crate::load(bad.as_bytes()).err().unwrap_or_default();
     assert_eq!(diags.len(), 201);
-    assert!(diags[0].message.ends_with("(tasks here: t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, ...)"), "{}", diags[0]);
-    assert!(diags[200].message.starts_with("... and 19800 more problems"), "{}", diags[200]);
-    assert!(start.elapsed() < std::time::Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(
+        diags[0]
+            .message
+            .ends_with("(tasks here: t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, ...)"),
+        "{}",
+        diags[0]
+    );
+    assert!(
+        diags[200]
+            .message
+            .starts_with("... and 19800 more problems"),
+        "{}",
+        diags[200]
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -374,15 +478,22 @@ fn dag_extension_lowers_to_indexes_and_triggers() {
             set: { i: 1 }
 ",
     );
-    let TaskKind::Dag(d) = &w.do_[0].task.kind else { panic!("dag") };
-    assert_eq!(d.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["merge", "a", "b"]);
+    let TaskKind::Dag(d) = &w.do_[0].task.kind else {
+        panic!("dag")
+    };
+    assert_eq!(
+        d.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["merge", "a", "b"]
+    );
     assert_eq!(d.nodes[0].needs, [2, 1]);
     assert_eq!(d.nodes[0].trigger, Trigger::NoneFailed);
     assert!(d.nodes[1].needs.is_empty());
     assert_eq!(d.nodes[1].trigger, Trigger::AllSucceeded);
     assert_eq!(d.nodes[2].needs, [1]);
     assert_eq!(d.tasks[2].reference, "/do/0/build/dag/tasks/2/b");
-    let TaskKind::For(f) = &w.do_[1].task.kind else { panic!("for") };
+    let TaskKind::For(f) = &w.do_[1].task.kind else {
+        panic!("for")
+    };
     assert_eq!(f.parallel, Some(Parallelism::Max(3)));
     assert_eq!(w.do_[0].task.kind.keyword(), "dag");
 }

@@ -7,7 +7,10 @@ use axum::http::StatusCode;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, Body, is_json_media_type, parse_json};
-use super::types::{DefinitionDetail, DefinitionList, DefinitionQuery, DefinitionSummary, DeprecateRequest, RegisterResponse};
+use super::types::{
+    DefinitionDetail, DefinitionList, DefinitionQuery, DefinitionSummary, DeprecateRequest,
+    RegisterResponse,
+};
 
 /// Registers a workflow definition.
 ///
@@ -30,12 +33,21 @@ use super::types::{DefinitionDetail, DefinitionList, DefinitionQuery, Definition
         (status = 413, description = "Body too large", body = ErrorBody),
     )
 )]
-pub async fn register_definition(State(st): State<AppState>, Body(body): Body) -> ApiResult<(StatusCode, Json<RegisterResponse>)> {
+pub async fn register_definition(
+    State(st): State<AppState>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<RegisterResponse>)> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("the request body is empty: a workflow document (YAML or JSON) is expected"));
+        return Err(ApiError::invalid(
+            "the request body is empty: a workflow document (YAML or JSON) is expected",
+        ));
     }
     let r = st.engine.register(&body).await?;
-    let status = if r.outcome == "created" { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if r.outcome == "created" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(r.into())))
 }
 
@@ -50,10 +62,15 @@ pub async fn register_definition(State(st): State<AppState>, Body(body): Body) -
         (status = 400, description = "Bad query", body = ErrorBody),
     )
 )]
-pub async fn list_definitions(State(st): State<AppState>, ApiQuery(q): ApiQuery<DefinitionQuery>) -> ApiResult<Json<DefinitionList>> {
+pub async fn list_definitions(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<DefinitionQuery>,
+) -> ApiResult<Json<DefinitionList>> {
     let namespace = q.namespace.filter(|n| !n.is_empty());
     let defs = st.engine.definitions(namespace).await?;
-    Ok(Json(DefinitionList { items: defs.iter().map(DefinitionSummary::from).collect() }))
+    Ok(Json(DefinitionList {
+        items: defs.iter().map(DefinitionSummary::from).collect(),
+    }))
 }
 
 /// The latest version (the highest semantic version) of a workflow, with its source.
@@ -96,7 +113,12 @@ pub async fn get_definition_version(
     State(st): State<AppState>,
     ApiPath((ns, name, version)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Json<DefinitionDetail>> {
-    Ok(Json(st.engine.definition(&ns, &name, Some(&version)).await?.into()))
+    Ok(Json(
+        st.engine
+            .definition(&ns, &name, Some(&version))
+            .await?
+            .into(),
+    ))
 }
 
 /// Deprecates a version (no new instances start from it; running ones go on), or undoes it
@@ -128,14 +150,18 @@ pub async fn deprecate_definition(
         DeprecateRequest::default()
     } else {
         if let Some(m) = super::extract::media_type(&headers).filter(|m| !is_json_media_type(m)) {
-            return Err(ApiError::unsupported_media_type(format!("expected a JSON body (application/json), not {m}")));
+            return Err(ApiError::unsupported_media_type(format!(
+                "expected a JSON body (application/json), not {m}"
+            )));
         }
         parse_json(&body)?
     };
     let deprecated = req.deprecated.unwrap_or(true);
     // `latest` names the highest version at the time of the call.
     let def = st.engine.definition(&ns, &name, Some(&version)).await?;
-    st.engine.deprecate(&ns, &name, &def.version, deprecated).await?;
+    st.engine
+        .deprecate(&ns, &name, &def.version, deprecated)
+        .await?;
     let def = st.engine.definition(&ns, &name, Some(&def.version)).await?;
     Ok(Json(DefinitionSummary::from(&def)))
 }

@@ -39,7 +39,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: Vec::new() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
@@ -59,7 +64,11 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -67,7 +76,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this method is not allowed on this path")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed on this path",
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
@@ -90,14 +103,24 @@ impl From<EngineError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).with_details(details)
             }
             EngineError::Store(e) => ApiError::internal(format!("the store failed: {e}")),
-            EngineError::Unavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", EngineError::Unavailable.to_string()),
+            EngineError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                EngineError::Unavailable.to_string(),
+            ),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -66,7 +66,9 @@ fn structured(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         _ => {}
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("the request body is empty: a CloudEvent is expected"));
+        return Err(ApiError::invalid(
+            "the request body is empty: a CloudEvent is expected",
+        ));
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))?;
@@ -82,8 +84,14 @@ fn structured(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
 fn binary(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>> {
     let mut event = Map::new();
     for (name, value) in headers {
-        let Some(attr) = name.as_str().strip_prefix("ce-") else { continue };
-        if attr.is_empty() || !attr.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        if attr.is_empty()
+            || !attr
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(ApiError::invalid(format!(
                 "invalid CloudEvent attribute header {name}: attribute names are lower-case letters and digits"
             )));
@@ -93,13 +101,17 @@ fn binary(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>> {
                 "{name} is not allowed in binary mode: the body is the data, Content-Type its type"
             )));
         }
-        let text = String::from_utf8(percent_decode(value.as_bytes()))
-            .map_err(|_| ApiError::invalid(format!("header {name} is not UTF-8 once percent-decoded")))?;
+        let text = String::from_utf8(percent_decode(value.as_bytes())).map_err(|_| {
+            ApiError::invalid(format!("header {name} is not UTF-8 once percent-decoded"))
+        })?;
         event.insert(attr.to_string(), Value::String(text));
     }
     let media = media_type(headers);
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
-        event.insert("datacontenttype".into(), Value::String(String::from_utf8_lossy(ct.as_bytes()).into_owned()));
+        event.insert(
+            "datacontenttype".into(),
+            Value::String(String::from_utf8_lossy(ct.as_bytes()).into_owned()),
+        );
     }
     if !body.is_empty() {
         if media.as_deref().is_some_and(is_json_media_type) {
@@ -146,13 +158,23 @@ fn validate(event: &Map<String, Value>) -> ApiResult<()> {
         .map(|a| format!("{a}: must be a string"))
         .collect();
     if !not_strings.is_empty() {
-        return Err(ApiError::invalid("CloudEvent attributes of the wrong type").with_details(not_strings));
+        return Err(
+            ApiError::invalid("CloudEvent attributes of the wrong type").with_details(not_strings)
+        );
     }
-    if let Some(v) = event.get("specversion").and_then(Value::as_str).filter(|v| *v != "1.0") {
-        return Err(ApiError::invalid(format!("unsupported CloudEvents specversion {v}: only 1.0 is supported")));
+    if let Some(v) = event
+        .get("specversion")
+        .and_then(Value::as_str)
+        .filter(|v| *v != "1.0")
+    {
+        return Err(ApiError::invalid(format!(
+            "unsupported CloudEvents specversion {v}: only 1.0 is supported"
+        )));
     }
     if event.contains_key("data") && event.contains_key("data_base64") {
-        return Err(ApiError::invalid("a CloudEvent has data or data_base64, not both"));
+        return Err(ApiError::invalid(
+            "a CloudEvent has data or data_base64, not both",
+        ));
     }
     Ok(())
 }

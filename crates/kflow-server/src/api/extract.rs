@@ -19,8 +19,13 @@ impl FromRequest<AppState> for Body {
     async fn from_request(req: Request, state: &AppState) -> ApiResult<Body> {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Body(b)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(state.config.max_body_bytes)),
-            Err(rej) => Err(ApiError::invalid(format!("cannot read the request body: {}", rej.body_text()))),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::too_large(state.config.max_body_bytes))
+            }
+            Err(rej) => Err(ApiError::invalid(format!(
+                "cannot read the request body: {}",
+                rej.body_text()
+            ))),
         }
     }
 }
@@ -42,16 +47,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// Parses a JSON body; a malformed one is a 400 with serde's message (line and column).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("the request body is empty: a JSON document is expected"));
+        return Err(ApiError::invalid(
+            "the request body is empty: a JSON document is expected",
+        ));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
 }
 
 /// The media type of a request, lower case, without parameters (`None` when absent).
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
     let ct = headers.get(header::CONTENT_TYPE)?;
     let text = String::from_utf8_lossy(ct.as_bytes()).into_owned();
-    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     Some(essence)
 }
 
@@ -62,9 +75,9 @@ pub fn is_json_media_type(essence: &str) -> bool {
 
 pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     match media_type(headers) {
-        Some(m) if !is_json_media_type(&m) => {
-            Err(ApiError::unsupported_media_type(format!("expected a JSON body (application/json), not {m}")))
-        }
+        Some(m) if !is_json_media_type(&m) => Err(ApiError::unsupported_media_type(format!(
+            "expected a JSON body (application/json), not {m}"
+        ))),
         _ => Ok(()),
     }
 }

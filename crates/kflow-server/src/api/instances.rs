@@ -11,7 +11,8 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use super::types::{
-    HistoryEventDto, HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery, InstanceViewDto, StartRequest,
+    HistoryEventDto, HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery,
+    InstanceViewDto, StartRequest,
 };
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -34,17 +35,30 @@ pub const MAX_HISTORY: u32 = 10_000;
         (status = 503, description = "Shutting down", body = ErrorBody),
     )
 )]
-pub async fn start_instance(State(st): State<AppState>, JsonBody(req): JsonBody<StartRequest>) -> ApiResult<(StatusCode, Json<Value>)> {
-    let version = req.version.as_deref().filter(|v| !v.is_empty() && *v != "latest");
-    let input = req.input.unwrap_or_else(|| Value::Object(Default::default()));
-    let inst = st.engine.start_with_priority(&req.namespace, &req.name, version, input, req.priority).await?;
+pub async fn start_instance(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<StartRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let version = req
+        .version
+        .as_deref()
+        .filter(|v| !v.is_empty() && *v != "latest");
+    let input = req
+        .input
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let inst = st
+        .engine
+        .start_with_priority(&req.namespace, &req.name, version, input, req.priority)
+        .await?;
     if req.wait {
         let timeout = std::time::Duration::from_secs(req.wait_seconds.unwrap_or(60).min(3600));
         let view = st.engine.wait_finished(&inst.id, timeout).await?;
-        let body = serde_json::to_value(InstanceViewDto::from(view)).map_err(|e| ApiError::internal(e.to_string()))?;
+        let body = serde_json::to_value(InstanceViewDto::from(view))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         return Ok((StatusCode::CREATED, Json(body)));
     }
-    let body = serde_json::to_value(InstanceDto::from(inst)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = serde_json::to_value(InstanceDto::from(inst))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -59,7 +73,10 @@ pub async fn start_instance(State(st): State<AppState>, JsonBody(req): JsonBody<
         (status = 400, description = "Bad status, time, cursor or limit", body = ErrorBody),
     )
 )]
-pub async fn list_instances(State(st): State<AppState>, ApiQuery(q): ApiQuery<InstanceQuery>) -> ApiResult<Json<InstanceList>> {
+pub async fn list_instances(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<InstanceQuery>,
+) -> ApiResult<Json<InstanceList>> {
     let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let status = match nonempty(q.status) {
         None => None,
@@ -74,12 +91,20 @@ pub async fn list_instances(State(st): State<AppState>, ApiQuery(q): ApiQuery<In
         name: nonempty(q.name),
         version: nonempty(q.version),
         status,
-        from_ms: nonempty(q.from).map(|t| parse_time("from", &t)).transpose()?,
+        from_ms: nonempty(q.from)
+            .map(|t| parse_time("from", &t))
+            .transpose()?,
         to_ms: nonempty(q.to).map(|t| parse_time("to", &t)).transpose()?,
     };
     let limit = parse_count("limit", q.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let page = st.engine.instances(filter, nonempty(q.cursor), limit).await?;
-    Ok(Json(InstanceList { items: page.items.into_iter().map(InstanceDto::from).collect(), next: page.next }))
+    let page = st
+        .engine
+        .instances(filter, nonempty(q.cursor), limit)
+        .await?;
+    Ok(Json(InstanceList {
+        items: page.items.into_iter().map(InstanceDto::from).collect(),
+        next: page.next,
+    }))
 }
 
 /// An instance: status, input, output or error, and the tasks running or waiting now.
@@ -93,7 +118,10 @@ pub async fn list_instances(State(st): State<AppState>, ApiQuery(q): ApiQuery<In
         (status = 404, description = "No such instance", body = ErrorBody),
     )
 )]
-pub async fn get_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceViewDto>> {
+pub async fn get_instance(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InstanceViewDto>> {
     Ok(Json(st.engine.instance(&id).await?.into()))
 }
 
@@ -109,7 +137,10 @@ pub async fn get_instance(State(st): State<AppState>, ApiPath(id): ApiPath<Strin
         (status = 409, description = "Already finished", body = ErrorBody),
     )
 )]
-pub async fn cancel_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceDto>> {
+pub async fn cancel_instance(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InstanceDto>> {
     Ok(Json(st.engine.cancel(&id).await?.into()))
 }
 
@@ -125,7 +156,10 @@ pub async fn cancel_instance(State(st): State<AppState>, ApiPath(id): ApiPath<St
         (status = 409, description = "Not running", body = ErrorBody),
     )
 )]
-pub async fn suspend_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceDto>> {
+pub async fn suspend_instance(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InstanceDto>> {
     Ok(Json(st.engine.suspend(&id).await?.into()))
 }
 
@@ -141,7 +175,10 @@ pub async fn suspend_instance(State(st): State<AppState>, ApiPath(id): ApiPath<S
         (status = 409, description = "Not suspended", body = ErrorBody),
     )
 )]
-pub async fn resume_instance(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<InstanceDto>> {
+pub async fn resume_instance(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<InstanceDto>> {
     Ok(Json(st.engine.resume(&id).await?.into()))
 }
 
@@ -169,11 +206,17 @@ pub async fn get_history(
             .parse::<i64>()
             .ok()
             .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::invalid(format!("invalid `after` `{s}`: expected a history seq (0 or more)")))?,
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "invalid `after` `{s}`: expected a history seq (0 or more)"
+                ))
+            })?,
     };
     let limit = parse_count("limit", q.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
     let events = st.engine.history(&id, after, limit).await?;
-    Ok(Json(HistoryList { items: events.into_iter().map(HistoryEventDto::from).collect() }))
+    Ok(Json(HistoryList {
+        items: events.into_iter().map(HistoryEventDto::from).collect(),
+    }))
 }
 
 /// A count parameter: 1 to `max`, `default` when absent.
@@ -185,7 +228,11 @@ fn parse_count(name: &str, value: Option<String>, default: u32, max: u32) -> Api
             .parse::<u32>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::invalid(format!("invalid `{name}` `{s}`: expected a number from 1 to {max}"))),
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "invalid `{name}` `{s}`: expected a number from 1 to {max}"
+                ))
+            }),
     }
 }
 
@@ -195,10 +242,16 @@ pub fn parse_time(name: &str, s: &str) -> ApiResult<i64> {
     let t = s.trim();
     let digits = t.strip_prefix('-').unwrap_or(t);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse::<i64>().map_err(|_| ApiError::invalid(format!("invalid `{name}` `{s}`: out of range")));
+        return t
+            .parse::<i64>()
+            .map_err(|_| ApiError::invalid(format!("invalid `{name}` `{s}`: out of range")));
     }
     let parsed = chrono::DateTime::parse_from_rfc3339(t).or_else(|e| {
-        if s.contains(' ') { chrono::DateTime::parse_from_rfc3339(&s.trim_start().replace(' ', "+")) } else { Err(e) }
+        if s.contains(' ') {
+            chrono::DateTime::parse_from_rfc3339(&s.trim_start().replace(' ', "+"))
+        } else {
+            Err(e)
+        }
     });
     parsed.map(|d| d.timestamp_millis()).map_err(|e| {
         ApiError::invalid(format!(
@@ -214,10 +267,19 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(parse_time("from", "0").ok(), Some(0));
-        assert_eq!(parse_time("from", "1700000000000").ok(), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_time("from", "1700000000000").ok(),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(parse_time("from", "1970-01-01T00:00:01Z").ok(), Some(1000));
-        assert_eq!(parse_time("from", "1970-01-01T02:00:01.5+02:00").ok(), Some(1500));
-        assert_eq!(parse_time("from", "1970-01-01T02:00:01.5 02:00").ok(), Some(1500));
+        assert_eq!(
+            parse_time("from", "1970-01-01T02:00:01.5+02:00").ok(),
+            Some(1500)
+        );
+        assert_eq!(
+            parse_time("from", "1970-01-01T02:00:01.5 02:00").ok(),
+            Some(1500)
+        );
         assert!(parse_time("from", "yesterday").is_err());
         assert!(parse_time("from", "99999999999999999999999").is_err());
         assert!(parse_time("from", "-").is_err());
@@ -226,7 +288,10 @@ mod tests {
     #[test]
     fn counts() {
         assert_eq!(parse_count("limit", None, 50, 1000).ok(), Some(50));
-        assert_eq!(parse_count("limit", Some("7".into()), 50, 1000).ok(), Some(7));
+        assert_eq!(
+            parse_count("limit", Some("7".into()), 50, 1000).ok(),
+            Some(7)
+        );
         assert!(parse_count("limit", Some("0".into()), 50, 1000).is_err());
         assert!(parse_count("limit", Some("1001".into()), 50, 1000).is_err());
         assert!(parse_count("limit", Some("ten".into()), 50, 1000).is_err());

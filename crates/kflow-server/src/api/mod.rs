@@ -33,7 +33,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 1024 * 1024, worker_token: None }
+        ApiConfig {
+            max_body_bytes: 1024 * 1024,
+            worker_token: None,
+        }
     }
 }
 

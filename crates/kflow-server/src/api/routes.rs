@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{self, ErrorBody};
-use super::{AppState, ApiConfig, definitions, events, instances, schedules, watch, workers};
+use super::{ApiConfig, AppState, definitions, events, instances, schedules, watch, workers};
 use crate::engine::Engine;
 
 #[derive(OpenApi)]
@@ -49,11 +49,17 @@ pub async fn healthz() -> &'static str {
 
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(definitions::register_definition, definitions::list_definitions))
+        .routes(routes!(
+            definitions::register_definition,
+            definitions::list_definitions
+        ))
         .routes(routes!(definitions::get_latest_definition))
         .routes(routes!(definitions::get_definition_version))
         .routes(routes!(definitions::deprecate_definition))
-        .routes(routes!(instances::start_instance, instances::list_instances))
+        .routes(routes!(
+            instances::start_instance,
+            instances::list_instances
+        ))
         .routes(routes!(instances::get_instance))
         .routes(routes!(instances::cancel_instance))
         .routes(routes!(instances::suspend_instance))
@@ -88,7 +94,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                     "200",
                     utoipa::openapi::ResponseBuilder::new()
                         .description("The OpenAPI document")
-                        .content("application/json", utoipa::openapi::content::Content::new(None::<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>)),
+                        .content(
+                            "application/json",
+                            utoipa::openapi::content::Content::new(
+                                None::<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+                            ),
+                        ),
                 ),
         ),
     );
@@ -105,7 +116,13 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
             "/api/v1/openapi.json",
             get(move || {
                 let doc = doc.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response() }
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                        .into_response()
+                }
             }),
         )
         .fallback(error::not_found)

@@ -26,7 +26,9 @@ pub struct ScheduleList {
     responses((status = 200, description = "The schedules, by namespace and name", body = ScheduleList))
 )]
 pub async fn list_schedules(State(st): State<AppState>) -> ApiResult<Json<ScheduleList>> {
-    Ok(Json(ScheduleList { items: schedule::list(&st.engine).await? }))
+    Ok(Json(ScheduleList {
+        items: schedule::list(&st.engine).await?,
+    }))
 }
 
 /// Pauses a workflow's schedule: no tick fires and no event starts it until it is resumed.
@@ -47,7 +49,9 @@ pub async fn pause_schedule(
     State(st): State<AppState>,
     ApiPath((ns, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ScheduleView>> {
-    Ok(Json(schedule::set_paused(&st.engine, &ns, &name, true).await?))
+    Ok(Json(
+        schedule::set_paused(&st.engine, &ns, &name, true).await?,
+    ))
 }
 
 /// Resumes a paused schedule; the ticks missed meanwhile follow its missed policy
@@ -69,5 +73,7 @@ pub async fn resume_schedule(
     State(st): State<AppState>,
     ApiPath((ns, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ScheduleView>> {
-    Ok(Json(schedule::set_paused(&st.engine, &ns, &name, false).await?))
+    Ok(Json(
+        schedule::set_paused(&st.engine, &ns, &name, false).await?,
+    ))
 }

@@ -25,7 +25,12 @@ pub struct RegisterResponse {
 
 impl From<Registered> for RegisterResponse {
     fn from(r: Registered) -> Self {
-        RegisterResponse { namespace: r.namespace, name: r.name, version: r.version, outcome: r.outcome.to_string() }
+        RegisterResponse {
+            namespace: r.namespace,
+            name: r.name,
+            version: r.version,
+            outcome: r.outcome.to_string(),
+        }
     }
 }
 
@@ -70,7 +75,10 @@ pub struct DefinitionDetail {
 
 impl From<Definition> for DefinitionDetail {
     fn from(d: Definition) -> Self {
-        DefinitionDetail { summary: DefinitionSummary::from(&d), source: d.source }
+        DefinitionDetail {
+            summary: DefinitionSummary::from(&d),
+            source: d.source,
+        }
     }
 }
 
@@ -192,7 +200,12 @@ pub struct WaitingDto {
 
 impl From<Waiting> for WaitingDto {
     fn from(w: Waiting) -> Self {
-        WaitingDto { task: w.task, on: w.on, until: w.until_ms.map(iso8601), until_ms: w.until_ms }
+        WaitingDto {
+            task: w.task,
+            on: w.on,
+            until: w.until_ms.map(iso8601),
+            until_ms: w.until_ms,
+        }
     }
 }
 
@@ -261,7 +274,13 @@ pub struct HistoryEventDto {
 
 impl From<HistoryEvent> for HistoryEventDto {
     fn from(e: HistoryEvent) -> Self {
-        HistoryEventDto { seq: e.seq, time: iso8601(e.time_ms), time_ms: e.time_ms, kind: e.kind, data: e.data }
+        HistoryEventDto {
+            seq: e.seq,
+            time: iso8601(e.time_ms),
+            time_ms: e.time_ms,
+            kind: e.kind,
+            data: e.data,
+        }
     }
 }
 
@@ -288,4 +307,3 @@ pub struct EventAccepted {
     /// How many waiting `listen` tasks took the event.
     pub matched: usize,
 }
-

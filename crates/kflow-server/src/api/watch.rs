@@ -62,7 +62,9 @@ pub async fn watch_instance(
     };
     let (tx, mut rx) = mpsc::channel::<Out>(64);
     tokio::spawn(pump(st.engine.clone(), id, after, live, tx));
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(|o| Ok(o.into_event()))));
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(|o| Ok(o.into_event())))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -80,7 +82,10 @@ impl Out {
             serde_json::to_string(v).unwrap_or_else(|_| "null".into())
         }
         match self {
-            Out::History(ev) => Event::default().event("history").id(ev.seq.to_string()).data(json(&ev)),
+            Out::History(ev) => Event::default()
+                .event("history")
+                .id(ev.seq.to_string())
+                .data(json(&ev)),
             Out::End(inst) => Event::default().event("end").data(json(&inst)),
             Out::Error(e) => Event::default().event("error").data(json(&e)),
         }
@@ -103,8 +108,19 @@ enum Stop {
     Done,
 }
 
-pub(crate) async fn pump(engine: Engine, id: String, after: i64, mut live: broadcast::Receiver<LiveEvent>, tx: mpsc::Sender<Out>) {
-    let mut p = Pump { engine, id, last: after, tx };
+pub(crate) async fn pump(
+    engine: Engine,
+    id: String,
+    after: i64,
+    mut live: broadcast::Receiver<LiveEvent>,
+    tx: mpsc::Sender<Out>,
+) {
+    let mut p = Pump {
+        engine,
+        id,
+        last: after,
+        tx,
+    };
     let _ = p.run(&mut live).await;
 }
 
@@ -188,12 +204,19 @@ impl Pump {
         }
         // Finished: nothing more will be committed; send what the feed has not delivered yet.
         self.catch_up().await?;
-        self.send(Out::End(Box::new(InstanceDto::from(view.instance)))).await?;
+        self.send(Out::End(Box::new(InstanceDto::from(view.instance))))
+            .await?;
         Err(Stop::Done)
     }
 
     async fn fail(&self, e: ApiError) -> Result<(), Stop> {
-        let body = ErrorBody { error: ErrorDetail { code: e.code, message: e.message, details: e.details } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: e.code,
+                message: e.message,
+                details: e.details,
+            },
+        };
         self.send(Out::Error(body)).await?;
         Err(Stop::Done)
     }
@@ -209,7 +232,12 @@ fn may_end(ev: &LiveEvent) -> bool {
         && e.data
             .get("type")
             .and_then(|t| t.as_str())
-            .is_some_and(|t| matches!(t, "workflow.completed" | "workflow.faulted" | "workflow.cancelled"))
+            .is_some_and(|t| {
+                matches!(
+                    t,
+                    "workflow.completed" | "workflow.faulted" | "workflow.cancelled"
+                )
+            })
 }
 
 #[cfg(test)]
@@ -226,15 +254,27 @@ mod tests {
 
     async fn setup() -> (Engine, String) {
         let store = kflow_store::sqlite::SqliteStore::open_in_memory().expect("store");
-        let engine = Engine::with_store(Arc::new(store), EngineConfig::default()).await.expect("engine");
+        let engine = Engine::with_store(Arc::new(store), EngineConfig::default())
+            .await
+            .expect("engine");
         engine.register(DOC.as_bytes()).await.expect("register");
-        let inst = engine.start("test", "lag", None, json!({})).await.expect("start");
+        let inst = engine
+            .start("test", "lag", None, json!({}))
+            .await
+            .expect("start");
         (engine, inst.id)
     }
 
     async fn wait_finished(engine: &Engine, id: &str) {
         for _ in 0..500 {
-            if engine.instance(id).await.expect("instance").instance.status.is_finished() {
+            if engine
+                .instance(id)
+                .await
+                .expect("instance")
+                .instance
+                .status
+                .is_finished()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -243,7 +283,15 @@ mod tests {
     }
 
     fn fake(id: &str, seq: i64) -> LiveEvent {
-        LiveEvent { instance_id: id.into(), event: HistoryEvent { seq, time_ms: 0, kind: "fake".into(), data: Value::Null } }
+        LiveEvent {
+            instance_id: id.into(),
+            event: HistoryEvent {
+                seq,
+                time_ms: 0,
+                kind: "fake".into(),
+                data: Value::Null,
+            },
+        }
     }
 
     /// Drains the pump's output until it ends; checks seqs run 1..=N with no gap and the last is End.
@@ -254,7 +302,10 @@ mod tests {
             match out {
                 Out::History(ev) => {
                     assert!(!ended);
-                    assert_ne!(ev.kind, "fake", "a feed event was passed on instead of the store's");
+                    assert_ne!(
+                        ev.kind, "fake",
+                        "a feed event was passed on instead of the store's"
+                    );
                     seqs.push(ev.seq);
                 }
                 Out::End(inst) => {
@@ -308,6 +359,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let pump = tokio::spawn(pump(engine.clone(), id.clone(), 0, live, tx));
         drop(rx);
-        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the pump ends").expect("no panic");
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .expect("the pump ends")
+            .expect("no panic");
     }
 }

@@ -21,15 +21,28 @@ use super::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::engine::WorkerSpec;
 
 fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = &st.config.worker_token else { return Ok(()) };
+    let Some(token) = &st.config.worker_token else {
+        return Ok(());
+    };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     // Constant-time comparison: no early exit on the first differing byte.
-    let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same { Ok(()) } else { Err(ApiError::unauthorized("a valid worker token is required (Authorization: Bearer <token>)")) }
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "a valid worker token is required (Authorization: Bearer <token>)",
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -53,12 +66,25 @@ pub struct Registered {
 /// Registers a worker (again, with the same id, after a restart of the server).
 #[utoipa::path(post, path = "/api/v1/workers", tag = "workers", request_body = RegisterRequest,
     responses((status = 200, body = Registered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn register_worker(State(st): State<AppState>, headers: HeaderMap, JsonBody(req): JsonBody<RegisterRequest>) -> ApiResult<Json<Registered>> {
+pub async fn register_worker(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> ApiResult<Json<Registered>> {
     authorize(&st, &headers)?;
-    let spec = WorkerSpec { id: req.id, queues: req.queues, labels: req.labels, capacity: req.capacity };
+    let spec = WorkerSpec {
+        id: req.id,
+        queues: req.queues,
+        labels: req.labels,
+        capacity: req.capacity,
+    };
     let id = st.engine.register_worker(spec)?;
     let ttl = st.engine.lease_ttl_ms();
-    Ok(Json(Registered { id, lease_ttl_ms: ttl, heartbeat_ms: (ttl / 4).max(50) }))
+    Ok(Json(Registered {
+        id,
+        lease_ttl_ms: ttl,
+        heartbeat_ms: (ttl / 4).max(50),
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -92,7 +118,12 @@ pub struct PollResponse {
 #[utoipa::path(post, path = "/api/v1/workers/{id}/poll", tag = "workers", request_body = PollRequest,
     params(("id" = String, Path, description = "Worker id")),
     responses((status = 200, body = PollResponse), (status = 401, body = ErrorBody), (status = 404, description = "Unknown worker: register again", body = ErrorBody)))]
-pub async fn poll_work(State(st): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, JsonBody(req): JsonBody<PollRequest>) -> ApiResult<Json<PollResponse>> {
+pub async fn poll_work(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(req): JsonBody<PollRequest>,
+) -> ApiResult<Json<PollResponse>> {
     authorize(&st, &headers)?;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000));
     let leases = st.engine.poll_work(&id, req.max.unwrap_or(1), wait).await?;
@@ -130,7 +161,12 @@ pub struct HeartbeatResponse {
 #[utoipa::path(post, path = "/api/v1/workers/{id}/heartbeat", tag = "workers", request_body = HeartbeatRequest,
     params(("id" = String, Path, description = "Worker id")),
     responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn heartbeat(State(st): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, JsonBody(req): JsonBody<HeartbeatRequest>) -> ApiResult<Json<HeartbeatResponse>> {
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(req): JsonBody<HeartbeatRequest>,
+) -> ApiResult<Json<HeartbeatResponse>> {
     authorize(&st, &headers)?;
     let stop = st.engine.heartbeat(&id, &req.running)?;
     let draining = st.engine.workers().iter().any(|w| w.id == id && w.draining);
@@ -153,10 +189,16 @@ pub struct CompleteRequest {
 #[utoipa::path(post, path = "/api/v1/leases/{lease}/complete", tag = "workers", request_body = CompleteRequest,
     params(("lease" = String, Path, description = "Lease id")),
     responses((status = 200, description = "Accepted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
-pub async fn complete_lease(State(st): State<AppState>, headers: HeaderMap, ApiPath(lease): ApiPath<String>, JsonBody(req): JsonBody<CompleteRequest>) -> ApiResult<Json<Value>> {
+pub async fn complete_lease(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(lease): ApiPath<String>,
+    JsonBody(req): JsonBody<CompleteRequest>,
+) -> ApiResult<Json<Value>> {
     authorize(&st, &headers)?;
     let result = match (req.output, req.error) {
-        (_, Some(e)) => Err(kflow_core::WfError::from_value(&e).map_err(|m| ApiError::invalid(format!("'error' is not a workflow error: {m}")))?),
+        (_, Some(e)) => Err(kflow_core::WfError::from_value(&e)
+            .map_err(|m| ApiError::invalid(format!("'error' is not a workflow error: {m}")))?),
         (Some(v), None) => Ok(v),
         (None, None) => Ok(Value::Null),
     };
@@ -168,7 +210,11 @@ pub async fn complete_lease(State(st): State<AppState>, headers: HeaderMap, ApiP
 #[utoipa::path(post, path = "/api/v1/workers/{id}/drain", tag = "workers",
     params(("id" = String, Path, description = "Worker id")),
     responses((status = 200, description = "Draining"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn drain_worker(State(st): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+pub async fn drain_worker(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
     authorize(&st, &headers)?;
     st.engine.drain_worker(&id)?;
     Ok(Json(serde_json::json!({ "id": id, "draining": true })))
@@ -177,14 +223,18 @@ pub async fn drain_worker(State(st): State<AppState>, headers: HeaderMap, ApiPat
 /// Workers: queues, labels, capacity, what they use, their leases, when last seen.
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers", responses((status = 200, description = "Workers", body = Object)))]
 pub async fn list_workers(State(st): State<AppState>) -> ApiResult<Json<Value>> {
-    let items = serde_json::to_value(st.engine.workers()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let items =
+        serde_json::to_value(st.engine.workers()).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
 /// Queues: depth, the oldest waiting task's age, the workers serving each; the dispatch
 /// latency (ready → leased to a worker) over recent dispatches.
 #[utoipa::path(get, path = "/api/v1/queues", tag = "workers", params(QueuesQuery), responses((status = 200, description = "Queues", body = Object)))]
-pub async fn list_queues(State(st): State<AppState>, ApiQuery(q): ApiQuery<QueuesQuery>) -> ApiResult<Json<Value>> {
+pub async fn list_queues(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<QueuesQuery>,
+) -> ApiResult<Json<Value>> {
     let (count, p50, p99) = st.engine.dispatch_latency(q.reset_latency.unwrap_or(false));
     Ok(Json(serde_json::json!({
         "items": st.engine.queues(),
@@ -202,6 +252,9 @@ pub struct QueuesQuery {
 #[utoipa::path(get, path = "/api/v1/instances/{id}/explain", tag = "instances",
     params(("id" = String, Path, description = "Instance id")),
     responses((status = 200, description = "Reasons", body = Object), (status = 404, body = ErrorBody)))]
-pub async fn explain(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+pub async fn explain(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(st.engine.explain(&id).await?))
 }

@@ -40,11 +40,20 @@ pub struct Spec {
 
 /// Reads and checks the settings of a workflow; `Ok(None)` when it has none.
 pub fn spec(wf: &Workflow) -> Result<Option<Spec>, String> {
-    let Some(c) = wf.definition.pointer("/document/metadata/kflow/concurrency") else { return Ok(None) };
-    let obj = c.as_object().ok_or("document.metadata.kflow.concurrency must be a mapping")?;
+    let Some(c) = wf
+        .definition
+        .pointer("/document/metadata/kflow/concurrency")
+    else {
+        return Ok(None);
+    };
+    let obj = c
+        .as_object()
+        .ok_or("document.metadata.kflow.concurrency must be a mapping")?;
     for k in obj.keys() {
         if !matches!(k.as_str(), "limit" | "key" | "onLimit") {
-            return Err(format!("unknown key '{k}' in document.metadata.kflow.concurrency (expected limit, key, onLimit)"));
+            return Err(format!(
+                "unknown key '{k}' in document.metadata.kflow.concurrency (expected limit, key, onLimit)"
+            ));
         }
     }
     let limit = obj
@@ -56,17 +65,30 @@ pub fn spec(wf: &Workflow) -> Result<Option<Spec>, String> {
         None => None,
         Some(Value::String(s)) => {
             let src = strip_dollar_braces(s).unwrap_or(s);
-            Some(Expr::compile(src).map_err(|e| format!("document.metadata.kflow.concurrency.key: {e}"))?)
+            Some(
+                Expr::compile(src)
+                    .map_err(|e| format!("document.metadata.kflow.concurrency.key: {e}"))?,
+            )
         }
-        Some(_) => return Err("document.metadata.kflow.concurrency.key must be a jq expression".into()),
+        Some(_) => {
+            return Err("document.metadata.kflow.concurrency.key must be a jq expression".into());
+        }
     };
     let on_limit = match obj.get("onLimit").and_then(Value::as_str) {
         None | Some("queue") => OnLimit::Queue,
         Some("skip") => OnLimit::Skip,
         Some("cancelOldest") => OnLimit::CancelOldest,
-        Some(other) => return Err(format!("document.metadata.kflow.concurrency.onLimit '{other}' is not one of queue, skip, cancelOldest")),
+        Some(other) => {
+            return Err(format!(
+                "document.metadata.kflow.concurrency.onLimit '{other}' is not one of queue, skip, cancelOldest"
+            ));
+        }
     };
-    Ok(Some(Spec { limit: limit as usize, key, on_limit }))
+    Ok(Some(Spec {
+        limit: limit as usize,
+        key,
+        on_limit,
+    }))
 }
 
 /// The group an instance belongs to: the workflow, plus the key's value when there is a key.
@@ -76,7 +98,9 @@ pub fn group_of(wf: &Workflow, spec: &Spec, input: &Value) -> Result<String, Str
     match &spec.key {
         None => Ok(base),
         Some(e) => {
-            let v = e.eval(input, &()).map_err(|e| format!("the concurrency key failed: {e}"))?;
+            let v = e
+                .eval(input, &())
+                .map_err(|e| format!("the concurrency key failed: {e}"))?;
             Ok(format!("{base}#{v}"))
         }
     }
@@ -108,29 +132,45 @@ impl Groups {
         groups
             .iter()
             .find(|(g, _)| !self.has_room(g))
-            .map(|(g, _)| (g.clone(), self.running.get(g).and_then(|r| r.first().cloned())))
+            .map(|(g, _)| {
+                (
+                    g.clone(),
+                    self.running.get(g).and_then(|r| r.first().cloned()),
+                )
+            })
     }
 
     pub fn add_running(&mut self, id: &str, groups: &[(String, usize)]) {
         for (g, limit) in groups {
             self.limits.insert(g.clone(), *limit);
-            self.running.entry(g.clone()).or_default().insert(id.to_string());
+            self.running
+                .entry(g.clone())
+                .or_default()
+                .insert(id.to_string());
         }
-        self.of.insert(id.to_string(), groups.iter().map(|(g, _)| g.clone()).collect());
+        self.of.insert(
+            id.to_string(),
+            groups.iter().map(|(g, _)| g.clone()).collect(),
+        );
     }
 
     pub fn add_waiting(&mut self, id: &str, groups: &[(String, usize)]) {
         for (g, limit) in groups {
             self.limits.insert(g.clone(), *limit);
         }
-        self.of.insert(id.to_string(), groups.iter().map(|(g, _)| g.clone()).collect());
+        self.of.insert(
+            id.to_string(),
+            groups.iter().map(|(g, _)| g.clone()).collect(),
+        );
         self.waiting.push_back(id.to_string());
     }
 
     /// An instance finished (or was cancelled): frees its slots; returns the waiting instances
     /// that may start now (counted as running from here on).
     pub fn finished(&mut self, id: &str) -> Vec<String> {
-        let Some(groups) = self.of.remove(id) else { return Vec::new() };
+        let Some(groups) = self.of.remove(id) else {
+            return Vec::new();
+        };
         for g in &groups {
             if let Some(r) = self.running.get_mut(g) {
                 r.remove(id);
@@ -187,7 +227,11 @@ mod tests {
         assert!(gs.is_waiting("b"));
         assert_eq!(gs.finished("a"), vec!["b".to_string()]);
         assert!(!gs.is_waiting("b"));
-        assert_eq!(gs.finished("c"), Vec::<String>::new(), "a waiting one cancelled frees nothing");
+        assert_eq!(
+            gs.finished("c"),
+            Vec::<String>::new(),
+            "a waiting one cancelled frees nothing"
+        );
         assert_eq!(gs.finished("b"), Vec::<String>::new());
         assert_eq!(gs.full(&w), None);
     }
@@ -198,7 +242,10 @@ mod tests {
         // Namespace limit 2 across two workflows with limit 5 each.
         gs.add_running("a1", &[g("ns:x", 2), g("x/a", 5)]);
         gs.add_running("b1", &[g("ns:x", 2), g("x/b", 5)]);
-        assert!(gs.full(&[g("ns:x", 2), g("x/a", 5)]).is_some(), "the namespace is full");
+        assert!(
+            gs.full(&[g("ns:x", 2), g("x/a", 5)]).is_some(),
+            "the namespace is full"
+        );
         gs.add_waiting("a2", &[g("ns:x", 2), g("x/a", 5)]);
         assert_eq!(gs.finished("b1"), vec!["a2".to_string()]);
     }

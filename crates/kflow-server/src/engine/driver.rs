@@ -26,15 +26,41 @@ use super::{EngineError, LiveEvent, Result, Shared, now_ms};
 
 pub enum Msg {
     /// `id: Some` starts at most once: an instance with that id already existing is the answer.
-    Start { id: Option<String>, wf: Arc<Workflow>, input: Value, priority: Option<i64>, reply: oneshot::Sender<Result<Instance>> },
-    Deliver { instance: String, effect: u64, delivery: Delivery },
-    Cancel { id: String, reply: oneshot::Sender<Result<Instance>> },
-    Suspend { id: String, reply: oneshot::Sender<Result<Instance>> },
-    Resume { id: String, reply: oneshot::Sender<Result<Instance>> },
+    Start {
+        id: Option<String>,
+        wf: Arc<Workflow>,
+        input: Value,
+        priority: Option<i64>,
+        reply: oneshot::Sender<Result<Instance>>,
+    },
+    Deliver {
+        instance: String,
+        effect: u64,
+        delivery: Delivery,
+    },
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<Result<Instance>>,
+    },
+    Suspend {
+        id: String,
+        reply: oneshot::Sender<Result<Instance>>,
+    },
+    Resume {
+        id: String,
+        reply: oneshot::Sender<Result<Instance>>,
+    },
     /// A posted CloudEvent (`event_id`: its row in the store, marked processed by the commit
     /// of its deliveries).
-    Event { event: Value, event_id: Option<i64>, reply: oneshot::Sender<Result<usize>> },
-    Shutdown { deadline: Duration, reply: oneshot::Sender<()> },
+    Event {
+        event: Value,
+        event_id: Option<i64>,
+        reply: oneshot::Sender<Result<usize>>,
+    },
+    Shutdown {
+        deadline: Duration,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// An instance in memory.
@@ -53,9 +79,21 @@ struct Active {
 enum After {
     ReplyInstance(oneshot::Sender<Result<Instance>>, String),
     ReplyCount(oneshot::Sender<Result<usize>>, usize),
-    Dispatch { instance: String, effect: u64, task: String, effect_def: Effect },
-    Timer { instance: String, effect: u64, due: i64 },
-    Abort { instance: String, effect: u64 },
+    Dispatch {
+        instance: String,
+        effect: u64,
+        task: String,
+        effect_def: Effect,
+    },
+    Timer {
+        instance: String,
+        effect: u64,
+        due: i64,
+    },
+    Abort {
+        instance: String,
+        effect: u64,
+    },
     Live(String, HistoryEvent),
     /// An event an instance emitted: offered to event-driven schedules once committed.
     Emitted(Value),
@@ -76,8 +114,13 @@ impl Batch {
         let idx = match self.by_instance.get(id) {
             Some(i) => *i,
             None => {
-                self.commits.push(Commit { instance_id: id.to_string(), now_ms: now, ..Default::default() });
-                self.by_instance.insert(id.to_string(), self.commits.len() - 1);
+                self.commits.push(Commit {
+                    instance_id: id.to_string(),
+                    now_ms: now,
+                    ..Default::default()
+                });
+                self.by_instance
+                    .insert(id.to_string(), self.commits.len() - 1);
                 self.commits.len() - 1
             }
         };
@@ -105,7 +148,12 @@ pub(super) async fn spawn(
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 ) -> Result<JoinHandle<()>> {
-    super::workers::start(shared.clone(), shared.queue.clone(), tx, shared.config.max_concurrent_effects.max(1));
+    super::workers::start(
+        shared.clone(),
+        shared.queue.clone(),
+        tx,
+        shared.config.max_concurrent_effects.max(1),
+    );
     let mut d = Driver {
         shared,
         active: HashMap::new(),
@@ -124,8 +172,11 @@ impl Driver {
         let store = self.shared.store.clone();
         let now = now_ms();
         for w in blocking(|| store.subscriptions())? {
-            if let Ok(Effect::Listen { filters }) = serde_json::from_value::<Effect>(w.effect.clone()) {
-                self.subs.insert((w.instance_id.clone(), w.effect_id), filters);
+            if let Ok(Effect::Listen { filters }) =
+                serde_json::from_value::<Effect>(w.effect.clone())
+            {
+                self.subs
+                    .insert((w.instance_id.clone(), w.effect_id), filters);
             }
         }
         let mut ready = VecDeque::new();
@@ -135,7 +186,10 @@ impl Driver {
         let admitted = self.rebuild_groups();
         let pending_events = blocking(|| store.pending_events(10_000))?;
         if !ready.is_empty() || !admitted.is_empty() || !pending_events.is_empty() {
-            let mut b = Batch { ready, ..Default::default() };
+            let mut b = Batch {
+                ready,
+                ..Default::default()
+            };
             // Events recorded but not delivered before the crash: offered again, once.
             for (id, event) in pending_events {
                 self.offer_event(&event, Some(id), &mut b, now);
@@ -157,7 +211,9 @@ impl Driver {
         let store = self.shared.store.clone();
         // Only instances of limited workflows or namespaces matter: find those first, so that
         // a restart with 100,000 waiting instances of unlimited workflows reads nothing more.
-        let Ok(defs) = blocking(|| store.list_definitions(None)) else { return Vec::new() };
+        let Ok(defs) = blocking(|| store.list_definitions(None)) else {
+            return Vec::new();
+        };
         let mut filters: Vec<kflow_store::InstanceFilter> = Vec::new();
         for d in &defs {
             let limited = self
@@ -186,7 +242,10 @@ impl Driver {
         for f in filters {
             let mut cursor: Option<String> = None;
             loop {
-                let Ok(page) = blocking(|| store.list_instances(&f, cursor.as_deref(), 1000)) else { break };
+                let Ok(page) = blocking(|| store.list_instances(&f, cursor.as_deref(), 1000))
+                else {
+                    break;
+                };
                 rows.extend(page.items);
                 match page.next {
                     Some(c) => cursor = Some(c),
@@ -198,9 +257,18 @@ impl Driver {
         rows.dedup_by(|a, b| a.id == b.id);
         for row in rows {
             let id = row.id.clone();
-            let Ok(head) = blocking(|| store.history(&id, 0, 2)) else { continue };
-            let Ok(wf) = self.shared.workflow(&row.namespace, &row.name, &row.version) else { continue };
-            let Ok((groups, _)) = self.groups_of(&wf, &row.input) else { continue };
+            let Ok(head) = blocking(|| store.history(&id, 0, 2)) else {
+                continue;
+            };
+            let Ok(wf) = self
+                .shared
+                .workflow(&row.namespace, &row.name, &row.version)
+            else {
+                continue;
+            };
+            let Ok((groups, _)) = self.groups_of(&wf, &row.input) else {
+                continue;
+            };
             if groups.is_empty() {
                 continue;
             }
@@ -218,7 +286,9 @@ impl Driver {
         if self.load(id).is_err() {
             return;
         }
-        let Some(a) = self.active.get_mut(id) else { return };
+        let Some(a) = self.active.get_mut(id) else {
+            return;
+        };
         if a.row.status != InstanceStatus::Running {
             return;
         }
@@ -226,16 +296,34 @@ impl Driver {
         let seq = a.next_seq;
         a.next_seq += 1;
         let step = a.core.start(input.clone(), now);
-        let started = HistoryEvent { seq, time_ms: now, kind: "started".into(), data: json!({ "input": input, "priority": a.priority }) };
+        let started = HistoryEvent {
+            seq,
+            time_ms: now,
+            kind: "started".into(),
+            data: json!({ "input": input, "priority": a.priority }),
+        };
         b.commit_for(id, now).history.push(started.clone());
         b.after.push(After::Live(id.to_string(), started));
         self.absorb(id, step, b, now);
     }
 
     /// Commits an instance that waits for a concurrency slot: row and a `queued` event only.
-    fn create_queued(&mut self, id: &str, wf: &Workflow, input: Value, priority: i64, b: &mut Batch, now: i64) {
+    fn create_queued(
+        &mut self,
+        id: &str,
+        wf: &Workflow,
+        input: Value,
+        priority: i64,
+        b: &mut Batch,
+        now: i64,
+    ) {
         let row = new_row(id, wf, input, now);
-        let queued = HistoryEvent { seq: 1, time_ms: now, kind: "queued".into(), data: json!({ "reason": "concurrency limit", "priority": priority }) };
+        let queued = HistoryEvent {
+            seq: 1,
+            time_ms: now,
+            kind: "queued".into(),
+            data: json!({ "reason": "concurrency limit", "priority": priority }),
+        };
         let c = b.commit_for(id, now);
         c.create = Some(row);
         c.history.push(queued.clone());
@@ -244,7 +332,15 @@ impl Driver {
 
     /// Applies the workflow's concurrency limit to a new instance: `Ok(true)` start it now,
     /// `Ok(false)` it was queued, `Err` refused.
-    fn admission(&mut self, id: &str, wf: &Arc<Workflow>, input: &Value, priority: i64, b: &mut Batch, now: i64) -> Result<bool> {
+    fn admission(
+        &mut self,
+        id: &str,
+        wf: &Arc<Workflow>,
+        input: &Value,
+        priority: i64,
+        b: &mut Batch,
+        now: i64,
+    ) -> Result<bool> {
         use super::concurrency::OnLimit;
         let (groups, spec) = self.groups_of(wf, input)?;
         if groups.is_empty() {
@@ -255,7 +351,11 @@ impl Driver {
             return Ok(true);
         };
         // The namespace limit always queues; the workflow's own limit follows its onLimit.
-        let policy = if full.starts_with("ns:") { OnLimit::Queue } else { spec.map_or(OnLimit::Queue, |s| s.on_limit) };
+        let policy = if full.starts_with("ns:") {
+            OnLimit::Queue
+        } else {
+            spec.map_or(OnLimit::Queue, |s| s.on_limit)
+        };
         match policy {
             OnLimit::Skip => Err(EngineError::Conflict(format!(
                 "{full} already has as many running instances as its concurrency limit allows (onLimit: skip): not started"
@@ -267,7 +367,9 @@ impl Driver {
             }
             OnLimit::CancelOldest => {
                 if let Some(o) = oldest {
-                    let _ = self.control(&o, b, now, |a, now| Ok(("cancelled", Some(a.core.cancel(now)))));
+                    let _ = self.control(&o, b, now, |a, now| {
+                        Ok(("cancelled", Some(a.core.cancel(now))))
+                    });
                 }
                 if self.groups.full(&groups).is_some() {
                     self.create_queued(id, wf, input.clone(), priority, b, now);
@@ -282,38 +384,71 @@ impl Driver {
 
     /// The concurrency groups of a new instance: its workflow (or workflow key) when the
     /// workflow sets a limit, its namespace when the server limits it.
-    fn groups_of(&self, wf: &Workflow, input: &Value) -> Result<(Vec<(String, usize)>, Option<super::concurrency::Spec>)> {
-        let invalid = |m: String| EngineError::Invalid { message: m, details: vec![] };
+    fn groups_of(
+        &self,
+        wf: &Workflow,
+        input: &Value,
+    ) -> Result<(Vec<(String, usize)>, Option<super::concurrency::Spec>)> {
+        let invalid = |m: String| EngineError::Invalid {
+            message: m,
+            details: vec![],
+        };
         let mut groups = Vec::new();
         let spec = super::concurrency::spec(wf).map_err(invalid)?;
         if let Some(s) = &spec {
-            groups.push((super::concurrency::group_of(wf, s, input).map_err(invalid)?, s.limit));
+            groups.push((
+                super::concurrency::group_of(wf, s, input).map_err(invalid)?,
+                s.limit,
+            ));
         }
-        if let Some(limit) = self.shared.config.namespace_limits.get(&wf.document.namespace) {
+        if let Some(limit) = self
+            .shared
+            .config
+            .namespace_limits
+            .get(&wf.document.namespace)
+        {
             groups.push((format!("ns:{}", wf.document.namespace), *limit));
         }
         Ok((groups, spec))
     }
 
     /// Puts a stored work row back in motion (timer armed, effect re-run, child checked).
-    fn resume_work(&mut self, w: WorkItem, now: i64, ready: &mut VecDeque<(String, u64, Delivery)>) {
-        let Ok(effect) = serde_json::from_value::<Effect>(w.effect.clone()) else { return };
+    fn resume_work(
+        &mut self,
+        w: WorkItem,
+        now: i64,
+        ready: &mut VecDeque<(String, u64, Delivery)>,
+    ) {
+        let Ok(effect) = serde_json::from_value::<Effect>(w.effect.clone()) else {
+            return;
+        };
         match effect {
             Effect::Timer { at_ms } => self.timers.offer(now, at_ms, &w.instance_id, w.effect_id),
             Effect::Listen { filters } => {
-                self.subs.insert((w.instance_id.clone(), w.effect_id), filters);
+                self.subs
+                    .insert((w.instance_id.clone(), w.effect_id), filters);
             }
             Effect::Workflow { .. } => {
                 let child = child_id(&w.instance_id, w.effect_id);
                 let store = self.shared.store.clone();
                 match blocking(|| store.get_instance(&child)) {
-                    Ok(Some(c)) if c.status.is_finished() => ready.push_back((w.instance_id, w.effect_id, child_result(&c))),
+                    Ok(Some(c)) if c.status.is_finished() => {
+                        ready.push_back((w.instance_id, w.effect_id, child_result(&c)))
+                    }
                     Ok(Some(_)) => {} // still running: its completion will answer
-                    _ => ready.push_back((w.instance_id, w.effect_id, Delivery::Result(Ok(Value::Null)))),
+                    _ => ready.push_back((
+                        w.instance_id,
+                        w.effect_id,
+                        Delivery::Result(Ok(Value::Null)),
+                    )),
                 }
             }
             Effect::Emit { event } => {
-                ready.push_back((w.instance_id.clone(), w.effect_id, Delivery::Result(Ok(complete_event(event, &w.instance_id)))));
+                ready.push_back((
+                    w.instance_id.clone(),
+                    w.effect_id,
+                    Delivery::Result(Ok(complete_event(event, &w.instance_id))),
+                ));
             }
             other => {
                 if !self.shared.queue.is_active(&w.instance_id, w.effect_id) {
@@ -350,7 +485,8 @@ impl Driver {
             let mut b = Batch::default();
             if !self.draining {
                 for (inst, effect) in self.timers.pop_due(now) {
-                    b.ready.push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
+                    b.ready
+                        .push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
                 }
             }
             if now >= next_scan {
@@ -373,8 +509,13 @@ impl Driver {
             self.commit(b).await;
             self.evict(touched);
             if let Some((deadline, _)) = &shutdown {
-                self.shared.queue.lock().set_draining(super::workers::BUILTIN);
-                if self.shared.queue.builtin_running() == 0 || tokio::time::Instant::now() >= *deadline {
+                self.shared
+                    .queue
+                    .lock()
+                    .set_draining(super::workers::BUILTIN);
+                if self.shared.queue.builtin_running() == 0
+                    || tokio::time::Instant::now() >= *deadline
+                {
                     self.shared.queue.abort_builtin();
                     if let Some((_, reply)) = shutdown.take() {
                         let _ = reply.send(());
@@ -389,7 +530,8 @@ impl Driver {
         let store = self.shared.store.clone();
         if let Ok(rows) = blocking(|| store.due_timers(now + super::timers::HORIZON_MS, 10_000)) {
             for w in rows {
-                self.timers.offer(now, w.due_ms, &w.instance_id, w.effect_id);
+                self.timers
+                    .offer(now, w.due_ms, &w.instance_id, w.effect_id);
             }
         }
     }
@@ -409,7 +551,10 @@ impl Driver {
         })
         .await;
         if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
-            eprintln!("batch commits={n} apply_ms={:.2}", t0.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "batch commits={n} apply_ms={:.2}",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
         }
         match result {
             Ok((commits, Ok(()))) => {
@@ -422,7 +567,11 @@ impl Driver {
     }
 
     fn wake_waiters(&self, commits: &[Commit]) {
-        let mut waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiters = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if waiters.is_empty() {
             return;
         }
@@ -448,7 +597,13 @@ impl Driver {
                             let store = self.shared.store.clone();
                             blocking(|| store.get_instance(&id))
                                 .map_err(EngineError::from)
-                                .and_then(|r| r.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist"))))
+                                .and_then(|r| {
+                                    r.ok_or_else(|| {
+                                        EngineError::NotFound(format!(
+                                            "instance {id} does not exist"
+                                        ))
+                                    })
+                                })
                         }
                     };
                     let _ = reply.send(r);
@@ -456,20 +611,35 @@ impl Driver {
                 After::ReplyCount(reply, n) => {
                     let _ = reply.send(Ok(n));
                 }
-                After::Dispatch { instance, effect, task, effect_def } => {
+                After::Dispatch {
+                    instance,
+                    effect,
+                    task,
+                    effect_def,
+                } => {
                     if self.draining {
                         continue; // left as a work row: the next start runs it
                     }
                     let item = self.item(&instance, effect, task, effect_def, now, Some(1));
                     self.shared.queue.push(item);
                 }
-                After::Timer { instance, effect, due } => self.timers.offer(now, due, &instance, effect),
+                After::Timer {
+                    instance,
+                    effect,
+                    due,
+                } => self.timers.offer(now, due, &instance, effect),
                 After::Abort { instance, effect } => {
                     self.shared.queue.cancel(&instance, effect);
                     self.subs.remove(&(instance, effect));
                 }
                 After::Emitted(event) => {
-                    let observer = self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(std::sync::Weak::upgrade);
+                    let observer = self
+                        .shared
+                        .observer
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .and_then(std::sync::Weak::upgrade);
                     if let Some(o) = observer {
                         o.event_emitted(event);
                     }
@@ -477,7 +647,10 @@ impl Driver {
                 After::Live(id, event) => {
                     // No watcher: skip the clone into the broadcast ring.
                     if self.shared.live.receiver_count() > 0 {
-                        let _ = self.shared.live.send(LiveEvent { instance_id: id, event });
+                        let _ = self.shared.live.send(LiveEvent {
+                            instance_id: id,
+                            event,
+                        });
                     }
                 }
             }
@@ -492,10 +665,14 @@ impl Driver {
         for a in b.after {
             match a {
                 After::ReplyInstance(reply, _) => {
-                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(message.clone()))));
+                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(
+                        message.clone(),
+                    ))));
                 }
                 After::ReplyCount(reply, _) => {
-                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(message.clone()))));
+                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(
+                        message.clone(),
+                    ))));
                 }
                 _ => {}
             }
@@ -518,7 +695,13 @@ impl Driver {
 
     fn handle(&mut self, m: Msg, b: &mut Batch, now: i64) {
         match m {
-            Msg::Start { id, wf, input, priority, reply } => {
+            Msg::Start {
+                id,
+                wf,
+                input,
+                priority,
+                reply,
+            } => {
                 if self.draining {
                     let _ = reply.send(Err(EngineError::Unavailable));
                     return;
@@ -529,7 +712,10 @@ impl Driver {
                         let store = self.shared.store.clone();
                         let exists = self.active.contains_key(&id)
                             || b.by_instance.contains_key(&id)
-                            || blocking(|| store.get_instance(&id)).ok().flatten().is_some();
+                            || blocking(|| store.get_instance(&id))
+                                .ok()
+                                .flatten()
+                                .is_some();
                         if exists {
                             b.after.push(After::ReplyInstance(reply, id));
                             return;
@@ -548,17 +734,29 @@ impl Driver {
                 }
                 b.after.push(After::ReplyInstance(reply, id));
             }
-            Msg::Deliver { instance, effect, delivery } => {
+            Msg::Deliver {
+                instance,
+                effect,
+                delivery,
+            } => {
                 b.ready.push_back((instance, effect, delivery));
             }
-            Msg::Event { event, event_id, reply } => {
+            Msg::Event {
+                event,
+                event_id,
+                reply,
+            } => {
                 let n = self.offer_event(&event, event_id, b, now);
                 b.after.push(After::ReplyCount(reply, n));
             }
             Msg::Cancel { id, reply } => {
                 let r = self.control(&id, b, now, |a, now| {
                     if a.row.status.is_finished() {
-                        return Err(EngineError::Conflict(format!("instance {} already {}", a.row.id, a.row.status.as_str())));
+                        return Err(EngineError::Conflict(format!(
+                            "instance {} already {}",
+                            a.row.id,
+                            a.row.status.as_str()
+                        )));
                     }
                     Ok(("cancelled", Some(a.core.cancel(now))))
                 });
@@ -570,7 +768,11 @@ impl Driver {
                         a.row.status = InstanceStatus::Suspended;
                         Ok(("suspended", None))
                     }
-                    s => Err(EngineError::Conflict(format!("instance {} is {}: only a running instance can be suspended", a.row.id, s.as_str()))),
+                    s => Err(EngineError::Conflict(format!(
+                        "instance {} is {}: only a running instance can be suspended",
+                        a.row.id,
+                        s.as_str()
+                    ))),
                 });
                 self.reply_control(r, reply, id, b);
             }
@@ -580,7 +782,11 @@ impl Driver {
                         a.row.status = InstanceStatus::Running;
                         Ok(("resumed", None))
                     }
-                    s => Err(EngineError::Conflict(format!("instance {} is {}: only a suspended instance can be resumed", a.row.id, s.as_str()))),
+                    s => Err(EngineError::Conflict(format!(
+                        "instance {} is {}: only a suspended instance can be resumed",
+                        a.row.id,
+                        s.as_str()
+                    ))),
                 });
                 if r.is_ok() {
                     self.after_resume(&id, b, now);
@@ -592,13 +798,20 @@ impl Driver {
     }
 
     /// Offers a posted event to every open subscription; returns how many took it.
-    fn offer_event(&mut self, event: &Value, event_id: Option<i64>, b: &mut Batch, now: i64) -> usize {
+    fn offer_event(
+        &mut self,
+        event: &Value,
+        event_id: Option<i64>,
+        b: &mut Batch,
+        now: i64,
+    ) -> usize {
         let mut n = 0;
         let mut keys: Vec<&(String, u64)> = self.subs.keys().collect();
         keys.sort();
         for key in keys {
             if self.subs[key].iter().any(|f| event_matches(f, event)) {
-                b.ready.push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
+                b.ready
+                    .push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
                 n += 1;
             }
         }
@@ -609,7 +822,13 @@ impl Driver {
         n
     }
 
-    fn reply_control(&mut self, r: Result<()>, reply: oneshot::Sender<Result<Instance>>, id: String, b: &mut Batch) {
+    fn reply_control(
+        &mut self,
+        r: Result<()>,
+        reply: oneshot::Sender<Result<Instance>>,
+        id: String,
+        b: &mut Batch,
+    ) {
         match r {
             Ok(()) => b.after.push(After::ReplyInstance(reply, id)),
             Err(e) => {
@@ -628,12 +847,19 @@ impl Driver {
     ) -> Result<()> {
         self.load(id)?;
         let Some(a) = self.active.get_mut(id) else {
-            return Err(EngineError::NotFound(format!("instance {id} does not exist")));
+            return Err(EngineError::NotFound(format!(
+                "instance {id} does not exist"
+            )));
         };
         let (kind, step) = f(a, now)?;
         let seq = a.next_seq;
         a.next_seq += 1;
-        let ev = HistoryEvent { seq, time_ms: now, kind: kind.to_string(), data: Value::Null };
+        let ev = HistoryEvent {
+            seq,
+            time_ms: now,
+            kind: kind.to_string(),
+            data: Value::Null,
+        };
         let status = a.row.status;
         let c = b.commit_for(id, now);
         c.history.push(ev.clone());
@@ -646,7 +872,11 @@ impl Driver {
     }
 
     fn after_resume(&mut self, id: &str, b: &mut Batch, now: i64) {
-        let held = self.active.get_mut(id).map(|a| std::mem::take(&mut a.held)).unwrap_or_default();
+        let held = self
+            .active
+            .get_mut(id)
+            .map(|a| std::mem::take(&mut a.held))
+            .unwrap_or_default();
         let answered: Vec<u64> = held.iter().map(|(e, _)| *e).collect();
         for (effect, d) in held {
             b.ready.push_back((id.to_string(), effect, d));
@@ -656,7 +886,10 @@ impl Driver {
         let id2 = id.to_string();
         if let Ok(rows) = blocking(|| store.work_of(&id2)) {
             let mut ready = VecDeque::new();
-            for w in rows.into_iter().filter(|w| !answered.contains(&w.effect_id)) {
+            for w in rows
+                .into_iter()
+                .filter(|w| !answered.contains(&w.effect_id))
+            {
                 if !self.shared.queue.is_active(&w.instance_id, w.effect_id) {
                     self.resume_work(w, now, &mut ready);
                 }
@@ -665,17 +898,44 @@ impl Driver {
         }
     }
 
-    fn create(&mut self, id: &str, wf: Arc<Workflow>, input: Value, priority: i64, b: &mut Batch, now: i64) {
+    fn create(
+        &mut self,
+        id: &str,
+        wf: Arc<Workflow>,
+        input: Value,
+        priority: i64,
+        b: &mut Batch,
+        now: i64,
+    ) {
         let row = new_row(id, &wf, input.clone(), now);
-        let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
+        let cfg = InstanceConfig {
+            id: id.to_string(),
+            secrets: self.shared.config.secrets.clone(),
+            runtime: runtime_descriptor(),
+        };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let step = core.start(input.clone(), now);
-        let started = HistoryEvent { seq: 1, time_ms: now, kind: "started".into(), data: json!({ "input": input, "priority": priority }) };
+        let started = HistoryEvent {
+            seq: 1,
+            time_ms: now,
+            kind: "started".into(),
+            data: json!({ "input": input, "priority": priority }),
+        };
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
         c.history.push(started.clone());
         b.after.push(After::Live(id.to_string(), started));
-        self.active.insert(id.to_string(), Active { core, wf, row, next_seq: 2, priority, held: Vec::new() });
+        self.active.insert(
+            id.to_string(),
+            Active {
+                core,
+                wf,
+                row,
+                next_seq: 2,
+                priority,
+                held: Vec::new(),
+            },
+        );
         self.absorb(id, step, b, now);
     }
 
@@ -694,9 +954,16 @@ impl Driver {
             };
             Ok((row, history))
         })?;
-        let row = row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
-        let wf = self.shared.workflow(&row.namespace, &row.name, &row.version)?;
-        let cfg = InstanceConfig { id: id.to_string(), secrets: self.shared.config.secrets.clone(), runtime: runtime_descriptor() };
+        let row =
+            row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        let wf = self
+            .shared
+            .workflow(&row.namespace, &row.name, &row.version)?;
+        let cfg = InstanceConfig {
+            id: id.to_string(),
+            secrets: self.shared.config.secrets.clone(),
+            runtime: runtime_descriptor(),
+        };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let mut next_seq = 1;
         let mut priority = 0;
@@ -707,11 +974,20 @@ impl Driver {
             }
             match ev.kind.as_str() {
                 "started" => {
-                    core.start(ev.data.get("input").cloned().unwrap_or(Value::Null), ev.time_ms);
+                    core.start(
+                        ev.data.get("input").cloned().unwrap_or(Value::Null),
+                        ev.time_ms,
+                    );
                 }
                 "delivery" => {
-                    let effect = ev.data.get("effect").and_then(Value::as_u64).unwrap_or(u64::MAX);
-                    if let Ok(d) = serde_json::from_value::<Delivery>(ev.data.get("delivery").cloned().unwrap_or(Value::Null)) {
+                    let effect = ev
+                        .data
+                        .get("effect")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX);
+                    if let Ok(d) = serde_json::from_value::<Delivery>(
+                        ev.data.get("delivery").cloned().unwrap_or(Value::Null),
+                    ) {
                         core.deliver(effect, d, ev.time_ms);
                     }
                 }
@@ -721,7 +997,17 @@ impl Driver {
                 _ => {}
             }
         }
-        self.active.insert(id.to_string(), Active { core, wf, row, next_seq, priority, held: Vec::new() });
+        self.active.insert(
+            id.to_string(),
+            Active {
+                core,
+                wf,
+                row,
+                next_seq,
+                priority,
+                held: Vec::new(),
+            },
+        );
         Ok(())
     }
 
@@ -731,7 +1017,9 @@ impl Driver {
             if self.load(&id).is_err() {
                 continue; // the instance is gone
             }
-            let Some(a) = self.active.get_mut(&id) else { continue };
+            let Some(a) = self.active.get_mut(&id) else {
+                continue;
+            };
             if a.row.status.is_finished() || !a.core.is_pending(effect) {
                 continue; // stale: cancelled, timed out, or answered before
             }
@@ -743,7 +1031,12 @@ impl Driver {
             a.next_seq += 1;
             let data = json!({ "effect": effect, "delivery": delivery });
             let step = a.core.deliver(effect, delivery, now);
-            let ev = HistoryEvent { seq, time_ms: now, kind: "delivery".into(), data };
+            let ev = HistoryEvent {
+                seq,
+                time_ms: now,
+                kind: "delivery".into(),
+                data,
+            };
             let c = b.commit_for(&id, now);
             c.history.push(ev.clone());
             c.remove_work.push(effect);
@@ -754,10 +1047,17 @@ impl Driver {
 
     /// Turns a core step into history, work rows, and post-commit actions.
     fn absorb(&mut self, id: &str, step: Step, b: &mut Batch, now: i64) {
-        let Some(a) = self.active.get_mut(id) else { return };
+        let Some(a) = self.active.get_mut(id) else {
+            return;
+        };
         let mut events = Vec::with_capacity(step.notices.len());
         for n in &step.notices {
-            events.push(HistoryEvent { seq: a.next_seq, time_ms: n.time_ms, kind: "notice".into(), data: n.to_json() });
+            events.push(HistoryEvent {
+                seq: a.next_seq,
+                time_ms: n.time_ms,
+                kind: "notice".into(),
+                data: n.to_json(),
+            });
             a.next_seq += 1;
         }
         let finished = step.finished.map(|r| {
@@ -775,7 +1075,11 @@ impl Driver {
             a.row.status = InstanceStatus::Cancelled;
         }
         let status = a.row.status;
-        let leftover: Vec<u64> = if status.is_finished() { a.core.pending().into_iter().map(|(e, _, _)| e).collect() } else { Vec::new() };
+        let leftover: Vec<u64> = if status.is_finished() {
+            a.core.pending().into_iter().map(|(e, _, _)| e).collect()
+        } else {
+            Vec::new()
+        };
         let c = b.commit_for(id, now);
         c.history.extend(events.iter().cloned());
         if let Some(f) = finished {
@@ -788,10 +1092,17 @@ impl Driver {
         }
         for cmd in step.commands {
             match cmd {
-                Command::Start { id: effect, task, effect: e } => self.start_effect(id, effect, task, e, b, now),
+                Command::Start {
+                    id: effect,
+                    task,
+                    effect: e,
+                } => self.start_effect(id, effect, task, e, b, now),
                 Command::Cancel { id: effect } => {
                     b.commit_for(id, now).remove_work.push(effect);
-                    b.after.push(After::Abort { instance: id.to_string(), effect });
+                    b.after.push(After::Abort {
+                        instance: id.to_string(),
+                        effect,
+                    });
                     self.subs.remove(&(id.to_string(), effect));
                 }
             }
@@ -804,35 +1115,65 @@ impl Driver {
             }
             // A finished child answers its parent.
             if let Some((parent, effect)) = parent_of(id)
-                && let Some(a) = self.active.get(id) {
-                    b.ready.push_back((parent, effect, child_result(&a.row)));
-                }
+                && let Some(a) = self.active.get(id)
+            {
+                b.ready.push_back((parent, effect, child_result(&a.row)));
+            }
         }
     }
 
     /// A queue item for a call or process, with the task's engine hints (`metadata.kflow`:
     /// queue, priority, resources, labels; the workflow's `document.metadata.kflow` gives
     /// defaults).
-    fn item(&mut self, instance: &str, effect_id: u64, task: String, effect: Effect, now: i64, attempt: Option<u32>) -> Item {
+    fn item(
+        &mut self,
+        instance: &str,
+        effect_id: u64,
+        task: String,
+        effect: Effect,
+        now: i64,
+        attempt: Option<u32>,
+    ) -> Item {
         let wf = match self.active.get(instance) {
             Some(a) => Some(a.wf.clone()),
-            None => self.load(instance).ok().and_then(|_| self.active.get(instance).map(|a| a.wf.clone())),
+            None => self
+                .load(instance)
+                .ok()
+                .and_then(|_| self.active.get(instance).map(|a| a.wf.clone())),
         };
-        let task_meta = wf.as_ref().and_then(|wf| wf.definition.pointer(&format!("{task}/metadata")).cloned());
-        let doc_meta = wf.as_ref().and_then(|wf| wf.definition.pointer("/document/metadata").cloned());
+        let task_meta = wf
+            .as_ref()
+            .and_then(|wf| wf.definition.pointer(&format!("{task}/metadata")).cloned());
+        let doc_meta = wf
+            .as_ref()
+            .and_then(|wf| wf.definition.pointer("/document/metadata").cloned());
         let (mut queue, mut priority, needs, labels) = hints(task_meta.as_ref());
         let (doc_queue, doc_priority, _, _) = hints(doc_meta.as_ref());
-        let has = |k: &str| task_meta.as_ref().and_then(|m| m.get("kflow")).and_then(|m| m.get(k)).is_some();
+        let has = |k: &str| {
+            task_meta
+                .as_ref()
+                .and_then(|m| m.get("kflow"))
+                .and_then(|m| m.get(k))
+                .is_some()
+        };
         if !has("queue") {
             queue = doc_queue;
         }
         if !has("priority") {
             // The instance's own priority, else the workflow's default.
             let instance_priority = self.active.get(instance).map(|a| a.priority).unwrap_or(0);
-            priority = if instance_priority != 0 { instance_priority } else { doc_priority };
+            priority = if instance_priority != 0 {
+                instance_priority
+            } else {
+                doc_priority
+            };
         }
         let ready_us = super::queue::mono_us();
-        let namespace = self.active.get(instance).map(|a| a.row.namespace.clone()).unwrap_or_default();
+        let namespace = self
+            .active
+            .get(instance)
+            .map(|a| a.row.namespace.clone())
+            .unwrap_or_default();
         let mut rate_keys = vec![format!("queue:{queue}")];
         let uri = match &effect {
             Effect::Http(h) => Some(h.uri.as_str()),
@@ -859,7 +1200,15 @@ impl Driver {
         }
     }
 
-    fn start_effect(&mut self, id: &str, effect: u64, task: String, e: Effect, b: &mut Batch, now: i64) {
+    fn start_effect(
+        &mut self,
+        id: &str,
+        effect: u64,
+        task: String,
+        e: Effect,
+        b: &mut Batch,
+        now: i64,
+    ) {
         let due = match &e {
             Effect::Timer { at_ms } => *at_ms,
             _ => now,
@@ -872,11 +1221,18 @@ impl Driver {
             effect: serde_json::to_value(&e).unwrap_or(Value::Null),
             due_ms: due,
             // Calls and processes are dispatched right after this commit: that is attempt 1.
-            attempts: u32::from(matches!(e, Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_))),
+            attempts: u32::from(matches!(
+                e,
+                Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_)
+            )),
         };
         b.commit_for(id, now).add_work.push(row);
         match e {
-            Effect::Timer { at_ms } => b.after.push(After::Timer { instance: id.to_string(), effect, due: at_ms }),
+            Effect::Timer { at_ms } => b.after.push(After::Timer {
+                instance: id.to_string(),
+                effect,
+                due: at_ms,
+            }),
             Effect::Emit { event } => {
                 let event = complete_event(event, id);
                 // Emitted events also reach this server's listeners.
@@ -884,16 +1240,23 @@ impl Driver {
                 keys.sort();
                 for key in keys {
                     if self.subs[&key].iter().any(|f| event_matches(f, &event)) {
-                        b.ready.push_back((key.0, key.1, Delivery::Event(event.clone())));
+                        b.ready
+                            .push_back((key.0, key.1, Delivery::Event(event.clone())));
                     }
                 }
                 b.after.push(After::Emitted(event.clone()));
-                b.ready.push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
+                b.ready
+                    .push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
             }
             Effect::Listen { filters } => {
                 self.subs.insert((id.to_string(), effect), filters);
             }
-            Effect::Workflow { namespace, name, version, input } => {
+            Effect::Workflow {
+                namespace,
+                name,
+                version,
+                input,
+            } => {
                 let child = child_id(id, effect);
                 match self.shared.workflow(&namespace, &name, &version) {
                     Ok(wf) => {
@@ -901,10 +1264,19 @@ impl Driver {
                         let p = self.active.get(id).map(|a| a.priority).unwrap_or(0);
                         self.create(&child, wf, input, p, b, now)
                     }
-                    Err(e) => b.ready.push_back((id.to_string(), effect, child_error(format!("run workflow: {e}")))),
+                    Err(e) => b.ready.push_back((
+                        id.to_string(),
+                        effect,
+                        child_error(format!("run workflow: {e}")),
+                    )),
                 }
             }
-            other => b.after.push(After::Dispatch { instance: id.to_string(), effect, task, effect_def: other }),
+            other => b.after.push(After::Dispatch {
+                instance: id.to_string(),
+                effect,
+                task,
+                effect_def: other,
+            }),
         }
     }
 }
@@ -931,7 +1303,11 @@ fn host_of(uri: &str) -> Option<&str> {
     let rest = uri.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if host.starts_with('[') { host.split(']').next().map(|h| h.trim_start_matches('['))? } else { host.split(':').next()? };
+    let host = if host.starts_with('[') {
+        host.split(']').next().map(|h| h.trim_start_matches('['))?
+    } else {
+        host.split(':').next()?
+    };
     (!host.is_empty()).then_some(host)
 }
 
@@ -947,13 +1323,18 @@ fn parent_of(id: &str) -> Option<(String, u64)> {
 
 fn child_result(row: &Instance) -> Delivery {
     match row.status {
-        InstanceStatus::Completed => Delivery::Result(Ok(row.output.clone().unwrap_or(Value::Null))),
+        InstanceStatus::Completed => {
+            Delivery::Result(Ok(row.output.clone().unwrap_or(Value::Null)))
+        }
         InstanceStatus::Faulted => Delivery::Result(Err(row
             .error
             .as_ref()
             .and_then(|e| kflow_core::WfError::from_value(e).ok())
             .unwrap_or_else(|| kflow_core::WfError::runtime("the sub-workflow faulted")))),
-        _ => Delivery::Result(Err(kflow_core::WfError::runtime(format!("the sub-workflow {} was cancelled", row.id)))),
+        _ => Delivery::Result(Err(kflow_core::WfError::runtime(format!(
+            "the sub-workflow {} was cancelled",
+            row.id
+        )))),
     }
 }
 

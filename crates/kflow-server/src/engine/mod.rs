@@ -24,7 +24,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use kflow_dsl::Workflow;
-use kflow_store::{Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Store, StoreError};
+use kflow_store::{
+    Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Store, StoreError,
+};
 
 pub use driver::Msg;
 
@@ -36,7 +38,10 @@ pub enum EngineError {
     Conflict(String),
     /// Bad input: an invalid definition (with its diagnostics), input failing the schema, ...
     #[error("{message}")]
-    Invalid { message: String, details: Vec<String> },
+    Invalid {
+        message: String,
+        details: Vec<String>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the engine is shutting down")]
@@ -118,7 +123,10 @@ pub struct Registered {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub(crate) struct Shared {
@@ -142,13 +150,20 @@ impl Shared {
     /// The compiled workflow of a registered version (compiled once, then cached).
     pub fn workflow(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
         let key = (ns.to_string(), name.to_string(), version.to_string());
-        if let Some(wf) = self.workflows.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(wf) = self
+            .workflows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(wf.clone());
         }
         let def = self
             .store
             .get_definition(ns, name, Some(version))?
-            .ok_or_else(|| EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered")))?;
+            .ok_or_else(|| {
+                EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered"))
+            })?;
         let wf = kflow_dsl::load(def.source.as_bytes()).map_err(|d| {
             EngineError::Store(StoreError::Corrupt(format!(
                 "stored definition {ns}/{name}@{version} no longer validates: {}",
@@ -156,7 +171,10 @@ impl Shared {
             )))
         })?;
         let wf = Arc::new(wf);
-        self.workflows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, wf.clone());
+        self.workflows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, wf.clone());
         Ok(wf)
     }
 }
@@ -171,7 +189,10 @@ pub struct Engine {
 
 fn canonical_hash(doc: &Value) -> String {
     let bytes = serde_json::to_vec(doc).unwrap_or_default();
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Engine {
@@ -179,9 +200,11 @@ impl Engine {
     pub async fn open(config: EngineConfig) -> Result<Engine> {
         let path = config.data_dir.join("kflow.db");
         let durability = config.durability;
-        let store = tokio::task::spawn_blocking(move || kflow_store::sqlite::SqliteStore::open(&path, durability))
-            .await
-            .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??;
+        let store = tokio::task::spawn_blocking(move || {
+            kflow_store::sqlite::SqliteStore::open(&path, durability)
+        })
+        .await
+        .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??;
         Self::with_store(Arc::new(store), config).await
     }
 
@@ -201,16 +224,25 @@ impl Engine {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
-        Ok(Engine { shared, tx, driver: Arc::new(Mutex::new(Some(handle))) })
+        Ok(Engine {
+            shared,
+            tx,
+            driver: Arc::new(Mutex::new(Some(handle))),
+        })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| EngineError::Unavailable)?;
+        self.tx
+            .send(make(reply))
+            .map_err(|_| EngineError::Unavailable)?;
         rx.await.map_err(|_| EngineError::Unavailable)?
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Store) -> kflow_store::Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> kflow_store::Result<T> + Send + 'static,
+    ) -> Result<T> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || f(shared.store.as_ref()))
             .await
@@ -250,13 +282,27 @@ impl Engine {
             PutDefinition::Created => {
                 self.forget_definitions(&ns, &name);
                 let key = (ns.clone(), name.clone(), version.clone());
-                self.shared.workflows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(wf));
+                self.shared
+                    .workflows
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, Arc::new(wf));
                 if let Some(o) = self.observer() {
                     o.definitions_changed(&ns, &name).await;
                 }
-                Ok(Registered { namespace: ns, name, version, outcome: "created" })
+                Ok(Registered {
+                    namespace: ns,
+                    name,
+                    version,
+                    outcome: "created",
+                })
             }
-            PutDefinition::Unchanged => Ok(Registered { namespace: ns, name, version, outcome: "unchanged" }),
+            PutDefinition::Unchanged => Ok(Registered {
+                namespace: ns,
+                name,
+                version,
+                outcome: "unchanged",
+            }),
             PutDefinition::Conflict { .. } => Err(EngineError::Conflict(format!(
                 "{ns}/{name} version {version} is already registered with different content; \
                  registered versions never change: bump document.version (e.g. to a higher patch version)"
@@ -265,15 +311,27 @@ impl Engine {
     }
 
     pub async fn definitions(&self, namespace: Option<String>) -> Result<Vec<Definition>> {
-        self.blocking(move |s| s.list_definitions(namespace.as_deref())).await
+        self.blocking(move |s| s.list_definitions(namespace.as_deref()))
+            .await
     }
 
     /// One version, or the latest (highest semver) when `version` is None or `latest`.
-    pub async fn definition(&self, ns: &str, name: &str, version: Option<&str>) -> Result<Definition> {
+    pub async fn definition(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Definition> {
         let (n, m) = (ns.to_string(), name.to_string());
         let v = version.filter(|v| *v != "latest").map(str::to_string);
         let key = (n.clone(), m.clone(), v.clone());
-        if let Some(d) = self.shared.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(d) = self
+            .shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(d.clone());
         }
         let shown = format!("{ns}/{name}@{}", version.unwrap_or("latest"));
@@ -281,34 +339,68 @@ impl Engine {
             .blocking(move |s| s.get_definition(&n, &m, v.as_deref()))
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("workflow {shown} is not registered")))?;
-        self.shared.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, def.clone());
+        self.shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, def.clone());
         Ok(def)
     }
 
     fn forget_definitions(&self, ns: &str, name: &str) {
-        self.shared.definitions.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, m, _), _| !(n == ns && m == name));
+        self.shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, m, _), _| !(n == ns && m == name));
     }
 
-    pub async fn deprecate(&self, ns: &str, name: &str, version: &str, deprecated: bool) -> Result<()> {
+    pub async fn deprecate(
+        &self,
+        ns: &str,
+        name: &str,
+        version: &str,
+        deprecated: bool,
+    ) -> Result<()> {
         let (n, m, v) = (ns.to_string(), name.to_string(), version.to_string());
-        let found = self.blocking(move |s| s.set_deprecated(&n, &m, &v, deprecated)).await?;
+        let found = self
+            .blocking(move |s| s.set_deprecated(&n, &m, &v, deprecated))
+            .await?;
         self.forget_definitions(ns, name);
-        if found
-            && let Some(o) = self.observer()
-        {
+        if found && let Some(o) = self.observer() {
             o.definitions_changed(ns, name).await;
         }
-        if found { Ok(()) } else { Err(EngineError::NotFound(format!("workflow {ns}/{name}@{version} is not registered"))) }
+        if found {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!(
+                "workflow {ns}/{name}@{version} is not registered"
+            )))
+        }
     }
 
     /// Starts an instance; returns once it is committed.
-    pub async fn start(&self, ns: &str, name: &str, version: Option<&str>, input: Value) -> Result<Instance> {
-        self.start_with_priority(ns, name, version, input, None).await
+    pub async fn start(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        input: Value,
+    ) -> Result<Instance> {
+        self.start_with_priority(ns, name, version, input, None)
+            .await
     }
 
     /// Starts an instance whose calls and processes queue at `priority` (higher first; a
     /// task's own `metadata.kflow.priority` wins).
-    pub async fn start_with_priority(&self, ns: &str, name: &str, version: Option<&str>, input: Value, priority: Option<i64>) -> Result<Instance> {
+    pub async fn start_with_priority(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        input: Value,
+        priority: Option<i64>,
+    ) -> Result<Instance> {
         let mut def = self.definition(ns, name, version).await?;
         if def.deprecated && version.is_none() {
             // "latest" means the highest version that still takes new runs.
@@ -331,7 +423,14 @@ impl Engine {
                 details: errs,
             })?;
         }
-        self.ask(|reply| Msg::Start { id: None, wf, input, priority, reply }).await
+        self.ask(|reply| Msg::Start {
+            id: None,
+            wf,
+            input,
+            priority,
+            reply,
+        })
+        .await
     }
 
     pub async fn instance(&self, id: &str) -> Result<InstanceView> {
@@ -339,24 +438,43 @@ impl Engine {
         let (inst, work) = self
             .blocking(move |s| Ok((s.get_instance(&id2)?, s.work_of(&id2)?)))
             .await?;
-        let instance = inst.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        let instance =
+            inst.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
         let mut running = Vec::new();
         let mut waiting = Vec::new();
         for w in work {
             match w.kind.as_str() {
-                "timer" => waiting.push(Waiting { task: w.task, on: "timer".into(), until_ms: Some(w.due_ms) }),
-                "listen" => waiting.push(Waiting { task: w.task, on: "event".into(), until_ms: None }),
+                "timer" => waiting.push(Waiting {
+                    task: w.task,
+                    on: "timer".into(),
+                    until_ms: Some(w.due_ms),
+                }),
+                "listen" => waiting.push(Waiting {
+                    task: w.task,
+                    on: "event".into(),
+                    until_ms: None,
+                }),
                 _ => running.push(w.task),
             }
         }
-        Ok(InstanceView { instance, running, waiting })
+        Ok(InstanceView {
+            instance,
+            running,
+            waiting,
+        })
     }
 
     /// Waits until the instance is finished (completed, faulted or cancelled), at most
     /// `timeout`; returns its view either way.
     pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Result<InstanceView> {
         let (tx, rx) = oneshot::channel();
-        self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(tx);
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .push(tx);
         // Registered before reading: a finish committed in between still wakes us.
         let view = self.instance(id).await?;
         if !view.instance.status.is_finished() {
@@ -368,7 +486,11 @@ impl Engine {
     }
 
     fn forget_closed_waiters(&self, id: &str) {
-        let mut waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiters = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(list) = waiters.get_mut(id) {
             list.retain(|s| !s.is_closed());
             if list.is_empty() {
@@ -377,35 +499,62 @@ impl Engine {
         }
     }
 
-    pub async fn instances(&self, filter: InstanceFilter, cursor: Option<String>, limit: u32) -> Result<Page> {
-        self.blocking(move |s| s.list_instances(&filter, cursor.as_deref(), limit)).await.map_err(|e| match e {
-            EngineError::Store(StoreError::Db(m)) if m.contains("invalid cursor") => {
-                EngineError::Invalid { message: "invalid cursor".into(), details: vec![] }
-            }
-            other => other,
-        })
+    pub async fn instances(
+        &self,
+        filter: InstanceFilter,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<Page> {
+        self.blocking(move |s| s.list_instances(&filter, cursor.as_deref(), limit))
+            .await
+            .map_err(|e| match e {
+                EngineError::Store(StoreError::Db(m)) if m.contains("invalid cursor") => {
+                    EngineError::Invalid {
+                        message: "invalid cursor".into(),
+                        details: vec![],
+                    }
+                }
+                other => other,
+            })
     }
 
     pub async fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
         let id2 = id.to_string();
-        let exists = self.blocking(move |s| s.get_instance(&id2)).await?.is_some();
+        let exists = self
+            .blocking(move |s| s.get_instance(&id2))
+            .await?
+            .is_some();
         if !exists {
-            return Err(EngineError::NotFound(format!("instance {id} does not exist")));
+            return Err(EngineError::NotFound(format!(
+                "instance {id} does not exist"
+            )));
         }
         let id2 = id.to_string();
         self.blocking(move |s| s.history(&id2, after, limit)).await
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Instance> {
-        self.ask(|reply| Msg::Cancel { id: id.to_string(), reply }).await
+        self.ask(|reply| Msg::Cancel {
+            id: id.to_string(),
+            reply,
+        })
+        .await
     }
 
     pub async fn suspend(&self, id: &str) -> Result<Instance> {
-        self.ask(|reply| Msg::Suspend { id: id.to_string(), reply }).await
+        self.ask(|reply| Msg::Suspend {
+            id: id.to_string(),
+            reply,
+        })
+        .await
     }
 
     pub async fn resume(&self, id: &str) -> Result<Instance> {
-        self.ask(|reply| Msg::Resume { id: id.to_string(), reply }).await
+        self.ask(|reply| Msg::Resume {
+            id: id.to_string(),
+            reply,
+        })
+        .await
     }
 
     /// Offers a CloudEvent to every waiting `listen`; returns how many took it. Acknowledged
@@ -420,7 +569,13 @@ impl Engine {
             Some(o) => o.event_published(&event).await?,
             None => 0,
         };
-        let delivered = self.ask(|reply| Msg::Event { event, event_id: Some(event_id), reply }).await?;
+        let delivered = self
+            .ask(|reply| Msg::Event {
+                event,
+                event_id: Some(event_id),
+                reply,
+            })
+            .await?;
         Ok(delivered + scheduled)
     }
 
@@ -447,13 +602,21 @@ impl Engine {
 fn find_dags(v: &Value, path: String, out: &mut Vec<(String, Vec<(String, String, Vec<String>)>)>) {
     match v {
         Value::Object(m) => {
-            if let Some(tasks) = m.get("dag").and_then(|d| d.get("tasks")).and_then(Value::as_array) {
+            if let Some(tasks) = m
+                .get("dag")
+                .and_then(|d| d.get("tasks"))
+                .and_then(Value::as_array)
+            {
                 let mut subs = Vec::new();
                 for (i, item) in tasks.iter().enumerate() {
                     if let Some((name, body)) = item.as_object().and_then(|o| o.iter().next()) {
                         let needs = match body.get("needs") {
                             Some(Value::String(s)) => vec![s.clone()],
-                            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                            Some(Value::Array(a)) => a
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect(),
                             _ => Vec::new(),
                         };
                         subs.push((name.clone(), format!("{path}/dag/tasks/{i}/{name}"), needs));
@@ -462,7 +625,11 @@ fn find_dags(v: &Value, path: String, out: &mut Vec<(String, Vec<(String, String
                 out.push((path.clone(), subs));
             }
             for (k, child) in m {
-                find_dags(child, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+                find_dags(
+                    child,
+                    format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
             }
         }
         Value::Array(a) => {
@@ -507,13 +674,26 @@ impl Engine {
     /// Registers (or re-registers) a worker; returns its id.
     pub fn register_worker(&self, spec: WorkerSpec) -> Result<String> {
         if spec.queues.is_empty() || spec.queues.iter().any(|q| q.trim().is_empty()) {
-            return Err(EngineError::Invalid { message: "a worker needs at least one non-empty queue name".into(), details: vec![] });
+            return Err(EngineError::Invalid {
+                message: "a worker needs at least one non-empty queue name".into(),
+                details: vec![],
+            });
         }
-        let capacity = queue::parse_capacity(spec.capacity.as_deref().unwrap_or(""))
-            .map_err(|e| EngineError::Invalid { message: format!("invalid capacity: {e}"), details: vec![] })?;
-        let id = spec.id.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("w-{}", uuid::Uuid::now_v7()));
+        let capacity =
+            queue::parse_capacity(spec.capacity.as_deref().unwrap_or("")).map_err(|e| {
+                EngineError::Invalid {
+                    message: format!("invalid capacity: {e}"),
+                    details: vec![],
+                }
+            })?;
+        let id = spec
+            .id
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("w-{}", uuid::Uuid::now_v7()));
         if id == workers::BUILTIN {
-            return Err(EngineError::Conflict("the worker id 'builtin' is reserved for the server's own worker".into()));
+            return Err(EngineError::Conflict(
+                "the worker id 'builtin' is reserved for the server's own worker".into(),
+            ));
         }
         self.shared.queue.register(queue::Worker {
             id: id.clone(),
@@ -534,14 +714,25 @@ impl Engine {
         if self.shared.queue.lock().worker(id).is_some() {
             Ok(())
         } else {
-            Err(EngineError::NotFound(format!("worker {id} is not registered (or was forgotten after going silent): register again")))
+            Err(EngineError::NotFound(format!(
+                "worker {id} is not registered (or was forgotten after going silent): register again"
+            )))
         }
     }
 
     /// Long-polls for up to `max` tasks for a registered worker.
-    pub async fn poll_work(&self, worker: &str, max: usize, wait: Duration) -> Result<Vec<LeaseView>> {
+    pub async fn poll_work(
+        &self,
+        worker: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeaseView>> {
         self.known_worker(worker)?;
-        let leases = self.shared.queue.poll(worker, max.clamp(1, 64), wait.min(Duration::from_secs(60))).await;
+        let leases = self
+            .shared
+            .queue
+            .poll(worker, max.clamp(1, 64), wait.min(Duration::from_secs(60)))
+            .await;
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
             let Some(attempt) = workers::attempt_of(&self.shared, &l).await else {
@@ -570,8 +761,14 @@ impl Engine {
     }
 
     /// A worker's result for a lease it holds; refused (Conflict) when the lease expired.
-    pub fn complete_lease(&self, worker: &str, lease: &str, result: std::result::Result<Value, kflow_core::WfError>) -> Result<()> {
-        workers::deliver(&self.shared.queue, &self.tx, lease, worker, result).map_err(EngineError::Conflict)
+    pub fn complete_lease(
+        &self,
+        worker: &str,
+        lease: &str,
+        result: std::result::Result<Value, kflow_core::WfError>,
+    ) -> Result<()> {
+        workers::deliver(&self.shared.queue, &self.tx, lease, worker, result)
+            .map_err(EngineError::Conflict)
     }
 
     /// Stops a worker taking work; it finishes what it has.
@@ -579,7 +776,9 @@ impl Engine {
         if self.shared.queue.lock().set_draining(worker) {
             Ok(())
         } else {
-            Err(EngineError::NotFound(format!("worker {worker} is not registered")))
+            Err(EngineError::NotFound(format!(
+                "worker {worker} is not registered"
+            )))
         }
     }
 
@@ -616,7 +815,9 @@ impl Engine {
     /// DAG subtasks that have not started because a dependency is not done yet, from the
     /// definition and the history's task notices.
     async fn dag_waits(&self, id: &str, inst: &Instance) -> Result<Vec<Value>> {
-        let wf = self.shared.workflow(&inst.namespace, &inst.name, &inst.version)?;
+        let wf = self
+            .shared
+            .workflow(&inst.namespace, &inst.name, &inst.version)?;
         let mut dags = Vec::new();
         find_dags(&wf.definition, String::new(), &mut dags);
         if dags.is_empty() {
@@ -627,7 +828,10 @@ impl Engine {
         let mut started = std::collections::HashSet::new();
         let mut done = std::collections::HashSet::new();
         for ev in history.iter().filter(|e| e.kind == "notice") {
-            let r = ev.data["reference"].as_str().unwrap_or_default().to_string();
+            let r = ev.data["reference"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             match ev.data["type"].as_str() {
                 Some("task.started") => {
                     started.insert(r);
@@ -643,14 +847,19 @@ impl Engine {
             if !started.contains(&dag_ref) || done.contains(&dag_ref) {
                 continue;
             }
-            let refs: HashMap<String, String> =
-                tasks.iter().map(|(name, r, _)| (name.clone(), r.clone())).collect();
+            let refs: HashMap<String, String> = tasks
+                .iter()
+                .map(|(name, r, _)| (name.clone(), r.clone()))
+                .collect();
             for (_, r, needs) in &tasks {
                 if started.contains(r) || done.contains(r) {
                     continue;
                 }
-                let waiting: Vec<&str> =
-                    needs.iter().filter(|n| refs.get(*n).is_none_or(|nr| !done.contains(nr))).map(String::as_str).collect();
+                let waiting: Vec<&str> = needs
+                    .iter()
+                    .filter(|n| refs.get(*n).is_none_or(|nr| !done.contains(nr)))
+                    .map(String::as_str)
+                    .collect();
                 if !waiting.is_empty() {
                     out.push(serde_json::json!({ "task": r, "kind": "dependency", "reason": format!("waiting for its dependencies: {}", waiting.join(", ")) }));
                 }
@@ -669,7 +878,10 @@ impl Engine {
         let mut reasons = Vec::new();
         for w in work {
             let why = match w.kind.as_str() {
-                "timer" => format!("waiting on a timer until {}", kflow_core::time::iso8601(w.due_ms)),
+                "timer" => format!(
+                    "waiting on a timer until {}",
+                    kflow_core::time::iso8601(w.due_ms)
+                ),
                 "listen" => {
                     let filters = w.effect.get("filters").cloned().unwrap_or(Value::Null);
                     format!("waiting for an event matching {filters}")
@@ -678,9 +890,22 @@ impl Engine {
                 _ => {
                     let q = self.shared.queue.lock();
                     if let Some(l) = q.lease_of(&w.instance_id, w.effect_id) {
-                        format!("running on worker {} (attempt {}, lease until {})", l.worker, w.attempts, kflow_core::time::iso8601(l.expires_ms))
-                    } else if let Some(item) = q.items().iter().find(|i| i.instance == w.instance_id && i.effect_id == w.effect_id) {
-                        format!("queued for {} ms: {}", now - item.enqueued_ms, queue::why_waiting(&q, item))
+                        format!(
+                            "running on worker {} (attempt {}, lease until {})",
+                            l.worker,
+                            w.attempts,
+                            kflow_core::time::iso8601(l.expires_ms)
+                        )
+                    } else if let Some(item) = q
+                        .items()
+                        .iter()
+                        .find(|i| i.instance == w.instance_id && i.effect_id == w.effect_id)
+                    {
+                        format!(
+                            "queued for {} ms: {}",
+                            now - item.enqueued_ms,
+                            queue::why_waiting(&q, item)
+                        )
                     } else if status == kflow_store::InstanceStatus::Suspended {
                         "the instance is suspended".to_string()
                     } else {
@@ -694,7 +919,8 @@ impl Engine {
             reasons.extend(self.dag_waits(id, &view.instance).await?);
             let id2 = id.to_string();
             let head = self.blocking(move |s| s.history(&id2, 0, 2)).await?;
-            if head.iter().any(|e| e.kind == "queued") && !head.iter().any(|e| e.kind == "started") {
+            if head.iter().any(|e| e.kind == "queued") && !head.iter().any(|e| e.kind == "started")
+            {
                 reasons.push(serde_json::json!({ "task": null, "kind": "concurrency", "reason": "waiting for a slot under the workflow's concurrency limit" }));
             }
         }
@@ -709,10 +935,17 @@ impl Engine {
 /// What the scheduler is told by the engine. Held weakly: dropping the scheduler detaches it.
 pub trait Observer: Send + Sync + 'static {
     /// A version of namespace/name was registered (new content), deprecated or undeprecated.
-    fn definitions_changed<'a>(&'a self, namespace: &'a str, name: &'a str) -> futures_util::future::BoxFuture<'a, ()>;
+    fn definitions_changed<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, ()>;
     /// A CloudEvent posted to the API; returns how many instances it started. An error fails
     /// the post (nothing was committed for it).
-    fn event_published<'a>(&'a self, event: &'a Value) -> futures_util::future::BoxFuture<'a, Result<usize>>;
+    fn event_published<'a>(
+        &'a self,
+        event: &'a Value,
+    ) -> futures_util::future::BoxFuture<'a, Result<usize>>;
     /// A CloudEvent emitted by an instance, once committed (called by the driver; must not
     /// block).
     fn event_emitted(&self, event: Value);
@@ -722,18 +955,38 @@ pub trait Observer: Send + Sync + 'static {
 
 /// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7, `Some` starts
 /// at most once (an existing instance with that id is the answer).
-fn start_msg(id: Option<String>, wf: Arc<Workflow>, input: Value, reply: oneshot::Sender<Result<Instance>>) -> Msg {
-    Msg::Start { id, wf, input, priority: None, reply }
+fn start_msg(
+    id: Option<String>,
+    wf: Arc<Workflow>,
+    input: Value,
+    reply: oneshot::Sender<Result<Instance>>,
+) -> Msg {
+    Msg::Start {
+        id,
+        wf,
+        input,
+        priority: None,
+        reply,
+    }
 }
 
 impl Engine {
     /// Attaches the scheduler (replacing any other).
     pub fn set_observer(&self, observer: Weak<dyn Observer>) {
-        *self.shared.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+        *self
+            .shared
+            .observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }
 
     pub(crate) fn observer(&self) -> Option<Arc<dyn Observer>> {
-        self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Weak::upgrade)
+        self.shared
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade)
     }
 
     /// The store under the engine (reads, and the schedules rows).
@@ -749,7 +1002,14 @@ impl Engine {
     /// Starts an instance with the given id, at most once: if an instance with this id exists,
     /// returns it and starts nothing. (Until the driver takes the id, a new instance gets a
     /// fresh id; see `start_msg`.)
-    pub async fn start_with_id(&self, id: &str, ns: &str, name: &str, version: &str, input: Value) -> Result<Instance> {
+    pub async fn start_with_id(
+        &self,
+        id: &str,
+        ns: &str,
+        name: &str,
+        version: &str,
+        input: Value,
+    ) -> Result<Instance> {
         let id2 = id.to_string();
         if let Some(existing) = self.blocking(move |s| s.get_instance(&id2)).await? {
             return Ok(existing);
@@ -768,6 +1028,7 @@ impl Engine {
             })?;
         }
         let id = id.to_string();
-        self.ask(|reply| start_msg(Some(id), wf, input, reply)).await
+        self.ask(|reply| start_msg(Some(id), wf, input, reply))
+            .await
     }
 }

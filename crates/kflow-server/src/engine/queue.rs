@@ -79,7 +79,11 @@ impl Worker {
         if self.draining || !self.queues.iter().any(|q| *q == item.queue) {
             return false;
         }
-        if !item.labels.iter().all(|(k, v)| self.labels.get(k) == Some(v)) {
+        if !item
+            .labels
+            .iter()
+            .all(|(k, v)| self.labels.get(k) == Some(v))
+        {
             return false;
         }
         item.needs.iter().all(|(k, need)| {
@@ -93,7 +97,13 @@ impl Worker {
     fn load(&self) -> f64 {
         self.capacity
             .iter()
-            .map(|(k, cap)| if *cap > 0.0 { self.used.get(k).copied().unwrap_or(0.0) / cap } else { 1.0 })
+            .map(|(k, cap)| {
+                if *cap > 0.0 {
+                    self.used.get(k).copied().unwrap_or(0.0) / cap
+                } else {
+                    1.0
+                }
+            })
             .fold(0.0, f64::max)
     }
 }
@@ -127,32 +137,68 @@ pub struct Queue {
 /// Microseconds on a monotonic clock (for latencies only; never persisted).
 pub fn mono_us() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 /// Why an item is still waiting, for `kflow explain`.
 pub fn why_waiting(q: &Queue, item: &Item) -> String {
     if let Some(k) = q.limited_by(&item.rate_keys) {
-        return format!("rate limited by '{k}' ({}/s)", q.limits.get(&k).copied().unwrap_or(0.0));
+        return format!(
+            "rate limited by '{k}' ({}/s)",
+            q.limits.get(&k).copied().unwrap_or(0.0)
+        );
     }
-    let serving: Vec<&Worker> = q.workers.values().filter(|w| w.queues.iter().any(|x| *x == item.queue)).collect();
+    let serving: Vec<&Worker> = q
+        .workers
+        .values()
+        .filter(|w| w.queues.iter().any(|x| *x == item.queue))
+        .collect();
     if serving.is_empty() {
         return format!("no worker serves queue '{}'", item.queue);
     }
-    let labelled: Vec<&&Worker> = serving.iter().filter(|w| item.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))).collect();
+    let labelled: Vec<&&Worker> = serving
+        .iter()
+        .filter(|w| item.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+        .collect();
     if labelled.is_empty() {
-        let want: Vec<String> = item.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        return format!("no worker of queue '{}' has the labels {}", item.queue, want.join(","));
+        let want: Vec<String> = item
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        return format!(
+            "no worker of queue '{}' has the labels {}",
+            item.queue,
+            want.join(",")
+        );
     }
-    let big_enough = labelled.iter().any(|w| item.needs.iter().all(|(k, n)| w.capacity.get(k).copied().unwrap_or(0.0) >= *n));
+    let big_enough = labelled.iter().any(|w| {
+        item.needs
+            .iter()
+            .all(|(k, n)| w.capacity.get(k).copied().unwrap_or(0.0) >= *n)
+    });
     if !big_enough {
-        return format!("no worker of queue '{}' is large enough for {}", item.queue, fmt_resources(&item.needs));
+        return format!(
+            "no worker of queue '{}' is large enough for {}",
+            item.queue,
+            fmt_resources(&item.needs)
+        );
     }
-    format!("waiting for a free slot on a worker of queue '{}' (needs {})", item.queue, fmt_resources(&item.needs))
+    format!(
+        "waiting for a free slot on a worker of queue '{}' (needs {})",
+        item.queue,
+        fmt_resources(&item.needs)
+    )
 }
 
 pub fn fmt_resources(r: &Resources) -> String {
-    r.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    r.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Queue {
@@ -166,8 +212,13 @@ impl Queue {
     fn rate_ok(&mut self, keys: &[String], now: i64) -> bool {
         let mut ok = true;
         for k in keys {
-            let Some(rate) = self.limits.get(k).copied() else { continue };
-            let b = self.buckets.entry(k.clone()).or_insert((rate.max(1.0), now));
+            let Some(rate) = self.limits.get(k).copied() else {
+                continue;
+            };
+            let b = self
+                .buckets
+                .entry(k.clone())
+                .or_insert((rate.max(1.0), now));
             let refill = (now - b.1).max(0) as f64 / 1000.0 * rate;
             b.0 = (b.0 + refill).min(rate.max(1.0));
             b.1 = now;
@@ -188,12 +239,19 @@ impl Queue {
 
     /// The first of `keys` whose bucket is empty, if any (for `kflow explain`).
     pub fn limited_by(&self, keys: &[String]) -> Option<String> {
-        keys.iter().find(|k| self.buckets.get(*k).is_some_and(|b| b.0 < 1.0)).cloned()
+        keys.iter()
+            .find(|k| self.buckets.get(*k).is_some_and(|b| b.0 < 1.0))
+            .cloned()
     }
 
     pub fn push(&mut self, item: Item) {
         let key = (item.instance.clone(), item.effect_id);
-        if self.by_effect.contains_key(&key) || self.items.iter().any(|i| i.instance == key.0 && i.effect_id == key.1) {
+        if self.by_effect.contains_key(&key)
+            || self
+                .items
+                .iter()
+                .any(|i| i.instance == key.0 && i.effect_id == key.1)
+        {
             return; // already queued or leased
         }
         self.items.push(item);
@@ -202,7 +260,8 @@ impl Queue {
     /// Removes a queued item or revokes its lease (the effect was cancelled); returns the
     /// worker that held it, if leased.
     pub fn cancel(&mut self, instance: &str, effect_id: u64) -> Option<String> {
-        self.items.retain(|i| !(i.instance == instance && i.effect_id == effect_id));
+        self.items
+            .retain(|i| !(i.instance == instance && i.effect_id == effect_id));
         let lease_id = self.by_effect.remove(&(instance.to_string(), effect_id))?;
         let lease = self.leases.remove(&lease_id)?;
         self.release(&lease);
@@ -252,7 +311,9 @@ impl Queue {
     }
 
     pub fn lease_of(&self, instance: &str, effect_id: u64) -> Option<&Lease> {
-        self.by_effect.get(&(instance.to_string(), effect_id)).and_then(|l| self.leases.get(l))
+        self.by_effect
+            .get(&(instance.to_string(), effect_id))
+            .and_then(|l| self.leases.get(l))
     }
 
     pub fn set_waiting(&mut self, worker: &str, waiting: bool) {
@@ -273,7 +334,13 @@ impl Queue {
 
     /// Renews every lease of `worker`; returns the lease ids it reported that are no longer
     /// its (cancelled or expired): the worker should stop them.
-    pub fn heartbeat(&mut self, worker: &str, reported: &[String], now: i64, ttl_ms: i64) -> Option<Vec<String>> {
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        reported: &[String],
+        now: i64,
+        ttl_ms: i64,
+    ) -> Option<Vec<String>> {
         let w = self.workers.get_mut(worker)?;
         w.last_seen_ms = now;
         let held: Vec<String> = w.leases.iter().cloned().collect();
@@ -282,7 +349,13 @@ impl Queue {
                 l.expires_ms = now + ttl_ms;
             }
         }
-        Some(reported.iter().filter(|id| !held.contains(id)).cloned().collect())
+        Some(
+            reported
+                .iter()
+                .filter(|id| !held.contains(id))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Takes up to `max` items for `worker`, leasing them until `now + ttl_ms`.
@@ -292,10 +365,14 @@ impl Queue {
             w.last_seen_ms = now;
         }
         while out.len() < max {
-            let Some(w) = self.workers.get(worker) else { break };
+            let Some(w) = self.workers.get(worker) else {
+                break;
+            };
             // The best item this worker can take, unless a less loaded waiting worker can too.
             let mut best: Option<(usize, i64, usize)> = None;
-            let candidates: Vec<usize> = (0..self.items.len()).filter(|i| w.fits(&self.items[*i])).collect();
+            let candidates: Vec<usize> = (0..self.items.len())
+                .filter(|i| w.fits(&self.items[*i]))
+                .collect();
             let w = w.clone();
             for i in candidates {
                 let keys = self.items[i].rate_keys.clone();
@@ -306,7 +383,11 @@ impl Queue {
                 let my_load = w.load();
                 // Only workers parked in a poll right now, and heard from recently, count.
                 let other_better = self.workers.values().any(|o| {
-                    o.id != w.id && o.waiting && now - o.last_seen_ms < ttl_ms && o.fits(item) && o.load() + 1e-9 < my_load
+                    o.id != w.id
+                        && o.waiting
+                        && now - o.last_seen_ms < ttl_ms
+                        && o.fits(item)
+                        && o.load() + 1e-9 < my_load
                 });
                 if other_better {
                     continue;
@@ -342,7 +423,10 @@ impl Queue {
                     *w.used.entry(k.clone()).or_insert(0.0) += n;
                 }
             }
-            self.by_effect.insert((lease.item.instance.clone(), lease.item.effect_id), lease.id.clone());
+            self.by_effect.insert(
+                (lease.item.instance.clone(), lease.item.effect_id),
+                lease.id.clone(),
+            );
             self.leases.insert(lease.id.clone(), lease.clone());
             out.push(lease);
         }
@@ -352,13 +436,22 @@ impl Queue {
     /// Ends a lease with its result; `Err` says why the result is refused.
     pub fn complete(&mut self, lease_id: &str, worker: &str) -> Result<Lease, String> {
         let Some(lease) = self.leases.get(lease_id) else {
-            return Err(format!("lease {lease_id} is not held: it expired, was cancelled, or never existed"));
+            return Err(format!(
+                "lease {lease_id} is not held: it expired, was cancelled, or never existed"
+            ));
         };
         if lease.worker != worker {
-            return Err(format!("lease {lease_id} belongs to worker {}, not {worker}", lease.worker));
+            return Err(format!(
+                "lease {lease_id} belongs to worker {}, not {worker}",
+                lease.worker
+            ));
         }
-        let lease = self.leases.remove(lease_id).ok_or_else(|| format!("lease {lease_id} is not held"))?;
-        self.by_effect.remove(&(lease.item.instance.clone(), lease.item.effect_id));
+        let lease = self
+            .leases
+            .remove(lease_id)
+            .ok_or_else(|| format!("lease {lease_id} is not held"))?;
+        self.by_effect
+            .remove(&(lease.item.instance.clone(), lease.item.effect_id));
         self.release(&lease);
         Ok(lease)
     }
@@ -366,12 +459,17 @@ impl Queue {
     /// Expires leases of workers that stopped heartbeating (their items go back to the queue,
     /// to be counted as a new attempt) and forgets dead workers. Returns the expired leases.
     pub fn expire(&mut self, now: i64, ttl_ms: i64) -> Vec<Lease> {
-        let expired: Vec<String> =
-            self.leases.values().filter(|l| l.expires_ms < now && !self.is_builtin(&l.worker)).map(|l| l.id.clone()).collect();
+        let expired: Vec<String> = self
+            .leases
+            .values()
+            .filter(|l| l.expires_ms < now && !self.is_builtin(&l.worker))
+            .map(|l| l.id.clone())
+            .collect();
         let mut out = Vec::new();
         for id in expired {
             if let Some(lease) = self.leases.remove(&id) {
-                self.by_effect.remove(&(lease.item.instance.clone(), lease.item.effect_id));
+                self.by_effect
+                    .remove(&(lease.item.instance.clone(), lease.item.effect_id));
                 self.release(&lease);
                 let mut item = lease.item.clone();
                 item.attempt = None;
@@ -379,7 +477,8 @@ impl Queue {
                 out.push(lease);
             }
         }
-        self.workers.retain(|_, w| w.builtin || !w.leases.is_empty() || now - w.last_seen_ms < ttl_ms * 5);
+        self.workers
+            .retain(|_, w| w.builtin || !w.leases.is_empty() || now - w.last_seen_ms < ttl_ms * 5);
         out
     }
 
@@ -424,11 +523,21 @@ impl Queue {
 /// Reads `metadata.kflow` engine hints of a task: queue, priority, resources, labels.
 pub fn hints(task_metadata: Option<&Value>) -> (String, i64, Resources, BTreeMap<String, String>) {
     let k = task_metadata.and_then(|m| m.get("kflow"));
-    let queue = k.and_then(|k| k.get("queue")).and_then(Value::as_str).unwrap_or("default").to_string();
-    let priority = k.and_then(|k| k.get("priority")).and_then(Value::as_i64).unwrap_or(0);
+    let queue = k
+        .and_then(|k| k.get("queue"))
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let priority = k
+        .and_then(|k| k.get("priority"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     let mut needs = Resources::new();
     needs.insert("tasks".into(), 1.0);
-    if let Some(r) = k.and_then(|k| k.get("resources")).and_then(Value::as_object) {
+    if let Some(r) = k
+        .and_then(|k| k.get("resources"))
+        .and_then(Value::as_object)
+    {
         for (name, v) in r {
             let amount = match v {
                 Value::Number(n) => n.as_f64(),
@@ -443,7 +552,18 @@ pub fn hints(task_metadata: Option<&Value>) -> (String, i64, Resources, BTreeMap
     let labels = k
         .and_then(|k| k.get("labels"))
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(a, b)| (a.clone(), b.as_str().map(str::to_string).unwrap_or_else(|| b.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(a, b)| {
+                    (
+                        a.clone(),
+                        b.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| b.to_string()),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     (queue, priority, needs, labels)
 }
@@ -452,11 +572,24 @@ pub fn hints(task_metadata: Option<&Value>) -> (String, i64, Resources, BTreeMap
 /// decimal k/M/G/T).
 pub fn parse_amount(s: &str) -> Result<f64, String> {
     let s = s.trim();
-    let (num, mult) = [("Ki", 1024f64), ("Mi", 1024f64.powi(2)), ("Gi", 1024f64.powi(3)), ("Ti", 1024f64.powi(4)), ("k", 1e3), ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)]
-        .iter()
-        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-        .unwrap_or((s, 1.0));
-    let n: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"))?;
+    let (num, mult) = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("k", 1e3),
+        ("K", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1.0));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"))?;
     if !n.is_finite() || n < 0.0 {
         return Err(format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"));
     }
@@ -467,12 +600,17 @@ pub fn parse_amount(s: &str) -> Result<f64, String> {
 pub fn parse_capacity(s: &str) -> Result<Resources, String> {
     let mut r = Resources::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| format!("'{part}' in the capacity is not name=amount"))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' in the capacity is not name=amount"))?;
         let k = k.trim();
         if k.is_empty() {
             return Err(format!("'{part}' in the capacity has no name"));
         }
-        r.insert(k.to_string(), parse_amount(v).map_err(|e| format!("'{part}': {e}"))?);
+        r.insert(
+            k.to_string(),
+            parse_amount(v).map_err(|e| format!("'{part}': {e}"))?,
+        );
     }
     r.entry("tasks".into()).or_insert(16.0);
     Ok(r)
@@ -563,7 +701,10 @@ mod tests {
         assert_eq!(q.take("busy", 1, 0, 2000).len(), 1);
         q.push(item("b", "default", 0, &[], 0));
         q.set_waiting("idle", true);
-        assert!(q.take("busy", 1, 0, 2000).is_empty(), "the idle waiting worker should get it");
+        assert!(
+            q.take("busy", 1, 0, 2000).is_empty(),
+            "the idle waiting worker should get it"
+        );
         assert_eq!(q.take("idle", 1, 0, 2000).len(), 1);
     }
 
@@ -574,18 +715,27 @@ mod tests {
         q.push(item("a", "default", 0, &[], 0));
         let lease = q.take("w", 1, 0, 2000).remove(0);
         assert!(q.expire(1000, 2000).is_empty());
-        assert_eq!(q.heartbeat("w", std::slice::from_ref(&lease.id), 1500, 2000), Some(vec![]));
+        assert_eq!(
+            q.heartbeat("w", std::slice::from_ref(&lease.id), 1500, 2000),
+            Some(vec![])
+        );
         let gone = q.expire(4000, 2000);
         assert_eq!(gone.len(), 1);
         assert_eq!(q.items().len(), 1, "back in the queue");
         assert!(q.complete(&lease.id, "w").unwrap_err().contains("not held"));
-        assert_eq!(q.heartbeat("w", std::slice::from_ref(&lease.id), 4000, 2000), Some(vec![lease.id.clone()]));
+        assert_eq!(
+            q.heartbeat("w", std::slice::from_ref(&lease.id), 4000, 2000),
+            Some(vec![lease.id.clone()])
+        );
     }
 
     #[test]
     fn capacity_strings() {
         let c = parse_capacity("cpu=4,memory=8Gi,gpu=1").unwrap();
-        assert_eq!((c["cpu"], c["memory"], c["gpu"], c["tasks"]), (4.0, 8.0 * 1024f64.powi(3), 1.0, 16.0));
+        assert_eq!(
+            (c["cpu"], c["memory"], c["gpu"], c["tasks"]),
+            (4.0, 8.0 * 1024f64.powi(3), 1.0, 16.0)
+        );
         for bad in ["cpu", "cpu=x", "=4", "memory=-1Gi"] {
             assert!(parse_capacity(bad).is_err(), "{bad}");
         }
@@ -636,16 +786,32 @@ mod limit_tests {
     #[test]
     fn rate_limits_are_token_buckets_per_host() {
         let mut q = Queue::default();
-        q.set_limits([("host:api.example.com".to_string(), 2.0)].into_iter().collect());
+        q.set_limits(
+            [("host:api.example.com".to_string(), 2.0)]
+                .into_iter()
+                .collect(),
+        );
         q.register(worker(100.0));
         for i in 0..10 {
             q.push(it(&format!("i{i}"), "ns", 0));
         }
-        assert_eq!(q.take("w", 100, 0, 2000).len(), 2, "burst of one second at 2/s");
+        assert_eq!(
+            q.take("w", 100, 0, 2000).len(),
+            2,
+            "burst of one second at 2/s"
+        );
         assert_eq!(q.take("w", 100, 100, 2000).len(), 0);
         assert!(why_waiting(&q, &q.items()[0]).contains("rate limited by 'host:api.example.com'"));
-        assert_eq!(q.take("w", 100, 600, 2000).len(), 1, "one token back after 0.5 s");
-        assert_eq!(q.take("w", 100, 10_000, 2000).len(), 2, "never more than the burst");
+        assert_eq!(
+            q.take("w", 100, 600, 2000).len(),
+            1,
+            "one token back after 0.5 s"
+        );
+        assert_eq!(
+            q.take("w", 100, 10_000, 2000).len(),
+            2,
+            "never more than the burst"
+        );
     }
 
     #[test]
@@ -658,7 +824,15 @@ mod limit_tests {
         }
         q.push(it("quiet0", "quiet", 0));
         q.push(it("quiet1", "quiet", 0));
-        let taken: Vec<String> = q.take("w", 4, 0, 2000).into_iter().map(|l| l.item.namespace).collect();
-        assert_eq!(taken.iter().filter(|n| *n == "quiet").count(), 2, "{taken:?}");
+        let taken: Vec<String> = q
+            .take("w", 4, 0, 2000)
+            .into_iter()
+            .map(|l| l.item.namespace)
+            .collect();
+        assert_eq!(
+            taken.iter().filter(|n| *n == "quiet").count(),
+            2,
+            "{taken:?}"
+        );
     }
 }

@@ -45,7 +45,6 @@ impl Timers {
         }
         out
     }
-
 }
 
 #[cfg(test)]

@@ -50,21 +50,37 @@ impl WorkQueue {
     /// The effect is no longer wanted: drop it from the queue, stop it where it runs.
     pub fn cancel(&self, instance: &str, effect_id: u64) {
         let key = (instance.to_string(), effect_id);
-        let lease = self.lock().lease_of(instance, effect_id).map(|l| (l.id.clone(), l.worker.clone()));
+        let lease = self
+            .lock()
+            .lease_of(instance, effect_id)
+            .map(|l| (l.id.clone(), l.worker.clone()));
         self.lock().cancel(instance, effect_id);
-        if let Some(h) = self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
+        if let Some(h) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
             h.abort();
         }
         if let Some((lease, worker)) = lease {
             if worker != BUILTIN {
-                self.revoked.lock().unwrap_or_else(|p| p.into_inner()).entry(worker).or_default().insert(lease);
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(worker)
+                    .or_default()
+                    .insert(lease);
             }
         }
     }
 
     pub fn is_active(&self, instance: &str, effect_id: u64) -> bool {
         let q = self.lock();
-        q.lease_of(instance, effect_id).is_some() || q.items().iter().any(|i| i.instance == instance && i.effect_id == effect_id)
+        q.lease_of(instance, effect_id).is_some()
+            || q.items()
+                .iter()
+                .any(|i| i.instance == instance && i.effect_id == effect_id)
     }
 
     pub fn register(&self, w: Worker) {
@@ -87,7 +103,11 @@ impl WorkQueue {
             let _waiting = Waiting::new(self, worker);
             // Work held back by a rate limit becomes takeable without a push: look again soon.
             let held_back = !self.lock().items().is_empty();
-            let until = if held_back { deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)) } else { deadline };
+            let until = if held_back {
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))
+            } else {
+                deadline
+            };
             let _ = tokio::time::timeout_at(until, notified).await;
         }
     }
@@ -95,8 +115,15 @@ impl WorkQueue {
     /// Renews a worker's leases; returns the reported leases it must stop, or None when the
     /// worker is unknown (it must register again).
     pub fn heartbeat(&self, worker: &str, reported: &[String]) -> Option<Vec<String>> {
-        let mut stop = self.lock().heartbeat(worker, reported, now_ms(), self.ttl_ms)?;
-        if let Some(revoked) = self.revoked.lock().unwrap_or_else(|p| p.into_inner()).remove(worker) {
+        let mut stop = self
+            .lock()
+            .heartbeat(worker, reported, now_ms(), self.ttl_ms)?;
+        if let Some(revoked) = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(worker)
+        {
             for id in revoked {
                 if !stop.contains(&id) {
                     stop.push(id);
@@ -122,7 +149,12 @@ impl WorkQueue {
     }
 
     pub fn abort_builtin(&self) {
-        for (_, h) in self.running.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        for (_, h) in self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
             h.abort();
         }
     }
@@ -152,12 +184,25 @@ pub(crate) async fn attempt_of(shared: &Arc<Shared>, lease: &Lease) -> Option<u3
     if let Some(a) = lease.attempt {
         return Some(a);
     }
-    let (s, i, e) = (shared.clone(), lease.item.instance.clone(), lease.item.effect_id);
-    tokio::task::spawn_blocking(move || s.store.mark_attempt(&i, e)).await.ok().and_then(Result::ok).flatten()
+    let (s, i, e) = (
+        shared.clone(),
+        lease.item.instance.clone(),
+        lease.item.effect_id,
+    );
+    tokio::task::spawn_blocking(move || s.store.mark_attempt(&i, e))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
 }
 
 /// Starts the sweeper and the built-in worker (`slots` tasks at once).
-pub(crate) fn start(shared: Arc<Shared>, queue: Arc<WorkQueue>, tx: mpsc::UnboundedSender<Msg>, slots: usize) {
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    queue: Arc<WorkQueue>,
+    tx: mpsc::UnboundedSender<Msg>,
+    slots: usize,
+) {
     let mut capacity = BTreeMap::new();
     capacity.insert("tasks".to_string(), slots as f64);
     queue.register(Worker {
@@ -196,8 +241,11 @@ pub(crate) fn start(shared: Arc<Shared>, queue: Arc<WorkQueue>, tx: mpsc::Unboun
             }
             let leases = queue.poll(BUILTIN, free, Duration::from_millis(500)).await;
             for lease in leases {
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                let (queue2, shared2, exec, tx2) = (queue.clone(), shared.clone(), executor.clone(), tx.clone());
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (queue2, shared2, exec, tx2) =
+                    (queue.clone(), shared.clone(), executor.clone(), tx.clone());
                 let key = (lease.item.instance.clone(), lease.item.effect_id);
                 let h = tokio::spawn(async move {
                     let _permit = permit;
@@ -206,12 +254,21 @@ pub(crate) fn start(shared: Arc<Shared>, queue: Arc<WorkQueue>, tx: mpsc::Unboun
                         return;
                     };
                     let item = &lease.item;
-                    let ctx = EffectCtx { instance_id: item.instance.clone(), effect_id: item.effect_id, task: item.task.clone(), attempt };
+                    let ctx = EffectCtx {
+                        instance_id: item.instance.clone(),
+                        effect_id: item.effect_id,
+                        task: item.task.clone(),
+                        attempt,
+                    };
                     let result = exec.perform(&ctx, &item.effect).await;
                     // Refused only when the effect was cancelled meanwhile: nothing to do.
                     let _ = deliver(&queue2, &tx2, &lease.id, BUILTIN, result);
                 });
-                queue.running.lock().unwrap_or_else(|p| p.into_inner()).insert(key, h);
+                queue
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, h);
             }
         }
     });
@@ -229,8 +286,16 @@ pub(crate) fn deliver(
     let lease = queue.lock().complete(lease_id, worker)?;
     let key = (lease.item.instance.clone(), lease.item.effect_id);
     if worker == BUILTIN {
-        queue.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        queue
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
-    tx.send(Msg::Deliver { instance: key.0, effect: key.1, delivery: Delivery::Result(result) })
-        .map_err(|_| "the engine is shutting down".to_string())
+    tx.send(Msg::Deliver {
+        instance: key.0,
+        effect: key.1,
+        delivery: Delivery::Result(result),
+    })
+    .map_err(|_| "the engine is shutting down".to_string())
 }

@@ -90,7 +90,10 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { timezone: "UTC".into(), grace_ms: 60_000 }
+        SchedulerConfig {
+            timezone: "UTC".into(),
+            grace_ms: 60_000,
+        }
     }
 }
 
@@ -150,7 +153,11 @@ pub struct ScheduleView {
 impl ScheduleView {
     pub fn of(row: &ScheduleRow) -> ScheduleView {
         let s = State::from_value(&row.state);
-        let tz = if s.timezone.is_empty() { "UTC".to_string() } else { s.timezone.clone() };
+        let tz = if s.timezone.is_empty() {
+            "UTC".to_string()
+        } else {
+            s.timezone.clone()
+        };
         ScheduleView {
             namespace: row.namespace.clone(),
             name: row.name.clone(),
@@ -185,7 +192,12 @@ pub async fn list(engine: &Engine) -> Result<Vec<ScheduleView>> {
 
 /// Pauses or resumes a workflow's schedule. On resume the ticks missed meanwhile follow the
 /// missed policy.
-pub async fn set_paused(engine: &Engine, ns: &str, name: &str, paused: bool) -> Result<ScheduleView> {
+pub async fn set_paused(
+    engine: &Engine,
+    ns: &str,
+    name: &str,
+    paused: bool,
+) -> Result<ScheduleView> {
     let store = engine.store();
     let (n, m) = (ns.to_string(), name.to_string());
     let now = crate::engine::now_ms();
@@ -203,7 +215,9 @@ pub async fn set_paused(engine: &Engine, ns: &str, name: &str, paused: bool) -> 
     Ok(ScheduleView::of(&row))
 }
 
-async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> kflow_store::Result<T> + Send + 'static) -> Result<T> {
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> kflow_store::Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))?
@@ -245,8 +259,15 @@ impl Scheduler {
     /// Attaches a scheduler to the engine and brings the rows in line with the registered
     /// definitions. Nothing fires until [`Scheduler::tick`] (or the loop of
     /// [`Scheduler::spawn`]).
-    pub async fn new(engine: Engine, config: SchedulerConfig, clock: Arc<dyn Clock>) -> Result<Scheduler> {
-        plan::parse_tz(&config.timezone).map_err(|e| EngineError::Invalid { message: format!("server timezone: {e}"), details: vec![] })?;
+    pub async fn new(
+        engine: Engine,
+        config: SchedulerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Scheduler> {
+        plan::parse_tz(&config.timezone).map_err(|e| EngineError::Invalid {
+            message: format!("server timezone: {e}"),
+            details: vec![],
+        })?;
         let inner = Arc::new(Inner {
             store: engine.store(),
             engine: engine.clone(),
@@ -270,7 +291,10 @@ impl Scheduler {
         let _g = self.inner.busy.lock().await;
         let store = self.inner.store.clone();
         let defs = run_blocking(move || store.list_definitions(None)).await?;
-        let mut names: Vec<(String, String)> = defs.iter().map(|d| (d.namespace.clone(), d.name.clone())).collect();
+        let mut names: Vec<(String, String)> = defs
+            .iter()
+            .map(|d| (d.namespace.clone(), d.name.clone()))
+            .collect();
         let store = self.inner.store.clone();
         for row in run_blocking(move || store.list_schedules()).await? {
             names.push((row.namespace, row.name));
@@ -340,7 +364,12 @@ impl Scheduler {
             }
         }
         loop {
-            let emitted: Vec<Value> = inner.emitted.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+            let emitted: Vec<Value> = inner
+                .emitted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .collect();
             for event in emitted {
                 let now = inner.clock.now_ms();
                 let _g = inner.busy.lock().await;
@@ -353,7 +382,10 @@ impl Scheduler {
                 eprintln!("kflow scheduler: {e}");
             }
             let store = inner.store.clone();
-            let next = run_blocking(move || store.next_schedule_fire()).await.ok().flatten();
+            let next = run_blocking(move || store.next_schedule_fire())
+                .await
+                .ok()
+                .flatten();
             let now = inner.clock.now_ms();
             let sleep = next.map_or(MAX_SLEEP_MS, |t| (t - now).clamp(20, MAX_SLEEP_MS));
             tokio::select! {
@@ -389,7 +421,10 @@ impl Observer for Inner {
         if !self.has_on_schedules() {
             return;
         }
-        self.emitted.lock().unwrap_or_else(|p| p.into_inner()).push_back(event);
+        self.emitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(event);
         self.wake.notify_one();
     }
 
@@ -402,10 +437,17 @@ impl Inner {
     /// Whether any schedule of this process is event-driven (every row's plan is cached by
     /// the syncs).
     fn has_on_schedules(&self) -> bool {
-        self.plans.lock().unwrap_or_else(|p| p.into_inner()).values().any(|(_, p)| matches!(p.trigger, Trigger::On(_)))
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|(_, p)| matches!(p.trigger, Trigger::On(_)))
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Store) -> kflow_store::Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> kflow_store::Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = self.store.clone();
         run_blocking(move || f(store.as_ref())).await
     }
@@ -421,7 +463,9 @@ impl Inner {
     ) -> Result<Option<ScheduleRow>> {
         for _ in 0..20 {
             let (n, m) = (ns.to_string(), name.to_string());
-            let Some(row) = self.blocking(move |s| s.get_schedule(&n, &m)).await? else { return Ok(None) };
+            let Some(row) = self.blocking(move |s| s.get_schedule(&n, &m)).await? else {
+                return Ok(None);
+            };
             let mut new = row.clone();
             let mut st = State::from_value(&row.state);
             if let Change::Keep = f(&mut new, &mut st) {
@@ -438,24 +482,45 @@ impl Inner {
                 return Ok(Some(new));
             }
         }
-        Err(EngineError::Conflict(format!("the schedule of {ns}/{name} keeps changing under the scheduler")))
+        Err(EngineError::Conflict(format!(
+            "the schedule of {ns}/{name} keeps changing under the scheduler"
+        )))
     }
 
     /// The plan of a row's definition (cached by fingerprint).
-    async fn plan_for(&self, row: &ScheduleRow, st: &State) -> std::result::Result<Arc<Plan>, String> {
+    async fn plan_for(
+        &self,
+        row: &ScheduleRow,
+        st: &State,
+    ) -> std::result::Result<Arc<Plan>, String> {
         let key = (row.namespace.clone(), row.name.clone());
-        if let Some((fp, plan)) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        if let Some((fp, plan)) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
             && *fp == st.fingerprint
         {
             return Ok(plan.clone());
         }
-        let wf = self.engine.compiled(&row.namespace, &row.name, &row.version).map_err(|e| e.to_string())?;
+        let wf = self
+            .engine
+            .compiled(&row.namespace, &row.name, &row.version)
+            .map_err(|e| e.to_string())?;
         let plan = match Plan::build(&wf, &self.config.timezone) {
             Ok(Some(p)) => Arc::new(p),
-            Ok(None) => return Err(format!("{}/{}@{} has no schedule", row.namespace, row.name, row.version)),
+            Ok(None) => {
+                return Err(format!(
+                    "{}/{}@{} has no schedule",
+                    row.namespace, row.name, row.version
+                ));
+            }
             Err(errs) => return Err(errs.join("; ")),
         };
-        self.plans.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (st.fingerprint.clone(), plan.clone()));
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (st.fingerprint.clone(), plan.clone()));
         Ok(plan)
     }
 
@@ -464,7 +529,10 @@ impl Inner {
         let now = self.clock.now_ms();
         let n = ns.to_string();
         let defs = self.blocking(move |s| s.list_definitions(Some(&n))).await?;
-        let target = defs.into_iter().filter(|d| d.name == name).find(|d| !d.deprecated);
+        let target = defs
+            .into_iter()
+            .filter(|d| d.name == name)
+            .find(|d| !d.deprecated);
         let built = match &target {
             None => None,
             Some(d) => match self.engine.compiled(ns, name, &d.version) {
@@ -479,12 +547,18 @@ impl Inner {
         };
         let key = (ns.to_string(), name.to_string());
         let Some((def, plan)) = built else {
-            self.plans.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            self.plans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
             let (n, m) = (ns.to_string(), name.to_string());
             self.blocking(move |s| s.delete_schedule(&n, &m)).await?;
             return Ok(());
         };
-        let tz = plan.as_ref().map(|p| p.timezone.clone()).unwrap_or_default();
+        let tz = plan
+            .as_ref()
+            .map(|p| p.timezone.clone())
+            .unwrap_or_default();
         let fingerprint = format!("{}|{tz}", def.hash);
         for _ in 0..20 {
             let (n, m) = (ns.to_string(), name.to_string());
@@ -493,21 +567,37 @@ impl Inner {
                 let st = State::from_value(&old.state);
                 if old.version == def.version && st.fingerprint == fingerprint {
                     if let Ok(p) = &plan {
-                        self.plans.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (fingerprint.clone(), p.clone()));
+                        self.plans
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key.clone(), (fingerprint.clone(), p.clone()));
                     }
                     return Ok(());
                 }
             }
-            let row = fresh_row(ns, name, old.as_ref(), &def.version, &fingerprint, &plan, now);
+            let row = fresh_row(
+                ns,
+                name,
+                old.as_ref(),
+                &def.version,
+                &fingerprint,
+                &plan,
+                now,
+            );
             let put = row.clone();
             if self.blocking(move |s| s.put_schedule(&put)).await? {
                 if let Ok(p) = &plan {
-                    self.plans.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (fingerprint.clone(), p.clone()));
+                    self.plans
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone(), (fingerprint.clone(), p.clone()));
                 }
                 return Ok(());
             }
         }
-        Err(EngineError::Conflict(format!("the schedule of {ns}/{name} keeps changing under the scheduler")))
+        Err(EngineError::Conflict(format!(
+            "the schedule of {ns}/{name} keeps changing under the scheduler"
+        )))
     }
 
     /// Phase one of a tick: for every row, forget finished instances, move the queue on, and
@@ -520,7 +610,8 @@ impl Inner {
                 continue;
             }
             let timed_due = !row.paused && row.next_fire_ms.is_some_and(|t| t <= now);
-            let after_idle = st.kind == "after" && row.next_fire_ms.is_none() && st.outbox.is_empty();
+            let after_idle =
+                st.kind == "after" && row.next_fire_ms.is_none() && st.outbox.is_empty();
             if !timed_due && st.running.is_empty() && st.queue.is_empty() && !after_idle {
                 continue;
             }
@@ -578,9 +669,13 @@ impl Inner {
         let mut done = Vec::new();
         loop {
             let (n, m) = (ns.to_string(), name.to_string());
-            let Some(row) = self.blocking(move |s| s.get_schedule(&n, &m)).await? else { break };
+            let Some(row) = self.blocking(move |s| s.get_schedule(&n, &m)).await? else {
+                break;
+            };
             let st = State::from_value(&row.state);
-            let Some(fire) = st.outbox.first().cloned() else { break };
+            let Some(fire) = st.outbox.first().cloned() else {
+                break;
+            };
             let tracked = match self.plan_for(&row, &st).await {
                 Ok(p) => state::tracks(&p),
                 Err(_) => true,
@@ -591,14 +686,20 @@ impl Inner {
                     Err(e) => return Err(e),
                 }
             }
-            let outcome = match self.engine.start_with_id(&fire.id, ns, name, &row.version, fire.input.clone()).await {
+            let outcome = match self
+                .engine
+                .start_with_id(&fire.id, ns, name, &row.version, fire.input.clone())
+                .await
+            {
                 Ok(inst) => Ok(inst.id),
                 Err(e @ (EngineError::Unavailable | EngineError::Store(_))) => return Err(e),
                 Err(e) => Err(e.to_string()),
             };
             let after = st.kind == "after";
             self.update(ns, name, now, |_, st| {
-                let Some(pos) = st.outbox.iter().position(|f| f.id == fire.id) else { return Change::Keep };
+                let Some(pos) = st.outbox.iter().position(|f| f.id == fire.id) else {
+                    return Change::Keep;
+                };
                 st.outbox.remove(pos);
                 match &outcome {
                     Ok(id) => {
@@ -624,7 +725,12 @@ impl Inner {
             {
                 self.watch(id);
             }
-            done.push(Fired { namespace: ns.to_string(), name: name.to_string(), fire_ms: fire.fire_ms, outcome });
+            done.push(Fired {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                fire_ms: fire.fire_ms,
+                outcome,
+            });
         }
         Ok(done)
     }
@@ -638,10 +744,15 @@ impl Inner {
             if row.paused || st.kind != "on" || st.error.is_some() {
                 continue;
             }
-            let Ok(plan) = self.plan_for(&row, &st).await else { continue };
-            let Trigger::On(spec) = &plan.trigger else { continue };
+            let Ok(plan) = self.plan_for(&row, &st).await else {
+                continue;
+            };
+            let Trigger::On(spec) = &plan.trigger else {
+                continue;
+            };
             // Cheap test first: does any filter match at all?
-            if !(spec.filters.is_empty() || spec.filters.iter().any(|f| f.matches(event).is_some())) {
+            if !(spec.filters.is_empty() || spec.filters.iter().any(|f| f.matches(event).is_some()))
+            {
                 continue;
             }
             let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::now_v7().to_string()).collect();
@@ -653,15 +764,31 @@ impl Inner {
                 let inputs = state::on_event(spec, st, event);
                 fired = !inputs.is_empty();
                 for (i, input) in inputs.into_iter().enumerate() {
-                    let id = ids.get(i).cloned().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-                    st.offer(plan.settings.overlap, Fire { id, fire_ms: now, input, cancel: Vec::new() });
+                    let id = ids
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                    st.offer(
+                        plan.settings.overlap,
+                        Fire {
+                            id,
+                            fire_ms: now,
+                            input,
+                            cancel: Vec::new(),
+                        },
+                    );
                     r.last_fire_ms = Some(now);
                 }
                 Change::Write
             })
             .await?;
             if fired {
-                started += self.execute_row(&row.namespace, &row.name, now).await?.iter().filter(|f| f.outcome.is_ok()).count();
+                started += self
+                    .execute_row(&row.namespace, &row.name, now)
+                    .await?
+                    .iter()
+                    .filter(|f| f.outcome.is_ok())
+                    .count();
             }
         }
         Ok(started)
@@ -669,13 +796,20 @@ impl Inner {
 
     /// Wakes the loop when a tracked instance finishes.
     fn watch(&self, id: &str) {
-        if !self.watching.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string()) {
+        if !self
+            .watching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+        {
             return;
         }
         let engine = self.engine.clone();
         let me = self.engine.observer();
         let id = id.to_string();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         rt.spawn(async move {
             loop {
                 match engine.wait_finished(&id, Duration::from_secs(3600)).await {
@@ -703,7 +837,11 @@ fn fresh_row(
 ) -> ScheduleRow {
     let old_state = old.map(|r| State::from_value(&r.state)).unwrap_or_default();
     let mut st = State {
-        created_ms: if old.is_some() { old_state.created_ms } else { now },
+        created_ms: if old.is_some() {
+            old_state.created_ms
+        } else {
+            now
+        },
         running: old_state.running.clone(),
         finished_ms: old_state.finished_ms,
         queue: old_state.queue.clone(),
@@ -739,11 +877,12 @@ fn fresh_row(
                         None
                     }
                 },
-                Trigger::Every { .. } => {
-                    Ticks::of(&p.trigger, st.created_ms).and_then(|t| t.next_after(now).ok().flatten())
-                }
+                Trigger::Every { .. } => Ticks::of(&p.trigger, st.created_ms)
+                    .and_then(|t| t.next_after(now).ok().flatten()),
                 // Kept while it was already an `after` schedule; else the first run is now.
-                Trigger::After { .. } if old_state.kind == "after" => old.and_then(|r| r.next_fire_ms),
+                Trigger::After { .. } if old_state.kind == "after" => {
+                    old.and_then(|r| r.next_fire_ms)
+                }
                 Trigger::After { .. } if st.busy() => None,
                 Trigger::After { .. } => Some(now),
                 Trigger::On(_) => None,
@@ -790,12 +929,21 @@ pub(crate) fn advance(
     }
     match &plan.trigger {
         Trigger::Cron(_) | Trigger::Every { .. } => {
-            let Some(next_fire) = row.next_fire_ms else { return };
-            let Some(ticks) = Ticks::of(&plan.trigger, st.created_ms) else { return };
+            let Some(next_fire) = row.next_fire_ms else {
+                return;
+            };
+            let Some(ticks) = Ticks::of(&plan.trigger, st.created_ms) else {
+                return;
+            };
             match state::due(&ticks, &plan.settings, next_fire, now, grace_ms) {
                 Ok(due) => {
                     for t in due.fires {
-                        let fire = Fire { id: state::tick_id(&row.namespace, &row.name, t), fire_ms: t, input: json!({}), cancel: vec![] };
+                        let fire = Fire {
+                            id: state::tick_id(&row.namespace, &row.name, t),
+                            fire_ms: t,
+                            input: json!({}),
+                            cancel: vec![],
+                        };
                         st.offer(plan.settings.overlap, fire);
                         row.last_fire_ms = Some(t);
                     }
@@ -818,7 +966,12 @@ pub(crate) fn advance(
                 && t <= now
                 && !st.busy()
             {
-                let fire = Fire { id: state::tick_id(&row.namespace, &row.name, t), fire_ms: t, input: json!({}), cancel: vec![] };
+                let fire = Fire {
+                    id: state::tick_id(&row.namespace, &row.name, t),
+                    fire_ms: t,
+                    input: json!({}),
+                    cancel: vec![],
+                };
                 st.outbox.push(fire);
                 row.last_fire_ms = Some(t);
                 row.next_fire_ms = None;

@@ -76,7 +76,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { timezone: None, missed: Missed::Skip, catchup_max: 1, overlap: Overlap::Allow }
+        Settings {
+            timezone: None,
+            missed: Missed::Skip,
+            catchup_max: 1,
+            overlap: Overlap::Allow,
+        }
     }
 }
 
@@ -84,19 +89,29 @@ const SETTINGS_KEYS: [&str; 4] = ["timezone", "missed", "catchupMax", "overlap"]
 
 /// Reads kflow's schedule settings from the document's metadata; every problem is listed.
 pub fn settings(metadata: &Map<String, Value>) -> Result<Option<Settings>, Vec<String>> {
-    let Some(kflow) = metadata.get("kflow") else { return Ok(None) };
+    let Some(kflow) = metadata.get("kflow") else {
+        return Ok(None);
+    };
     let Some(kflow) = kflow.as_object() else {
         return Err(vec!["document.metadata.kflow must be an object".into()]);
     };
-    let Some(raw) = kflow.get("schedule") else { return Ok(None) };
+    let Some(raw) = kflow.get("schedule") else {
+        return Ok(None);
+    };
     let Some(raw) = raw.as_object() else {
-        return Err(vec!["document.metadata.kflow.schedule must be an object".into()]);
+        return Err(vec![
+            "document.metadata.kflow.schedule must be an object".into(),
+        ]);
     };
     let at = |k: &str| format!("document.metadata.kflow.schedule.{k}");
     let mut errors = Vec::new();
     let mut s = Settings::default();
     for key in raw.keys().filter(|k| !SETTINGS_KEYS.contains(&k.as_str())) {
-        errors.push(format!("{}: unknown setting (expected one of: {})", at(key), SETTINGS_KEYS.join(", ")));
+        errors.push(format!(
+            "{}: unknown setting (expected one of: {})",
+            at(key),
+            SETTINGS_KEYS.join(", ")
+        ));
     }
     if let Some(v) = raw.get("timezone") {
         match v.as_str() {
@@ -104,20 +119,29 @@ pub fn settings(metadata: &Map<String, Value>) -> Result<Option<Settings>, Vec<S
                 Ok(_) => s.timezone = Some(name.to_string()),
                 Err(e) => errors.push(format!("{}: {e}", at("timezone"))),
             },
-            None => errors.push(format!("{}: must be a string (an IANA time zone such as Europe/Paris)", at("timezone"))),
+            None => errors.push(format!(
+                "{}: must be a string (an IANA time zone such as Europe/Paris)",
+                at("timezone")
+            )),
         }
     }
     if let Some(v) = raw.get("missed") {
         match v.as_str() {
             Some("skip") => s.missed = Missed::Skip,
             Some("catchup") => s.missed = Missed::Catchup,
-            _ => errors.push(format!("{}: expected 'skip' or 'catchup', got {v}", at("missed"))),
+            _ => errors.push(format!(
+                "{}: expected 'skip' or 'catchup', got {v}",
+                at("missed")
+            )),
         }
     }
     if let Some(v) = raw.get("catchupMax") {
         match v.as_u64() {
             Some(n) if (1..=1000).contains(&n) => s.catchup_max = n as u32,
-            _ => errors.push(format!("{}: expected an integer from 1 to 1000, got {v}", at("catchupMax"))),
+            _ => errors.push(format!(
+                "{}: expected an integer from 1 to 1000, got {v}",
+                at("catchupMax")
+            )),
         }
     }
     if let Some(v) = raw.get("overlap") {
@@ -126,14 +150,23 @@ pub fn settings(metadata: &Map<String, Value>) -> Result<Option<Settings>, Vec<S
             Some("skip") => s.overlap = Overlap::Skip,
             Some("queue") => s.overlap = Overlap::Queue,
             Some("cancel") => s.overlap = Overlap::Cancel,
-            _ => errors.push(format!("{}: expected 'allow', 'skip', 'queue' or 'cancel', got {v}", at("overlap"))),
+            _ => errors.push(format!(
+                "{}: expected 'allow', 'skip', 'queue' or 'cancel', got {v}",
+                at("overlap")
+            )),
         }
     }
-    if errors.is_empty() { Ok(Some(s)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(Some(s))
+    } else {
+        Err(errors)
+    }
 }
 
 pub fn parse_tz(name: &str) -> Result<Tz, String> {
-    Tz::from_str(name).map_err(|_| format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris or UTC)"))
+    Tz::from_str(name).map_err(|_| {
+        format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris or UTC)")
+    })
 }
 
 /// When a schedule fires.
@@ -141,9 +174,13 @@ pub fn parse_tz(name: &str) -> Result<Tz, String> {
 pub enum Trigger {
     Cron(Box<CronSpec>),
     /// Every `ms` from the schedule's creation.
-    Every { ms: i64 },
+    Every {
+        ms: i64,
+    },
     /// `ms` after the previous run finished (the first run at creation).
-    After { ms: i64 },
+    After {
+        ms: i64,
+    },
     On(OnSpec),
 }
 
@@ -179,18 +216,27 @@ pub struct CronSpec {
 
 /// A cron expression: 5 fields (minute first) or 6 (seconds first), or a nickname.
 pub fn parse_cron(text: &str) -> Result<Cron, String> {
-    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
-    parser.parse(text).map_err(|e| format!("invalid cron expression '{text}': {e}"))
+    let parser = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build();
+    parser
+        .parse(text)
+        .map_err(|e| format!("invalid cron expression '{text}': {e}"))
 }
 
 impl CronSpec {
     fn at(&self, ms: i64) -> Option<chrono::DateTime<Tz>> {
-        Utc.timestamp_millis_opt(ms).single().map(|t| t.with_timezone(&self.tz))
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .map(|t| t.with_timezone(&self.tz))
     }
 
     /// The first tick strictly after `ms`; Ok(None) when there is none (ever).
     pub fn next_after(&self, ms: i64) -> Result<Option<i64>, String> {
-        let start = self.at(ms).ok_or_else(|| format!("time {ms} is out of range"))?;
+        let start = self
+            .at(ms)
+            .ok_or_else(|| format!("time {ms} is out of range"))?;
         match self.cron.find_next_occurrence(&start, false) {
             Ok(t) => Ok(Some(t.timestamp_millis())),
             Err(CronError::TimeSearchLimitExceeded) => Ok(None),
@@ -201,14 +247,22 @@ impl CronSpec {
     /// The last tick at or before `ms`.
     pub fn latest_at_or_before(&self, ms: i64) -> Option<i64> {
         let start = self.at(ms)?;
-        self.cron.find_previous_occurrence(&start, true).ok().map(|t| t.timestamp_millis()).filter(|t| *t <= ms)
+        self.cron
+            .find_previous_occurrence(&start, true)
+            .ok()
+            .map(|t| t.timestamp_millis())
+            .filter(|t| *t <= ms)
     }
 
     /// The last tick strictly before `ms`.
     pub fn before(&self, ms: i64) -> Option<i64> {
         // `ms` is a tick (whole seconds); exclusive steps back one second.
         let start = self.at(ms)?;
-        self.cron.find_previous_occurrence(&start, false).ok().map(|t| t.timestamp_millis()).filter(|t| *t < ms)
+        self.cron
+            .find_previous_occurrence(&start, false)
+            .ok()
+            .map(|t| t.timestamp_millis())
+            .filter(|t| *t < ms)
     }
 }
 
@@ -268,7 +322,11 @@ impl OnSpec {
         match self.read {
             ReadMode::Envelope => event.clone(),
             ReadMode::Data => event.get("data").cloned().unwrap_or(Value::Null),
-            ReadMode::Raw => event.get("data").or_else(|| event.get("data_base64")).cloned().unwrap_or(Value::Null),
+            ReadMode::Raw => event
+                .get("data")
+                .or_else(|| event.get("data_base64"))
+                .cloned()
+                .unwrap_or(Value::Null),
         }
     }
 }
@@ -289,7 +347,10 @@ impl Plan {
         let Some(schedule) = &wf.schedule else {
             return match settings {
                 Ok(None) => Ok(None),
-                _ => Err(vec!["document.metadata.kflow.schedule is set but the workflow has no 'schedule'".into()]),
+                _ => Err(vec![
+                    "document.metadata.kflow.schedule is set but the workflow has no 'schedule'"
+                        .into(),
+                ]),
             };
         };
         // Every problem at once: the settings', then the schedule's own.
@@ -297,7 +358,10 @@ impl Plan {
             Ok(s) => (s.unwrap_or_default(), Vec::new()),
             Err(errors) => (Settings::default(), errors),
         };
-        let timezone = settings.timezone.clone().unwrap_or_else(|| default_tz.to_string());
+        let timezone = settings
+            .timezone
+            .clone()
+            .unwrap_or_else(|| default_tz.to_string());
         let tz = match parse_tz(&timezone) {
             Ok(tz) => tz,
             Err(e) => {
@@ -306,7 +370,11 @@ impl Plan {
             }
         };
         match trigger(schedule, tz) {
-            Ok(trigger) if errors.is_empty() => Ok(Some(Plan { trigger, settings, timezone })),
+            Ok(trigger) if errors.is_empty() => Ok(Some(Plan {
+                trigger,
+                settings,
+                timezone,
+            })),
             Ok(_) => Err(errors),
             Err(more) => {
                 errors.extend(more);
@@ -317,24 +385,41 @@ impl Plan {
 }
 
 fn trigger(s: &Schedule, tz: Tz) -> Result<Trigger, Vec<String>> {
-    let set: Vec<&str> = [("every", s.every.is_some()), ("cron", s.cron.is_some()), ("after", s.after.is_some()), ("on", s.on.is_some())]
-        .into_iter()
-        .filter_map(|(k, on)| on.then_some(k))
-        .collect();
+    let set: Vec<&str> = [
+        ("every", s.every.is_some()),
+        ("cron", s.cron.is_some()),
+        ("after", s.after.is_some()),
+        ("on", s.on.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, on)| on.then_some(k))
+    .collect();
     if set.len() != 1 {
         return Err(vec![format!(
             "schedule: kflow runs a schedule with exactly one of every, cron, after, on (found {})",
-            if set.is_empty() { "none".to_string() } else { set.join(", ") }
+            if set.is_empty() {
+                "none".to_string()
+            } else {
+                set.join(", ")
+            }
         )]);
     }
     if let Some(text) = &s.cron {
         let cron = parse_cron(text).map_err(|e| vec![format!("schedule.cron: {e}")])?;
-        let spec = CronSpec { text: text.clone(), cron, tz };
+        let spec = CronSpec {
+            text: text.clone(),
+            cron,
+            tz,
+        };
         // A pattern that matches no date at all (e.g. February 30th) never fires.
         let now = Utc::now().timestamp_millis();
         match spec.next_after(now) {
             Ok(Some(_)) => {}
-            Ok(None) => return Err(vec![format!("schedule.cron: '{text}' never fires (no date matches it)")]),
+            Ok(None) => {
+                return Err(vec![format!(
+                    "schedule.cron: '{text}' never fires (no date matches it)"
+                )]);
+            }
             Err(e) => return Err(vec![format!("schedule.cron: {e}")]),
         }
         return Ok(Trigger::Cron(Box::new(spec)));
@@ -342,19 +427,27 @@ fn trigger(s: &Schedule, tz: Tz) -> Result<Trigger, Vec<String>> {
     if let Some(d) = &s.every {
         let ms = duration(d, "schedule.every")?;
         if ms <= 0 {
-            return Err(vec!["schedule.every: the interval must be longer than zero".into()]);
+            return Err(vec![
+                "schedule.every: the interval must be longer than zero".into(),
+            ]);
         }
         return Ok(Trigger::Every { ms });
     }
     if let Some(d) = &s.after {
-        return Ok(Trigger::After { ms: duration(d, "schedule.after")? });
+        return Ok(Trigger::After {
+            ms: duration(d, "schedule.after")?,
+        });
     }
-    let Some(on) = &s.on else { unreachable!("one of the four is set") };
+    let Some(on) = &s.on else {
+        unreachable!("one of the four is set")
+    };
     Ok(Trigger::On(on_spec(on, s.read)?))
 }
 
 fn duration(d: &DurationSpec, what: &str) -> Result<i64, Vec<String>> {
-    let ms = d.millis(&Value::Null, &()).map_err(|e| vec![format!("{what}: {e}")])?;
+    let ms = d
+        .millis(&Value::Null, &())
+        .map_err(|e| vec![format!("{what}: {e}")])?;
     i64::try_from(ms).map_err(|_| vec![format!("{what}: the duration is too long")])
 }
 
@@ -380,7 +473,9 @@ fn on_spec(c: &Consumption, read: ReadMode) -> Result<OnSpec, Vec<String>> {
                 Some(t) => match t.eval(&Value::Null, &()) {
                     Ok(v) => Some(v),
                     Err(e) => {
-                        errors.push(format!("schedule.on: filter {i}: correlate.{key}.expect: {e}"));
+                        errors.push(format!(
+                            "schedule.on: filter {i}: correlate.{key}.expect: {e}"
+                        ));
                         continue;
                     }
                 },
@@ -393,7 +488,15 @@ fn on_spec(c: &Consumption, read: ReadMode) -> Result<OnSpec, Vec<String>> {
     if mode == OnMode::All && filters.is_empty() && errors.is_empty() {
         errors.push("schedule.on: 'all' needs at least one filter".into());
     }
-    if errors.is_empty() { Ok(OnSpec { mode, filters, read }) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(OnSpec {
+            mode,
+            filters,
+            read,
+        })
+    } else {
+        Err(errors)
+    }
 }
 
 /// The registration-time check: a schedule kflow cannot run is refused with the reasons.
@@ -434,9 +537,13 @@ pub fn iso_duration(ms: i64) -> String {
 
 /// Epoch milliseconds as RFC 3339 in a time zone (`2026-03-29T03:30:00+02:00`).
 pub fn rfc3339_in(ms: i64, timezone: &str) -> String {
-    let Some(t) = Utc.timestamp_millis_opt(ms).single() else { return String::new() };
+    let Some(t) = Utc.timestamp_millis_opt(ms).single() else {
+        return String::new();
+    };
     match parse_tz(timezone) {
-        Ok(tz) => t.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        Ok(tz) => t
+            .with_timezone(&tz)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
         Err(_) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     }
 }

@@ -152,14 +152,19 @@ pub fn tick_id(ns: &str, name: &str, fire_ms: i64) -> String {
     let digest = Sha256::digest(format!("kflow-schedule\0{ns}\0{name}\0{fire_ms}").as_bytes());
     let mut bytes = [0u8; 10];
     bytes.copy_from_slice(&digest[..10]);
-    uuid::Builder::from_unix_timestamp_millis(fire_ms.max(0) as u64, &bytes).into_uuid().to_string()
+    uuid::Builder::from_unix_timestamp_millis(fire_ms.max(0) as u64, &bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// The ticks of a timed trigger.
 pub enum Ticks<'a> {
     Cron(&'a CronSpec),
     /// `origin + k * ms`, k >= 1.
-    Every { origin: i64, ms: i64 },
+    Every {
+        origin: i64,
+        ms: i64,
+    },
 }
 
 impl Ticks<'_> {
@@ -175,7 +180,11 @@ impl Ticks<'_> {
         match self {
             Ticks::Cron(c) => c.next_after(t),
             Ticks::Every { origin, ms } => {
-                let k = if t < *origin { 1 } else { (t - origin) / ms + 1 };
+                let k = if t < *origin {
+                    1
+                } else {
+                    (t - origin) / ms + 1
+                };
                 Ok(origin.checked_add(k.saturating_mul(*ms)))
             }
         }
@@ -212,13 +221,25 @@ pub struct Due {
 /// Which ticks fire at `now` when `next_fire` was due: the latest tick fires if it is at most
 /// `grace_ms` late; the earlier ones (and the latest, if later than that) were missed, and
 /// follow the missed policy.
-pub fn due(ticks: &Ticks<'_>, settings: &Settings, next_fire: i64, now: i64, grace_ms: i64) -> Result<Due, String> {
+pub fn due(
+    ticks: &Ticks<'_>,
+    settings: &Settings,
+    next_fire: i64,
+    now: i64,
+    grace_ms: i64,
+) -> Result<Due, String> {
     let next = ticks.next_after(now)?;
     if next_fire > now {
-        return Ok(Due { fires: Vec::new(), next: Some(next_fire) });
+        return Ok(Due {
+            fires: Vec::new(),
+            next: Some(next_fire),
+        });
     }
     let Some(latest) = ticks.latest_at_or_before(now).filter(|t| *t >= next_fire) else {
-        return Ok(Due { fires: Vec::new(), next });
+        return Ok(Due {
+            fires: Vec::new(),
+            next,
+        });
     };
     let on_time = now - latest <= grace_ms;
     let catchup = match settings.missed {
@@ -254,17 +275,25 @@ pub fn on_event(spec: &OnSpec, state: &mut State, event: &Value) -> Vec<Value> {
         OnMode::One | OnMode::Any => {
             let hit = (spec.mode == OnMode::Any && spec.filters.is_empty())
                 || spec.filters.iter().any(|f| f.matches(event).is_some());
-            if hit { vec![Value::Array(vec![spec.read(event)])] } else { Vec::new() }
+            if hit {
+                vec![Value::Array(vec![spec.read(event)])]
+            } else {
+                Vec::new()
+            }
         }
         OnMode::All => {
             let n = spec.filters.len();
             let mut first_match: Option<(usize, Map<String, Value>)> = None;
             for (i, f) in spec.filters.iter().enumerate() {
-                let Some(keys) = f.matches(event) else { continue };
+                let Some(keys) = f.matches(event) else {
+                    continue;
+                };
                 // The oldest group that still waits for this filter and agrees on the keys.
                 let slot = state.groups.iter().position(|g| {
                     g.events.get(i).is_some_and(Option::is_none)
-                        && keys.iter().all(|(k, v)| g.keys.get(k).is_none_or(|have| have == v))
+                        && keys
+                            .iter()
+                            .all(|(k, v)| g.keys.get(k).is_none_or(|have| have == v))
                 });
                 if let Some(gi) = slot {
                     let g = &mut state.groups[gi];
@@ -272,7 +301,11 @@ pub fn on_event(spec: &OnSpec, state: &mut State, event: &Value) -> Vec<Value> {
                     g.keys.extend(keys);
                     if g.events.iter().all(Option::is_some) {
                         let g = state.groups.remove(gi);
-                        let input = g.events.into_iter().map(|e| spec.read(&e.unwrap_or(Value::Null))).collect();
+                        let input = g
+                            .events
+                            .into_iter()
+                            .map(|e| spec.read(&e.unwrap_or(Value::Null)))
+                            .collect();
                         return vec![Value::Array(input)];
                     }
                     return Vec::new();
@@ -281,7 +314,9 @@ pub fn on_event(spec: &OnSpec, state: &mut State, event: &Value) -> Vec<Value> {
                     first_match = Some((i, keys));
                 }
             }
-            let Some((i, keys)) = first_match else { return Vec::new() };
+            let Some((i, keys)) = first_match else {
+                return Vec::new();
+            };
             let mut events = vec![None; n];
             events[i] = Some(event.clone());
             if n == 1 {

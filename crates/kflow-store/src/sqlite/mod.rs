@@ -55,7 +55,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,10 +70,13 @@ impl SqliteStore {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Db(format!("cannot create directory {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Db(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut writer = Connection::open_with_flags(path, flags).map_err(|e| at(e.into()))?;
         configure_writer(&writer, Some(durability)).map_err(at)?;
         schema::migrate(&mut writer).map_err(at)?;
@@ -84,7 +89,10 @@ impl SqliteStore {
             readers.push(conn);
         }
         Ok(SqliteStore {
-            readers: Some(ReadPool { idle: Mutex::new(readers), available: Condvar::new() }),
+            readers: Some(ReadPool {
+                idle: Mutex::new(readers),
+                available: Condvar::new(),
+            }),
             writer: Mutex::new(writer),
             path: Some(path.to_path_buf()),
         })
@@ -95,7 +103,11 @@ impl SqliteStore {
         let mut writer = Connection::open_in_memory()?;
         configure_writer(&writer, None)?;
         schema::migrate(&mut writer)?;
-        Ok(SqliteStore { readers: None, writer: Mutex::new(writer), path: None })
+        Ok(SqliteStore {
+            readers: None,
+            writer: Mutex::new(writer),
+            path: None,
+        })
     }
 
     /// The database file (None in memory).
@@ -106,7 +118,10 @@ impl SqliteStore {
     /// Runs `f` on the writer connection. A transaction left open by a panicking holder is
     /// rolled back first.
     fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !conn.is_autocommit() {
             conn.execute_batch("ROLLBACK")?;
         }
@@ -126,7 +141,9 @@ impl SqliteStore {
 
     #[cfg(test)]
     fn writer_for_tests(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -149,9 +166,12 @@ fn configure_writer(conn: &Connection, durability: Option<Durability>) -> Result
     configure_common(conn)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     if let Some(durability) = durability {
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Db(format!("cannot enable WAL journal mode (got {mode})")));
+            return Err(StoreError::Db(format!(
+                "cannot enable WAL journal mode (got {mode})"
+            )));
         }
         let synchronous = match durability {
             Durability::Process => "NORMAL",
@@ -167,7 +187,9 @@ fn configure_writer(conn: &Connection, durability: Option<Durability>) -> Result
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(e.to_string()),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                StoreError::Corrupt(e.to_string())
+            }
             _ => StoreError::Db(e.to_string()),
         }
     }
@@ -184,7 +206,10 @@ impl ReadPool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(conn) = idle.pop() {
-                return PooledConn { pool: self, conn: Some(conn) };
+                return PooledConn {
+                    pool: self,
+                    conn: Some(conn),
+                };
             }
             idle = self.available.wait(idle).unwrap_or_else(|p| p.into_inner());
         }
@@ -198,14 +223,20 @@ struct PooledConn<'a> {
 
 impl PooledConn<'_> {
     fn conn(&self) -> &Connection {
-        self.conn.as_ref().expect("pooled connection present until drop")
+        self.conn
+            .as_ref()
+            .expect("pooled connection present until drop")
     }
 }
 
 impl Drop for PooledConn<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
             self.pool.available.notify_one();
         }
     }

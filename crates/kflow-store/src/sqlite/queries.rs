@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::SqliteStore;
 use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, Page, PutDefinition, Result,
-    ScheduleRow, Store, StoreError, WorkItem, cursor, semver,
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, Page,
+    PutDefinition, Result, ScheduleRow, Store, StoreError, WorkItem, cursor, semver,
 };
 
 // Column lists as macros so that every statement is one `&'static str` (no formatting on the
@@ -65,10 +65,15 @@ pub(super) const NEXT_SCHEDULE_FIRE: &str =
 
 /// The last history seq of ?1 (no row: 0): one probe of the primary-key index, however long the
 /// history is.
-pub(super) const LAST_SEQ: &str = "SELECT seq FROM history WHERE instance_id = ?1 ORDER BY seq DESC LIMIT 1";
+pub(super) const LAST_SEQ: &str =
+    "SELECT seq FROM history WHERE instance_id = ?1 ORDER BY seq DESC LIMIT 1";
 
 fn last_seq(conn: &Connection, id: &str) -> Result<i64> {
-    Ok(conn.prepare_cached(LAST_SEQ)?.query_row([id], |row| row.get(0)).optional()?.unwrap_or(0))
+    Ok(conn
+        .prepare_cached(LAST_SEQ)?
+        .query_row([id], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// Most rows a page of instances holds.
@@ -79,7 +84,8 @@ fn to_json(v: &Value) -> Result<String> {
 }
 
 fn from_json(text: &str, what: impl FnOnce() -> String) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{}: invalid JSON: {e}", what())))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("{}: invalid JSON: {e}", what())))
 }
 
 /// u64 effect ids are stored as the i64 with the same bits (SQLite integers are signed).
@@ -111,14 +117,20 @@ fn instance_row(row: &Row<'_>) -> Result<Instance> {
     let id: String = row.get(0)?;
     let status: String = row.get(4)?;
     let Some(status) = InstanceStatus::parse(&status) else {
-        return Err(StoreError::Corrupt(format!("instance {id}: unknown status {status:?}")));
+        return Err(StoreError::Corrupt(format!(
+            "instance {id}: unknown status {status:?}"
+        )));
     };
     let input: String = row.get(7)?;
     let output: Option<String> = row.get(8)?;
     let error: Option<String> = row.get(9)?;
     let input = from_json(&input, || format!("instance {id}: input"))?;
-    let output = output.map(|t| from_json(&t, || format!("instance {id}: output"))).transpose()?;
-    let error = error.map(|t| from_json(&t, || format!("instance {id}: error"))).transpose()?;
+    let output = output
+        .map(|t| from_json(&t, || format!("instance {id}: output")))
+        .transpose()?;
+    let error = error
+        .map(|t| from_json(&t, || format!("instance {id}: error")))
+        .transpose()?;
     Ok(Instance {
         namespace: row.get(1)?,
         name: row.get(2)?,
@@ -138,11 +150,23 @@ fn work_row(row: &Row<'_>) -> Result<WorkItem> {
     let effect_id = row.get::<_, i64>(1)? as u64;
     let attempts: i64 = row.get(5)?;
     let attempts = u32::try_from(attempts).map_err(|_| {
-        StoreError::Corrupt(format!("work {instance_id}/{effect_id}: attempts {attempts} out of range"))
+        StoreError::Corrupt(format!(
+            "work {instance_id}/{effect_id}: attempts {attempts} out of range"
+        ))
     })?;
     let effect: String = row.get(6)?;
-    let effect = from_json(&effect, || format!("work {instance_id}/{effect_id}: effect"))?;
-    Ok(WorkItem { task: row.get(2)?, kind: row.get(3)?, due_ms: row.get(4)?, attempts, effect, effect_id, instance_id })
+    let effect = from_json(&effect, || {
+        format!("work {instance_id}/{effect_id}: effect")
+    })?;
+    Ok(WorkItem {
+        task: row.get(2)?,
+        kind: row.get(3)?,
+        due_ms: row.get(4)?,
+        attempts,
+        effect,
+        effect_id,
+        instance_id,
+    })
 }
 
 fn schedule_row(row: &Row<'_>) -> Result<ScheduleRow> {
@@ -203,7 +227,10 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
     let id = c.instance_id.as_str();
     if let Some(inst) = &c.create {
         if inst.id != c.instance_id {
-            return Err(StoreError::Corrupt(format!("the commit of instance {id} creates instance {}", inst.id)));
+            return Err(StoreError::Corrupt(format!(
+                "the commit of instance {id} creates instance {}",
+                inst.id
+            )));
         }
         let output = inst.output.as_ref().map(to_json).transpose()?;
         let error = inst.error.as_ref().map(to_json).transpose()?;
@@ -250,7 +277,9 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
             }
             insert
                 .execute(params![id, ev.seq, ev.time_ms, ev.kind, to_json(&ev.data)?])
-                .map_err(context(|| format!("instance {id}: appending history seq {}", ev.seq)))?;
+                .map_err(context(|| {
+                    format!("instance {id}: appending history seq {}", ev.seq)
+                }))?;
         }
     }
 
@@ -276,12 +305,15 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
                     w.attempts,
                     to_json(&w.effect)?
                 ])
-                .map_err(context(|| format!("instance {id}: adding work {}", w.effect_id)))?;
+                .map_err(context(|| {
+                    format!("instance {id}: adding work {}", w.effect_id)
+                }))?;
         }
     }
 
     if !c.remove_work.is_empty() {
-        let mut delete = conn.prepare_cached("DELETE FROM work WHERE instance_id = ?1 AND effect_id = ?2")?;
+        let mut delete =
+            conn.prepare_cached("DELETE FROM work WHERE instance_id = ?1 AND effect_id = ?2")?;
         for effect_id in &c.remove_work {
             delete.execute(params![id, effect_key(*effect_id)])?;
         }
@@ -301,7 +333,9 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
             .prepare_cached("UPDATE instances SET status = ?2, output = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1")?
             .execute(params![id, status.as_str(), output, error, c.now_ms])?;
         if changed == 0 {
-            return Err(StoreError::Db(format!("cannot set the status of instance {id}: no such instance")));
+            return Err(StoreError::Db(format!(
+                "cannot set the status of instance {id}: no such instance"
+            )));
         }
     }
     Ok(())
@@ -345,10 +379,18 @@ pub(super) fn list_instances_sql(
         args.push(SqlValue::Integer(ms));
         args.push(SqlValue::Text(id));
     }
-    let clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
+    let clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
     args.push(SqlValue::Integer(i64::from(limit)));
     let sql = format!(
-        concat!("SELECT ", instance_columns!(), " FROM instances{} ORDER BY created_ms DESC, id DESC LIMIT ?"),
+        concat!(
+            "SELECT ",
+            instance_columns!(),
+            " FROM instances{} ORDER BY created_ms DESC, id DESC LIMIT ?"
+        ),
         clause
     );
     (sql, args)
@@ -388,7 +430,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get_definition(&self, namespace: &str, name: &str, version: Option<&str>) -> Result<Option<Definition>> {
+    fn get_definition(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Definition>> {
         self.read(|conn| {
             let version = match version {
                 Some(v) => v.to_string(),
@@ -423,11 +470,20 @@ impl Store for SqliteStore {
         let mut defs = self.read(|conn| match namespace {
             Some(ns) => query_all(
                 conn,
-                concat!("SELECT ", definition_columns!(), " FROM definitions WHERE namespace = ?1"),
+                concat!(
+                    "SELECT ",
+                    definition_columns!(),
+                    " FROM definitions WHERE namespace = ?1"
+                ),
                 [ns],
                 definition_row,
             ),
-            None => query_all(conn, concat!("SELECT ", definition_columns!(), " FROM definitions"), [], definition_row),
+            None => query_all(
+                conn,
+                concat!("SELECT ", definition_columns!(), " FROM definitions"),
+                [],
+                definition_row,
+            ),
         })?;
         defs.sort_by(|a, b| {
             a.namespace
@@ -438,7 +494,13 @@ impl Store for SqliteStore {
         Ok(defs)
     }
 
-    fn set_deprecated(&self, namespace: &str, name: &str, version: &str, deprecated: bool) -> Result<bool> {
+    fn set_deprecated(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        deprecated: bool,
+    ) -> Result<bool> {
         self.write(|conn| {
             let changed = conn
                 .prepare_cached(
@@ -468,22 +530,34 @@ impl Store for SqliteStore {
         self.read(|conn| {
             query_opt(
                 conn,
-                concat!("SELECT ", instance_columns!(), " FROM instances WHERE id = ?1"),
+                concat!(
+                    "SELECT ",
+                    instance_columns!(),
+                    " FROM instances WHERE id = ?1"
+                ),
                 [id],
                 instance_row,
             )
         })
     }
 
-    fn list_instances(&self, filter: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page> {
+    fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page> {
         let after = cursor.map(cursor::decode).transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
         // One row more than the page tells whether another page follows.
         let (sql, args) = list_instances_sql(filter, after, limit + 1);
-        let mut items = self.read(|conn| query_all(conn, &sql, params_from_iter(args), instance_row))?;
+        let mut items =
+            self.read(|conn| query_all(conn, &sql, params_from_iter(args), instance_row))?;
         let next = if items.len() > limit as usize {
             items.truncate(limit as usize);
-            items.last().map(|last| cursor::encode(last.created_ms, &last.id))
+            items
+                .last()
+                .map(|last| cursor::encode(last.created_ms, &last.id))
         } else {
             None
         };
@@ -509,7 +583,11 @@ impl Store for SqliteStore {
         self.read(|conn| {
             query_all(
                 conn,
-                concat!("SELECT ", work_columns!(), " FROM work w WHERE w.instance_id = ?1 ORDER BY w.effect_id"),
+                concat!(
+                    "SELECT ",
+                    work_columns!(),
+                    " FROM work w WHERE w.instance_id = ?1 ORDER BY w.effect_id"
+                ),
                 [id],
                 work_row,
             )
@@ -523,19 +601,25 @@ impl Store for SqliteStore {
     fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64> {
         let text = to_json(event)?;
         self.write(|conn| {
-            conn.prepare_cached("INSERT INTO events (received_ms, event) VALUES (?1, ?2)")?.execute(params![received_ms, text])?;
+            conn.prepare_cached("INSERT INTO events (received_ms, event) VALUES (?1, ?2)")?
+                .execute(params![received_ms, text])?;
             Ok(conn.last_insert_rowid())
         })
     }
 
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT id, event FROM events WHERE processed = 0 ORDER BY id LIMIT ?1")?;
-            let rows = stmt.query_map(params![limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, event FROM events WHERE processed = 0 ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
             let mut out = Vec::new();
             for r in rows {
                 let (id, text) = r?;
-                let v: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
+                let v: Value = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
                 out.push((id, v));
             }
             Ok(out)
@@ -547,7 +631,12 @@ impl Store for SqliteStore {
     }
 
     fn next_timer(&self) -> Result<Option<i64>> {
-        self.read(|conn| Ok(conn.prepare_cached(NEXT_TIMER)?.query_row([], |row| row.get(0)).optional()?))
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(NEXT_TIMER)?
+                .query_row([], |row| row.get(0))
+                .optional()?)
+        })
     }
 
     fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
@@ -562,7 +651,9 @@ impl Store for SqliteStore {
         attempts
             .map(|n| {
                 u32::try_from(n).map_err(|_| {
-                    StoreError::Corrupt(format!("work {instance_id}/{effect_id}: attempts {n} out of range"))
+                    StoreError::Corrupt(format!(
+                        "work {instance_id}/{effect_id}: attempts {n} out of range"
+                    ))
                 })
             })
             .transpose()
@@ -586,9 +677,12 @@ impl Store for SqliteStore {
 
     fn running_instances(&self) -> Result<Vec<String>> {
         self.read(|conn| {
-            query_all(conn, "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id", [], |row| {
-                Ok(row.get(0)?)
-            })
+            query_all(
+                conn,
+                "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id",
+                [],
+                |row| Ok(row.get(0)?),
+            )
         })
     }
 
@@ -596,7 +690,11 @@ impl Store for SqliteStore {
         self.read(|conn| {
             query_all(
                 conn,
-                concat!("SELECT ", schedule_columns!(), " FROM schedules ORDER BY namespace, name"),
+                concat!(
+                    "SELECT ",
+                    schedule_columns!(),
+                    " FROM schedules ORDER BY namespace, name"
+                ),
                 [],
                 schedule_row,
             )
@@ -607,7 +705,11 @@ impl Store for SqliteStore {
         self.read(|conn| {
             query_opt(
                 conn,
-                concat!("SELECT ", schedule_columns!(), " FROM schedules WHERE namespace = ?1 AND name = ?2"),
+                concat!(
+                    "SELECT ",
+                    schedule_columns!(),
+                    " FROM schedules WHERE namespace = ?1 AND name = ?2"
+                ),
                 params![namespace, name],
                 schedule_row,
             )
@@ -664,7 +766,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_schedule_paused(&self, namespace: &str, name: &str, paused: bool, now_ms: i64) -> Result<Option<ScheduleRow>> {
+    fn set_schedule_paused(
+        &self,
+        namespace: &str,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<Option<ScheduleRow>> {
         self.write(|conn| {
             query_opt(
                 conn,

@@ -112,7 +112,11 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
         |row| row.get(0),
     )?;
     let current: i64 = if has_versions {
-        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| row.get(0))?
+        tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |row| row.get(0),
+        )?
     } else {
         let tables: i64 = tx.query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
@@ -120,7 +124,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
             |row| row.get(0),
         )?;
         if tables > 0 {
-            return Err(StoreError::Db("not a kflow database: it has tables but no schema_version table".to_string()));
+            return Err(StoreError::Db(
+                "not a kflow database: it has tables but no schema_version table".to_string(),
+            ));
         }
         tx.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, applied_ms INTEGER NOT NULL)",
@@ -134,13 +140,20 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
         )));
     }
     if current < 0 {
-        return Err(StoreError::Corrupt(format!("invalid schema version {current}")));
+        return Err(StoreError::Corrupt(format!(
+            "invalid schema version {current}"
+        )));
     }
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     for version in current + 1..=SCHEMA_VERSION {
         tx.execute_batch(MIGRATIONS[(version - 1) as usize])?;
-        tx.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)", (version, now_ms))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)",
+            (version, now_ms),
+        )?;
     }
     tx.commit()?;
     Ok(())

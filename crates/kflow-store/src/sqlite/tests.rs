@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::{Durability, SCHEMA_VERSION, SqliteStore};
 use crate::testkit::{self, append, create, instance, work};
 use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result, ScheduleRow, Store, WorkItem,
+    Commit, Definition, HistoryEvent, Instance, InstanceFilter, Page, PutDefinition, Result,
+    ScheduleRow, Store, WorkItem,
 };
 
 /// A file store that deletes its directory when dropped (the store closes first).
@@ -29,14 +30,26 @@ impl Store for TempStore {
     fn put_definition(&self, def: &Definition) -> Result<PutDefinition> {
         self.store.put_definition(def)
     }
-    fn get_definition(&self, namespace: &str, name: &str, version: Option<&str>) -> Result<Option<Definition>> {
+    fn get_definition(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Definition>> {
         self.store.get_definition(namespace, name, version)
     }
     fn list_definitions(&self, namespace: Option<&str>) -> Result<Vec<Definition>> {
         self.store.list_definitions(namespace)
     }
-    fn set_deprecated(&self, namespace: &str, name: &str, version: &str, deprecated: bool) -> Result<bool> {
-        self.store.set_deprecated(namespace, name, version, deprecated)
+    fn set_deprecated(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        deprecated: bool,
+    ) -> Result<bool> {
+        self.store
+            .set_deprecated(namespace, name, version, deprecated)
     }
     fn apply(&self, commits: &[Commit]) -> Result<()> {
         self.store.apply(commits)
@@ -44,7 +57,12 @@ impl Store for TempStore {
     fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
         self.store.get_instance(id)
     }
-    fn list_instances(&self, filter: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page> {
+    fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page> {
         self.store.list_instances(filter, cursor, limit)
     }
     fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
@@ -92,8 +110,15 @@ impl Store for TempStore {
     fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool> {
         self.store.delete_schedule(namespace, name)
     }
-    fn set_schedule_paused(&self, namespace: &str, name: &str, paused: bool, now_ms: i64) -> Result<Option<ScheduleRow>> {
-        self.store.set_schedule_paused(namespace, name, paused, now_ms)
+    fn set_schedule_paused(
+        &self,
+        namespace: &str,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<Option<ScheduleRow>> {
+        self.store
+            .set_schedule_paused(namespace, name, paused, now_ms)
     }
     fn next_schedule_fire(&self) -> Result<Option<i64>> {
         self.store.next_schedule_fire()
@@ -116,20 +141,28 @@ fn conformance_suite_runner_on_full_durability_file() {
 }
 
 fn pragma<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, name: &str) -> T {
-    conn.pragma_query_value(None, name, |row| row.get(0)).expect("pragma")
+    conn.pragma_query_value(None, name, |row| row.get(0))
+        .expect("pragma")
 }
 
 fn schema_versions(path: &Path) -> Vec<i64> {
     let conn = rusqlite::Connection::open(path).expect("open");
-    let mut stmt = conn.prepare("SELECT version FROM schema_version ORDER BY version").expect("prepare");
-    stmt.query_map([], |row| row.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+    let mut stmt = conn
+        .prepare("SELECT version FROM schema_version ORDER BY version")
+        .expect("prepare");
+    stmt.query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
 }
 
 #[test]
 fn open_creates_directories_schema_and_pragmas() {
     let dir = tempfile::tempdir().unwrap();
     for (durability, synchronous) in [(Durability::Process, 1i64), (Durability::Full, 2)] {
-        let path = dir.path().join(format!("{durability:?}/nested/deeper/kflow.db"));
+        let path = dir
+            .path()
+            .join(format!("{durability:?}/nested/deeper/kflow.db"));
         let store = SqliteStore::open(&path, durability).expect("open");
         assert!(path.exists());
         assert_eq!(store.path(), Some(path.as_path()));
@@ -150,10 +183,17 @@ fn open_creates_directories_schema_and_pragmas() {
         }
         drop(readers);
         drop(store);
-        assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(
+            schema_versions(&path),
+            (1..=SCHEMA_VERSION).collect::<Vec<_>>()
+        );
     }
     // A relative path without a directory part works too.
-    assert!(Path::new("kflow.db").parent().is_some_and(|p| p.as_os_str().is_empty()));
+    assert!(
+        Path::new("kflow.db")
+            .parent()
+            .is_some_and(|p| p.as_os_str().is_empty())
+    );
 }
 
 #[test]
@@ -166,17 +206,26 @@ fn reopening_a_file_keeps_everything() {
     c.add_work = vec![work("keep", 1, "timer", 99), work("keep", 2, "listen", 5)];
     {
         let store = SqliteStore::open(&path, Durability::Full).unwrap();
-        store.put_definition(&testkit::definition("ns", "flow", "1.0.0", "h")).unwrap();
+        store
+            .put_definition(&testkit::definition("ns", "flow", "1.0.0", "h"))
+            .unwrap();
         store.set_deprecated("ns", "flow", "1.0.0", true).unwrap();
         store.apply(&[c, append("keep", 2..=3)]).unwrap();
         store.mark_attempt("keep", 1).unwrap();
     }
     for durability in [Durability::Process, Durability::Full] {
         let store = SqliteStore::open(&path, durability).unwrap();
-        let d = store.get_definition("ns", "flow", None).unwrap().expect("definition");
+        let d = store
+            .get_definition("ns", "flow", None)
+            .unwrap()
+            .expect("definition");
         assert!(d.deprecated);
         assert_eq!(store.get_instance("keep").unwrap(), Some(i.clone()));
-        let expected = if durability == Durability::Process { 3 } else { 4 };
+        let expected = if durability == Durability::Process {
+            3
+        } else {
+            4
+        };
         assert_eq!(store.last_seq("keep").unwrap(), expected);
         assert_eq!(store.history("keep", 0, 10).unwrap().len() as i64, expected);
         let rows = store.work_of("keep").unwrap();
@@ -192,7 +241,11 @@ fn reopening_a_file_keeps_everything() {
     }
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
     assert_eq!(store.last_seq("keep").unwrap(), 4);
-    assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>(), "no migration ran twice");
+    assert_eq!(
+        schema_versions(&path),
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>(),
+        "no migration ran twice"
+    );
 }
 
 /// A version-1 database (before schedules) is migrated to the current version on open, keeping
@@ -203,7 +256,9 @@ fn a_version_1_database_is_migrated() {
     let path = dir.path().join("kflow.db");
     {
         let store = SqliteStore::open(&path, Durability::Process).unwrap();
-        store.put_definition(&testkit::definition("ns", "flow", "1.0.0", "h")).unwrap();
+        store
+            .put_definition(&testkit::definition("ns", "flow", "1.0.0", "h"))
+            .unwrap();
     }
     {
         // Back to what version 1 wrote.
@@ -212,13 +267,25 @@ fn a_version_1_database_is_migrated() {
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
-    assert!(store.get_definition("ns", "flow", Some("1.0.0")).unwrap().is_some());
+    assert!(
+        store
+            .get_definition("ns", "flow", Some("1.0.0"))
+            .unwrap()
+            .is_some()
+    );
     assert!(store.list_schedules().unwrap().is_empty());
-    assert!(store.put_schedule(&testkit::schedule("ns", "flow", Some(5))).unwrap());
+    assert!(
+        store
+            .put_schedule(&testkit::schedule("ns", "flow", Some(5)))
+            .unwrap()
+    );
     assert_eq!(store.next_schedule_fire().unwrap(), Some(5));
     assert!(store.add_event(&serde_json::json!({"id": "e"}), 1).unwrap() > 0);
     drop(store);
-    assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    assert_eq!(
+        schema_versions(&path),
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -228,16 +295,29 @@ fn a_newer_schema_version_is_refused() {
     drop(SqliteStore::open(&path, Durability::Process).unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?1, 0)", [SCHEMA_VERSION + 1]).unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_ms) VALUES (?1, 0)",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
     }
     let err = SqliteStore::open(&path, Durability::Process).expect_err("must refuse");
     let msg = err.to_string();
     let newer = (SCHEMA_VERSION + 1).to_string();
-    for part in ["schema version", newer.as_str(), "newer", "upgrade kflow", path.to_str().unwrap()] {
+    for part in [
+        "schema version",
+        newer.as_str(),
+        "newer",
+        "upgrade kflow",
+        path.to_str().unwrap(),
+    ] {
         assert!(msg.contains(part), "{msg:?} should mention {part:?}");
     }
     // Nothing was changed by the attempt.
-    assert_eq!(schema_versions(&path), (1..=SCHEMA_VERSION + 1).collect::<Vec<_>>());
+    assert_eq!(
+        schema_versions(&path),
+        (1..=SCHEMA_VERSION + 1).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -246,7 +326,8 @@ fn a_foreign_database_is_refused() {
     let path = dir.path().join("other.db");
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY)").unwrap();
+        conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
+            .unwrap();
     }
     let err = SqliteStore::open(&path, Durability::Process).expect_err("must refuse");
     assert!(err.to_string().contains("not a kflow database"), "{err}");
@@ -295,8 +376,13 @@ fn reads_do_not_wait_for_a_long_write_transaction() {
             let start = Instant::now();
             for _ in 0..20 {
                 assert!(store.get_instance("committed").unwrap().is_some());
-                assert!(store.get_instance("uncommitted").unwrap().is_none(), "uncommitted rows are invisible");
-                let page = store.list_instances(&InstanceFilter::default(), None, 10).unwrap();
+                assert!(
+                    store.get_instance("uncommitted").unwrap().is_none(),
+                    "uncommitted rows are invisible"
+                );
+                let page = store
+                    .list_instances(&InstanceFilter::default(), None, 10)
+                    .unwrap();
                 assert_eq!(page.items.len(), 1);
                 assert_eq!(store.last_seq("committed").unwrap(), 1);
                 assert_eq!(store.history("committed", 0, 10).unwrap().len(), 1);
@@ -330,7 +416,11 @@ fn readers_share_the_pool() {
             });
         }
     });
-    assert_eq!(store.readers.as_ref().unwrap().idle.lock().unwrap().len(), super::READERS, "all given back");
+    assert_eq!(
+        store.readers.as_ref().unwrap().idle.lock().unwrap().len(),
+        super::READERS,
+        "all given back"
+    );
 }
 
 /// A panic while the writer connection is inside a transaction does not wedge the store.
@@ -351,7 +441,10 @@ fn the_writer_recovers_from_a_panic_inside_a_transaction() {
     }));
     assert!(result.is_err());
     store.apply(&[create(&instance("after", 3))]).unwrap();
-    assert!(store.get_instance("half").unwrap().is_none(), "the half-done transaction was rolled back");
+    assert!(
+        store.get_instance("half").unwrap().is_none(),
+        "the half-done transaction was rolled back"
+    );
     assert!(store.get_instance("after").unwrap().is_some());
 }
 
@@ -364,7 +457,9 @@ fn hot_queries_use_indexes() {
         let mut stmt = w.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let nulls = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
         let rows: Vec<String> = stmt
-            .query_map(rusqlite::params_from_iter(nulls), |row| row.get::<_, String>(3))
+            .query_map(rusqlite::params_from_iter(nulls), |row| {
+                row.get::<_, String>(3)
+            })
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
@@ -372,8 +467,15 @@ fn hot_queries_use_indexes() {
     };
     use super::queries::{DUE_WORK, LAST_SEQ, NEXT_SCHEDULE_FIRE, NEXT_TIMER, list_instances_sql};
     let list = |filter: InstanceFilter| list_instances_sql(&filter, Some((5, "x".into())), 10).0;
-    let by_definition = InstanceFilter { namespace: Some("a".into()), name: Some("b".into()), ..Default::default() };
-    let by_status = InstanceFilter { status: Some(crate::InstanceStatus::Running), ..Default::default() };
+    let by_definition = InstanceFilter {
+        namespace: Some("a".into()),
+        name: Some("b".into()),
+        ..Default::default()
+    };
+    let by_status = InstanceFilter {
+        status: Some(crate::InstanceStatus::Running),
+        ..Default::default()
+    };
     let cases = [
         (LAST_SEQ.to_string(), "sqlite_autoindex_history_1"),
         (NEXT_TIMER.to_string(), "work_kind"),
@@ -387,7 +489,10 @@ fn hot_queries_use_indexes() {
         let p = plan(&sql);
         assert!(p.contains(index), "{sql}: {p}");
         assert!(!p.contains("TEMP B-TREE"), "{sql} sorts: {p}");
-        assert!(!p.contains("SCAN w") && !p.contains("SCAN work"), "{sql} scans work: {p}");
+        assert!(
+            !p.contains("SCAN w") && !p.contains("SCAN work"),
+            "{sql} scans work: {p}"
+        );
     }
 }
 
@@ -405,7 +510,8 @@ fn commits_survive_the_process_being_killed() {
             store.apply(&[c, append(&id, 2..=3)]).unwrap();
         }
         let w = store.writer_for_tests();
-        w.execute_batch("BEGIN IMMEDIATE; DELETE FROM work; DELETE FROM history WHERE seq > 1;").unwrap();
+        w.execute_batch("BEGIN IMMEDIATE; DELETE FROM work; DELETE FROM history WHERE seq > 1;")
+            .unwrap();
         w.execute(
             "INSERT INTO instances (id, namespace, name, version, status, created_ms, updated_ms, input) \
              VALUES ('uncommitted', 'default', 'flow', '1.0.0', 'running', 2, 2, '{}')",
@@ -413,13 +519,19 @@ fn commits_survive_the_process_being_killed() {
         )
         .unwrap();
         // SIGKILL: nothing runs after it (no destructor, no close, no core dump).
-        let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
         std::process::abort();
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kflow.db");
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sqlite::tests::commits_survive_the_process_being_killed", "--test-threads=1"])
+        .args([
+            "--exact",
+            "sqlite::tests::commits_survive_the_process_being_killed",
+            "--test-threads=1",
+        ])
         .env(CHILD, &path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -427,11 +539,17 @@ fn commits_survive_the_process_being_killed() {
         .unwrap();
     assert!(!status.success(), "the child must die");
     #[cfg(unix)]
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed by SIGKILL");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by SIGKILL"
+    );
     assert!(path.exists());
 
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
-    let page = store.list_instances(&InstanceFilter::default(), None, 1000).unwrap();
+    let page = store
+        .list_instances(&InstanceFilter::default(), None, 1000)
+        .unwrap();
     assert_eq!(page.items.len(), 50);
     assert!(store.get_instance("uncommitted").unwrap().is_none());
     for i in 0..50 {
@@ -440,6 +558,9 @@ fn commits_survive_the_process_being_killed() {
         assert_eq!(store.work_of(&id).unwrap().len(), 1, "{id}");
     }
     assert_eq!(store.next_timer().unwrap(), Some(1_000));
-    let integrity: String = store.writer_for_tests().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let integrity: String = store
+        .writer_for_tests()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(integrity, "ok");
 }

@@ -32,7 +32,10 @@ impl Req {
 
     /// The first header with this (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn body_text(&self) -> String {
@@ -67,7 +70,10 @@ fn unescape(s: &str) -> String {
         if b[i] == b'+' {
             out.push(b' ');
         } else if b[i] == b'%' && i + 3 <= b.len() {
-            match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            match std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 Some(v) => {
                     out.push(v);
                     i += 2;
@@ -93,15 +99,24 @@ pub struct Resp {
 
 impl Resp {
     pub fn new(status: u16) -> Resp {
-        Resp { status, headers: Vec::new(), body: Vec::new(), delay: None }
+        Resp {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            delay: None,
+        }
     }
 
     pub fn json(status: u16, v: &Value) -> Resp {
-        Resp::new(status).header("content-type", "application/json").body(v.to_string())
+        Resp::new(status)
+            .header("content-type", "application/json")
+            .body(v.to_string())
     }
 
     pub fn text(status: u16, content_type: &str, s: &str) -> Resp {
-        Resp::new(status).header("content-type", content_type).body(s)
+        Resp::new(status)
+            .header("content-type", content_type)
+            .body(s)
     }
 
     pub fn header(mut self, k: &str, v: &str) -> Resp {
@@ -143,7 +158,9 @@ impl Server {
         let reqs = requests.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { break };
+                let Ok((sock, _)) = listener.accept().await else {
+                    break;
+                };
                 let handler = handler.clone();
                 let reqs = reqs.clone();
                 tokio::spawn(async move {
@@ -151,7 +168,11 @@ impl Server {
                 });
             }
         });
-        Server { base: format!("http://{addr}"), requests, task }
+        Server {
+            base: format!("http://{addr}"),
+            requests,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -167,7 +188,11 @@ impl Server {
     }
 }
 
-async fn serve(mut sock: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec<Req>>>) -> std::io::Result<()> {
+async fn serve(
+    mut sock: TcpStream,
+    handler: Handler,
+    reqs: Arc<Mutex<Vec<Req>>>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -190,7 +215,11 @@ async fn serve(mut sock: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec<Req>>>
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
         let n = sock.read(&mut chunk).await?;
@@ -199,7 +228,12 @@ async fn serve(mut sock: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec<Req>>>
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    let req = Req { method, target, headers, body };
+    let req = Req {
+        method,
+        target,
+        headers,
+        body,
+    };
     reqs.lock().unwrap().push(req.clone());
     let resp = handler(&req);
     if let Some(d) = resp.delay {
@@ -209,7 +243,10 @@ async fn serve(mut sock: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec<Req>>>
     for (k, v) in &resp.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    out.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", resp.body.len()));
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        resp.body.len()
+    ));
     sock.write_all(out.as_bytes()).await?;
     sock.write_all(&resp.body).await?;
     sock.shutdown().await?;
@@ -217,7 +254,12 @@ async fn serve(mut sock: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec<Req>>>
 }
 
 pub fn ctx() -> EffectCtx {
-    EffectCtx { instance_id: "inst-1".into(), effect_id: 42, task: "/do/0/t".into(), attempt: 1 }
+    EffectCtx {
+        instance_id: "inst-1".into(),
+        effect_id: 42,
+        task: "/do/0/t".into(),
+        attempt: 1,
+    }
 }
 
 /// A JSON object literal as a map.

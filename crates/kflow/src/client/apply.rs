@@ -16,29 +16,38 @@ use super::render;
 const DOC_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
 fn has_doc_extension(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| DOC_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| DOC_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The files `-f` names: a file as is, a folder as its *.yaml/*.yml/*.json files, sorted.
 pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?;
         if !meta.is_dir() {
             out.push(p.clone());
             continue;
         }
-        let entries = std::fs::read_dir(p).map_err(|e| Failure::Usage(format!("cannot read the folder {}: {e}", p.display())))?;
+        let entries = std::fs::read_dir(p)
+            .map_err(|e| Failure::Usage(format!("cannot read the folder {}: {e}", p.display())))?;
         let mut docs = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Failure::Usage(format!("cannot read the folder {}: {e}", p.display())))?;
+            let entry = entry.map_err(|e| {
+                Failure::Usage(format!("cannot read the folder {}: {e}", p.display()))
+            })?;
             let path = entry.path();
             if has_doc_extension(&path) && path.is_file() {
                 docs.push(path);
             }
         }
         if docs.is_empty() {
-            return Err(Failure::Usage(format!("{} holds no *.yaml, *.yml or *.json file", p.display())));
+            return Err(Failure::Usage(format!(
+                "{} holds no *.yaml, *.yml or *.json file",
+                p.display()
+            )));
         }
         docs.sort();
         out.extend(docs);
@@ -47,9 +56,15 @@ pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
 }
 
 fn content_type(path: &Path, bytes: &[u8]) -> &'static str {
-    let json_ext = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let json_ext = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if json_ext || first == Some(&b'{') { "application/json" } else { "application/yaml" }
+    if json_ext || first == Some(&b'{') {
+        "application/json"
+    } else {
+        "application/yaml"
+    }
 }
 
 /// `kflow apply -f FILE|DIR ...`.
@@ -57,7 +72,8 @@ pub async fn apply(api: &Api, paths: &[PathBuf]) -> Result<ExitCode, Failure> {
     let files = expand(paths)?;
     let mut docs = Vec::with_capacity(files.len());
     for f in files {
-        let bytes = std::fs::read(&f).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", f.display())))?;
+        let bytes = std::fs::read(&f)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", f.display())))?;
         docs.push((f, bytes));
     }
     let mut failed = false;
@@ -71,7 +87,11 @@ pub async fn apply(api: &Api, paths: &[PathBuf]) -> Result<ExitCode, Failure> {
                     None => "unchanged".into(),
                 };
                 let label = render::workflow_label(&v);
-                let label = if label.starts_with('/') { path.display().to_string() } else { label };
+                let label = if label.starts_with('/') {
+                    path.display().to_string()
+                } else {
+                    label
+                };
                 println!("{label} {outcome}");
             }
             Err(Failure::Api { status, error }) => {
@@ -98,7 +118,9 @@ pub fn parse_events(text: &str, shown: &str) -> Result<Vec<Value>, String> {
     if let Ok(v) = serde_json::from_str::<Value>(trimmed) {
         match v {
             Value::Object(_) => return Ok(vec![v]),
-            Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => return Ok(items),
+            Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+                return Ok(items);
+            }
             _ => return Err(format!("{shown}: expected CloudEvent JSON objects")),
         }
     }
@@ -139,7 +161,8 @@ pub async fn send_events(api: &Api, file: &Path) -> Result<ExitCode, Failure> {
             .map_err(|e| Failure::Usage(format!("cannot read the events from stdin: {e}")))?;
         (s, "<stdin>".to_owned())
     } else {
-        let s = std::fs::read_to_string(file).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+        let s = std::fs::read_to_string(file)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
         (s, file.display().to_string())
     };
     let events = parse_events(&text, &shown).map_err(Failure::Usage)?;
@@ -147,8 +170,16 @@ pub async fn send_events(api: &Api, file: &Path) -> Result<ExitCode, Failure> {
     for (i, ev) in events.iter().enumerate() {
         let label = event_label(ev, i + 1);
         let body = serde_json::to_vec(ev).unwrap_or_default();
-        match api.post_bytes(&["events"], "application/cloudevents+json", body).await {
-            Ok((_, v)) => println!("{label}: matched {}", v.get("matched").map(render::scalar).unwrap_or_else(|| "?".into())),
+        match api
+            .post_bytes(&["events"], "application/cloudevents+json", body)
+            .await
+        {
+            Ok((_, v)) => println!(
+                "{label}: matched {}",
+                v.get("matched")
+                    .map(render::scalar)
+                    .unwrap_or_else(|| "?".into())
+            ),
             Err(Failure::Api { status, error }) => {
                 failed = true;
                 eprintln!("{label}: {}", error.render(status));
@@ -171,19 +202,42 @@ mod tests {
     #[test]
     fn events_one_object_array_or_lines() {
         let one = "{\n  \"id\": \"1\",\n  \"type\": \"t\"\n}\n";
-        assert_eq!(parse_events(one, "f").unwrap(), vec![json!({"id": "1", "type": "t"})]);
-        assert_eq!(parse_events("[{\"id\":\"1\"},{\"id\":\"2\"}]", "f").unwrap().len(), 2);
+        assert_eq!(
+            parse_events(one, "f").unwrap(),
+            vec![json!({"id": "1", "type": "t"})]
+        );
+        assert_eq!(
+            parse_events("[{\"id\":\"1\"},{\"id\":\"2\"}]", "f")
+                .unwrap()
+                .len(),
+            2
+        );
         let lines = "# comment\n{\"id\":\"1\"}\n\n{\"id\":\"2\"}\n";
-        assert_eq!(parse_events(lines, "f").unwrap(), vec![json!({"id": "1"}), json!({"id": "2"})]);
-        assert_eq!(parse_events("{\"id\":\"1\"}\nnope\n", "f").unwrap_err().split(": not").next(), Some("f:2"));
+        assert_eq!(
+            parse_events(lines, "f").unwrap(),
+            vec![json!({"id": "1"}), json!({"id": "2"})]
+        );
+        assert_eq!(
+            parse_events("{\"id\":\"1\"}\nnope\n", "f")
+                .unwrap_err()
+                .split(": not")
+                .next(),
+            Some("f:2")
+        );
         assert!(parse_events("  \n", "f").is_err());
         assert!(parse_events("[1]", "f").is_err());
     }
 
     #[test]
     fn event_labels() {
-        assert_eq!(event_label(&json!({"id": "e1", "type": "order.placed"}), 1), "e1 (order.placed)");
-        assert_eq!(event_label(&json!({"type": "order.placed"}), 3), "event 3 (order.placed)");
+        assert_eq!(
+            event_label(&json!({"id": "e1", "type": "order.placed"}), 1),
+            "e1 (order.placed)"
+        );
+        assert_eq!(
+            event_label(&json!({"type": "order.placed"}), 3),
+            "event 3 (order.placed)"
+        );
         assert_eq!(event_label(&json!({}), 2), "event 2");
     }
 
@@ -195,16 +249,31 @@ mod tests {
             std::fs::write(dir.join(f), "x").unwrap();
         }
         let got = expand(std::slice::from_ref(&dir)).unwrap();
-        let names: Vec<_> = got.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<_> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, ["a.yaml", "b.yml", "c.JSON"]);
-        assert!(matches!(expand(&[dir.join("missing.yaml")]), Err(Failure::Usage(_))));
+        assert!(matches!(
+            expand(&[dir.join("missing.yaml")]),
+            Err(Failure::Usage(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type(Path::new("a.json"), b"document: {}"), "application/json");
-        assert_eq!(content_type(Path::new("a.yaml"), b"  {\"document\": {}}"), "application/json");
-        assert_eq!(content_type(Path::new("a.yaml"), b"document:\n"), "application/yaml");
+        assert_eq!(
+            content_type(Path::new("a.json"), b"document: {}"),
+            "application/json"
+        );
+        assert_eq!(
+            content_type(Path::new("a.yaml"), b"  {\"document\": {}}"),
+            "application/json"
+        );
+        assert_eq!(
+            content_type(Path::new("a.yaml"), b"document:\n"),
+            "application/yaml"
+        );
     }
 }

@@ -40,7 +40,9 @@ impl Failure {
     pub fn render(&self) -> String {
         match self {
             Failure::Usage(m) | Failure::Protocol(m) => format!("kflow: {m}"),
-            Failure::Unreachable { url, detail } => format!("kflow: no kflow server answered at {url} ({detail})"),
+            Failure::Unreachable { url, detail } => {
+                format!("kflow: no kflow server answered at {url} ({detail})")
+            }
             Failure::Api { status, error } => format!("kflow: {}", error.render(*status)),
         }
     }
@@ -71,7 +73,11 @@ impl ApiError {
                     Some(other) => vec![other.clone()],
                 };
                 let message = message.unwrap_or_else(|| format!("HTTP {status}"));
-                return ApiError { code, message, details };
+                return ApiError {
+                    code,
+                    message,
+                    details,
+                };
             }
         }
         let text = String::from_utf8_lossy(body);
@@ -79,9 +85,16 @@ impl ApiError {
         let message = if text.is_empty() {
             format!("the server answered HTTP {status}")
         } else {
-            format!("the server answered HTTP {status}: {}", super::render::clip(text, 500))
+            format!(
+                "the server answered HTTP {status}: {}",
+                super::render::clip(text, 500)
+            )
         };
-        ApiError { code: None, message, details: Vec::new() }
+        ApiError {
+            code: None,
+            message,
+            details: Vec::new(),
+        }
     }
 
     /// The message, then one indented line per detail.
@@ -101,7 +114,9 @@ pub fn render_detail(d: &Value) -> String {
     match d {
         Value::String(s) => s.clone(),
         Value::Object(m) => {
-            let Some(msg) = m.get("message").and_then(Value::as_str) else { return d.to_string() };
+            let Some(msg) = m.get("message").and_then(Value::as_str) else {
+                return d.to_string();
+            };
             let num = |k: &str| m.get(k).and_then(Value::as_u64);
             let mut at = String::new();
             if let Some(line) = num("line") {
@@ -112,11 +127,19 @@ pub fn render_detail(d: &Value) -> String {
             }
             for k in ["path", "pointer", "field", "location"] {
                 if let Some(p) = m.get(k).and_then(Value::as_str).filter(|p| !p.is_empty()) {
-                    at = if at.is_empty() { p.to_owned() } else { format!("{at} {p}") };
+                    at = if at.is_empty() {
+                        p.to_owned()
+                    } else {
+                        format!("{at} {p}")
+                    };
                     break;
                 }
             }
-            if at.is_empty() { msg.to_owned() } else { format!("{at}: {msg}") }
+            if at.is_empty() {
+                msg.to_owned()
+            } else {
+                format!("{at}: {msg}")
+            }
         }
         other => other.to_string(),
     }
@@ -131,9 +154,12 @@ pub struct Api {
 impl Api {
     pub fn new(args: &ServerArgs) -> Result<Api, Failure> {
         let raw = args.server.trim();
-        let base = Url::parse(raw).map_err(|e| Failure::Usage(format!("--server {raw:?} is not a URL: {e}")))?;
+        let base = Url::parse(raw)
+            .map_err(|e| Failure::Usage(format!("--server {raw:?} is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(Failure::Usage(format!("--server {raw:?} must be an http:// or https:// URL")));
+            return Err(Failure::Usage(format!(
+                "--server {raw:?} must be an http:// or https:// URL"
+            )));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(TIMEOUT)
@@ -160,7 +186,9 @@ impl Api {
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
-        self.http.request(method, self.url(segments)).header(reqwest::header::ACCEPT, "application/json")
+        self.http
+            .request(method, self.url(segments))
+            .header(reqwest::header::ACCEPT, "application/json")
     }
 
     pub async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Value, Failure> {
@@ -180,28 +208,43 @@ impl Api {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Value), Failure> {
-        let req = self.request(Method::POST, segments).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+        let req = self
+            .request(Method::POST, segments)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
         self.json(req).await
     }
 
     /// Opens a server-sent-events stream (no overall timeout).
     pub async fn stream(&self, segments: &[&str]) -> Result<Response, Failure> {
-        let req = self.request(Method::GET, segments).header(reqwest::header::ACCEPT, "text/event-stream");
+        let req = self
+            .request(Method::GET, segments)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
         let resp = req.send().await.map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-            return Err(Failure::Api { status, error: ApiError::from_body(status, &body) });
+            return Err(Failure::Api {
+                status,
+                error: ApiError::from_body(status, &body),
+            });
         }
         Ok(resp)
     }
 
     async fn json(&self, req: RequestBuilder) -> Result<(u16, Value), Failure> {
-        let resp = req.timeout(TIMEOUT).send().await.map_err(|e| self.transport(e))?;
+        let resp = req
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| self.transport(e))?;
         if status >= 400 {
-            return Err(Failure::Api { status, error: ApiError::from_body(status, &body) });
+            return Err(Failure::Api {
+                status,
+                error: ApiError::from_body(status, &body),
+            });
         }
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok((status, Value::Null));
@@ -224,9 +267,15 @@ impl Api {
             root_cause(&e)
         };
         if e.is_connect() || e.is_timeout() || e.is_request() {
-            Failure::Unreachable { url: self.base().to_owned(), detail }
+            Failure::Unreachable {
+                url: self.base().to_owned(),
+                detail,
+            }
         } else {
-            Failure::Protocol(format!("talking to the server at {} failed: {detail}", self.base()))
+            Failure::Protocol(format!(
+                "talking to the server at {} failed: {detail}",
+                self.base()
+            ))
         }
     }
 }
@@ -256,17 +305,26 @@ mod tests {
             e.render(400),
             "the workflow is invalid\n  3:5: unknown task kind\n  7:2: bad duration\n  /do/0: missing\n  {\"x\":1}"
         );
-        let f = Failure::Api { status: 400, error: e };
+        let f = Failure::Api {
+            status: 400,
+            error: e,
+        };
         assert_eq!(f.exit_code(), 1);
         assert!(f.render().starts_with("kflow: the workflow is invalid\n"));
     }
 
     #[test]
     fn error_body_without_details_or_not_json() {
-        let e = ApiError::from_body(409, br#"{"error":{"code":"conflict","message":"version exists"}}"#);
+        let e = ApiError::from_body(
+            409,
+            br#"{"error":{"code":"conflict","message":"version exists"}}"#,
+        );
         assert_eq!(e.render(409), "version exists");
         let e = ApiError::from_body(502, b"<html>Bad Gateway</html>");
-        assert_eq!(e.message, "the server answered HTTP 502: <html>Bad Gateway</html>");
+        assert_eq!(
+            e.message,
+            "the server answered HTTP 502: <html>Bad Gateway</html>"
+        );
         let e = ApiError::from_body(404, b"");
         assert_eq!(e.message, "the server answered HTTP 404");
         let e = ApiError::from_body(500, br#"{"error":{"code":"internal"}}"#);
@@ -275,11 +333,28 @@ mod tests {
 
     #[test]
     fn urls_encode_segments_and_keep_prefixes() {
-        let api = Api::new(&ServerArgs { server: "http://h:1/kflow/".into() }).unwrap();
-        assert_eq!(api.url(&["instances", "a/b c", "cancel"]).as_str(), "http://h:1/kflow/api/v1/instances/a%2Fb%20c/cancel");
+        let api = Api::new(&ServerArgs {
+            server: "http://h:1/kflow/".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            api.url(&["instances", "a/b c", "cancel"]).as_str(),
+            "http://h:1/kflow/api/v1/instances/a%2Fb%20c/cancel"
+        );
         assert_eq!(api.base(), "http://h:1/kflow");
-        let api = Api::new(&ServerArgs { server: "http://127.0.0.1:8080".into() }).unwrap();
-        assert_eq!(api.url(&["events"]).as_str(), "http://127.0.0.1:8080/api/v1/events");
-        assert!(matches!(Api::new(&ServerArgs { server: "localhost".into() }), Err(Failure::Usage(_))));
+        let api = Api::new(&ServerArgs {
+            server: "http://127.0.0.1:8080".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            api.url(&["events"]).as_str(),
+            "http://127.0.0.1:8080/api/v1/events"
+        );
+        assert!(matches!(
+            Api::new(&ServerArgs {
+                server: "localhost".into()
+            }),
+            Err(Failure::Usage(_))
+        ));
     }
 }

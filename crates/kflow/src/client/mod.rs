@@ -28,7 +28,12 @@ pub use http::Failure;
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// The kflow server's base URL.
-    #[arg(long, env = "KFLOW_SERVER", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    #[arg(
+        long,
+        env = "KFLOW_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
     pub server: String,
 }
 
@@ -78,7 +83,12 @@ pub enum ClientCommand {
     /// Register workflow definitions with the server (one line per document).
     Apply {
         /// A workflow document, or a folder: every *.yaml, *.yml and *.json in it (sorted).
-        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR", required = true)]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE|DIR",
+            required = true
+        )]
         files: Vec<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
@@ -213,7 +223,10 @@ pub struct ListArgs {
 
 /// Runs one client verb to its end; the only entry point `main` needs.
 pub fn run(cmd: ClientCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kflow: cannot start the async runtime: {e}");
@@ -232,17 +245,46 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
 async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
     match cmd {
         ClientCommand::Worker(args) => worker::worker(args).await,
-        ClientCommand::Workers { out, server } => worker::workers(&http::Api::new(&server)?, out.output).await,
-        ClientCommand::Queues { out, server } => worker::queues(&http::Api::new(&server)?, out.output).await,
-        ClientCommand::Explain { id, out, server } => worker::explain(&http::Api::new(&server)?, &id, out.output).await,
-        ClientCommand::Apply { files, server } => apply::apply(&http::Api::new(&server)?, &files).await,
-        ClientCommand::Start { workflow, input, input_file, wait, watch, priority, server } => {
+        ClientCommand::Workers { out, server } => {
+            worker::workers(&http::Api::new(&server)?, out.output).await
+        }
+        ClientCommand::Queues { out, server } => {
+            worker::queues(&http::Api::new(&server)?, out.output).await
+        }
+        ClientCommand::Explain { id, out, server } => {
+            worker::explain(&http::Api::new(&server)?, &id, out.output).await
+        }
+        ClientCommand::Apply { files, server } => {
+            apply::apply(&http::Api::new(&server)?, &files).await
+        }
+        ClientCommand::Start {
+            workflow,
+            input,
+            input_file,
+            wait,
+            watch,
+            priority,
+            server,
+        } => {
             let api = http::Api::new(&server)?;
-            let opts = verbs::StartOptions { workflow, input, input_file, wait, watch, priority };
+            let opts = verbs::StartOptions {
+                workflow,
+                input,
+                input_file,
+                wait,
+                watch,
+                priority,
+            };
             verbs::start(&api, opts).await
         }
-        ClientCommand::Get { id, out, server } => verbs::get(&http::Api::new(&server)?, &id, out.output).await,
-        ClientCommand::Ls { filter, out, server } => verbs::ls(&http::Api::new(&server)?, &filter, out.output).await,
+        ClientCommand::Get { id, out, server } => {
+            verbs::get(&http::Api::new(&server)?, &id, out.output).await
+        }
+        ClientCommand::Ls {
+            filter,
+            out,
+            server,
+        } => verbs::ls(&http::Api::new(&server)?, &filter, out.output).await,
         ClientCommand::Cancel { id, out, server } => {
             verbs::control(&http::Api::new(&server)?, &id, "cancel", out.output).await
         }
@@ -255,15 +297,19 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         ClientCommand::History { id, out, server } => {
             verbs::history(&http::Api::new(&server)?, &id, out.output).await
         }
-        ClientCommand::Schedules { command: None, out, server } => {
-            schedules::list(&http::Api::new(&server)?, out.output).await
-        }
-        ClientCommand::Schedules { command: Some(cmd), .. } => {
+        ClientCommand::Schedules {
+            command: None,
+            out,
+            server,
+        } => schedules::list(&http::Api::new(&server)?, out.output).await,
+        ClientCommand::Schedules {
+            command: Some(cmd), ..
+        } => {
             let api = http::Api::new(schedules::server_of(&cmd))?;
             schedules::control(&api, cmd).await
         }
-        ClientCommand::Events { command: EventsCommand::Send { file, server } } => {
-            apply::send_events(&http::Api::new(&server)?, &file).await
-        }
+        ClientCommand::Events {
+            command: EventsCommand::Send { file, server },
+        } => apply::send_events(&http::Api::new(&server)?, &file).await,
     }
 }

@@ -51,9 +51,15 @@ pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
     match v {
         Value::String(s) => match DateTime::parse_from_rfc3339(s) {
             Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(_) => s.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis),
+            Err(_) => s
+                .parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_millis),
         },
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).and_then(DateTime::from_timestamp_millis),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .and_then(DateTime::from_timestamp_millis),
         _ => None,
     }
 }
@@ -102,7 +108,13 @@ pub fn workflow_label(v: &Value) -> String {
 
 /// The creation time of an instance, whatever the server called it.
 pub fn created(v: &Value) -> &Value {
-    for k in ["created", "created_at", "createdAt", "created_ms", "created_time"] {
+    for k in [
+        "created",
+        "created_at",
+        "createdAt",
+        "created_ms",
+        "created_time",
+    ] {
         if let Some(t) = v.get(k).filter(|t| !t.is_null()) {
             return t;
         }
@@ -163,11 +175,17 @@ pub fn instance_summary(inst: &Value) -> String {
         field("Created", &fmt_datetime(c));
     }
     let pad = " ".repeat(W + 1);
-    if let Some(Value::Array(running)) = inst.get("running").filter(|r| r.as_array().is_some_and(|a| !a.is_empty())) {
+    if let Some(Value::Array(running)) = inst
+        .get("running")
+        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+    {
         let lines: Vec<String> = running.iter().map(task_ref).collect();
         field("Running", &lines.join(&format!("\n{pad}")));
     }
-    if let Some(Value::Array(waiting)) = inst.get("waiting").filter(|r| r.as_array().is_some_and(|a| !a.is_empty())) {
+    if let Some(Value::Array(waiting)) = inst
+        .get("waiting")
+        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+    {
         let lines: Vec<String> = waiting.iter().map(waiting_line).collect();
         field("Waiting", &lines.join(&format!("\n{pad}")));
     }
@@ -189,7 +207,11 @@ pub fn waiting_line(w: &Value) -> String {
         line.push_str(" on ");
         line.push_str(&clip(&scalar(on), 80));
     }
-    if let Some(until) = w.get("until_ms").or_else(|| w.get("until")).filter(|v| !v.is_null()) {
+    if let Some(until) = w
+        .get("until_ms")
+        .or_else(|| w.get("until"))
+        .filter(|v| !v.is_null())
+    {
         line.push_str(" until ");
         line.push_str(&fmt_time_in(until, &Local, "%Y-%m-%d %H:%M:%S%.3f"));
     }
@@ -215,15 +237,24 @@ pub fn history_summary(item: &Value) -> String {
 pub fn notice_summary(data: &Value) -> String {
     let ty = data.get("type").and_then(Value::as_str).unwrap_or("notice");
     let mut s = ty.to_owned();
-    let r = data.get("reference").or_else(|| data.get("task")).map(scalar).unwrap_or_default();
+    let r = data
+        .get("reference")
+        .or_else(|| data.get("task"))
+        .map(scalar)
+        .unwrap_or_default();
     if !r.is_empty() {
         s.push(' ');
         s.push_str(&r);
     }
     if let Some(e) = data.get("error").filter(|e| !e.is_null()) {
-        let what = ["title", "detail", "type"].iter().find_map(|k| e.get(*k).and_then(Value::as_str));
+        let what = ["title", "detail", "type"]
+            .iter()
+            .find_map(|k| e.get(*k).and_then(Value::as_str));
         s.push_str(": ");
-        s.push_str(&clip(&what.map(str::to_owned).unwrap_or_else(|| e.to_string()), 100));
+        s.push_str(&clip(
+            &what.map(str::to_owned).unwrap_or_else(|| e.to_string()),
+            100,
+        ));
     }
     if let Some(a) = data.get("attempt").filter(|a| !a.is_null()) {
         s.push_str(&format!(" (attempt {})", scalar(a)));
@@ -241,7 +272,11 @@ where
         .map(|i| {
             vec![
                 i.get("seq").map(scalar).unwrap_or_default(),
-                fmt_time_in(i.get("time").unwrap_or(&Value::Null), tz, "%Y-%m-%d %H:%M:%S%.3f"),
+                fmt_time_in(
+                    i.get("time").unwrap_or(&Value::Null),
+                    tz,
+                    "%Y-%m-%d %H:%M:%S%.3f",
+                ),
                 i.get("kind").map(scalar).unwrap_or_default(),
                 history_summary(i),
             ]
@@ -257,15 +292,23 @@ mod tests {
 
     #[test]
     fn table_pads_columns_and_trims_lines() {
-        let rows = vec![vec!["a".into(), "long value".into(), "x".into()], vec!["bbbb".into(), "é".into(), "".into()]];
-        assert_eq!(table(&["ID", "NAME", "S"], &rows), "ID    NAME        S\na     long value  x\nbbbb  é\n");
+        let rows = vec![
+            vec!["a".into(), "long value".into(), "x".into()],
+            vec!["bbbb".into(), "é".into(), "".into()],
+        ];
+        assert_eq!(
+            table(&["ID", "NAME", "S"], &rows),
+            "ID    NAME        S\na     long value  x\nbbbb  é\n"
+        );
         assert_eq!(table(&["ID", "NAME"], &[]), "ID  NAME\n");
     }
 
     #[test]
     fn instance_table_reads_the_fields() {
-        let items = [json!({"id": "01H", "namespace": "ns", "name": "wf", "version": "1.0.0",
-            "status": "running", "created": "not a time"})];
+        let items = [
+            json!({"id": "01H", "namespace": "ns", "name": "wf", "version": "1.0.0",
+            "status": "running", "created": "not a time"}),
+        ];
         assert_eq!(
             instance_table(&items),
             "ID   WORKFLOW  VERSION  STATUS   CREATED\n01H  ns/wf     1.0.0    running  not a time\n"
@@ -276,7 +319,10 @@ mod tests {
     fn times_from_text_or_millis() {
         let want = "2024-05-01 12:00:01.250";
         let f = "%Y-%m-%d %H:%M:%S%.3f";
-        assert_eq!(fmt_time_in(&json!("2024-05-01T14:00:01.25+02:00"), &Utc, f), want);
+        assert_eq!(
+            fmt_time_in(&json!("2024-05-01T14:00:01.25+02:00"), &Utc, f),
+            want
+        );
         assert_eq!(fmt_time_in(&json!(1714564801250i64), &Utc, f), want);
         assert_eq!(fmt_time_in(&json!("yesterday"), &Utc, f), "yesterday");
         assert_eq!(fmt_time_in(&Value::Null, &Utc, f), "");

@@ -38,10 +38,14 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
 /// `NS/NAME` (no version: a schedule follows the newest version).
 pub fn parse_ns_name(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') && !s.contains('@') => {
+        Some((ns, name))
+            if !ns.is_empty() && !name.is_empty() && !name.contains('/') && !s.contains('@') =>
+        {
             Ok((ns.to_string(), name.to_string()))
         }
-        _ => Err(format!("{s:?} is not NAMESPACE/NAME (a schedule has no version: it follows the newest one)")),
+        _ => Err(format!(
+            "{s:?} is not NAMESPACE/NAME (a schedule has no version: it follows the newest one)"
+        )),
     }
 }
 
@@ -50,7 +54,12 @@ pub fn schedule_table(items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|s| {
-            let workflow = format!("{}/{}@{}", text(s, "namespace"), text(s, "name"), text(s, "version"));
+            let workflow = format!(
+                "{}/{}@{}",
+                text(s, "namespace"),
+                text(s, "name"),
+                text(s, "version")
+            );
             let kind = text(s, "kind");
             let mut expr = text(s, "expression").to_string();
             if kind == "cron" && !text(s, "timezone").is_empty() {
@@ -66,8 +75,22 @@ pub fn schedule_table(items: &[Value]) -> String {
                     None => "-".to_string(),
                 }
             };
-            let paused = if s.get("paused") == Some(&json!(true)) { "yes" } else { "no" };
-            vec![workflow, if kind.is_empty() { "-".into() } else { kind.into() }, render::clip(&expr, 48), next, paused.into()]
+            let paused = if s.get("paused") == Some(&json!(true)) {
+                "yes"
+            } else {
+                "no"
+            };
+            vec![
+                workflow,
+                if kind.is_empty() {
+                    "-".into()
+                } else {
+                    kind.into()
+                },
+                render::clip(&expr, 48),
+                next,
+                paused.into(),
+            ]
         })
         .collect();
     render::table(&["WORKFLOW", "KIND", "EXPR", "NEXT FIRE", "PAUSED"], &rows)
@@ -76,11 +99,17 @@ pub fn schedule_table(items: &[Value]) -> String {
 pub async fn list(api: &Api, format: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["schedules"], &[]).await?;
     if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let Some(items) = v.get("items").and_then(Value::as_array) else {
-        return Err(Failure::Protocol(format!("the schedule list has no items array: {}", render::clip(&v.to_string(), 200))));
+        return Err(Failure::Protocol(format!(
+            "the schedule list has no items array: {}",
+            render::clip(&v.to_string(), 200)
+        )));
     };
     if items.is_empty() {
         eprintln!("no schedules (no registered workflow has a 'schedule')");
@@ -101,9 +130,14 @@ pub async fn control(api: &Api, cmd: SchedulesCommand) -> Result<ExitCode, Failu
         SchedulesCommand::Resume { workflow, out, .. } => (workflow, out, "resume"),
     };
     let (ns, name) = parse_ns_name(workflow).map_err(Failure::Usage)?;
-    let v = api.post_json(&["schedules", &ns, &name, verb], &json!({})).await?;
+    let v = api
+        .post_json(&["schedules", &ns, &name, verb], &json!({}))
+        .await?;
     match out.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        ),
         Format::Text => print!("{}", schedule_table(std::slice::from_ref(&v))),
     }
     Ok(ExitCode::SUCCESS)
@@ -121,7 +155,10 @@ mod tests {
 
     #[test]
     fn ns_name() {
-        assert_eq!(parse_ns_name("a/b").unwrap(), ("a".to_string(), "b".to_string()));
+        assert_eq!(
+            parse_ns_name("a/b").unwrap(),
+            ("a".to_string(), "b".to_string())
+        );
         for bad in ["a", "/b", "a/", "a/b/c", "a/b@1.0.0"] {
             assert!(parse_ns_name(bad).is_err(), "{bad}");
         }
@@ -139,10 +176,23 @@ mod tests {
         ];
         let t = schedule_table(&items);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["WORKFLOW", "KIND", "EXPR", "NEXT", "FIRE", "PAUSED"]);
-        assert!(lines[1].starts_with("ops/backup@1.2.0") && lines[1].contains("0 3 * * * (Europe/Paris)"), "{t}");
-        assert!(lines[1].contains("2026-03-29T03:00:00+02:00") && lines[1].ends_with("no"), "{t}");
-        assert!(lines[2].contains("on event") && lines[2].ends_with("yes"), "{t}");
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["WORKFLOW", "KIND", "EXPR", "NEXT", "FIRE", "PAUSED"]
+        );
+        assert!(
+            lines[1].starts_with("ops/backup@1.2.0")
+                && lines[1].contains("0 3 * * * (Europe/Paris)"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("2026-03-29T03:00:00+02:00") && lines[1].ends_with("no"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("on event") && lines[2].ends_with("yes"),
+            "{t}"
+        );
         assert!(lines[3].contains("error (see -o json)"), "{t}");
     }
 }

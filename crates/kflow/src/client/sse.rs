@@ -50,7 +50,11 @@ impl SseParser {
                     break; // maybe the first half of CRLF: wait for the next byte
                 }
                 let line = String::from_utf8_lossy(&self.buf[start..i]).into_owned();
-                i += if b == b'\r' && self.buf[i + 1] == b'\n' { 2 } else { 1 };
+                i += if b == b'\r' && self.buf[i + 1] == b'\n' {
+                    2
+                } else {
+                    1
+                };
                 start = i;
                 if let Some(ev) = self.line(&line) {
                     out.push(ev);
@@ -80,7 +84,12 @@ impl SseParser {
         if line.is_empty() {
             let event = self.event.take();
             let data = self.data.take()?;
-            return Some(SseEvent { event: event.filter(|e| !e.is_empty()).unwrap_or_else(|| "message".into()), data });
+            return Some(SseEvent {
+                event: event
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "message".into()),
+                data,
+            });
         }
         if line.starts_with(':') {
             return None;
@@ -109,13 +118,17 @@ mod tests {
     use super::*;
 
     fn ev(event: &str, data: &str) -> SseEvent {
-        SseEvent { event: event.into(), data: data.into() }
+        SseEvent {
+            event: event.into(),
+            data: data.into(),
+        }
     }
 
     #[test]
     fn parses_events_and_fields() {
         let mut p = SseParser::new();
-        let got = p.feed(b": hello\n\nevent: history\ndata: {\"seq\":1}\nid: 1\n\nevent: end\ndata:\n\n");
+        let got =
+            p.feed(b": hello\n\nevent: history\ndata: {\"seq\":1}\nid: 1\n\nevent: end\ndata:\n\n");
         assert_eq!(got, vec![ev("history", "{\"seq\":1}"), ev("end", "")]);
     }
 
@@ -138,7 +151,10 @@ mod tests {
         let mut p = SseParser::new();
         let mut whole = p.feed(stream);
         whole.extend(p.finish());
-        assert_eq!(whole, vec![ev("history", "{\"k\":\"\u{e9}\"}"), ev("end", "x")]);
+        assert_eq!(
+            whole,
+            vec![ev("history", "{\"k\":\"\u{e9}\"}"), ev("end", "x")]
+        );
         for size in 1..stream.len() {
             let mut p = SseParser::new();
             let mut got = Vec::new();

@@ -30,7 +30,9 @@ pub fn parse_workflow_ref(s: &str) -> Result<WorkflowRef, String> {
         Some((p, v)) => (p, Some(v)),
         None => (s, None),
     };
-    let Some((namespace, name)) = path.split_once('/') else { return Err(bad("the namespace is missing")) };
+    let Some((namespace, name)) = path.split_once('/') else {
+        return Err(bad("the namespace is missing"));
+    };
     if namespace.is_empty() {
         return Err(bad("the namespace is empty"));
     }
@@ -43,11 +45,18 @@ pub fn parse_workflow_ref(s: &str) -> Result<WorkflowRef, String> {
     if version.is_some_and(|v| v.is_empty() || v.contains('@')) {
         return Err(bad("the version after '@' is empty or holds another '@'"));
     }
-    Ok(WorkflowRef { namespace: namespace.into(), name: name.into(), version: version.map(str::to_owned) })
+    Ok(WorkflowRef {
+        namespace: namespace.into(),
+        name: name.into(),
+        version: version.map(str::to_owned),
+    })
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
 }
 
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -84,7 +93,9 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
     let inst = api.post_json(&["instances"], &Value::Object(body)).await?;
     let id = text(&inst, "id").to_owned();
     if id.is_empty() {
-        return Err(Failure::Protocol(format!("the server started an instance but sent no id: {inst}")));
+        return Err(Failure::Protocol(format!(
+            "the server started an instance but sent no id: {inst}"
+        )));
     }
     if !opts.wait && !opts.watch {
         println!("{id}");
@@ -96,7 +107,11 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
         (true, true) => Mode::StatusLine,
         (true, false) => Mode::Lines,
     };
-    let done = if watch::is_finished(text(&inst, "status")) { inst } else { watch::follow(api, &id, mode).await? };
+    let done = if watch::is_finished(text(&inst, "status")) {
+        inst
+    } else {
+        watch::follow(api, &id, mode).await?
+    };
     Ok(print_outcome(&done))
 }
 
@@ -175,12 +190,19 @@ pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode
         }
         match page.get("items") {
             Some(Value::Array(a)) => items.extend(a.iter().cloned()),
-            _ => return Err(Failure::Protocol(format!("the instance list has no items array: {}", render::clip(&page.to_string(), 200)))),
+            _ => {
+                return Err(Failure::Protocol(format!(
+                    "the instance list has no items array: {}",
+                    render::clip(&page.to_string(), 200)
+                )));
+            }
         }
         match next_cursor(&page) {
             Some(next) if filter.all => {
                 if cursor.as_ref() == Some(&next) {
-                    return Err(Failure::Protocol(format!("the server returned the same cursor twice: {next}")));
+                    return Err(Failure::Protocol(format!(
+                        "the server returned the same cursor twice: {next}"
+                    )));
                 }
                 cursor = Some(next);
             }
@@ -201,12 +223,23 @@ pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode
 }
 
 /// `kflow cancel|suspend|resume ID`: prints `ID STATUS`.
-pub async fn control(api: &Api, id: &str, action: &str, format: Format) -> Result<ExitCode, Failure> {
-    let inst = api.post_json(&["instances", id, action], &json!({})).await?;
+pub async fn control(
+    api: &Api,
+    id: &str,
+    action: &str,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let inst = api
+        .post_json(&["instances", id, action], &json!({}))
+        .await?;
     match format {
         Format::Json => print_json(&inst),
         Format::Text => {
-            let shown = if text(&inst, "id").is_empty() { id } else { text(&inst, "id") };
+            let shown = if text(&inst, "id").is_empty() {
+                id
+            } else {
+                text(&inst, "id")
+            };
             println!("{shown} {}", text(&inst, "status"));
         }
     }
@@ -218,9 +251,14 @@ pub async fn history(api: &Api, id: &str, format: Format) -> Result<ExitCode, Fa
     let page = api.get(&["instances", id, "history"], &[]).await?;
     match (format, page.get("items")) {
         (Format::Json, _) => print_json(&page),
-        (Format::Text, Some(Value::Array(items))) => print!("{}", render::history_lines(items, &chrono::Local)),
+        (Format::Text, Some(Value::Array(items))) => {
+            print!("{}", render::history_lines(items, &chrono::Local))
+        }
         (Format::Text, _) => {
-            return Err(Failure::Protocol(format!("the history has no items array: {}", render::clip(&page.to_string(), 200))));
+            return Err(Failure::Protocol(format!(
+                "the history has no items array: {}",
+                render::clip(&page.to_string(), 200)
+            )));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -231,14 +269,33 @@ mod tests {
     use super::*;
 
     fn r(ns: &str, name: &str, v: Option<&str>) -> WorkflowRef {
-        WorkflowRef { namespace: ns.into(), name: name.into(), version: v.map(Into::into) }
+        WorkflowRef {
+            namespace: ns.into(),
+            name: name.into(),
+            version: v.map(Into::into),
+        }
     }
 
     #[test]
     fn workflow_refs() {
-        assert_eq!(parse_workflow_ref("default/order"), Ok(r("default", "order", None)));
-        assert_eq!(parse_workflow_ref("default/order@1.2.0-rc.1+b5"), Ok(r("default", "order", Some("1.2.0-rc.1+b5"))));
-        for bad in ["order", "/order", "ns/", "ns/a/b", "ns/order@", "ns/order@1@2", "@1.0.0", ""] {
+        assert_eq!(
+            parse_workflow_ref("default/order"),
+            Ok(r("default", "order", None))
+        );
+        assert_eq!(
+            parse_workflow_ref("default/order@1.2.0-rc.1+b5"),
+            Ok(r("default", "order", Some("1.2.0-rc.1+b5")))
+        );
+        for bad in [
+            "order",
+            "/order",
+            "ns/",
+            "ns/a/b",
+            "ns/order@",
+            "ns/order@1@2",
+            "@1.0.0",
+            "",
+        ] {
             assert!(parse_workflow_ref(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(
@@ -257,12 +314,23 @@ mod tests {
             ..Default::default()
         };
         let q = list_query(&f);
-        assert_eq!(q, vec![("namespace", "ns".into()), ("name", "wf".into()), ("status", "running".into()), ("limit", "5".into())]);
+        assert_eq!(
+            q,
+            vec![
+                ("namespace", "ns".into()),
+                ("name", "wf".into()),
+                ("status", "running".into()),
+                ("limit", "5".into())
+            ]
+        );
     }
 
     #[test]
     fn cursors() {
-        assert_eq!(next_cursor(&json!({"items": [], "next": "abc"})), Some("abc".into()));
+        assert_eq!(
+            next_cursor(&json!({"items": [], "next": "abc"})),
+            Some("abc".into())
+        );
         assert_eq!(next_cursor(&json!({"items": [], "next": null})), None);
         assert_eq!(next_cursor(&json!({"items": [], "next": ""})), None);
         assert_eq!(next_cursor(&json!({"items": []})), None);

@@ -56,7 +56,11 @@ impl Progress {
         match item.get("kind").and_then(Value::as_str).unwrap_or("") {
             "notice" => {
                 let ty = data.get("type").and_then(Value::as_str).unwrap_or("");
-                let reference = data.get("reference").or_else(|| data.get("task")).map(scalar).unwrap_or_default();
+                let reference = data
+                    .get("reference")
+                    .or_else(|| data.get("task"))
+                    .map(scalar)
+                    .unwrap_or_default();
                 match ty {
                     "task.started" => {
                         self.running.retain(|r| *r != reference);
@@ -69,7 +73,8 @@ impl Progress {
                         }
                     }
                     _ => {
-                        if let Some(end) = ty.strip_prefix("workflow.").filter(|e| *e != "started") {
+                        if let Some(end) = ty.strip_prefix("workflow.").filter(|e| *e != "started")
+                        {
                             self.state = Some(end.to_owned());
                             self.running.clear();
                         }
@@ -109,23 +114,37 @@ pub fn plain_line(item: &Value) -> Option<String> {
     let data = item.get("data").unwrap_or(&Value::Null);
     let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
     let (time, what) = match kind {
-        "notice" => (data.get("time").or_else(|| item.get("time")), notice_summary(data)),
+        "notice" => (
+            data.get("time").or_else(|| item.get("time")),
+            notice_summary(data),
+        ),
         "cancelled" | "suspended" | "resumed" => (item.get("time"), format!("instance.{kind}")),
         _ => return None,
     };
-    Some(format!("{} {what}", fmt_clock(time.unwrap_or(&Value::Null))))
+    Some(format!(
+        "{} {what}",
+        fmt_clock(time.unwrap_or(&Value::Null))
+    ))
 }
 
 /// Whether a terminal user should keep this event's line above the status line.
 fn notable(item: &Value) -> bool {
     let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
-    let ty = item.pointer("/data/type").and_then(Value::as_str).unwrap_or("");
+    let ty = item
+        .pointer("/data/type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let operator_action = !matches!(kind, "notice" | "started" | "delivery");
     operator_action || ty.ends_with(".faulted") || ty == "task.retried"
 }
 
 fn term_width() -> usize {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()).filter(|w| *w > 10).unwrap_or(80) - 1
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|w| *w > 10)
+        .unwrap_or(80)
+        - 1
 }
 
 struct Screen {
@@ -138,7 +157,11 @@ impl Screen {
     fn show(&mut self, p: &Progress) {
         if self.mode == Mode::StatusLine {
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{}", p.status_line(self.start.elapsed(), term_width()));
+            let _ = write!(
+                err,
+                "\r\x1b[2K{}",
+                p.status_line(self.start.elapsed(), term_width())
+            );
             let _ = err.flush();
             self.drawn = true;
         }
@@ -176,13 +199,20 @@ impl Screen {
 
 /// Follows instance `id` until it has finished; returns the finished instance.
 pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
-    let mut screen = Screen { mode, start: Instant::now(), drawn: false };
+    let mut screen = Screen {
+        mode,
+        start: Instant::now(),
+        drawn: false,
+    };
     let mut progress = Progress::default();
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut resp = match api.stream(&["instances", id, "watch"]).await {
             Ok(r) => r,
-            Err(Failure::Api { status: 404 | 405 | 501, .. }) => {
+            Err(Failure::Api {
+                status: 404 | 405 | 501,
+                ..
+            }) => {
                 screen.clear();
                 return poll(api, id).await;
             }
@@ -214,7 +244,9 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
                 heard = true;
                 match ev.event.as_str() {
                     "history" => {
-                        let Ok(item) = serde_json::from_str::<Value>(&ev.data) else { continue };
+                        let Ok(item) = serde_json::from_str::<Value>(&ev.data) else {
+                            continue;
+                        };
                         if progress.apply(&item) {
                             screen.item(&item, &progress);
                         }
@@ -225,7 +257,10 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
             }
         }
         drop(resp);
-        let inst = api.get(&["instances", id], &[]).await.inspect_err(|_| screen.clear())?;
+        let inst = api
+            .get(&["instances", id], &[])
+            .await
+            .inspect_err(|_| screen.clear())?;
         if is_finished(status_of(&inst)) {
             screen.clear();
             if mode == Mode::StatusLine {
@@ -272,16 +307,30 @@ mod tests {
         assert!(p.apply(&notice(2, "task.started", "/do/0/a")));
         assert!(p.apply(&notice(3, "task.started", "/do/0/a/fork/branches/0/b")));
         assert_eq!(p.running, ["/do/0/a", "/do/0/a/fork/branches/0/b"]);
-        assert_eq!(p.status_line(Duration::from_millis(1234), 80), "⠹ 0 done · running /do/0/a/fork/branches/0/b (+1 more) · 1.2s");
+        assert_eq!(
+            p.status_line(Duration::from_millis(1234), 80),
+            "⠹ 0 done · running /do/0/a/fork/branches/0/b (+1 more) · 1.2s"
+        );
         assert!(p.apply(&notice(4, "task.completed", "/do/0/a/fork/branches/0/b")));
-        assert!(!p.apply(&notice(3, "task.started", "/do/0/a/fork/branches/0/b")), "replayed items are skipped");
+        assert!(
+            !p.apply(&notice(3, "task.started", "/do/0/a/fork/branches/0/b")),
+            "replayed items are skipped"
+        );
         assert!(p.apply(&json!({"seq": 5, "kind": "suspended", "data": null})));
-        assert_eq!(p.status_line(Duration::from_secs(3), 80), "⠋ 1 done · suspended · running /do/0/a · 3.0s");
+        assert_eq!(
+            p.status_line(Duration::from_secs(3), 80),
+            "⠋ 1 done · suspended · running /do/0/a · 3.0s"
+        );
         assert_eq!(p.status_line(Duration::from_secs(3), 12), "⠋ 1 done · …");
         assert!(p.apply(&json!({"seq": 6, "kind": "resumed"})));
         assert!(p.apply(&notice(7, "task.completed", "/do/0/a")));
-        assert!(p.apply(&json!({"seq": 8, "kind": "notice", "data": {"type": "workflow.completed"}})));
-        assert_eq!((p.done, p.running.len(), p.state.as_deref()), (2, 0, Some("completed")));
+        assert!(
+            p.apply(&json!({"seq": 8, "kind": "notice", "data": {"type": "workflow.completed"}}))
+        );
+        assert_eq!(
+            (p.done, p.running.len(), p.state.as_deref()),
+            (2, 0, Some("completed"))
+        );
     }
 
     #[test]
@@ -289,10 +338,17 @@ mod tests {
         let line = plain_line(&notice(2, "task.started", "/do/0/x")).unwrap();
         // The clock is local time; only its shape is fixed.
         let (clock, rest) = line.split_once(' ').unwrap();
-        assert_eq!((clock.len(), clock.as_bytes()[2], clock.as_bytes()[8]), (12, b':', b'.'));
+        assert_eq!(
+            (clock.len(), clock.as_bytes()[2], clock.as_bytes()[8]),
+            (12, b':', b'.')
+        );
         assert_eq!(rest, "task.started /do/0/x");
         assert!(plain_line(&json!({"seq": 1, "kind": "delivery", "data": {}})).is_none());
-        assert!(plain_line(&json!({"seq": 1, "time": 0, "kind": "cancelled"})).unwrap().ends_with(" instance.cancelled"));
+        assert!(
+            plain_line(&json!({"seq": 1, "time": 0, "kind": "cancelled"}))
+                .unwrap()
+                .ends_with(" instance.cancelled")
+        );
         assert!(notable(&json!({"kind": "suspended"})));
         assert!(notable(&notice(1, "task.faulted", "/do/0/x")));
         assert!(!notable(&notice(1, "task.completed", "/do/0/x")));

@@ -75,15 +75,25 @@ impl Conn {
             .timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| Failure::Usage(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Conn { http, base: server.server.trim_end_matches('/').to_string(), token })
+        Ok(Conn {
+            http,
+            base: server.server.trim_end_matches('/').to_string(),
+            token,
+        })
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
-        let mut req = self.http.post(format!("{}/api/v1/{path}", self.base)).json(body);
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/{path}", self.base))
+            .json(body);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| format!("no kflow server answered at {} ({e})", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("no kflow server answered at {} ({e})", self.base))?;
         let status = resp.status().as_u16();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         Ok((status, v))
@@ -91,13 +101,23 @@ impl Conn {
 }
 
 fn error_message(v: &Value) -> String {
-    v.pointer("/error/message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string())
+    v.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
 }
 
 fn parse_labels(s: Option<&str>) -> Result<BTreeMap<String, String>, Failure> {
     let mut m = BTreeMap::new();
-    for part in s.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| Failure::Usage(format!("--labels: '{part}' is not k=v")))?;
+    for part in s
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("--labels: '{part}' is not k=v")))?;
         m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(m)
@@ -107,7 +127,13 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
     match args.action {
         Some(WorkerAction::Drain { id, token, server }) => {
             let conn = Conn::new(&server, token)?;
-            let (status, v) = conn.post(&format!("workers/{id}/drain"), &json!({})).await.map_err(|detail| Failure::Unreachable { url: server.server.clone(), detail })?;
+            let (status, v) = conn
+                .post(&format!("workers/{id}/drain"), &json!({}))
+                .await
+                .map_err(|detail| Failure::Unreachable {
+                    url: server.server.clone(),
+                    detail,
+                })?;
             if status >= 400 {
                 eprintln!("kflow: {}", error_message(&v));
                 return Ok(ExitCode::from(1));
@@ -120,9 +146,18 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn register(conn: &Conn, spec: &Value) -> Result<(String, u64), Failure> {
-    let (status, v) = conn.post("workers", spec).await.map_err(|detail| Failure::Unreachable { url: conn.base.clone(), detail })?;
+    let (status, v) = conn
+        .post("workers", spec)
+        .await
+        .map_err(|detail| Failure::Unreachable {
+            url: conn.base.clone(),
+            detail,
+        })?;
     if status >= 400 {
-        return Err(Failure::Usage(format!("the server refused this worker: {}", error_message(&v))));
+        return Err(Failure::Usage(format!(
+            "the server refused this worker: {}",
+            error_message(&v)
+        )));
     }
     let id = v["id"].as_str().unwrap_or_default().to_string();
     let hb = v["heartbeat_ms"].as_u64().unwrap_or(500);
@@ -139,14 +174,25 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let conn = Conn::new(&args.server, args.token.clone())?;
     let spec = json!({ "id": args.id, "queues": args.queues, "labels": labels, "capacity": args.capacity });
     let (id, hb_ms) = register(&conn, &spec).await?;
-    eprintln!("kflow worker {id}: serving queues {} at {}", args.queues.join(","), conn.base);
-    let spec = json!({ "id": id, "queues": args.queues, "labels": labels, "capacity": args.capacity });
+    eprintln!(
+        "kflow worker {id}: serving queues {} at {}",
+        args.queues.join(","),
+        conn.base
+    );
+    let spec =
+        json!({ "id": id, "queues": args.queues, "labels": labels, "capacity": args.capacity });
 
     let running: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::new(Mutex::new(HashMap::new()));
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Heartbeats: renew leases, stop revoked ones, notice a drain.
     {
-        let (conn, running, draining, id, spec) = (conn.clone(), running.clone(), draining.clone(), id.clone(), spec.clone());
+        let (conn, running, draining, id, spec) = (
+            conn.clone(),
+            running.clone(),
+            draining.clone(),
+            id.clone(),
+            spec.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(hb_ms)).await;
@@ -155,13 +201,28 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                     r.retain(|_, h| !h.is_finished());
                     r.keys().cloned().collect()
                 };
-                match conn.post(&format!("workers/{id}/heartbeat"), &json!({ "running": leases })).await {
+                match conn
+                    .post(
+                        &format!("workers/{id}/heartbeat"),
+                        &json!({ "running": leases }),
+                    )
+                    .await
+                {
                     Ok((404, _)) => {
                         let _ = register(&conn, &spec).await;
                     }
                     Ok((200, v)) => {
-                        for lease in v["stop"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-                            if let Some(h) = running.lock().unwrap_or_else(|p| p.into_inner()).remove(lease) {
+                        for lease in v["stop"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                        {
+                            if let Some(h) = running
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(lease)
+                            {
                                 h.abort();
                             }
                         }
@@ -190,7 +251,10 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let (poll_path, poll_body) = (format!("workers/{id}/poll"), json!({ "max": free, "wait_ms": 10_000 }));
+        let (poll_path, poll_body) = (
+            format!("workers/{id}/poll"),
+            json!({ "max": free, "wait_ms": 10_000 }),
+        );
         let poll = conn.post(&poll_path, &poll_body);
         let answer = tokio::select! {
             a = poll => a,
@@ -221,8 +285,15 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             let effect: Effect = match serde_json::from_value(l["effect_def"].clone()) {
                 Ok(e) => e,
                 Err(e) => {
-                    let err = kflow_core::WfError::runtime(format!("this worker cannot read the task: {e}"));
-                    let _ = conn.post(&format!("leases/{lease}/complete"), &json!({ "worker": id, "error": err.to_value() })).await;
+                    let err = kflow_core::WfError::runtime(format!(
+                        "this worker cannot read the task: {e}"
+                    ));
+                    let _ = conn
+                        .post(
+                            &format!("leases/{lease}/complete"),
+                            &json!({ "worker": id, "error": err.to_value() }),
+                        )
+                        .await;
                     continue;
                 }
             };
@@ -232,20 +303,30 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 task: l["task"].as_str().unwrap_or_default().to_string(),
                 attempt: l["attempt"].as_u64().unwrap_or(1) as u32,
             };
-            let (conn2, exec, id2, lease2) = (conn.clone(), executor.clone(), id.clone(), lease.clone());
+            let (conn2, exec, id2, lease2) =
+                (conn.clone(), executor.clone(), id.clone(), lease.clone());
             let h = tokio::spawn(async move {
                 let body = match exec.perform(&ctx, &effect).await {
                     Ok(v) => json!({ "worker": id2, "output": v }),
                     Err(e) => json!({ "worker": id2, "error": e.to_value() }),
                 };
                 // A refused result (409: the lease expired) means the task runs elsewhere.
-                if let Ok((status, v)) = conn2.post(&format!("leases/{lease2}/complete"), &body).await {
+                if let Ok((status, v)) = conn2
+                    .post(&format!("leases/{lease2}/complete"), &body)
+                    .await
+                {
                     if status >= 400 {
-                        eprintln!("kflow worker: result for {lease2} refused: {}", error_message(&v));
+                        eprintln!(
+                            "kflow worker: result for {lease2} refused: {}",
+                            error_message(&v)
+                        );
                     }
                 }
             });
-            running.lock().unwrap_or_else(|p| p.into_inner()).insert(lease, h);
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(lease, h);
         }
     }
     eprintln!("kflow worker {id}: draining");
@@ -269,9 +350,13 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 fn parse_slots(capacity: &str) -> Result<usize, Failure> {
     let mut slots = 16usize;
     for part in capacity.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| Failure::Usage(format!("--capacity: '{part}' is not name=amount")))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("--capacity: '{part}' is not name=amount")))?;
         if k.trim() == "tasks" {
-            slots = v.trim().parse().map_err(|_| Failure::Usage(format!("--capacity: tasks='{v}' is not a whole number")))?;
+            slots = v.trim().parse().map_err(|_| {
+                Failure::Usage(format!("--capacity: tasks='{v}' is not a whole number"))
+            })?;
         }
     }
     Ok(slots.max(1))
@@ -283,18 +368,43 @@ pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<40} {:<16} {:<24} {:<28} {:<8}", "ID", "QUEUES", "CAPACITY", "USED", "LEASES");
+    println!(
+        "{:<40} {:<16} {:<24} {:<28} {:<8}",
+        "ID", "QUEUES", "CAPACITY", "USED", "LEASES"
+    );
     for w in v["items"].as_array().into_iter().flatten() {
         let fmt = |m: &Value| {
-            m.as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")).unwrap_or_default()
+            m.as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
         };
-        let queues = w["queues"].as_array().map(|q| q.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default();
+        let queues = w["queues"]
+            .as_array()
+            .map(|q| {
+                q.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
         let leases = w["leases"].as_array().map(Vec::len).unwrap_or(0);
         let mut id = w["id"].as_str().unwrap_or_default().to_string();
         if w["draining"].as_bool() == Some(true) {
             id.push_str(" (draining)");
         }
-        println!("{:<40} {:<16} {:<24} {:<28} {:<8}", id, queues, fmt(&w["capacity"]), fmt(&w["used"]), leases);
+        println!(
+            "{:<40} {:<16} {:<24} {:<28} {:<8}",
+            id,
+            queues,
+            fmt(&w["capacity"]),
+            fmt(&w["used"]),
+            leases
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -305,11 +415,28 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<20} {:>7} {:>14}  WORKERS", "QUEUE", "DEPTH", "OLDEST WAIT");
+    println!(
+        "{:<20} {:>7} {:>14}  WORKERS",
+        "QUEUE", "DEPTH", "OLDEST WAIT"
+    );
     for q in v["items"].as_array().into_iter().flatten() {
-        let workers = q["workers"].as_array().map(|w| w.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default();
+        let workers = q["workers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
         let oldest = q["oldest_wait_ms"].as_i64().unwrap_or(0);
-        println!("{:<20} {:>7} {:>12}ms  {}", q["queue"].as_str().unwrap_or_default(), q["depth"], oldest, workers);
+        println!(
+            "{:<20} {:>7} {:>12}ms  {}",
+            q["queue"].as_str().unwrap_or_default(),
+            q["depth"],
+            oldest,
+            workers
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -326,7 +453,11 @@ pub async fn explain(api: &Api, id: &str, out: Format) -> Result<ExitCode, Failu
         println!("  nothing pending");
     }
     for w in waiting {
-        println!("  {}: {}", w["task"].as_str().unwrap_or_default(), w["reason"].as_str().unwrap_or_default());
+        println!(
+            "  {}: {}",
+            w["task"].as_str().unwrap_or_default(),
+            w["reason"].as_str().unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

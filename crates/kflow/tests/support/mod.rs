@@ -44,9 +44,14 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("kflow-test-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "kflow-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir { path }
     }
@@ -89,8 +94,12 @@ pub struct Outcome {
 impl Outcome {
     /// stdout parsed as exactly one JSON document (surrounding whitespace allowed).
     pub fn json(&self) -> Result<Value, String> {
-        serde_json::from_str::<Value>(&self.stdout)
-            .map_err(|e| format!("stdout is not exactly one JSON document ({e}): {}", clip(&self.stdout, 800)))
+        serde_json::from_str::<Value>(&self.stdout).map_err(|e| {
+            format!(
+                "stdout is not exactly one JSON document ({e}): {}",
+                clip(&self.stdout, 800)
+            )
+        })
     }
 
     /// The `--trace` lines on stderr (JSON objects with a `type`), in order.
@@ -137,7 +146,8 @@ impl Kflow {
     }
 
     pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -183,10 +193,18 @@ impl Kflow {
         };
         let elapsed = start.elapsed();
         // A grandchild (a shell task) may still hold the pipes: do not wait for it forever.
-        let stdout = out_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-        let stderr = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        let stdout = out_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        let stderr = err_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
         Outcome {
-            code: if timed_out { None } else { status.and_then(|s| s.code()) },
+            code: if timed_out {
+                None
+            } else {
+                status.and_then(|s| s.code())
+            },
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
             timed_out,
@@ -246,7 +264,8 @@ pub fn diagnostics_for(stderr: &str, file: &Path) -> Vec<(u32, u32, String)> {
 /// Parses a YAML (or JSON) text with YAML 1.2 booleans only (`yes`/`on` stay strings).
 pub fn yaml(text: &str) -> Result<Value, String> {
     let opts = serde_saphyr::options! { strict_booleans: true };
-    serde_saphyr::from_str_with_options::<Value>(text, opts).map_err(|e| format!("invalid YAML: {e}"))
+    serde_saphyr::from_str_with_options::<Value>(text, opts)
+        .map_err(|e| format!("invalid YAML: {e}"))
 }
 
 /// JSON equality where numbers compare by value (`1` equals `1.0`).
@@ -256,9 +275,13 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
             (Some(i), Some(j)) => i == j,
             _ => x.as_f64() == y.as_f64(),
         },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -267,7 +290,9 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
 /// Whether every field of `expected` is in `actual` with an equal value (maps recursively).
 pub fn json_subset(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => e.iter().all(|(k, v)| a.get(k).is_some_and(|w| json_subset(v, w))),
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|w| json_subset(v, w))),
         _ => json_eq(expected, actual),
     }
 }
@@ -300,7 +325,10 @@ pub struct Recorded {
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn path(&self) -> &str {
@@ -309,7 +337,10 @@ impl Recorded {
 
     /// The first value of a query parameter, decoded.
     pub fn query(&self, name: &str) -> Option<String> {
-        query_pairs(&self.target).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        query_pairs(&self.target)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -353,7 +384,11 @@ impl TestServer {
                 std::thread::spawn(move || serve_connection(conn, port, &reqs, handler.as_ref()));
             }
         });
-        TestServer { port, requests, stop }
+        TestServer {
+            port,
+            requests,
+            stop,
+        }
     }
 
     pub fn base(&self) -> String {
@@ -362,12 +397,18 @@ impl TestServer {
 
     /// Points a workflow text's public service addresses at this server.
     pub fn rewrite(&self, text: &str) -> String {
-        text.replace("https://petstore.swagger.io", &format!("{}/petstore", self.base()))
-            .replace("https://httpbin.org", &format!("{}/httpbin", self.base()))
+        text.replace(
+            "https://petstore.swagger.io",
+            &format!("{}/petstore", self.base()),
+        )
+        .replace("https://httpbin.org", &format!("{}/httpbin", self.base()))
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -396,12 +437,23 @@ fn json_response(status: u16, v: &Value) -> Response {
 /// A custom route of [`TestServer::start_with`].
 type Handler = Arc<dyn Fn(&Recorded) -> Option<(u16, Value)> + Send + Sync>;
 
-fn serve_connection(conn: TcpStream, port: u16, reqs: &Mutex<Vec<Recorded>>, handler: Option<&Handler>) {
+fn serve_connection(
+    conn: TcpStream,
+    port: u16,
+    reqs: &Mutex<Vec<Recorded>>,
+    handler: Option<&Handler>,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(write_half) = conn.try_clone() else { return };
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
-    let Some(req) = read_request(&mut reader) else { return };
-    reqs.lock().unwrap_or_else(|p| p.into_inner()).push(req.clone());
+    let Some(req) = read_request(&mut reader) else {
+        return;
+    };
+    reqs.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(req.clone());
     let resp = match handler.and_then(|h| h(&req)) {
         Some((status, body)) => json_response(status, &body),
         None => route(&req, port),
@@ -416,8 +468,11 @@ fn serve_connection(conn: TcpStream, port: u16, reqs: &Mutex<Vec<Recorded>>, han
         503 => "Service Unavailable",
         _ => "Status",
     };
-    let mut head =
-        format!("HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", resp.status, resp.body.len());
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        resp.status,
+        resp.body.len()
+    );
     for (k, v) in &resp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -471,7 +526,13 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Recorded> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    Some(Recorded { method, target, headers, body, at_ms })
+    Some(Recorded {
+        method,
+        target,
+        headers,
+        body,
+        at_ms,
+    })
 }
 
 /// Decodes `%XX` escapes (and `+` as a space in query strings).
@@ -489,7 +550,11 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
             i += 3;
             continue;
         }
-        out.push(if plus_is_space && b[i] == b'+' { b' ' } else { b[i] });
+        out.push(if plus_is_space && b[i] == b'+' {
+            b' '
+        } else {
+            b[i]
+        });
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -497,7 +562,9 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
 
 /// The query string as (name, value) pairs, decoded.
 fn query_pairs(target: &str) -> Vec<(String, String)> {
-    let Some((_, q)) = target.split_once('?') else { return Vec::new() };
+    let Some((_, q)) = target.split_once('?') else {
+        return Vec::new();
+    };
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -511,7 +578,9 @@ pub fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in input.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -545,7 +614,11 @@ fn pets() -> Vec<Value> {
 
 fn route(req: &Recorded, port: u16) -> Response {
     let path = req.path().to_string();
-    let segs: Vec<String> = path.trim_start_matches('/').split('/').map(|x| percent_decode(x, false)).collect();
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|x| percent_decode(x, false))
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["petstore", "v2", "swagger.json"]) => json_response(200, &swagger(port)),
@@ -555,23 +628,29 @@ fn route(req: &Recorded, port: u16) -> Response {
                 .filter(|(k, _)| k == "status")
                 .flat_map(|(_, v)| v.split(',').map(str::to_string).collect::<Vec<_>>())
                 .collect();
-            let found: Vec<Value> =
-                pets().into_iter().filter(|p| wanted.iter().any(|w| p["status"] == w.as_str())).collect();
+            let found: Vec<Value> = pets()
+                .into_iter()
+                .filter(|p| wanted.iter().any(|w| p["status"] == w.as_str()))
+                .collect();
             json_response(200, &Value::Array(found))
         }
         ("GET", ["petstore", "v2", "pet", id]) => match id.parse::<i64>() {
             Ok(n) => match pets().into_iter().find(|p| p["id"] == n) {
                 Some(p) => json_response(200, &p),
-                None => json_response(404, &json!({ "code": 1, "type": "error", "message": "Pet not found" })),
+                None => json_response(
+                    404,
+                    &json!({ "code": 1, "type": "error", "message": "Pet not found" }),
+                ),
             },
             Err(_) => json_response(
                 404,
                 &json!({ "code": 404, "type": "unknown", "message": format!("java.lang.NumberFormatException: For input string: \"{id}\"") }),
             ),
         },
-        (_, ["petstore", ..]) => {
-            json_response(404, &json!({ "code": 404, "type": "unknown", "message": "HTTP 404 Not Found" }))
-        }
+        (_, ["petstore", ..]) => json_response(
+            404,
+            &json!({ "code": 404, "type": "unknown", "message": "HTTP 404 Not Found" }),
+        ),
         ("GET", ["httpbin", "basic-auth", user, pass]) => {
             let expected = format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()));
             if req.header("authorization") == Some(expected.as_str()) {
@@ -589,13 +668,18 @@ fn route(req: &Recorded, port: u16) -> Response {
             headers: vec![("Content-Type", "text/plain".into())],
             body: Vec::new(),
         },
-        (_, ["httpbin", "anything", ..]) | ("GET", ["httpbin", "get"]) | ("POST", ["httpbin", "post"]) => {
+        (_, ["httpbin", "anything", ..])
+        | ("GET", ["httpbin", "get"])
+        | ("POST", ["httpbin", "post"]) => {
             let mut args = BTreeMap::new();
             for (k, v) in query_pairs(&req.target) {
                 args.insert(k, Value::String(v));
             }
-            let headers: serde_json::Map<String, Value> =
-                req.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let headers: serde_json::Map<String, Value> = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
             let data = String::from_utf8_lossy(&req.body).into_owned();
             let parsed = serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null);
             json_response(
@@ -673,8 +757,13 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn json(&self) -> Result<Value, String> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| format!("HTTP {} body is not JSON ({e}): {}", self.status, clip(&self.text(), 500)))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            format!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                clip(&self.text(), 500)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -704,27 +793,38 @@ pub fn http_request_with(
     timeout: Duration,
 ) -> Result<HttpResponse, String> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let addr: std::net::SocketAddr = host.parse().map_err(|e| format!("bad address {host}: {e}"))?;
+    let addr: std::net::SocketAddr = host
+        .parse()
+        .map_err(|e| format!("bad address {host}: {e}"))?;
     let mut conn = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
         .map_err(|e| format!("connect {host}: {e}"))?;
-    conn.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n");
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some((ct, b)) = body {
-        head.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
+        head.push_str(&format!(
+            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
     if let Some((_, b)) = body {
         out.extend_from_slice(b);
     }
-    conn.write_all(&out).map_err(|e| format!("send to {host}: {e}"))?;
+    conn.write_all(&out)
+        .map_err(|e| format!("send to {host}: {e}"))?;
     let mut r = BufReader::new(conn);
     let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| format!("read from {host}: {e}"))?;
+    r.read_line(&mut line)
+        .map_err(|e| format!("read from {host}: {e}"))?;
     let status = line
         .split_whitespace()
         .nth(1)
@@ -734,7 +834,10 @@ pub fn http_request_with(
     let mut chunked = false;
     loop {
         let mut h = String::new();
-        if r.read_line(&mut h).map_err(|e| format!("read from {host}: {e}"))? == 0 {
+        if r.read_line(&mut h)
+            .map_err(|e| format!("read from {host}: {e}"))?
+            == 0
+        {
             return Err(format!("{host} closed the connection in the headers"));
         }
         let h = h.trim_end();
@@ -783,7 +886,13 @@ pub fn get_json(base: &str, path: &str) -> Result<(u16, Value), String> {
 /// POST a JSON body to `base` + `path` and parse the JSON answer (any status).
 pub fn post_json(base: &str, path: &str, body: &Value) -> Result<(u16, Value), String> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let r = http_request("POST", base, path, Some(("application/json", &bytes)), Duration::from_secs(30))?;
+    let r = http_request(
+        "POST",
+        base,
+        path,
+        Some(("application/json", &bytes)),
+        Duration::from_secs(30),
+    )?;
     Ok((r.status, r.json()?))
 }
 
@@ -875,8 +984,14 @@ impl ServerProcess {
         let (tx, rx) = mpsc::channel();
         let n = self.incarnation;
         for (stream, tx) in [
-            (Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>, Some(tx)),
-            (Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>, None),
+            (
+                Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
+                Some(tx),
+            ),
+            (
+                Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+                None,
+            ),
         ] {
             let log = self.log.clone();
             std::thread::spawn(move || {
@@ -903,7 +1018,9 @@ impl ServerProcess {
 
     /// Waits until the current incarnation listens; `Err` when it exited or timed out.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let Some(rx) = &self.ready else { return Err("no server process".into()) };
+        let Some(rx) = &self.ready else {
+            return Err("no server process".into());
+        };
         match rx.recv_timeout(timeout) {
             Ok(true) => Ok(()),
             Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -911,9 +1028,14 @@ impl ServerProcess {
                     let _ = c.kill();
                     let _ = c.wait();
                 }
-                Err(format!("the server exited before listening\n{}", self.log_tail(2000)))
+                Err(format!(
+                    "the server exited before listening\n{}",
+                    self.log_tail(2000)
+                ))
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("the server did not listen within {timeout:?}")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(format!("the server did not listen within {timeout:?}"))
+            }
         }
     }
 
@@ -949,7 +1071,10 @@ impl ServerProcess {
     /// Sends SIGTERM (through `kill`, the workspace forbids `unsafe`).
     pub fn terminate(&self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
     }
 
@@ -978,7 +1103,11 @@ impl Drop for ServerProcess {
 }
 
 /// Polls `f` every `every` until it returns `Some`, or `None` after `timeout`.
-pub fn poll_until<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
