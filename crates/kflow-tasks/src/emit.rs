@@ -1,7 +1,12 @@
-//! Emitting CloudEvents: the attributes a workflow may leave out are filled in here, the same
-//! way for the one-shot host and the server.
+//! What both hosts (the one-shot `kflow run` and the server) fill in the same way: the
+//! CloudEvent attributes an `emit` leaves out, and the `$runtime` descriptor.
 
 use serde_json::{Value, json};
+
+/// `$runtime`: this engine's name and version, the same for every host.
+pub fn runtime_descriptor() -> Value {
+    json!({ "name": "kflow", "version": env!("CARGO_PKG_VERSION"), "metadata": {} })
+}
 
 /// Fills `specversion`, `id`, `time` and `source` when the event does not set them.
 pub fn complete_event(mut event: Value, instance_id: &str, now_ms: i64) -> Value {

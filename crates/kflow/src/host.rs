@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -36,10 +36,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn runtime_descriptor() -> Value {
-    json!({ "name": "kflow", "version": env!("CARGO_PKG_VERSION"), "metadata": {} })
 }
 
 impl Host {
@@ -72,7 +68,7 @@ impl Host {
             let config = InstanceConfig {
                 id: id.clone(),
                 secrets: self.secrets.clone(),
-                runtime: runtime_descriptor(),
+                runtime: kflow_tasks::emit::runtime_descriptor(),
             };
             let mut inst = Instance::new(wf, config);
             let (tx, mut rx) = mpsc::unbounded_channel::<(EffectId, Delivery)>();

@@ -911,7 +911,7 @@ impl Driver {
         let cfg = InstanceConfig {
             id: id.to_string(),
             secrets: self.shared.config.secrets.clone(),
-            runtime: runtime_descriptor(),
+            runtime: kflow_tasks::emit::runtime_descriptor(),
         };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let step = core.start(input.clone(), now);
@@ -962,7 +962,7 @@ impl Driver {
         let cfg = InstanceConfig {
             id: id.to_string(),
             secrets: self.shared.config.secrets.clone(),
-            runtime: runtime_descriptor(),
+            runtime: kflow_tasks::emit::runtime_descriptor(),
         };
         let mut core = kflow_core::Instance::new(wf.clone(), cfg);
         let mut next_seq = 1;
@@ -1336,8 +1336,4 @@ fn child_result(row: &Instance) -> Delivery {
             row.id
         )))),
     }
-}
-
-fn runtime_descriptor() -> Value {
-    json!({ "name": "kflow", "version": env!("CARGO_PKG_VERSION"), "metadata": {} })
 }

@@ -391,16 +391,16 @@ impl Engine {
             .await
     }
 
-    /// Starts an instance whose calls and processes queue at `priority` (higher first; a
-    /// task's own `metadata.kflow.priority` wins).
-    pub async fn start_with_priority(
+    /// The compiled workflow a new instance of `ns/name[@version]` would run, after the
+    /// checks every start makes: the version takes new runs ("latest" skips deprecated ones)
+    /// and the input matches the input schema.
+    async fn startable(
         &self,
         ns: &str,
         name: &str,
         version: Option<&str>,
-        input: Value,
-        priority: Option<i64>,
-    ) -> Result<Instance> {
+        input: &Value,
+    ) -> Result<Arc<Workflow>> {
         let mut def = self.definition(ns, name, version).await?;
         if def.deprecated && version.is_none() {
             // "latest" means the highest version that still takes new runs.
@@ -418,11 +418,25 @@ impl Engine {
         }
         let wf = self.shared.workflow(ns, name, &def.version)?;
         if let Some(schema) = wf.input.as_ref().and_then(|i| i.schema.as_ref()) {
-            schema.check(&input).map_err(|errs| EngineError::Invalid {
+            schema.check(input).map_err(|errs| EngineError::Invalid {
                 message: "the input does not match the workflow's input schema".into(),
                 details: errs,
             })?;
         }
+        Ok(wf)
+    }
+
+    /// Starts an instance whose calls and processes queue at `priority` (higher first; a
+    /// task's own `metadata.kflow.priority` wins).
+    pub async fn start_with_priority(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        input: Value,
+        priority: Option<i64>,
+    ) -> Result<Instance> {
+        let wf = self.startable(ns, name, version, &input).await?;
         self.ask(|reply| Msg::Start {
             id: None,
             wf,
@@ -1014,19 +1028,7 @@ impl Engine {
         if let Some(existing) = self.blocking(move |s| s.get_instance(&id2)).await? {
             return Ok(existing);
         }
-        let def = self.definition(ns, name, Some(version)).await?;
-        if def.deprecated {
-            return Err(EngineError::Conflict(format!(
-                "{ns}/{name}@{version} is deprecated: no new instances can start; use a newer version"
-            )));
-        }
-        let wf = self.shared.workflow(ns, name, version)?;
-        if let Some(schema) = wf.input.as_ref().and_then(|i| i.schema.as_ref()) {
-            schema.check(&input).map_err(|errs| EngineError::Invalid {
-                message: "the input does not match the workflow's input schema".into(),
-                details: errs,
-            })?;
-        }
+        let wf = self.startable(ns, name, Some(version), &input).await?;
         let id = id.to_string();
         self.ask(|reply| start_msg(Some(id), wf, input, reply))
             .await
