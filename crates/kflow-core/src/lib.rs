@@ -17,3 +17,9 @@ pub use effect::{Command, Delivery, Effect, EffectId};
 pub use error::WfError;
 pub use instance::{Instance, InstanceConfig, Status, Step};
 pub use notice::{Notice, NoticeKind};
+
+/// The budgets of every expression evaluation the interpreter performs (deterministic ones
+/// only: no wall clock; `tests/deps.rs` checks it).
+pub fn expression_limits() -> kflow_dsl::expr::Limits {
+    interp::EXPR_LIMITS
+}

@@ -1,4 +1,5 @@
-//! The core stays sans-IO: its only dependencies are the DSL crate and serde.
+//! The core stays sans-IO and deterministic: its only dependencies are the DSL crate and serde,
+//! it reads no clock, and the expressions it evaluates have deterministic budgets only.
 
 #[test]
 fn core_depends_on_nothing_that_does_io() {
@@ -41,7 +42,10 @@ fn core_sources_never_read_the_clock_or_spawn() {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             for banned in [
                 "SystemTime",
-                "Instant::now",
+                "UNIX_EPOCH",
+                "Instant",
+                // a wall-clock budget on an expression would make replays take other paths
+                "time_budget",
                 "std::thread",
                 "std::fs",
                 "std::net",
@@ -51,4 +55,13 @@ fn core_sources_never_read_the_clock_or_spawn() {
             }
         }
     }
+}
+
+#[test]
+fn core_expression_budgets_have_no_wall_clock() {
+    let limits = kflow_core::expression_limits();
+    assert_eq!(limits.time_budget, None, "{limits:?}");
+    assert_eq!(limits, kflow_dsl::expr::Limits::deterministic());
+    // evaluations that take the defaults (`Expr::eval`, `DurationSpec::millis`, ...) as well
+    assert_eq!(kflow_dsl::expr::Limits::default().time_budget, None);
 }

@@ -179,3 +179,86 @@ fn cancel_cancels_every_pending_effect() {
     assert_eq!(cancelled, pending);
     assert_eq!(inst.status(), &Status::Cancelled);
 }
+
+/// Expressions that run out of their budgets, caught by `try`: the original run and the
+/// replay must take the same (catch) path, since the budgets count work, not time.
+const BUDGETS: &str = r#"document:
+  dsl: '1.0.3'
+  namespace: test
+  name: budgets
+  version: '1.0.0'
+do:
+  - before:
+      call: http
+      with:
+        method: get
+        endpoint: http://svc/before
+  - steps:
+      try:
+        - count:
+            set:
+              n: '${ [range(0; 10000000)] | length }'
+      catch:
+        as: err
+        do:
+          - stepsCaught:
+              set:
+                steps: ${ $err.detail }
+  - depth:
+      try:
+        - recurse:
+            set:
+              n: '${ def f: 1 + f; f }'
+      catch:
+        as: err
+        do:
+          - depthCaught:
+              set: '${ . + { depth: $err.detail } }'
+  - after:
+      call: http
+      with:
+        method: get
+        endpoint: http://svc/after
+      output:
+        as: '${ $input }'
+"#;
+
+#[test]
+fn an_expression_over_its_budget_takes_the_same_path_in_a_replay() {
+    let world = |_: &Effect| Reply::After(5, Ok(json!("ok")));
+    let mut original = Sim::new(load(BUDGETS));
+    original.run(json!({}), world);
+    let expected = original.output();
+    let steps = expected["steps"].as_str().unwrap_or_default();
+    assert!(steps.contains("step budget of 1000000"), "{expected}");
+    let depth = expected["depth"].as_str().unwrap_or_default();
+    assert!(depth.contains("more than 2000 nested calls"), "{expected}");
+    let trace = original.trace();
+    assert!(
+        trace.contains(&"task.started:stepsCaught".to_string()),
+        "{trace:?}"
+    );
+    assert!(
+        trace.contains(&"task.started:depthCaught".to_string()),
+        "{trace:?}"
+    );
+    assert_eq!(original.journal.len(), 2);
+
+    // replay the start and the deliveries into a fresh instance, twice
+    for _ in 0..2 {
+        let inst = &mut Sim::new(load(BUDGETS)).inst;
+        let mut notices = inst.start(json!({}), T0).notices;
+        for (id, d, t) in &original.journal {
+            notices.extend(inst.deliver(*id, d.clone(), *t).notices);
+        }
+        assert_eq!(inst.status(), &Status::Completed(expected.clone()));
+        let replayed: Vec<String> = notices
+            .iter()
+            .filter_map(|n| {
+                let (name, _) = n.task.as_ref()?;
+                Some(format!("{}:{name}", n.kind.as_str()))
+            })
+            .collect();
+        assert_eq!(replayed, trace);
+    }
+}

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::expr::{Expr, ExprError, Vars};
+use crate::expr::{Expr, ExprError, Limits, Vars};
 
 #[derive(Debug, Clone)]
 pub enum DurationSpec {
@@ -17,11 +17,24 @@ pub enum DurationSpec {
 }
 
 impl DurationSpec {
+    /// The duration in milliseconds, evaluated with the default (deterministic) budgets.
     pub fn millis(&self, input: &Value, vars: &dyn Vars) -> Result<u64, DurationError> {
+        self.millis_with_limits(input, vars, &Limits::default())
+    }
+
+    /// [`DurationSpec::millis`] with explicit expression budgets.
+    pub fn millis_with_limits(
+        &self,
+        input: &Value,
+        vars: &dyn Vars,
+        limits: &Limits,
+    ) -> Result<u64, DurationError> {
         match self {
             DurationSpec::Millis(ms) => Ok(*ms),
             DurationSpec::Expr(e) => {
-                let v = e.eval(input, vars).map_err(DurationError::Expr)?;
+                let v = e
+                    .eval_with_limits(input, vars, limits)
+                    .map_err(DurationError::Expr)?;
                 duration_from_value(&v).map_err(DurationError::Invalid)
             }
         }

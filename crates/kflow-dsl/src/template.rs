@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::expr::{Expr, ExprError, Vars};
+use crate::expr::{Expr, ExprError, Limits, Vars};
 
 #[derive(Debug, Clone)]
 pub enum Template {
@@ -98,20 +98,31 @@ impl Template {
         matches!(self, Template::Literal(_))
     }
 
-    /// Evaluates the template against `input` with the given variables.
+    /// Evaluates the template against `input` with the given variables and the default
+    /// (deterministic) budgets.
     pub fn eval(&self, input: &Value, vars: &dyn Vars) -> Result<Value, ExprError> {
+        self.eval_with_limits(input, vars, &Limits::default())
+    }
+
+    /// [`Template::eval`] with explicit budgets (for each expression in the template).
+    pub fn eval_with_limits(
+        &self,
+        input: &Value,
+        vars: &dyn Vars,
+        limits: &Limits,
+    ) -> Result<Value, ExprError> {
         match self {
             Template::Literal(v) => Ok(v.clone()),
-            Template::Expr(e) => e.eval(input, vars),
+            Template::Expr(e) => e.eval_with_limits(input, vars, limits),
             Template::Array(items) => items
                 .iter()
-                .map(|t| t.eval(input, vars))
+                .map(|t| t.eval_with_limits(input, vars, limits))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
             Template::Object(fields) => {
                 let mut map = Map::with_capacity(fields.len());
                 for (k, t) in fields {
-                    map.insert(k.clone(), t.eval(input, vars)?);
+                    map.insert(k.clone(), t.eval_with_limits(input, vars, limits)?);
                 }
                 Ok(Value::Object(map))
             }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use kflow_dsl::expr::{Expr, ExprError, Vars};
+use kflow_dsl::duration::DurationSpec;
+use kflow_dsl::expr::{Expr, ExprError, Limits, Vars};
 use kflow_dsl::model::{DataIn, DataOut, Flow, NamedTask, TaskKind, TaskList, Workflow};
 use kflow_dsl::schema::Schema;
 use kflow_dsl::template::Template;
@@ -125,6 +126,10 @@ impl Vars for Scope<'_> {
     }
 }
 
+/// The budgets of every expression the interpreter evaluates: deterministic ones only (steps,
+/// nesting, sizes; no wall clock), so that an evaluation that fails, fails again in a replay.
+pub(crate) const EXPR_LIMITS: Limits = Limits::deterministic();
+
 pub(crate) fn expr_err(e: ExprError) -> WfError {
     WfError::expression(e.to_string())
 }
@@ -161,16 +166,27 @@ impl Cx {
         }
     }
 
+    // Every evaluation of the interpreter goes through these four, with [`EXPR_LIMITS`].
+
     pub fn eval(&self, t: &Template, on: &Value, scope: &Scope<'_>) -> Result<Value, WfError> {
-        t.eval(on, scope).map_err(expr_err)
+        t.eval_with_limits(on, scope, &EXPR_LIMITS)
+            .map_err(expr_err)
     }
 
     pub fn eval_expr(&self, e: &Expr, on: &Value, scope: &Scope<'_>) -> Result<Value, WfError> {
-        e.eval(on, scope).map_err(expr_err)
+        e.eval_with_limits(on, scope, &EXPR_LIMITS)
+            .map_err(expr_err)
     }
 
     pub fn eval_bool(&self, e: &Expr, on: &Value, scope: &Scope<'_>) -> Result<bool, WfError> {
-        e.eval_bool(on, scope).map_err(expr_err)
+        e.eval_bool_with_limits(on, scope, &EXPR_LIMITS)
+            .map_err(expr_err)
+    }
+
+    /// A duration, in milliseconds (a timeout, a wait, a retry delay).
+    pub fn millis(&self, d: &DurationSpec, on: &Value, scope: &Scope<'_>) -> Result<u64, WfError> {
+        d.millis_with_limits(on, scope, &EXPR_LIMITS)
+            .map_err(|e| WfError::expression(e.to_string()))
     }
 
     pub fn notice(&self, kind: NoticeKind, task: Option<&NamedTask>, detail: Option<Value>) {
@@ -219,9 +235,7 @@ pub(crate) async fn run_workflow(cx: Cx, raw_input: Value) -> Result<Value, WfEr
     match &wf.timeout {
         None => body.await,
         Some(d) => {
-            let ms = d
-                .millis(&Value::Null, &cx.scope(&Value::Null, None))
-                .map_err(|e| WfError::expression(e.to_string()))?;
+            let ms = cx.millis(d, &Value::Null, &cx.scope(&Value::Null, None))?;
             match race(body, cx.sleep("/", ms)).await {
                 Either::Left(r) => r,
                 Either::Right(_) => Err(WfError::timeout(format!(
@@ -358,9 +372,7 @@ pub(crate) fn run_task(
             let (raw_out, flow, authorization) = match &task.timeout {
                 None => work.await?,
                 Some(d) => {
-                    let ms = d
-                        .millis(&input, &cx.scope(&input, Some(&info)))
-                        .map_err(|e| WfError::expression(e.to_string()))?;
+                    let ms = cx.millis(d, &input, &cx.scope(&input, Some(&info)))?;
                     match race(work, cx.sleep(&named.reference, ms)).await {
                         Either::Left(r) => r?,
                         Either::Right(_) => {
@@ -455,9 +467,7 @@ async fn run_kind(cx: &Cx, named: &NamedTask, input: &Value, info: &TaskInfo<'_>
         TaskKind::Try(t) => flow::try_(cx, named, t, input).await,
         TaskKind::Raise(r) => Err(flow::raise(cx, named, &r.error, input, &scope)?),
         TaskKind::Wait(d) => {
-            let ms = d
-                .millis(input, &scope)
-                .map_err(|e| WfError::expression(e.to_string()))?;
+            let ms = cx.millis(d, input, &scope)?;
             cx.sleep(&named.reference, ms).await?;
             Ok((input.clone(), None, None))
         }

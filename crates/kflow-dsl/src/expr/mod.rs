@@ -36,18 +36,36 @@
 //!   `reduce`/`foreach` step; kflow's own `range/3` ticks for every item. The tick is inserted
 //!   as `__kflow_tick | body`, which keeps recursive calls in tail position, so jaq's tail-call
 //!   optimisation still turns `until`/`while`/`repeat` loops into iterations.
-//! * **What a tick checks.** A step counter (budget [`Limits::max_steps`]), the wall clock every
-//!   64 steps (budget [`Limits::time_budget`]) and the stack: the address of a local variable
-//!   compared with the one at the start of the run. Every unbounded recursion in jq goes
-//!   through a function definition, so every recursion level passes a tick.
-//! * **Sticky stop.** A tripped guard fails every later tick as well, and the evaluator reports
-//!   the trip whatever the filter produced afterwards, so `try … catch` cannot swallow it.
+//! * **Nesting.** Every call of a user-defined function (or of a recursive prelude definition)
+//!   in *non-tail* position becomes `__kflow_nest(call)`, a native that counts the calls in
+//!   progress around running the call and around every pull of one of its outputs. A tail
+//!   call does not grow the stack (jaq turns it into a loop), and every recursion that does
+//!   grow it passes a non-tail call at each level, so this count is the recursion depth.
+//! * **What is checked.** At a tick: the step counter (budget [`Limits::max_steps`]), the stack
+//!   (the address of a local variable compared with the one at the start of the run) and,
+//!   only when the limits have one, the wall clock every 64 steps ([`Limits::time_budget`]).
+//!   At a nested call: the depth (budget [`Limits::max_depth`]). Every unbounded recursion in
+//!   jq goes through a function definition, so every recursion level passes both.
+//! * **Deterministic budgets.** Steps, depth, result bytes and outputs count what the
+//!   evaluation does, so a failing evaluation fails at the same point for the same input on
+//!   every machine, under any load, in every replay ([`Limits::deterministic`], the default,
+//!   which workflow execution uses). The wall-clock budget does not; it exists for tooling
+//!   only. The stack guard measures bytes, which differ between builds (an unoptimised build
+//!   takes ~30–55 KiB per recursion level of a small function, an optimised one far less); it
+//!   stays as the last resort against a process abort, with a budget that the depth budget
+//!   reaches first in every build for recursion through functions of ordinary size (2,000
+//!   levels of the heaviest measured function, recursion through `map`, take ~108 MiB of its
+//!   128 MiB in an unoptimised build). Only a recursion through an enormous function body can
+//!   reach the stack budget first, and then where it fails depends on the build.
+//! * **Sticky stop.** A tripped guard fails every later tick and nested call as well, and the
+//!   evaluator reports the trip whatever the filter produced afterwards, so `try … catch`
+//!   cannot swallow it.
 //! * **Inline first, big stack when needed.** A run starts inline on the caller's thread with a
 //!   small allowance: 256 KiB of stack growth and 1024 steps. Most expressions never tick at
-//!   all, and pay only for the value conversions and one clock read. When the allowance runs
+//!   all, and pay only for the value conversions (and one clock read with a time budget). When the allowance runs
 //!   out, the run is abandoned and repeated from the start (jq is pure here, so that is safe)
 //!   on a worker thread with a 256 MiB stack (reserved, committed by the OS only as it is
-//!   touched) and the full budgets: 64 MiB of stack for recursion, the rest as headroom for the
+//!   touched) and the full budgets: 128 MiB of stack for recursion, the rest as headroom for the
 //!   unmetered recursion over deep values (drop, comparison, `tojson`). Up to two idle workers
 //!   are kept for reuse ([`worker`]); one whose stack grew past 8 MiB is let go so that its
 //!   memory returns to the system. The caller waits for the worker's reply; no worker is ever
@@ -87,17 +105,19 @@
 //!   ~1.3 ms);
 //! * evaluating `.colors + ["red"]` on a small object: ~6–7 µs in all, of which plain jaq's
 //!   run takes ~2.7 µs; the rest is the two conversions (jaq ships no conversion from
-//!   `serde_json::Value`, its serde path takes 3.4 µs for the same input) and the guard (one
-//!   clock read, a few stores);
+//!   `serde_json::Value`, its serde path takes 3.4 µs for the same input) and the guard (a
+//!   few stores);
 //! * a tick: one native call, 10–30 % on recursion-heavy loops (`until` over 1000 steps:
 //!   2.0 ms against 1.6 ms for plain jaq);
+//! * a nested call: one native call and one boxed iterator, plus a counter update per output;
 //! * moving to a worker: a channel round trip (tens of µs when a worker is idle, a thread
 //!   spawn otherwise) plus the abandoned inline part.
 //!
 //! # For callers
 //!
-//! * Evaluation is synchronous and can block the calling thread up to the time budget (1 s by
-//!   default); from async code, consider `spawn_blocking` for expressions that may loop.
+//! * Evaluation is synchronous and can block the calling thread until a budget runs out (a
+//!   runaway loop uses up its million steps in 0.1–2.5 s in an unoptimised build); from async
+//!   code, consider `spawn_blocking` for expressions that may loop.
 //! * The inline part assumes the calling thread has at least ~1 MiB of stack left (the 2 MiB
 //!   default of Rust and tokio threads is enough, also in unoptimised builds).
 //! * Evaluations of the same [`Expr`] can run concurrently from any number of threads.
@@ -172,26 +192,51 @@ pub enum ExprError {
 }
 
 /// Budgets of one evaluation.
+///
+/// [`Limits::default`] is [`Limits::deterministic`]: every budget counts something the
+/// evaluation does (steps, nesting, bytes, outputs), so an evaluation that fails on one machine
+/// fails at the same point on every machine and in every replay. Only tooling that never
+/// feeds a result into an execution (a linter, a REPL) may add a wall-clock budget with
+/// [`Limits::with_time_budget`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock time an evaluation may take (checked every 64 steps).
-    pub time_budget: Duration,
+    /// Wall-clock time an evaluation may take (checked every 64 steps); `None`: no time budget.
+    pub time_budget: Option<Duration>,
     /// Steps (function entries of recursion-capable definitions, fold steps, `range` items).
     pub max_steps: u64,
+    /// Calls in progress in non-tail position (the recursion depth).
+    pub max_depth: u32,
     /// Estimated serialized size of the result, and largest string a `*` may build.
     pub max_result_bytes: usize,
     /// Outputs [`Expr::eval_all`] may collect.
     pub max_outputs: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
+impl Limits {
+    /// The budgets of workflow execution: no wall-clock budget, everything else counted.
+    pub const fn deterministic() -> Limits {
         Limits {
-            time_budget: Duration::from_millis(1000),
+            time_budget: None,
             max_steps: 1_000_000,
+            max_depth: 2_000,
             max_result_bytes: 64 << 20,
             max_outputs: 10_000,
         }
+    }
+
+    /// These limits plus a wall-clock budget (tooling only: the outcome then depends on the
+    /// machine's speed and load).
+    pub const fn with_time_budget(self, budget: Duration) -> Limits {
+        Limits {
+            time_budget: Some(budget),
+            ..self
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::deterministic()
     }
 }
 
@@ -202,7 +247,7 @@ const INLINE_STACK_BUDGET: usize = 256 << 10;
 const INLINE_STEPS: u64 = 1024;
 /// Stack of the big-stack thread, and the part of it recursion may use.
 const BIG_STACK: usize = 256 << 20;
-const BIG_STACK_BUDGET: usize = 64 << 20;
+const BIG_STACK_BUDGET: usize = 128 << 20;
 /// Deepest result accepted.
 const MAX_RESULT_DEPTH: usize = 1024;
 
@@ -280,7 +325,17 @@ impl Expr {
 
     /// Like [`Expr::eval`] but the result must be a boolean (`when`, `if`, `while`, `until`).
     pub fn eval_bool(&self, input: &Value, vars: &dyn Vars) -> Result<bool, ExprError> {
-        match self.eval(input, vars)? {
+        self.eval_bool_with_limits(input, vars, &Limits::default())
+    }
+
+    /// [`Expr::eval_bool`] with explicit budgets.
+    pub fn eval_bool_with_limits(
+        &self,
+        input: &Value,
+        vars: &dyn Vars,
+        limits: &Limits,
+    ) -> Result<bool, ExprError> {
+        match self.eval_with_limits(input, vars, limits)? {
             Value::Bool(b) => Ok(b),
             Value::Null => Ok(false),
             other => Err(ExprError::Eval {
@@ -297,7 +352,7 @@ impl Expr {
         limits: &Limits,
         first_only: bool,
     ) -> Result<Vec<Value>, ExprError> {
-        let deadline = Instant::now() + limits.time_budget;
+        let deadline = limits.time_budget.map(|budget| Instant::now() + budget);
         let input = to_val(input);
         let program = &self.inner.program;
         let globals: Vec<Val> = program
@@ -357,15 +412,19 @@ impl Expr {
         let message = match fail {
             Fail::Jq(m) => m,
             Fail::Trip(Trip::Time) => {
-                format!(
-                    "expression exceeded its time budget of {} ms",
-                    limits.time_budget.as_millis()
-                )
+                let ms = limits.time_budget.unwrap_or_default().as_millis();
+                format!("expression exceeded its time budget of {ms} ms")
             }
             Fail::Trip(Trip::Steps) => {
                 format!(
                     "expression exceeded its step budget of {} evaluation steps",
                     limits.max_steps
+                )
+            }
+            Fail::Trip(Trip::Depth) => {
+                format!(
+                    "expression recursion too deep (more than {} nested calls)",
+                    limits.max_depth
                 )
             }
             Fail::Trip(Trip::Stack | Trip::Escalate) => {
@@ -423,7 +482,7 @@ struct Job<'j> {
     input: &'j Val,
     globals: &'j [Val],
     limits: &'j Limits,
-    deadline: Instant,
+    deadline: Option<Instant>,
     first_only: bool,
 }
 
@@ -433,12 +492,20 @@ impl Job<'_> {
         let max_bytes = self.limits.max_result_bytes as u64;
         let guard = if inline {
             let steps = self.limits.max_steps.min(INLINE_STEPS);
-            Guard::new(INLINE_STACK_BUDGET, steps, true, self.deadline, max_bytes)
+            Guard::new(
+                INLINE_STACK_BUDGET,
+                steps,
+                true,
+                self.limits.max_depth,
+                self.deadline,
+                max_bytes,
+            )
         } else {
             Guard::new(
                 BIG_STACK_BUDGET,
                 self.limits.max_steps,
                 false,
+                self.limits.max_depth,
                 self.deadline,
                 max_bytes,
             )

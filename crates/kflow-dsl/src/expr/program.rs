@@ -13,7 +13,7 @@ use jaq_core::path::Part;
 
 #[cfg(test)]
 use super::runtime::REMOVED_NATIVES;
-use super::runtime::{Kd, MUL, TICK, natives};
+use super::runtime::{Kd, MUL, NEST, TICK, natives};
 
 /// Name of the prelude definition holding the user's filter (it is compiled as the last
 /// definition of the prelude, so that its syntax tree can be rewritten before compiling).
@@ -47,7 +47,7 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
     let tokens = Lexer::new(src)
         .lex()
         .map_err(|errs| lex_message(src, &errs))?;
-    let mut term = Parser::new(&tokens)
+    let term = Parser::new(&tokens)
         .parse(|p| p.term())
         .map_err(|errs| parse_message(src, &errs))?;
 
@@ -67,14 +67,22 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
         .filter(|v| !HOST_VARS.contains(v))
         .collect();
 
-    rewrite(&mut term, &|_| true);
-    let main = Def {
+    let prelude = prelude();
+    let mut user_defs = BTreeSet::new();
+    collect_defs(&term, &mut user_defs);
+    let rewriter = Rewriter {
+        tick_def: &|_| true,
+        nest_call: &|name, arity| {
+            user_defs.contains(&(name, arity)) || prelude.recursive.contains(&(name, arity))
+        },
+    };
+    let mut main = Def {
         name: MAIN,
         args: Vec::new(),
-        body: tick_before(term),
+        body: term,
     };
+    rewriter.def(&mut main);
 
-    let prelude = prelude();
     let defs = prelude
         .needed(&refs)
         .map(shorten)
@@ -353,98 +361,139 @@ fn tick_before<'s>(body: Term<&'s str>) -> Term<&'s str> {
     )
 }
 
-/// Rewrites `t` in place:
+/// Rewrites syntax trees in place so that evaluation is metered:
 /// * the body of every local definition for which `tick_def` holds starts with a tick
 ///   (all user definitions are ticked; prelude definitions only when they can recurse);
 /// * the update of every `reduce`/`foreach` starts with a tick;
+/// * every call in non-tail position of a definition for which `nest_call` holds becomes
+///   `__kflow_nest(call)`, which counts the nesting depth;
 /// * `l * r` becomes `__kflow_mul(l; r)` and `l *= r` becomes
 ///   `r as $__kflow_rhs | l |= __kflow_mul(.; $__kflow_rhs)`.
-fn rewrite<'s>(t: &mut Term<&'s str>, tick_def: &dyn Fn(&Def<&'s str>) -> bool) {
-    match t {
-        Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) => {}
-        Term::Str(_, parts) => parts.iter_mut().for_each(|p| {
-            if let StrPart::Term(t) = p {
-                rewrite(t, tick_def)
-            }
-        }),
-        Term::Arr(a) => a.iter_mut().for_each(|a| rewrite(a, tick_def)),
-        Term::Obj(kvs) => kvs.iter_mut().for_each(|(k, v)| {
-            rewrite(k, tick_def);
-            v.iter_mut().for_each(|v| rewrite(v, tick_def));
-        }),
-        Term::Neg(t) | Term::Label(_, t) => rewrite(t, tick_def),
-        Term::BinOp(l, op, r) => {
-            rewrite(l, tick_def);
-            if let BinaryOp::Pipe(Some(p)) = op {
-                rewrite_pattern(p, tick_def);
-            }
-            rewrite(r, tick_def);
-            match op {
-                BinaryOp::Math(Math::Mul) => {
-                    let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
-                    *t = Term::Call(MUL, vec![l, r]);
+///
+/// Tail positions are the ones jaq's compiler optimises (see `jaq_core::compile`): both sides
+/// of `f, g`, the right side of `f // g`, `f | g` and `f as $x | g`, the branches of an `if`,
+/// the extraction of a `foreach`, the rest of `def x: f; g`, and a definition's body. A call in
+/// tail position either is a tail call (it does not grow the stack) or cannot take part in a
+/// recursion without a non-tail call on the way, so counting the non-tail calls bounds the
+/// stack. Wrapping a non-tail call does not change how jaq compiles it (a native's argument is
+/// compiled in non-tail position as well).
+struct Rewriter<'r, 's> {
+    tick_def: &'r dyn Fn(&Def<&'s str>) -> bool,
+    nest_call: &'r dyn Fn(&str, usize) -> bool,
+}
+
+impl<'s> Rewriter<'_, 's> {
+    fn term(&self, t: &mut Term<&'s str>, tail: bool) {
+        match t {
+            Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) | Term::Var(_) => {}
+            Term::Str(_, parts) => parts.iter_mut().for_each(|p| {
+                if let StrPart::Term(t) = p {
+                    self.term(t, false)
                 }
-                BinaryOp::UpdateMath(Math::Mul) => {
-                    let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
-                    let mul = Term::Call(MUL, vec![Term::Id, Term::Var(MUL_RHS)]);
-                    let update = Term::BinOp(Box::new(l), BinaryOp::Update, Box::new(mul));
-                    let bind = BinaryOp::Pipe(Some(Pattern::Var(MUL_RHS)));
-                    *t = Term::BinOp(Box::new(r), bind, Box::new(update));
+            }),
+            Term::Arr(a) => a.iter_mut().for_each(|a| self.term(a, false)),
+            Term::Obj(kvs) => kvs.iter_mut().for_each(|(k, v)| {
+                self.term(k, false);
+                v.iter_mut().for_each(|v| self.term(v, false));
+            }),
+            Term::Neg(t) | Term::Label(_, t) => self.term(t, false),
+            Term::BinOp(l, op, r) => {
+                let (l_tail, r_tail) = match op {
+                    BinaryOp::Comma => (tail, tail),
+                    BinaryOp::Alt | BinaryOp::Pipe(_) => (false, tail),
+                    _ => (false, false),
+                };
+                self.term(l, l_tail);
+                if let BinaryOp::Pipe(Some(p)) = op {
+                    self.pattern(p);
                 }
-                _ => {}
+                self.term(r, r_tail);
+                match op {
+                    BinaryOp::Math(Math::Mul) => {
+                        let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
+                        *t = Term::Call(MUL, vec![l, r]);
+                    }
+                    BinaryOp::UpdateMath(Math::Mul) => {
+                        let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
+                        let mul = Term::Call(MUL, vec![Term::Id, Term::Var(MUL_RHS)]);
+                        let update = Term::BinOp(Box::new(l), BinaryOp::Update, Box::new(mul));
+                        let bind = BinaryOp::Pipe(Some(Pattern::Var(MUL_RHS)));
+                        *t = Term::BinOp(Box::new(r), bind, Box::new(update));
+                    }
+                    _ => {}
+                }
+            }
+            Term::Fold(name, xs, pat, args) => {
+                let foreach = *name == "foreach";
+                self.term(xs, false);
+                self.pattern(pat);
+                for (i, a) in args.iter_mut().enumerate() {
+                    self.term(a, tail && foreach && i == 2);
+                }
+                if let Some(update) = args.get_mut(1) {
+                    *update = tick_before(std::mem::take(update));
+                }
+            }
+            Term::TryCatch(t, c) => {
+                self.term(t, false);
+                c.iter_mut().for_each(|c| self.term(c, false));
+            }
+            Term::IfThenElse(its, e) => {
+                its.iter_mut().for_each(|(i, t)| {
+                    self.term(i, false);
+                    self.term(t, tail);
+                });
+                e.iter_mut().for_each(|e| self.term(e, tail));
+            }
+            Term::Def(defs, t) => {
+                defs.iter_mut().for_each(|d| self.def(d));
+                self.term(t, tail);
+            }
+            Term::Call(name, args) => {
+                args.iter_mut().for_each(|a| self.term(a, false));
+                if !tail && (self.nest_call)(name, args.len()) {
+                    *t = Term::Call(NEST, vec![std::mem::take(t)]);
+                }
+            }
+            Term::Path(t, path) => {
+                self.term(t, false);
+                path.0.iter_mut().for_each(|(part, _opt)| match part {
+                    Part::Index(i) => self.term(i, false),
+                    Part::Range(a, b) => {
+                        a.iter_mut().for_each(|a| self.term(a, false));
+                        b.iter_mut().for_each(|b| self.term(b, false));
+                    }
+                });
             }
         }
-        Term::Fold(_, xs, pat, args) => {
-            rewrite(xs, tick_def);
-            rewrite_pattern(pat, tick_def);
-            args.iter_mut().for_each(|a| rewrite(a, tick_def));
-            if let Some(update) = args.get_mut(1) {
-                *update = tick_before(std::mem::take(update));
-            }
+    }
+
+    /// Rewrites a definition: its body is in tail position.
+    fn def(&self, d: &mut Def<&'s str>) {
+        self.term(&mut d.body, true);
+        if (self.tick_def)(d) {
+            d.body = tick_before(std::mem::take(&mut d.body));
         }
-        Term::TryCatch(t, c) => {
-            rewrite(t, tick_def);
-            c.iter_mut().for_each(|c| rewrite(c, tick_def));
-        }
-        Term::IfThenElse(its, e) => {
-            its.iter_mut().for_each(|(i, t)| {
-                rewrite(i, tick_def);
-                rewrite(t, tick_def);
-            });
-            e.iter_mut().for_each(|e| rewrite(e, tick_def));
-        }
-        Term::Def(defs, t) => {
-            defs.iter_mut().for_each(|d| {
-                rewrite(&mut d.body, tick_def);
-                if tick_def(d) {
-                    d.body = tick_before(std::mem::take(&mut d.body));
-                }
-            });
-            rewrite(t, tick_def);
-        }
-        Term::Call(_, args) => args.iter_mut().for_each(|a| rewrite(a, tick_def)),
-        Term::Path(t, path) => {
-            rewrite(t, tick_def);
-            path.0.iter_mut().for_each(|(part, _opt)| match part {
-                Part::Index(i) => rewrite(i, tick_def),
-                Part::Range(a, b) => {
-                    a.iter_mut().for_each(|a| rewrite(a, tick_def));
-                    b.iter_mut().for_each(|b| rewrite(b, tick_def));
-                }
-            });
+    }
+
+    fn pattern(&self, p: &mut Pattern<&'s str>) {
+        match p {
+            Pattern::Var(_) => {}
+            Pattern::Arr(ps) => ps.iter_mut().for_each(|p| self.pattern(p)),
+            Pattern::Obj(kps) => kps.iter_mut().for_each(|(k, p)| {
+                self.term(k, false);
+                self.pattern(p);
+            }),
         }
     }
 }
 
-fn rewrite_pattern<'s>(p: &mut Pattern<&'s str>, tick_def: &dyn Fn(&Def<&'s str>) -> bool) {
-    match p {
-        Pattern::Var(_) => {}
-        Pattern::Arr(ps) => ps.iter_mut().for_each(|p| rewrite_pattern(p, tick_def)),
-        Pattern::Obj(kps) => kps.iter_mut().for_each(|(k, p)| {
-            rewrite(k, tick_def);
-            rewrite_pattern(p, tick_def);
-        }),
+/// Name and arity of every definition in `t` (nested ones included).
+fn collect_defs<'s>(t: &Term<&'s str>, out: &mut BTreeSet<(&'s str, usize)>) {
+    if let Term::Def(defs, _) = t {
+        out.extend(defs.iter().map(|d| (d.name, d.args.len())));
     }
+    children(t, &mut |c| collect_defs(c, out));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,6 +504,8 @@ struct Prelude {
     defs: Vec<Def<&'static str>>,
     /// `refs[i]`: names of the filters `defs[i]` may call.
     refs: Vec<BTreeSet<&'static str>>,
+    /// Name and arity of the definitions that can take part in a recursion.
+    recursive: BTreeSet<Key>,
 }
 
 fn prelude() -> &'static Prelude {
@@ -495,7 +546,11 @@ impl Prelude {
                 r
             })
             .collect();
-        Prelude { defs, refs }
+        Prelude {
+            defs,
+            refs,
+            recursive,
+        }
     }
 
     /// The definitions a filter calling `refs` needs, in prelude order (a definition only calls
@@ -572,13 +627,13 @@ fn reaches(graph: &BTreeMap<Key, BTreeSet<Key>>, from: Key, target: Key) -> bool
     false
 }
 
-/// [`rewrite`], ticking the recursive definitions only.
+/// [`Rewriter`], ticking and nesting the recursive definitions only.
 fn rewrite_prelude_def(d: &mut Def<&'static str>, recursive: &BTreeSet<Key>) {
-    let tick = |d: &Def<&'static str>| recursive.contains(&key(d));
-    rewrite(&mut d.body, &tick);
-    if tick(d) {
-        d.body = tick_before(std::mem::take(&mut d.body));
-    }
+    let rewriter = Rewriter {
+        tick_def: &|d| recursive.contains(&key(d)),
+        nest_call: &|name, arity| recursive.contains(&(name, arity)),
+    };
+    rewriter.def(d);
 }
 
 /// Names of definitions and natives that exist in jq but are removed here (for tests).

@@ -1,5 +1,6 @@
 //! Evaluation-time support: the jaq data kind carrying the [`Guard`], the guard itself, and the
-//! native filters kflow adds or replaces (`__kflow_tick`, `__kflow_mul`, `range/3`).
+//! native filters kflow adds or replaces (`__kflow_tick`, `__kflow_nest`, `__kflow_mul`,
+//! `range/3`).
 
 use std::cell::Cell;
 use std::cmp::Ordering;
@@ -8,11 +9,13 @@ use std::time::Instant;
 use jaq_core::box_iter::box_once;
 use jaq_core::data::HasLut;
 use jaq_core::native::{Fun, v};
-use jaq_core::{Cv, DataT, Error, Exn, Native, ValX, ValXs};
+use jaq_core::{Bind, Cv, DataT, Error, Exn, Native, ValX, ValXs};
 use jaq_json::Val;
 
 /// Name of the native filter that [`Guard::tick`]s (inserted by the program rewriter).
 pub(super) const TICK: &str = "__kflow_tick";
+/// Name of the native filter wrapping a call in non-tail position (counts the nesting depth).
+pub(super) const NEST: &str = "__kflow_nest";
 /// Name of the native filter replacing `l * r` (refuses huge string repetitions).
 pub(super) const MUL: &str = "__kflow_mul";
 
@@ -50,7 +53,9 @@ pub(super) enum Trip {
     Time,
     /// The step budget ran out.
     Steps,
-    /// The stack budget ran out (runaway recursion).
+    /// The nesting budget ran out (runaway recursion).
+    Depth,
+    /// The stack budget ran out (runaway recursion through very large definitions).
     Stack,
     /// A single operation would have produced a value larger than allowed (bytes).
     TooLarge(u64),
@@ -63,14 +68,15 @@ impl Trip {
             Trip::Escalate => "evaluation moved to a larger stack",
             Trip::Time => "time budget exceeded",
             Trip::Steps => "step budget exceeded",
-            Trip::Stack => "recursion too deep",
+            Trip::Depth | Trip::Stack => "recursion too deep",
             Trip::TooLarge(_) => "value too large",
         }
     }
 }
 
 /// Budget keeper of one evaluation run, consulted by the `__kflow_tick` native at every entry
-/// of a recursion-capable definition, every `reduce`/`foreach` step and every `range` item.
+/// of a recursion-capable definition, every `reduce`/`foreach` step and every `range` item, and
+/// by `__kflow_nest` around every call in non-tail position.
 ///
 /// Once tripped it stays tripped: every later tick fails again, so a jq `try` cannot swallow
 /// the stop, and the evaluator reports the trip whatever the filter produced afterwards.
@@ -83,10 +89,15 @@ pub(super) struct Guard {
     step_limit: u64,
     /// Inline run: exhausting stack or steps asks for a retry on a big stack.
     inline: bool,
-    deadline: Instant,
+    /// Nested non-tail calls allowed.
+    depth_limit: u32,
+    /// Wall-clock deadline, when the evaluation has a time budget.
+    deadline: Option<Instant>,
     /// Largest string a `*` may build.
     pub(super) max_value_bytes: u64,
     steps: Cell<u64>,
+    /// Calls in non-tail position in progress.
+    depth: Cell<u32>,
     /// Deepest stack growth seen at a tick.
     max_stack: Cell<usize>,
     tripped: Cell<Option<Trip>>,
@@ -100,7 +111,8 @@ impl Guard {
         stack_budget: usize,
         step_limit: u64,
         inline: bool,
-        deadline: Instant,
+        depth_limit: u32,
+        deadline: Option<Instant>,
         max_value_bytes: u64,
     ) -> Guard {
         Guard {
@@ -108,9 +120,11 @@ impl Guard {
             stack_budget,
             step_limit,
             inline,
+            depth_limit,
             deadline,
             max_value_bytes,
             steps: Cell::new(0),
+            depth: Cell::new(0),
             max_stack: Cell::new(0),
             tripped: Cell::new(None),
         }
@@ -157,10 +171,40 @@ impl Guard {
                 Trip::Stack
             }));
         }
-        if n % CLOCK_EVERY == 0 && Instant::now() >= self.deadline {
+        if n % CLOCK_EVERY == 0
+            && let Some(deadline) = self.deadline
+            && Instant::now() >= deadline
+        {
             return Err(self.trip(Trip::Time));
         }
         Ok(())
+    }
+
+    /// Enters a call in non-tail position: one more level of nesting. The depth counts what
+    /// jaq does, not how much stack it takes, so it trips at the same point in every build.
+    /// Every `enter` that succeeds is followed by one [`Guard::leave`].
+    fn enter(&self) -> Result<(), Trip> {
+        if let Some(t) = self.tripped.get() {
+            return Err(t);
+        }
+        let d = self.depth.get() + 1;
+        if d > self.depth_limit {
+            return Err(self.trip(Trip::Depth));
+        }
+        self.depth.set(d);
+        Ok(())
+    }
+
+    fn leave(&self) {
+        self.depth.set(self.depth.get().saturating_sub(1));
+    }
+
+    /// Runs `f` one nesting level deeper.
+    fn nested<T>(&self, f: impl FnOnce() -> T) -> Result<T, Trip> {
+        self.enter()?;
+        let out = f();
+        self.leave();
+        Ok(out)
     }
 }
 
@@ -180,6 +224,48 @@ fn tick_run<'a>(cv: Cv<'a, Kd>) -> ValXs<'a, V<'a>> {
         Ok(()) => box_once(Ok(cv.1)),
         Err(t) => box_once(Err(exn(t))),
     }
+}
+
+/// Iterator of a nested call: each pull of an output is one nesting level deeper.
+struct Nested<'a, I> {
+    inner: Option<I>,
+    guard: &'a Guard,
+}
+
+impl<'a, T, I: Iterator<Item = Result<T, Exn<'a, Val>>>> Iterator for Nested<'a, I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let inner = self.inner.as_mut()?;
+        match self.guard.nested(|| inner.next()) {
+            Ok(next) => next,
+            Err(t) => {
+                // the guard stays tripped; end here so that no consumer pulls forever
+                self.inner = None;
+                Some(Err(exn(t)))
+            }
+        }
+    }
+}
+
+fn nested<'a, T: 'a, I: Iterator<Item = Result<T, Exn<'a, Val>>> + 'a>(
+    guard: &'a Guard,
+    start: impl FnOnce() -> I,
+) -> Box<dyn Iterator<Item = Result<T, Exn<'a, Val>>> + 'a> {
+    match guard.nested(start) {
+        Ok(inner) => Box::new(Nested {
+            inner: Some(inner),
+            guard,
+        }),
+        Err(t) => box_once(Err(exn(t))),
+    }
+}
+
+/// `__kflow_nest(f)`: runs `f` (a call in non-tail position) one nesting level deeper.
+fn nest_run<'a>(mut cv: Cv<'a, Kd>) -> ValXs<'a, V<'a>> {
+    let guard = cv.0.data().guard;
+    let (f, fc) = cv.0.pop_fun();
+    nested(guard, move || f.run((fc, cv.1)))
 }
 
 /// `l * r`, refusing string repetitions beyond the value size budget before allocating.
@@ -290,8 +376,20 @@ pub(super) fn natives() -> Vec<Fun<Kd>> {
             Ok(()) => f(cv.1),
             Err(t) => box_once(Err(exn(t))),
         });
-    let own: [Fun<Kd>; 3] = [
+    let nest = Native::<Kd>::new(nest_run)
+        .with_paths(|mut cv| {
+            let guard = cv.0.data().guard;
+            let (f, fc) = cv.0.pop_fun();
+            nested(guard, move || f.paths((fc, cv.1)))
+        })
+        .with_update(|mut cv, u| {
+            let guard = cv.0.data().guard;
+            let (f, fc) = cv.0.pop_fun();
+            nested(guard, move || f.update((fc, cv.1), u))
+        });
+    let own: [Fun<Kd>; 4] = [
         (TICK, v(0), tick),
+        (NEST, [Bind::Fun(())].into(), nest),
         (MUL, v(2), Native::<Kd>::new(mul_run)),
         ("range", v(3), Native::<Kd>::new(range_run)),
     ];
