@@ -103,6 +103,7 @@ fn run_once(wf: &Arc<kflow_dsl::Workflow>) -> Value {
         id: "bench".into(),
         secrets: Value::Null,
         runtime: Value::Null,
+        limits: Default::default(),
     };
     let mut inst = Instance::new(wf.clone(), cfg);
     let mut queue = Vec::new();

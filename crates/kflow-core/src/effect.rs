@@ -35,6 +35,10 @@ pub enum Effect {
     Timer {
         at_ms: i64,
     },
+    /// The instance used up its work budget for this turn ([`crate::Limits::tasks_per_turn`]):
+    /// the host answers with a null result when it is the instance's turn again, after the
+    /// progress so far is recorded. Deterministic: it happens at the same task on replay.
+    Yield,
     /// Run another workflow to its end and answer with its output or error.
     Workflow {
         namespace: String,
@@ -53,6 +57,7 @@ impl Effect {
             Effect::Emit { .. } => "emit",
             Effect::Listen { .. } => "listen",
             Effect::Timer { .. } => "timer",
+            Effect::Yield => "yield",
             Effect::Workflow { .. } => "workflow",
         }
     }

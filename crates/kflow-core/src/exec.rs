@@ -37,6 +37,23 @@ pub(crate) struct Shared {
     pub context: Value,
     /// Deterministic pseudo-random state (jitter), seeded from the instance id.
     pub rng: u64,
+    /// The instance's work budgets.
+    pub limits: crate::instance::Limits,
+    /// Tasks started during the current call into the instance (reset by every poll).
+    pub turn_tasks: u32,
+    /// Tasks started over the instance's life (replay counts them again, identically).
+    pub total_tasks: u64,
+    /// Set when a budget that ends the instance ran out: the instance faults with it.
+    pub exhausted: Option<WfError>,
+}
+
+/// What [`Sh::charge`] decided for the task about to start.
+pub(crate) enum Charge {
+    Go,
+    /// The turn's budget is used up: yield to the host first.
+    Yield,
+    /// The instance's life budget is used up: it faults (not catchable by the workflow).
+    Exhausted,
 }
 
 #[derive(Clone, Default)]
@@ -73,6 +90,30 @@ impl Sh {
         }
         s.events.entry(id).or_default().push_back(ev);
         true
+    }
+
+    /// Counts one task start against the budgets. Counting is deterministic (a function of the
+    /// history), so a replay yields and faults at exactly the same tasks.
+    pub fn charge(&self) -> Charge {
+        let mut s = self.lock();
+        if s.exhausted.is_some() {
+            return Charge::Exhausted;
+        }
+        s.total_tasks += 1;
+        if s.total_tasks > s.limits.max_tasks {
+            let max = s.limits.max_tasks;
+            s.exhausted = Some(WfError::runtime(format!(
+                "the instance exceeded its limit of {max} task executions (limits.max_tasks); \
+                 a loop that never ends?"
+            )));
+            return Charge::Exhausted;
+        }
+        s.turn_tasks += 1;
+        if s.turn_tasks > s.limits.tasks_per_turn {
+            s.turn_tasks = 0;
+            return Charge::Yield;
+        }
+        Charge::Go
     }
 
     /// Next pseudo-random number in [0, 1) (splitmix64).

@@ -29,6 +29,30 @@ pub struct InstanceConfig {
     pub secrets: Value,
     /// `$runtime`.
     pub runtime: Value,
+    /// Work budgets (the same on every replay of the instance).
+    pub limits: Limits,
+}
+
+/// How much work an instance may do. Both budgets count task starts, which are a function of
+/// the history alone, so replay reaches the same decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Tasks one call into the instance ([`Instance::start`], [`Instance::deliver`]) may start
+    /// before it yields to its host with an [`Effect::Yield`]: a loop that never waits still
+    /// lets the host record its progress and serve other instances.
+    pub tasks_per_turn: u32,
+    /// Tasks the instance may start in its whole life; past it the instance faults with a
+    /// runtime error naming the limit (a `try` cannot catch it).
+    pub max_tasks: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tasks_per_turn: 1_000,
+            max_tasks: 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +145,7 @@ impl Instance {
             let mut s = self.sh.lock();
             s.now = now_ms;
             s.rng = seed(&self.config.id);
+            s.limits = self.config.limits;
         }
         let env = Arc::new(Env {
             wf: self.wf.clone(),
@@ -179,12 +204,44 @@ impl Instance {
         self.drain(None)
     }
 
+    /// Faults the instance from outside (a limit the host enforces, such as the length of
+    /// its history): every pending effect gets a cancel command, and the step carries the
+    /// error as the result. A `try` in the workflow does not see it.
+    pub fn fault(&mut self, error: WfError, now_ms: i64) -> Step {
+        if self.status.is_finished() {
+            return Step::default();
+        }
+        self.sh.lock().now = now_ms;
+        self.root = None;
+        self.finish_faulted(error, now_ms)
+    }
+
+    fn finish_faulted(&mut self, error: WfError, now_ms: i64) -> Step {
+        self.sh.notice(Notice {
+            kind: NoticeKind::WorkflowFaulted,
+            task: None,
+            time_ms: now_ms,
+            detail: Some(error.to_value()),
+        });
+        self.status = Status::Faulted(error.clone());
+        self.drain(Some(Err(error)))
+    }
+
     fn poll(&mut self) -> Step {
         let Some(root) = self.root.as_mut() else {
             return Step::default();
         };
+        self.sh.lock().turn_tasks = 0;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let finished = match root.as_mut().poll(&mut cx) {
+        let polled = root.as_mut().poll(&mut cx);
+        let exhausted = self.sh.lock().exhausted.take();
+        if let (Poll::Pending, Some(error)) = (&polled, exhausted) {
+            // A life budget ran out: the whole instance faults, whatever `try` it is in.
+            self.root = None;
+            let now = self.sh.now();
+            return self.finish_faulted(error, now);
+        }
+        let finished = match polled {
             Poll::Pending => None,
             Poll::Ready(r) => {
                 self.root = None;

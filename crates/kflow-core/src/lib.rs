@@ -15,7 +15,7 @@ pub mod time;
 
 pub use effect::{Command, Delivery, Effect, EffectId};
 pub use error::WfError;
-pub use instance::{Instance, InstanceConfig, Status, Step};
+pub use instance::{Instance, InstanceConfig, Limits, Status, Step};
 pub use notice::{Notice, NoticeKind};
 
 /// The budgets of every expression evaluation the interpreter performs (deterministic ones

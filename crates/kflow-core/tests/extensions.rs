@@ -83,6 +83,7 @@ fn replay_max_pending(wf: Arc<kflow_dsl::Workflow>, input: Value, s: &Sim) -> us
         id: "test-instance".into(),
         secrets: json!({"token": "s3cret"}),
         runtime: Value::Null,
+        limits: Default::default(),
     };
     let mut inst = Instance::new(wf, cfg);
     let mut started = Vec::new();

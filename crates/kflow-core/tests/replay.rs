@@ -84,6 +84,7 @@ fn fresh() -> Instance {
         id: "test-instance".into(),
         secrets: json!({"token": "s3cret"}),
         runtime: Value::Null,
+        limits: Default::default(),
     };
     Instance::new(load(WF), cfg)
 }

@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub namespace_limits: std::collections::HashMap<String, usize>,
     /// The time zone of cron schedules that name none (IANA name; default UTC).
     pub timezone: String,
+    /// What one instance may do: tasks per driver turn, tasks and history records in its life.
+    pub limits: crate::engine::InstanceLimits,
+    /// How long a start's `Idempotency-Key` is remembered (seconds; default 86,400).
+    pub idempotency_ttl_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -48,8 +52,19 @@ impl Default for ServerConfig {
             rate_limits: Default::default(),
             namespace_limits: Default::default(),
             timezone: "UTC".into(),
+            limits: Default::default(),
+            idempotency_ttl_seconds: 86_400,
         }
     }
+}
+
+/// `limits:` in the file: any of the three.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct LimitsFile {
+    tasks_per_turn: Option<u32>,
+    max_tasks: Option<u64>,
+    max_history: Option<i64>,
 }
 
 /// The file's shape: every key optional, no others allowed.
@@ -68,6 +83,8 @@ struct FileConfig {
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
     timezone: Option<String>,
+    limits: Option<LimitsFile>,
+    idempotency_ttl_seconds: Option<u64>,
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -141,6 +158,35 @@ impl ServerConfig {
             }
             c.lease_ttl_ms = v;
         }
+        if let Some(l) = file.limits {
+            let at_least = |what: &str, v: i128, min: i128| {
+                if v < min {
+                    Err(format!("{name}: limits.{what} must be at least {min}"))
+                } else {
+                    Ok(())
+                }
+            };
+            if let Some(v) = l.tasks_per_turn {
+                at_least("tasks_per_turn", v.into(), 1)?;
+                c.limits.tasks_per_turn = v;
+            }
+            if let Some(v) = l.max_tasks {
+                at_least("max_tasks", v.into(), 1)?;
+                c.limits.max_tasks = v;
+            }
+            if let Some(v) = l.max_history {
+                at_least("max_history", v.into(), 10)?;
+                c.limits.max_history = v;
+            }
+        }
+        if let Some(v) = file.idempotency_ttl_seconds {
+            if v == 0 {
+                return Err(format!(
+                    "{name}: idempotency_ttl_seconds must be at least 1"
+                ));
+            }
+            c.idempotency_ttl_seconds = v;
+        }
         if let Some(v) = file.timezone {
             crate::schedule::plan::parse_tz(&v).map_err(|e| format!("{name}: timezone: {e}"))?;
             c.timezone = v;
@@ -178,6 +224,21 @@ mod tests {
         let c = ServerConfig::from_file_bytes(b"timezone: Europe/Paris\n", "k.yaml").unwrap();
         assert_eq!(c.timezone, "Europe/Paris");
         assert_eq!(ServerConfig::default().timezone, "UTC");
+        let c = ServerConfig::from_file_bytes(
+            b"limits:\n  max_tasks: 50\nidempotency_ttl_seconds: 60\n",
+            "k.yaml",
+        )
+        .unwrap();
+        assert_eq!((c.limits.max_tasks, c.limits.tasks_per_turn), (50, 1_000));
+        assert_eq!(c.idempotency_ttl_seconds, 60);
+        let e = ServerConfig::from_file_bytes(b"limits:\n  max_task: 5\n", "k.yaml").unwrap_err();
+        assert!(e.contains("unknown field `max_task`"), "{e}");
+        let e =
+            ServerConfig::from_file_bytes(b"limits:\n  tasks_per_turn: 0\n", "k.yaml").unwrap_err();
+        assert!(
+            e.contains("limits.tasks_per_turn must be at least 1"),
+            "{e}"
+        );
         let e = ServerConfig::from_file_bytes(b"timezone: Europe/Pariss\n", "k.yaml").unwrap_err();
         assert!(
             e.contains("timezone: unknown time zone 'Europe/Pariss'"),

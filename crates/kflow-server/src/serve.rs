@@ -27,6 +27,8 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         lease_ttl_ms: cfg.lease_ttl_ms,
         rate_limits: cfg.rate_limits.clone(),
         namespace_limits: cfg.namespace_limits.clone(),
+        limits: cfg.limits,
+        idempotency_ttl_ms: (cfg.idempotency_ttl_seconds.min(u64::MAX / 2000) * 1000) as i64,
         ..EngineConfig::default()
     })
     .await

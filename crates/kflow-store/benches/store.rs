@@ -77,6 +77,7 @@ fn setup(store: &SqliteStore) -> Workload {
                     error: None,
                     created_ms: i as i64,
                     updated_ms: i as i64,
+                    attention: None,
                 }),
                 history: vec![HistoryEvent {
                     seq: 1,

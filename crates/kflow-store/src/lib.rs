@@ -106,6 +106,23 @@ pub struct Instance {
     pub error: Option<Value>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Set when the engine cannot advance the instance without an operator (its history
+    /// cannot be replayed by this build, or replaying it panicked): why. Such an instance is
+    /// parked: its timers, subscriptions and work are not resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
+}
+
+/// A start's idempotency key: the same key with the same request answers the same instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub namespace: String,
+    pub key: String,
+    /// SHA-256 (hex) of the canonical request.
+    pub request_hash: String,
+    pub instance_id: String,
+    /// After this the key is forgotten (pruned) and may be used again.
+    pub expires_ms: i64,
 }
 
 /// One history event of an instance. `seq` starts at 1 and has no gaps.
@@ -153,6 +170,11 @@ pub struct Commit {
     pub now_ms: i64,
     /// Posted CloudEvents (ids from [`Store::add_event`]) whose deliveries this batch commits.
     pub processed_events: Vec<i64>,
+    /// Removes every work row of the instance (after `add_work`): an instance the engine
+    /// faulted or cancelled without its core.
+    pub clear_work: bool,
+    /// An idempotency key recorded with the instance this commit creates.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -248,6 +270,19 @@ pub trait Store: Send + Sync + 'static {
     fn subscriptions(&self) -> Result<Vec<WorkItem>>;
     /// Ids of instances in `running` status.
     fn running_instances(&self) -> Result<Vec<String>>;
+    /// Marks an instance as needing attention (`Some(reason)`) or clears the mark.
+    fn set_attention(&self, id: &str, reason: Option<&str>) -> Result<()>;
+
+    // --- idempotency keys --------------------------------------------------------------
+    /// The key's record, if it exists and has not expired by `now_ms`.
+    fn idempotency_key(
+        &self,
+        namespace: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<IdempotencyKey>>;
+    /// Deletes up to `limit` keys expired by `now_ms`; returns how many.
+    fn prune_idempotency_keys(&self, now_ms: i64, limit: u32) -> Result<usize>;
 
     // --- events ------------------------------------------------------------------------
     /// Records a posted CloudEvent before it is acknowledged; returns its id (increasing).

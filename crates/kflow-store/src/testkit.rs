@@ -63,6 +63,8 @@ cases!(
     schedules_put_is_compare_and_set,
     schedules_list_get_delete,
     schedules_pause_and_next_fire,
+    attention_parks_an_instance,
+    idempotency_keys_commit_with_their_instance_and_expire,
 );
 
 /// Runs every case on a fresh store from `make`; reports all failures at the end.
@@ -119,6 +121,8 @@ macro_rules! store_conformance_tests {
             schedules_put_is_compare_and_set,
             schedules_list_get_delete,
             schedules_pause_and_next_fire,
+            attention_parks_an_instance,
+            idempotency_keys_commit_with_their_instance_and_expire,
         );
     };
 }
@@ -173,6 +177,7 @@ pub fn instance(id: &str, created_ms: i64) -> Instance {
         error: None,
         created_ms,
         updated_ms: created_ms,
+        attention: None,
     }
 }
 
@@ -1482,4 +1487,72 @@ pub fn events_are_pending_until_a_commit_processes_them(store: &dyn Store) {
     let dup = create(&instance("e1", 1));
     assert!(store.apply(&[bad, dup]).is_err());
     assert_eq!(ok(store.pending_events(10)).len(), 1);
+}
+
+pub fn attention_parks_an_instance(store: &dyn Store) {
+    let a = instance("a", 1);
+    let b = instance("b", 2);
+    let mut ca = create(&a);
+    ca.add_work = vec![work("a", 1, "timer", 10), work("a", 2, "listen", 0)];
+    let mut cb = create(&b);
+    cb.add_work = vec![work("b", 1, "timer", 10), work("b", 2, "listen", 0)];
+    ok(store.apply(&[ca, cb]));
+    ok(store.set_attention("a", Some("history record #3 cannot be read")));
+    let got = ok(store.get_instance("a")).expect("a");
+    assert_eq!(
+        got.attention.as_deref(),
+        Some("history record #3 cannot be read")
+    );
+    assert_eq!(ok(store.get_instance("b")).expect("b").attention, None);
+    // A parked instance's work is not resumed.
+    assert_eq!(work_keys(&ok(store.due_work(100, 100))), vec![key("b", 1)]);
+    assert_eq!(
+        work_keys(&ok(store.due_timers(100, 100))),
+        vec![key("b", 1)]
+    );
+    assert_eq!(work_keys(&ok(store.subscriptions())), vec![key("b", 2)]);
+    // Cleared: back in motion; a commit can clear all of an instance's work at once.
+    ok(store.set_attention("a", None));
+    assert_eq!(ok(store.due_work(100, 100)).len(), 2);
+    ok(store.apply(&[Commit {
+        instance_id: "a".into(),
+        clear_work: true,
+        now_ms: 5,
+        ..Default::default()
+    }]));
+    assert!(ok(store.work_of("a")).is_empty());
+    assert_eq!(ok(store.work_of("b")).len(), 2);
+}
+
+pub fn idempotency_keys_commit_with_their_instance_and_expire(store: &dyn Store) {
+    let k = |ns: &str, inst: &str, expires_ms: i64| crate::IdempotencyKey {
+        namespace: ns.into(),
+        key: "order-1".into(),
+        request_hash: format!("hash-{inst}"),
+        instance_id: inst.into(),
+        expires_ms,
+    };
+    let mut c = create(&instance("i1", 1));
+    c.idempotency = Some(k("default", "i1", 1_000));
+    ok(store.apply(&[c]));
+    assert_eq!(
+        ok(store.idempotency_key("default", "order-1", 999)),
+        Some(k("default", "i1", 1_000))
+    );
+    // Keys are per namespace; expired ones are not answered.
+    assert_eq!(ok(store.idempotency_key("other", "order-1", 999)), None);
+    assert_eq!(ok(store.idempotency_key("default", "order-1", 1_000)), None);
+    // A failed batch records no key.
+    let mut c2 = create(&instance("i2", 2));
+    c2.idempotency = Some(k("other", "i2", 5_000));
+    let bad = append("missing", 1..=1);
+    assert!(store.apply(&[c2, bad]).is_err());
+    assert_eq!(ok(store.idempotency_key("other", "order-1", 0)), None);
+    // Pruning removes expired keys only, a bounded number at a time.
+    let mut c3 = create(&instance("i3", 3));
+    c3.idempotency = Some(k("third", "i3", 9_000));
+    ok(store.apply(&[c3]));
+    assert_eq!(ok(store.prune_idempotency_keys(2_000, 100)), 1);
+    assert_eq!(ok(store.prune_idempotency_keys(2_000, 100)), 0);
+    assert!(ok(store.idempotency_key("third", "order-1", 2_000)).is_some());
 }

@@ -69,6 +69,7 @@ impl Host {
                 id: id.clone(),
                 secrets: self.secrets.clone(),
                 runtime: kflow_tasks::emit::runtime_descriptor(),
+                limits: kflow_core::Limits::default(),
             };
             let mut inst = Instance::new(wf, config);
             let (tx, mut rx) = mpsc::unbounded_channel::<(EffectId, Delivery)>();
@@ -185,6 +186,10 @@ impl Run {
                     Ok(Value::Null)
                 });
             }
+            // One run, one instance: nothing else to serve; continue at once.
+            Effect::Yield => self
+                .ready
+                .push_back((id, Delivery::Result(Ok(Value::Null)))),
             Effect::Emit { event } => {
                 let event = kflow_tasks::emit::complete_event(event, &self.instance_id, now_ms());
                 self.ready.push_back((id, Delivery::Result(Ok(event))));

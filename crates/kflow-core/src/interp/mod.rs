@@ -24,7 +24,7 @@ use kflow_dsl::template::Template;
 
 use crate::effect::Effect;
 use crate::error::WfError;
-use crate::exec::{BoxFut, Either, Sh, race};
+use crate::exec::{BoxFut, Charge, Either, Sh, race};
 use crate::notice::{Notice, NoticeKind};
 use crate::time;
 
@@ -199,6 +199,22 @@ impl Cx {
         });
     }
 
+    /// Counts a task start against the instance's budgets: yields to the host when the turn's
+    /// budget is used up; never returns when the life budget is (the instance then faults as
+    /// a whole, see `Instance::poll`).
+    pub async fn charge(&self, task: &str) -> Result<(), WfError> {
+        match self.sh.charge() {
+            Charge::Go => Ok(()),
+            Charge::Yield => {
+                self.sh.effect(task, Effect::Yield).await?;
+                // The task that yielded starts in the new turn: it counts there.
+                self.sh.lock().turn_tasks += 1;
+                Ok(())
+            }
+            Charge::Exhausted => std::future::pending().await,
+        }
+    }
+
     /// Waits `ms` milliseconds of workflow time, durably (a timer effect).
     pub async fn sleep(&self, task: &str, ms: u64) -> Result<(), WfError> {
         let at_ms = self.sh.now().saturating_add(ms.min(i64::MAX as u64) as i64);
@@ -303,16 +319,10 @@ pub(crate) fn run_list(cx: Cx, list: TaskList, input: Value) -> BoxFut<Result<Ou
     Box::pin(async move {
         let mut data = input;
         let mut i = 0usize;
-        // Bound on jumps so that a `then:` cycle with no exit cannot spin forever without
-        // yielding to the host; real loops go through effects and are unaffected.
-        let mut steps: u64 = 0;
+        // A `then:` cycle with no exit is bounded by the task budgets (`Cx::charge` in
+        // `run_task`): it yields to the host every `tasks_per_turn` tasks and faults the
+        // instance past `max_tasks`.
         while i < list.len() {
-            steps += 1;
-            if steps > 10_000_000 {
-                return Err(WfError::runtime(
-                    "too many task transitions (a `then:` loop that never ends?)",
-                ));
-            }
             let (out, flow) = run_task(cx.clone(), list.clone(), i, data).await?;
             data = out;
             match flow {
@@ -335,6 +345,7 @@ pub(crate) fn run_task(
 ) -> BoxFut<Result<(Value, Flow), WfError>> {
     Box::pin(async move {
         let named = &list[idx];
+        cx.charge(&named.reference).await?;
         let task = &named.task;
         let started_ms = cx.sh.now();
         let info = TaskInfo {

@@ -49,6 +49,7 @@ impl Sim {
             id: "test-instance".into(),
             secrets: serde_json::json!({"token": "s3cret"}),
             runtime: Value::Null,
+            limits: Default::default(),
         };
         Sim {
             inst: Instance::new(wf, cfg),
@@ -73,6 +74,10 @@ impl Sim {
                         Effect::Timer { at_ms } => {
                             self.due
                                 .push((*at_ms, id, Delivery::Result(Ok(Value::Null))))
+                        }
+                        Effect::Yield => {
+                            self.due
+                                .push((self.now, id, Delivery::Result(Ok(Value::Null))))
                         }
                         Effect::Listen { .. } => {
                             for ev in self.events.drain(..) {

@@ -2,10 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use kflow_store::{InstanceFilter, InstanceStatus};
+
+use crate::engine::StartSpec;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
@@ -26,40 +28,64 @@ pub const MAX_HISTORY: u32 = 10_000;
     path = "/api/v1/instances",
     tag = "instances",
     request_body = StartRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Starts at most one instance per key (in the namespace, for `idempotency_ttl` after the first use, 24 h by default): the same request again answers that instance with 200; another request with the same key is refused with 409"),
+    ),
     responses(
         (status = 201, description = "Started (committed); with `wait`, the finished instance (an InstanceView)", body = InstanceDto),
-        (status = 400, description = "Malformed body, or the input does not match the workflow's input schema (`details` names the failing paths)", body = ErrorBody),
+        (status = 200, description = "A repeated request (same `id` or `Idempotency-Key`, same request): the instance it started", body = InstanceDto),
+        (status = 400, description = "Malformed body, a bad id or key, or the input does not match the workflow's input schema (`details` names the failing paths)", body = ErrorBody),
         (status = 404, description = "Unknown workflow or version", body = ErrorBody),
-        (status = 409, description = "The version is deprecated", body = ErrorBody),
+        (status = 409, description = "The version is deprecated, or the id or key was used for another request", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
     )
 )]
 pub async fn start_instance(
     State(st): State<AppState>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<StartRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let version = req
-        .version
-        .as_deref()
-        .filter(|v| !v.is_empty() && *v != "latest");
+    let version = req.version.filter(|v| !v.is_empty() && v != "latest");
     let input = req
         .input
         .unwrap_or_else(|| Value::Object(Default::default()));
-    let inst = st
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
+                .to_string(),
+        ),
+    };
+    let started = st
         .engine
-        .start_with_priority(&req.namespace, &req.name, version, input, req.priority)
+        .start_request(StartSpec {
+            namespace: req.namespace,
+            name: req.name,
+            version,
+            input,
+            priority: req.priority,
+            id: req.id,
+            idempotency_key,
+        })
         .await?;
+    let code = if started.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let inst = started.instance;
     if req.wait {
         let timeout = std::time::Duration::from_secs(req.wait_seconds.unwrap_or(60).min(3600));
         let view = st.engine.wait_finished(&inst.id, timeout).await?;
         let body = serde_json::to_value(InstanceViewDto::from(view))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        return Ok((StatusCode::CREATED, Json(body)));
+        return Ok((code, Json(body)));
     }
     let body = serde_json::to_value(InstanceDto::from(inst))
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((code, Json(body)))
 }
 
 /// Lists instances, newest first, a page at a time.

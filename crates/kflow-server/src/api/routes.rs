@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::header;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -36,15 +37,29 @@ use crate::engine::Engine;
 )]
 struct ApiDoc;
 
-/// Liveness: 200 `ok` while the process serves requests.
+/// How long the engine's driver may go without a turn before the server is unhealthy (it
+/// wakes at least once a second when idle).
+const DRIVER_STALE_MS: i64 = 10_000;
+
+/// Liveness: 200 `ok` while the process serves requests and the engine's driver goes round
+/// its loop; 503 when the driver has been stuck for more than 10 s.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "health",
-    responses((status = 200, description = "Alive", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Alive", body = String, content_type = "text/plain"),
+        (status = 503, description = "The engine's driver is stuck", body = String, content_type = "text/plain"),
+    )
 )]
-pub async fn healthz() -> &'static str {
-    "ok"
+pub async fn healthz(State(st): State<AppState>) -> (StatusCode, String) {
+    match st.engine.driver_alive(DRIVER_STALE_MS) {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(ms) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: the engine's driver has not gone round its loop for {ms} ms"),
+        ),
+    }
 }
 
 fn api() -> OpenApiRouter<AppState> {

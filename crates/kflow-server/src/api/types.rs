@@ -120,6 +120,10 @@ pub struct StartRequest {
     pub wait_seconds: Option<u64>,
     /// Queue priority of the instance's calls and processes (higher first; default 0).
     pub priority: Option<i64>,
+    /// A client-chosen instance id (1 to 128 letters, digits, `-`, `_`): sending the same
+    /// request again answers the same instance (200) instead of starting another; another
+    /// request with this id is refused (409). Same guarantee as the `Idempotency-Key` header.
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -163,6 +167,10 @@ pub struct InstanceDto {
     pub created_ms: i64,
     pub updated: String,
     pub updated_ms: i64,
+    /// Set when kflow cannot advance the instance without an operator (its history cannot be
+    /// replayed by this build): why. Cancel it, or run a kflow that reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
 }
 
 impl From<Instance> for InstanceDto {
@@ -180,6 +188,7 @@ impl From<Instance> for InstanceDto {
             input: i.input,
             output: i.output,
             error: i.error,
+            attention: i.attention,
         }
     }
 }

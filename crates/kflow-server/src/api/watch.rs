@@ -224,20 +224,7 @@ impl Pump {
 
 /// Events after which the instance may have finished.
 fn may_end(ev: &LiveEvent) -> bool {
-    let e = &ev.event;
-    if e.kind == "cancelled" {
-        return true;
-    }
-    e.kind == "notice"
-        && e.data
-            .get("type")
-            .and_then(|t| t.as_str())
-            .is_some_and(|t| {
-                matches!(
-                    t,
-                    "workflow.completed" | "workflow.faulted" | "workflow.cancelled"
-                )
-            })
+    crate::engine::journal::Record::decode(&ev.instance_id, &ev.event).is_ok_and(|r| r.ends())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod concurrency;
 mod dispatch;
 mod driver;
+pub mod journal;
 pub mod queue;
 mod timers;
 pub mod workers;
@@ -68,6 +69,82 @@ pub struct EngineConfig {
     pub rate_limits: HashMap<String, f64>,
     /// Running instances at most per namespace (more wait, oldest first).
     pub namespace_limits: HashMap<String, usize>,
+    /// What one instance may do (see [`InstanceLimits`]).
+    pub limits: InstanceLimits,
+    /// How long an `Idempotency-Key` of a start is remembered.
+    pub idempotency_ttl_ms: i64,
+    /// Faults injected by tests (never set from a config file).
+    #[doc(hidden)]
+    pub faults: FaultInjection,
+}
+
+/// Per-instance budgets: one instance can neither stall the engine nor grow without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct InstanceLimits {
+    /// Tasks an instance may run in one turn of the driver before it yields (its progress is
+    /// committed and the other instances go on).
+    pub tasks_per_turn: u32,
+    /// Tasks an instance may run in its life; past it, it faults naming this limit.
+    pub max_tasks: u64,
+    /// History records an instance may have; past it, it faults naming this limit.
+    pub max_history: i64,
+}
+
+impl Default for InstanceLimits {
+    fn default() -> Self {
+        InstanceLimits {
+            tasks_per_turn: 1_000,
+            max_tasks: 1_000_000,
+            max_history: 2_500_000,
+        }
+    }
+}
+
+/// Test-only fault injection.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct FaultInjection {
+    /// Panic inside the driver's turn of an instance when it starts a task with this name.
+    pub panic_on_task: Option<String>,
+}
+
+/// Deduplication of a start request (see `Engine::start_request`).
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    pub namespace: String,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub key: Option<String>,
+    /// SHA-256 of the canonical request (namespace, name, version, input, priority).
+    pub request_hash: String,
+    /// The request, to compare with an instance found by a client-chosen id.
+    pub name: String,
+    pub version: Option<String>,
+    pub input: Value,
+    pub expires_ms: i64,
+}
+
+/// A start request.
+#[derive(Debug, Clone, Default)]
+pub struct StartSpec {
+    pub namespace: String,
+    pub name: String,
+    /// None: the latest version that takes new runs.
+    pub version: Option<String>,
+    pub input: Value,
+    pub priority: Option<i64>,
+    /// A client-chosen instance id: the same request again answers that instance.
+    pub id: Option<String>,
+    /// An idempotency key (per namespace): the same request again answers the same instance.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a start did.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub instance: Instance,
+    /// False when the request was a repeat answered with the existing instance.
+    pub created: bool,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +159,9 @@ impl Default for EngineConfig {
             lease_ttl_ms: 1_500,
             rate_limits: HashMap::new(),
             namespace_limits: HashMap::new(),
+            limits: InstanceLimits::default(),
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            faults: FaultInjection::default(),
         }
     }
 }
@@ -144,9 +224,26 @@ pub(crate) struct Shared {
     pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// The scheduler, told about definitions and events (weak: it holds an Engine).
     pub observer: RwLock<Option<Weak<dyn Observer>>>,
+    /// When the driver last went round its loop (ms on a monotonic clock, see `mono_ms`).
+    pub driver_beat: std::sync::atomic::AtomicI64,
+}
+
+/// Milliseconds on a monotonic clock (since the first call).
+pub(crate) fn mono_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
 }
 
 impl Shared {
+    /// The driver is alive and going round its loop.
+    pub fn beat(&self) {
+        self.driver_beat
+            .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The compiled workflow of a registered version (compiled once, then cached).
     pub fn workflow(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
         let key = (ns.to_string(), name.to_string(), version.to_string());
@@ -221,6 +318,7 @@ impl Engine {
             queue,
             waiters: Mutex::new(HashMap::new()),
             observer: RwLock::new(None),
+            driver_beat: std::sync::atomic::AtomicI64::new(mono_ms()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
@@ -439,12 +537,75 @@ impl Engine {
         let wf = self.startable(ns, name, version, &input).await?;
         self.ask(|reply| Msg::Start {
             id: None,
+            dedupe: None,
             wf,
             input,
             priority,
             reply,
         })
         .await
+        .map(|s: Started| s.instance)
+    }
+
+    /// Starts an instance, exactly once per client-chosen id or idempotency key: the same
+    /// request again answers the instance it started (`created: false`), another request
+    /// with the same id or key is refused (conflict). Keys are kept for
+    /// `idempotency_ttl_ms`; ids for as long as their instance exists.
+    pub async fn start_request(&self, spec: StartSpec) -> Result<Started> {
+        if let Some(id) = &spec.id {
+            check_client_id(id)?;
+        }
+        if let Some(k) = &spec.idempotency_key
+            && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+        {
+            return Err(EngineError::Invalid {
+                message: "the idempotency key must be 1 to 255 characters, none of them control characters".into(),
+                details: Vec::new(),
+            });
+        }
+        let dedupe = (spec.id.is_some() || spec.idempotency_key.is_some()).then(|| Dedupe {
+            namespace: spec.namespace.clone(),
+            key: spec.idempotency_key.clone(),
+            request_hash: canonical_hash(&serde_json::json!({
+                "namespace": spec.namespace,
+                "name": spec.name,
+                "version": spec.version,
+                "input": spec.input,
+                "priority": spec.priority,
+                "id": spec.id,
+            })),
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            input: spec.input.clone(),
+            expires_ms: now_ms().saturating_add(self.shared.config.idempotency_ttl_ms),
+        });
+        let wf = self
+            .startable(
+                &spec.namespace,
+                &spec.name,
+                spec.version.as_deref(),
+                &spec.input,
+            )
+            .await?;
+        self.ask(|reply| Msg::Start {
+            id: spec.id,
+            dedupe,
+            wf,
+            input: spec.input,
+            priority: spec.priority,
+            reply,
+        })
+        .await
+    }
+
+    /// Whether the driver went round its loop within `stale_ms`: `Err(ms since it did)`.
+    pub fn driver_alive(&self, stale_ms: i64) -> std::result::Result<(), i64> {
+        let since = mono_ms()
+            - self
+                .shared
+                .driver_beat
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if since > stale_ms { Err(since) } else { Ok(()) }
     }
 
     pub async fn instance(&self, id: &str) -> Result<InstanceView> {
@@ -544,7 +705,23 @@ impl Engine {
             )));
         }
         let id2 = id.to_string();
-        self.blocking(move |s| s.history(&id2, after, limit)).await
+        let rows = self
+            .blocking(move |s| s.history(&id2, after, limit))
+            .await?;
+        // Every row is read through the journal: one that does not decode is shown as
+        // `unreadable` with the reason and the raw row, never dropped or guessed at.
+        Ok(rows
+            .into_iter()
+            .map(|ev| match journal::Record::decode(id, &ev) {
+                Ok(_) => ev,
+                Err(e) => HistoryEvent {
+                    seq: ev.seq,
+                    time_ms: ev.time_ms,
+                    kind: "unreadable".into(),
+                    data: serde_json::json!({ "kind": ev.kind, "error": e.to_string(), "data": ev.data }),
+                },
+            })
+            .collect())
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Instance> {
@@ -841,16 +1018,16 @@ impl Engine {
         let history = self.blocking(move |s| s.history(&id2, 0, u32::MAX)).await?;
         let mut started = std::collections::HashSet::new();
         let mut done = std::collections::HashSet::new();
-        for ev in history.iter().filter(|e| e.kind == "notice") {
-            let r = ev.data["reference"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            match ev.data["type"].as_str() {
-                Some("task.started") => {
+        for rec in journal::decode_all(id, &history)
+            .map_err(|e| EngineError::Store(StoreError::Corrupt(e.to_string())))?
+        {
+            let Some(n) = rec.notice() else { continue };
+            let r = n.reference().unwrap_or_default().to_string();
+            match n.kind() {
+                "task.started" => {
                     started.insert(r);
                 }
-                Some("task.completed" | "task.faulted" | "task.skipped") => {
+                "task.completed" | "task.faulted" | "task.skipped" => {
                     done.insert(r);
                 }
                 _ => {}
@@ -933,7 +1110,11 @@ impl Engine {
             reasons.extend(self.dag_waits(id, &view.instance).await?);
             let id2 = id.to_string();
             let head = self.blocking(move |s| s.history(&id2, 0, 2)).await?;
-            if head.iter().any(|e| e.kind == "queued") && !head.iter().any(|e| e.kind == "started")
+            let head = journal::decode_all(id, &head)
+                .map_err(|e| EngineError::Store(StoreError::Corrupt(e.to_string())))?;
+            let has = |f: fn(&journal::Record) -> bool| head.iter().any(f);
+            if has(|r| matches!(r, journal::Record::Queued { .. }))
+                && !has(|r| matches!(r, journal::Record::Started { .. }))
             {
                 reasons.push(serde_json::json!({ "task": null, "kind": "concurrency", "reason": "waiting for a slot under the workflow's concurrency limit" }));
             }
@@ -969,14 +1150,36 @@ pub trait Observer: Send + Sync + 'static {
 
 /// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7, `Some` starts
 /// at most once (an existing instance with that id is the answer).
+/// A client-chosen instance id: 1 to 128 letters, digits, `-` and `_` (no `.`: it separates
+/// a sub-workflow's id from its parent's).
+fn check_client_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid {
+            message: format!(
+                "invalid instance id {:?}: use 1 to 128 letters, digits, '-' or '_'",
+                id.chars().take(140).collect::<String>()
+            ),
+            details: Vec::new(),
+        })
+    }
+}
+
 fn start_msg(
     id: Option<String>,
     wf: Arc<Workflow>,
     input: Value,
-    reply: oneshot::Sender<Result<Instance>>,
+    reply: oneshot::Sender<Result<Started>>,
 ) -> Msg {
     Msg::Start {
         id,
+        dedupe: None,
         wf,
         input,
         priority: None,
@@ -1032,5 +1235,6 @@ impl Engine {
         let id = id.to_string();
         self.ask(|reply| start_msg(Some(id), wf, input, reply))
             .await
+            .map(|s| s.instance)
     }
 }

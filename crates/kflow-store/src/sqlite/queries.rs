@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::SqliteStore;
 use crate::{
-    Commit, Definition, HistoryEvent, Instance, InstanceFilter, InstanceStatus, Page,
-    PutDefinition, Result, ScheduleRow, Store, StoreError, WorkItem, cursor, semver,
+    Commit, Definition, HistoryEvent, IdempotencyKey, Instance, InstanceFilter, InstanceStatus,
+    Page, PutDefinition, Result, ScheduleRow, Store, StoreError, WorkItem, cursor, semver,
 };
 
 // Column lists as macros so that every statement is one `&'static str` (no formatting on the
@@ -19,7 +19,7 @@ macro_rules! definition_columns {
 }
 macro_rules! instance_columns {
     () => {
-        "id, namespace, name, version, status, created_ms, updated_ms, input, output, error"
+        "id, namespace, name, version, status, created_ms, updated_ms, input, output, error, attention"
     };
 }
 macro_rules! work_columns {
@@ -43,7 +43,7 @@ pub(super) const DUE_WORK: &str = concat!(
     "SELECT ",
     work_columns!(),
     " FROM work w CROSS JOIN instances i ON i.id = w.instance_id",
-    " WHERE w.due_ms <= ?1 AND w.kind <> 'listen' AND i.status = 'running'",
+    " WHERE w.due_ms <= ?1 AND w.kind <> 'listen' AND i.status = 'running' AND i.attention IS NULL",
     " ORDER BY w.due_ms, w.instance_id, w.effect_id LIMIT ?2"
 );
 
@@ -51,13 +51,13 @@ pub(super) const DUE_TIMERS: &str = concat!(
     "SELECT ",
     work_columns!(),
     " FROM work w CROSS JOIN instances i ON i.id = w.instance_id",
-    " WHERE w.kind = 'timer' AND w.due_ms <= ?1 AND i.status = 'running'",
+    " WHERE w.kind = 'timer' AND w.due_ms <= ?1 AND i.status = 'running' AND i.attention IS NULL",
     " ORDER BY w.due_ms LIMIT ?2"
 );
 
 /// The `work_kind` index from the earliest timer, up to the first one of a running instance.
 pub(super) const NEXT_TIMER: &str = "SELECT w.due_ms FROM work w CROSS JOIN instances i ON i.id = w.instance_id \
-     WHERE w.kind = 'timer' AND i.status = 'running' ORDER BY w.due_ms LIMIT 1";
+     WHERE w.kind = 'timer' AND i.status = 'running' AND i.attention IS NULL ORDER BY w.due_ms LIMIT 1";
 
 /// The earliest fire of the schedules that are not paused: the `schedules_next` index.
 pub(super) const NEXT_SCHEDULE_FIRE: &str =
@@ -141,6 +141,7 @@ fn instance_row(row: &Row<'_>) -> Result<Instance> {
         error,
         created_ms: row.get(5)?,
         updated_ms: row.get(6)?,
+        attention: row.get(10)?,
         id,
     })
 }
@@ -237,7 +238,7 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
         conn.prepare_cached(concat!(
             "INSERT INTO instances (",
             instance_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ))?
         .execute(params![
             inst.id,
@@ -250,6 +251,7 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
             to_json(&inst.input)?,
             output,
             error,
+            inst.attention,
         ])
         .map_err(context(|| format!("creating instance {id}")))?;
     }
@@ -317,6 +319,20 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
         for effect_id in &c.remove_work {
             delete.execute(params![id, effect_key(*effect_id)])?;
         }
+    }
+
+    if c.clear_work {
+        conn.prepare_cached("DELETE FROM work WHERE instance_id = ?1")?
+            .execute(params![id])?;
+    }
+
+    if let Some(k) = &c.idempotency {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency (namespace, key, request_hash, instance_id, expires_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![k.namespace, k.key, k.request_hash, k.instance_id, k.expires_ms])
+        .map_err(context(|| format!("instance {id}: recording its idempotency key")))?;
     }
 
     if !c.processed_events.is_empty() {
@@ -667,7 +683,7 @@ impl Store for SqliteStore {
                     "SELECT ",
                     work_columns!(),
                     " FROM work w JOIN instances i ON i.id = w.instance_id",
-                    " WHERE w.kind = 'listen' AND i.status = 'running' ORDER BY w.instance_id, w.effect_id"
+                    " WHERE w.kind = 'listen' AND i.status = 'running' AND i.attention IS NULL ORDER BY w.instance_id, w.effect_id"
                 ),
                 [],
                 work_row,
@@ -683,6 +699,50 @@ impl Store for SqliteStore {
                 [],
                 |row| Ok(row.get(0)?),
             )
+        })
+    }
+
+    fn set_attention(&self, id: &str, reason: Option<&str>) -> Result<()> {
+        self.write(|conn| {
+            conn.prepare_cached("UPDATE instances SET attention = ?2 WHERE id = ?1")?
+                .execute(params![id, reason])?;
+            Ok(())
+        })
+    }
+
+    fn idempotency_key(
+        &self,
+        namespace: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<IdempotencyKey>> {
+        self.read(|conn| {
+            query_opt(
+                conn,
+                "SELECT namespace, key, request_hash, instance_id, expires_ms FROM idempotency \
+                 WHERE namespace = ?1 AND key = ?2 AND expires_ms > ?3",
+                params![namespace, key, now_ms],
+                |row| {
+                    Ok(IdempotencyKey {
+                        namespace: row.get(0)?,
+                        key: row.get(1)?,
+                        request_hash: row.get(2)?,
+                        instance_id: row.get(3)?,
+                        expires_ms: row.get(4)?,
+                    })
+                },
+            )
+        })
+    }
+
+    fn prune_idempotency_keys(&self, now_ms: i64, limit: u32) -> Result<usize> {
+        self.write(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "DELETE FROM idempotency WHERE rowid IN \
+                     (SELECT rowid FROM idempotency WHERE expires_ms <= ?1 LIMIT ?2)",
+                )?
+                .execute(params![now_ms, limit])?)
         })
     }
 

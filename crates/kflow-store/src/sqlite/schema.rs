@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -101,6 +101,21 @@ CREATE TABLE events (
     event       TEXT    NOT NULL
 );
 CREATE INDEX events_pending ON events (id) WHERE processed = 0;
+";
+
+/// Instances that need an operator's attention (a history this build cannot replay, a panic
+/// while replaying): parked, with the reason. Idempotency keys of starts.
+const V4: &str = "
+ALTER TABLE instances ADD COLUMN attention TEXT;
+CREATE TABLE idempotency (
+    namespace    TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    request_hash TEXT    NOT NULL,
+    instance_id  TEXT    NOT NULL,
+    expires_ms   INTEGER NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+CREATE INDEX idempotency_expires ON idempotency (expires_ms);
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

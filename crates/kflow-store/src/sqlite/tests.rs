@@ -98,6 +98,20 @@ impl Store for TempStore {
     fn running_instances(&self) -> Result<Vec<String>> {
         self.store.running_instances()
     }
+    fn set_attention(&self, id: &str, reason: Option<&str>) -> Result<()> {
+        self.store.set_attention(id, reason)
+    }
+    fn idempotency_key(
+        &self,
+        namespace: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<crate::IdempotencyKey>> {
+        self.store.idempotency_key(namespace, key, now_ms)
+    }
+    fn prune_idempotency_keys(&self, now_ms: i64, limit: u32) -> Result<usize> {
+        self.store.prune_idempotency_keys(now_ms, limit)
+    }
     fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
         self.store.list_schedules()
     }
@@ -263,7 +277,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; ALTER TABLE instances DROP COLUMN attention; DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();

@@ -113,6 +113,11 @@ pub enum ClientCommand {
         /// Queue priority of the instance's calls and processes (higher first).
         #[arg(long, allow_negative_numbers = true)]
         priority: Option<i64>,
+        /// Start with this instance id (letters, digits, '-', '_'): running the same command
+        /// again answers that instance instead of starting another, so a start whose answer
+        /// was lost can be retried safely; another request with this id is refused.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -264,6 +269,7 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
             wait,
             watch,
             priority,
+            id,
             server,
         } => {
             let api = http::Api::new(&server)?;
@@ -274,6 +280,7 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
                 wait,
                 watch,
                 priority,
+                id,
             };
             verbs::start(&api, opts).await
         }

@@ -170,6 +170,9 @@ pub fn instance_summary(inst: &Value) -> String {
     field("ID", &s("id"));
     field("Workflow", &workflow_label(inst));
     field("Status", &s("status"));
+    if let Some(why) = inst.get("attention").and_then(Value::as_str) {
+        field("Attention", why);
+    }
     let c = created(inst);
     if !c.is_null() {
         field("Created", &fmt_datetime(c));

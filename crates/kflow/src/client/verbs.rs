@@ -70,6 +70,7 @@ pub struct StartOptions {
     pub wait: bool,
     pub watch: bool,
     pub priority: Option<i64>,
+    pub id: Option<String>,
 }
 
 /// `kflow start`: without --wait/--watch prints the new id on stdout; with them the id goes to
@@ -89,6 +90,9 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
     }
     if let Some(p) = opts.priority {
         body.insert("priority".into(), json!(p));
+    }
+    if let Some(id) = &opts.id {
+        body.insert("id".into(), json!(id));
     }
     let inst = api.post_json(&["instances"], &Value::Object(body)).await?;
     let id = text(&inst, "id").to_owned();

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use kflow_dsl::Workflow;
-use kflow_store::{HistoryEvent, Instance, InstanceStatus};
+use kflow_store::{Instance, InstanceStatus};
 
-use super::{After, Batch, Driver, blocking, new_row};
+use super::{After, Batch, Driver, Record, blocking, new_row};
 use crate::engine::{EngineError, Result};
 
 impl Driver {
@@ -79,7 +79,14 @@ impl Driver {
             if groups.is_empty() {
                 continue;
             }
-            if head.iter().any(|e| e.kind == "started") {
+            let records = match crate::engine::journal::decode_all(&id, &head) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.park(&id, &e.to_string());
+                    continue;
+                }
+            };
+            if records.iter().any(|r| matches!(r, Record::Started { .. })) {
                 self.groups.add_running(&id, &groups);
             } else {
                 self.groups.add_waiting(&id, &groups);
@@ -102,16 +109,12 @@ impl Driver {
         let input = a.row.input.clone();
         let seq = a.next_seq;
         a.next_seq += 1;
-        let step = a.core.start(input.clone(), now);
-        let started = HistoryEvent {
-            seq,
-            time_ms: now,
-            kind: "started".into(),
-            data: json!({ "input": input, "priority": a.priority }),
-        };
+        let started = Record::started(input.clone(), a.priority).encode(seq, now);
         b.commit_for(id, now).history.push(started.clone());
         b.after.push(After::Live(id.to_string(), started));
-        self.absorb(id, step, b, now);
+        if let Some(step) = self.turn(id, b, now, |core| core.start(input, now)) {
+            self.absorb(id, step, b, now);
+        }
     }
 
     /// Commits an instance that waits for a concurrency slot: row and a `queued` event only.
@@ -125,12 +128,11 @@ impl Driver {
         now: i64,
     ) {
         let row = new_row(id, wf, input, now);
-        let queued = HistoryEvent {
-            seq: 1,
-            time_ms: now,
-            kind: "queued".into(),
-            data: json!({ "reason": "concurrency limit", "priority": priority }),
-        };
+        let queued = Record::Queued {
+            reason: "concurrency limit".into(),
+            priority,
+        }
+        .encode(1, now);
         let c = b.commit_for(id, now);
         c.create = Some(row);
         c.history.push(queued.clone());
@@ -175,7 +177,7 @@ impl Driver {
             OnLimit::CancelOldest => {
                 if let Some(o) = oldest {
                     let _ = self.control(&o, b, now, |a, now| {
-                        Ok(("cancelled", Some(a.core.cancel(now))))
+                        Ok((Record::Cancelled, Some(a.core.cancel(now))))
                     });
                 }
                 if self.groups.full(&groups).is_some() {

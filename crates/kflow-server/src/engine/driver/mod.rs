@@ -10,30 +10,38 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use kflow_core::events::event_matches;
-use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step};
+use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step, WfError};
 use kflow_dsl::Workflow;
 use kflow_store::{Commit, HistoryEvent, Instance, InstanceStatus, WorkItem};
+
+use super::journal::Record;
 
 use super::dispatch::{child_error, complete_event};
 use super::queue::{Item, hints};
 use super::timers::{SCAN_EVERY_MS, Timers};
 
 mod admission;
+
+/// How often expired idempotency keys are pruned.
+const PRUNE_EVERY_MS: i64 = 60_000;
 use super::{EngineError, LiveEvent, Result, Shared, now_ms};
 
 pub enum Msg {
     /// `id: Some` starts at most once: an instance with that id already existing is the answer.
     Start {
         id: Option<String>,
+        /// An `Idempotency-Key` (or a client-chosen id): the same request again answers the
+        /// same instance; another request with it is refused.
+        dedupe: Option<super::Dedupe>,
         wf: Arc<Workflow>,
         input: Value,
         priority: Option<i64>,
-        reply: oneshot::Sender<Result<Instance>>,
+        reply: oneshot::Sender<Result<super::Started>>,
     },
     Deliver {
         instance: String,
@@ -80,6 +88,8 @@ struct Active {
 /// What to do once the batch is committed.
 enum After {
     ReplyInstance(oneshot::Sender<Result<Instance>>, String),
+    /// A start: the instance, and whether this request created it.
+    ReplyStart(oneshot::Sender<Result<super::Started>>, String, bool),
     ReplyCount(oneshot::Sender<Result<usize>>, usize),
     Dispatch {
         instance: String,
@@ -97,6 +107,11 @@ enum After {
         effect: u64,
     },
     Live(String, HistoryEvent),
+    /// An instance yielded (its turn's budget used up): answered in the next turn.
+    Yield {
+        instance: String,
+        effect: u64,
+    },
     /// An event an instance emitted: offered to event-driven schedules once committed.
     Emitted(Value),
 }
@@ -109,6 +124,8 @@ struct Batch {
     after: Vec<After>,
     /// Deliveries produced inside the batch (emits, events, finished children).
     ready: VecDeque<(String, u64, Delivery)>,
+    /// Idempotency keys taken in this batch: (namespace, key) → (request hash, instance).
+    keys: HashMap<(String, String), (String, String)>,
 }
 
 impl Batch {
@@ -139,6 +156,10 @@ struct Driver {
     draining: bool,
     /// Running and waiting instances of workflows with a concurrency limit.
     groups: super::concurrency::Groups,
+    /// Yielded instances, continued in the next turn (after the commit of their progress).
+    deferred: VecDeque<(String, u64)>,
+    /// Instances parked because they cannot be replayed: why (also in the store).
+    parked: HashMap<String, String>,
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -163,6 +184,8 @@ pub(super) async fn spawn(
         timers: Timers::default(),
         draining: false,
         groups: Default::default(),
+        deferred: VecDeque::new(),
+        parked: HashMap::new(),
     };
     d.recover()?;
     Ok(tokio::spawn(d.run(rx)))
@@ -214,10 +237,23 @@ impl Driver {
         now: i64,
         ready: &mut VecDeque<(String, u64, Delivery)>,
     ) {
-        let Ok(effect) = serde_json::from_value::<Effect>(w.effect.clone()) else {
-            return;
+        let effect = match serde_json::from_value::<Effect>(w.effect.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = format!(
+                    "work row for effect {} ({}) cannot be read: {e}",
+                    w.effect_id, w.kind
+                );
+                self.park(&w.instance_id, &reason);
+                return;
+            }
         };
         match effect {
+            Effect::Yield => ready.push_back((
+                w.instance_id,
+                w.effect_id,
+                Delivery::Result(Ok(Value::Null)),
+            )),
             Effect::Timer { at_ms } => self.timers.offer(now, at_ms, &w.instance_id, w.effect_id),
             Effect::Listen { filters } => {
                 self.subs
@@ -231,11 +267,15 @@ impl Driver {
                         ready.push_back((w.instance_id, w.effect_id, child_result(&c)))
                     }
                     Ok(Some(_)) => {} // still running: its completion will answer
-                    _ => ready.push_back((
+                    Ok(None) => ready.push_back((
                         w.instance_id,
                         w.effect_id,
-                        Delivery::Result(Ok(Value::Null)),
+                        child_error(format!(
+                            "run workflow: the sub-workflow {child} does not exist"
+                        )),
                     )),
+                    // Not a wrong value: the parent waits; the next restart or touch retries.
+                    Err(e) => eprintln!("kflow: reading sub-workflow {child}: {e}"),
                 }
             }
             Effect::Emit { event } => {
@@ -257,11 +297,17 @@ impl Driver {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut next_scan = now_ms() + SCAN_EVERY_MS;
+        let mut next_prune = now_ms() + PRUNE_EVERY_MS;
         let mut shutdown: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
             let now = now_ms();
+            self.shared.beat();
             let wake_at = self.timers.next_due().unwrap_or(i64::MAX).min(next_scan);
-            let sleep = Duration::from_millis((wake_at - now).clamp(0, 60_000) as u64);
+            let sleep = if self.deferred.is_empty() {
+                Duration::from_millis((wake_at - now).clamp(0, 60_000) as u64)
+            } else {
+                Duration::ZERO
+            };
             let first = tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => Some(m),
@@ -278,10 +324,22 @@ impl Driver {
             }
             let now = now_ms();
             let mut b = Batch::default();
+            // Yielded instances go on, one turn each, after the messages that came meanwhile.
+            for (inst, effect) in std::mem::take(&mut self.deferred) {
+                b.ready
+                    .push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
+            }
             if !self.draining {
                 for (inst, effect) in self.timers.pop_due(now) {
                     b.ready
                         .push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
+                }
+            }
+            if now >= next_prune {
+                next_prune = now + PRUNE_EVERY_MS;
+                let store = self.shared.store.clone();
+                if let Err(e) = blocking(|| store.prune_idempotency_keys(now, 10_000)) {
+                    eprintln!("kflow: pruning expired idempotency keys: {e}");
                 }
             }
             if now >= next_scan {
@@ -385,22 +443,12 @@ impl Driver {
         for a in b.after {
             match a {
                 After::ReplyInstance(reply, id) => {
-                    let row = self.active.get(&id).map(|a| a.row.clone());
-                    let r = match row {
-                        Some(r) => Ok(r),
-                        None => {
-                            let store = self.shared.store.clone();
-                            blocking(|| store.get_instance(&id))
-                                .map_err(EngineError::from)
-                                .and_then(|r| {
-                                    r.ok_or_else(|| {
-                                        EngineError::NotFound(format!(
-                                            "instance {id} does not exist"
-                                        ))
-                                    })
-                                })
-                        }
-                    };
+                    let _ = reply.send(self.instance_row(&id));
+                }
+                After::ReplyStart(reply, id, created) => {
+                    let r = self
+                        .instance_row(&id)
+                        .map(|instance| super::Started { instance, created });
                     let _ = reply.send(r);
                 }
                 After::ReplyCount(reply, n) => {
@@ -439,6 +487,11 @@ impl Driver {
                         o.event_emitted(event);
                     }
                 }
+                After::Yield { instance, effect } => {
+                    if !self.draining {
+                        self.deferred.push_back((instance, effect));
+                    }
+                }
                 After::Live(id, event) => {
                     // No watcher: skip the clone into the broadcast ring.
                     if self.shared.live.receiver_count() > 0 {
@@ -450,6 +503,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// An instance's row: from memory when active, else from the store.
+    fn instance_row(&self, id: &str) -> Result<Instance> {
+        if let Some(a) = self.active.get(id) {
+            return Ok(a.row.clone());
+        }
+        let store = self.shared.store.clone();
+        blocking(|| store.get_instance(id))?
+            .ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))
     }
 
     fn fail(&mut self, commits: Vec<Commit>, b: Batch, message: String) {
@@ -465,6 +528,11 @@ impl Driver {
                     ))));
                 }
                 After::ReplyCount(reply, _) => {
+                    let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(
+                        message.clone(),
+                    ))));
+                }
+                After::ReplyStart(reply, _, _) => {
                     let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(
                         message.clone(),
                     ))));
@@ -492,6 +560,7 @@ impl Driver {
         match m {
             Msg::Start {
                 id,
+                dedupe,
                 wf,
                 input,
                 priority,
@@ -501,23 +570,18 @@ impl Driver {
                     let _ = reply.send(Err(EngineError::Unavailable));
                     return;
                 }
-                let id = match id {
-                    None => uuid::Uuid::now_v7().to_string(),
-                    Some(id) => {
-                        let store = self.shared.store.clone();
-                        let exists = self.active.contains_key(&id)
-                            || b.by_instance.contains_key(&id)
-                            || blocking(|| store.get_instance(&id))
-                                .ok()
-                                .flatten()
-                                .is_some();
-                        if exists {
-                            b.after.push(After::ReplyInstance(reply, id));
-                            return;
-                        }
-                        id
+                match self.repeat_of(id.as_deref(), dedupe.as_ref(), b, now) {
+                    Ok(Some(existing)) => {
+                        b.after.push(After::ReplyStart(reply, existing, false));
+                        return;
                     }
-                };
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+                let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 let priority = priority.unwrap_or(0);
                 match self.admission(&id, &wf, &input, priority, b, now) {
                     Ok(true) => self.create(&id, wf, input, priority, b, now),
@@ -527,7 +591,22 @@ impl Driver {
                         return;
                     }
                 }
-                b.after.push(After::ReplyInstance(reply, id));
+                if let Some(d) = dedupe
+                    && let Some(key) = d.key
+                {
+                    b.keys.insert(
+                        (d.namespace.clone(), key.clone()),
+                        (d.request_hash.clone(), id.clone()),
+                    );
+                    b.commit_for(&id, now).idempotency = Some(kflow_store::IdempotencyKey {
+                        namespace: d.namespace,
+                        key,
+                        request_hash: d.request_hash,
+                        instance_id: id.clone(),
+                        expires_ms: d.expires_ms,
+                    });
+                }
+                b.after.push(After::ReplyStart(reply, id, true));
             }
             Msg::Deliver {
                 instance,
@@ -545,6 +624,11 @@ impl Driver {
                 b.after.push(After::ReplyCount(reply, n));
             }
             Msg::Cancel { id, reply } => {
+                if self.load(&id).is_err() && self.parked.contains_key(&id) {
+                    let r = self.force_cancel(&id, b, now);
+                    self.reply_control(r, reply, id, b);
+                    return;
+                }
                 let r = self.control(&id, b, now, |a, now| {
                     if a.row.status.is_finished() {
                         return Err(EngineError::Conflict(format!(
@@ -553,7 +637,7 @@ impl Driver {
                             a.row.status.as_str()
                         )));
                     }
-                    Ok(("cancelled", Some(a.core.cancel(now))))
+                    Ok((Record::Cancelled, Some(a.core.cancel(now))))
                 });
                 self.reply_control(r, reply, id, b);
             }
@@ -561,7 +645,7 @@ impl Driver {
                 let r = self.control(&id, b, now, |a, _| match a.row.status {
                     InstanceStatus::Running => {
                         a.row.status = InstanceStatus::Suspended;
-                        Ok(("suspended", None))
+                        Ok((Record::Suspended, None))
                     }
                     s => Err(EngineError::Conflict(format!(
                         "instance {} is {}: only a running instance can be suspended",
@@ -575,7 +659,7 @@ impl Driver {
                 let r = self.control(&id, b, now, |a, _| match a.row.status {
                     InstanceStatus::Suspended => {
                         a.row.status = InstanceStatus::Running;
-                        Ok(("resumed", None))
+                        Ok((Record::Resumed, None))
                     }
                     s => Err(EngineError::Conflict(format!(
                         "instance {} is {}: only a suspended instance can be resumed",
@@ -590,6 +674,65 @@ impl Driver {
             }
             Msg::Shutdown { .. } => {}
         }
+    }
+
+    /// Whether a start repeats an earlier one: `Some(instance)` it does (answer that one),
+    /// `None` start anew, `Err` the id or key was used for another request (or the store
+    /// could not tell: never guessed).
+    fn repeat_of(
+        &self,
+        id: Option<&str>,
+        dedupe: Option<&super::Dedupe>,
+        b: &Batch,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let store = self.shared.store.clone();
+        if let Some(d) = dedupe
+            && let Some(key) = &d.key
+        {
+            let found = match b.keys.get(&(d.namespace.clone(), key.clone())) {
+                Some((hash, inst)) => Some((hash.clone(), inst.clone())),
+                None => blocking(|| store.idempotency_key(&d.namespace, key, now))?
+                    .map(|k| (k.request_hash, k.instance_id)),
+            };
+            if let Some((hash, inst)) = found {
+                if hash == d.request_hash {
+                    return Ok(Some(inst));
+                }
+                return Err(EngineError::Conflict(format!(
+                    "the idempotency key {key:?} was used for another request (instance {inst}); \
+                     use a new key for a new request"
+                )));
+            }
+        }
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let existing = match self.active.get(id) {
+            Some(a) => Some(a.row.clone()),
+            None if b.by_instance.contains_key(id) => b
+                .commits
+                .get(b.by_instance[id])
+                .and_then(|c| c.create.clone()),
+            None => blocking(|| store.get_instance(id))?,
+        };
+        let Some(row) = existing else {
+            return Ok(None);
+        };
+        if let Some(d) = dedupe {
+            // A client-chosen id: the same request again is answered; another one is refused.
+            let same = row.namespace == d.namespace
+                && row.name == d.name
+                && d.version.as_ref().is_none_or(|v| *v == row.version)
+                && row.input == d.input;
+            if !same {
+                return Err(EngineError::Conflict(format!(
+                    "instance {id} already exists ({}/{}@{}) for another request",
+                    row.namespace, row.name, row.version
+                )));
+            }
+        }
+        Ok(Some(id.to_string()))
     }
 
     /// Offers a posted event to every open subscription; returns how many took it.
@@ -638,7 +781,7 @@ impl Driver {
         id: &str,
         b: &mut Batch,
         now: i64,
-        f: impl FnOnce(&mut Active, i64) -> Result<(&'static str, Option<Step>)>,
+        f: impl FnOnce(&mut Active, i64) -> Result<(Record, Option<Step>)>,
     ) -> Result<()> {
         self.load(id)?;
         let Some(a) = self.active.get_mut(id) else {
@@ -646,15 +789,10 @@ impl Driver {
                 "instance {id} does not exist"
             )));
         };
-        let (kind, step) = f(a, now)?;
+        let (rec, step) = f(a, now)?;
         let seq = a.next_seq;
         a.next_seq += 1;
-        let ev = HistoryEvent {
-            seq,
-            time_ms: now,
-            kind: kind.to_string(),
-            data: Value::Null,
-        };
+        let ev = rec.encode(seq, now);
         let status = a.row.status;
         let c = b.commit_for(id, now);
         c.history.push(ev.clone());
@@ -703,19 +841,8 @@ impl Driver {
         now: i64,
     ) {
         let row = new_row(id, &wf, input.clone(), now);
-        let cfg = InstanceConfig {
-            id: id.to_string(),
-            secrets: self.shared.config.secrets.clone(),
-            runtime: kflow_tasks::emit::runtime_descriptor(),
-        };
-        let mut core = kflow_core::Instance::new(wf.clone(), cfg);
-        let step = core.start(input.clone(), now);
-        let started = HistoryEvent {
-            seq: 1,
-            time_ms: now,
-            kind: "started".into(),
-            data: json!({ "input": input, "priority": priority }),
-        };
+        let core = kflow_core::Instance::new(wf.clone(), self.instance_config(id));
+        let started = Record::started(input.clone(), priority).encode(1, now);
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
         c.history.push(started.clone());
@@ -731,13 +858,142 @@ impl Driver {
                 held: Vec::new(),
             },
         );
-        self.absorb(id, step, b, now);
+        if let Some(step) = self.turn(id, b, now, |core| core.start(input, now)) {
+            self.absorb(id, step, b, now);
+        }
     }
 
-    /// Brings an instance into memory by replaying its committed history.
+    fn instance_config(&self, id: &str) -> InstanceConfig {
+        let l = self.shared.config.limits;
+        InstanceConfig {
+            id: id.to_string(),
+            secrets: self.shared.config.secrets.clone(),
+            runtime: kflow_tasks::emit::runtime_descriptor(),
+            limits: kflow_core::Limits {
+                tasks_per_turn: l.tasks_per_turn.max(1),
+                max_tasks: l.max_tasks,
+            },
+        }
+    }
+
+    /// One call into an instance's core, guarded: a panic faults that instance alone (see
+    /// [`Driver::poison`]) and returns `None`.
+    fn turn(
+        &mut self,
+        id: &str,
+        b: &mut Batch,
+        now: i64,
+        f: impl FnOnce(&mut kflow_core::Instance) -> Step,
+    ) -> Option<Step> {
+        let a = self.active.get_mut(id)?;
+        let inject = self.shared.config.faults.panic_on_task.as_deref();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let step = f(&mut a.core);
+            if let Some(task) = inject
+                && step.notices.iter().any(|n| {
+                    n.kind == kflow_core::NoticeKind::TaskStarted
+                        && n.task.as_ref().is_some_and(|(name, _)| name == task)
+                })
+            {
+                panic!("injected panic at task {task}");
+            }
+            step
+        }));
+        match r {
+            Ok(step) => Some(step),
+            Err(payload) => {
+                self.poison(id, &panic_message(&*payload), b, now);
+                None
+            }
+        }
+    }
+
+    /// The core of an instance panicked: the instance faults with a runtime error naming the
+    /// panic, its work rows go, and everything else goes on. Its core is dropped (its state is
+    /// unknown); the fault is journaled, so a restart does not run into the panic again.
+    fn poison(&mut self, id: &str, message: &str, b: &mut Batch, now: i64) {
+        eprintln!("kflow: instance {id} panicked in the interpreter: {message}");
+        let Some(mut a) = self.active.remove(id) else {
+            return;
+        };
+        let error = WfError::runtime(format!(
+            "kflow's interpreter panicked while running this instance: {message}"
+        ))
+        .to_value();
+        let ev = Record::Faulted {
+            error: error.clone(),
+        }
+        .encode(a.next_seq, now);
+        a.row.status = InstanceStatus::Faulted;
+        a.row.error = Some(error.clone());
+        a.row.updated_ms = now;
+        // Nothing this turn asked of the world is acted on.
+        b.after.retain(|x| match x {
+            After::Dispatch { instance, .. }
+            | After::Timer { instance, .. }
+            | After::Yield { instance, .. } => instance != id,
+            _ => true,
+        });
+        self.subs.retain(|(inst, _), _| inst != id);
+        let c = b.commit_for(id, now);
+        c.add_work.clear();
+        c.history.push(ev.clone());
+        c.status = Some((InstanceStatus::Faulted, None, Some(error)));
+        c.clear_work = true;
+        b.after.push(After::Live(id.to_string(), ev));
+        self.ended(id, &a.row, b, now);
+    }
+
+    /// Cancels a parked instance without its core (which cannot be rebuilt): the cancellation
+    /// is journaled, its work rows go, and the mark is cleared.
+    fn force_cancel(&mut self, id: &str, b: &mut Batch, now: i64) -> Result<()> {
+        let store = self.shared.store.clone();
+        let (row, last) = blocking(|| -> kflow_store::Result<_> {
+            Ok((store.get_instance(id)?, store.last_seq(id)?))
+        })?;
+        let mut row =
+            row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        if row.status.is_finished() {
+            return Err(EngineError::Conflict(format!(
+                "instance {id} already {}",
+                row.status.as_str()
+            )));
+        }
+        blocking(|| store.set_attention(id, None))?;
+        self.parked.remove(id);
+        row.status = InstanceStatus::Cancelled;
+        row.attention = None;
+        let ev = Record::Cancelled.encode(last + 1, now);
+        let c = b.commit_for(id, now);
+        c.history.push(ev.clone());
+        c.status = Some((InstanceStatus::Cancelled, None, None));
+        c.clear_work = true;
+        b.after.push(After::Live(id.to_string(), ev));
+        self.ended(id, &row, b, now);
+        Ok(())
+    }
+
+    /// Marks an instance that cannot be replayed as needing attention: parked (its work is
+    /// not resumed) until an operator cancels it or a build that reads it runs.
+    fn park(&mut self, id: &str, reason: &str) {
+        eprintln!("kflow: instance {id} needs attention: {reason}");
+        self.active.remove(id);
+        self.subs.retain(|(inst, _), _| inst != id);
+        self.parked.insert(id.to_string(), reason.to_string());
+        let store = self.shared.store.clone();
+        if let Err(e) = blocking(|| store.set_attention(id, Some(reason))) {
+            eprintln!("kflow: marking instance {id} as needing attention: {e}");
+        }
+    }
+
+    /// Brings an instance into memory by replaying its committed history. A history that
+    /// cannot be read, or whose replay panics, parks the instance (see [`Driver::park`]).
     fn load(&mut self, id: &str) -> Result<()> {
         if self.active.contains_key(id) {
             return Ok(());
+        }
+        if let Some(reason) = self.parked.get(id) {
+            return Err(needs_attention(id, reason));
         }
         let store = self.shared.store.clone();
         let id2 = id.to_string();
@@ -751,46 +1007,61 @@ impl Driver {
         })?;
         let row =
             row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        if let Some(reason) = &row.attention {
+            self.parked.insert(id.to_string(), reason.clone());
+            return Err(needs_attention(id, reason));
+        }
         let wf = self
             .shared
             .workflow(&row.namespace, &row.name, &row.version)?;
-        let cfg = InstanceConfig {
-            id: id.to_string(),
-            secrets: self.shared.config.secrets.clone(),
-            runtime: kflow_tasks::emit::runtime_descriptor(),
+        let records = match super::journal::decode_all(id, &history) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = e.to_string();
+                self.park(id, &reason);
+                return Err(needs_attention(id, &reason));
+            }
         };
-        let mut core = kflow_core::Instance::new(wf.clone(), cfg);
-        let mut next_seq = 1;
+        let mut core = kflow_core::Instance::new(wf.clone(), self.instance_config(id));
+        let next_seq = history.last().map_or(1, |ev| ev.seq + 1);
         let mut priority = 0;
-        for ev in &history {
-            next_seq = ev.seq + 1;
-            if let Some(p) = ev.data.get("priority").and_then(Value::as_i64) {
-                priority = p;
-            }
-            match ev.kind.as_str() {
-                "started" => {
-                    core.start(
-                        ev.data.get("input").cloned().unwrap_or(Value::Null),
-                        ev.time_ms,
-                    );
+        // A finished instance's core is never asked anything: its row says it all.
+        let finished = row.status.is_finished();
+        let replay = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for (ev, rec) in history.iter().zip(records) {
+                if finished {
+                    break;
                 }
-                "delivery" => {
-                    let effect = ev
-                        .data
-                        .get("effect")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(u64::MAX);
-                    if let Ok(d) = serde_json::from_value::<Delivery>(
-                        ev.data.get("delivery").cloned().unwrap_or(Value::Null),
-                    ) {
-                        core.deliver(effect, d, ev.time_ms);
+                match rec {
+                    Record::Started {
+                        input, priority: p, ..
+                    } => {
+                        priority = p;
+                        core.start(input, ev.time_ms);
                     }
+                    Record::Queued { priority: p, .. } => priority = p,
+                    Record::Delivery { effect, delivery } => {
+                        core.deliver(effect, delivery, ev.time_ms);
+                    }
+                    Record::Cancelled => {
+                        core.cancel(ev.time_ms);
+                    }
+                    Record::Faulted { error } => {
+                        let e = WfError::from_value(&error)
+                            .unwrap_or_else(|_| WfError::runtime(error.to_string()));
+                        core.fault(e, ev.time_ms);
+                    }
+                    Record::Notice(_) | Record::Suspended | Record::Resumed => {}
                 }
-                "cancelled" => {
-                    core.cancel(ev.time_ms);
-                }
-                _ => {}
             }
+        }));
+        if let Err(payload) = replay {
+            let reason = format!(
+                "replaying its history panicked: {}",
+                panic_message(&*payload)
+            );
+            self.park(id, &reason);
+            return Err(needs_attention(id, &reason));
         }
         self.active.insert(
             id.to_string(),
@@ -824,35 +1095,50 @@ impl Driver {
             }
             let seq = a.next_seq;
             a.next_seq += 1;
-            let data = json!({ "effect": effect, "delivery": delivery });
-            let step = a.core.deliver(effect, delivery, now);
-            let ev = HistoryEvent {
-                seq,
-                time_ms: now,
-                kind: "delivery".into(),
-                data,
+            let rec = Record::Delivery {
+                effect,
+                delivery: delivery.clone(),
             };
+            let ev = rec.encode(seq, now);
             let c = b.commit_for(&id, now);
             c.history.push(ev.clone());
             c.remove_work.push(effect);
             b.after.push(After::Live(id.clone(), ev));
-            self.absorb(&id, step, b, now);
+            if let Some(step) = self.turn(&id, b, now, |core| core.deliver(effect, delivery, now)) {
+                self.absorb(&id, step, b, now);
+            }
         }
     }
 
     /// Turns a core step into history, work rows, and post-commit actions.
-    fn absorb(&mut self, id: &str, step: Step, b: &mut Batch, now: i64) {
+    fn absorb(&mut self, id: &str, mut step: Step, b: &mut Batch, now: i64) {
+        let max_history = self.shared.config.limits.max_history;
         let Some(a) = self.active.get_mut(id) else {
             return;
         };
+        if step.finished.is_none()
+            && a.next_seq + step.notices.len() as i64 > max_history
+            && !a.core.status().is_finished()
+        {
+            // The history would outgrow its limit: the instance faults instead (the step's
+            // own notices are kept; the fault cancels what it started).
+            let more = a.core.fault(
+                WfError::runtime(format!(
+                    "the instance exceeded its limit of {max_history} history records \
+                     (limits.max_history)"
+                )),
+                now,
+            );
+            step.notices.extend(more.notices);
+            step.commands.extend(more.commands);
+            step.finished = more.finished;
+        }
         let mut events = Vec::with_capacity(step.notices.len());
         for n in &step.notices {
-            events.push(HistoryEvent {
-                seq: a.next_seq,
-                time_ms: n.time_ms,
-                kind: "notice".into(),
-                data: n.to_json(),
-            });
+            let Value::Object(m) = n.to_json() else {
+                continue;
+            };
+            events.push(Record::Notice(m).encode(a.next_seq, n.time_ms));
             a.next_seq += 1;
         }
         let finished = step.finished.map(|r| {
@@ -903,17 +1189,21 @@ impl Driver {
             }
         }
         if status.is_finished() {
-            let c = b.commit_for(id, now);
-            c.remove_work.extend(leftover);
-            for next in self.groups.finished(id) {
-                self.admit(&next, b, now);
+            b.commit_for(id, now).remove_work.extend(leftover);
+            if let Some(row) = self.active.get(id).map(|a| a.row.clone()) {
+                self.ended(id, &row, b, now);
             }
-            // A finished child answers its parent.
-            if let Some((parent, effect)) = parent_of(id)
-                && let Some(a) = self.active.get(id)
-            {
-                b.ready.push_back((parent, effect, child_result(&a.row)));
-            }
+        }
+    }
+
+    /// An instance finished: its concurrency slot goes to the next in line, and a
+    /// sub-workflow answers its parent.
+    fn ended(&mut self, id: &str, row: &Instance, b: &mut Batch, now: i64) {
+        for next in self.groups.finished(id) {
+            self.admit(&next, b, now);
+        }
+        if let Some((parent, effect)) = parent_of(id) {
+            b.ready.push_back((parent, effect, child_result(row)));
         }
     }
 
@@ -1023,6 +1313,10 @@ impl Driver {
         };
         b.commit_for(id, now).add_work.push(row);
         match e {
+            Effect::Yield => b.after.push(After::Yield {
+                instance: id.to_string(),
+                effect,
+            }),
             Effect::Timer { at_ms } => b.after.push(After::Timer {
                 instance: id.to_string(),
                 effect,
@@ -1076,6 +1370,19 @@ impl Driver {
     }
 }
 
+fn needs_attention(id: &str, reason: &str) -> EngineError {
+    EngineError::Conflict(format!("instance {id} needs attention: {reason}"))
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 /// The row of a new instance.
 fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
     let d = &wf.document;
@@ -1090,6 +1397,7 @@ fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
         error: None,
         created_ms: now,
         updated_ms: now,
+        attention: None,
     }
 }
 
