@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub limits: crate::engine::InstanceLimits,
     /// How long a start's `Idempotency-Key` is remembered (seconds; default 86,400).
     pub idempotency_ttl_seconds: u64,
+    /// Live watchers (`/watch` streams) at most on the server, and per client address.
+    pub max_watchers: usize,
+    pub max_watchers_per_client: usize,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,8 @@ impl Default for ServerConfig {
             timezone: "UTC".into(),
             limits: Default::default(),
             idempotency_ttl_seconds: 86_400,
+            max_watchers: 10_000,
+            max_watchers_per_client: 100,
         }
     }
 }
@@ -85,6 +90,8 @@ struct FileConfig {
     timezone: Option<String>,
     limits: Option<LimitsFile>,
     idempotency_ttl_seconds: Option<u64>,
+    max_watchers: Option<usize>,
+    max_watchers_per_client: Option<usize>,
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -178,6 +185,12 @@ impl ServerConfig {
                 at_least("max_history", v.into(), 10)?;
                 c.limits.max_history = v;
             }
+        }
+        if let Some(v) = file.max_watchers {
+            c.max_watchers = v;
+        }
+        if let Some(v) = file.max_watchers_per_client {
+            c.max_watchers_per_client = v;
         }
         if let Some(v) = file.idempotency_ttl_seconds {
             if v == 0 {

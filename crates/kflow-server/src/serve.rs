@@ -28,6 +28,10 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         rate_limits: cfg.rate_limits.clone(),
         namespace_limits: cfg.namespace_limits.clone(),
         limits: cfg.limits,
+        watch_limits: crate::engine::live::WatchLimits {
+            total: cfg.max_watchers,
+            per_client: cfg.max_watchers_per_client,
+        },
         idempotency_ttl_ms: (cfg.idempotency_ttl_seconds.min(u64::MAX / 2000) * 1000) as i64,
         ..EngineConfig::default()
     })
@@ -66,6 +70,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     let stop = Arc::new(Notify::new());
     let stop2 = stop.clone();
     let http = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop2.notified().await })
             .await;

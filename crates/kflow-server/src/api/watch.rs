@@ -41,16 +41,24 @@ const PAGE: u32 = 1000;
     responses(
         (status = 200, description = "`event: history` for each history event (data: a HistoryEventDto), then `event: end` (data: the instance) once it has finished", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 429, description = "Too many live watchers, on the server or from this client", body = ErrorBody),
     )
 )]
 pub async fn watch_instance(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    // Subscribe before reading anything: nothing committed from here on can be missed.
-    let live = st.engine.watch();
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "local".to_string(), |c| c.0.ip().to_string());
     st.engine.instance(&id).await?;
+    // Subscribe before reading the history: nothing committed from here on can be missed.
+    let (live, guard) = st
+        .engine
+        .watch(&id, &client)
+        .map_err(|e| ApiError::too_many(e.to_string()))?;
     let after = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -61,7 +69,11 @@ pub async fn watch_instance(
             .ok_or_else(|| ApiError::invalid("invalid Last-Event-ID: expected a history seq"))?,
     };
     let (tx, mut rx) = mpsc::channel::<Out>(64);
-    tokio::spawn(pump(st.engine.clone(), id, after, live, tx));
+    tokio::spawn(async move {
+        pump(st.engine.clone(), id, after, live, tx).await;
+        // The feed is gone (moved into the pump); now the place can go.
+        drop(guard);
+    });
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(|o| Ok(o.into_event())))
     });

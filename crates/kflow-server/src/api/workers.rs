@@ -202,7 +202,10 @@ pub async fn complete_lease(
         (Some(v), None) => Ok(v),
         (None, None) => Ok(Value::Null),
     };
-    st.engine.complete_lease(&req.worker, &lease, result)?;
+    // Answered after the commit, like every other acknowledgement.
+    st.engine
+        .complete_lease(&req.worker, &lease, result)
+        .await?;
     Ok(Json(serde_json::json!({ "accepted": true })))
 }
 

@@ -10,6 +10,7 @@ pub mod concurrency;
 mod dispatch;
 mod driver;
 pub mod journal;
+pub mod live;
 pub mod queue;
 mod timers;
 pub mod workers;
@@ -73,6 +74,8 @@ pub struct EngineConfig {
     pub limits: InstanceLimits,
     /// How long an `Idempotency-Key` of a start is remembered.
     pub idempotency_ttl_ms: i64,
+    /// Live watchers at most (server, per client).
+    pub watch_limits: live::WatchLimits,
     /// Faults injected by tests (never set from a config file).
     #[doc(hidden)]
     pub faults: FaultInjection,
@@ -161,6 +164,7 @@ impl Default for EngineConfig {
             namespace_limits: HashMap::new(),
             limits: InstanceLimits::default(),
             idempotency_ttl_ms: 24 * 3600 * 1000,
+            watch_limits: live::WatchLimits::default(),
             faults: FaultInjection::default(),
         }
     }
@@ -214,7 +218,8 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     /// Compiled definitions by (namespace, name, version).
     pub workflows: Mutex<HashMap<(String, String, String), Arc<Workflow>>>,
-    pub live: broadcast::Sender<LiveEvent>,
+    /// Live updates, routed to the watchers of each instance.
+    pub live: Arc<live::LiveHub>,
     /// Resolved definitions by (namespace, name, version or None for latest); cleared for a
     /// workflow when one of its versions is registered or deprecated.
     pub definitions: Mutex<HashMap<(String, String, Option<String>), Definition>>,
@@ -306,7 +311,7 @@ impl Engine {
     }
 
     pub async fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine> {
-        let (live, _) = broadcast::channel(4096);
+        let live = Arc::new(live::LiveHub::new(config.watch_limits));
         let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
         queue.lock().set_limits(config.rate_limits.clone());
         let shared = Arc::new(Shared {
@@ -770,9 +775,20 @@ impl Engine {
         Ok(delivered + scheduled)
     }
 
-    /// Live updates of every instance (filter by id on the receiving side).
-    pub fn watch(&self) -> broadcast::Receiver<LiveEvent> {
-        self.shared.live.subscribe()
+    /// Live updates of one instance, for `client` (its address: watchers are capped per
+    /// client and per server).
+    pub fn watch(
+        &self,
+        instance: &str,
+        client: &str,
+    ) -> std::result::Result<(broadcast::Receiver<LiveEvent>, live::WatchGuard), live::WatchRefused>
+    {
+        self.shared.live.subscribe(instance, client)
+    }
+
+    /// Live watchers open now.
+    pub fn watchers(&self) -> usize {
+        self.shared.live.watchers()
     }
 
     /// Stops taking work, lets running effects finish until `deadline`, then stops the driver.
@@ -952,14 +968,25 @@ impl Engine {
     }
 
     /// A worker's result for a lease it holds; refused (Conflict) when the lease expired.
-    pub fn complete_lease(
+    /// Ends a lease with its result; returns once the result is committed (an error when it
+    /// could not be: the task then runs again).
+    pub async fn complete_lease(
         &self,
         worker: &str,
         lease: &str,
         result: std::result::Result<Value, kflow_core::WfError>,
     ) -> Result<()> {
-        workers::deliver(&self.shared.queue, &self.tx, lease, worker, result)
-            .map_err(EngineError::Conflict)
+        let (ack, committed) = oneshot::channel();
+        workers::deliver(
+            &self.shared.queue,
+            &self.tx,
+            lease,
+            worker,
+            result,
+            Some(ack),
+        )
+        .map_err(EngineError::Conflict)?;
+        committed.await.map_err(|_| EngineError::Unavailable)?
     }
 
     /// Stops a worker taking work; it finishes what it has.

@@ -180,20 +180,36 @@ impl Drop for Waiting<'_> {
 }
 
 /// The attempt number of a lease: known for a first run, else counted in the store now.
+/// `None` when the work row is gone (answered or cancelled meanwhile). A store error is
+/// retried (with a growing pause, while the lease is still held), never taken for "gone".
 pub(crate) async fn attempt_of(shared: &Arc<Shared>, lease: &Lease) -> Option<u32> {
     if let Some(a) = lease.attempt {
         return Some(a);
     }
-    let (s, i, e) = (
-        shared.clone(),
-        lease.item.instance.clone(),
-        lease.item.effect_id,
-    );
-    tokio::task::spawn_blocking(move || s.store.mark_attempt(&i, e))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten()
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let (s, i, e) = (
+            shared.clone(),
+            lease.item.instance.clone(),
+            lease.item.effect_id,
+        );
+        match tokio::task::spawn_blocking(move || s.store.mark_attempt(&i, e)).await {
+            Ok(Ok(attempt)) => return attempt,
+            Ok(Err(err)) => eprintln!(
+                "kflow: counting the attempt of {}/{}: {err} (trying again)",
+                lease.item.instance, lease.item.effect_id
+            ),
+            Err(err) => eprintln!("kflow: counting an attempt: {err} (trying again)"),
+        }
+        if !shared
+            .queue
+            .is_active(&lease.item.instance, lease.item.effect_id)
+        {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// Starts the sweeper and the built-in worker (`slots` tasks at once).
@@ -262,7 +278,7 @@ pub(crate) fn start(
                     };
                     let result = exec.perform(&ctx, &item.effect).await;
                     // Refused only when the effect was cancelled meanwhile: nothing to do.
-                    let _ = deliver(&queue2, &tx2, &lease.id, BUILTIN, result);
+                    let _ = deliver(&queue2, &tx2, &lease.id, BUILTIN, result, None);
                 });
                 queue
                     .running
@@ -282,6 +298,7 @@ pub(crate) fn deliver(
     lease_id: &str,
     worker: &str,
     result: Result<serde_json::Value, WfError>,
+    ack: Option<tokio::sync::oneshot::Sender<crate::engine::Result<()>>>,
 ) -> Result<(), String> {
     let lease = queue.lock().complete(lease_id, worker)?;
     let key = (lease.item.instance.clone(), lease.item.effect_id);
@@ -296,6 +313,7 @@ pub(crate) fn deliver(
         instance: key.0,
         effect: key.1,
         delivery: Delivery::Result(result),
+        ack,
     })
     .map_err(|_| "the engine is shutting down".to_string())
 }

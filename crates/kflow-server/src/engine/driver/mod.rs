@@ -27,6 +27,9 @@ use super::timers::{SCAN_EVERY_MS, Timers};
 
 mod admission;
 
+/// How long the driver waits before it asks a failing store again.
+const RECOVERY_BACKOFF_MS: i64 = 200;
+
 /// How often expired idempotency keys are pruned.
 const PRUNE_EVERY_MS: i64 = 60_000;
 use super::{EngineError, LiveEvent, Result, Shared, now_ms};
@@ -47,6 +50,8 @@ pub enum Msg {
         instance: String,
         effect: u64,
         delivery: Delivery,
+        /// Answered once the delivery is committed (a remote worker's report).
+        ack: Option<oneshot::Sender<Result<()>>>,
     },
     Cancel {
         id: String,
@@ -91,6 +96,8 @@ enum After {
     /// A start: the instance, and whether this request created it.
     ReplyStart(oneshot::Sender<Result<super::Started>>, String, bool),
     ReplyCount(oneshot::Sender<Result<usize>>, usize),
+    /// A delivery is committed.
+    Ack(oneshot::Sender<Result<()>>),
     Dispatch {
         instance: String,
         effect: u64,
@@ -126,6 +133,8 @@ struct Batch {
     ready: VecDeque<(String, u64, Delivery)>,
     /// Idempotency keys taken in this batch: (namespace, key) → (request hash, instance).
     keys: HashMap<(String, String), (String, String)>,
+    /// The posted event (its row id) each event delivery of this batch came from.
+    event_of: HashMap<(String, u64), i64>,
 }
 
 impl Batch {
@@ -160,6 +169,14 @@ struct Driver {
     deferred: VecDeque<(String, u64)>,
     /// Instances parked because they cannot be replayed: why (also in the store).
     parked: HashMap<String, String>,
+    /// Instances whose commit failed: rebuilt from what was committed, their pending work put
+    /// back in motion, as soon as the store answers again.
+    recover: std::collections::HashSet<String>,
+    /// Deliveries whose instance could not be read (a store error): tried again, with the
+    /// posted event they came from (marked processed when they are committed).
+    retry: VecDeque<(String, u64, Delivery, Option<i64>)>,
+    /// Not before this (ms): the store just failed.
+    next_recovery: i64,
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -186,6 +203,9 @@ pub(super) async fn spawn(
         groups: Default::default(),
         deferred: VecDeque::new(),
         parked: HashMap::new(),
+        recover: Default::default(),
+        retry: VecDeque::new(),
+        next_recovery: 0,
     };
     d.recover()?;
     Ok(tokio::spawn(d.run(rx)))
@@ -303,6 +323,11 @@ impl Driver {
             let now = now_ms();
             self.shared.beat();
             let wake_at = self.timers.next_due().unwrap_or(i64::MAX).min(next_scan);
+            let wake_at = if self.recover.is_empty() && self.retry.is_empty() {
+                wake_at
+            } else {
+                wake_at.min(self.next_recovery)
+            };
             let sleep = if self.deferred.is_empty() {
                 Duration::from_millis((wake_at - now).clamp(0, 60_000) as u64)
             } else {
@@ -328,6 +353,15 @@ impl Driver {
             for (inst, effect) in std::mem::take(&mut self.deferred) {
                 b.ready
                     .push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
+            }
+            if now >= self.next_recovery {
+                for (inst, effect, d, event) in std::mem::take(&mut self.retry) {
+                    if let Some(e) = event {
+                        b.event_of.insert((inst.clone(), effect), e);
+                    }
+                    b.ready.push_back((inst, effect, d));
+                }
+                self.recover_failed(now, &mut b);
             }
             if !self.draining {
                 for (inst, effect) in self.timers.pop_due(now) {
@@ -454,6 +488,9 @@ impl Driver {
                 After::ReplyCount(reply, n) => {
                     let _ = reply.send(Ok(n));
                 }
+                After::Ack(ack) => {
+                    let _ = ack.send(Ok(()));
+                }
                 After::Dispatch {
                     instance,
                     effect,
@@ -492,15 +529,10 @@ impl Driver {
                         self.deferred.push_back((instance, effect));
                     }
                 }
-                After::Live(id, event) => {
-                    // No watcher: skip the clone into the broadcast ring.
-                    if self.shared.live.receiver_count() > 0 {
-                        let _ = self.shared.live.send(LiveEvent {
-                            instance_id: id,
-                            event,
-                        });
-                    }
-                }
+                After::Live(id, event) => self.shared.live.publish(LiveEvent {
+                    instance_id: id,
+                    event,
+                }),
             }
         }
     }
@@ -519,9 +551,20 @@ impl Driver {
         eprintln!("kflow: committing a batch failed: {message}");
         for c in &commits {
             self.active.remove(&c.instance_id);
+            // Rebuilt from what was committed, and its pending work re-dispatched: a result
+            // lost with this batch runs again (same idempotency key), nothing stays stranded.
+            if c.create.is_none() && !c.instance_id.is_empty() {
+                self.recover.insert(c.instance_id.clone());
+            }
         }
+        self.next_recovery = now_ms() + RECOVERY_BACKOFF_MS;
         for a in b.after {
             match a {
+                After::Ack(ack) => {
+                    let _ = ack.send(Err(EngineError::Store(kflow_store::StoreError::Db(
+                        message.clone(),
+                    ))));
+                }
                 After::ReplyInstance(reply, _) => {
                     let _ = reply.send(Err(EngineError::Store(kflow_store::StoreError::Db(
                         message.clone(),
@@ -538,6 +581,28 @@ impl Driver {
                     ))));
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Puts the work of instances whose commit failed back in motion, from the store's rows
+    /// (what was committed). A store that still fails is tried again after a back-off.
+    fn recover_failed(&mut self, now: i64, b: &mut Batch) {
+        let ids: Vec<String> = self.recover.iter().cloned().collect();
+        for id in ids {
+            let store = self.shared.store.clone();
+            match blocking(|| store.work_of(&id)) {
+                Ok(rows) => {
+                    self.recover.remove(&id);
+                    for w in rows {
+                        self.resume_work(w, now, &mut b.ready);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("kflow: recovering instance {id}: {e} (trying again)");
+                    self.next_recovery = now + RECOVERY_BACKOFF_MS;
+                    return;
+                }
             }
         }
     }
@@ -612,8 +677,12 @@ impl Driver {
                 instance,
                 effect,
                 delivery,
+                ack,
             } => {
                 b.ready.push_back((instance, effect, delivery));
+                if let Some(ack) = ack {
+                    b.after.push(After::Ack(ack));
+                }
             }
             Msg::Event {
                 event,
@@ -750,6 +819,9 @@ impl Driver {
             if self.subs[key].iter().any(|f| event_matches(f, event)) {
                 b.ready
                     .push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
+                if let Some(e) = event_id {
+                    b.event_of.insert(key.clone(), e);
+                }
                 n += 1;
             }
         }
@@ -1080,8 +1152,22 @@ impl Driver {
     /// Applies every delivery produced so far in this batch (and the ones they produce).
     fn drain_ready(&mut self, b: &mut Batch, now: i64) {
         while let Some((id, effect, delivery)) = b.ready.pop_front() {
-            if self.load(&id).is_err() {
-                continue; // the instance is gone
+            match self.load(&id) {
+                Ok(()) => {}
+                // The store did not answer: not a reason to lose the result; tried again.
+                Err(EngineError::Store(e)) => {
+                    eprintln!("kflow: reading instance {id}: {e} (trying again)");
+                    // The event it came from is processed when this delivery is committed.
+                    let event = b.event_of.remove(&(id.clone(), effect));
+                    if let Some(ev) = event {
+                        b.commit_for("", now).processed_events.retain(|x| *x != ev);
+                    }
+                    self.retry.push_back((id, effect, delivery, event));
+                    self.next_recovery = now + RECOVERY_BACKOFF_MS;
+                    continue;
+                }
+                // Gone, or parked (its work row stays for when it is unparked).
+                Err(_) => continue,
             }
             let Some(a) = self.active.get_mut(&id) else {
                 continue;
@@ -1092,6 +1178,12 @@ impl Driver {
             if a.row.status == InstanceStatus::Suspended {
                 a.held.push((effect, delivery));
                 continue;
+            }
+            if let Some(e) = b.event_of.remove(&(id.clone(), effect)) {
+                let c = b.commit_for("", now);
+                if !c.processed_events.contains(&e) {
+                    c.processed_events.push(e);
+                }
             }
             let seq = a.next_seq;
             a.next_seq += 1;
