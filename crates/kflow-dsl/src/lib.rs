@@ -12,6 +12,7 @@ pub mod lower;
 pub mod model;
 pub mod node;
 pub mod schema;
+pub mod settings;
 pub mod template;
 
 pub use diag::Diagnostic;

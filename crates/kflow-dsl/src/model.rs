@@ -14,6 +14,10 @@ use crate::expr::Expr;
 use crate::schema::Schema;
 use crate::template::Template;
 
+pub use crate::settings::{
+    Concurrency, KflowSettings, Missed, OnLimit, Overlap, ScheduleSettings, TaskHints,
+};
+
 /// A whole workflow definition.
 #[derive(Debug, Clone)]
 pub struct Workflow {
@@ -26,6 +30,8 @@ pub struct Workflow {
     pub schedule: Option<Schedule>,
     /// `evaluate.mode: loose` lets plain strings in expression-only fields be jq.
     pub evaluate_loose: bool,
+    /// kflow's own settings (`document.metadata.kflow`, and the tasks' `metadata.kflow`).
+    pub kflow: KflowSettings,
     /// The source document as plain JSON, for `$workflow.definition`.
     pub definition: Arc<Value>,
 }
@@ -72,6 +78,9 @@ pub struct Task {
     pub timeout: Option<DurationSpec>,
     pub then: Flow,
     pub metadata: serde_json::Map<String, Value>,
+    /// kflow's engine hints (`metadata.kflow`), also found by reference in
+    /// [`KflowSettings::tasks`].
+    pub kflow: TaskHints,
     pub kind: TaskKind,
 }
 

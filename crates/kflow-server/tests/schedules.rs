@@ -768,18 +768,21 @@ async fn bad_schedules_are_refused_at_registration() {
     ))
     .await
     .expect_error(StatusCode::BAD_REQUEST, "invalid");
-    assert_eq!(e["message"], "the workflow's schedule is invalid");
+    // kflow's settings are part of the document's checks: refused as the definition, at their
+    // line and column
+    assert_eq!(e["message"], "the workflow definition is invalid");
     let details = e["details"].to_string();
-    assert!(details.contains("document.metadata.kflow.schedule.overlap: expected 'allow', 'skip', 'queue' or 'cancel'"), "{details}");
+    assert!(details.contains("invalid value 'sometimes' for 'document.metadata.kflow.schedule.overlap' (expected one of: allow, skip, queue, cancel)"), "{details}");
     assert!(
-        details.contains("catchupMax: expected an integer from 1 to 1000"),
+        details.contains("'document.metadata.kflow.schedule.catchupMax' must be from 1 to 1000"),
         "{details}"
     );
     let e = post(doc("feb30", "1.0.0", "  cron: '0 0 30 2 *'\n", "", QUICK))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "invalid");
     assert!(e["details"].to_string().contains("never fires"), "{e}");
-    // Both kinds of problems at once.
+    assert_eq!(e["message"], "the workflow's schedule is invalid");
+    // A document with wrong settings is refused before its schedule is worked out.
     let e = post(doc(
         "both",
         "1.0.0",
@@ -789,7 +792,13 @@ async fn bad_schedules_are_refused_at_registration() {
     ))
     .await
     .expect_error(StatusCode::BAD_REQUEST, "invalid");
-    assert_eq!(e["details"].as_array().map(Vec::len), Some(2), "{e}");
+    assert_eq!(e["details"].as_array().map(Vec::len), Some(1), "{e}");
+    assert!(
+        e["details"]
+            .to_string()
+            .contains("invalid value 'sometimes'"),
+        "{e}"
+    );
     let e = post(doc(
         "tz",
         "1.0.0",

@@ -11,13 +11,14 @@
 //! schemas, errors, retries), `tasks` the task lists and the control-flow tasks, `calls` the
 //! `call` task with endpoints and authentication, `run` the `run` task, `events` `emit`,
 //! `listen` and the workflow `schedule`, `dag` the kflow `dag` extension task (dependencies,
-//! trigger rules, cycles).
+//! trigger rules, cycles), `settings` kflow's own settings in `metadata.kflow`.
 
 mod calls;
 mod common;
 mod dag;
 mod events;
 mod run;
+mod settings;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use crate::diag::Diagnostic;
 use crate::duration::DurationSpec;
-use crate::model::{AuthPolicy, Document, ErrorDef, RetryPolicy, Task, Use, Workflow};
+use crate::model::{AuthPolicy, Document, ErrorDef, RetryPolicy, Task, TaskHints, Use, Workflow};
 use crate::node::Node;
 
 use common::{Obj, key_str};
@@ -49,6 +50,8 @@ pub(crate) struct Cx<'a> {
     /// `LoadOptions::strict`: kflow's extensions (`dag`, `needs`, `trigger`, `parallel`) are
     /// refused.
     strict: bool,
+    /// The engine hints of the tasks lowered so far, by task reference.
+    task_hints: BTreeMap<String, TaskHints>,
 }
 
 impl<'a> Cx<'a> {
@@ -65,6 +68,7 @@ impl<'a> Cx<'a> {
             function_nodes: BTreeMap::new(),
             functions: BTreeMap::new(),
             function_stack: Vec::new(),
+            task_hints: BTreeMap::new(),
         }
     }
 
@@ -204,6 +208,9 @@ fn workflow<'a>(cx: &mut Cx<'a>, root: &'a Node) -> Option<Workflow> {
     let obj = Obj::new(cx, root, "the workflow", "")?;
     obj.check(cx, &TOP_LEVEL);
     let document = obj.req(cx, "document").and_then(|n| document(cx, n));
+    let kflow = obj
+        .get("document")
+        .map(|n| settings::document(cx, n, obj.get("schedule")));
     // `use:` first: everything below may refer to its components.
     let use_ = obj.get("use").map(|n| use_section(cx, n));
     let evaluate_loose = obj.get("evaluate").map(|n| evaluate(cx, n));
@@ -220,6 +227,8 @@ fn workflow<'a>(cx: &mut Cx<'a>, root: &'a Node) -> Option<Workflow> {
         None => Some(Use::default()),
         Some(u) => u,
     };
+    let mut kflow = kflow.unwrap_or_default();
+    kflow.tasks = std::mem::take(&mut cx.task_hints);
     Some(Workflow {
         document: document?,
         input: input.flatten(),
@@ -229,6 +238,7 @@ fn workflow<'a>(cx: &mut Cx<'a>, root: &'a Node) -> Option<Workflow> {
         timeout: timeout.flatten(),
         schedule: schedule.flatten(),
         evaluate_loose: evaluate_loose.flatten().unwrap_or(false),
+        kflow,
         definition: Arc::new(root.to_json()),
     })
 }

@@ -13,7 +13,7 @@ use crate::node::{Node, NodeKind};
 use crate::template::Template;
 
 use super::common::{self, Obj, key_str, pointer_token};
-use super::{Cx, calls, dag, events, list_names, run};
+use super::{Cx, calls, dag, events, list_names, run, settings};
 
 /// The task names of the list a task belongs to, for resolving `then:`.
 pub(super) struct Scope {
@@ -258,6 +258,13 @@ pub(super) fn task(
     let metadata = obj
         .get("metadata")
         .map(|n| common::json_object(cx, n, &obj.field("metadata")));
+    let hints = obj
+        .get("metadata")
+        .map(|n| settings::task(cx, n))
+        .unwrap_or_default();
+    if !hints.is_empty() {
+        cx.task_hints.insert(reference.to_string(), hints.clone());
+    }
     let kind = task_kind(cx, kind, &obj, reference, scope);
     Some(Task {
         if_: if_.flatten(),
@@ -267,6 +274,7 @@ pub(super) fn task(
         timeout: timeout.flatten(),
         then: then.flatten().unwrap_or(Flow::Continue),
         metadata: metadata.flatten().unwrap_or_default(),
+        kflow: hints,
         kind: kind?,
     })
 }

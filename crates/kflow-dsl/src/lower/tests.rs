@@ -497,3 +497,111 @@ fn dag_extension_lowers_to_indexes_and_triggers() {
     assert_eq!(f.parallel, Some(Parallelism::Max(3)));
     assert_eq!(w.do_[0].task.kind.keyword(), "dag");
 }
+
+#[test]
+fn kflow_settings_become_typed_settings() {
+    let w = load(
+        "  metadata:
+    kflow:
+      queue: batch
+      priority: -2
+      schedule:
+        timezone: Europe/Paris
+        missed: catchup
+        catchupMax: 3
+        overlap: cancel
+      concurrency:
+        limit: 2
+        key: ${ .customer }
+        onLimit: skip
+schedule:
+  every: PT1M
+use:
+  functions:
+    fetch:
+      metadata:
+        kflow:
+          queue: net
+      call: http
+      with:
+        method: get
+        endpoint: http://svc/x
+do:
+  - loop:
+      for:
+        in: .items
+      do:
+        - inner:
+            metadata:
+              kflow:
+                priority: 7
+                resources: { cpu: 2, memory: 1Ki, gpu: '1' }
+                labels: { zone: eu, ssd: true, rack: 7 }
+            call: fetch
+  - plain:
+      metadata:
+        owner: someone
+      wait: PT1S
+",
+    );
+    let k = &w.kflow;
+    assert_eq!(k.queue.as_deref(), Some("batch"));
+    assert_eq!(k.priority, Some(-2));
+    assert_eq!(
+        k.schedule,
+        Some(ScheduleSettings {
+            timezone: Some("Europe/Paris".into()),
+            missed: Missed::Catchup,
+            catchup_max: 3,
+            overlap: Overlap::Cancel,
+        })
+    );
+    let c = k.concurrency.as_ref().expect("concurrency");
+    assert_eq!((c.limit, c.on_limit), (2, OnLimit::Skip));
+    assert_eq!(c.key.as_ref().map(|e| e.source()), Some(".customer"));
+
+    let inner = k.task("/do/0/loop/do/0/inner");
+    assert_eq!(inner.priority, Some(7));
+    assert_eq!(inner.queue, None);
+    let resources: Vec<(&str, f64)> = inner
+        .resources
+        .iter()
+        .map(|(n, a)| (n.as_str(), *a))
+        .collect();
+    assert_eq!(resources, [("cpu", 2.0), ("gpu", 1.0), ("memory", 1024.0)]);
+    let labels: Vec<(&str, &str)> = inner
+        .labels
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(labels, [("rack", "7"), ("ssd", "true"), ("zone", "eu")]);
+    assert_eq!(k.task("/use/functions/fetch").queue.as_deref(), Some("net"));
+    // tasks without hints are not listed, and answer empty hints
+    assert!(k.task("/do/1/plain").is_empty());
+    assert_eq!(k.tasks.len(), 2, "{:?}", k.tasks.keys());
+    // the same hints on the task itself; the free-form metadata stays as it was
+    let TaskKind::For(f) = &w.do_[0].task.kind else {
+        panic!()
+    };
+    assert_eq!(&f.do_[0].task.kflow, inner);
+    assert_eq!(w.do_[1].task.metadata["owner"], "someone");
+    assert!(w.do_[1].task.kflow.is_empty());
+}
+
+#[test]
+fn kflow_settings_default_to_none() {
+    let w = load("do:\n  - a:\n      wait: PT1S\n");
+    assert!(w.kflow.queue.is_none() && w.kflow.priority.is_none());
+    assert!(w.kflow.schedule.is_none() && w.kflow.concurrency.is_none());
+    assert!(w.kflow.tasks.is_empty());
+    // a concurrency key without `${ }` is jq all the same; onLimit defaults to queue
+    let w = load(
+        "  metadata:\n    kflow:\n      concurrency:\n        limit: 1\n        key: .who\ndo: []\n",
+    );
+    let c = w.kflow.concurrency.expect("concurrency");
+    assert_eq!(c.on_limit, OnLimit::Queue);
+    assert_eq!(c.key.map(|e| e.source().to_string()), Some(".who".into()));
+    // schedule settings without a schedule are a mistake (see tests/diagnostics)
+    let e = errors("  metadata:\n    kflow:\n      schedule: {}\ndo: []\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+}

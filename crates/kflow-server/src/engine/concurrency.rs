@@ -13,6 +13,8 @@
 //!         onLimit: queue                # queue (default) | skip | cancelOldest
 //! ```
 //!
+//! The settings are checked when the workflow is loaded (see `kflow_dsl::settings`).
+//!
 //! `queue`: the instance is committed at once (the caller gets its id) but starts only when a
 //! slot frees, oldest first. `skip`: the start is refused (409). `cancelOldest`: the oldest
 //! running instance of the group is cancelled and the new one starts.
@@ -22,14 +24,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use serde_json::Value;
 
 use kflow_dsl::Workflow;
-use kflow_dsl::expr::{Expr, strip_dollar_braces};
+use kflow_dsl::expr::Expr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnLimit {
-    Queue,
-    Skip,
-    CancelOldest,
-}
+pub use kflow_dsl::model::OnLimit;
 
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -38,56 +35,14 @@ pub struct Spec {
     pub on_limit: OnLimit,
 }
 
-/// Reads and checks the settings of a workflow; `Ok(None)` when it has none.
+/// The concurrency settings of a workflow; `Ok(None)` when it has none. They were checked when
+/// the workflow was loaded (`kflow_dsl` reports a wrong one at its line and column), so this
+/// cannot fail any more; the `Result` stays for the callers.
 pub fn spec(wf: &Workflow) -> Result<Option<Spec>, String> {
-    let Some(c) = wf
-        .definition
-        .pointer("/document/metadata/kflow/concurrency")
-    else {
-        return Ok(None);
-    };
-    let obj = c
-        .as_object()
-        .ok_or("document.metadata.kflow.concurrency must be a mapping")?;
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "limit" | "key" | "onLimit") {
-            return Err(format!(
-                "unknown key '{k}' in document.metadata.kflow.concurrency (expected limit, key, onLimit)"
-            ));
-        }
-    }
-    let limit = obj
-        .get("limit")
-        .and_then(Value::as_u64)
-        .filter(|n| *n >= 1)
-        .ok_or("document.metadata.kflow.concurrency.limit must be a whole number of at least 1")?;
-    let key = match obj.get("key") {
-        None => None,
-        Some(Value::String(s)) => {
-            let src = strip_dollar_braces(s).unwrap_or(s);
-            Some(
-                Expr::compile(src)
-                    .map_err(|e| format!("document.metadata.kflow.concurrency.key: {e}"))?,
-            )
-        }
-        Some(_) => {
-            return Err("document.metadata.kflow.concurrency.key must be a jq expression".into());
-        }
-    };
-    let on_limit = match obj.get("onLimit").and_then(Value::as_str) {
-        None | Some("queue") => OnLimit::Queue,
-        Some("skip") => OnLimit::Skip,
-        Some("cancelOldest") => OnLimit::CancelOldest,
-        Some(other) => {
-            return Err(format!(
-                "document.metadata.kflow.concurrency.onLimit '{other}' is not one of queue, skip, cancelOldest"
-            ));
-        }
-    };
-    Ok(Some(Spec {
-        limit: limit as usize,
-        key,
-        on_limit,
+    Ok(wf.kflow.concurrency.as_ref().map(|c| Spec {
+        limit: usize::try_from(c.limit).unwrap_or(usize::MAX),
+        key: c.key.clone(),
+        on_limit: c.on_limit,
     }))
 }
 

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use kflow_core::Effect;
+use kflow_dsl::Workflow;
 
 /// Waiting this long raises an item's effective priority by one.
 pub const AGING_MS: i64 = 10_000;
@@ -520,7 +521,37 @@ impl Queue {
     }
 }
 
-/// Reads `metadata.kflow` engine hints of a task: queue, priority, resources, labels.
+/// The engine hints of the call or process started by the task at `task` (its reference, a
+/// JSON pointer such as `/do/0/getPet`), from the workflow's checked settings: the task's own
+/// `metadata.kflow` queue, priority, resources (plus one `tasks` slot) and labels. A task that
+/// names no queue takes the workflow's (`document.metadata.kflow.queue`), else `default`; one
+/// that gives no priority takes the instance's (when not 0), else the workflow's, else 0.
+pub fn task_hints(
+    wf: &Workflow,
+    task: &str,
+    instance_priority: i64,
+) -> (String, i64, Resources, BTreeMap<String, String>) {
+    let settings = &wf.kflow;
+    let own = settings.task(task);
+    let queue = own
+        .queue
+        .clone()
+        .or_else(|| settings.queue.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let priority = own.priority.unwrap_or(if instance_priority != 0 {
+        instance_priority
+    } else {
+        settings.priority.unwrap_or(0)
+    });
+    let mut needs = Resources::new();
+    needs.insert("tasks".into(), 1.0);
+    needs.extend(own.resources.iter().map(|(k, v)| (k.clone(), *v)));
+    (queue, priority, needs, own.labels.clone())
+}
+
+/// Reads the engine hints of a task from its raw `metadata` JSON (queue, priority, resources,
+/// labels; a value of the wrong type is ignored). Kept for callers that still hold the JSON;
+/// [`task_hints`] reads the settings checked when the workflow was loaded.
 pub fn hints(task_metadata: Option<&Value>) -> (String, i64, Resources, BTreeMap<String, String>) {
     let k = task_metadata.and_then(|m| m.get("kflow"));
     let queue = k
@@ -569,32 +600,8 @@ pub fn hints(task_metadata: Option<&Value>) -> (String, i64, Resources, BTreeMap
 }
 
 /// Parses `4`, `0.5`, `8Gi`, `512Mi`, `2G`, `100k` into a number (binary suffixes Ki/Mi/Gi/Ti,
-/// decimal k/M/G/T).
-pub fn parse_amount(s: &str) -> Result<f64, String> {
-    let s = s.trim();
-    let (num, mult) = [
-        ("Ki", 1024f64),
-        ("Mi", 1024f64.powi(2)),
-        ("Gi", 1024f64.powi(3)),
-        ("Ti", 1024f64.powi(4)),
-        ("k", 1e3),
-        ("K", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-    ]
-    .iter()
-    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-    .unwrap_or((s, 1.0));
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("'{s}' is not an amount (e.g. 4, 0.5, 8Gi, 512Mi)"));
-    }
-    Ok(n * mult)
-}
+/// decimal k/M/G/T): the same amounts as a task's `metadata.kflow.resources`.
+pub use kflow_dsl::settings::parse_amount;
 
 /// Parses a capacity string `cpu=4,memory=8Gi,gpu=1` (a `tasks` slot count defaults to 16).
 pub fn parse_capacity(s: &str) -> Result<Resources, String> {
@@ -833,6 +840,65 @@ mod limit_tests {
             taken.iter().filter(|n| *n == "quiet").count(),
             2,
             "{taken:?}"
+        );
+    }
+
+    fn hints_of(
+        doc_meta: &str,
+        task_meta: &str,
+        instance_priority: i64,
+    ) -> (String, i64, Resources, BTreeMap<String, String>) {
+        let text = format!(
+            "document:\n  dsl: '1.0.3'\n  namespace: t\n  name: q\n  version: '1.0.0'\n{doc_meta}do:\n  - a:\n{task_meta}      call: http\n      with:\n        method: get\n        endpoint: http://svc/x\n"
+        );
+        let wf = kflow_dsl::load(text.as_bytes()).unwrap_or_else(|d| panic!("{d:?}"));
+        task_hints(&wf, "/do/0/a", instance_priority)
+    }
+
+    #[test]
+    fn task_hints_come_from_the_checked_settings() {
+        // nothing set: queue default, priority 0, one tasks slot, no labels
+        let (q, p, needs, labels) = hints_of("", "", 0);
+        assert_eq!((q.as_str(), p), ("default", 0));
+        assert_eq!(needs, Resources::from([("tasks".to_string(), 1.0)]));
+        assert!(labels.is_empty());
+        // the task's own
+        let task = "      metadata:\n        kflow:\n          queue: gpu\n          priority: 5\n          resources: { cpu: 2, memory: 1Ki, tasks: 2 }\n          labels: { zone: eu, ssd: true }\n";
+        let doc = "  metadata:\n    kflow:\n      queue: batch\n      priority: -1\n";
+        let (q, p, needs, labels) = hints_of(doc, task, 9);
+        assert_eq!((q.as_str(), p), ("gpu", 5));
+        assert_eq!(
+            (needs["cpu"], needs["memory"], needs["tasks"]),
+            (2.0, 1024.0, 2.0)
+        );
+        assert_eq!(labels["zone"], "eu");
+        assert_eq!(labels["ssd"], "true");
+        // the workflow's defaults, and the instance's priority before the workflow's
+        let (q, p, ..) = hints_of(doc, "", 0);
+        assert_eq!((q.as_str(), p), ("batch", -1));
+        let (_, p, ..) = hints_of(doc, "", 3);
+        assert_eq!(p, 3);
+        // a task priority of 0 is a priority: it wins over the instance's
+        let (_, p, ..) = hints_of(
+            doc,
+            "      metadata:\n        kflow:\n          priority: 0\n",
+            3,
+        );
+        assert_eq!(p, 0);
+    }
+
+    #[test]
+    fn raw_hints_match_task_hints_on_valid_settings() {
+        let meta = serde_json::json!({"kflow": {"queue": "gpu", "priority": 5, "resources": {"cpu": 2, "memory": "1Ki"}, "labels": {"zone": "eu", "rack": 7}}});
+        let (q, p, needs, labels) = hints(Some(&meta));
+        assert_eq!((q.as_str(), p), ("gpu", 5));
+        assert_eq!(
+            (needs["cpu"], needs["memory"], needs["tasks"]),
+            (2.0, 1024.0, 1.0)
+        );
+        assert_eq!(
+            (labels["zone"].as_str(), labels["rack"].as_str()),
+            ("eu", "7")
         );
     }
 }

@@ -1,6 +1,7 @@
 //! What a workflow's `schedule` means, worked out once per definition: the trigger (cron in a
 //! time zone, every, after, on events) and kflow's policies from
-//! `document.metadata.kflow.schedule`. Everything here is pure: times come in as arguments.
+//! `document.metadata.kflow.schedule` (checked by `kflow_dsl` when the workflow is loaded).
+//! Everything here is pure: times come in as arguments.
 
 use std::str::FromStr;
 
@@ -9,7 +10,6 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::errors::CronError;
 use croner::parser::{CronParser, Seconds, Year};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use kflow_core::events::event_matches;
@@ -18,150 +18,10 @@ use kflow_dsl::duration::DurationSpec;
 use kflow_dsl::expr::Expr;
 use kflow_dsl::model::{Consumption, EventFilter, ReadMode, Schedule};
 
-/// What happens to ticks that came and went while the server was down or the schedule paused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Missed {
-    /// Fire none of them; go on with the next tick to come.
-    #[default]
-    Skip,
-    /// Fire the most recent ones, at most `catchupMax`.
-    Catchup,
-}
-
-/// What a tick does while an instance started by the schedule is still running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Overlap {
-    /// Start another one anyway.
-    #[default]
-    Allow,
-    /// Start nothing for this tick.
-    Skip,
-    /// Start it once the running one has finished (in order).
-    Queue,
-    /// Cancel the running one, then start.
-    Cancel,
-}
-
-impl Missed {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Missed::Skip => "skip",
-            Missed::Catchup => "catchup",
-        }
-    }
-}
-
-impl Overlap {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Overlap::Allow => "allow",
-            Overlap::Skip => "skip",
-            Overlap::Queue => "queue",
-            Overlap::Cancel => "cancel",
-        }
-    }
-}
-
-/// `document.metadata.kflow.schedule`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// An IANA time zone name; None: the server's default.
-    pub timezone: Option<String>,
-    pub missed: Missed,
-    pub catchup_max: u32,
-    pub overlap: Overlap,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            timezone: None,
-            missed: Missed::Skip,
-            catchup_max: 1,
-            overlap: Overlap::Allow,
-        }
-    }
-}
-
-const SETTINGS_KEYS: [&str; 4] = ["timezone", "missed", "catchupMax", "overlap"];
-
-/// Reads kflow's schedule settings from the document's metadata; every problem is listed.
-pub fn settings(metadata: &Map<String, Value>) -> Result<Option<Settings>, Vec<String>> {
-    let Some(kflow) = metadata.get("kflow") else {
-        return Ok(None);
-    };
-    let Some(kflow) = kflow.as_object() else {
-        return Err(vec!["document.metadata.kflow must be an object".into()]);
-    };
-    let Some(raw) = kflow.get("schedule") else {
-        return Ok(None);
-    };
-    let Some(raw) = raw.as_object() else {
-        return Err(vec![
-            "document.metadata.kflow.schedule must be an object".into(),
-        ]);
-    };
-    let at = |k: &str| format!("document.metadata.kflow.schedule.{k}");
-    let mut errors = Vec::new();
-    let mut s = Settings::default();
-    for key in raw.keys().filter(|k| !SETTINGS_KEYS.contains(&k.as_str())) {
-        errors.push(format!(
-            "{}: unknown setting (expected one of: {})",
-            at(key),
-            SETTINGS_KEYS.join(", ")
-        ));
-    }
-    if let Some(v) = raw.get("timezone") {
-        match v.as_str() {
-            Some(name) => match parse_tz(name) {
-                Ok(_) => s.timezone = Some(name.to_string()),
-                Err(e) => errors.push(format!("{}: {e}", at("timezone"))),
-            },
-            None => errors.push(format!(
-                "{}: must be a string (an IANA time zone such as Europe/Paris)",
-                at("timezone")
-            )),
-        }
-    }
-    if let Some(v) = raw.get("missed") {
-        match v.as_str() {
-            Some("skip") => s.missed = Missed::Skip,
-            Some("catchup") => s.missed = Missed::Catchup,
-            _ => errors.push(format!(
-                "{}: expected 'skip' or 'catchup', got {v}",
-                at("missed")
-            )),
-        }
-    }
-    if let Some(v) = raw.get("catchupMax") {
-        match v.as_u64() {
-            Some(n) if (1..=1000).contains(&n) => s.catchup_max = n as u32,
-            _ => errors.push(format!(
-                "{}: expected an integer from 1 to 1000, got {v}",
-                at("catchupMax")
-            )),
-        }
-    }
-    if let Some(v) = raw.get("overlap") {
-        match v.as_str() {
-            Some("allow") => s.overlap = Overlap::Allow,
-            Some("skip") => s.overlap = Overlap::Skip,
-            Some("queue") => s.overlap = Overlap::Queue,
-            Some("cancel") => s.overlap = Overlap::Cancel,
-            _ => errors.push(format!(
-                "{}: expected 'allow', 'skip', 'queue' or 'cancel', got {v}",
-                at("overlap")
-            )),
-        }
-    }
-    if errors.is_empty() {
-        Ok(Some(s))
-    } else {
-        Err(errors)
-    }
-}
+/// `document.metadata.kflow.schedule`, checked when the workflow was loaded (see
+/// `kflow_dsl::settings`): time zone, missed and overlap policies.
+pub use kflow_dsl::model::ScheduleSettings as Settings;
+pub use kflow_dsl::model::{Missed, Overlap};
 
 pub fn parse_tz(name: &str) -> Result<Tz, String> {
     Tz::from_str(name).map_err(|_| {
@@ -343,21 +203,12 @@ pub struct Plan {
 impl Plan {
     /// Builds the plan of a workflow that has a `schedule`; Err lists what is wrong.
     pub fn build(wf: &Workflow, default_tz: &str) -> Result<Option<Plan>, Vec<String>> {
-        let settings = settings(&wf.document.metadata);
+        // Settings without a schedule are refused when the workflow is loaded.
         let Some(schedule) = &wf.schedule else {
-            return match settings {
-                Ok(None) => Ok(None),
-                _ => Err(vec![
-                    "document.metadata.kflow.schedule is set but the workflow has no 'schedule'"
-                        .into(),
-                ]),
-            };
+            return Ok(None);
         };
-        // Every problem at once: the settings', then the schedule's own.
-        let (settings, mut errors) = match settings {
-            Ok(s) => (s.unwrap_or_default(), Vec::new()),
-            Err(errors) => (Settings::default(), errors),
-        };
+        let settings = wf.kflow.schedule.clone().unwrap_or_default();
+        let mut errors = Vec::new();
         let timezone = settings
             .timezone
             .clone()

@@ -204,46 +204,48 @@ fn settings_are_read_and_checked() {
         (Missed::Skip, 1, Overlap::Allow)
     );
 
+    // Wrong settings are refused when the workflow is loaded, each at its line and column (the
+    // cases are in kflow-dsl's tests/diagnostics).
     let bad = |meta: &str| -> Vec<String> {
-        Plan::build(&load("  every: PT1M\n", meta), "UTC").expect_err("refused")
+        match kflow_dsl::load(doc("  every: PT1M\n", meta).as_bytes()) {
+            Ok(_) => panic!("{meta:?} should be refused"),
+            Err(d) => d.iter().map(ToString::to_string).collect(),
+        }
     };
     let e = bad(
         "  metadata:\n    kflow:\n      schedule:\n        overlap: sometimes\n        missed: never\n        catchupMax: 0\n        timezone: Mars/Olympus\n        colour: red\n",
     );
     let all = e.join("\n");
     for want in [
-        "overlap: expected 'allow', 'skip', 'queue' or 'cancel', got \"sometimes\"",
-        "missed: expected 'skip' or 'catchup', got \"never\"",
-        "catchupMax: expected an integer from 1 to 1000, got 0",
-        "unknown time zone 'Mars/Olympus'",
-        "document.metadata.kflow.schedule.colour: unknown setting",
+        "9:18: invalid value 'sometimes' for 'document.metadata.kflow.schedule.overlap' (expected one of: allow, skip, queue, cancel)",
+        "10:17: invalid value 'never' for 'document.metadata.kflow.schedule.missed' (expected one of: skip, catchup)",
+        "11:21: 'document.metadata.kflow.schedule.catchupMax' must be from 1 to 1000, got 0",
+        "12:19: unknown time zone 'Mars/Olympus'",
+        "13:9: unknown property 'colour' in 'document.metadata.kflow.schedule'",
     ] {
         assert!(all.contains(want), "{want} not in:\n{all}");
     }
     assert_eq!(e.len(), 5, "{all}");
     assert!(
-        bad("  metadata:\n    kflow: 3\n")[0].contains("document.metadata.kflow must be an object")
+        bad("  metadata:\n    kflow: 3\n")[0]
+            .contains("expected a mapping for 'document.metadata.kflow', got a number")
     );
     assert!(
-        bad("  metadata:\n    kflow:\n      schedule: daily\n")[0].contains("must be an object")
+        bad("  metadata:\n    kflow:\n      schedule: daily\n")[0]
+            .contains("expected a mapping for 'document.metadata.kflow.schedule'")
     );
-    // Other kflow metadata is none of the scheduler's business.
+    // Other keys under metadata.kflow are mistakes too; the allowed ones are listed.
     assert!(
-        Plan::build(
-            &load(
-                "  every: PT1M\n",
-                "  metadata:\n    kflow:\n      other: 1\n"
-            ),
-            "UTC"
+        bad("  metadata:\n    kflow:\n      other: 1\n")[0].contains(
+            "unknown property 'other' in 'document.metadata.kflow' (expected one of: queue, priority, schedule, concurrency)"
         )
-        .is_ok()
     );
     // Settings without a schedule are a mistake.
-    let wf = kflow_dsl::load(
+    let e = kflow_dsl::load(
         b"document:\n  dsl: '1.0.3'\n  namespace: t\n  name: s\n  version: '1.0.0'\n  metadata:\n    kflow:\n      schedule:\n        overlap: skip\ndo:\n  - a:\n      set:\n        x: 1\n",
     )
-    .unwrap();
-    assert!(Plan::build(&wf, "UTC").unwrap_err()[0].contains("has no 'schedule'"));
+    .unwrap_err();
+    assert!(e[0].to_string().contains("has no 'schedule'"), "{e:?}");
 }
 
 #[test]
