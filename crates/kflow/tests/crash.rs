@@ -33,7 +33,7 @@ const DEFAULT_SEED: u64 = 0x6b66_6c6f_775f_6b39;
 const INSTANCES: usize = 300;
 /// `kill -9`s (each followed by a restart) while instances are being started, at least; more
 /// while fewer than [`INSTANCES`] are acknowledged (up to twice as many).
-const KILLS: usize = 30;
+const KILLS: usize = 36;
 /// Kills after the last instance was acknowledged, while the last ones run.
 const TAIL_KILLS: usize = 4;
 /// Gap between a restart and the next kill.
@@ -361,13 +361,17 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     // Start instances from another thread, paced so that they spread over the kills.
     let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let failed_starts = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
+    // Starts answered 200: a retry of a start whose first answer was lost (or refused by a
+    // dying server) found the instance the first attempt had created.
+    let repeats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let starter = {
-        let (acked, failed, port, stop) = (
+        let (acked, failed, port, stop, repeats) = (
             acked.clone(),
             failed_starts.clone(),
             port.clone(),
             stop.clone(),
+            repeats.clone(),
         );
         let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
         std::thread::spawn(move || {
@@ -376,25 +380,34 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
                 && !stop.load(Ordering::SeqCst)
             {
                 i += 1;
-                let body =
-                    json!({"namespace": "crash", "name": NAMES[kind_of(i)], "input": {"i": i}});
-                match post_json(&base_of(&port), "/api/v1/instances", &body) {
-                    Ok((201, v)) => {
-                        let id = v["id"].as_str().unwrap_or("").to_string();
-                        assert!(!id.is_empty(), "201 without an id: {v}");
-                        acked
+                // Every start carries its own instance id and is retried until answered:
+                // exactly one instance per id, whatever the kills did to the answers.
+                let body = json!({"namespace": "crash", "name": NAMES[kind_of(i)],
+                    "id": format!("crash-{i}"), "input": {"i": i}});
+                while !stop.load(Ordering::SeqCst) {
+                    match post_json(&base_of(&port), "/api/v1/instances", &body) {
+                        Ok((code @ (200 | 201), v)) => {
+                            let id = v["id"].as_str().unwrap_or("").to_string();
+                            assert_eq!(id, format!("crash-{i}"), "HTTP {code}: {v}");
+                            if code == 200 {
+                                repeats.fetch_add(1, Ordering::SeqCst);
+                            }
+                            acked
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(i, id);
+                            break;
+                        }
+                        Ok((code, v)) => failed
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(i, id);
+                            .push((i, format!("HTTP {code}: {v}"))),
+                        Err(e) => failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((i, e)),
                     }
-                    Ok((code, v)) => failed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((i, format!("HTTP {code}: {v}"))),
-                    Err(e) => failed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((i, e)),
+                    std::thread::sleep(Duration::from_millis(30));
                 }
                 std::thread::sleep(Duration::from_millis(rng.range(20, 70)));
             }
@@ -449,9 +462,10 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
         "kills: {kills} in {kills_phase:.1?} ({kills_during_starts} while instances were being started; acknowledged at each kill: {acked_at_kill:?})"
     );
     println!(
-        "starts: {} acknowledged, {} failed (server down or killed)",
+        "starts: {} acknowledged, {} attempts failed and were retried (server down or killed), {} retries answered with the instance an earlier attempt created",
         acked.len(),
-        failed_starts.len()
+        failed_starts.len(),
+        repeats.load(Ordering::SeqCst)
     );
     assert!(
         acked.len() >= INSTANCES,
@@ -520,6 +534,12 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
         .filter(|i| !acked.contains_key(i))
         .copied()
         .collect();
+    // Exactly once: N ids, N instances (a start that was never answered was retried until it
+    // was, so no instance exists that its client does not know).
+    assert!(
+        ghosts.is_empty() || ghosts.iter().all(|g| *g > *acked.keys().max().unwrap_or(&0)),
+        "instances started but never acknowledged though their starts were retried: {ghosts:?}"
+    );
 
     // (a) Every instance completed with exactly the expected output.
     let mut problems = Vec::new();
