@@ -1083,9 +1083,18 @@ impl Driver {
             self.parked.insert(id.to_string(), reason.clone());
             return Err(needs_attention(id, reason));
         }
-        let wf = self
+        let wf = match self
             .shared
-            .workflow(&row.namespace, &row.name, &row.version)?;
+            .workflow(&row.namespace, &row.name, &row.version)
+        {
+            Ok(wf) => wf,
+            // Not a passing failure: its definition cannot be used by this build.
+            Err(EngineError::Store(kflow_store::StoreError::Corrupt(m))) => {
+                self.park(id, &m);
+                return Err(needs_attention(id, &m));
+            }
+            Err(e) => return Err(e),
+        };
         let records = match super::journal::decode_all(id, &history) {
             Ok(r) => r,
             Err(e) => {
@@ -1155,7 +1164,7 @@ impl Driver {
             match self.load(&id) {
                 Ok(()) => {}
                 // The store did not answer: not a reason to lose the result; tried again.
-                Err(EngineError::Store(e)) => {
+                Err(EngineError::Store(e @ kflow_store::StoreError::Db(_))) => {
                     eprintln!("kflow: reading instance {id}: {e} (trying again)");
                     // The event it came from is processed when this delivery is committed.
                     let event = b.event_of.remove(&(id.clone(), effect));
@@ -1318,33 +1327,14 @@ impl Driver {
                 .ok()
                 .and_then(|_| self.active.get(instance).map(|a| a.wf.clone())),
         };
-        let task_meta = wf
-            .as_ref()
-            .and_then(|wf| wf.definition.pointer(&format!("{task}/metadata")).cloned());
-        let doc_meta = wf
-            .as_ref()
-            .and_then(|wf| wf.definition.pointer("/document/metadata").cloned());
-        let (mut queue, mut priority, needs, labels) = hints(task_meta.as_ref());
-        let (doc_queue, doc_priority, _, _) = hints(doc_meta.as_ref());
-        let has = |k: &str| {
-            task_meta
-                .as_ref()
-                .and_then(|m| m.get("kflow"))
-                .and_then(|m| m.get(k))
-                .is_some()
+        let instance_priority = self.active.get(instance).map(|a| a.priority).unwrap_or(0);
+        let (queue, priority, needs, labels) = match &wf {
+            Some(wf) => super::queue::task_hints(wf, &task, instance_priority),
+            None => {
+                let (q, _, n, l) = hints(None);
+                (q, instance_priority, n, l)
+            }
         };
-        if !has("queue") {
-            queue = doc_queue;
-        }
-        if !has("priority") {
-            // The instance's own priority, else the workflow's default.
-            let instance_priority = self.active.get(instance).map(|a| a.priority).unwrap_or(0);
-            priority = if instance_priority != 0 {
-                instance_priority
-            } else {
-                doc_priority
-            };
-        }
         let ready_us = super::queue::mono_us();
         let namespace = self
             .active
