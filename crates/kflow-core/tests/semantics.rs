@@ -470,7 +470,10 @@ fn workflow_timeout() {
 
 #[test]
 fn http_endpoint_placeholders_headers_query_and_auth() {
-    let body = r#"do:
+    // The workflow declares the secret it reads (dsl.md, Secret; see spec_points.rs).
+    let body = r#"use:
+  secrets: [token]
+do:
   - get:
       call: http
       with:

@@ -11,6 +11,7 @@ pub mod expr;
 pub mod lower;
 pub mod model;
 pub mod node;
+pub mod pattern;
 pub mod schema;
 pub mod settings;
 pub mod template;

@@ -110,8 +110,8 @@ fn object_of(
     }
 }
 
-/// Resolves an endpoint URI: `{name}` placeholders come from the top-level fields of the task
-/// input (percent-encoded); `${ }` endpoints are evaluated.
+/// Resolves an endpoint URI: a literal URI template is filled from the task input (see
+/// [`fill_uri_template`]); a `${ }` endpoint is evaluated.
 pub(super) fn resolve_uri(
     cx: &Cx,
     e: &Endpoint,
@@ -129,6 +129,13 @@ pub(super) fn resolve_uri(
     }
 }
 
+/// dsl-reference.md, "URI Template": only RFC 6570 Simple String Expansion (`{name}`) is
+/// supported. The name is a top-level property of the task input, taken verbatim (`{pet.id}`
+/// reads the property `"pet.id"`); "If no value is found for the identifier, an empty string
+/// will be used"; the value "must be of type string, number, boolean, or null", anything else
+/// raises an expression error with status 400. As in RFC 6570 §3.2.2, the value is
+/// percent-encoded except for unreserved characters, and `null` (undefined) expands to nothing.
+/// A `{` without a closing `}` is kept as written.
 fn fill_uri_template(t: &str, input: &Value) -> Result<String, WfError> {
     let mut out = String::with_capacity(t.len());
     let mut rest = t;
@@ -139,16 +146,22 @@ fn fill_uri_template(t: &str, input: &Value) -> Result<String, WfError> {
             out.push_str(&rest[start..]);
             return Ok(out);
         };
-        let name = after[..end].trim();
-        let value = input.get(name).ok_or_else(|| {
-            WfError::expression(format!(
-                "the endpoint '{t}' needs '{name}', which the task input does not have"
-            ))
-        })?;
-        let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
+        let name = &after[..end];
+        let text = match input.get(name) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+            Some(other) => {
+                let kind = if other.is_array() {
+                    "an array"
+                } else {
+                    "an object"
+                };
+                return Err(WfError::expression(format!(
+                    "the endpoint '{t}' substitutes '{{{name}}}', but the task input's '{name}' is {kind}; \
+                     a URI template variable must be a string, number, boolean or null"
+                )));
+            }
         };
         out.push_str(&percent_encode(&text));
         rest = &after[end + 1..];
@@ -204,16 +217,10 @@ pub(super) fn resolve_auth(
             properties: ev(properties)?,
         },
         AuthPolicy::Secret { scheme, secret } => {
-            let s = cx.env.secrets.get(secret).ok_or_else(|| {
-                WfError::standard(
-                    kflow_dsl::errors::AUTHENTICATION,
-                    401,
-                    "Authentication Error",
-                    format!(
-                        "the authentication policy uses secret '{secret}', which is not defined"
-                    ),
-                )
-            })?;
+            // dsl.md, Secret: a secret the workflow may not access, or that does not exist,
+            // raises an authorization error with status 403.
+            super::check_secret(&cx.env, secret).map_err(super::secret_error)?;
+            let s = cx.env.secrets.get(secret).unwrap_or(&Value::Null);
             let field = |k: &str| s.get(k).cloned().map(text).unwrap_or_default();
             match scheme {
                 AuthScheme::Basic => Auth::Basic {

@@ -147,16 +147,19 @@ pub(super) fn switch(
     input: &Value,
     scope: &Scope<'_>,
 ) -> KindResult {
+    // dsl-reference.md, Switch Case: a case without `when` "will be matched by default if no
+    // other case match", wherever it is written; the cases with a condition are tried in
+    // order, the first that holds wins. When none holds and there is no default case, the
+    // switch task goes on with its own `then` (the task's flow directive, `continue` if unset).
     for case in cases {
-        let hit = match &case.when {
-            None => true,
-            Some(w) => cx.eval_bool(w, input, scope)?,
-        };
-        if hit {
+        if let Some(w) = &case.when
+            && cx.eval_bool(w, input, scope)?
+        {
             return Ok((input.clone(), Some(case.then.clone()), None));
         }
     }
-    Ok((input.clone(), None, None))
+    let default = cases.iter().find(|c| c.when.is_none());
+    Ok((input.clone(), default.map(|c| c.then.clone()), None))
 }
 
 pub(super) fn raise(
@@ -256,10 +259,7 @@ fn retry_delay(
     {
         return Ok(None);
     }
-    let ms = |d: &kflow_dsl::duration::DurationSpec| {
-        d.millis(input, &scope)
-            .map_err(|e| WfError::expression(e.to_string()))
-    };
+    let ms = |d: &kflow_dsl::duration::DurationSpec| cx.millis(d, input, &scope);
     let base = match &r.delay {
         Some(d) => ms(d)?,
         None => 0,
@@ -301,9 +301,7 @@ pub(super) async fn try_(cx: &Cx, named: &NamedTask, t: &TryDef, input: &Value) 
         {
             None => attempt_run.await,
             Some(d) => {
-                let ms = d
-                    .millis(input, &cx.scope(input, None))
-                    .map_err(|e| WfError::expression(e.to_string()))?;
+                let ms = cx.millis(d, input, &cx.scope(input, None))?;
                 match crate::exec::race(attempt_run, cx.sleep(&named.reference, ms)).await {
                     crate::exec::Either::Left(r) => r,
                     crate::exec::Either::Right(_) => Err(WfError::timeout(format!(

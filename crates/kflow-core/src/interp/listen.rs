@@ -4,10 +4,12 @@ use serde_json::Value;
 
 use kflow_dsl::model::{Consumption, EmitDef, EventFilter, ListenDef, NamedTask, ReadMode, Until};
 
-use super::{Cx, KindResult, Outcome, Scope, run_list};
+use kflow_dsl::expr::ExprError;
+
+use super::{Cx, KindResult, Outcome, Scope, expr_err, run_list};
 use crate::effect::Effect;
 use crate::error::WfError;
-use crate::events::event_matches;
+use crate::events::{filter_matches, host_filter};
 
 pub(super) async fn emit(
     cx: &Cx,
@@ -29,10 +31,13 @@ pub(super) async fn emit(
     Ok((out, None, None))
 }
 
-/// A filter with its `with` attributes evaluated.
+/// A filter, with the part its host can check and its correlation expectations evaluated.
 struct Filter<'a> {
-    with: Value,
     def: &'a EventFilter,
+    /// The literal attributes (`events::host_filter`), for the `Listen` effect.
+    host: Value,
+    /// `correlate.<key>.expect`, evaluated once when listening starts.
+    expect: Vec<Option<Value>>,
 }
 
 /// Progress of one consumption strategy over the events seen so far.
@@ -67,9 +72,22 @@ impl<'a> Progress<'a> {
         let filters = defs
             .into_iter()
             .map(|def| {
+                // dsl-reference.md, Correlation: `expect` is "a constant or a runtime
+                // expression": a task expression, evaluated on the task input.
+                let expect = def
+                    .correlate
+                    .values()
+                    .map(|c| {
+                        c.expect
+                            .as_ref()
+                            .map(|t| cx.eval(t, input, scope))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>, WfError>>()?;
                 Ok(Filter {
-                    with: cx.eval(&def.with, input, scope)?,
                     def,
+                    host: host_filter(&def.with),
+                    expect,
                 })
             })
             .collect::<Result<Vec<_>, WfError>>()?;
@@ -83,15 +101,18 @@ impl<'a> Progress<'a> {
     }
 
     /// Offers an event; returns whether it was consumed.
-    fn offer(&mut self, cx: &Cx, ev: &Value) -> Result<bool, WfError> {
+    fn offer(&mut self, scope: &Scope<'_>, ev: &Value) -> Result<bool, WfError> {
         if self.kind == Kind::Any && self.filters.is_empty() {
+            // "If empty, listens to all incoming events."
             return Ok(true);
         }
         for i in 0..self.filters.len() {
             if self.kind == Kind::All && self.hit[i] {
                 continue;
             }
-            if !event_matches(&self.filters[i].with, ev) || !self.correlates(cx, i, ev)? {
+            if !filter_matches(&self.filters[i].def.with, ev, scope).map_err(expr_err)?
+                || !self.correlates(scope, i, ev)?
+            {
                 continue;
             }
             self.hit[i] = true;
@@ -100,14 +121,20 @@ impl<'a> Progress<'a> {
         Ok(false)
     }
 
-    fn correlates(&mut self, cx: &Cx, i: usize, ev: &Value) -> Result<bool, WfError> {
-        let def = self.filters[i].def;
+    /// dsl-reference.md, Correlation: `from` extracts the value from the event; it must equal
+    /// `expect` when set, else the first extracted value becomes the expectation.
+    fn correlates(&mut self, scope: &Scope<'_>, i: usize, ev: &Value) -> Result<bool, WfError> {
+        let f = &self.filters[i];
         let mut fixed = Vec::new();
-        for (key, corr) in &def.correlate {
-            let scope = cx.scope(ev, None);
-            let value = cx.eval_expr(&corr.from, ev, &scope)?;
-            if let Some(expect) = &corr.expect
-                && cx.eval(expect, ev, &scope)? != value
+        for ((key, corr), expect) in f.def.correlate.iter().zip(&f.expect) {
+            let value = match corr.from.eval_with_limits(ev, scope, &super::EXPR_LIMITS) {
+                Ok(v) => v,
+                // An event the expression cannot read does not correlate.
+                Err(e @ ExprError::Refused { .. }) => return Err(expr_err(e)),
+                Err(_) => return Ok(false),
+            };
+            if let Some(expect) = expect
+                && *expect != value
             {
                 return Ok(false);
             }
@@ -157,12 +184,12 @@ pub(super) async fn listen(
         } => (None, Some(Progress::new(cx, c, input, scope)?)),
         _ => (None, None),
     };
-    let mut filters: Vec<Value> = main.filters.iter().map(|f| f.with.clone()).collect();
+    let mut filters: Vec<Value> = main.filters.iter().map(|f| f.host.clone()).collect();
     if main.filters.is_empty() {
         filters.push(Value::Object(Default::default()));
     }
     if let Some(u) = &until_events {
-        filters.extend(u.filters.iter().map(|f| f.with.clone()));
+        filters.extend(u.filters.iter().map(|f| f.host.clone()));
     }
     let mut sub = cx.sh.effect(&named.reference, Effect::Listen { filters });
     let mut consumed: Vec<Value> = Vec::new();
@@ -170,13 +197,17 @@ pub(super) async fn listen(
     let bounded_until = until_expr.is_some() || until_events.is_some();
     loop {
         let ev = sub.next_event().await?;
+        // dsl-reference.md, Listen: "Events consumed by an until clause should not be
+        // included in the task's output."
         if let Some(u) = until_events.as_mut()
-            && u.offer(cx, &ev)?
-            && u.satisfied()
+            && u.offer(scope, &ev)?
         {
-            break;
+            if u.satisfied() {
+                break;
+            }
+            continue;
         }
-        if !main.offer(cx, &ev)? {
+        if !main.offer(scope, &ev)? {
             continue;
         }
         let item = read(l.read, &ev);
@@ -203,7 +234,7 @@ pub(super) async fn listen(
         consumed.push(item);
         if let Some(e) = until_expr {
             let arr = Value::Array(consumed.clone());
-            if cx.eval_bool(e, &arr, &cx.scope(&arr, None))? {
+            if cx.eval_bool(e, &arr, scope)? {
                 break;
             }
             continue;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use kflow_dsl::duration::DurationSpec;
+use kflow_dsl::duration::{DurationError, DurationSpec};
 use kflow_dsl::expr::{Expr, ExprError, Limits, Vars};
 use kflow_dsl::model::{DataIn, DataOut, Flow, NamedTask, TaskKind, TaskList, Workflow};
 use kflow_dsl::schema::Schema;
@@ -92,7 +92,7 @@ impl Vars for Scope<'_> {
             "context" => Some(Cow::Owned(self.cx.sh.lock().context.clone())),
             "input" => self.input.map(Cow::Borrowed),
             "output" => self.output.map(Cow::Borrowed),
-            "secrets" => Some(Cow::Borrowed(&env.secrets)),
+            "secrets" => Some(Cow::Owned(visible_secrets(env))),
             "workflow" => Some(Cow::Borrowed(&env.workflow_desc)),
             "runtime" => Some(Cow::Borrowed(&env.runtime)),
             "authorization" => self.authorization.map(Cow::Borrowed),
@@ -124,14 +124,76 @@ impl Vars for Scope<'_> {
             }
         }
     }
+
+    /// dsl.md, Secret: "If a workflow attempts to access a secret to which it does not have
+    /// access rights or which does not exist, runtimes must raise an error with type
+    /// .../errors/authorization and status 403." An expression that reads `$secrets.NAME`
+    /// (a literal name) is refused before it runs when NAME is not declared in `use.secrets`
+    /// or has no value on this host; see [`expr_err`].
+    fn check_key(&self, name: &str, key: &str) -> Result<(), String> {
+        if name == "secrets" {
+            check_secret(&self.cx.env, key)?;
+        }
+        Ok(())
+    }
+}
+
+/// `$secrets`: the configured values of the secrets the workflow declares in `use.secrets`,
+/// and nothing else (a workflow never sees a secret it did not declare).
+fn visible_secrets(env: &Env) -> Value {
+    let mut out = Map::new();
+    for name in &env.wf.use_.secrets {
+        if let Some(v) = env.secrets.get(name) {
+            out.insert(name.clone(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// Whether the workflow may read secret `name`, and the host has a value for it.
+pub(crate) fn check_secret(env: &Env, name: &str) -> Result<(), String> {
+    if !env.wf.use_.secrets.iter().any(|s| s == name) {
+        return Err(format!(
+            "the workflow reads secret '{name}', which it does not declare in use.secrets"
+        ));
+    }
+    if env.secrets.get(name).is_none() {
+        return Err(format!(
+            "secret '{name}' is declared in use.secrets but has no value on this host (not configured)"
+        ));
+    }
+    Ok(())
+}
+
+/// The error for a secret the workflow may not read or that does not exist (dsl.md, Secret).
+pub(crate) fn secret_error(detail: impl Into<String>) -> WfError {
+    WfError::standard(
+        kflow_dsl::errors::AUTHORIZATION,
+        403,
+        "Authorization Error",
+        detail,
+    )
 }
 
 /// The budgets of every expression the interpreter evaluates: deterministic ones only (steps,
 /// nesting, sizes; no wall clock), so that an evaluation that fails, fails again in a replay.
 pub(crate) const EXPR_LIMITS: Limits = Limits::deterministic();
 
+/// An evaluation's failure as a workflow error: a refused read (only secrets are refused,
+/// see `Scope::check_key`) is an authorization error, anything else an expression error.
 pub(crate) fn expr_err(e: ExprError) -> WfError {
-    WfError::expression(e.to_string())
+    match e {
+        ExprError::Refused { message, .. } => secret_error(message),
+        e => WfError::expression(e.to_string()),
+    }
+}
+
+/// A duration's failure as a workflow error (as [`expr_err`] for its expression).
+pub(crate) fn duration_err(e: DurationError) -> WfError {
+    match e {
+        DurationError::Expr(e) => expr_err(e),
+        e => WfError::expression(e.to_string()),
+    }
 }
 
 impl Cx {
@@ -186,7 +248,7 @@ impl Cx {
     /// A duration, in milliseconds (a timeout, a wait, a retry delay).
     pub fn millis(&self, d: &DurationSpec, on: &Value, scope: &Scope<'_>) -> Result<u64, WfError> {
         d.millis_with_limits(on, scope, &EXPR_LIMITS)
-            .map_err(|e| WfError::expression(e.to_string()))
+            .map_err(duration_err)
     }
 
     pub fn notice(&self, kind: NoticeKind, task: Option<&NamedTask>, detail: Option<Value>) {

@@ -147,6 +147,14 @@ use self::runtime::{Env, Guard, Trip};
 /// Supplies the values of `$name` variables (name given without the `$`).
 pub trait Vars {
     fn var(&self, name: &str) -> Option<Cow<'_, Value>>;
+
+    /// Asked before an evaluation, for every `$name.key` (or `$name["key"]`) the filter reads
+    /// with a literal key, once per pair (see [`Expr::literal_keys`]): `Err(message)` refuses
+    /// the evaluation, which then fails with [`ExprError::Refused`] without running. The
+    /// interpreter uses it to refuse reads of secrets the workflow may not see.
+    fn check_key(&self, _name: &str, _key: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Vars for () {
@@ -189,6 +197,9 @@ pub enum ExprError {
     /// Evaluation failed (jq error, runaway evaluation, too large a result).
     #[error("expression '{expr}' failed: {message}")]
     Eval { expr: String, message: String },
+    /// The variables refused a read the filter makes ([`Vars::check_key`]); nothing ran.
+    #[error("expression '{expr}' was refused: {message}")]
+    Refused { expr: String, message: String },
 }
 
 /// Budgets of one evaluation.
@@ -291,6 +302,17 @@ impl Expr {
         self.inner.program.globals.iter().map(String::as_str)
     }
 
+    /// The `$name.key` / `$name["key"]` reads with a literal key, as `(name, key)` without
+    /// the `$`, in order of first appearance (only for variables the filter does not bind
+    /// itself). Reads with a computed key (`$name[$k]`) or of the whole variable are not here.
+    pub fn literal_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inner
+            .program
+            .keys
+            .iter()
+            .map(|(n, k)| (n.as_str(), k.as_str()))
+    }
+
     /// Runs the filter on `input`; the first output is the result (`null` when there is none).
     pub fn eval(&self, input: &Value, vars: &dyn Vars) -> Result<Value, ExprError> {
         self.eval_with_limits(input, vars, &Limits::default())
@@ -352,9 +374,16 @@ impl Expr {
         limits: &Limits,
         first_only: bool,
     ) -> Result<Vec<Value>, ExprError> {
+        let program = &self.inner.program;
+        for (name, key) in &program.keys {
+            vars.check_key(name, key)
+                .map_err(|message| ExprError::Refused {
+                    expr: self.inner.source.clone(),
+                    message,
+                })?;
+        }
         let deadline = limits.time_budget.map(|budget| Instant::now() + budget);
         let input = to_val(input);
-        let program = &self.inner.program;
         let globals: Vec<Val> = program
             .globals
             .iter()

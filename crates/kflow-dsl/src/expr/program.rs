@@ -33,6 +33,10 @@ const HOST_VARS: &[&str] = &["$ENV", "$__loc__", "$__prog_args", "$__prog_name"]
 pub(super) struct Program {
     pub filter: jaq_core::Filter<Kd>,
     pub globals: Vec<String>,
+    /// `$name.key` / `$name["key"]` reads of a global with a literal first key, as
+    /// `(name without $, key)`, without duplicates; empty for a name the filter binds itself
+    /// (`... as $name`, `def f($name)`), whose reads are not of the global.
+    pub keys: Vec<(String, String)>,
     /// The syntax tree is nested deeper than [`MAX_INLINE_DEPTH`]: evaluate on a big stack.
     pub deep: bool,
 }
@@ -65,6 +69,15 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
     let globals: Vec<&str> = vars
         .into_iter()
         .filter(|v| !HOST_VARS.contains(v))
+        .collect();
+    let mut keys = Vec::new();
+    collect_keys(&term, &mut keys);
+    let mut bound = BTreeSet::new();
+    collect_bound(&term, &mut bound);
+    let keys: Vec<(String, String)> = keys
+        .into_iter()
+        .filter(|(var, _)| !bound.contains(var))
+        .map(|(var, key)| (var[1..].to_string(), key))
         .collect();
 
     let prelude = prelude();
@@ -112,6 +125,7 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
     Ok(Program {
         filter,
         globals,
+        keys,
         deep,
     })
 }
@@ -349,6 +363,56 @@ fn collect_vars<'s>(t: &Term<&'s str>, out: &mut Vec<&'s str>) {
         out.push(x);
     }
     children(t, &mut |c| collect_vars(c, out));
+}
+
+/// Every `$var.key` / `$var["key"]` (a literal key, escapes resolved) in `t`, in order of first
+/// appearance: `(var with $, key)`.
+fn collect_keys<'s>(t: &Term<&'s str>, out: &mut Vec<(&'s str, String)>) {
+    if let Term::Path(base, path) = t
+        && let Term::Var(var) = **base
+        && let Some((Part::Index(Term::Str(None, parts)), _)) = path.0.first()
+    {
+        let mut key = String::new();
+        let literal = parts.iter().all(|p| match p {
+            StrPart::Str(s) => {
+                key.push_str(s);
+                true
+            }
+            StrPart::Char(c) => {
+                key.push(*c);
+                true
+            }
+            StrPart::Term(_) => false,
+        });
+        if literal && !out.iter().any(|(v, k)| *v == var && *k == key) {
+            out.push((var, key));
+        }
+    }
+    children(t, &mut |c| collect_keys(c, out));
+}
+
+/// Every `$variable` that `t` binds itself: `as` patterns, `reduce`/`foreach` patterns and
+/// `$` parameters of definitions.
+fn collect_bound<'s>(t: &Term<&'s str>, out: &mut BTreeSet<&'s str>) {
+    fn pattern<'s>(p: &Pattern<&'s str>, out: &mut BTreeSet<&'s str>) {
+        match p {
+            Pattern::Var(x) => {
+                out.insert(x);
+            }
+            Pattern::Arr(ps) => ps.iter().for_each(|p| pattern(p, out)),
+            Pattern::Obj(kps) => kps.iter().for_each(|(_, p)| pattern(p, out)),
+        }
+    }
+    match t {
+        Term::BinOp(_, BinaryOp::Pipe(Some(p)), _) | Term::Fold(_, _, p, _) => pattern(p, out),
+        Term::Def(defs, _) => {
+            for d in defs {
+                out.extend(d.args.iter().copied().filter(|a| a.starts_with('$')));
+            }
+        }
+        _ => {}
+    }
+    children(t, &mut |c| collect_bound(c, out));
 }
 
 /// `__kflow_tick | body`: keeps `body` in tail position, so jaq's tail-call optimisation

@@ -217,7 +217,9 @@ fn event_filter(cx: &mut Cx, node: &Node, path: &str) -> Option<EventFilter> {
             );
             return None;
         }
-        common::template(cx, n)
+        let template = common::template(cx, n);
+        let patterns_ok = check_patterns(cx, n, &obj.child("with"));
+        template.filter(|_| patterns_ok)
     });
     let mut correlate = BTreeMap::new();
     let mut ok = true;
@@ -257,6 +259,43 @@ fn event_filter(cx: &mut Cx, node: &Node, path: &str) -> Option<EventFilter> {
     }
     let with = with?;
     ok.then_some(EventFilter { with, correlate })
+}
+
+/// dsl-reference.md, Event Filter: `with` "supports both regular expressions and runtime
+/// expressions"; kflow reads every literal string of it as a regular expression too (see
+/// [`crate::pattern`]), so each must compile. Reports every one that does not, at its node.
+fn check_patterns(cx: &mut Cx, node: &Node, path: &str) -> bool {
+    match &node.kind {
+        NodeKind::Str(s) if !common::is_dollar_expr(s) => match crate::pattern::check(s) {
+            Ok(()) => true,
+            Err(e) => {
+                cx.at(
+                    node,
+                    format!(
+                        "'{path}' is not a valid regular expression ({e}); a literal event filter \
+                         value is matched as itself or as a regular expression: escape the special \
+                         character, or compare exactly with an expression such as ${{ \"...\" }}"
+                    ),
+                );
+                false
+            }
+        },
+        NodeKind::Map(entries) => {
+            let mut ok = true;
+            for (k, v) in entries {
+                ok &= check_patterns(cx, v, &format!("{path}.{}", key_str(k)));
+            }
+            ok
+        }
+        NodeKind::Seq(items) => {
+            let mut ok = true;
+            for (i, v) in items.iter().enumerate() {
+                ok &= check_patterns(cx, v, &format!("{path}[{i}]"));
+            }
+            ok
+        }
+        _ => true,
+    }
 }
 
 /// The workflow's `schedule`.
