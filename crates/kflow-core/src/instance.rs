@@ -49,8 +49,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            tasks_per_turn: 1_000,
-            max_tasks: 1_000_000,
+            tasks_per_turn: 100,
+            max_tasks: 250_000,
         }
     }
 }

@@ -242,7 +242,7 @@ mod tests {
             "k.yaml",
         )
         .unwrap();
-        assert_eq!((c.limits.max_tasks, c.limits.tasks_per_turn), (50, 1_000));
+        assert_eq!((c.limits.max_tasks, c.limits.tasks_per_turn), (50, 100));
         assert_eq!(c.idempotency_ttl_seconds, 60);
         let e = ServerConfig::from_file_bytes(b"limits:\n  max_task: 5\n", "k.yaml").unwrap_err();
         assert!(e.contains("unknown field `max_task`"), "{e}");

@@ -97,9 +97,9 @@ pub struct InstanceLimits {
 impl Default for InstanceLimits {
     fn default() -> Self {
         InstanceLimits {
-            tasks_per_turn: 1_000,
-            max_tasks: 1_000_000,
-            max_history: 2_500_000,
+            tasks_per_turn: 100,
+            max_tasks: 250_000,
+            max_history: 600_000,
         }
     }
 }
