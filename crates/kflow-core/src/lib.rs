@@ -1,8 +1,10 @@
 //! kflow-core: the deterministic workflow interpreter.
 //!
-//! History in, commands out. The core depends on `kflow-dsl` and serde only: no async runtime,
-//! no clock, no IO (a test checks the dependency list). The host gives it the time with every
-//! call and performs the [`effect::Effect`]s it asks for; see [`instance::Instance`].
+//! History in, commands out. The core depends on `kflow-dsl`, `kflow-effects` (the effect, error
+//! and time types it shares with the executors, re-exported as [`effect`], [`error`], [`time`])
+//! and serde only: no async runtime, no clock, no IO (a test checks the dependency list). The
+//! host gives it the time with every call and performs the [`effect::Effect`]s it asks for; see
+//! [`instance::Instance`].
 
 pub mod effect;
 pub mod error;

@@ -1,5 +1,5 @@
-//! The core stays sans-IO and deterministic: its only dependencies are the DSL crate and serde,
-//! it reads no clock, and the expressions it evaluates have deterministic budgets only.
+//! The core stays sans-IO and deterministic: its only dependencies are the DSL crate, the shared
+//! effect types (kflow-effects) and serde, it reads no clock, and the expressions it evaluates have deterministic budgets only.
 
 #[test]
 fn core_depends_on_nothing_that_does_io() {
@@ -18,7 +18,7 @@ fn core_depends_on_nothing_that_does_io() {
         .map(str::trim)
         .filter(|n| !n.is_empty() && !n.starts_with('#'))
         .collect();
-    let allowed = ["kflow-dsl", "serde", "serde_json"];
+    let allowed = ["kflow-dsl", "kflow-effects", "serde", "serde_json"];
     for n in &names {
         assert!(
             allowed.contains(n),
@@ -26,12 +26,21 @@ fn core_depends_on_nothing_that_does_io() {
         );
     }
     assert!(names.contains(&"kflow-dsl"));
+    assert!(names.contains(&"kflow-effects"));
 }
 
 #[test]
 fn core_sources_never_read_the_clock_or_spawn() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-    let mut stack = vec![std::path::PathBuf::from(dir)];
+    // The effect types, errors and time helpers the core re-exports live in kflow-effects.
+    let dirs = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../kflow-effects/src"),
+    ];
+    assert!(
+        dirs.iter().all(|d| std::path::Path::new(d).is_dir()),
+        "{dirs:?}"
+    );
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(std::path::PathBuf::from).collect();
     while let Some(p) = stack.pop() {
         for entry in std::fs::read_dir(&p).into_iter().flatten().flatten() {
             let path = entry.path();

@@ -171,14 +171,9 @@ pub enum Call {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    Raw,
-    #[default]
-    Content,
-    Response,
-}
+/// A call task's `output` (`raw`, `content`, `response`): defined with the effects, which carry
+/// it to the executors.
+pub use kflow_effects::OutputFormat;
 
 #[derive(Debug, Clone)]
 pub struct HttpCall {
@@ -546,16 +541,9 @@ pub struct RunDef {
     pub return_: ReturnMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReturnMode {
-    #[default]
-    Stdout,
-    Stderr,
-    Code,
-    All,
-    None,
-}
+/// A run task's `return` (`stdout`, `stderr`, `code`, `all`, `none`): defined with the effects,
+/// which carry it to the executors.
+pub use kflow_effects::ReturnMode;
 
 #[derive(Debug, Clone)]
 pub enum Process {

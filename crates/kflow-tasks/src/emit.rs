@@ -15,7 +15,7 @@ pub fn complete_event(mut event: Value, instance_id: &str, now_ms: i64) -> Value
         m.entry("id")
             .or_insert_with(|| json!(uuid::Uuid::now_v7().to_string()));
         m.entry("time")
-            .or_insert_with(|| json!(kflow_core::time::iso8601(now_ms)));
+            .or_insert_with(|| json!(kflow_effects::time::iso8601(now_ms)));
         m.entry("source")
             .or_insert_with(|| json!(format!("urn:kflow:instance:{instance_id}")));
     }

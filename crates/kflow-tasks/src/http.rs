@@ -32,9 +32,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::{Map, Value};
 
-use kflow_core::WfError;
-use kflow_core::effect::{Auth, HttpRequest};
-use kflow_dsl::model::OutputFormat;
+use kflow_effects::OutputFormat;
+use kflow_effects::WfError;
+use kflow_effects::effect::{Auth, HttpRequest};
 
 use crate::{EffectCtx, Inner, auth};
 

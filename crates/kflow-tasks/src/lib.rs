@@ -6,6 +6,8 @@
 //! the task's raw output or a [`WfError`]. `Emit`, `Listen`, `Timer` and `Workflow` effects stay
 //! with the host. One module per kind: `http` (plain calls and the machinery the others share),
 //! `openapi`, `process` and `auth` (Basic, Bearer, Digest, OAuth2/OIDC token acquisition).
+//! The effect and error types come from `kflow-effects`: the executors do not depend on the
+//! interpreter (`kflow/tests/boundaries.rs` checks it).
 //!
 //! Dropping the future returned by [`Executor::perform`] cancels the effect: the HTTP request is
 //! abandoned, a child process's whole process group is killed and its working directory removed.
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use kflow_core::{Effect, WfError};
+use kflow_effects::{Effect, WfError};
 
 /// Limits and locations for the executors.
 #[derive(Debug, Clone)]

@@ -30,8 +30,8 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use kflow_core::WfError;
-use kflow_core::effect::{Auth, OpenApiRequest};
+use kflow_effects::WfError;
+use kflow_effects::effect::{Auth, OpenApiRequest};
 
 use crate::http::{self, Outgoing};
 use crate::{EffectCtx, Inner};

@@ -36,9 +36,9 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use kflow_core::WfError;
-use kflow_core::effect::{ProcessRequest, Program};
-use kflow_dsl::model::ReturnMode;
+use kflow_effects::ReturnMode;
+use kflow_effects::WfError;
+use kflow_effects::effect::{ProcessRequest, Program};
 
 use crate::{EffectCtx, ExecConfig};
 

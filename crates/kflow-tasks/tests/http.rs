@@ -9,9 +9,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use kflow_core::effect::{Auth, HttpRequest};
-use kflow_core::{Effect, WfError};
-use kflow_dsl::model::OutputFormat;
+use kflow_effects::OutputFormat;
+use kflow_effects::effect::{Auth, HttpRequest};
+use kflow_effects::{Effect, WfError};
 use kflow_tasks::{EffectCtx, ExecConfig, Executor};
 
 use support::{Req, Resp, Server, ctx, map};

@@ -4,9 +4,9 @@ mod support;
 
 use serde_json::{Value, json};
 
-use kflow_core::effect::{Auth, OpenApiRequest};
-use kflow_core::{Effect, WfError};
-use kflow_dsl::model::OutputFormat;
+use kflow_effects::OutputFormat;
+use kflow_effects::effect::{Auth, OpenApiRequest};
+use kflow_effects::{Effect, WfError};
 use kflow_tasks::{ExecConfig, Executor};
 
 use support::{Req, Resp, Server, ctx, map};

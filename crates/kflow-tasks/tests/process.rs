@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use kflow_core::effect::{ProcessRequest, Program};
-use kflow_core::{Effect, WfError};
-use kflow_dsl::model::ReturnMode;
+use kflow_effects::ReturnMode;
+use kflow_effects::effect::{ProcessRequest, Program};
+use kflow_effects::{Effect, WfError};
 use kflow_tasks::{EffectCtx, ExecConfig, Executor};
 
 use support::{ctx, map};

@@ -3,7 +3,8 @@
 //! Reads `cargo metadata --no-deps` and checks every workspace crate's normal and build
 //! dependencies (dev-dependencies are free: tests may reach anywhere) against [`RULES`]: the
 //! workspace crates each one may depend on. A crate missing from the table is a failure too, so
-//! a new crate gets its line here and in ARCHITECTURE.md's code map.
+//! a new crate gets its line here and in ARCHITECTURE.md's code map. The shared vocabulary at
+//! the bottom (kflow-effects) may not depend on anything but serde ([`OUTSIDE`]).
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -13,17 +14,26 @@ use serde_json::{Value, json};
 /// Each workspace crate and the workspace crates its normal dependencies may name (the
 /// "Must never" lines of ARCHITECTURE.md).
 const RULES: &[(&str, &[&str])] = &[
-    ("kflow-dsl", &[]),
-    ("kflow-core", &["kflow-dsl"]),
-    ("kflow-tasks", &["kflow-core", "kflow-dsl"]),
+    ("kflow-effects", &[]),
+    ("kflow-dsl", &["kflow-effects"]),
+    ("kflow-core", &["kflow-effects", "kflow-dsl"]),
+    // the executors never depend on the interpreter
+    ("kflow-tasks", &["kflow-effects", "kflow-dsl"]),
     ("kflow-store", &[]),
     (
         "kflow-server",
-        &["kflow-dsl", "kflow-core", "kflow-tasks", "kflow-store"],
+        &[
+            "kflow-effects",
+            "kflow-dsl",
+            "kflow-core",
+            "kflow-tasks",
+            "kflow-store",
+        ],
     ),
     (
         "kflow",
         &[
+            "kflow-effects",
             "kflow-dsl",
             "kflow-core",
             "kflow-tasks",
@@ -33,9 +43,16 @@ const RULES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Crates whose dependencies outside the workspace are limited too, and to what.
+const OUTSIDE: &[(&str, &[&str])] = &[("kflow-effects", &["serde", "serde_json"])];
+
 /// Every forbidden arrow (and every workspace crate without a rule) in `metadata`, the output
 /// of `cargo metadata --format-version 1 --no-deps`.
-fn violations(metadata: &Value, rules: &[(&str, &[&str])]) -> Vec<String> {
+fn violations(
+    metadata: &Value,
+    rules: &[(&str, &[&str])],
+    outside: &[(&str, &[&str])],
+) -> Vec<String> {
     let members: BTreeSet<&str> = metadata["workspace_members"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -61,9 +78,19 @@ fn violations(metadata: &Value, rules: &[(&str, &[&str])]) -> Vec<String> {
             ));
             continue;
         };
+        let limited = outside.iter().find(|(n, _)| *n == name).map(|(_, l)| *l);
         for d in p["dependencies"].as_array().into_iter().flatten() {
             let dep = d["name"].as_str().unwrap_or("?");
-            if d["kind"].as_str() == Some("dev") || !names.contains(dep) {
+            if d["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            if !names.contains(dep) {
+                if let Some(l) = limited.filter(|l| !l.contains(&dep)) {
+                    out.push(format!(
+                        "{name} -> {dep} is not allowed ({name} may depend on {} only)",
+                        l.join(", ")
+                    ));
+                }
                 continue;
             }
             if !allowed.contains(&dep) {
@@ -108,7 +135,7 @@ fn workspace_arrows_are_the_allowed_ones() {
         }
     };
     let metadata: Value = serde_json::from_slice(&output).expect("cargo metadata prints JSON");
-    let found = violations(&metadata, RULES);
+    let found = violations(&metadata, RULES, OUTSIDE);
     assert!(found.is_empty(), "crate boundaries:\n{}", found.join("\n"));
 }
 
@@ -133,19 +160,21 @@ fn fabricated(crates: &[(&str, &[&str], &[&str])]) -> Value {
 #[test]
 fn the_check_reports_a_forbidden_arrow() {
     let ok = fabricated(&[
-        ("kflow-dsl", &[], &[]),
-        ("kflow-core", &["kflow-dsl"], &[]),
+        ("kflow-effects", &[], &[]),
+        ("kflow-dsl", &["kflow-effects"], &[]),
+        ("kflow-core", &["kflow-dsl", "kflow-effects"], &[]),
+        ("kflow-tasks", &["kflow-dsl", "kflow-effects", "tokio"], &[]),
         // dev-dependencies may point anywhere
         ("kflow-store", &[], &["kflow-core"]),
     ]);
-    assert_eq!(violations(&ok, RULES), Vec::<String>::new());
+    assert_eq!(violations(&ok, RULES, OUTSIDE), Vec::<String>::new());
 
     let bad = fabricated(&[
         ("kflow-dsl", &[], &[]),
         ("kflow-core", &["kflow-dsl"], &[]),
         ("kflow-store", &["kflow-core"], &[]),
     ]);
-    let found = violations(&bad, RULES);
+    let found = violations(&bad, RULES, OUTSIDE);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with("kflow-store -> kflow-core is not allowed"),
@@ -153,9 +182,26 @@ fn the_check_reports_a_forbidden_arrow() {
     );
 
     let unknown = fabricated(&[("kflow-dsl", &[], &[]), ("kflow-new", &["kflow-dsl"], &[])]);
-    let found = violations(&unknown, RULES);
+    let found = violations(&unknown, RULES, OUTSIDE);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("'kflow-new' has no rule"), "{found:?}");
 
-    assert!(!violations(&json!({}), RULES).is_empty());
+    // the executors may not borrow the interpreter; the shared types may not grow an async
+    // runtime
+    let bad = fabricated(&[
+        ("kflow-effects", &["tokio"], &[]),
+        ("kflow-dsl", &["kflow-effects"], &[]),
+        ("kflow-core", &["kflow-dsl", "kflow-effects"], &[]),
+        ("kflow-tasks", &["kflow-core", "kflow-effects"], &[]),
+    ]);
+    let found = violations(&bad, RULES, OUTSIDE);
+    assert_eq!(
+        found,
+        [
+            "kflow-effects -> tokio is not allowed (kflow-effects may depend on serde, serde_json only)",
+            "kflow-tasks -> kflow-core is not allowed (kflow-tasks may depend on kflow-effects, kflow-dsl)",
+        ],
+    );
+
+    assert!(!violations(&json!({}), RULES, OUTSIDE).is_empty());
 }

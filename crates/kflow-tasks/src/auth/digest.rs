@@ -12,7 +12,7 @@ use md5::Md5;
 use reqwest::header::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
-use kflow_core::WfError;
+use kflow_effects::WfError;
 
 use super::auth_error;
 use crate::http::Outgoing;

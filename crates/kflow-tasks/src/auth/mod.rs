@@ -12,9 +12,9 @@ mod oauth2;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use kflow_core::WfError;
-use kflow_core::effect::Auth;
-use kflow_dsl::errors::AUTHENTICATION;
+use kflow_effects::WfError;
+use kflow_effects::effect::Auth;
+use kflow_effects::errors::AUTHENTICATION;
 
 use crate::Inner;
 

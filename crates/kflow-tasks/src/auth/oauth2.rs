@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use kflow_core::WfError;
+use kflow_effects::WfError;
 
 use super::{auth_error, basic};
 use crate::Inner;
