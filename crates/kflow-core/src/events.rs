@@ -15,16 +15,28 @@
 //!   inside `data` JSON types count (`"5"` does not match `5`, no pattern matches a number);
 //! - a **runtime expression** is evaluated on the event's value at the same place (the whole
 //!   payload for `data: ${ .temperature > 38 }`, the type for `type: ${ startswith("com.") }`),
-//!   with the task's arguments (`$input`, `$context`, ...). A boolean result is the verdict; any
-//!   other result is the value the attribute must have, compared exactly (never as a pattern:
-//!   a computed value is data, and dsl.md forbids evaluating syntax found in data). An
-//!   expression that fails on an event (it indexes a string, say) does not match it: events
-//!   come from outside, and an odd one must not fault the workflow. A read the runtime refuses
-//!   (a secret the workflow may not see) is an error.
+//!   with the task's arguments (`$input`, `$context`, ...) as they were when listening started.
+//!   A boolean result is the verdict; any other result is the value the attribute must have,
+//!   compared exactly (never as a pattern: a computed value is data, and dsl.md forbids
+//!   evaluating syntax found in data). An expression that fails on an event (it indexes a
+//!   string, say) does not match it: events come from outside, and an odd one must not fault
+//!   the workflow. A read the runtime refuses (a secret the workflow may not see) is an error
+//!   when listening starts ([`bind`]).
 //!
-//! Hosts route events to subscriptions with [`event_matches`] and the literal part of the
-//! filters ([`host_filter`]); the interpreter then decides with [`filter_matches`], so a host
-//! may hand over more events than match, never fewer.
+//! **Hosts and the interpreter make the same decision with the same function.** A `listen`
+//! task starts an [`Effect::Listen`] that carries its filters as written (expressions as their
+//! `${ … }` source, [`source`]) and the values of the `$variables` those expressions read
+//! ([`Args`], taken by [`bind`] when listening starts). A host compiles them once into a
+//! [`Subscription`] and offers each event to [`Subscription::matches`]; the interpreter decides
+//! with [`accepts`] on the same filters and the same [`Args`], which is what
+//! `Subscription::matches` calls. So a host delivers exactly the events the interpreter takes
+//! (correlation aside: `correlate` is checked by the interpreter, which keeps its state), and
+//! no rejected event reaches a history. Effects stored by an earlier kflow carry only the
+//! literal part of their filters and no `args`: their filters are read as literal mappings.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
@@ -32,9 +44,154 @@ use kflow_dsl::expr::{Expr, ExprError, Limits, Vars};
 use kflow_dsl::pattern;
 use kflow_dsl::template::Template;
 
+use crate::effect::Effect;
+
+/// The values of the `$variables` (names without the `$`) the runtime expressions of a
+/// subscription's filters read, as they were when listening started: the `args` of
+/// [`Effect::Listen`]. A variable without a value is absent (and reads as `null`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Args(pub Map<String, Value>);
+
+impl Vars for Args {
+    fn var(&self, name: &str) -> Option<Cow<'_, Value>> {
+        self.0.get(name).map(Cow::Borrowed)
+    }
+}
+
+/// Whether `event` passes the filter `with` (`EventFilter::with`), its expressions reading
+/// `args`: the one decision hosts ([`Subscription::matches`]) and the interpreter make.
+pub fn accepts(with: &Template, event: &Value, args: &Args) -> bool {
+    // `Args` refuses no read, so there is no error to report here.
+    filter_matches(with, event, args).unwrap_or(false)
+}
+
+/// Takes, from `vars`, the values of the variables the expressions in `filters` read (the
+/// [`Args`] of a subscription); `Err` when `vars` refuses a read one of them makes
+/// ([`ExprError::Refused`]: a secret the workflow may not see), before anything runs.
+pub fn bind<'a>(
+    filters: impl IntoIterator<Item = &'a Template>,
+    vars: &dyn Vars,
+) -> Result<Args, ExprError> {
+    let mut exprs = Vec::new();
+    for t in filters {
+        collect_exprs(t, &mut exprs);
+    }
+    let mut names = BTreeSet::new();
+    for e in exprs {
+        for (name, key) in e.literal_keys() {
+            vars.check_key(name, key)
+                .map_err(|message| ExprError::Refused {
+                    expr: e.source().to_string(),
+                    message,
+                })?;
+        }
+        names.extend(e.variables());
+    }
+    let mut args = Map::new();
+    for name in names {
+        if let Some(v) = vars.var(name) {
+            args.insert(name.to_string(), v.into_owned());
+        }
+    }
+    Ok(Args(args))
+}
+
+fn collect_exprs<'a>(t: &'a Template, out: &mut Vec<&'a Expr>) {
+    match t {
+        Template::Literal(_) => {}
+        Template::Expr(e) => out.push(e),
+        Template::Object(fields) => fields.iter().for_each(|(_, t)| collect_exprs(t, out)),
+        Template::Array(items) => items.iter().for_each(|t| collect_exprs(t, out)),
+    }
+}
+
+/// A filter as written: its literal values, and its expressions as `${ <source> }` strings
+/// ([`Template::from_value`] reads it back to the same template).
+pub fn source(with: &Template) -> Value {
+    match with {
+        Template::Literal(v) => v.clone(),
+        Template::Expr(e) => Value::String(format!("${{ {} }}", e.source())),
+        Template::Object(fields) => {
+            Value::Object(fields.iter().map(|(k, t)| (k.clone(), source(t))).collect())
+        }
+        Template::Array(items) => Value::Array(items.iter().map(source).collect()),
+    }
+}
+
+/// The `listen` effect for `filters` (as written, see [`source`]; any of them) with `args`.
+pub fn listen_effect(filters: Vec<Value>, args: Args) -> Effect {
+    Effect::Listen {
+        filters,
+        args: Some(args.0),
+    }
+}
+
+/// A `listen` subscription as a host keeps it: the filters of its effect, compiled once, and
+/// their arguments. [`Subscription::matches`] is exactly the interpreter's decision.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    filters: Vec<Template>,
+    args: Args,
+}
+
+/// Filters compiled per thread and kept for reuse (the instances of one workflow listen with
+/// the same filters); the cache is emptied when it is full.
+const COMPILED_ENTRIES: usize = 256;
+
+thread_local! {
+    static COMPILED: RefCell<HashMap<String, Template>> = RefCell::new(HashMap::new());
+}
+
+impl Subscription {
+    /// The subscription of a `Listen` effect's `filters` and `args`. Without `args` (an effect
+    /// stored by an earlier kflow) the filters are literal mappings, as that kflow wrote them.
+    pub fn new(filters: &[Value], args: Option<&Map<String, Value>>) -> Subscription {
+        let filters = match args {
+            None => filters.iter().cloned().map(Template::Literal).collect(),
+            Some(_) => filters.iter().map(compile_filter).collect(),
+        };
+        Subscription {
+            filters,
+            args: Args(args.cloned().unwrap_or_default()),
+        }
+    }
+
+    /// The subscription of `effect` when it is a `listen`.
+    pub fn of(effect: &Effect) -> Option<Subscription> {
+        match effect {
+            Effect::Listen { filters, args } => Some(Subscription::new(filters, args.as_ref())),
+            _ => None,
+        }
+    }
+
+    /// Whether `event` matches any of the filters (the interpreter takes it).
+    pub fn matches(&self, event: &Value) -> bool {
+        self.filters.iter().any(|f| accepts(f, event, &self.args))
+    }
+}
+
+/// A filter of a `Listen` effect compiled. One that does not compile (it cannot come from the
+/// interpreter, which compiled it first) matches every event: a host may hand over more events
+/// than match, never fewer.
+fn compile_filter(filter: &Value) -> Template {
+    let key = filter.to_string();
+    COMPILED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(t) = cache.get(&key) {
+            return t.clone();
+        }
+        let t = Template::from_value(filter)
+            .unwrap_or_else(|_| Template::Literal(Value::Object(Map::new())));
+        if cache.len() >= COMPILED_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, t.clone());
+        t
+    })
+}
+
 /// Whether `event` (a CloudEvent envelope) matches the literal filter `with` (a mapping of
-/// attribute name to literal value, as [`host_filter`] produces; anything else matches every
-/// event).
+/// attribute name to literal value; anything else matches every event).
 pub fn event_matches(with: &Value, event: &Value) -> bool {
     let Some(filter) = with.as_object() else {
         return true;
@@ -46,8 +203,8 @@ pub fn event_matches(with: &Value, event: &Value) -> bool {
 
 /// Whether `event` matches the filter as written in the definition (`EventFilter::with`),
 /// runtime expressions evaluated with `vars`; `Err` only for a refused read
-/// ([`ExprError::Refused`]).
-pub fn filter_matches(with: &Template, event: &Value, vars: &dyn Vars) -> Result<bool, ExprError> {
+/// ([`ExprError::Refused`]). Everyone outside goes through [`accepts`].
+fn filter_matches(with: &Template, event: &Value, vars: &dyn Vars) -> Result<bool, ExprError> {
     match with {
         Template::Literal(v) => Ok(event_matches(v, event)),
         Template::Object(fields) => {
@@ -60,35 +217,6 @@ pub fn filter_matches(with: &Template, event: &Value, vars: &dyn Vars) -> Result
         }
         // Lowering only builds mappings; any other shape filters nothing.
         Template::Expr(_) | Template::Array(_) => Ok(true),
-    }
-}
-
-/// The part of a filter a host can check without evaluating anything: its literal attributes
-/// (runtime expressions left out, so the result matches at least every event `with` does).
-pub fn host_filter(with: &Template) -> Value {
-    match with {
-        Template::Object(_) | Template::Literal(Value::Object(_)) => {
-            literal_part(with).unwrap_or_else(|| Value::Object(Map::new()))
-        }
-        _ => Value::Object(Map::new()),
-    }
-}
-
-fn literal_part(t: &Template) -> Option<Value> {
-    match t {
-        Template::Literal(v) => Some(v.clone()),
-        Template::Expr(_) => None,
-        Template::Object(fields) => Some(Value::Object(
-            fields
-                .iter()
-                .filter_map(|(k, t)| literal_part(t).map(|v| (k.clone(), v)))
-                .collect(),
-        )),
-        Template::Array(items) => items
-            .iter()
-            .map(literal_part)
-            .collect::<Option<Vec<_>>>()
-            .map(Value::Array),
     }
 }
 
@@ -216,20 +344,88 @@ mod tests {
     }
 
     #[test]
-    fn host_filter_keeps_only_literals_and_never_refuses_a_match() {
+    fn a_subscription_decides_as_the_interpreter_does() {
         let with = template(json!({
             "type": "t",
             "source": "${ $input.s }",
-            "data": {"kind": "k", "n": "${ . > 1 }"},
+            "data": {"kind": "k", "n": "${ . > $input.min }"},
             "list": [1, "${ . }"],
         }));
+        let input = json!({"s": "src", "min": 1, "unused": [1, 2, 3]});
+        let vars = Args(Map::from_iter([("input".to_string(), input)]));
+        let args = bind([&with], &vars).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args, vars, "the variables the expressions read");
+        // The effect's form reads back to the same filter.
+        let written = source(&with);
         assert_eq!(
-            host_filter(&with),
-            json!({"type": "t", "data": {"kind": "k"}})
+            written,
+            json!({
+                "type": "t",
+                "source": "${ $input.s }",
+                "data": {"kind": "k", "n": "${ . > $input.min }"},
+                "list": [1, "${ . }"],
+            })
         );
-        let ev = json!({"type": "t", "source": "x", "data": {"kind": "k", "n": 0}});
-        assert!(event_matches(&host_filter(&with), &ev));
-        assert!(!filter_matches(&with, &ev, &()).unwrap_or(true));
+        assert_eq!(source(&template(written.clone())), written);
+        let sub = Subscription::new(std::slice::from_ref(&written), Some(&args.0));
+        let events = [
+            json!({"type": "t", "source": "src", "data": {"kind": "k", "n": 2}, "list": [1, 5]}),
+            json!({"type": "t", "source": "src", "data": {"kind": "k", "n": 1}, "list": [1, 5]}),
+            json!({"type": "t", "source": "other", "data": {"kind": "k", "n": 2}, "list": [1, 5]}),
+            json!({"type": "t", "source": "src", "data": {"kind": "k", "n": 2}, "list": [1, false]}),
+            json!({"type": "t", "source": "src", "data": "text", "list": [1, 5]}),
+        ];
+        let verdicts: Vec<bool> = events.iter().map(|e| sub.matches(e)).collect();
+        assert_eq!(verdicts, [true, false, false, false, false]);
+        for e in &events {
+            assert_eq!(sub.matches(e), accepts(&with, e, &args), "{e}");
+        }
+    }
+
+    #[test]
+    fn effects_stored_without_args_hold_literal_filters() {
+        // Rows written before filters carried expressions: `${ }` there is text.
+        let sub = Subscription::new(&[json!({"type": "${ . }"})], None);
+        assert!(sub.matches(&json!({"type": "${ . }"})));
+        assert!(!sub.matches(&json!({"type": "t"})));
+        let effect: Effect =
+            serde_json::from_value(json!({"kind": "listen", "filters": [{"type": "a"}]}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let sub = Subscription::of(&effect).unwrap_or_else(|| panic!("a listen"));
+        assert!(sub.matches(&json!({"type": "a"})));
+        assert!(!sub.matches(&json!({"type": "b"})));
+        // A filter that does not compile hands over every event rather than lose one.
+        let sub = Subscription::new(&[json!({"data": "${ ]] }"})], Some(&Map::new()));
+        assert!(sub.matches(&json!({"data": 1})));
+    }
+
+    #[test]
+    fn binding_refuses_what_the_variables_refuse() {
+        struct NoSecrets;
+        impl Vars for NoSecrets {
+            fn var(&self, name: &str) -> Option<Cow<'_, Value>> {
+                (name == "secrets").then(|| Cow::Owned(json!({"k": "v"})))
+            }
+            fn check_key(&self, name: &str, key: &str) -> Result<(), String> {
+                if name == "secrets" && key == "hidden" {
+                    Err("no".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+        let ok = template(json!({"source": "${ $secrets.k }"}));
+        let args = bind([&ok], &NoSecrets).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.0.get("secrets"), Some(&json!({"k": "v"})));
+        let refused = template(json!({"source": "${ $secrets.hidden }"}));
+        assert!(matches!(
+            bind([&ok, &refused], &NoSecrets),
+            Err(ExprError::Refused { .. })
+        ));
+        // Literal filters read nothing.
+        let args =
+            bind([&template(json!({"type": "t"}))], &NoSecrets).unwrap_or_else(|e| panic!("{e}"));
+        assert!(args.0.is_empty());
     }
 
     #[test]

@@ -595,21 +595,57 @@ fn filter_expression_with_a_computed_value_compares_exactly_never_as_a_pattern()
 }
 
 #[test]
-fn the_host_gets_only_the_literal_part_of_a_filter() {
-    // Hosts route events without evaluating anything; the interpreter decides.
-    let s = listen_one(
-        "              type: t\n              data: ${ .n > 1 }\n",
-        vec![ev("t", json!({"n": 2}))],
+fn the_host_gets_the_whole_filter_and_decides_as_the_interpreter() {
+    // The Listen effect carries the filters as written and the values their expressions read,
+    // so a host delivers exactly the events the interpreter takes (kflow_core::events).
+    let body = "do:\n  - l:\n      listen:\n        to:\n          any:\n            - with:\n                type: t\n                data: ${ .n > $input.min }\n            - with:\n                type: ${ $input.other }\n          until: ${ length == 2 }\n";
+    let events = vec![
+        ev("t", json!({"n": 1})),
+        ev("u", json!({"n": 5})),
+        ev("t", json!({"n": 9})),
+        ev("t", json!("text")),
+        ev("o", json!({"n": 0})),
+    ];
+    let input = json!({"min": 2, "other": "o", "big": [1, 2, 3]});
+    let s = listen(body, input.clone(), events.clone());
+    let (filters, args) = s
+        .started
+        .iter()
+        .find_map(|(_, e)| match e {
+            Effect::Listen { filters, args } => Some((filters.clone(), args.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no listen in {:?}", s.started));
+    assert_eq!(
+        filters,
+        vec![
+            json!({"type": "t", "data": "${ .n > $input.min }"}),
+            json!({"type": "${ $input.other }"}),
+        ]
     );
-    let filters = s.started.iter().find_map(|(_, e)| match e {
-        Effect::Listen { filters } => Some(filters.clone()),
-        _ => None,
-    });
-    assert_eq!(filters, Some(vec![json!({"type": "t"})]));
-    assert!(kflow_core::events::event_matches(
-        &json!({"type": "t.*"}),
-        &json!({"type": "tx"})
-    ));
+    assert_eq!(args, json!({"input": input}).as_object().cloned());
+    // The output is every event the interpreter took (two, then `until` holds).
+    let sub = kflow_core::events::Subscription::new(&filters, args.as_ref());
+    let host: Vec<Value> = events
+        .iter()
+        .filter(|e| sub.matches(e))
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(host, vec![json!({"n": 9}), json!({"n": 0})]);
+    assert_eq!(s.output(), Value::Array(host));
+}
+
+#[test]
+fn a_filter_reading_an_undeclared_secret_is_refused_when_listening_starts() {
+    let body = "do:\n  - l:\n      listen:\n        to:\n          one:\n            with:\n              source: ${ $secrets.partner }\n";
+    let s = run_with_secrets(body, json!({"partner": "p"}), json!({}));
+    assert!(
+        !s.started
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Listen { .. })),
+        "nothing subscribed"
+    );
+    assert!(is_authorization_403(&s.error()), "{:?}", s.error());
 }
 
 #[test]

@@ -24,10 +24,17 @@ pub enum Effect {
     Emit {
         event: Value,
     },
-    /// Subscribe to events matching any of `filters` (attribute maps); the host delivers each
-    /// matching event with [`Delivery::Event`] until the core cancels the effect.
+    /// Subscribe to events matching any of `filters`; the host delivers each matching event
+    /// with [`Delivery::Event`] until the core cancels the effect. Each filter is the `with`
+    /// mapping of an event filter as written: literal values, and runtime expressions as their
+    /// `${ … }` source, which read the values in `args` (`$input`, ... by name without the `$`,
+    /// taken when listening started). Hosts decide with `kflow_core::events::Subscription`,
+    /// the interpreter's own decision. `args: None` (effects stored by kflow before filters
+    /// carried expressions): the filters are literal attribute mappings.
     Listen {
         filters: Vec<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<Map<String, Value>>,
     },
     /// Fire at `at_ms` (milliseconds since the Unix epoch); answer with a null result.
     Timer {

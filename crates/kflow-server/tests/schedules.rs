@@ -688,6 +688,45 @@ async fn on_all_waits_for_every_filter_per_correlation_key() {
     assert_eq!(instances(&h.api.engine, "paidshipped").await.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_filters_evaluate_their_runtime_expressions_on_each_event() {
+    // dsl-reference.md's example filter, `data: ${ .temperature > 38 }`: evaluated on each
+    // posted event's data, by the function `listen` uses.
+    let h = H::new(Utc::now().timestamp_millis()).await;
+    h.register(&doc(
+        "fever",
+        "1.0.0",
+        "  on:\n    one:\n      with:\n        type: com.fake-hospital.vitals.measurements.temperature\n        data: ${ .temperature > 38 }\n",
+        "",
+        QUICK,
+    ))
+    .await;
+    let s = h.schedule("fever").await;
+    assert!(
+        s["expression"]
+            .as_str()
+            .is_some_and(|e| e.contains("${ .temperature > 38 }")),
+        "the filter as written: {s}"
+    );
+    let ty = "com.fake-hospital.vitals.measurements.temperature";
+    let post = |e: Value| {
+        let api = &h.api;
+        async move {
+            api.post_json("/api/v1/events", &e)
+                .await
+                .expect(StatusCode::ACCEPTED)["matched"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    // The non-matching event first: had it started an instance, there would be two below.
+    assert_eq!(post(event(ty, json!({"temperature": 20}))).await, 0);
+    assert_eq!(post(event(ty, json!({"temperature": 40}))).await, 1);
+    let got = instances(&h.api.engine, "fever").await;
+    assert_eq!(got.len(), 1, "only the matching event started one");
+    assert_eq!(got[0].input, json!([{"temperature": 40}]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // the schedule follows the newest version; bad schedules
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use kflow_core::events::event_matches;
+use kflow_core::events::Subscription;
 use kflow_core::{Command, Delivery, Effect, EffectId, Instance, InstanceConfig, Step, WfError};
 use kflow_dsl::Workflow;
 use kflow_tasks::{EffectCtx, ExecConfig, Executor};
@@ -94,8 +94,7 @@ impl Host {
                 };
                 let Some((id, delivery)) = next else {
                     // Only `listen` tasks are left and no event can come any more.
-                    let waiting: Vec<String> =
-                        run.subs.values().map(|(task, _)| task.clone()).collect();
+                    let waiting: Vec<String> = run.subs.values().cloned().collect();
                     return Err(WfError::runtime(format!(
                         "the workflow waits for events that never came (listen tasks: {}); pass them with --events",
                         waiting.join(", ")
@@ -116,8 +115,8 @@ struct Run {
     tx: mpsc::UnboundedSender<(EffectId, Delivery)>,
     /// Effects being performed (calls, processes, timers, sub-workflows).
     tasks: HashMap<EffectId, JoinHandle<()>>,
-    /// Open `listen` subscriptions: task reference and filters.
-    subs: HashMap<EffectId, (String, Vec<Value>)>,
+    /// Open `listen` subscriptions: their task references.
+    subs: HashMap<EffectId, String>,
     /// Deliveries available at once (emitted events, queued events for a new listen).
     ready: VecDeque<(EffectId, Delivery)>,
 }
@@ -194,12 +193,14 @@ impl Run {
                 let event = kflow_tasks::emit::complete_event(event, &self.instance_id, now_ms());
                 self.ready.push_back((id, Delivery::Result(Ok(event))));
             }
-            Effect::Listen { filters } => {
-                // Hand over every queued event this subscription matches, in file order.
+            Effect::Listen { filters, args } => {
+                // Hand over every queued event this subscription matches, in file order: the
+                // events the instance takes (`kflow_core::events`); the others stay queued.
+                let sub = Subscription::new(&filters, args.as_ref());
                 let mut queue = self.host.events.lock().unwrap_or_else(|p| p.into_inner());
                 let mut keep = VecDeque::with_capacity(queue.len());
                 while let Some(ev) = queue.pop_front() {
-                    if filters.iter().any(|f| event_matches(f, &ev)) {
+                    if sub.matches(&ev) {
                         self.ready.push_back((id, Delivery::Event(ev)));
                     } else {
                         keep.push_back(ev);
@@ -208,7 +209,7 @@ impl Run {
                 *queue = keep;
                 drop(queue);
                 // The subscription stays open; when the events run out the run loop notices.
-                self.subs.insert(id, (task, filters));
+                self.subs.insert(id, task);
             }
             Effect::Workflow {
                 namespace,

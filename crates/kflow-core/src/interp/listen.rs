@@ -9,7 +9,7 @@ use kflow_dsl::expr::ExprError;
 use super::{Cx, KindResult, Outcome, Scope, expr_err, run_list};
 use crate::effect::Effect;
 use crate::error::WfError;
-use crate::events::{filter_matches, host_filter};
+use crate::events::{self, Args, accepts};
 
 pub(super) async fn emit(
     cx: &Cx,
@@ -31,11 +31,9 @@ pub(super) async fn emit(
     Ok((out, None, None))
 }
 
-/// A filter, with the part its host can check and its correlation expectations evaluated.
+/// A filter, with its correlation expectations evaluated.
 struct Filter<'a> {
     def: &'a EventFilter,
-    /// The literal attributes (`events::host_filter`), for the `Listen` effect.
-    host: Value,
     /// `correlate.<key>.expect`, evaluated once when listening starts.
     expect: Vec<Option<Value>>,
 }
@@ -84,11 +82,7 @@ impl<'a> Progress<'a> {
                             .transpose()
                     })
                     .collect::<Result<Vec<_>, WfError>>()?;
-                Ok(Filter {
-                    def,
-                    host: host_filter(&def.with),
-                    expect,
-                })
+                Ok(Filter { def, expect })
             })
             .collect::<Result<Vec<_>, WfError>>()?;
         let hit = vec![false; filters.len()];
@@ -100,8 +94,9 @@ impl<'a> Progress<'a> {
         })
     }
 
-    /// Offers an event; returns whether it was consumed.
-    fn offer(&mut self, scope: &Scope<'_>, ev: &Value) -> Result<bool, WfError> {
+    /// Offers an event; returns whether it was consumed. The filters read `args`, the values
+    /// the host has too (see `events`), so the host hands over exactly the events they take.
+    fn offer(&mut self, scope: &Scope<'_>, args: &Args, ev: &Value) -> Result<bool, WfError> {
         if self.kind == Kind::Any && self.filters.is_empty() {
             // "If empty, listens to all incoming events."
             return Ok(true);
@@ -110,9 +105,7 @@ impl<'a> Progress<'a> {
             if self.kind == Kind::All && self.hit[i] {
                 continue;
             }
-            if !filter_matches(&self.filters[i].def.with, ev, scope).map_err(expr_err)?
-                || !self.correlates(scope, i, ev)?
-            {
+            if !accepts(&self.filters[i].def.with, ev, args) || !self.correlates(scope, i, ev)? {
                 continue;
             }
             self.hit[i] = true;
@@ -184,14 +177,27 @@ pub(super) async fn listen(
         } => (None, Some(Progress::new(cx, c, input, scope)?)),
         _ => (None, None),
     };
-    let mut filters: Vec<Value> = main.filters.iter().map(|f| f.host.clone()).collect();
+    // The filters as written and the values their expressions read, taken now: the host
+    // decides with them what to deliver, and so does `offer` below (`events`). A read of a
+    // secret the workflow may not see is refused here, before anything is subscribed.
+    let defs = || {
+        let until = until_events.iter().flat_map(|u| u.filters.iter());
+        main.filters.iter().chain(until).map(|f| &f.def.with)
+    };
+    let args = events::bind(defs(), scope).map_err(expr_err)?;
+    let mut filters: Vec<Value> = main
+        .filters
+        .iter()
+        .map(|f| events::source(&f.def.with))
+        .collect();
     if main.filters.is_empty() {
         filters.push(Value::Object(Default::default()));
     }
     if let Some(u) = &until_events {
-        filters.extend(u.filters.iter().map(|f| f.host.clone()));
+        filters.extend(u.filters.iter().map(|f| events::source(&f.def.with)));
     }
-    let mut sub = cx.sh.effect(&named.reference, Effect::Listen { filters });
+    let effect = events::listen_effect(filters, args.clone());
+    let mut sub = cx.sh.effect(&named.reference, effect);
     let mut consumed: Vec<Value> = Vec::new();
     let mut outputs: Vec<Value> = Vec::new();
     let bounded_until = until_expr.is_some() || until_events.is_some();
@@ -200,14 +206,14 @@ pub(super) async fn listen(
         // dsl-reference.md, Listen: "Events consumed by an until clause should not be
         // included in the task's output."
         if let Some(u) = until_events.as_mut()
-            && u.offer(scope, &ev)?
+            && u.offer(scope, &args, &ev)?
         {
             if u.satisfied() {
                 break;
             }
             continue;
         }
-        if !main.offer(scope, &ev)? {
+        if !main.offer(scope, &args, &ev)? {
             continue;
         }
         let item = read(l.read, &ev);

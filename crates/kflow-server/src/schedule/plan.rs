@@ -12,11 +12,12 @@ use croner::errors::CronError;
 use croner::parser::{CronParser, Seconds, Year};
 use serde_json::{Map, Value};
 
-use kflow_core::events::event_matches;
+use kflow_core::events::{self, Args};
 use kflow_dsl::Workflow;
 use kflow_dsl::duration::DurationSpec;
 use kflow_dsl::expr::Expr;
 use kflow_dsl::model::{Consumption, EventFilter, ReadMode, Schedule};
+use kflow_dsl::template::Template;
 
 /// `document.metadata.kflow.schedule`, checked when the workflow was loaded (see
 /// `kflow_dsl::settings`): time zone, missed and overlap policies.
@@ -60,7 +61,8 @@ impl Trigger {
             Trigger::Cron(c) => c.text.clone(),
             Trigger::Every { ms } | Trigger::After { ms } => iso_duration(*ms),
             Trigger::On(on) => {
-                let filters: Vec<Value> = on.filters.iter().map(|f| f.with.clone()).collect();
+                let filters: Vec<Value> =
+                    on.filters.iter().map(|f| events::source(&f.with)).collect();
                 format!("{} {}", on.mode.as_str(), Value::Array(filters))
             }
         }
@@ -143,7 +145,7 @@ impl OnMode {
     }
 }
 
-/// `schedule.on`: the filters with their `with` evaluated once.
+/// `schedule.on`: the filters, their `correlate.expect` evaluated once.
 #[derive(Debug, Clone)]
 pub struct OnSpec {
     pub mode: OnMode,
@@ -153,7 +155,11 @@ pub struct OnSpec {
 
 #[derive(Debug, Clone)]
 pub struct OnFilter {
-    pub with: Value,
+    /// The filter as written: its runtime expressions are evaluated on each event
+    /// (`data: ${ .temperature > 38 }`), by the function `listen` uses
+    /// ([`events::accepts`]). No workflow runs yet, so they have no arguments (`$input` is
+    /// null).
+    pub with: Template,
     /// Correlation keys: `from` evaluated on the event, compared with `expect` when given.
     pub correlate: Vec<(String, Expr, Option<Value>)>,
 }
@@ -161,7 +167,7 @@ pub struct OnFilter {
 impl OnFilter {
     /// Whether the event matches, and its correlation values.
     pub fn matches(&self, event: &Value) -> Option<Map<String, Value>> {
-        if !event_matches(&self.with, event) {
+        if !events::accepts(&self.with, event, &Args::default()) {
             return None;
         }
         let mut keys = Map::new();
@@ -311,13 +317,7 @@ fn on_spec(c: &Consumption, read: ReadMode) -> Result<OnSpec, Vec<String>> {
     let mut errors = Vec::new();
     let mut filters = Vec::new();
     for (i, def) in defs.into_iter().enumerate() {
-        let with = match def.with.eval(&Value::Null, &()) {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(format!("schedule.on: filter {i}: {e}"));
-                continue;
-            }
-        };
+        let with = def.with.clone();
         let mut correlate = Vec::new();
         for (key, corr) in &def.correlate {
             let expect = match &corr.expect {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use kflow_core::events::event_matches;
+use kflow_core::events::Subscription;
 use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step, WfError};
 use kflow_dsl::Workflow;
 use kflow_store::{Commit, HistoryEvent, Instance, InstanceStatus, WorkItem};
@@ -159,8 +159,9 @@ impl Batch {
 struct Driver {
     shared: Arc<Shared>,
     active: HashMap<String, Active>,
-    /// Open `listen` subscriptions: filters by (instance, effect).
-    subs: HashMap<(String, u64), Vec<Value>>,
+    /// Open `listen` subscriptions by (instance, effect): their filters compiled once, deciding
+    /// as the instance will (`kflow_core::events`), so a rejected event is never delivered.
+    subs: HashMap<(String, u64), Subscription>,
     timers: Timers,
     draining: bool,
     /// Running and waiting instances of workflows with a concurrency limit.
@@ -217,11 +218,12 @@ impl Driver {
         let store = self.shared.store.clone();
         let now = now_ms();
         for w in blocking(|| store.subscriptions())? {
-            if let Ok(Effect::Listen { filters }) =
-                serde_json::from_value::<Effect>(w.effect.clone())
+            if let Some(sub) = serde_json::from_value::<Effect>(w.effect.clone())
+                .ok()
+                .as_ref()
+                .and_then(Subscription::of)
             {
-                self.subs
-                    .insert((w.instance_id.clone(), w.effect_id), filters);
+                self.subs.insert((w.instance_id.clone(), w.effect_id), sub);
             }
         }
         let mut ready = VecDeque::new();
@@ -275,9 +277,11 @@ impl Driver {
                 Delivery::Result(Ok(Value::Null)),
             )),
             Effect::Timer { at_ms } => self.timers.offer(now, at_ms, &w.instance_id, w.effect_id),
-            Effect::Listen { filters } => {
-                self.subs
-                    .insert((w.instance_id.clone(), w.effect_id), filters);
+            Effect::Listen { filters, args } => {
+                self.subs.insert(
+                    (w.instance_id.clone(), w.effect_id),
+                    Subscription::new(&filters, args.as_ref()),
+                );
             }
             Effect::Workflow { .. } => {
                 let child = child_id(&w.instance_id, w.effect_id);
@@ -816,7 +820,7 @@ impl Driver {
         let mut keys: Vec<&(String, u64)> = self.subs.keys().collect();
         keys.sort();
         for key in keys {
-            if self.subs[key].iter().any(|f| event_matches(f, event)) {
+            if self.subs[key].matches(event) {
                 b.ready
                     .push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
                 if let Some(e) = event_id {
@@ -1410,7 +1414,7 @@ impl Driver {
                 let mut keys: Vec<(String, u64)> = self.subs.keys().cloned().collect();
                 keys.sort();
                 for key in keys {
-                    if self.subs[&key].iter().any(|f| event_matches(f, &event)) {
+                    if self.subs[&key].matches(&event) {
                         b.ready
                             .push_back((key.0, key.1, Delivery::Event(event.clone())));
                     }
@@ -1419,8 +1423,9 @@ impl Driver {
                 b.ready
                     .push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
             }
-            Effect::Listen { filters } => {
-                self.subs.insert((id.to_string(), effect), filters);
+            Effect::Listen { filters, args } => {
+                let sub = Subscription::new(&filters, args.as_ref());
+                self.subs.insert((id.to_string(), effect), sub);
             }
             Effect::Workflow {
                 namespace,
