@@ -51,7 +51,7 @@ impl Workload {
             status: None,
             create: None,
             now_ms,
-            processed_events: Vec::new(),
+            ..Default::default()
         }
     }
 }

@@ -537,7 +537,10 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     // Exactly once: N ids, N instances (a start that was never answered was retried until it
     // was, so no instance exists that its client does not know).
     assert!(
-        ghosts.is_empty() || ghosts.iter().all(|g| *g > *acked.keys().max().unwrap_or(&0)),
+        ghosts.is_empty()
+            || ghosts
+                .iter()
+                .all(|g| *g > *acked.keys().max().unwrap_or(&0)),
         "instances started but never acknowledged though their starts were retried: {ghosts:?}"
     );
 
