@@ -112,7 +112,7 @@ fn run_once(wf: &Arc<kflow_dsl::Workflow>) -> Value {
         for c in step.commands.drain(..) {
             if let Command::Start {
                 id,
-                effect: Effect::Http(_) | Effect::Timer { .. },
+                effect: Effect::Http(_) | Effect::Timer { .. } | Effect::Yield,
                 ..
             } = c
             {
