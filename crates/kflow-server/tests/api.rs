@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use kflow_server::api::ApiConfig;
+use kflow_server::engine::clock::ManualClock;
 use support::{Api, kinds, notice_types, parse_sse, wf};
 
 /// Two set tasks around a short wait: `{"greeting": "hello NAME", "done": true}`.
@@ -1006,7 +1008,8 @@ fn kflow_now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_a_waiting_instance() {
-    let api = Api::new().await;
+    let clock = Arc::new(ManualClock::new(kflow_now()));
+    let api = Api::with_clock(clock.clone()).await;
     api.register(&sleeper("sleepy", "PT1H")).await;
     let inst = api.start("test", "sleepy", json!({})).await;
     let id = inst["id"].as_str().unwrap_or_default().to_string();
@@ -1061,14 +1064,17 @@ async fn cancel_a_waiting_instance() {
             "{action}: {e}"
         );
     }
-    // Cancelled instances never complete.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Cancelled instances never complete: two hours later (on the engine's clock), after the
+    // driver has gone round, it is still cancelled.
+    clock.advance(2 * 3600 * 1000);
+    api.engine.sync().await.expect("sync");
     assert_eq!(api.instance(&id).await["status"], "cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_holds_and_resume_completes() {
-    let api = Api::new().await;
+    let clock = Arc::new(ManualClock::new(kflow_now()));
+    let api = Api::with_clock(clock.clone()).await;
     api.register(&sleeper("pausable", "PT1S")).await;
     let inst = api.start("test", "pausable", json!({})).await;
     let id = inst["id"].as_str().unwrap_or_default().to_string();
@@ -1092,8 +1098,11 @@ async fn suspend_holds_and_resume_completes() {
     api.post(&format!("/api/v1/instances/{id}/suspend"))
         .await
         .expect_error(StatusCode::CONFLICT, "conflict");
-    // The timer fires while suspended: the instance does not move.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The timer fires while suspended (the engine's clock moves past it and the driver goes
+    // round): the instance does not move.
+    clock.advance(1_500);
+    api.engine.sync().await.expect("sync");
+    api.engine.sync().await.expect("sync");
     let got = api.instance(&id).await;
     assert_eq!(got["status"], "suspended", "{got}");
     assert!(got.get("output").is_none(), "{got}");

@@ -6,6 +6,7 @@
 //! and only then acts: replies to callers, dispatches effects, publishes live events. Reads go
 //! straight to the store.
 
+pub mod clock;
 pub mod concurrency;
 mod dispatch;
 mod driver;
@@ -79,6 +80,8 @@ pub struct EngineConfig {
     /// Faults injected by tests (never set from a config file).
     #[doc(hidden)]
     pub faults: FaultInjection,
+    /// Where the engine reads the time (timers, history times, expiries).
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 /// Per-instance budgets: one instance can neither stall the engine nor grow without end.
@@ -166,6 +169,7 @@ impl Default for EngineConfig {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             watch_limits: live::WatchLimits::default(),
             faults: FaultInjection::default(),
+            clock: Arc::new(clock::SystemClock),
         }
     }
 }
@@ -243,6 +247,11 @@ pub(crate) fn mono_ms() -> i64 {
 }
 
 impl Shared {
+    /// The engine's time (its clock's).
+    pub fn now(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
     /// The driver is alive and going round its loop.
     pub fn beat(&self) {
         self.driver_beat
@@ -377,7 +386,7 @@ impl Engine {
             source: text,
             hash: canonical_hash(&wf.definition),
             deprecated: false,
-            created_ms: now_ms(),
+            created_ms: self.shared.now(),
         };
         let (ns, name, version) = (def.namespace.clone(), def.name.clone(), def.version.clone());
         let outcome = self.blocking(move |s| s.put_definition(&def)).await?;
@@ -582,7 +591,10 @@ impl Engine {
             name: spec.name.clone(),
             version: spec.version.clone(),
             input: spec.input.clone(),
-            expires_ms: now_ms().saturating_add(self.shared.config.idempotency_ttl_ms),
+            expires_ms: self
+                .shared
+                .now()
+                .saturating_add(self.shared.config.idempotency_ttl_ms),
         });
         let wf = self
             .startable(
@@ -601,6 +613,12 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Returns once the driver has gone round its loop: timers due by the engine's clock have
+    /// fired and what they caused is committed. For tests on a [`clock::ManualClock`].
+    pub async fn sync(&self) -> Result<()> {
+        self.ask(|reply| Msg::Sync { reply }).await
     }
 
     /// Whether the driver went round its loop within `stale_ms`: `Err(ms since it did)`.
@@ -759,7 +777,7 @@ impl Engine {
     pub async fn publish_event(&self, event: Value) -> Result<usize> {
         // Recorded first: an event is never acknowledged before it is durable, and one whose
         // deliveries were not committed (a crash in between) is offered again at the next start.
-        let (e2, now) = (event.clone(), now_ms());
+        let (e2, now) = (event.clone(), self.shared.now());
         let event_id = self.blocking(move |s| s.add_event(&e2, now)).await?;
         let scheduled = match self.observer() {
             Some(o) => o.event_published(&event).await?,
@@ -1020,7 +1038,7 @@ impl Engine {
     /// Per queue: depth, age of the oldest waiting item (ms), and the workers serving it.
     pub fn queues(&self) -> Vec<Value> {
         let q = self.shared.queue.lock();
-        let now = now_ms();
+        let now = self.shared.now();
         q.depths(now)
             .into_iter()
             .map(|(name, (depth, oldest))| {
@@ -1092,7 +1110,7 @@ impl Engine {
         let status = view.instance.status;
         let id2 = id.to_string();
         let work = self.blocking(move |s| s.work_of(&id2)).await?;
-        let now = now_ms();
+        let now = self.shared.now();
         let mut reasons = Vec::new();
         for w in work {
             let why = match w.kind.as_str() {

@@ -22,7 +22,6 @@ pub mod state;
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -44,41 +43,8 @@ pub fn check(wf: &Workflow) -> std::result::Result<(), Vec<String>> {
     plan::check(wf)
 }
 
-/// Where the scheduler's loop reads the time.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        crate::engine::now_ms()
-    }
-}
-
-/// A clock that only moves when told (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(ms: i64) -> ManualClock {
-        ManualClock(AtomicI64::new(ms))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, ms: i64) -> i64 {
-        self.0.fetch_add(ms, Ordering::SeqCst) + ms
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+/// Where the scheduler's loop reads the time: the engine's clock types.
+pub use crate::engine::clock::{Clock, ManualClock, SystemClock};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {

@@ -90,6 +90,24 @@ impl Api {
         Api::with_config(ApiConfig::default()).await
     }
 
+    /// An API whose engine reads the time from `clock` (tests move it, then `engine.sync()`).
+    pub async fn with_clock(clock: Arc<kflow_server::engine::clock::ManualClock>) -> Api {
+        let store = SqliteStore::open_in_memory().expect("in-memory store");
+        let engine = Engine::with_store(
+            Arc::new(store),
+            EngineConfig {
+                clock,
+                ..EngineConfig::default()
+            },
+        )
+        .await
+        .expect("engine");
+        Api {
+            router: router(engine.clone(), ApiConfig::default()),
+            engine,
+        }
+    }
+
     pub async fn with_config(cfg: ApiConfig) -> Api {
         let store = SqliteStore::open_in_memory().expect("in-memory store");
         let engine = Engine::with_store(Arc::new(store), EngineConfig::default())

@@ -32,7 +32,7 @@ const RECOVERY_BACKOFF_MS: i64 = 200;
 
 /// How often expired idempotency keys are pruned.
 const PRUNE_EVERY_MS: i64 = 60_000;
-use super::{EngineError, LiveEvent, Result, Shared, now_ms};
+use super::{EngineError, LiveEvent, Result, Shared};
 
 pub enum Msg {
     /// `id: Some` starts at most once: an instance with that id already existing is the answer.
@@ -76,6 +76,9 @@ pub enum Msg {
         deadline: Duration,
         reply: oneshot::Sender<()>,
     },
+    /// Answered once the driver has gone round its loop (timers due by the engine's clock
+    /// fired, what it took committed): tests on a manual clock wait for it instead of sleeping.
+    Sync { reply: oneshot::Sender<Result<()>> },
 }
 
 /// An instance in memory.
@@ -98,6 +101,8 @@ enum After {
     ReplyCount(oneshot::Sender<Result<usize>>, usize),
     /// A delivery is committed.
     Ack(oneshot::Sender<Result<()>>),
+    /// The loop went round (see `Msg::Sync`).
+    Sync(oneshot::Sender<Result<()>>),
     Dispatch {
         instance: String,
         effect: u64,
@@ -216,7 +221,7 @@ impl Driver {
     /// After a restart: re-open subscriptions, re-arm near timers, re-run interrupted effects.
     fn recover(&mut self) -> Result<()> {
         let store = self.shared.store.clone();
-        let now = now_ms();
+        let now = self.shared.now();
         for w in blocking(|| store.subscriptions())? {
             if let Some(sub) = serde_json::from_value::<Effect>(w.effect.clone())
                 .ok()
@@ -306,7 +311,7 @@ impl Driver {
                 ready.push_back((
                     w.instance_id.clone(),
                     w.effect_id,
-                    Delivery::Result(Ok(complete_event(event, &w.instance_id))),
+                    Delivery::Result(Ok(complete_event(event, &w.instance_id, now))),
                 ));
             }
             other => {
@@ -320,11 +325,11 @@ impl Driver {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        let mut next_scan = now_ms() + SCAN_EVERY_MS;
-        let mut next_prune = now_ms() + PRUNE_EVERY_MS;
+        let mut next_scan = self.shared.now() + SCAN_EVERY_MS;
+        let mut next_prune = self.shared.now() + PRUNE_EVERY_MS;
         let mut shutdown: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
-            let now = now_ms();
+            let now = self.shared.now();
             self.shared.beat();
             let wake_at = self.timers.next_due().unwrap_or(i64::MAX).min(next_scan);
             let wake_at = if self.recover.is_empty() && self.retry.is_empty() {
@@ -332,8 +337,9 @@ impl Driver {
             } else {
                 wake_at.min(self.next_recovery)
             };
+            // At most a second: the loop's heartbeat (and a manual clock) needs it.
             let sleep = if self.deferred.is_empty() {
-                Duration::from_millis((wake_at - now).clamp(0, 60_000) as u64)
+                Duration::from_millis((wake_at - now).clamp(0, SCAN_EVERY_MS) as u64)
             } else {
                 Duration::ZERO
             };
@@ -351,7 +357,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            let now = now_ms();
+            let now = self.shared.now();
             let mut b = Batch::default();
             // Yielded instances go on, one turn each, after the messages that came meanwhile.
             for (inst, effect) in std::mem::take(&mut self.deferred) {
@@ -477,7 +483,7 @@ impl Driver {
 
     /// The batch is durable: act on it.
     fn finish(&mut self, b: Batch) {
-        let now = now_ms();
+        let now = self.shared.now();
         for a in b.after {
             match a {
                 After::ReplyInstance(reply, id) => {
@@ -492,7 +498,7 @@ impl Driver {
                 After::ReplyCount(reply, n) => {
                     let _ = reply.send(Ok(n));
                 }
-                After::Ack(ack) => {
+                After::Ack(ack) | After::Sync(ack) => {
                     let _ = ack.send(Ok(()));
                 }
                 After::Dispatch {
@@ -561,10 +567,10 @@ impl Driver {
                 self.recover.insert(c.instance_id.clone());
             }
         }
-        self.next_recovery = now_ms() + RECOVERY_BACKOFF_MS;
+        self.next_recovery = self.shared.now() + RECOVERY_BACKOFF_MS;
         for a in b.after {
             match a {
-                After::Ack(ack) => {
+                After::Ack(ack) | After::Sync(ack) => {
                     let _ = ack.send(Err(EngineError::Store(kflow_store::StoreError::Db(
                         message.clone(),
                     ))));
@@ -746,6 +752,7 @@ impl Driver {
                 self.reply_control(r, reply, id, b);
             }
             Msg::Shutdown { .. } => {}
+            Msg::Sync { reply } => b.after.push(After::Sync(reply)),
         }
     }
 
@@ -1409,7 +1416,7 @@ impl Driver {
                 due: at_ms,
             }),
             Effect::Emit { event } => {
-                let event = complete_event(event, id);
+                let event = complete_event(event, id, now);
                 // Emitted events also reach this server's listeners.
                 let mut keys: Vec<(String, u64)> = self.subs.keys().cloned().collect();
                 keys.sort();
