@@ -300,6 +300,51 @@ fn start_with_input_failing_the_schema_is_refused() {
 }
 
 #[test]
+fn start_with_an_id_is_safe_to_retry() {
+    let env = setup("start-id", &[]);
+    env.apply(&[("nap.yaml", wf("nap", "do:\n  - nap:\n      wait: PT1H\n"))]);
+    let first = env.cli(&[
+        "start",
+        "srv/nap",
+        "--id",
+        "job-42",
+        "--input",
+        r#"{"n": 1}"#,
+    ]);
+    ok(&first);
+    assert_eq!(first.stdout.trim(), "job-42", "{}", first.describe());
+    // The same command again (a retry after a lost answer): the same instance, no second one.
+    let again = env.cli(&[
+        "start",
+        "srv/nap",
+        "--id",
+        "job-42",
+        "--input",
+        r#"{"n": 1}"#,
+    ]);
+    ok(&again);
+    assert_eq!(again.stdout.trim(), "job-42", "{}", again.describe());
+    // Another request with that id is refused and says why.
+    let other = env.cli(&[
+        "start",
+        "srv/nap",
+        "--id",
+        "job-42",
+        "--input",
+        r#"{"n": 2}"#,
+    ]);
+    assert_eq!(other.code, Some(1), "{}", other.describe());
+    assert!(
+        other.stderr.contains("already exists"),
+        "{}",
+        other.describe()
+    );
+    let (_, page) = get_json(&env.server.base(), "/api/v1/instances?name=nap").expect("list");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    ok(&env.cli(&["cancel", "job-42"]));
+}
+
+#[test]
 fn get_ls_and_history_show_the_instance() {
     let env = setup("read", &[]);
     env.apply(&[(
