@@ -165,6 +165,11 @@ async fn openapi_document_lists_every_path() {
         "HistoryList",
         "StartRequest",
         "EventAccepted",
+        "Explanation",
+        "WaitReason",
+        "QueuesResponse",
+        "QueueView",
+        "DispatchLatency",
     ] {
         assert!(
             schemas.contains_key(s),
@@ -187,6 +192,36 @@ async fn openapi_document_lists_every_path() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n, "duplicate operation ids: {ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_answer_their_fields_in_order() {
+    let api = Api::new().await;
+    let doc = api.get("/api/v1/queues").await.expect(StatusCode::OK);
+    let keys = |v: &Value| {
+        v.as_object()
+            .expect("object")
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&doc), ["items", "dispatch_latency"]);
+    assert_eq!(
+        keys(&doc["dispatch_latency"]),
+        ["count", "p50_us", "p99_us"]
+    );
+    let default = doc["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|q| q["queue"] == "default")
+        .unwrap_or_else(|| panic!("no default queue: {doc}"));
+    assert_eq!(
+        keys(default),
+        ["queue", "depth", "oldest_wait_ms", "workers"]
+    );
+    assert_eq!(default["depth"], json!(0));
+    assert!(default["workers"].is_array(), "{default}");
 }
 
 // ---------------------------------------------------------------------------------------------

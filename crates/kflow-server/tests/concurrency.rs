@@ -54,9 +54,20 @@ async fn limit_one_queues_and_runs_one_at_a_time_in_order() {
                 .id,
         );
     }
-    let waiting = e.explain(&ids[2]).await.expect("explain");
+    let waiting = serde_json::to_value(e.explain(&ids[2]).await.expect("explain")).expect("json");
     assert!(
         waiting.to_string().contains("concurrency limit"),
+        "{waiting}"
+    );
+    assert!(
+        waiting["waiting"]
+            .as_array()
+            .expect("list")
+            .contains(&json!({
+                "task": null,
+                "kind": "concurrency",
+                "reason": "waiting for a slot under the workflow's concurrency limit"
+            })),
         "{waiting}"
     );
     let mut spans = Vec::new();

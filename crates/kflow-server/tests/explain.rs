@@ -24,7 +24,7 @@ async fn explain_names_timers_and_dag_dependencies() {
         .await
         .expect("start")
         .id;
-    let why = e.explain(&id).await.expect("explain");
+    let why = serde_json::to_value(e.explain(&id).await.expect("explain")).expect("json");
     let reasons: Vec<String> = why["waiting"]
         .as_array()
         .expect("list")
@@ -44,11 +44,37 @@ async fn explain_names_timers_and_dag_dependencies() {
                 && r.contains("dependencies: fetch")),
         "{reasons:?}"
     );
+    // The JSON is the API's: keys in this order, `effect` only on pending effects.
+    let keys = |w: &serde_json::Value| {
+        w.as_object()
+            .expect("object")
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let waiting = why["waiting"].as_array().expect("list");
+    let timer = waiting
+        .iter()
+        .find(|w| w["kind"] == "timer")
+        .expect("timer");
+    assert_eq!(keys(timer), ["task", "effect", "kind", "reason"]);
+    assert!(timer["effect"].is_u64(), "{timer}");
+    let dep = waiting
+        .iter()
+        .find(|w| w["kind"] == "dependency")
+        .expect("dependency");
+    assert_eq!(
+        *dep,
+        json!({ "task": "/do/0/build/dag/tasks/1/merge", "kind": "dependency", "reason": "waiting for its dependencies: fetch" })
+    );
+    assert_eq!(keys(&why), ["id", "status", "waiting"]);
+    assert_eq!(why["id"], json!(id));
+    assert_eq!(why["status"], json!("running"));
     let v = e
         .wait_finished(&id, Duration::from_secs(5))
         .await
         .expect("wait");
     assert_eq!(v.instance.status.as_str(), "completed");
-    let after = e.explain(&id).await.expect("explain");
+    let after = serde_json::to_value(e.explain(&id).await.expect("explain")).expect("json");
     assert_eq!(after["waiting"], json!([]));
 }

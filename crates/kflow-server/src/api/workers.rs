@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
-use crate::engine::WorkerSpec;
+use crate::engine::{Explanation, QueueView, WorkerSpec};
 
 fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(token) = &st.config.worker_token else {
@@ -233,16 +233,38 @@ pub async fn list_workers(State(st): State<AppState>) -> ApiResult<Json<Value>> 
 
 /// Queues: depth, the oldest waiting task's age, the workers serving each; the dispatch
 /// latency (ready → leased to a worker) over recent dispatches.
-#[utoipa::path(get, path = "/api/v1/queues", tag = "workers", params(QueuesQuery), responses((status = 200, description = "Queues", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/queues", tag = "workers", params(QueuesQuery), responses((status = 200, description = "Queues", body = QueuesResponse)))]
 pub async fn list_queues(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<QueuesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<QueuesResponse>> {
     let (count, p50, p99) = st.engine.dispatch_latency(q.reset_latency.unwrap_or(false));
-    Ok(Json(serde_json::json!({
-        "items": st.engine.queues(),
-        "dispatch_latency": { "count": count, "p50_us": p50, "p99_us": p99 },
-    })))
+    Ok(Json(QueuesResponse {
+        items: st.engine.queues(),
+        dispatch_latency: DispatchLatency {
+            count,
+            p50_us: p50,
+            p99_us: p99,
+        },
+    }))
+}
+
+/// The queues and the dispatch latency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuesResponse {
+    pub items: Vec<QueueView>,
+    pub dispatch_latency: DispatchLatency,
+}
+
+/// Time from ready to leased to a worker, over recent dispatches.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DispatchLatency {
+    /// Dispatches measured.
+    pub count: usize,
+    /// Median, in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile, in microseconds.
+    pub p99_us: u64,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -254,10 +276,10 @@ pub struct QueuesQuery {
 /// What an instance is waiting for: timers, events, sub-workflows, a worker or a free slot.
 #[utoipa::path(get, path = "/api/v1/instances/{id}/explain", tag = "instances",
     params(("id" = String, Path, description = "Instance id")),
-    responses((status = 200, description = "Reasons", body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Reasons", body = Explanation), (status = 404, body = ErrorBody)))]
 pub async fn explain(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Explanation>> {
     Ok(Json(st.engine.explain(&id).await?))
 }

@@ -1,0 +1,192 @@
+//! Definitions: registering workflow documents, reading them back, deprecating versions, and
+//! the checks a start makes against the version it would run.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use kflow_dsl::Workflow;
+use kflow_store::{Definition, PutDefinition};
+
+use super::{Engine, EngineError, Result, canonical_hash, concurrency};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    /// `created` or `unchanged`.
+    pub outcome: &'static str,
+}
+
+impl Engine {
+    /// Registers a definition. Same version and content: no-op; same version, other content:
+    /// refused. An invalid document is never stored.
+    pub async fn register(&self, source: &[u8]) -> Result<Registered> {
+        let wf = kflow_dsl::load(source).map_err(|diags| EngineError::Invalid {
+            message: "the workflow definition is invalid".into(),
+            details: diags.iter().map(|d| d.to_string()).collect(),
+        })?;
+        crate::schedule::check(&wf).map_err(|details| EngineError::Invalid {
+            message: "the workflow's schedule is invalid".into(),
+            details,
+        })?;
+        concurrency::spec(&wf).map_err(|m| EngineError::Invalid {
+            message: "the workflow's concurrency settings are invalid".into(),
+            details: vec![m],
+        })?;
+        let text = String::from_utf8_lossy(source).into_owned();
+        let d = &wf.document;
+        let def = Definition {
+            namespace: d.namespace.clone(),
+            name: d.name.clone(),
+            version: d.version.clone(),
+            source: text,
+            hash: canonical_hash(&wf.definition),
+            deprecated: false,
+            created_ms: self.shared.now(),
+        };
+        let (ns, name, version) = (def.namespace.clone(), def.name.clone(), def.version.clone());
+        let outcome = self.blocking(move |s| s.put_definition(&def)).await?;
+        match outcome {
+            PutDefinition::Created => {
+                self.forget_definitions(&ns, &name);
+                let key = (ns.clone(), name.clone(), version.clone());
+                self.shared
+                    .workflows
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, Arc::new(wf));
+                if let Some(o) = self.observer() {
+                    o.definitions_changed(&ns, &name).await;
+                }
+                Ok(Registered {
+                    namespace: ns,
+                    name,
+                    version,
+                    outcome: "created",
+                })
+            }
+            PutDefinition::Unchanged => Ok(Registered {
+                namespace: ns,
+                name,
+                version,
+                outcome: "unchanged",
+            }),
+            PutDefinition::Conflict { .. } => Err(EngineError::Conflict(format!(
+                "{ns}/{name} version {version} is already registered with different content; \
+                 registered versions never change: bump document.version (e.g. to a higher patch version)"
+            ))),
+        }
+    }
+
+    pub async fn definitions(&self, namespace: Option<String>) -> Result<Vec<Definition>> {
+        self.blocking(move |s| s.list_definitions(namespace.as_deref()))
+            .await
+    }
+
+    /// One version, or the latest (highest semver) when `version` is None or `latest`.
+    pub async fn definition(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Definition> {
+        let (n, m) = (ns.to_string(), name.to_string());
+        let v = version.filter(|v| *v != "latest").map(str::to_string);
+        let key = (n.clone(), m.clone(), v.clone());
+        if let Some(d) = self
+            .shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(d.clone());
+        }
+        let shown = format!("{ns}/{name}@{}", version.unwrap_or("latest"));
+        let def = self
+            .blocking(move |s| s.get_definition(&n, &m, v.as_deref()))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {shown} is not registered")))?;
+        self.shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, def.clone());
+        Ok(def)
+    }
+
+    fn forget_definitions(&self, ns: &str, name: &str) {
+        self.shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, m, _), _| !(n == ns && m == name));
+    }
+
+    pub async fn deprecate(
+        &self,
+        ns: &str,
+        name: &str,
+        version: &str,
+        deprecated: bool,
+    ) -> Result<()> {
+        let (n, m, v) = (ns.to_string(), name.to_string(), version.to_string());
+        let found = self
+            .blocking(move |s| s.set_deprecated(&n, &m, &v, deprecated))
+            .await?;
+        self.forget_definitions(ns, name);
+        if found && let Some(o) = self.observer() {
+            o.definitions_changed(ns, name).await;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!(
+                "workflow {ns}/{name}@{version} is not registered"
+            )))
+        }
+    }
+
+    /// The compiled workflow a new instance of `ns/name[@version]` would run, after the
+    /// checks every start makes: the version takes new runs ("latest" skips deprecated ones)
+    /// and the input matches the input schema.
+    pub(super) async fn startable(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        input: &Value,
+    ) -> Result<Arc<Workflow>> {
+        let mut def = self.definition(ns, name, version).await?;
+        if def.deprecated && version.is_none() {
+            // "latest" means the highest version that still takes new runs.
+            let (n, m) = (ns.to_string(), name.to_string());
+            let all = self.blocking(move |s| s.list_definitions(Some(&n))).await?;
+            if let Some(d) = all.into_iter().find(|d| d.name == m && !d.deprecated) {
+                def = d;
+            }
+        }
+        if def.deprecated {
+            return Err(EngineError::Conflict(format!(
+                "{ns}/{name}@{} is deprecated: no new instances can start; use a newer version",
+                def.version
+            )));
+        }
+        let wf = self.shared.workflow(ns, name, &def.version)?;
+        if let Some(schema) = wf.input.as_ref().and_then(|i| i.schema.as_ref()) {
+            schema.check(input).map_err(|errs| EngineError::Invalid {
+                message: "the input does not match the workflow's input schema".into(),
+                details: errs,
+            })?;
+        }
+        Ok(wf)
+    }
+
+    /// The compiled workflow of a registered version (cached).
+    pub fn compiled(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
+        self.shared.workflow(ns, name, version)
+    }
+}

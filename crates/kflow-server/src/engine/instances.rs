@@ -1,0 +1,382 @@
+//! Instances: starts (exactly once per client id or idempotency key), reads (one instance,
+//! lists, histories), waiting for the end, control (cancel, suspend, resume), posted events and
+//! live updates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+
+use kflow_dsl::Workflow;
+use kflow_store::{HistoryEvent, Instance, InstanceFilter, Page, StoreError};
+
+use super::{
+    Dedupe, Engine, EngineError, LiveEvent, Msg, Result, Started, canonical_hash, journal, live,
+};
+
+/// A start request.
+#[derive(Debug, Clone, Default)]
+pub struct StartSpec {
+    pub namespace: String,
+    pub name: String,
+    /// None: the latest version that takes new runs.
+    pub version: Option<String>,
+    pub input: Value,
+    pub priority: Option<i64>,
+    /// A client-chosen instance id: the same request again answers that instance.
+    pub id: Option<String>,
+    /// An idempotency key (per namespace): the same request again answers the same instance.
+    pub idempotency_key: Option<String>,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// Tasks with an effect in progress (calls, processes, sub-workflows).
+    pub running: Vec<String>,
+    /// Tasks waiting on a timer or for events.
+    pub waiting: Vec<Waiting>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    pub task: String,
+    /// `timer` or `event`.
+    pub on: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+}
+
+impl Engine {
+    /// Starts an instance; returns once it is committed.
+    pub async fn start(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        input: Value,
+    ) -> Result<Instance> {
+        self.start_with_priority(ns, name, version, input, None)
+            .await
+    }
+
+    /// Starts an instance whose calls and processes queue at `priority` (higher first; a
+    /// task's own `metadata.kflow.priority` wins).
+    pub async fn start_with_priority(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        input: Value,
+        priority: Option<i64>,
+    ) -> Result<Instance> {
+        let wf = self.startable(ns, name, version, &input).await?;
+        self.ask(|reply| Msg::Start {
+            id: None,
+            dedupe: None,
+            wf,
+            input,
+            priority,
+            reply,
+        })
+        .await
+        .map(|s: Started| s.instance)
+    }
+
+    /// Starts an instance, exactly once per client-chosen id or idempotency key: the same
+    /// request again answers the instance it started (`created: false`), another request
+    /// with the same id or key is refused (conflict). Keys are kept for
+    /// `idempotency_ttl_ms`; ids for as long as their instance exists.
+    pub async fn start_request(&self, spec: StartSpec) -> Result<Started> {
+        if let Some(id) = &spec.id {
+            check_client_id(id)?;
+        }
+        if let Some(k) = &spec.idempotency_key
+            && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+        {
+            return Err(EngineError::Invalid {
+                message: "the idempotency key must be 1 to 255 characters, none of them control characters".into(),
+                details: Vec::new(),
+            });
+        }
+        let dedupe = (spec.id.is_some() || spec.idempotency_key.is_some()).then(|| Dedupe {
+            namespace: spec.namespace.clone(),
+            key: spec.idempotency_key.clone(),
+            request_hash: canonical_hash(&serde_json::json!({
+                "namespace": spec.namespace,
+                "name": spec.name,
+                "version": spec.version,
+                "input": spec.input,
+                "priority": spec.priority,
+                "id": spec.id,
+            })),
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            input: spec.input.clone(),
+            expires_ms: self
+                .shared
+                .now()
+                .saturating_add(self.shared.config.idempotency_ttl_ms),
+        });
+        let wf = self
+            .startable(
+                &spec.namespace,
+                &spec.name,
+                spec.version.as_deref(),
+                &spec.input,
+            )
+            .await?;
+        self.ask(|reply| Msg::Start {
+            id: spec.id,
+            dedupe,
+            wf,
+            input: spec.input,
+            priority: spec.priority,
+            reply,
+        })
+        .await
+    }
+
+    /// Starts an instance with the given id, at most once: if an instance with this id exists,
+    /// returns it and starts nothing. (Until the driver takes the id, a new instance gets a
+    /// fresh id; see `start_msg`.)
+    pub async fn start_with_id(
+        &self,
+        id: &str,
+        ns: &str,
+        name: &str,
+        version: &str,
+        input: Value,
+    ) -> Result<Instance> {
+        let id2 = id.to_string();
+        if let Some(existing) = self.blocking(move |s| s.get_instance(&id2)).await? {
+            return Ok(existing);
+        }
+        let wf = self.startable(ns, name, Some(version), &input).await?;
+        let id = id.to_string();
+        self.ask(|reply| start_msg(Some(id), wf, input, reply))
+            .await
+            .map(|s| s.instance)
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<InstanceView> {
+        let id2 = id.to_string();
+        let (inst, work) = self
+            .blocking(move |s| Ok((s.get_instance(&id2)?, s.work_of(&id2)?)))
+            .await?;
+        let instance =
+            inst.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        let mut running = Vec::new();
+        let mut waiting = Vec::new();
+        for w in work {
+            match w.kind.as_str() {
+                "timer" => waiting.push(Waiting {
+                    task: w.task,
+                    on: "timer".into(),
+                    until_ms: Some(w.due_ms),
+                }),
+                "listen" => waiting.push(Waiting {
+                    task: w.task,
+                    on: "event".into(),
+                    until_ms: None,
+                }),
+                _ => running.push(w.task),
+            }
+        }
+        Ok(InstanceView {
+            instance,
+            running,
+            waiting,
+        })
+    }
+
+    /// Waits until the instance is finished (completed, faulted or cancelled), at most
+    /// `timeout`; returns its view either way.
+    pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Result<InstanceView> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .push(tx);
+        // Registered before reading: a finish committed in between still wakes us.
+        let view = self.instance(id).await?;
+        if !view.instance.status.is_finished() {
+            let _ = tokio::time::timeout(timeout, rx).await;
+            self.forget_closed_waiters(id);
+            return self.instance(id).await;
+        }
+        Ok(view)
+    }
+
+    fn forget_closed_waiters(&self, id: &str) {
+        let mut waiters = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = waiters.get_mut(id) {
+            list.retain(|s| !s.is_closed());
+            if list.is_empty() {
+                waiters.remove(id);
+            }
+        }
+    }
+
+    pub async fn instances(
+        &self,
+        filter: InstanceFilter,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<Page> {
+        self.blocking(move |s| s.list_instances(&filter, cursor.as_deref(), limit))
+            .await
+            .map_err(|e| match e {
+                EngineError::Store(StoreError::Db(m)) if m.contains("invalid cursor") => {
+                    EngineError::Invalid {
+                        message: "invalid cursor".into(),
+                        details: vec![],
+                    }
+                }
+                other => other,
+            })
+    }
+
+    pub async fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
+        let id2 = id.to_string();
+        let exists = self
+            .blocking(move |s| s.get_instance(&id2))
+            .await?
+            .is_some();
+        if !exists {
+            return Err(EngineError::NotFound(format!(
+                "instance {id} does not exist"
+            )));
+        }
+        let id2 = id.to_string();
+        let rows = self
+            .blocking(move |s| s.history(&id2, after, limit))
+            .await?;
+        // Every row is read through the journal: one that does not decode is shown as
+        // `unreadable` with the reason and the raw row, never dropped or guessed at.
+        Ok(rows
+            .into_iter()
+            .map(|ev| match journal::Record::decode(id, &ev) {
+                Ok(_) => ev,
+                Err(e) => HistoryEvent {
+                    seq: ev.seq,
+                    time_ms: ev.time_ms,
+                    kind: "unreadable".into(),
+                    data: serde_json::json!({ "kind": ev.kind, "error": e.to_string(), "data": ev.data }),
+                },
+            })
+            .collect())
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Instance> {
+        self.ask(|reply| Msg::Cancel {
+            id: id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn suspend(&self, id: &str) -> Result<Instance> {
+        self.ask(|reply| Msg::Suspend {
+            id: id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<Instance> {
+        self.ask(|reply| Msg::Resume {
+            id: id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Offers a CloudEvent to every waiting `listen`; returns how many took it. Acknowledged
+    /// after the deliveries are committed.
+    /// Schedules (`schedule.on`) that start an instance for it count too.
+    pub async fn publish_event(&self, event: Value) -> Result<usize> {
+        // Recorded first: an event is never acknowledged before it is durable, and one whose
+        // deliveries were not committed (a crash in between) is offered again at the next start.
+        let (e2, now) = (event.clone(), self.shared.now());
+        let event_id = self.blocking(move |s| s.add_event(&e2, now)).await?;
+        let scheduled = match self.observer() {
+            Some(o) => o.event_published(&event).await?,
+            None => 0,
+        };
+        let delivered = self
+            .ask(|reply| Msg::Event {
+                event,
+                event_id: Some(event_id),
+                reply,
+            })
+            .await?;
+        Ok(delivered + scheduled)
+    }
+
+    /// Live updates of one instance, for `client` (its address: watchers are capped per
+    /// client and per server).
+    pub fn watch(
+        &self,
+        instance: &str,
+        client: &str,
+    ) -> std::result::Result<(broadcast::Receiver<LiveEvent>, live::WatchGuard), live::WatchRefused>
+    {
+        self.shared.live.subscribe(instance, client)
+    }
+
+    /// Live watchers open now.
+    pub fn watchers(&self) -> usize {
+        self.shared.live.watchers()
+    }
+}
+
+/// A client-chosen instance id: 1 to 128 letters, digits, `-` and `_` (no `.`: it separates
+/// a sub-workflow's id from its parent's).
+fn check_client_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid {
+            message: format!(
+                "invalid instance id {:?}: use 1 to 128 letters, digits, '-' or '_'",
+                id.chars().take(140).collect::<String>()
+            ),
+            details: Vec::new(),
+        })
+    }
+}
+
+/// The `Msg::Start` of an instance; `id: None` lets the driver pick a UUID v7, `Some` starts
+/// at most once (an existing instance with that id is the answer).
+fn start_msg(
+    id: Option<String>,
+    wf: Arc<Workflow>,
+    input: Value,
+    reply: oneshot::Sender<Result<Started>>,
+) -> Msg {
+    Msg::Start {
+        id,
+        dedupe: None,
+        wf,
+        input,
+        priority: None,
+        reply,
+    }
+}
