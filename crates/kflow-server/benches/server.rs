@@ -1,11 +1,12 @@
 //! Server benchmarks over HTTP on loopback, SQLite store in a temporary directory.
 //!
-//! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick]`
+//! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick] [-- --watchers]`
 //!
 //! Starts the real API router and engine in-process on 127.0.0.1, plus a local endpoint that
 //! answers at once, and measures what BENCHMARKS.md lists: seq40, set40, fanout100 (start to
 //! completion, one instance at a time), 10,000 instances of a 5-call workflow started as fast
 //! as possible (time to all done, durable steps per second, start latency p50/p99, peak RSS),
+//! the same beside 2,000 idle live watchers (`--watchers`: only that and its baseline),
 //! and 100,000 instances waiting on a one-hour timer (RSS, restart time).
 
 use std::sync::Arc;
@@ -162,6 +163,11 @@ async fn start_server(dir: &std::path::Path, durability: Durability) -> (Engine,
     let cfg = EngineConfig {
         data_dir: dir.to_path_buf(),
         durability,
+        // The load generator is one client: let it open all its watchers.
+        watch_limits: kflow_server::engine::live::WatchLimits {
+            total: 10_000,
+            per_client: 10_000,
+        },
         ..EngineConfig::default()
     };
     let engine = Engine::open(cfg).await.expect("engine");
@@ -222,6 +228,40 @@ async fn load(b: &Arc<Bench>, engine: &Engine, n: usize, clients: usize) {
     );
 }
 
+/// `n` idle live watchers (one SSE stream per waiting instance, never read), then the
+/// 8-client load beside them; then the watchers close and their memory should go.
+async fn watchers(b: &Arc<Bench>, engine: &Engine, n: usize, load_n: usize) {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(b.start("sleeper", json!({})).await);
+    }
+    let before = rss_mib();
+    let mut streams = Vec::with_capacity(n);
+    for id in &ids {
+        let r = b
+            .http
+            .get(format!("{}/api/v1/instances/{id}/watch", b.api))
+            .send()
+            .await
+            .expect("watch");
+        assert!(r.status().is_success(), "watch: {}", r.status());
+        streams.push(r);
+    }
+    let open = engine.watchers();
+    let with = rss_mib();
+    load(b, engine, load_n, 8).await;
+    drop(streams);
+    let t0 = Instant::now();
+    while engine.watchers() > 0 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "watchers  {open} idle watchers open: RSS {before:.0} -> {with:.0} MiB; after closing them: {} left, RSS {:.0} MiB",
+        engine.watchers(),
+        rss_mib()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -250,15 +290,28 @@ fn main() {
         b.register(doc("five", &calls(5, &endpoint))).await;
         b.register(doc("sleeper", "  - nap:\n      wait: PT1H\n")).await;
         let runs = if quick { 5 } else { 50 };
-        b.series("seq40", "seq40", runs, 40).await;
-        b.series("set40", "set40", runs, 40).await;
-        b.series("fanout100", "fanout100", runs, 101).await;
+        let only_watchers = args.iter().any(|a| a == "--watchers");
+        if !only_watchers {
+            b.series("seq40", "seq40", runs, 40).await;
+            b.series("set40", "set40", runs, 40).await;
+            b.series("fanout100", "fanout100", runs, 101).await;
+        }
 
         // 10,000 instances of a 5-call workflow, started as fast as possible by N clients.
         let n = if quick { 1_000 } else { 10_000 };
         let b = Arc::new(b);
         for clients in [8usize, 32] {
+            if only_watchers && clients != 8 {
+                continue;
+            }
             load(&b, &engine, n, clients).await;
+        }
+        // The same beside 2,000 idle live watchers of other instances.
+        watchers(&b, &engine, if quick { 200 } else { 2_000 }, n).await;
+        if only_watchers {
+            engine.shutdown(Duration::from_secs(5)).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
         }
 
         // 100,000 instances waiting on a one-hour timer.

@@ -68,7 +68,7 @@ pub async fn watch_instance(
             .filter(|n| *n >= 0)
             .ok_or_else(|| ApiError::invalid("invalid Last-Event-ID: expected a history seq"))?,
     };
-    let (tx, mut rx) = mpsc::channel::<Out>(64);
+    let (tx, mut rx) = mpsc::channel::<Out>(16);
     tokio::spawn(async move {
         pump(st.engine.clone(), id, after, live, tx).await;
         // The feed is gone (moved into the pump); now the place can go.

@@ -12,7 +12,7 @@ use super::LiveEvent;
 
 /// Events buffered per watched instance; a watcher that falls further behind is told it
 /// lagged and repairs its feed from the store.
-const PER_INSTANCE: usize = 256;
+const PER_INSTANCE: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatchLimits {
