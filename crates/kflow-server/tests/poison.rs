@@ -166,6 +166,7 @@ async fn a_panicking_instance_faults_alone_and_a_restart_does_not_crash_loop() {
             let mut c = config(&d);
             c.faults = FaultInjection {
                 panic_on_task: Some("kaboom".into()),
+                ..FaultInjection::default()
             };
             c
         };
@@ -307,4 +308,47 @@ async fn liveness_follows_the_driver() {
         .driver_alive(200)
         .expect_err("a stopped driver is not alive");
     assert!(stale >= 200, "{stale}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_cancelling_faults_that_instance_only() {
+    tokio::time::timeout(LIMIT, async {
+        let d = dir("cancel-panic");
+        let mut cfg = config(&d);
+        cfg.faults.panic_on_cancel = true;
+        let e = Engine::open(cfg).await.expect("open");
+        register_all(&e).await;
+        let victim = e
+            .start("p", "listener", None, json!({}))
+            .await
+            .expect("start")
+            .id;
+        let other = e
+            .start("p", "listener", None, json!({}))
+            .await
+            .expect("start")
+            .id;
+        let v = e.cancel(&victim).await.expect("answered");
+        assert_eq!(v.status, InstanceStatus::Faulted);
+        let err = v.error.expect("error").to_string();
+        assert!(err.contains("injected panic while cancelling"), "{err}");
+        // The engine goes on: the other listener still takes its event, new work runs.
+        let n = e
+            .publish_event(
+                json!({"specversion": "1.0", "id": "go-2", "source": "https://t", "type": "p.go"}),
+            )
+            .await
+            .expect("publish");
+        assert_eq!(n, 1);
+        let w = e
+            .wait_finished(&other, Duration::from_secs(10))
+            .await
+            .expect("other");
+        assert_eq!(w.instance.status, InstanceStatus::Completed);
+        quick_ones_complete(&e, 10).await;
+        e.shutdown(Duration::ZERO).await;
+        let _ = std::fs::remove_dir_all(&d);
+    })
+    .await
+    .expect("watchdog");
 }

@@ -119,6 +119,8 @@ impl Default for InstanceLimits {
 pub struct FaultInjection {
     /// Panic inside the driver's turn of an instance when it starts a task with this name.
     pub panic_on_task: Option<String>,
+    /// Panic while cancelling an instance's core.
+    pub panic_on_cancel: bool,
 }
 
 /// Deduplication of a start request (see `Engine::start_request`).

@@ -708,6 +708,10 @@ impl Driver {
                     self.reply_control(r, reply, id, b);
                     return;
                 }
+                // Cancelling drops the interpreter's futures: guarded like every other call
+                // into a core (a panic faults this instance alone).
+                let mut panicked = None;
+                let inject = self.shared.config.faults.panic_on_cancel;
                 let r = self.control(&id, b, now, |a, now| {
                     if a.row.status.is_finished() {
                         return Err(EngineError::Conflict(format!(
@@ -716,8 +720,29 @@ impl Driver {
                             a.row.status.as_str()
                         )));
                     }
-                    Ok((Record::Cancelled, Some(a.core.cancel(now))))
+                    let core = &mut a.core;
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if inject {
+                            panic!("injected panic while cancelling");
+                        }
+                        core.cancel(now)
+                    })) {
+                        Ok(step) => Ok((Record::Cancelled, Some(step))),
+                        Err(p) => {
+                            let m = panic_message(&*p);
+                            panicked = Some(m.clone());
+                            Err(EngineError::Conflict(format!(
+                                "cancelling instance {} panicked: {m}",
+                                a.row.id
+                            )))
+                        }
+                    }
                 });
+                if let Some(m) = panicked {
+                    self.poison(&id, &m, b, now);
+                    b.after.push(After::ReplyInstance(reply, id));
+                    return;
+                }
                 self.reply_control(r, reply, id, b);
             }
             Msg::Suspend { id, reply } => {
