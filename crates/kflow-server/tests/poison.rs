@@ -93,6 +93,9 @@ async fn an_endless_loop_yields_is_cancellable_and_faults_at_its_limit() {
             len > 200,
             "the loop's progress is committed turn by turn: {len} records"
         );
+        // `kflow explain` says why it is not done: it used up its turn.
+        let why = serde_json::to_value(e.explain(&spinner).await.expect("explain")).expect("json");
+        assert!(why.to_string().contains("task budget"), "{why}");
         let c = e.cancel(&spinner).await.expect("cancel goes through");
         assert_eq!(c.status, InstanceStatus::Cancelled);
         e.shutdown(Duration::ZERO).await;

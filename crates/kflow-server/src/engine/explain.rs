@@ -119,6 +119,9 @@ impl Engine {
                     format!("waiting for an event matching {filters}")
                 }
                 "workflow" => format!("waiting for the sub-workflow {id}.{}", w.effect_id),
+                "yield" => "used up its turn's task budget (limits.tasks_per_turn): continues \
+                            in the engine's next turn"
+                    .to_string(),
                 _ => {
                     let q = self.shared.queue.lock();
                     if let Some(l) = q.lease_of(&w.instance_id, w.effect_id) {
