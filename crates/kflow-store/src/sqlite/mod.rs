@@ -51,7 +51,13 @@ pub struct SqliteStore {
     readers: Option<ReadPool>,
     writer: Mutex<Connection>,
     path: Option<PathBuf>,
+    /// The last history seq of instances this store committed (see `queries::apply`): the
+    /// continuity check then needs no read. This store is the only writer of its histories.
+    last_seqs: Mutex<std::collections::HashMap<String, i64>>,
 }
+
+/// Instances whose last seq is remembered at most (the map is cleared beyond).
+pub(super) const LAST_SEQS: usize = 100_000;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +101,7 @@ impl SqliteStore {
             }),
             writer: Mutex::new(writer),
             path: Some(path.to_path_buf()),
+            last_seqs: Default::default(),
         })
     }
 
@@ -107,6 +114,7 @@ impl SqliteStore {
             readers: None,
             writer: Mutex::new(writer),
             path: None,
+            last_seqs: Default::default(),
         })
     }
 

@@ -224,7 +224,14 @@ fn query_opt<T>(
 }
 
 /// One commit, inside the batch's transaction. Any error aborts the whole batch.
-fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
+/// Applies one commit. `known` holds the last history seq of instances this store committed
+/// before; `batch` those of this batch so far, and learns this commit's.
+fn apply_commit(
+    conn: &Connection,
+    c: &Commit,
+    known: &std::collections::HashMap<String, i64>,
+    batch: &mut std::collections::HashMap<String, i64>,
+) -> Result<()> {
     let id = c.instance_id.as_str();
     if let Some(inst) = &c.create {
         if inst.id != c.instance_id {
@@ -257,7 +264,12 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
     }
 
     if let Some(first) = c.history.first() {
-        let last = last_seq(conn, id)?;
+        let last = match batch.get(id).or_else(|| known.get(id)) {
+            Some(n) => *n,
+            // A new instance has no history yet (its row was just inserted).
+            None if c.create.is_some() => 0,
+            None => last_seq(conn, id)?,
+        };
         if first.seq != last + 1 {
             return Err(StoreError::Corrupt(format!(
                 "instance {id}: history seq {} does not follow the last stored seq {last} (expected {}); \
@@ -283,6 +295,7 @@ fn apply_commit(conn: &Connection, c: &Commit) -> Result<()> {
                     format!("instance {id}: appending history seq {}", ev.seq)
                 }))?;
         }
+        batch.insert(id.to_string(), last + c.history.len() as i64);
     }
 
     if !c.add_work.is_empty() {
@@ -532,12 +545,19 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write(|conn| {
-            // Dropping the transaction on an error rolls the whole batch back.
+            // Dropping the transaction on an error rolls the whole batch back, and what the
+            // batch taught about last seqs is dropped with it.
+            let mut known = self.last_seqs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = std::collections::HashMap::new();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for commit in commits {
-                apply_commit(&tx, commit)?;
+                apply_commit(&tx, commit, &known, &mut batch)?;
             }
             tx.commit()?;
+            if known.len() + batch.len() > super::LAST_SEQS {
+                known.clear();
+            }
+            known.extend(batch);
             Ok(())
         })
     }
