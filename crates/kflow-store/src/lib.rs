@@ -10,6 +10,7 @@
 //! writer anyway) and from blocking tasks for reads.
 
 pub mod cursor;
+pub mod security;
 pub mod semver;
 pub mod sqlite;
 #[cfg(any(test, feature = "testkit"))]
@@ -17,6 +18,8 @@ pub mod testkit;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use security::{AuditEntry, AuditFilter, AuditRow, TokenRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -311,4 +314,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ScheduleRow>>;
     /// The earliest `next_fire_ms` of the rows that are not paused.
     fn next_schedule_fire(&self) -> Result<Option<i64>>;
+
+    // --- access control ----------------------------------------------------------------
+    /// Adds a token; false (nothing written) when its id, or its name among tokens not
+    /// revoked, is taken.
+    fn put_token(&self, token: &TokenRow) -> Result<bool>;
+    /// Every token, revoked ones included, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenRow>>;
+    /// Revokes a token by id or name; the revoked row, None when no live token matches.
+    fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<Option<TokenRow>>;
+    /// Appends entries to the audit chain, in order, in one transaction; returns the last row.
+    fn append_audit(&self, entries: &[AuditEntry]) -> Result<Option<AuditRow>>;
+    /// Audit rows with `seq > after`, in order, at most `limit`, matching `filter`.
+    fn audit(&self, filter: &AuditFilter, after: i64, limit: u32) -> Result<Vec<AuditRow>>;
 }

@@ -11,6 +11,7 @@
 
 mod queries;
 mod schema;
+mod security;
 #[cfg(test)]
 mod tests;
 

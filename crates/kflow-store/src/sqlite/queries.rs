@@ -200,7 +200,7 @@ fn history_row(row: &Row<'_>) -> Result<HistoryEvent> {
 }
 
 /// Runs a cached statement and maps every row.
-fn query_all<T>(
+pub(super) fn query_all<T>(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -212,7 +212,7 @@ fn query_all<T>(
 }
 
 /// Runs a cached statement and maps the first row, if any.
-fn query_opt<T>(
+pub(super) fn query_opt<T>(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -873,5 +873,30 @@ impl Store for SqliteStore {
                 .prepare_cached(NEXT_SCHEDULE_FIRE)?
                 .query_row([], |row| row.get(0))?)
         })
+    }
+
+    fn put_token(&self, token: &crate::TokenRow) -> Result<bool> {
+        self.write(|conn| super::security::put_token(conn, token))
+    }
+
+    fn tokens(&self) -> Result<Vec<crate::TokenRow>> {
+        self.read(super::security::tokens)
+    }
+
+    fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<Option<crate::TokenRow>> {
+        self.write(|conn| super::security::revoke_token(conn, id_or_name, now_ms))
+    }
+
+    fn append_audit(&self, entries: &[crate::AuditEntry]) -> Result<Option<crate::AuditRow>> {
+        self.write(|conn| super::security::append_audit(conn, entries))
+    }
+
+    fn audit(
+        &self,
+        filter: &crate::AuditFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::AuditRow>> {
+        self.read(|conn| super::security::audit(conn, filter, after, limit))
     }
 }

@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -116,6 +116,36 @@ CREATE TABLE idempotency (
     PRIMARY KEY (namespace, key)
 );
 CREATE INDEX idempotency_expires ON idempotency (expires_ms);
+";
+
+/// Access control: API tokens (the SHA-256 of their secret, never the secret) and the
+/// hash-chained audit trail (append-only: the server never updates or deletes its rows).
+const V5: &str = "
+CREATE TABLE tokens (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    role          TEXT    NOT NULL,
+    namespaces    TEXT    NOT NULL,
+    secret_sha256 TEXT    NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    created_by    TEXT    NOT NULL,
+    expires_ms    INTEGER,
+    revoked_ms    INTEGER
+);
+CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_ms IS NULL;
+CREATE TABLE audit (
+    seq       INTEGER NOT NULL PRIMARY KEY,
+    at_ms     INTEGER NOT NULL,
+    actor     TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    resource  TEXT    NOT NULL,
+    namespace TEXT,
+    source    TEXT    NOT NULL,
+    result    TEXT    NOT NULL,
+    prev_hash TEXT    NOT NULL,
+    hash      TEXT    NOT NULL
+);
+CREATE INDEX audit_at ON audit (at_ms);
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

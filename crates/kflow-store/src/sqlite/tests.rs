@@ -137,6 +137,26 @@ impl Store for TempStore {
     fn next_schedule_fire(&self) -> Result<Option<i64>> {
         self.store.next_schedule_fire()
     }
+    fn put_token(&self, token: &crate::TokenRow) -> Result<bool> {
+        self.store.put_token(token)
+    }
+    fn tokens(&self) -> Result<Vec<crate::TokenRow>> {
+        self.store.tokens()
+    }
+    fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<Option<crate::TokenRow>> {
+        self.store.revoke_token(id_or_name, now_ms)
+    }
+    fn append_audit(&self, entries: &[crate::AuditEntry]) -> Result<Option<crate::AuditRow>> {
+        self.store.append_audit(entries)
+    }
+    fn audit(
+        &self,
+        filter: &crate::AuditFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::AuditRow>> {
+        self.store.audit(filter, after, limit)
+    }
 }
 
 mod conformance_in_memory {
@@ -277,7 +297,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; ALTER TABLE instances DROP COLUMN attention; DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; ALTER TABLE instances DROP COLUMN attention; DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
@@ -577,4 +597,69 @@ fn commits_survive_the_process_being_killed() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
+}
+
+fn token(id: &str, name: &str) -> crate::TokenRow {
+    crate::TokenRow {
+        id: id.into(),
+        name: name.into(),
+        role: "viewer".into(),
+        namespaces: vec!["a".into(), "b".into()],
+        secret_sha256: "ab".repeat(32),
+        created_ms: 1,
+        created_by: "admin".into(),
+        expires_ms: Some(10),
+        revoked_ms: None,
+    }
+}
+
+#[test]
+fn tokens_are_unique_by_id_and_live_name_and_revocation_frees_the_name() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    assert!(s.put_token(&token("t1", "ci")).unwrap());
+    assert!(!s.put_token(&token("t1", "other")).unwrap(), "same id");
+    assert!(!s.put_token(&token("t2", "ci")).unwrap(), "same live name");
+    let revoked = s.revoke_token("ci", 5).unwrap().expect("revoked");
+    assert_eq!((revoked.id.as_str(), revoked.revoked_ms), ("t1", Some(5)));
+    assert!(s.revoke_token("ci", 6).unwrap().is_none(), "already revoked");
+    assert!(s.put_token(&token("t2", "ci")).unwrap(), "the name is free again");
+    let all = s.tokens().unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].namespaces, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(all[0].revoked_ms, Some(5));
+}
+
+#[test]
+fn audit_entries_chain_across_appends_and_filter() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let e = |i: i64, actor: &str, action: &str| crate::AuditEntry {
+        at_ms: i,
+        actor: actor.into(),
+        action: action.into(),
+        resource: format!("r{i}"),
+        namespace: Some("ns".into()),
+        source: "test".into(),
+        result: "200".into(),
+    };
+    s.append_audit(&[e(1, "a", "instances.start"), e(2, "b", "tokens.create")])
+        .unwrap();
+    let last = s
+        .append_audit(&[e(3, "a", "instances.cancel")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.seq, 3);
+    let all = s.audit(&Default::default(), 0, 100).unwrap();
+    let mut v = crate::security::ChainVerifier::default();
+    for r in &all {
+        v.check(r).unwrap();
+    }
+    assert_eq!(v.head(), (3, last.hash.as_str()));
+    let by_a = crate::AuditFilter {
+        actor: Some("a".into()),
+        action: Some("instances.".into()),
+        ..Default::default()
+    };
+    let seqs: Vec<i64> = s.audit(&by_a, 0, 100).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 3]);
+    assert_eq!(s.audit(&Default::default(), 1, 1).unwrap()[0].seq, 2);
 }

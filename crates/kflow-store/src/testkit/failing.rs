@@ -159,4 +159,24 @@ impl Store for FailingStore {
     fn next_schedule_fire(&self) -> crate::Result<Option<i64>> {
         self.inner.next_schedule_fire()
     }
+    fn put_token(&self, token: &crate::TokenRow) -> crate::Result<bool> {
+        self.inner.put_token(token)
+    }
+    fn tokens(&self) -> crate::Result<Vec<crate::TokenRow>> {
+        self.inner.tokens()
+    }
+    fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> crate::Result<Option<crate::TokenRow>> {
+        self.inner.revoke_token(id_or_name, now_ms)
+    }
+    fn append_audit(&self, entries: &[crate::AuditEntry]) -> crate::Result<Option<crate::AuditRow>> {
+        self.inner.append_audit(entries)
+    }
+    fn audit(
+        &self,
+        filter: &crate::AuditFilter,
+        after: i64,
+        limit: u32,
+    ) -> crate::Result<Vec<crate::AuditRow>> {
+        self.inner.audit(filter, after, limit)
+    }
 }

@@ -1,0 +1,201 @@
+//! Tokens and the audit chain in SQLite.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, Row, TransactionBehavior, params, params_from_iter};
+
+use super::queries::{query_all, query_opt};
+use crate::security::{GENESIS, chain_hash};
+use crate::{AuditEntry, AuditFilter, AuditRow, Result, StoreError, TokenRow};
+
+macro_rules! token_columns {
+    () => {
+        "id, name, role, namespaces, secret_sha256, created_ms, created_by, expires_ms, revoked_ms"
+    };
+}
+macro_rules! audit_columns {
+    () => {
+        "seq, at_ms, actor, action, resource, namespace, source, result, prev_hash, hash"
+    };
+}
+
+fn token_row(row: &Row<'_>) -> Result<TokenRow> {
+    let namespaces: String = row.get(3)?;
+    Ok(TokenRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        role: row.get(2)?,
+        namespaces: serde_json::from_str(&namespaces)
+            .map_err(|e| StoreError::Corrupt(format!("token namespaces: {e}")))?,
+        secret_sha256: row.get(4)?,
+        created_ms: row.get(5)?,
+        created_by: row.get(6)?,
+        expires_ms: row.get(7)?,
+        revoked_ms: row.get(8)?,
+    })
+}
+
+fn audit_row(row: &Row<'_>) -> Result<AuditRow> {
+    Ok(AuditRow {
+        seq: row.get(0)?,
+        entry: AuditEntry {
+            at_ms: row.get(1)?,
+            actor: row.get(2)?,
+            action: row.get(3)?,
+            resource: row.get(4)?,
+            namespace: row.get(5)?,
+            source: row.get(6)?,
+            result: row.get(7)?,
+        },
+        prev_hash: row.get(8)?,
+        hash: row.get(9)?,
+    })
+}
+
+pub(super) fn put_token(conn: &mut Connection, t: &TokenRow) -> Result<bool> {
+    let namespaces = serde_json::to_string(&t.namespaces)
+        .map_err(|e| StoreError::Db(format!("token namespaces: {e}")))?;
+    let n = conn
+        .prepare_cached(concat!(
+            "INSERT OR IGNORE INTO tokens (",
+            token_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))?
+        .execute(params![
+            t.id,
+            t.name,
+            t.role,
+            namespaces,
+            t.secret_sha256,
+            t.created_ms,
+            t.created_by,
+            t.expires_ms,
+            t.revoked_ms
+        ])?;
+    Ok(n == 1)
+}
+
+pub(super) fn tokens(conn: &Connection) -> Result<Vec<TokenRow>> {
+    query_all(
+        conn,
+        concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM tokens ORDER BY created_ms, id"
+        ),
+        [],
+        token_row,
+    )
+}
+
+pub(super) fn revoke_token(
+    conn: &mut Connection,
+    id_or_name: &str,
+    now_ms: i64,
+) -> Result<Option<TokenRow>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found = query_opt(
+        &tx,
+        concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM tokens WHERE revoked_ms IS NULL AND (id = ?1 OR name = ?1) LIMIT 1"
+        ),
+        params![id_or_name],
+        token_row,
+    )?;
+    let Some(mut row) = found else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",
+        params![row.id, now_ms],
+    )?;
+    tx.commit()?;
+    row.revoked_ms = Some(now_ms);
+    Ok(Some(row))
+}
+
+pub(super) fn append_audit(
+    conn: &mut Connection,
+    entries: &[AuditEntry],
+) -> Result<Option<AuditRow>> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut seq, mut prev): (i64, String) = query_opt(
+        &tx,
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?
+    .unwrap_or((0, GENESIS.to_string()));
+    let mut last = None;
+    {
+        let mut insert = tx.prepare_cached(concat!(
+            "INSERT INTO audit (",
+            audit_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))?;
+        for e in entries {
+            seq += 1;
+            let hash = chain_hash(&prev, seq, e);
+            insert.execute(params![
+                seq,
+                e.at_ms,
+                e.actor,
+                e.action,
+                e.resource,
+                e.namespace,
+                e.source,
+                e.result,
+                prev,
+                hash
+            ])?;
+            last = Some(AuditRow {
+                seq,
+                entry: e.clone(),
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            });
+        }
+    }
+    tx.commit()?;
+    Ok(last)
+}
+
+pub(super) fn audit(
+    conn: &Connection,
+    f: &AuditFilter,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<AuditRow>> {
+    let mut sql = String::from(concat!("SELECT ", audit_columns!(), " FROM audit WHERE seq > ?"));
+    let mut args: Vec<SqlValue> = vec![SqlValue::Integer(after)];
+    if let Some(a) = &f.actor {
+        sql.push_str(" AND actor = ?");
+        args.push(SqlValue::Text(a.clone()));
+    }
+    if let Some(a) = &f.action {
+        sql.push_str(" AND substr(action, 1, length(?)) = ?");
+        args.push(SqlValue::Text(a.clone()));
+        args.push(SqlValue::Text(a.clone()));
+    }
+    if let Some(ns) = &f.namespace {
+        sql.push_str(" AND namespace = ?");
+        args.push(SqlValue::Text(ns.clone()));
+    }
+    if let Some(t) = f.since_ms {
+        sql.push_str(" AND at_ms >= ?");
+        args.push(SqlValue::Integer(t));
+    }
+    if let Some(t) = f.until_ms {
+        sql.push_str(" AND at_ms < ?");
+        args.push(SqlValue::Integer(t));
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    args.push(SqlValue::Integer(limit as i64));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_and_then(params_from_iter(args), audit_row)?;
+    rows.collect()
+}
