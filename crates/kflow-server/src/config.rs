@@ -21,8 +21,13 @@ pub struct ServerConfig {
     pub drain_seconds: u64,
     /// `$secrets` for every instance (a YAML/JSON map of name to value).
     pub secrets_file: Option<PathBuf>,
-    /// Required from remote workers (`Authorization: Bearer`); none: workers need no token.
-    pub worker_token: Option<String>,
+    /// Serve without authentication: refused unless `listen` is a loopback address.
+    pub insecure_no_auth: bool,
+    /// Serve plain HTTP on a routable address (behind a TLS-terminating proxy).
+    pub insecure_no_tls: bool,
+    /// Host names answered besides loopback's, when listening on a loopback address (a
+    /// proxy's name, say); other `Host`s are refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
     /// A remote worker silent this long loses its tasks to other workers.
     pub lease_ttl_ms: i64,
     /// Tasks per second, by `queue:NAME` or `host:NAME`.
@@ -50,7 +55,9 @@ impl Default for ServerConfig {
             max_concurrent_effects: 512,
             drain_seconds: 30,
             secrets_file: None,
-            worker_token: None,
+            insecure_no_auth: false,
+            insecure_no_tls: false,
+            allowed_hosts: Vec::new(),
             lease_ttl_ms: 1_500,
             rate_limits: Default::default(),
             namespace_limits: Default::default(),
@@ -84,6 +91,9 @@ struct FileConfig {
     drain_seconds: Option<u64>,
     secrets_file: Option<PathBuf>,
     worker_token: Option<String>,
+    insecure_no_auth: Option<bool>,
+    insecure_no_tls: Option<bool>,
+    allowed_hosts: Option<Vec<String>>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
@@ -131,7 +141,15 @@ impl ServerConfig {
             c.drain_seconds = v;
         }
         c.secrets_file = file.secrets_file;
-        c.worker_token = file.worker_token;
+        if file.worker_token.is_some() {
+            return Err(format!(
+                "{name}: worker_token is gone: workers now use tokens with the worker role \
+                 (kflow token create --name NAME --role worker --namespace NS)"
+            ));
+        }
+        c.insecure_no_auth = file.insecure_no_auth.unwrap_or(false);
+        c.insecure_no_tls = file.insecure_no_tls.unwrap_or(false);
+        c.allowed_hosts = file.allowed_hosts.unwrap_or_default();
         if let Some(limits) = file.rate_limits {
             for (k, v) in &limits {
                 let ok_key = k

@@ -5,6 +5,7 @@
 //! maps requests to engine calls and engine errors to responses in one place.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod schedule;

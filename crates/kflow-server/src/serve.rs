@@ -7,6 +7,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::api::{ApiConfig, router};
+use crate::auth::hosts::Hosts;
+use crate::auth::tokens::NewToken;
+use crate::auth::{AuthMode, Role, Tokens};
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineConfig};
 
@@ -48,11 +51,13 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot start the scheduler: {e}"))?;
     let schedules = scheduler.spawn();
+    let (auth, hosts) = security(&cfg, &engine).await?;
     let app = router(
         engine.clone(),
         ApiConfig {
             max_body_bytes: cfg.max_body_bytes,
-            worker_token: cfg.worker_token.clone(),
+            auth,
+            hosts,
         },
     );
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -87,6 +92,75 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     eprintln!("kflow server: stopped");
     Ok(())
+}
+
+/// Whether `listen` is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback(listen: &str) -> bool {
+    if let Ok(a) = listen.parse::<std::net::SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
+}
+
+/// Authentication and host checks for this server, or why it must not start. On the first
+/// start with authentication, an admin token is created and printed once (only its hash is
+/// stored); `KFLOW_ADMIN_TOKEN` supplies one instead.
+async fn security(cfg: &ServerConfig, engine: &Engine) -> Result<(AuthMode, Hosts), String> {
+    let loopback = is_loopback(&cfg.listen);
+    if cfg.insecure_no_auth && !loopback {
+        return Err(format!(
+            "--insecure-no-auth is allowed only on a loopback address, and {} is not: anyone \
+             who can reach it could run commands on this host",
+            cfg.listen
+        ));
+    }
+    if !loopback && !cfg.insecure_no_tls {
+        return Err(format!(
+            "listening on {} (not a loopback address) would send tokens in clear text: this \
+             build serves no TLS yet; put kflow behind a TLS-terminating proxy and pass \
+             --insecure-no-tls, or listen on 127.0.0.1",
+            cfg.listen
+        ));
+    }
+    let hosts = if loopback {
+        Hosts::loopback(&cfg.allowed_hosts)
+    } else {
+        Hosts::any()
+    };
+    if cfg.insecure_no_auth {
+        eprintln!(
+            "kflow server: WARNING: authentication is off (--insecure-no-auth): every local \
+             user and process can do everything"
+        );
+        return Ok((AuthMode::Off, hosts));
+    }
+    let env = std::env::var("KFLOW_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let tokens = Tokens::load(engine.store(), env.as_deref()).map_err(|e| e.to_string())?;
+    let now = engine.now_ms();
+    if !tokens.any_live(now) {
+        let root = crate::auth::Caller::unauthenticated();
+        let created = tokens
+            .create(
+                NewToken {
+                    name: format!("admin-{now}"),
+                    role: Role::Admin,
+                    namespaces: vec!["*".into()],
+                    expires_ms: None,
+                },
+                &root,
+                now,
+            )
+            .await
+            .map_err(|e| format!("cannot create the first admin token: {e}"))?;
+        eprintln!(
+            "kflow server: created an admin token (shown once: only its hash is kept):\n\n    \
+             {}\n\n  export KFLOW_TOKEN=<it> for the CLI (or `kflow login`), and create \
+             narrower tokens with `kflow token create`.",
+            created.1
+        );
+    }
+    Ok((AuthMode::Tokens(Arc::new(tokens)), hosts))
 }
 
 async fn wait_for_signal() {

@@ -129,6 +129,8 @@ async fn a_remote_result_is_acknowledged_only_once_committed() {
                 queues: vec!["remote".into()],
                 labels: Default::default(),
                 capacity: None,
+                owner: None,
+                namespaces: None,
             })
             .expect("worker");
         let id = e.start("f", "r", None, json!({})).await.expect("start").id;

@@ -183,6 +183,8 @@ pub struct Commit {
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
     pub namespace: Option<String>,
+    /// Only instances in one of these namespaces (what a caller may see); `None`: any.
+    pub within: Option<Vec<String>>,
     pub name: Option<String>,
     pub version: Option<String>,
     pub status: Option<InstanceStatus>,

@@ -4,7 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
+use axum::response::Response;
+
 use super::AppState;
+use crate::auth::{Audited, Caller};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, Body, is_json_media_type, parse_json};
 use super::types::{
@@ -35,20 +38,28 @@ use super::types::{
 )]
 pub async fn register_definition(
     State(st): State<AppState>,
+    caller: Caller,
     Body(body): Body,
-) -> ApiResult<(StatusCode, Json<RegisterResponse>)> {
+) -> ApiResult<Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "the request body is empty: a workflow document (YAML or JSON) is expected",
         ));
     }
-    let r = st.engine.register(&body).await?;
+    let r = st.engine.register_in(&body, |ns| caller.sees(ns)).await?;
     let status = if r.outcome == "created" {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(r.into())))
+    let note = Audited {
+        resource: format!("definition {}/{}@{} ({})", r.namespace, r.name, r.version, r.outcome),
+        namespace: Some(r.namespace.clone()),
+    };
+    Ok(super::instances::with_note(
+        (status, Json(RegisterResponse::from(r))),
+        note,
+    ))
 }
 
 /// Lists registered definitions (every version, without sources).
@@ -64,12 +75,17 @@ pub async fn register_definition(
 )]
 pub async fn list_definitions(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<DefinitionQuery>,
 ) -> ApiResult<Json<DefinitionList>> {
     let namespace = q.namespace.filter(|n| !n.is_empty());
     let defs = st.engine.definitions(namespace).await?;
     Ok(Json(DefinitionList {
-        items: defs.iter().map(DefinitionSummary::from).collect(),
+        items: defs
+            .iter()
+            .filter(|d| caller.sees(&d.namespace))
+            .map(DefinitionSummary::from)
+            .collect(),
     }))
 }
 
@@ -89,8 +105,10 @@ pub async fn list_definitions(
 )]
 pub async fn get_latest_definition(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath((ns, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<DefinitionDetail>> {
+    caller.must_see(&ns, || format!("no workflow {ns}/{name}"))?;
     Ok(Json(st.engine.definition(&ns, &name, None).await?.into()))
 }
 
@@ -111,8 +129,10 @@ pub async fn get_latest_definition(
 )]
 pub async fn get_definition_version(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath((ns, name, version)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Json<DefinitionDetail>> {
+    caller.must_see(&ns, || format!("no workflow {ns}/{name}"))?;
     Ok(Json(
         st.engine
             .definition(&ns, &name, Some(&version))
@@ -142,10 +162,12 @@ pub async fn get_definition_version(
 )]
 pub async fn deprecate_definition(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath((ns, name, version)): ApiPath<(String, String, String)>,
     headers: axum::http::HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Json<DefinitionSummary>> {
+    caller.must_see(&ns, || format!("no workflow {ns}/{name}"))?;
     let req: DeprecateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeprecateRequest::default()
     } else {

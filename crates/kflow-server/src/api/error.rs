@@ -75,6 +75,14 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -103,6 +111,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             EngineError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            EngineError::Forbidden(m) => ApiError::forbidden(m),
             EngineError::Invalid { message, details } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).with_details(details)
             }

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::AppState;
+use crate::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{Body, is_json_media_type, media_type};
 use super::types::EventAccepted;
@@ -38,9 +39,12 @@ const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
 )]
 pub async fn publish_event(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<EventAccepted>)> {
+    // An event reaches every namespace's listeners and schedules.
+    caller.must_be_global()?;
     let event = if headers.keys().any(|k| k.as_str().starts_with("ce-")) {
         binary(&headers, &body)?
     } else {

@@ -3,10 +3,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use kflow_store::{InstanceFilter, InstanceStatus};
 
+use crate::auth::{Audited, Caller, Scope};
 use crate::engine::StartSpec;
 
 use super::AppState;
@@ -43,9 +45,13 @@ pub const MAX_HISTORY: u32 = 10_000;
 )]
 pub async fn start_instance(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(req): JsonBody<StartRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
+    caller.must_see(&req.namespace, || {
+        format!("no workflow {}/{}", req.namespace, req.name)
+    })?;
     let version = req.version.filter(|v| !v.is_empty() && v != "latest");
     let input = req
         .input
@@ -76,16 +82,44 @@ pub async fn start_instance(
         StatusCode::OK
     };
     let inst = started.instance;
+    let audited = Audited {
+        resource: format!("instance {} of {}/{}@{}", inst.id, inst.namespace, inst.name, inst.version),
+        namespace: Some(inst.namespace.clone()),
+    };
     if req.wait {
         let timeout = std::time::Duration::from_secs(req.wait_seconds.unwrap_or(60).min(3600));
         let view = st.engine.wait_finished(&inst.id, timeout).await?;
         let body = serde_json::to_value(InstanceViewDto::from(view))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        return Ok((code, Json(body)));
+        return Ok(with_note((code, Json(body)), audited));
     }
     let body = serde_json::to_value(InstanceDto::from(inst))
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((code, Json(body)))
+    Ok(with_note((code, Json(body)), audited))
+}
+
+/// A response carrying its audit note.
+pub fn with_note(r: impl IntoResponse, note: Audited) -> Response {
+    let mut r = r.into_response();
+    r.extensions_mut().insert(note);
+    r
+}
+
+/// 404 unless the instance exists in a namespace the caller sees (no lookup for a caller who
+/// sees every namespace: the handler's own lookup answers 404 for a missing one).
+pub async fn visible(st: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
+    if caller.scope == Scope::All {
+        return Ok(());
+    }
+    let (store, i) = (st.engine.store(), id.to_string());
+    let row = tokio::task::spawn_blocking(move || store.get_instance(&i))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("the store failed: {e}")))?;
+    match row {
+        Some(r) if caller.sees(&r.namespace) => Ok(()),
+        _ => Err(ApiError::not_found(format!("no instance {id}"))),
+    }
 }
 
 /// Lists instances, newest first, a page at a time.
@@ -101,6 +135,7 @@ pub async fn start_instance(
 )]
 pub async fn list_instances(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<InstanceQuery>,
 ) -> ApiResult<Json<InstanceList>> {
     let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
@@ -121,6 +156,7 @@ pub async fn list_instances(
             .map(|t| parse_time("from", &t))
             .transpose()?,
         to_ms: nonempty(q.to).map(|t| parse_time("to", &t)).transpose()?,
+        within: caller.scope.list(),
     };
     let limit = parse_count("limit", q.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let page = st
@@ -146,8 +182,10 @@ pub async fn list_instances(
 )]
 pub async fn get_instance(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceViewDto>> {
+    visible(&st, &caller, &id).await?;
     Ok(Json(st.engine.instance(&id).await?.into()))
 }
 
@@ -165,8 +203,10 @@ pub async fn get_instance(
 )]
 pub async fn cancel_instance(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
+    visible(&st, &caller, &id).await?;
     Ok(Json(st.engine.cancel(&id).await?.into()))
 }
 
@@ -184,8 +224,10 @@ pub async fn cancel_instance(
 )]
 pub async fn suspend_instance(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
+    visible(&st, &caller, &id).await?;
     Ok(Json(st.engine.suspend(&id).await?.into()))
 }
 
@@ -203,8 +245,10 @@ pub async fn suspend_instance(
 )]
 pub async fn resume_instance(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
+    visible(&st, &caller, &id).await?;
     Ok(Json(st.engine.resume(&id).await?.into()))
 }
 
@@ -222,6 +266,7 @@ pub async fn resume_instance(
 )]
 pub async fn get_history(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<HistoryList>> {
@@ -239,6 +284,7 @@ pub async fn get_history(
             })?,
     };
     let limit = parse_count("limit", q.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
+    visible(&st, &caller, &id).await?;
     let events = st.engine.history(&id, after, limit).await?;
     Ok(Json(HistoryList {
         items: events.into_iter().map(HistoryEventDto::from).collect(),

@@ -14,28 +14,39 @@ mod extract;
 pub mod instances;
 pub mod routes;
 pub mod schedules;
+pub mod security;
 pub mod types;
 pub mod watch;
 pub mod workers;
 
+use std::sync::Arc;
+
+use crate::auth::audit::AuditLog;
+use crate::auth::hosts::Hosts;
+use crate::auth::AuthMode;
 use crate::engine::Engine;
 
 pub use routes::openapi;
 
 /// Settings of the API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// The largest request body accepted (413 past it). Default 1 MiB.
     pub max_body_bytes: usize,
-    /// When set, the worker routes require `Authorization: Bearer <token>`.
-    pub worker_token: Option<String>,
+    /// How callers authenticate. The default is [`AuthMode::Off`], for in-process use: the
+    /// server (`serve`) always chooses explicitly.
+    pub auth: AuthMode,
+    /// Which `Host` names are answered (all by default; loopback names for a server on a
+    /// loopback address).
+    pub hosts: Hosts,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_body_bytes: 1024 * 1024,
-            worker_token: None,
+            auth: AuthMode::Off,
+            hosts: Hosts::any(),
         }
     }
 }
@@ -45,9 +56,13 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub engine: Engine,
     pub config: ApiConfig,
+    pub auth: AuthMode,
+    pub hosts: Hosts,
+    pub audit: Arc<AuditLog>,
 }
 
 /// The whole HTTP API as an axum router (state applied): serve it, or call it in-process.
+/// Starts the audit writer: call it inside a tokio runtime.
 pub fn router(engine: Engine, cfg: ApiConfig) -> axum::Router {
     routes::build(engine, cfg)
 }

@@ -15,7 +15,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{self, ErrorBody};
-use super::{ApiConfig, AppState, definitions, events, instances, schedules, watch, workers};
+use super::{
+    ApiConfig, AppState, definitions, events, instances, schedules, security, watch, workers,
+};
 use crate::engine::Engine;
 
 #[derive(OpenApi)]
@@ -32,6 +34,7 @@ use crate::engine::Engine;
         (name = "schedules", description = "Schedules of the registered workflows: next fire times, pause, resume"),
         (name = "workers", description = "Remote workers: register, long-poll for tasks, heartbeat, results; queues"),
         (name = "health", description = "Liveness"),
+        (name = "security", description = "Tokens, roles and the hash-chained audit trail"),
     ),
     components(schemas(ErrorBody))
 )]
@@ -93,6 +96,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::list_queues))
         .routes(routes!(workers::explain))
         .routes(routes!(healthz))
+        .routes(routes!(security::whoami))
+        .routes(routes!(security::create_token, security::list_tokens))
+        .routes(routes!(security::revoke_token))
+        .routes(routes!(security::list_audit))
+        .routes(routes!(security::verify_audit))
 }
 
 /// The OpenAPI document of the API (also served at `/api/v1/openapi.json`).
@@ -125,7 +133,13 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
     let (router, _) = api().split_for_parts();
     let doc: Arc<str> = openapi().to_json().unwrap_or_else(|_| "{}".into()).into();
     let limit = config.max_body_bytes;
-    let state = AppState { engine, config };
+    let state = AppState {
+        audit: crate::auth::audit::AuditLog::start(engine.store()),
+        auth: config.auth.clone(),
+        hosts: config.hosts.clone(),
+        engine,
+        config,
+    };
     router
         .route(
             "/api/v1/openapi.json",
@@ -140,6 +154,10 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
                 }
             }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard,
+        ))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use crate::auth::Caller;
 use super::error::{ApiResult, ErrorBody};
 use super::extract::ApiPath;
 use crate::schedule::{self, ScheduleView};
@@ -25,10 +26,13 @@ pub struct ScheduleList {
     tag = "schedules",
     responses((status = 200, description = "The schedules, by namespace and name", body = ScheduleList))
 )]
-pub async fn list_schedules(State(st): State<AppState>) -> ApiResult<Json<ScheduleList>> {
-    Ok(Json(ScheduleList {
-        items: schedule::list(&st.engine).await?,
-    }))
+pub async fn list_schedules(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<ScheduleList>> {
+    let mut items = schedule::list(&st.engine).await?;
+    items.retain(|s| caller.sees(&s.namespace));
+    Ok(Json(ScheduleList { items }))
 }
 
 /// Pauses a workflow's schedule: no tick fires and no event starts it until it is resumed.
@@ -47,8 +51,10 @@ pub async fn list_schedules(State(st): State<AppState>) -> ApiResult<Json<Schedu
 )]
 pub async fn pause_schedule(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath((ns, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ScheduleView>> {
+    caller.must_see(&ns, || format!("no schedule for {ns}/{name}"))?;
     Ok(Json(
         schedule::set_paused(&st.engine, &ns, &name, true).await?,
     ))
@@ -71,8 +77,10 @@ pub async fn pause_schedule(
 )]
 pub async fn resume_schedule(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath((ns, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ScheduleView>> {
+    caller.must_see(&ns, || format!("no schedule for {ns}/{name}"))?;
     Ok(Json(
         schedule::set_paused(&st.engine, &ns, &name, false).await?,
     ))

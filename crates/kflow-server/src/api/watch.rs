@@ -46,13 +46,19 @@ const PAGE: u32 = 1000;
 )]
 pub async fn watch_instance(
     State(st): State<AppState>,
+    caller: crate::auth::Caller,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     extensions: axum::http::Extensions,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let client = extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "local".to_string(), |c| c.0.ip().to_string());
+    // Streams are capped per token (per address without authentication).
+    let client = match &caller.token_id {
+        Some(t) => format!("token {t}"),
+        None => extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "local".to_string(), |c| c.0.ip().to_string()),
+    };
+    super::instances::visible(&st, &caller, &id).await?;
     st.engine.instance(&id).await?;
     // Subscribe before reading the history: nothing committed from here on can be missed.
     let (live, guard) = st

@@ -10,38 +10,34 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
+use crate::auth::{AuthMode, Caller, Role, Scope};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::engine::{Explanation, QueueView, WorkerSpec};
 
-fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = &st.config.worker_token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant-time comparison: no early exit on the first differing byte.
-    let same = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized(
-            "a valid worker token is required (Authorization: Bearer <token>)",
-        ))
+/// The worker `id` must have been registered by this caller's token (a global admin may act
+/// for any worker). An unknown worker is left to the engine (404: register again).
+fn owns(st: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
+    match st.engine.worker_owner(id) {
+        None => Ok(()),
+        Some(_) if caller.role == Role::Admin && caller.scope == Scope::All => Ok(()),
+        Some(owner) if owner.as_deref() == owner_of(st, caller).as_deref() => Ok(()),
+        Some(_) => Err(ApiError::forbidden(format!(
+            "worker {id:?} was registered by another token"
+        ))),
+    }
+}
+
+/// The owner recorded for workers this caller registers (none without authentication).
+fn owner_of(st: &AppState, caller: &Caller) -> Option<String> {
+    match st.auth {
+        AuthMode::Off => None,
+        AuthMode::Tokens(_) => Some(caller.name.clone()),
     }
 }
 
@@ -68,15 +64,16 @@ pub struct Registered {
     responses((status = 200, body = Registered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn register_worker(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<Json<Registered>> {
-    authorize(&st, &headers)?;
     let spec = WorkerSpec {
         id: req.id,
         queues: req.queues,
         labels: req.labels,
         capacity: req.capacity,
+        owner: owner_of(&st, &caller),
+        namespaces: caller.scope.list(),
     };
     let id = st.engine.register_worker(spec)?;
     let ttl = st.engine.lease_ttl_ms();
@@ -120,11 +117,11 @@ pub struct PollResponse {
     responses((status = 200, body = PollResponse), (status = 401, body = ErrorBody), (status = 404, description = "Unknown worker: register again", body = ErrorBody)))]
 pub async fn poll_work(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     JsonBody(req): JsonBody<PollRequest>,
 ) -> ApiResult<Json<PollResponse>> {
-    authorize(&st, &headers)?;
+    owns(&st, &caller, &id)?;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(20_000));
     let leases = st.engine.poll_work(&id, req.max.unwrap_or(1), wait).await?;
     let leases = leases
@@ -163,11 +160,11 @@ pub struct HeartbeatResponse {
     responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn heartbeat(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    authorize(&st, &headers)?;
+    owns(&st, &caller, &id)?;
     let stop = st.engine.heartbeat(&id, &req.running)?;
     let draining = st.engine.workers().iter().any(|w| w.id == id && w.draining);
     Ok(Json(HeartbeatResponse { stop, draining }))
@@ -191,11 +188,11 @@ pub struct CompleteRequest {
     responses((status = 200, description = "Accepted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
 pub async fn complete_lease(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath(lease): ApiPath<String>,
     JsonBody(req): JsonBody<CompleteRequest>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&st, &headers)?;
+    owns(&st, &caller, &req.worker)?;
     let result = match (req.output, req.error) {
         (_, Some(e)) => Err(kflow_core::WfError::from_value(&e)
             .map_err(|m| ApiError::invalid(format!("'error' is not a workflow error: {m}")))?),
@@ -215,17 +212,19 @@ pub async fn complete_lease(
     responses((status = 200, description = "Draining"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn drain_worker(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&st, &headers)?;
+    owns(&st, &caller, &id)?;
     st.engine.drain_worker(&id)?;
     Ok(Json(serde_json::json!({ "id": id, "draining": true })))
 }
 
 /// Workers: queues, labels, capacity, what they use, their leases, when last seen.
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers", responses((status = 200, description = "Workers", body = Object)))]
-pub async fn list_workers(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn list_workers(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    // Leases are the keys to report results: only a global admin sees them.
+    caller.must_be_global()?;
     let items =
         serde_json::to_value(st.engine.workers()).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(serde_json::json!({ "items": items })))
@@ -279,7 +278,9 @@ pub struct QueuesQuery {
     responses((status = 200, description = "Reasons", body = Explanation), (status = 404, body = ErrorBody)))]
 pub async fn explain(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Explanation>> {
+    super::instances::visible(&st, &caller, &id).await?;
     Ok(Json(st.engine.explain(&id).await?))
 }

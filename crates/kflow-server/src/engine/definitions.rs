@@ -24,10 +24,26 @@ impl Engine {
     /// Registers a definition. Same version and content: no-op; same version, other content:
     /// refused. An invalid document is never stored.
     pub async fn register(&self, source: &[u8]) -> Result<Registered> {
+        self.register_in(source, |_| true).await
+    }
+
+    /// Registers a definition if its namespace passes `may` (the caller's namespaces);
+    /// `Forbidden` otherwise, before anything is stored.
+    pub async fn register_in(
+        &self,
+        source: &[u8],
+        may: impl FnOnce(&str) -> bool,
+    ) -> Result<Registered> {
         let wf = kflow_dsl::load(source).map_err(|diags| EngineError::Invalid {
             message: "the workflow definition is invalid".into(),
             details: diags.iter().map(|d| d.to_string()).collect(),
         })?;
+        if !may(&wf.document.namespace) {
+            return Err(EngineError::Forbidden(format!(
+                "this token may not register workflows in namespace {:?}",
+                wf.document.namespace
+            )));
+        }
         crate::schedule::check(&wf).map_err(|details| EngineError::Invalid {
             message: "the workflow's schedule is invalid".into(),
             details,

@@ -45,6 +45,9 @@ pub enum EngineError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a namespace outside its token's).
+    #[error("{0}")]
+    Forbidden(String),
     /// Bad input: an invalid definition (with its diagnostics), input failing the schema, ...
     #[error("{message}")]
     Invalid {
@@ -400,6 +403,11 @@ impl Engine {
     }
 
     /// The store under the engine (reads, and the schedules rows).
+    /// The engine's clock (ms since the epoch): the system's, or the one injected for tests.
+    pub fn now_ms(&self) -> i64 {
+        self.shared.now()
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.shared.store.clone()
     }

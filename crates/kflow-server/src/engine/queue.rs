@@ -73,11 +73,23 @@ pub struct Worker {
     /// Parked in a long poll right now.
     #[serde(skip)]
     pub waiting: bool,
+    /// Who registered it (the token's name): only that token (or a global admin) may poll,
+    /// heartbeat, report and drain as this worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The namespaces whose tasks it may take (its token's); `None`: all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl Worker {
     fn fits(&self, item: &Item) -> bool {
         if self.draining || !self.queues.iter().any(|q| *q == item.queue) {
+            return false;
+        }
+        if let Some(ns) = &self.namespaces
+            && !ns.contains(&item.namespace)
+        {
             return false;
         }
         if !item
@@ -659,6 +671,8 @@ mod tests {
             draining: false,
             builtin: false,
             waiting: false,
+            owner: None,
+            namespaces: None,
         }
     }
 
@@ -787,6 +801,8 @@ mod limit_tests {
             draining: false,
             builtin: false,
             waiting: false,
+            owner: None,
+            namespaces: None,
         }
     }
 

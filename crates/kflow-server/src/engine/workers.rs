@@ -232,6 +232,8 @@ pub(crate) fn start(
         draining: false,
         builtin: true,
         waiting: false,
+        owner: None,
+        namespaces: None,
     });
     let q2 = queue.clone();
     tokio::spawn(async move {

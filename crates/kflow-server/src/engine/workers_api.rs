@@ -20,6 +20,12 @@ pub struct WorkerSpec {
     /// `cpu=4,memory=8Gi,gpu=1` (a `tasks` slot count defaults to 16).
     #[serde(default)]
     pub capacity: Option<String>,
+    /// Who registers it (a token's name); a worker id held by another owner is refused.
+    #[serde(skip)]
+    pub owner: Option<String>,
+    /// The namespaces whose tasks it may take; `None`: all.
+    #[serde(skip)]
+    pub namespaces: Option<Vec<String>>,
 }
 
 /// A task handed to a worker.
@@ -76,7 +82,16 @@ impl Engine {
                 "the worker id 'builtin' is reserved for the server's own worker".into(),
             ));
         }
+        if let Some(w) = self.shared.queue.lock().worker(&id)
+            && w.owner != spec.owner
+        {
+            return Err(EngineError::Forbidden(format!(
+                "worker id {id:?} is registered by another token"
+            )));
+        }
         self.shared.queue.register(queue::Worker {
+            owner: spec.owner,
+            namespaces: spec.namespaces,
             id: id.clone(),
             queues: spec.queues,
             labels: spec.labels,
@@ -89,6 +104,12 @@ impl Engine {
             waiting: false,
         });
         Ok(id)
+    }
+
+    /// Who registered a worker: `None` when there is no such worker, `Some(None)` when it was
+    /// registered without a token.
+    pub fn worker_owner(&self, id: &str) -> Option<Option<String>> {
+        self.shared.queue.lock().worker(id).map(|w| w.owner.clone())
     }
 
     fn known_worker(&self, id: &str) -> Result<()> {

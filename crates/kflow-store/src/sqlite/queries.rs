@@ -383,6 +383,16 @@ pub(super) fn list_instances_sql(
         conds.push("namespace = ?");
         args.push(text(ns));
     }
+    let within;
+    if let Some(set) = &filter.within {
+        within = if set.is_empty() {
+            "0".to_string()
+        } else {
+            format!("namespace IN ({})", vec!["?"; set.len()].join(", "))
+        };
+        conds.push(&within);
+        args.extend(set.iter().map(text));
+    }
     if let Some(name) = &filter.name {
         conds.push("name = ?");
         args.push(text(name));

@@ -912,12 +912,27 @@ pub fn list_instances_filters(store: &dyn Store) {
             status: Some(Completed),
             from_ms: Some(0),
             to_ms: Some(10_000),
+            within: None,
+        },
+        InstanceFilter {
+            within: Some(vec!["a".into(), "c".into()]),
+            ..Default::default()
+        },
+        InstanceFilter {
+            within: Some(vec![]),
+            ..Default::default()
+        },
+        InstanceFilter {
+            within: Some(vec!["b".into()]),
+            namespace: Some("a".into()),
+            ..Default::default()
         },
     ];
     for filter in &filters {
         let mut expected: Vec<&Instance> = model
             .iter()
             .filter(|i| filter.namespace.as_ref().is_none_or(|v| &i.namespace == v))
+            .filter(|i| filter.within.as_ref().is_none_or(|v| v.contains(&i.namespace)))
             .filter(|i| filter.name.as_ref().is_none_or(|v| &i.name == v))
             .filter(|i| filter.version.as_ref().is_none_or(|v| &i.version == v))
             .filter(|i| filter.status.is_none_or(|v| i.status == v))
