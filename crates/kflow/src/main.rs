@@ -52,9 +52,13 @@ enum Command {
         /// (default: $KFLOW_SECRETS_FILE, or the JSON map in $KFLOW_SECRETS).
         #[arg(long)]
         secrets_file: Option<PathBuf>,
-        /// Token remote workers must present.
-        #[arg(long, env = "KFLOW_WORKER_TOKEN")]
-        worker_token: Option<String>,
+        /// Serve without authentication (only on a loopback address): every local user and
+        /// process can do everything.
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// Listen on a routable address without TLS (behind a TLS-terminating proxy).
+        #[arg(long)]
+        insecure_no_tls: bool,
     },
     /// Run a workflow in-process to its end and print its output (or its error) as JSON.
     Run {
@@ -105,7 +109,8 @@ fn main() -> ExitCode {
             config,
             durability,
             secrets_file,
-            worker_token,
+            insecure_no_auth,
+            insecure_no_tls,
         } => {
             match server(
                 data_dir,
@@ -113,7 +118,7 @@ fn main() -> ExitCode {
                 config,
                 durability,
                 secrets_file,
-                worker_token,
+                (insecure_no_auth, insecure_no_tls),
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -159,7 +164,7 @@ fn server(
     config: Option<PathBuf>,
     durability: Option<String>,
     secrets_file: Option<PathBuf>,
-    worker_token: Option<String>,
+    (insecure_no_auth, insecure_no_tls): (bool, bool),
 ) -> anyhow::Result<()> {
     use kflow_server::config::{ServerConfig, parse_durability};
     let mut cfg = match &config {
@@ -177,9 +182,8 @@ fn server(
     if let Some(l) = listen {
         cfg.listen = l;
     }
-    if worker_token.is_some() {
-        cfg.worker_token = worker_token;
-    }
+    cfg.insecure_no_auth |= insecure_no_auth;
+    cfg.insecure_no_tls |= insecure_no_tls;
     if let Some(d) = durability {
         cfg.durability = parse_durability(&d).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
     }

@@ -145,6 +145,14 @@ pub fn render_detail(d: &Value) -> String {
     }
 }
 
+/// `Bearer TOKEN` as a header value marked sensitive (kept out of debug output).
+pub fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, Failure> {
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Failure::Usage("the token holds characters a header cannot carry".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 /// The server at one base URL.
 pub struct Api {
     base: Url,
@@ -161,8 +169,13 @@ impl Api {
                 "--server {raw:?} must be an http:// or https:// URL"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = args.token()? {
+            headers.insert(reqwest::header::AUTHORIZATION, bearer(&t)?);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(TIMEOUT)
+            .default_headers(headers)
             .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Failure::Usage(format!("cannot set up the HTTP client: {e}")))?;

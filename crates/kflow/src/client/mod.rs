@@ -9,6 +9,8 @@
 //! cancelled; 2 bad usage, an unreadable file, or no server answering (the message names the URL).
 
 mod apply;
+mod profile;
+mod security;
 mod http;
 mod render;
 mod schedules;
@@ -35,6 +37,20 @@ pub struct ServerArgs {
         value_name = "URL"
     )]
     pub server: String,
+    /// The API token (default: $KFLOW_TOKEN, else the file `kflow login` writes).
+    #[arg(long, env = "KFLOW_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    /// The token to send: `--token`/`KFLOW_TOKEN`, else the profile file (refused when
+    /// others can read it).
+    pub fn token(&self) -> Result<Option<String>, Failure> {
+        if let Some(t) = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            return Ok(Some(t.to_string()));
+        }
+        profile::read()
+    }
 }
 
 /// How a read verb prints what the server answered.
@@ -169,6 +185,27 @@ pub enum ClientCommand {
         out: OutputArgs,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Manage API tokens: create (shown once), ls, revoke. Needs an admin token.
+    Token {
+        #[command(subcommand)]
+        command: security::TokenCommand,
+    },
+    /// Save a token for this user (read from stdin) after checking it with the server; the
+    /// file is readable by you alone (0600).
+    Login {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show who the token is: name, role, namespaces.
+    Whoami {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The audit trail: `ls` (filtered) and `verify` (recompute the hash chain).
+    Audit {
+        #[command(subcommand)]
+        command: security::AuditCommand,
     },
     /// Send CloudEvents to the server.
     Events {
@@ -315,6 +352,10 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
             let api = http::Api::new(schedules::server_of(&cmd))?;
             schedules::control(&api, cmd).await
         }
+        ClientCommand::Token { command } => security::token(command).await,
+        ClientCommand::Login { server } => security::login(&server).await,
+        ClientCommand::Whoami { server } => security::whoami(&http::Api::new(&server)?).await,
+        ClientCommand::Audit { command } => security::audit(command).await,
         ClientCommand::Events {
             command: EventsCommand::Send { file, server },
         } => apply::send_events(&http::Api::new(&server)?, &file).await,

@@ -1,0 +1,340 @@
+//! `kflow token create|ls|revoke`, `kflow login`, `kflow whoami`, `kflow audit ls|verify`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::http::{Api, Failure};
+use super::{Format, OutputArgs, ServerArgs, profile, render};
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: the server keeps only its hash).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, editor, admin or worker.
+        #[arg(long)]
+        role: String,
+        /// A namespace the token may act in (repeatable; `*` for all).
+        #[arg(long = "namespace", value_name = "NS", required = true)]
+        namespaces: Vec<String>,
+        /// Lifetime: 30d, 12h, 45m or seconds (default: until revoked).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List tokens (never their secrets).
+    Ls {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a token by id or name: it stops working at once.
+    Revoke {
+        #[arg(value_name = "ID|NAME")]
+        token: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// List audit entries, oldest first.
+    Ls {
+        #[arg(long)]
+        actor: Option<String>,
+        /// Entries whose action starts with this (e.g. `instances.`, `auth.`).
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Entries after this seq.
+        #[arg(long, value_name = "SEQ")]
+        after: Option<i64>,
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Recompute the hash chain and name the first entry altered, removed or reordered; with
+    /// `--head SEQ:HASH` (printed by an earlier verify), a truncated tail too.
+    Verify {
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// `30d`, `12h`, `45m`, `90s` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (30d, 12h, 45m, 90s)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be d, h, m or s")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err("a token's lifetime must be positive".into()),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too long")),
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn when(v: &Value) -> String {
+    if v.is_null() {
+        "-".into()
+    } else {
+        render::fmt_datetime(v)
+    }
+}
+
+fn print(out: OutputArgs, v: &Value, text: impl FnOnce(&Value) -> String) -> ExitCode {
+    match out.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Text => println!("{}", text(v)),
+    }
+    ExitCode::SUCCESS
+}
+
+pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        TokenCommand::Create {
+            name,
+            role,
+            namespaces,
+            expires,
+            out,
+            server,
+        } => {
+            let expires = expires
+                .map(|e| parse_duration(&e))
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("--expires: {e}")))?;
+            let api = Api::new(&server)?;
+            let v = api
+                .post_json(
+                    &["tokens"],
+                    &json!({"name": name, "role": role, "namespaces": namespaces,
+                            "expires_in_seconds": expires}),
+                )
+                .await?;
+            Ok(print(out, &v, |v| {
+                format!(
+                    "{}\n(token {:?}, id {}, role {}, namespaces {}: shown once, keep it safe)",
+                    s(v, "token"),
+                    s(v, "name"),
+                    s(v, "id"),
+                    s(v, "role"),
+                    join(&v["namespaces"])
+                )
+            }))
+        }
+        TokenCommand::Ls { out, server } => {
+            let v = Api::new(&server)?.get(&["tokens"], &[]).await?;
+            Ok(print(out, &v, |v| {
+                let rows: Vec<Vec<String>> = v["items"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| {
+                        let state = if !t["revoked_ms"].is_null() {
+                            "revoked".to_string()
+                        } else {
+                            "live".to_string()
+                        };
+                        vec![
+                            s(t, "id").into(),
+                            s(t, "name").into(),
+                            s(t, "role").into(),
+                            join(&t["namespaces"]),
+                            when(&t["created_ms"]),
+                            when(&t["expires_ms"]),
+                            state,
+                        ]
+                    })
+                    .collect();
+                render::table(
+                    &["ID", "NAME", "ROLE", "NAMESPACES", "CREATED", "EXPIRES", "STATE"],
+                    &rows,
+                )
+            }))
+        }
+        TokenCommand::Revoke { token, server } => {
+            let v = Api::new(&server)?
+                .post_json(&["tokens", &token, "revoke"], &json!({}))
+                .await?;
+            println!("revoked token {:?} ({})", s(&v, "name"), s(&v, "id"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+pub async fn whoami(api: &Api) -> Result<ExitCode, Failure> {
+    let v = api.get(&["whoami"], &[]).await?;
+    println!(
+        "{} (role {}, namespaces {}){}",
+        s(&v, "name"),
+        s(&v, "role"),
+        join(&v["namespaces"]),
+        if v["authenticated"] == Value::Bool(false) {
+            " — the server runs without authentication"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn login(server: &ServerArgs) -> Result<ExitCode, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Usage(format!("cannot read the token from stdin: {e}")))?;
+    let token = line.trim().to_string();
+    if token.is_empty() {
+        return Err(Failure::Usage(
+            "give the token on stdin: echo \"$TOKEN\" | kflow login".into(),
+        ));
+    }
+    let args = ServerArgs {
+        server: server.server.clone(),
+        token: Some(token.clone()),
+    };
+    let api = Api::new(&args)?;
+    let v = api.get(&["whoami"], &[]).await?;
+    let path = profile::write(&token)?;
+    println!(
+        "logged in to {} as {} (role {}); token saved in {}",
+        api.base(),
+        s(&v, "name"),
+        s(&v, "role"),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit(cmd: AuditCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        AuditCommand::Ls {
+            actor,
+            action,
+            namespace,
+            after,
+            limit,
+            out,
+            server,
+        } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (k, v) in [("actor", actor), ("action", action), ("namespace", namespace)] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            if let Some(a) = after {
+                q.push(("after", a.to_string()));
+            }
+            let v = Api::new(&server)?.get(&["audit"], &q).await?;
+            Ok(print(out, &v, |v| {
+                let rows: Vec<Vec<String>> = v["items"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e["seq"].to_string(),
+                            when(&e["at_ms"]),
+                            s(e, "actor").into(),
+                            s(e, "action").into(),
+                            render::clip(s(e, "resource"), 60),
+                            s(e, "source").into(),
+                            render::clip(s(e, "result"), 60),
+                        ]
+                    })
+                    .collect();
+                render::table(
+                    &["SEQ", "AT", "ACTOR", "ACTION", "RESOURCE", "FROM", "RESULT"],
+                    &rows,
+                )
+            }))
+        }
+        AuditCommand::Verify { head, out, server } => {
+            let mut q: Vec<(&str, String)> = Vec::new();
+            if let Some(h) = head {
+                let (seq, hash) = h
+                    .split_once(':')
+                    .filter(|(s, h)| s.parse::<i64>().is_ok() && !h.is_empty())
+                    .ok_or_else(|| Failure::Usage(format!("--head {h:?}: expected SEQ:HASH")))?;
+                q.push(("head_seq", seq.to_string()));
+                q.push(("head_hash", hash.to_string()));
+            }
+            let v = Api::new(&server)?.get(&["audit", "verify"], &q).await?;
+            let ok = v["ok"] == Value::Bool(true);
+            print(out, &v, |v| {
+                if ok {
+                    format!(
+                        "audit chain intact: {} entries; head {}:{}",
+                        v["checked"], v["head_seq"], s(v, "head_hash")
+                    )
+                } else {
+                    format!(
+                        "audit chain BROKEN at entry {}: {}",
+                        v["broken_at"],
+                        s(v, "reason")
+                    )
+                }
+            });
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("30d"), Ok(30 * 86_400));
+        assert_eq!(super::parse_duration("90"), Ok(90));
+        assert_eq!(super::parse_duration("45m"), Ok(2700));
+        assert!(super::parse_duration("0h").is_err());
+        assert!(super::parse_duration("3w").is_err());
+        assert!(super::parse_duration("h").is_err());
+        assert!(super::parse_duration("99999999999999999999d").is_err());
+    }
+}
