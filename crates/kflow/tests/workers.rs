@@ -55,6 +55,7 @@ impl Worker {
         let child = Command::new(kflow_bin())
             .arg("worker")
             .args(["--server", server])
+            .env("KFLOW_TOKEN", support::TEST_TOKEN)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -343,8 +344,17 @@ fn a_task_on_a_killed_worker_is_finished_by_another() {
 #[test]
 fn bad_worker_input_is_refused() {
     let dir = TempDir::new("workers-bad");
-    let server = ServerProcess::start(dir.path(), &["--worker-token", "s3cret"]);
+    let server = ServerProcess::start(dir.path(), &[]);
     let base = server.base();
+    // A token with the worker role, created by the admin.
+    let (code, created) = post_json(
+        &base,
+        "/api/v1/tokens",
+        &json!({"name": "w", "role": "worker", "namespaces": ["*"]}),
+    )
+    .expect("create a worker token");
+    assert_eq!(code, 201, "{created}");
+    let secret = created["token"].as_str().expect("token").to_string();
     let call = |path: &str, token: &str, body: &[u8]| {
         let auth = format!("Bearer {token}");
         support::http_request_with(
@@ -363,7 +373,7 @@ fn bad_worker_input_is_refused() {
     // A capacity the server cannot parse.
     let r = call(
         "/api/v1/workers",
-        "s3cret",
+        &secret,
         br#"{"queues":["q"],"capacity":"cpu=lots"}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
@@ -371,18 +381,37 @@ fn bad_worker_input_is_refused() {
     // A result for a lease it does not hold.
     let r = call(
         "/api/v1/workers",
-        "s3cret",
+        &secret,
         br#"{"id":"w1","queues":["q"]}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let r = call(
         "/api/v1/leases/w1-99/complete",
-        "s3cret",
+        &secret,
         br#"{"worker":"w1","output":1}"#,
     );
     assert_eq!(r.status, 409, "{}", r.text());
+    // A worker token cannot do anything else: start an instance, list the workers.
+    let r = call("/api/v1/instances", &secret, br#"{"namespace":"n","name":"x"}"#);
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Another token cannot act as w1 (it was registered by "w").
+    let (_, other) = post_json(
+        &base,
+        "/api/v1/tokens",
+        &json!({"name": "w2", "role": "worker", "namespaces": ["*"]}),
+    )
+    .expect("create a second worker token");
+    let other = other["token"].as_str().expect("token").to_string();
+    let r = call("/api/v1/workers/w1/poll", &other, br#"{"wait_ms":10}"#);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = call(
+        "/api/v1/leases/w1-99/complete",
+        &other,
+        br#"{"worker":"w1","output":1}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
     // Polling as an unknown worker.
-    let r = call("/api/v1/workers/ghost/poll", "s3cret", br#"{"wait_ms":10}"#);
+    let r = call("/api/v1/workers/ghost/poll", &secret, br#"{"wait_ms":10}"#);
     assert_eq!(r.status, 404, "{}", r.text());
     // The CLI refuses a capacity it cannot parse before contacting anyone.
     let out = support::kflow([
@@ -390,7 +419,7 @@ fn bad_worker_input_is_refused() {
         "--server",
         &base,
         "--token",
-        "s3cret",
+        &secret,
         "--capacity",
         "tasks=many",
     ])

@@ -348,6 +348,7 @@ mod tests {
     fn urls_encode_segments_and_keep_prefixes() {
         let api = Api::new(&ServerArgs {
             server: "http://h:1/kflow/".into(),
+            token: None,
         })
         .unwrap();
         assert_eq!(
@@ -357,6 +358,7 @@ mod tests {
         assert_eq!(api.base(), "http://h:1/kflow");
         let api = Api::new(&ServerArgs {
             server: "http://127.0.0.1:8080".into(),
+            token: None,
         })
         .unwrap();
         assert_eq!(
@@ -365,7 +367,8 @@ mod tests {
         );
         assert!(matches!(
             Api::new(&ServerArgs {
-                server: "localhost".into()
+                server: "localhost".into(),
+                token: None,
             }),
             Err(Failure::Usage(_))
         ));

@@ -120,6 +120,10 @@ impl Outcome {
     }
 }
 
+/// The admin token every test server is started with (`KFLOW_ADMIN_TOKEN`), and that the CLI
+/// and [`http_request`] send unless a test says otherwise.
+pub const TEST_TOKEN: &str = "kflow-test-admin-token-0123456789abcdef";
+
 /// A builder for one invocation of `kflow`.
 pub struct Kflow {
     args: Vec<std::ffi::OsString>,
@@ -167,6 +171,8 @@ impl Kflow {
         cmd.args(&self.args)
             .env_remove("KFLOW_SECRETS")
             .env_remove("KFLOW_SECRETS_FILE")
+            .env("KFLOW_TOKEN", TEST_TOKEN)
+            .env("KFLOW_PROFILE", "/nonexistent/kflow-test-profile")
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -808,6 +814,12 @@ pub fn http_request_with(
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        head.push_str(&format!("Authorization: Bearer {TEST_TOKEN}\r\n"));
+    }
     if let Some((ct, b)) = body {
         head.push_str(&format!(
             "Content-Type: {ct}\r\nContent-Length: {}\r\n",
@@ -976,6 +988,7 @@ impl ServerProcess {
             .args(&self.extra)
             .env_remove("KFLOW_SECRETS")
             .env_remove("KFLOW_SECRETS_FILE")
+            .env("KFLOW_ADMIN_TOKEN", TEST_TOKEN)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
