@@ -723,3 +723,114 @@ async fn a_foreign_host_or_origin_is_refused_before_anything_else() {
         StatusCode::BAD_REQUEST
     );
 }
+
+/// An engine on a file (so that the test can reach under the server and edit the database).
+async fn on_file(dir: &std::path::Path) -> Ctx {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &dir.join("kflow.db"),
+            kflow_store::sqlite::Durability::Process,
+        )
+        .expect("store"),
+    );
+    let engine = Engine::with_store(
+        store.clone(),
+        EngineConfig {
+            clock: clock.clone(),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine");
+    let tokens = Tokens::load(store, Some(ROOT)).expect("tokens");
+    Ctx {
+        router: router(
+            engine.clone(),
+            ApiConfig {
+                auth: AuthMode::Tokens(Arc::new(tokens)),
+                ..ApiConfig::default()
+            },
+        ),
+        engine,
+        clock,
+        n: AtomicU32::new(0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_the_first_entry_edited_removed_reordered_or_truncated() {
+    // Each case: SQL run directly on the database, and the entry verify must name.
+    let cases: [(&str, &str, i64); 5] = [
+        ("edited", "UPDATE audit SET actor = 'mallory' WHERE seq = 4", 4),
+        ("removed", "DELETE FROM audit WHERE seq = 3", 3),
+        (
+            "reordered",
+            "UPDATE audit SET seq = -1 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 5; \
+             UPDATE audit SET seq = 5 WHERE seq = -1",
+            2,
+        ),
+        (
+            "rehashed but not relinked",
+            "UPDATE audit SET result = '500', hash = (SELECT hash FROM audit WHERE seq = 1) WHERE seq = 6",
+            6,
+        ),
+        ("truncated", "DELETE FROM audit WHERE seq >= 7", 8),
+    ];
+    for (what, sql, broken) in cases {
+        let dir = tempfile::tempdir().expect("dir");
+        let ctx = on_file(dir.path()).await;
+        ctx.register(doc("wait", "1.0.0")).await;
+        for i in 0..4 {
+            ctx.token(&format!("t{i}"), "viewer", &["team"], None).await;
+            ctx.fresh_instance().await;
+        }
+        let before = ctx.root("GET", "/api/v1/audit/verify", None).await;
+        assert_eq!(before["ok"], true, "{before}");
+        let (head_seq, head_hash) = (
+            before["head_seq"].as_i64().unwrap(),
+            before["head_hash"].as_str().unwrap().to_string(),
+        );
+        assert_eq!(head_seq, 9, "{before}");
+        let conn = rusqlite::Connection::open(dir.path().join("kflow.db")).expect("open");
+        conn.execute_batch(sql).expect(what);
+        drop(conn);
+        let v = ctx
+            .root(
+                "GET",
+                &format!("/api/v1/audit/verify?head_seq={head_seq}&head_hash={head_hash}"),
+                None,
+            )
+            .await;
+        assert_eq!(v["ok"], false, "{what}: {v}");
+        let expect_at = if what == "truncated" { head_seq } else { broken };
+        assert_eq!(v["broken_at"].as_i64(), Some(expect_at), "{what}: {v}");
+        assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+        let _ = &ctx.clock;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_stored_as_hashes_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ctx = on_file(dir.path()).await;
+    let header = ctx.token("ci", "operator", &["team"], None).await;
+    let token = header.trim_start_matches("Bearer ").to_string();
+    let secret = token.rsplit('_').next().unwrap().to_string();
+    ctx.root("GET", "/api/v1/tokens", None).await;
+    let listed = ctx.root("GET", "/api/v1/tokens", None).await.to_string();
+    assert!(!listed.contains(&secret), "{listed}");
+    assert!(!listed.contains("sha256"), "the hash is not shown either: {listed}");
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(dir.path()).expect("dir") {
+        bytes.extend(std::fs::read(f.expect("entry").path()).unwrap_or_default());
+    }
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the token's secret is in the database files"
+    );
+    assert!(
+        !bytes.windows(ROOT.len()).any(|w| w == ROOT.as_bytes()),
+        "the environment's admin token is in the database files"
+    );
+}
