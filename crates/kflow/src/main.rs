@@ -265,3 +265,14 @@ fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod cli_shape {
+    /// clap's own consistency checks over every verb (duplicate names, bad defaults...):
+    /// otherwise they only fire when a user runs the broken verb.
+    #[test]
+    fn every_verb_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -38,7 +38,7 @@ pub enum TokenCommand {
     /// Revoke a token by id or name: it stops working at once.
     Revoke {
         #[arg(value_name = "ID|NAME")]
-        token: String,
+        target: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -185,9 +185,9 @@ pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
                 )
             }))
         }
-        TokenCommand::Revoke { token, server } => {
+        TokenCommand::Revoke { target, server } => {
             let v = Api::new(&server)?
-                .post_json(&["tokens", &token, "revoke"], &json!({}))
+                .post_json(&["tokens", &target, "revoke"], &json!({}))
                 .await?;
             println!("revoked token {:?} ({})", s(&v, "name"), s(&v, "id"));
             Ok(ExitCode::SUCCESS)

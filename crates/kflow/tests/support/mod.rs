@@ -129,6 +129,7 @@ pub struct Kflow {
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
     timeout: Duration,
+    stdin: Option<String>,
 }
 
 pub fn kflow<I, S>(args: I) -> Kflow
@@ -140,6 +141,7 @@ where
         args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
         env: Vec::new(),
         timeout: Duration::from_secs(30),
+        stdin: None,
     }
 }
 
@@ -165,6 +167,12 @@ impl Kflow {
         self
     }
 
+    /// Text for the process's stdin (default: none, stdin is closed).
+    pub fn stdin(mut self, text: &str) -> Self {
+        self.stdin = Some(text.to_string());
+        self
+    }
+
     /// Runs the binary; a run that outlives the timeout is killed and reported as timed out.
     pub fn run(self) -> Outcome {
         let mut cmd = Command::new(kflow_bin());
@@ -176,12 +184,19 @@ impl Kflow {
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let start = Instant::now();
         let mut child = cmd.spawn().expect("spawn the kflow binary");
+        if let (Some(text), Some(mut input)) = (&self.stdin, child.stdin.take()) {
+            let _ = input.write_all(text.as_bytes());
+        }
         let out_rx = drain(child.stdout.take().expect("stdout"));
         let err_rx = drain(child.stderr.take().expect("stderr"));
         let mut timed_out = false;
@@ -928,6 +943,8 @@ pub struct ServerProcess {
     log: Arc<Mutex<String>>,
     ready: Option<mpsc::Receiver<bool>>,
     incarnation: usize,
+    /// Started with `KFLOW_ADMIN_TOKEN` = [`TEST_TOKEN`].
+    env_token: bool,
 }
 
 const LISTENING: &str = "kflow server listening on";
@@ -936,7 +953,13 @@ impl ServerProcess {
     /// Starts a server on a free port (another port is tried when the bind fails) and waits
     /// until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_with(data_dir, extra, true)
+    }
+
+    /// [`start`](Self::start), with or without the test admin token in the environment.
+    pub fn start_with(data_dir: &Path, extra: &[&str], env_token: bool) -> ServerProcess {
         let mut s = ServerProcess {
+            env_token,
             port: 0,
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
@@ -988,7 +1011,10 @@ impl ServerProcess {
             .args(&self.extra)
             .env_remove("KFLOW_SECRETS")
             .env_remove("KFLOW_SECRETS_FILE")
-            .env("KFLOW_ADMIN_TOKEN", TEST_TOKEN)
+            .env(
+                "KFLOW_ADMIN_TOKEN",
+                if self.env_token { TEST_TOKEN } else { "" },
+            )
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,172 @@
+//! Security through the binary: the first start's admin token, tokens from the CLI, `kflow
+//! login`'s profile file, the audit trail verified after an edit under the server, and the
+//! refusals at start (no authentication or no TLS where that is unsafe).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ServerProcess, TempDir, kflow};
+
+/// `kflow ARGS` against `base` with `token` (none: no token at all).
+fn as_token(base: &str, token: Option<&str>, args: &[&str]) -> support::Outcome {
+    kflow(args)
+        .env("KFLOW_SERVER", base)
+        .env("KFLOW_TOKEN", token.unwrap_or(""))
+        .timeout(Duration::from_secs(60))
+        .run()
+}
+
+fn token_in(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.starts_with("kf_"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-').to_string())
+}
+
+#[test]
+fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
+    let dir = TempDir::new("sec-first");
+    let server = ServerProcess::start_with(dir.path(), &[], false);
+    let base = server.base();
+    let log = server.log();
+    let admin = token_in(&log).unwrap_or_else(|| panic!("no admin token printed:\n{log}"));
+
+    // Without a token: refused, and the message says how to get one.
+    let o = as_token(&base, None, &["ls"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("Authorization") || o.stderr.contains("token"), "{}", o.describe());
+
+    let o = as_token(&base, Some(&admin), &["whoami"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.stdout.contains("role admin"), "{}", o.describe());
+
+    // A narrower token, created and used from the CLI.
+    let o = as_token(
+        &base,
+        Some(&admin),
+        &["token", "create", "--name", "ci", "--role", "viewer", "--namespace", "team", "--expires", "30d"],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    let ci = token_in(&o.stdout).expect("the new token");
+    let o = as_token(&base, Some(&ci), &["ls"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    let o = as_token(&base, Some(&ci), &["token", "ls"]);
+    assert_eq!(o.code, Some(1), "a viewer cannot list tokens: {}", o.describe());
+    let o = as_token(&base, Some(&admin), &["token", "ls"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.stdout.contains("ci") && o.stdout.contains("viewer"), "{}", o.stdout);
+    let secret = ci.rsplit('_').next().unwrap();
+    assert!(!o.stdout.contains(secret), "token ls shows a secret: {}", o.stdout);
+    let o = as_token(&base, Some(&admin), &["token", "revoke", "ci"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    let o = as_token(&base, Some(&ci), &["ls"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("revoked"), "{}", o.describe());
+
+    // The printed token is nowhere in the data directory.
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(dir.path()).expect("data dir").flatten() {
+        bytes.extend(std::fs::read(f.path()).unwrap_or_default());
+    }
+    let admin_secret = admin.rsplit('_').next().unwrap();
+    assert!(!bytes.windows(admin_secret.len()).any(|w| w == admin_secret.as_bytes()));
+
+    // The audit trail holds all this, and verifies.
+    let o = as_token(&base, Some(&admin), &["audit", "ls", "--action", "tokens."]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.stdout.contains("tokens.create") && o.stdout.contains("tokens.revoke"), "{}", o.stdout);
+    let o = as_token(&base, Some(&admin), &["audit", "verify"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.stdout.contains("intact"), "{}", o.stdout);
+    let head = o
+        .stdout
+        .split_whitespace()
+        .last()
+        .expect("head SEQ:HASH")
+        .to_string();
+
+    // Edited under the server: verify names the entry and fails.
+    let db = dir.path().join("kflow.db");
+    let edit = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE audit SET actor = 'someone else' WHERE seq = 2")
+        .status();
+    match edit {
+        Ok(s) if s.success() => {
+            let o = as_token(&base, Some(&admin), &["audit", "verify", "--head", &head]);
+            assert_eq!(o.code, Some(1), "{}", o.describe());
+            assert!(o.stdout.contains("BROKEN at entry 2"), "{}", o.stdout);
+        }
+        _ if std::env::var_os("CI").is_some() => panic!("sqlite3 is needed under CI"),
+        _ => eprintln!("skipped the edit: no sqlite3 command on this machine"),
+    }
+}
+
+#[test]
+fn login_writes_a_private_profile_and_a_readable_one_is_refused() {
+    let dir = TempDir::new("sec-login");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let base = server.base();
+    let profile = dir.path().join("profile").join("token");
+    let profile_s = profile.to_str().unwrap();
+    let o = kflow(["login"])
+        .env("KFLOW_SERVER", &base)
+        .env("KFLOW_TOKEN", "")
+        .env("KFLOW_PROFILE", profile_s)
+        .stdin(&format!("{}\n", support::TEST_TOKEN))
+        .run();
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&profile).expect("profile").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let whoami = || {
+        kflow(["whoami"])
+            .env("KFLOW_SERVER", &base)
+            .env("KFLOW_TOKEN", "")
+            .env("KFLOW_PROFILE", profile_s)
+            .run()
+    };
+    let o = whoami();
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    std::fs::set_permissions(&profile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = whoami();
+    assert_eq!(o.code, Some(2), "{}", o.describe());
+    assert!(o.stderr.contains("chmod 600"), "{}", o.describe());
+    // A wrong token is not saved.
+    let other = dir.path().join("other");
+    let o = kflow(["login"])
+        .env("KFLOW_SERVER", &base)
+        .env("KFLOW_TOKEN", "")
+        .env("KFLOW_PROFILE", other.to_str().unwrap())
+        .stdin("kf_0000_wrong\n")
+        .run();
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(!other.exists());
+}
+
+#[test]
+fn unsafe_listening_is_refused_at_start_with_the_reason() {
+    let dir = TempDir::new("sec-listen");
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--listen", "0.0.0.0:0"], "TLS"),
+        (
+            vec!["--listen", "0.0.0.0:0", "--insecure-no-auth", "--insecure-no-tls"],
+            "loopback",
+        ),
+    ] {
+        let o = kflow(["server", "--data-dir", data])
+            .args(&args)
+            .timeout(Duration::from_secs(30))
+            .run();
+        assert_eq!(o.code, Some(2), "{args:?}: {}", o.describe());
+        assert!(o.stderr.contains(needle), "{args:?}: {}", o.describe());
+    }
+    // Without authentication on loopback: allowed, with a warning, and says so.
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-no-auth"], false);
+    assert!(server.log().contains("authentication is off"), "{}", server.log());
+    let o = as_token(&server.base(), None, &["whoami"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.stdout.contains("without authentication"), "{}", o.stdout);
+}
