@@ -159,7 +159,14 @@ async fn answer_server() -> String {
     format!("http://{addr}/ok")
 }
 
-async fn start_server(dir: &std::path::Path, durability: Durability) -> (Engine, String) {
+/// The token every request carries with `--auth`.
+const BENCH_TOKEN: &str = "kflow-bench-admin-token-0123456789abcdef";
+
+async fn start_server(
+    dir: &std::path::Path,
+    durability: Durability,
+    auth: bool,
+) -> (Engine, String) {
     let cfg = EngineConfig {
         data_dir: dir.to_path_buf(),
         durability,
@@ -171,7 +178,17 @@ async fn start_server(dir: &std::path::Path, durability: Durability) -> (Engine,
         ..EngineConfig::default()
     };
     let engine = Engine::open(cfg).await.expect("engine");
-    let app = router(engine.clone(), ApiConfig::default());
+    let api = if auth {
+        let tokens = kflow_server::auth::Tokens::load(engine.store(), Some(BENCH_TOKEN))
+            .expect("tokens");
+        ApiConfig {
+            auth: kflow_server::auth::AuthMode::Tokens(Arc::new(tokens)),
+            ..ApiConfig::default()
+        }
+    } else {
+        ApiConfig::default()
+    };
+    let app = router(engine.clone(), api);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -281,9 +298,22 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("kflow-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let endpoint = answer_server().await;
-        let (engine, api) = start_server(&dir, durability).await;
-        println!("durability={durability:?} data={}", dir.display());
-        let b = Bench { api, http: reqwest::Client::new() };
+        // `--auth`: every request carries a bearer token the server checks (audit is always on).
+        let auth = args.iter().any(|a| a == "--auth");
+        let (engine, api) = start_server(&dir, durability, auth).await;
+        println!("durability={durability:?} auth={auth} data={}", dir.display());
+        let mut headers = reqwest::header::HeaderMap::new();
+        if auth {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {BENCH_TOKEN}").parse().expect("header"),
+            );
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+        let b = Bench { api, http };
         b.register(doc("seq40", &calls(40, &endpoint))).await;
         b.register(doc("set40", &sets(40))).await;
         b.register(doc("fanout100", &fanout(100, &endpoint))).await;
@@ -291,6 +321,8 @@ fn main() {
         b.register(doc("sleeper", "  - nap:\n      wait: PT1H\n")).await;
         let runs = if quick { 5 } else { 50 };
         let only_watchers = args.iter().any(|a| a == "--watchers");
+        // `--latency`: the three per-workflow series and one load run (8 clients), nothing else.
+        let latency_only = args.iter().any(|a| a == "--latency");
         if !only_watchers {
             b.series("seq40", "seq40", runs, 40).await;
             b.series("set40", "set40", runs, 40).await;
@@ -301,10 +333,15 @@ fn main() {
         let n = if quick { 1_000 } else { 10_000 };
         let b = Arc::new(b);
         for clients in [8usize, 32] {
-            if only_watchers && clients != 8 {
+            if (only_watchers || latency_only) && clients != 8 {
                 continue;
             }
             load(&b, &engine, n, clients).await;
+        }
+        if latency_only {
+            engine.shutdown(Duration::from_secs(5)).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
         }
         // The same beside 2,000 idle live watchers of other instances.
         watchers(&b, &engine, if quick { 200 } else { 2_000 }, n).await;

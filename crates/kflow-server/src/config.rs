@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// Host names answered besides loopback's, when listening on a loopback address (a
     /// proxy's name, say); other `Host`s are refused (DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Where `call http`/`openapi` may go: server-wide and per namespace.
+    pub egress: kflow_tasks::egress::EgressConfig,
     /// A remote worker silent this long loses its tasks to other workers.
     pub lease_ttl_ms: i64,
     /// Tasks per second, by `queue:NAME` or `host:NAME`.
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             insecure_no_auth: false,
             insecure_no_tls: false,
             allowed_hosts: Vec::new(),
+            egress: Default::default(),
             lease_ttl_ms: 1_500,
             rate_limits: Default::default(),
             namespace_limits: Default::default(),
@@ -79,6 +82,48 @@ struct LimitsFile {
     max_history: Option<i64>,
 }
 
+/// `egress:` in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct EgressFile {
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    /// Cloud metadata endpoints are denied unless this is false.
+    deny_metadata: Option<bool>,
+    #[serde(default)]
+    namespaces: std::collections::HashMap<String, EgressListsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct EgressListsFile {
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+fn egress_of(f: EgressFile, name: &str) -> Result<kflow_tasks::egress::EgressConfig, String> {
+    use kflow_tasks::egress::{EgressConfig, Policy};
+    let mut default = Policy::parse(&f.deny, &f.allow)
+        .map_err(|e| format!("{name}: egress: {e}"))?;
+    if f.deny_metadata.unwrap_or(true) {
+        default.deny.extend(Policy::standard().deny);
+    }
+    let mut namespaces = std::collections::HashMap::new();
+    for (ns, l) in f.namespaces {
+        let p = Policy::parse(&l.deny, &l.allow)
+            .map_err(|e| format!("{name}: egress.namespaces.{ns}: {e}"))?;
+        namespaces.insert(ns, p);
+    }
+    Ok(EgressConfig {
+        default,
+        namespaces,
+    })
+}
+
 /// The file's shape: every key optional, no others allowed.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -94,6 +139,7 @@ struct FileConfig {
     insecure_no_auth: Option<bool>,
     insecure_no_tls: Option<bool>,
     allowed_hosts: Option<Vec<String>>,
+    egress: Option<EgressFile>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
@@ -150,6 +196,9 @@ impl ServerConfig {
         c.insecure_no_auth = file.insecure_no_auth.unwrap_or(false);
         c.insecure_no_tls = file.insecure_no_tls.unwrap_or(false);
         c.allowed_hosts = file.allowed_hosts.unwrap_or_default();
+        if let Some(e) = file.egress {
+            c.egress = egress_of(e, name)?;
+        }
         if let Some(limits) = file.rate_limits {
             for (k, v) in &limits {
                 let ok_key = k
@@ -229,6 +278,29 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_and_access_settings_are_read_and_bad_entries_named() {
+        let c = ServerConfig::from_file_bytes(
+            b"allowed_hosts: [kflow.internal]\negress:\n  deny: [10.0.0.0/8]\n  namespaces:\n    team:\n      allow: ['*.corp.example']\n",
+            "k.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.allowed_hosts, vec!["kflow.internal".to_string()]);
+        let team = c.egress.for_namespace("team");
+        let ip = |s: &str| vec![s.parse::<std::net::IpAddr>().unwrap()];
+        assert!(team.check("a.corp.example", &ip("203.0.113.1")).is_ok());
+        assert!(team.check("a.corp.example", &ip("10.1.1.1")).is_err());
+        assert!(c.egress.default.check("x", &ip("169.254.169.254")).is_err());
+        let e = ServerConfig::from_file_bytes(
+            b"egress:\n  namespaces:\n    team:\n      deny: ['10.0.0.0/99']\n",
+            "k.yaml",
+        )
+        .unwrap_err();
+        assert!(e.contains("egress.namespaces.team") && e.contains("10.0.0.0/99"), "{e}");
+        let e = ServerConfig::from_file_bytes(b"worker_token: x\n", "k.yaml").unwrap_err();
+        assert!(e.contains("worker role"), "{e}");
+    }
 
     #[test]
     fn reads_known_keys_and_names_unknown_ones() {

@@ -36,6 +36,10 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             per_client: cfg.max_watchers_per_client,
         },
         idempotency_ttl_ms: (cfg.idempotency_ttl_seconds.min(u64::MAX / 2000) * 1000) as i64,
+        executor: kflow_tasks::ExecConfig {
+            egress: cfg.egress.clone(),
+            ..kflow_tasks::ExecConfig::default()
+        },
         ..EngineConfig::default()
     })
     .await

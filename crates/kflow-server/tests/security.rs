@@ -834,3 +834,38 @@ async fn tokens_are_stored_as_hashes_only() {
         "the environment's admin token is in the database files"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_cloud_metadata_faults_with_an_error_the_workflow_can_catch() {
+    let ctx = Ctx::new().await;
+    ctx.register(
+        "document: {dsl: '1.0.0', namespace: team, name: meta, version: '1.0.0'}\n\
+         do:\n\
+         \x20 - probe:\n\
+         \x20     try:\n\
+         \x20       - get:\n\
+         \x20           call: http\n\
+         \x20           with: {method: get, endpoint: 'http://169.254.169.254/latest/meta-data/'}\n\
+         \x20     catch:\n\
+         \x20       errors: {with: {type: 'https://serverlessworkflow.io/spec/1.0.0/errors/authorization', status: 403}}\n\
+         \x20       as: err\n\
+         \x20       do:\n\
+         \x20         - note:\n\
+         \x20             set: {denied: '${ $err.title }', detail: '${ $err.detail }'}\n"
+            .to_string(),
+    )
+    .await;
+    let done = ctx
+        .root(
+            "POST",
+            "/api/v1/instances",
+            Some(json!({"namespace": "team", "name": "meta", "wait": true, "wait_seconds": 30})),
+        )
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"]["denied"], "Egress denied", "{done}");
+    assert!(
+        done["output"]["detail"].as_str().unwrap_or("").contains("169.254"),
+        "{done}"
+    );
+}

@@ -305,6 +305,10 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn transport_error(out: &Outgoing, e: &reqwest::Error, timeout: std::time::Duration) -> WfError {
     let what = format!("{} {}", out.method, redact_url(&out.url));
+    let chain = error_chain(e);
+    if chain.contains("egress policy") {
+        return crate::egress::denied(format!("{what}: {chain}"));
+    }
     if e.is_timeout() {
         WfError::communication(
             504,
@@ -318,7 +322,7 @@ fn transport_error(out: &Outgoing, e: &reqwest::Error, timeout: std::time::Durat
         WfError::communication(
             503,
             format!(
-                "{what}: too many redirects (at most 10 are followed): {}",
+                "{what}: the redirect was not followed: {}",
                 error_chain(e)
             ),
         )
@@ -365,7 +369,7 @@ pub(crate) async fn send(
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
     }
-    let resp = send_once(inner, out, &headers, follow).await?;
+    let resp = send_once(inner, ctx, out, &headers, follow).await?;
     if resp.status == 401 {
         if let Some(key) = oauth_key {
             // The token was refused: do not hand it out again.
@@ -380,7 +384,7 @@ pub(crate) async fn send(
                 )
             })?;
             headers.insert(reqwest::header::AUTHORIZATION, v);
-            let resp = send_once(inner, out, &headers, follow).await?;
+            let resp = send_once(inner, ctx, out, &headers, follow).await?;
             return Ok((headers, resp));
         }
     }
@@ -389,11 +393,16 @@ pub(crate) async fn send(
 
 async fn send_once(
     inner: &Inner,
+    ctx: &EffectCtx,
     out: &Outgoing,
     headers: &HeaderMap,
     follow: bool,
 ) -> Result<Received, WfError> {
-    let client = inner.client(follow)?;
+    let clients = inner.clients(&ctx.namespace);
+    clients.policy.check_url(&out.url).map_err(|m| {
+        crate::egress::denied(format!("{} {}: {m}", out.method, redact_url(&out.url)))
+    })?;
+    let client = clients.client(follow)?;
     let mut rb = client
         .request(out.method.clone(), out.url.clone())
         .headers(headers.clone());

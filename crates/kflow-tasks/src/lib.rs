@@ -13,6 +13,7 @@
 //! abandoned, a child process's whole process group is killed and its working directory removed.
 
 mod auth;
+pub mod egress;
 pub mod emit;
 mod http;
 mod openapi;
@@ -44,6 +45,8 @@ pub struct ExecConfig {
     /// A hard cap on a process's run time (`None`: only the task's own `timeout`, which the host
     /// enforces by dropping the future, applies). Exceeding it is a timeout error.
     pub process_timeout: Option<Duration>,
+    /// Where HTTP calls may go (cloud metadata is denied by default).
+    pub egress: egress::EgressConfig,
 }
 
 impl Default for ExecConfig {
@@ -56,6 +59,7 @@ impl Default for ExecConfig {
             node: "node".to_string(),
             http_timeout: Duration::from_secs(5 * 60),
             process_timeout: None,
+            egress: egress::EgressConfig::default(),
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct EffectCtx {
     pub task: String,
     /// 1 for the first run; higher when the host re-runs the same effect after a crash.
     pub attempt: u32,
+    /// The instance's namespace (its egress policy; empty: the server-wide one).
+    pub namespace: String,
 }
 
 impl EffectCtx {
@@ -88,15 +94,58 @@ pub struct Executor {
 
 pub(crate) struct Inner {
     pub(crate) cfg: ExecConfig,
-    /// Follows up to 10 redirects (`redirect: true`).
-    follow: Result<reqwest::Client, String>,
-    /// Never follows redirects (`redirect: false`).
-    no_follow: Result<reqwest::Client, String>,
+    /// The HTTP clients of each egress policy in use: the server-wide one under "", each
+    /// namespace with a policy of its own under its name (built when first used).
+    clients: std::sync::Mutex<std::collections::HashMap<String, Arc<Clients>>>,
     pub(crate) docs: openapi::DocCache,
     pub(crate) tokens: auth::TokenCache,
 }
 
-impl Inner {
+/// A policy and its two clients (their resolver and redirect checks enforce it).
+pub(crate) struct Clients {
+    pub(crate) policy: Arc<egress::Policy>,
+    /// Follows up to 10 redirects (`redirect: true`).
+    follow: Result<reqwest::Client, String>,
+    /// Never follows redirects (`redirect: false`).
+    no_follow: Result<reqwest::Client, String>,
+}
+
+impl Clients {
+    fn new(cfg: &ExecConfig, policy: egress::Policy) -> Clients {
+        let policy = Arc::new(policy);
+        let build = |follow: bool| {
+            let p = policy.clone();
+            let redirects = if follow {
+                reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= 10 {
+                        return attempt.error("too many redirects (at most 10 are followed)");
+                    }
+                    match p.check_url(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(m) => attempt.error(m),
+                    }
+                })
+            } else {
+                reqwest::redirect::Policy::none()
+            };
+            reqwest::Client::builder()
+                .redirect(redirects)
+                .dns_resolver(Arc::new(egress::Resolver {
+                    policy: policy.clone(),
+                }))
+                .timeout(cfg.http_timeout)
+                .connect_timeout(cfg.http_timeout.min(Duration::from_secs(30)))
+                .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| http::error_chain(&e))
+        };
+        Clients {
+            follow: build(true),
+            no_follow: build(false),
+            policy,
+        }
+    }
+
     pub(crate) fn client(&self, follow_redirects: bool) -> Result<&reqwest::Client, WfError> {
         let c = if follow_redirects {
             &self.follow
@@ -108,24 +157,29 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The clients of a namespace's egress policy.
+    pub(crate) fn clients(&self, namespace: &str) -> Arc<Clients> {
+        let key = if self.cfg.egress.namespaces.contains_key(namespace) {
+            namespace
+        } else {
+            ""
+        };
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(Clients::new(&self.cfg, self.cfg.egress.for_namespace(key)))
+            })
+            .clone()
+    }
+}
+
 impl Executor {
     pub fn new(cfg: ExecConfig) -> Executor {
-        let build = |policy: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
-                .redirect(policy)
-                .timeout(cfg.http_timeout)
-                .connect_timeout(cfg.http_timeout.min(Duration::from_secs(30)))
-                .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| http::error_chain(&e))
-        };
-        let follow = build(reqwest::redirect::Policy::limited(10));
-        let no_follow = build(reqwest::redirect::Policy::none());
         Executor {
             inner: Arc::new(Inner {
                 cfg,
-                follow,
-                no_follow,
+                clients: Default::default(),
                 docs: openapi::DocCache::default(),
                 tokens: auth::TokenCache::default(),
             }),

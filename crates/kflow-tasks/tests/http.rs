@@ -451,6 +451,7 @@ async fn idempotency_key_is_sent() {
         effect_id: 7,
         task: "/do/1/x".into(),
         attempt: 2,
+        namespace: String::new(),
     };
     let out = Executor::new(ExecConfig::default())
         .perform(&ctx, &Effect::Http(get(server.url("/k"))))

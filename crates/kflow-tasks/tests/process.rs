@@ -139,6 +139,7 @@ async fn environment_is_clean_and_carries_kflow_variables() {
         effect_id: 5,
         task: "/do/0/x".into(),
         attempt: 3,
+        namespace: String::new(),
     };
     let exec = Executor::new(ExecConfig::default());
     let out = exec

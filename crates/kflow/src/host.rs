@@ -175,6 +175,7 @@ impl Run {
                     effect_id: id,
                     task,
                     attempt: 1,
+                    namespace: String::new(),
                 };
                 self.spawn(id, async move { exec.perform(&ctx, &effect).await });
             }

@@ -277,6 +277,7 @@ pub(crate) fn start(
                         effect_id: item.effect_id,
                         task: item.task.clone(),
                         attempt,
+                        namespace: item.namespace.clone(),
                     };
                     let result = exec.perform(&ctx, &item.effect).await;
                     // Refused only when the effect was cancelled meanwhile: nothing to do.

@@ -180,8 +180,11 @@ fn accept_json() -> HeaderMap {
 }
 
 /// One plain request to an authorization server (redirects followed, no idempotency key).
+/// Token endpoints obey the server-wide egress policy.
 async fn fetch(inner: &Inner, out: &Outgoing) -> Result<http::Received, WfError> {
-    let client = inner.client(true)?;
+    let clients = inner.clients("");
+    clients.policy.check_url(&out.url).map_err(crate::egress::denied)?;
+    let client = clients.client(true)?;
     let mut rb = client
         .request(out.method.clone(), out.url.clone())
         .headers(out.headers.clone());

@@ -259,6 +259,7 @@ pub fn ctx() -> EffectCtx {
         effect_id: 42,
         task: "/do/0/t".into(),
         attempt: 1,
+        namespace: String::new(),
     }
 }
 
