@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Where `call http`/`openapi` may go: server-wide and per namespace.
     pub egress: kflow_tasks::egress::EgressConfig,
+    /// How shell and script tasks are confined.
+    pub sandbox: SandboxSettings,
     /// A remote worker silent this long loses its tasks to other workers.
     pub lease_ttl_ms: i64,
     /// Tasks per second, by `queue:NAME` or `host:NAME`.
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             insecure_no_tls: false,
             allowed_hosts: Vec::new(),
             egress: Default::default(),
+            sandbox: SandboxSettings::default(),
             lease_ttl_ms: 1_500,
             rate_limits: Default::default(),
             namespace_limits: Default::default(),
@@ -80,6 +83,53 @@ struct LimitsFile {
     tasks_per_turn: Option<u32>,
     max_tasks: Option<u64>,
     max_history: Option<i64>,
+}
+
+/// `sandbox:` in the config: the confinement of shell and script tasks (see the binary's
+/// sandbox.rs for how each is applied).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+pub struct SandboxSettings {
+    /// Run tasks under the launcher (Landlock, limits, user, network).
+    pub enabled: bool,
+    /// The user tasks run as when the server runs as root (empty: root's own).
+    pub user: String,
+    pub cpu_seconds: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size_mb: Option<u64>,
+    pub open_files: Option<u64>,
+    /// Network for tasks; `no_network_namespaces` take it away from some namespaces only.
+    pub network: bool,
+    pub no_network_namespaces: Vec<String>,
+    /// Namespaces where `run: shell` and `run: script` are refused.
+    pub forbid_namespaces: Vec<String>,
+    /// The longest a process may run when its task sets no shorter timeout.
+    pub timeout_seconds: Option<u64>,
+    /// Paths tasks may read (besides the system directories), and read and write (besides
+    /// their working directory).
+    pub read_only: Vec<PathBuf>,
+    pub read_write: Vec<PathBuf>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            enabled: true,
+            user: "nobody".into(),
+            cpu_seconds: Some(600),
+            memory_mb: Some(2048),
+            processes: Some(512),
+            file_size_mb: Some(1024),
+            open_files: Some(1024),
+            network: true,
+            no_network_namespaces: Vec::new(),
+            forbid_namespaces: Vec::new(),
+            timeout_seconds: Some(3600),
+            read_only: Vec::new(),
+            read_write: Vec::new(),
+        }
+    }
 }
 
 /// `egress:` in the file.
@@ -140,6 +190,7 @@ struct FileConfig {
     insecure_no_tls: Option<bool>,
     allowed_hosts: Option<Vec<String>>,
     egress: Option<EgressFile>,
+    sandbox: Option<SandboxSettings>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
@@ -198,6 +249,9 @@ impl ServerConfig {
         c.allowed_hosts = file.allowed_hosts.unwrap_or_default();
         if let Some(e) = file.egress {
             c.egress = egress_of(e, name)?;
+        }
+        if let Some(sb) = file.sandbox {
+            c.sandbox = sb;
         }
         if let Some(limits) = file.rate_limits {
             for (k, v) in &limits {

@@ -22,6 +22,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             cfg.data_dir.display()
         )
     })?;
+    let sandbox = sandbox_of(&cfg.sandbox)?;
     let engine = Engine::open(EngineConfig {
         data_dir: cfg.data_dir.clone(),
         durability: cfg.durability,
@@ -38,6 +39,8 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         idempotency_ttl_ms: (cfg.idempotency_ttl_seconds.min(u64::MAX / 2000) * 1000) as i64,
         executor: kflow_tasks::ExecConfig {
             egress: cfg.egress.clone(),
+            sandbox,
+            process_timeout: cfg.sandbox.timeout_seconds.map(Duration::from_secs),
             ..kflow_tasks::ExecConfig::default()
         },
         ..EngineConfig::default()
@@ -96,6 +99,90 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     eprintln!("kflow server: stopped");
     Ok(())
+}
+
+/// The launcher's settings from the config, said on stderr (what is in force, and what not).
+fn sandbox_of(s: &crate::config::SandboxSettings) -> Result<Option<kflow_tasks::SandboxConfig>, String> {
+    if !s.enabled {
+        eprintln!(
+            "kflow server: WARNING: shell and script tasks are not sandboxed (sandbox.enabled: \
+             false): they run as this server's user with its file access"
+        );
+        return Ok(None);
+    }
+    let launcher = std::env::current_exe()
+        .map_err(|e| format!("cannot find kflow's own binary for the task sandbox: {e}"))?;
+    let root = rustix::process::getuid().is_root();
+    let user = if root && !s.user.is_empty() {
+        Some(user_ids(&s.user)?)
+    } else {
+        None
+    };
+    let mb = |v: Option<u64>| v.map(|m| m.saturating_mul(1024 * 1024));
+    let cfg = kflow_tasks::SandboxConfig {
+        launcher,
+        landlock: true,
+        read_only: kflow_tasks::SandboxConfig::SYSTEM_DIRS
+            .iter()
+            .map(std::path::PathBuf::from)
+            .chain(s.read_only.iter().cloned())
+            .collect(),
+        read_write: s.read_write.clone(),
+        cpu_seconds: s.cpu_seconds,
+        memory_bytes: mb(s.memory_mb),
+        processes: s.processes,
+        file_size_bytes: mb(s.file_size_mb),
+        open_files: s.open_files,
+        user,
+        network: s.network,
+        no_network_namespaces: s.no_network_namespaces.clone(),
+        forbid_namespaces: s.forbid_namespaces.clone(),
+    };
+    let opt = |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
+    eprintln!(
+        "kflow server: shell and script tasks run {}, with Landlock (system directories \
+         read-only, a private working directory), limits cpu {} memory {} processes {} file \
+         size {} open files {}, timeout {}, network {}{}{}",
+        match user {
+            Some((u, _)) => format!("as {} (uid {u})", s.user),
+            None => "as this server's user".to_string(),
+        },
+        opt(s.cpu_seconds, " s"),
+        opt(s.memory_mb, " MiB"),
+        opt(s.processes, ""),
+        opt(s.file_size_mb, " MiB"),
+        opt(s.open_files, ""),
+        opt(s.timeout_seconds, " s"),
+        if s.network { "on" } else { "off" },
+        if s.no_network_namespaces.is_empty() {
+            String::new()
+        } else {
+            format!(" (off in {})", s.no_network_namespaces.join(", "))
+        },
+        if s.forbid_namespaces.is_empty() {
+            String::new()
+        } else {
+            format!("; forbidden in {}", s.forbid_namespaces.join(", "))
+        },
+    );
+    Ok(Some(cfg))
+}
+
+/// A user's uid and gid from /etc/passwd (a number is taken as is, with the same gid).
+fn user_ids(name: &str) -> Result<(u32, u32), String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok((n, n));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| format!("sandbox.user {name:?}: cannot read /etc/passwd: {e}"))?;
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name).then(|| (f[2].parse().ok(), f[3].parse().ok()))
+        })
+        .find_map(|(u, g)| Some((u?, g?)))
+        .ok_or_else(|| format!("sandbox.user {name:?} is not a user of this host"))
 }
 
 /// Whether `listen` is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).

@@ -47,6 +47,77 @@ pub struct ExecConfig {
     pub process_timeout: Option<Duration>,
     /// Where HTTP calls may go (cloud metadata is denied by default).
     pub egress: egress::EgressConfig,
+    /// How shell and script tasks are confined (`None`: only the clean environment, private
+    /// directory and process group of every process).
+    pub sandbox: Option<SandboxConfig>,
+}
+
+/// The confinement of shell and script tasks: they run under `launcher __sandbox` (the kflow
+/// binary), which applies it before `exec` (see the binary's sandbox.rs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    pub launcher: PathBuf,
+    /// Restrict the file system with Landlock to `read_only` and the working directory.
+    pub landlock: bool,
+    pub read_only: Vec<PathBuf>,
+    /// Writable besides the working directory.
+    pub read_write: Vec<PathBuf>,
+    pub cpu_seconds: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub open_files: Option<u64>,
+    /// Run as this user and group (a server running as root; `None`: the server's own).
+    pub user: Option<(u32, u32)>,
+    /// Network for tasks (a new network namespace and no TCP when false).
+    pub network: bool,
+    /// Namespaces whose tasks get no network whatever `network` says.
+    pub no_network_namespaces: Vec<String>,
+    /// Namespaces where shell and script tasks are refused.
+    pub forbid_namespaces: Vec<String>,
+}
+
+impl SandboxConfig {
+    /// System directories a process needs to run, read-only.
+    pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt"];
+
+    /// The launcher's options for one task in `dir`.
+    pub fn options(&self, dir: &std::path::Path, namespace: &str) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |k: &str, v: String| {
+            a.push(k.into());
+            a.push(v.into());
+        };
+        for (k, v) in [
+            ("--cpu", self.cpu_seconds),
+            ("--memory", self.memory_bytes),
+            ("--processes", self.processes),
+            ("--file-size", self.file_size_bytes),
+            ("--open-files", self.open_files),
+        ] {
+            if let Some(v) = v {
+                push(k, v.to_string());
+            }
+        }
+        if let Some((uid, gid)) = self.user {
+            push("--uid", uid.to_string());
+            push("--gid", gid.to_string());
+        }
+        if self.landlock {
+            for p in &self.read_only {
+                push("--ro", p.display().to_string());
+            }
+            push("--rw", dir.display().to_string());
+            for p in &self.read_write {
+                push("--rw", p.display().to_string());
+            }
+            a.push("--landlock".into());
+        }
+        if !self.network || self.no_network_namespaces.iter().any(|n| n == namespace) {
+            a.push("--no-network".into());
+        }
+        a
+    }
 }
 
 impl Default for ExecConfig {
@@ -60,6 +131,7 @@ impl Default for ExecConfig {
             http_timeout: Duration::from_secs(5 * 60),
             process_timeout: None,
             egress: egress::EgressConfig::default(),
+            sandbox: None,
         }
     }
 }

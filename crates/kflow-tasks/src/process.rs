@@ -56,6 +56,19 @@ pub(crate) async fn perform(
     ctx: &EffectCtx,
     req: &ProcessRequest,
 ) -> Result<Value, WfError> {
+    if let Some(sb) = &cfg.sandbox
+        && sb.forbid_namespaces.iter().any(|n| *n == ctx.namespace)
+    {
+        return Err(WfError::standard(
+            kflow_effects::errors::AUTHORIZATION,
+            403,
+            "Processes forbidden",
+            format!(
+                "run shell and run script are forbidden in namespace '{}' by the server's settings",
+                ctx.namespace
+            ),
+        ));
+    }
     let args = arguments(&req.arguments)?;
     let user_env = environment(&req.environment)?;
 
@@ -88,7 +101,9 @@ pub(crate) async fn perform(
         }
     };
 
-    let mut guard = Sandbox::create(&cfg.work_root)?;
+    let owner = cfg.sandbox.as_ref().and_then(|s| s.user);
+    let mut guard = Sandbox::create(&cfg.work_root, owner)?;
+    guard.launcher = cfg.sandbox.is_some();
     let dir = guard.dir.clone();
     let mut argv: Vec<String> = Vec::new();
     match (&req.program, script) {
@@ -96,7 +111,7 @@ pub(crate) async fn perform(
             argv.extend(["-c".to_string(), command.clone(), "sh".to_string()]);
         }
         (_, Some((file, code))) => {
-            write_private(&dir.join(file), code.as_bytes()).map_err(|e| {
+            write_private(&dir.join(file), code.as_bytes(), owner).map_err(|e| {
                 WfError::runtime(format!("run script: cannot write the script file: {e}"))
             })?;
             argv.push(file.to_string());
@@ -104,6 +119,17 @@ pub(crate) async fn perform(
         (_, None) => return Err(WfError::runtime("run: no program")),
     }
     argv.extend(args);
+    let (program, argv): (PathBuf, Vec<std::ffi::OsString>) = match &cfg.sandbox {
+        None => (program, argv.into_iter().map(Into::into).collect()),
+        Some(sb) => {
+            let mut a: Vec<std::ffi::OsString> = vec!["__sandbox".into()];
+            a.extend(sb.options(&dir, &ctx.namespace));
+            a.push("--".into());
+            a.push(program.into_os_string());
+            a.extend(argv.into_iter().map(Into::into));
+            (sb.launcher.clone(), a)
+        }
+    };
 
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&argv)
@@ -404,7 +430,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_absolute() && is_executable(p))
 }
 
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+fn write_private(path: &Path, data: &[u8], owner: Option<(u32, u32)>) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -412,39 +438,34 @@ fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(data)
+    f.write_all(data)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
-/// Sends SIGKILL to a process group (through the shell's `kill` builtin: no `unsafe` needed).
+/// Sends SIGKILL to a process group.
 async fn kill_group(pgid: u32) {
-    let _ = tokio::process::Command::new(SHELL)
-        .args([
-            "-c",
-            "kill -s KILL -- \"-$1\" 2>/dev/null",
-            "sh",
-            &pgid.to_string(),
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+    kill_group_blocking(pgid);
 }
 
 fn kill_group_blocking(pgid: u32) {
-    let _ = std::process::Command::new(SHELL)
-        .args([
-            "-c",
-            "kill -s KILL -- \"-$1\" 2>/dev/null",
-            "sh",
-            &pgid.to_string(),
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    if let Some(p) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Asks the sandbox launcher to end its task: it kills everything below it (escapees from the
+/// group included) and exits; the group is killed anyway a second later.
+fn stop_launcher(pid: u32) {
+    if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        kill_group_blocking(pid);
+    });
 }
 
 /// The private working directory and the process group; dropping it kills the group and
@@ -453,10 +474,12 @@ struct Sandbox {
     dir: PathBuf,
     pgid: Option<u32>,
     done: bool,
+    /// The process is the sandbox launcher (stopped with SIGTERM first).
+    launcher: bool,
 }
 
 impl Sandbox {
-    fn create(root: &Path) -> Result<Sandbox, WfError> {
+    fn create(root: &Path, owner: Option<(u32, u32)>) -> Result<Sandbox, WfError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::create_dir_all(root).map_err(|e| {
             WfError::runtime(format!(
@@ -474,10 +497,18 @@ impl Sandbox {
                     root.display()
                 ))
             })?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| {
+                WfError::runtime(format!(
+                    "run: cannot give the working directory to user {uid}: {e}"
+                ))
+            })?;
+        }
         Ok(Sandbox {
             dir,
             pgid: None,
             done: false,
+            launcher: false,
         })
     }
 
@@ -510,8 +541,10 @@ impl Drop for Sandbox {
         if self.done {
             return;
         }
-        if let Some(p) = self.pgid {
-            kill_group_blocking(p);
+        match self.pgid {
+            Some(p) if self.launcher => stop_launcher(p),
+            Some(p) => kill_group_blocking(p),
+            None => {}
         }
         if std::fs::remove_dir_all(&self.dir).is_err() && self.dir.exists() {
             remove_later(self.dir.clone());

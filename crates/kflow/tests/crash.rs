@@ -337,7 +337,21 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     let log_s = log.to_str().expect("utf-8 temp path").to_string();
     let durability = std::env::var("KFLOW_CRASH_DURABILITY").unwrap_or_else(|_| "process".into());
     println!("durability: {durability}");
-    let mut server = ServerProcess::start(&dir.path().join("data"), &["--durability", &durability]);
+    // The shell steps append to a log outside their sandbox: the config lets them (and only
+    // that file's folder), as a user would declare a path its tasks need.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let config = dir.path().join("kflow.yaml");
+    std::fs::write(
+        &config,
+        format!("sandbox:\n  read_write: [{:?}]\n", dir.path().display().to_string()),
+    )
+    .expect("config");
+    let config_s = config.to_str().expect("utf-8 temp path").to_string();
+    let mut server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--durability", &durability, "--config", &config_s],
+    );
     let port = Arc::new(AtomicU16::new(server.port));
 
     for (n, doc) in workflows(&service.base(), &log_s).iter().enumerate() {
