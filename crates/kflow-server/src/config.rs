@@ -92,8 +92,12 @@ struct LimitsFile {
 pub struct SandboxSettings {
     /// Run tasks under the launcher (Landlock, limits, user, network).
     pub enabled: bool,
-    /// The user tasks run as when the server runs as root (empty: root's own).
+    /// The user tasks run as when the server runs as root: `pool` (default: each running task
+    /// a uid of its own from `uid_base`, `uid_count` of them), a user name or number, or empty
+    /// for root itself.
     pub user: String,
+    pub uid_base: u32,
+    pub uid_count: u32,
     pub cpu_seconds: Option<u64>,
     pub memory_mb: Option<u64>,
     pub processes: Option<u64>,
@@ -116,7 +120,9 @@ impl Default for SandboxSettings {
     fn default() -> Self {
         SandboxSettings {
             enabled: true,
-            user: "nobody".into(),
+            user: "pool".into(),
+            uid_base: 1_800_000_000,
+            uid_count: 10_000,
             cpu_seconds: Some(600),
             memory_mb: Some(2048),
             processes: Some(512),

@@ -113,10 +113,17 @@ fn sandbox_of(s: &crate::config::SandboxSettings) -> Result<Option<kflow_tasks::
     let launcher = std::env::current_exe()
         .map_err(|e| format!("cannot find kflow's own binary for the task sandbox: {e}"))?;
     let root = rustix::process::getuid().is_root();
-    let user = if root && !s.user.is_empty() {
-        Some(user_ids(&s.user)?)
-    } else {
-        None
+    let user = match s.user.as_str() {
+        _ if !root => kflow_tasks::TaskUser::Server,
+        "" => kflow_tasks::TaskUser::Server,
+        "pool" => kflow_tasks::TaskUser::Pool {
+            base: s.uid_base,
+            size: s.uid_count.max(1),
+        },
+        name => {
+            let (u, g) = user_ids(name)?;
+            kflow_tasks::TaskUser::Fixed(u, g)
+        }
     };
     let mb = |v: Option<u64>| v.map(|m| m.saturating_mul(1024 * 1024));
     let cfg = kflow_tasks::SandboxConfig {
@@ -144,8 +151,12 @@ fn sandbox_of(s: &crate::config::SandboxSettings) -> Result<Option<kflow_tasks::
          read-only, a private working directory), limits cpu {} memory {} processes {} file \
          size {} open files {}, timeout {}, network {}{}{}",
         match user {
-            Some((u, _)) => format!("as {} (uid {u})", s.user),
-            None => "as this server's user".to_string(),
+            kflow_tasks::TaskUser::Fixed(u, _) => format!("as {} (uid {u})", s.user),
+            kflow_tasks::TaskUser::Pool { base, size } => format!(
+                "each as a user of its own (uids {base} to {})",
+                base as u64 + size as u64 - 1
+            ),
+            kflow_tasks::TaskUser::Server => "as this server's user".to_string(),
         },
         opt(s.cpu_seconds, " s"),
         opt(s.memory_mb, " MiB"),

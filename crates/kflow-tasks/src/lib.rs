@@ -52,6 +52,19 @@ pub struct ExecConfig {
     pub sandbox: Option<SandboxConfig>,
 }
 
+/// The user a task runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskUser {
+    /// The server's own.
+    Server,
+    /// One user and group for every task.
+    Fixed(u32, u32),
+    /// A user of its own for every running task, from `base .. base + size` (uid = gid): a
+    /// task's processes count against no other task's process limit, and tasks cannot signal
+    /// or read each other.
+    Pool { base: u32, size: u32 },
+}
+
 /// The confinement of shell and script tasks: they run under `launcher __sandbox` (the kflow
 /// binary), which applies it before `exec` (see the binary's sandbox.rs).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,8 +80,8 @@ pub struct SandboxConfig {
     pub processes: Option<u64>,
     pub file_size_bytes: Option<u64>,
     pub open_files: Option<u64>,
-    /// Run as this user and group (a server running as root; `None`: the server's own).
-    pub user: Option<(u32, u32)>,
+    /// Which user tasks run as (another than the server's only when it runs as root).
+    pub user: TaskUser,
     /// Network for tasks (a new network namespace and no TCP when false).
     pub network: bool,
     /// Namespaces whose tasks get no network whatever `network` says.
@@ -81,8 +94,13 @@ impl SandboxConfig {
     /// System directories a process needs to run, read-only.
     pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt"];
 
-    /// The launcher's options for one task in `dir`.
-    pub fn options(&self, dir: &std::path::Path, namespace: &str) -> Vec<std::ffi::OsString> {
+    /// The launcher's options for one task in `dir`, run as `user` (uid, gid).
+    pub fn options(
+        &self,
+        dir: &std::path::Path,
+        namespace: &str,
+        user: Option<(u32, u32)>,
+    ) -> Vec<std::ffi::OsString> {
         let mut a: Vec<std::ffi::OsString> = Vec::new();
         let mut push = |k: &str, v: String| {
             a.push(k.into());
@@ -99,7 +117,7 @@ impl SandboxConfig {
                 push(k, v.to_string());
             }
         }
-        if let Some((uid, gid)) = self.user {
+        if let Some((uid, gid)) = user {
             push("--uid", uid.to_string());
             push("--gid", gid.to_string());
         }

@@ -101,9 +101,15 @@ pub(crate) async fn perform(
         }
     };
 
-    let owner = cfg.sandbox.as_ref().and_then(|s| s.user);
+    let lease = match cfg.sandbox.as_ref().map(|s| s.user) {
+        Some(crate::TaskUser::Fixed(u, g)) => Some(UserLease::fixed(u, g)),
+        Some(crate::TaskUser::Pool { base, size }) => Some(UserLease::take(base, size)?),
+        _ => None,
+    };
+    let owner = lease.as_ref().map(|l| (l.uid, l.gid));
     let mut guard = Sandbox::create(&cfg.work_root, owner)?;
     guard.launcher = cfg.sandbox.is_some();
+    guard.user = lease;
     let dir = guard.dir.clone();
     let mut argv: Vec<String> = Vec::new();
     match (&req.program, script) {
@@ -123,7 +129,7 @@ pub(crate) async fn perform(
         None => (program, argv.into_iter().map(Into::into).collect()),
         Some(sb) => {
             let mut a: Vec<std::ffi::OsString> = vec!["__sandbox".into()];
-            a.extend(sb.options(&dir, &ctx.namespace));
+            a.extend(sb.options(&dir, &ctx.namespace, owner));
             a.push("--".into());
             a.push(program.into_os_string());
             a.extend(argv.into_iter().map(Into::into));
@@ -145,7 +151,9 @@ pub(crate) async fn perform(
         .env("KFLOW_ATTEMPT", ctx.attempt.to_string())
         .current_dir(&dir)
         .process_group(0)
-        .kill_on_drop(true)
+        // The sandbox launcher is stopped by the guard with SIGTERM (it then kills everything
+        // below it); a SIGKILL would orphan what escaped the group.
+        .kill_on_drop(cfg.sandbox.is_none())
         .stdin(if req.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -476,6 +484,61 @@ struct Sandbox {
     done: bool,
     /// The process is the sandbox launcher (stopped with SIGTERM first).
     launcher: bool,
+    /// The task's user, given back to the pool after the task.
+    user: Option<UserLease>,
+}
+
+/// The uids of the pool that running tasks hold.
+static POOL: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A task's user: from the pool (given back when dropped, once nothing of the task can still
+/// run as it) or fixed.
+struct UserLease {
+    uid: u32,
+    gid: u32,
+    pooled: bool,
+}
+
+impl UserLease {
+    fn fixed(uid: u32, gid: u32) -> UserLease {
+        UserLease {
+            uid,
+            gid,
+            pooled: false,
+        }
+    }
+
+    fn take(base: u32, size: u32) -> Result<UserLease, WfError> {
+        let mut held = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        let uid = (base..base.saturating_add(size))
+            .find(|u| !held.contains(u))
+            .ok_or_else(|| {
+                WfError::runtime(format!(
+                    "run: all {size} task users are in use: too many processes at once"
+                ))
+            })?;
+        held.insert(uid);
+        Ok(UserLease {
+            uid,
+            gid: uid,
+            pooled: true,
+        })
+    }
+}
+
+impl Drop for UserLease {
+    fn drop(&mut self) {
+        if self.pooled {
+            let uid = self.uid;
+            // Given back a little later: the launcher may still be killing the task's last
+            // processes.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                POOL.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+            });
+        }
+    }
 }
 
 impl Sandbox {
@@ -509,6 +572,7 @@ impl Sandbox {
             pgid: None,
             done: false,
             launcher: false,
+            user: None,
         })
     }
 
