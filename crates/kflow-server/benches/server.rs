@@ -376,7 +376,7 @@ fn main() {
         );
         engine.shutdown(Duration::from_secs(5)).await;
         let t0 = Instant::now();
-        let (engine2, _api2) = start_server(&dir, durability).await;
+        let (engine2, _api2) = start_server(&dir, durability, auth).await;
         println!("restart   engine reopened with those instances in {:.0} ms; RSS {:.0} MiB", t0.elapsed().as_secs_f64() * 1e3, rss_mib());
         engine2.shutdown(Duration::from_secs(5)).await;
         let _ = std::fs::remove_dir_all(&dir);
