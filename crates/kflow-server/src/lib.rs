@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod schedule;
+pub mod secrets;
 pub mod serve;
 
 pub use engine::{Engine, EngineConfig, EngineError};

@@ -397,6 +397,36 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
         ("GET", "/api/v1/audit/verify") => {
             f("GET", "/api/v1/audit/verify".into(), None, 200, 403, true)
         }
+        ("GET", "/api/v1/secrets") => f("GET", "/api/v1/secrets".into(), None, 200, 200, false),
+        ("PUT", "/api/v1/secrets/{namespace}/{name}") => f(
+            "PUT",
+            format!("/api/v1/secrets/team/s{n}"),
+            json_body(json!({"value": "v"})),
+            200,
+            403,
+            false,
+        ),
+        ("DELETE", "/api/v1/secrets/{namespace}/{name}") => {
+            ctx.root("PUT", &format!("/api/v1/secrets/team/d{n}"), Some(json!({"value": "v"})))
+                .await;
+            f(
+                "DELETE",
+                format!("/api/v1/secrets/team/d{n}"),
+                None,
+                200,
+                404,
+                false,
+            )
+        }
+        // This engine's key lives in memory (no key file to rotate): 409 past every check.
+        ("POST", "/api/v1/secrets/rotate-key") => f(
+            "POST",
+            "/api/v1/secrets/rotate-key".into(),
+            None,
+            409,
+            403,
+            true,
+        ),
         (m, p) => panic!("no fixture for {m} {p}: add one (and check its rule)"),
     }
 }
@@ -409,7 +439,13 @@ fn intended(method: &str, path: &str) -> Need {
         (_, "/healthz") | (_, "/api/v1/openapi.json") => Public,
         (_, "/api/v1/whoami") => Authenticated,
         ("GET", "/api/v1/workers") => Admin,
-        (_, p) if p.starts_with("/api/v1/tokens") || p.starts_with("/api/v1/audit") => Admin,
+        (_, p)
+            if p.starts_with("/api/v1/tokens")
+                || p.starts_with("/api/v1/audit")
+                || p.starts_with("/api/v1/secrets") =>
+        {
+            Admin
+        }
         (_, p) if p.starts_with("/api/v1/workers") || p.starts_with("/api/v1/leases") => Work,
         ("GET", _) => Read,
         (_, p) if p.starts_with("/api/v1/definitions") || p.starts_with("/api/v1/schedules") => {

@@ -19,7 +19,7 @@ pub mod testkit;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use security::{AuditEntry, AuditFilter, AuditRow, TokenRow};
+pub use security::{AuditEntry, AuditFilter, AuditRow, SecretRow, TokenRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -329,4 +329,12 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, entries: &[AuditEntry]) -> Result<Option<AuditRow>>;
     /// Audit rows with `seq > after`, in order, at most `limit`, matching `filter`.
     fn audit(&self, filter: &AuditFilter, after: i64, limit: u32) -> Result<Vec<AuditRow>>;
+
+    // --- secrets (encrypted by the caller) ---------------------------------------------
+    /// Writes secrets (insert or replace), all in one transaction.
+    fn put_secrets(&self, rows: &[SecretRow]) -> Result<()>;
+    /// Every secret row.
+    fn secrets(&self) -> Result<Vec<SecretRow>>;
+    /// Removes a secret; false when there was none.
+    fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool>;
 }

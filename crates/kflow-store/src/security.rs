@@ -31,6 +31,19 @@ pub struct TokenRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// A secret as stored: encrypted (the store never sees its value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretRow {
+    pub namespace: String,
+    pub name: String,
+    /// Which master key encrypted it (the first bytes of the key's hash, hex).
+    pub key_id: String,
+    /// Nonce and ciphertext, base64.
+    pub nonce: String,
+    pub ciphertext: String,
+    pub updated_ms: i64,
+}
+
 /// One audited request or change, as recorded (before the chain is applied).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {

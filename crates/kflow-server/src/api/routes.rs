@@ -101,6 +101,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(security::revoke_token))
         .routes(routes!(security::list_audit))
         .routes(routes!(security::verify_audit))
+        .routes(routes!(security::list_secrets))
+        .routes(routes!(security::put_secret, security::delete_secret))
+        .routes(routes!(security::rotate_key))
 }
 
 /// The OpenAPI document of the API (also served at `/api/v1/openapi.json`).

@@ -327,3 +327,138 @@ pub async fn verify_audit(
     .await?;
     Ok(Json(verdict))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+/// A secret as listed: its name, never its value.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecretView {
+    pub namespace: String,
+    pub name: String,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub items: Vec<SecretView>,
+}
+
+fn secret_name(kind: &str, s: &str) -> ApiResult<()> {
+    if crate::auth::tokens::valid_name(s) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{kind} {s:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+/// Lists the secrets of the caller's namespaces: names only (admin).
+#[utoipa::path(get, path = "/api/v1/secrets", tag = "security",
+    responses((status = 200, body = SecretList), (status = 403, body = ErrorBody)))]
+pub async fn list_secrets(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<SecretList>> {
+    let vault = st.engine.vault();
+    let names = tokio::task::spawn_blocking(move || vault.names())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(SecretList {
+        items: names
+            .into_iter()
+            .filter(|(ns, _, _)| caller.sees(ns))
+            .map(|(namespace, name, updated_ms)| SecretView {
+                namespace,
+                name,
+                updated_ms,
+            })
+            .collect(),
+    }))
+}
+
+/// Sets a secret of a namespace (admin of that namespace). The value is sealed before it is
+/// stored and never shown again; workflows of the namespace read it as `$secrets.NAME` when
+/// they declare it in `use.secrets`.
+#[utoipa::path(put, path = "/api/v1/secrets/{namespace}/{name}", tag = "security",
+    request_body = SecretValue,
+    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Secret name")),
+    responses((status = 200, body = SecretView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn put_secret(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((ns, name)): ApiPath<(String, String)>,
+    JsonBody(req): JsonBody<SecretValue>,
+) -> ApiResult<Response> {
+    secret_name("namespace", &ns)?;
+    secret_name("secret name", &name)?;
+    caller.may_act_in(&ns)?;
+    let now = st.engine.now_ms();
+    let (vault, n, m) = (st.engine.vault(), ns.clone(), name.clone());
+    tokio::task::spawn_blocking(move || vault.set(&n, &m, &req.value, now))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::invalid)?;
+    let note = Audited {
+        resource: format!("secret {ns}/{name}"),
+        namespace: Some(ns.clone()),
+    };
+    Ok(super::instances::with_note(
+        Json(SecretView {
+            namespace: ns,
+            name,
+            updated_ms: now,
+        }),
+        note,
+    ))
+}
+
+/// Removes a secret (admin of its namespace).
+#[utoipa::path(delete, path = "/api/v1/secrets/{namespace}/{name}", tag = "security",
+    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Secret name")),
+    responses((status = 200, description = "Removed"), (status = 404, body = ErrorBody)))]
+pub async fn delete_secret(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((ns, name)): ApiPath<(String, String)>,
+) -> ApiResult<Response> {
+    caller.must_see(&ns, || format!("no secret {ns}/{name}"))?;
+    let (vault, n, m) = (st.engine.vault(), ns.clone(), name.clone());
+    let gone = tokio::task::spawn_blocking(move || vault.remove(&n, &m))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
+    if !gone {
+        return Err(ApiError::not_found(format!("no secret {ns}/{name}")));
+    }
+    let note = Audited {
+        resource: format!("secret {ns}/{name}"),
+        namespace: Some(ns.clone()),
+    };
+    Ok(super::instances::with_note(
+        Json(serde_json::json!({"namespace": ns, "name": name, "removed": true})),
+        note,
+    ))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Rotated {
+    /// The id of the key that now seals every secret.
+    pub key_id: String,
+}
+
+/// Seals every secret under a new master key (admin over every namespace), without downtime;
+/// the old key file is kept beside the new one.
+#[utoipa::path(post, path = "/api/v1/secrets/rotate-key", tag = "security",
+    responses((status = 200, body = Rotated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn rotate_key(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Rotated>> {
+    caller.must_be_global()?;
+    let now = st.engine.now_ms();
+    let vault = st.engine.vault();
+    let key_id = tokio::task::spawn_blocking(move || vault.rotate(now))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::conflict)?;
+    Ok(Json(Rotated { key_id }))
+}

@@ -110,6 +110,10 @@ pub const RULES: &[Rule] = &[
     r("POST", "/api/v1/tokens/{id}/revoke", Admin, "tokens.revoke", true),
     r("GET", "/api/v1/audit", Admin, "audit.list", false),
     r("GET", "/api/v1/audit/verify", Admin, "audit.verify", false),
+    r("GET", "/api/v1/secrets", Admin, "secrets.list", false),
+    r("PUT", "/api/v1/secrets/{namespace}/{name}", Admin, "secrets.set", true),
+    r("DELETE", "/api/v1/secrets/{namespace}/{name}", Admin, "secrets.remove", true),
+    r("POST", "/api/v1/secrets/rotate-key", Admin, "secrets.rotate_key", true),
 ];
 
 /// The rule of a routed request (`path` as matched, with its placeholders).

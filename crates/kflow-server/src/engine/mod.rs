@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     pub observer: RwLock<Option<Weak<dyn Observer>>>,
     /// When the driver last went round its loop (ms on a monotonic clock, see `mono_ms`).
     pub driver_beat: std::sync::atomic::AtomicI64,
+    /// Namespaces' secrets, decrypted in memory (sealed in the store).
+    pub vault: Arc<crate::secrets::Vault>,
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
@@ -283,10 +285,31 @@ impl Engine {
         })
         .await
         .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??;
-        Self::with_store(Arc::new(store), config).await
+        let store: Arc<dyn Store> = Arc::new(store);
+        let vault = crate::secrets::Vault::open(store.clone(), &config.data_dir)
+            .map_err(|m| EngineError::Store(StoreError::Db(m)))?;
+        Self::with_vault(store, Arc::new(vault), config).await
     }
 
+    /// An engine over `store`, its secrets sealed under a key that lives only as long as the
+    /// process (tests, in-memory stores).
     pub async fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))?;
+        use base64::Engine as _;
+        let source = crate::secrets::KeySource::Env(
+            base64::engine::general_purpose::STANDARD.encode(key),
+        );
+        let vault = crate::secrets::Vault::with_source(store.clone(), source)
+            .map_err(|m| EngineError::Store(StoreError::Db(m)))?;
+        Self::with_vault(store, Arc::new(vault), config).await
+    }
+
+    pub async fn with_vault(
+        store: Arc<dyn Store>,
+        vault: Arc<crate::secrets::Vault>,
+        config: EngineConfig,
+    ) -> Result<Engine> {
         let live = Arc::new(live::LiveHub::new(config.watch_limits));
         let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
         queue.lock().set_limits(config.rate_limits.clone());
@@ -300,6 +323,7 @@ impl Engine {
             waiters: Mutex::new(HashMap::new()),
             observer: RwLock::new(None),
             driver_beat: std::sync::atomic::AtomicI64::new(mono_ms()),
+            vault,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
@@ -406,6 +430,11 @@ impl Engine {
     /// The engine's clock (ms since the epoch): the system's, or the one injected for tests.
     pub fn now_ms(&self) -> i64 {
         self.shared.now()
+    }
+
+    /// The namespaces' secrets.
+    pub fn vault(&self) -> Arc<crate::secrets::Vault> {
+        self.shared.vault.clone()
     }
 
     pub fn store(&self) -> Arc<dyn Store> {

@@ -84,6 +84,23 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // The database is readable by its owner alone (SQLite gives its -wal and -shm files
+        // the same mode): created empty 0600 before SQLite opens it, tightened if older.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
         let mut writer = Connection::open_with_flags(path, flags).map_err(|e| at(e.into()))?;
         configure_writer(&writer, Some(durability)).map_err(at)?;
         schema::migrate(&mut writer).map_err(at)?;
@@ -174,6 +191,9 @@ fn configure_common(conn: &Connection) -> Result<()> {
 fn configure_writer(conn: &Connection, durability: Option<Durability>) -> Result<()> {
     configure_common(conn)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Deleted content is overwritten, not left in free pages (finished work rows, revoked
+    // tokens, removed secrets).
+    conn.pragma_update(None, "secure_delete", true)?;
     if let Some(durability) = durability {
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;

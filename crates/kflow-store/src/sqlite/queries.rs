@@ -909,4 +909,16 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::AuditRow>> {
         self.read(|conn| super::security::audit(conn, filter, after, limit))
     }
+
+    fn put_secrets(&self, rows: &[crate::SecretRow]) -> Result<()> {
+        self.write(|conn| super::security::put_secrets(conn, rows))
+    }
+
+    fn secrets(&self) -> Result<Vec<crate::SecretRow>> {
+        self.read(super::security::secrets)
+    }
+
+    fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool> {
+        self.write(|conn| super::security::delete_secret(conn, namespace, name))
+    }
 }

@@ -146,6 +146,15 @@ CREATE TABLE audit (
     hash      TEXT    NOT NULL
 );
 CREATE INDEX audit_at ON audit (at_ms);
+CREATE TABLE secrets (
+    namespace  TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    key_id     TEXT    NOT NULL,
+    nonce      TEXT    NOT NULL,
+    ciphertext TEXT    NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

@@ -5,7 +5,7 @@ use rusqlite::{Connection, Row, TransactionBehavior, params, params_from_iter};
 
 use super::queries::{query_all, query_opt};
 use crate::security::{GENESIS, chain_hash};
-use crate::{AuditEntry, AuditFilter, AuditRow, Result, StoreError, TokenRow};
+use crate::{AuditEntry, AuditFilter, AuditRow, Result, SecretRow, StoreError, TokenRow};
 
 macro_rules! token_columns {
     () => {
@@ -198,4 +198,44 @@ pub(super) fn audit(
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_and_then(params_from_iter(args), audit_row)?;
     rows.collect()
+}
+
+pub(super) fn put_secrets(conn: &mut Connection, rows: &[SecretRow]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT OR REPLACE INTO secrets (namespace, name, key_id, nonce, ciphertext, updated_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for r in rows {
+            st.execute(params![r.namespace, r.name, r.key_id, r.nonce, r.ciphertext, r.updated_ms])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub(super) fn secrets(conn: &Connection) -> Result<Vec<SecretRow>> {
+    query_all(
+        conn,
+        "SELECT namespace, name, key_id, nonce, ciphertext, updated_ms FROM secrets ORDER BY namespace, name",
+        [],
+        |r| {
+            Ok(SecretRow {
+                namespace: r.get(0)?,
+                name: r.get(1)?,
+                key_id: r.get(2)?,
+                nonce: r.get(3)?,
+                ciphertext: r.get(4)?,
+                updated_ms: r.get(5)?,
+            })
+        },
+    )
+}
+
+pub(super) fn delete_secret(conn: &mut Connection, namespace: &str, name: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND name = ?2")?
+        .execute(params![namespace, name])?
+        == 1)
 }

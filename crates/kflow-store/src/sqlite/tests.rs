@@ -157,6 +157,15 @@ impl Store for TempStore {
     ) -> Result<Vec<crate::AuditRow>> {
         self.store.audit(filter, after, limit)
     }
+    fn put_secrets(&self, rows: &[crate::SecretRow]) -> crate::Result<()> {
+        self.store.put_secrets(rows)
+    }
+    fn secrets(&self) -> crate::Result<Vec<crate::SecretRow>> {
+        self.store.secrets()
+    }
+    fn delete_secret(&self, namespace: &str, name: &str) -> crate::Result<bool> {
+        self.store.delete_secret(namespace, name)
+    }
 }
 
 mod conformance_in_memory {
@@ -297,7 +306,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; ALTER TABLE instances DROP COLUMN attention; DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();
@@ -662,4 +671,22 @@ fn audit_entries_chain_across_appends_and_filter() {
     let seqs: Vec<i64> = s.audit(&by_a, 0, 100).unwrap().iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 3]);
     assert_eq!(s.audit(&Default::default(), 1, 1).unwrap()[0].seq, 2);
+}
+
+#[cfg(unix)]
+#[test]
+fn the_database_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kflow.db");
+    let store = SqliteStore::open(&path, Durability::Process).unwrap();
+    store
+        .put_definition(&testkit::definition("ns", "flow", "1.0.0", "h"))
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = dir.path().join(format!("kflow.db{suffix}"));
+        if let Ok(m) = std::fs::metadata(&p) {
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", p.display());
+        }
+    }
 }

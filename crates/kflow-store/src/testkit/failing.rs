@@ -179,4 +179,13 @@ impl Store for FailingStore {
     ) -> crate::Result<Vec<crate::AuditRow>> {
         self.inner.audit(filter, after, limit)
     }
+    fn put_secrets(&self, rows: &[crate::SecretRow]) -> crate::Result<()> {
+        self.inner.put_secrets(rows)
+    }
+    fn secrets(&self) -> crate::Result<Vec<crate::SecretRow>> {
+        self.inner.secrets()
+    }
+    fn delete_secret(&self, namespace: &str, name: &str) -> crate::Result<bool> {
+        self.inner.delete_secret(namespace, name)
+    }
 }

@@ -321,6 +321,33 @@ impl Driver {
         }
     }
 
+    /// Replaces every secret value in what is kept for people rather than for replay: an
+    /// instance's output and error, and the lifecycle notices (task outputs shown in history
+    /// and live streams). Deliveries keep their values: replay needs them as they were.
+    fn redact(&self, commits: &mut [Commit]) {
+        let mut values = self.shared.vault.all_values();
+        if let Some(m) = self.shared.config.secrets.as_object() {
+            values.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
+        }
+        values.retain(|v| v.len() >= crate::secrets::MIN_REDACTED);
+        if values.is_empty() {
+            return;
+        }
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for c in commits.iter_mut() {
+            if let Some((_, out, err)) = &mut c.status {
+                for v in [out, err].into_iter().flatten() {
+                    crate::secrets::redact(v, &values);
+                }
+            }
+            for ev in &mut c.history {
+                if ev.kind == "notice" {
+                    crate::secrets::redact(&mut ev.data, &values);
+                }
+            }
+        }
+    }
+
     fn scan_timers(&mut self, now: i64) {
         let store = self.shared.store.clone();
         if let Ok(rows) = blocking(|| store.due_timers(now + super::timers::HORIZON_MS, 10_000)) {
@@ -337,7 +364,8 @@ impl Driver {
             return;
         }
         let store = self.shared.store.clone();
-        let commits = std::mem::take(&mut b.commits);
+        let mut commits = std::mem::take(&mut b.commits);
+        self.redact(&mut commits);
         let t0 = std::time::Instant::now();
         let n = commits.len();
         let result = tokio::task::spawn_blocking(move || {
@@ -787,7 +815,10 @@ impl Driver {
         now: i64,
     ) {
         let row = new_row(id, &wf, input.clone(), now);
-        let core = kflow_core::Instance::new(wf.clone(), self.instance_config(id));
+        let core = kflow_core::Instance::new(
+            wf.clone(),
+            self.instance_config(id, &wf.document.namespace),
+        );
         let started = Record::started(input.clone(), priority).encode(1, now);
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
@@ -809,11 +840,14 @@ impl Driver {
         }
     }
 
-    fn instance_config(&self, id: &str) -> InstanceConfig {
+    fn instance_config(&self, id: &str, namespace: &str) -> InstanceConfig {
         let l = self.shared.config.limits;
         InstanceConfig {
             id: id.to_string(),
-            secrets: self.shared.config.secrets.clone(),
+            secrets: self
+                .shared
+                .vault
+                .for_namespace(&self.shared.config.secrets, namespace),
             runtime: kflow_tasks::emit::runtime_descriptor(),
             limits: kflow_core::Limits {
                 tasks_per_turn: l.tasks_per_turn.max(1),

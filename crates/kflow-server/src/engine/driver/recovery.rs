@@ -215,7 +215,10 @@ impl Driver {
                 return Err(needs_attention(id, &reason));
             }
         };
-        let mut core = kflow_core::Instance::new(wf.clone(), self.instance_config(id));
+        let mut core = kflow_core::Instance::new(
+            wf.clone(),
+            self.instance_config(id, &wf.document.namespace),
+        );
         let next_seq = history.last().map_or(1, |ev| ev.seq + 1);
         let mut priority = 0;
         // A finished instance's core is never asked anything: its row says it all.
