@@ -143,6 +143,9 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/tokens/{id}/revoke", vec!["post"]),
         ("/api/v1/audit", vec!["get"]),
         ("/api/v1/audit/verify", vec!["get"]),
+        ("/api/v1/secrets", vec!["get"]),
+        ("/api/v1/secrets/{namespace}/{name}", vec!["put", "delete"]),
+        ("/api/v1/secrets/rotate-key", vec!["post"]),
     ];
     for (path, methods) in &expect {
         let item = paths.get(*path).unwrap_or_else(|| {

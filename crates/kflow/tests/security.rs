@@ -170,3 +170,103 @@ fn unsafe_listening_is_refused_at_start_with_the_reason() {
     assert_eq!(o.code, Some(0), "{}", o.describe());
     assert!(o.stdout.contains("without authentication"), "{}", o.stdout);
 }
+
+#[test]
+fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
+    use serde_json::json;
+    const VALUE: &str = "tok-9f8e7d6c5b4a-sealed";
+    let dir = TempDir::new("sec-secrets");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let base = server.base();
+    let service = support::TestServer::start_with(|_| Some((200, json!({"ok": true}))));
+    let o = kflow(["secret", "set", "team", "token"])
+        .env("KFLOW_SERVER", &base)
+        .stdin(&format!("{VALUE}\n"))
+        .run();
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    let o = kflow(["secret", "ls"]).env("KFLOW_SERVER", &base).run();
+    assert!(o.stdout.contains("team") && o.stdout.contains("token"), "{}", o.stdout);
+    assert!(!o.stdout.contains(VALUE));
+
+    let doc = |ns: &str| {
+        format!(
+            "document: {{dsl: '1.0.0', namespace: {ns}, name: use, version: '1.0.0'}}\n\
+             use: {{secrets: [token]}}\n\
+             do:\n\
+             \x20 - call:\n\
+             \x20     call: http\n\
+             \x20     with:\n\
+             \x20       method: get\n\
+             \x20       endpoint: {}/svc\n\
+             \x20       headers: {{x-token: '${{ $secrets.token }}'}}\n\
+             \x20 - echo:\n\
+             \x20     run:\n\
+             \x20       shell:\n\
+             \x20         command: 'echo \"got $1\"'\n\
+             \x20         arguments: ['${{ $secrets.token }}']\n\
+             \x20 - out:\n\
+             \x20     set: {{leaked: '${{ $secrets.token }}', echoed: '${{ . }}'}}\n",
+            service.base()
+        )
+    };
+    for ns in ["team", "ops"] {
+        let r = support::http_request(
+            "POST",
+            &base,
+            "/api/v1/definitions",
+            Some(("application/yaml", doc(ns).as_bytes())),
+            Duration::from_secs(30),
+        )
+        .expect("register");
+        assert!(r.status < 300, "{}", r.text());
+    }
+    let (_, done) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "team", "name": "use", "wait": true, "wait_seconds": 60}),
+    )
+    .expect("start");
+    assert_eq!(done["status"], "completed", "{done}");
+    // It was used: the service got it.
+    let seen = service.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r.headers.iter().any(|(k, v)| k == "x-token" && v == VALUE)),
+        "the call did not carry the secret"
+    );
+    // And nothing the API shows has it.
+    assert_eq!(done["output"]["leaked"], "***", "{done}");
+    let text = done.to_string();
+    assert!(!text.contains(VALUE), "{text}");
+    let id = done["id"].as_str().unwrap();
+    let (_, history) =
+        support::get_json(&base, &format!("/api/v1/instances/{id}/history")).expect("history");
+    assert!(!history.to_string().contains(VALUE), "{history}");
+    assert!(history.to_string().contains("got ***"), "{history}");
+    // Another namespace does not have it.
+    let (_, other) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "ops", "name": "use", "wait": true, "wait_seconds": 60}),
+    )
+    .expect("start");
+    assert_eq!(other["status"], "faulted", "{other}");
+    assert!(
+        other["error"]["detail"].as_str().unwrap_or("").contains("not configured"),
+        "{other}"
+    );
+    // At rest: the secrets table holds ciphertext; the key file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.path().join("master.key");
+    let mode = std::fs::metadata(&key).expect("key file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    if let Ok(out) = std::process::Command::new("sqlite3")
+        .arg(dir.path().join("kflow.db"))
+        .arg("SELECT namespace || '/' || name || ' ' || ciphertext FROM secrets")
+        .output()
+    {
+        let rows = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(rows.contains("team/token"), "{rows}");
+        assert!(!rows.contains(VALUE), "{rows}");
+    }
+}

@@ -287,7 +287,13 @@ pub async fn get_history(
     visible(&st, &caller, &id).await?;
     let events = st.engine.history(&id, after, limit).await?;
     Ok(Json(HistoryList {
-        items: events.into_iter().map(HistoryEventDto::from).collect(),
+        items: events
+            .into_iter()
+            .map(|mut ev| {
+                st.engine.redact(&mut ev.data);
+                HistoryEventDto::from(ev)
+            })
+            .collect(),
     }))
 }
 

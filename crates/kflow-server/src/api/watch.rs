@@ -185,7 +185,8 @@ impl Pump {
         self.tx.send(event).await.map_err(|_| Stop::Gone)
     }
 
-    async fn send_history(&mut self, ev: HistoryEventDto) -> Result<(), Stop> {
+    async fn send_history(&mut self, mut ev: HistoryEventDto) -> Result<(), Stop> {
+        self.engine.redact(&mut ev.data);
         let seq = ev.seq;
         self.send(Out::History(ev)).await?;
         self.last = seq;

@@ -432,6 +432,19 @@ impl Engine {
         self.shared.now()
     }
 
+    /// Every secret value in `v` replaced (for what the API shows: histories, live streams).
+    pub fn redact(&self, v: &mut serde_json::Value) {
+        let mut values = self.shared.vault.all_values();
+        if let Some(m) = self.shared.config.secrets.as_object() {
+            values.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
+        }
+        values.retain(|v| v.len() >= crate::secrets::MIN_REDACTED);
+        if !values.is_empty() {
+            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+            crate::secrets::redact(v, &values);
+        }
+    }
+
     /// The namespaces' secrets.
     pub fn vault(&self) -> Arc<crate::secrets::Vault> {
         self.shared.vault.clone()

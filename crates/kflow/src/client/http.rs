@@ -214,6 +214,16 @@ impl Api {
         self.json(req).await.map(|(_, v)| v)
     }
 
+    pub async fn put_json(&self, segments: &[&str], body: &Value) -> Result<Value, Failure> {
+        let req = self.request(Method::PUT, segments).json(body);
+        self.json(req).await.map(|(_, v)| v)
+    }
+
+    pub async fn delete(&self, segments: &[&str]) -> Result<Value, Failure> {
+        let req = self.request(Method::DELETE, segments);
+        self.json(req).await.map(|(_, v)| v)
+    }
+
     /// POSTs raw bytes; returns the success status with the body.
     pub async fn post_bytes(
         &self,

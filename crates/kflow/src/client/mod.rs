@@ -202,6 +202,11 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Secrets of namespaces: set (value from stdin), ls (names only), rm, rotate-key.
+    Secret {
+        #[command(subcommand)]
+        command: security::SecretCommand,
+    },
     /// The audit trail: `ls` (filtered) and `verify` (recompute the hash chain).
     Audit {
         #[command(subcommand)]
@@ -356,6 +361,7 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         ClientCommand::Login { server } => security::login(&server).await,
         ClientCommand::Whoami { server } => security::whoami(&http::Api::new(&server)?).await,
         ClientCommand::Audit { command } => security::audit(command).await,
+        ClientCommand::Secret { command } => security::secret(command).await,
         ClientCommand::Events {
             command: EventsCommand::Send { file, server },
         } => apply::send_events(&http::Api::new(&server)?, &file).await,

@@ -45,6 +45,103 @@ pub enum TokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Set a secret of a namespace; the value is read from stdin (one trailing newline
+    /// dropped), sealed by the server and never shown again.
+    Set {
+        namespace: String,
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List secrets: names only.
+    Ls {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a secret.
+    Rm {
+        namespace: String,
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Seal every secret under a new master key (the old key file is kept beside it).
+    RotateKey {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+pub async fn secret(cmd: SecretCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        SecretCommand::Set {
+            namespace,
+            name,
+            server,
+        } => {
+            let mut value = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
+                .map_err(|e| Failure::Usage(format!("cannot read the value from stdin: {e}")))?;
+            let value = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value)
+                .to_string();
+            if value.is_empty() {
+                return Err(Failure::Usage(
+                    "give the value on stdin: printf %s \"$VALUE\" | kflow secret set NS NAME".into(),
+                ));
+            }
+            Api::new(&server)?
+                .put_json(&["secrets", &namespace, &name], &json!({ "value": value }))
+                .await?;
+            println!("set secret {namespace}/{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SecretCommand::Ls { out, server } => {
+            let v = Api::new(&server)?.get(&["secrets"], &[]).await?;
+            Ok(print(out, &v, |v| {
+                let rows: Vec<Vec<String>> = v["items"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            s(e, "namespace").into(),
+                            s(e, "name").into(),
+                            when(&e["updated_ms"]),
+                        ]
+                    })
+                    .collect();
+                render::table(&["NAMESPACE", "NAME", "UPDATED"], &rows)
+            }))
+        }
+        SecretCommand::Rm {
+            namespace,
+            name,
+            server,
+        } => {
+            Api::new(&server)?
+                .delete(&["secrets", &namespace, &name])
+                .await?;
+            println!("removed secret {namespace}/{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SecretCommand::RotateKey { server } => {
+            let v = Api::new(&server)?
+                .post_json(&["secrets", "rotate-key"], &json!({}))
+                .await?;
+            println!("every secret is now sealed under key {}", s(&v, "key_id"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// List audit entries, oldest first.
     Ls {
