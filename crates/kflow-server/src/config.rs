@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub egress: kflow_tasks::egress::EgressConfig,
     /// How shell and script tasks are confined.
     pub sandbox: SandboxSettings,
+    /// API requests per second per token (burst twice that); 0: unlimited.
+    pub rate_limit_per_token: f64,
     /// A remote worker silent this long loses its tasks to other workers.
     pub lease_ttl_ms: i64,
     /// Tasks per second, by `queue:NAME` or `host:NAME`.
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             egress: Default::default(),
             sandbox: SandboxSettings::default(),
+            rate_limit_per_token: 2_000.0,
             lease_ttl_ms: 1_500,
             rate_limits: Default::default(),
             namespace_limits: Default::default(),
@@ -197,6 +200,7 @@ struct FileConfig {
     allowed_hosts: Option<Vec<String>>,
     egress: Option<EgressFile>,
     sandbox: Option<SandboxSettings>,
+    rate_limit_per_token: Option<f64>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
@@ -258,6 +262,12 @@ impl ServerConfig {
         }
         if let Some(sb) = file.sandbox {
             c.sandbox = sb;
+        }
+        if let Some(r) = file.rate_limit_per_token {
+            if !r.is_finite() || r < 0.0 {
+                return Err(format!("{name}: rate_limit_per_token must be 0 or more"));
+            }
+            c.rate_limit_per_token = r;
         }
         if let Some(limits) = file.rate_limits {
             for (k, v) in &limits {

@@ -65,6 +65,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             max_body_bytes: cfg.max_body_bytes,
             auth,
             hosts,
+            rate_limit_per_token: cfg.rate_limit_per_token,
         },
     );
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

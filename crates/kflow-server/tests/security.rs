@@ -905,3 +905,46 @@ async fn a_call_to_cloud_metadata_faults_with_an_error_the_workflow_can_catch() 
         "{done}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_request_rate_gets_429_and_others_do_not() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+    let engine = Engine::with_store(
+        store.clone(),
+        EngineConfig {
+            clock: clock.clone(),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine");
+    let tokens = Tokens::load(store, Some(ROOT)).expect("tokens");
+    let ctx = Ctx {
+        router: router(
+            engine.clone(),
+            ApiConfig {
+                auth: AuthMode::Tokens(Arc::new(tokens)),
+                rate_limit_per_token: 5.0,
+                ..ApiConfig::default()
+            },
+        ),
+        engine,
+        clock,
+        n: AtomicU32::new(0),
+    };
+    let busy = ctx.token("busy", "viewer", &["*"], None).await;
+    let calm = ctx.token("calm", "viewer", &["*"], None).await;
+    // A burst of twice the rate passes, the next is refused with the limit's name.
+    for i in 0..10 {
+        let a = ctx.call("GET", "/api/v1/queues", Some(&busy), None).await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+    }
+    let a = ctx.call("GET", "/api/v1/queues", Some(&busy), None).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+    assert!(a.body.to_string().contains("rate_limit_per_token"), "{}", a.body);
+    // Another token is not affected; time refills the bucket.
+    assert_eq!(ctx.call("GET", "/api/v1/queues", Some(&calm), None).await.status, 200);
+    ctx.clock.advance(1_000);
+    assert_eq!(ctx.call("GET", "/api/v1/queues", Some(&busy), None).await.status, 200);
+}

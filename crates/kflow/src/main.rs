@@ -55,7 +55,7 @@ enum Command {
         secrets_file: Option<PathBuf>,
         /// Serve without authentication (only on a loopback address): every local user and
         /// process can do everything.
-        #[arg(long)]
+        #[arg(long, env = "KFLOW_INSECURE_NO_AUTH")]
         insecure_no_auth: bool,
         /// Listen on a routable address without TLS (behind a TLS-terminating proxy).
         #[arg(long)]

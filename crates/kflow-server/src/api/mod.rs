@@ -39,6 +39,8 @@ pub struct ApiConfig {
     /// Which `Host` names are answered (all by default; loopback names for a server on a
     /// loopback address).
     pub hosts: Hosts,
+    /// Requests per second per token (burst twice that); 0: unlimited.
+    pub rate_limit_per_token: f64,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +49,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             auth: AuthMode::Off,
             hosts: Hosts::any(),
+            rate_limit_per_token: 0.0,
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct AppState {
     pub auth: AuthMode,
     pub hosts: Hosts,
     pub audit: Arc<AuditLog>,
+    pub limiter: Option<Arc<crate::auth::RateLimiter>>,
 }
 
 /// The whole HTTP API as an axum router (state applied): serve it, or call it in-process.

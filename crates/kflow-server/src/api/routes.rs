@@ -140,6 +140,8 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
         audit: crate::auth::audit::AuditLog::start(engine.store()),
         auth: config.auth.clone(),
         hosts: config.hosts.clone(),
+        limiter: (config.rate_limit_per_token > 0.0)
+            .then(|| Arc::new(crate::auth::RateLimiter::new(config.rate_limit_per_token))),
         engine,
         config,
     };

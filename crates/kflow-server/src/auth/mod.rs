@@ -223,6 +223,43 @@ pub enum AuthMode {
     Tokens(Arc<Tokens>),
 }
 
+/// Requests per second per token: a token bucket per token (`rate_limit_per_token`, burst of
+/// twice the rate). Without authentication there is no token to charge.
+pub struct RateLimiter {
+    rate: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, i64)>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: f64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket; `Err(ms until one is available)` when empty.
+    pub fn take(&self, key: &str, now_ms: i64) -> Result<(), i64> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = (self.rate * 2.0).max(1.0);
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 100_000 {
+            b.retain(|_, (_, at)| now_ms - *at < 60_000);
+        }
+        let (tokens, at) = b.entry(key.to_string()).or_insert((burst, now_ms));
+        *tokens = (*tokens + (now_ms - *at).max(0) as f64 * self.rate / 1000.0).min(burst);
+        *at = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - *tokens) * 1000.0 / self.rate).ceil() as i64).max(1))
+        }
+    }
+}
+
 /// A note a handler leaves on its response for the audit entry: the resource and namespace it
 /// acted on, when the path does not say.
 #[derive(Debug, Clone)]
@@ -297,6 +334,20 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
             rule.need.describe()
         );
         return deny(&caller.name, rule.action, ApiError::forbidden(msg));
+    }
+    if let (Some(id), Some(limiter)) = (&caller.token_id, &st.limiter)
+        && let Err(wait_ms) = limiter.take(id, st.engine.now_ms())
+    {
+        let mut r = ApiError::too_many(format!(
+            "token {:?} is over its request rate (rate_limit_per_token: {} per second): retry \
+             in {wait_ms} ms",
+            caller.name, limiter.rate
+        ))
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&((wait_ms + 999) / 1000).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
     }
     req.extensions_mut().insert(caller.clone());
     let mut resp = next.run(req).await;
