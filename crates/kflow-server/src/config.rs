@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub sandbox: SandboxSettings,
     /// API requests per second per token (burst twice that); 0: unlimited.
     pub rate_limit_per_token: f64,
+    /// Serve HTTPS with this PEM certificate chain and private key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// A remote worker silent this long loses its tasks to other workers.
     pub lease_ttl_ms: i64,
     /// Tasks per second, by `queue:NAME` or `host:NAME`.
@@ -67,6 +70,8 @@ impl Default for ServerConfig {
             egress: Default::default(),
             sandbox: SandboxSettings::default(),
             rate_limit_per_token: 2_000.0,
+            tls_cert: None,
+            tls_key: None,
             lease_ttl_ms: 1_500,
             rate_limits: Default::default(),
             namespace_limits: Default::default(),
@@ -201,6 +206,8 @@ struct FileConfig {
     egress: Option<EgressFile>,
     sandbox: Option<SandboxSettings>,
     rate_limit_per_token: Option<f64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
@@ -263,6 +270,8 @@ impl ServerConfig {
         if let Some(sb) = file.sandbox {
             c.sandbox = sb;
         }
+        c.tls_cert = file.tls_cert;
+        c.tls_key = file.tls_key;
         if let Some(r) = file.rate_limit_per_token {
             if !r.is_finite() || r < 0.0 {
                 return Err(format!("{name}: rate_limit_per_token must be 0 or more"));

@@ -11,5 +11,6 @@ pub mod engine;
 pub mod schedule;
 pub mod secrets;
 pub mod serve;
+pub mod tls;
 
 pub use engine::{Engine, EngineConfig, EngineError};

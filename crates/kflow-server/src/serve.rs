@@ -68,6 +68,11 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             rate_limit_per_token: cfg.rate_limit_per_token,
         },
     );
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => return Err("give both --tls-cert and --tls-key, or neither".into()),
+    };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -76,17 +81,32 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| cfg.listen.clone());
     eprintln!(
-        "kflow server listening on http://{addr} (data in {})",
+        "kflow server listening on {}://{addr} (data in {})",
+        if tls.is_some() { "https" } else { "http" },
         cfg.data_dir.display()
     );
 
     let stop = Arc::new(Notify::new());
     let stop2 = stop.clone();
     let http = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop2.notified().await })
-            .await;
+        let shutdown = async move { stop2.notified().await };
+        match tls {
+            None => {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+            }
+            Some(acceptor) => match crate::tls::TlsListener::new(listener, acceptor) {
+                Ok(l) => {
+                    let _ = axum::serve(l.tap_io(|_| {}), app)
+                        .with_graceful_shutdown(shutdown)
+                        .await;
+                }
+                Err(e) => eprintln!("kflow server: TLS listener: {e}"),
+            },
+        }
     });
     wait_for_signal().await;
     eprintln!("kflow server: draining (up to {} s)", cfg.drain_seconds);
@@ -218,7 +238,7 @@ async fn security(cfg: &ServerConfig, engine: &Engine) -> Result<(AuthMode, Host
             cfg.listen
         ));
     }
-    if !loopback && !cfg.insecure_no_tls {
+    if !loopback && !cfg.insecure_no_tls && cfg.tls_cert.is_none() {
         return Err(format!(
             "listening on {} (not a loopback address) would send tokens in clear text: this \
              build serves no TLS yet; put kflow behind a TLS-terminating proxy and pass \

@@ -60,6 +60,12 @@ enum Command {
         /// Listen on a routable address without TLS (behind a TLS-terminating proxy).
         #[arg(long)]
         insecure_no_tls: bool,
+        /// Serve HTTPS: a PEM certificate chain (with --tls-key).
+        #[arg(long, value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, value_name = "PEM")]
+        tls_key: Option<PathBuf>,
     },
     /// Run a workflow in-process to its end and print its output (or its error) as JSON.
     Run {
@@ -117,6 +123,8 @@ fn main() -> ExitCode {
             secrets_file,
             insecure_no_auth,
             insecure_no_tls,
+            tls_cert,
+            tls_key,
         } => {
             match server(
                 data_dir,
@@ -125,6 +133,7 @@ fn main() -> ExitCode {
                 durability,
                 secrets_file,
                 (insecure_no_auth, insecure_no_tls),
+                (tls_cert, tls_key),
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -171,6 +180,7 @@ fn server(
     durability: Option<String>,
     secrets_file: Option<PathBuf>,
     (insecure_no_auth, insecure_no_tls): (bool, bool),
+    (tls_cert, tls_key): (Option<PathBuf>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
     use kflow_server::config::{ServerConfig, parse_durability};
     let mut cfg = match &config {
@@ -190,6 +200,12 @@ fn server(
     }
     cfg.insecure_no_auth |= insecure_no_auth;
     cfg.insecure_no_tls |= insecure_no_tls;
+    if tls_cert.is_some() {
+        cfg.tls_cert = tls_cert;
+    }
+    if tls_key.is_some() {
+        cfg.tls_key = tls_key;
+    }
     if let Some(d) = durability {
         cfg.durability = parse_durability(&d).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
     }

@@ -173,7 +173,8 @@ impl Api {
         if let Some(t) = args.token()? {
             headers.insert(reqwest::header::AUTHORIZATION, bearer(&t)?);
         }
-        let http = reqwest::Client::builder()
+        let http = args
+            .client_builder()?
             .connect_timeout(TIMEOUT)
             .default_headers(headers)
             .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
@@ -359,6 +360,7 @@ mod tests {
         let api = Api::new(&ServerArgs {
             server: "http://h:1/kflow/".into(),
             token: None,
+            ca_file: None,
         })
         .unwrap();
         assert_eq!(
@@ -369,6 +371,7 @@ mod tests {
         let api = Api::new(&ServerArgs {
             server: "http://127.0.0.1:8080".into(),
             token: None,
+            ca_file: None,
         })
         .unwrap();
         assert_eq!(
@@ -379,6 +382,7 @@ mod tests {
             Api::new(&ServerArgs {
                 server: "localhost".into(),
                 token: None,
+                ca_file: None,
             }),
             Err(Failure::Usage(_))
         ));

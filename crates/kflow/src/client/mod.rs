@@ -40,6 +40,9 @@ pub struct ServerArgs {
     /// The API token (default: $KFLOW_TOKEN, else the file `kflow login` writes).
     #[arg(long, env = "KFLOW_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// server (beside the system's).
+    #[arg(long, env = "KFLOW_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -50,6 +53,29 @@ impl ServerArgs {
             return Ok(Some(t.to_string()));
         }
         profile::read()
+    }
+
+    /// An HTTP client builder that trusts `--ca-file` too.
+    pub fn client_builder(&self) -> Result<reqwest::ClientBuilder, Failure> {
+        let mut b = reqwest::Client::builder();
+        if let Some(p) = &self.ca_file {
+            let pem = std::fs::read(p).map_err(|e| {
+                Failure::Usage(format!("cannot read --ca-file {}: {e}", p.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Failure::Usage(format!("--ca-file {}: not PEM certificates: {e}", p.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(Failure::Usage(format!(
+                    "--ca-file {}: no certificate in it",
+                    p.display()
+                )));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        Ok(b)
     }
 }
 

@@ -328,6 +328,7 @@ pub async fn login(server: &ServerArgs) -> Result<ExitCode, Failure> {
     let args = ServerArgs {
         server: server.server.clone(),
         token: Some(token.clone()),
+        ca_file: server.ca_file.clone(),
     };
     let api = Api::new(&args)?;
     let v = api.get(&["whoami"], &[]).await?;

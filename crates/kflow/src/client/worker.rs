@@ -66,7 +66,8 @@ struct Conn {
 impl Conn {
     fn new(server: &ServerArgs) -> Result<Conn, Failure> {
         let token = server.token()?;
-        let http = reqwest::Client::builder()
+        let http = server
+            .client_builder()?
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(90))
             .build()
