@@ -1037,14 +1037,17 @@ impl ServerProcess {
                 let mut told = false;
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
+                    // Logged before the ready signal: a test that reads the log once the
+                    // server listens finds the line.
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&format!("[server #{n}] {line}\n"));
                     if !told && line.contains(LISTENING) {
                         told = true;
                         if let Some(tx) = &tx {
                             let _ = tx.send(true);
                         }
                     }
-                    let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-                    l.push_str(&format!("[server #{n}] {line}\n"));
                 }
                 if let Some(tx) = &tx {
                     let _ = tx.send(false);
