@@ -24,6 +24,9 @@ use kflow_store::{SecretRow, Store};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// The key of a sealed JSON value: `{"sealed": "<key id>:<nonce>:<ciphertext>"}`.
+const SEALED: &str = "sealed";
+
 /// Values shorter than this are not redacted (a one-letter secret would blank every text).
 pub const MIN_REDACTED: usize = 4;
 
@@ -146,6 +149,8 @@ pub enum KeySource {
 pub struct Vault {
     store: Arc<dyn Store>,
     key: RwLock<Key>,
+    /// Keys replaced by rotation (`master.key.<id>` files), to open what they sealed.
+    previous: RwLock<Vec<Key>>,
     source: KeySource,
     /// Decrypted values by namespace, then name.
     values: RwLock<HashMap<String, BTreeMap<String, String>>>,
@@ -222,9 +227,27 @@ impl Vault {
                 .or_default()
                 .insert(r.name.clone(), v);
         }
+        let mut previous = Vec::new();
+        if let KeySource::File(p) = &source
+            && let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str()))
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for e in entries.flatten() {
+                let f = e.file_name();
+                let Some(f) = f.to_str() else { continue };
+                if f.starts_with(&format!("{name}."))
+                    && !f.ends_with(".next")
+                    && !f.ends_with(".new")
+                    && let Ok(bytes) = read_key(&KeySource::File(e.path()))
+                {
+                    previous.push(Key::new(&bytes));
+                }
+            }
+        }
         Ok(Vault {
             store,
             key: RwLock::new(key),
+            previous: RwLock::new(previous),
             source,
             values: RwLock::new(values),
         })
@@ -334,8 +357,75 @@ impl Vault {
         std::fs::rename(&staged, path)
             .map_err(|e| format!("cannot install the new key {}: {e}", path.display()))?;
         let id = new.id.clone();
-        *key = new;
+        let old = std::mem::replace(&mut *key, new);
+        self.previous
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(old);
         Ok(id)
+    }
+
+    /// Seals a JSON value bound to `context` (e.g. a work row's instance and effect): what the
+    /// engine keeps for itself but must not keep in clear (resolved headers, environments).
+    pub fn seal_value(&self, context: &str, v: &Value) -> Value {
+        let key = self.key.read().unwrap_or_else(|p| p.into_inner());
+        let mut nonce = [0u8; 24];
+        if getrandom::fill(&mut nonce).is_err() {
+            return v.clone();
+        }
+        let text = v.to_string();
+        match key.cipher.encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: text.as_bytes(),
+                aad: context.as_bytes(),
+            },
+        ) {
+            Ok(ct) => serde_json::json!({
+                SEALED: format!("{}:{}:{}", key.id, B64.encode(nonce), B64.encode(ct))
+            }),
+            Err(_) => v.clone(),
+        }
+    }
+
+    /// Opens what [`seal_value`](Self::seal_value) sealed (any value not sealed is returned
+    /// as it is: rows written before sealing existed).
+    pub fn unseal_value(&self, context: &str, v: &Value) -> Result<Value, String> {
+        let Some(sealed) = v.as_object().filter(|m| m.len() == 1).and_then(|m| m.get(SEALED))
+        else {
+            return Ok(v.clone());
+        };
+        let text = sealed.as_str().ok_or("a sealed value that is not a string")?;
+        let mut parts = text.splitn(3, ':');
+        let (Some(id), Some(nonce), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("a malformed sealed value".into());
+        };
+        let nonce = B64
+            .decode(nonce)
+            .ok()
+            .filter(|n| n.len() == 24)
+            .ok_or("a malformed nonce")?;
+        let ct = B64.decode(ct).map_err(|_| "a malformed ciphertext")?;
+        let open = |k: &Key| {
+            k.cipher
+                .decrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: &ct,
+                        aad: context.as_bytes(),
+                    },
+                )
+                .ok()
+        };
+        let current = self.key.read().unwrap_or_else(|p| p.into_inner());
+        let plain = if current.id == id {
+            open(&current)
+        } else {
+            let prev = self.previous.read().unwrap_or_else(|p| p.into_inner());
+            prev.iter().find(|k| k.id == id).and_then(open)
+        }
+        .ok_or_else(|| format!("sealed under key {id}, which does not open it (missing or altered)"))?;
+        serde_json::from_slice(&plain).map_err(|e| format!("a sealed value that is not JSON: {e}"))
     }
 
     pub fn key_id(&self) -> String {
@@ -383,6 +473,23 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let e = Vault::open(s, other.path()).err().expect("refused");
         assert!(e.contains("does not decrypt"), "{e}");
+    }
+
+    #[test]
+    fn sealed_values_open_in_their_context_only_and_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(store(), dir.path()).unwrap();
+        let effect = serde_json::json!({"headers": {"authorization": "Bearer hunter2-xyz"}});
+        let sealed = v.seal_value("i1/7", &effect);
+        assert!(!sealed.to_string().contains("hunter2"));
+        assert_eq!(v.unseal_value("i1/7", &sealed).unwrap(), effect);
+        assert!(v.unseal_value("i1/8", &sealed).is_err(), "moved to another row");
+        assert_eq!(v.unseal_value("x", &effect).unwrap(), effect, "plain rows pass");
+        v.rotate(5).unwrap();
+        assert_eq!(v.unseal_value("i1/7", &sealed).unwrap(), effect);
+        // And after a restart, from the kept key file.
+        let again = Vault::open(v.store.clone(), dir.path()).unwrap();
+        assert_eq!(again.unseal_value("i1/7", &sealed).unwrap(), effect);
     }
 
     #[test]

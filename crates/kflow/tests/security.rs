@@ -209,6 +209,51 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
             service.base()
         )
     };
+    // A workflow that only sends the secret (in a header): nothing of it reaches the database
+    // files, WAL included: the call's work row is sealed, the answer does not echo it.
+    let quiet = format!(
+        "document: {{dsl: '1.0.0', namespace: team, name: quiet, version: '1.0.0'}}\n\
+         use: {{secrets: [token]}}\n\
+         do:\n\
+         \x20 - call:\n\
+         \x20     call: http\n\
+         \x20     with:\n\
+         \x20       method: get\n\
+         \x20       endpoint: {}/svc\n\
+         \x20       headers: {{authorization: '${{ \"Bearer \" + $secrets.token }}'}}\n",
+        service.base()
+    );
+    let r = support::http_request(
+        "POST",
+        &base,
+        "/api/v1/definitions",
+        Some(("application/yaml", quiet.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register");
+    assert!(r.status < 300, "{}", r.text());
+    let (_, done) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "team", "name": "quiet", "wait": true, "wait_seconds": 60}),
+    )
+    .expect("start");
+    assert_eq!(done["status"], "completed", "{done}");
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(dir.path()).expect("data dir").flatten() {
+        bytes.extend(std::fs::read(f.path()).unwrap_or_default());
+    }
+    assert!(
+        !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+        "the secret is in the database files"
+    );
+    let seen: Vec<_> = service.requests().iter().map(|r| r.headers.clone()).collect();
+    assert!(
+        seen.iter()
+            .any(|h| h.iter().any(|(k, v)| k == "authorization" && v.ends_with(VALUE))),
+        "the call did not carry the secret: {seen:?}"
+    );
+
     for ns in ["team", "ops"] {
         let r = support::http_request(
             "POST",

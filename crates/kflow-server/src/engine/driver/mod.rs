@@ -1083,7 +1083,7 @@ impl Driver {
             effect_id: effect,
             task: task.clone(),
             kind: e.kind().to_string(),
-            effect: serde_json::to_value(&e).unwrap_or(Value::Null),
+            effect: stored_effect(&self.shared, id, effect, &e),
             due_ms: due,
             // Calls and processes are dispatched right after this commit: that is attempt 1.
             attempts: u32::from(matches!(
@@ -1170,6 +1170,18 @@ fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
 }
 
 /// The host of an absolute URI (`https://api.example.com:8443/x` → `api.example.com`).
+/// A work row's effect as stored: calls and processes sealed (their resolved headers,
+/// bodies, arguments and environments may hold secrets), bound to the row.
+pub(super) fn stored_effect(shared: &Shared, id: &str, effect: u64, e: &Effect) -> Value {
+    let v = serde_json::to_value(e).unwrap_or(Value::Null);
+    match e {
+        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) => {
+            shared.vault.seal_value(&format!("{id}/{effect}"), &v)
+        }
+        _ => v,
+    }
+}
+
 fn host_of(uri: &str) -> Option<&str> {
     let rest = uri.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;

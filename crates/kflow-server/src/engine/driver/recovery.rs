@@ -50,7 +50,12 @@ impl Driver {
         now: i64,
         ready: &mut VecDeque<(String, u64, Delivery)>,
     ) {
-        let effect = match serde_json::from_value::<Effect>(w.effect.clone()) {
+        let opened = self
+            .shared
+            .vault
+            .unseal_value(&format!("{}/{}", w.instance_id, w.effect_id), &w.effect)
+            .map_err(|m| m.to_string());
+        let effect = match opened.and_then(|v| serde_json::from_value::<Effect>(v).map_err(|e| e.to_string())) {
             Ok(e) => e,
             Err(e) => {
                 let reason = format!(
