@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub sandbox: SandboxSettings,
     /// API requests per second per token (burst twice that); 0: unlimited.
     pub rate_limit_per_token: f64,
+    /// Seal workflow data at rest with the master key.
+    pub encrypt_data: bool,
     /// Serve HTTPS with this PEM certificate chain and private key.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -70,6 +72,7 @@ impl Default for ServerConfig {
             egress: Default::default(),
             sandbox: SandboxSettings::default(),
             rate_limit_per_token: 2_000.0,
+            encrypt_data: false,
             tls_cert: None,
             tls_key: None,
             lease_ttl_ms: 1_500,
@@ -208,6 +211,7 @@ struct FileConfig {
     rate_limit_per_token: Option<f64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    encrypt_data: Option<bool>,
     lease_ttl_ms: Option<i64>,
     rate_limits: Option<std::collections::HashMap<String, f64>>,
     namespace_limits: Option<std::collections::HashMap<String, usize>>,
@@ -270,6 +274,7 @@ impl ServerConfig {
         if let Some(sb) = file.sandbox {
             c.sandbox = sb;
         }
+        c.encrypt_data = file.encrypt_data.unwrap_or(false);
         c.tls_cert = file.tls_cert;
         c.tls_key = file.tls_key;
         if let Some(r) = file.rate_limit_per_token {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod schedule;
+pub mod sealed;
 pub mod secrets;
 pub mod serve;
 pub mod tls;

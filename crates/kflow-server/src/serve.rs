@@ -28,6 +28,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         durability: cfg.durability,
         max_concurrent_effects: cfg.max_concurrent_effects,
         secrets,
+        encrypt_data: cfg.encrypt_data,
         lease_ttl_ms: cfg.lease_ttl_ms,
         rate_limits: cfg.rate_limits.clone(),
         namespace_limits: cfg.namespace_limits.clone(),

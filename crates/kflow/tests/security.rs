@@ -377,3 +377,75 @@ fn the_api_over_tls_is_verified_by_the_cli_with_a_given_ca() {
     assert_eq!(o.code, Some(2), "{}", o.describe());
     assert!(o.stderr.contains("--tls-key"), "{}", o.describe());
 }
+
+#[test]
+fn with_data_encrypted_at_rest_nothing_of_a_secret_reaches_the_files_and_a_restart_replays() {
+    use serde_json::json;
+    const VALUE: &str = "echoed-secret-5d4c3b2a1f";
+    let dir = TempDir::new("sec-at-rest");
+    let config = dir.path().join("kflow.yaml");
+    std::fs::write(&config, "encrypt_data: true\n").unwrap();
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let base = server.base();
+    let o = kflow(["secret", "set", "team", "token"])
+        .env("KFLOW_SERVER", &base)
+        .stdin(VALUE)
+        .run();
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    // The secret goes in as input, comes back from a shell step, waits across a kill -9.
+    let doc = "document: {dsl: '1.0.0', namespace: team, name: echo, version: '1.0.0'}\n\
+               use: {secrets: [token]}\n\
+               do:\n\
+               \x20 - echo:\n\
+               \x20     run:\n\
+               \x20       shell:\n\
+               \x20         command: 'echo \"got $1\"'\n\
+               \x20         arguments: ['${ $secrets.token }']\n\
+               \x20 - pause:\n\
+               \x20     wait: {seconds: 2}\n\
+               \x20 - out:\n\
+               \x20     set: {said: '${ $workflow.input.note }', ok: true}\n";
+    let r = support::http_request(
+        "POST",
+        &base,
+        "/api/v1/definitions",
+        Some(("application/yaml", doc.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register");
+    assert!(r.status < 300, "{}", r.text());
+    let (code, started) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "team", "name": "echo", "input": {"note": "plain input text 7e6f"}}),
+    )
+    .expect("start");
+    assert_eq!(code, 201, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(600));
+    server.kill9();
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(&data).expect("data dir").flatten() {
+        bytes.extend(std::fs::read(f.path()).unwrap_or_default());
+    }
+    let found = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(!found(VALUE), "the secret is in the database files");
+    assert!(!found("plain input text 7e6f"), "the input is in the database files");
+    server.restart();
+    let base = server.base();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, v) = support::get_json(&base, &format!("/api/v1/instances/{id}")).expect("get");
+        if v["status"] != "running" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not finished: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"]["said"], "plain input text 7e6f", "{done}");
+    let (_, history) =
+        support::get_json(&base, &format!("/api/v1/instances/{id}/history")).expect("history");
+    assert!(history.to_string().contains("got ***"), "{history}");
+}

@@ -73,6 +73,9 @@ pub struct EngineConfig {
     pub executor: kflow_tasks::ExecConfig,
     /// `$secrets` for every instance.
     pub secrets: Value,
+    /// Seal workflow data at rest (inputs, outputs, histories, work rows, events) with the
+    /// master key (`Engine::open` only).
+    pub encrypt_data: bool,
     /// How long a remote worker's lease lives without a heartbeat: a worker that dies has its
     /// tasks queued again after this long.
     pub lease_ttl_ms: i64,
@@ -158,6 +161,7 @@ impl Default for EngineConfig {
             max_active: 10_000,
             executor: kflow_tasks::ExecConfig::default(),
             secrets: Value::Object(Default::default()),
+            encrypt_data: false,
             lease_ttl_ms: 1_500,
             rate_limits: HashMap::new(),
             namespace_limits: HashMap::new(),
@@ -286,9 +290,16 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??;
         let store: Arc<dyn Store> = Arc::new(store);
-        let vault = crate::secrets::Vault::open(store.clone(), &config.data_dir)
-            .map_err(|m| EngineError::Store(StoreError::Db(m)))?;
-        Self::with_vault(store, Arc::new(vault), config).await
+        let vault = Arc::new(
+            crate::secrets::Vault::open(store.clone(), &config.data_dir)
+                .map_err(|m| EngineError::Store(StoreError::Db(m)))?,
+        );
+        let store: Arc<dyn Store> = if config.encrypt_data {
+            Arc::new(crate::sealed::Sealed::new(store, vault.clone()))
+        } else {
+            store
+        };
+        Self::with_vault(store, vault, config).await
     }
 
     /// An engine over `store`, its secrets sealed under a key that lives only as long as the
