@@ -20,6 +20,9 @@ use crate::secrets::Vault;
 pub struct Sealed {
     inner: Arc<dyn Store>,
     vault: Arc<Vault>,
+    /// Seal what is written (`encrypt_data`); what is read is opened either way, so that data
+    /// sealed earlier (or by `kflow db encrypt`) stays readable when the setting is off.
+    seal_writes: bool,
 }
 
 /// Where a payload lives: its AEAD context.
@@ -36,8 +39,12 @@ pub fn ctx_work(id: &str, effect: u64) -> String {
 pub const CTX_EVENT: &str = "event";
 
 impl Sealed {
-    pub fn new(inner: Arc<dyn Store>, vault: Arc<Vault>) -> Sealed {
-        Sealed { inner, vault }
+    pub fn new(inner: Arc<dyn Store>, vault: Arc<Vault>, seal_writes: bool) -> Sealed {
+        Sealed {
+            inner,
+            vault,
+            seal_writes,
+        }
     }
 
     fn seal(&self, ctx: &str, v: &Value) -> Value {
@@ -86,6 +93,9 @@ impl Store for Sealed {
     }
 
     fn apply(&self, commits: &[Commit]) -> Result<()> {
+        if !self.seal_writes {
+            return self.inner.apply(commits);
+        }
         let sealed: Vec<Commit> = commits
             .iter()
             .map(|c| {
@@ -174,6 +184,9 @@ impl Store for Sealed {
         self.inner.prune_idempotency_keys(now, limit)
     }
     fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64> {
+        if !self.seal_writes {
+            return self.inner.add_event(event, received_ms);
+        }
         self.inner
             .add_event(&self.seal(CTX_EVENT, event), received_ms)
     }
@@ -226,4 +239,27 @@ impl Store for Sealed {
     fn delete_secret(&self, ns: &str, name: &str) -> Result<bool> {
         self.inner.delete_secret(ns, name)
     }
+}
+
+/// `kflow db encrypt`: seals every payload written before `encrypt_data` was turned on (what
+/// is sealed already is left alone); returns how many were sealed.
+pub fn encrypt_existing(
+    store: &kflow_store::sqlite::SqliteStore,
+    vault: &Vault,
+) -> std::result::Result<u64, String> {
+    use kflow_store::sqlite::PayloadAt;
+    store
+        .rewrite_payloads(&|at, v| {
+            if Vault::is_sealed(v) {
+                return None;
+            }
+            let ctx = match at {
+                PayloadAt::Instance { id, field } => ctx_instance(id, field),
+                PayloadAt::History { id, seq } => ctx_history(id, *seq),
+                PayloadAt::Work { id, effect } => ctx_work(id, *effect),
+                PayloadAt::Event { .. } => CTX_EVENT.to_string(),
+            };
+            Some(vault.seal_value(&ctx, v))
+        })
+        .map_err(|e| e.to_string())
 }

@@ -388,6 +388,12 @@ impl Vault {
         }
     }
 
+    /// Whether `v` is a sealed value.
+    pub fn is_sealed(v: &Value) -> bool {
+        v.as_object()
+            .is_some_and(|m| m.len() == 1 && m.get(SEALED).is_some_and(Value::is_string))
+    }
+
     /// Opens what [`seal_value`](Self::seal_value) sealed (any value not sealed is returned
     /// as it is: rows written before sealing existed).
     pub fn unseal_value(&self, context: &str, v: &Value) -> Result<Value, String> {

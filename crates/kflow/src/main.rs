@@ -93,10 +93,41 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Work on a data directory directly.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     // Verbs that talk to a kflow server: apply, start, get, ls, cancel, suspend, resume,
     // history, events (see client/mod.rs).
     #[command(flatten)]
     Client(client::ClientCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Seal the workflow data written before `encrypt_data: true` (inputs, outputs, histories,
+    /// work rows, events) with the master key. Safe to run again; run it with the server
+    /// stopped or already running with `encrypt_data: true`.
+    Encrypt {
+        /// The server's data directory (its kflow.db and master.key).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn db_encrypt(data_dir: &std::path::Path) -> anyhow::Result<u64> {
+    let path = data_dir.join("kflow.db");
+    if !path.exists() {
+        anyhow::bail!("no kflow database in {}", data_dir.display());
+    }
+    let store = Arc::new(kflow_store::sqlite::SqliteStore::open(
+        &path,
+        kflow_store::sqlite::Durability::Full,
+    )?);
+    let vault = kflow_server::secrets::Vault::open(store.clone(), data_dir)
+        .map_err(anyhow::Error::msg)?;
+    kflow_server::sealed::encrypt_existing(&store, &vault).map_err(anyhow::Error::msg)
 }
 
 fn main() -> ExitCode {
@@ -169,6 +200,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Db {
+            command: DbCommand::Encrypt { data_dir },
+        } => match db_encrypt(&data_dir) {
+            Ok(n) => {
+                println!(
+                    "sealed {n} payloads in {}; set encrypt_data: true in the server's config \
+                     so that new data is sealed too",
+                    data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kflow: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Client(cmd) => client::run(cmd),
     }
 }

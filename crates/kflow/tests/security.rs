@@ -449,3 +449,52 @@ fn with_data_encrypted_at_rest_nothing_of_a_secret_reaches_the_files_and_a_resta
         support::get_json(&base, &format!("/api/v1/instances/{id}/history")).expect("history");
     assert!(history.to_string().contains("got ***"), "{history}");
 }
+
+#[test]
+fn db_encrypt_seals_old_data_in_place_and_the_server_still_reads_it() {
+    use serde_json::json;
+    const INPUT: &str = "plain-old-input-4a3b2c";
+    let dir = TempDir::new("sec-db-encrypt");
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data, &[]);
+    let base = server.base();
+    let doc = "document: {dsl: '1.0.0', namespace: team, name: keep, version: '1.0.0'}\n\
+               do:\n  - keep:\n      set: {kept: '${ $workflow.input.x }'}\n";
+    let r = support::http_request(
+        "POST",
+        &base,
+        "/api/v1/definitions",
+        Some(("application/yaml", doc.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register");
+    assert!(r.status < 300, "{}", r.text());
+    let (_, done) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "team", "name": "keep", "input": {"x": INPUT}, "wait": true}),
+    )
+    .expect("start");
+    assert_eq!(done["status"], "completed", "{done}");
+    let id = done["id"].as_str().unwrap().to_string();
+    server.kill9();
+    let files = |needle: &str| {
+        let mut bytes = Vec::new();
+        for f in std::fs::read_dir(&data).expect("data dir").flatten() {
+            bytes.extend(std::fs::read(f.path()).unwrap_or_default());
+        }
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    assert!(files(INPUT), "the old data should be in clear before");
+    let o = kflow(["db", "encrypt", "--data-dir", data.to_str().unwrap()]).run();
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.stdout.contains("sealed"), "{}", o.stdout);
+    assert!(!files(INPUT), "db encrypt left the data in clear");
+    let again = kflow(["db", "encrypt", "--data-dir", data.to_str().unwrap()]).run();
+    assert!(again.stdout.contains("sealed 0 payloads"), "{}", again.stdout);
+    server.restart();
+    let (_, v) =
+        support::get_json(&server.base(), &format!("/api/v1/instances/{id}")).expect("get");
+    assert_eq!(v["input"]["x"], INPUT, "{v}");
+    assert_eq!(v["output"]["kept"], INPUT, "{v}");
+}

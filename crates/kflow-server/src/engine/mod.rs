@@ -294,11 +294,11 @@ impl Engine {
             crate::secrets::Vault::open(store.clone(), &config.data_dir)
                 .map_err(|m| EngineError::Store(StoreError::Db(m)))?,
         );
-        let store: Arc<dyn Store> = if config.encrypt_data {
-            Arc::new(crate::sealed::Sealed::new(store, vault.clone()))
-        } else {
-            store
-        };
+        let store: Arc<dyn Store> = Arc::new(crate::sealed::Sealed::new(
+            store,
+            vault.clone(),
+            config.encrypt_data,
+        ));
         Self::with_vault(store, vault, config).await
     }
 

@@ -12,6 +12,8 @@
 mod queries;
 mod schema;
 mod security;
+
+pub use security::PayloadAt;
 #[cfg(test)]
 mod tests;
 
@@ -121,6 +123,15 @@ impl SqliteStore {
             path: Some(path.to_path_buf()),
             last_seqs: Default::default(),
         })
+    }
+
+    /// Rewrites every workflow payload (instance input/output/error, history data, work
+    /// effects, posted events) through `f`; `kflow db encrypt` seals old data with it.
+    pub fn rewrite_payloads(
+        &self,
+        f: &dyn Fn(&PayloadAt, &serde_json::Value) -> Option<serde_json::Value>,
+    ) -> Result<u64> {
+        self.write(|conn| security::rewrite_payloads(conn, f))
     }
 
     /// A private in-memory database (for tests): gone when the store is dropped.

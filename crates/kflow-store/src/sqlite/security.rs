@@ -239,3 +239,106 @@ pub(super) fn delete_secret(conn: &mut Connection, namespace: &str, name: &str) 
         .execute(params![namespace, name])?
         == 1)
 }
+
+/// Where a stored payload is: its table, its row, its column. The sealing context is built from
+/// this by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadAt {
+    Instance { id: String, field: &'static str },
+    History { id: String, seq: i64 },
+    Work { id: String, effect: u64 },
+    Event { id: i64 },
+}
+
+/// Rewrites every payload column through `f` (None: leave the row as it is), a thousand rows
+/// per transaction; returns how many were rewritten.
+pub(super) fn rewrite_payloads(
+    conn: &mut Connection,
+    f: &dyn Fn(&PayloadAt, &serde_json::Value) -> Option<serde_json::Value>,
+) -> Result<u64> {
+    let mut n = 0u64;
+    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
+    // (select, update) per column; rows are read in full first (one table at a time).
+    let mut jobs: Vec<(PayloadAt, String)> = Vec::new();
+    {
+        let mut st = conn.prepare("SELECT id, input, output, error FROM instances")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, input, output, error) = row?;
+            jobs.push((PayloadAt::Instance { id: id.clone(), field: "input" }, input));
+            if let Some(o) = output {
+                jobs.push((PayloadAt::Instance { id: id.clone(), field: "output" }, o));
+            }
+            if let Some(e) = error {
+                jobs.push((PayloadAt::Instance { id, field: "error" }, e));
+            }
+        }
+    }
+    {
+        let mut st = conn.prepare("SELECT instance_id, seq, data FROM history")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        for row in rows {
+            let (id, seq, data) = row?;
+            jobs.push((PayloadAt::History { id, seq }, data));
+        }
+    }
+    {
+        let mut st = conn.prepare("SELECT instance_id, effect_id, effect FROM work")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        for row in rows {
+            let (id, effect, e) = row?;
+            jobs.push((PayloadAt::Work { id, effect: effect as u64 }, e));
+        }
+    }
+    {
+        let mut st = conn.prepare("SELECT id, event FROM events")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (id, e) = row?;
+            jobs.push((PayloadAt::Event { id }, e));
+        }
+    }
+    for chunk in jobs.chunks(1000) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (at, text) in chunk {
+            let Some(v) = parse(text) else { continue };
+            let Some(new) = f(at, &v) else { continue };
+            let new = new.to_string();
+            match at {
+                PayloadAt::Instance { id, field } => {
+                    let sql = match *field {
+                        "input" => "UPDATE instances SET input = ?2 WHERE id = ?1",
+                        "output" => "UPDATE instances SET output = ?2 WHERE id = ?1",
+                        _ => "UPDATE instances SET error = ?2 WHERE id = ?1",
+                    };
+                    tx.execute(sql, params![id, new])?;
+                }
+                PayloadAt::History { id, seq } => {
+                    tx.execute(
+                        "UPDATE history SET data = ?3 WHERE instance_id = ?1 AND seq = ?2",
+                        params![id, seq, new],
+                    )?;
+                }
+                PayloadAt::Work { id, effect } => {
+                    tx.execute(
+                        "UPDATE work SET effect = ?3 WHERE instance_id = ?1 AND effect_id = ?2",
+                        params![id, *effect as i64, new],
+                    )?;
+                }
+                PayloadAt::Event { id } => {
+                    tx.execute("UPDATE events SET event = ?2 WHERE id = ?1", params![id, new])?;
+                }
+            }
+            n += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(n)
+}
