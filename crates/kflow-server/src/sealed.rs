@@ -108,7 +108,10 @@ impl Store for Sealed {
                     ev.data = self.seal(&ctx_history(id, ev.seq), &ev.data);
                 }
                 for w in &mut c.add_work {
-                    w.effect = self.seal(&ctx_work(id, w.effect_id), &w.effect);
+                    // Calls and processes come sealed already (see `driver::stored_effect`).
+                    if !Vault::is_sealed(&w.effect) {
+                        w.effect = self.seal(&ctx_work(id, w.effect_id), &w.effect);
+                    }
                 }
                 if let Some((_, out, err)) = &mut c.status {
                     if let Some(o) = out {

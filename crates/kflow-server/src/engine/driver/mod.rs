@@ -1176,7 +1176,9 @@ pub(super) fn stored_effect(shared: &Shared, id: &str, effect: u64, e: &Effect) 
     let v = serde_json::to_value(e).unwrap_or(Value::Null);
     match e {
         Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) => {
-            shared.vault.seal_value(&format!("{id}/{effect}"), &v)
+            shared
+                .vault
+                .seal_value(&crate::sealed::ctx_work(id, effect), &v)
         }
         _ => v,
     }

@@ -53,7 +53,10 @@ impl Driver {
         let opened = self
             .shared
             .vault
-            .unseal_value(&format!("{}/{}", w.instance_id, w.effect_id), &w.effect)
+            .unseal_value(
+                &crate::sealed::ctx_work(&w.instance_id, w.effect_id),
+                &w.effect,
+            )
             .map_err(|m| m.to_string());
         let effect = match opened.and_then(|v| serde_json::from_value::<Effect>(v).map_err(|e| e.to_string())) {
             Ok(e) => e,
