@@ -170,6 +170,8 @@ async fn start_server(
     let cfg = EngineConfig {
         data_dir: dir.to_path_buf(),
         durability,
+        // `--encrypt`: workflow data sealed at rest.
+        encrypt_data: std::env::args().any(|a| a == "--encrypt"),
         // The load generator is one client: let it open all its watchers.
         watch_limits: kflow_server::engine::live::WatchLimits {
             total: 10_000,
