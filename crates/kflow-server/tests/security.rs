@@ -948,3 +948,36 @@ async fn a_token_over_its_request_rate_gets_429_and_others_do_not() {
     ctx.clock.advance(1_000);
     assert_eq!(ctx.call("GET", "/api/v1/queues", Some(&busy), None).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_is_audited_once_with_its_commit_and_a_repeat_once_more() {
+    let ctx = Ctx::new().await;
+    ctx.register(doc("wait", "1.0.0")).await;
+    let op = ctx.token("op", "operator", &["team"], None).await;
+    let start = |key: &'static str| {
+        let (ctx, op) = (&ctx, op.clone());
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/api/v1/instances")
+                .header("authorization", op)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(Body::from(json!({"namespace": "team", "name": "wait"}).to_string()))
+                .unwrap();
+            ctx.router.clone().oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(start("k1").await, StatusCode::CREATED);
+    assert_eq!(start("k1").await, StatusCode::OK);
+    let entries = ctx.root("GET", "/api/v1/audit?action=instances.start", None).await;
+    let results: Vec<&str> = entries["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, vec!["201", "200"], "{entries}");
+    let verdict = ctx.root("GET", "/api/v1/audit/verify", None).await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+}

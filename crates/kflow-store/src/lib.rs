@@ -178,6 +178,9 @@ pub struct Commit {
     pub clear_work: bool,
     /// An idempotency key recorded with the instance this commit creates.
     pub idempotency: Option<IdempotencyKey>,
+    /// Audit entries appended to the chain in the same transaction (the start of an instance
+    /// is audited exactly when it is committed).
+    pub audit: Vec<AuditEntry>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -55,6 +55,7 @@ pub async fn register_definition(
     let note = Audited {
         resource: format!("definition {}/{}@{} ({})", r.namespace, r.name, r.version, r.outcome),
         namespace: Some(r.namespace.clone()),
+        recorded: false,
     };
     Ok(super::instances::with_note(
         (status, Json(RegisterResponse::from(r))),

@@ -46,6 +46,7 @@ pub const MAX_HISTORY: u32 = 10_000;
 pub async fn start_instance(
     State(st): State<AppState>,
     caller: Caller,
+    source: Option<axum::Extension<crate::auth::Source>>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<StartRequest>,
 ) -> ApiResult<Response> {
@@ -74,6 +75,14 @@ pub async fn start_instance(
             priority: req.priority,
             id: req.id,
             idempotency_key,
+            audit: Some(crate::auth::audit::entry(
+                &caller.name,
+                "instances.start",
+                "",
+                None,
+                &source.map(|s| s.0.0).unwrap_or_default(),
+                StatusCode::CREATED.as_u16().to_string(),
+            )),
         })
         .await?;
     let code = if started.created {
@@ -85,6 +94,8 @@ pub async fn start_instance(
     let audited = Audited {
         resource: format!("instance {} of {}/{}@{}", inst.id, inst.namespace, inst.name, inst.version),
         namespace: Some(inst.namespace.clone()),
+        // A new instance's entry was committed with it; a repeated request's is written now.
+        recorded: started.created,
     };
     if req.wait {
         let timeout = std::time::Duration::from_secs(req.wait_seconds.unwrap_or(60).min(3600));

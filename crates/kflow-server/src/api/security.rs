@@ -158,6 +158,7 @@ pub async fn create_token(
     resp.extensions_mut().insert(Audited {
         resource: format!("token {} ({}, {}, {})", row.name, row.id, row.role, row.namespaces.join(",")),
         namespace: None,
+        recorded: false,
     });
     Ok(resp)
 }
@@ -403,6 +404,7 @@ pub async fn put_secret(
     let note = Audited {
         resource: format!("secret {ns}/{name}"),
         namespace: Some(ns.clone()),
+        recorded: false,
     };
     Ok(super::instances::with_note(
         Json(SecretView {
@@ -435,6 +437,7 @@ pub async fn delete_secret(
     let note = Audited {
         resource: format!("secret {ns}/{name}"),
         namespace: Some(ns.clone()),
+        recorded: false,
     };
     Ok(super::instances::with_note(
         Json(serde_json::json!({"namespace": ns, "name": name, "removed": true})),

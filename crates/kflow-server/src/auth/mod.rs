@@ -266,7 +266,14 @@ impl RateLimiter {
 pub struct Audited {
     pub resource: String,
     pub namespace: Option<String>,
+    /// Already in the trail (written with the change itself): nothing more to record.
+    pub recorded: bool,
 }
+
+/// Where a request came from (the peer's address), for handlers that write their own audit
+/// entry.
+#[derive(Debug, Clone)]
+pub struct Source(pub String);
 
 /// Checks `Host`/`Origin`, authenticates, applies the route's rule, runs the handler, records the
 /// audit entry (changes and denials), in that order.
@@ -350,12 +357,16 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
         return r;
     }
     req.extensions_mut().insert(caller.clone());
+    req.extensions_mut().insert(Source(source.clone()));
     let mut resp = next.run(req).await;
     let status = resp.status();
     let changes = method != Method::GET && method != Method::HEAD && rule.audited;
     let refused = status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED;
     if changes || refused {
         let note = resp.extensions_mut().remove::<Audited>();
+        if note.as_ref().is_some_and(|a| a.recorded) {
+            return resp;
+        }
         let (resource, ns) = match note {
             Some(a) => (a.resource, a.namespace),
             None => (uri_path.clone(), None),

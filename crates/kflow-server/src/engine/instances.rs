@@ -29,6 +29,9 @@ pub struct StartSpec {
     pub id: Option<String>,
     /// An idempotency key (per namespace): the same request again answers the same instance.
     pub idempotency_key: Option<String>,
+    /// The audit entry of the start (actor, action, source, result): committed with the
+    /// instance it creates, and not at all when it creates none (a repeated request).
+    pub audit: Option<kflow_store::AuditEntry>,
 }
 
 /// An instance as the API shows it.
@@ -81,6 +84,7 @@ impl Engine {
             wf,
             input,
             priority,
+            audit: None,
             reply,
         })
         .await
@@ -136,6 +140,7 @@ impl Engine {
             wf,
             input: spec.input,
             priority: spec.priority,
+            audit: spec.audit,
             reply,
         })
         .await
@@ -377,6 +382,7 @@ fn start_msg(
         wf,
         input,
         priority: None,
+        audit: None,
         reply,
     }
 }

@@ -563,6 +563,11 @@ impl Store for SqliteStore {
             for commit in commits {
                 apply_commit(&tx, commit, &known, &mut batch)?;
             }
+            let audit: Vec<crate::AuditEntry> =
+                commits.iter().flat_map(|c| c.audit.iter().cloned()).collect();
+            if !audit.is_empty() {
+                super::security::append_audit_in(&tx, &audit)?;
+            }
             tx.commit()?;
             if known.len() + batch.len() > super::LAST_SEQS {
                 known.clear();

@@ -123,44 +123,51 @@ pub(super) fn append_audit(
         return Ok(None);
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let last = append_audit_in(&tx, entries)?;
+    tx.commit()?;
+    Ok(last)
+}
+
+/// Appends to the chain inside the caller's transaction.
+pub(super) fn append_audit_in(
+    tx: &rusqlite::Transaction<'_>,
+    entries: &[AuditEntry],
+) -> Result<Option<AuditRow>> {
     let (mut seq, mut prev): (i64, String) = query_opt(
-        &tx,
+        tx,
         "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?
     .unwrap_or((0, GENESIS.to_string()));
     let mut last = None;
-    {
-        let mut insert = tx.prepare_cached(concat!(
-            "INSERT INTO audit (",
-            audit_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        ))?;
-        for e in entries {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, e);
-            insert.execute(params![
-                seq,
-                e.at_ms,
-                e.actor,
-                e.action,
-                e.resource,
-                e.namespace,
-                e.source,
-                e.result,
-                prev,
-                hash
-            ])?;
-            last = Some(AuditRow {
-                seq,
-                entry: e.clone(),
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-            });
-        }
+    let mut insert = tx.prepare_cached(concat!(
+        "INSERT INTO audit (",
+        audit_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?;
+    for e in entries {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, e);
+        insert.execute(params![
+            seq,
+            e.at_ms,
+            e.actor,
+            e.action,
+            e.resource,
+            e.namespace,
+            e.source,
+            e.result,
+            prev,
+            hash
+        ])?;
+        last = Some(AuditRow {
+            seq,
+            entry: e.clone(),
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
     }
-    tx.commit()?;
     Ok(last)
 }
 

@@ -48,6 +48,9 @@ pub enum Msg {
         wf: Arc<Workflow>,
         input: Value,
         priority: Option<i64>,
+        /// The audit entry of this start, written in the commit that creates the instance
+        /// (its resource and namespace are filled in here).
+        audit: Option<kflow_store::AuditEntry>,
         reply: oneshot::Sender<Result<super::Started>>,
     },
     Deliver {
@@ -505,6 +508,7 @@ impl Driver {
                 wf,
                 input,
                 priority,
+                audit,
                 reply,
             } => {
                 if self.draining {
@@ -524,6 +528,15 @@ impl Driver {
                 }
                 let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 let priority = priority.unwrap_or(0);
+                let doc = &wf.document;
+                let audit = audit.map(|mut e| {
+                    e.resource = format!(
+                        "instance {id} of {}/{}@{}",
+                        doc.namespace, doc.name, doc.version
+                    );
+                    e.namespace = Some(doc.namespace.clone());
+                    e
+                });
                 match self.admission(&id, &wf, &input, priority, b, now) {
                     Ok(true) => self.create(&id, wf, input, priority, b, now),
                     Ok(false) => {}
@@ -546,6 +559,9 @@ impl Driver {
                         instance_id: id.clone(),
                         expires_ms: d.expires_ms,
                     });
+                }
+                if let Some(e) = audit {
+                    b.commit_for(&id, now).audit.push(e);
                 }
                 b.after.push(After::ReplyStart(reply, id, true));
             }
