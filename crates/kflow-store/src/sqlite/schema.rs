@@ -145,7 +145,6 @@ CREATE TABLE audit (
     prev_hash TEXT    NOT NULL,
     hash      TEXT    NOT NULL
 );
-CREATE INDEX audit_at ON audit (at_ms);
 CREATE TABLE secrets (
     namespace  TEXT    NOT NULL,
     name       TEXT    NOT NULL,

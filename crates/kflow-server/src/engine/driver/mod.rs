@@ -1099,7 +1099,15 @@ impl Driver {
             effect_id: effect,
             task: task.clone(),
             kind: e.kind().to_string(),
-            effect: stored_effect(&self.shared, id, effect, &e),
+            effect: stored_effect(
+                &self.shared,
+                id,
+                effect,
+                &e,
+                self.active
+                    .get(id)
+                    .is_some_and(|a| !a.wf.use_.secrets.is_empty()),
+            ),
             due_ms: due,
             // Calls and processes are dispatched right after this commit: that is attempt 1.
             attempts: u32::from(matches!(
@@ -1186,12 +1194,20 @@ fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
 }
 
 /// The host of an absolute URI (`https://api.example.com:8443/x` → `api.example.com`).
-/// A work row's effect as stored: calls and processes sealed (their resolved headers,
-/// bodies, arguments and environments may hold secrets), bound to the row.
-pub(super) fn stored_effect(shared: &Shared, id: &str, effect: u64, e: &Effect) -> Value {
+/// A work row's effect as stored: the calls and processes of a workflow that reads secrets
+/// sealed (their resolved headers, bodies, arguments and environments may hold them), bound
+/// to the row. A workflow that declares no secret cannot put one in an effect: its rows stay
+/// as they are (sealing costs the driver a few microseconds per call).
+pub(super) fn stored_effect(
+    shared: &Shared,
+    id: &str,
+    effect: u64,
+    e: &Effect,
+    reads_secrets: bool,
+) -> Value {
     let v = serde_json::to_value(e).unwrap_or(Value::Null);
     match e {
-        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) => {
+        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) if reads_secrets => {
             shared
                 .vault
                 .seal_value(&crate::sealed::ctx_work(id, effect), &v)
