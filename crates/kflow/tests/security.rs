@@ -288,6 +288,19 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
         support::get_json(&base, &format!("/api/v1/instances/{id}/history")).expect("history");
     assert!(!history.to_string().contains(VALUE), "{history}");
     assert!(history.to_string().contains("got ***"), "{history}");
+    // The live stream of the (finished) instance: its history, then its end.
+    let stream = support::http_request_with(
+        "GET",
+        &base,
+        &format!("/api/v1/instances/{id}/watch"),
+        &[("accept", "text/event-stream")],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("watch");
+    let events = stream.text();
+    assert!(events.contains("event: end"), "{events}");
+    assert!(events.contains("got ***") && !events.contains(VALUE), "{events}");
     // Another namespace does not have it.
     let (_, other) = support::post_json(
         &base,
@@ -300,6 +313,8 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
         other["error"]["detail"].as_str().unwrap_or("").contains("not configured"),
         "{other}"
     );
+    // Nothing the server printed has it.
+    assert!(!server.log().contains(VALUE), "{}", server.log());
     // At rest: the secrets table holds ciphertext; the key file is private.
     use std::os::unix::fs::PermissionsExt;
     let key = dir.path().join("master.key");
