@@ -67,7 +67,9 @@ async fn explain_names_timers_and_dag_dependencies() {
         *dep,
         json!({ "task": "/do/0/build/dag/tasks/1/merge", "kind": "dependency", "reason": "waiting for its dependencies: fetch" })
     );
-    assert_eq!(keys(&why), ["id", "status", "waiting"]);
+    assert_eq!(keys(&why), ["id", "status", "waiting", "isolation"]);
+    // In-process engines run no sandbox: said so.
+    assert!(why["isolation"].as_str().unwrap_or("").contains("unconfined"), "{why}");
     assert_eq!(why["id"], json!(id));
     assert_eq!(why["status"], json!("running"));
     let v = e

@@ -208,4 +208,15 @@ fn a_namespace_without_network_cannot_connect_and_a_forbidden_one_cannot_run() {
     let v = e.shell("noproc", "sh", "echo ran", None);
     assert_eq!(v["status"], "faulted", "{v}");
     assert_eq!(v["error"]["title"], "Processes forbidden", "{v}");
+    // `kflow explain` says what is in force for each.
+    let explain = |inst: &Value| {
+        let id = inst["id"].as_str().unwrap();
+        let (_, x) = support::get_json(&e.server.base(), &format!("/api/v1/instances/{id}/explain"))
+            .expect("explain");
+        x["isolation"].as_str().unwrap_or("").to_string()
+    };
+    assert!(explain(&open).contains("network on"), "{}", explain(&open));
+    assert!(explain(&open).contains("Landlock"), "{}", explain(&open));
+    assert!(explain(&closed).contains("network off"), "{}", explain(&closed));
+    assert!(explain(&v).contains("forbidden"), "{}", explain(&v));
 }

@@ -19,6 +19,42 @@ pub struct Explanation {
     pub status: InstanceStatus,
     /// What it waits for; empty when nothing (a finished instance).
     pub waiting: Vec<WaitReason>,
+    /// How its shell and script tasks are confined (in its namespace, on this server).
+    pub isolation: String,
+}
+
+/// The confinement of a namespace's shell and script tasks, in one line.
+pub fn isolation_of(cfg: &kflow_tasks::ExecConfig, namespace: &str) -> String {
+    let Some(sb) = &cfg.sandbox else {
+        return "shell and script tasks run unconfined: the server's sandbox is disabled".into();
+    };
+    if sb.forbid_namespaces.iter().any(|n| n == namespace) {
+        return format!("shell and script tasks are forbidden in namespace {namespace}");
+    }
+    let user = match sb.user {
+        kflow_tasks::TaskUser::Server => "as the server's user".to_string(),
+        kflow_tasks::TaskUser::Fixed(u, _) => format!("as uid {u}"),
+        kflow_tasks::TaskUser::Pool { .. } => "each as a user of its own".to_string(),
+    };
+    let lim = |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
+    let mb = |v: Option<u64>| v.map(|b| b / (1024 * 1024));
+    let network = !sb.network || sb.no_network_namespaces.iter().any(|n| n == namespace);
+    format!(
+        "shell and script tasks run {user}, {}; cpu {}, memory {}, processes {}, file size {}, \
+         open files {}, timeout {}; network {}",
+        if sb.landlock {
+            "Landlock: system directories read-only, a private folder"
+        } else {
+            "no file-system restriction"
+        },
+        lim(sb.cpu_seconds, " s"),
+        lim(mb(sb.memory_bytes), " MiB"),
+        lim(sb.processes, ""),
+        lim(mb(sb.file_size_bytes), " MiB"),
+        lim(sb.open_files, ""),
+        lim(cfg.process_timeout.map(|d| d.as_secs()), " s"),
+        if network { "off" } else { "on" },
+    )
 }
 
 /// One thing an instance waits for.
@@ -177,6 +213,7 @@ impl Engine {
             id: id.to_string(),
             status,
             waiting: reasons,
+            isolation: isolation_of(&self.shared.config.executor, &view.instance.namespace),
         })
     }
 }

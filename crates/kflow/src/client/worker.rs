@@ -457,5 +457,8 @@ pub async fn explain(api: &Api, id: &str, out: Format) -> Result<ExitCode, Failu
             w["reason"].as_str().unwrap_or_default()
         );
     }
+    if let Some(iso) = v["isolation"].as_str() {
+        println!("  isolation: {iso}");
+    }
     Ok(ExitCode::SUCCESS)
 }
