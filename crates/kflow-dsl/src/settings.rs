@@ -55,6 +55,14 @@ impl KflowSettings {
             priority: None,
             resources: BTreeMap::new(),
             labels: BTreeMap::new(),
+            limits: ProcessLimits {
+                cpu_seconds: None,
+                memory_mb: None,
+                processes: None,
+                file_size_mb: None,
+                open_files: None,
+                network: None,
+            },
         };
         self.tasks.get(reference).unwrap_or(&NONE)
     }
@@ -69,6 +77,21 @@ pub struct TaskHints {
     pub resources: BTreeMap<String, f64>,
     /// Labels a worker must have (values given as numbers or booleans are kept as text).
     pub labels: BTreeMap<String, String>,
+    /// Limits of a shell or script task's processes (within the server's).
+    pub limits: ProcessLimits,
+}
+
+/// `metadata.kflow.limits` of a shell or script task: each lowers the server's limit of the
+/// same name for this task (a higher value is capped at the server's); `network: false` takes
+/// the network away.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessLimits {
+    pub cpu_seconds: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size_mb: Option<u64>,
+    pub open_files: Option<u64>,
+    pub network: Option<bool>,
 }
 
 impl TaskHints {

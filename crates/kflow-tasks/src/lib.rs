@@ -100,18 +100,24 @@ impl SandboxConfig {
         dir: &std::path::Path,
         namespace: &str,
         user: Option<(u32, u32)>,
+        task: &TaskLimits,
     ) -> Vec<std::ffi::OsString> {
+        // The lower of the server's and the task's, each.
+        let min = |server: Option<u64>, own: Option<u64>| match (server, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mut a: Vec<std::ffi::OsString> = Vec::new();
         let mut push = |k: &str, v: String| {
             a.push(k.into());
             a.push(v.into());
         };
         for (k, v) in [
-            ("--cpu", self.cpu_seconds),
-            ("--memory", self.memory_bytes),
-            ("--processes", self.processes),
-            ("--file-size", self.file_size_bytes),
-            ("--open-files", self.open_files),
+            ("--cpu", min(self.cpu_seconds, task.cpu_seconds)),
+            ("--memory", min(self.memory_bytes, task.memory_bytes)),
+            ("--processes", min(self.processes, task.processes)),
+            ("--file-size", min(self.file_size_bytes, task.file_size_bytes)),
+            ("--open-files", min(self.open_files, task.open_files)),
         ] {
             if let Some(v) = v {
                 push(k, v.to_string());
@@ -131,7 +137,10 @@ impl SandboxConfig {
             }
             a.push("--landlock".into());
         }
-        if !self.network || self.no_network_namespaces.iter().any(|n| n == namespace) {
+        if !self.network
+            || task.network == Some(false)
+            || self.no_network_namespaces.iter().any(|n| n == namespace)
+        {
             a.push("--no-network".into());
         }
         a
@@ -165,6 +174,20 @@ pub struct EffectCtx {
     pub attempt: u32,
     /// The instance's namespace (its egress policy; empty: the server-wide one).
     pub namespace: String,
+    /// The task's own process limits (within the sandbox's).
+    pub limits: TaskLimits,
+}
+
+/// A task's own limits for its processes (`metadata.kflow.limits`): each lowers the sandbox's
+/// limit of the same name (never raises it); `network: Some(false)` takes the network away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskLimits {
+    pub cpu_seconds: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub open_files: Option<u64>,
+    pub network: Option<bool>,
 }
 
 impl EffectCtx {

@@ -129,7 +129,7 @@ pub(crate) async fn perform(
         None => (program, argv.into_iter().map(Into::into).collect()),
         Some(sb) => {
             let mut a: Vec<std::ffi::OsString> = vec!["__sandbox".into()];
-            a.extend(sb.options(&dir, &ctx.namespace, owner));
+            a.extend(sb.options(&dir, &ctx.namespace, owner, &ctx.limits));
             a.push("--".into());
             a.push(program.into_os_string());
             a.extend(argv.into_iter().map(Into::into));

@@ -452,6 +452,7 @@ async fn idempotency_key_is_sent() {
         task: "/do/1/x".into(),
         attempt: 2,
         namespace: String::new(),
+        limits: Default::default(),
     };
     let out = Executor::new(ExecConfig::default())
         .perform(&ctx, &Effect::Http(get(server.url("/k"))))

@@ -140,6 +140,7 @@ async fn environment_is_clean_and_carries_kflow_variables() {
         task: "/do/0/x".into(),
         attempt: 3,
         namespace: String::new(),
+        limits: Default::default(),
     };
     let exec = Executor::new(ExecConfig::default());
     let out = exec

@@ -176,6 +176,7 @@ impl Run {
                     task,
                     attempt: 1,
                     namespace: String::new(),
+                    limits: Default::default(),
                 };
                 self.spawn(id, async move { exec.perform(&ctx, &effect).await });
             }

@@ -71,11 +71,28 @@ impl Env {
 
     /// Runs a one-task workflow that runs `script` in a shell; returns the finished instance.
     fn shell(&self, ns: &str, name: &str, script: &str, timeout: Option<&str>) -> Value {
+        self.shell_with(ns, name, script, timeout, "")
+    }
+
+    /// [`shell`](Self::shell) with the task's `metadata.kflow` (a flow mapping).
+    fn shell_with(
+        &self,
+        ns: &str,
+        name: &str,
+        script: &str,
+        timeout: Option<&str>,
+        kflow: &str,
+    ) -> Value {
         let timeout = timeout
             .map(|t| format!("      timeout: {{after: {t}}}\n"))
             .unwrap_or_default();
+        let metadata = if kflow.is_empty() {
+            String::new()
+        } else {
+            format!("      metadata: {{kflow: {kflow}}}\n")
+        };
         let body = format!(
-            "  - sh:\n{timeout}      run:\n        shell:\n          command: {}\n        return: all\n",
+            "  - sh:\n{timeout}{metadata}      run:\n        shell:\n          command: {}\n        return: all\n",
             serde_json::to_string(script).unwrap()
         );
         self.register(ns, name, &body);
@@ -219,4 +236,36 @@ fn a_namespace_without_network_cannot_connect_and_a_forbidden_one_cannot_run() {
     assert!(explain(&open).contains("Landlock"), "{}", explain(&open));
     assert!(explain(&closed).contains("network off"), "{}", explain(&closed));
     assert!(explain(&v).contains("forbidden"), "{}", explain(&v));
+}
+
+#[test]
+fn a_task_can_lower_its_own_limits_and_take_its_network_away() {
+    let Some(e) = env() else { return };
+    let port = e.server.port;
+    let script = format!(
+        "python3 -c 'x = bytearray(128 * 1024 * 1024); print(\"allocated\")' 2>&1 | tail -1; \
+         python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=3); print(\"connected\")' 2>&1 | tail -1"
+    );
+    // The server allows 256 MiB and the network: this task asks for 64 MiB and none.
+    let own = e.shell_with(
+        "default",
+        "own",
+        &script,
+        None,
+        "{limits: {memoryMb: 64, network: false}}",
+    );
+    let out = stdout(&own);
+    assert!(!out.contains("allocated") && !out.contains("connected"), "{own}");
+    // Asking for more than the server allows gets the server's limit.
+    let more = e.shell_with("default", "more", &script, None, "{limits: {memoryMb: 100000}}");
+    let out = stdout(&more);
+    assert!(out.contains("allocated") && out.contains("connected"), "{more}");
+    let big = e.shell_with(
+        "default",
+        "big",
+        "python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")' 2>&1 | tail -1",
+        None,
+        "{limits: {memoryMb: 100000}}",
+    );
+    assert!(!stdout(&big).contains("allocated"), "{big}");
 }

@@ -16,7 +16,15 @@ use super::Cx;
 use super::common::{self, Obj, key_str};
 
 const DOCUMENT_KEYS: [&str; 4] = ["queue", "priority", "schedule", "concurrency"];
-const TASK_KEYS: [&str; 4] = ["queue", "priority", "resources", "labels"];
+const TASK_KEYS: [&str; 5] = ["queue", "priority", "resources", "labels", "limits"];
+const LIMIT_KEYS: [&str; 6] = [
+    "cpuSeconds",
+    "memoryMb",
+    "processes",
+    "fileSizeMb",
+    "openFiles",
+    "network",
+];
 const SCHEDULE_KEYS: [&str; 4] = ["timezone", "missed", "catchupMax", "overlap"];
 const CONCURRENCY_KEYS: [&str; 3] = ["limit", "key", "onLimit"];
 /// Most ticks `missed: catchup` fires after downtime.
@@ -100,6 +108,37 @@ pub(super) fn task(cx: &mut Cx, metadata: &Node) -> TaskHints {
     {
         out.labels = label_values(cx, &labels);
     }
+    if let Some(n) = obj.get("limits")
+        && let Some(limits) = obj.sub(cx, "limits", n)
+    {
+        out.limits = process_limits(cx, &limits);
+    }
+    out
+}
+
+/// `limits: {cpuSeconds, memoryMb, processes, fileSizeMb, openFiles, network}`.
+fn process_limits(cx: &mut Cx, obj: &Obj) -> crate::settings::ProcessLimits {
+    obj.check(cx, &LIMIT_KEYS);
+    let mut out = crate::settings::ProcessLimits::default();
+    let positive = |cx: &mut Cx, key: &str| -> Option<u64> {
+        let n = obj.get(key)?;
+        let what = obj.field(key);
+        match common::integer(cx, n, &what)? {
+            i if i >= 1 => Some(i as u64),
+            i => {
+                cx.at(n, format!("{what} must be 1 or more, got {i}"));
+                None
+            }
+        }
+    };
+    out.cpu_seconds = positive(cx, "cpuSeconds");
+    out.memory_mb = positive(cx, "memoryMb");
+    out.processes = positive(cx, "processes");
+    out.file_size_mb = positive(cx, "fileSizeMb");
+    out.open_files = positive(cx, "openFiles");
+    out.network = obj
+        .get("network")
+        .and_then(|n| common::boolean(cx, n, &obj.field("network")));
     out
 }
 

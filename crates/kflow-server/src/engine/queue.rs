@@ -50,6 +50,9 @@ pub struct Item {
     /// Known attempt number (1 for a first run committed with the row); `None`: count it.
     #[serde(skip)]
     pub attempt: Option<u32>,
+    /// The task's own process limits (`metadata.kflow.limits`).
+    #[serde(skip)]
+    pub limits: kflow_tasks::TaskLimits,
 }
 
 impl Item {
@@ -656,6 +659,7 @@ mod tests {
             enqueued_ms: at,
             ready_us: 0,
             attempt: Some(1),
+            limits: Default::default(),
         }
     }
 
@@ -784,6 +788,7 @@ mod limit_tests {
             enqueued_ms: at,
             ready_us: 0,
             attempt: Some(1),
+            limits: Default::default(),
         }
     }
 

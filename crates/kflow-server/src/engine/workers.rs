@@ -278,6 +278,7 @@ pub(crate) fn start(
                         task: item.task.clone(),
                         attempt,
                         namespace: item.namespace.clone(),
+                        limits: item.limits,
                     };
                     let result = exec.perform(&ctx, &item.effect).await;
                     // Refused only when the effect was cancelled meanwhile: nothing to do.

@@ -260,6 +260,7 @@ pub fn ctx() -> EffectCtx {
         task: "/do/0/t".into(),
         attempt: 1,
         namespace: String::new(),
+        limits: Default::default(),
     }
 }
 

@@ -300,6 +300,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 task: l["task"].as_str().unwrap_or_default().to_string(),
                 attempt: l["attempt"].as_u64().unwrap_or(1) as u32,
                 namespace: String::new(),
+                limits: Default::default(),
             };
             let (conn2, exec, id2, lease2) =
                 (conn.clone(), executor.clone(), id.clone(), lease.clone());

@@ -1050,6 +1050,7 @@ impl Driver {
             }
         };
         let ready_us = super::queue::mono_us();
+        let task_ref = task.clone();
         let namespace = self
             .active
             .get(instance)
@@ -1078,6 +1079,10 @@ impl Driver {
             enqueued_ms: now,
             ready_us,
             attempt,
+            limits: wf
+                .as_ref()
+                .map(|wf| task_limits(&wf.kflow.task(&task_ref).limits))
+                .unwrap_or_default(),
         }
     }
 
@@ -1194,6 +1199,19 @@ fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
 }
 
 /// The host of an absolute URI (`https://api.example.com:8443/x` → `api.example.com`).
+/// A task's `metadata.kflow.limits` for the executor.
+fn task_limits(l: &kflow_dsl::settings::ProcessLimits) -> kflow_tasks::TaskLimits {
+    let mb = |v: Option<u64>| v.map(|m| m.saturating_mul(1024 * 1024));
+    kflow_tasks::TaskLimits {
+        cpu_seconds: l.cpu_seconds,
+        memory_bytes: mb(l.memory_mb),
+        processes: l.processes,
+        file_size_bytes: mb(l.file_size_mb),
+        open_files: l.open_files,
+        network: l.network,
+    }
+}
+
 /// A work row's effect as stored: the calls and processes of a workflow that reads secrets
 /// sealed (their resolved headers, bodies, arguments and environments may hold them), bound
 /// to the row. A workflow that declares no secret cannot put one in an effect: its rows stay
