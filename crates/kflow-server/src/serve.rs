@@ -124,10 +124,13 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
 }
 
 /// The launcher's settings from the config, said on stderr (what is in force, and what not).
-fn sandbox_of(s: &crate::config::SandboxSettings) -> Result<Option<kflow_tasks::SandboxConfig>, String> {
+/// (Also used by `kflow worker`, which confines its tasks the same way.)
+pub fn sandbox_of(
+    s: &crate::config::SandboxSettings,
+) -> Result<Option<kflow_tasks::SandboxConfig>, String> {
     if !s.enabled {
         eprintln!(
-            "kflow server: WARNING: shell and script tasks are not sandboxed (sandbox.enabled: \
+            "kflow: WARNING: shell and script tasks are not sandboxed (sandbox.enabled: \
              false): they run as this server's user with its file access"
         );
         return Ok(None);
@@ -169,7 +172,7 @@ fn sandbox_of(s: &crate::config::SandboxSettings) -> Result<Option<kflow_tasks::
     };
     let opt = |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
     eprintln!(
-        "kflow server: shell and script tasks run {}, with Landlock (system directories \
+        "kflow: shell and script tasks run {}, with Landlock (system directories \
          read-only, a private working directory), limits cpu {} memory {} processes {} file \
          size {} open files {}, timeout {}, network {}{}{}",
         match user {

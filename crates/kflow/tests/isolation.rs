@@ -269,3 +269,29 @@ fn a_task_can_lower_its_own_limits_and_take_its_network_away() {
     );
     assert!(!stdout(&big).contains("allocated"), "{big}");
 }
+
+#[test]
+fn a_remote_worker_confines_its_tasks_the_same_way() {
+    let Some(e) = env() else { return };
+    let secret = e.dir.path().join("worker-secret.txt");
+    std::fs::write(&secret, "worker top secret").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut worker = std::process::Command::new(support::kflow_bin())
+        .args(["worker", "--server", &e.server.base(), "--queue", "remote"])
+        .env("KFLOW_TOKEN", support::TEST_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    let script = format!("cat {} 2>&1 | head -c 100; echo; id -u", secret.display());
+    let v = e.shell_with("default", "remote", &script, None, "{queue: remote}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(v["status"], "completed", "{v}");
+    let out = stdout(&v);
+    assert!(!out.contains("top secret"), "{out}");
+    let uid: u64 = out.lines().last().unwrap_or("").trim().parse().unwrap_or(0);
+    assert!(uid >= 1_800_000_000, "{out}");
+}
