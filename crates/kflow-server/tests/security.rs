@@ -39,8 +39,13 @@ struct Answer {
 
 impl Ctx {
     async fn new() -> Ctx {
-        let clock = Arc::new(ManualClock::new(T0));
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        Ctx::over(store, ApiConfig::default()).await
+    }
+
+    /// The API over `store` (root token from the environment), with `api`'s other settings.
+    async fn over(store: Arc<dyn Store>, api: ApiConfig) -> Ctx {
+        let clock = Arc::new(ManualClock::new(T0));
         let engine = Engine::with_store(
             store.clone(),
             EngineConfig {
@@ -55,7 +60,7 @@ impl Ctx {
             engine.clone(),
             ApiConfig {
                 auth: AuthMode::Tokens(Arc::new(tokens)),
-                ..ApiConfig::default()
+                ..api
             },
         );
         Ctx {
@@ -762,7 +767,6 @@ async fn a_foreign_host_or_origin_is_refused_before_anything_else() {
 
 /// An engine on a file (so that the test can reach under the server and edit the database).
 async fn on_file(dir: &std::path::Path) -> Ctx {
-    let clock = Arc::new(ManualClock::new(T0));
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(
             &dir.join("kflow.db"),
@@ -770,28 +774,7 @@ async fn on_file(dir: &std::path::Path) -> Ctx {
         )
         .expect("store"),
     );
-    let engine = Engine::with_store(
-        store.clone(),
-        EngineConfig {
-            clock: clock.clone(),
-            ..EngineConfig::default()
-        },
-    )
-    .await
-    .expect("engine");
-    let tokens = Tokens::load(store, Some(ROOT)).expect("tokens");
-    Ctx {
-        router: router(
-            engine.clone(),
-            ApiConfig {
-                auth: AuthMode::Tokens(Arc::new(tokens)),
-                ..ApiConfig::default()
-            },
-        ),
-        engine,
-        clock,
-        n: AtomicU32::new(0),
-    }
+    Ctx::over(store, ApiConfig::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -908,31 +891,15 @@ async fn a_call_to_cloud_metadata_faults_with_an_error_the_workflow_can_catch() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_over_its_request_rate_gets_429_and_others_do_not() {
-    let clock = Arc::new(ManualClock::new(T0));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
-    let engine = Engine::with_store(
-        store.clone(),
-        EngineConfig {
-            clock: clock.clone(),
-            ..EngineConfig::default()
+    let ctx = Ctx::over(
+        store,
+        ApiConfig {
+            rate_limit_per_token: 5.0,
+            ..ApiConfig::default()
         },
     )
-    .await
-    .expect("engine");
-    let tokens = Tokens::load(store, Some(ROOT)).expect("tokens");
-    let ctx = Ctx {
-        router: router(
-            engine.clone(),
-            ApiConfig {
-                auth: AuthMode::Tokens(Arc::new(tokens)),
-                rate_limit_per_token: 5.0,
-                ..ApiConfig::default()
-            },
-        ),
-        engine,
-        clock,
-        n: AtomicU32::new(0),
-    };
+    .await;
     let busy = ctx.token("busy", "viewer", &["*"], None).await;
     let calm = ctx.token("calm", "viewer", &["*"], None).await;
     // A burst of twice the rate passes, the next is refused with the limit's name.

@@ -23,6 +23,28 @@ fn token_in(text: &str) -> Option<String> {
         .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-').to_string())
 }
 
+/// Registers a workflow document, asserting success.
+fn register(base: &str, doc: &str) {
+    let r = support::http_request(
+        "POST",
+        base,
+        "/api/v1/definitions",
+        Some(("application/yaml", doc.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register");
+    assert!(r.status < 300, "{}", r.text());
+}
+
+/// Whether any file of a data directory (the database, its WAL, the key) holds `needle`.
+fn data_holds(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir)
+        .expect("data dir")
+        .flatten()
+        .map(|f| std::fs::read(f.path()).unwrap_or_default())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
 #[test]
 fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     let dir = TempDir::new("sec-first");
@@ -64,12 +86,7 @@ fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     assert!(o.stderr.contains("revoked"), "{}", o.describe());
 
     // The printed token is nowhere in the data directory.
-    let mut bytes = Vec::new();
-    for f in std::fs::read_dir(dir.path()).expect("data dir").flatten() {
-        bytes.extend(std::fs::read(f.path()).unwrap_or_default());
-    }
-    let admin_secret = admin.rsplit('_').next().unwrap();
-    assert!(!bytes.windows(admin_secret.len()).any(|w| w == admin_secret.as_bytes()));
+    assert!(!data_holds(dir.path(), admin.rsplit('_').next().unwrap()));
 
     // The audit trail holds all this, and verifies.
     let o = as_token(&base, Some(&admin), &["audit", "ls", "--action", "tokens."]);
@@ -223,15 +240,7 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
          \x20       headers: {{authorization: '${{ \"Bearer \" + $secrets.token }}'}}\n",
         service.base()
     );
-    let r = support::http_request(
-        "POST",
-        &base,
-        "/api/v1/definitions",
-        Some(("application/yaml", quiet.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .expect("register");
-    assert!(r.status < 300, "{}", r.text());
+    register(&base, &quiet);
     let (_, done) = support::post_json(
         &base,
         "/api/v1/instances",
@@ -239,12 +248,8 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
     )
     .expect("start");
     assert_eq!(done["status"], "completed", "{done}");
-    let mut bytes = Vec::new();
-    for f in std::fs::read_dir(dir.path()).expect("data dir").flatten() {
-        bytes.extend(std::fs::read(f.path()).unwrap_or_default());
-    }
     assert!(
-        !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+        !data_holds(dir.path(), VALUE),
         "the secret is in the database files"
     );
     let seen: Vec<_> = service.requests().iter().map(|r| r.headers.clone()).collect();
@@ -255,15 +260,7 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
     );
 
     for ns in ["team", "ops"] {
-        let r = support::http_request(
-            "POST",
-            &base,
-            "/api/v1/definitions",
-            Some(("application/yaml", doc(ns).as_bytes())),
-            Duration::from_secs(30),
-        )
-        .expect("register");
-        assert!(r.status < 300, "{}", r.text());
+        register(&base, &doc(ns));
     }
     let (_, done) = support::post_json(
         &base,
@@ -421,15 +418,7 @@ fn with_data_encrypted_at_rest_nothing_of_a_secret_reaches_the_files_and_a_resta
                \x20     wait: {seconds: 2}\n\
                \x20 - out:\n\
                \x20     set: {said: '${ $workflow.input.note }', ok: true}\n";
-    let r = support::http_request(
-        "POST",
-        &base,
-        "/api/v1/definitions",
-        Some(("application/yaml", doc.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .expect("register");
-    assert!(r.status < 300, "{}", r.text());
+    register(&base, &doc);
     let (code, started) = support::post_json(
         &base,
         "/api/v1/instances",
@@ -440,13 +429,11 @@ fn with_data_encrypted_at_rest_nothing_of_a_secret_reaches_the_files_and_a_resta
     let id = started["id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(600));
     server.kill9();
-    let mut bytes = Vec::new();
-    for f in std::fs::read_dir(&data).expect("data dir").flatten() {
-        bytes.extend(std::fs::read(f.path()).unwrap_or_default());
-    }
-    let found = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
-    assert!(!found(VALUE), "the secret is in the database files");
-    assert!(!found("plain input text 7e6f"), "the input is in the database files");
+    assert!(!data_holds(&data, VALUE), "the secret is in the database files");
+    assert!(
+        !data_holds(&data, "plain input text 7e6f"),
+        "the input is in the database files"
+    );
     server.restart();
     let base = server.base();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -475,15 +462,7 @@ fn db_encrypt_seals_old_data_in_place_and_the_server_still_reads_it() {
     let base = server.base();
     let doc = "document: {dsl: '1.0.0', namespace: team, name: keep, version: '1.0.0'}\n\
                do:\n  - keep:\n      set: {kept: '${ $workflow.input.x }'}\n";
-    let r = support::http_request(
-        "POST",
-        &base,
-        "/api/v1/definitions",
-        Some(("application/yaml", doc.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .expect("register");
-    assert!(r.status < 300, "{}", r.text());
+    register(&base, &doc);
     let (_, done) = support::post_json(
         &base,
         "/api/v1/instances",
@@ -493,13 +472,7 @@ fn db_encrypt_seals_old_data_in_place_and_the_server_still_reads_it() {
     assert_eq!(done["status"], "completed", "{done}");
     let id = done["id"].as_str().unwrap().to_string();
     server.kill9();
-    let files = |needle: &str| {
-        let mut bytes = Vec::new();
-        for f in std::fs::read_dir(&data).expect("data dir").flatten() {
-            bytes.extend(std::fs::read(f.path()).unwrap_or_default());
-        }
-        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-    };
+    let files = |needle: &str| data_holds(&data, needle);
     assert!(files(INPUT), "the old data should be in clear before");
     let o = kflow(["db", "encrypt", "--data-dir", data.to_str().unwrap()]).run();
     assert_eq!(o.code, Some(0), "{}", o.describe());
