@@ -511,7 +511,13 @@ impl UserLease {
 
     fn take(base: u32, size: u32) -> Result<UserLease, WfError> {
         let mut held = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        let uid = (base..base.saturating_add(size))
+        // Each process starts at its own place in the range, so that two servers (or a server
+        // and a remote worker) on one host rarely hand out the same uid: tasks sharing a uid
+        // would share its process limit.
+        let size = size.max(1);
+        let start = (std::process::id().wrapping_mul(2_654_435_761)) % size;
+        let uid = (0..size)
+            .map(|i| base.saturating_add((start + i) % size))
             .find(|u| !held.contains(u))
             .ok_or_else(|| {
                 WfError::runtime(format!(

@@ -77,7 +77,7 @@ fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     let o = as_token(&base, Some(&admin), &["token", "ls"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
     assert!(o.stdout.contains("ci") && o.stdout.contains("viewer"), "{}", o.stdout);
-    let secret = ci.rsplit('_').next().unwrap();
+    let secret = ci.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap();
     assert!(!o.stdout.contains(secret), "token ls shows a secret: {}", o.stdout);
     let o = as_token(&base, Some(&admin), &["token", "revoke", "ci"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
@@ -86,7 +86,10 @@ fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     assert!(o.stderr.contains("revoked"), "{}", o.describe());
 
     // The printed token is nowhere in the data directory.
-    assert!(!data_holds(dir.path(), admin.rsplit('_').next().unwrap()));
+    assert!(!data_holds(
+        dir.path(),
+        admin.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap()
+    ));
 
     // The audit trail holds all this, and verifies.
     let o = as_token(&base, Some(&admin), &["audit", "ls", "--action", "tokens."]);

@@ -307,7 +307,7 @@ mod tests {
         };
         let (row, token) = tokens.create(spec.clone(), &root, 1).await.unwrap();
         assert!(token.starts_with(&format!("kf_{}_", row.id)));
-        assert!(!row.secret_sha256.contains(token.rsplit('_').next().unwrap()));
+        assert!(!row.secret_sha256.contains(token.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap()));
         let c = tokens
             .authenticate(Some(&header(&format!("Bearer {token}"))), 2)
             .unwrap();
