@@ -181,8 +181,8 @@ async fn start_server(
     };
     let engine = Engine::open(cfg).await.expect("engine");
     let api = if auth {
-        let tokens = kflow_server::auth::Tokens::load(engine.store(), Some(BENCH_TOKEN))
-            .expect("tokens");
+        let tokens =
+            kflow_server::auth::Tokens::load(engine.store(), Some(BENCH_TOKEN)).expect("tokens");
         ApiConfig {
             auth: kflow_server::auth::AuthMode::Tokens(Arc::new(tokens)),
             ..ApiConfig::default()

@@ -174,8 +174,8 @@ struct EgressListsFile {
 
 fn egress_of(f: EgressFile, name: &str) -> Result<kflow_tasks::egress::EgressConfig, String> {
     use kflow_tasks::egress::{EgressConfig, Policy};
-    let mut default = Policy::parse(&f.deny, &f.allow)
-        .map_err(|e| format!("{name}: egress: {e}"))?;
+    let mut default =
+        Policy::parse(&f.deny, &f.allow).map_err(|e| format!("{name}: egress: {e}"))?;
     if f.deny_metadata.unwrap_or(true) {
         default.deny.extend(Policy::standard().deny);
     }
@@ -381,7 +381,10 @@ mod tests {
             "k.yaml",
         )
         .unwrap_err();
-        assert!(e.contains("egress.namespaces.team") && e.contains("10.0.0.0/99"), "{e}");
+        assert!(
+            e.contains("egress.namespaces.team") && e.contains("10.0.0.0/99"),
+            "{e}"
+        );
         let e = ServerConfig::from_file_bytes(b"worker_token: x\n", "k.yaml").unwrap_err();
         assert!(e.contains("worker role"), "{e}");
     }

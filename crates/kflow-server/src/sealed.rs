@@ -10,9 +10,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use kflow_store::{
-    AuditEntry, AuditFilter, AuditRow, Commit, Definition, HistoryEvent, IdempotencyKey,
-    Instance, InstanceFilter, Page, PutDefinition, Result, ScheduleRow, SecretRow, Store,
-    StoreError, TokenRow, WorkItem,
+    AuditEntry, AuditFilter, AuditRow, Commit, Definition, HistoryEvent, IdempotencyKey, Instance,
+    InstanceFilter, Page, PutDefinition, Result, ScheduleRow, SecretRow, Store, StoreError,
+    TokenRow, WorkItem,
 };
 
 use crate::secrets::Vault;
@@ -212,7 +212,13 @@ impl Store for Sealed {
     fn delete_schedule(&self, ns: &str, name: &str) -> Result<bool> {
         self.inner.delete_schedule(ns, name)
     }
-    fn set_schedule_paused(&self, ns: &str, n: &str, p: bool, now: i64) -> Result<Option<ScheduleRow>> {
+    fn set_schedule_paused(
+        &self,
+        ns: &str,
+        n: &str,
+        p: bool,
+        now: i64,
+    ) -> Result<Option<ScheduleRow>> {
         self.inner.set_schedule_paused(ns, n, p, now)
     }
     fn next_schedule_fire(&self) -> Result<Option<i64>> {

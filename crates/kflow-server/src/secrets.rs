@@ -47,7 +47,9 @@ pub fn redact(v: &mut Value, values: &[String]) {
         }
         Value::Array(a) => a.iter_mut().for_each(|x| redact(x, values)),
         Value::Object(m) => {
-            if m.keys().any(|k| values.iter().any(|x| k.contains(x.as_str()))) {
+            if m.keys()
+                .any(|k| values.iter().any(|x| k.contains(x.as_str())))
+            {
                 let old = std::mem::take(m);
                 for (mut k, mut x) in old {
                     for s in values {
@@ -204,7 +206,10 @@ impl Vault {
     /// use), and every stored secret decrypted — a row that does not decrypt stops the start
     /// with its name (a wrong key must not look like missing secrets).
     pub fn open(store: Arc<dyn Store>, data_dir: &Path) -> Result<Vault, String> {
-        let source = match std::env::var("KFLOW_MASTER_KEY").ok().filter(|k| !k.is_empty()) {
+        let source = match std::env::var("KFLOW_MASTER_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+        {
             Some(k) => KeySource::Env(k),
             None => KeySource::File(data_dir.join("master.key")),
         };
@@ -218,7 +223,9 @@ impl Vault {
 
     pub fn with_source(store: Arc<dyn Store>, source: KeySource) -> Result<Vault, String> {
         let key = Key::new(&read_key(&source)?);
-        let rows = store.secrets().map_err(|e| format!("reading secrets: {e}"))?;
+        let rows = store
+            .secrets()
+            .map_err(|e| format!("reading secrets: {e}"))?;
         let mut values: HashMap<String, BTreeMap<String, String>> = HashMap::new();
         for r in &rows {
             let v = key.open(r)?;
@@ -397,11 +404,16 @@ impl Vault {
     /// Opens what [`seal_value`](Self::seal_value) sealed (any value not sealed is returned
     /// as it is: rows written before sealing existed).
     pub fn unseal_value(&self, context: &str, v: &Value) -> Result<Value, String> {
-        let Some(sealed) = v.as_object().filter(|m| m.len() == 1).and_then(|m| m.get(SEALED))
+        let Some(sealed) = v
+            .as_object()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.get(SEALED))
         else {
             return Ok(v.clone());
         };
-        let text = sealed.as_str().ok_or("a sealed value that is not a string")?;
+        let text = sealed
+            .as_str()
+            .ok_or("a sealed value that is not a string")?;
         let mut parts = text.splitn(3, ':');
         let (Some(id), Some(nonce), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
             return Err("a malformed sealed value".into());
@@ -430,12 +442,18 @@ impl Vault {
             let prev = self.previous.read().unwrap_or_else(|p| p.into_inner());
             prev.iter().find(|k| k.id == id).and_then(open)
         }
-        .ok_or_else(|| format!("sealed under key {id}, which does not open it (missing or altered)"))?;
+        .ok_or_else(|| {
+            format!("sealed under key {id}, which does not open it (missing or altered)")
+        })?;
         serde_json::from_slice(&plain).map_err(|e| format!("a sealed value that is not JSON: {e}"))
     }
 
     pub fn key_id(&self) -> String {
-        self.key.read().unwrap_or_else(|p| p.into_inner()).id.clone()
+        self.key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .clone()
     }
 }
 
@@ -489,8 +507,15 @@ mod tests {
         let sealed = v.seal_value("i1/7", &effect);
         assert!(!sealed.to_string().contains("hunter2"));
         assert_eq!(v.unseal_value("i1/7", &sealed).unwrap(), effect);
-        assert!(v.unseal_value("i1/8", &sealed).is_err(), "moved to another row");
-        assert_eq!(v.unseal_value("x", &effect).unwrap(), effect, "plain rows pass");
+        assert!(
+            v.unseal_value("i1/8", &sealed).is_err(),
+            "moved to another row"
+        );
+        assert_eq!(
+            v.unseal_value("x", &effect).unwrap(),
+            effect,
+            "plain rows pass"
+        );
         v.rotate(5).unwrap();
         assert_eq!(v.unseal_value("i1/7", &sealed).unwrap(), effect);
         // And after a restart, from the kept key file.

@@ -170,7 +170,8 @@ pub fn sandbox_of(
         no_network_namespaces: s.no_network_namespaces.clone(),
         forbid_namespaces: s.forbid_namespaces.clone(),
     };
-    let opt = |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
+    let opt =
+        |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
     eprintln!(
         "kflow: shell and script tasks run {}, with Landlock (system directories \
          read-only, a private working directory), limits cpu {} memory {} processes {} file \
@@ -262,7 +263,9 @@ async fn security(cfg: &ServerConfig, engine: &Engine) -> Result<(AuthMode, Host
         );
         return Ok((AuthMode::Off, hosts));
     }
-    let env = std::env::var("KFLOW_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let env = std::env::var("KFLOW_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     let tokens = Tokens::load(engine.store(), env.as_deref()).map_err(|e| e.to_string())?;
     let now = engine.now_ms();
     if !tokens.any_live(now) {

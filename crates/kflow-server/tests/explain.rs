@@ -69,7 +69,13 @@ async fn explain_names_timers_and_dag_dependencies() {
     );
     assert_eq!(keys(&why), ["id", "status", "waiting", "isolation"]);
     // In-process engines run no sandbox: said so.
-    assert!(why["isolation"].as_str().unwrap_or("").contains("unconfined"), "{why}");
+    assert!(
+        why["isolation"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unconfined"),
+        "{why}"
+    );
     assert_eq!(why["id"], json!(id));
     assert_eq!(why["status"], json!("running"));
     let v = e

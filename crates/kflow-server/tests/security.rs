@@ -320,9 +320,16 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
         ),
         ("GET", "/api/v1/schedules") => f("GET", "/api/v1/schedules".into(), None, 200, 200, false),
         ("POST", "/api/v1/schedules/{namespace}/{name}/pause")
-        | ("POST", "/api/v1/schedules/{namespace}/{name}/resume") => {
-            f(rule.method, rule.path.replace("{namespace}", "team").replace("{name}", "tick"), None, 200, 404, false)
-        }
+        | ("POST", "/api/v1/schedules/{namespace}/{name}/resume") => f(
+            rule.method,
+            rule.path
+                .replace("{namespace}", "team")
+                .replace("{name}", "tick"),
+            None,
+            200,
+            404,
+            false,
+        ),
         ("POST", "/api/v1/workers") => f(
             "POST",
             "/api/v1/workers".into(),
@@ -412,8 +419,12 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
             false,
         ),
         ("DELETE", "/api/v1/secrets/{namespace}/{name}") => {
-            ctx.root("PUT", &format!("/api/v1/secrets/team/d{n}"), Some(json!({"value": "v"})))
-                .await;
+            ctx.root(
+                "PUT",
+                &format!("/api/v1/secrets/team/d{n}"),
+                Some(json!({"value": "v"})),
+            )
+            .await;
             f(
                 "DELETE",
                 format!("/api/v1/secrets/team/d{n}"),
@@ -547,7 +558,8 @@ async fn every_route_answers_every_caller_with_the_exact_status() {
     });
     let expiring = ctx.token("expiring", "admin", &["*"], Some(60)).await;
     let revoked = ctx.token("revoked", "admin", &["*"], None).await;
-    ctx.root("POST", "/api/v1/tokens/revoked/revoke", None).await;
+    ctx.root("POST", "/api/v1/tokens/revoked/revoke", None)
+        .await;
     ctx.clock.advance(61_000);
     for (label, header) in [
         ("no token", None),
@@ -579,7 +591,10 @@ async fn every_route_answers_every_caller_with_the_exact_status() {
         .iter()
         .map(|r| (r.method.to_string(), r.path.to_string()))
         .collect();
-    assert_eq!(documented, ruled, "routes without a rule, or rules without a route");
+    assert_eq!(
+        documented, ruled,
+        "routes without a rule, or rules without a route"
+    );
 
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -598,7 +613,11 @@ async fn every_route_answers_every_caller_with_the_exact_status() {
                 ));
             }
             if got.status == StatusCode::UNAUTHORIZED {
-                assert!(got.body["error"]["message"].as_str().is_some(), "{}", got.body);
+                assert!(
+                    got.body["error"]["message"].as_str().is_some(),
+                    "{}",
+                    got.body
+                );
             }
         }
     }
@@ -629,7 +648,9 @@ async fn lists_show_only_the_callers_namespaces_and_other_ids_do_not_leak() {
         .unwrap()
         .to_string();
     let viewer = ctx.token("v", "viewer", &["team"], None).await;
-    let list = ctx.call("GET", "/api/v1/instances", Some(&viewer), None).await;
+    let list = ctx
+        .call("GET", "/api/v1/instances", Some(&viewer), None)
+        .await;
     let ids: Vec<&str> = list.body["items"]
         .as_array()
         .unwrap()
@@ -637,7 +658,9 @@ async fn lists_show_only_the_callers_namespaces_and_other_ids_do_not_leak() {
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![mine.as_str()]);
-    let defs = ctx.call("GET", "/api/v1/definitions", Some(&viewer), None).await;
+    let defs = ctx
+        .call("GET", "/api/v1/definitions", Some(&viewer), None)
+        .await;
     assert!(
         defs.body["items"]
             .as_array()
@@ -649,15 +672,33 @@ async fn lists_show_only_the_callers_namespaces_and_other_ids_do_not_leak() {
     );
     // Someone else's instance and one that does not exist answer alike.
     let a = ctx
-        .call("GET", &format!("/api/v1/instances/{theirs}"), Some(&viewer), None)
+        .call(
+            "GET",
+            &format!("/api/v1/instances/{theirs}"),
+            Some(&viewer),
+            None,
+        )
         .await;
     let b = ctx
-        .call("GET", "/api/v1/instances/does-not-exist", Some(&viewer), None)
+        .call(
+            "GET",
+            "/api/v1/instances/does-not-exist",
+            Some(&viewer),
+            None,
+        )
         .await;
-    assert_eq!((a.status, b.status), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND)
+    );
     // Filtering by a namespace it cannot see gives nothing, not an error with hints.
     let list = ctx
-        .call("GET", "/api/v1/instances?namespace=ops", Some(&viewer), None)
+        .call(
+            "GET",
+            "/api/v1/instances?namespace=ops",
+            Some(&viewer),
+            None,
+        )
         .await;
     assert_eq!(list.body["items"], json!([]));
 }
@@ -682,10 +723,20 @@ async fn changes_and_denials_are_audited_and_the_chain_verifies() {
     let id = started.body["id"].as_str().unwrap().to_string();
     // Denied: a viewer's change, a bad token.
     let viewer = ctx.token("v", "viewer", &["team"], None).await;
-    ctx.call("POST", &format!("/api/v1/instances/{id}/cancel"), Some(&viewer), None)
-        .await;
-    ctx.call("GET", "/api/v1/instances", Some("Bearer kf_nope_nope"), None)
-        .await;
+    ctx.call(
+        "POST",
+        &format!("/api/v1/instances/{id}/cancel"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    ctx.call(
+        "GET",
+        "/api/v1/instances",
+        Some("Bearer kf_nope_nope"),
+        None,
+    )
+    .await;
     // The denials are written without waiting: give the writer a moment.
     let mut entries = Value::Null;
     for _ in 0..100 {
@@ -706,14 +757,30 @@ async fn changes_and_denials_are_audited_and_the_chain_verifies() {
     assert_eq!(start["result"], "201");
     assert_eq!(start["namespace"], "team");
     assert!(start["resource"].as_str().unwrap().contains(&id));
-    assert!(find("v", "instances.cancel")["result"].as_str().unwrap().starts_with("403"));
-    assert!(find("anonymous", "instances.list")["result"].as_str().unwrap().starts_with("401"));
-    assert!(find("admin (environment)", "tokens.create")["resource"]
-        .as_str()
-        .unwrap()
-        .contains("op"));
+    assert!(
+        find("v", "instances.cancel")["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("403")
+    );
+    assert!(
+        find("anonymous", "instances.list")["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("401")
+    );
+    assert!(
+        find("admin (environment)", "tokens.create")["resource"]
+            .as_str()
+            .unwrap()
+            .contains("op")
+    );
     // No token secret in the trail.
-    assert!(!entries.to_string().contains(op.trim_start_matches("Bearer ")));
+    assert!(
+        !entries
+            .to_string()
+            .contains(op.trim_start_matches("Bearer "))
+    );
     let verdict = ctx.root("GET", "/api/v1/audit/verify", None).await;
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!(verdict["checked"].as_u64(), Some(items.len() as u64));
@@ -723,9 +790,15 @@ async fn changes_and_denials_are_audited_and_the_chain_verifies() {
 async fn a_foreign_host_or_origin_is_refused_before_anything_else() {
     let clock = Arc::new(ManualClock::new(T0));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
-    let engine = Engine::with_store(store, EngineConfig { clock, ..EngineConfig::default() })
-        .await
-        .expect("engine");
+    let engine = Engine::with_store(
+        store,
+        EngineConfig {
+            clock,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine");
     let router = router(
         engine,
         ApiConfig {
@@ -781,7 +854,11 @@ async fn on_file(dir: &std::path::Path) -> Ctx {
 async fn audit_verify_names_the_first_entry_edited_removed_reordered_or_truncated() {
     // Each case: SQL run directly on the database, and the entry verify must name.
     let cases: [(&str, &str, i64); 5] = [
-        ("edited", "UPDATE audit SET actor = 'mallory' WHERE seq = 4", 4),
+        (
+            "edited",
+            "UPDATE audit SET actor = 'mallory' WHERE seq = 4",
+            4,
+        ),
         ("removed", "DELETE FROM audit WHERE seq = 3", 3),
         (
             "reordered",
@@ -822,7 +899,11 @@ async fn audit_verify_names_the_first_entry_edited_removed_reordered_or_truncate
             )
             .await;
         assert_eq!(v["ok"], false, "{what}: {v}");
-        let expect_at = if what == "truncated" { head_seq } else { broken };
+        let expect_at = if what == "truncated" {
+            head_seq
+        } else {
+            broken
+        };
         assert_eq!(v["broken_at"].as_i64(), Some(expect_at), "{what}: {v}");
         assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
         let _ = &ctx.clock;
@@ -835,11 +916,19 @@ async fn tokens_are_stored_as_hashes_only() {
     let ctx = on_file(dir.path()).await;
     let header = ctx.token("ci", "operator", &["team"], None).await;
     let token = header.trim_start_matches("Bearer ").to_string();
-    let secret = token.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap().to_string();
+    let secret = token
+        .strip_prefix("kf_")
+        .and_then(|t| t.split_once('_'))
+        .map(|(_, s)| s)
+        .unwrap()
+        .to_string();
     ctx.root("GET", "/api/v1/tokens", None).await;
     let listed = ctx.root("GET", "/api/v1/tokens", None).await.to_string();
     assert!(!listed.contains(&secret), "{listed}");
-    assert!(!listed.contains("sha256"), "the hash is not shown either: {listed}");
+    assert!(
+        !listed.contains("sha256"),
+        "the hash is not shown either: {listed}"
+    );
     let mut bytes = Vec::new();
     for f in std::fs::read_dir(dir.path()).expect("dir") {
         bytes.extend(std::fs::read(f.expect("entry").path()).unwrap_or_default());
@@ -884,7 +973,10 @@ async fn a_call_to_cloud_metadata_faults_with_an_error_the_workflow_can_catch() 
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"]["denied"], "Egress denied", "{done}");
     assert!(
-        done["output"]["detail"].as_str().unwrap_or("").contains("169.254"),
+        done["output"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("169.254"),
         "{done}"
     );
 }
@@ -909,11 +1001,25 @@ async fn a_token_over_its_request_rate_gets_429_and_others_do_not() {
     }
     let a = ctx.call("GET", "/api/v1/queues", Some(&busy), None).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
-    assert!(a.body.to_string().contains("rate_limit_per_token"), "{}", a.body);
+    assert!(
+        a.body.to_string().contains("rate_limit_per_token"),
+        "{}",
+        a.body
+    );
     // Another token is not affected; time refills the bucket.
-    assert_eq!(ctx.call("GET", "/api/v1/queues", Some(&calm), None).await.status, 200);
+    assert_eq!(
+        ctx.call("GET", "/api/v1/queues", Some(&calm), None)
+            .await
+            .status,
+        200
+    );
     ctx.clock.advance(1_000);
-    assert_eq!(ctx.call("GET", "/api/v1/queues", Some(&busy), None).await.status, 200);
+    assert_eq!(
+        ctx.call("GET", "/api/v1/queues", Some(&busy), None)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -930,14 +1036,18 @@ async fn a_start_is_audited_once_with_its_commit_and_a_repeat_once_more() {
                 .header("authorization", op)
                 .header("content-type", "application/json")
                 .header("idempotency-key", key)
-                .body(Body::from(json!({"namespace": "team", "name": "wait"}).to_string()))
+                .body(Body::from(
+                    json!({"namespace": "team", "name": "wait"}).to_string(),
+                ))
                 .unwrap();
             ctx.router.clone().oneshot(req).await.unwrap().status()
         }
     };
     assert_eq!(start("k1").await, StatusCode::CREATED);
     assert_eq!(start("k1").await, StatusCode::OK);
-    let entries = ctx.root("GET", "/api/v1/audit?action=instances.start", None).await;
+    let entries = ctx
+        .root("GET", "/api/v1/audit?action=instances.start", None)
+        .await;
     let results: Vec<&str> = entries["items"]
         .as_array()
         .unwrap()

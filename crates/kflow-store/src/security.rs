@@ -184,7 +184,12 @@ impl ChainVerifier {
     }
 
     /// After every row: checks that the chain reaches an exported head (`seq`, `hash`).
-    pub fn reaches(&self, seq: i64, hash: &str, seen_hash_at_seq: Option<&str>) -> Result<(), ChainBreak> {
+    pub fn reaches(
+        &self,
+        seq: i64,
+        hash: &str,
+        seen_hash_at_seq: Option<&str>,
+    ) -> Result<(), ChainBreak> {
         if seq > self.next_seq - 1 {
             return Err(ChainBreak {
                 seq,
@@ -301,6 +306,9 @@ mod tests {
         assert!(b.reason.contains("truncated"), "{}", b.reason);
         let v = verify(&rows).unwrap();
         v.reaches(head.0, &head.1, Some(&rows[4].hash)).unwrap();
-        assert!(v.reaches(head.0, &"f".repeat(64), Some(&rows[4].hash)).is_err());
+        assert!(
+            v.reaches(head.0, &"f".repeat(64), Some(&rows[4].hash))
+                .is_err()
+        );
     }
 }

@@ -86,7 +86,9 @@ impl Target {
             return Ok(Target::Net(n));
         }
         if t.contains('/') {
-            return Err(format!("{t:?} is not a network (a.b.c.d/len) or a host name"));
+            return Err(format!(
+                "{t:?} is not a network (a.b.c.d/len) or a host name"
+            ));
         }
         let name = t.to_ascii_lowercase();
         let bare = name.strip_prefix("*.").unwrap_or(&name);
@@ -156,7 +158,11 @@ impl Policy {
     }
 
     pub fn parse(deny: &[String], allow: &[String]) -> Result<Policy, String> {
-        let list = |v: &[String]| v.iter().map(|s| Target::parse(s)).collect::<Result<Vec<_>, _>>();
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| Target::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Policy {
             deny: list(deny)?,
             allow: list(allow)?,
@@ -201,7 +207,11 @@ impl Policy {
         if self.allow.is_empty() || self.allow.iter().any(|t| t.matches_host(&host)) {
             return Ok(());
         }
-        if !ips.is_empty() && ips.iter().all(|ip| self.allow.iter().any(|t| t.matches_ip(*ip))) {
+        if !ips.is_empty()
+            && ips
+                .iter()
+                .all(|ip| self.allow.iter().any(|t| t.matches_ip(*ip)))
+        {
             return Ok(());
         }
         Err(format!("{host} is not in the egress policy's allow list"))
@@ -227,7 +237,12 @@ impl Policy {
 
 /// The workflow error of a refused call: an authorization error (403) a `try` can catch.
 pub fn denied(detail: impl Into<String>) -> kflow_effects::WfError {
-    kflow_effects::WfError::standard(kflow_effects::errors::AUTHORIZATION, 403, "Egress denied", detail)
+    kflow_effects::WfError::standard(
+        kflow_effects::errors::AUTHORIZATION,
+        403,
+        "Egress denied",
+        detail,
+    )
 }
 
 /// The server's policy and the namespaces' own.
@@ -265,9 +280,8 @@ impl reqwest::dns::Resolve for Resolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
             policy
                 .check(&host, &ips)
@@ -288,9 +302,21 @@ mod tests {
         assert!(!n.contains("11.0.0.1".parse().unwrap()));
         assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
         assert!(IpNet::parse("10.0.0.0/33").is_err());
-        assert!(IpNet::parse("fe80::/10").unwrap().contains("fe80::1".parse().unwrap()));
-        assert!(Target::parse("*.Example.com").unwrap().matches_host("api.example.com"));
-        assert!(!Target::parse("*.example.com").unwrap().matches_host("example.com"));
+        assert!(
+            IpNet::parse("fe80::/10")
+                .unwrap()
+                .contains("fe80::1".parse().unwrap())
+        );
+        assert!(
+            Target::parse("*.Example.com")
+                .unwrap()
+                .matches_host("api.example.com")
+        );
+        assert!(
+            !Target::parse("*.example.com")
+                .unwrap()
+                .matches_host("example.com")
+        );
         assert!(Target::parse("exa mple").is_err());
     }
 
@@ -299,7 +325,10 @@ mod tests {
         let p = Policy::standard();
         let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
         assert!(p.check("169.254.169.254", &ip("169.254.169.254")).is_err());
-        assert!(p.check("evil.example", &ip("169.254.169.254")).is_err(), "a name pointing there");
+        assert!(
+            p.check("evil.example", &ip("169.254.169.254")).is_err(),
+            "a name pointing there"
+        );
         assert!(p.check("metadata.google.internal", &[]).is_err());
         assert!(p.check("example.com", &ip("93.184.216.34")).is_ok());
         assert!(p.check("localhost", &ip("127.0.0.1")).is_ok());
@@ -308,13 +337,23 @@ mod tests {
     #[test]
     fn a_namespace_narrows_the_server_policy() {
         let server = Policy::standard();
-        let ns = Policy::parse(&["10.0.0.0/8".into()], &["*.corp.example".into(), "192.168.0.0/16".into()]).unwrap();
+        let ns = Policy::parse(
+            &["10.0.0.0/8".into()],
+            &["*.corp.example".into(), "192.168.0.0/16".into()],
+        )
+        .unwrap();
         let p = server.with(&ns);
         let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
         assert!(p.check("api.corp.example", &ip("203.0.113.5")).is_ok());
         assert!(p.check("db", &ip("192.168.1.2")).is_ok());
-        assert!(p.check("api.corp.example", &ip("10.0.0.5")).is_err(), "denial wins");
-        assert!(p.check("example.com", &ip("203.0.113.5")).is_err(), "not allowed");
+        assert!(
+            p.check("api.corp.example", &ip("10.0.0.5")).is_err(),
+            "denial wins"
+        );
+        assert!(
+            p.check("example.com", &ip("203.0.113.5")).is_err(),
+            "not allowed"
+        );
         assert!(p.check("api.corp.example", &ip("169.254.169.254")).is_err());
     }
 }

@@ -321,10 +321,7 @@ fn transport_error(out: &Outgoing, e: &reqwest::Error, timeout: std::time::Durat
     } else if e.is_redirect() {
         WfError::communication(
             503,
-            format!(
-                "{what}: the redirect was not followed: {}",
-                error_chain(e)
-            ),
+            format!("{what}: the redirect was not followed: {}", error_chain(e)),
         )
     } else {
         WfError::communication(503, format!("{what}: {}", error_chain(e)))

@@ -92,7 +92,9 @@ pub struct SandboxConfig {
 
 impl SandboxConfig {
     /// System directories a process needs to run, read-only.
-    pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt"];
+    pub const SYSTEM_DIRS: &[&str] = &[
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt",
+    ];
 
     /// The launcher's options for one task in `dir`, run as `user` (uid, gid).
     pub fn options(
@@ -116,7 +118,10 @@ impl SandboxConfig {
             ("--cpu", min(self.cpu_seconds, task.cpu_seconds)),
             ("--memory", min(self.memory_bytes, task.memory_bytes)),
             ("--processes", min(self.processes, task.processes)),
-            ("--file-size", min(self.file_size_bytes, task.file_size_bytes)),
+            (
+                "--file-size",
+                min(self.file_size_bytes, task.file_size_bytes),
+            ),
             ("--open-files", min(self.open_files, task.open_files)),
         ] {
             if let Some(v) = v {

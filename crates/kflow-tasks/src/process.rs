@@ -459,7 +459,10 @@ async fn kill_group(pgid: u32) {
 }
 
 fn kill_group_blocking(pgid: u32) {
-    if let Some(p) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(p) = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
     }
 }
@@ -467,7 +470,10 @@ fn kill_group_blocking(pgid: u32) {
 /// Asks the sandbox launcher to end its task: it kills everything below it (escapees from the
 /// group included) and exits; the group is killed anyway a second later.
 fn stop_launcher(pid: u32) {
-    if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     }
     std::thread::spawn(move || {

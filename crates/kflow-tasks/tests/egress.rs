@@ -62,8 +62,11 @@ fn assert_denied(r: Result<serde_json::Value, WfError>, needle: &str) {
 async fn cloud_metadata_is_denied_by_default_without_a_connection() {
     let exec = Executor::new(ExecConfig::default());
     assert_denied(
-        exec.perform(&ctx(), &get("http://169.254.169.254/latest/meta-data/".into(), false))
-            .await,
+        exec.perform(
+            &ctx(),
+            &get("http://169.254.169.254/latest/meta-data/".into(), false),
+        )
+        .await,
         "169.254.0.0/16",
     );
     assert_denied(
@@ -72,8 +75,11 @@ async fn cloud_metadata_is_denied_by_default_without_a_connection() {
         "fd00:ec2::254",
     );
     assert_denied(
-        exec.perform(&ctx(), &get("http://metadata.google.internal/".into(), false))
-            .await,
+        exec.perform(
+            &ctx(),
+            &get("http://metadata.google.internal/".into(), false),
+        )
+        .await,
         "metadata.google.internal",
     );
 }
@@ -119,7 +125,8 @@ async fn redirects_to_denied_places_are_not_followed() {
         "169.254",
     );
     assert_denied(
-        exec.perform(&ctx(), &get(server.url("/to-name"), true)).await,
+        exec.perform(&ctx(), &get(server.url("/to-name"), true))
+            .await,
         "metadata.google.internal",
     );
     let ok = exec
@@ -148,8 +155,11 @@ async fn a_namespace_allow_list_confines_its_calls_only() {
     );
     // The namespace still has the server's denials.
     assert_denied(
-        exec.perform(&in_ns("locked"), &get("http://169.254.169.254/".into(), false))
-            .await,
+        exec.perform(
+            &in_ns("locked"),
+            &get("http://169.254.169.254/".into(), false),
+        )
+        .await,
         "169.254",
     );
 }

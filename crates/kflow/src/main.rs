@@ -125,8 +125,8 @@ fn db_encrypt(data_dir: &std::path::Path) -> anyhow::Result<u64> {
         &path,
         kflow_store::sqlite::Durability::Full,
     )?);
-    let vault = kflow_server::secrets::Vault::open(store.clone(), data_dir)
-        .map_err(anyhow::Error::msg)?;
+    let vault =
+        kflow_server::secrets::Vault::open(store.clone(), data_dir).map_err(anyhow::Error::msg)?;
     kflow_server::sealed::encrypt_existing(&store, &vault).map_err(anyhow::Error::msg)
 }
 

@@ -57,16 +57,41 @@ fn parse(args: &[OsString]) -> Result<Spec, String> {
             "--landlock" => s.landlock = true,
             "--rw" | "--ro" => {
                 let p = PathBuf::from(next.ok_or(format!("{a} needs a path"))?);
-                if a == "--rw" { s.rw.push(p) } else { s.ro.push(p) }
+                if a == "--rw" {
+                    s.rw.push(p)
+                } else {
+                    s.ro.push(p)
+                }
                 i += 1;
             }
-            "--cpu" => { s.cpu_seconds = Some(num(next, a)?); i += 1; }
-            "--memory" => { s.memory_bytes = Some(num(next, a)?); i += 1; }
-            "--processes" => { s.processes = Some(num(next, a)?); i += 1; }
-            "--file-size" => { s.file_size_bytes = Some(num(next, a)?); i += 1; }
-            "--open-files" => { s.open_files = Some(num(next, a)?); i += 1; }
-            "--uid" => { s.uid = Some(num(next, a)? as u32); i += 1; }
-            "--gid" => { s.gid = Some(num(next, a)? as u32); i += 1; }
+            "--cpu" => {
+                s.cpu_seconds = Some(num(next, a)?);
+                i += 1;
+            }
+            "--memory" => {
+                s.memory_bytes = Some(num(next, a)?);
+                i += 1;
+            }
+            "--processes" => {
+                s.processes = Some(num(next, a)?);
+                i += 1;
+            }
+            "--file-size" => {
+                s.file_size_bytes = Some(num(next, a)?);
+                i += 1;
+            }
+            "--open-files" => {
+                s.open_files = Some(num(next, a)?);
+                i += 1;
+            }
+            "--uid" => {
+                s.uid = Some(num(next, a)? as u32);
+                i += 1;
+            }
+            "--gid" => {
+                s.gid = Some(num(next, a)? as u32);
+                i += 1;
+            }
             other => return Err(format!("unknown sandbox option {other:?}")),
         }
         i += 1;
@@ -117,7 +142,10 @@ fn stage1(spec: &Spec, args: &[OsString]) -> ExitCode {
     argv.push("__sandbox".into());
     argv.push("--stage2".into());
     argv.extend(args.iter().cloned());
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kflow sandbox: {e}");
@@ -302,7 +330,13 @@ fn landlock(spec: &Spec) -> Result<(), landlock::RulesetError> {
     if spec.no_network {
         rs = rs.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
     }
-    let devices = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full"];
+    let devices = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/urandom",
+        "/dev/random",
+        "/dev/full",
+    ];
     rs.create()?
         .add_rules(path_beneath_rules(&spec.ro, AccessFs::from_read(abi)))?
         .add_rules(path_beneath_rules(
@@ -320,10 +354,20 @@ mod tests {
 
     #[test]
     fn options_parse_and_bad_ones_are_named() {
-        let args: Vec<OsString> = ["--cpu", "5", "--rw", "/w", "--no-network", "--", "/bin/sh", "-c", "x"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> = [
+            "--cpu",
+            "5",
+            "--rw",
+            "/w",
+            "--no-network",
+            "--",
+            "/bin/sh",
+            "-c",
+            "x",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let s = parse(&args).unwrap();
         assert_eq!(s.cpu_seconds, Some(5));
         assert!(s.no_network);

@@ -344,7 +344,10 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     let config = dir.path().join("kflow.yaml");
     std::fs::write(
         &config,
-        format!("sandbox:\n  read_write: [{:?}]\n", dir.path().display().to_string()),
+        format!(
+            "sandbox:\n  read_write: [{:?}]\n",
+            dir.path().display().to_string()
+        ),
     )
     .expect("config");
     let config_s = config.to_str().expect("utf-8 temp path").to_string();

@@ -16,8 +16,21 @@ fn landlock_here() -> bool {
     // The launcher itself: a write outside the allowed folder must fail.
     let probe = std::process::Command::new(support::kflow_bin())
         .args([
-            "__sandbox", "--landlock", "--ro", "/usr", "--ro", "/bin", "--ro", "/lib", "--ro",
-            "/lib64", "--rw", "/nonexistent-kflow", "--", "/bin/sh", "-c",
+            "__sandbox",
+            "--landlock",
+            "--ro",
+            "/usr",
+            "--ro",
+            "/bin",
+            "--ro",
+            "/lib",
+            "--ro",
+            "/lib64",
+            "--rw",
+            "/nonexistent-kflow",
+            "--",
+            "/bin/sh",
+            "-c",
             "echo x > /tmp/kflow-landlock-probe-$$ && rm -f /tmp/kflow-landlock-probe-$$",
         ])
         .output();
@@ -131,16 +144,33 @@ fn a_task_sees_only_its_folder_and_the_system() {
     let v = e.shell("default", "fs", &script, None);
     assert_eq!(v["status"], "completed", "{v}");
     let out = stdout(&v);
-    assert!(!out.contains("top secret"), "read a file outside its folder:\n{out}");
+    assert!(
+        !out.contains("top secret"),
+        "read a file outside its folder:\n{out}"
+    );
     assert!(!out.contains("READ-DB"), "read the database:\n{out}");
-    assert!(!out.contains("WROTE-TMP"), "wrote outside its folder:\n{out}");
+    assert!(
+        !out.contains("WROTE-TMP"),
+        "wrote outside its folder:\n{out}"
+    );
     assert!(out.contains("here"), "cannot use its own folder:\n{out}");
     let lines: Vec<&str> = out.lines().collect();
     let n = lines.len();
-    assert_eq!(lines[n - 3], "0", "the server's token is in its environment:\n{out}");
-    assert_eq!(lines[n - 2], "0", "the server's token is readable in /proc:\n{out}");
+    assert_eq!(
+        lines[n - 3],
+        "0",
+        "the server's token is in its environment:\n{out}"
+    );
+    assert_eq!(
+        lines[n - 2],
+        "0",
+        "the server's token is readable in /proc:\n{out}"
+    );
     let uid: u64 = lines[n - 1].parse().unwrap_or(0);
-    assert!(uid >= 1_800_000_000, "not run as a task user of its own:\n{out}");
+    assert!(
+        uid >= 1_800_000_000,
+        "not run as a task user of its own:\n{out}"
+    );
 }
 
 #[test]
@@ -149,7 +179,13 @@ fn nothing_a_task_starts_outlives_its_timeout() {
     let script = "setsid sleep 313 & (sleep 314 &); nohup sleep 315 >/dev/null 2>&1 & sleep 316";
     let v = e.shell("default", "escape", script, Some("PT1S"));
     assert_eq!(v["status"], "faulted", "{v}");
-    assert!(v["error"]["type"].as_str().unwrap_or("").ends_with("/timeout"), "{v}");
+    assert!(
+        v["error"]["type"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("/timeout"),
+        "{v}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = std::process::Command::new("pgrep")
@@ -160,7 +196,10 @@ fn nothing_a_task_starts_outlives_its_timeout() {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "processes outlived the task: {left}");
+        assert!(
+            Instant::now() < deadline,
+            "processes outlived the task: {left}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -190,7 +229,10 @@ fn memory_and_processes_are_limited_and_a_fork_bomb_stays_contained() {
     assert_eq!(code, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     while processes_with("bomb_7731") > 0 {
-        assert!(Instant::now() < deadline, "the fork bomb's processes are still there");
+        assert!(
+            Instant::now() < deadline,
+            "the fork bomb's processes are still there"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -228,13 +270,18 @@ fn a_namespace_without_network_cannot_connect_and_a_forbidden_one_cannot_run() {
     // `kflow explain` says what is in force for each.
     let explain = |inst: &Value| {
         let id = inst["id"].as_str().unwrap();
-        let (_, x) = support::get_json(&e.server.base(), &format!("/api/v1/instances/{id}/explain"))
-            .expect("explain");
+        let (_, x) =
+            support::get_json(&e.server.base(), &format!("/api/v1/instances/{id}/explain"))
+                .expect("explain");
         x["isolation"].as_str().unwrap_or("").to_string()
     };
     assert!(explain(&open).contains("network on"), "{}", explain(&open));
     assert!(explain(&open).contains("Landlock"), "{}", explain(&open));
-    assert!(explain(&closed).contains("network off"), "{}", explain(&closed));
+    assert!(
+        explain(&closed).contains("network off"),
+        "{}",
+        explain(&closed)
+    );
     assert!(explain(&v).contains("forbidden"), "{}", explain(&v));
 }
 
@@ -255,11 +302,23 @@ fn a_task_can_lower_its_own_limits_and_take_its_network_away() {
         "{limits: {memoryMb: 64, network: false}}",
     );
     let out = stdout(&own);
-    assert!(!out.contains("allocated") && !out.contains("connected"), "{own}");
+    assert!(
+        !out.contains("allocated") && !out.contains("connected"),
+        "{own}"
+    );
     // Asking for more than the server allows gets the server's limit.
-    let more = e.shell_with("default", "more", &script, None, "{limits: {memoryMb: 100000}}");
+    let more = e.shell_with(
+        "default",
+        "more",
+        &script,
+        None,
+        "{limits: {memoryMb: 100000}}",
+    );
     let out = stdout(&more);
-    assert!(out.contains("allocated") && out.contains("connected"), "{more}");
+    assert!(
+        out.contains("allocated") && out.contains("connected"),
+        "{more}"
+    );
     let big = e.shell_with(
         "default",
         "big",

@@ -20,7 +20,10 @@ fn as_token(base: &str, token: Option<&str>, args: &[&str]) -> support::Outcome 
 fn token_in(text: &str) -> Option<String> {
     text.split_whitespace()
         .find(|w| w.starts_with("kf_"))
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-').to_string())
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-')
+                .to_string()
+        })
 }
 
 /// Registers a workflow document, asserting success.
@@ -56,7 +59,11 @@ fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     // Without a token: refused, and the message says how to get one.
     let o = as_token(&base, None, &["ls"]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
-    assert!(o.stderr.contains("Authorization") || o.stderr.contains("token"), "{}", o.describe());
+    assert!(
+        o.stderr.contains("Authorization") || o.stderr.contains("token"),
+        "{}",
+        o.describe()
+    );
 
     let o = as_token(&base, Some(&admin), &["whoami"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
@@ -66,19 +73,47 @@ fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     let o = as_token(
         &base,
         Some(&admin),
-        &["token", "create", "--name", "ci", "--role", "viewer", "--namespace", "team", "--expires", "30d"],
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "viewer",
+            "--namespace",
+            "team",
+            "--expires",
+            "30d",
+        ],
     );
     assert_eq!(o.code, Some(0), "{}", o.describe());
     let ci = token_in(&o.stdout).expect("the new token");
     let o = as_token(&base, Some(&ci), &["ls"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
     let o = as_token(&base, Some(&ci), &["token", "ls"]);
-    assert_eq!(o.code, Some(1), "a viewer cannot list tokens: {}", o.describe());
+    assert_eq!(
+        o.code,
+        Some(1),
+        "a viewer cannot list tokens: {}",
+        o.describe()
+    );
     let o = as_token(&base, Some(&admin), &["token", "ls"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
-    assert!(o.stdout.contains("ci") && o.stdout.contains("viewer"), "{}", o.stdout);
-    let secret = ci.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap();
-    assert!(!o.stdout.contains(secret), "token ls shows a secret: {}", o.stdout);
+    assert!(
+        o.stdout.contains("ci") && o.stdout.contains("viewer"),
+        "{}",
+        o.stdout
+    );
+    let secret = ci
+        .strip_prefix("kf_")
+        .and_then(|t| t.split_once('_'))
+        .map(|(_, s)| s)
+        .unwrap();
+    assert!(
+        !o.stdout.contains(secret),
+        "token ls shows a secret: {}",
+        o.stdout
+    );
     let o = as_token(&base, Some(&admin), &["token", "revoke", "ci"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
     let o = as_token(&base, Some(&ci), &["ls"]);
@@ -88,13 +123,21 @@ fn the_first_start_prints_an_admin_token_once_and_the_cli_manages_tokens() {
     // The printed token is nowhere in the data directory.
     assert!(!data_holds(
         dir.path(),
-        admin.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap()
+        admin
+            .strip_prefix("kf_")
+            .and_then(|t| t.split_once('_'))
+            .map(|(_, s)| s)
+            .unwrap()
     ));
 
     // The audit trail holds all this, and verifies.
     let o = as_token(&base, Some(&admin), &["audit", "ls", "--action", "tokens."]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
-    assert!(o.stdout.contains("tokens.create") && o.stdout.contains("tokens.revoke"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("tokens.create") && o.stdout.contains("tokens.revoke"),
+        "{}",
+        o.stdout
+    );
     let o = as_token(&base, Some(&admin), &["audit", "verify"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
     assert!(o.stdout.contains("intact"), "{}", o.stdout);
@@ -137,7 +180,11 @@ fn login_writes_a_private_profile_and_a_readable_one_is_refused() {
         .run();
     assert_eq!(o.code, Some(0), "{}", o.describe());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&profile).expect("profile").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&profile)
+        .expect("profile")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let whoami = || {
         kflow(["whoami"])
@@ -172,7 +219,12 @@ fn unsafe_listening_is_refused_at_start_with_the_reason() {
     for (args, needle) in [
         (vec!["--listen", "0.0.0.0:0"], "TLS"),
         (
-            vec!["--listen", "0.0.0.0:0", "--insecure-no-auth", "--insecure-no-tls"],
+            vec![
+                "--listen",
+                "0.0.0.0:0",
+                "--insecure-no-auth",
+                "--insecure-no-tls",
+            ],
             "loopback",
         ),
     ] {
@@ -185,7 +237,11 @@ fn unsafe_listening_is_refused_at_start_with_the_reason() {
     }
     // Without authentication on loopback: allowed, with a warning, and says so.
     let server = ServerProcess::start_with(dir.path(), &["--insecure-no-auth"], false);
-    assert!(server.log().contains("authentication is off"), "{}", server.log());
+    assert!(
+        server.log().contains("authentication is off"),
+        "{}",
+        server.log()
+    );
     let o = as_token(&server.base(), None, &["whoami"]);
     assert_eq!(o.code, Some(0), "{}", o.describe());
     assert!(o.stdout.contains("without authentication"), "{}", o.stdout);
@@ -205,7 +261,11 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
         .run();
     assert_eq!(o.code, Some(0), "{}", o.describe());
     let o = kflow(["secret", "ls"]).env("KFLOW_SERVER", &base).run();
-    assert!(o.stdout.contains("team") && o.stdout.contains("token"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("team") && o.stdout.contains("token"),
+        "{}",
+        o.stdout
+    );
     assert!(!o.stdout.contains(VALUE));
 
     let doc = |ns: &str| {
@@ -255,10 +315,15 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
         !data_holds(dir.path(), VALUE),
         "the secret is in the database files"
     );
-    let seen: Vec<_> = service.requests().iter().map(|r| r.headers.clone()).collect();
+    let seen: Vec<_> = service
+        .requests()
+        .iter()
+        .map(|r| r.headers.clone())
+        .collect();
     assert!(
-        seen.iter()
-            .any(|h| h.iter().any(|(k, v)| k == "authorization" && v.ends_with(VALUE))),
+        seen.iter().any(|h| h
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.ends_with(VALUE))),
         "the call did not carry the secret: {seen:?}"
     );
 
@@ -300,7 +365,10 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
     .expect("watch");
     let events = stream.text();
     assert!(events.contains("event: end"), "{events}");
-    assert!(events.contains("got ***") && !events.contains(VALUE), "{events}");
+    assert!(
+        events.contains("got ***") && !events.contains(VALUE),
+        "{events}"
+    );
     // Another namespace does not have it.
     let (_, other) = support::post_json(
         &base,
@@ -310,7 +378,10 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
     .expect("start");
     assert_eq!(other["status"], "faulted", "{other}");
     assert!(
-        other["error"]["detail"].as_str().unwrap_or("").contains("not configured"),
+        other["error"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not configured"),
         "{other}"
     );
     // Nothing the server printed has it.
@@ -318,7 +389,11 @@ fn namespace_secrets_are_sealed_used_by_their_namespace_only_and_redacted() {
     // At rest: the secrets table holds ciphertext; the key file is private.
     use std::os::unix::fs::PermissionsExt;
     let key = dir.path().join("master.key");
-    let mode = std::fs::metadata(&key).expect("key file").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&key)
+        .expect("key file")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     if let Ok(out) = std::process::Command::new("sqlite3")
         .arg(dir.path().join("kflow.db"))
@@ -337,26 +412,69 @@ fn the_api_over_tls_is_verified_by_the_cli_with_a_given_ca() {
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
     let (csr, ext) = (dir.path().join("leaf.csr"), dir.path().join("ext.cnf"));
-    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-        .unwrap();
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let steps: Vec<Vec<String>> = vec![
         // A CA, and a server certificate it signs for 127.0.0.1.
-        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=kflow test CA", "-keyout"]
-            .iter().map(|s| s.to_string()).chain([p(&ca_key), "-out".into(), p(&ca)]).collect(),
-        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj",
-         "/CN=localhost", "-keyout"]
-            .iter().map(|s| s.to_string()).chain([p(&key), "-out".into(), p(&csr)]).collect(),
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=kflow test CA",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([p(&ca_key), "-out".into(), p(&ca)])
+        .collect(),
+        [
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([p(&key), "-out".into(), p(&csr)])
+        .collect(),
         ["x509", "-req", "-days", "1", "-CAcreateserial", "-in"]
-            .iter().map(|s| s.to_string())
-            .chain([p(&csr), "-CA".into(), p(&ca), "-CAkey".into(), p(&ca_key), "-out".into(), p(&cert), "-extfile".into(), p(&ext)])
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p(&csr),
+                "-CA".into(),
+                p(&ca),
+                "-CAkey".into(),
+                p(&ca_key),
+                "-out".into(),
+                p(&cert),
+                "-extfile".into(),
+                p(&ext),
+            ])
             .collect(),
     ];
     for args in steps {
         match std::process::Command::new("openssl").args(&args).output() {
             Ok(o) if o.status.success() => {}
-            _ if std::env::var_os("CI").is_some() => panic!("openssl is needed under CI ({args:?})"),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("openssl is needed under CI ({args:?})")
+            }
             _ => {
                 eprintln!("skipped: no working openssl command to make test certificates");
                 return;
@@ -365,9 +483,18 @@ fn the_api_over_tls_is_verified_by_the_cli_with_a_given_ca() {
     }
     let server = ServerProcess::start(
         &dir.path().join("data"),
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
-    assert!(server.log().contains("listening on https://"), "{}", server.log());
+    assert!(
+        server.log().contains("listening on https://"),
+        "{}",
+        server.log()
+    );
     let https = format!("https://127.0.0.1:{}", server.port);
     let o = kflow(["whoami", "--ca-file", ca.to_str().unwrap()])
         .env("KFLOW_SERVER", &https)
@@ -432,7 +559,10 @@ fn with_data_encrypted_at_rest_nothing_of_a_secret_reaches_the_files_and_a_resta
     let id = started["id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(600));
     server.kill9();
-    assert!(!data_holds(&data, VALUE), "the secret is in the database files");
+    assert!(
+        !data_holds(&data, VALUE),
+        "the secret is in the database files"
+    );
     assert!(
         !data_holds(&data, "plain input text 7e6f"),
         "the input is in the database files"
@@ -482,7 +612,11 @@ fn db_encrypt_seals_old_data_in_place_and_the_server_still_reads_it() {
     assert!(o.stdout.contains("sealed"), "{}", o.stdout);
     assert!(!files(INPUT), "db encrypt left the data in clear");
     let again = kflow(["db", "encrypt", "--data-dir", data.to_str().unwrap()]).run();
-    assert!(again.stdout.contains("sealed 0 payloads"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("sealed 0 payloads"),
+        "{}",
+        again.stdout
+    );
     server.restart();
     let (_, v) =
         support::get_json(&server.base(), &format!("/api/v1/instances/{id}")).expect("get");

@@ -379,11 +379,7 @@ fn bad_worker_input_is_refused() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("cpu=lots"), "{}", r.text());
     // A result for a lease it does not hold.
-    let r = call(
-        "/api/v1/workers",
-        &secret,
-        br#"{"id":"w1","queues":["q"]}"#,
-    );
+    let r = call("/api/v1/workers", &secret, br#"{"id":"w1","queues":["q"]}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     let r = call(
         "/api/v1/leases/w1-99/complete",
@@ -392,7 +388,11 @@ fn bad_worker_input_is_refused() {
     );
     assert_eq!(r.status, 409, "{}", r.text());
     // A worker token cannot do anything else: start an instance, list the workers.
-    let r = call("/api/v1/instances", &secret, br#"{"namespace":"n","name":"x"}"#);
+    let r = call(
+        "/api/v1/instances",
+        &secret,
+        br#"{"namespace":"n","name":"x"}"#,
+    );
     assert_eq!(r.status, 403, "{}", r.text());
     // Another token cannot act as w1 (it was registered by "w").
     let (_, other) = post_json(

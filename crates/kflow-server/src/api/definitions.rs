@@ -7,13 +7,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::AppState;
-use crate::auth::{Audited, Caller};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, Body, is_json_media_type, parse_json};
 use super::types::{
     DefinitionDetail, DefinitionList, DefinitionQuery, DefinitionSummary, DeprecateRequest,
     RegisterResponse,
 };
+use crate::auth::{Audited, Caller};
 
 /// Registers a workflow definition.
 ///
@@ -53,7 +53,10 @@ pub async fn register_definition(
         StatusCode::OK
     };
     let note = Audited {
-        resource: format!("definition {}/{}@{} ({})", r.namespace, r.name, r.version, r.outcome),
+        resource: format!(
+            "definition {}/{}@{} ({})",
+            r.namespace, r.name, r.version, r.outcome
+        ),
         namespace: Some(r.namespace.clone()),
         recorded: false,
     };

@@ -13,10 +13,10 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use crate::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{Body, is_json_media_type, media_type};
 use super::types::EventAccepted;
+use crate::auth::Caller;
 
 const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
 

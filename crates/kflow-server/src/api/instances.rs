@@ -92,7 +92,10 @@ pub async fn start_instance(
     };
     let inst = started.instance;
     let audited = Audited {
-        resource: format!("instance {} of {}/{}@{}", inst.id, inst.namespace, inst.name, inst.version),
+        resource: format!(
+            "instance {} of {}/{}@{}",
+            inst.id, inst.namespace, inst.name, inst.version
+        ),
         namespace: Some(inst.namespace.clone()),
         // A new instance's entry was committed with it; a repeated request's is written now.
         recorded: started.created,

@@ -21,9 +21,9 @@ pub mod workers;
 
 use std::sync::Arc;
 
+use crate::auth::AuthMode;
 use crate::auth::audit::AuditLog;
 use crate::auth::hosts::Hosts;
-use crate::auth::AuthMode;
 use crate::engine::Engine;
 
 pub use routes::openapi;

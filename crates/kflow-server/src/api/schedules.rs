@@ -7,9 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::auth::Caller;
 use super::error::{ApiResult, ErrorBody};
 use super::extract::ApiPath;
+use crate::auth::Caller;
 use crate::schedule::{self, ScheduleView};
 
 /// Every schedule.

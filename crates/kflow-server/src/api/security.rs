@@ -156,7 +156,13 @@ pub async fn create_token(
     )
         .into_response();
     resp.extensions_mut().insert(Audited {
-        resource: format!("token {} ({}, {}, {})", row.name, row.id, row.role, row.namespaces.join(",")),
+        resource: format!(
+            "token {} ({}, {}, {})",
+            row.name,
+            row.id,
+            row.role,
+            row.namespaces.join(",")
+        ),
         namespace: None,
         recorded: false,
     });
@@ -248,7 +254,9 @@ pub async fn list_audit(
     };
     let after = q.after.unwrap_or(0);
     let items = blocking(&st, move |s| s.audit(&filter, after, limit)).await?;
-    let next = (items.len() == limit as usize).then(|| items.last().map(|r| r.seq)).flatten();
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|r| r.seq))
+        .flatten();
     Ok(Json(AuditList { items, next }))
 }
 
@@ -286,7 +294,11 @@ pub async fn verify_audit(
     let head = match (q.head_seq, q.head_hash) {
         (Some(s), Some(h)) => Some((s, h)),
         (None, None) => None,
-        _ => return Err(ApiError::invalid("give both head_seq and head_hash, or neither")),
+        _ => {
+            return Err(ApiError::invalid(
+                "give both head_seq and head_hash, or neither",
+            ));
+        }
     };
     let verdict = blocking(&st, move |s| {
         let mut v = ChainVerifier::default();
@@ -361,7 +373,10 @@ fn secret_name(kind: &str, s: &str) -> ApiResult<()> {
 /// Lists the secrets of the caller's namespaces: names only (admin).
 #[utoipa::path(get, path = "/api/v1/secrets", tag = "security",
     responses((status = 200, body = SecretList), (status = 403, body = ErrorBody)))]
-pub async fn list_secrets(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<SecretList>> {
+pub async fn list_secrets(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SecretList>> {
     let vault = st.engine.vault();
     let names = tokio::task::spawn_blocking(move || vault.names())
         .await

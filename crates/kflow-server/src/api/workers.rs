@@ -15,9 +15,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::auth::{AuthMode, Caller, Role, Scope};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
+use crate::auth::{AuthMode, Caller, Role, Scope};
 use crate::engine::{Explanation, QueueView, WorkerSpec};
 
 /// The worker `id` must have been registered by this caller's token (a global admin may act

@@ -67,7 +67,9 @@ impl AuditLog {
                         "audit",
                         None,
                         "server",
-                        format!("{lost} denied requests were not recorded: the audit queue was full"),
+                        format!(
+                            "{lost} denied requests were not recorded: the audit queue was full"
+                        ),
                     ));
                 }
                 let mut acks = Vec::new();

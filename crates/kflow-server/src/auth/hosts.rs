@@ -107,22 +107,43 @@ mod tests {
     #[test]
     fn loopback_names_pass_and_rebinding_names_do_not() {
         let hosts = Hosts::loopback(&["kflow.internal".into()]);
-        for ok in ["localhost:8080", "127.0.0.1:1", "[::1]:8080", "LOCALHOST", "kflow.internal:9"] {
+        for ok in [
+            "localhost:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "LOCALHOST",
+            "kflow.internal:9",
+        ] {
             assert!(hosts.check(&headers(&[("host", ok)])).is_ok(), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example"] {
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+        ] {
             let e = hosts.check(&headers(&[("host", bad)])).unwrap_err();
             assert_eq!(e.status, 403, "{bad}");
         }
-        assert!(hosts.check(&HeaderMap::new()).is_ok(), "no Host: not a browser");
+        assert!(
+            hosts.check(&HeaderMap::new()).is_ok(),
+            "no Host: not a browser"
+        );
     }
 
     #[test]
     fn a_foreign_origin_is_refused_and_the_same_origin_passes() {
         for hosts in [Hosts::any(), Hosts::loopback(&[])] {
-            let same = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
+            let same = headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+            ]);
             assert!(hosts.check(&same).is_ok());
-            for origin in ["http://evil.example", "null", "http://127.0.0.1:9999", "file://"] {
+            for origin in [
+                "http://evil.example",
+                "null",
+                "http://127.0.0.1:9999",
+                "file://",
+            ] {
                 let h = headers(&[("host", "127.0.0.1:8080"), ("origin", origin)]);
                 assert!(hosts.check(&h).is_err(), "{origin}");
             }

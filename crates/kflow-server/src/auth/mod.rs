@@ -32,7 +32,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 
 pub use rules::{Need, Rule, rule_for};
-pub use tokens::{Tokens, TokenError};
+pub use tokens::{TokenError, Tokens};
 
 /// A token's role. Each includes the ones before it in `viewer < operator < editor < admin`;
 /// `worker` is apart: it can only poll, heartbeat and report results.
@@ -322,7 +322,11 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
             {
                 Ok(c) => c,
                 Err(e) => {
-                    let mut r = deny("anonymous", rule.action, ApiError::unauthorized(e.to_string()));
+                    let mut r = deny(
+                        "anonymous",
+                        rule.action,
+                        ApiError::unauthorized(e.to_string()),
+                    );
                     r.headers_mut().insert(
                         header::WWW_AUTHENTICATE,
                         header::HeaderValue::from_static("Bearer realm=\"kflow\""),

@@ -84,8 +84,7 @@ fn random<const N: usize>() -> Result<[u8; N], TokenError> {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
@@ -193,7 +192,9 @@ impl Tokens {
         }
         for ns in &spec.namespaces {
             if ns != "*" && !valid_name(ns) {
-                return Err(TokenError::Invalid(format!("namespace {ns:?} is not a valid name")));
+                return Err(TokenError::Invalid(format!(
+                    "namespace {ns:?} is not a valid name"
+                )));
             }
         }
         if !by.scope.covers(&Scope::from_list(&spec.namespaces)) {
@@ -296,7 +297,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_created_token_authenticates_and_nothing_near_it_does() {
-        let store: Arc<dyn Store> = Arc::new(kflow_store::sqlite::SqliteStore::open_in_memory().unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(kflow_store::sqlite::SqliteStore::open_in_memory().unwrap());
         let tokens = Tokens::load(store.clone(), None).unwrap();
         let root = Caller::unauthenticated();
         let spec = NewToken {
@@ -307,7 +309,15 @@ mod tests {
         };
         let (row, token) = tokens.create(spec.clone(), &root, 1).await.unwrap();
         assert!(token.starts_with(&format!("kf_{}_", row.id)));
-        assert!(!row.secret_sha256.contains(token.strip_prefix("kf_").and_then(|t| t.split_once('_')).map(|(_, s)| s).unwrap()));
+        assert!(
+            !row.secret_sha256.contains(
+                token
+                    .strip_prefix("kf_")
+                    .and_then(|t| t.split_once('_'))
+                    .map(|(_, s)| s)
+                    .unwrap()
+            )
+        );
         let c = tokens
             .authenticate(Some(&header(&format!("Bearer {token}"))), 2)
             .unwrap();
@@ -321,13 +331,20 @@ mod tests {
             (None, TokenError::Missing),
             (Some(header("Basic abc")), TokenError::Malformed),
             (Some(header("Bearer nope")), TokenError::Malformed),
-            (Some(header(&format!("Bearer {wrong}"))), TokenError::Unknown),
+            (
+                Some(header(&format!("Bearer {wrong}"))),
+                TokenError::Unknown,
+            ),
             (
                 Some(header(&format!("Bearer {token}"))),
                 TokenError::Expired("ci".into()),
             ),
         ] {
-            let now = if e == TokenError::Expired("ci".into()) { 10_000 } else { 2 };
+            let now = if e == TokenError::Expired("ci".into()) {
+                10_000
+            } else {
+                2
+            };
             assert_eq!(tokens.authenticate(h.as_ref(), now).unwrap_err(), e);
         }
         // Same name again: refused; after a revocation: allowed, and the old one is dead.
@@ -350,7 +367,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_limited_admin_grants_only_within_its_namespaces() {
-        let store: Arc<dyn Store> = Arc::new(kflow_store::sqlite::SqliteStore::open_in_memory().unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(kflow_store::sqlite::SqliteStore::open_in_memory().unwrap());
         let tokens = Tokens::load(store, None).unwrap();
         let limited = Caller {
             name: "team-admin".into(),
@@ -365,8 +383,14 @@ mod tests {
             expires_ms: None,
         };
         assert!(tokens.create(spec("a"), &limited, 1).await.is_ok());
-        assert!(matches!(tokens.create(spec("b"), &limited, 1).await, Err(TokenError::Invalid(_))));
-        assert!(matches!(tokens.create(spec("*"), &limited, 1).await, Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            tokens.create(spec("b"), &limited, 1).await,
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            tokens.create(spec("*"), &limited, 1).await,
+            Err(TokenError::Invalid(_))
+        ));
         assert!(Tokens::load(tokens.store.clone(), Some("short")).is_err());
     }
 }

@@ -36,7 +36,8 @@ pub fn isolation_of(cfg: &kflow_tasks::ExecConfig, namespace: &str) -> String {
         kflow_tasks::TaskUser::Fixed(u, _) => format!("as uid {u}"),
         kflow_tasks::TaskUser::Pool { .. } => "each as a user of its own".to_string(),
     };
-    let lim = |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
+    let lim =
+        |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
     let mb = |v: Option<u64>| v.map(|b| b / (1024 * 1024));
     let network = !sb.network || sb.no_network_namespaces.iter().any(|n| n == namespace);
     format!(

@@ -308,9 +308,8 @@ impl Engine {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))?;
         use base64::Engine as _;
-        let source = crate::secrets::KeySource::Env(
-            base64::engine::general_purpose::STANDARD.encode(key),
-        );
+        let source =
+            crate::secrets::KeySource::Env(base64::engine::general_purpose::STANDARD.encode(key));
         let vault = crate::secrets::Vault::with_source(store.clone(), source)
             .map_err(|m| EngineError::Store(StoreError::Db(m)))?;
         Self::with_vault(store, Arc::new(vault), config).await

@@ -563,8 +563,10 @@ impl Store for SqliteStore {
             for commit in commits {
                 apply_commit(&tx, commit, &known, &mut batch)?;
             }
-            let audit: Vec<crate::AuditEntry> =
-                commits.iter().flat_map(|c| c.audit.iter().cloned()).collect();
+            let audit: Vec<crate::AuditEntry> = commits
+                .iter()
+                .flat_map(|c| c.audit.iter().cloned())
+                .collect();
             if !audit.is_empty() {
                 super::security::append_audit_in(&tx, &audit)?;
             }

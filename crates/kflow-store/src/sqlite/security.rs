@@ -177,7 +177,11 @@ pub(super) fn audit(
     after: i64,
     limit: u32,
 ) -> Result<Vec<AuditRow>> {
-    let mut sql = String::from(concat!("SELECT ", audit_columns!(), " FROM audit WHERE seq > ?"));
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit WHERE seq > ?"
+    ));
     let mut args: Vec<SqlValue> = vec![SqlValue::Integer(after)];
     if let Some(a) = &f.actor {
         sql.push_str(" AND actor = ?");
@@ -215,7 +219,14 @@ pub(super) fn put_secrets(conn: &mut Connection, rows: &[SecretRow]) -> Result<(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for r in rows {
-            st.execute(params![r.namespace, r.name, r.key_id, r.nonce, r.ciphertext, r.updated_ms])?;
+            st.execute(params![
+                r.namespace,
+                r.name,
+                r.key_id,
+                r.nonce,
+                r.ciphertext,
+                r.updated_ms
+            ])?;
         }
     }
     tx.commit()?;
@@ -279,9 +290,21 @@ pub(super) fn rewrite_payloads(
         })?;
         for row in rows {
             let (id, input, output, error) = row?;
-            jobs.push((PayloadAt::Instance { id: id.clone(), field: "input" }, input));
+            jobs.push((
+                PayloadAt::Instance {
+                    id: id.clone(),
+                    field: "input",
+                },
+                input,
+            ));
             if let Some(o) = output {
-                jobs.push((PayloadAt::Instance { id: id.clone(), field: "output" }, o));
+                jobs.push((
+                    PayloadAt::Instance {
+                        id: id.clone(),
+                        field: "output",
+                    },
+                    o,
+                ));
             }
             if let Some(e) = error {
                 jobs.push((PayloadAt::Instance { id, field: "error" }, e));
@@ -290,7 +313,13 @@ pub(super) fn rewrite_payloads(
     }
     {
         let mut st = conn.prepare("SELECT instance_id, seq, data FROM history")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
         for row in rows {
             let (id, seq, data) = row?;
             jobs.push((PayloadAt::History { id, seq }, data));
@@ -298,10 +327,22 @@ pub(super) fn rewrite_payloads(
     }
     {
         let mut st = conn.prepare("SELECT instance_id, effect_id, effect FROM work")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
         for row in rows {
             let (id, effect, e) = row?;
-            jobs.push((PayloadAt::Work { id, effect: effect as u64 }, e));
+            jobs.push((
+                PayloadAt::Work {
+                    id,
+                    effect: effect as u64,
+                },
+                e,
+            ));
         }
     }
     {
@@ -340,7 +381,10 @@ pub(super) fn rewrite_payloads(
                     )?;
                 }
                 PayloadAt::Event { id } => {
-                    tx.execute("UPDATE events SET event = ?2 WHERE id = ?1", params![id, new])?;
+                    tx.execute(
+                        "UPDATE events SET event = ?2 WHERE id = ?1",
+                        params![id, new],
+                    )?;
                 }
             }
             n += 1;

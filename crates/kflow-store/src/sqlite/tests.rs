@@ -630,8 +630,14 @@ fn tokens_are_unique_by_id_and_live_name_and_revocation_frees_the_name() {
     assert!(!s.put_token(&token("t2", "ci")).unwrap(), "same live name");
     let revoked = s.revoke_token("ci", 5).unwrap().expect("revoked");
     assert_eq!((revoked.id.as_str(), revoked.revoked_ms), ("t1", Some(5)));
-    assert!(s.revoke_token("ci", 6).unwrap().is_none(), "already revoked");
-    assert!(s.put_token(&token("t2", "ci")).unwrap(), "the name is free again");
+    assert!(
+        s.revoke_token("ci", 6).unwrap().is_none(),
+        "already revoked"
+    );
+    assert!(
+        s.put_token(&token("t2", "ci")).unwrap(),
+        "the name is free again"
+    );
     let all = s.tokens().unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].namespaces, vec!["a".to_string(), "b".to_string()]);
@@ -668,7 +674,12 @@ fn audit_entries_chain_across_appends_and_filter() {
         action: Some("instances.".into()),
         ..Default::default()
     };
-    let seqs: Vec<i64> = s.audit(&by_a, 0, 100).unwrap().iter().map(|r| r.seq).collect();
+    let seqs: Vec<i64> = s
+        .audit(&by_a, 0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, vec![1, 3]);
     assert_eq!(s.audit(&Default::default(), 1, 1).unwrap()[0].seq, 2);
 }

@@ -165,10 +165,17 @@ impl Store for FailingStore {
     fn tokens(&self) -> crate::Result<Vec<crate::TokenRow>> {
         self.inner.tokens()
     }
-    fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> crate::Result<Option<crate::TokenRow>> {
+    fn revoke_token(
+        &self,
+        id_or_name: &str,
+        now_ms: i64,
+    ) -> crate::Result<Option<crate::TokenRow>> {
         self.inner.revoke_token(id_or_name, now_ms)
     }
-    fn append_audit(&self, entries: &[crate::AuditEntry]) -> crate::Result<Option<crate::AuditRow>> {
+    fn append_audit(
+        &self,
+        entries: &[crate::AuditEntry],
+    ) -> crate::Result<Option<crate::AuditRow>> {
         self.inner.append_audit(entries)
     }
     fn audit(

@@ -932,7 +932,12 @@ pub fn list_instances_filters(store: &dyn Store) {
         let mut expected: Vec<&Instance> = model
             .iter()
             .filter(|i| filter.namespace.as_ref().is_none_or(|v| &i.namespace == v))
-            .filter(|i| filter.within.as_ref().is_none_or(|v| v.contains(&i.namespace)))
+            .filter(|i| {
+                filter
+                    .within
+                    .as_ref()
+                    .is_none_or(|v| v.contains(&i.namespace))
+            })
             .filter(|i| filter.name.as_ref().is_none_or(|v| &i.name == v))
             .filter(|i| filter.version.as_ref().is_none_or(|v| &i.version == v))
             .filter(|i| filter.status.is_none_or(|v| i.status == v))

@@ -183,7 +183,10 @@ fn accept_json() -> HeaderMap {
 /// Token endpoints obey the server-wide egress policy.
 async fn fetch(inner: &Inner, out: &Outgoing) -> Result<http::Received, WfError> {
     let clients = inner.clients("");
-    clients.policy.check_url(&out.url).map_err(crate::egress::denied)?;
+    clients
+        .policy
+        .check_url(&out.url)
+        .map_err(crate::egress::denied)?;
     let client = clients.client(true)?;
     let mut rb = client
         .request(out.method.clone(), out.url.clone())

@@ -9,11 +9,11 @@
 //! cancelled; 2 bad usage, an unreadable file, or no server answering (the message names the URL).
 
 mod apply;
-mod profile;
-mod security;
 mod http;
+mod profile;
 mod render;
 mod schedules;
+mod security;
 mod sse;
 mod verbs;
 mod watch;
@@ -38,7 +38,12 @@ pub struct ServerArgs {
     )]
     pub server: String,
     /// The API token (default: $KFLOW_TOKEN, else the file `kflow login` writes).
-    #[arg(long, env = "KFLOW_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "KFLOW_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// A PEM file of CA certificates to trust for an https:// server (beside the system's).
     #[arg(long, env = "KFLOW_CA_FILE", value_name = "PEM")]
@@ -49,7 +54,12 @@ impl ServerArgs {
     /// The token to send: `--token`/`KFLOW_TOKEN`, else the profile file (refused when
     /// others can read it).
     pub fn token(&self) -> Result<Option<String>, Failure> {
-        if let Some(t) = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        if let Some(t) = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             return Ok(Some(t.to_string()));
         }
         profile::read()
@@ -63,7 +73,10 @@ impl ServerArgs {
                 Failure::Usage(format!("cannot read --ca-file {}: {e}", p.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Failure::Usage(format!("--ca-file {}: not PEM certificates: {e}", p.display()))
+                Failure::Usage(format!(
+                    "--ca-file {}: not PEM certificates: {e}",
+                    p.display()
+                ))
             })?;
             if certs.is_empty() {
                 return Err(Failure::Usage(format!(

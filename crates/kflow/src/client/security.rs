@@ -92,7 +92,8 @@ pub async fn secret(cmd: SecretCommand) -> Result<ExitCode, Failure> {
                 .to_string();
             if value.is_empty() {
                 return Err(Failure::Usage(
-                    "give the value on stdin: printf %s \"$VALUE\" | kflow secret set NS NAME".into(),
+                    "give the value on stdin: printf %s \"$VALUE\" | kflow secret set NS NAME"
+                        .into(),
                 ));
             }
             Api::new(&server)?
@@ -277,7 +278,15 @@ pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
                     })
                     .collect();
                 render::table(
-                    &["ID", "NAME", "ROLE", "NAMESPACES", "CREATED", "EXPIRES", "STATE"],
+                    &[
+                        "ID",
+                        "NAME",
+                        "ROLE",
+                        "NAMESPACES",
+                        "CREATED",
+                        "EXPIRES",
+                        "STATE",
+                    ],
                     &rows,
                 )
             }))
@@ -294,7 +303,12 @@ pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
 
 fn join(v: &Value) -> String {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
@@ -355,7 +369,11 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode, Failure> {
             server,
         } => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (k, v) in [("actor", actor), ("action", action), ("namespace", namespace)] {
+            for (k, v) in [
+                ("actor", actor),
+                ("action", action),
+                ("namespace", namespace),
+            ] {
                 if let Some(v) = v {
                     q.push((k, v));
                 }
@@ -404,7 +422,9 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode, Failure> {
                 if ok {
                     format!(
                         "audit chain intact: {} entries; head {}:{}",
-                        v["checked"], v["head_seq"], s(v, "head_hash")
+                        v["checked"],
+                        v["head_seq"],
+                        s(v, "head_hash")
                     )
                 } else {
                     format!(

@@ -831,10 +831,8 @@ impl Driver {
         now: i64,
     ) {
         let row = new_row(id, &wf, input.clone(), now);
-        let core = kflow_core::Instance::new(
-            wf.clone(),
-            self.instance_config(id, &wf.document.namespace),
-        );
+        let core =
+            kflow_core::Instance::new(wf.clone(), self.instance_config(id, &wf.document.namespace));
         let started = Record::started(input.clone(), priority).encode(1, now);
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
@@ -1225,11 +1223,9 @@ pub(super) fn stored_effect(
 ) -> Value {
     let v = serde_json::to_value(e).unwrap_or(Value::Null);
     match e {
-        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) if reads_secrets => {
-            shared
-                .vault
-                .seal_value(&crate::sealed::ctx_work(id, effect), &v)
-        }
+        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) if reads_secrets => shared
+            .vault
+            .seal_value(&crate::sealed::ctx_work(id, effect), &v),
         _ => v,
     }
 }

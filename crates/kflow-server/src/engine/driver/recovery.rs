@@ -58,7 +58,9 @@ impl Driver {
                 &w.effect,
             )
             .map_err(|m| m.to_string());
-        let effect = match opened.and_then(|v| serde_json::from_value::<Effect>(v).map_err(|e| e.to_string())) {
+        let effect = match opened
+            .and_then(|v| serde_json::from_value::<Effect>(v).map_err(|e| e.to_string()))
+        {
             Ok(e) => e,
             Err(e) => {
                 let reason = format!(
@@ -223,10 +225,8 @@ impl Driver {
                 return Err(needs_attention(id, &reason));
             }
         };
-        let mut core = kflow_core::Instance::new(
-            wf.clone(),
-            self.instance_config(id, &wf.document.namespace),
-        );
+        let mut core =
+            kflow_core::Instance::new(wf.clone(), self.instance_config(id, &wf.document.namespace));
         let next_seq = history.last().map_or(1, |ev| ev.seq + 1);
         let mut priority = 0;
         // A finished instance's core is never asked anything: its row says it all.
