@@ -26,8 +26,12 @@ use super::queue::{Item, hints};
 use super::timers::{SCAN_EVERY_MS, Timers};
 
 mod admission;
+mod effects;
 mod isolation;
+mod protection;
 mod recovery;
+
+use protection::{stored_effect, task_limits};
 
 use isolation::{needs_attention, panic_message};
 
@@ -319,33 +323,6 @@ impl Driver {
                         let _ = reply.send(());
                     }
                     return;
-                }
-            }
-        }
-    }
-
-    /// Replaces every secret value in what is kept for people rather than for replay: an
-    /// instance's output and error, and the lifecycle notices (task outputs shown in history
-    /// and live streams). Deliveries keep their values: replay needs them as they were.
-    fn redact(&self, commits: &mut [Commit]) {
-        let mut values = self.shared.vault.all_values();
-        if let Some(m) = self.shared.config.secrets.as_object() {
-            values.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
-        }
-        values.retain(|v| v.len() >= crate::secrets::MIN_REDACTED);
-        if values.is_empty() {
-            return;
-        }
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        for c in commits.iter_mut() {
-            if let Some((_, out, err)) = &mut c.status {
-                for v in [out, err].into_iter().flatten() {
-                    crate::secrets::redact(v, &values);
-                }
-            }
-            for ev in &mut c.history {
-                if ev.kind == "notice" {
-                    crate::secrets::redact(&mut ev.data, &values);
                 }
             }
         }
@@ -1019,163 +996,6 @@ impl Driver {
             b.ready.push_back((parent, effect, child_result(row)));
         }
     }
-
-    /// A queue item for a call or process, with the task's engine hints (`metadata.kflow`:
-    /// queue, priority, resources, labels; the workflow's `document.metadata.kflow` gives
-    /// defaults).
-    fn item(
-        &mut self,
-        instance: &str,
-        effect_id: u64,
-        task: String,
-        effect: Effect,
-        now: i64,
-        attempt: Option<u32>,
-    ) -> Item {
-        let wf = match self.active.get(instance) {
-            Some(a) => Some(a.wf.clone()),
-            None => self
-                .load(instance)
-                .ok()
-                .and_then(|_| self.active.get(instance).map(|a| a.wf.clone())),
-        };
-        let instance_priority = self.active.get(instance).map(|a| a.priority).unwrap_or(0);
-        let (queue, priority, needs, labels) = match &wf {
-            Some(wf) => super::queue::task_hints(wf, &task, instance_priority),
-            None => {
-                let (q, _, n, l) = hints(None);
-                (q, instance_priority, n, l)
-            }
-        };
-        let ready_us = super::queue::mono_us();
-        let task_ref = task.clone();
-        let namespace = self
-            .active
-            .get(instance)
-            .map(|a| a.row.namespace.clone())
-            .unwrap_or_default();
-        let mut rate_keys = vec![format!("queue:{queue}")];
-        let uri = match &effect {
-            Effect::Http(h) => Some(h.uri.as_str()),
-            Effect::OpenApi(o) => Some(o.document.as_str()),
-            _ => None,
-        };
-        if let Some(host) = uri.and_then(host_of) {
-            rate_keys.push(format!("host:{host}"));
-        }
-        Item {
-            instance: instance.to_string(),
-            namespace,
-            rate_keys,
-            effect_id,
-            task,
-            effect,
-            queue,
-            priority,
-            needs,
-            labels,
-            enqueued_ms: now,
-            ready_us,
-            attempt,
-            limits: wf
-                .as_ref()
-                .map(|wf| task_limits(&wf.kflow.task(&task_ref).limits))
-                .unwrap_or_default(),
-        }
-    }
-
-    fn start_effect(
-        &mut self,
-        id: &str,
-        effect: u64,
-        task: String,
-        e: Effect,
-        b: &mut Batch,
-        now: i64,
-    ) {
-        let due = match &e {
-            Effect::Timer { at_ms } => *at_ms,
-            _ => now,
-        };
-        let row = WorkItem {
-            instance_id: id.to_string(),
-            effect_id: effect,
-            task: task.clone(),
-            kind: e.kind().to_string(),
-            effect: stored_effect(
-                &self.shared,
-                id,
-                effect,
-                &e,
-                self.active
-                    .get(id)
-                    .is_some_and(|a| !a.wf.use_.secrets.is_empty()),
-            ),
-            due_ms: due,
-            // Calls and processes are dispatched right after this commit: that is attempt 1.
-            attempts: u32::from(matches!(
-                e,
-                Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_)
-            )),
-        };
-        b.commit_for(id, now).add_work.push(row);
-        match e {
-            Effect::Yield => b.after.push(After::Yield {
-                instance: id.to_string(),
-                effect,
-            }),
-            Effect::Timer { at_ms } => b.after.push(After::Timer {
-                instance: id.to_string(),
-                effect,
-                due: at_ms,
-            }),
-            Effect::Emit { event } => {
-                let event = complete_event(event, id, now);
-                // Emitted events also reach this server's listeners.
-                let mut keys: Vec<(String, u64)> = self.subs.keys().cloned().collect();
-                keys.sort();
-                for key in keys {
-                    if self.subs[&key].matches(&event) {
-                        b.ready
-                            .push_back((key.0, key.1, Delivery::Event(event.clone())));
-                    }
-                }
-                b.after.push(After::Emitted(event.clone()));
-                b.ready
-                    .push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
-            }
-            Effect::Listen { filters, args } => {
-                let sub = Subscription::new(&filters, args.as_ref());
-                self.subs.insert((id.to_string(), effect), sub);
-            }
-            Effect::Workflow {
-                namespace,
-                name,
-                version,
-                input,
-            } => {
-                let child = child_id(id, effect);
-                match self.shared.workflow(&namespace, &name, &version) {
-                    Ok(wf) => {
-                        // A sub-workflow runs at its parent's priority.
-                        let p = self.active.get(id).map(|a| a.priority).unwrap_or(0);
-                        self.create(&child, wf, input, p, b, now)
-                    }
-                    Err(e) => b.ready.push_back((
-                        id.to_string(),
-                        effect,
-                        child_error(format!("run workflow: {e}")),
-                    )),
-                }
-            }
-            other => b.after.push(After::Dispatch {
-                instance: id.to_string(),
-                effect,
-                task,
-                effect_def: other,
-            }),
-        }
-    }
 }
 
 /// The row of a new instance.
@@ -1194,52 +1014,6 @@ fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
         updated_ms: now,
         attention: None,
     }
-}
-
-/// The host of an absolute URI (`https://api.example.com:8443/x` → `api.example.com`).
-/// A task's `metadata.kflow.limits` for the executor.
-fn task_limits(l: &kflow_dsl::settings::ProcessLimits) -> kflow_tasks::TaskLimits {
-    let mb = |v: Option<u64>| v.map(|m| m.saturating_mul(1024 * 1024));
-    kflow_tasks::TaskLimits {
-        cpu_seconds: l.cpu_seconds,
-        memory_bytes: mb(l.memory_mb),
-        processes: l.processes,
-        file_size_bytes: mb(l.file_size_mb),
-        open_files: l.open_files,
-        network: l.network,
-    }
-}
-
-/// A work row's effect as stored: the calls and processes of a workflow that reads secrets
-/// sealed (their resolved headers, bodies, arguments and environments may hold them), bound
-/// to the row. A workflow that declares no secret cannot put one in an effect: its rows stay
-/// as they are (sealing costs the driver a few microseconds per call).
-pub(super) fn stored_effect(
-    shared: &Shared,
-    id: &str,
-    effect: u64,
-    e: &Effect,
-    reads_secrets: bool,
-) -> Value {
-    let v = serde_json::to_value(e).unwrap_or(Value::Null);
-    match e {
-        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) if reads_secrets => shared
-            .vault
-            .seal_value(&crate::sealed::ctx_work(id, effect), &v),
-        _ => v,
-    }
-}
-
-fn host_of(uri: &str) -> Option<&str> {
-    let rest = uri.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if host.starts_with('[') {
-        host.split(']').next().map(|h| h.trim_start_matches('['))?
-    } else {
-        host.split(':').next()?
-    };
-    (!host.is_empty()).then_some(host)
 }
 
 /// A sub-workflow's id: its parent's id and the parent's effect id.
