@@ -275,12 +275,10 @@ impl Vault {
         }
     }
 
-    /// Every value held (for redaction), longest first.
+    /// Every value held (for redaction).
     pub fn all_values(&self) -> Vec<String> {
         let values = self.values.read().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> = values.values().flat_map(|m| m.values().cloned()).collect();
-        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        v
+        values.values().flat_map(|m| m.values().cloned()).collect()
     }
 
     pub fn set(&self, ns: &str, name: &str, value: &str, now_ms: i64) -> Result<(), String> {

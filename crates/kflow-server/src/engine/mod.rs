@@ -232,6 +232,18 @@ impl Shared {
     }
 
     /// The compiled workflow of a registered version (compiled once, then cached).
+    /// Every secret value to redact (the namespaces' and the secrets file's, long enough to
+    /// matter), longest first.
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut values = self.vault.all_values();
+        if let Some(m) = self.config.secrets.as_object() {
+            values.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
+        }
+        values.retain(|v| v.len() >= crate::secrets::MIN_REDACTED);
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values
+    }
+
     pub fn workflow(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
         let key = (ns.to_string(), name.to_string(), version.to_string());
         if let Some(wf) = self
@@ -444,13 +456,8 @@ impl Engine {
 
     /// Every secret value in `v` replaced (for what the API shows: histories, live streams).
     pub fn redact(&self, v: &mut serde_json::Value) {
-        let mut values = self.shared.vault.all_values();
-        if let Some(m) = self.shared.config.secrets.as_object() {
-            values.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
-        }
-        values.retain(|v| v.len() >= crate::secrets::MIN_REDACTED);
+        let values = self.shared.secret_values();
         if !values.is_empty() {
-            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
             crate::secrets::redact(v, &values);
         }
     }

@@ -9,15 +9,10 @@ impl Driver {
     /// instance's output and error, and the lifecycle notices (task outputs shown in history
     /// and live streams). Deliveries keep their values: replay needs them as they were.
     pub(super) fn redact(&self, commits: &mut [Commit]) {
-        let mut values = self.shared.vault.all_values();
-        if let Some(m) = self.shared.config.secrets.as_object() {
-            values.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
-        }
-        values.retain(|v| v.len() >= crate::secrets::MIN_REDACTED);
+        let values = self.shared.secret_values();
         if values.is_empty() {
             return;
         }
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         for c in commits.iter_mut() {
             if let Some((_, out, err)) = &mut c.status {
                 for v in [out, err].into_iter().flatten() {
