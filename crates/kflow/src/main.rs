@@ -55,7 +55,10 @@ enum Command {
         secrets_file: Option<PathBuf>,
         /// Serve without authentication (only on a loopback address): every local user and
         /// process can do everything.
-        #[arg(long, env = "KFLOW_INSECURE_NO_AUTH")]
+        /// (`KFLOW_INSECURE_NO_AUTH`: 1/0, true/false, yes/no, on/off.)
+        #[arg(long, env = "KFLOW_INSECURE_NO_AUTH",
+              value_parser = clap::builder::BoolishValueParser::new(),
+              action = clap::ArgAction::SetTrue)]
         insecure_no_auth: bool,
         /// Listen on a routable address without TLS (behind a TLS-terminating proxy).
         #[arg(long)]

@@ -235,6 +235,14 @@ fn unsafe_listening_is_refused_at_start_with_the_reason() {
         assert_eq!(o.code, Some(2), "{args:?}: {}", o.describe());
         assert!(o.stderr.contains(needle), "{args:?}: {}", o.describe());
     }
+    // The environment switch reads like the flag (`1`, as scripts write it).
+    let o = kflow(["server", "--data-dir", data])
+        .args(["--listen", "0.0.0.0:0", "--insecure-no-tls"])
+        .env("KFLOW_INSECURE_NO_AUTH", "1")
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert_eq!(o.code, Some(2), "{}", o.describe());
+    assert!(o.stderr.contains("loopback"), "{}", o.describe());
     // Without authentication on loopback: allowed, with a warning, and says so.
     let server = ServerProcess::start_with(dir.path(), &["--insecure-no-auth"], false);
     assert!(
