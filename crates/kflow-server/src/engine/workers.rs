@@ -47,6 +47,19 @@ impl WorkQueue {
         self.notify.notify_waiters();
     }
 
+    /// Queues an item without waking the polls: the caller offers it to the built-in worker
+    /// first, then calls [`WorkQueue::notify_if_queued`].
+    pub fn push_quiet(&self, item: Item) {
+        self.lock().push(item);
+    }
+
+    /// Wakes the polls when items wait.
+    pub fn notify_if_queued(&self) {
+        if !self.lock().items().is_empty() {
+            self.notify.notify_waiters();
+        }
+    }
+
     /// The effect is no longer wanted: drop it from the queue, stop it where it runs.
     pub fn cancel(&self, instance: &str, effect_id: u64) {
         let key = (instance.to_string(), effect_id);
@@ -212,13 +225,84 @@ pub(crate) async fn attempt_of(shared: &Arc<Shared>, lease: &Lease) -> Option<u3
     }
 }
 
-/// Starts the sweeper and the built-in worker (`slots` tasks at once).
+/// The server's built-in worker: runs the tasks leased to it in this process. The driver holds
+/// one too and hands it ready work right after each commit ([`Builtin::pump`]), so that a call
+/// starts on the driver's thread instead of after a wake-up of the worker loop; the loop
+/// remains for everything else (slots freed, rate limits lifted, work re-queued).
+#[derive(Clone)]
+pub(crate) struct Builtin {
+    shared: Arc<Shared>,
+    queue: Arc<WorkQueue>,
+    executor: Executor,
+    permits: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Builtin {
+    /// Takes, now, the queued work the built-in worker has room for, and runs it.
+    pub fn pump(&self) {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return;
+        }
+        let leases = {
+            let mut q = self.queue.lock();
+            if q.worker(BUILTIN).is_none_or(|w| w.draining) {
+                return;
+            }
+            q.take(BUILTIN, free, now_ms(), self.queue.ttl_ms)
+        };
+        for lease in leases {
+            self.run(lease);
+        }
+    }
+
+    /// Runs a leased task on the runtime and hands its result to the driver.
+    fn run(&self, lease: Lease) {
+        let me = self.clone();
+        let key = (lease.item.instance.clone(), lease.item.effect_id);
+        let h = tokio::spawn(async move {
+            let Ok(_permit) = me.permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(attempt) = attempt_of(&me.shared, &lease).await else {
+                let _ = me.queue.lock().complete(&lease.id, BUILTIN);
+                return;
+            };
+            let item = &lease.item;
+            let ctx = EffectCtx {
+                instance_id: item.instance.clone(),
+                effect_id: item.effect_id,
+                task: item.task.clone(),
+                attempt,
+                namespace: item.namespace.clone(),
+                limits: item.limits,
+            };
+            let result = me.executor.perform(&ctx, &item.effect).await;
+            // Refused only when the effect was cancelled meanwhile: nothing to do.
+            let _ = deliver(&me.queue, &me.tx, &lease.id, BUILTIN, result, None);
+            // Its slot is free: work that waited for one starts now.
+            drop(_permit);
+            if !me.queue.lock().items().is_empty() {
+                me.pump();
+            }
+        });
+        self.queue
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, h);
+    }
+}
+
+/// Starts the sweeper and the built-in worker (`slots` tasks at once); returns the built-in
+/// worker for the driver.
 pub(crate) fn start(
     shared: Arc<Shared>,
     queue: Arc<WorkQueue>,
     tx: mpsc::UnboundedSender<Msg>,
     slots: usize,
-) {
+) -> Builtin {
     let mut capacity = BTreeMap::new();
     capacity.insert("tasks".to_string(), slots as f64);
     queue.register(Worker {
@@ -245,53 +329,34 @@ pub(crate) fn start(
             }
         }
     });
-    let executor = Executor::new(shared.config.executor.clone());
-    let permits = Arc::new(Semaphore::new(slots.max(1)));
+    let builtin = Builtin {
+        executor: Executor::new(shared.config.executor.clone()),
+        shared,
+        queue,
+        permits: Arc::new(Semaphore::new(slots.max(1))),
+        tx,
+    };
+    let b = builtin.clone();
     tokio::spawn(async move {
         loop {
-            let free = permits.available_permits();
+            let free = b.permits.available_permits();
             if free == 0 {
-                let _ = permits.clone().acquire_owned().await.map(drop);
+                let _ = b.permits.clone().acquire_owned().await.map(drop);
                 continue;
             }
-            if queue.lock().worker(BUILTIN).is_some_and(|w| w.draining) {
+            if b.queue.lock().worker(BUILTIN).is_some_and(|w| w.draining) {
                 return;
             }
-            let leases = queue.poll(BUILTIN, free, Duration::from_millis(500)).await;
+            let leases = b
+                .queue
+                .poll(BUILTIN, free, Duration::from_millis(500))
+                .await;
             for lease in leases {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let (queue2, shared2, exec, tx2) =
-                    (queue.clone(), shared.clone(), executor.clone(), tx.clone());
-                let key = (lease.item.instance.clone(), lease.item.effect_id);
-                let h = tokio::spawn(async move {
-                    let _permit = permit;
-                    let Some(attempt) = attempt_of(&shared2, &lease).await else {
-                        let _ = queue2.lock().complete(&lease.id, BUILTIN);
-                        return;
-                    };
-                    let item = &lease.item;
-                    let ctx = EffectCtx {
-                        instance_id: item.instance.clone(),
-                        effect_id: item.effect_id,
-                        task: item.task.clone(),
-                        attempt,
-                        namespace: item.namespace.clone(),
-                        limits: item.limits,
-                    };
-                    let result = exec.perform(&ctx, &item.effect).await;
-                    // Refused only when the effect was cancelled meanwhile: nothing to do.
-                    let _ = deliver(&queue2, &tx2, &lease.id, BUILTIN, result, None);
-                });
-                queue
-                    .running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, h);
+                b.run(lease);
             }
         }
     });
+    builtin
 }
 
 /// Ends a lease with its result and hands the result to the driver; `Err` when the lease is

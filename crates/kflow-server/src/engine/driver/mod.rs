@@ -35,6 +35,9 @@ use protection::{stored_effect, task_limits};
 
 use isolation::{needs_attention, panic_message};
 
+/// Batches of at most this many rows are committed on the driver's thread (see `commit`).
+const INLINE_COMMIT_ROWS: usize = 64;
+
 /// How long the driver waits before it asks a failing store again.
 const RECOVERY_BACKOFF_MS: i64 = 200;
 
@@ -174,6 +177,8 @@ impl Batch {
 
 struct Driver {
     shared: Arc<Shared>,
+    /// The in-process worker, handed ready work right after each commit.
+    builtin: super::workers::Builtin,
     active: HashMap<String, Active>,
     /// Open `listen` subscriptions by (instance, effect): their filters compiled once, deciding
     /// as the instance will (`kflow_core::events`), so a rejected event is never delivered.
@@ -205,7 +210,7 @@ pub(super) async fn spawn(
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 ) -> Result<JoinHandle<()>> {
-    super::workers::start(
+    let builtin = super::workers::start(
         shared.clone(),
         shared.queue.clone(),
         tx,
@@ -213,6 +218,7 @@ pub(super) async fn spawn(
     );
     let mut d = Driver {
         shared,
+        builtin,
         active: HashMap::new(),
         subs: HashMap::new(),
         timers: Timers::default(),
@@ -348,11 +354,26 @@ impl Driver {
         self.redact(&mut commits);
         let t0 = std::time::Instant::now();
         let n = commits.len();
-        let result = tokio::task::spawn_blocking(move || {
-            let r = store.apply(&commits);
-            (commits, r)
-        })
-        .await;
+        // A small batch (the usual one when instances go step by step) is written in place:
+        // handing it to the blocking pool and back costs two thread wake-ups, more than the
+        // write itself. A large one goes to the blocking pool, so that this runtime thread is
+        // never held for long. A panic in the store fails the batch like a store error.
+        let rows: usize = commits
+            .iter()
+            .map(|c| c.history.len() + c.add_work.len() + c.remove_work.len())
+            .sum();
+        let result = if rows <= INLINE_COMMIT_ROWS {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(&commits)))
+                .map(|r| (commits, r))
+                .map_err(|p| panic_message(p.as_ref()))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let r = store.apply(&commits);
+                (commits, r)
+            })
+            .await
+            .map_err(|e| e.to_string())
+        };
         if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
             eprintln!(
                 "batch commits={n} apply_ms={:.2}",
@@ -365,7 +386,7 @@ impl Driver {
                 self.finish(b)
             }
             Ok((commits, Err(e))) => self.fail(commits, b, e.to_string()),
-            Err(e) => self.fail(Vec::new(), b, e.to_string()),
+            Err(e) => self.fail(Vec::new(), b, e),
         }
     }
 
@@ -390,6 +411,7 @@ impl Driver {
     /// The batch is durable: act on it.
     fn finish(&mut self, b: Batch) {
         let now = self.shared.now();
+        let mut dispatched = false;
         for a in b.after {
             match a {
                 After::ReplyInstance(reply, id) => {
@@ -417,7 +439,8 @@ impl Driver {
                         continue; // left as a work row: the next start runs it
                     }
                     let item = self.item(&instance, effect, task, effect_def, now, Some(1));
-                    self.shared.queue.push(item);
+                    self.shared.queue.push_quiet(item);
+                    dispatched = true;
                 }
                 After::Timer {
                     instance,
@@ -450,6 +473,12 @@ impl Driver {
                     event,
                 }),
             }
+        }
+        if dispatched {
+            // What the built-in worker can take starts now, from here; the rest (other
+            // queues, no room) wakes the workers' polls.
+            self.builtin.pump();
+            self.shared.queue.notify_if_queued();
         }
     }
 
