@@ -240,6 +240,50 @@ fn open_creates_directories_schema_and_pragmas() {
 }
 
 #[test]
+fn kept_statements_are_not_compiled_again_at_each_run() {
+    // A WHERE on the `work` table meets its partial index; unless plans ignore bound values,
+    // SQLite compiles such a statement again at every run with new values.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("kflow.db"), Durability::Process).unwrap();
+    let pool = store.readers.as_ref().unwrap();
+    let readers = pool.idle.lock().unwrap();
+    let w = store.writer_for_tests();
+    for (k, conn) in std::iter::once(&*w).chain(readers.iter()).enumerate() {
+        let mut sqls = vec![
+            "SELECT w.effect FROM work w WHERE w.instance_id = ?1 ORDER BY w.effect_id",
+            super::queries::DUE_WORK,
+        ];
+        if k == 0 {
+            // The writer's, in every commit of a step.
+            sqls.push("DELETE FROM work WHERE instance_id = ?1 AND effect_id = ?2");
+        }
+        for sql in sqls {
+            for i in 0..4i64 {
+                let mut stmt = conn.prepare_cached(sql).unwrap();
+                let n = stmt.parameter_count();
+                let args: Vec<rusqlite::types::Value> = (0..n)
+                    .map(|k| {
+                        if k == 0 && n == 1 {
+                            rusqlite::types::Value::Text(format!("i{i}"))
+                        } else {
+                            rusqlite::types::Value::Integer(i + 10)
+                        }
+                    })
+                    .collect();
+                let mut rows = stmt.query(rusqlite::params_from_iter(args)).unwrap();
+                while rows.next().unwrap().is_some() {}
+            }
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
+    }
+}
+
+#[test]
 fn reopening_a_file_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data/kflow.db");
