@@ -210,14 +210,18 @@ impl Engine {
             .entry(id.to_string())
             .or_default()
             .push(tx);
-        // Registered before reading: a finish committed in between still wakes us.
-        let view = self.instance(id).await?;
-        if !view.instance.status.is_finished() {
+        // Registered before reading: a finish committed in between still wakes us. The status
+        // is all this needs (the whole view reads and opens every pending work row).
+        let id2 = id.to_string();
+        let row = self
+            .blocking(move |s| s.get_instance(&id2))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        if !row.status.is_finished() {
             let _ = tokio::time::timeout(timeout, rx).await;
             self.forget_closed_waiters(id);
-            return self.instance(id).await;
         }
-        Ok(view)
+        self.instance(id).await
     }
 
     fn forget_closed_waiters(&self, id: &str) {

@@ -150,6 +150,29 @@ pub struct Queue {
     ns_leases: HashMap<String, usize>,
 }
 
+/// Whether every bucket of `keys` has a token now (refilling them first).
+fn rate_ok(
+    limits: &HashMap<String, f64>,
+    buckets: &mut HashMap<String, (f64, i64)>,
+    keys: &[String],
+    now: i64,
+) -> bool {
+    let mut ok = true;
+    for k in keys {
+        let Some(rate) = limits.get(k).copied() else {
+            continue;
+        };
+        let b = buckets.entry(k.clone()).or_insert((rate.max(1.0), now));
+        let refill = (now - b.1).max(0) as f64 / 1000.0 * rate;
+        b.0 = (b.0 + refill).min(rate.max(1.0));
+        b.1 = now;
+        if b.0 < 1.0 {
+            ok = false;
+        }
+    }
+    ok
+}
+
 /// Microseconds on a monotonic clock (for latencies only; never persisted).
 pub fn mono_us() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -222,27 +245,6 @@ impl Queue {
     pub fn set_limits(&mut self, limits: HashMap<String, f64>) {
         self.limits = limits.into_iter().filter(|(_, r)| *r > 0.0).collect();
         self.buckets.clear();
-    }
-
-    /// Whether every bucket of `keys` has a token now (refilling them first).
-    fn rate_ok(&mut self, keys: &[String], now: i64) -> bool {
-        let mut ok = true;
-        for k in keys {
-            let Some(rate) = self.limits.get(k).copied() else {
-                continue;
-            };
-            let b = self
-                .buckets
-                .entry(k.clone())
-                .or_insert((rate.max(1.0), now));
-            let refill = (now - b.1).max(0) as f64 / 1000.0 * rate;
-            b.0 = (b.0 + refill).min(rate.max(1.0));
-            b.1 = now;
-            if b.0 < 1.0 {
-                ok = false;
-            }
-        }
-        ok
     }
 
     fn consume(&mut self, keys: &[String]) {
@@ -381,40 +383,9 @@ impl Queue {
             w.last_seen_ms = now;
         }
         while out.len() < max {
-            let Some(w) = self.workers.get(worker) else {
+            let Some(i) = self.pick(worker, now, ttl_ms) else {
                 break;
             };
-            // The best item this worker can take, unless a less loaded waiting worker can too.
-            let mut best: Option<(usize, i64, usize)> = None;
-            let candidates: Vec<usize> = (0..self.items.len())
-                .filter(|i| w.fits(&self.items[*i]))
-                .collect();
-            let w = w.clone();
-            for i in candidates {
-                let keys = self.items[i].rate_keys.clone();
-                if !self.rate_ok(&keys, now) {
-                    continue;
-                }
-                let item = &self.items[i];
-                let my_load = w.load();
-                // Only workers parked in a poll right now, and heard from recently, count.
-                let other_better = self.workers.values().any(|o| {
-                    o.id != w.id
-                        && o.waiting
-                        && now - o.last_seen_ms < ttl_ms
-                        && o.fits(item)
-                        && o.load() + 1e-9 < my_load
-                });
-                if other_better {
-                    continue;
-                }
-                let s = item.score(now);
-                let ns_load = self.ns_leases.get(&item.namespace).copied().unwrap_or(0);
-                if best.is_none_or(|(_, bs, bl)| s > bs || (s == bs && ns_load < bl)) {
-                    best = Some((i, s, ns_load));
-                }
-            }
-            let Some((i, _, _)) = best else { break };
             let item = self.items.remove(i);
             self.consume(&item.rate_keys);
             *self.ns_leases.entry(item.namespace.clone()).or_insert(0) += 1;
@@ -447,6 +418,44 @@ impl Queue {
             out.push(lease);
         }
         out
+    }
+
+    /// The item `worker` should take now: the best it can take (priority with aging, then the
+    /// least served namespace), unless a less loaded worker waiting in a poll can take it too.
+    fn pick(&mut self, worker: &str, now: i64, ttl_ms: i64) -> Option<usize> {
+        let Queue {
+            items,
+            workers,
+            limits,
+            buckets,
+            ns_leases,
+            ..
+        } = self;
+        let w = workers.get(worker)?;
+        let my_load = w.load();
+        let mut best: Option<(usize, i64, usize)> = None;
+        for (i, item) in items.iter().enumerate() {
+            if !w.fits(item) || !rate_ok(limits, buckets, &item.rate_keys, now) {
+                continue;
+            }
+            // Only workers parked in a poll right now, and heard from recently, count.
+            let other_better = workers.values().any(|o| {
+                o.id != w.id
+                    && o.waiting
+                    && now - o.last_seen_ms < ttl_ms
+                    && o.fits(item)
+                    && o.load() + 1e-9 < my_load
+            });
+            if other_better {
+                continue;
+            }
+            let s = item.score(now);
+            let ns_load = ns_leases.get(&item.namespace).copied().unwrap_or(0);
+            if best.is_none_or(|(_, bs, bl)| s > bs || (s == bs && ns_load < bl)) {
+                best = Some((i, s, ns_load));
+            }
+        }
+        best.map(|(i, _, _)| i)
     }
 
     /// Ends a lease with its result; `Err` says why the result is refused.

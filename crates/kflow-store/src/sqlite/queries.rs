@@ -38,7 +38,8 @@ macro_rules! schedule_columns {
 // wanted order and stop after LIMIT rows, instead of collecting the work of every running
 // instance and sorting it.
 
-/// Work rows due by ?1, in (due_ms, instance_id, effect_id) order: the `work_due` index.
+/// Work rows due by ?1, in (due_ms, instance_id, effect_id) order. Read when the engine starts
+/// (recovery), where it needs every call in flight anyway: a scan of the table.
 pub(super) const DUE_WORK: &str = concat!(
     "SELECT ",
     work_columns!(),
@@ -55,7 +56,7 @@ pub(super) const DUE_TIMERS: &str = concat!(
     " ORDER BY w.due_ms LIMIT ?2"
 );
 
-/// The `work_kind` index from the earliest timer, up to the first one of a running instance.
+/// The `work_timers` index from the earliest timer, up to the first one of a running instance.
 pub(super) const NEXT_TIMER: &str = "SELECT w.due_ms FROM work w CROSS JOIN instances i ON i.id = w.instance_id \
      WHERE w.kind = 'timer' AND i.status = 'running' AND i.attention IS NULL ORDER BY w.due_ms LIMIT 1";
 

@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -154,6 +154,16 @@ CREATE TABLE secrets (
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (namespace, name)
 );
+";
+
+/// Calls and processes get a work row when they start and lose it when they are answered, in
+/// every step's commit: they now touch no index but the table's key (two pages fewer written
+/// per step). Timers keep an index by due time. The rows of `listen` subscriptions and of
+/// everything in flight are read once, when the engine starts, by a scan of the table.
+const V6: &str = "
+DROP INDEX work_due;
+DROP INDEX work_kind;
+CREATE INDEX work_timers ON work (due_ms, instance_id, effect_id) WHERE kind = 'timer';
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).
