@@ -1149,6 +1149,16 @@ async fn suspend_holds_and_resume_completes() {
     let got = api.instance(&id).await;
     assert_eq!(got["status"], "suspended", "{got}");
     assert!(got.get("output").is_none(), "{got}");
+    // `explain` says the timer fired and its answer waits for the resume.
+    let why = api
+        .get(&format!("/api/v1/instances/{id}/explain"))
+        .await
+        .expect(StatusCode::OK);
+    let why = why.to_string();
+    assert!(
+        why.contains("the timer fired (") && why.contains("held until the instance is resumed"),
+        "{why}"
+    );
     let r = api
         .post(&format!("/api/v1/instances/{id}/resume"))
         .await

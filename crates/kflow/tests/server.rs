@@ -606,8 +606,22 @@ fn suspend_holds_an_instance_and_resume_lets_it_finish() {
     let o = env.cli(&["suspend", &id]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
 
-    // The timer fires while suspended: the instance must not move on.
-    std::thread::sleep(Duration::from_millis(1800));
+    // The timer fires while suspended: the instance must not move on. `explain` says when the
+    // timer's answer has reached the instance and is held (no fixed sleep).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = env.cli(&["explain", &id, "-o", "json"]);
+        ok(&o);
+        if o.stdout.contains("held until the instance is resumed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timer's answer was never held: {}",
+            o.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let v = env.instance(&id);
     assert_eq!(status(&v), "suspended", "a suspended instance went on: {v}");
     assert!(v.get("output").is_none_or(Value::is_null), "{v}");

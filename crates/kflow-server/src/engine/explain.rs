@@ -146,7 +146,19 @@ impl Engine {
         let now = self.shared.now();
         let mut reasons = Vec::new();
         for w in work {
+            let held = status == InstanceStatus::Suspended
+                && self
+                    .shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&(w.instance_id.clone(), w.effect_id));
             let why = match w.kind.as_str() {
+                "timer" if held => format!(
+                    "the timer fired ({}); held until the instance is resumed",
+                    kflow_core::time::iso8601(w.due_ms)
+                ),
+                _ if held => "answered; the answer is held until the instance is resumed".into(),
                 "timer" => format!(
                     "waiting on a timer until {}",
                     kflow_core::time::iso8601(w.due_ms)

@@ -208,6 +208,9 @@ pub(crate) struct Shared {
     pub driver_beat: std::sync::atomic::AtomicI64,
     /// Namespaces' secrets, decrypted in memory (sealed in the store).
     pub vault: Arc<crate::secrets::Vault>,
+    /// Answers (a fired timer, a call's result) that reached a suspended instance and wait for
+    /// its resume, by (instance, effect): what `explain` tells. Kept by the driver.
+    pub held: Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
@@ -346,6 +349,7 @@ impl Engine {
             observer: RwLock::new(None),
             driver_beat: std::sync::atomic::AtomicI64::new(mono_ms()),
             vault,
+            held: Mutex::new(Default::default()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;

@@ -42,7 +42,7 @@ impl Driver {
     /// unknown); the fault is journaled, so a restart does not run into the panic again.
     pub(super) fn poison(&mut self, id: &str, message: &str, b: &mut Batch, now: i64) {
         eprintln!("kflow: instance {id} panicked in the interpreter: {message}");
-        let Some(mut a) = self.active.remove(id) else {
+        let Some(mut a) = self.drop_active(id) else {
             return;
         };
         let error = WfError::runtime(format!(
@@ -106,7 +106,7 @@ impl Driver {
     /// not resumed) until an operator cancels it or a build that reads it runs.
     pub(super) fn park(&mut self, id: &str, reason: &str) {
         eprintln!("kflow: instance {id} needs attention: {reason}");
-        self.active.remove(id);
+        self.drop_active(id);
         self.subs.retain(|(inst, _), _| inst != id);
         self.parked.insert(id.to_string(), reason.to_string());
         let store = self.shared.store.clone();

@@ -501,9 +501,26 @@ impl Driver {
                     && (a.row.status != InstanceStatus::Running || a.core.only_waiting())
             });
             if idle {
-                self.active.remove(&id);
+                self.drop_active(&id);
             }
         }
+    }
+
+    /// Drops an instance from memory (with the answers it held while suspended).
+    fn drop_active(&mut self, id: &str) -> Option<Active> {
+        let a = self.active.remove(id)?;
+        if !a.held.is_empty() {
+            self.forget_held(id);
+        }
+        Some(a)
+    }
+
+    fn forget_held(&self, id: &str) {
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| i != id);
     }
 
     fn handle(&mut self, m: Msg, b: &mut Batch, now: i64) {
@@ -806,6 +823,7 @@ impl Driver {
             .get_mut(id)
             .map(|a| std::mem::take(&mut a.held))
             .unwrap_or_default();
+        self.forget_held(id);
         let answered: Vec<u64> = held.iter().map(|(e, _)| *e).collect();
         for (effect, d) in held {
             b.ready.push_back((id.to_string(), effect, d));
@@ -904,6 +922,11 @@ impl Driver {
             }
             if a.row.status == InstanceStatus::Suspended {
                 a.held.push((effect, delivery));
+                self.shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((id.clone(), effect));
                 continue;
             }
             if let Some(e) = b.event_of.remove(&(id.clone(), effect)) {

@@ -123,7 +123,7 @@ impl Driver {
     pub(super) fn fail(&mut self, commits: Vec<Commit>, b: Batch, message: String) {
         eprintln!("kflow: committing a batch failed: {message}");
         for c in &commits {
-            self.active.remove(&c.instance_id);
+            self.drop_active(&c.instance_id);
             // Rebuilt from what was committed, and its pending work re-dispatched: a result
             // lost with this batch runs again (same idempotency key), nothing stays stranded.
             if c.create.is_none() && !c.instance_id.is_empty() {
