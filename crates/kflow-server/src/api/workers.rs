@@ -10,15 +10,19 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use kflow_api::workers::{
+    Accepted, CompleteRequest, DispatchLatency, Draining, HeartbeatRequest, HeartbeatResponse,
+    Lease, PollRequest, PollResponse, QueuesResponse, RegisterRequest, Registered, WorkerList,
+    WorkerView,
+};
+use serde::Deserialize;
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::auth::{AuthMode, Caller, Role, Scope};
-use crate::engine::{Explanation, QueueView, WorkerSpec};
+use crate::engine::{Explanation, WorkerSpec};
 
 /// The worker `id` must have been registered by this caller's token (a global admin may act
 /// for any worker). An unknown worker is left to the engine (404: register again).
@@ -39,24 +43,6 @@ fn owner_of(st: &AppState, caller: &Caller) -> Option<String> {
         AuthMode::Off => None,
         AuthMode::Tokens(_) => Some(caller.name.clone()),
     }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    pub id: Option<String>,
-    pub queues: Vec<String>,
-    #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// e.g. `cpu=4,memory=8Gi,gpu=1`
-    pub capacity: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Registered {
-    pub id: String,
-    pub lease_ttl_ms: i64,
-    pub heartbeat_ms: i64,
 }
 
 /// Registers a worker (again, with the same id, after a restart of the server).
@@ -84,33 +70,6 @@ pub async fn register_worker(
     }))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PollRequest {
-    /// How many tasks at most (default 1).
-    pub max: Option<usize>,
-    /// How long to wait for work, in ms (default 20000, at most 60000).
-    pub wait_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LeaseDto {
-    pub lease: String,
-    pub instance: String,
-    pub effect: u64,
-    pub task: String,
-    /// The effect to perform (http, openapi or process), fully resolved.
-    #[schema(value_type = Object)]
-    pub effect_def: Value,
-    pub attempt: u32,
-    pub expires_ms: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PollResponse {
-    pub leases: Vec<LeaseDto>,
-}
-
 /// Long-polls for tasks this worker can take (queue, labels, free capacity).
 #[utoipa::path(post, path = "/api/v1/workers/{id}/poll", tag = "workers", request_body = PollRequest,
     params(("id" = String, Path, description = "Worker id")),
@@ -126,32 +85,17 @@ pub async fn poll_work(
     let leases = st.engine.poll_work(&id, req.max.unwrap_or(1), wait).await?;
     let leases = leases
         .into_iter()
-        .map(|l| LeaseDto {
+        .map(|l| Lease {
             lease: l.lease,
             instance: l.instance,
             effect: l.effect,
             task: l.task,
-            effect_def: serde_json::to_value(&l.effect_def).unwrap_or(Value::Null),
+            effect_def: l.effect_def,
             attempt: l.attempt,
             expires_ms: l.expires_ms,
         })
         .collect();
     Ok(Json(PollResponse { leases }))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatRequest {
-    /// The leases the worker is running now.
-    #[serde(default)]
-    pub running: Vec<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HeartbeatResponse {
-    /// Leases the worker must stop (cancelled, or expired before this heartbeat).
-    pub stop: Vec<String>,
-    pub draining: bool,
 }
 
 /// Renews the worker's leases.
@@ -170,28 +114,16 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatResponse { stop, draining }))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CompleteRequest {
-    pub worker: String,
-    /// The effect's output, when it succeeded.
-    #[schema(value_type = Object)]
-    pub output: Option<Value>,
-    /// The workflow error ({type, status, title, detail}), when it failed.
-    #[schema(value_type = Object)]
-    pub error: Option<Value>,
-}
-
 /// Reports a lease's result. Refused (409) when the lease is no longer held by this worker.
 #[utoipa::path(post, path = "/api/v1/leases/{lease}/complete", tag = "workers", request_body = CompleteRequest,
     params(("lease" = String, Path, description = "Lease id")),
-    responses((status = 200, description = "Accepted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
+    responses((status = 200, description = "Accepted: committed", body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
 pub async fn complete_lease(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(lease): ApiPath<String>,
     JsonBody(req): JsonBody<CompleteRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Accepted>> {
     owns(&st, &caller, &req.worker)?;
     let result = match (req.output, req.error) {
         (_, Some(e)) => Err(kflow_core::WfError::from_value(&e)
@@ -203,31 +135,54 @@ pub async fn complete_lease(
     st.engine
         .complete_lease(&req.worker, &lease, result)
         .await?;
-    Ok(Json(serde_json::json!({ "accepted": true })))
+    Ok(Json(Accepted { accepted: true }))
 }
 
 /// Stops a worker taking new tasks; it finishes those it has.
 #[utoipa::path(post, path = "/api/v1/workers/{id}/drain", tag = "workers",
     params(("id" = String, Path, description = "Worker id")),
-    responses((status = 200, description = "Draining"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Draining", body = Draining), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn drain_worker(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Draining>> {
     owns(&st, &caller, &id)?;
     st.engine.drain_worker(&id)?;
-    Ok(Json(serde_json::json!({ "id": id, "draining": true })))
+    Ok(Json(Draining { id, draining: true }))
 }
 
 /// Workers: queues, labels, capacity, what they use, their leases, when last seen.
-#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", responses((status = 200, description = "Workers", body = Object)))]
-pub async fn list_workers(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", responses((status = 200, description = "Workers", body = WorkerList)))]
+pub async fn list_workers(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<WorkerList>> {
     // Leases are the keys to report results: only a global admin sees them.
     caller.must_be_global()?;
-    let items =
-        serde_json::to_value(st.engine.workers()).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    let items = st
+        .engine
+        .workers()
+        .into_iter()
+        .map(|w| {
+            let mut leases: Vec<String> = w.leases.into_iter().collect();
+            leases.sort();
+            WorkerView {
+                id: w.id,
+                queues: w.queues,
+                labels: w.labels,
+                capacity: w.capacity,
+                used: w.used,
+                leases,
+                last_seen_ms: w.last_seen_ms,
+                draining: w.draining,
+                builtin: w.builtin,
+                owner: w.owner,
+                namespaces: w.namespaces,
+            }
+        })
+        .collect();
+    Ok(Json(WorkerList { items }))
 }
 
 /// Queues: depth, the oldest waiting task's age, the workers serving each; the dispatch
@@ -246,24 +201,6 @@ pub async fn list_queues(
             p99_us: p99,
         },
     }))
-}
-
-/// The queues and the dispatch latency.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QueuesResponse {
-    pub items: Vec<QueueView>,
-    pub dispatch_latency: DispatchLatency,
-}
-
-/// Time from ready to leased to a worker, over recent dispatches.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DispatchLatency {
-    /// Dispatches measured.
-    pub count: usize,
-    /// Median, in microseconds.
-    pub p50_us: u64,
-    /// 99th percentile, in microseconds.
-    pub p99_us: u64,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -40,18 +40,8 @@ pub struct LeaseView {
     pub expires_ms: i64,
 }
 
-/// One work queue as `GET /api/v1/queues` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct QueueView {
-    /// The queue's name.
-    pub queue: String,
-    /// Tasks waiting in it (not leased).
-    pub depth: usize,
-    /// How long its oldest waiting task has waited (ms; 0 when none waits).
-    pub oldest_wait_ms: i64,
-    /// The workers serving it.
-    pub workers: Vec<String>,
-}
+/// One work queue as `GET /api/v1/queues` lists it (a wire type: the engine builds it).
+pub use kflow_api::workers::QueueView;
 
 impl Engine {
     pub fn lease_ttl_ms(&self) -> i64 {

@@ -8,8 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::task::JoinHandle;
+
+use kflow_api::workers::{
+    Accepted, CompleteRequest, Draining, HeartbeatRequest, HeartbeatResponse, Lease, PollRequest,
+    QueuesResponse, RegisterRequest, Registered, WorkerList,
+};
 
 use kflow_core::Effect;
 use kflow_tasks::{EffectCtx, ExecConfig, Executor};
@@ -82,6 +89,23 @@ impl Conn {
         })
     }
 
+    /// Posts `body` and reads a success as a `T` (an answer that is not one is an error, never
+    /// a default); an error status comes back with the server's message.
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Answer<T>, String> {
+        let body = serde_json::to_value(body).map_err(|e| e.to_string())?;
+        let (status, v) = self.post(path, &body).await?;
+        if status >= 400 {
+            return Ok(Answer::Refused(status, error_message(&v)));
+        }
+        serde_json::from_value(v)
+            .map(Answer::Ok)
+            .map_err(|e| format!("the server's answer to {path} is not understood: {e}"))
+    }
+
     async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
         let mut req = self
             .http
@@ -98,6 +122,18 @@ impl Conn {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         Ok((status, v))
     }
+}
+
+/// A server's answer: the expected type, or an error status with its message.
+enum Answer<T> {
+    Ok(T),
+    Refused(u16, String),
+}
+
+/// A poll's answer, its leases read one by one (see `run`).
+#[derive(serde::Deserialize)]
+struct Leases {
+    leases: Vec<Value>,
 }
 
 fn error_message(v: &Value) -> String {
@@ -127,41 +163,42 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
     match args.action {
         Some(WorkerAction::Drain { id, server }) => {
             let conn = Conn::new(&server)?;
-            let (status, v) = conn
-                .post(&format!("workers/{id}/drain"), &json!({}))
+            let answer = conn
+                .call::<_, Draining>(&format!("workers/{id}/drain"), &serde_json::json!({}))
                 .await
                 .map_err(|detail| Failure::Unreachable {
                     url: server.server.clone(),
                     detail,
                 })?;
-            if status >= 400 {
-                eprintln!("kflow: {}", error_message(&v));
-                return Ok(ExitCode::from(1));
+            match answer {
+                Answer::Ok(d) => {
+                    println!("{} draining", d.id);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Answer::Refused(_, message) => {
+                    eprintln!("kflow: {message}");
+                    Ok(ExitCode::from(1))
+                }
             }
-            println!("{id} draining");
-            Ok(ExitCode::SUCCESS)
         }
         None => run(args.run).await,
     }
 }
 
-async fn register(conn: &Conn, spec: &Value) -> Result<(String, u64), Failure> {
-    let (status, v) = conn
-        .post("workers", spec)
+async fn register(conn: &Conn, spec: &RegisterRequest) -> Result<(String, u64), Failure> {
+    let answer = conn
+        .call::<_, Registered>("workers", spec)
         .await
         .map_err(|detail| Failure::Unreachable {
             url: conn.base.clone(),
             detail,
         })?;
-    if status >= 400 {
-        return Err(Failure::Usage(format!(
-            "the server refused this worker: {}",
-            error_message(&v)
-        )));
+    match answer {
+        Answer::Ok(r) => Ok((r.id, r.heartbeat_ms.max(1) as u64)),
+        Answer::Refused(_, message) => Err(Failure::Usage(format!(
+            "the server refused this worker: {message}"
+        ))),
     }
-    let id = v["id"].as_str().unwrap_or_default().to_string();
-    let hb = v["heartbeat_ms"].as_u64().unwrap_or(500);
-    Ok((id, hb))
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
@@ -172,15 +209,23 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         None => 16,
     };
     let conn = Conn::new(&args.server)?;
-    let spec = json!({ "id": args.id, "queues": args.queues, "labels": labels, "capacity": args.capacity });
+    let spec = RegisterRequest {
+        id: args.id.clone(),
+        queues: args.queues.clone(),
+        labels,
+        capacity: args.capacity.clone(),
+    };
     let (id, hb_ms) = register(&conn, &spec).await?;
     eprintln!(
         "kflow worker {id}: serving queues {} at {}",
         args.queues.join(","),
         conn.base
     );
-    let spec =
-        json!({ "id": id, "queues": args.queues, "labels": labels, "capacity": args.capacity });
+    // Registering again (after a restart of the server) keeps the id the server gave.
+    let spec = RegisterRequest {
+        id: Some(id.clone()),
+        ..spec
+    };
 
     let running: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::new(Mutex::new(HashMap::new()));
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -202,22 +247,17 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                     r.keys().cloned().collect()
                 };
                 match conn
-                    .post(
+                    .call::<_, HeartbeatResponse>(
                         &format!("workers/{id}/heartbeat"),
-                        &json!({ "running": leases }),
+                        &HeartbeatRequest { running: leases },
                     )
                     .await
                 {
-                    Ok((404, _)) => {
+                    Ok(Answer::Refused(404, _)) => {
                         let _ = register(&conn, &spec).await;
                     }
-                    Ok((200, v)) => {
-                        for lease in v["stop"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
-                        {
+                    Ok(Answer::Ok(hb)) => {
+                        for lease in &hb.stop {
                             if let Some(h) = running
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -226,11 +266,14 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                                 h.abort();
                             }
                         }
-                        if v["draining"].as_bool() == Some(true) {
+                        if hb.draining {
                             draining.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
-                    _ => {}
+                    Ok(Answer::Refused(_, message)) => {
+                        eprintln!("kflow worker {id}: heartbeat refused: {message}");
+                    }
+                    Err(e) => eprintln!("kflow worker {id}: heartbeat: {e}"),
                 }
             }
         });
@@ -268,9 +311,14 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
         let (poll_path, poll_body) = (
             format!("workers/{id}/poll"),
-            json!({ "max": free, "wait_ms": 10_000 }),
+            PollRequest {
+                max: Some(free),
+                wait_ms: Some(10_000),
+            },
         );
-        let poll = conn.post(&poll_path, &poll_body);
+        // Leases are read one by one: a task this worker cannot read is reported as failed,
+        // without losing the others of the same answer.
+        let poll = conn.call::<_, Leases>(&poll_path, &poll_body);
         let answer = tokio::select! {
             a = poll => a,
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {
@@ -279,13 +327,13 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             }
         };
         let leases = match answer {
-            Ok((200, v)) => v["leases"].as_array().cloned().unwrap_or_default(),
-            Ok((404, _)) => {
+            Ok(Answer::Ok(Leases { leases })) => leases,
+            Ok(Answer::Refused(404, _)) => {
                 let _ = register(&conn, &spec).await;
                 continue;
             }
-            Ok((_, v)) => {
-                eprintln!("kflow worker {id}: poll refused: {}", error_message(&v));
+            Ok(Answer::Refused(_, message)) => {
+                eprintln!("kflow worker {id}: poll refused: {message}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -295,49 +343,62 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 continue;
             }
         };
-        for l in leases {
-            let lease = l["lease"].as_str().unwrap_or_default().to_string();
-            let effect: Effect = match serde_json::from_value(l["effect_def"].clone()) {
-                Ok(e) => e,
+        for raw in leases {
+            let l: Lease = match serde_json::from_value(raw.clone()) {
+                Ok(l) => l,
                 Err(e) => {
+                    let Some(lease) = raw.get("lease").and_then(Value::as_str) else {
+                        eprintln!("kflow worker {id}: a lease without an id: {raw}");
+                        continue;
+                    };
                     let err = kflow_core::WfError::runtime(format!(
                         "this worker cannot read the task: {e}"
                     ));
                     let _ = conn
-                        .post(
+                        .call::<_, Accepted>(
                             &format!("leases/{lease}/complete"),
-                            &json!({ "worker": id, "error": err.to_value() }),
+                            &CompleteRequest {
+                                worker: id.clone(),
+                                output: None,
+                                error: Some(err.to_value()),
+                            },
                         )
                         .await;
                     continue;
                 }
             };
+            let effect: Effect = l.effect_def;
+            let lease = l.lease;
             let ctx = EffectCtx {
-                instance_id: l["instance"].as_str().unwrap_or_default().to_string(),
-                effect_id: l["effect"].as_u64().unwrap_or_default(),
-                task: l["task"].as_str().unwrap_or_default().to_string(),
-                attempt: l["attempt"].as_u64().unwrap_or(1) as u32,
+                instance_id: l.instance,
+                effect_id: l.effect,
+                task: l.task,
+                attempt: l.attempt,
                 namespace: String::new(),
                 limits: Default::default(),
             };
             let (conn2, exec, id2, lease2) =
                 (conn.clone(), executor.clone(), id.clone(), lease.clone());
             let h = tokio::spawn(async move {
-                let body = match exec.perform(&ctx, &effect).await {
-                    Ok(v) => json!({ "worker": id2, "output": v }),
-                    Err(e) => json!({ "worker": id2, "error": e.to_value() }),
+                let (output, error) = match exec.perform(&ctx, &effect).await {
+                    Ok(v) => (Some(v), None),
+                    Err(e) => (None, Some(e.to_value())),
+                };
+                let body = CompleteRequest {
+                    worker: id2,
+                    output,
+                    error,
                 };
                 // A refused result (409: the lease expired) means the task runs elsewhere.
-                if let Ok((status, v)) = conn2
-                    .post(&format!("leases/{lease2}/complete"), &body)
+                match conn2
+                    .call::<_, Accepted>(&format!("leases/{lease2}/complete"), &body)
                     .await
                 {
-                    if status >= 400 {
-                        eprintln!(
-                            "kflow worker: result for {lease2} refused: {}",
-                            error_message(&v)
-                        );
+                    Ok(Answer::Ok(_)) => {}
+                    Ok(Answer::Refused(_, message)) => {
+                        eprintln!("kflow worker: result for {lease2} refused: {message}");
                     }
+                    Err(e) => eprintln!("kflow worker: result for {lease2}: {e}"),
                 }
             });
             running
@@ -389,41 +450,37 @@ pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         "{:<40} {:<16} {:<24} {:<28} {:<8}",
         "ID", "QUEUES", "CAPACITY", "USED", "LEASES"
     );
-    for w in v["items"].as_array().into_iter().flatten() {
-        let fmt = |m: &Value| {
-            m.as_object()
-                .map(|o| {
-                    o.iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default()
-        };
-        let queues = w["queues"]
-            .as_array()
-            .map(|q| {
-                q.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        let leases = w["leases"].as_array().map(Vec::len).unwrap_or(0);
-        let mut id = w["id"].as_str().unwrap_or_default().to_string();
-        if w["draining"].as_bool() == Some(true) {
+    let list: WorkerList = typed(v, "workers")?;
+    let fmt = |m: &BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for w in list.items {
+        let mut id = w.id;
+        if w.draining {
             id.push_str(" (draining)");
         }
         println!(
             "{:<40} {:<16} {:<24} {:<28} {:<8}",
             id,
-            queues,
-            fmt(&w["capacity"]),
-            fmt(&w["used"]),
-            leases
+            w.queues.join(","),
+            fmt(&w.capacity),
+            fmt(&w.used),
+            w.leases.len()
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An answer of the server read as the wire type it must be.
+fn typed<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| {
+        Failure::Usage(format!(
+            "the server's answer about {what} is not understood: {e}"
+        ))
+    })
 }
 
 pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
@@ -436,23 +493,14 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         "{:<20} {:>7} {:>14}  WORKERS",
         "QUEUE", "DEPTH", "OLDEST WAIT"
     );
-    for q in v["items"].as_array().into_iter().flatten() {
-        let workers = q["workers"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        let oldest = q["oldest_wait_ms"].as_i64().unwrap_or(0);
+    let list: QueuesResponse = typed(v, "queues")?;
+    for q in list.items {
         println!(
             "{:<20} {:>7} {:>12}ms  {}",
-            q["queue"].as_str().unwrap_or_default(),
-            q["depth"],
-            oldest,
-            workers
+            q.queue,
+            q.depth,
+            q.oldest_wait_ms,
+            q.workers.join(",")
         );
     }
     Ok(ExitCode::SUCCESS)
