@@ -6,4 +6,5 @@
 //! The server converts its engine's and store's types into these (`kflow-server`'s `api/`);
 //! this crate knows nothing of them.
 
+pub mod security;
 pub mod workers;

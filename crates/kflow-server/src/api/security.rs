@@ -5,27 +5,22 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use kflow_store::security::ChainVerifier;
 use kflow_store::{AuditFilter, AuditRow, TokenRow};
 
 use super::AppState;
+use kflow_api::security::{
+    AuditEntry, AuditList, AuditVerdict, CreateToken, CreatedToken, Rotated, SecretList,
+    SecretValue, SecretView, TokenList, TokenView, Whoami,
+};
+
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::auth::tokens::NewToken;
 use crate::auth::{Audited, AuthMode, Caller, Role, TokenError, Tokens};
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Whoami {
-    pub name: String,
-    pub role: String,
-    /// `["*"]`: every namespace.
-    pub namespaces: Vec<String>,
-    /// False when the server runs with `--insecure-no-auth`.
-    pub authenticated: bool,
-}
 
 fn scope_list(c: &Caller) -> Vec<String> {
     c.scope.list().unwrap_or_else(|| vec!["*".into()])
@@ -43,57 +38,34 @@ pub async fn whoami(State(st): State<AppState>, caller: Caller) -> Json<Whoami> 
     })
 }
 
-/// A token as listed: never its secret or hash.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenView {
-    pub id: String,
-    pub name: String,
-    pub role: String,
-    pub namespaces: Vec<String>,
-    pub created_ms: i64,
-    pub created_by: String,
-    pub expires_ms: Option<i64>,
-    pub revoked_ms: Option<i64>,
-}
-
-impl From<TokenRow> for TokenView {
-    fn from(r: TokenRow) -> Self {
-        TokenView {
-            id: r.id,
-            name: r.name,
-            role: r.role,
-            namespaces: r.namespaces,
-            created_ms: r.created_ms,
-            created_by: r.created_by,
-            expires_ms: r.expires_ms,
-            revoked_ms: r.revoked_ms,
-        }
+/// A token's row as the API lists it (never its hash).
+fn token_view(r: TokenRow) -> TokenView {
+    TokenView {
+        id: r.id,
+        name: r.name,
+        role: r.role,
+        namespaces: r.namespaces,
+        created_ms: r.created_ms,
+        created_by: r.created_by,
+        expires_ms: r.expires_ms,
+        revoked_ms: r.revoked_ms,
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    pub name: String,
-    /// viewer, operator, editor, admin or worker.
-    pub role: String,
-    /// Namespaces the token may act in; `["*"]` for all.
-    pub namespaces: Vec<String>,
-    /// Lifetime in seconds (none: until revoked).
-    pub expires_in_seconds: Option<u64>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreatedToken {
-    /// The token itself: shown this once, only its hash is kept.
-    pub token: String,
-    #[serde(flatten)]
-    pub info: TokenView,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenList {
-    pub items: Vec<TokenView>,
+/// An audit row as the API lists it.
+fn audit_entry(r: AuditRow) -> AuditEntry {
+    AuditEntry {
+        seq: r.seq,
+        at_ms: r.entry.at_ms,
+        actor: r.entry.actor,
+        action: r.entry.action,
+        resource: r.entry.resource,
+        namespace: r.entry.namespace,
+        source: r.entry.source,
+        result: r.entry.result,
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+    }
 }
 
 fn tokens(st: &AppState) -> ApiResult<&Tokens> {
@@ -151,7 +123,7 @@ pub async fn create_token(
         StatusCode::CREATED,
         Json(CreatedToken {
             token,
-            info: row.clone().into(),
+            info: token_view(row.clone()),
         }),
     )
         .into_response();
@@ -177,7 +149,7 @@ pub async fn list_tokens(State(st): State<AppState>, caller: Caller) -> ApiResul
         items: tokens(&st)?
             .list(&caller)
             .into_iter()
-            .map(TokenView::from)
+            .map(token_view)
             .collect(),
     }))
 }
@@ -196,7 +168,7 @@ pub async fn revoke_token(
         .await
         .map_err(token_error)?
         .ok_or_else(|| ApiError::not_found(format!("no live token {id:?}")))?;
-    Ok(Json(row.into()))
+    Ok(Json(token_view(row)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -212,14 +184,6 @@ pub struct AuditQuery {
     /// Entries after this seq.
     pub after: Option<i64>,
     pub limit: Option<u32>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditList {
-    #[schema(value_type = Vec<Object>)]
-    pub items: Vec<AuditRow>,
-    /// The `after` of the next page, when there may be one.
-    pub next: Option<i64>,
 }
 
 fn blocking<T: Send + 'static>(
@@ -257,6 +221,7 @@ pub async fn list_audit(
     let next = (items.len() == limit as usize)
         .then(|| items.last().map(|r| r.seq))
         .flatten();
+    let items = items.into_iter().map(audit_entry).collect();
     Ok(Json(AuditList { items, next }))
 }
 
@@ -266,19 +231,6 @@ pub struct VerifyQuery {
     /// An exported head's seq: the chain must reach it with `head_hash`.
     pub head_seq: Option<i64>,
     pub head_hash: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditVerdict {
-    pub ok: bool,
-    /// Entries verified.
-    pub checked: u64,
-    /// The last entry verified: export it to detect a truncation later.
-    pub head_seq: i64,
-    pub head_hash: String,
-    /// The first entry that does not verify, and why.
-    pub broken_at: Option<i64>,
-    pub reason: Option<String>,
 }
 
 /// Recomputes the whole chain (admin over every namespace) and names the first entry that was
@@ -339,25 +291,6 @@ pub async fn verify_audit(
     })
     .await?;
     Ok(Json(verdict))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SecretValue {
-    pub value: String,
-}
-
-/// A secret as listed: its name, never its value.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SecretView {
-    pub namespace: String,
-    pub name: String,
-    pub updated_ms: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SecretList {
-    pub items: Vec<SecretView>,
 }
 
 fn secret_name(kind: &str, s: &str) -> ApiResult<()> {
@@ -458,12 +391,6 @@ pub async fn delete_secret(
         Json(serde_json::json!({"namespace": ns, "name": name, "removed": true})),
         note,
     ))
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Rotated {
-    /// The id of the key that now seals every secret.
-    pub key_id: String,
 }
 
 /// Seals every secret under a new master key (admin over every namespace), without downtime;

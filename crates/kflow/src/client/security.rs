@@ -3,7 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use kflow_api::security::{
+    AuditList, AuditVerdict, CreatedToken, Rotated, SecretList, TokenList, TokenView, Whoami,
+};
 
 use super::http::{Api, Failure};
 use super::{Format, OutputArgs, ServerArgs, profile, render};
@@ -104,22 +109,14 @@ pub async fn secret(cmd: SecretCommand) -> Result<ExitCode, Failure> {
         }
         SecretCommand::Ls { out, server } => {
             let v = Api::new(&server)?.get(&["secrets"], &[]).await?;
-            Ok(print(out, &v, |v| {
-                let rows: Vec<Vec<String>> = v["items"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            s(e, "namespace").into(),
-                            s(e, "name").into(),
-                            when(&e["updated_ms"]),
-                        ]
-                    })
+            print(out, &v, "secrets", |list: SecretList| {
+                let rows: Vec<Vec<String>> = list
+                    .items
+                    .into_iter()
+                    .map(|e| vec![e.namespace, e.name, when(Some(e.updated_ms))])
                     .collect();
                 render::table(&["NAMESPACE", "NAME", "UPDATED"], &rows)
-            }))
+            })
         }
         SecretCommand::Rm {
             namespace,
@@ -136,7 +133,8 @@ pub async fn secret(cmd: SecretCommand) -> Result<ExitCode, Failure> {
             let v = Api::new(&server)?
                 .post_json(&["secrets", "rotate-key"], &json!({}))
                 .await?;
-            println!("every secret is now sealed under key {}", s(&v, "key_id"));
+            let r: Rotated = typed(&v, "the rotation")?;
+            println!("every secret is now sealed under key {}", r.key_id);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -199,24 +197,35 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     }
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn when(v: &Value) -> String {
-    if v.is_null() {
-        "-".into()
-    } else {
-        render::fmt_datetime(v)
+fn when(ms: Option<i64>) -> String {
+    match ms {
+        Some(ms) => render::fmt_datetime(&Value::from(ms)),
+        None => "-".into(),
     }
 }
 
-fn print(out: OutputArgs, v: &Value, text: impl FnOnce(&Value) -> String) -> ExitCode {
+/// An answer of the server read as the wire type it must be (a malformed answer is an error,
+/// never a blank).
+fn typed<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T, Failure> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        Failure::Usage(format!(
+            "the server's answer about {what} is not understood: {e}"
+        ))
+    })
+}
+
+/// Prints an answer: as the server sent it with `-o json`, else as text from its wire type.
+fn print<T: DeserializeOwned>(
+    out: OutputArgs,
+    v: &Value,
+    what: &str,
+    text: impl FnOnce(T) -> String,
+) -> Result<ExitCode, Failure> {
     match out.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Format::Text => println!("{}", text(v)),
+        Format::Text => println!("{}", text(typed(v, what)?)),
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
@@ -241,39 +250,37 @@ pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
                             "expires_in_seconds": expires}),
                 )
                 .await?;
-            Ok(print(out, &v, |v| {
+            print(out, &v, "the token", |t: CreatedToken| {
                 format!(
                     "{}\n(token {:?}, id {}, role {}, namespaces {}: shown once, keep it safe)",
-                    s(v, "token"),
-                    s(v, "name"),
-                    s(v, "id"),
-                    s(v, "role"),
-                    join(&v["namespaces"])
+                    t.token,
+                    t.info.name,
+                    t.info.id,
+                    t.info.role,
+                    t.info.namespaces.join(",")
                 )
-            }))
+            })
         }
         TokenCommand::Ls { out, server } => {
             let v = Api::new(&server)?.get(&["tokens"], &[]).await?;
-            Ok(print(out, &v, |v| {
-                let rows: Vec<Vec<String>> = v["items"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
+            print(out, &v, "tokens", |list: TokenList| {
+                let rows: Vec<Vec<String>> = list
+                    .items
+                    .into_iter()
                     .map(|t| {
-                        let state = if !t["revoked_ms"].is_null() {
-                            "revoked".to_string()
+                        let state = if t.revoked_ms.is_some() {
+                            "revoked"
                         } else {
-                            "live".to_string()
+                            "live"
                         };
                         vec![
-                            s(t, "id").into(),
-                            s(t, "name").into(),
-                            s(t, "role").into(),
-                            join(&t["namespaces"]),
-                            when(&t["created_ms"]),
-                            when(&t["expires_ms"]),
-                            state,
+                            t.id,
+                            t.name,
+                            t.role,
+                            t.namespaces.join(","),
+                            when(Some(t.created_ms)),
+                            when(t.expires_ms),
+                            state.to_string(),
                         ]
                     })
                     .collect();
@@ -289,40 +296,30 @@ pub async fn token(cmd: TokenCommand) -> Result<ExitCode, Failure> {
                     ],
                     &rows,
                 )
-            }))
+            })
         }
         TokenCommand::Revoke { target, server } => {
             let v = Api::new(&server)?
                 .post_json(&["tokens", &target, "revoke"], &json!({}))
                 .await?;
-            println!("revoked token {:?} ({})", s(&v, "name"), s(&v, "id"));
+            let t: TokenView = typed(&v, "the token")?;
+            println!("revoked token {:?} ({})", t.name, t.id);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
-}
-
 pub async fn whoami(api: &Api) -> Result<ExitCode, Failure> {
-    let v = api.get(&["whoami"], &[]).await?;
+    let me: Whoami = typed(&api.get(&["whoami"], &[]).await?, "the caller")?;
     println!(
         "{} (role {}, namespaces {}){}",
-        s(&v, "name"),
-        s(&v, "role"),
-        join(&v["namespaces"]),
-        if v["authenticated"] == Value::Bool(false) {
-            " — the server runs without authentication"
-        } else {
+        me.name,
+        me.role,
+        me.namespaces.join(","),
+        if me.authenticated {
             ""
+        } else {
+            " — the server runs without authentication"
         }
     );
     Ok(ExitCode::SUCCESS)
@@ -345,13 +342,13 @@ pub async fn login(server: &ServerArgs) -> Result<ExitCode, Failure> {
         ca_file: server.ca_file.clone(),
     };
     let api = Api::new(&args)?;
-    let v = api.get(&["whoami"], &[]).await?;
+    let me: Whoami = typed(&api.get(&["whoami"], &[]).await?, "the caller")?;
     let path = profile::write(&token)?;
     println!(
         "logged in to {} as {} (role {}); token saved in {}",
         api.base(),
-        s(&v, "name"),
-        s(&v, "role"),
+        me.name,
+        me.role,
         path.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -382,21 +379,19 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode, Failure> {
                 q.push(("after", a.to_string()));
             }
             let v = Api::new(&server)?.get(&["audit"], &q).await?;
-            Ok(print(out, &v, |v| {
-                let rows: Vec<Vec<String>> = v["items"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
+            print(out, &v, "the audit trail", |list: AuditList| {
+                let rows: Vec<Vec<String>> = list
+                    .items
+                    .into_iter()
                     .map(|e| {
                         vec![
-                            e["seq"].to_string(),
-                            when(&e["at_ms"]),
-                            s(e, "actor").into(),
-                            s(e, "action").into(),
-                            render::clip(s(e, "resource"), 60),
-                            s(e, "source").into(),
-                            render::clip(s(e, "result"), 60),
+                            e.seq.to_string(),
+                            when(Some(e.at_ms)),
+                            e.actor,
+                            e.action,
+                            render::clip(&e.resource, 60),
+                            e.source,
+                            render::clip(&e.result, 60),
                         ]
                     })
                     .collect();
@@ -404,7 +399,7 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode, Failure> {
                     &["SEQ", "AT", "ACTOR", "ACTION", "RESOURCE", "FROM", "RESULT"],
                     &rows,
                 )
-            }))
+            })
         }
         AuditCommand::Verify { head, out, server } => {
             let mut q: Vec<(&str, String)> = Vec::new();
@@ -417,23 +412,24 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode, Failure> {
                 q.push(("head_hash", hash.to_string()));
             }
             let v = Api::new(&server)?.get(&["audit", "verify"], &q).await?;
-            let ok = v["ok"] == Value::Bool(true);
-            print(out, &v, |v| {
-                if ok {
+            let verdict: AuditVerdict = typed(&v, "the audit chain")?;
+            let ok = verdict.ok;
+            print(out, &v, "the audit chain", |v: AuditVerdict| {
+                if v.ok {
                     format!(
                         "audit chain intact: {} entries; head {}:{}",
-                        v["checked"],
-                        v["head_seq"],
-                        s(v, "head_hash")
+                        v.checked, v.head_seq, v.head_hash
                     )
                 } else {
                     format!(
                         "audit chain BROKEN at entry {}: {}",
-                        v["broken_at"],
-                        s(v, "reason")
+                        v.broken_at
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        v.reason.unwrap_or_default()
                     )
                 }
-            });
+            })?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
