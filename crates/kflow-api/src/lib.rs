@@ -6,5 +6,7 @@
 //! The server converts its engine's and store's types into these (`kflow-server`'s `api/`);
 //! this crate knows nothing of them.
 
+pub mod definitions;
+pub mod instances;
 pub mod security;
 pub mod workers;

@@ -11,7 +11,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, Body, is_json_media_type, parse_json};
 use super::types::{
     DefinitionDetail, DefinitionList, DefinitionQuery, DefinitionSummary, DeprecateRequest,
-    RegisterResponse,
+    RegisterResponse, definition_detail, definition_summary,
 };
 use crate::auth::{Audited, Caller};
 
@@ -88,7 +88,7 @@ pub async fn list_definitions(
         items: defs
             .iter()
             .filter(|d| caller.sees(&d.namespace))
-            .map(DefinitionSummary::from)
+            .map(definition_summary)
             .collect(),
     }))
 }
@@ -113,7 +113,9 @@ pub async fn get_latest_definition(
     ApiPath((ns, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<DefinitionDetail>> {
     caller.must_see(&ns, || format!("no workflow {ns}/{name}"))?;
-    Ok(Json(st.engine.definition(&ns, &name, None).await?.into()))
+    Ok(Json(definition_detail(
+        st.engine.definition(&ns, &name, None).await?,
+    )))
 }
 
 /// One version of a workflow, with its source (`latest` is accepted as the version).
@@ -137,12 +139,9 @@ pub async fn get_definition_version(
     ApiPath((ns, name, version)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Json<DefinitionDetail>> {
     caller.must_see(&ns, || format!("no workflow {ns}/{name}"))?;
-    Ok(Json(
-        st.engine
-            .definition(&ns, &name, Some(&version))
-            .await?
-            .into(),
-    ))
+    Ok(Json(definition_detail(
+        st.engine.definition(&ns, &name, Some(&version)).await?,
+    )))
 }
 
 /// Deprecates a version (no new instances start from it; running ones go on), or undoes it
@@ -189,5 +188,5 @@ pub async fn deprecate_definition(
         .deprecate(&ns, &name, &def.version, deprecated)
         .await?;
     let def = st.engine.definition(&ns, &name, Some(&def.version)).await?;
-    Ok(Json(DefinitionSummary::from(&def)))
+    Ok(Json(definition_summary(&def)))
 }

@@ -15,8 +15,8 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use super::types::{
-    HistoryEventDto, HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery,
-    InstanceViewDto, StartRequest,
+    HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery,
+    InstanceViewDto, StartRequest, history_event, instance_dto,
 };
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -107,7 +107,7 @@ pub async fn start_instance(
             .map_err(|e| ApiError::internal(e.to_string()))?;
         return Ok(with_note((code, Json(body)), audited));
     }
-    let body = serde_json::to_value(InstanceDto::from(inst))
+    let body = serde_json::to_value(instance_dto(inst))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(with_note((code, Json(body)), audited))
 }
@@ -178,7 +178,7 @@ pub async fn list_instances(
         .instances(filter, nonempty(q.cursor), limit)
         .await?;
     Ok(Json(InstanceList {
-        items: page.items.into_iter().map(InstanceDto::from).collect(),
+        items: page.items.into_iter().map(instance_dto).collect(),
         next: page.next,
     }))
 }
@@ -221,7 +221,7 @@ pub async fn cancel_instance(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
     visible(&st, &caller, &id).await?;
-    Ok(Json(st.engine.cancel(&id).await?.into()))
+    Ok(Json(instance_dto(st.engine.cancel(&id).await?)))
 }
 
 /// Suspends a running instance: results and events that arrive meanwhile are held.
@@ -242,7 +242,7 @@ pub async fn suspend_instance(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
     visible(&st, &caller, &id).await?;
-    Ok(Json(st.engine.suspend(&id).await?.into()))
+    Ok(Json(instance_dto(st.engine.suspend(&id).await?)))
 }
 
 /// Resumes a suspended instance.
@@ -263,7 +263,7 @@ pub async fn resume_instance(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
     visible(&st, &caller, &id).await?;
-    Ok(Json(st.engine.resume(&id).await?.into()))
+    Ok(Json(instance_dto(st.engine.resume(&id).await?)))
 }
 
 /// The history of an instance: what happened, in order.
@@ -305,7 +305,7 @@ pub async fn get_history(
             .into_iter()
             .map(|mut ev| {
                 st.engine.redact(&mut ev.data);
-                HistoryEventDto::from(ev)
+                history_event(ev)
             })
             .collect(),
     }))

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 use super::extract::ApiPath;
-use super::types::{HistoryEventDto, InstanceDto};
+use super::types::{HistoryEventDto, InstanceDto, history_event, instance_dto};
 use crate::engine::{Engine, LiveEvent};
 
 /// How often an idle stream checks the instance's status anyway.
@@ -159,7 +159,7 @@ impl Pump {
                     Ok(ev) if ev.instance_id != self.id || ev.event.seq <= self.last => {}
                     Ok(ev) if ev.event.seq == self.last + 1 => {
                         let terminal = may_end(&ev);
-                        self.send_history(HistoryEventDto::from(ev.event)).await?;
+                        self.send_history(history_event(ev.event)).await?;
                         if terminal {
                             self.catch_up().await?;
                             self.check_finished().await?;
@@ -203,7 +203,7 @@ impl Pump {
             let full = page.len() as u32 >= PAGE;
             for ev in page {
                 if ev.seq > self.last {
-                    self.send_history(ev.into()).await?;
+                    self.send_history(history_event(ev)).await?;
                 }
             }
             if !full {
@@ -223,7 +223,7 @@ impl Pump {
         }
         // Finished: nothing more will be committed; send what the feed has not delivered yet.
         self.catch_up().await?;
-        self.send(Out::End(Box::new(InstanceDto::from(view.instance))))
+        self.send(Out::End(Box::new(instance_dto(view.instance))))
             .await?;
         Err(Stop::Done)
     }
