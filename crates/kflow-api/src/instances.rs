@@ -3,8 +3,8 @@
 //! (`created_ms`).
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Starts an instance.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

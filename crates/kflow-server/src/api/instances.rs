@@ -15,8 +15,8 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use super::types::{
-    HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery,
-    InstanceViewDto, StartRequest, history_event, instance_dto,
+    HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery, InstanceViewDto,
+    StartRequest, history_event, instance_dto,
 };
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -107,8 +107,8 @@ pub async fn start_instance(
             .map_err(|e| ApiError::internal(e.to_string()))?;
         return Ok(with_note((code, Json(body)), audited));
     }
-    let body = serde_json::to_value(instance_dto(inst))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let body =
+        serde_json::to_value(instance_dto(inst)).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(with_note((code, Json(body)), audited))
 }
 

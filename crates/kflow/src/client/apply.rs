@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::http::{Api, Failure};
+use kflow_api::definitions::RegisterResponse;
+
+use super::http::{Api, Failure, typed};
 use super::render;
 
 const DOC_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -81,18 +83,10 @@ pub async fn apply(api: &Api, paths: &[PathBuf]) -> Result<ExitCode, Failure> {
         let ct = content_type(&path, &bytes);
         match api.post_bytes(&["definitions"], ct, bytes).await {
             Ok((status, v)) => {
-                let outcome = match v.get("outcome").and_then(Value::as_str) {
-                    Some(o) => o.to_owned(),
-                    None if status == 201 => "created".into(),
-                    None => "unchanged".into(),
-                };
-                let label = render::workflow_label(&v);
-                let label = if label.starts_with('/') {
-                    path.display().to_string()
-                } else {
-                    label
-                };
-                println!("{label} {outcome}");
+                let _ = status;
+                let r: RegisterResponse = typed(&v, "the registration")?;
+                let label = render::workflow_label(&r.namespace, &r.name, &r.version);
+                println!("{label} {}", r.outcome);
             }
             Err(Failure::Api { status, error }) => {
                 failed = true;

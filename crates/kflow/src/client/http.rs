@@ -146,6 +146,16 @@ pub fn render_detail(d: &Value) -> String {
 }
 
 /// `Bearer TOKEN` as a header value marked sensitive (kept out of debug output).
+/// An answer of the server read as the wire type it must be (`kflow-api`): a malformed answer
+/// is an error naming what was read, never a blank or a default.
+pub fn typed<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T, Failure> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        Failure::Protocol(format!(
+            "the server's answer about {what} is not understood: {e}"
+        ))
+    })
+}
+
 pub fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, Failure> {
     let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| Failure::Usage("the token holds characters a header cannot carry".into()))?;

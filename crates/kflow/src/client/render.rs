@@ -8,6 +8,8 @@
 use chrono::{DateTime, Local, TimeZone, Utc};
 use serde_json::Value;
 
+use kflow_api::instances::{HistoryEventDto, InstanceDto, InstanceViewDto, WaitingDto};
+
 /// At most `max` characters of `s`, with `…` when cut.
 pub fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -94,62 +96,35 @@ pub fn scalar(v: &Value) -> String {
     }
 }
 
-/// `namespace/name@version` of an instance or definition.
-pub fn workflow_label(v: &Value) -> String {
-    let s = |k: &str| v.get(k).map(scalar).unwrap_or_default();
-    let mut out = format!("{}/{}", s("namespace"), s("name"));
-    let version = s("version");
+/// `namespace/name@version`.
+pub fn workflow_label(namespace: &str, name: &str, version: &str) -> String {
+    let mut out = format!("{namespace}/{name}");
     if !version.is_empty() {
         out.push('@');
-        out.push_str(&version);
+        out.push_str(version);
     }
     out
 }
 
-/// The creation time of an instance, whatever the server called it.
-pub fn created(v: &Value) -> &Value {
-    for k in [
-        "created",
-        "created_at",
-        "createdAt",
-        "created_ms",
-        "created_time",
-    ] {
-        if let Some(t) = v.get(k).filter(|t| !t.is_null()) {
-            return t;
-        }
-    }
-    &Value::Null
-}
-
-/// A task reference: a JSON-pointer string, or an object holding one.
-pub fn task_ref(v: &Value) -> String {
-    match v {
-        Value::Object(m) => ["reference", "task", "name"]
-            .iter()
-            .find_map(|k| m.get(*k).and_then(Value::as_str))
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string()),
-        other => scalar(other),
-    }
-}
-
 /// The `kflow ls` table.
-pub fn instance_table(items: &[Value]) -> String {
+pub fn instance_table(items: &[InstanceDto]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|i| {
-            let s = |k: &str| i.get(k).map(scalar).unwrap_or_default();
             vec![
-                s("id"),
-                format!("{}/{}", s("namespace"), s("name")),
-                s("version"),
-                s("status"),
-                fmt_datetime(created(i)),
+                i.id.clone(),
+                format!("{}/{}", i.namespace, i.name),
+                i.version.clone(),
+                status_name(i),
+                fmt_datetime(&Value::from(i.created_ms)),
             ]
         })
         .collect();
     table(&["ID", "WORKFLOW", "VERSION", "STATUS", "CREATED"], &rows)
+}
+
+fn status_name(i: &InstanceDto) -> String {
+    scalar(&serde_json::to_value(i.status).unwrap_or(Value::Null))
 }
 
 /// JSON pretty-printed with every line after the first indented by `indent` spaces.
@@ -160,73 +135,60 @@ fn indented_json(v: &Value, indent: usize) -> String {
 }
 
 /// The readable summary of `kflow get`.
-pub fn instance_summary(inst: &Value) -> String {
+pub fn instance_summary(view: &InstanceViewDto) -> String {
     const W: usize = 10;
+    let inst = &view.instance;
     let mut out = String::new();
     let mut field = |name: &str, value: &str| {
         out.push_str(&format!("{:<W$} {value}\n", format!("{name}:")));
     };
-    let s = |k: &str| inst.get(k).map(scalar).unwrap_or_default();
-    field("ID", &s("id"));
-    field("Workflow", &workflow_label(inst));
-    field("Status", &s("status"));
-    if let Some(why) = inst.get("attention").and_then(Value::as_str) {
+    field("ID", &inst.id);
+    field(
+        "Workflow",
+        &workflow_label(&inst.namespace, &inst.name, &inst.version),
+    );
+    field("Status", &status_name(inst));
+    if let Some(why) = &inst.attention {
         field("Attention", why);
     }
-    let c = created(inst);
-    if !c.is_null() {
-        field("Created", &fmt_datetime(c));
-    }
+    field("Created", &fmt_datetime(&Value::from(inst.created_ms)));
     let pad = " ".repeat(W + 1);
-    if let Some(Value::Array(running)) = inst
-        .get("running")
-        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
-    {
-        let lines: Vec<String> = running.iter().map(task_ref).collect();
-        field("Running", &lines.join(&format!("\n{pad}")));
+    if !view.running.is_empty() {
+        field("Running", &view.running.join(&format!("\n{pad}")));
     }
-    if let Some(Value::Array(waiting)) = inst
-        .get("waiting")
-        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
-    {
-        let lines: Vec<String> = waiting.iter().map(waiting_line).collect();
+    if !view.waiting.is_empty() {
+        let lines: Vec<String> = view.waiting.iter().map(waiting_line).collect();
         field("Waiting", &lines.join(&format!("\n{pad}")));
     }
-    for key in ["output", "error"] {
-        if let Some(v) = inst.get(key).filter(|v| !v.is_null()) {
-            let mut name = key.to_owned();
-            name[..1].make_ascii_uppercase();
-            field(&name, &indented_json(v, W + 1));
+    for (name, v) in [("Output", &inst.output), ("Error", &inst.error)] {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
+            field(name, &indented_json(v, W + 1));
         }
     }
     out
 }
 
 /// `TASK on WHAT [until TIME]` for one waiting entry.
-pub fn waiting_line(w: &Value) -> String {
-    let task = w.get("task").map(task_ref).unwrap_or_else(|| task_ref(w));
-    let mut line = task;
-    if let Some(on) = w.get("on").filter(|v| !v.is_null()) {
-        line.push_str(" on ");
-        line.push_str(&clip(&scalar(on), 80));
-    }
-    if let Some(until) = w
-        .get("until_ms")
-        .or_else(|| w.get("until"))
-        .filter(|v| !v.is_null())
-    {
+pub fn waiting_line(w: &WaitingDto) -> String {
+    let mut line = w.task.clone();
+    line.push_str(" on ");
+    line.push_str(&clip(&w.on, 80));
+    if let Some(until) = w.until_ms {
         line.push_str(" until ");
-        line.push_str(&fmt_time_in(until, &Local, "%Y-%m-%d %H:%M:%S%.3f"));
+        line.push_str(&fmt_time_in(
+            &Value::from(until),
+            &Local,
+            "%Y-%m-%d %H:%M:%S%.3f",
+        ));
     }
     line
 }
 
 /// What one history item says, without its time: the notice type and task for notices,
 /// a short rendering of the data otherwise.
-pub fn history_summary(item: &Value) -> String {
-    let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
-    let data = item.get("data").unwrap_or(&Value::Null);
-    match kind {
+pub fn history_summary(item: &HistoryEventDto) -> String {
+    let data = &item.data;
+    match item.kind.as_str() {
         "notice" => notice_summary(data),
         "started" => match data.get("input") {
             Some(input) => format!("input {}", clip(&input.to_string(), 100)),
@@ -266,7 +228,7 @@ pub fn notice_summary(data: &Value) -> String {
 }
 
 /// One line per history item: `SEQ  TIME  KIND  SUMMARY`.
-pub fn history_lines<Tz: TimeZone>(items: &[Value], tz: &Tz) -> String
+pub fn history_lines<Tz: TimeZone>(items: &[HistoryEventDto], tz: &Tz) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -274,13 +236,9 @@ where
         .iter()
         .map(|i| {
             vec![
-                i.get("seq").map(scalar).unwrap_or_default(),
-                fmt_time_in(
-                    i.get("time").unwrap_or(&Value::Null),
-                    tz,
-                    "%Y-%m-%d %H:%M:%S%.3f",
-                ),
-                i.get("kind").map(scalar).unwrap_or_default(),
+                i.seq.to_string(),
+                fmt_time_in(&Value::from(i.time_ms), tz, "%Y-%m-%d %H:%M:%S%.3f"),
+                i.kind.clone(),
                 history_summary(i),
             ]
         })
@@ -306,15 +264,25 @@ mod tests {
         assert_eq!(table(&["ID", "NAME"], &[]), "ID  NAME\n");
     }
 
+    fn instance(extra: Value) -> Value {
+        let mut v = json!({"id": "01H", "namespace": "ns", "name": "wf", "version": "1.0.0",
+            "status": "running", "input": {}, "created": "", "created_ms": 0, "updated": "",
+            "updated_ms": 0, "running": [], "waiting": []});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
     #[test]
     fn instance_table_reads_the_fields() {
-        let items = [
-            json!({"id": "01H", "namespace": "ns", "name": "wf", "version": "1.0.0",
-            "status": "running", "created": "not a time"}),
-        ];
-        assert_eq!(
-            instance_table(&items),
-            "ID   WORKFLOW  VERSION  STATUS   CREATED\n01H  ns/wf     1.0.0    running  not a time\n"
+        let items: Vec<InstanceDto> = vec![serde_json::from_value(instance(json!({}))).unwrap()];
+        let t = instance_table(&items);
+        assert!(
+            t.starts_with(
+                "ID   WORKFLOW  VERSION  STATUS   CREATED\n01H  ns/wf     1.0.0    running  19"
+            ),
+            "{t}"
         );
     }
 
@@ -339,26 +307,35 @@ mod tests {
 
     #[test]
     fn summary_of_a_faulted_instance() {
-        let inst = json!({"id": "i1", "namespace": "ns", "name": "wf", "version": "1.0.0", "status": "faulted",
-            "running": [], "waiting": [{"task": "/do/1/wait", "on": "event"}],
-            "error": {"type": "https://x/errors/runtime", "status": 500}});
-        assert_eq!(
-            instance_summary(&inst),
-            "ID:        i1\nWorkflow:  ns/wf@1.0.0\nStatus:    faulted\nWaiting:   /do/1/wait on event\n\
-             Error:     {\n             \"type\": \"https://x/errors/runtime\",\n             \"status\": 500\n           }\n"
+        let inst: InstanceViewDto = serde_json::from_value(instance(json!({"id": "i1",
+            "status": "faulted", "waiting": [{"task": "/do/1/wait", "on": "event"}],
+            "error": {"type": "https://x/errors/runtime", "status": 500}})))
+        .unwrap();
+        let text = instance_summary(&inst);
+        assert!(
+            text.starts_with(
+                "ID:        i1\nWorkflow:  ns/wf@1.0.0\nStatus:    faulted\nCreated:   19"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Waiting:   /do/1/wait on event\n\
+             Error:     {\n             \"type\": \"https://x/errors/runtime\",\n             \"status\": 500\n           }\n"),
+            "{text}"
         );
     }
 
     #[test]
     fn history_lines_summarise_each_kind() {
-        let items = [
-            json!({"seq": 1, "time": 0, "kind": "started", "data": {"input": {"a": 1}}}),
-            json!({"seq": 2, "time": 5, "kind": "notice",
-                   "data": {"type": "task.started", "task": "x", "reference": "/do/0/x", "time": "t"}}),
-            json!({"seq": 3, "time": 9, "kind": "notice",
-                   "data": {"type": "task.faulted", "reference": "/do/0/x", "error": {"title": "boom"}}}),
-            json!({"seq": 4, "time": 10, "kind": "cancelled", "data": null}),
-        ];
+        let items: Vec<HistoryEventDto> = serde_json::from_value(json!([
+            {"seq": 1, "time": "", "time_ms": 0, "kind": "started", "data": {"input": {"a": 1}}},
+            {"seq": 2, "time": "", "time_ms": 5, "kind": "notice",
+                   "data": {"type": "task.started", "task": "x", "reference": "/do/0/x", "time": "t"}},
+            {"seq": 3, "time": "", "time_ms": 9, "kind": "notice",
+                   "data": {"type": "task.faulted", "reference": "/do/0/x", "error": {"title": "boom"}}},
+            {"seq": 4, "time": "", "time_ms": 10, "kind": "cancelled", "data": null},
+        ]))
+        .unwrap();
         assert_eq!(
             history_lines(&items, &Utc),
             "SEQ  TIME                     KIND       SUMMARY\n\

@@ -10,7 +10,7 @@ use kflow_api::security::{
     AuditList, AuditVerdict, CreatedToken, Rotated, SecretList, TokenList, TokenView, Whoami,
 };
 
-use super::http::{Api, Failure};
+use super::http::{Api, Failure, typed};
 use super::{Format, OutputArgs, ServerArgs, profile, render};
 
 #[derive(Subcommand, Debug)]
@@ -202,16 +202,6 @@ fn when(ms: Option<i64>) -> String {
         Some(ms) => render::fmt_datetime(&Value::from(ms)),
         None => "-".into(),
     }
-}
-
-/// An answer of the server read as the wire type it must be (a malformed answer is an error,
-/// never a blank).
-fn typed<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T, Failure> {
-    serde_json::from_value(v.clone()).map_err(|e| {
-        Failure::Usage(format!(
-            "the server's answer about {what} is not understood: {e}"
-        ))
-    })
 }
 
 /// Prints an answer: as the server sent it with `-o json`, else as text from its wire type.

@@ -12,7 +12,9 @@ use serde_json::{Map, Value, json};
 
 use super::Format;
 use super::ListArgs;
-use super::http::{Api, Failure};
+use kflow_api::instances::{HistoryList, InstanceDto, InstanceList, InstanceViewDto, Status};
+
+use super::http::{Api, Failure, typed};
 use super::render;
 use super::watch::{self, Mode};
 
@@ -59,8 +61,15 @@ fn print_json(v: &Value) {
     );
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
+/// The lowercase name of a status, as the API writes it.
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Running => "running",
+        Status::Suspended => "suspended",
+        Status::Completed => "completed",
+        Status::Faulted => "faulted",
+        Status::Cancelled => "cancelled",
+    }
 }
 
 pub struct StartOptions {
@@ -94,13 +103,11 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
     if let Some(id) = &opts.id {
         body.insert("id".into(), json!(id));
     }
-    let inst = api.post_json(&["instances"], &Value::Object(body)).await?;
-    let id = text(&inst, "id").to_owned();
-    if id.is_empty() {
-        return Err(Failure::Protocol(format!(
-            "the server started an instance but sent no id: {inst}"
-        )));
-    }
+    let inst: InstanceDto = typed(
+        &api.post_json(&["instances"], &Value::Object(body)).await?,
+        "the instance started",
+    )?;
+    let id = inst.id.clone();
     if !opts.wait && !opts.watch {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -111,26 +118,25 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
         (true, true) => Mode::StatusLine,
         (true, false) => Mode::Lines,
     };
-    let done = if watch::is_finished(text(&inst, "status")) {
+    let done = if watch::is_finished(status_name(inst.status)) {
         inst
     } else {
-        watch::follow(api, &id, mode).await?
+        typed(&watch::follow(api, &id, mode).await?, "the instance")?
     };
     Ok(print_outcome(&done))
 }
 
 /// Prints what a finished instance produced; exit 0 completed, 1 faulted or cancelled.
-fn print_outcome(inst: &Value) -> ExitCode {
-    let field = |k: &str| inst.get(k).filter(|v| !v.is_null());
-    match text(inst, "status") {
-        "completed" => {
-            print_json(field("output").unwrap_or(&Value::Null));
+fn print_outcome(inst: &InstanceDto) -> ExitCode {
+    match inst.status {
+        Status::Completed => {
+            print_json(inst.output.as_ref().unwrap_or(&Value::Null));
             ExitCode::SUCCESS
         }
         status => {
-            match field("error") {
+            match inst.error.as_ref().filter(|e| !e.is_null()) {
                 Some(e) => print_json(e),
-                None => eprintln!("kflow: instance {} {status}", text(inst, "id")),
+                None => eprintln!("kflow: instance {} {}", inst.id, status_name(status)),
             }
             ExitCode::from(1)
         }
@@ -142,7 +148,10 @@ pub async fn get(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failur
     let inst = api.get(&["instances", id], &[]).await?;
     match format {
         Format::Json => print_json(&inst),
-        Format::Text => print!("{}", render::instance_summary(&inst)),
+        Format::Text => print!(
+            "{}",
+            render::instance_summary(&typed::<InstanceViewDto>(&inst, "the instance")?)
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -169,14 +178,6 @@ pub fn list_query(f: &ListArgs) -> Vec<(&'static str, String)> {
     q
 }
 
-fn next_cursor(page: &Value) -> Option<String> {
-    match page.get("next") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// `kflow ls`: one page, or every page with `--all`.
 pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode, Failure> {
     let base = list_query(filter);
@@ -192,16 +193,9 @@ pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode
             print_json(&page);
             return Ok(ExitCode::SUCCESS);
         }
-        match page.get("items") {
-            Some(Value::Array(a)) => items.extend(a.iter().cloned()),
-            _ => {
-                return Err(Failure::Protocol(format!(
-                    "the instance list has no items array: {}",
-                    render::clip(&page.to_string(), 200)
-                )));
-            }
-        }
-        match next_cursor(&page) {
+        let page: InstanceList = typed(&page, "the instance list")?;
+        items.extend(page.items);
+        match page.next.filter(|n| !n.is_empty()) {
             Some(next) if filter.all => {
                 if cursor.as_ref() == Some(&next) {
                     return Err(Failure::Protocol(format!(
@@ -239,12 +233,8 @@ pub async fn control(
     match format {
         Format::Json => print_json(&inst),
         Format::Text => {
-            let shown = if text(&inst, "id").is_empty() {
-                id
-            } else {
-                text(&inst, "id")
-            };
-            println!("{shown} {}", text(&inst, "status"));
+            let inst: InstanceDto = typed(&inst, "the instance")?;
+            println!("{} {}", inst.id, status_name(inst.status));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -253,16 +243,11 @@ pub async fn control(
 /// `kflow history ID`.
 pub async fn history(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failure> {
     let page = api.get(&["instances", id, "history"], &[]).await?;
-    match (format, page.get("items")) {
-        (Format::Json, _) => print_json(&page),
-        (Format::Text, Some(Value::Array(items))) => {
-            print!("{}", render::history_lines(items, &chrono::Local))
-        }
-        (Format::Text, _) => {
-            return Err(Failure::Protocol(format!(
-                "the history has no items array: {}",
-                render::clip(&page.to_string(), 200)
-            )));
+    match format {
+        Format::Json => print_json(&page),
+        Format::Text => {
+            let page: HistoryList = typed(&page, "the history")?;
+            print!("{}", render::history_lines(&page.items, &chrono::Local))
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -330,13 +315,14 @@ mod tests {
     }
 
     #[test]
-    fn cursors() {
-        assert_eq!(
-            next_cursor(&json!({"items": [], "next": "abc"})),
-            Some("abc".into())
-        );
-        assert_eq!(next_cursor(&json!({"items": [], "next": null})), None);
-        assert_eq!(next_cursor(&json!({"items": [], "next": ""})), None);
-        assert_eq!(next_cursor(&json!({"items": []})), None);
+    fn an_instance_list_is_read_typed() {
+        let page: InstanceList =
+            typed(&json!({"items": [], "next": "abc"}), "the instance list").unwrap();
+        assert_eq!(page.next.as_deref(), Some("abc"));
+        let page: InstanceList = typed(&json!({"items": [], "next": null}), "x").unwrap();
+        assert_eq!(page.next, None);
+        // An answer without its items is an error, not an empty list.
+        let e = typed::<InstanceList>(&json!({"next": null}), "the instance list").unwrap_err();
+        assert!(e.render().contains("the instance list"), "{}", e.render());
     }
 }

@@ -21,7 +21,7 @@ use kflow_api::workers::{
 use kflow_core::Effect;
 use kflow_tasks::{EffectCtx, ExecConfig, Executor};
 
-use super::http::{Api, Failure};
+use super::http::{Api, Failure, typed};
 use super::{Format, ServerArgs};
 
 #[derive(Args, Debug)]
@@ -450,7 +450,7 @@ pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         "{:<40} {:<16} {:<24} {:<28} {:<8}",
         "ID", "QUEUES", "CAPACITY", "USED", "LEASES"
     );
-    let list: WorkerList = typed(v, "workers")?;
+    let list: WorkerList = typed(&v, "workers")?;
     let fmt = |m: &BTreeMap<String, f64>| {
         m.iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -474,15 +474,6 @@ pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An answer of the server read as the wire type it must be.
-fn typed<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, Failure> {
-    serde_json::from_value(v).map_err(|e| {
-        Failure::Usage(format!(
-            "the server's answer about {what} is not understood: {e}"
-        ))
-    })
-}
-
 pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["queues"], &[]).await?;
     if out == Format::Json {
@@ -493,7 +484,7 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         "{:<20} {:>7} {:>14}  WORKERS",
         "QUEUE", "DEPTH", "OLDEST WAIT"
     );
-    let list: QueuesResponse = typed(v, "queues")?;
+    let list: QueuesResponse = typed(&v, "queues")?;
     for q in list.items {
         println!(
             "{:<20} {:>7} {:>12}ms  {}",
