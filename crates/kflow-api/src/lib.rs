@@ -8,5 +8,6 @@
 
 pub mod definitions;
 pub mod instances;
+pub mod schedules;
 pub mod security;
 pub mod workers;

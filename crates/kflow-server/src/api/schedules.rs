@@ -3,8 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiResult, ErrorBody};
@@ -12,11 +10,7 @@ use super::extract::ApiPath;
 use crate::auth::Caller;
 use crate::schedule::{self, ScheduleView};
 
-/// Every schedule.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ScheduleList {
-    pub items: Vec<ScheduleView>,
-}
+pub use kflow_api::schedules::ScheduleList;
 
 /// Lists the schedules (one per workflow whose newest non-deprecated version has a
 /// `schedule`), with their next fire times. A schedule that cannot fire shows why in `error`.

@@ -26,10 +26,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use utoipa::ToSchema;
 
 use kflow_dsl::Workflow;
 use kflow_store::{ScheduleRow, Store, StoreError};
@@ -73,79 +71,38 @@ pub struct Fired {
     pub outcome: std::result::Result<String, String>,
 }
 
-/// A schedule as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ScheduleView {
-    pub namespace: String,
-    pub name: String,
-    /// The workflow version it starts: the newest that is not deprecated.
-    pub version: String,
-    /// `cron`, `every`, `after` or `on` (empty when the schedule is in error).
-    #[schema(example = "cron")]
-    pub kind: String,
-    /// The cron expression, the duration (ISO 8601), or the event filters.
-    #[schema(example = "0 9 * * MON-FRI")]
-    pub expression: String,
-    /// The IANA time zone of a cron schedule.
-    #[schema(example = "Europe/Paris")]
-    pub timezone: String,
-    /// The next fire (RFC 3339, in the schedule's time zone); null when nothing timed is due.
-    pub next_fire: Option<String>,
-    pub next_fire_ms: Option<i64>,
-    /// The last tick that fired (RFC 3339).
-    pub last_fire: Option<String>,
-    pub last_fire_ms: Option<i64>,
-    pub paused: bool,
-    /// `allow`, `skip`, `queue` or `cancel`.
-    pub overlap: String,
-    /// `skip` or `catchup`.
-    pub missed: String,
-    pub catchup_max: u32,
-    /// Why the schedule cannot fire (it stays in the list, firing nothing).
-    pub error: Option<String>,
-    /// Why the last start failed.
-    pub last_error: Option<String>,
-    /// Instances started by the schedule that are still running (tracked with `after` and the
-    /// overlap policies other than `allow`).
-    pub running: Vec<String>,
-    /// Fires waiting for the running instance (overlap `queue`).
-    pub queued: usize,
-    /// Instances started so far.
-    pub fired: u64,
-    /// Fires dropped by the overlap policy.
-    pub skipped: u64,
-}
+/// A schedule as the API shows it (a wire type, shared with the CLI).
+pub use kflow_api::schedules::ScheduleView;
 
-impl ScheduleView {
-    pub fn of(row: &ScheduleRow) -> ScheduleView {
-        let s = State::from_value(&row.state);
-        let tz = if s.timezone.is_empty() {
-            "UTC".to_string()
-        } else {
-            s.timezone.clone()
-        };
-        ScheduleView {
-            namespace: row.namespace.clone(),
-            name: row.name.clone(),
-            version: row.version.clone(),
-            kind: s.kind.clone(),
-            expression: s.expression.clone(),
-            next_fire: row.next_fire_ms.map(|ms| plan::rfc3339_in(ms, &tz)),
-            next_fire_ms: row.next_fire_ms,
-            last_fire: row.last_fire_ms.map(|ms| plan::rfc3339_in(ms, &tz)),
-            last_fire_ms: row.last_fire_ms,
-            timezone: tz,
-            paused: row.paused,
-            overlap: s.overlap.as_str().into(),
-            missed: s.missed.as_str().into(),
-            catchup_max: s.catchup_max,
-            error: s.error,
-            last_error: s.last_error,
-            running: s.running,
-            queued: s.queue.len() + s.outbox.len(),
-            fired: s.fired,
-            skipped: s.skipped,
-        }
+/// A stored schedule as the API shows it.
+pub fn view_of(row: &ScheduleRow) -> ScheduleView {
+    let s = State::from_value(&row.state);
+    let tz = if s.timezone.is_empty() {
+        "UTC".to_string()
+    } else {
+        s.timezone.clone()
+    };
+    ScheduleView {
+        namespace: row.namespace.clone(),
+        name: row.name.clone(),
+        version: row.version.clone(),
+        kind: s.kind.clone(),
+        expression: s.expression.clone(),
+        next_fire: row.next_fire_ms.map(|ms| plan::rfc3339_in(ms, &tz)),
+        next_fire_ms: row.next_fire_ms,
+        last_fire: row.last_fire_ms.map(|ms| plan::rfc3339_in(ms, &tz)),
+        last_fire_ms: row.last_fire_ms,
+        timezone: tz,
+        paused: row.paused,
+        overlap: s.overlap.as_str().into(),
+        missed: s.missed.as_str().into(),
+        catchup_max: s.catchup_max,
+        error: s.error,
+        last_error: s.last_error,
+        running: s.running,
+        queued: s.queue.len() + s.outbox.len(),
+        fired: s.fired,
+        skipped: s.skipped,
     }
 }
 
@@ -153,7 +110,7 @@ impl ScheduleView {
 pub async fn list(engine: &Engine) -> Result<Vec<ScheduleView>> {
     let store = engine.store();
     let rows = run_blocking(move || store.list_schedules()).await?;
-    Ok(rows.iter().map(ScheduleView::of).collect())
+    Ok(rows.iter().map(view_of).collect())
 }
 
 /// Pauses or resumes a workflow's schedule. On resume the ticks missed meanwhile follow the
@@ -178,7 +135,7 @@ pub async fn set_paused(
     if let Some(o) = engine.observer() {
         o.nudge();
     }
-    Ok(ScheduleView::of(&row))
+    Ok(view_of(&row))
 }
 
 async fn run_blocking<T: Send + 'static>(

@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::http::{Api, Failure};
+use kflow_api::schedules::{ScheduleList, ScheduleView};
+
+use super::http::{Api, Failure, typed};
 use super::{Format, OutputArgs, ServerArgs, render};
 
 #[derive(Subcommand, Debug)]
@@ -31,10 +33,6 @@ pub enum SchedulesCommand {
     },
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
 /// `NS/NAME` (no version: a schedule follows the newest version).
 pub fn parse_ns_name(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
@@ -50,46 +48,35 @@ pub fn parse_ns_name(s: &str) -> Result<(String, String), String> {
 }
 
 /// The table of `kflow schedules`.
-pub fn schedule_table(items: &[Value]) -> String {
+pub fn schedule_table(items: &[ScheduleView]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|s| {
-            let workflow = format!(
-                "{}/{}@{}",
-                text(s, "namespace"),
-                text(s, "name"),
-                text(s, "version")
-            );
-            let kind = text(s, "kind");
-            let mut expr = text(s, "expression").to_string();
-            if kind == "cron" && !text(s, "timezone").is_empty() {
-                expr = format!("{expr} ({})", text(s, "timezone"));
+            let workflow = format!("{}/{}@{}", s.namespace, s.name, s.version);
+            let mut expr = s.expression.clone();
+            if s.kind == "cron" && !s.timezone.is_empty() {
+                expr = format!("{expr} ({})", s.timezone);
             }
-            let next = if s.get("error").is_some_and(|e| !e.is_null()) {
+            let next = if s.error.is_some() {
                 "error (see -o json)".to_string()
             } else {
-                match s.get("next_fire").and_then(Value::as_str) {
-                    Some(t) => t.to_string(),
-                    None if kind == "on" => "on event".to_string(),
-                    None if kind == "after" => "after the running one".to_string(),
+                match &s.next_fire {
+                    Some(t) => t.clone(),
+                    None if s.kind == "on" => "on event".to_string(),
+                    None if s.kind == "after" => "after the running one".to_string(),
                     None => "-".to_string(),
                 }
             };
-            let paused = if s.get("paused") == Some(&json!(true)) {
-                "yes"
-            } else {
-                "no"
-            };
             vec![
                 workflow,
-                if kind.is_empty() {
+                if s.kind.is_empty() {
                     "-".into()
                 } else {
-                    kind.into()
+                    s.kind.clone()
                 },
                 render::clip(&expr, 48),
                 next,
-                paused.into(),
+                if s.paused { "yes" } else { "no" }.into(),
             ]
         })
         .collect();
@@ -105,20 +92,15 @@ pub async fn list(api: &Api, format: Format) -> Result<ExitCode, Failure> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(items) = v.get("items").and_then(Value::as_array) else {
-        return Err(Failure::Protocol(format!(
-            "the schedule list has no items array: {}",
-            render::clip(&v.to_string(), 200)
-        )));
-    };
+    let ScheduleList { items } = typed(&v, "the schedules")?;
     if items.is_empty() {
         eprintln!("no schedules (no registered workflow has a 'schedule')");
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", schedule_table(items));
-    for s in items {
-        if let Some(e) = s.get("error").and_then(Value::as_str) {
-            eprintln!("{}/{}: {e}", text(s, "namespace"), text(s, "name"));
+    print!("{}", schedule_table(&items));
+    for s in &items {
+        if let Some(e) = &s.error {
+            eprintln!("{}/{}: {e}", s.namespace, s.name);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -138,7 +120,10 @@ pub async fn control(api: &Api, cmd: SchedulesCommand) -> Result<ExitCode, Failu
             "{}",
             serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
         ),
-        Format::Text => print!("{}", schedule_table(std::slice::from_ref(&v))),
+        Format::Text => print!(
+            "{}",
+            schedule_table(&[typed::<ScheduleView>(&v, "the schedule")?])
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -166,13 +151,29 @@ mod tests {
 
     #[test]
     fn table_of_schedules() {
+        let view = |v: serde_json::Value| -> ScheduleView {
+            let mut full = json!({"timezone": "", "next_fire": null, "next_fire_ms": null,
+                "last_fire": null, "last_fire_ms": null, "overlap": "allow", "missed": "skip",
+                "catchup_max": 0, "error": null, "last_error": null, "running": [], "queued": 0,
+                "fired": 0, "skipped": 0});
+            for (k, x) in v.as_object().unwrap() {
+                full[k] = x.clone();
+            }
+            serde_json::from_value(full).unwrap()
+        };
         let items = vec![
-            json!({"namespace": "ops", "name": "backup", "version": "1.2.0", "kind": "cron", "expression": "0 3 * * *",
+            view(
+                json!({"namespace": "ops", "name": "backup", "version": "1.2.0", "kind": "cron", "expression": "0 3 * * *",
                    "timezone": "Europe/Paris", "next_fire": "2026-03-29T03:00:00+02:00", "paused": false, "error": null}),
-            json!({"namespace": "ops", "name": "orders", "version": "2.0.0", "kind": "on", "expression": "one [{\"type\":\"order\"}]",
+            ),
+            view(
+                json!({"namespace": "ops", "name": "orders", "version": "2.0.0", "kind": "on", "expression": "one [{\"type\":\"order\"}]",
                    "timezone": "UTC", "next_fire": null, "paused": true, "error": null}),
-            json!({"namespace": "ops", "name": "broken", "version": "1.0.0", "kind": "", "expression": "",
+            ),
+            view(
+                json!({"namespace": "ops", "name": "broken", "version": "1.0.0", "kind": "", "expression": "",
                    "next_fire": null, "paused": false, "error": "cron never fires"}),
+            ),
         ];
         let t = schedule_table(&items);
         let lines: Vec<&str> = t.lines().collect();
