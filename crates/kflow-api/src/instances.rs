@@ -118,3 +118,32 @@ pub struct EventAccepted {
     /// How many waiting `listen` tasks took the event.
     pub matched: usize,
 }
+
+/// `GET /api/v1/instances/{id}/explain`: why an instance is not done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Explanation {
+    pub id: String,
+    /// The instance's status.
+    pub status: Status,
+    /// What it waits for; empty when nothing (a finished instance).
+    pub waiting: Vec<WaitReason>,
+    /// How its shell and script tasks are confined (in its namespace, on this server).
+    pub isolation: String,
+}
+
+/// One thing an instance waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WaitReason {
+    /// The waiting task's reference (a JSON pointer into the document); null for the whole
+    /// instance (`concurrency`).
+    pub task: Option<String>,
+    /// The pending effect's id; absent for a DAG subtask that has not started and for the
+    /// whole instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<u64>,
+    /// The effect's kind (`timer`, `listen`, `workflow`, `call`, ...), `dependency` (a DAG
+    /// subtask held by its dependencies) or `concurrency` (queued under a limit).
+    pub kind: String,
+    /// The reason in words.
+    pub reason: String,
+}

@@ -212,12 +212,27 @@ pub struct QueuesQuery {
 /// What an instance is waiting for: timers, events, sub-workflows, a worker or a free slot.
 #[utoipa::path(get, path = "/api/v1/instances/{id}/explain", tag = "instances",
     params(("id" = String, Path, description = "Instance id")),
-    responses((status = 200, description = "Reasons", body = Explanation), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Reasons", body = kflow_api::instances::Explanation), (status = 404, body = ErrorBody)))]
 pub async fn explain(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Explanation>> {
+) -> ApiResult<Json<kflow_api::instances::Explanation>> {
     super::instances::visible(&st, &caller, &id).await?;
-    Ok(Json(st.engine.explain(&id).await?))
+    let e: Explanation = st.engine.explain(&id).await?;
+    Ok(Json(kflow_api::instances::Explanation {
+        id: e.id,
+        status: super::types::status(e.status),
+        waiting: e
+            .waiting
+            .into_iter()
+            .map(|w| kflow_api::instances::WaitReason {
+                task: w.task,
+                effect: w.effect,
+                kind: w.kind,
+                reason: w.reason,
+            })
+            .collect(),
+        isolation: e.isolation,
+    }))
 }

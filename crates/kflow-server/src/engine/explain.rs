@@ -10,12 +10,11 @@ use kflow_store::{Instance, InstanceStatus, StoreError};
 
 use super::{Engine, EngineError, Result, journal, queue};
 
-/// Why an instance is not done, as `GET /api/v1/instances/{id}/explain` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// Why an instance is not done (the API shows it as `kflow_api::instances::Explanation`).
+#[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
     pub id: String,
     /// The instance's status.
-    #[schema(value_type = String, example = "running")]
     pub status: InstanceStatus,
     /// What it waits for; empty when nothing (a finished instance).
     pub waiting: Vec<WaitReason>,
@@ -59,7 +58,7 @@ pub fn isolation_of(cfg: &kflow_tasks::ExecConfig, namespace: &str) -> String {
 }
 
 /// One thing an instance waits for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaitReason {
     /// The waiting task's reference (a JSON pointer into the document); null for the whole
     /// instance (`concurrency`).

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use kflow_api::definitions::RegisterResponse;
+use kflow_api::instances::EventAccepted;
 
 use super::http::{Api, Failure, typed};
 use super::render;
@@ -168,12 +169,13 @@ pub async fn send_events(api: &Api, file: &Path) -> Result<ExitCode, Failure> {
             .post_bytes(&["events"], "application/cloudevents+json", body)
             .await
         {
-            Ok((_, v)) => println!(
-                "{label}: matched {}",
-                v.get("matched")
-                    .map(render::scalar)
-                    .unwrap_or_else(|| "?".into())
-            ),
+            Ok((_, v)) => match typed::<EventAccepted>(&v, "the event") {
+                Ok(a) => println!("{label}: matched {}", a.matched),
+                Err(e) => {
+                    failed = true;
+                    eprintln!("{label}: {}", e.render());
+                }
+            },
             Err(Failure::Api { status, error }) => {
                 failed = true;
                 eprintln!("{label}: {}", error.render(status));

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use kflow_api::instances::Explanation;
 use kflow_api::workers::{
     Accepted, CompleteRequest, Draining, HeartbeatRequest, HeartbeatResponse, Lease, PollRequest,
     QueuesResponse, RegisterRequest, Registered, WorkerList,
@@ -503,20 +504,19 @@ pub async fn explain(api: &Api, id: &str, out: Format) -> Result<ExitCode, Failu
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} is {}", id, v["status"].as_str().unwrap_or("?"));
-    let waiting = v["waiting"].as_array().cloned().unwrap_or_default();
-    if waiting.is_empty() {
+    let e: Explanation = typed(&v, "why the instance waits")?;
+    let status = serde_json::to_value(e.status).unwrap_or(Value::Null);
+    println!("{} is {}", e.id, status.as_str().unwrap_or("?"));
+    if e.waiting.is_empty() {
         println!("  nothing pending");
     }
-    for w in waiting {
+    for w in e.waiting {
         println!(
             "  {}: {}",
-            w["task"].as_str().unwrap_or_default(),
-            w["reason"].as_str().unwrap_or_default()
+            w.task.as_deref().unwrap_or("(the instance)"),
+            w.reason
         );
     }
-    if let Some(iso) = v["isolation"].as_str() {
-        println!("  isolation: {iso}");
-    }
+    println!("  isolation: {}", e.isolation);
     Ok(ExitCode::SUCCESS)
 }
