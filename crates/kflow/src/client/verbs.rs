@@ -16,7 +16,7 @@ use kflow_api::instances::{HistoryList, InstanceDto, InstanceList, InstanceViewD
 
 use super::http::{Api, Failure, typed};
 use super::render;
-use super::watch::{self, Mode};
+use super::watch::{self, Mode, status_name};
 
 /// `NAMESPACE/NAME[@VERSION]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,17 +59,6 @@ fn print_json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
-}
-
-/// The lowercase name of a status, as the API writes it.
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Running => "running",
-        Status::Suspended => "suspended",
-        Status::Completed => "completed",
-        Status::Faulted => "faulted",
-        Status::Cancelled => "cancelled",
-    }
 }
 
 pub struct StartOptions {
@@ -118,10 +107,10 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
         (true, true) => Mode::StatusLine,
         (true, false) => Mode::Lines,
     };
-    let done = if watch::is_finished(status_name(inst.status)) {
+    let done = if watch::is_finished(inst.status) {
         inst
     } else {
-        typed(&watch::follow(api, &id, mode).await?, "the instance")?
+        watch::follow(api, &id, mode).await?
     };
     Ok(print_outcome(&done))
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::http::{Api, Failure};
+use kflow_api::instances::{HistoryEventDto, InstanceDto, Status};
+
+use super::http::{Api, Failure, typed};
 use super::render::{clip, fmt_clock, notice_summary, scalar};
 use super::sse::{SseEvent, SseParser};
 
@@ -24,12 +26,27 @@ pub enum Mode {
     StatusLine,
 }
 
-pub fn is_finished(status: &str) -> bool {
-    matches!(status, "completed" | "faulted" | "cancelled")
+pub fn is_finished(status: Status) -> bool {
+    matches!(
+        status,
+        Status::Completed | Status::Faulted | Status::Cancelled
+    )
 }
 
-fn status_of(inst: &Value) -> &str {
-    inst.get("status").and_then(Value::as_str).unwrap_or("")
+/// The lowercase name of a status, as the API writes it.
+pub fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Running => "running",
+        Status::Suspended => "suspended",
+        Status::Completed => "completed",
+        Status::Faulted => "faulted",
+        Status::Cancelled => "cancelled",
+    }
+}
+
+/// The instance now, read as the wire type it must be.
+async fn instance(api: &Api, id: &str) -> Result<InstanceDto, Failure> {
+    typed(&api.get(&["instances", id], &[]).await?, "the instance")
 }
 
 /// What the stream has told so far.
@@ -45,15 +62,13 @@ pub struct Progress {
 
 impl Progress {
     /// Takes one history item; false when it was already seen (a replay after reconnecting).
-    pub fn apply(&mut self, item: &Value) -> bool {
-        if let Some(seq) = item.get("seq").and_then(Value::as_i64) {
-            if self.last_seq.is_some_and(|last| seq <= last) {
-                return false;
-            }
-            self.last_seq = Some(seq);
+    pub fn apply(&mut self, item: &HistoryEventDto) -> bool {
+        if self.last_seq.is_some_and(|last| item.seq <= last) {
+            return false;
         }
-        let data = item.get("data").unwrap_or(&Value::Null);
-        match item.get("kind").and_then(Value::as_str).unwrap_or("") {
+        self.last_seq = Some(item.seq);
+        let data = &item.data;
+        match item.kind.as_str() {
             "notice" => {
                 let ty = data.get("type").and_then(Value::as_str).unwrap_or("");
                 let reference = data
@@ -110,30 +125,23 @@ impl Progress {
 
 /// `12:00:01.123 task.started /do/0/x` for lifecycle notices and operator actions; `None`
 /// for the engine's internal records (start input, effect deliveries).
-pub fn plain_line(item: &Value) -> Option<String> {
-    let data = item.get("data").unwrap_or(&Value::Null);
-    let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
+pub fn plain_line(item: &HistoryEventDto) -> Option<String> {
+    let data = &item.data;
+    let kind = item.kind.as_str();
+    let at = Value::from(item.time_ms);
     let (time, what) = match kind {
-        "notice" => (
-            data.get("time").or_else(|| item.get("time")),
-            notice_summary(data),
-        ),
-        "cancelled" | "suspended" | "resumed" => (item.get("time"), format!("instance.{kind}")),
+        // A notice's own time (when the task did it) before the record's.
+        "notice" => (data.get("time").unwrap_or(&at), notice_summary(data)),
+        "cancelled" | "suspended" | "resumed" => (&at, format!("instance.{kind}")),
         _ => return None,
     };
-    Some(format!(
-        "{} {what}",
-        fmt_clock(time.unwrap_or(&Value::Null))
-    ))
+    Some(format!("{} {what}", fmt_clock(time)))
 }
 
 /// Whether a terminal user should keep this event's line above the status line.
-fn notable(item: &Value) -> bool {
-    let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
-    let ty = item
-        .pointer("/data/type")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+fn notable(item: &HistoryEventDto) -> bool {
+    let kind = item.kind.as_str();
+    let ty = item.data.get("type").and_then(Value::as_str).unwrap_or("");
     let operator_action = !matches!(kind, "notice" | "started" | "delivery");
     operator_action || ty.ends_with(".faulted") || ty == "task.retried"
 }
@@ -167,7 +175,7 @@ impl Screen {
         }
     }
 
-    fn item(&mut self, item: &Value, p: &Progress) {
+    fn item(&mut self, item: &HistoryEventDto, p: &Progress) {
         match self.mode {
             Mode::Quiet => {}
             Mode::Lines => {
@@ -198,7 +206,7 @@ impl Screen {
 }
 
 /// Follows instance `id` until it has finished; returns the finished instance.
-pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
+pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<InstanceDto, Failure> {
     let mut screen = Screen {
         mode,
         start: Instant::now(),
@@ -244,8 +252,14 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
                 heard = true;
                 match ev.event.as_str() {
                     "history" => {
-                        let Ok(item) = serde_json::from_str::<Value>(&ev.data) else {
-                            continue;
+                        let item: HistoryEventDto = match serde_json::from_str(&ev.data) {
+                            Ok(item) => item,
+                            Err(e) => {
+                                screen.clear();
+                                return Err(Failure::Protocol(format!(
+                                    "the server's history event is not understood: {e}"
+                                )));
+                            }
                         };
                         if progress.apply(&item) {
                             screen.item(&item, &progress);
@@ -257,15 +271,16 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
             }
         }
         drop(resp);
-        let inst = api
-            .get(&["instances", id], &[])
-            .await
-            .inspect_err(|_| screen.clear())?;
-        if is_finished(status_of(&inst)) {
+        let inst = instance(api, id).await.inspect_err(|_| screen.clear())?;
+        if is_finished(inst.status) {
             screen.clear();
             if mode == Mode::StatusLine {
                 let secs = screen.start.elapsed().as_secs_f64();
-                eprintln!("{} · {} done · {secs:.1}s", status_of(&inst), progress.done);
+                eprintln!(
+                    "{} · {} done · {secs:.1}s",
+                    status_name(inst.status),
+                    progress.done
+                );
             }
             return Ok(inst);
         }
@@ -278,11 +293,11 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<Value, Failure> {
 }
 
 /// Polls instance `id` (100 ms, doubling to 1 s) until it has finished.
-pub async fn poll(api: &Api, id: &str) -> Result<Value, Failure> {
+pub async fn poll(api: &Api, id: &str) -> Result<InstanceDto, Failure> {
     let mut delay = Duration::from_millis(100);
     loop {
-        let inst = api.get(&["instances", id], &[]).await?;
-        if is_finished(status_of(&inst)) {
+        let inst = instance(api, id).await?;
+        if is_finished(inst.status) {
             return Ok(inst);
         }
         tokio::time::sleep(delay).await;
@@ -295,15 +310,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn notice(seq: i64, ty: &str, r: &str) -> Value {
-        json!({"seq": seq, "time": 0, "kind": "notice",
-               "data": {"type": ty, "task": r.rsplit('/').next(), "reference": r, "time": "1970-01-01T00:00:00Z"}})
+    /// A history event from the fields given (the others empty).
+    fn ev(v: Value) -> HistoryEventDto {
+        let mut full = json!({"seq": 0, "time": "", "time_ms": 0, "kind": "", "data": null});
+        for (k, x) in v.as_object().unwrap() {
+            full[k] = x.clone();
+        }
+        serde_json::from_value(full).unwrap()
+    }
+
+    fn notice(seq: i64, ty: &str, r: &str) -> HistoryEventDto {
+        ev(json!({"seq": seq, "kind": "notice",
+               "data": {"type": ty, "task": r.rsplit('/').next(), "reference": r, "time": "1970-01-01T00:00:00Z"}}))
     }
 
     #[test]
     fn progress_counts_and_tracks_running_tasks() {
         let mut p = Progress::default();
-        assert!(p.apply(&json!({"seq": 1, "kind": "started", "data": {"input": {}}})));
+        assert!(p.apply(&ev(
+            json!({"seq": 1, "kind": "started", "data": {"input": {}}})
+        )));
         assert!(p.apply(&notice(2, "task.started", "/do/0/a")));
         assert!(p.apply(&notice(3, "task.started", "/do/0/a/fork/branches/0/b")));
         assert_eq!(p.running, ["/do/0/a", "/do/0/a/fork/branches/0/b"]);
@@ -316,17 +342,17 @@ mod tests {
             !p.apply(&notice(3, "task.started", "/do/0/a/fork/branches/0/b")),
             "replayed items are skipped"
         );
-        assert!(p.apply(&json!({"seq": 5, "kind": "suspended", "data": null})));
+        assert!(p.apply(&ev(json!({"seq": 5, "kind": "suspended", "data": null}))));
         assert_eq!(
             p.status_line(Duration::from_secs(3), 80),
             "⠋ 1 done · suspended · running /do/0/a · 3.0s"
         );
         assert_eq!(p.status_line(Duration::from_secs(3), 12), "⠋ 1 done · …");
-        assert!(p.apply(&json!({"seq": 6, "kind": "resumed"})));
+        assert!(p.apply(&ev(json!({"seq": 6, "kind": "resumed"}))));
         assert!(p.apply(&notice(7, "task.completed", "/do/0/a")));
-        assert!(
-            p.apply(&json!({"seq": 8, "kind": "notice", "data": {"type": "workflow.completed"}}))
-        );
+        assert!(p.apply(&ev(
+            json!({"seq": 8, "kind": "notice", "data": {"type": "workflow.completed"}})
+        )));
         assert_eq!(
             (p.done, p.running.len(), p.state.as_deref()),
             (2, 0, Some("completed"))
@@ -343,13 +369,13 @@ mod tests {
             (12, b':', b'.')
         );
         assert_eq!(rest, "task.started /do/0/x");
-        assert!(plain_line(&json!({"seq": 1, "kind": "delivery", "data": {}})).is_none());
+        assert!(plain_line(&ev(json!({"seq": 1, "kind": "delivery", "data": {}}))).is_none());
         assert!(
-            plain_line(&json!({"seq": 1, "time": 0, "kind": "cancelled"}))
+            plain_line(&ev(json!({"seq": 1, "kind": "cancelled"})))
                 .unwrap()
                 .ends_with(" instance.cancelled")
         );
-        assert!(notable(&json!({"kind": "suspended"})));
+        assert!(notable(&ev(json!({"kind": "suspended"}))));
         assert!(notable(&notice(1, "task.faulted", "/do/0/x")));
         assert!(!notable(&notice(1, "task.completed", "/do/0/x")));
     }
