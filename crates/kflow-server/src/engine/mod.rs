@@ -223,6 +223,30 @@ pub(crate) fn mono_ms() -> i64 {
 }
 
 impl Shared {
+    /// The engine's shared state over `store`, before its driver starts.
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<crate::secrets::Vault>,
+        config: EngineConfig,
+    ) -> Shared {
+        let live = Arc::new(live::LiveHub::new(config.watch_limits));
+        let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
+        queue.lock().set_limits(config.rate_limits.clone());
+        Shared {
+            store,
+            config,
+            workflows: Mutex::new(HashMap::new()),
+            live,
+            definitions: Mutex::new(HashMap::new()),
+            queue,
+            waiters: Mutex::new(HashMap::new()),
+            observer: RwLock::new(None),
+            driver_beat: std::sync::atomic::AtomicI64::new(mono_ms()),
+            vault,
+            held: Mutex::new(Default::default()),
+        }
+    }
+
     /// The engine's time (its clock's).
     pub fn now(&self) -> i64 {
         self.config.clock.now_ms()
@@ -335,22 +359,7 @@ impl Engine {
         vault: Arc<crate::secrets::Vault>,
         config: EngineConfig,
     ) -> Result<Engine> {
-        let live = Arc::new(live::LiveHub::new(config.watch_limits));
-        let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
-        queue.lock().set_limits(config.rate_limits.clone());
-        let shared = Arc::new(Shared {
-            store,
-            config,
-            workflows: Mutex::new(HashMap::new()),
-            live,
-            definitions: Mutex::new(HashMap::new()),
-            queue,
-            waiters: Mutex::new(HashMap::new()),
-            observer: RwLock::new(None),
-            driver_beat: std::sync::atomic::AtomicI64::new(mono_ms()),
-            vault,
-            held: Mutex::new(Default::default()),
-        });
+        let shared = Arc::new(Shared::new(store, vault, config));
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
         Ok(Engine {

@@ -239,6 +239,19 @@ pub(crate) struct Builtin {
 }
 
 impl Builtin {
+    /// The built-in worker without its loop, for tests of the driver's decisions (which hand
+    /// it nothing: performing is the loop's job).
+    #[cfg(test)]
+    pub(crate) fn idle(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Msg>) -> Builtin {
+        Builtin {
+            executor: Executor::new(shared.config.executor.clone()),
+            queue: shared.queue.clone(),
+            shared,
+            permits: Arc::new(Semaphore::new(1)),
+            tx,
+        }
+    }
+
     /// Takes, now, the queued work the built-in worker has room for, and runs it.
     pub fn pump(&self) {
         let free = self.permits.available_permits();

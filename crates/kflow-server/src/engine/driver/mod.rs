@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use kflow_core::events::Subscription;
 use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step, WfError};
@@ -23,13 +22,18 @@ use super::journal::Record;
 
 use super::dispatch::{child_error, complete_event};
 use super::queue::{Item, hints};
-use super::timers::{SCAN_EVERY_MS, Timers};
+use super::timers::Timers;
 
 mod admission;
 mod effects;
+mod io;
 mod isolation;
 mod protection;
 mod recovery;
+#[cfg(test)]
+mod tests;
+
+pub(super) use io::spawn;
 
 use protection::{stored_effect, task_limits};
 
@@ -43,7 +47,7 @@ const RECOVERY_BACKOFF_MS: i64 = 200;
 
 /// How often expired idempotency keys are pruned.
 const PRUNE_EVERY_MS: i64 = 60_000;
-use super::{EngineError, LiveEvent, Result, Shared};
+use super::{EngineError, Result, Shared};
 
 pub enum Msg {
     /// `id: Some` starts at most once: an instance with that id already existing is the answer.
@@ -205,293 +209,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-pub(super) async fn spawn(
-    shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Msg>,
-    rx: mpsc::UnboundedReceiver<Msg>,
-) -> Result<JoinHandle<()>> {
-    let builtin = super::workers::start(
-        shared.clone(),
-        shared.queue.clone(),
-        tx,
-        shared.config.max_concurrent_effects.max(1),
-    );
-    let mut d = Driver {
-        shared,
-        builtin,
-        active: HashMap::new(),
-        subs: HashMap::new(),
-        timers: Timers::default(),
-        draining: false,
-        groups: Default::default(),
-        deferred: VecDeque::new(),
-        parked: HashMap::new(),
-        recover: Default::default(),
-        retry: VecDeque::new(),
-        next_recovery: 0,
-    };
-    d.recover()?;
-    Ok(tokio::spawn(d.run(rx)))
-}
-
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        let mut next_scan = self.shared.now() + SCAN_EVERY_MS;
-        let mut next_prune = self.shared.now() + PRUNE_EVERY_MS;
-        let mut shutdown: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
-        loop {
-            let now = self.shared.now();
-            self.shared.beat();
-            let wake_at = self.timers.next_due().unwrap_or(i64::MAX).min(next_scan);
-            let wake_at = if self.recover.is_empty() && self.retry.is_empty() {
-                wake_at
-            } else {
-                wake_at.min(self.next_recovery)
-            };
-            // At most a second: the loop's heartbeat (and a manual clock) needs it.
-            let sleep = if self.deferred.is_empty() {
-                Duration::from_millis((wake_at - now).clamp(0, SCAN_EVERY_MS) as u64)
-            } else {
-                Duration::ZERO
-            };
-            let first = tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => Some(m),
-                    None => return,
-                },
-                _ = tokio::time::sleep(sleep) => None,
-            };
-            let mut msgs: Vec<Msg> = first.into_iter().collect();
-            while msgs.len() < 2048 {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
-                }
-            }
-            let now = self.shared.now();
-            let mut b = Batch::default();
-            // Yielded instances go on, one turn each, after the messages that came meanwhile.
-            for (inst, effect) in std::mem::take(&mut self.deferred) {
-                b.ready
-                    .push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
-            }
-            if now >= self.next_recovery {
-                for (inst, effect, d, event) in std::mem::take(&mut self.retry) {
-                    if let Some(e) = event {
-                        b.event_of.insert((inst.clone(), effect), e);
-                    }
-                    b.ready.push_back((inst, effect, d));
-                }
-                self.recover_failed(now, &mut b);
-            }
-            if !self.draining {
-                for (inst, effect) in self.timers.pop_due(now) {
-                    b.ready
-                        .push_back((inst, effect, Delivery::Result(Ok(Value::Null))));
-                }
-            }
-            if now >= next_prune {
-                next_prune = now + PRUNE_EVERY_MS;
-                let store = self.shared.store.clone();
-                if let Err(e) = blocking(|| store.prune_idempotency_keys(now, 10_000)) {
-                    eprintln!("kflow: pruning expired idempotency keys: {e}");
-                }
-            }
-            if now >= next_scan {
-                next_scan = now + SCAN_EVERY_MS;
-                if !self.draining {
-                    self.scan_timers(now);
-                }
-            }
-            for m in msgs {
-                match m {
-                    Msg::Shutdown { deadline, reply } => {
-                        self.draining = true;
-                        shutdown = Some((tokio::time::Instant::now() + deadline, reply));
-                    }
-                    other => self.handle(other, &mut b, now),
-                }
-            }
-            self.drain_ready(&mut b, now);
-            let touched: Vec<String> = b.by_instance.keys().cloned().collect();
-            self.commit(b).await;
-            self.evict(touched);
-            if let Some((deadline, _)) = &shutdown {
-                self.shared
-                    .queue
-                    .lock()
-                    .set_draining(super::workers::BUILTIN);
-                if self.shared.queue.builtin_running() == 0
-                    || tokio::time::Instant::now() >= *deadline
-                {
-                    self.shared.queue.abort_builtin();
-                    if let Some((_, reply)) = shutdown.take() {
-                        let _ = reply.send(());
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    fn scan_timers(&mut self, now: i64) {
-        let store = self.shared.store.clone();
-        if let Ok(rows) = blocking(|| store.due_timers(now + super::timers::HORIZON_MS, 10_000)) {
-            for w in rows {
-                self.timers
-                    .offer(now, w.due_ms, &w.instance_id, w.effect_id);
-            }
-        }
-    }
-
-    async fn commit(&mut self, mut b: Batch) {
-        if b.commits.is_empty() {
-            self.finish(b);
-            return;
-        }
-        let store = self.shared.store.clone();
-        let mut commits = std::mem::take(&mut b.commits);
-        self.redact(&mut commits);
-        let t0 = std::time::Instant::now();
-        let n = commits.len();
-        // A small batch (the usual one when instances go step by step) is written in place:
-        // handing it to the blocking pool and back costs two thread wake-ups, more than the
-        // write itself. A large one goes to the blocking pool, so that this runtime thread is
-        // never held for long. A panic in the store fails the batch like a store error.
-        let rows: usize = commits
-            .iter()
-            .map(|c| c.history.len() + c.add_work.len() + c.remove_work.len())
-            .sum();
-        let result = if rows <= INLINE_COMMIT_ROWS {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(&commits)))
-                .map(|r| (commits, r))
-                .map_err(|p| panic_message(p.as_ref()))
-        } else {
-            tokio::task::spawn_blocking(move || {
-                let r = store.apply(&commits);
-                (commits, r)
-            })
-            .await
-            .map_err(|e| e.to_string())
-        };
-        if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
-            eprintln!(
-                "batch commits={n} apply_ms={:.2}",
-                t0.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        match result {
-            Ok((commits, Ok(()))) => {
-                self.wake_waiters(&commits);
-                self.finish(b)
-            }
-            Ok((commits, Err(e))) => self.fail(commits, b, e.to_string()),
-            Err(e) => self.fail(Vec::new(), b, e),
-        }
-    }
-
-    fn wake_waiters(&self, commits: &[Commit]) {
-        let mut waiters = self
-            .shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if waiters.is_empty() {
-            return;
-        }
-        for c in commits {
-            if c.status.as_ref().is_some_and(|(s, _, _)| s.is_finished()) {
-                for w in waiters.remove(&c.instance_id).unwrap_or_default() {
-                    let _ = w.send(());
-                }
-            }
-        }
-    }
-
-    /// The batch is durable: act on it.
-    fn finish(&mut self, b: Batch) {
-        let now = self.shared.now();
-        let mut dispatched = false;
-        for a in b.after {
-            match a {
-                After::ReplyInstance(reply, id) => {
-                    let _ = reply.send(self.instance_row(&id));
-                }
-                After::ReplyStart(reply, id, created) => {
-                    let r = self
-                        .instance_row(&id)
-                        .map(|instance| super::Started { instance, created });
-                    let _ = reply.send(r);
-                }
-                After::ReplyCount(reply, n) => {
-                    let _ = reply.send(Ok(n));
-                }
-                After::Ack(ack) | After::Sync(ack) => {
-                    let _ = ack.send(Ok(()));
-                }
-                After::Dispatch {
-                    instance,
-                    effect,
-                    task,
-                    effect_def,
-                } => {
-                    if self.draining {
-                        continue; // left as a work row: the next start runs it
-                    }
-                    let item = self.item(&instance, effect, task, effect_def, now, Some(1));
-                    self.shared.queue.push_quiet(item);
-                    dispatched = true;
-                }
-                After::Timer {
-                    instance,
-                    effect,
-                    due,
-                } => self.timers.offer(now, due, &instance, effect),
-                After::Abort { instance, effect } => {
-                    self.shared.queue.cancel(&instance, effect);
-                    self.subs.remove(&(instance, effect));
-                }
-                After::Emitted(event) => {
-                    let observer = self
-                        .shared
-                        .observer
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .and_then(std::sync::Weak::upgrade);
-                    if let Some(o) = observer {
-                        o.event_emitted(event);
-                    }
-                }
-                After::Yield { instance, effect } => {
-                    if !self.draining {
-                        self.deferred.push_back((instance, effect));
-                    }
-                }
-                After::Live(id, event) => self.shared.live.publish(LiveEvent {
-                    instance_id: id,
-                    event,
-                }),
-            }
-        }
-        if dispatched {
-            // What the built-in worker can take starts now, from here; the rest (other
-            // queues, no room) wakes the workers' polls.
-            self.builtin.pump();
-            self.shared.queue.notify_if_queued();
-        }
-    }
-
-    /// An instance's row: from memory when active, else from the store.
-    fn instance_row(&self, id: &str) -> Result<Instance> {
-        if let Some(a) = self.active.get(id) {
-            return Ok(a.row.clone());
-        }
-        let store = self.shared.store.clone();
-        blocking(|| store.get_instance(id))?
-            .ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))
-    }
-
     /// Drops the touched instances that now only wait (timers, events, suspended) or are
     /// finished from memory: 100,000 waiting instances cost rows, not RAM.
     fn evict(&mut self, touched: Vec<String>) {
