@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod schedule;
 pub mod sealed;
 pub mod secrets;

@@ -138,6 +138,7 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/schedules/{namespace}/{name}/resume", vec!["post"]),
         ("/api/v1/openapi.json", vec!["get"]),
         ("/healthz", vec!["get"]),
+        ("/metrics", vec!["get"]),
         ("/api/v1/whoami", vec!["get"]),
         ("/api/v1/tokens", vec!["get", "post"]),
         ("/api/v1/tokens/{id}/revoke", vec!["post"]),

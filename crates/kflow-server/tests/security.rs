@@ -232,6 +232,7 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
     };
     match (rule.method, rule.path) {
         ("GET", "/healthz") => f("GET", "/healthz".into(), None, 200, 200, false),
+        ("GET", "/metrics") => f("GET", "/metrics".into(), None, 200, 403, true),
         ("GET", "/api/v1/openapi.json") => {
             f("GET", "/api/v1/openapi.json".into(), None, 200, 200, false)
         }

@@ -65,6 +65,55 @@ pub async fn healthz(State(st): State<AppState>) -> (StatusCode, String) {
     }
 }
 
+/// Prometheus metrics (text format): instances started and ended, task run times and queue
+/// waits, queues, workers, lease expiries, store commits, API latency. Over every namespace:
+/// a viewer token for all namespaces (`*`) reads it.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody),
+    )
+)]
+pub async fn metrics(
+    State(st): State<AppState>,
+    caller: crate::auth::Caller,
+) -> super::error::ApiResult<axum::response::Response> {
+    caller.must_be_global()?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.engine.metrics_text(),
+    )
+        .into_response())
+}
+
+/// Times every request of a known route (by its template: bounded labels).
+async fn track(
+    State(st): State<AppState>,
+    path: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let t0 = std::time::Instant::now();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    if let Some(route) = path {
+        st.engine.observe_request(
+            method.as_str(),
+            route.as_str(),
+            resp.status().as_u16(),
+            t0.elapsed().as_secs_f64(),
+        );
+    }
+    resp
+}
+
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(
@@ -96,6 +145,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::list_queues))
         .routes(routes!(workers::explain))
         .routes(routes!(healthz))
+        .routes(routes!(metrics))
         .routes(routes!(security::whoami))
         .routes(routes!(security::create_token, security::list_tokens))
         .routes(routes!(security::revoke_token))
@@ -163,6 +213,7 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
             state.clone(),
             crate::auth::guard,
         ))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

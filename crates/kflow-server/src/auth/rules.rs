@@ -72,6 +72,7 @@ use Need::*;
 /// Every route of the API.
 pub const RULES: &[Rule] = &[
     r("GET", "/healthz", Public, "health", false),
+    r("GET", "/metrics", Read, "metrics", false),
     r("GET", "/api/v1/openapi.json", Public, "openapi", false),
     r("GET", "/api/v1/whoami", Authenticated, "auth.whoami", false),
     // definitions

@@ -208,6 +208,8 @@ pub(crate) struct Shared {
     pub driver_beat: std::sync::atomic::AtomicI64,
     /// Namespaces' secrets, decrypted in memory (sealed in the store).
     pub vault: Arc<crate::secrets::Vault>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Answers (a fired timer, a call's result) that reached a suspended instance and wait for
     /// its resume, by (instance, effect): what `explain` tells. Kept by the driver.
     pub held: Mutex<std::collections::HashSet<(String, u64)>>,
@@ -230,7 +232,11 @@ impl Shared {
         config: EngineConfig,
     ) -> Shared {
         let live = Arc::new(live::LiveHub::new(config.watch_limits));
-        let queue = Arc::new(workers::WorkQueue::new(config.lease_ttl_ms));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let queue = Arc::new(workers::WorkQueue::new(
+            config.lease_ttl_ms,
+            metrics.clone(),
+        ));
         queue.lock().set_limits(config.rate_limits.clone());
         Shared {
             store,
@@ -244,6 +250,7 @@ impl Shared {
             driver_beat: std::sync::atomic::AtomicI64::new(mono_ms()),
             vault,
             held: Mutex::new(Default::default()),
+            metrics,
         }
     }
 
@@ -392,6 +399,39 @@ impl Engine {
     /// fired and what they caused is committed. For tests on a [`clock::ManualClock`].
     pub async fn sync(&self) -> Result<()> {
         self.ask(|reply| Msg::Sync { reply }).await
+    }
+
+    /// The metrics in the Prometheus text format, the gauges read from the queues now.
+    pub fn metrics_text(&self) -> String {
+        let queues = self.queues();
+        let workers = self.workers();
+        self.shared.metrics.render(|m| {
+            for q in &queues {
+                let l = crate::metrics::QueueLabels {
+                    queue: q.queue.clone(),
+                };
+                m.queue_depth.get_or_create(&l).set(q.depth as i64);
+                m.queue_oldest_wait
+                    .get_or_create(&l)
+                    .set(q.oldest_wait_ms as f64 / 1e3);
+            }
+            m.workers.set(workers.len() as i64);
+            m.tasks_running
+                .set(workers.iter().map(|w| w.leases.len() as i64).sum());
+        })
+    }
+
+    /// Counts one API request (route template, method, status class, time).
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.shared
+            .metrics
+            .http_duration
+            .get_or_create(&crate::metrics::RouteLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status: format!("{}xx", status / 100),
+            })
+            .observe(seconds);
     }
 
     /// Whether the driver went round its loop within `stale_ms`: `Err(ms since it did)`.

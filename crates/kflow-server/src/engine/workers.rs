@@ -19,6 +19,8 @@ pub const BUILTIN: &str = "builtin";
 
 pub struct WorkQueue {
     q: Mutex<Queue>,
+    /// Queue waits and lease expiries are counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
     notify: Notify,
     pub ttl_ms: i64,
     /// Tasks the built-in worker is running, by (instance, effect).
@@ -28,9 +30,10 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
-    pub fn new(ttl_ms: i64) -> WorkQueue {
+    pub fn new(ttl_ms: i64, metrics: Arc<crate::metrics::Metrics>) -> WorkQueue {
         WorkQueue {
             q: Mutex::new(Queue::default()),
+            metrics,
             notify: Notify::new(),
             ttl_ms,
             running: Mutex::new(HashMap::new()),
@@ -109,6 +112,7 @@ impl WorkQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let leases = self.lock().take(worker, max, now_ms(), self.ttl_ms);
+            self.observe_taken(&leases);
             if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
                 return leases;
             }
@@ -146,9 +150,23 @@ impl WorkQueue {
         Some(stop)
     }
 
+    /// Counts how long the taken items waited, by queue.
+    fn observe_taken(&self, leases: &[Lease]) {
+        let now = super::queue::mono_us();
+        for l in leases {
+            self.metrics
+                .queue_wait
+                .get_or_create(&crate::metrics::QueueLabels {
+                    queue: l.item.queue.clone(),
+                })
+                .observe(now.saturating_sub(l.item.ready_us) as f64 / 1e6);
+        }
+    }
+
     /// Expires leases of silent workers; their items are queued again.
     pub fn sweep(&self) -> usize {
         let n = self.lock().expire(now_ms(), self.ttl_ms).len();
+        self.metrics.lease_expiries.inc_by(n as u64);
         if n > 0 {
             self.notify.notify_waiters();
         }
@@ -265,6 +283,7 @@ impl Builtin {
             }
             q.take(BUILTIN, free, now_ms(), self.queue.ttl_ms)
         };
+        self.queue.observe_taken(&leases);
         for lease in leases {
             self.run(lease);
         }
@@ -291,7 +310,15 @@ impl Builtin {
                 namespace: item.namespace.clone(),
                 limits: item.limits,
             };
+            let t0 = std::time::Instant::now();
             let result = me.executor.perform(&ctx, &item.effect).await;
+            me.queue
+                .metrics
+                .task_duration
+                .get_or_create(&crate::metrics::KindLabels {
+                    kind: item.effect.kind().to_string(),
+                })
+                .observe(t0.elapsed().as_secs_f64());
             // Refused only when the effect was cancelled meanwhile: nothing to do.
             let _ = deliver(&me.queue, &me.tx, &lease.id, BUILTIN, result, None);
             // Its slot is free: work that waited for one starts now.

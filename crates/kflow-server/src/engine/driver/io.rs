@@ -191,19 +191,47 @@ impl Driver {
             .await
             .map_err(|e| e.to_string())
         };
+        let took = t0.elapsed().as_secs_f64();
         if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
-            eprintln!(
-                "batch commits={n} apply_ms={:.2}",
-                t0.elapsed().as_secs_f64() * 1e3
-            );
+            eprintln!("batch commits={n} apply_ms={:.2}", took * 1e3);
         }
         match result {
             Ok((commits, Ok(()))) => {
+                self.count(&commits, took);
                 self.wake_waiters(&commits);
                 self.finish(b)
             }
             Ok((commits, Err(e))) => self.fail(commits, b, e.to_string()),
             Err(e) => self.fail(Vec::new(), b, e),
+        }
+    }
+
+    /// The metrics of a durable batch: its write, instances started and ended.
+    fn count(&self, commits: &[Commit], took: f64) {
+        let m = &self.shared.metrics;
+        m.commit_duration.observe(took);
+        m.commit_batch.observe(commits.len() as f64);
+        for c in commits {
+            if let Some(row) = &c.create {
+                m.started(&row.namespace, &row.name);
+            }
+            if let Some((status, _, _)) = &c.status
+                && status.is_finished()
+            {
+                let row = c
+                    .create
+                    .as_ref()
+                    .or_else(|| self.active.get(&c.instance_id).map(|a| &a.row));
+                let (ns, name) = match row {
+                    Some(r) => (r.namespace.clone(), r.name.clone()),
+                    // Ended without being in memory (a parked instance cancelled).
+                    None => match self.shared.store.get_instance(&c.instance_id) {
+                        Ok(Some(r)) => (r.namespace, r.name),
+                        _ => continue,
+                    },
+                };
+                m.finished(&ns, &name, status.as_str());
+            }
         }
     }
 
