@@ -30,8 +30,8 @@ pub struct FinishedLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    /// http, openapi, process.
-    pub kind: String,
+    /// http, openapi, process (static: no allocation per observation).
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -316,7 +316,7 @@ impl Builtin {
                 .metrics
                 .task_duration
                 .get_or_create(&crate::metrics::KindLabels {
-                    kind: item.effect.kind().to_string(),
+                    kind: item.effect.kind(),
                 })
                 .observe(t0.elapsed().as_secs_f64());
             // Refused only when the effect was cancelled meanwhile: nothing to do.
