@@ -81,10 +81,10 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| cfg.listen.clone());
-    eprintln!(
-        "kflow server listening on {}://{addr} (data in {})",
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        "kflow server listening on {}://{addr}",
         if tls.is_some() { "https" } else { "http" },
-        cfg.data_dir.display()
     );
 
     let stop = Arc::new(Notify::new());
@@ -105,12 +105,12 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
                         .with_graceful_shutdown(shutdown)
                         .await;
                 }
-                Err(e) => eprintln!("kflow server: TLS listener: {e}"),
+                Err(e) => tracing::error!(error = %e, "the TLS listener failed"),
             },
         }
     });
     wait_for_signal().await;
-    eprintln!("kflow server: draining (up to {} s)", cfg.drain_seconds);
+    tracing::info!(seconds = cfg.drain_seconds, "draining");
     stop.notify_waiters();
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
@@ -119,7 +119,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         .await;
     // Open watch streams would keep the HTTP side alive forever: give it a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
-    eprintln!("kflow server: stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -129,9 +129,9 @@ pub fn sandbox_of(
     s: &crate::config::SandboxSettings,
 ) -> Result<Option<kflow_tasks::SandboxConfig>, String> {
     if !s.enabled {
-        eprintln!(
-            "kflow: WARNING: shell and script tasks are not sandboxed (sandbox.enabled: \
-             false): they run as this server's user with its file access"
+        tracing::warn!(
+            "shell and script tasks are not sandboxed (sandbox.enabled: false): they run as \
+             this server's user with its file access"
         );
         return Ok(None);
     }
@@ -172,8 +172,8 @@ pub fn sandbox_of(
     };
     let opt =
         |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
-    eprintln!(
-        "kflow: shell and script tasks run {}, with Landlock (system directories \
+    tracing::info!(
+        "shell and script tasks run {}, with Landlock (system directories \
          read-only, a private working directory), limits cpu {} memory {} processes {} file \
          size {} open files {}, timeout {}, network {}{}{}",
         match user {
@@ -257,9 +257,9 @@ async fn security(cfg: &ServerConfig, engine: &Engine) -> Result<(AuthMode, Host
         Hosts::any()
     };
     if cfg.insecure_no_auth {
-        eprintln!(
-            "kflow server: WARNING: authentication is off (--insecure-no-auth): every local \
-             user and process can do everything"
+        tracing::warn!(
+            "authentication is off (--insecure-no-auth): every local user and process can do \
+             everything"
         );
         return Ok((AuthMode::Off, hosts));
     }

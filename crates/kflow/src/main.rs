@@ -5,6 +5,7 @@
 mod client;
 mod host;
 mod inputs;
+mod logs;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -69,6 +70,10 @@ enum Command {
         /// The certificate's PEM private key.
         #[arg(long, value_name = "PEM")]
         tls_key: Option<PathBuf>,
+        /// Log lines on stderr as `text` or `json` (one object per line); which ones: `RUST_LOG`
+        /// (default `info`; `kflow_server=debug` adds every request and instance).
+        #[arg(long, env = "KFLOW_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: logs::LogFormat,
     },
     /// Run a workflow in-process to its end and print its output (or its error) as JSON.
     Run {
@@ -159,7 +164,9 @@ fn main() -> ExitCode {
             insecure_no_tls,
             tls_cert,
             tls_key,
+            log_format,
         } => {
+            logs::init(log_format);
             match server(
                 data_dir,
                 listen,

@@ -918,3 +918,39 @@ fn client_verbs_without_a_server_exit_2_naming_the_url() {
         );
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_instance_id() {
+    let env = setup("jsonlogs", &["--log-format", "json"]);
+    env.apply(&[(
+        "boom.yaml",
+        wf(
+            "boom",
+            "do:\n  - fail:\n      raise:\n        error: {type: 'https://x/e', status: 400, title: nope}\n",
+        ),
+    )]);
+    let id = start_id(&env, "srv/boom", "{}");
+    env.wait_for(&id, "faulted", |v| status(v) == "faulted");
+    // The line about it may come a moment after the status is readable.
+    let line = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        env.server.log().lines().find_map(|l| {
+            let (_, json) = l.split_once("] ")?;
+            let v: Value = serde_json::from_str(json).ok()?;
+            (v["instance"] == id.as_str()).then_some(v)
+        })
+    })
+    .unwrap_or_else(|| panic!("no log line names {id}\n{}", env.server.log_tail(3000)));
+    assert_eq!(line["message"], "instance faulted", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["workflow"], "boom", "{line}");
+    // Every line the server wrote is a JSON object with a time, a level and a message.
+    for l in env.server.log().lines() {
+        let json = l.split_once("] ").map_or(l, |(_, j)| j);
+        let v: Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string(),
+            "{l}"
+        );
+    }
+}

@@ -104,11 +104,19 @@ async fn track(
     let method = req.method().clone();
     let resp = next.run(req).await;
     if let Some(route) = path {
+        let took = t0.elapsed().as_secs_f64();
         st.engine.observe_request(
             method.as_str(),
             route.as_str(),
             resp.status().as_u16(),
-            t0.elapsed().as_secs_f64(),
+            took,
+        );
+        tracing::debug!(
+            method = %method,
+            route = route.as_str(),
+            status = resp.status().as_u16(),
+            ms = took * 1e3,
+            "request"
         );
     }
     resp

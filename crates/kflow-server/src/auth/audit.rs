@@ -81,11 +81,11 @@ impl AuditLog {
                 let ok = match tokio::task::spawn_blocking(move || s.append_audit(&entries)).await {
                     Ok(Ok(_)) => true,
                     Ok(Err(e)) => {
-                        eprintln!("kflow: writing the audit trail failed: {e}");
+                        tracing::error!(error = %e, "writing the audit trail failed");
                         false
                     }
                     Err(e) => {
-                        eprintln!("kflow: writing the audit trail failed: {e}");
+                        tracing::error!(error = %e, "writing the audit trail failed");
                         false
                     }
                 };

@@ -226,11 +226,13 @@ pub(crate) async fn attempt_of(shared: &Arc<Shared>, lease: &Lease) -> Option<u3
         );
         match tokio::task::spawn_blocking(move || s.store.mark_attempt(&i, e)).await {
             Ok(Ok(attempt)) => return attempt,
-            Ok(Err(err)) => eprintln!(
-                "kflow: counting the attempt of {}/{}: {err} (trying again)",
-                lease.item.instance, lease.item.effect_id
+            Ok(Err(err)) => tracing::warn!(
+                instance = %lease.item.instance,
+                effect = lease.item.effect_id,
+                error = %err,
+                "counting the attempt failed (trying again)"
             ),
-            Err(err) => eprintln!("kflow: counting an attempt: {err} (trying again)"),
+            Err(err) => tracing::warn!(error = %err, "counting an attempt failed (trying again)"),
         }
         if !shared
             .queue

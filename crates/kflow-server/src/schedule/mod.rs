@@ -228,7 +228,9 @@ impl Scheduler {
             match self.inner.sync(&ns, &name).await {
                 Ok(()) => {}
                 Err(e @ EngineError::Store(_)) => return Err(e),
-                Err(e) => eprintln!("kflow scheduler: the schedule of {ns}/{name}: {e}"),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, workflow = %name, error = %e, "a schedule failed")
+                }
             }
         }
         Ok(())
@@ -297,12 +299,12 @@ impl Scheduler {
                 let now = inner.clock.now_ms();
                 let _g = inner.busy.lock().await;
                 if let Err(e) = inner.on_event(&event, now).await {
-                    eprintln!("kflow scheduler: an emitted event: {e}");
+                    tracing::warn!(error = %e, "the scheduler could not offer an emitted event");
                 }
             }
             let now = inner.clock.now_ms();
             if let Err(e) = self.tick(now).await {
-                eprintln!("kflow scheduler: {e}");
+                tracing::warn!(error = %e, "the scheduler failed");
             }
             let store = inner.store.clone();
             let next = run_blocking(move || store.next_schedule_fire())
@@ -324,7 +326,7 @@ impl Observer for Inner {
         Box::pin(async move {
             let _g = self.busy.lock().await;
             if let Err(e) = self.sync(namespace, name).await {
-                eprintln!("kflow scheduler: updating the schedule of {namespace}/{name}: {e}");
+                tracing::warn!(namespace = %namespace, workflow = %name, error = %e, "updating a schedule failed");
             }
             self.wake.notify_one();
         })

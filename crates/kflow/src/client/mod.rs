@@ -330,7 +330,10 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
 
 async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
     match cmd {
-        ClientCommand::Worker(args) => worker::worker(args).await,
+        ClientCommand::Worker(args) => {
+            crate::logs::init(crate::logs::LogFormat::Text);
+            worker::worker(args).await
+        }
         ClientCommand::Workers { out, server } => {
             worker::workers(&http::Api::new(&server)?, out.output).await
         }

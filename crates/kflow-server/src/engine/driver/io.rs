@@ -109,7 +109,7 @@ impl Driver {
                 next_prune = now + PRUNE_EVERY_MS;
                 let store = self.shared.store.clone();
                 if let Err(e) = blocking(|| store.prune_idempotency_keys(now, 10_000)) {
-                    eprintln!("kflow: pruning expired idempotency keys: {e}");
+                    tracing::warn!(error = %e, "pruning expired idempotency keys failed");
                 }
             }
             if now >= next_scan {
@@ -192,9 +192,7 @@ impl Driver {
             .map_err(|e| e.to_string())
         };
         let took = t0.elapsed().as_secs_f64();
-        if std::env::var_os("KFLOW_DEBUG_BATCH").is_some() {
-            eprintln!("batch commits={n} apply_ms={:.2}", took * 1e3);
-        }
+        tracing::trace!(commits = n, rows, ms = took * 1e3, "batch written");
         match result {
             Ok((commits, Ok(()))) => {
                 self.count(&commits, took);
@@ -214,6 +212,13 @@ impl Driver {
         for c in commits {
             if let Some(row) = &c.create {
                 m.started(&row.namespace, &row.name);
+                tracing::debug!(
+                    instance = %row.id,
+                    namespace = %row.namespace,
+                    workflow = %row.name,
+                    version = %row.version,
+                    "instance started"
+                );
             }
             if let Some((status, _, _)) = &c.status
                 && status.is_finished()
@@ -231,6 +236,17 @@ impl Driver {
                     },
                 };
                 m.finished(&ns, &name, status.as_str());
+                if *status == kflow_store::InstanceStatus::Completed {
+                    tracing::debug!(instance = %c.instance_id, namespace = %ns, workflow = %name, "instance completed");
+                } else {
+                    tracing::info!(
+                        instance = %c.instance_id,
+                        namespace = %ns,
+                        workflow = %name,
+                        "instance {}",
+                        status.as_str()
+                    );
+                }
             }
         }
     }

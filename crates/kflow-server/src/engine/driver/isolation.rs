@@ -41,7 +41,7 @@ impl Driver {
     /// panic, its work rows go, and everything else goes on. Its core is dropped (its state is
     /// unknown); the fault is journaled, so a restart does not run into the panic again.
     pub(super) fn poison(&mut self, id: &str, message: &str, b: &mut Batch, now: i64) {
-        eprintln!("kflow: instance {id} panicked in the interpreter: {message}");
+        tracing::error!(instance = %id, panic = %message, "instance panicked in the interpreter: it faults");
         let Some(mut a) = self.drop_active(id) else {
             return;
         };
@@ -105,13 +105,13 @@ impl Driver {
     /// Marks an instance that cannot be replayed as needing attention: parked (its work is
     /// not resumed) until an operator cancels it or a build that reads it runs.
     pub(super) fn park(&mut self, id: &str, reason: &str) {
-        eprintln!("kflow: instance {id} needs attention: {reason}");
+        tracing::error!(instance = %id, reason = %reason, "instance needs attention: parked");
         self.drop_active(id);
         self.subs.retain(|(inst, _), _| inst != id);
         self.parked.insert(id.to_string(), reason.to_string());
         let store = self.shared.store.clone();
         if let Err(e) = blocking(|| store.set_attention(id, Some(reason))) {
-            eprintln!("kflow: marking instance {id} as needing attention: {e}");
+            tracing::error!(instance = %id, error = %e, "marking the instance as needing attention failed");
         }
     }
 }

@@ -619,7 +619,7 @@ impl Driver {
                 Ok(()) => {}
                 // The store did not answer: not a reason to lose the result; tried again.
                 Err(EngineError::Store(e @ kflow_store::StoreError::Db(_))) => {
-                    eprintln!("kflow: reading instance {id}: {e} (trying again)");
+                    tracing::warn!(instance = %id, error = %e, "reading the instance failed (trying again)");
                     // The event it came from is processed when this delivery is committed.
                     let event = b.event_of.remove(&(id.clone(), effect));
                     if let Some(ev) = event {

@@ -100,7 +100,9 @@ impl Driver {
                         )),
                     )),
                     // Not a wrong value: the parent waits; the next restart or touch retries.
-                    Err(e) => eprintln!("kflow: reading sub-workflow {child}: {e}"),
+                    Err(e) => {
+                        tracing::warn!(instance = %child, error = %e, "reading a sub-workflow failed")
+                    }
                 }
             }
             Effect::Emit { event } => {
@@ -121,7 +123,7 @@ impl Driver {
     }
 
     pub(super) fn fail(&mut self, commits: Vec<Commit>, b: Batch, message: String) {
-        eprintln!("kflow: committing a batch failed: {message}");
+        tracing::error!(error = %message, "committing a batch failed: its instances are rebuilt from the store");
         for c in &commits {
             self.drop_active(&c.instance_id);
             // Rebuilt from what was committed, and its pending work re-dispatched: a result
@@ -172,7 +174,7 @@ impl Driver {
                     }
                 }
                 Err(e) => {
-                    eprintln!("kflow: recovering instance {id}: {e} (trying again)");
+                    tracing::warn!(instance = %id, error = %e, "recovering the instance failed (trying again)");
                     self.next_recovery = now + RECOVERY_BACKOFF_MS;
                     return;
                 }
