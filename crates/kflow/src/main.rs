@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "kflow",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("KFLOW_COMMIT"), ")"),
     about = "A durable workflow engine for the Serverless Workflow DSL 1.0"
 )]
 struct Cli {
@@ -144,6 +144,7 @@ fn main() -> ExitCode {
     if raw.nth(1).is_some_and(|a| a == "__sandbox") {
         return sandbox::main(raw.collect());
     }
+    quiet_on_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -276,6 +277,25 @@ fn server(
         .build()?;
     rt.block_on(kflow_server::serve::serve(cfg, secrets))
         .map_err(anyhow::Error::msg)
+}
+
+/// `kflow ls -o json | head`: when the reader of stdout goes away, end quietly with the status a
+/// SIGPIPE gives (141), like any Unix filter, instead of `println!`'s panic. (The workspace
+/// forbids the `unsafe` of restoring SIGPIPE's default disposition.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn load_workflow(path: &std::path::Path, strict: bool) -> Result<kflow_dsl::Workflow, Vec<String>> {

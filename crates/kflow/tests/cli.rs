@@ -769,3 +769,41 @@ fn hostile_non_map_roots_and_empty_files() {
     assert_refused_quickly("empty.yaml", b"");
     assert_refused_quickly("blank.yaml", b"\n   \n# only a comment\n");
 }
+
+/// `kflow … | head`: the reader of stdout goes away before kflow writes; kflow ends quietly with
+/// SIGPIPE's status instead of a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = TempDir::new("closed-pipe");
+    let doc = dir.write(
+        "w.yaml",
+        "document: {dsl: '1.0.0', namespace: t, name: w, version: '1.0.0'}\n\
+         do:\n  - nap:\n      wait: PT0.3S\n  - out:\n      set:\n        big: ${ [range(0; 20000)] }\n",
+    );
+    let mut child = std::process::Command::new(support::kflow_bin())
+        .arg("run")
+        .arg(&doc)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kflow");
+    // Close the reading end at once: kflow's output comes 0.3 s later.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
+#[test]
+fn version_names_the_commit() {
+    let o = kflow(["--version"]).run();
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(
+        o.stdout
+            .starts_with(&format!("kflow {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        o.stdout
+    );
+}
