@@ -1260,6 +1260,13 @@ async fn history_has_start_notices_and_deliveries() {
         "{}",
         deliveries[0]
     );
+    // It reads as what happened (the timer's output: null), not as the journal's encoding.
+    assert_eq!(
+        deliveries[0]["data"],
+        json!({"effect": deliveries[0]["data"]["effect"], "output": null}),
+        "{}",
+        deliveries[0]
+    );
     // Paging with after / limit.
     let page = api
         .get(&format!("/api/v1/instances/{id}/history?after=2&limit=3"))

@@ -143,7 +143,7 @@ async fn a_listener_is_delivered_only_the_events_its_expression_filter_takes() {
     let got = deliveries(&history);
     assert_eq!(got.len(), 1, "exactly one delivery: {history:?}");
     assert_eq!(
-        got[0]["data"]["delivery"]["event"]["data"],
+        got[0]["data"]["event"]["data"],
         json!({"temperature": 40}),
         "{history:?}"
     );

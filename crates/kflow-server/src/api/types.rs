@@ -137,13 +137,38 @@ impl From<InstanceView> for InstanceViewDto {
     }
 }
 
-/// A stored history event as the API shows it.
+/// A stored history event as the API shows it. A delivery reads as what happened —
+/// `{effect, output}`, `{effect, error}` or `{effect, event}` — not as the journal's encoding of
+/// a Rust `Result`.
 pub fn history_event(e: HistoryEvent) -> HistoryEventDto {
+    let data = if e.kind == "delivery" {
+        readable_delivery(e.data)
+    } else {
+        e.data
+    };
     HistoryEventDto {
         seq: e.seq,
         time: iso8601(e.time_ms),
         time_ms: e.time_ms,
         kind: e.kind,
-        data: e.data,
+        data,
+    }
+}
+
+fn readable_delivery(data: serde_json::Value) -> serde_json::Value {
+    use kflow_core::Delivery;
+    let effect = data.get("effect").cloned().unwrap_or_default();
+    let Some(delivery) = data
+        .get("delivery")
+        .and_then(|d| serde_json::from_value::<Delivery>(d.clone()).ok())
+    else {
+        return data;
+    };
+    match delivery {
+        Delivery::Result(Ok(output)) => serde_json::json!({"effect": effect, "output": output}),
+        Delivery::Result(Err(error)) => {
+            serde_json::json!({"effect": effect, "error": error.to_value()})
+        }
+        Delivery::Event(event) => serde_json::json!({"effect": effect, "event": event}),
     }
 }
