@@ -954,3 +954,40 @@ fn json_logs_are_one_object_per_line_with_the_instance_id() {
         );
     }
 }
+
+#[test]
+fn watch_attaches_to_a_running_instance_and_prints_its_outcome() {
+    let env = setup("watchid", &[]);
+    env.apply(&[(
+        "later.yaml",
+        wf(
+            "later",
+            "do:\n  - pause:\n      wait: PT0.5S\n  - last:\n      set:\n        done: ${ .n }\n",
+        ),
+    )]);
+    let id = start_id(&env, "srv/later", r#"{"n": 7}"#);
+    // Attached while it waits: the lines of what happens from here, then the output.
+    let o = env.cli(&["watch", &id]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(
+        json_eq(&json_out(&o), &json!({"done": 7})),
+        "{}",
+        o.describe()
+    );
+    assert!(
+        o.stderr.lines().any(|l| l.ends_with("workflow.completed")),
+        "{}",
+        o.describe()
+    );
+    // Watching a finished instance answers at once, the same way; an unknown one is an error.
+    let o = env.cli(&["watch", &id]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(
+        json_eq(&json_out(&o), &json!({"done": 7})),
+        "{}",
+        o.describe()
+    );
+    let o = env.cli(&["watch", "no-such-instance"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("does not exist"), "{}", o.describe());
+}

@@ -176,6 +176,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Follow a running instance live (its tasks as they start and end) until it ends; then
+    /// print its output (exit 0) or its error (exit 1), like `start --watch`.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Show one instance: workflow, status, running and waiting tasks, output or error.
     Get {
         id: String,
@@ -368,6 +375,7 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
             };
             verbs::start(&api, opts).await
         }
+        ClientCommand::Watch { id, server } => verbs::watch(&http::Api::new(&server)?, &id).await,
         ClientCommand::Get { id, out, server } => {
             verbs::get(&http::Api::new(&server)?, &id, out.output).await
         }

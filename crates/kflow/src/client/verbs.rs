@@ -115,6 +115,23 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
     Ok(print_outcome(&done))
 }
 
+/// `kflow watch ID`: follows an instance until it ends (at once when it has), then prints its
+/// outcome.
+pub async fn watch(api: &Api, id: &str) -> Result<ExitCode, Failure> {
+    let inst: InstanceDto = typed(&api.get(&["instances", id], &[]).await?, "the instance")?;
+    let done = if watch::is_finished(inst.status) {
+        inst
+    } else {
+        let mode = if std::io::stderr().is_terminal() {
+            Mode::StatusLine
+        } else {
+            Mode::Lines
+        };
+        watch::follow(api, &inst.id, mode).await?
+    };
+    Ok(print_outcome(&done))
+}
+
 /// Prints what a finished instance produced; exit 0 completed, 1 faulted or cancelled.
 fn print_outcome(inst: &InstanceDto) -> ExitCode {
     match inst.status {
