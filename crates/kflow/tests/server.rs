@@ -991,3 +991,26 @@ fn watch_attaches_to_a_running_instance_and_prints_its_outcome() {
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert!(o.stderr.contains("does not exist"), "{}", o.describe());
 }
+
+#[test]
+fn a_workflow_named_without_namespace_is_in_the_default_one() {
+    let env = setup("defaultns", &[]);
+    let doc = "document:\n  dsl: '1.0.3'\n  namespace: default\n  name: hi\n  version: '0.1.0'\n\
+               do:\n  - say:\n      set:\n        hello: ${ .name }\n";
+    env.apply(&[("hi.yaml", doc.to_string())]);
+    let o = env.cli(&["start", "hi", "--input", r#"{"name":"ada"}"#, "--wait"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(
+        json_eq(&json_out(&o), &json!({"hello": "ada"})),
+        "{}",
+        o.describe()
+    );
+    // $KFLOW_NAMESPACE chooses another default.
+    let o = kflow(["start", "hi", "--wait"])
+        .env("KFLOW_SERVER", &env.server.base())
+        .env("KFLOW_NAMESPACE", "srv")
+        .timeout(Duration::from_secs(60))
+        .run();
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("srv/hi"), "{}", o.describe());
+}

@@ -150,8 +150,9 @@ pub enum ClientCommand {
     },
     /// Start an instance of a registered workflow and print its id.
     Start {
-        /// The workflow: NAMESPACE/NAME, optionally @VERSION (default: the latest).
-        #[arg(value_name = "NS/NAME[@VERSION]")]
+        /// The workflow: NAMESPACE/NAME, optionally @VERSION (default: the latest); a NAME
+        /// alone is in `$KFLOW_NAMESPACE`, else in `default`.
+        #[arg(value_name = "[NS/]NAME[@VERSION]")]
         workflow: String,
         /// The workflow input, as JSON.
         #[arg(long, conflicts_with = "input_file")]

@@ -18,7 +18,7 @@ use super::http::{Api, Failure, typed};
 use super::render;
 use super::watch::{self, Mode, status_name};
 
-/// `NAMESPACE/NAME[@VERSION]`.
+/// `[NAMESPACE/]NAME[@VERSION]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowRef {
     pub namespace: String,
@@ -26,15 +26,22 @@ pub struct WorkflowRef {
     pub version: Option<String>,
 }
 
-pub fn parse_workflow_ref(s: &str) -> Result<WorkflowRef, String> {
-    let bad = |why: &str| format!("{s:?} is not NAMESPACE/NAME[@VERSION]: {why}");
+/// The namespace of a workflow named without one: `$KFLOW_NAMESPACE`, else `default`.
+pub fn default_namespace() -> String {
+    std::env::var("KFLOW_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// `[NAMESPACE/]NAME[@VERSION]`; without a namespace, `default_ns`.
+pub fn parse_workflow_ref(s: &str, default_ns: &str) -> Result<WorkflowRef, String> {
+    let bad = |why: &str| format!("{s:?} is not [NAMESPACE/]NAME[@VERSION]: {why}");
     let (path, version) = match s.split_once('@') {
         Some((p, v)) => (p, Some(v)),
         None => (s, None),
     };
-    let Some((namespace, name)) = path.split_once('/') else {
-        return Err(bad("the namespace is missing"));
-    };
+    let (namespace, name) = path.split_once('/').unwrap_or((default_ns, path));
     if namespace.is_empty() {
         return Err(bad("the namespace is empty"));
     }
@@ -74,7 +81,7 @@ pub struct StartOptions {
 /// `kflow start`: without --wait/--watch prints the new id on stdout; with them the id goes to
 /// stderr (`started ID`) so stdout holds only the output (or error) JSON, like `kflow run`.
 pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
-    let wf = parse_workflow_ref(&opts.workflow).map_err(Failure::Usage)?;
+    let wf = parse_workflow_ref(&opts.workflow, &default_namespace()).map_err(Failure::Usage)?;
     let mut body = Map::new();
     body.insert("namespace".into(), json!(wf.namespace));
     body.insert("name".into(), json!(wf.name));
@@ -273,16 +280,19 @@ mod tests {
 
     #[test]
     fn workflow_refs() {
+        let p = |s: &str| parse_workflow_ref(s, "default");
+        assert_eq!(p("default/order"), Ok(r("default", "order", None)));
         assert_eq!(
-            parse_workflow_ref("default/order"),
-            Ok(r("default", "order", None))
+            p("team/order@1.2.0-rc.1+b5"),
+            Ok(r("team", "order", Some("1.2.0-rc.1+b5")))
         );
+        // Without a namespace: the default one.
+        assert_eq!(p("order@1"), Ok(r("default", "order", Some("1"))));
         assert_eq!(
-            parse_workflow_ref("default/order@1.2.0-rc.1+b5"),
-            Ok(r("default", "order", Some("1.2.0-rc.1+b5")))
+            parse_workflow_ref("order", "ops"),
+            Ok(r("ops", "order", None))
         );
         for bad in [
-            "order",
             "/order",
             "ns/",
             "ns/a/b",
@@ -291,11 +301,11 @@ mod tests {
             "@1.0.0",
             "",
         ] {
-            assert!(parse_workflow_ref(bad).is_err(), "{bad} should be refused");
+            assert!(p(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(
-            parse_workflow_ref("order@1").unwrap_err(),
-            "\"order@1\" is not NAMESPACE/NAME[@VERSION]: the namespace is missing"
+            p("/order").unwrap_err(),
+            "\"/order\" is not [NAMESPACE/]NAME[@VERSION]: the namespace is empty"
         );
     }
 
