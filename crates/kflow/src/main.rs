@@ -101,6 +101,9 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Print a shell completion script: `kflow completion bash > /etc/bash_completion.d/kflow`,
+    /// `kflow completion zsh > "${fpath[1]}/_kflow"`, `kflow completion fish`.
+    Completion { shell: clap_complete::Shell },
     /// Work on a data directory directly.
     Db {
         #[command(subcommand)]
@@ -211,6 +214,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kflow", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Db {
             command: DbCommand::Encrypt { data_dir },
         } => match db_encrypt(&data_dir) {
@@ -291,7 +299,9 @@ fn quiet_on_closed_stdout() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+        // `println!`'s "failed printing to stdout: Broken pipe", and the same from writers
+        // such as clap_complete's.
+        if message.contains("Broken pipe") {
             std::process::exit(141);
         }
         default(info);

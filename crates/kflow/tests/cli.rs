@@ -807,3 +807,26 @@ fn version_names_the_commit() {
         o.stdout
     );
 }
+
+#[test]
+fn completion_scripts_know_the_verbs() {
+    for (shell, marker) in [
+        ("bash", "_kflow()"),
+        ("zsh", "#compdef kflow"),
+        ("fish", "complete -c kflow"),
+    ] {
+        let o = kflow(["completion", shell]).run();
+        assert_eq!(o.code, Some(0), "{shell}: {}", o.describe());
+        assert!(
+            o.stdout.contains(marker),
+            "{shell}: {}",
+            &o.stdout[..o.stdout.len().min(300)]
+        );
+        for verb in ["start", "watch", "explain", "worker"] {
+            assert!(o.stdout.contains(verb), "{shell} script without {verb}");
+        }
+    }
+    let o = kflow(["completion", "tcsh"]).run();
+    assert_eq!(o.code, Some(2), "{}", o.describe());
+    assert!(o.stderr.contains("possible values"), "{}", o.describe());
+}
