@@ -1014,3 +1014,68 @@ fn a_workflow_named_without_namespace_is_in_the_default_one() {
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert!(o.stderr.contains("srv/hi"), "{}", o.describe());
 }
+
+#[test]
+fn defs_list_print_and_deprecate_versions() {
+    let env = setup("defs", &[]);
+    let doc = |v: &str, out: &str| {
+        format!(
+            "document:\n  dsl: '1.0.3'\n  namespace: srv\n  name: ver\n  version: '{v}'\n\
+             do:\n  - s:\n      set:\n        out: {out}\n"
+        )
+    };
+    env.apply(&[
+        ("a.yaml", doc("0.1.0", "one")),
+        ("b.yaml", doc("0.2.0", "two")),
+    ]);
+    let o = env.cli(&["defs", "ls"]);
+    ok(&o);
+    let rows: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("srv/ver"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", o.stdout);
+    assert!(
+        rows.iter()
+            .all(|r| r.split_whitespace().nth(2) == Some("no")),
+        "{}",
+        o.stdout
+    );
+    // The latest document, or one version's, as registered.
+    let o = env.cli(&["defs", "get", "srv/ver"]);
+    ok(&o);
+    assert!(
+        o.stdout.contains("version: '0.2.0'") && o.stdout.contains("out: two"),
+        "{}",
+        o.stdout
+    );
+    let o = env.cli(&["defs", "get", "srv/ver@0.1.0"]);
+    ok(&o);
+    assert!(o.stdout.contains("out: one"), "{}", o.stdout);
+    // Deprecated: marked, and a start of it is refused; --undo lifts it.
+    let o = env.cli(&["defs", "deprecate", "srv/ver@0.2.0"]);
+    ok(&o);
+    assert_eq!(o.stdout.trim(), "srv/ver@0.2.0 deprecated");
+    let o = env.cli(&["defs", "ls", "-o", "json"]);
+    let v = json_out(&o);
+    let deprecated: Vec<&str> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["deprecated"] == true)
+        .filter_map(|d| d["version"].as_str())
+        .collect();
+    assert_eq!(deprecated, ["0.2.0"], "{v}");
+    let o = env.cli(&["start", "srv/ver@0.2.0", "--wait"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    ok(&env.cli(&["defs", "deprecate", "srv/ver@0.2.0", "--undo"]));
+    let o = env.cli(&["start", "srv/ver@0.2.0", "--wait"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    // A version is required, and an unknown one is an error naming it.
+    let o = env.cli(&["defs", "deprecate", "srv/ver"]);
+    assert_eq!(o.code, Some(2), "{}", o.describe());
+    let o = env.cli(&["defs", "get", "srv/ver@9.9.9"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("9.9.9"), "{}", o.describe());
+}

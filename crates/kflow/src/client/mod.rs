@@ -1,7 +1,7 @@
 //! The client verbs of `kflow`: talking to a running kflow server over its REST API.
 //!
-//! `apply`, `start`, `get`, `ls`, `cancel`, `suspend`, `resume`, `history` and `events send`
-//! are the [`ClientCommand`] variants, flattened into the binary's own verb list; [`run`] is the
+//! `apply`, `defs`, `start`, `watch`, `get`, `ls`, `cancel`, `suspend`, `resume`, `history` and
+//! `events send` (and the others below) are the [`ClientCommand`] variants, flattened into the binary's own verb list; [`run`] is the
 //! single dispatch point. Every verb reaches the server named by `--server URL` (or
 //! `$KFLOW_SERVER`, default `http://127.0.0.1:8080`).
 //!
@@ -9,6 +9,7 @@
 //! cancelled; 2 bad usage, an unreadable file, or no server answering (the message names the URL).
 
 mod apply;
+mod defs;
 mod http;
 mod profile;
 mod render;
@@ -233,6 +234,11 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Registered workflow definitions: ls, get (the document), deprecate.
+    Defs {
+        #[command(subcommand)]
+        command: defs::DefsCommand,
+    },
     /// Manage API tokens: create (shown once), ls, revoke. Needs an admin token.
     Token {
         #[command(subcommand)]
@@ -409,6 +415,7 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
             schedules::control(&api, cmd).await
         }
         ClientCommand::Token { command } => security::token(command).await,
+        ClientCommand::Defs { command } => defs::run(command).await,
         ClientCommand::Login { server } => security::login(&server).await,
         ClientCommand::Whoami { server } => security::whoami(&http::Api::new(&server)?).await,
         ClientCommand::Audit { command } => security::audit(command).await,
