@@ -82,8 +82,12 @@ pub struct WaitingDto {
 pub struct InstanceViewDto {
     #[serde(flatten)]
     pub instance: InstanceDto,
-    /// References of the tasks with an effect in progress (calls, processes, sub-workflows).
+    /// References of the tasks with an effect in progress (calls and processes a worker holds,
+    /// sub-workflows).
     pub running: Vec<String>,
+    /// References of the tasks whose call or process waits in a queue for a worker.
+    #[serde(default)]
+    pub queued: Vec<String>,
     /// Tasks waiting on a timer or for events.
     pub waiting: Vec<WaitingDto>,
 }

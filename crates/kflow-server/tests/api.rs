@@ -1856,3 +1856,24 @@ async fn a_stopped_engine_answers_503() {
         .await
         .expect(StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_for_a_worker_is_queued_not_running() {
+    let api = Api::new().await;
+    api.register(&wf(
+        "test",
+        "parked",
+        "1.0.0",
+        "do:\n  - work:\n      run:\n        shell:\n          command: echo hi\n      metadata:\n        kflow:\n          queue: nowhere\n",
+    ))
+    .await;
+    let id = api.start("test", "parked", json!({})).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // No worker serves `nowhere`: the task is queued, and says so, until one comes.
+    let v = api.instance(&id).await;
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(v["queued"], json!(["/do/0/work"]), "{v}");
+    assert_eq!(v["running"], json!([]), "{v}");
+}

@@ -132,6 +132,7 @@ impl From<InstanceView> for InstanceViewDto {
         InstanceViewDto {
             instance: instance_dto(v.instance),
             running: v.running,
+            queued: v.queued,
             waiting: v.waiting.into_iter().map(WaitingDto::from).collect(),
         }
     }

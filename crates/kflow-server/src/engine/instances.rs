@@ -39,8 +39,10 @@ pub struct StartSpec {
 pub struct InstanceView {
     #[serde(flatten)]
     pub instance: Instance,
-    /// Tasks with an effect in progress (calls, processes, sub-workflows).
+    /// Tasks with an effect in progress (calls and processes a worker holds, sub-workflows).
     pub running: Vec<String>,
+    /// Tasks whose call or process waits in a queue for a worker (not started yet).
+    pub queued: Vec<String>,
     /// Tasks waiting on a timer or for events.
     pub waiting: Vec<Waiting>,
 }
@@ -176,7 +178,16 @@ impl Engine {
         let instance =
             inst.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
         let mut running = Vec::new();
+        let mut queued = Vec::new();
         let mut waiting = Vec::new();
+        let in_queue: std::collections::HashSet<u64> = {
+            let q = self.shared.queue.lock();
+            q.items()
+                .iter()
+                .filter(|i| i.instance == id)
+                .map(|i| i.effect_id)
+                .collect()
+        };
         for w in work {
             match w.kind.as_str() {
                 "timer" => waiting.push(Waiting {
@@ -189,12 +200,14 @@ impl Engine {
                     on: "event".into(),
                     until_ms: None,
                 }),
+                _ if in_queue.contains(&w.effect_id) => queued.push(w.task),
                 _ => running.push(w.task),
             }
         }
         Ok(InstanceView {
             instance,
             running,
+            queued,
             waiting,
         })
     }

@@ -156,6 +156,14 @@ pub fn instance_summary(view: &InstanceViewDto) -> String {
     if !view.running.is_empty() {
         field("Running", &view.running.join(&format!("\n{pad}")));
     }
+    if !view.queued.is_empty() {
+        let lines: Vec<String> = view
+            .queued
+            .iter()
+            .map(|t| format!("{t} (waiting for a worker: see `kflow explain`)"))
+            .collect();
+        field("Queued", &lines.join(&format!("\n{pad}")));
+    }
     if !view.waiting.is_empty() {
         let lines: Vec<String> = view.waiting.iter().map(waiting_line).collect();
         field("Waiting", &lines.join(&format!("\n{pad}")));
