@@ -77,9 +77,15 @@ where
     }
 }
 
-/// A date and time in local time, to the second.
+/// Every date and time the CLI shows: local time with its offset from UTC, so that a time read
+/// on one machine means the same on another.
+pub const DATETIME: &str = "%Y-%m-%d %H:%M:%S%:z";
+/// The same, to the millisecond (history and timers).
+pub const DATETIME_MS: &str = "%Y-%m-%d %H:%M:%S%.3f%:z";
+
+/// A date and time in local time with its offset, to the second.
 pub fn fmt_datetime(v: &Value) -> String {
-    fmt_time_in(v, &Local, "%Y-%m-%d %H:%M:%S")
+    fmt_time_in(v, &Local, DATETIME)
 }
 
 /// A time of day in local time, to the millisecond.
@@ -183,11 +189,7 @@ pub fn waiting_line(w: &WaitingDto) -> String {
     line.push_str(&clip(&w.on, 80));
     if let Some(until) = w.until_ms {
         line.push_str(" until ");
-        line.push_str(&fmt_time_in(
-            &Value::from(until),
-            &Local,
-            "%Y-%m-%d %H:%M:%S%.3f",
-        ));
+        line.push_str(&fmt_time_in(&Value::from(until), &Local, DATETIME_MS));
     }
     line
 }
@@ -245,7 +247,7 @@ where
         .map(|i| {
             vec![
                 i.seq.to_string(),
-                fmt_time_in(&Value::from(i.time_ms), tz, "%Y-%m-%d %H:%M:%S%.3f"),
+                fmt_time_in(&Value::from(i.time_ms), tz, DATETIME_MS),
                 i.kind.clone(),
                 history_summary(i),
             ]
@@ -320,6 +322,13 @@ mod tests {
             "error": {"type": "https://x/errors/runtime", "status": 500}})))
         .unwrap();
         let text = instance_summary(&inst);
+        // Times carry their offset from UTC (`+01:00`), whatever the local zone.
+        let created = text.lines().find(|l| l.starts_with("Created:")).unwrap();
+        let offset = &created[created.len() - 6..];
+        assert!(
+            (offset.starts_with('+') || offset.starts_with('-')) && offset.as_bytes()[3] == b':',
+            "{created}"
+        );
         assert!(
             text.starts_with(
                 "ID:        i1\nWorkflow:  ns/wf@1.0.0\nStatus:    faulted\nCreated:   19"
@@ -346,11 +355,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             history_lines(&items, &Utc),
-            "SEQ  TIME                     KIND       SUMMARY\n\
-             1    1970-01-01 00:00:00.000  started    input {\"a\":1}\n\
-             2    1970-01-01 00:00:00.005  notice     task.started /do/0/x\n\
-             3    1970-01-01 00:00:00.009  notice     task.faulted /do/0/x: boom\n\
-             4    1970-01-01 00:00:00.010  cancelled\n"
+            "SEQ  TIME                           KIND       SUMMARY\n\
+             1    1970-01-01 00:00:00.000+00:00  started    input {\"a\":1}\n\
+             2    1970-01-01 00:00:00.005+00:00  notice     task.started /do/0/x\n\
+             3    1970-01-01 00:00:00.009+00:00  notice     task.faulted /do/0/x: boom\n\
+             4    1970-01-01 00:00:00.010+00:00  cancelled\n"
         );
     }
 }
