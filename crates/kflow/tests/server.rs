@@ -1079,3 +1079,27 @@ fn defs_list_print_and_deprecate_versions() {
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert!(o.stderr.contains("9.9.9"), "{}", o.describe());
 }
+
+#[test]
+fn read_verbs_answer_in_yaml_too() {
+    let env = setup("yaml", &[]);
+    env.apply(&[(
+        "y.yaml",
+        wf("y", "do:\n  - s:\n      set:\n        out: [1, 2]\n"),
+    )]);
+    let o = env.cli(&["start", "srv/y", "--wait"]);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    let o = env.cli(&["ls", "-o", "yaml"]);
+    ok(&o);
+    let v: Value = serde_saphyr::from_str(&o.stdout).expect("YAML");
+    assert_eq!(v["items"][0]["status"], "completed", "{}", o.stdout);
+    let id = v["items"][0]["id"].as_str().unwrap_or_default().to_string();
+    let o = env.cli(&["get", &id, "-o", "yaml"]);
+    ok(&o);
+    let v: Value = serde_saphyr::from_str(&o.stdout).expect("YAML");
+    assert!(
+        json_eq(&v["output"], &json!({"out": [1, 2]})),
+        "{}",
+        o.stdout
+    );
+}

@@ -9,7 +9,7 @@ use kflow_api::definitions::{DefinitionDetail, DefinitionList};
 
 use super::http::{Api, Failure, typed};
 use super::verbs::{default_namespace, parse_workflow_ref};
-use super::{Format, OutputArgs, ServerArgs, render};
+use super::{OutputArgs, ServerArgs, print_data, render};
 
 #[derive(Subcommand, Debug)]
 pub enum DefsCommand {
@@ -43,13 +43,6 @@ pub enum DefsCommand {
     },
 }
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
-}
-
 pub async fn run(cmd: DefsCommand) -> Result<ExitCode, Failure> {
     match cmd {
         DefsCommand::Ls {
@@ -59,8 +52,8 @@ pub async fn run(cmd: DefsCommand) -> Result<ExitCode, Failure> {
         } => {
             let q: Vec<(&str, String)> = namespace.map(|n| ("namespace", n)).into_iter().collect();
             let v = Api::new(&server)?.get(&["definitions"], &q).await?;
-            if out.output == Format::Json {
-                print_json(&v);
+            if out.output.is_data() {
+                print_data(out.output, &v);
                 return Ok(ExitCode::SUCCESS);
             }
             let list: DefinitionList = typed(&v, "the definitions")?;
@@ -106,8 +99,8 @@ pub async fn run(cmd: DefsCommand) -> Result<ExitCode, Failure> {
                         .await?
                 }
             };
-            if out.output == Format::Json {
-                print_json(&v);
+            if out.output.is_data() {
+                print_data(out.output, &v);
             } else {
                 let d: DefinitionDetail = typed(&v, "the definition")?;
                 print!("{}", d.source);

@@ -101,6 +101,24 @@ pub enum Format {
     Text,
     /// The server's JSON, pretty-printed.
     Json,
+    /// The server's answer as YAML.
+    Yaml,
+}
+
+impl Format {
+    /// Whether the answer is printed as data (JSON or YAML) rather than as text for people.
+    pub fn is_data(self) -> bool {
+        self != Format::Text
+    }
+}
+
+/// Prints an answer as data: pretty JSON, or YAML.
+pub fn print_data(format: Format, v: &serde_json::Value) {
+    let text = match format {
+        Format::Yaml => serde_saphyr::to_string(v).unwrap_or_else(|_| v.to_string()),
+        _ => serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()),
+    };
+    println!("{}", text.trim_end());
 }
 
 #[derive(Args, Debug, Clone, Copy)]

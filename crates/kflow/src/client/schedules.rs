@@ -85,11 +85,8 @@ pub fn schedule_table(items: &[ScheduleView]) -> String {
 
 pub async fn list(api: &Api, format: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["schedules"], &[]).await?;
-    if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
-        );
+    if format.is_data() {
+        super::print_data(format, &v);
         return Ok(ExitCode::SUCCESS);
     }
     let ScheduleList { items } = typed(&v, "the schedules")?;
@@ -116,10 +113,7 @@ pub async fn control(api: &Api, cmd: SchedulesCommand) -> Result<ExitCode, Failu
         .post_json(&["schedules", &ns, &name, verb], &json!({}))
         .await?;
     match out.output {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
-        ),
+        Format::Json | Format::Yaml => super::print_data(out.output, &v),
         Format::Text => print!(
             "{}",
             schedule_table(&[typed::<ScheduleView>(&v, "the schedule")?])

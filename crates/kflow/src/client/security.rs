@@ -212,7 +212,7 @@ fn print<T: DeserializeOwned>(
     text: impl FnOnce(T) -> String,
 ) -> Result<ExitCode, Failure> {
     match out.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Json | Format::Yaml => super::print_data(out.output, v),
         Format::Text => println!("{}", text(typed(v, what)?)),
     }
     Ok(ExitCode::SUCCESS)

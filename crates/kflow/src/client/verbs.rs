@@ -160,7 +160,7 @@ fn print_outcome(inst: &InstanceDto) -> ExitCode {
 pub async fn get(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failure> {
     let inst = api.get(&["instances", id], &[]).await?;
     match format {
-        Format::Json => print_json(&inst),
+        Format::Json | Format::Yaml => super::print_data(format, &inst),
         Format::Text => print!(
             "{}",
             render::instance_summary(&typed::<InstanceViewDto>(&inst, "the instance")?)
@@ -202,8 +202,8 @@ pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode
             q.push(("cursor", c.clone()));
         }
         let page = api.get(&["instances"], &q).await?;
-        if !filter.all && format == Format::Json {
-            print_json(&page);
+        if !filter.all && format.is_data() {
+            super::print_data(format, &page);
             return Ok(ExitCode::SUCCESS);
         }
         let page: InstanceList = typed(&page, "the instance list")?;
@@ -221,7 +221,7 @@ pub async fn ls(api: &Api, filter: &ListArgs, format: Format) -> Result<ExitCode
         }
     };
     match format {
-        Format::Json => print_json(&json!({ "items": items })),
+        Format::Json | Format::Yaml => super::print_data(format, &json!({ "items": items })),
         Format::Text if items.is_empty() => eprintln!("no instances found"),
         Format::Text => {
             print!("{}", render::instance_table(&items));
@@ -244,7 +244,7 @@ pub async fn control(
         .post_json(&["instances", id, action], &json!({}))
         .await?;
     match format {
-        Format::Json => print_json(&inst),
+        Format::Json | Format::Yaml => super::print_data(format, &inst),
         Format::Text => {
             let inst: InstanceDto = typed(&inst, "the instance")?;
             println!("{} {}", inst.id, status_name(inst.status));
@@ -257,7 +257,7 @@ pub async fn control(
 pub async fn history(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failure> {
     let page = api.get(&["instances", id, "history"], &[]).await?;
     match format {
-        Format::Json => print_json(&page),
+        Format::Json | Format::Yaml => super::print_data(format, &page),
         Format::Text => {
             let page: HistoryList = typed(&page, "the history")?;
             print!("{}", render::history_lines(&page.items, &chrono::Local))

@@ -443,8 +443,8 @@ fn parse_slots(capacity: &str) -> Result<usize, Failure> {
 
 pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["workers"], &[]).await?;
-    if out == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if out.is_data() {
+        super::print_data(out, &v);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -477,8 +477,8 @@ pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
 
 pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["queues"], &[]).await?;
-    if out == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if out.is_data() {
+        super::print_data(out, &v);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -500,8 +500,8 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
 
 pub async fn explain(api: &Api, id: &str, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["instances", id, "explain"], &[]).await?;
-    if out == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if out.is_data() {
+        super::print_data(out, &v);
         return Ok(ExitCode::SUCCESS);
     }
     let e: Explanation = typed(&v, "why the instance waits")?;
