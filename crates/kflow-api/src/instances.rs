@@ -38,6 +38,27 @@ pub enum Status {
     Cancelled,
 }
 
+impl Status {
+    /// The status as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Suspended => "suspended",
+            Status::Completed => "completed",
+            Status::Faulted => "faulted",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Completed, faulted or cancelled: it will not change again.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Faulted | Status::Cancelled
+        )
+    }
+}
+
 /// A workflow instance.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceDto {

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod state;
 #[cfg(test)]
 mod tests;
+mod views;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -71,74 +72,9 @@ pub struct Fired {
     pub outcome: std::result::Result<String, String>,
 }
 
-/// A schedule as the API shows it (a wire type, shared with the CLI).
-pub use kflow_api::schedules::ScheduleView;
+pub use views::{ScheduleView, list, set_paused, view_of};
 
-/// A stored schedule as the API shows it.
-pub fn view_of(row: &ScheduleRow) -> ScheduleView {
-    let s = State::from_value(&row.state);
-    let tz = if s.timezone.is_empty() {
-        "UTC".to_string()
-    } else {
-        s.timezone.clone()
-    };
-    ScheduleView {
-        namespace: row.namespace.clone(),
-        name: row.name.clone(),
-        version: row.version.clone(),
-        kind: s.kind.clone(),
-        expression: s.expression.clone(),
-        next_fire: row.next_fire_ms.map(|ms| plan::rfc3339_in(ms, &tz)),
-        next_fire_ms: row.next_fire_ms,
-        last_fire: row.last_fire_ms.map(|ms| plan::rfc3339_in(ms, &tz)),
-        last_fire_ms: row.last_fire_ms,
-        timezone: tz,
-        paused: row.paused,
-        overlap: s.overlap.as_str().into(),
-        missed: s.missed.as_str().into(),
-        catchup_max: s.catchup_max,
-        error: s.error,
-        last_error: s.last_error,
-        running: s.running,
-        queued: s.queue.len() + s.outbox.len(),
-        fired: s.fired,
-        skipped: s.skipped,
-    }
-}
-
-/// Every schedule, by namespace and name.
-pub async fn list(engine: &Engine) -> Result<Vec<ScheduleView>> {
-    let store = engine.store();
-    let rows = run_blocking(move || store.list_schedules()).await?;
-    Ok(rows.iter().map(view_of).collect())
-}
-
-/// Pauses or resumes a workflow's schedule. On resume the ticks missed meanwhile follow the
-/// missed policy.
-pub async fn set_paused(
-    engine: &Engine,
-    ns: &str,
-    name: &str,
-    paused: bool,
-) -> Result<ScheduleView> {
-    let store = engine.store();
-    let (n, m) = (ns.to_string(), name.to_string());
-    let now = crate::engine::now_ms();
-    let row = run_blocking(move || store.set_schedule_paused(&n, &m, paused, now)).await?;
-    let Some(row) = row else {
-        // Which one is it: no such workflow, or no schedule?
-        engine.definition(ns, name, None).await?;
-        return Err(EngineError::NotFound(format!(
-            "workflow {ns}/{name} has no schedule (its newest non-deprecated version has no 'schedule')"
-        )));
-    };
-    if let Some(o) = engine.observer() {
-        o.nudge();
-    }
-    Ok(view_of(&row))
-}
-
-async fn run_blocking<T: Send + 'static>(
+pub(super) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> kflow_store::Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)

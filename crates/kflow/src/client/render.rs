@@ -121,16 +121,12 @@ pub fn instance_table(items: &[InstanceDto]) -> String {
                 i.id.clone(),
                 format!("{}/{}", i.namespace, i.name),
                 i.version.clone(),
-                status_name(i),
+                i.status.as_str().to_string(),
                 fmt_datetime(&Value::from(i.created_ms)),
             ]
         })
         .collect();
     table(&["ID", "WORKFLOW", "VERSION", "STATUS", "CREATED"], &rows)
-}
-
-fn status_name(i: &InstanceDto) -> String {
-    scalar(&serde_json::to_value(i.status).unwrap_or(Value::Null))
 }
 
 /// JSON pretty-printed with every line after the first indented by `indent` spaces.
@@ -153,7 +149,7 @@ pub fn instance_summary(view: &InstanceViewDto) -> String {
         "Workflow",
         &workflow_label(&inst.namespace, &inst.name, &inst.version),
     );
-    field("Status", &status_name(inst));
+    field("Status", inst.status.as_str());
     if let Some(why) = &inst.attention {
         field("Attention", why);
     }

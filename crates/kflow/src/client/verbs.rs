@@ -16,7 +16,7 @@ use kflow_api::instances::{HistoryList, InstanceDto, InstanceList, InstanceViewD
 
 use super::http::{Api, Failure, typed};
 use super::render;
-use super::watch::{self, Mode, status_name};
+use super::watch::{self, Mode};
 
 /// `[NAMESPACE/]NAME[@VERSION]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
         (true, true) => Mode::StatusLine,
         (true, false) => Mode::Lines,
     };
-    let done = if watch::is_finished(inst.status) {
+    let done = if inst.status.is_finished() {
         inst
     } else {
         watch::follow(api, &id, mode).await?
@@ -126,7 +126,7 @@ pub async fn start(api: &Api, opts: StartOptions) -> Result<ExitCode, Failure> {
 /// outcome.
 pub async fn watch(api: &Api, id: &str) -> Result<ExitCode, Failure> {
     let inst: InstanceDto = typed(&api.get(&["instances", id], &[]).await?, "the instance")?;
-    let done = if watch::is_finished(inst.status) {
+    let done = if inst.status.is_finished() {
         inst
     } else {
         let mode = if std::io::stderr().is_terminal() {
@@ -149,7 +149,7 @@ fn print_outcome(inst: &InstanceDto) -> ExitCode {
         status => {
             match inst.error.as_ref().filter(|e| !e.is_null()) {
                 Some(e) => print_json(e),
-                None => eprintln!("kflow: instance {} {}", inst.id, status_name(status)),
+                None => eprintln!("kflow: instance {} {}", inst.id, status.as_str()),
             }
             ExitCode::from(1)
         }
@@ -247,7 +247,7 @@ pub async fn control(
         Format::Json | Format::Yaml => super::print_data(format, &inst),
         Format::Text => {
             let inst: InstanceDto = typed(&inst, "the instance")?;
-            println!("{} {}", inst.id, status_name(inst.status));
+            println!("{} {}", inst.id, inst.status.as_str());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use kflow_api::instances::{HistoryEventDto, InstanceDto, Status};
+use kflow_api::instances::{HistoryEventDto, InstanceDto};
 
 use super::http::{Api, Failure, typed};
 use super::render::{clip, fmt_clock, notice_summary, scalar};
@@ -24,24 +24,6 @@ pub enum Mode {
     Quiet,
     Lines,
     StatusLine,
-}
-
-pub fn is_finished(status: Status) -> bool {
-    matches!(
-        status,
-        Status::Completed | Status::Faulted | Status::Cancelled
-    )
-}
-
-/// The lowercase name of a status, as the API writes it.
-pub fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Running => "running",
-        Status::Suspended => "suspended",
-        Status::Completed => "completed",
-        Status::Faulted => "faulted",
-        Status::Cancelled => "cancelled",
-    }
 }
 
 /// The instance now, read as the wire type it must be.
@@ -272,13 +254,13 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<InstanceDto, Fail
         }
         drop(resp);
         let inst = instance(api, id).await.inspect_err(|_| screen.clear())?;
-        if is_finished(inst.status) {
+        if inst.status.is_finished() {
             screen.clear();
             if mode == Mode::StatusLine {
                 let secs = screen.start.elapsed().as_secs_f64();
                 eprintln!(
                     "{} · {} done · {secs:.1}s",
-                    status_name(inst.status),
+                    inst.status.as_str(),
                     progress.done
                 );
             }
@@ -297,7 +279,7 @@ pub async fn poll(api: &Api, id: &str) -> Result<InstanceDto, Failure> {
     let mut delay = Duration::from_millis(100);
     loop {
         let inst = instance(api, id).await?;
-        if is_finished(inst.status) {
+        if inst.status.is_finished() {
             return Ok(inst);
         }
         tokio::time::sleep(delay).await;

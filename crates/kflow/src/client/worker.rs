@@ -505,8 +505,7 @@ pub async fn explain(api: &Api, id: &str, out: Format) -> Result<ExitCode, Failu
         return Ok(ExitCode::SUCCESS);
     }
     let e: Explanation = typed(&v, "why the instance waits")?;
-    let status = serde_json::to_value(e.status).unwrap_or(Value::Null);
-    println!("{} is {}", e.id, status.as_str().unwrap_or("?"));
+    println!("{} is {}", e.id, e.status.as_str());
     if e.waiting.is_empty() {
         println!("  nothing pending");
     }

@@ -8,7 +8,8 @@ use serde_json::Value;
 use kflow_dsl::Workflow;
 use kflow_store::{Instance, InstanceStatus};
 
-use super::{After, Batch, Driver, Record, blocking, new_row};
+use super::starts::new_row;
+use super::{After, Batch, Driver, Record, blocking};
 use crate::engine::{EngineError, Result};
 
 impl Driver {

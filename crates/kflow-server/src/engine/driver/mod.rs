@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use kflow_core::events::Subscription;
-use kflow_core::{Command, Delivery, Effect, InstanceConfig, Status, Step, WfError};
+use kflow_core::{Command, Delivery, Effect, Status, Step, WfError};
 use kflow_dsl::Workflow;
 use kflow_store::{Commit, HistoryEvent, Instance, InstanceStatus, WorkItem};
 
@@ -25,11 +25,13 @@ use super::queue::{Item, hints};
 use super::timers::Timers;
 
 mod admission;
+mod control;
 mod effects;
 mod io;
 mod isolation;
 mod protection;
 mod recovery;
+mod starts;
 #[cfg(test)]
 mod tests;
 
@@ -404,65 +406,6 @@ impl Driver {
         }
     }
 
-    /// Whether a start repeats an earlier one: `Some(instance)` it does (answer that one),
-    /// `None` start anew, `Err` the id or key was used for another request (or the store
-    /// could not tell: never guessed).
-    fn repeat_of(
-        &self,
-        id: Option<&str>,
-        dedupe: Option<&super::Dedupe>,
-        b: &Batch,
-        now: i64,
-    ) -> Result<Option<String>> {
-        let store = self.shared.store.clone();
-        if let Some(d) = dedupe
-            && let Some(key) = &d.key
-        {
-            let found = match b.keys.get(&(d.namespace.clone(), key.clone())) {
-                Some((hash, inst)) => Some((hash.clone(), inst.clone())),
-                None => blocking(|| store.idempotency_key(&d.namespace, key, now))?
-                    .map(|k| (k.request_hash, k.instance_id)),
-            };
-            if let Some((hash, inst)) = found {
-                if hash == d.request_hash {
-                    return Ok(Some(inst));
-                }
-                return Err(EngineError::Conflict(format!(
-                    "the idempotency key {key:?} was used for another request (instance {inst}); \
-                     use a new key for a new request"
-                )));
-            }
-        }
-        let Some(id) = id else {
-            return Ok(None);
-        };
-        let existing = match self.active.get(id) {
-            Some(a) => Some(a.row.clone()),
-            None if b.by_instance.contains_key(id) => b
-                .commits
-                .get(b.by_instance[id])
-                .and_then(|c| c.create.clone()),
-            None => blocking(|| store.get_instance(id))?,
-        };
-        let Some(row) = existing else {
-            return Ok(None);
-        };
-        if let Some(d) = dedupe {
-            // A client-chosen id: the same request again is answered; another one is refused.
-            let same = row.namespace == d.namespace
-                && row.name == d.name
-                && d.version.as_ref().is_none_or(|v| *v == row.version)
-                && row.input == d.input;
-            if !same {
-                return Err(EngineError::Conflict(format!(
-                    "instance {id} already exists ({}/{}@{}) for another request",
-                    row.namespace, row.name, row.version
-                )));
-            }
-        }
-        Ok(Some(id.to_string()))
-    }
-
     /// Offers a posted event to every open subscription; returns how many took it.
     fn offer_event(
         &mut self,
@@ -489,127 +432,6 @@ impl Driver {
             b.commit_for("", now).processed_events.push(id);
         }
         n
-    }
-
-    fn reply_control(
-        &mut self,
-        r: Result<()>,
-        reply: oneshot::Sender<Result<Instance>>,
-        id: String,
-        b: &mut Batch,
-    ) {
-        match r {
-            Ok(()) => b.after.push(After::ReplyInstance(reply, id)),
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-
-    /// Cancel / suspend / resume: a history event, the status, and the core's reaction.
-    fn control(
-        &mut self,
-        id: &str,
-        b: &mut Batch,
-        now: i64,
-        f: impl FnOnce(&mut Active, i64) -> Result<(Record, Option<Step>)>,
-    ) -> Result<()> {
-        self.load(id)?;
-        let Some(a) = self.active.get_mut(id) else {
-            return Err(EngineError::NotFound(format!(
-                "instance {id} does not exist"
-            )));
-        };
-        let (rec, step) = f(a, now)?;
-        let seq = a.next_seq;
-        a.next_seq += 1;
-        let ev = rec.encode(seq, now);
-        let status = a.row.status;
-        let c = b.commit_for(id, now);
-        c.history.push(ev.clone());
-        c.status = Some((status, None, None));
-        b.after.push(After::Live(id.to_string(), ev));
-        if let Some(step) = step {
-            self.absorb(id, step, b, now);
-        }
-        Ok(())
-    }
-
-    fn after_resume(&mut self, id: &str, b: &mut Batch, now: i64) {
-        let held = self
-            .active
-            .get_mut(id)
-            .map(|a| std::mem::take(&mut a.held))
-            .unwrap_or_default();
-        self.forget_held(id);
-        let answered: Vec<u64> = held.iter().map(|(e, _)| *e).collect();
-        for (effect, d) in held {
-            b.ready.push_back((id.to_string(), effect, d));
-        }
-        // Effects that were interrupted while suspended (e.g. by a restart) run again.
-        let store = self.shared.store.clone();
-        let id2 = id.to_string();
-        if let Ok(rows) = blocking(|| store.work_of(&id2)) {
-            let mut ready = VecDeque::new();
-            for w in rows
-                .into_iter()
-                .filter(|w| !answered.contains(&w.effect_id))
-            {
-                if !self.shared.queue.is_active(&w.instance_id, w.effect_id) {
-                    self.resume_work(w, now, &mut ready);
-                }
-            }
-            b.ready.extend(ready);
-        }
-    }
-
-    fn create(
-        &mut self,
-        id: &str,
-        wf: Arc<Workflow>,
-        input: Value,
-        priority: i64,
-        b: &mut Batch,
-        now: i64,
-    ) {
-        let row = new_row(id, &wf, input.clone(), now);
-        let core =
-            kflow_core::Instance::new(wf.clone(), self.instance_config(id, &wf.document.namespace));
-        let started = Record::started(input.clone(), priority).encode(1, now);
-        let c = b.commit_for(id, now);
-        c.create = Some(row.clone());
-        c.history.push(started.clone());
-        b.after.push(After::Live(id.to_string(), started));
-        self.active.insert(
-            id.to_string(),
-            Active {
-                core,
-                wf,
-                row,
-                next_seq: 2,
-                priority,
-                held: Vec::new(),
-            },
-        );
-        if let Some(step) = self.turn(id, b, now, |core| core.start(input, now)) {
-            self.absorb(id, step, b, now);
-        }
-    }
-
-    fn instance_config(&self, id: &str, namespace: &str) -> InstanceConfig {
-        let l = self.shared.config.limits;
-        InstanceConfig {
-            id: id.to_string(),
-            secrets: self
-                .shared
-                .vault
-                .for_namespace(&self.shared.config.secrets, namespace),
-            runtime: kflow_tasks::emit::runtime_descriptor(),
-            limits: kflow_core::Limits {
-                tasks_per_turn: l.tasks_per_turn.max(1),
-                max_tasks: l.max_tasks,
-            },
-        }
     }
 
     /// Applies every delivery produced so far in this batch (and the ones they produce).
@@ -765,24 +587,6 @@ impl Driver {
         if let Some((parent, effect)) = parent_of(id) {
             b.ready.push_back((parent, effect, child_result(row)));
         }
-    }
-}
-
-/// The row of a new instance.
-fn new_row(id: &str, wf: &Workflow, input: Value, now: i64) -> Instance {
-    let d = &wf.document;
-    Instance {
-        id: id.to_string(),
-        namespace: d.namespace.clone(),
-        name: d.name.clone(),
-        version: d.version.clone(),
-        status: InstanceStatus::Running,
-        input,
-        output: None,
-        error: None,
-        created_ms: now,
-        updated_ms: now,
-        attention: None,
     }
 }
 
