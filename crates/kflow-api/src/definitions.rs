@@ -38,6 +38,10 @@ pub struct DefinitionDetail {
     pub summary: DefinitionSummary,
     /// The document text (YAML or JSON) as registered.
     pub source: String,
+    /// The workflow's input schema (`input.schema.document`, JSON Schema), when it has one
+    /// inline: clients build input forms from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -51,4 +55,98 @@ pub struct DefinitionList {
 pub struct DeprecateRequest {
     /// `true` to deprecate, `false` to undo it.
     pub deprecated: Option<bool>,
+}
+
+/// The control-flow graph of a definition: a node per task (its JSON pointer as id, the same
+/// pointer history events name), plus `start` and `end`; edges follow the flow.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Graph {
+    pub nodes: Vec<GraphNode>,
+    pub edges: Vec<GraphEdge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GraphNode {
+    /// The task's JSON pointer (`/do/0/greet`), or `start` / `end`.
+    pub id: String,
+    pub name: String,
+    /// What the task does: `set`, `call http`, `run shell`, `fork`, ...
+    pub kind: String,
+    /// The pointer of the composite task this one belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The line of the task's name in the document (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// The task has an `if:`.
+    #[serde(default)]
+    pub conditional: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GraphEdge {
+    pub from: String,
+    pub to: String,
+    /// Why the flow takes it: a switch case, `catch`, `each`, `done`, `branch`, `needs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// One problem in a document, at its place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Diagnostic {
+    /// 1-based.
+    pub line: u32,
+    /// 1-based.
+    pub col: u32,
+    pub message: String,
+}
+
+/// What the server thinks of a document, without registering it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ValidateResponse {
+    /// No diagnostics: it would register.
+    pub valid: bool,
+    pub diagnostics: Vec<Diagnostic>,
+    /// `namespace`, `name`, `version` when the document says them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The graph of a valid document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<Graph>,
+}
+
+/// How two versions of a workflow differ: their text, line by line, and their tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionDiff {
+    pub namespace: String,
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    /// The text, as unified-diff lines (` ` kept, `-` removed, `+` added), with the line
+    /// numbers in each version.
+    pub lines: Vec<DiffLine>,
+    /// Tasks (by name path, `greet` or `guard/try/risky`) in `to` only.
+    pub added: Vec<String>,
+    /// Tasks in `from` only.
+    pub removed: Vec<String>,
+    /// Tasks in both whose definition changed.
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiffLine {
+    /// ` `, `-` or `+`.
+    pub op: String,
+    /// The line number in `from` (kept and removed lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<u32>,
+    /// The line number in `to` (kept and added lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<u32>,
+    pub text: String,
 }

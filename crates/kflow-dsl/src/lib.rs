@@ -8,6 +8,7 @@ pub mod diag;
 pub mod duration;
 pub mod errors;
 pub mod expr;
+pub mod graph;
 pub mod lower;
 pub mod model;
 pub mod node;

@@ -8,6 +8,7 @@
 //! - `extract` wraps axum's extractors so that every rejection is a JSON error too.
 
 pub mod definitions;
+pub mod documents;
 pub mod error;
 pub mod events;
 mod extract;

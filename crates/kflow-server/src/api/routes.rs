@@ -16,7 +16,8 @@ use utoipa_axum::routes;
 
 use super::error::{self, ErrorBody};
 use super::{
-    ApiConfig, AppState, definitions, events, instances, schedules, security, watch, workers,
+    ApiConfig, AppState, definitions, documents, events, instances, schedules, security, watch,
+    workers,
 };
 use crate::engine::Engine;
 
@@ -131,6 +132,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(definitions::get_latest_definition))
         .routes(routes!(definitions::get_definition_version))
         .routes(routes!(definitions::deprecate_definition))
+        .routes(routes!(documents::validate_definition))
+        .routes(routes!(documents::definition_graph))
+        .routes(routes!(documents::diff_definitions))
         .routes(routes!(
             instances::start_instance,
             instances::list_instances
@@ -203,7 +207,7 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
         engine,
         config,
     };
-    router
+    let api = router
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -226,5 +230,10 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(CatchPanicLayer::custom(error::panic_response))
-        .with_state(state)
+        .with_state(state);
+    // The web UI calls the API in-process (the same router, rules and audit) and answers the
+    // pages under /ui (and / → /ui); what it does not route falls to the API's JSON 404.
+    kflow_ui::router(api.clone())
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .merge(api)
 }

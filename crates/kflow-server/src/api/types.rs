@@ -81,9 +81,24 @@ pub fn definition_summary(d: &Definition) -> DefinitionSummary {
 
 /// A stored definition with its source.
 pub fn definition_detail(d: Definition) -> DefinitionDetail {
+    // The inline input schema (`input.schema.document`), for forms; a registered document
+    // always parses.
+    let input_schema =
+        kflow_dsl::node::parse(d.source.as_bytes(), &kflow_dsl::node::Limits::default())
+            .ok()
+            .and_then(|root| {
+                let schema = root.get("input")?.get("schema")?;
+                let is_json = schema
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_none_or(|f| f == "json");
+                let doc = schema.get("document")?;
+                is_json.then(|| doc.to_json())
+            });
     DefinitionDetail {
         summary: definition_summary(&d),
         source: d.source,
+        input_schema,
     }
 }
 
@@ -171,5 +186,40 @@ fn readable_delivery(data: serde_json::Value) -> serde_json::Value {
             serde_json::json!({"effect": effect, "error": error.to_value()})
         }
         Delivery::Event(event) => serde_json::json!({"effect": effect, "event": event}),
+    }
+}
+
+pub fn graph(g: kflow_dsl::graph::Graph) -> kflow_api::definitions::Graph {
+    use kflow_api::definitions::{Graph, GraphEdge, GraphNode};
+    Graph {
+        nodes: g
+            .nodes
+            .into_iter()
+            .map(|n| GraphNode {
+                id: n.id,
+                name: n.name,
+                kind: n.kind,
+                parent: n.parent,
+                line: n.line,
+                conditional: n.conditional,
+            })
+            .collect(),
+        edges: g
+            .edges
+            .into_iter()
+            .map(|e| GraphEdge {
+                from: e.from,
+                to: e.to,
+                label: e.label,
+            })
+            .collect(),
+    }
+}
+
+pub fn diagnostic(d: &kflow_dsl::Diagnostic) -> kflow_api::definitions::Diagnostic {
+    kflow_api::definitions::Diagnostic {
+        line: d.line,
+        col: d.col,
+        message: d.message.clone(),
     }
 }

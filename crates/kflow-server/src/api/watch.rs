@@ -29,6 +29,14 @@ use crate::engine::{Engine, LiveEvent};
 const RECHECK: Duration = Duration::from_secs(5);
 const PAGE: u32 = 1000;
 
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WatchQuery {
+    /// Start after this history seq (a `Last-Event-ID` header wins).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    pub after: Option<String>,
+}
+
 /// Streams an instance's history live (server-sent events).
 #[utoipa::path(
     get,
@@ -37,6 +45,7 @@ const PAGE: u32 = 1000;
     params(
         ("id" = String, Path, description = "Instance id"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this history seq"),
+        WatchQuery,
     ),
     responses(
         (status = 200, description = "`event: history` for each history event (data: a HistoryEventDto), then `event: end` (data: the instance) once it has finished", content_type = "text/event-stream", body = String),
@@ -48,6 +57,7 @@ pub async fn watch_instance(
     State(st): State<AppState>,
     caller: crate::auth::Caller,
     ApiPath(id): ApiPath<String>,
+    super::extract::ApiQuery(q): super::extract::ApiQuery<WatchQuery>,
     headers: HeaderMap,
     extensions: axum::http::Extensions,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
@@ -65,8 +75,17 @@ pub async fn watch_instance(
         .engine
         .watch(&id, &client)
         .map_err(|e| ApiError::too_many(e.to_string()))?;
+    // `Last-Event-ID` (a reconnecting browser) wins over `?after=` (where a page starts).
     let after = match headers.get("last-event-id") {
-        None => 0,
+        None => match q.after.as_deref().filter(|a| !a.is_empty()) {
+            None => 0,
+            Some(a) => a
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::invalid("invalid after: expected a history seq"))?,
+        },
         Some(v) => v
             .to_str()
             .ok()

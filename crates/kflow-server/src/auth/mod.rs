@@ -318,8 +318,12 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
     let caller = match &st.auth {
         AuthMode::Off => Caller::unauthenticated(),
         AuthMode::Tokens(tokens) => {
-            match tokens.authenticate(req.headers().get(header::AUTHORIZATION), st.engine.now_ms())
-            {
+            // A browser signed in to the web UI sends its token in the `kflow_token` cookie
+            // (HttpOnly, SameSite=Strict); cross-site requests are refused above by `Origin`.
+            let cookie = kflow_ui::api::cookie(req.headers(), kflow_ui::api::COOKIE)
+                .and_then(|t| header::HeaderValue::from_str(&format!("Bearer {t}")).ok());
+            let presented = req.headers().get(header::AUTHORIZATION).or(cookie.as_ref());
+            match tokens.authenticate(presented, st.engine.now_ms()) {
                 Ok(c) => c,
                 Err(e) => {
                     let mut r = deny(

@@ -106,6 +106,27 @@ pub const RULES: &[Rule] = &[
     ),
     r(
         "POST",
+        "/api/v1/definitions/validate",
+        Read,
+        "definitions.validate",
+        false,
+    ),
+    r(
+        "GET",
+        "/api/v1/definitions/{namespace}/{name}/versions/{version}/graph",
+        Read,
+        "definitions.graph",
+        false,
+    ),
+    r(
+        "GET",
+        "/api/v1/definitions/{namespace}/{name}/diff",
+        Read,
+        "definitions.diff",
+        false,
+    ),
+    r(
+        "POST",
         "/api/v1/definitions/{namespace}/{name}/versions/{version}/deprecate",
         Edit,
         "definitions.deprecate",

@@ -20,6 +20,37 @@ pub struct Registered {
     pub outcome: &'static str,
 }
 
+/// Everything registering checks, without registering: the document (DSL, schema, references,
+/// expressions), its schedule and its concurrency settings. Every problem comes with its line
+/// and column (the engine's own checks at the place of the setting they concern).
+pub fn check(source: &[u8]) -> std::result::Result<Workflow, Vec<kflow_dsl::Diagnostic>> {
+    let wf = kflow_dsl::load(source)?;
+    let at = |pointer: &str, message: String| {
+        let pos = kflow_dsl::node::parse(source, &kflow_dsl::node::Limits::default())
+            .map(|root| root.at_pointer(pointer).pos)
+            .unwrap_or(kflow_dsl::node::Pos { line: 1, col: 1 });
+        kflow_dsl::Diagnostic::new(pos.line, pos.col, message)
+    };
+    if let Err(details) = crate::schedule::check(&wf) {
+        return Err(details
+            .into_iter()
+            .map(|d| {
+                at(
+                    "/schedule",
+                    format!("the workflow's schedule is invalid: {d}"),
+                )
+            })
+            .collect());
+    }
+    if let Err(m) = concurrency::spec(&wf) {
+        return Err(vec![at(
+            "/document/metadata/kflow",
+            format!("the workflow's concurrency settings are invalid: {m}"),
+        )]);
+    }
+    Ok(wf)
+}
+
 impl Engine {
     /// Registers a definition. Same version and content: no-op; same version, other content:
     /// refused. An invalid document is never stored.
@@ -34,7 +65,7 @@ impl Engine {
         source: &[u8],
         may: impl FnOnce(&str) -> bool,
     ) -> Result<Registered> {
-        let wf = kflow_dsl::load(source).map_err(|diags| EngineError::Invalid {
+        let wf = check(source).map_err(|diags| EngineError::Invalid {
             message: "the workflow definition is invalid".into(),
             details: diags.iter().map(|d| d.to_string()).collect(),
         })?;
@@ -44,14 +75,6 @@ impl Engine {
                 wf.document.namespace
             )));
         }
-        crate::schedule::check(&wf).map_err(|details| EngineError::Invalid {
-            message: "the workflow's schedule is invalid".into(),
-            details,
-        })?;
-        concurrency::spec(&wf).map_err(|m| EngineError::Invalid {
-            message: "the workflow's concurrency settings are invalid".into(),
-            details: vec![m],
-        })?;
         let text = String::from_utf8_lossy(source).into_owned();
         let d = &wf.document;
         let def = Definition {

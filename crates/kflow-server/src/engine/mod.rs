@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use kflow_dsl::Workflow;
 use kflow_store::{Definition, HistoryEvent, Instance, Store, StoreError};
 
-pub use definitions::Registered;
+pub use definitions::{Registered, check};
 pub use driver::Msg;
 pub use explain::{Explanation, WaitReason};
 pub use instances::{InstanceView, StartSpec, Waiting};
