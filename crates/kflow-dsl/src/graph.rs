@@ -153,10 +153,15 @@ fn without_children(mut def: serde_json::Value) -> serde_json::Value {
     let Some(obj) = def.as_object_mut() else {
         return def;
     };
-    for key in ["do", "try", "dag"] {
+    for key in ["do", "try"] {
         if let Some(list) = obj.get_mut(key) {
             *list = names(list);
         }
+    }
+    if let Some(Value::Object(dag)) = obj.get_mut("dag")
+        && let Some(t) = dag.get_mut("tasks")
+    {
+        *t = names(t);
     }
     if let Some(Value::Object(fork)) = obj.get_mut("fork")
         && let Some(b) = fork.get_mut("branches")
@@ -437,7 +442,7 @@ mod tests {
         }
         let step = g.nodes.iter().find(|n| n.name == "step").unwrap();
         assert_eq!(step.parent.as_deref(), Some("/do/3/loop"));
-        assert_eq!(step.line, Some(20));
+        assert_eq!(step.line, Some(21));
     }
 
     #[test]
@@ -470,20 +475,21 @@ mod tests {
             "{HEAD}do:
   - build:
       dag:
-        - a: {{set: {{x: 1}}}}
-        - b: {{set: {{x: 2}}, needs: [a]}}
-        - c: {{set: {{x: 3}}, needs: [a]}}
+        tasks:
+          - a: {{set: {{x: 1}}}}
+          - b: {{set: {{x: 2}}, needs: [a]}}
+          - c: {{set: {{x: 3}}, needs: [a]}}
 "
         ));
         let e = edges(&g);
         for want in [
-            "/do/0/build -> /do/0/build/dag/0/a",
-            "/do/0/build/dag/0/a -needs-> /do/0/build/dag/1/b",
-            "/do/0/build/dag/1/b -> end",
-            "/do/0/build/dag/2/c -> end",
+            "/do/0/build -> /do/0/build/dag/tasks/0/a",
+            "/do/0/build/dag/tasks/0/a -needs-> /do/0/build/dag/tasks/1/b",
+            "/do/0/build/dag/tasks/1/b -> end",
+            "/do/0/build/dag/tasks/2/c -> end",
         ] {
             assert!(e.contains(&want.to_string()), "missing {want} in {e:#?}");
         }
-        assert!(!e.contains(&"/do/0/build/dag/0/a -> end".to_string()));
+        assert!(!e.contains(&"/do/0/build/dag/tasks/0/a -> end".to_string()));
     }
 }

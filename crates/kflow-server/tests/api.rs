@@ -73,7 +73,7 @@ async fn unknown_routes_and_methods_are_json_errors() {
             .contains("/api/v1/nothing-here"),
         "{e}"
     );
-    api.get("/")
+    api.get("/nothing-here")
         .await
         .expect_error(StatusCode::NOT_FOUND, "not_found");
     api.get("/api/v1/definitions/a/b/c/d/e/f")
@@ -139,6 +139,12 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/openapi.json", vec!["get"]),
         ("/healthz", vec!["get"]),
         ("/metrics", vec!["get"]),
+        ("/api/v1/definitions/validate", vec!["post"]),
+        (
+            "/api/v1/definitions/{namespace}/{name}/versions/{version}/graph",
+            vec!["get"],
+        ),
+        ("/api/v1/definitions/{namespace}/{name}/diff", vec!["get"]),
         ("/api/v1/whoami", vec!["get"]),
         ("/api/v1/tokens", vec!["get", "post"]),
         ("/api/v1/tokens/{id}/revoke", vec!["post"]),

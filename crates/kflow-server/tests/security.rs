@@ -264,6 +264,31 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
             404,
             false,
         ),
+        // Checking a document registers nothing and reads nothing of a namespace.
+        ("POST", "/api/v1/definitions/validate") => f(
+            "POST",
+            "/api/v1/definitions/validate".into(),
+            Some(("application/yaml", doc(&format!("v{n}"), "1.0.0"))),
+            200,
+            200,
+            false,
+        ),
+        ("GET", "/api/v1/definitions/{namespace}/{name}/versions/{version}/graph") => f(
+            "GET",
+            "/api/v1/definitions/team/wait/versions/1.0.0/graph".into(),
+            None,
+            200,
+            404,
+            false,
+        ),
+        ("GET", "/api/v1/definitions/{namespace}/{name}/diff") => f(
+            "GET",
+            "/api/v1/definitions/team/wait/diff?from=1.0.0&to=1.0.0".into(),
+            None,
+            200,
+            404,
+            false,
+        ),
         ("POST", "/api/v1/definitions/{namespace}/{name}/versions/{version}/deprecate") => {
             ctx.register(doc(&format!("dep{n}"), "1.0.0")).await;
             f(
@@ -465,6 +490,8 @@ fn intended(method: &str, path: &str) -> Need {
         }
         (_, p) if p.starts_with("/api/v1/workers") || p.starts_with("/api/v1/leases") => Work,
         ("GET", _) => Read,
+        // Checking a document changes nothing: a read.
+        ("POST", "/api/v1/definitions/validate") => Read,
         (_, p) if p.starts_with("/api/v1/definitions") || p.starts_with("/api/v1/schedules") => {
             Edit
         }

@@ -22,10 +22,13 @@ const RULES: &[(&str, &[&str])] = &[
     // the executors never depend on the interpreter
     ("kflow-tasks", &["kflow-effects", "kflow-dsl"]),
     ("kflow-store", &[]),
+    // the web UI sees only the API's wire types: its data comes through the REST API
+    ("kflow-ui", &["kflow-api"]),
     (
         "kflow-server",
         &[
             "kflow-api",
+            "kflow-ui",
             "kflow-effects",
             "kflow-dsl",
             "kflow-core",

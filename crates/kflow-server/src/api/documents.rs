@@ -53,9 +53,9 @@ pub async fn validate_definition(Body(body): Body) -> ApiResult<Json<ValidateRes
                 version,
                 graph: Some(graph(kflow_dsl::graph::graph(&wf, root.as_ref()))),
             },
-            Err(diags) => ValidateResponse {
+            Err(r) => ValidateResponse {
                 valid: false,
-                diagnostics: diags.iter().map(diagnostic).collect(),
+                diagnostics: r.diagnostics.iter().map(diagnostic).collect(),
                 namespace,
                 name,
                 version,

@@ -20,11 +20,22 @@ pub struct Registered {
     pub outcome: &'static str,
 }
 
+/// A document that would not register: what kind of problem (the message of the API's error)
+/// and each problem at its line and column.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub message: &'static str,
+    pub diagnostics: Vec<kflow_dsl::Diagnostic>,
+}
+
 /// Everything registering checks, without registering: the document (DSL, schema, references,
 /// expressions), its schedule and its concurrency settings. Every problem comes with its line
 /// and column (the engine's own checks at the place of the setting they concern).
-pub fn check(source: &[u8]) -> std::result::Result<Workflow, Vec<kflow_dsl::Diagnostic>> {
-    let wf = kflow_dsl::load(source)?;
+pub fn check(source: &[u8]) -> std::result::Result<Workflow, Rejected> {
+    let wf = kflow_dsl::load(source).map_err(|diagnostics| Rejected {
+        message: "the workflow definition is invalid",
+        diagnostics,
+    })?;
     let at = |pointer: &str, message: String| {
         let pos = kflow_dsl::node::parse(source, &kflow_dsl::node::Limits::default())
             .map(|root| root.at_pointer(pointer).pos)
@@ -32,21 +43,16 @@ pub fn check(source: &[u8]) -> std::result::Result<Workflow, Vec<kflow_dsl::Diag
         kflow_dsl::Diagnostic::new(pos.line, pos.col, message)
     };
     if let Err(details) = crate::schedule::check(&wf) {
-        return Err(details
-            .into_iter()
-            .map(|d| {
-                at(
-                    "/schedule",
-                    format!("the workflow's schedule is invalid: {d}"),
-                )
-            })
-            .collect());
+        return Err(Rejected {
+            message: "the workflow's schedule is invalid",
+            diagnostics: details.into_iter().map(|d| at("/schedule", d)).collect(),
+        });
     }
     if let Err(m) = concurrency::spec(&wf) {
-        return Err(vec![at(
-            "/document/metadata/kflow",
-            format!("the workflow's concurrency settings are invalid: {m}"),
-        )]);
+        return Err(Rejected {
+            message: "the workflow's concurrency settings are invalid",
+            diagnostics: vec![at("/document/metadata/kflow", m)],
+        });
     }
     Ok(wf)
 }
@@ -65,9 +71,9 @@ impl Engine {
         source: &[u8],
         may: impl FnOnce(&str) -> bool,
     ) -> Result<Registered> {
-        let wf = check(source).map_err(|diags| EngineError::Invalid {
-            message: "the workflow definition is invalid".into(),
-            details: diags.iter().map(|d| d.to_string()).collect(),
+        let wf = check(source).map_err(|r| EngineError::Invalid {
+            message: r.message.into(),
+            details: r.diagnostics.iter().map(|d| d.to_string()).collect(),
         })?;
         if !may(&wf.document.namespace) {
             return Err(EngineError::Forbidden(format!(
