@@ -89,7 +89,7 @@ fn refused(o: &Outcome) {
 #[test]
 fn validate_accepts_every_spec_example() {
     let Some(spec) = spec_dir() else {
-        println!("../shared/spec is missing: skipping");
+        support::missing("../shared/spec");
         return;
     };
     let mut files: Vec<_> = std::fs::read_dir(spec.join("examples"))
@@ -124,7 +124,7 @@ fn validate_accepts_every_spec_example() {
 #[test]
 fn validate_rejects_the_invalid_fixtures_with_positions() {
     let Some(spec) = spec_dir() else {
-        println!("../shared/spec is missing: skipping");
+        support::missing("../shared/spec");
         return;
     };
     for name in [

@@ -564,9 +564,7 @@ fn load(path: &Path) -> Feature {
 #[test]
 fn ctk_conformance() {
     let Some(files) = features() else {
-        println!(
-            "the CTK (../shared/spec/serverless-workflow/ctk) is missing: skipping the conformance run"
-        );
+        support::missing("the CTK (../shared/spec/serverless-workflow/ctk)");
         return;
     };
     let server = TestServer::start();
@@ -620,7 +618,7 @@ fn ctk_conformance() {
 #[test]
 fn ctk_steps_are_understood() {
     let Some(files) = features() else {
-        println!("the CTK is missing: skipping");
+        support::missing("the CTK (../shared/spec/serverless-workflow/ctk)");
         return;
     };
     let mut count = 0;
