@@ -173,6 +173,9 @@ pub async fn list_instances(
         within: caller.scope.list(),
     };
     let limit = parse_count("limit", q.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    if let Some(text) = nonempty(q.q) {
+        return search_inputs(&st, filter, &text, nonempty(q.cursor), limit).await;
+    }
     let page = st
         .engine
         .instances(filter, nonempty(q.cursor), limit)
@@ -181,6 +184,54 @@ pub async fn list_instances(
         items: page.items.into_iter().map(instance_dto).collect(),
         next: page.next,
     }))
+}
+
+/// How many instances one search request reads at most; past it the answer holds what was
+/// found so far and a `next` cursor to go on from.
+const SEARCH_SCAN: usize = 20_000;
+
+/// The instances whose input contains `text` (case-insensitive, in its JSON text), newest
+/// first. Reads pages of the filtered list until `limit` match or [`SEARCH_SCAN`] were read; the
+/// `next` cursor resumes right after the last instance read, so no match is skipped.
+async fn search_inputs(
+    st: &AppState,
+    filter: InstanceFilter,
+    text: &str,
+    mut cursor: Option<String>,
+    limit: u32,
+) -> ApiResult<Json<InstanceList>> {
+    let limit = limit as usize;
+    if text.chars().count() > 200 {
+        return Err(ApiError::invalid(
+            "the search text (q) is longer than 200 characters",
+        ));
+    }
+    let needle = text.to_lowercase();
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let page = st
+            .engine
+            .instances(filter.clone(), cursor.clone(), 500)
+            .await?;
+        for inst in page.items {
+            scanned += 1;
+            let at = kflow_store::cursor::encode(inst.created_ms, &inst.id);
+            if inst.input.to_string().to_lowercase().contains(&needle) {
+                items.push(instance_dto(inst));
+            }
+            if items.len() == limit || scanned >= SEARCH_SCAN {
+                return Ok(Json(InstanceList {
+                    items,
+                    next: Some(at),
+                }));
+            }
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            return Ok(Json(InstanceList { items, next: None }));
+        }
+    }
 }
 
 /// An instance: status, input, output or error, and the tasks running or waiting now.

@@ -37,6 +37,10 @@ pub struct InstanceQuery {
     pub from: Option<String>,
     /// Created before: RFC 3339 or epoch milliseconds.
     pub to: Option<String>,
+    /// Only instances whose input contains this text (case-insensitive, at most 200
+    /// characters). A search reads at most 20,000 instances per request: a page may then hold
+    /// fewer than `limit` items, with `next` to go on.
+    pub q: Option<String>,
     /// The `next` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).

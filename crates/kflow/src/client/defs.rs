@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use kflow_api::definitions::{DefinitionDetail, DefinitionList};
+use kflow_api::definitions::{DefinitionDetail, DefinitionDiff, DefinitionList};
 
 use super::http::{Api, Failure, typed};
 use super::verbs::{default_namespace, parse_workflow_ref};
@@ -142,5 +142,130 @@ pub async fn run(cmd: DefsCommand) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `kflow diff [NS/]NAME[@V1] [V2]`.
+pub async fn diff(
+    workflow: &str,
+    to: Option<String>,
+    out: OutputArgs,
+    server: ServerArgs,
+) -> Result<ExitCode, Failure> {
+    let wf = parse_workflow_ref(workflow, &default_namespace()).map_err(Failure::Usage)?;
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(from) = wf.version {
+        q.push(("from", from));
+    }
+    if let Some(to) = to {
+        q.push(("to", to));
+    }
+    let v = Api::new(&server)?
+        .get(&["definitions", &wf.namespace, &wf.name, "diff"], &q)
+        .await?;
+    if out.output.is_data() {
+        print_data(out.output, &v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let d: DefinitionDiff = typed(&v, "the diff")?;
+    print!("{}", render_diff(&d));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The diff as text: a header, the tasks, then the text hunks.
+fn render_diff(d: &DefinitionDiff) -> String {
+    let mut s = format!(
+        "--- {ns}/{n}@{from}\n+++ {ns}/{n}@{to}\n",
+        ns = d.namespace,
+        n = d.name,
+        from = d.from,
+        to = d.to
+    );
+    if d.added.is_empty() && d.removed.is_empty() && d.changed.is_empty() {
+        s.push_str("tasks: no change\n");
+    }
+    for (mark, what, list) in [
+        ("+", "added", &d.added),
+        ("-", "removed", &d.removed),
+        ("~", "changed", &d.changed),
+    ] {
+        for t in list {
+            s.push_str(&format!("task {mark} {t} ({what})\n"));
+        }
+    }
+    if d.lines.is_empty() {
+        s.push_str("text: the same\n");
+    }
+    let mut first = true;
+    for l in &d.lines {
+        if first || l.op == "@" {
+            // A hunk starts: say where.
+            let at = d
+                .lines
+                .iter()
+                .skip_while(|x| !std::ptr::eq(*x, l))
+                .find(|x| x.op != "@");
+            if let Some(at) = at {
+                s.push_str(&format!(
+                    "@@ -{} +{} @@\n",
+                    at.old.map_or("-".into(), |n| n.to_string()),
+                    at.new.map_or("-".into(), |n| n.to_string())
+                ));
+            }
+            first = false;
+            if l.op == "@" {
+                continue;
+            }
+        }
+        s.push_str(&format!("{}{}\n", l.op, l.text));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kflow_api::definitions::DiffLine;
+
+    fn line(op: &str, old: Option<u32>, new: Option<u32>, text: &str) -> DiffLine {
+        DiffLine {
+            op: op.into(),
+            old,
+            new,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_diff_reads_as_tasks_then_hunks() {
+        let d = DefinitionDiff {
+            namespace: "shop".into(),
+            name: "order".into(),
+            from: "1.0.0".into(),
+            to: "1.1.0".into(),
+            lines: vec![
+                line(" ", Some(4), Some(4), "  version: x"),
+                line("-", Some(5), None, "  a: 1"),
+                line("+", None, Some(5), "  a: 2"),
+                line("@", None, None, "…"),
+                line(" ", Some(20), Some(20), "  z: 1"),
+            ],
+            added: vec!["extra".into()],
+            removed: vec![],
+            changed: vec!["greet".into()],
+        };
+        expect_test::expect![[r#"
+            --- shop/order@1.0.0
+            +++ shop/order@1.1.0
+            task + extra (added)
+            task ~ greet (changed)
+            @@ -4 +4 @@
+               version: x
+            -  a: 1
+            +  a: 2
+            @@ -20 +20 @@
+               z: 1
+        "#]]
+        .assert_eq(&render_diff(&d));
     }
 }

@@ -252,6 +252,19 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show how two versions of a workflow differ: tasks added, removed and changed, then the
+    /// text as a unified diff. `kflow diff shop/order@1.0.0 1.1.0`; without @V1, the version
+    /// before V2; without V2, the latest.
+    Diff {
+        /// [NS/]NAME[@V1]
+        workflow: String,
+        /// V2 (default: the latest version)
+        to: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Registered workflow definitions: ls, get (the document), deprecate.
     Defs {
         #[command(subcommand)]
@@ -434,6 +447,12 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         }
         ClientCommand::Token { command } => security::token(command).await,
         ClientCommand::Defs { command } => defs::run(command).await,
+        ClientCommand::Diff {
+            workflow,
+            to,
+            out,
+            server,
+        } => defs::diff(&workflow, to, out, server).await,
         ClientCommand::Login { server } => security::login(&server).await,
         ClientCommand::Whoami { server } => security::whoami(&http::Api::new(&server)?).await,
         ClientCommand::Audit { command } => security::audit(command).await,
