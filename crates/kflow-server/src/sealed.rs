@@ -132,6 +132,9 @@ impl Store for Sealed {
             .map(|i| self.open_instance(i))
             .transpose()
     }
+    fn instance_ids_matching(&self, prefix: &str, limit: u32) -> Result<Vec<String>> {
+        self.inner.instance_ids_matching(prefix, limit)
+    }
     fn list_instances(&self, f: &InstanceFilter, cursor: Option<&str>, limit: u32) -> Result<Page> {
         let p = self.inner.list_instances(f, cursor, limit)?;
         Ok(Page {

@@ -250,6 +250,10 @@ pub trait Store: Send + Sync + 'static {
     /// Applies all commits in ONE transaction, in order; either all or none.
     fn apply(&self, commits: &[Commit]) -> Result<()>;
     fn get_instance(&self, id: &str) -> Result<Option<Instance>>;
+    /// The ids that start with `short`, or, when none does, that end with it; at most `limit`
+    /// of them, in id order. Short ids in the CLI and the UI: a unique prefix or suffix names
+    /// its instance (ids are UUID v7: their first characters are a time, their last random).
+    fn instance_ids_matching(&self, prefix: &str, limit: u32) -> Result<Vec<String>>;
     fn list_instances(
         &self,
         filter: &InstanceFilter,

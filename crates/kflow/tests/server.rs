@@ -1103,3 +1103,73 @@ fn read_verbs_answer_in_yaml_too() {
         o.stdout
     );
 }
+
+#[test]
+fn short_ids_suggestions_and_diffs() {
+    let env = setup("short", &[]);
+    let v1 = wf(
+        "greet",
+        "do:\n  - a:\n      set: {x: 1}\n  - b:\n      set: {y: 2}\n",
+    );
+    let v2 = v1
+        .replace("version: '0.1.0'", "version: '0.2.0'")
+        .replace("y: 2", "y: 3")
+        + "  - c:\n      set: {z: 1}\n";
+    env.apply(&[("v1.yaml", v1), ("v2.yaml", v2)]);
+    let ids: Vec<String> = (0..3)
+        .map(|_| start_id(&env, "srv/greet@0.1.0", "{}"))
+        .collect();
+    // The random tail of an id names its instance; so does a unique head.
+    for id in &ids {
+        let tail = &id[id.len() - 8..];
+        let v = json_out(&env.cli(&["get", tail, "-o", "json"]));
+        assert_eq!(v["id"].as_str(), Some(id.as_str()), "{v}");
+        let o = env.cli(&["history", tail]);
+        ok(&o);
+    }
+    // A prefix shared by instances started in the same millisecond is ambiguous, and said so.
+    let shared = &ids[0][..4];
+    let o = env.cli(&["get", shared]);
+    if ids.iter().all(|i| i.starts_with(shared)) {
+        assert_ne!(o.code, Some(0));
+        assert!(o.stderr.contains("give more of the id"), "{}", o.describe());
+    }
+    // A misspelt workflow name gets a suggestion; a missing version the list of versions.
+    let o = env.cli(&["start", "srv/greeet"]);
+    assert_ne!(o.code, Some(0));
+    assert!(
+        o.stderr.contains("did you mean srv/greet?"),
+        "{}",
+        o.describe()
+    );
+    let o = env.cli(&["start", "srv/greet@9.0.0"]);
+    assert!(
+        o.stderr.contains("its versions: 0.1.0, 0.2.0"),
+        "{}",
+        o.describe()
+    );
+    // The diff of the two versions: tasks, then the text.
+    let o = env.cli(&["diff", "srv/greet@0.1.0", "0.2.0"]);
+    ok(&o);
+    assert!(
+        o.stdout
+            .starts_with("--- srv/greet@0.1.0\n+++ srv/greet@0.2.0\n"),
+        "{}",
+        o.describe()
+    );
+    assert!(o.stdout.contains("task + c (added)"), "{}", o.describe());
+    assert!(o.stdout.contains("task ~ b (changed)"), "{}", o.describe());
+    assert!(
+        o.stdout
+            .contains("-      set: {y: 2}\n+      set: {y: 3}\n"),
+        "{}",
+        o.describe()
+    );
+    // Without versions: the latest against the one before it.
+    let o = env.cli(&["diff", "srv/greet", "-o", "json"]);
+    let v = json_out(&o);
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (Some("0.1.0"), Some("0.2.0"))
+    );
+}

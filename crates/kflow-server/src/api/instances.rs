@@ -121,18 +121,60 @@ pub fn with_note(r: impl IntoResponse, note: Audited) -> Response {
 
 /// 404 unless the instance exists in a namespace the caller sees (no lookup for a caller who
 /// sees every namespace: the handler's own lookup answers 404 for a missing one).
-pub async fn visible(st: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
-    if caller.scope == Scope::All {
-        return Ok(());
+pub async fn visible(st: &AppState, caller: &Caller, id: &str) -> ApiResult<String> {
+    let full = id.len() == 36;
+    if caller.scope == Scope::All && full {
+        return Ok(id.to_string());
     }
-    let (store, i) = (st.engine.store(), id.to_string());
-    let row = tokio::task::spawn_blocking(move || store.get_instance(&i))
+    let not_found = || ApiError::not_found(format!("no instance {id}"));
+    let store = st.engine.store();
+    let read = |i: String| {
+        let store = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || store.get_instance(&i))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(format!("the store failed: {e}")))
+        }
+    };
+    if let Some(r) = read(id.to_string()).await? {
+        return if caller.sees(&r.namespace) {
+            Ok(id.to_string())
+        } else {
+            Err(not_found())
+        };
+    }
+    // A short id: a unique prefix or suffix (of at least 4 characters) of the id of an instance
+    // this caller sees.
+    let prefix_like =
+        (4..36).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if !prefix_like {
+        return Err(not_found());
+    }
+    let (s, p) = (store.clone(), id.to_string());
+    let ids = tokio::task::spawn_blocking(move || s.instance_ids_matching(&p, 50))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("the store failed: {e}")))?;
-    match row {
-        Some(r) if caller.sees(&r.namespace) => Ok(()),
-        _ => Err(ApiError::not_found(format!("no instance {id}"))),
+    let mut seen = Vec::new();
+    for i in ids {
+        let sees = caller.scope == Scope::All
+            || read(i.clone())
+                .await?
+                .is_some_and(|r| caller.sees(&r.namespace));
+        if sees {
+            seen.push(i);
+        }
+    }
+    match seen.len() {
+        0 => Err(not_found()),
+        1 => Ok(seen.remove(0)),
+        n => Err(ApiError::conflict(format!(
+            "the short id {id} names {}{} instances: {}; give more of the id",
+            if n >= 50 { "at least " } else { "" },
+            n,
+            seen.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
 
@@ -250,7 +292,7 @@ pub async fn get_instance(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceViewDto>> {
-    visible(&st, &caller, &id).await?;
+    let id = visible(&st, &caller, &id).await?;
     Ok(Json(st.engine.instance(&id).await?.into()))
 }
 
@@ -271,7 +313,7 @@ pub async fn cancel_instance(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
-    visible(&st, &caller, &id).await?;
+    let id = visible(&st, &caller, &id).await?;
     Ok(Json(instance_dto(st.engine.cancel(&id).await?)))
 }
 
@@ -292,7 +334,7 @@ pub async fn suspend_instance(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
-    visible(&st, &caller, &id).await?;
+    let id = visible(&st, &caller, &id).await?;
     Ok(Json(instance_dto(st.engine.suspend(&id).await?)))
 }
 
@@ -313,7 +355,7 @@ pub async fn resume_instance(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceDto>> {
-    visible(&st, &caller, &id).await?;
+    let id = visible(&st, &caller, &id).await?;
     Ok(Json(instance_dto(st.engine.resume(&id).await?)))
 }
 
@@ -349,7 +391,7 @@ pub async fn get_history(
             })?,
     };
     let limit = parse_count("limit", q.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
-    visible(&st, &caller, &id).await?;
+    let id = visible(&st, &caller, &id).await?;
     let events = st.engine.history(&id, after, limit).await?;
     Ok(Json(HistoryList {
         items: events

@@ -68,7 +68,7 @@ pub async fn watch_instance(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map_or_else(|| "local".to_string(), |c| c.0.ip().to_string()),
     };
-    super::instances::visible(&st, &caller, &id).await?;
+    let id = super::instances::visible(&st, &caller, &id).await?;
     st.engine.instance(&id).await?;
     // Subscribe before reading the history: nothing committed from here on can be missed.
     let (live, guard) = st

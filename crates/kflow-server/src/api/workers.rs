@@ -218,7 +218,7 @@ pub async fn explain(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<kflow_api::instances::Explanation>> {
-    super::instances::visible(&st, &caller, &id).await?;
+    let id = super::instances::visible(&st, &caller, &id).await?;
     let e: Explanation = st.engine.explain(&id).await?;
     Ok(Json(kflow_api::instances::Explanation {
         id: e.id,

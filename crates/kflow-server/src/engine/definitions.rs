@@ -150,17 +150,57 @@ impl Engine {
         {
             return Ok(d.clone());
         }
-        let shown = format!("{ns}/{name}@{}", version.unwrap_or("latest"));
-        let def = self
+        let found = self
             .blocking(move |s| s.get_definition(&n, &m, v.as_deref()))
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("workflow {shown} is not registered")))?;
+            .await?;
+        let Some(def) = found else {
+            return Err(EngineError::NotFound(
+                self.not_registered(ns, name, version).await,
+            ));
+        };
         self.shared
             .definitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, def.clone());
         Ok(def)
+    }
+
+    /// "workflow ns/name@v is not registered", with what is: the versions of that name, or the
+    /// names of the same namespace closest to it (a misspelt name gets a suggestion). Only the
+    /// namespace asked about is read, which the caller may see.
+    async fn not_registered(&self, ns: &str, name: &str, version: Option<&str>) -> String {
+        let shown = format!("{ns}/{name}@{}", version.unwrap_or("latest"));
+        let mut msg = format!("workflow {shown} is not registered");
+        let Ok(defs) = self.definitions(Some(ns.to_string())).await else {
+            return msg;
+        };
+        let mut versions: Vec<&str> = defs
+            .iter()
+            .filter(|d| d.name == name)
+            .map(|d| d.version.as_str())
+            .collect();
+        if !versions.is_empty() {
+            versions.sort_by(|a, b| kflow_store::semver::compare(a, b));
+            msg.push_str(&format!("; its versions: {}", versions.join(", ")));
+            return msg;
+        }
+        let mut names: Vec<(usize, &str)> = defs
+            .iter()
+            .map(|d| (strsim::levenshtein(&d.name, name), d.name.as_str()))
+            .filter(|(dist, n)| *dist <= 2.max(name.len() / 3) || n.contains(name))
+            .collect();
+        names.sort();
+        names.dedup_by(|a, b| a.1 == b.1);
+        if !names.is_empty() {
+            let list: Vec<String> = names
+                .iter()
+                .take(3)
+                .map(|(_, n)| format!("{ns}/{n}"))
+                .collect();
+            msg.push_str(&format!("; did you mean {}?", list.join(" or ")));
+        }
+        msg
     }
 
     fn forget_definitions(&self, ns: &str, name: &str) {

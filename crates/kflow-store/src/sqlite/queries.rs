@@ -595,6 +595,42 @@ impl Store for SqliteStore {
         })
     }
 
+    fn instance_ids_matching(&self, prefix: &str, limit: u32) -> Result<Vec<String>> {
+        // A range of the primary key: `id >= prefix AND id < prefix with its last character
+        // raised`, so that no row outside the prefix is read.
+        let mut upper: Vec<char> = prefix.chars().collect();
+        let bumped = upper
+            .pop()
+            .and_then(|c| char::from_u32(c as u32 + 1))
+            .map(|c| {
+                upper.push(c);
+                upper.into_iter().collect::<String>()
+            });
+        let (lo, hi) = (
+            prefix.to_string(),
+            bumped.unwrap_or_else(|| "\u{10FFFF}".into()),
+        );
+        self.read(|conn| {
+            let by_prefix = query_all(
+                conn,
+                "SELECT id FROM instances WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+                rusqlite::params![lo, hi, limit],
+                |r| Ok(r.get::<_, String>(0)?),
+            )?;
+            if !by_prefix.is_empty() {
+                return Ok(by_prefix);
+            }
+            // A suffix reads the whole key index: the short id is matched literally (`substr`,
+            // not `LIKE`, so no character of it is a pattern).
+            query_all(
+                conn,
+                "SELECT id FROM instances WHERE substr(id, -length(?1)) = ?1 ORDER BY id LIMIT ?2",
+                rusqlite::params![prefix, limit],
+                |r| Ok(r.get::<_, String>(0)?),
+            )
+        })
+    }
+
     fn list_instances(
         &self,
         filter: &InstanceFilter,

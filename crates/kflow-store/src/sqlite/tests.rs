@@ -57,6 +57,9 @@ impl Store for TempStore {
     fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
         self.store.get_instance(id)
     }
+    fn instance_ids_matching(&self, prefix: &str, limit: u32) -> Result<Vec<String>> {
+        self.store.instance_ids_matching(prefix, limit)
+    }
     fn list_instances(
         &self,
         filter: &InstanceFilter,

@@ -75,6 +75,10 @@ impl Store for FailingStore {
         self.check(&self.fail_reads, "reading an instance")?;
         self.inner.get_instance(id)
     }
+    fn instance_ids_matching(&self, prefix: &str, limit: u32) -> crate::Result<Vec<String>> {
+        self.check(&self.fail_reads, "reading instance ids")?;
+        self.inner.instance_ids_matching(prefix, limit)
+    }
     fn list_instances(
         &self,
         filter: &InstanceFilter,

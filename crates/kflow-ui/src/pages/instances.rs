@@ -214,6 +214,8 @@ pub async fn detail(
     let base = format!("/api/v1/instances/{}", enc(id));
     let view: InstanceViewDto = api.get(&base).await?;
     let inst = &view.instance;
+    // A short id resolves to the whole one: the rest of the page uses it.
+    let base = format!("/api/v1/instances/{}", enc(&inst.id));
     let after: i64 = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
     let history: HistoryList = api
         .get(&format!(
