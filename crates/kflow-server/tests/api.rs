@@ -121,6 +121,7 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/instances", vec!["get", "post"]),
         ("/api/v1/instances/{id}", vec!["get"]),
         ("/api/v1/instances/{id}/cancel", vec!["post"]),
+        ("/api/v1/instances/{id}/retry", vec!["post"]),
         ("/api/v1/instances/{id}/suspend", vec!["post"]),
         ("/api/v1/instances/{id}/resume", vec!["post"]),
         ("/api/v1/instances/{id}/history", vec!["get"]),

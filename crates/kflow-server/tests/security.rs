@@ -319,6 +319,12 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
             let uri = rule.path.replace("{id}", &id);
             f(rule.method, uri, None, 200, 404, false)
         }
+        // A running instance cannot be retried: the rule still decides who hears that (409).
+        ("POST", "/api/v1/instances/{id}/retry") => {
+            let id = ctx.fresh_instance().await;
+            let uri = rule.path.replace("{id}", &id);
+            f(rule.method, uri, None, 409, 404, false)
+        }
         ("POST", "/api/v1/instances/{id}/resume") => {
             let id = ctx.fresh_instance().await;
             ctx.root("POST", &format!("/api/v1/instances/{id}/suspend"), None)

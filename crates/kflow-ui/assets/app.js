@@ -41,6 +41,19 @@
     const box = $("#actions[data-id]");
     if (box) {
       box.addEventListener("click", async (ev) => {
+        const retryButton = ev.target.closest("button[data-retry]");
+        if (retryButton) {
+          retryButton.disabled = true;
+          const id = encodeURIComponent(box.dataset.id);
+          const resp = await api("POST", `/api/v1/instances/${id}/retry`, JSON.stringify({ task: retryButton.dataset.retry }));
+          if (resp.status === 201) {
+            window.location.href = "/ui/instances/" + encodeURIComponent(resp.body.id);
+          } else {
+            retryButton.disabled = false;
+            showError($("#action-error"), errorText(resp.body));
+          }
+          return;
+        }
         const b = ev.target.closest("button[data-action]");
         if (!b) { return; }
         if (b.dataset.confirm && !window.confirm(b.dataset.confirm)) { return; }

@@ -43,18 +43,29 @@ fn node() -> Option<PathBuf> {
     out.status.success().then(|| PathBuf::from("node"))
 }
 
-#[test]
-fn the_ui_in_a_real_browser() {
+/// node, Chromium and playwright-core, or `None` (said, or a failure under `CI=true`).
+fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let dir = workspace().join("crates/kflow-ui/browser");
     let Some(node) = node() else {
-        return support::missing("node (for the browser tests)");
+        support::missing("node (for the browser tests)");
+        return None;
     };
     let Some(chromium) = chromium() else {
-        return support::missing("Chromium (apt install chromium; or set KFLOW_CHROMIUM)");
+        support::missing("Chromium (apt install chromium; or set KFLOW_CHROMIUM)");
+        return None;
     };
     if !dir.join("node_modules/playwright-core").is_dir() {
-        return support::missing("playwright-core (npm ci in crates/kflow-ui/browser)");
+        support::missing("playwright-core (npm ci in crates/kflow-ui/browser)");
+        return None;
     }
+    Some((node, chromium, dir))
+}
+
+#[test]
+fn the_ui_in_a_real_browser() {
+    let Some((node, chromium, dir)) = browser_tools() else {
+        return;
+    };
     let data = TempDir::new("browser");
     let server = ServerProcess::start(data.path(), &[]);
     // A viewer token for the role checks.
@@ -98,5 +109,42 @@ fn the_ui_in_a_real_browser() {
         out.stdout.contains("all steps passed"),
         "{}",
         out.describe()
+    );
+}
+
+/// Time to first paint of the heavy pages, in the browser (not a pass/fail test: figures for
+/// BENCHMARKS.md). Against `KFLOW_BENCH_URL` with `KFLOW_BENCH_TOKEN` when set (a release
+/// server), else a server of this build.
+#[test]
+#[ignore = "a benchmark: cargo nextest run -p kflow --test browser --run-ignored only"]
+fn paint_times() {
+    let Some((node, chromium, dir)) = browser_tools() else {
+        return;
+    };
+    let data = TempDir::new("paint");
+    let (server, base, token) = match (
+        std::env::var("KFLOW_BENCH_URL"),
+        std::env::var("KFLOW_BENCH_TOKEN"),
+    ) {
+        (Ok(url), Ok(token)) => (None, url, token),
+        _ => {
+            let s = ServerProcess::start(data.path(), &[]);
+            let base = s.base();
+            (Some(s), base, TEST_TOKEN.to_string())
+        }
+    };
+    let mut cmd = Command::new(node);
+    cmd.current_dir(&dir)
+        .arg("paint.mjs")
+        .env("KFLOW_URL", &base)
+        .env("KFLOW_ADMIN_TOKEN", &token)
+        .env("KFLOW_CHROMIUM", &chromium);
+    let out = support::run_with_timeout(cmd, Duration::from_secs(600));
+    println!("{}", out.stdout);
+    assert!(
+        out.code == Some(0),
+        "{}\n{}",
+        out.describe(),
+        server.map(|s| s.log_tail(3000)).unwrap_or_default()
     );
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -1171,5 +1172,83 @@ fn short_ids_suggestions_and_diffs() {
     assert_eq!(
         (v["from"].as_str(), v["to"].as_str()),
         (Some("0.1.0"), Some("0.2.0"))
+    );
+}
+
+#[test]
+fn retry_from_the_failed_task_reuses_what_came_before() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let env = setup("retry", &[]);
+    // `first` counts its calls; `second` fails until it is told to work.
+    let firsts = Arc::new(AtomicUsize::new(0));
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (f, h) = (firsts.clone(), healthy.clone());
+    let svc = support::TestServer::start_with(move |req: &support::Recorded| match req.path() {
+        "/first" => {
+            let n = f.fetch_add(1, Ordering::SeqCst) + 1;
+            Some((200, json!({"token": format!("t{n}")})))
+        }
+        "/second" if h.load(Ordering::SeqCst) => Some((200, json!({"ok": true}))),
+        "/second" => Some((503, json!({"error": "down"}))),
+        _ => None,
+    });
+    let base = svc.base();
+    env.apply(&[(
+        "flow.yaml",
+        wf(
+            "twostep",
+            &format!(
+                "do:
+  - first:
+      call: http
+      with: {{method: get, endpoint: '{base}/first'}}
+      export: {{as: '${{ {{token: .token}} }}'}}
+  - second:
+      call: http
+      with: {{method: get, endpoint: '{base}/second'}}
+  - done:
+      set: {{token: '${{ $context.token }}', second: '${{ .ok }}'}}
+"
+            ),
+        ),
+    )]);
+    let o = env.cli(&["start", "srv/twostep", "--wait"]);
+    assert_ne!(o.code, Some(0), "the first run faults\n{}", o.describe());
+    let id = started_id(&o);
+    assert_eq!(status(&env.instance(&id)), "faulted");
+    assert_eq!(firsts.load(Ordering::SeqCst), 1);
+    // Not a faulted instance, or a task that never ran: refused with the reason.
+    let o = env.cli(&["retry", &id, "--task", "/do/2/done"]);
+    assert_ne!(o.code, Some(0));
+    assert!(o.stderr.contains("never started"), "{}", o.describe());
+
+    healthy.store(true, Ordering::SeqCst);
+    let o = env.cli(&["retry", &id]);
+    ok(&o);
+    let retry = o.stdout.trim().to_string();
+    assert_ne!(retry, id);
+    let v = env.wait_for(&retry, "completed", |v| status(v) == "completed");
+    // The first call was not made again: its journaled result was reused.
+    assert_eq!(firsts.load(Ordering::SeqCst), 1, "first ran again");
+    assert_eq!(v["output"]["token"], "t1", "{v}");
+    assert_eq!(v["output"]["second"], true, "{v}");
+    // Its history says where it came from, and what it reused.
+    let h = json_out(&env.cli(&["history", &retry, "-o", "json"]));
+    let note = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["data"]["type"] == "instance.retried")
+        .unwrap_or_else(|| panic!("no instance.retried notice: {h}"))
+        .clone();
+    assert_eq!(note["data"]["from"], id.as_str());
+    assert_eq!(note["data"]["reference"], "/do/1/second");
+    assert_eq!(note["data"]["reused"], 1);
+    // A completed instance is not retried.
+    let o = env.cli(&["retry", &retry]);
+    assert!(
+        o.stderr.contains("only a faulted instance"),
+        "{}",
+        o.describe()
     );
 }

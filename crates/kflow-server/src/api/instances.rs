@@ -13,7 +13,7 @@ use crate::engine::StartSpec;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, JsonBody};
+use super::extract::{ApiPath, ApiQuery, Body, JsonBody};
 use super::types::{
     HistoryList, HistoryQuery, InstanceDto, InstanceList, InstanceQuery, InstanceViewDto,
     StartRequest, history_event, instance_dto,
@@ -315,6 +315,57 @@ pub async fn cancel_instance(
 ) -> ApiResult<Json<InstanceDto>> {
     let id = visible(&st, &caller, &id).await?;
     Ok(Json(instance_dto(st.engine.cancel(&id).await?)))
+}
+
+/// Body of a retry (optional).
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// The task to retry from, by its JSON pointer (`/do/1/charge`); default: the first task
+    /// that faulted.
+    pub task: Option<String>,
+}
+
+/// Retries a faulted instance from one of its tasks: a new instance (same version, same input)
+/// that reuses the journaled results of everything before that task and runs the task and what
+/// follows again. The new instance's history starts with the reused records and an
+/// `instance.retried` notice naming the original.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/retry",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id (faulted)")),
+    request_body(content = Option<RetryRequest>, description = "Optional: the task to retry from", content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new instance", body = InstanceDto),
+        (status = 400, description = "The task never started in this instance", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Not faulted, or the failure would repeat, or the workflow has a concurrency limit", body = ErrorBody),
+    )
+)]
+pub async fn retry_instance(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let id = visible(&st, &caller, &id).await?;
+    let req: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryRequest::default()
+    } else {
+        super::extract::parse_json(&body)?
+    };
+    let started = st.engine.retry(&id, req.task.as_deref()).await?;
+    let inst = started.instance;
+    let note = Audited {
+        resource: format!("instance {} (a retry of {id})", inst.id),
+        namespace: Some(inst.namespace.clone()),
+        recorded: false,
+    };
+    Ok(with_note(
+        (StatusCode::CREATED, Json(instance_dto(inst))),
+        note,
+    ))
 }
 
 /// Suspends a running instance: results and events that arrive meanwhile are held.

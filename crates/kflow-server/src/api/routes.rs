@@ -143,6 +143,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(instances::cancel_instance))
         .routes(routes!(instances::suspend_instance))
         .routes(routes!(instances::resume_instance))
+        .routes(routes!(instances::retry_instance))
         .routes(routes!(instances::get_history))
         .routes(routes!(watch::watch_instance))
         .routes(routes!(events::publish_event))

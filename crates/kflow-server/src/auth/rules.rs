@@ -150,6 +150,13 @@ pub const RULES: &[Rule] = &[
     ),
     r(
         "POST",
+        "/api/v1/instances/{id}/retry",
+        Operate,
+        "instances.retry",
+        true,
+    ),
+    r(
+        "POST",
         "/api/v1/instances/{id}/cancel",
         Operate,
         "instances.cancel",

@@ -309,6 +309,92 @@ impl Engine {
         .await
     }
 
+    /// A new instance from faulted instance `id`, from `task` (a task's JSON pointer; by default
+    /// the first task that faulted): it reuses the journaled results of everything before the
+    /// task's last start, and runs the task and what follows again (see `driver/retry.rs`).
+    pub async fn retry(&self, id: &str, task: Option<&str>) -> Result<Started> {
+        let i = id.to_string();
+        let (row, history) = self
+            .blocking(move |s| {
+                let row = s.get_instance(&i)?;
+                let history = match row {
+                    Some(_) => s.history(&i, 0, u32::MAX)?,
+                    None => Vec::new(),
+                };
+                Ok((row, history))
+            })
+            .await?;
+        let row = row.ok_or_else(|| EngineError::NotFound(format!("no instance {id}")))?;
+        if row.status != kflow_store::InstanceStatus::Faulted {
+            return Err(EngineError::Conflict(format!(
+                "instance {id} is {}: only a faulted instance can be retried from a task",
+                row.status.as_str()
+            )));
+        }
+        let records =
+            journal::decode_all(id, &history).map_err(|e| EngineError::Conflict(e.to_string()))?;
+        let notice = |r: &journal::Record, kind: &str| match r {
+            journal::Record::Notice(m) if m.get("type").and_then(Value::as_str) == Some(kind) => m
+                .get("reference")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        let task = match task {
+            Some(t) => t.to_string(),
+            None => records
+                .iter()
+                .find_map(|r| notice(r, "task.faulted"))
+                .ok_or_else(|| {
+                    EngineError::Conflict(format!(
+                        "no task of instance {id} faulted (the instance itself did): start a new                          instance instead"
+                    ))
+                })?,
+        };
+        let cut = history
+            .iter()
+            .zip(&records)
+            .filter(|(_, r)| notice(r, "task.started").as_deref() == Some(task.as_str()))
+            .map(|(ev, _)| ev.seq)
+            .last()
+            .ok_or_else(|| EngineError::Invalid {
+                message: format!("task {task} never started in instance {id}"),
+                details: Vec::new(),
+            })?;
+        let prefix: Vec<(journal::Record, i64)> = history
+            .iter()
+            .zip(records)
+            .filter(|(ev, r)| {
+                ev.seq < cut
+                    && matches!(
+                        r,
+                        journal::Record::Started { .. }
+                            | journal::Record::Delivery { .. }
+                            | journal::Record::Notice(_)
+                    )
+            })
+            .map(|(ev, r)| (r, ev.time_ms))
+            .collect();
+        let wf = self
+            .shared
+            .workflow(&row.namespace, &row.name, &row.version)?;
+        if super::concurrency::spec(&wf).ok().flatten().is_some() {
+            return Err(EngineError::Conflict(format!(
+                "{}/{}@{} has a concurrency limit: retrying from a task does not take a slot                  yet, so it is refused for this workflow",
+                row.namespace, row.name, row.version
+            )));
+        }
+        self.ask(|reply| Msg::Retry {
+            from: id.to_string(),
+            task,
+            wf,
+            input: row.input,
+            records: prefix,
+            reply,
+        })
+        .await
+    }
+
     pub async fn suspend(&self, id: &str) -> Result<Instance> {
         self.ask(|reply| Msg::Suspend {
             id: id.to_string(),

@@ -239,6 +239,30 @@ pub async fn detail(
         api.get(&format!("{base}/explain")).await.ok()
     };
     let (states, spans) = read_history(&history.items);
+    // The tasks that faulted, innermost (first to fault) first: each a place to retry from.
+    let mut faulted: Vec<(String, String)> = Vec::new();
+    for ev in &history.items {
+        if ev.data.get("type").and_then(|t| t.as_str()) == Some("task.faulted")
+            && let (Some(r), Some(n)) = (
+                ev.data.get("reference").and_then(|r| r.as_str()),
+                ev.data.get("task").and_then(|t| t.as_str()),
+            )
+            && !faulted.iter().any(|(x, _)| x == r)
+        {
+            faulted.push((r.to_string(), n.to_string()));
+        }
+    }
+    faulted.truncate(3);
+    let retried_from = history.items.iter().find_map(|ev| {
+        (ev.data.get("type").and_then(|t| t.as_str()) == Some("instance.retried"))
+            .then(|| {
+                ev.data
+                    .get("from")
+                    .and_then(|f| f.as_str())
+                    .map(str::to_string)
+            })
+            .flatten()
+    });
     let mut marks: Marks = Marks::new();
     for (r, s) in &states {
         marks.entry(r.clone()).or_default().push(s);
@@ -268,6 +292,11 @@ pub async fn detail(
                     }
                     button.action.danger data-action="cancel" data-confirm="Cancel this instance?" { "Cancel" }
                 }
+                @if v.may_operate() && status == "faulted" {
+                    @for (reference, name) in &faulted {
+                        button.action data-retry=(reference) title={ "A new instance that reuses what ran before " (name) } { "Retry from " (name) }
+                    }
+                }
             }
         }
         p.meta {
@@ -278,6 +307,7 @@ pub async fn detail(
             @if finished { " · took " (duration(inst.updated_ms - inst.created_ms)) }
         }
         @if let Some(a) = &inst.attention { p.note.warn { (a) } }
+        @if let Some(f) = &retried_from { p.note { "A retry of " a.mono href=(instance_url(f)) { (f) } ": what ran before the retried task was reused, not run again." } }
         p.error-line #action-error hidden {}
         // The live stream resumes after the last event rendered here.
         div #live data-watch={ (base) "/watch" } data-last=(last_seq) data-finished=(finished) {}

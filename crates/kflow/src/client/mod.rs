@@ -228,6 +228,18 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Retry a faulted instance from a task: a new instance that reuses the results of
+    /// everything before the task (default: the first task that faulted); prints its id.
+    Retry {
+        id: String,
+        /// The task to retry from, by its JSON pointer (`/do/1/charge`).
+        #[arg(long)]
+        task: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Suspend an instance and print its new status.
     Suspend {
         id: String,
@@ -425,6 +437,12 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         ClientCommand::Cancel { id, out, server } => {
             verbs::control(&http::Api::new(&server)?, &id, "cancel", out.output).await
         }
+        ClientCommand::Retry {
+            id,
+            task,
+            out,
+            server,
+        } => verbs::retry(&http::Api::new(&server)?, &id, task, out.output).await,
         ClientCommand::Suspend { id, out, server } => {
             verbs::control(&http::Api::new(&server)?, &id, "suspend", out.output).await
         }

@@ -253,6 +253,28 @@ pub async fn control(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kflow retry ID [--task REF]`: prints the new instance's id.
+pub async fn retry(
+    api: &Api,
+    id: &str,
+    task: Option<String>,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let body = match task {
+        Some(t) => json!({ "task": t }),
+        None => json!({}),
+    };
+    let inst = api.post_json(&["instances", id, "retry"], &body).await?;
+    match format {
+        Format::Json | Format::Yaml => super::print_data(format, &inst),
+        Format::Text => {
+            let inst: InstanceDto = typed(&inst, "the instance")?;
+            println!("{}", inst.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kflow history ID`.
 pub async fn history(api: &Api, id: &str, format: Format) -> Result<ExitCode, Failure> {
     let page = api.get(&["instances", id, "history"], &[]).await?;

@@ -31,6 +31,7 @@ mod io;
 mod isolation;
 mod protection;
 mod recovery;
+mod retry;
 mod starts;
 #[cfg(test)]
 mod tests;
@@ -95,6 +96,16 @@ pub enum Msg {
     Shutdown {
         deadline: Duration,
         reply: oneshot::Sender<()>,
+    },
+    /// A new instance from a faulted one: `records` (a prefix of its history, up to the failed
+    /// task's start) replayed, then on from there (see `retry.rs`).
+    Retry {
+        from: String,
+        task: String,
+        wf: Arc<Workflow>,
+        input: Value,
+        records: Vec<(Record, i64)>,
+        reply: oneshot::Sender<Result<super::Started>>,
     },
     /// Answered once the driver has gone round its loop (timers due by the engine's clock
     /// fired, what it took committed): tests on a manual clock wait for it instead of sleeping.
@@ -327,6 +338,14 @@ impl Driver {
                 let n = self.offer_event(&event, event_id, b, now);
                 b.after.push(After::ReplyCount(reply, n));
             }
+            Msg::Retry {
+                from,
+                task,
+                wf,
+                input,
+                records,
+                reply,
+            } => self.retry(from, task, wf, input, records, reply, b, now),
             Msg::Cancel { id, reply } => {
                 if self.load(&id).is_err() && self.parked.contains_key(&id) {
                     let r = self.force_cancel(&id, b, now);
