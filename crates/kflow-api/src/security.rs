@@ -126,3 +126,34 @@ pub struct Rotated {
     /// The id of the key that now seals every secret.
     pub key_id: String,
 }
+
+/// A fired alert and how its delivery went.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertView {
+    pub id: String,
+    /// The rule (from the config) that fired.
+    pub rule: String,
+    /// `instance_faulted`, `instance_duration`, `queue_wait`, `worker_lost`, `schedule_missed`.
+    pub on: String,
+    /// What it is about: an instance id, a queue, a worker, a schedule.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub fired: String,
+    pub fired_ms: i64,
+    pub summary: String,
+    pub details: serde_json::Value,
+    /// `delivered`, `pending` (retrying), `failed` (gave up), or `recorded` (no webhook).
+    pub delivery: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the condition cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    pub items: Vec<AlertView>,
+}

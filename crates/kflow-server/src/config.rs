@@ -54,6 +54,8 @@ pub struct ServerConfig {
     /// Live watchers (`/watch` streams) at most on the server, and per client address.
     pub max_watchers: usize,
     pub max_watchers_per_client: usize,
+    /// Alert rules and the webhooks they go to.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +85,7 @@ impl Default for ServerConfig {
             idempotency_ttl_seconds: 86_400,
             max_watchers: 10_000,
             max_watchers_per_client: 100,
+            alerts: Default::default(),
         }
     }
 }
@@ -220,6 +223,7 @@ struct FileConfig {
     idempotency_ttl_seconds: Option<u64>,
     max_watchers: Option<usize>,
     max_watchers_per_client: Option<usize>,
+    alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -342,6 +346,10 @@ impl ServerConfig {
         }
         if let Some(v) = file.max_watchers_per_client {
             c.max_watchers_per_client = v;
+        }
+        if let Some(a) = file.alerts {
+            a.check().map_err(|e| format!("{name}: {e}"))?;
+            c.alerts = a;
         }
         if let Some(v) = file.idempotency_ttl_seconds {
             if v == 0 {

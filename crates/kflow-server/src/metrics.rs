@@ -65,6 +65,7 @@ pub struct Metrics {
     pub tasks_running: Gauge,
     pub workers: Gauge,
     pub lease_expiries: Counter,
+    pub alerts_fired: Counter,
     pub commit_duration: Histogram,
     pub commit_batch: Histogram,
     pub http_duration: Family<RouteLabels, Histogram>,
@@ -91,6 +92,7 @@ impl Metrics {
             tasks_running: Gauge::default(),
             workers: Gauge::default(),
             lease_expiries: Counter::default(),
+            alerts_fired: Counter::default(),
             commit_duration: Histogram::new(seconds_buckets()),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             http_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
@@ -137,6 +139,11 @@ impl Metrics {
             "lease_expiries",
             "Leases of silent workers expired (their tasks queued again)",
             m.lease_expiries.clone(),
+        );
+        registry.register(
+            "alerts_fired",
+            "Alerts fired by the alert rules (each once per rule and subject)",
+            m.alerts_fired.clone(),
         );
         registry.register(
             "store_commit_seconds",

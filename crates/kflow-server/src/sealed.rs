@@ -251,6 +251,33 @@ impl Store for Sealed {
     fn delete_secret(&self, ns: &str, name: &str) -> Result<bool> {
         self.inner.delete_secret(ns, name)
     }
+    fn fire_alert(&self, alert: &kflow_store::AlertRow) -> kflow_store::Result<bool> {
+        self.inner.fire_alert(alert)
+    }
+    fn due_alerts(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> kflow_store::Result<Vec<kflow_store::AlertRow>> {
+        self.inner.due_alerts(now_ms, limit)
+    }
+    fn alert_attempted(
+        &self,
+        id: &str,
+        outcome: kflow_store::AlertAttempt,
+    ) -> kflow_store::Result<()> {
+        self.inner.alert_attempted(id, outcome)
+    }
+    fn clear_alert(&self, rule: &str, key: &str) -> kflow_store::Result<bool> {
+        self.inner.clear_alert(rule, key)
+    }
+    fn alerts(
+        &self,
+        before_ms: Option<i64>,
+        limit: u32,
+    ) -> kflow_store::Result<Vec<kflow_store::AlertRow>> {
+        self.inner.alerts(before_ms, limit)
+    }
 }
 
 /// `kflow db encrypt`: seals every payload written before `encrypt_data` was turned on (what

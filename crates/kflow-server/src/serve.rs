@@ -59,6 +59,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot start the scheduler: {e}"))?;
     let schedules = scheduler.spawn();
+    let alerts = crate::alerts::Alerts::new(engine.clone(), cfg.alerts.clone())?.spawn();
     let (auth, hosts) = security(&cfg, &engine).await?;
     let app = router(
         engine.clone(),
@@ -114,6 +115,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     stop.notify_waiters();
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
+    alerts.abort();
     engine
         .shutdown(Duration::from_secs(cfg.drain_seconds))
         .await;

@@ -140,6 +140,7 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/openapi.json", vec!["get"]),
         ("/healthz", vec!["get"]),
         ("/metrics", vec!["get"]),
+        ("/api/v1/alerts", vec!["get"]),
         ("/api/v1/definitions/validate", vec!["post"]),
         (
             "/api/v1/definitions/{namespace}/{name}/versions/{version}/graph",

@@ -344,4 +344,46 @@ pub trait Store: Send + Sync + 'static {
     fn secrets(&self) -> Result<Vec<SecretRow>>;
     /// Removes a secret; false when there was none.
     fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool>;
+
+    // --- alerts ---------------------------------------------------------------------------
+    /// Records an alert unless one with the same `(rule, key)` exists (an alert fires once per
+    /// condition); true when it was recorded now.
+    fn fire_alert(&self, alert: &AlertRow) -> Result<bool>;
+    /// Alerts not delivered yet whose next attempt is due at `now_ms`, oldest first.
+    fn due_alerts(&self, now_ms: i64, limit: u32) -> Result<Vec<AlertRow>>;
+    /// Records a delivery attempt: delivered (`delivered_ms`), or failed with the time of the
+    /// next attempt (`None`: given up) and the error.
+    fn alert_attempted(&self, id: &str, outcome: AlertAttempt) -> Result<()>;
+    /// Forgets the alerts of `(rule, key)` (the condition cleared: it may fire again).
+    fn clear_alert(&self, rule: &str, key: &str) -> Result<bool>;
+    /// Alerts, newest first, at most `limit`, fired before `before_ms` when given.
+    fn alerts(&self, before_ms: Option<i64>, limit: u32) -> Result<Vec<AlertRow>>;
+}
+
+/// A fired alert and its delivery state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    /// Stable for `(rule, key)`: the CloudEvent id receivers de-duplicate on.
+    pub id: String,
+    pub rule: String,
+    /// What the alert is about (an instance id, a queue, a worker, a schedule).
+    pub key: String,
+    /// The namespace concerned, when there is one (alerts are filtered by it).
+    pub namespace: Option<String>,
+    pub fired_ms: i64,
+    pub summary: String,
+    pub data: Value,
+    pub delivered_ms: Option<i64>,
+    pub attempts: u32,
+    /// When the next delivery attempt is due; `None` once delivered or given up.
+    pub next_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Set when the condition cleared (then the row may be replaced by a new firing).
+    pub resolved_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertAttempt {
+    Delivered { at_ms: i64 },
+    Failed { next_ms: Option<i64>, error: String },
 }

@@ -7,6 +7,7 @@
 //! - [`error`] is the one place where engine errors become responses;
 //! - `extract` wraps axum's extractors so that every rejection is a JSON error too.
 
+pub mod alerts;
 pub mod definitions;
 pub mod documents;
 pub mod error;

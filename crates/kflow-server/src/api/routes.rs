@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 
 use super::error::{self, ErrorBody};
 use super::{
-    ApiConfig, AppState, definitions, documents, events, instances, schedules, security, watch,
-    workers,
+    ApiConfig, AppState, alerts, definitions, documents, events, instances, schedules, security,
+    watch, workers,
 };
 use crate::engine::Engine;
 
@@ -159,6 +159,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::explain))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
+        .routes(routes!(alerts::list_alerts))
         .routes(routes!(security::whoami))
         .routes(routes!(security::create_token, security::list_tokens))
         .routes(routes!(security::revoke_token))

@@ -73,6 +73,7 @@ use Need::*;
 pub const RULES: &[Rule] = &[
     r("GET", "/healthz", Public, "health", false),
     r("GET", "/metrics", Read, "metrics", false),
+    r("GET", "/api/v1/alerts", Read, "alerts.list", false),
     r("GET", "/api/v1/openapi.json", Public, "openapi", false),
     r("GET", "/api/v1/whoami", Authenticated, "auth.whoami", false),
     // definitions

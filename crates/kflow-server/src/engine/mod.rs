@@ -145,6 +145,17 @@ pub struct Dedupe {
 }
 
 /// What a start did.
+/// An instance that ended (committed).
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub status: kflow_store::InstanceStatus,
+    pub error: Option<Value>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Started {
     pub instance: Instance,
@@ -210,6 +221,8 @@ pub(crate) struct Shared {
     pub vault: Arc<crate::secrets::Vault>,
     /// What `/metrics` shows.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Instances that ended, once their end is committed (the alert rules listen).
+    pub ended: tokio::sync::broadcast::Sender<Ended>,
     /// Answers (a fired timer, a call's result) that reached a suspended instance and wait for
     /// its resume, by (instance, effect): what `explain` tells. Kept by the driver.
     pub held: Mutex<std::collections::HashSet<(String, u64)>>,
@@ -251,6 +264,7 @@ impl Shared {
             vault,
             held: Mutex::new(Default::default()),
             metrics,
+            ended: tokio::sync::broadcast::channel(4096).0,
         }
     }
 
@@ -518,6 +532,16 @@ impl Engine {
     /// The namespaces' secrets.
     pub fn vault(&self) -> Arc<crate::secrets::Vault> {
         self.shared.vault.clone()
+    }
+
+    /// Instances as they end (committed); a receiver that falls behind is told how many it
+    /// missed.
+    pub fn subscribe_ended(&self) -> tokio::sync::broadcast::Receiver<Ended> {
+        self.shared.ended.subscribe()
+    }
+
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.shared.metrics.clone()
     }
 
     pub fn store(&self) -> Arc<dyn Store> {

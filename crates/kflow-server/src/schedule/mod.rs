@@ -20,7 +20,7 @@ pub mod plan;
 pub mod state;
 #[cfg(test)]
 mod tests;
-mod views;
+pub mod views;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};

@@ -9,6 +9,7 @@
 //! An in-memory database ([`SqliteStore::open_in_memory`], for tests) cannot be shared between
 //! connections, so there reads go through the writer connection.
 
+mod alerts;
 mod queries;
 mod schema;
 mod security;

@@ -965,4 +965,27 @@ impl Store for SqliteStore {
     fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool> {
         self.write(|conn| super::security::delete_secret(conn, namespace, name))
     }
+
+    fn fire_alert(&self, alert: &crate::AlertRow) -> Result<bool> {
+        self.write(|conn| super::alerts::fire(conn, alert))
+    }
+
+    fn due_alerts(&self, now_ms: i64, limit: u32) -> Result<Vec<crate::AlertRow>> {
+        self.read(|conn| super::alerts::due(conn, now_ms, limit))
+    }
+
+    fn alert_attempted(&self, id: &str, outcome: crate::AlertAttempt) -> Result<()> {
+        self.write(|conn| super::alerts::attempted(conn, id, &outcome))
+    }
+
+    fn clear_alert(&self, rule: &str, key: &str) -> Result<bool> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.write(|conn| super::alerts::clear(conn, rule, key, now))
+    }
+
+    fn alerts(&self, before_ms: Option<i64>, limit: u32) -> Result<Vec<crate::AlertRow>> {
+        self.read(|conn| super::alerts::list(conn, before_ms, limit))
+    }
 }

@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -164,6 +164,28 @@ const V6: &str = "
 DROP INDEX work_due;
 DROP INDEX work_kind;
 CREATE INDEX work_timers ON work (due_ms, instance_id, effect_id) WHERE kind = 'timer';
+";
+
+/// Alerts: one row per firing of a rule for a subject (`rule`, `key` unique), with the state of
+/// its delivery to the webhooks (`next_ms`: the next attempt, indexed for the sender).
+const V7: &str = "
+CREATE TABLE alerts (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    rule         TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    namespace    TEXT,
+    fired_ms     INTEGER NOT NULL,
+    summary      TEXT    NOT NULL,
+    data         TEXT    NOT NULL,
+    delivered_ms INTEGER,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_ms      INTEGER,
+    last_error   TEXT,
+    resolved_ms  INTEGER,
+    UNIQUE (rule, key)
+);
+CREATE INDEX alerts_due ON alerts (next_ms) WHERE next_ms IS NOT NULL;
+CREATE INDEX alerts_fired ON alerts (fired_ms);
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

@@ -199,4 +199,19 @@ impl Store for FailingStore {
     fn delete_secret(&self, namespace: &str, name: &str) -> crate::Result<bool> {
         self.inner.delete_secret(namespace, name)
     }
+    fn fire_alert(&self, alert: &crate::AlertRow) -> crate::Result<bool> {
+        self.inner.fire_alert(alert)
+    }
+    fn due_alerts(&self, now_ms: i64, limit: u32) -> crate::Result<Vec<crate::AlertRow>> {
+        self.inner.due_alerts(now_ms, limit)
+    }
+    fn alert_attempted(&self, id: &str, outcome: crate::AlertAttempt) -> crate::Result<()> {
+        self.inner.alert_attempted(id, outcome)
+    }
+    fn clear_alert(&self, rule: &str, key: &str) -> crate::Result<bool> {
+        self.inner.clear_alert(rule, key)
+    }
+    fn alerts(&self, before_ms: Option<i64>, limit: u32) -> crate::Result<Vec<crate::AlertRow>> {
+        self.inner.alerts(before_ms, limit)
+    }
 }

@@ -227,15 +227,25 @@ impl Driver {
                     .create
                     .as_ref()
                     .or_else(|| self.active.get(&c.instance_id).map(|a| &a.row));
-                let (ns, name) = match row {
-                    Some(r) => (r.namespace.clone(), r.name.clone()),
+                let (ns, name, version) = match row {
+                    Some(r) => (r.namespace.clone(), r.name.clone(), r.version.clone()),
                     // Ended without being in memory (a parked instance cancelled).
                     None => match self.shared.store.get_instance(&c.instance_id) {
-                        Ok(Some(r)) => (r.namespace, r.name),
+                        Ok(Some(r)) => (r.namespace, r.name, r.version),
                         _ => continue,
                     },
                 };
                 m.finished(&ns, &name, status.as_str());
+                if self.shared.ended.receiver_count() > 0 {
+                    let _ = self.shared.ended.send(crate::engine::Ended {
+                        id: c.instance_id.clone(),
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        version,
+                        status: *status,
+                        error: c.status.as_ref().and_then(|(_, _, e)| e.clone()),
+                    });
+                }
                 if *status == kflow_store::InstanceStatus::Completed {
                     tracing::debug!(instance = %c.instance_id, namespace = %ns, workflow = %name, "instance completed");
                 } else {
