@@ -606,3 +606,43 @@ async fn instances_are_found_by_text_in_their_input() {
     assert_eq!(p.body.matches("<tr><td><a class=\"mono\"").count(), 10);
     let _ = &ui.engine;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_listed_by_namespace() {
+    let ui = Ui::new().await;
+    let store = ui.engine.store();
+    for (rule, key, ns) in [
+        ("faults", "inst-team", Some("team")),
+        ("faults", "inst-other", Some("other")),
+        ("stuck", "default", None),
+    ] {
+        store
+            .fire_alert(&kflow_store::AlertRow {
+                id: format!("{rule}-{key}"),
+                rule: rule.into(),
+                key: key.into(),
+                namespace: ns.map(str::to_string),
+                fired_ms: 1_000,
+                summary: format!("<b>{key}</b> went wrong"),
+                data: json!({"on": "instance_faulted", "details": {}}),
+                delivered_ms: None,
+                attempts: 0,
+                next_ms: None,
+                last_error: None,
+                resolved_ms: None,
+            })
+            .unwrap();
+    }
+    let viewer = ui.token("v", "viewer", &["team"]).await;
+    let p = ui.page("/ui/alerts", &viewer).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("inst-team"));
+    assert!(!p.body.contains("inst-other"), "another namespace's alert");
+    assert!(
+        !p.body.contains(">default<"),
+        "server-wide alerts need a global token"
+    );
+    assert!(p.body.contains("&lt;b&gt;inst-team&lt;/b&gt;"), "escaped");
+    let p = ui.page("/ui/alerts", ROOT).await;
+    assert!(p.body.contains("inst-other") && p.body.contains("stuck"));
+}

@@ -61,6 +61,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/editor/check", post(pages::editor::check))
         .route("/ui/schedules", get(schedules))
         .route("/ui/workers", get(workers))
+        .route("/ui/alerts", get(alerts))
         .route("/ui/{*rest}", get(not_found))
         .with_state(Ui { api })
 }
@@ -177,6 +178,13 @@ async fn schedules(State(ui): State<Ui>, h: HeaderMap, uri: Uri) -> Response {
 async fn workers(State(ui): State<Ui>, h: HeaderMap, uri: Uri) -> Response {
     serve(&ui, &h, &uri, "workers", |api, _| async move {
         pages::ops::workers(&api).await
+    })
+    .await
+}
+
+async fn alerts(State(ui): State<Ui>, h: HeaderMap, uri: Uri) -> Response {
+    serve(&ui, &h, &uri, "alerts", |api, _| async move {
+        pages::ops::alerts(&api).await
     })
     .await
 }

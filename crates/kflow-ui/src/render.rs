@@ -37,12 +37,13 @@ impl Viewer {
 
 /// A whole page: header, navigation, the body.
 pub fn page(title: &str, viewer: Option<&Viewer>, active: &str, body: Markup) -> Markup {
-    let nav = [
+    let nav: [(&str, &str, &str); 6] = [
         ("instances", "/ui/instances", "Instances"),
         ("workflows", "/ui/workflows", "Workflows"),
         ("editor", "/ui/editor", "Editor"),
         ("schedules", "/ui/schedules", "Schedules"),
         ("workers", "/ui/workers", "Workers"),
+        ("alerts", "/ui/alerts", "Alerts"),
     ];
     html! {
         (DOCTYPE)

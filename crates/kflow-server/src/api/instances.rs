@@ -126,7 +126,7 @@ pub async fn visible(st: &AppState, caller: &Caller, id: &str) -> ApiResult<Stri
     if caller.scope == Scope::All && full {
         return Ok(id.to_string());
     }
-    let not_found = || ApiError::not_found(format!("no instance {id}"));
+    let not_found = || ApiError::not_found(format!("instance {id} does not exist"));
     let store = st.engine.store();
     let read = |i: String| {
         let store = store.clone();

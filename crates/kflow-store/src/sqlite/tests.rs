@@ -397,7 +397,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DROP INDEX work_timers; CREATE INDEX work_due ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen'; CREATE INDEX work_kind ON work (kind, due_ms); DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP TABLE alerts; DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DROP INDEX work_timers; CREATE INDEX work_due ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen'; CREATE INDEX work_kind ON work (kind, due_ms); DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();

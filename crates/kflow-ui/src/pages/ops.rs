@@ -100,6 +100,43 @@ pub async fn workers(api: &Api) -> Result<(String, Markup), UiError> {
     Ok(("Workers".into(), body))
 }
 
+pub async fn alerts(api: &Api) -> Result<(String, Markup), UiError> {
+    let list: kflow_api::security::AlertList = api.get("/api/v1/alerts?limit=200").await?;
+    let body = html! {
+        h1 { "Alerts" }
+        p.meta { "What the alert rules of the server's config fired, newest first. Each fires once per rule and subject, and again only after its condition cleared." }
+        @if list.items.is_empty() {
+            p.note { "No alert has fired." }
+        } @else {
+            div.scroll { table.list {
+                thead { tr { th { "Fired" } th { "Rule" } th { "On" } th { "Subject" } th { "Delivery" } th { "Summary" } } }
+                tbody {
+                    @for a in &list.items {
+                        tr {
+                            td.time { (a.fired) }
+                            td { (a.rule) }
+                            td { code { (a.on) } }
+                            td.mono {
+                                @if a.on.starts_with("instance") {
+                                    a href=(super::instances::instance_url(&a.key)) { (a.key) }
+                                } @else { (a.key) }
+                            }
+                            td {
+                                span class={ "badge " (match a.delivery.as_str() { "delivered" => "s-completed", "failed" => "s-faulted", "pending" => "s-suspended", _ => "" }) } { (a.delivery) }
+                                @if a.attempts > 1 { " (" (a.attempts) " attempts)" }
+                                @if a.resolved_ms.is_some() { " " span.badge { "resolved" } }
+                                @if let Some(e) = &a.last_error { br; small.warn { (e) } }
+                            }
+                            td { (a.summary) }
+                        }
+                    }
+                }
+            } }
+        }
+    };
+    Ok(("Alerts".into(), body))
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -139,6 +139,14 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List the alerts the server's rules fired (config `alerts:`), newest first, with their
+    /// delivery to the webhooks.
+    Alerts {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// List the queues: depth, oldest waiting task, workers.
     Queues {
         #[command(flatten)]
@@ -393,6 +401,9 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         }
         ClientCommand::Workers { out, server } => {
             worker::workers(&http::Api::new(&server)?, out.output).await
+        }
+        ClientCommand::Alerts { out, server } => {
+            worker::alerts(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Queues { out, server } => {
             worker::queues(&http::Api::new(&server)?, out.output).await

@@ -441,37 +441,68 @@ fn parse_slots(capacity: &str) -> Result<usize, Failure> {
     Ok(slots.max(1))
 }
 
+/// Amounts as `cpu=2,memory=512` (whole numbers without a fraction).
+fn amounts(m: &BTreeMap<String, f64>) -> String {
+    m.iter()
+        .map(|(k, v)| {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                format!("{k}={}", *v as i64)
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub async fn workers(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["workers"], &[]).await?;
     if out.is_data() {
         super::print_data(out, &v);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<40} {:<16} {:<24} {:<28} {:<8}",
-        "ID", "QUEUES", "CAPACITY", "USED", "LEASES"
-    );
     let list: WorkerList = typed(&v, "workers")?;
-    let fmt = |m: &BTreeMap<String, f64>| {
-        m.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    for w in list.items {
-        let mut id = w.id;
-        if w.draining {
-            id.push_str(" (draining)");
-        }
-        println!(
-            "{:<40} {:<16} {:<24} {:<28} {:<8}",
-            id,
-            w.queues.join(","),
-            fmt(&w.capacity),
-            fmt(&w.used),
-            w.leases.len()
-        );
-    }
+    let rows: Vec<Vec<String>> = list
+        .items
+        .into_iter()
+        .map(|w| {
+            let mut id = w.id;
+            if w.builtin {
+                id.push_str(" (built-in)");
+            }
+            if w.draining {
+                id.push_str(" (draining)");
+            }
+            vec![
+                id,
+                w.queues.join(","),
+                w.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                amounts(&w.capacity),
+                amounts(&w.used),
+                w.leases.len().to_string(),
+                super::render::fmt_datetime(&serde_json::Value::from(w.last_seen_ms)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::render::table(
+            &[
+                "ID",
+                "QUEUES",
+                "LABELS",
+                "CAPACITY",
+                "USED",
+                "LEASES",
+                "LAST SEEN"
+            ],
+            &rows
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -481,20 +512,62 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         super::print_data(out, &v);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<20} {:>7} {:>14}  WORKERS",
-        "QUEUE", "DEPTH", "OLDEST WAIT"
-    );
     let list: QueuesResponse = typed(&v, "queues")?;
-    for q in list.items {
-        println!(
-            "{:<20} {:>7} {:>12}ms  {}",
-            q.queue,
-            q.depth,
-            q.oldest_wait_ms,
-            q.workers.join(",")
-        );
+    let rows: Vec<Vec<String>> = list
+        .items
+        .into_iter()
+        .map(|q| {
+            vec![
+                q.queue,
+                q.depth.to_string(),
+                if q.depth > 0 {
+                    format!("{} ms", q.oldest_wait_ms)
+                } else {
+                    "-".into()
+                },
+                q.workers.join(","),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::render::table(&["QUEUE", "DEPTH", "OLDEST WAIT", "WORKERS"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kflow alerts`: the alerts fired, newest first.
+pub async fn alerts(api: &Api, out: Format) -> Result<ExitCode, Failure> {
+    let v = api.get(&["alerts"], &[]).await?;
+    if out.is_data() {
+        super::print_data(out, &v);
+        return Ok(ExitCode::SUCCESS);
     }
+    let list: kflow_api::security::AlertList = typed(&v, "alerts")?;
+    let rows: Vec<Vec<String>> = list
+        .items
+        .into_iter()
+        .map(|a| {
+            vec![
+                super::render::fmt_datetime(&serde_json::Value::from(a.fired_ms)),
+                a.rule,
+                a.on,
+                a.key,
+                match (a.delivery.as_str(), a.resolved_ms) {
+                    (d, Some(_)) => format!("{d}, resolved"),
+                    (d, None) => d.to_string(),
+                },
+                a.summary,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::render::table(
+            &["FIRED", "RULE", "ON", "SUBJECT", "DELIVERY", "SUMMARY"],
+            &rows
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }
 
