@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub max_watchers_per_client: usize,
     /// Alert rules and the webhooks they go to.
     pub alerts: crate::alerts::AlertsConfig,
+    /// Trace export (OTLP).
+    pub tracing: crate::traces::TracingConfig,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             max_watchers: 10_000,
             max_watchers_per_client: 100,
             alerts: Default::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -224,6 +227,7 @@ struct FileConfig {
     max_watchers: Option<usize>,
     max_watchers_per_client: Option<usize>,
     alerts: Option<crate::alerts::AlertsConfig>,
+    tracing: Option<crate::traces::TracingConfig>,
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -346,6 +350,9 @@ impl ServerConfig {
         }
         if let Some(v) = file.max_watchers_per_client {
             c.max_watchers_per_client = v;
+        }
+        if let Some(t) = file.tracing {
+            c.tracing = t;
         }
         if let Some(a) = file.alerts {
             a.check().map_err(|e| format!("{name}: {e}"))?;

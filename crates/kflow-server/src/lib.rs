@@ -15,5 +15,6 @@ pub mod sealed;
 pub mod secrets;
 pub mod serve;
 pub mod tls;
+pub mod traces;
 
 pub use engine::{Engine, EngineConfig, EngineError};

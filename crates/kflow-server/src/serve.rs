@@ -60,6 +60,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     .map_err(|e| format!("cannot start the scheduler: {e}"))?;
     let schedules = scheduler.spawn();
     let alerts = crate::alerts::Alerts::new(engine.clone(), cfg.alerts.clone())?.spawn();
+    let traces = crate::traces::Exporter::new(engine.clone(), &cfg.tracing)?.map(|e| e.spawn());
     let (auth, hosts) = security(&cfg, &engine).await?;
     let app = router(
         engine.clone(),
@@ -116,6 +117,9 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
     alerts.abort();
+    if let Some(t) = traces {
+        t.abort();
+    }
     engine
         .shutdown(Duration::from_secs(cfg.drain_seconds))
         .await;

@@ -352,6 +352,12 @@ pub(crate) async fn send(
     {
         headers.insert(HeaderName::from_static("idempotency-key"), v);
     }
+    if !headers.contains_key("traceparent")
+        && let Some(tp) = &ctx.traceparent
+        && let Ok(v) = HeaderValue::from_str(tp)
+    {
+        headers.insert(HeaderName::from_static("traceparent"), v);
+    }
     let mut oauth_key = None;
     match auth {
         None | Some(Auth::Digest { .. }) => {}

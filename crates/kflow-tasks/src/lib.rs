@@ -181,6 +181,8 @@ pub struct EffectCtx {
     pub namespace: String,
     /// The task's own process limits (within the sandbox's).
     pub limits: TaskLimits,
+    /// The W3C `traceparent` HTTP calls send (unless the workflow sets one).
+    pub traceparent: Option<String>,
 }
 
 /// A task's own limits for its processes (`metadata.kflow.limits`): each lowers the sandbox's

@@ -453,6 +453,7 @@ async fn idempotency_key_is_sent() {
         attempt: 2,
         namespace: String::new(),
         limits: Default::default(),
+        traceparent: None,
     };
     let out = Executor::new(ExecConfig::default())
         .perform(&ctx, &Effect::Http(get(server.url("/k"))))

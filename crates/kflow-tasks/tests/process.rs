@@ -141,6 +141,7 @@ async fn environment_is_clean_and_carries_kflow_variables() {
         attempt: 3,
         namespace: String::new(),
         limits: Default::default(),
+        traceparent: None,
     };
     let exec = Executor::new(ExecConfig::default());
     let out = exec

@@ -177,6 +177,7 @@ impl Run {
                     attempt: 1,
                     namespace: String::new(),
                     limits: Default::default(),
+                    traceparent: None,
                 };
                 self.spawn(id, async move { exec.perform(&ctx, &effect).await });
             }

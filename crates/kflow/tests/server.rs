@@ -1252,3 +1252,136 @@ fn retry_from_the_failed_task_reuses_what_came_before() {
         o.describe()
     );
 }
+
+#[test]
+fn traces_go_to_an_otlp_collector_and_continue_the_callers() {
+    // One stand-in plays the collector (`/v1/traces`) and the service the workflow calls.
+    let svc = support::TestServer::start_with(|req: &support::Recorded| match req.path() {
+        "/v1/traces" => Some((200, json!({}))),
+        "/ping" => Some((200, json!({"pong": true}))),
+        _ => None,
+    });
+    let files = TempDir::new("otlp-files");
+    let config = files.write(
+        "kflow.yaml",
+        format!(
+            "tracing:\n  otlp_endpoint: '{}'\n  service_name: kflow-test\n",
+            svc.base()
+        ),
+    );
+    let data = TempDir::new("otlp-data");
+    let server = ServerProcess::start(data.path(), &["--config", config.to_str().unwrap()]);
+    let env = Env {
+        server,
+        files,
+        _data: data,
+    };
+    env.apply(&[(
+        "traced.yaml",
+        wf(
+            "traced",
+            &format!(
+                "do:
+  - prep:
+      set: {{a: 1}}
+  - outer:
+      do:
+        - fetch:
+            call: http
+            with: {{method: get, endpoint: '{}/ping'}}
+  - done:
+      set: {{b: 2}}
+",
+                svc.base()
+            ),
+        ),
+    )]);
+    let (trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let tp = format!("00-{trace}-{caller_span}-01");
+    let r = support::http_request_with(
+        "POST",
+        &env.server.base(),
+        "/api/v1/instances",
+        &[("traceparent", &tp)],
+        Some((
+            "application/json",
+            br#"{"namespace": "srv", "name": "traced", "wait": true}"#,
+        )),
+        Duration::from_secs(30),
+    )
+    .expect("start");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json().unwrap()["id"].as_str().unwrap().to_string();
+    let batch = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        svc.requests()
+            .into_iter()
+            .find(|q| q.path() == "/v1/traces")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no spans reached the collector\n{}",
+            env.server.log_tail(2000)
+        )
+    });
+    let body: Value = serde_json::from_slice(&batch.body).expect("OTLP JSON");
+    let rs = &body["resourceSpans"][0];
+    assert_eq!(
+        rs["resource"]["attributes"][0]["value"]["stringValue"],
+        "kflow-test"
+    );
+    let spans = rs["scopeSpans"][0]["spans"]
+        .as_array()
+        .expect("spans")
+        .clone();
+    let by_name = |n: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap_or_else(|| panic!("no span {n}: {body}"))
+            .clone()
+    };
+    let inst = by_name("srv/traced@0.1.0");
+    // The caller's trace continues: same trace id, the caller's span as the parent.
+    assert!(spans.iter().all(|s| s["traceId"] == trace), "{body}");
+    assert_eq!(inst["parentSpanId"], caller_span);
+    let inst_span = inst["spanId"].as_str().unwrap().to_string();
+    // A span per task, nested as the tasks are.
+    let (prep, outer, fetch, done) = (
+        by_name("prep"),
+        by_name("outer"),
+        by_name("fetch"),
+        by_name("done"),
+    );
+    for s in [&prep, &outer, &done] {
+        assert_eq!(s["parentSpanId"], inst_span.as_str(), "{s}");
+    }
+    assert_eq!(
+        fetch["parentSpanId"], outer["spanId"],
+        "fetch runs inside outer"
+    );
+    let t = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
+    assert!(t(&fetch, "startTimeUnixNano") >= t(&outer, "startTimeUnixNano"));
+    assert!(t(&fetch, "endTimeUnixNano") <= t(&outer, "endTimeUnixNano"));
+    assert_eq!(inst["attributes"][0]["value"]["stringValue"], id.as_str());
+    // The call carried the instance's trace to the service.
+    let ping = svc
+        .requests()
+        .into_iter()
+        .find(|q| q.path() == "/ping")
+        .expect("the call");
+    assert_eq!(
+        ping.header("traceparent"),
+        Some(format!("00-{trace}-{inst_span}-01").as_str())
+    );
+    // Without a traceparent, an instance is a trace of its own: its id.
+    let o = env.cli(&["start", "srv/traced", "--wait"]);
+    ok(&o);
+    let own = started_id(&o);
+    let own_trace: String = own.chars().filter(|c| *c != '-').collect();
+    poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        svc.requests().into_iter().find(|q| {
+            q.path() == "/v1/traces" && String::from_utf8_lossy(&q.body).contains(&own_trace)
+        })
+    })
+    .expect("the second instance's trace, under its own id");
+}

@@ -75,6 +75,12 @@ pub async fn start_instance(
             priority: req.priority,
             id: req.id,
             idempotency_key,
+            // A malformed traceparent is ignored, as W3C Trace Context asks: a new trace starts.
+            trace: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| crate::traces::parse_traceparent(v).is_some())
+                .map(str::to_string),
             audit: Some(crate::auth::audit::entry(
                 &caller.name,
                 "instances.start",

@@ -29,6 +29,8 @@ pub struct StartSpec {
     pub id: Option<String>,
     /// An idempotency key (per namespace): the same request again answers the same instance.
     pub idempotency_key: Option<String>,
+    /// The caller's W3C `traceparent`: the instance's trace continues it.
+    pub trace: Option<String>,
     /// The audit entry of the start (actor, action, source, result): committed with the
     /// instance it creates, and not at all when it creates none (a repeated request).
     pub audit: Option<kflow_store::AuditEntry>,
@@ -87,6 +89,7 @@ impl Engine {
             input,
             priority,
             audit: None,
+            trace: None,
             reply,
         })
         .await
@@ -143,6 +146,7 @@ impl Engine {
             input: spec.input,
             priority: spec.priority,
             audit: spec.audit,
+            trace: spec.trace,
             reply,
         })
         .await
@@ -486,6 +490,7 @@ fn start_msg(
         input,
         priority: None,
         audit: None,
+        trace: None,
         reply,
     }
 }

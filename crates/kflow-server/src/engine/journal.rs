@@ -27,6 +27,9 @@ pub enum Record {
         input: Value,
         priority: i64,
         format: u64,
+        /// The W3C `traceparent` the start request came with: the instance's trace continues
+        /// the caller's.
+        trace: Option<String>,
     },
     /// The instance waits for a slot under a concurrency limit (no `Started` yet).
     Queued {
@@ -80,6 +83,7 @@ impl Record {
             input,
             priority,
             format: FORMAT,
+            trace: None,
         }
     }
 
@@ -90,7 +94,14 @@ impl Record {
                 input,
                 priority,
                 format,
-            } => json!({ "input": input, "priority": priority, "format": format }),
+                trace,
+            } => {
+                let mut v = json!({ "input": input, "priority": priority, "format": format });
+                if let Some(t) = trace {
+                    v["traceparent"] = Value::String(t.clone());
+                }
+                v
+            }
             Record::Queued { reason, priority } => {
                 json!({ "reason": reason, "priority": priority })
             }
@@ -147,6 +158,10 @@ impl Record {
                     input: field("input")?.clone(),
                     priority: int("priority", Some(0))?,
                     format,
+                    trace: d
+                        .get("traceparent")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 }
             }
             "queued" => Record::Queued {

@@ -311,6 +311,7 @@ impl Builtin {
                 attempt,
                 namespace: item.namespace.clone(),
                 limits: item.limits,
+                traceparent: item.traceparent.clone(),
             };
             let t0 = std::time::Instant::now();
             let result = me.executor.perform(&ctx, &item.effect).await;

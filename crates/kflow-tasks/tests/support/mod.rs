@@ -261,6 +261,7 @@ pub fn ctx() -> EffectCtx {
         attempt: 1,
         namespace: String::new(),
         limits: Default::default(),
+        traceparent: None,
     }
 }
 

@@ -377,6 +377,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 attempt: l.attempt,
                 namespace: String::new(),
                 limits: Default::default(),
+                traceparent: None,
             };
             let (conn2, exec, id2, lease2) =
                 (conn.clone(), executor.clone(), id.clone(), lease.clone());

@@ -66,6 +66,7 @@ impl Driver {
                 .as_ref()
                 .map(|wf| task_limits(&wf.kflow.task(&task_ref).limits))
                 .unwrap_or_default(),
+            traceparent: self.active.get(instance).map(|a| a.trace.traceparent()),
         }
     }
 
@@ -144,7 +145,9 @@ impl Driver {
                     Ok(wf) => {
                         // A sub-workflow runs at its parent's priority.
                         let p = self.active.get(id).map(|a| a.priority).unwrap_or(0);
-                        self.create(&child, wf, input, p, b, now)
+                        // Its trace is the parent's: its span a child of the parent's.
+                        let trace = self.active.get(id).map(|a| a.trace.traceparent());
+                        self.create(&child, wf, input, p, trace, b, now)
                     }
                     Err(e) => b.ready.push_back((
                         id.to_string(),

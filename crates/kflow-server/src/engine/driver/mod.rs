@@ -65,6 +65,8 @@ pub enum Msg {
         /// The audit entry of this start, written in the commit that creates the instance
         /// (its resource and namespace are filled in here).
         audit: Option<kflow_store::AuditEntry>,
+        /// The caller's W3C `traceparent` (validated).
+        trace: Option<String>,
         reply: oneshot::Sender<Result<super::Started>>,
     },
     Deliver {
@@ -118,6 +120,8 @@ struct Active {
     wf: Arc<Workflow>,
     row: Instance,
     next_seq: i64,
+    /// The trace its effects carry (`traceparent` of calls): the caller's, or its own.
+    trace: crate::traces::TraceCtx,
     /// The instance's priority (from its start request; default 0).
     priority: i64,
     /// Deliveries that arrived while suspended.
@@ -263,6 +267,7 @@ impl Driver {
                 input,
                 priority,
                 audit,
+                trace,
                 reply,
             } => {
                 if self.draining {
@@ -292,7 +297,7 @@ impl Driver {
                     e
                 });
                 match self.admission(&id, &wf, &input, priority, b, now) {
-                    Ok(true) => self.create(&id, wf, input, priority, b, now),
+                    Ok(true) => self.create(&id, wf, input, priority, trace, b, now),
                     Ok(false) => {}
                     Err(e) => {
                         let _ = reply.send(Err(e));

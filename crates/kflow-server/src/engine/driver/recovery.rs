@@ -231,6 +231,7 @@ impl Driver {
             kflow_core::Instance::new(wf.clone(), self.instance_config(id, &wf.document.namespace));
         let next_seq = history.last().map_or(1, |ev| ev.seq + 1);
         let mut priority = 0;
+        let mut trace = None;
         // A finished instance's core is never asked anything: its row says it all.
         let finished = row.status.is_finished();
         let replay = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -240,9 +241,13 @@ impl Driver {
                 }
                 match rec {
                     Record::Started {
-                        input, priority: p, ..
+                        input,
+                        priority: p,
+                        trace: t,
+                        ..
                     } => {
                         priority = p;
+                        trace = t;
                         core.start(input, ev.time_ms);
                     }
                     Record::Queued { priority: p, .. } => priority = p,
@@ -276,6 +281,7 @@ impl Driver {
                 wf,
                 row,
                 next_seq,
+                trace: crate::traces::TraceCtx::of(id, trace.as_deref()),
                 priority,
                 held: Vec::new(),
             },

@@ -37,13 +37,18 @@ impl Driver {
             self.instance_config(&id, &wf.document.namespace),
         );
         let mut priority = 0;
+        let mut trace = None;
         let replay = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for (rec, time) in &records {
                 match rec {
                     Record::Started {
-                        input, priority: p, ..
+                        input,
+                        priority: p,
+                        trace: t,
+                        ..
                     } => {
                         priority = *p;
+                        trace = t.clone();
                         core.start(input.clone(), *time);
                     }
                     Record::Delivery { effect, delivery } => {
@@ -99,6 +104,7 @@ impl Driver {
                 wf,
                 row,
                 next_seq: seq + 1,
+                trace: crate::traces::TraceCtx::of(&id, trace.as_deref()),
                 priority,
                 held: Vec::new(),
             },

@@ -79,13 +79,21 @@ impl Driver {
         wf: Arc<Workflow>,
         input: Value,
         priority: i64,
+        trace: Option<String>,
         b: &mut Batch,
         now: i64,
     ) {
         let row = new_row(id, &wf, input.clone(), now);
         let core =
             kflow_core::Instance::new(wf.clone(), self.instance_config(id, &wf.document.namespace));
-        let started = Record::started(input.clone(), priority).encode(1, now);
+        let ctx = crate::traces::TraceCtx::of(id, trace.as_deref());
+        let started = Record::Started {
+            input: input.clone(),
+            priority,
+            format: crate::engine::journal::FORMAT,
+            trace,
+        }
+        .encode(1, now);
         let c = b.commit_for(id, now);
         c.create = Some(row.clone());
         c.history.push(started.clone());
@@ -97,6 +105,7 @@ impl Driver {
                 wf,
                 row,
                 next_seq: 2,
+                trace: ctx,
                 priority,
                 held: Vec::new(),
             },

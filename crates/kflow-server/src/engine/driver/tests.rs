@@ -74,6 +74,7 @@ fn start(reply: oneshot::Sender<crate::engine::Result<crate::engine::Started>>) 
         input: json!({}),
         priority: None,
         audit: None,
+        trace: None,
         reply,
     }
 }

@@ -57,6 +57,9 @@ pub struct Item {
     /// The task's own process limits (`metadata.kflow.limits`).
     #[serde(skip)]
     pub limits: kflow_tasks::TaskLimits,
+    /// The W3C `traceparent` its calls send (the instance's trace and span).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl Item {

@@ -20,6 +20,7 @@ fn item(i: &str, queue: &str, priority: i64, needs: &[(&str, f64)], at: i64) -> 
         ready_us: 0,
         attempt: Some(1),
         limits: Default::default(),
+        traceparent: None,
     }
 }
 
@@ -147,6 +148,7 @@ mod limit_tests {
             ready_us: 0,
             attempt: Some(1),
             limits: Default::default(),
+            traceparent: None,
         }
     }
 
