@@ -1,6 +1,8 @@
 //! Server benchmarks over HTTP on loopback, SQLite store in a temporary directory.
 //!
-//! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick] [-- --watchers]`
+//! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick] [-- --watchers]
+//! [-- --traces]` (`--traces`: every ended instance's spans exported over OTLP to a local
+//! collector stand-in, the cost of tracing with export on)
 //!
 //! Starts the real API router and engine in-process on 127.0.0.1, plus a local endpoint that
 //! answers at once, and measures what BENCHMARKS.md lists: seq40, set40, fanout100 (start to
@@ -159,6 +161,28 @@ async fn answer_server() -> String {
     format!("http://{addr}/ok")
 }
 
+/// A collector stand-in for `--traces`: accepts OTLP/HTTP JSON batches, counts them.
+async fn collector(batches: Arc<AtomicU64>) -> String {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let batches = batches.clone();
+            async move {
+                // Counts spans: one `spanId` per span.
+                let n = body.windows(8).filter(|w| w == b"\"spanId\"").count();
+                batches.fetch_add(n as u64, Ordering::Relaxed);
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 /// The token every request carries with `--auth`.
 const BENCH_TOKEN: &str = "kflow-bench-admin-token-0123456789abcdef";
 
@@ -303,7 +327,25 @@ fn main() {
         // `--auth`: every request carries a bearer token the server checks (audit is always on).
         let auth = args.iter().any(|a| a == "--auth");
         let (engine, api) = start_server(&dir, durability, auth).await;
-        println!("durability={durability:?} auth={auth} data={}", dir.display());
+        let traces = args.iter().any(|a| a == "--traces");
+        let exported = Arc::new(AtomicU64::new(0));
+        if traces {
+            let url = collector(exported.clone()).await;
+            kflow_server::traces::Exporter::new(
+                engine.clone(),
+                &kflow_server::traces::TracingConfig {
+                    otlp_endpoint: Some(url),
+                    service_name: None,
+                },
+            )
+            .expect("exporter")
+            .expect("configured")
+            .spawn();
+        }
+        println!(
+            "durability={durability:?} auth={auth} traces={traces} data={}",
+            dir.display()
+        );
         let mut headers = reqwest::header::HeaderMap::new();
         if auth {
             headers.insert(
@@ -339,6 +381,13 @@ fn main() {
                 continue;
             }
             load(&b, &engine, n, clients).await;
+        }
+        if traces {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            println!(
+                "traces: {} spans exported",
+                exported.load(Ordering::Relaxed)
+            );
         }
         if latency_only {
             engine.shutdown(Duration::from_secs(5)).await;

@@ -146,6 +146,16 @@ impl Store for Sealed {
             next: p.next,
         })
     }
+    fn history_of_kinds(&self, id: &str, kinds: &[&str]) -> Result<Vec<HistoryEvent>> {
+        self.inner
+            .history_of_kinds(id, kinds)?
+            .into_iter()
+            .map(|mut ev| {
+                ev.data = self.open(&ctx_history(id, ev.seq), &ev.data)?;
+                Ok(ev)
+            })
+            .collect()
+    }
     fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
         self.inner
             .history(id, after, limit)?

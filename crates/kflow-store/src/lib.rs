@@ -262,6 +262,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page>;
     /// History events with `seq > after`, in order, at most `limit`.
     fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>>;
+    /// The history events of an instance of the given kinds (`started`, `notice`, ...), in
+    /// order: readers that need only some kinds do not parse the others (trace export).
+    fn history_of_kinds(&self, id: &str, kinds: &[&str]) -> Result<Vec<HistoryEvent>>;
     /// The last history seq of an instance (0 when none).
     fn last_seq(&self, id: &str) -> Result<i64>;
 

@@ -154,6 +154,8 @@ pub struct Ended {
     pub version: String,
     pub status: kflow_store::InstanceStatus,
     pub error: Option<Value>,
+    pub created_ms: i64,
+    pub ended_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -264,7 +266,7 @@ impl Shared {
             vault,
             held: Mutex::new(Default::default()),
             metrics,
-            ended: tokio::sync::broadcast::channel(4096).0,
+            ended: tokio::sync::broadcast::channel(16_384).0,
         }
     }
 

@@ -654,6 +654,24 @@ impl Store for SqliteStore {
         Ok(Page { items, next })
     }
 
+    fn history_of_kinds(&self, id: &str, kinds: &[&str]) -> Result<Vec<HistoryEvent>> {
+        self.read(|conn| {
+            // The kind is compared in SQL; only matching rows' data is parsed.
+            let mut out = Vec::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, time_ms, kind, data FROM history WHERE instance_id = ?1 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query(params![id])?;
+            while let Some(row) = rows.next()? {
+                let kind: String = row.get(2)?;
+                if kinds.contains(&kind.as_str()) {
+                    out.push(history_row(row)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
         self.read(|conn| {
             query_all(

@@ -68,6 +68,9 @@ impl Store for TempStore {
     ) -> Result<Page> {
         self.store.list_instances(filter, cursor, limit)
     }
+    fn history_of_kinds(&self, id: &str, kinds: &[&str]) -> Result<Vec<HistoryEvent>> {
+        self.store.history_of_kinds(id, kinds)
+    }
     fn history(&self, id: &str, after: i64, limit: u32) -> Result<Vec<HistoryEvent>> {
         self.store.history(id, after, limit)
     }

@@ -87,6 +87,10 @@ impl Store for FailingStore {
     ) -> crate::Result<crate::Page> {
         self.inner.list_instances(filter, cursor, limit)
     }
+    fn history_of_kinds(&self, id: &str, kinds: &[&str]) -> crate::Result<Vec<HistoryEvent>> {
+        self.check(&self.fail_reads, "reading a history")?;
+        self.inner.history_of_kinds(id, kinds)
+    }
     fn history(&self, id: &str, after: i64, limit: u32) -> crate::Result<Vec<HistoryEvent>> {
         self.check(&self.fail_reads, "reading a history")?;
         self.inner.history(id, after, limit)

@@ -227,11 +227,16 @@ impl Driver {
                     .create
                     .as_ref()
                     .or_else(|| self.active.get(&c.instance_id).map(|a| &a.row));
-                let (ns, name, version) = match row {
-                    Some(r) => (r.namespace.clone(), r.name.clone(), r.version.clone()),
+                let (ns, name, version, created_ms) = match row {
+                    Some(r) => (
+                        r.namespace.clone(),
+                        r.name.clone(),
+                        r.version.clone(),
+                        r.created_ms,
+                    ),
                     // Ended without being in memory (a parked instance cancelled).
                     None => match self.shared.store.get_instance(&c.instance_id) {
-                        Ok(Some(r)) => (r.namespace, r.name, r.version),
+                        Ok(Some(r)) => (r.namespace, r.name, r.version, r.created_ms),
                         _ => continue,
                     },
                 };
@@ -244,6 +249,8 @@ impl Driver {
                         version,
                         status: *status,
                         error: c.status.as_ref().and_then(|(_, _, e)| e.clone()),
+                        created_ms,
+                        ended_ms: c.now_ms,
                     });
                 }
                 if *status == kflow_store::InstanceStatus::Completed {
