@@ -70,6 +70,9 @@ pub struct GraphNode {
     /// The task's JSON pointer (`/do/0/greet`), or `start` / `end`.
     pub id: String,
     pub name: String,
+    /// The names from the outermost task down to this one (`guard/risky`), as a diff names
+    /// tasks.
+    pub path: String,
     /// What the task does: `set`, `call http`, `run shell`, `fork`, ...
     pub kind: String,
     /// The pointer of the composite task this one belongs to.

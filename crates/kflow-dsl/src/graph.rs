@@ -27,6 +27,9 @@ pub struct GraphNode {
     pub id: String,
     /// The task's name (`start`, `end` for the two ends).
     pub name: String,
+    /// The names from the outermost task down to this one (`guard/risky`): how diffs name a
+    /// task across versions.
+    pub path: String,
     /// What the task does: `set`, `call http`, `run shell`, `fork`, ... (`start`, `end`).
     pub kind: String,
     /// The pointer of the composite task this one belongs to.
@@ -113,25 +116,13 @@ pub fn task_changes(from: &Workflow, to: &Workflow) -> TaskChanges {
 
 /// Every task by its path of names, with its definition less its children.
 fn tasks_by_path(wf: &Workflow) -> std::collections::BTreeMap<String, serde_json::Value> {
-    let g = graph(wf, None);
-    let by_id: std::collections::HashMap<&str, &GraphNode> =
-        g.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-    let path = |n: &GraphNode| {
-        let mut names = vec![n.name.as_str()];
-        let mut at = n.parent.as_deref();
-        while let Some(p) = at.and_then(|p| by_id.get(p)) {
-            names.push(p.name.as_str());
-            at = p.parent.as_deref();
-        }
-        names.reverse();
-        names.join("/")
-    };
-    g.nodes
-        .iter()
+    graph(wf, None)
+        .nodes
+        .into_iter()
         .filter(|n| n.id != START && n.id != END)
         .map(|n| {
             let def = wf.definition.pointer(&n.id).cloned().unwrap_or_default();
-            (path(n), without_children(def))
+            (n.path, without_children(def))
         })
         .collect()
 }
@@ -210,9 +201,14 @@ impl Builder<'_> {
         line: Option<u32>,
         conditional: bool,
     ) {
+        let path = match parent.and_then(|p| self.g.nodes.iter().find(|n| n.id == p)) {
+            Some(p) => format!("{}/{name}", p.path),
+            None => name.to_string(),
+        };
         self.g.nodes.push(GraphNode {
             id: id.into(),
             name: name.into(),
+            path,
             kind: kind.into(),
             parent: parent.map(str::to_string),
             line,

@@ -426,6 +426,7 @@ mod tests {
         GraphNode {
             id: id.into(),
             name: id.trim_start_matches('/').into(),
+            path: id.trim_start_matches('/').into(),
             kind: kind.into(),
             parent: None,
             line: Some(3),

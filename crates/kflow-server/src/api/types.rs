@@ -202,6 +202,7 @@ pub fn graph(g: kflow_dsl::graph::Graph) -> kflow_api::definitions::Graph {
             .map(|n| GraphNode {
                 id: n.id,
                 name: n.name,
+                path: n.path,
                 kind: n.kind,
                 parent: n.parent,
                 line: n.line,

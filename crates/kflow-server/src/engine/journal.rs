@@ -347,8 +347,31 @@ mod tests {
             Record::Started {
                 input: json!({"x": 1}),
                 priority: 0,
-                format: 1
+                format: 1,
+                trace: None,
             }
+        );
+    }
+
+    #[test]
+    fn a_traceparent_rides_in_the_started_record() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let r = Record::Started {
+            input: json!({}),
+            priority: 2,
+            format: FORMAT,
+            trace: Some(tp.into()),
+        };
+        let ev = r.encode(1, 5);
+        assert_eq!(ev.data["traceparent"], tp);
+        assert_eq!(Record::decode("i", &ev).expect("reads back"), r);
+        // Without one, the row is as before.
+        assert!(
+            Record::started(json!({}), 0)
+                .encode(1, 5)
+                .data
+                .get("traceparent")
+                .is_none()
         );
     }
 }

@@ -159,21 +159,11 @@ pub fn source_view(src: &str) -> Markup {
     }
 }
 
-/// The path of names of every node of a graph (`guard/risky`), as the API's task diff names them.
+/// The node id of every task path of a graph (`guard/risky` → `/do/1/guard/try/0/risky`).
 fn name_paths(g: &Graph) -> HashMap<String, String> {
-    let by_id: HashMap<&str, _> = g.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     g.nodes
         .iter()
-        .map(|n| {
-            let mut names = vec![n.name.as_str()];
-            let mut at = n.parent.as_deref();
-            while let Some(p) = at.and_then(|p| by_id.get(p)) {
-                names.push(p.name.as_str());
-                at = p.parent.as_deref();
-            }
-            names.reverse();
-            (names.join("/"), n.id.clone())
-        })
+        .map(|n| (n.path.clone(), n.id.clone()))
         .collect()
 }
 

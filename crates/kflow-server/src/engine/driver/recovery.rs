@@ -230,50 +230,27 @@ impl Driver {
         let mut core =
             kflow_core::Instance::new(wf.clone(), self.instance_config(id, &wf.document.namespace));
         let next_seq = history.last().map_or(1, |ev| ev.seq + 1);
-        let mut priority = 0;
-        let mut trace = None;
         // A finished instance's core is never asked anything: its row says it all.
         let finished = row.status.is_finished();
+        let timed = history.iter().zip(records).map(|(ev, r)| (r, ev.time_ms));
         let replay = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for (ev, rec) in history.iter().zip(records) {
-                if finished {
-                    break;
-                }
-                match rec {
-                    Record::Started {
-                        input,
-                        priority: p,
-                        trace: t,
-                        ..
-                    } => {
-                        priority = p;
-                        trace = t;
-                        core.start(input, ev.time_ms);
-                    }
-                    Record::Queued { priority: p, .. } => priority = p,
-                    Record::Delivery { effect, delivery } => {
-                        core.deliver(effect, delivery, ev.time_ms);
-                    }
-                    Record::Cancelled => {
-                        core.cancel(ev.time_ms);
-                    }
-                    Record::Faulted { error } => {
-                        let e = WfError::from_value(&error)
-                            .unwrap_or_else(|_| WfError::runtime(error.to_string()));
-                        core.fault(e, ev.time_ms);
-                    }
-                    Record::Notice(_) | Record::Suspended | Record::Resumed => {}
-                }
+            if finished {
+                Replayed::default()
+            } else {
+                replay(&mut core, timed)
             }
         }));
-        if let Err(payload) = replay {
-            let reason = format!(
-                "replaying its history panicked: {}",
-                panic_message(&*payload)
-            );
-            self.park(id, &reason);
-            return Err(needs_attention(id, &reason));
-        }
+        let Replayed { priority, trace } = match replay {
+            Ok(r) => r,
+            Err(payload) => {
+                let reason = format!(
+                    "replaying its history panicked: {}",
+                    panic_message(&*payload)
+                );
+                self.park(id, &reason);
+                return Err(needs_attention(id, &reason));
+            }
+        };
         self.active.insert(
             id.to_string(),
             Active {
@@ -288,4 +265,47 @@ impl Driver {
         );
         Ok(())
     }
+}
+
+/// What a replay learned of the start: its priority and the caller's traceparent.
+#[derive(Debug, Default)]
+pub(super) struct Replayed {
+    pub priority: i64,
+    pub trace: Option<String>,
+}
+
+/// Replays history records into a fresh core, as a restart does (run under `catch_unwind`).
+pub(super) fn replay(
+    core: &mut kflow_core::Instance,
+    records: impl IntoIterator<Item = (Record, i64)>,
+) -> Replayed {
+    let mut r = Replayed::default();
+    for (rec, time) in records {
+        match rec {
+            Record::Started {
+                input,
+                priority,
+                trace,
+                ..
+            } => {
+                r.priority = priority;
+                r.trace = trace;
+                core.start(input, time);
+            }
+            Record::Queued { priority, .. } => r.priority = priority,
+            Record::Delivery { effect, delivery } => {
+                core.deliver(effect, delivery, time);
+            }
+            Record::Cancelled => {
+                core.cancel(time);
+            }
+            Record::Faulted { error } => {
+                let e = WfError::from_value(&error)
+                    .unwrap_or_else(|_| WfError::runtime(error.to_string()));
+                core.fault(e, time);
+            }
+            Record::Notice(_) | Record::Suspended | Record::Resumed => {}
+        }
+    }
+    r
 }

@@ -36,35 +36,19 @@ impl Driver {
             wf.clone(),
             self.instance_config(&id, &wf.document.namespace),
         );
-        let mut priority = 0;
-        let mut trace = None;
-        let replay = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for (rec, time) in &records {
-                match rec {
-                    Record::Started {
-                        input,
-                        priority: p,
-                        trace: t,
-                        ..
-                    } => {
-                        priority = *p;
-                        trace = t.clone();
-                        core.start(input.clone(), *time);
-                    }
-                    Record::Delivery { effect, delivery } => {
-                        core.deliver(*effect, delivery.clone(), *time);
-                    }
-                    _ => {}
-                }
-            }
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::recovery::replay(&mut core, records.iter().cloned())
         }));
-        if let Err(payload) = replay {
-            let _ = reply.send(Err(EngineError::Conflict(format!(
-                "replaying instance {from} up to {task} panicked: {}",
-                panic_message(&*payload)
-            ))));
-            return;
-        }
+        let super::recovery::Replayed { priority, trace } = match replayed {
+            Ok(r) => r,
+            Err(payload) => {
+                let _ = reply.send(Err(EngineError::Conflict(format!(
+                    "replaying instance {from} up to {task} panicked: {}",
+                    panic_message(&*payload)
+                ))));
+                return;
+            }
+        };
         let pending = core.pending();
         if core.status().is_finished() || pending.is_empty() {
             let _ = reply.send(Err(EngineError::Conflict(format!(
