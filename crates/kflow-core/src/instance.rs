@@ -131,6 +131,15 @@ impl Instance {
             .all(|(_, e)| matches!(e, Effect::Timer { .. } | Effect::Listen { .. }))
     }
 
+    /// The task (its reference) of a started, unanswered effect.
+    pub fn task_of(&self, id: EffectId) -> Option<String> {
+        self.sh
+            .lock()
+            .pending
+            .get(&id)
+            .map(|(task, _)| task.clone())
+    }
+
     /// Whether effect `id` is started and not yet answered.
     pub fn is_pending(&self, id: EffectId) -> bool {
         self.sh.lock().pending.contains_key(&id)

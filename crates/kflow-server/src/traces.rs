@@ -107,6 +107,7 @@ pub struct TracingConfig {
 }
 
 /// A span of the OTLP JSON encoding.
+#[allow(clippy::too_many_arguments)]
 fn span(
     ctx: &TraceCtx,
     span_id: &str,

@@ -646,3 +646,55 @@ async fn alerts_are_listed_by_namespace() {
     let p = ui.page("/ui/alerts", ROOT).await;
     assert!(p.body.contains("inst-other") && p.body.contains("stuck"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_record_when_a_worker_took_them() {
+    let app = Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            axum::Json(json!({"ok": true}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let ui = Ui::new().await;
+    ui.register(&doc(
+        "team",
+        "caller",
+        "1.0.0",
+        &format!(
+            "do:\n  - fetch:\n      call: http\n      with: {{method: get, endpoint: '{url}'}}\n"
+        ),
+    ))
+    .await;
+    let id = ui.start("team", "caller", json!({})).await;
+    let h = ui
+        .api(
+            Method::GET,
+            &format!("/api/v1/instances/{id}/history"),
+            None,
+        )
+        .await
+        .json();
+    let delivery = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "delivery")
+        .expect("the call's result")
+        .clone();
+    assert_eq!(delivery["data"]["task"], "/do/0/fetch", "{delivery}");
+    let leased = delivery["data"]["leased_ms"].as_i64().expect("leased_ms");
+    assert!(
+        leased <= delivery["time_ms"].as_i64().unwrap() - 100,
+        "{delivery}"
+    );
+    let p = ui.page(&format!("/ui/instances/{id}"), ROOT).await;
+    assert!(
+        p.body.contains("<rect class=\"wait\""),
+        "the queue wait is drawn apart"
+    );
+    assert!(p.body.contains("ran "), "and told: {}", p.body.len());
+}

@@ -184,13 +184,20 @@ fn readable_delivery(data: serde_json::Value) -> serde_json::Value {
     else {
         return data;
     };
-    match delivery {
+    let mut out = match delivery {
         Delivery::Result(Ok(output)) => serde_json::json!({"effect": effect, "output": output}),
         Delivery::Result(Err(error)) => {
             serde_json::json!({"effect": effect, "error": error.to_value()})
         }
         Delivery::Event(event) => serde_json::json!({"effect": effect, "event": event}),
+    };
+    // Which task's call or process it was, and when a worker took it (queue wait ends).
+    for k in ["task", "leased_ms"] {
+        if let Some(v) = data.get(k) {
+            out[k] = v.clone();
+        }
     }
+    out
 }
 
 pub fn graph(g: kflow_dsl::graph::Graph) -> kflow_api::definitions::Graph {

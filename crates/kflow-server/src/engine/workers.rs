@@ -426,6 +426,7 @@ pub(crate) fn deliver(
         effect: key.1,
         delivery: Delivery::Result(result),
         ack,
+        leased_ms: Some(lease.leased_ms),
     })
     .map_err(|_| "the engine is shutting down".to_string())
 }

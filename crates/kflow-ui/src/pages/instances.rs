@@ -107,6 +107,8 @@ struct Span {
     reference: String,
     name: String,
     start_ms: i64,
+    /// When a worker took its call or process: before, it waited in a queue.
+    run_ms: Option<i64>,
     end_ms: Option<i64>,
     outcome: &'static str,
 }
@@ -117,6 +119,15 @@ fn read_history(events: &[HistoryEventDto]) -> (HashMap<String, &'static str>, V
     let mut spans: Vec<Span> = Vec::new();
     let mut open: HashMap<String, Vec<usize>> = HashMap::new();
     for ev in events {
+        if ev.kind == "delivery"
+            && let (Some(task), Some(leased)) = (
+                ev.data.get("task").and_then(|t| t.as_str()),
+                ev.data.get("leased_ms").and_then(|t| t.as_i64()),
+            )
+            && let Some(&i) = open.get(task).and_then(|v| v.last())
+        {
+            spans[i].run_ms = Some(leased.max(spans[i].start_ms));
+        }
         let Some(kind) = ev.data.get("type").and_then(|t| t.as_str()) else {
             continue;
         };
@@ -143,6 +154,7 @@ fn read_history(events: &[HistoryEventDto]) -> (HashMap<String, &'static str>, V
                     reference: reference.into(),
                     name: name.into(),
                     start_ms: ev.time_ms,
+                    run_ms: None,
                     end_ms: None,
                     outcome: "running",
                 });
@@ -182,10 +194,23 @@ fn timeline(spans: &[Span], t0: i64, now: i64) -> Markup {
                     @let y = i as f64 * row_h + 4.0;
                     @let x0 = x(s.start_ms);
                     @let x1 = x(s.end_ms.unwrap_or(now)).max(x0 + 2.0);
+                    @let end = s.end_ms.unwrap_or(now);
+                    @let xr = s.run_ms.map(|r| x(r.min(end)).clamp(x0, x1));
                     g class={ "bar o-" (s.outcome) } data-id=(s.reference) {
-                        title { (s.name) " · " (s.outcome) " · " (duration(s.end_ms.unwrap_or(now) - s.start_ms)) }
+                        title {
+                            (s.name) " · " (s.outcome) " · " (duration(end - s.start_ms))
+                            @if let Some(r) = s.run_ms { " (queued " (duration(r.min(end) - s.start_ms)) ", ran " (duration(end - r.min(end))) ")" }
+                        }
                         text.tl-label x="4" y=(y + 13.0) { (truncate(&s.name, 24)) }
-                        rect x=(format!("{x0:.1}")) y=(y) width=(format!("{:.1}", x1 - x0)) height="14" rx="3" {}
+                        @match xr {
+                            Some(xr) => {
+                                rect.wait x=(format!("{x0:.1}")) y=(y) width=(format!("{:.1}", (xr - x0).max(0.0))) height="14" rx="3" {}
+                                rect x=(format!("{xr:.1}")) y=(y) width=(format!("{:.1}", (x1 - xr).max(1.0))) height="14" rx="3" {}
+                            }
+                            None => {
+                                rect x=(format!("{x0:.1}")) y=(y) width=(format!("{:.1}", x1 - x0)) height="14" rx="3" {}
+                            }
+                        }
                         text.tl-time x=(format!("{:.1}", x1 + 4.0)) y=(y + 12.0) { (duration(s.end_ms.unwrap_or(now) - s.start_ms)) }
                     }
                 }
@@ -330,6 +355,7 @@ pub async fn detail(
         }
         section {
             h2 { "Timeline" }
+            p.meta { "Each bar is a run of a task; for calls and processes, the pale part is the wait in a queue, the rest the run on a worker." }
             div #timeline { (timeline(&spans, inst.created_ms, now)) }
         }
         section {

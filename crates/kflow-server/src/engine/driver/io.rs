@@ -35,6 +35,7 @@ pub(in crate::engine) async fn spawn(
         shared,
         builtin,
         active: HashMap::new(),
+        leased: HashMap::new(),
         subs: HashMap::new(),
         timers: Timers::default(),
         draining: false,

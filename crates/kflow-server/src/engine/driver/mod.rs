@@ -75,6 +75,9 @@ pub enum Msg {
         delivery: Delivery,
         /// Answered once the delivery is committed (a remote worker's report).
         ack: Option<oneshot::Sender<Result<()>>>,
+        /// When a worker took the effect (its lease): recorded with the result, so that queue
+        /// wait and run time read apart from history.
+        leased_ms: Option<i64>,
     },
     Cancel {
         id: String,
@@ -201,6 +204,8 @@ struct Driver {
     /// The in-process worker, handed ready work right after each commit.
     builtin: super::workers::Builtin,
     active: HashMap<String, Active>,
+    /// When the effects whose results wait in the batch were leased (see `Msg::Deliver`).
+    leased: HashMap<(String, u64), i64>,
     /// Open `listen` subscriptions by (instance, effect): their filters compiled once, deciding
     /// as the instance will (`kflow_core::events`), so a rejected event is never delivered.
     subs: HashMap<(String, u64), Subscription>,
@@ -329,7 +334,11 @@ impl Driver {
                 effect,
                 delivery,
                 ack,
+                leased_ms,
             } => {
+                if let Some(ms) = leased_ms {
+                    self.leased.insert((instance.clone(), effect), ms);
+                }
                 b.ready.push_back((instance, effect, delivery));
                 if let Some(ack) = ack {
                     b.after.push(After::Ack(ack));
@@ -505,7 +514,14 @@ impl Driver {
                 effect,
                 delivery: delivery.clone(),
             };
-            let ev = rec.encode(seq, now);
+            let mut ev = rec.encode(seq, now);
+            // Which task ran it and when its worker took it: queue wait and run time apart.
+            if let Some(ms) = self.leased.remove(&(id.clone(), effect)) {
+                ev.data["leased_ms"] = ms.into();
+                if let Some(task) = a.core.task_of(effect) {
+                    ev.data["task"] = task.into();
+                }
+            }
             let c = b.commit_for(&id, now);
             c.history.push(ev.clone());
             c.remove_work.push(effect);

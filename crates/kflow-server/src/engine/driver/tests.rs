@@ -43,6 +43,7 @@ fn driver() -> (Driver, Arc<dyn Store>) {
         shared,
         builtin,
         active: Default::default(),
+        leased: Default::default(),
         subs: Default::default(),
         timers: Default::default(),
         draining: false,
@@ -85,6 +86,7 @@ fn answer() -> Msg {
         effect: 0,
         delivery: Delivery::Result(Ok(json!({"x": 42}))),
         ack: None,
+        leased_ms: None,
     }
 }
 

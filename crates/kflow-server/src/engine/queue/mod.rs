@@ -135,6 +135,8 @@ impl Worker {
 pub struct Lease {
     pub id: String,
     pub worker: String,
+    /// When a worker took it: its queue wait ends, its run starts.
+    pub leased_ms: i64,
     pub expires_ms: i64,
     pub attempt: Option<u32>,
     pub item: Item,
@@ -407,6 +409,7 @@ impl Queue {
             let lease = Lease {
                 id: format!("{}-{}", worker, self.next_lease),
                 worker: worker.to_string(),
+                leased_ms: now,
                 expires_ms: now + ttl_ms,
                 attempt: item.attempt,
                 item,
