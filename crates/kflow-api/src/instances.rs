@@ -31,6 +31,8 @@ pub struct StartRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Waiting for a slot under a concurrency limit: not started yet.
+    Queued,
     Running,
     Suspended,
     Completed,
@@ -42,6 +44,7 @@ impl Status {
     /// The status as the API writes it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Queued => "queued",
             Status::Running => "running",
             Status::Suspended => "suspended",
             Status::Completed => "completed",

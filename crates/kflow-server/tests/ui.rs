@@ -99,6 +99,20 @@ impl Ui {
             .await
     }
 
+    /// Starts without waiting; the new id.
+    async fn start_now(&self, ns: &str, name: &str) -> String {
+        let body = json!({"namespace": ns, "name": name}).to_string();
+        let p = self
+            .api(
+                Method::POST,
+                "/api/v1/instances",
+                Some(("application/json", body)),
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+        p.json()["id"].as_str().unwrap().to_string()
+    }
+
     async fn list(&self, query: &str) -> Value {
         self.api(Method::GET, &format!("/api/v1/instances?{query}"), None)
             .await
@@ -697,4 +711,73 @@ async fn calls_record_when_a_worker_took_them() {
         "the queue wait is drawn apart"
     );
     assert!(p.body.contains("ran "), "and told: {}", p.body.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_held_by_a_concurrency_limit_is_queued() {
+    let ui = Ui::new().await;
+    ui.register(
+        &doc(
+            "team",
+            "single",
+            "1.0.0",
+            "do:\n  - nap:\n      wait: {minutes: 10}\n",
+        )
+        .replace(
+            "  version: '1.0.0'\n",
+            "  version: '1.0.0'\n  metadata:\n    kflow:\n      concurrency:\n        limit: 1\n",
+        ),
+    )
+    .await;
+    let first = ui.start_now("team", "single").await;
+    let second = ui.start_now("team", "single").await;
+    let status = |v: Value| v["status"].as_str().unwrap_or("").to_string();
+    let v = ui
+        .api(Method::GET, &format!("/api/v1/instances/{second}"), None)
+        .await
+        .json();
+    assert_eq!(status(v), "queued");
+    let v = ui
+        .api(Method::GET, &format!("/api/v1/instances/{first}"), None)
+        .await
+        .json();
+    assert_eq!(status(v), "running");
+    let l = ui.list("status=queued").await;
+    let ids: Vec<&str> = l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str()]);
+    let l = ui.list("namespace=team").await;
+    assert!(
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["status"] == "queued")
+    );
+    let p = ui.page("/ui/instances", ROOT).await;
+    assert!(p.body.contains("data-status=\"queued\""));
+    // The slot frees: the queued one starts.
+    ui.api(
+        Method::POST,
+        &format!("/api/v1/instances/{first}/cancel"),
+        None,
+    )
+    .await;
+    let mut now = String::new();
+    for _ in 0..100 {
+        now = status(
+            ui.api(Method::GET, &format!("/api/v1/instances/{second}"), None)
+                .await
+                .json(),
+        );
+        if now == "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(now, "running");
 }

@@ -201,11 +201,16 @@ pub async fn list_instances(
     ApiQuery(q): ApiQuery<InstanceQuery>,
 ) -> ApiResult<Json<InstanceList>> {
     let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-    let status = match nonempty(q.status) {
+    let wanted = nonempty(q.status);
+    // `queued` instances are `running` in the store: listed from those, then kept.
+    let only_queued = wanted.as_deref() == Some("queued");
+    let status = match wanted {
         None => None,
+        Some(_) if only_queued => Some(InstanceStatus::Running),
         Some(s) => Some(InstanceStatus::parse(&s).ok_or_else(|| {
             ApiError::invalid(format!(
-                "invalid status `{s}`: expected running, suspended, completed, faulted or cancelled"
+                "invalid status `{s}`: expected queued, running, suspended, completed, faulted \
+                 or cancelled"
             ))
         })?),
     };
@@ -221,17 +226,60 @@ pub async fn list_instances(
         within: caller.scope.list(),
     };
     let limit = parse_count("limit", q.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    if let Some(text) = nonempty(q.q) {
-        return search_inputs(&st, filter, &text, nonempty(q.cursor), limit).await;
+    let mut list = match nonempty(q.q) {
+        Some(text) => search_inputs(&st, filter, &text, nonempty(q.cursor), limit).await?,
+        None => {
+            let page = st
+                .engine
+                .instances(filter, nonempty(q.cursor), limit)
+                .await?;
+            InstanceList {
+                items: page.items.into_iter().map(instance_dto).collect(),
+                next: page.next,
+            }
+        }
+    };
+    mark_queued(&st, &mut list.items).await?;
+    if only_queued {
+        list.items
+            .retain(|i| i.status == kflow_api::instances::Status::Queued);
     }
-    let page = st
-        .engine
-        .instances(filter, nonempty(q.cursor), limit)
-        .await?;
-    Ok(Json(InstanceList {
-        items: page.items.into_iter().map(instance_dto).collect(),
-        next: page.next,
-    }))
+    Ok(Json(list))
+}
+
+/// Marks the instances of `items` that wait for a concurrency slot as `queued` (the store keeps
+/// them `running`: a queued instance has a `queued` record and no `started` one yet). Reads the
+/// first two history records of each running one.
+pub async fn mark_queued(st: &AppState, items: &mut [InstanceDto]) -> ApiResult<()> {
+    let running: Vec<String> = items
+        .iter()
+        .filter(|i| i.status == kflow_api::instances::Status::Running)
+        .map(|i| i.id.clone())
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    let store = st.engine.store();
+    let queued = tokio::task::spawn_blocking(move || {
+        let mut q = std::collections::HashSet::new();
+        for id in running {
+            let head = store.history(&id, 0, 2)?;
+            if head.iter().any(|e| e.kind == "queued") && !head.iter().any(|e| e.kind == "started")
+            {
+                q.insert(id);
+            }
+        }
+        Ok::<_, kflow_store::StoreError>(q)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("the store failed: {e}")))?;
+    for i in items.iter_mut() {
+        if queued.contains(&i.id) {
+            i.status = kflow_api::instances::Status::Queued;
+        }
+    }
+    Ok(())
 }
 
 /// How many instances one search request reads at most; past it the answer holds what was
@@ -247,7 +295,7 @@ async fn search_inputs(
     text: &str,
     mut cursor: Option<String>,
     limit: u32,
-) -> ApiResult<Json<InstanceList>> {
+) -> ApiResult<InstanceList> {
     let limit = limit as usize;
     if text.chars().count() > 200 {
         return Err(ApiError::invalid(
@@ -269,15 +317,15 @@ async fn search_inputs(
                 items.push(instance_dto(inst));
             }
             if items.len() == limit || scanned >= SEARCH_SCAN {
-                return Ok(Json(InstanceList {
+                return Ok(InstanceList {
                     items,
                     next: Some(at),
-                }));
+                });
             }
         }
         cursor = page.next;
         if cursor.is_none() {
-            return Ok(Json(InstanceList { items, next: None }));
+            return Ok(InstanceList { items, next: None });
         }
     }
 }
@@ -299,7 +347,9 @@ pub async fn get_instance(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<InstanceViewDto>> {
     let id = visible(&st, &caller, &id).await?;
-    Ok(Json(st.engine.instance(&id).await?.into()))
+    let mut view: InstanceViewDto = st.engine.instance(&id).await?.into();
+    mark_queued(&st, std::slice::from_mut(&mut view.instance)).await?;
+    Ok(Json(view))
 }
 
 /// Cancels an instance that has not finished.

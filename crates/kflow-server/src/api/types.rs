@@ -30,7 +30,8 @@ pub struct InstanceQuery {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub version: Option<String>,
-    /// running, suspended, completed, faulted or cancelled.
+    /// queued (waiting for a concurrency slot), running, suspended, completed, faulted or
+    /// cancelled.
     #[param(value_type = Option<Status>)]
     pub status: Option<String>,
     /// Created at or after: RFC 3339 or epoch milliseconds.

@@ -355,7 +355,7 @@ pub struct ListArgs {
     /// Only instances of this workflow version.
     #[arg(long)]
     pub version: Option<String>,
-    /// Only instances with this status (running, suspended, completed, faulted, cancelled).
+    /// Only instances with this status (queued, running, suspended, completed, faulted, cancelled).
     #[arg(long)]
     pub status: Option<String>,
     /// Only instances created at or after this time (passed to the server as is).
