@@ -66,6 +66,8 @@ pub struct Metrics {
     pub workers: Gauge,
     pub lease_expiries: Counter,
     pub alerts_fired: Counter,
+    pub schedule_fires: Family<WorkflowLabels, Counter>,
+    pub schedule_skips: Family<WorkflowLabels, Counter>,
     pub commit_duration: Histogram,
     pub commit_batch: Histogram,
     pub http_duration: Family<RouteLabels, Histogram>,
@@ -93,6 +95,8 @@ impl Metrics {
             workers: Gauge::default(),
             lease_expiries: Counter::default(),
             alerts_fired: Counter::default(),
+            schedule_fires: Family::default(),
+            schedule_skips: Family::default(),
             commit_duration: Histogram::new(seconds_buckets()),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             http_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
@@ -139,6 +143,16 @@ impl Metrics {
             "lease_expiries",
             "Leases of silent workers expired (their tasks queued again)",
             m.lease_expiries.clone(),
+        );
+        registry.register(
+            "schedule_fires",
+            "Instances started by schedules, by workflow",
+            m.schedule_fires.clone(),
+        );
+        registry.register(
+            "schedule_skips",
+            "Schedule fires skipped (the overlap policy, or a full queue of fires), by workflow",
+            m.schedule_skips.clone(),
         );
         registry.register(
             "alerts_fired",

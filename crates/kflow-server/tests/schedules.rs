@@ -169,6 +169,12 @@ async fn cron_fires_each_tick_once() {
     assert_eq!(again.tick(t1 + HOUR).await, 1);
     assert_eq!(again.tick(t1 + HOUR).await, 0);
     assert_eq!(instances(&again.api.engine, "hourly").await.len(), 2);
+    // Counted in the metrics as they were written: two fires, none skipped.
+    let text = again.api.engine.metrics_text();
+    assert!(
+        text.contains("kflow_schedule_fires_total{namespace=\"sched\",workflow=\"hourly\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,6 +475,11 @@ async fn overlap_allow_skip_queue_cancel() {
         (1, 1)
     );
     assert_eq!(h.schedule("skip").await["skipped"], 1);
+    let text = e.metrics_text();
+    assert!(
+        text.contains("kflow_schedule_skips_total{namespace=\"sched\",workflow=\"skip\"} 1"),
+        "{text}"
+    );
     assert_eq!(
         (instances(e, "queue").await.len(), running(e, "queue").await),
         (1, 1)

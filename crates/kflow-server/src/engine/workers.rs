@@ -414,6 +414,17 @@ pub(crate) fn deliver(
 ) -> Result<(), String> {
     let lease = queue.lock().complete(lease_id, worker)?;
     let key = (lease.item.instance.clone(), lease.item.effect_id);
+    if worker != BUILTIN {
+        // A remote worker's run: from its lease to its report (the built-in worker times its
+        // own runs).
+        queue
+            .metrics
+            .task_duration
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: lease.item.effect.kind(),
+            })
+            .observe((now_ms() - lease.leased_ms).max(0) as f64 / 1e3);
+    }
     if worker == BUILTIN {
         queue
             .running

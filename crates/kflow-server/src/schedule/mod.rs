@@ -340,6 +340,19 @@ impl Inner {
             let put = new.clone();
             if self.blocking(move |s| s.put_schedule(&put)).await? {
                 new.revision += 1;
+                // Fires started and skipped, counted once their row is written.
+                let before = State::from_value(&row.state);
+                let m = self.engine.metrics();
+                let l = crate::metrics::WorkflowLabels {
+                    namespace: ns.to_string(),
+                    workflow: name.to_string(),
+                };
+                m.schedule_fires
+                    .get_or_create(&l)
+                    .inc_by(st.fired.saturating_sub(before.fired));
+                m.schedule_skips
+                    .get_or_create(&l)
+                    .inc_by(st.skipped.saturating_sub(before.skipped));
                 return Ok(Some(new));
             }
         }
