@@ -3,6 +3,8 @@
 //!
 //! - `instance_faulted`: as instances fault (the driver's committed ends, `Shared::ended`).
 //! - `instance_duration`: an instance running longer than `seconds`.
+//! - `task_duration`: a call or process running on a worker longer than `seconds` (from its
+//!   lease).
 //! - `queue_wait`: a queue whose oldest waiting task waited longer than `seconds`.
 //! - `worker_lost`: a remote worker silent longer than its lease TTL (its tasks go to others).
 //! - `schedule_missed`: a schedule that skipped a fire (the `missed` policy, or a fire that
@@ -54,6 +56,7 @@ pub struct Webhook {
 pub enum On {
     InstanceFaulted,
     InstanceDuration,
+    TaskDuration,
     QueueWait,
     WorkerLost,
     ScheduleMissed,
@@ -64,6 +67,7 @@ impl On {
         match self {
             On::InstanceFaulted => "instance_faulted",
             On::InstanceDuration => "instance_duration",
+            On::TaskDuration => "task_duration",
             On::QueueWait => "queue_wait",
             On::WorkerLost => "worker_lost",
             On::ScheduleMissed => "schedule_missed",
@@ -107,7 +111,10 @@ impl AlertsConfig {
             if r.name.is_empty() || !seen.insert(r.name.clone()) {
                 errors.push(format!("{at}: rule names must be unique and not empty"));
             }
-            let needs_seconds = matches!(r.on, On::InstanceDuration | On::QueueWait);
+            let needs_seconds = matches!(
+                r.on,
+                On::InstanceDuration | On::TaskDuration | On::QueueWait
+            );
             match (needs_seconds, r.seconds) {
                 (true, None) => errors.push(format!("{at}: `{}` needs `seconds`", r.on.as_str())),
                 (true, Some(s)) if !(s > 0.0 && s.is_finite()) => {
@@ -266,6 +273,34 @@ impl Alerts {
                             ),
                             json!({"instance": i.id, "namespace": i.namespace, "workflow": i.name,
                                    "version": i.version, "running_ms": now - i.created_ms}),
+                        )
+                        .await;
+                    }
+                }
+                On::TaskDuration => {
+                    let limit_ms = (r.seconds.unwrap_or(0.0) * 1000.0) as i64;
+                    // Wall-clock lease times: the queue's clock.
+                    let wall = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    for (instance, ns, task, effect, leased_ms) in self.engine.running_tasks() {
+                        if wall - leased_ms <= limit_ms
+                            || r.namespace.as_deref().is_some_and(|n| n != ns)
+                        {
+                            continue;
+                        }
+                        let key = format!("{instance}#{effect}");
+                        firing.insert((r.name.clone(), key.clone()));
+                        self.fire(
+                            r,
+                            &key,
+                            Some(&ns),
+                            format!(
+                                "task {task} of instance {instance} has run for more than {} s",
+                                r.seconds.unwrap_or(0.0)
+                            ),
+                            json!({"instance": instance, "namespace": ns, "task": task,
+                                   "running_ms": wall - leased_ms}),
                         )
                         .await;
                     }

@@ -209,3 +209,56 @@ fn bad_rules_are_refused_with_their_place() {
         serde_json::from_value::<AlertsConfig>(json!({"rules": [{"name": "x", "on": "sunrise"}]}));
     assert!(unknown.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_fires_a_task_duration_alert() {
+    let api = Api::new().await;
+    let (url, got) = receiver(0).await;
+    let slow = Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            axum::Json(json!({"ok": true}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_url = format!("http://{}/slow", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, slow).await });
+    let alerts = Alerts::new(
+        api.engine.clone(),
+        config(
+            &url,
+            json!([{"name": "slow-task", "on": "task_duration", "seconds": 0.5}]),
+        ),
+    )
+    .expect("alerts");
+    let task = alerts.spawn();
+    api.register(&wf(
+        "team",
+        "caller",
+        "1.0.0",
+        &format!("do:\n  - fetch:\n      call: http\n      with: {{method: get, endpoint: '{slow_url}'}}\n"),
+    ))
+    .await;
+    let id = api.start("team", "caller", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ev = until("the task alert", 10, || {
+        got.lock().unwrap().first().cloned()
+    })
+    .await
+    .0;
+    assert_eq!(ev["type"], "io.kflow.alert.task_duration");
+    assert_eq!(ev["data"]["details"]["task"], "/do/0/fetch");
+    assert_eq!(ev["data"]["details"]["instance"], id.as_str());
+    api.wait_status(&id, "completed").await;
+    let resolved = until("the alert resolved", 10, || {
+        let rows = api.engine.store().alerts(None, 10).ok()?;
+        rows.first().and_then(|a| a.resolved_ms)
+    })
+    .await;
+    assert!(resolved > 0);
+    assert_eq!(got.lock().unwrap().len(), 1, "fired once");
+    task.abort();
+}

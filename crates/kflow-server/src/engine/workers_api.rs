@@ -191,6 +191,25 @@ impl Engine {
         w
     }
 
+    /// Tasks running on a worker now: (instance, namespace, task reference, effect id, when it
+    /// was leased).
+    pub fn running_tasks(&self) -> Vec<(String, String, String, u64, i64)> {
+        self.shared
+            .queue
+            .lock()
+            .leases()
+            .map(|l| {
+                (
+                    l.item.instance.clone(),
+                    l.item.namespace.clone(),
+                    l.item.task.clone(),
+                    l.item.effect_id,
+                    l.leased_ms,
+                )
+            })
+            .collect()
+    }
+
     /// Dispatch latency from ready to leased over recent dispatches: (count, p50 µs, p99 µs);
     /// `reset` starts a new measurement.
     pub fn dispatch_latency(&self, reset: bool) -> (usize, u64, u64) {

@@ -333,6 +333,11 @@ impl Queue {
         self.workers.values()
     }
 
+    /// The leases held now (tasks running on a worker).
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
     pub fn items(&self) -> &[Item] {
         &self.items
     }
