@@ -256,6 +256,23 @@ fn fork_compete_takes_the_first_and_cancels_the_rest() {
     });
     assert_eq!(s.output(), json!({"winner": "fast"}));
     assert_eq!(s.cancelled, vec![0], "the slow branch's call is cancelled");
+    // Every run that started ends: the losing branch (and its call) with `task.cancelled`.
+    let ends = |reference: &str| {
+        s.notices
+            .iter()
+            .filter(|n| n.task.as_ref().is_some_and(|(_, r)| r == reference))
+            .map(|n| n.kind.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ends("/do/0/race/fork/branches/0/slow"),
+        ["task.started", "task.cancelled"]
+    );
+    assert_eq!(
+        ends("/do/0/race/fork/branches/1/fast"),
+        ["task.started", "task.completed"]
+    );
+    assert_eq!(ends("/do/0/race"), ["task.started", "task.completed"]);
 }
 
 #[test]

@@ -433,6 +433,12 @@ pub(crate) fn run_task(
             }
         }
         cx.notice(NoticeKind::TaskStarted, Some(named), None);
+        // A task whose future is dropped before it ends (a fork's losing branch, a timeout, a
+        // cancelled or faulted instance) ends with `task.cancelled`: no run stays open.
+        let mut open = OpenTask {
+            sh: cx.sh.clone(),
+            task: Some((named.name.clone(), named.reference.clone())),
+        };
         let result = async {
             let input = apply_in(
                 &cx,
@@ -503,6 +509,7 @@ pub(crate) fn run_task(
             Ok((out, flow))
         }
         .await;
+        open.task = None;
         match result {
             Ok(v) => {
                 cx.notice(NoticeKind::TaskCompleted, Some(named), None);
@@ -549,5 +556,26 @@ async fn run_kind(cx: &Cx, named: &NamedTask, input: &Value, info: &TaskInfo<'_>
         TaskKind::Call(c) => call::call(cx, named, c, input, &scope).await,
         TaskKind::Run(r) => run::run(cx, named, r, input, &scope).await,
         TaskKind::Dag(d) => dag::dag(cx, named, d, input).await,
+    }
+}
+
+/// A task run that has started and not ended: dropped unfinished, it records `task.cancelled`.
+struct OpenTask {
+    sh: Sh,
+    /// (name, reference); `None` once the run ended normally.
+    task: Option<(String, String)>,
+}
+
+impl Drop for OpenTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let time_ms = self.sh.now();
+            self.sh.notice(crate::notice::Notice {
+                kind: NoticeKind::TaskCancelled,
+                task: Some(task),
+                time_ms,
+                detail: None,
+            });
+        }
     }
 }
