@@ -339,6 +339,24 @@ fn a_task_on_a_killed_worker_is_finished_by_another() {
         deliveries, 1,
         "the instance took exactly one result: {history}"
     );
+    // The lost lease is in the history: which task, which worker, why.
+    let requeued: Vec<&Value> = history["items"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|e| e["data"]["type"] == "task.requeued")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(requeued.len(), 1, "{history}");
+    assert_eq!(requeued[0]["data"]["reference"], "/do/0/work", "{history}");
+    assert!(
+        requeued[0]["data"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lease expired"),
+        "{history}"
+    );
 }
 
 #[test]

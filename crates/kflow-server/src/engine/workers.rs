@@ -163,14 +163,14 @@ impl WorkQueue {
         }
     }
 
-    /// Expires leases of silent workers; their items are queued again.
-    pub fn sweep(&self) -> usize {
-        let n = self.lock().expire(now_ms(), self.ttl_ms).len();
-        self.metrics.lease_expiries.inc_by(n as u64);
-        if n > 0 {
+    /// Expires leases of silent workers; their items are queued again. Returns the leases lost.
+    pub fn sweep(&self) -> Vec<Lease> {
+        let lost = self.lock().expire(now_ms(), self.ttl_ms);
+        self.metrics.lease_expiries.inc_by(lost.len() as u64);
+        if !lost.is_empty() {
             self.notify.notify_waiters();
         }
-        n
+        lost
     }
 
     pub fn builtin_running(&self) -> usize {
@@ -363,10 +363,19 @@ pub(crate) fn start(
         namespaces: None,
     });
     let q2 = queue.clone();
+    let tx2 = tx.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            q2.sweep();
+            // Each lost lease is recorded in its instance's history (`task.requeued`).
+            for l in q2.sweep() {
+                let _ = tx2.send(Msg::LeaseLost {
+                    instance: l.item.instance,
+                    effect: l.item.effect_id,
+                    task: l.item.task,
+                    worker: l.worker,
+                });
+            }
             if Arc::strong_count(&q2) == 1 {
                 return;
             }

@@ -57,6 +57,47 @@ impl Driver {
         Ok(())
     }
 
+    /// Records that a worker lost its lease on an effect still pending: the task waits in its
+    /// queue again, and will run on another worker (with the same idempotency key).
+    pub(super) fn lease_lost(
+        &mut self,
+        id: &str,
+        effect: u64,
+        task: String,
+        worker: String,
+        b: &mut Batch,
+        now: i64,
+    ) {
+        if self.load(id).is_err() {
+            return;
+        }
+        let Some(a) = self.active.get_mut(id) else {
+            return;
+        };
+        if a.row.status.is_finished() || !a.core.is_pending(effect) {
+            return;
+        }
+        let name = task.rsplit('/').next().unwrap_or(&task).to_string();
+        let mut m = serde_json::Map::new();
+        m.insert("type".into(), "task.requeued".into());
+        m.insert("task".into(), name.into());
+        m.insert("reference".into(), task.into());
+        m.insert("effect".into(), effect.into());
+        m.insert("worker".into(), worker.into());
+        m.insert(
+            "reason".into(),
+            "the worker's lease expired (it stopped heartbeating): the task waits for another \
+             worker"
+                .into(),
+        );
+        m.insert("time".into(), kflow_core::time::iso8601(now).into());
+        let seq = a.next_seq;
+        a.next_seq += 1;
+        let ev = Record::Notice(m).encode(seq, now);
+        b.commit_for(id, now).history.push(ev.clone());
+        b.after.push(After::Live(id.to_string(), ev));
+    }
+
     pub(super) fn after_resume(&mut self, id: &str, b: &mut Batch, now: i64) {
         let held = self
             .active

@@ -112,6 +112,14 @@ pub enum Msg {
         records: Vec<(Record, i64)>,
         reply: oneshot::Sender<Result<super::Started>>,
     },
+    /// A worker's lease expired (the worker went silent): the task is queued again; recorded in
+    /// the instance's history.
+    LeaseLost {
+        instance: String,
+        effect: u64,
+        task: String,
+        worker: String,
+    },
     /// Answered once the driver has gone round its loop (timers due by the engine's clock
     /// fired, what it took committed): tests on a manual clock wait for it instead of sleeping.
     Sync { reply: oneshot::Sender<Result<()>> },
@@ -352,6 +360,12 @@ impl Driver {
                 let n = self.offer_event(&event, event_id, b, now);
                 b.after.push(After::ReplyCount(reply, n));
             }
+            Msg::LeaseLost {
+                instance,
+                effect,
+                task,
+                worker,
+            } => self.lease_lost(&instance, effect, task, worker, b, now),
             Msg::Retry {
                 from,
                 task,
