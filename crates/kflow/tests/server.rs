@@ -724,18 +724,19 @@ fn watch_without_a_terminal_prints_task_lines() {
     assert!(json_eq(&out, &json!({"b": 2})), "{}", o.describe());
     let id = started_id(&o);
     assert_eq!(status(&env.instance(&id)), "completed");
-    // One plain line per lifecycle event (`HH:MM:SS.mmm what`), no terminal control codes.
+    // One plain line per lifecycle event (`HH:MM:SS.mmm what`, tasks by name), no terminal
+    // control codes.
     assert!(
         !o.stderr.contains('\x1b') && !o.stderr.contains('\r'),
         "no redrawing without a terminal\n{}",
         o.describe()
     );
     for want in [
-        "task.started /do/0/first",
-        "task.completed /do/0/first",
-        "task.started /do/1/pause",
-        "task.completed /do/1/pause",
-        "task.completed /do/2/last",
+        "task.started first",
+        "task.completed first",
+        "task.started pause",
+        "task.completed pause",
+        "task.completed last",
         "workflow.completed",
     ] {
         let line = o.stderr.lines().find(|l| l.ends_with(want));
@@ -748,12 +749,12 @@ fn watch_without_a_terminal_prints_task_lines() {
     }
     let pos = |w: &str| o.stderr.find(w).unwrap_or(usize::MAX);
     assert!(
-        pos("task.completed /do/0/first") < pos("task.started /do/1/pause"),
+        pos("task.completed first") < pos("task.started pause"),
         "{}",
         o.describe()
     );
     assert!(
-        pos("task.completed /do/2/last") < pos("workflow.completed"),
+        pos("task.completed last") < pos("workflow.completed"),
         "{}",
         o.describe()
     );

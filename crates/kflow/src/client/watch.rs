@@ -40,6 +40,11 @@ pub struct Progress {
     /// `suspended` while suspended, the workflow's end once known.
     pub state: Option<String>,
     last_seq: Option<i64>,
+    /// Per task reference: its name path (`guard/risky`) and kind (`wait`, `call http`), from
+    /// the workflow's graph, to show tasks by name and waits as waits.
+    pub tasks: std::collections::HashMap<String, (String, String)>,
+    /// The task whose failure is being retried (back-off), until it starts again.
+    pub retrying: Option<String>,
 }
 
 impl Progress {
@@ -60,9 +65,13 @@ impl Progress {
                     .unwrap_or_default();
                 match ty {
                     "task.started" => {
+                        if self.retrying.as_deref() == Some(reference.as_str()) {
+                            self.retrying = None;
+                        }
                         self.running.retain(|r| *r != reference);
                         self.running.push(reference);
                     }
+                    "task.retried" => self.retrying = Some(reference),
                     "task.completed" | "task.faulted" | "task.skipped" | "task.cancelled" => {
                         self.running.retain(|r| *r != reference);
                         if ty == "task.completed" {
@@ -86,7 +95,16 @@ impl Progress {
         true
     }
 
-    /// `⠹ 3 done · running /do/1/fetch (+1 more) · 12.3s`, at most `width` characters.
+    /// A task by its name path when the graph is known, else its reference.
+    pub fn label(&self, reference: &str) -> String {
+        self.tasks
+            .get(reference)
+            .map(|(path, _)| path.clone())
+            .unwrap_or_else(|| reference.to_string())
+    }
+
+    /// `⠹ 3 done · running fetch (+1 more) · 12.3s`, at most `width` characters; a `wait` or
+    /// `listen` task reads `waiting on nap`, a failed task waiting for its retry `retrying`.
     pub fn status_line(&self, elapsed: Duration, width: usize) -> String {
         const SPIN: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
         let frame = SPIN[(elapsed.as_millis() / 100) as usize % SPIN.len()];
@@ -94,14 +112,31 @@ impl Progress {
         if let Some(state) = &self.state {
             s.push_str(&format!(" · {state}"));
         }
-        if let Some(now) = self.running.last() {
-            s.push_str(&format!(" · running {now}"));
+        if let Some(r) = &self.retrying {
+            s.push_str(&format!(" · retrying {} (back-off)", self.label(r)));
+        } else if let Some(now) = self.running.last() {
+            let kind = self.tasks.get(now).map(|(_, k)| k.as_str()).unwrap_or("");
+            let verb = if kind == "wait" || kind == "listen" {
+                "waiting on"
+            } else {
+                "running"
+            };
+            s.push_str(&format!(" · {verb} {}", self.label(now)));
             if self.running.len() > 1 {
                 s.push_str(&format!(" (+{} more)", self.running.len() - 1));
             }
         }
         s.push_str(&format!(" · {:.1}s", elapsed.as_secs_f64()));
         clip(&s, width)
+    }
+}
+
+/// [`plain_line`] with task references shown by their name path (`task.started guard/risky`).
+pub fn named_line(item: &HistoryEventDto, p: &Progress) -> Option<String> {
+    let line = plain_line(item)?;
+    match item.data.get("reference").and_then(Value::as_str) {
+        Some(r) if p.tasks.contains_key(r) => Some(line.replace(r, &p.label(r))),
+        _ => Some(line),
     }
 }
 
@@ -161,13 +196,13 @@ impl Screen {
         match self.mode {
             Mode::Quiet => {}
             Mode::Lines => {
-                if let Some(line) = plain_line(item) {
+                if let Some(line) = named_line(item, p) {
                     eprintln!("{line}");
                 }
             }
             Mode::StatusLine => {
                 if notable(item)
-                    && let Some(line) = plain_line(item)
+                    && let Some(line) = named_line(item, p)
                 {
                     self.clear();
                     eprintln!("{line}");
@@ -195,6 +230,31 @@ pub async fn follow(api: &Api, id: &str, mode: Mode) -> Result<InstanceDto, Fail
         drawn: false,
     };
     let mut progress = Progress::default();
+    // Names and kinds of the tasks, from the workflow's graph (best effort: without it,
+    // references are shown).
+    if mode != Mode::Quiet
+        && let Ok(inst) = instance(api, id).await
+        && let Ok(g) = api
+            .get(
+                &[
+                    "definitions",
+                    &inst.namespace,
+                    &inst.name,
+                    "versions",
+                    &inst.version,
+                    "graph",
+                ],
+                &[],
+            )
+            .await
+        && let Ok(g) = serde_json::from_value::<kflow_api::definitions::Graph>(g)
+    {
+        progress.tasks = g
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, (n.path, n.kind)))
+            .collect();
+    }
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut resp = match api.stream(&["instances", id, "watch"]).await {
@@ -360,5 +420,35 @@ mod tests {
         assert!(notable(&ev(json!({"kind": "suspended"}))));
         assert!(notable(&notice(1, "task.faulted", "/do/0/x")));
         assert!(!notable(&notice(1, "task.completed", "/do/0/x")));
+    }
+
+    #[test]
+    fn tasks_show_by_name_and_waits_as_waits() {
+        let mut p = Progress::default();
+        p.tasks
+            .insert("/do/0/nap".into(), ("nap".into(), "wait".into()));
+        p.tasks.insert(
+            "/do/1/guard/try/0/fetch".into(),
+            ("guard/fetch".into(), "call http".into()),
+        );
+        assert!(p.apply(&notice(2, "task.started", "/do/0/nap")));
+        let line = p.status_line(Duration::from_secs(1), 200);
+        assert!(line.contains("waiting on nap"), "{line}");
+        assert!(p.apply(&notice(3, "task.completed", "/do/0/nap")));
+        assert!(p.apply(&notice(4, "task.started", "/do/1/guard/try/0/fetch")));
+        assert!(
+            p.status_line(Duration::from_secs(1), 200)
+                .contains("running guard/fetch")
+        );
+        assert!(p.apply(&notice(5, "task.retried", "/do/1/guard/try/0/fetch")));
+        let line = p.status_line(Duration::from_secs(1), 200);
+        assert!(line.contains("retrying guard/fetch (back-off)"), "{line}");
+        assert!(p.apply(&notice(6, "task.started", "/do/1/guard/try/0/fetch")));
+        assert!(
+            p.status_line(Duration::from_secs(1), 200)
+                .contains("running guard/fetch")
+        );
+        let line = named_line(&notice(7, "task.completed", "/do/1/guard/try/0/fetch"), &p).unwrap();
+        assert!(line.ends_with("task.completed guard/fetch"), "{line}");
     }
 }
