@@ -149,6 +149,12 @@ try {
   const greetWidth = Number(await page.locator("svg.timeline g.bar[data-id='/do/0/greet'] rect").getAttribute("width"));
   check(pauseWidth > greetWidth, "the 1.5 s wait is the longest bar");
   await shot(page, "instance");
+  // The system's dark mode is followed.
+  await page.emulateMedia({ colorScheme: "dark" });
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  check(bg !== "rgb(247, 247, 248)", `dark mode changes the colours (${bg})`);
+  await shot(page, "instance-dark");
+  await page.emulateMedia({ colorScheme: "light" });
 
   // ---- Diff two versions.
   await page.goto(base + "/ui/editor?namespace=browser&name=greeter&version=1.0.0");
