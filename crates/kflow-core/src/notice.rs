@@ -59,6 +59,8 @@ impl Notice {
             let key = match self.kind {
                 NoticeKind::TaskFaulted | NoticeKind::WorkflowFaulted => "error",
                 NoticeKind::TaskRetried => "attempt",
+                NoticeKind::TaskStarted => "input",
+                NoticeKind::TaskCompleted => "output",
                 _ => "detail",
             };
             m.insert(key.into(), d.clone());

@@ -432,7 +432,7 @@ pub(crate) fn run_task(
                 return Ok((raw_input, Flow::Continue));
             }
         }
-        cx.notice(NoticeKind::TaskStarted, Some(named), None);
+        cx.notice(NoticeKind::TaskStarted, Some(named), Some(shown(&raw_input)));
         // A task whose future is dropped before it ends (a fork's losing branch, a timeout, a
         // cancelled or faulted instance) ends with `task.cancelled`: no run stays open.
         let mut open = OpenTask {
@@ -512,7 +512,7 @@ pub(crate) fn run_task(
         open.task = None;
         match result {
             Ok(v) => {
-                cx.notice(NoticeKind::TaskCompleted, Some(named), None);
+                cx.notice(NoticeKind::TaskCompleted, Some(named), Some(shown(&v.0)));
                 Ok(v)
             }
             Err(e) => {
@@ -576,6 +576,25 @@ impl Drop for OpenTask {
                 time_ms,
                 detail: None,
             });
+        }
+    }
+}
+
+/// The largest task input or output kept whole in a history notice (its JSON text, in bytes).
+pub const SHOWN_BYTES: usize = 2048;
+
+/// A task's input or output as its history notice keeps it: whole up to [`SHOWN_BYTES`], else
+/// a marker with its size (the history stays small; the value itself flows on).
+fn shown(v: &Value) -> Value {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => v.clone(),
+        _ => {
+            let text = v.to_string();
+            if text.len() <= SHOWN_BYTES {
+                v.clone()
+            } else {
+                json!({ "$kflow": "too large to keep in history", "bytes": text.len() })
+            }
         }
     }
 }
