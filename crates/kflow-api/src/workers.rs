@@ -151,7 +151,7 @@ pub struct WorkerList {
 }
 
 /// One work queue as `GET /api/v1/queues` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QueueView {
     /// The queue's name.
     pub queue: String,
@@ -161,10 +161,13 @@ pub struct QueueView {
     pub oldest_wait_ms: i64,
     /// The workers serving it.
     pub workers: Vec<String>,
+    /// Its rate limit (`rate_limits: {queue:NAME: N}` in the config), tasks per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
 }
 
 /// `GET /api/v1/queues`: the queues and the dispatch latency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QueuesResponse {
     pub items: Vec<QueueView>,
     pub dispatch_latency: DispatchLatency,

@@ -148,9 +148,9 @@ fn every_read_verb_prints_an_aligned_table_with_zoned_times() {
     env.check(
         &["queues"],
         expect![[r#"
-        QUEUE    DEPTH  OLDEST WAIT  WORKERS
-        default  0      -            builtin
-    "#]],
+            QUEUE    DEPTH  OLDEST WAIT  WORKERS  RATE LIMIT
+            default  0      -            builtin  -
+        "#]],
     );
     env.check(
         &["workers"],

@@ -432,7 +432,11 @@ pub(crate) fn run_task(
                 return Ok((raw_input, Flow::Continue));
             }
         }
-        cx.notice(NoticeKind::TaskStarted, Some(named), Some(shown(&raw_input)));
+        cx.notice(
+            NoticeKind::TaskStarted,
+            Some(named),
+            Some(shown(&raw_input)),
+        );
         // A task whose future is dropped before it ends (a fork's losing branch, a timeout, a
         // cancelled or faulted instance) ends with `task.cancelled`: no run stays open.
         let mut open = OpenTask {

@@ -234,6 +234,7 @@ impl Engine {
                     .map(|w| w.id.clone())
                     .collect();
                 QueueView {
+                    rate_per_second: q.limit_of(&format!("queue:{name}")),
                     queue: name,
                     depth,
                     oldest_wait_ms: oldest,
@@ -255,6 +256,7 @@ mod tests {
             depth: 2,
             oldest_wait_ms: 40,
             workers: vec!["builtin".into()],
+            rate_per_second: None,
         };
         assert_eq!(
             serde_json::to_string(&v).expect("json"),

@@ -84,7 +84,7 @@ pub async fn workers(api: &Api) -> Result<(String, Markup), UiError> {
         } }
         h2 { "Queues" }
         div.scroll { table.list {
-            thead { tr { th { "Queue" } th { "Waiting" } th { "Oldest wait" } th { "Workers" } } }
+            thead { tr { th { "Queue" } th { "Waiting" } th { "Oldest wait" } th { "Workers" } th { "Rate limit" } } }
             tbody {
                 @for q in &queues.items {
                     tr {
@@ -92,6 +92,7 @@ pub async fn workers(api: &Api) -> Result<(String, Markup), UiError> {
                         td { (q.depth) }
                         td { @if q.depth > 0 { (duration(q.oldest_wait_ms)) } }
                         td { (q.workers.len()) }
+                        td { @if let Some(r) = q.rate_per_second { (r) " / s" } @else { "—" } }
                     }
                 }
             }

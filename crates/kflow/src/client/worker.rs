@@ -527,12 +527,17 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
                     "-".into()
                 },
                 q.workers.join(","),
+                q.rate_per_second
+                    .map_or_else(|| "-".into(), |r| format!("{r}/s")),
             ]
         })
         .collect();
     print!(
         "{}",
-        super::render::table(&["QUEUE", "DEPTH", "OLDEST WAIT", "WORKERS"], &rows)
+        super::render::table(
+            &["QUEUE", "DEPTH", "OLDEST WAIT", "WORKERS", "RATE LIMIT"],
+            &rows
+        )
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -250,6 +250,11 @@ pub fn fmt_resources(r: &Resources) -> String {
 }
 
 impl Queue {
+    /// The rate limit of a bucket (`queue:NAME`, `host:NAME`), tasks per second.
+    pub fn limit_of(&self, key: &str) -> Option<f64> {
+        self.limits.get(key).copied()
+    }
+
     /// Sets the rate limits: bucket key (`queue:NAME`, `host:NAME`) to tasks per second.
     pub fn set_limits(&mut self, limits: HashMap<String, f64>) {
         self.limits = limits.into_iter().filter(|(_, r)| *r > 0.0).collect();
