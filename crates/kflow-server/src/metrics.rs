@@ -68,6 +68,7 @@ pub struct Metrics {
     pub alerts_fired: Counter,
     pub schedule_fires: Family<WorkflowLabels, Counter>,
     pub schedule_skips: Family<WorkflowLabels, Counter>,
+    pub schedule_missed: Family<WorkflowLabels, Counter>,
     pub commit_duration: Histogram,
     pub commit_batch: Histogram,
     pub http_duration: Family<RouteLabels, Histogram>,
@@ -97,6 +98,7 @@ impl Metrics {
             alerts_fired: Counter::default(),
             schedule_fires: Family::default(),
             schedule_skips: Family::default(),
+            schedule_missed: Family::default(),
             commit_duration: Histogram::new(seconds_buckets()),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             http_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
@@ -153,6 +155,11 @@ impl Metrics {
             "schedule_skips",
             "Schedule fires skipped (the overlap policy, or a full queue of fires), by workflow",
             m.schedule_skips.clone(),
+        );
+        registry.register(
+            "schedule_missed",
+            "Schedule ticks missed while the server was down and not caught up, by workflow",
+            m.schedule_missed.clone(),
         );
         registry.register(
             "alerts_fired",

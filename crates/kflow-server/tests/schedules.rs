@@ -430,6 +430,13 @@ async fn missed_ticks_skip_or_catch_up_at_most_n_after_downtime() {
         2,
         "catchupMax defaults to 1"
     );
+    // The ticks dropped by the missed policy are counted.
+    let text = engine.metrics_text();
+    for (name, n) in [("skipper", 3), ("one", 2), ("catcher", 1)] {
+        let line =
+            format!("kflow_schedule_missed_total{{namespace=\"sched\",workflow=\"{name}\"}} {n}");
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
     for name in ["skipper", "catcher", "one"] {
         assert_eq!(
             h.schedule(name).await["next_fire_ms"],

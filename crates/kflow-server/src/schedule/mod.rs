@@ -353,6 +353,9 @@ impl Inner {
                 m.schedule_skips
                     .get_or_create(&l)
                     .inc_by(st.skipped.saturating_sub(before.skipped));
+                m.schedule_missed
+                    .get_or_create(&l)
+                    .inc_by(st.missed_ticks.saturating_sub(before.missed_ticks));
                 return Ok(Some(new));
             }
         }
@@ -811,6 +814,7 @@ pub(crate) fn advance(
             };
             match state::due(&ticks, &plan.settings, next_fire, now, grace_ms) {
                 Ok(due) => {
+                    st.missed_ticks += due.missed;
                     for t in due.fires {
                         let fire = Fire {
                             id: state::tick_id(&row.namespace, &row.name, t),

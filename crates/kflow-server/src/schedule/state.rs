@@ -65,6 +65,9 @@ pub struct State {
     pub fired: u64,
     /// Fires dropped by the overlap policy (`skip`, or a full queue).
     pub skipped: u64,
+    /// Ticks missed while the scheduler was not running, and not caught up (`missed: skip`, or
+    /// past `catchupMax`); counted up to 100,000 per downtime.
+    pub missed_ticks: u64,
 }
 
 /// Fires waiting in a queue, at most; more are dropped (and counted in `skipped`).
@@ -216,6 +219,8 @@ impl Ticks<'_> {
 pub struct Due {
     pub fires: Vec<i64>,
     pub next: Option<i64>,
+    /// Ticks due and not fired (the missed policy dropped them), at most 100,000 counted.
+    pub missed: u64,
 }
 
 /// Which ticks fire at `now` when `next_fire` was due: the latest tick fires if it is at most
@@ -233,12 +238,14 @@ pub fn due(
         return Ok(Due {
             fires: Vec::new(),
             next: Some(next_fire),
+            missed: 0,
         });
     }
     let Some(latest) = ticks.latest_at_or_before(now).filter(|t| *t >= next_fire) else {
         return Ok(Due {
             fires: Vec::new(),
             next,
+            missed: 0,
         });
     };
     let on_time = now - latest <= grace_ms;
@@ -264,8 +271,21 @@ pub fn due(
             _ => break,
         }
     }
+    // The ticks left, back to the one that was due: missed.
+    let mut missed = 0u64;
+    while let Some(x) = t.filter(|x| *x >= next_fire) {
+        missed += 1;
+        if missed >= 100_000 {
+            break;
+        }
+        t = ticks.before(x);
+    }
     fires.reverse();
-    Ok(Due { fires, next })
+    Ok(Due {
+        fires,
+        next,
+        missed,
+    })
 }
 
 /// What an event does to an `on` schedule: the inputs of the fires it completes (usually
