@@ -45,6 +45,9 @@ pub struct ScheduleView {
     pub fired: u64,
     /// Fires dropped by the overlap policy.
     pub skipped: u64,
+    /// Ticks missed while the server was down and not caught up (the missed policy).
+    #[serde(default)]
+    pub missed_ticks: u64,
 }
 
 /// `GET /api/v1/schedules`: every schedule the caller may see.

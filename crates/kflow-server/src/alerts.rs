@@ -357,23 +357,26 @@ impl Alerts {
                         continue;
                     };
                     for s in list {
-                        if s.skipped == 0 || !Self::matches(r, &s.namespace, &s.name) {
+                        let lost = s.skipped + s.missed_ticks;
+                        if lost == 0 || !Self::matches(r, &s.namespace, &s.name) {
                             continue;
                         }
-                        let key = format!("{}/{}#{}", s.namespace, s.name, s.skipped);
+                        let key = format!("{}/{}#{lost}", s.namespace, s.name);
                         self.fire(
                             r,
                             &key,
                             Some(&s.namespace),
                             format!(
-                                "schedule of {}/{} skipped a fire ({} so far){}",
+                                "schedule of {}/{} missed or skipped a fire ({} skipped, {} \
+                                 missed so far){}",
                                 s.namespace,
                                 s.name,
                                 s.skipped,
+                                s.missed_ticks,
                                 s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
                             ),
                             json!({"namespace": s.namespace, "workflow": s.name, "skipped": s.skipped,
-                                   "last_error": s.last_error}),
+                                   "missed": s.missed_ticks, "last_error": s.last_error}),
                         )
                         .await;
                     }

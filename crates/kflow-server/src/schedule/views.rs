@@ -38,6 +38,7 @@ pub fn view_of(row: &ScheduleRow) -> ScheduleView {
         queued: s.queue.len() + s.outbox.len(),
         fired: s.fired,
         skipped: s.skipped,
+        missed_ticks: s.missed_ticks,
     }
 }
 
