@@ -405,6 +405,15 @@ impl Alerts {
         summary: String,
         data: Value,
     ) {
+        // A condition already seen at the previous evaluation is recorded: no write per tick.
+        if self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(r.name.clone(), key.to_string()))
+        {
+            return;
+        }
         let now = self.engine.now_ms();
         let row = AlertRow {
             id: alert_id(&r.name, key, now),

@@ -10,7 +10,10 @@
 //! connections, so there reads go through the writer connection.
 
 mod alerts;
+// Its column-list macros serve the modules declared after it.
+#[macro_use]
 mod queries;
+mod commit;
 mod schema;
 mod security;
 
