@@ -58,12 +58,19 @@ pub struct ServerConfig {
     pub alerts: crate::alerts::AlertsConfig,
     /// Trace export (OTLP).
     pub tracing: crate::traces::TracingConfig,
+    /// `postgres://...`: the database every node shares, instead of SQLite in `data_dir`.
+    pub db: Option<String>,
+    /// How long the database lease lives without a renewal: a standby takes over within this
+    /// (plus a quarter second) of the active node's death.
+    pub db_lease_ms: i64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".into(),
+            db: None,
+            db_lease_ms: 4_000,
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
             max_body_bytes: 1024 * 1024,
@@ -228,6 +235,22 @@ struct FileConfig {
     max_watchers_per_client: Option<usize>,
     alerts: Option<crate::alerts::AlertsConfig>,
     tracing: Option<crate::traces::TracingConfig>,
+    db: Option<String>,
+    db_lease_ms: Option<i64>,
+}
+
+/// A database URL kflow can use: `postgres://` or `postgresql://` (SQLite needs none: it is
+/// the file in the data directory).
+pub fn check_db_url(url: &str) -> Result<(), String> {
+    if kflow_store_pg::is_postgres_url(url) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unsupported database URL {}: use postgres://USER@HOST:PORT/DATABASE, or leave it \
+             out for the embedded SQLite database in the data directory",
+            kflow_store_pg::redact(url)
+        ))
+    }
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -253,6 +276,18 @@ impl ServerConfig {
         }
         if let Some(v) = file.data_dir {
             c.data_dir = v;
+        }
+        if let Some(v) = file.db {
+            check_db_url(&v).map_err(|e| format!("{name}: db: {e}"))?;
+            c.db = Some(v);
+        }
+        if let Some(v) = file.db_lease_ms {
+            if !(1_000..=600_000).contains(&v) {
+                return Err(format!(
+                    "{name}: db_lease_ms: {v} is out of range (1000 to 600000)"
+                ));
+            }
+            c.db_lease_ms = v;
         }
         if let Some(v) = file.durability {
             c.durability = parse_durability(&v).map_err(|e| format!("{name}: durability: {e}"))?;

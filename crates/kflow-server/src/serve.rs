@@ -23,7 +23,17 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         )
     })?;
     let sandbox = sandbox_of(&cfg.sandbox)?;
+    // SQLite is one node: a second server on the same data directory is refused. PostgreSQL:
+    // this node waits as a standby until it holds the database lease.
+    let (database, cluster, _dir_lock) = match &cfg.db {
+        Some(url) => match join_cluster(url, &cfg).await? {
+            Some((store, node, fence)) => (Some(store), Some((node, fence)), None),
+            None => return Ok(()), // stopped while standing by
+        },
+        None => (None, None, Some(lock_data_dir(&cfg.data_dir)?)),
+    };
     let engine = Engine::open(EngineConfig {
+        database: database.clone(),
         data_dir: cfg.data_dir.clone(),
         durability: cfg.durability,
         max_concurrent_effects: cfg.max_concurrent_effects,
@@ -47,7 +57,10 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         ..EngineConfig::default()
     })
     .await
-    .map_err(|e| format!("cannot open the engine in {}: {e}", cfg.data_dir.display()))?;
+    .map_err(|e| match &database {
+        Some(db) => format!("cannot open the engine on {}: {e}", db.label()),
+        None => format!("cannot open the engine in {}: {e}", cfg.data_dir.display()),
+    })?;
     let scheduler = crate::schedule::Scheduler::new(
         engine.clone(),
         crate::schedule::SchedulerConfig {
@@ -111,22 +124,119 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             },
         }
     });
-    wait_for_signal().await;
+    // The database lease is renewed for as long as this node runs (drain included).
+    let keep_stop = Arc::new(Notify::new());
+    let keeper = cluster.as_ref().map(|(node, fence)| {
+        let (node, fence, stop, e) = (node.clone(), fence.clone(), keep_stop.clone(), engine.clone());
+        tokio::spawn(async move {
+            node.keep(fence, move || e.running_tasks().len() as i64, stop)
+                .await
+        })
+    });
+    let lost = async {
+        match keeper {
+            Some(h) => h.await.ok().flatten(),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        reason = lost => {
+            // Another node drives the workflows now; this one could not commit anything more
+            // (every commit checks the lease): stop at once, without a drain.
+            let reason = reason.unwrap_or_else(|| "the database lease keeper stopped".into());
+            tracing::error!(reason = %reason, "stopping");
+            stop.notify_waiters();
+            schedules.abort();
+            alerts.abort();
+            if let Some(t) = traces {
+                t.abort();
+            }
+            return Err(format!("{reason}; stopped: restart this node to rejoin as a standby"));
+        }
+    }
     tracing::info!(seconds = cfg.drain_seconds, "draining");
-    stop.notify_waiters();
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
     alerts.abort();
     if let Some(t) = traces {
         t.abort();
     }
+    // The API stays up while the engine drains: new starts get 503 with Retry-After, remote
+    // workers heartbeat and report what they hold, watchers see the last events.
     engine
         .shutdown(Duration::from_secs(cfg.drain_seconds))
         .await;
+    keep_stop.notify_waiters();
+    if let Some((node, fence)) = &cluster {
+        // Handed over now, not after the lease's time to live.
+        node.leave(fence).await;
+    }
+    stop.notify_waiters();
     // Open watch streams would keep the HTTP side alive forever: give it a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the PostgreSQL database and waits, as a standby, for the lease; None when a signal
+/// came first.
+async fn join_cluster(
+    url: &str,
+    cfg: &ServerConfig,
+) -> Result<
+    Option<(
+        Arc<kflow_store_pg::PgStore>,
+        crate::cluster::Node,
+        kflow_store_pg::Fence,
+    )>,
+    String,
+> {
+    let options = kflow_store_pg::PgOptions::new(url);
+    let store = tokio::task::spawn_blocking(move || kflow_store_pg::PgStore::open(&options))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    let store = Arc::new(store);
+    let node = crate::cluster::Node::new(store.clone(), Some(cfg.listen.clone()), cfg.db_lease_ms);
+    tracing::info!(node = %node.id, database = %store.label(), "joining the cluster");
+    tokio::select! {
+        fence = node.acquire() => Ok(Some((store, node, fence))),
+        _ = wait_for_signal() => {
+            node.stopped().await;
+            Ok(None)
+        }
+    }
+}
+
+/// Takes the data directory for this process: a second server on it is refused (two writers
+/// would drive the same instances twice). The lock is the kernel's (`flock`): it goes with the
+/// process, however it ends.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("kflow.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(format!(
+            "another kflow server{} is using the data directory {}: SQLite serves one node; \
+             stop it, or run several nodes on PostgreSQL (--db postgres://...)",
+            if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+            dir.display()
+        ));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
 }
 
 /// The launcher's settings from the config, said on stderr (what is in force, and what not).

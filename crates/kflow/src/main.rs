@@ -36,11 +36,17 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Run the durable server: REST API and engine, SQLite in the data directory.
+    /// Run the durable server: REST API and engine, SQLite in the data directory, or
+    /// PostgreSQL shared by several nodes (`--db postgres://...`).
     Server {
         /// Data directory (created on first start).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A PostgreSQL database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, instead of
+        /// SQLite in the data directory. Several nodes may share one: one drives the
+        /// workflows, the others stand by and take over within `db_lease_ms` if it dies.
+        #[arg(long, env = "KFLOW_DATABASE_URL", value_name = "URL")]
+        db: Option<String>,
         /// Address to listen on.
         #[arg(long)]
         listen: Option<String>,
@@ -104,6 +110,17 @@ enum Command {
     /// Print a shell completion script: `kflow completion bash > /etc/bash_completion.d/kflow`,
     /// `kflow completion zsh > "${fpath[1]}/_kflow"`, `kflow completion fish`.
     Completion { shell: clap_complete::Shell },
+    /// Create or upgrade the database schema (the server also does it when it starts).
+    Migrate {
+        /// The PostgreSQL database (default: the SQLite database of --data-dir).
+        #[arg(long, env = "KFLOW_DATABASE_URL", value_name = "URL")]
+        db: Option<String>,
+        #[arg(long, conflicts_with = "db")]
+        data_dir: Option<PathBuf>,
+        /// Only say which version the database has and whether it needs migrating.
+        #[arg(long)]
+        check: bool,
+    },
     /// Work on a data directory directly.
     Db {
         #[command(subcommand)]
@@ -160,6 +177,7 @@ fn main() -> ExitCode {
         Command::Validate { files, strict } => validate(&files, strict),
         Command::Server {
             data_dir,
+            db,
             listen,
             config,
             durability,
@@ -172,7 +190,7 @@ fn main() -> ExitCode {
         } => {
             logs::init(log_format);
             match server(
-                data_dir,
+                (data_dir, db),
                 listen,
                 config,
                 durability,
@@ -235,12 +253,79 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Migrate {
+            db,
+            data_dir,
+            check,
+        } => match migrate(db, data_dir, check) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kflow: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Client(cmd) => client::run(cmd),
     }
 }
 
+/// `kflow migrate`: brings the schema to this build's version, or says where it stands.
+fn migrate(db: Option<String>, data_dir: Option<PathBuf>, check: bool) -> anyhow::Result<()> {
+    match db.filter(|u| !u.is_empty()) {
+        Some(url) => {
+            kflow_server::config::check_db_url(&url).map_err(|e| anyhow::anyhow!("--db: {e}"))?;
+            let options = kflow_store_pg::PgOptions::new(&url);
+            let (store, version) = kflow_store_pg::PgStore::open_unmigrated(&options)?;
+            let target = kflow_store_pg::SCHEMA_VERSION;
+            let found = version.unwrap_or(0);
+            if check {
+                match found.cmp(&target) {
+                    std::cmp::Ordering::Equal => {
+                        println!("{}: schema version {found}: up to date", store.label())
+                    }
+                    std::cmp::Ordering::Less => anyhow::bail!(
+                        "{}: schema version {found}, this kflow writes {target}: run kflow migrate",
+                        store.label()
+                    ),
+                    std::cmp::Ordering::Greater => anyhow::bail!(
+                        "{}: schema version {found} is newer than this kflow's ({target}): upgrade kflow",
+                        store.label()
+                    ),
+                }
+                return Ok(());
+            }
+            let m = store.migrate()?;
+            if m.from == m.to {
+                println!("{}: schema version {}: up to date", store.label(), m.to);
+            } else {
+                println!(
+                    "{}: schema migrated from version {} to {}",
+                    store.label(),
+                    m.from,
+                    m.to
+                );
+            }
+            Ok(())
+        }
+        None => {
+            let dir = data_dir.unwrap_or_else(|| PathBuf::from("kflow-data"));
+            let path = dir.join("kflow.db");
+            if check && !path.exists() {
+                anyhow::bail!("no kflow database in {}", dir.display());
+            }
+            // Opening migrates (in one transaction) and refuses a newer schema.
+            kflow_store::sqlite::SqliteStore::open(&path, kflow_store::sqlite::Durability::Full)?;
+            println!(
+                "{}: schema version {}: up to date",
+                path.display(),
+                kflow_store::sqlite::SCHEMA_VERSION
+            );
+            Ok(())
+        }
+    }
+}
+
 fn server(
-    data_dir: Option<PathBuf>,
+    (data_dir, db): (Option<PathBuf>, Option<String>),
     listen: Option<String>,
     config: Option<PathBuf>,
     durability: Option<String>,
@@ -260,6 +345,10 @@ fn server(
     };
     if let Some(d) = data_dir {
         cfg.data_dir = d;
+    }
+    if let Some(url) = db.filter(|u| !u.is_empty()) {
+        kflow_server::config::check_db_url(&url).map_err(|e| anyhow::anyhow!("--db: {e}"))?;
+        cfg.db = Some(url);
     }
     if let Some(l) = listen {
         cfg.listen = l;

@@ -94,6 +94,9 @@ pub struct EngineConfig {
     pub faults: FaultInjection,
     /// Where the engine reads the time (timers, history times, expiries).
     pub clock: Arc<dyn clock::Clock>,
+    /// A PostgreSQL database (opened, and its lease taken, by the caller) instead of the
+    /// SQLite file in `data_dir` (`Engine::open` only).
+    pub database: Option<Arc<kflow_store_pg::PgStore>>,
 }
 
 /// Per-instance budgets: one instance can neither stall the engine nor grow without end.
@@ -183,6 +186,7 @@ impl Default for EngineConfig {
             watch_limits: live::WatchLimits::default(),
             faults: FaultInjection::default(),
             clock: Arc::new(clock::SystemClock),
+            database: None,
         }
     }
 }
@@ -342,16 +346,23 @@ fn canonical_hash(doc: &Value) -> String {
 }
 
 impl Engine {
-    /// Opens (or creates) the store in the data directory, recovers, and starts the driver.
+    /// Opens (or creates) the store in the data directory (or uses the PostgreSQL database of
+    /// the config), recovers, and starts the driver.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
-        let path = config.data_dir.join("kflow.db");
-        let durability = config.durability;
-        let store = tokio::task::spawn_blocking(move || {
-            kflow_store::sqlite::SqliteStore::open(&path, durability)
-        })
-        .await
-        .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store: Arc<dyn Store> = match &config.database {
+            Some(db) => db.clone(),
+            None => {
+                let path = config.data_dir.join("kflow.db");
+                let durability = config.durability;
+                Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        kflow_store::sqlite::SqliteStore::open(&path, durability)
+                    })
+                    .await
+                    .map_err(|e| EngineError::Store(StoreError::Db(e.to_string())))??,
+                )
+            }
+        };
         let vault = Arc::new(
             crate::secrets::Vault::open(store.clone(), &config.data_dir)
                 .map_err(|m| EngineError::Store(StoreError::Db(m)))?,

@@ -27,6 +27,9 @@ pub struct WorkQueue {
     running: Mutex<HashMap<(String, u64), JoinHandle<()>>>,
     /// Lease ids revoked while a remote worker held them: told at its next heartbeat.
     revoked: Mutex<HashMap<String, HashSet<String>>>,
+    /// Set when the engine drains: workers get no new work, and finish and report what they
+    /// hold.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl WorkQueue {
@@ -38,7 +41,20 @@ impl WorkQueue {
             ttl_ms,
             running: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on no worker takes new work (the engine drains).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Tasks leased to remote workers now (they may still report during a drain).
+    pub fn remote_leases(&self) -> usize {
+        self.lock().leases().filter(|l| l.worker != BUILTIN).count()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -111,9 +127,14 @@ impl WorkQueue {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let leases = self.lock().take(worker, max, now_ms(), self.ttl_ms);
+            let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+            let leases = if draining {
+                Vec::new()
+            } else {
+                self.lock().take(worker, max, now_ms(), self.ttl_ms)
+            };
             self.observe_taken(&leases);
-            if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !leases.is_empty() || draining || tokio::time::Instant::now() >= deadline {
                 return leases;
             }
             // The flag must drop even when the long poll is abandoned (client gone): a guard.

@@ -123,6 +123,7 @@ impl Driver {
                 match m {
                     Msg::Shutdown { deadline, reply } => {
                         self.draining = true;
+                        self.shared.queue.start_draining();
                         shutdown = Some((tokio::time::Instant::now() + deadline, reply));
                     }
                     other => self.handle(other, &mut b, now),
@@ -137,7 +138,9 @@ impl Driver {
                     .queue
                     .lock()
                     .set_draining(super::super::workers::BUILTIN);
-                if self.shared.queue.builtin_running() == 0
+                // Remote workers finish and report what they hold (the API is still up).
+                if (self.shared.queue.builtin_running() == 0
+                    && self.shared.queue.remote_leases() == 0)
                     || tokio::time::Instant::now() >= *deadline
                 {
                     self.shared.queue.abort_builtin();
