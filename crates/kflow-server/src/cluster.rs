@@ -89,7 +89,9 @@ impl Node {
                         said = Some(l.node);
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "trying to take the database lease failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "trying to take the database lease failed")
+                }
                 Err(e) => tracing::warn!(error = %e, "trying to take the database lease failed"),
             }
             if last_beat.elapsed() >= Duration::from_secs(1) {
@@ -102,10 +104,13 @@ impl Node {
 
     /// Renews the lease until it is lost (returns why) or `stop` is notified (returns None).
     /// `running` says how many instances this node drives (shown by `kflow nodes`).
+    /// `valid_until` is told, after every renewal, until when (monotonic ms) the lease surely
+    /// holds: the time the renewal was sent plus the time to live.
     pub async fn keep(
         &self,
         fence: Fence,
         running: impl Fn() -> i64,
+        valid_until: impl Fn(i64),
         stop: Arc<tokio::sync::Notify>,
     ) -> Option<String> {
         let every = Duration::from_millis((self.lease_ms / 4).max(100) as u64);
@@ -116,9 +121,11 @@ impl Node {
                 _ = tokio::time::sleep(every) => {}
             }
             let (store, f, ttl) = (self.store.clone(), fence.clone(), self.lease_ms);
+            let sent = crate::engine::mono_ms();
             let failed = match blocking(move || store.renew_lease(&f, ttl)).await {
                 Ok(Ok(true)) => {
                     renewed = Instant::now();
+                    valid_until(sent + self.lease_ms);
                     None
                 }
                 Ok(Ok(false)) => {

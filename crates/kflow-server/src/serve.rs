@@ -32,6 +32,36 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         },
         None => (None, None, Some(lock_data_dir(&cfg.data_dir)?)),
     };
+    // The database lease is renewed from now on for as long as this node runs (the engine's
+    // recovery and the drain included). The engine learns until when it surely holds it.
+    let keep_stop = Arc::new(Notify::new());
+    let engine_cell: Arc<std::sync::OnceLock<Engine>> = Arc::default();
+    // Taken just now: it holds for a time to live from here at least.
+    let valid_until = Arc::new(std::sync::atomic::AtomicI64::new(
+        crate::engine::mono_ms() + cfg.db_lease_ms / 2,
+    ));
+    let keeper = cluster.as_ref().map(|(node, fence)| {
+        let (node, fence, stop) = (node.clone(), fence.clone(), keep_stop.clone());
+        let (cell, cell2, until) = (
+            engine_cell.clone(),
+            engine_cell.clone(),
+            valid_until.clone(),
+        );
+        tokio::spawn(async move {
+            node.keep(
+                fence,
+                move || cell.get().map_or(0, |e| e.running_tasks().len() as i64),
+                move |t| {
+                    until.store(t, std::sync::atomic::Ordering::SeqCst);
+                    if let Some(e) = cell2.get() {
+                        e.set_lease_valid_until(t);
+                    }
+                },
+                stop,
+            )
+            .await
+        })
+    });
     let engine = Engine::open(EngineConfig {
         database: database.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -61,6 +91,10 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         Some(db) => format!("cannot open the engine on {}: {e}", db.label()),
         None => format!("cannot open the engine in {}: {e}", cfg.data_dir.display()),
     })?;
+    if cluster.is_some() {
+        engine.set_lease_valid_until(valid_until.load(std::sync::atomic::Ordering::SeqCst));
+        let _ = engine_cell.set(engine.clone());
+    }
     let scheduler = crate::schedule::Scheduler::new(
         engine.clone(),
         crate::schedule::SchedulerConfig {
@@ -123,15 +157,6 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
                 Err(e) => tracing::error!(error = %e, "the TLS listener failed"),
             },
         }
-    });
-    // The database lease is renewed for as long as this node runs (drain included).
-    let keep_stop = Arc::new(Notify::new());
-    let keeper = cluster.as_ref().map(|(node, fence)| {
-        let (node, fence, stop, e) = (node.clone(), fence.clone(), keep_stop.clone(), engine.clone());
-        tokio::spawn(async move {
-            node.keep(fence, move || e.running_tasks().len() as i64, stop)
-                .await
-        })
     });
     let lost = async {
         match keeper {
@@ -229,7 +254,11 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
         return Err(format!(
             "another kflow server{} is using the data directory {}: SQLite serves one node; \
              stop it, or run several nodes on PostgreSQL (--db postgres://...)",
-            if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+            if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            },
             dir.display()
         ));
     }

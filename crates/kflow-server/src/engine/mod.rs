@@ -235,7 +235,7 @@ pub(crate) struct Shared {
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
-pub(crate) fn mono_ms() -> i64 {
+pub fn mono_ms() -> i64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
         .get_or_init(std::time::Instant::now)
@@ -472,6 +472,12 @@ impl Engine {
     }
 
     /// Stops taking work, lets running effects finish until `deadline`, then stops the driver.
+    /// This node surely holds the database lease until `mono_ms` (see [`mono_ms`]): no task
+    /// starts past it (the cluster's lease keeper calls this after every renewal).
+    pub fn set_lease_valid_until(&self, mono_ms: i64) {
+        self.shared.queue.set_lease_valid_until(mono_ms);
+    }
+
     pub async fn shutdown(&self, deadline: Duration) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Shutdown { deadline, reply }).is_ok() {

@@ -30,6 +30,11 @@ pub struct WorkQueue {
     /// Set when the engine drains: workers get no new work, and finish and report what they
     /// hold.
     draining: std::sync::atomic::AtomicBool,
+    /// Until when (monotonic ms, see `mono_ms`) this node surely holds the database lease
+    /// (PostgreSQL); no task starts past it. A node paused past its lease (SIGSTOP, a long GC)
+    /// finds it lapsed when it wakes, even before it learns that another node took over, and
+    /// starts nothing more. `i64::MAX`: no lease (SQLite).
+    valid_until: std::sync::atomic::AtomicI64,
 }
 
 impl WorkQueue {
@@ -42,7 +47,20 @@ impl WorkQueue {
             running: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            valid_until: std::sync::atomic::AtomicI64::new(i64::MAX),
         }
+    }
+
+    /// The database lease holds until `mono_ms` (monotonic milliseconds, see `mono_ms`).
+    pub fn set_lease_valid_until(&self, mono_ms: i64) {
+        self.valid_until
+            .store(mono_ms, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether tasks may start now (the lease, when there is one, has not lapsed).
+    pub fn lease_valid(&self) -> bool {
+        super::mono_ms() < self.valid_until.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on no worker takes new work (the engine drains).
@@ -128,7 +146,7 @@ impl WorkQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
-            let leases = if draining {
+            let leases = if draining || !self.lease_valid() {
                 Vec::new()
             } else {
                 self.lock().take(worker, max, now_ms(), self.ttl_ms)
@@ -301,7 +319,7 @@ impl Builtin {
         }
         let leases = {
             let mut q = self.queue.lock();
-            if q.worker(BUILTIN).is_none_or(|w| w.draining) {
+            if q.worker(BUILTIN).is_none_or(|w| w.draining) || !self.queue.lease_valid() {
                 return;
             }
             q.take(BUILTIN, free, now_ms(), self.queue.ttl_ms)

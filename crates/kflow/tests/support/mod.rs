@@ -966,6 +966,8 @@ pub struct ServerProcess {
     incarnation: usize,
     /// Started with `KFLOW_ADMIN_TOKEN` = [`TEST_TOKEN`].
     env_token: bool,
+    /// More environment for every incarnation.
+    env: Vec<(String, String)>,
 }
 
 const LISTENING: &str = "kflow server listening on";
@@ -988,6 +990,7 @@ impl ServerProcess {
             log: Arc::new(Mutex::new(String::new())),
             ready: None,
             incarnation: 0,
+            env: Vec::new(),
         };
         for _ in 0..10 {
             s.port = free_port();
@@ -996,6 +999,44 @@ impl ServerProcess {
             }
         }
         panic!("the kflow server did not start\n{}", s.log_tail(4000));
+    }
+
+    /// Spawns a server on a free port with `env` and does not wait for it to listen (a
+    /// standby of a PostgreSQL cluster listens only once it is active): see
+    /// [`wait_ready`](Self::wait_ready).
+    pub fn spawn_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut s = ServerProcess {
+            env_token: true,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            ready: None,
+            incarnation: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Spawns the next incarnation (same port and data) without waiting.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "respawn: the server is still running");
+        self.spawn();
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) through `kill`.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(pid.to_string())
+                .status();
+        }
     }
 
     pub fn base(&self) -> String {
@@ -1037,6 +1078,7 @@ impl ServerProcess {
                 if self.env_token { TEST_TOKEN } else { "" },
             )
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
