@@ -153,6 +153,35 @@ pub struct AlertView {
     pub resolved_ms: Option<i64>,
 }
 
+/// A `kflow server` node on the shared PostgreSQL database (`GET /api/v1/nodes`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub host: String,
+    /// The address it listens on, as configured.
+    pub api: Option<String>,
+    /// `active` (holds the database lease and drives the workflows), `standby`, `stopped`.
+    pub state: String,
+    /// Tasks it runs now.
+    pub running: i64,
+    pub started_ms: i64,
+    /// Its last heartbeat (the database's clock).
+    pub seen_ms: i64,
+    /// Milliseconds since its last heartbeat.
+    pub silent_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    /// `sqlite` (one node) or `postgres`.
+    pub backend: String,
+    /// The node holding the database lease, and its epoch.
+    pub lease_holder: Option<String>,
+    pub lease_epoch: Option<i64>,
+    /// Nodes seen in the last hour, newest first (on SQLite: this one).
+    pub items: Vec<NodeView>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlertList {
     pub items: Vec<AlertView>,

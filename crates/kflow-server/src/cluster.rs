@@ -73,6 +73,7 @@ impl Node {
                 Ok(Ok(Some(fence))) => {
                     tracing::info!(node = %self.id, epoch = fence.epoch, "this node holds the database lease: active");
                     self.store.set_fence(Some(fence.clone()));
+                    self.beat("active", 0).await;
                     return fence;
                 }
                 Ok(Ok(None)) => {

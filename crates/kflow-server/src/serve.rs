@@ -217,7 +217,8 @@ async fn join_cluster(
     )>,
     String,
 > {
-    let options = kflow_store_pg::PgOptions::new(url);
+    let mut options = kflow_store_pg::PgOptions::new(url);
+    options.idle_in_transaction_ms = (cfg.db_lease_ms / 2).max(500) as u64;
     let store = tokio::task::spawn_blocking(move || kflow_store_pg::PgStore::open(&options))
         .await
         .map_err(|e| e.to_string())?

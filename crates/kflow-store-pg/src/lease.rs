@@ -57,6 +57,10 @@ impl PgStore {
     /// commit with, None when another node holds it.
     pub fn try_acquire_lease(&self, node: &str, ttl_ms: i64) -> Result<Option<Fence>> {
         self.write(|c| {
+            // A holder's commit in flight locks the row for a moment: wait that long, not more
+            // (a holder paused mid-commit has its session ended by the server, see PgOptions).
+            c.transaction(|c| {
+            c.batch("SET LOCAL lock_timeout = '1s'")?;
             let row = c.query_opt(
                 "INSERT INTO lease (id, node, epoch, expires_at, acquired_at) \
                  VALUES (1, $1, 1, clock_timestamp() + $2 * interval '1 millisecond', clock_timestamp()) \
@@ -69,6 +73,7 @@ impl PgStore {
                 node: node.to_string(),
                 epoch: r.get(0),
             }))
+            })
         })
     }
 

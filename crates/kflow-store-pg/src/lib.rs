@@ -39,6 +39,11 @@ pub struct PgOptions {
     /// The schema (PostgreSQL namespace) the tables live in; `None`: the database's default
     /// (`public`). Tests use one schema per case.
     pub schema: Option<String>,
+    /// PostgreSQL ends a session that stays this long inside a transaction without a
+    /// statement (`idle_in_transaction_session_timeout`). A node paused (SIGSTOP, a GC) in the
+    /// middle of a commit would otherwise keep its row locks, the lease row's among them, and
+    /// no other node could take over. Keep it below the lease's time to live.
+    pub idle_in_transaction_ms: u64,
 }
 
 impl PgOptions {
@@ -47,6 +52,7 @@ impl PgOptions {
             url: url.to_string(),
             connections: DEFAULT_CONNECTIONS,
             schema: None,
+            idle_in_transaction_ms: 2_000,
         }
     }
 }
@@ -134,19 +140,21 @@ impl PgStore {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
         config.application_name("kflow");
-        let setup = match &options.schema {
-            Some(s) => {
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    return Err(StoreError::Db(format!(
-                        "invalid schema name {s:?}: letters, digits and _ only"
-                    )));
-                }
-                Some(format!(
-                    "CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s}"
-                ))
+        let mut setup = format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            options.idle_in_transaction_ms.max(100)
+        );
+        if let Some(s) = &options.schema {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StoreError::Db(format!(
+                    "invalid schema name {s:?}: letters, digits and _ only"
+                )));
             }
-            None => None,
-        };
+            setup.push_str(&format!(
+                "; CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s}"
+            ));
+        }
+        let setup = Some(setup);
         let pool = pool::Pool::new(config, options.connections, setup)?;
         let store = PgStore {
             pool,
@@ -185,7 +193,7 @@ impl PgStore {
     pub(crate) fn read<T>(&self, f: impl Fn(&mut pool::Conn) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
         match f(&mut conn) {
-            Err(_) if conn.client.is_closed() => {
+            Err(_) if conn.is_broken() => {
                 drop(conn);
                 let mut conn = self.conn()?;
                 f(&mut conn)

@@ -67,18 +67,44 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(m)
 }
 
+/// Whether an error leaves the connection unusable: it closed, its socket failed, or the
+/// server ended the session (a FATAL error: restart, `pg_terminate_backend`, idle timeout).
+pub(crate) fn breaks_connection(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+        None => true,
+    }
+}
+
 /// One connection and its prepared statements.
 pub(crate) struct Conn {
     pub(crate) client: Client,
     stmts: HashMap<String, Statement>,
+    /// Set when an error left it unusable: it is not given back to the pool.
+    pub(crate) broken: bool,
 }
 
 impl Conn {
+    /// Whether this connection can no longer be used (a caller may retry on another one).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken || self.client.is_closed()
+    }
+
+    fn check(&mut self, e: tokio_postgres::Error) -> StoreError {
+        if breaks_connection(&e) {
+            self.broken = true;
+        }
+        db_error(e)
+    }
+
     pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        let st = self.client.prepare(sql).await.map_err(db_error)?;
+        let st = match self.client.prepare(sql).await {
+            Ok(st) => st,
+            Err(e) => return Err(self.check(e)),
+        };
         if self.stmts.len() >= STATEMENTS {
             self.stmts.clear();
         }
@@ -89,7 +115,10 @@ impl Conn {
     pub(crate) fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         block_on(async {
             let st = self.prepare(sql).await?;
-            self.client.query(&st, args).await.map_err(db_error)
+            match self.client.query(&st, args).await {
+                Ok(rows) => Ok(rows),
+                Err(e) => Err(self.check(e)),
+            }
         })
     }
 
@@ -104,13 +133,19 @@ impl Conn {
     pub(crate) fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         block_on(async {
             let st = self.prepare(sql).await?;
-            self.client.execute(&st, args).await.map_err(db_error)
+            match self.client.execute(&st, args).await {
+                Ok(n) => Ok(n),
+                Err(e) => Err(self.check(e)),
+            }
         })
     }
 
     /// Statements without parameters or results (BEGIN, COMMIT, DDL).
     pub(crate) fn batch(&mut self, sql: &str) -> Result<()> {
-        block_on(self.client.batch_execute(sql)).map_err(db_error)
+        match block_on(self.client.batch_execute(sql)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.check(e)),
+        }
     }
 
     /// Runs `f` in a transaction: committed when it returns Ok, rolled back otherwise.
@@ -190,6 +225,7 @@ impl Pool {
         let mut conn = Conn {
             client,
             stmts: HashMap::new(),
+            broken: false,
         };
         if let Some(setup) = &self.setup {
             conn.batch(setup)?;
@@ -203,7 +239,7 @@ impl Pool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(conn) = state.idle.pop() {
-                if conn.client.is_closed() {
+                if conn.is_broken() {
                     state.open -= 1;
                     continue;
                 }
@@ -292,7 +328,7 @@ impl Drop for Pooled<'_> {
             return;
         };
         let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.client.is_closed() {
+        if conn.is_broken() {
             state.open -= 1;
         } else {
             state.idle.push(conn);

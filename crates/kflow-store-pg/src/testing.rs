@@ -94,3 +94,10 @@ impl crate::PgStore {
         })
     }
 }
+
+impl crate::PgStore {
+    /// Runs statements as they are (tests that damage or inspect a database on purpose).
+    pub fn exec_for_tests(&self, sql: &str) -> kflow_store::Result<()> {
+        self.write(|c| c.batch(sql))
+    }
+}

@@ -50,6 +50,9 @@ const SET_STATUS: &str = "UPDATE instances SET status = $2, output = $3, error =
 
 type Arg = Box<dyn ToSql + Sync + Send>;
 
+/// Marks (inside the pipeline) an error that broke the connection.
+const BROKEN: &str = "\u{0}broken:";
+
 /// What the answer of a pipelined statement is checked for.
 enum Check {
     Nothing,
@@ -118,8 +121,17 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
         commit_ops(c, &mut ops)?;
     }
 
+    // A connection that broke while idle in the pool (the server restarted) fails at BEGIN,
+    // before anything was written: that batch is sent again on a fresh connection.
     let mut conn = store.conn()?;
-    let answers = block_on(run_pipeline(&mut conn, &ops))?;
+    let answers = match block_on(run_pipeline(&mut conn, &ops)) {
+        Err(_) if conn.is_broken() => {
+            drop(conn);
+            conn = store.conn()?;
+            block_on(run_pipeline(&mut conn, &ops))?
+        }
+        other => other?,
+    };
 
     // Check the answers in order: the fence first, then continuity, then the first error.
     let mut last_seqs: HashMap<String, i64> = HashMap::new();
@@ -204,8 +216,13 @@ async fn run_pipeline(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Vec<Row>
     type Answer<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>>> + Send + 'a>>;
     let mut futures: Vec<Answer<'_>> = Vec::with_capacity(ops.len() + 1);
     futures.push(Box::pin(async move {
-        client.batch_execute("BEGIN").await.map_err(db_error)?;
-        Ok(Vec::new())
+        match client.batch_execute("BEGIN").await {
+            Ok(()) => Ok(Vec::new()),
+            Err(e) if crate::pool::breaks_connection(&e) => {
+                Err(StoreError::Db(format!("{BROKEN}{}", db_error(e))))
+            }
+            Err(e) => Err(db_error(e)),
+        }
     }));
     for (st, a) in stmts.iter().zip(&args) {
         futures.push(Box::pin(async move {
@@ -238,6 +255,12 @@ async fn run_pipeline(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Vec<Row>
         .map(|a| a.expect("every answer is in once the pipeline is done"))
         .collect();
     let begin = answers.remove(0);
+    if let Err(StoreError::Db(m)) = &begin
+        && let Some(m) = m.strip_prefix(BROKEN)
+    {
+        conn.broken = true;
+        return Err(StoreError::Db(m.to_string()));
+    }
     begin?;
     Ok(answers)
 }

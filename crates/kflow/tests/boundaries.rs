@@ -22,6 +22,8 @@ const RULES: &[(&str, &[&str])] = &[
     // the executors never depend on the interpreter
     ("kflow-tasks", &["kflow-effects", "kflow-dsl"]),
     ("kflow-store", &[]),
+    // the PostgreSQL backend implements the store's trait, and knows nothing else
+    ("kflow-store-pg", &["kflow-store"]),
     // the web UI sees only the API's wire types: its data comes through the REST API
     ("kflow-ui", &["kflow-api"]),
     (
@@ -34,6 +36,7 @@ const RULES: &[(&str, &[&str])] = &[
             "kflow-core",
             "kflow-tasks",
             "kflow-store",
+            "kflow-store-pg",
         ],
     ),
     (
@@ -45,6 +48,7 @@ const RULES: &[(&str, &[&str])] = &[
             "kflow-core",
             "kflow-tasks",
             "kflow-store",
+            "kflow-store-pg",
             "kflow-server",
         ],
     ),

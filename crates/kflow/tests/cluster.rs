@@ -165,7 +165,8 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     assert_eq!(r.status, 201, "{}", r.text());
 
     let mut ids = start_instances(&cluster.nodes[0].base(), 0, 30);
-    std::thread::sleep(Duration::from_millis(CALL_MS / 2));
+    // Some steps complete, others are in flight when the faults come.
+    std::thread::sleep(Duration::from_millis(CALL_MS * 3));
 
     // 1. Pause the active node past its lease: another takes over; the paused one, resumed,
     //    commits nothing and stops.
@@ -188,7 +189,7 @@ fn three_nodes_fence_fail_over_and_hand_over() {
         "the resumed node says why it stops\n{log0}"
     );
     ids.extend(start_instances(&cluster.nodes[b].base(), 30, 30));
-    std::thread::sleep(Duration::from_millis(CALL_MS / 2));
+    std::thread::sleep(Duration::from_millis(CALL_MS * 3));
 
     // 2. Kill the new active node: the third takes over.
     let killed_at = Instant::now();
@@ -232,6 +233,35 @@ fn three_nodes_fence_fail_over_and_hand_over() {
 
     // Every instance completes, once, on whichever node is active.
     let base = cluster.nodes[d].base();
+    // `kflow nodes`: the active one holds the lease; the paused one, back, stands by or
+    // drives; the killed one is lost; the drained one stopped.
+    let (code, nodes) = get_json(&base, "/api/v1/nodes").expect("nodes");
+    assert_eq!(code, 200, "{nodes}");
+    assert_eq!(nodes["backend"], "postgres");
+    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    let states: Vec<&str> = items.iter().filter_map(|n| n["state"].as_str()).collect();
+    assert_eq!(
+        items.len(),
+        4,
+        "four incarnations of three nodes: {nodes}\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        states.iter().filter(|s| **s == "active").count(),
+        1,
+        "{nodes}"
+    );
+    assert!(
+        states.contains(&"stopped") && states.contains(&"lost"),
+        "{nodes}"
+    );
+    let holder = nodes["lease_holder"].as_str().unwrap_or("");
+    assert!(
+        items
+            .iter()
+            .any(|n| n["id"] == holder && n["state"] == "active"),
+        "{nodes}"
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     for id in &ids {
         loop {

@@ -1,4 +1,5 @@
 //! `GET /api/v1/alerts`: the alerts the rules fired, newest first, with their delivery state.
+//! `GET /api/v1/nodes`: the server nodes sharing the database.
 
 use axum::Json;
 use axum::extract::State;
@@ -77,4 +78,19 @@ pub async fn list_alerts(
             .map(alert_view)
             .collect(),
     }))
+}
+
+/// The nodes on this database: on PostgreSQL every node seen in the last hour (which one holds
+/// the lease, the others' heartbeats); on SQLite, this one.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "health",
+    responses((status = 200, description = "The nodes", body = kflow_api::security::NodeList)))]
+pub async fn list_nodes(
+    State(st): State<AppState>,
+) -> ApiResult<Json<kflow_api::security::NodeList>> {
+    let engine = st.engine.clone();
+    let list = tokio::task::spawn_blocking(move || engine.nodes())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("the store failed: {e}")))?;
+    Ok(Json(list))
 }

@@ -160,6 +160,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(alerts::list_alerts))
+        .routes(routes!(alerts::list_nodes))
         .routes(routes!(security::whoami))
         .routes(routes!(security::create_token, security::list_tokens))
         .routes(routes!(security::revoke_token))

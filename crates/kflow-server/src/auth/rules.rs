@@ -74,6 +74,7 @@ pub const RULES: &[Rule] = &[
     r("GET", "/healthz", Public, "health", false),
     r("GET", "/metrics", Read, "metrics", false),
     r("GET", "/api/v1/alerts", Read, "alerts.list", false),
+    r("GET", "/api/v1/nodes", Read, "nodes.list", false),
     r("GET", "/api/v1/openapi.json", Public, "openapi", false),
     r("GET", "/api/v1/whoami", Authenticated, "auth.whoami", false),
     // definitions

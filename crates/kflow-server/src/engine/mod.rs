@@ -472,6 +472,61 @@ impl Engine {
     }
 
     /// Stops taking work, lets running effects finish until `deadline`, then stops the driver.
+    /// The nodes sharing the database (blocking: call it from a blocking thread).
+    pub fn nodes(&self) -> kflow_store::Result<kflow_api::security::NodeList> {
+        use kflow_api::security::{NodeList, NodeView};
+        let Some(db) = &self.shared.config.database else {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            return Ok(NodeList {
+                backend: "sqlite".into(),
+                lease_holder: None,
+                lease_epoch: None,
+                items: vec![NodeView {
+                    id: host.clone(),
+                    host,
+                    api: None,
+                    state: "active".into(),
+                    running: self.running_tasks().len() as i64,
+                    started_ms: 0,
+                    seen_ms: now_ms(),
+                    silent_ms: 0,
+                }],
+            });
+        };
+        let lease = db.lease()?;
+        let holder = lease.as_ref().map(|l| l.node.clone());
+        let items = db
+            .nodes(3_600_000)?
+            .into_iter()
+            .map(|n| NodeView {
+                // What the node last said, corrected by what the database knows: an "active"
+                // node that no longer holds the lease died or was cut off; a node that stopped
+                // beating without saying so is silent.
+                state: match n.state.as_str() {
+                    "active" if holder.as_deref() != Some(n.id.as_str()) => "lost".into(),
+                    "stopped" => n.state,
+                    _ if n.silent_ms > 10_000 => "silent".into(),
+                    _ => n.state,
+                },
+                id: n.id,
+                host: n.host,
+                api: n.api,
+                running: n.running,
+                started_ms: n.started_ms,
+                seen_ms: n.seen_ms,
+                silent_ms: n.silent_ms,
+            })
+            .collect();
+        Ok(NodeList {
+            backend: "postgres".into(),
+            lease_holder: lease.as_ref().map(|l| l.node.clone()),
+            lease_epoch: lease.map(|l| l.epoch),
+            items,
+        })
+    }
+
     /// This node surely holds the database lease until `mono_ms` (see [`mono_ms`]): no task
     /// starts past it (the cluster's lease keeper calls this after every renewal).
     pub fn set_lease_valid_until(&self, mono_ms: i64) {

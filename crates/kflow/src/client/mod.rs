@@ -147,6 +147,14 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List the server nodes sharing the database: which one is active (holds the database
+    /// lease), the standbys, their load and last heartbeat.
+    Nodes {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// List the queues: depth, oldest waiting task, workers.
     Queues {
         #[command(flatten)]
@@ -404,6 +412,9 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         }
         ClientCommand::Alerts { out, server } => {
             worker::alerts(&http::Api::new(&server)?, out.output).await
+        }
+        ClientCommand::Nodes { out, server } => {
+            worker::nodes(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Queues { out, server } => {
             worker::queues(&http::Api::new(&server)?, out.output).await

@@ -577,6 +577,44 @@ pub async fn alerts(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kflow nodes`: the server nodes on the database.
+pub async fn nodes(api: &Api, out: Format) -> Result<ExitCode, Failure> {
+    let v = api.get(&["nodes"], &[]).await?;
+    if out.is_data() {
+        super::print_data(out, &v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: kflow_api::security::NodeList = typed(&v, "nodes")?;
+    let rows: Vec<Vec<String>> = list
+        .items
+        .into_iter()
+        .map(|n| {
+            let holds = list.lease_holder.as_deref() == Some(n.id.as_str()) && n.state == "active";
+            vec![
+                n.id,
+                if holds {
+                    format!("{} (epoch {})", n.state, list.lease_epoch.unwrap_or(0))
+                } else {
+                    n.state
+                },
+                n.host,
+                n.api.unwrap_or_default(),
+                n.running.to_string(),
+                format!("{:.1}s ago", n.silent_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    println!("backend: {}", list.backend);
+    print!(
+        "{}",
+        super::render::table(
+            &["NODE", "STATE", "HOST", "LISTEN", "RUNNING", "HEARTBEAT"],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn explain(api: &Api, id: &str, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["instances", id, "explain"], &[]).await?;
     if out.is_data() {
