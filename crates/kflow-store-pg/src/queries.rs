@@ -492,7 +492,7 @@ impl Store for PgStore {
 
     fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
         let key = effect_id as i64;
-        let n: Option<i32> = self.write(|c| {
+        let n: Option<i32> = crate::writes::fenced(self, |c| {
             Ok(c.query_opt(
                 "UPDATE work SET attempts = attempts + 1 WHERE instance_id = $1 AND effect_id = $2 RETURNING attempts",
                 &[&instance_id, &key],
@@ -538,7 +538,7 @@ impl Store for PgStore {
     }
 
     fn set_attention(&self, id: &str, reason: Option<&str>) -> Result<()> {
-        self.write(|c| {
+        crate::writes::fenced(self, |c| {
             c.execute(
                 "UPDATE instances SET attention = $2 WHERE id = $1",
                 &[&id, &reason],
@@ -638,11 +638,11 @@ impl Store for PgStore {
     }
 
     fn put_schedule(&self, row: &ScheduleRow) -> Result<bool> {
-        self.write(|c| crate::writes::put_schedule(c, row))
+        crate::writes::fenced(self, |c| crate::writes::put_schedule(c, row))
     }
 
     fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool> {
-        self.write(|c| {
+        crate::writes::fenced(self, |c| {
             Ok(c.execute(
                 "DELETE FROM schedules WHERE namespace = $1 AND name = $2",
                 &[&namespace, &name],
@@ -657,7 +657,7 @@ impl Store for PgStore {
         paused: bool,
         now_ms: i64,
     ) -> Result<Option<ScheduleRow>> {
-        self.write(|c| {
+        crate::writes::fenced(self, |c| {
             c.query_opt(
                 &format!(
                     "UPDATE schedules SET paused = $3, revision = revision + 1, updated_ms = $4 \

@@ -22,7 +22,7 @@ use crate::pool::{Conn, block_on, db_error};
 use crate::queries::{
     ALERT_COLUMNS, AUDIT_COLUMNS, DEFINITION_COLUMNS, SCHEDULE_COLUMNS, TOKEN_COLUMNS, to_json,
 };
-use crate::{LAST_SEQS, PgStore};
+use crate::{Fence, LAST_SEQS, PgStore};
 
 /// The advisory lock that orders appends to the audit chain across nodes.
 const AUDIT_LOCK: i64 = 0x6b_666c_6f77_0001;
@@ -159,12 +159,9 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
         }
     }
     let outcome = if fenced {
-        let f = fence.as_ref().expect("fence checked only when set");
-        Err(StoreError::Db(format!(
-            "fenced: node {} no longer holds the database lease with epoch {} \
-             (another node took over); nothing of this batch was written",
-            f.node, f.epoch
-        )))
+        Err(fenced_error(
+            fence.as_ref().expect("fence checked only when set"),
+        ))
     } else {
         continuity(commits, &known, &last_seqs).and_then(|batch| match first_error {
             Some(e) => Err(e),
@@ -194,6 +191,33 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
             let _ = conn.batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+fn fenced_error(f: &Fence) -> StoreError {
+    StoreError::Db(format!(
+        "{} node {} no longer holds the database lease with epoch {} (another node took \
+         over); nothing was written",
+        crate::lease::FENCED,
+        f.node,
+        f.epoch
+    ))
+}
+
+/// Runs `f` in a transaction that first checks this node's fence (when it has one): the
+/// engine's writes besides commits (schedules, attempts, attention marks).
+pub(crate) fn fenced<T>(store: &PgStore, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+    match store.fence() {
+        None => store.write(f),
+        Some(fence) => store.write(|c| {
+            c.transaction(|c| {
+                let held = c.query_opt(FENCE, &[&fence.node, &fence.epoch])?.is_some();
+                if !held {
+                    return Err(fenced_error(&fence));
+                }
+                f(c)
+            })
+        }),
     }
 }
 

@@ -2,7 +2,7 @@
 //! of databases it must not touch, clear errors, and connections that break under it.
 
 use kflow_store::Store;
-use kflow_store::testkit::{append, create, instance};
+use kflow_store::testkit::{append, create, instance, schedule};
 use kflow_store_pg::testing::TestDb;
 use kflow_store_pg::{PgOptions, PgStore, lease};
 
@@ -49,6 +49,15 @@ fn a_holder_paused_past_its_lease_is_fenced() {
         !a.renew_lease(&fa, 1_000).unwrap(),
         "the renewal finds the lease gone"
     );
+    // Nor do its other writes of engine state: a cron tick, an attempt, an attention mark.
+    let e = a
+        .put_schedule(&schedule("ns", "cron", Some(5)))
+        .expect_err("a fenced schedule write");
+    assert!(lease::is_fenced(&e), "{e}");
+    assert_eq!(b.get_schedule("ns", "cron").unwrap(), None);
+    assert!(lease::is_fenced(
+        &a.set_attention("i", Some("x")).unwrap_err()
+    ));
     b.apply(&[append("i", 2..=2)])
         .expect("the new holder commits");
     let l = b.lease().unwrap().expect("lease");

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kflow_store_pg::testing::TestDb;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{ServerProcess, TempDir, TestServer, get_json, http_request, post_json};
 
 /// The database lease's time to live in this test (the default is 4 s).
@@ -50,14 +50,6 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// The node that listens now (the active one), if any.
-    fn active(&self) -> Option<usize> {
-        (0..self.nodes.len()).find(|&i| {
-            self.nodes[i].pid().is_some()
-                && get_json(&self.nodes[i].base(), "/healthz").is_ok_and(|(s, _)| s == 200)
-        })
-    }
-
     /// Waits for a node other than `not` to become active; its index and how long it took.
     fn wait_active(&mut self, not: Option<usize>, since: Instant) -> (usize, Duration) {
         let deadline = since + TAKEOVER_MAX + Duration::from_secs(20);
@@ -328,5 +320,105 @@ fn three_nodes_fence_fail_over_and_hand_over() {
         "cluster: {} instances, {keys} steps, {repeats} calls re-run after a fault; \
          hand-over after a drain took {handover:?}",
         ids.len()
+    );
+}
+
+#[test]
+fn a_second_server_on_one_sqlite_data_directory_is_refused() {
+    let dir = TempDir::new("one-node");
+    let data = dir.path().join("data");
+    let first = ServerProcess::start(&data, &[]);
+    let out = support::kflow(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("KFLOW_ADMIN_TOKEN", support::TEST_TOKEN)
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    let pid = first.pid().expect("pid").to_string();
+    assert!(
+        out.stderr.contains("another kflow server")
+            && out.stderr.contains(&pid)
+            && out.stderr.contains("PostgreSQL"),
+        "{}",
+        out.describe()
+    );
+    // The first one is untouched.
+    let health = http_request(
+        "GET",
+        &first.base(),
+        "/healthz",
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(health.expect("healthz").status, 200);
+}
+
+#[test]
+fn an_unreachable_database_stops_the_start_with_the_reason() {
+    let out = support::kflow(["server", "--listen", "127.0.0.1:0", "--insecure-no-auth"])
+        .args(["--db", "postgres://kflow:hunter2@127.0.0.1:1/kflow"])
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("cannot open the database")
+            && out.stderr.contains("cannot connect to PostgreSQL")
+            && !out.stderr.contains("hunter2"),
+        "{}",
+        out.describe()
+    );
+    let out = support::kflow(["server", "--db", "mysql://x/y"]).run();
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("unsupported database URL"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn migrate_creates_checks_and_a_newer_schema_is_refused() {
+    let Some(db) = TestDb::create("migrate_creates_checks_and_a_newer_schema_is_refused") else {
+        return;
+    };
+    let check = || {
+        support::kflow(["migrate", "--check", "--db", db.url.as_str()])
+            .timeout(Duration::from_secs(30))
+            .run()
+    };
+    let out = check();
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("run kflow migrate"),
+        "{}",
+        out.describe()
+    );
+    let out = support::kflow(["migrate", "--db", db.url.as_str()]).run();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("migrated from version 0 to"),
+        "{}",
+        out.describe()
+    );
+    let out = check();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("up to date"), "{}", out.describe());
+
+    let store = kflow_store_pg::PgStore::open(&kflow_store_pg::PgOptions::new(&db.url)).unwrap();
+    store
+        .exec_for_tests("INSERT INTO kflow_schema (version) VALUES (99)")
+        .unwrap();
+    drop(store);
+    let dir = TempDir::new("newer");
+    let out = support::kflow(["server", "--listen", "127.0.0.1:0", "--insecure-no-auth"])
+        .args(["--db", db.url.as_str(), "--data-dir"])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("schema version 99 is newer"),
+        "{}",
+        out.describe()
     );
 }
