@@ -1,7 +1,7 @@
 //! Server benchmarks over HTTP on loopback, SQLite store in a temporary directory.
 //!
 //! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick] [-- --watchers]
-//! [-- --traces]` (`--traces`: every ended instance's spans exported over OTLP to a local
+//! [-- --traces] [-- --postgres]` (`--traces`: every ended instance's spans exported over OTLP to a local
 //! collector stand-in, the cost of tracing with export on)
 //!
 //! Starts the real API router and engine in-process on 127.0.0.1, plus a local endpoint that
@@ -201,6 +201,22 @@ async fn start_server(
             total: 10_000,
             per_client: 10_000,
         },
+        // `--postgres`: a fresh PostgreSQL database (KFLOW_TEST_POSTGRES or the local
+        // server), its lease taken, every commit fenced, as a `kflow server --db` node runs.
+        database: std::env::args().any(|a| a == "--postgres").then(|| {
+            let db = kflow_store_pg::testing::TestDb::create("server bench")
+                .expect("--postgres: no PostgreSQL server");
+            let store = kflow_store_pg::PgStore::open(&kflow_store_pg::PgOptions::new(&db.url))
+                .expect("open the bench database");
+            let fence = store
+                .try_acquire_lease("bench", 600_000)
+                .expect("lease")
+                .expect("a new database's lease is free");
+            store.set_fence(Some(fence));
+            // Dropped (with the database) when the process ends.
+            Box::leak(Box::new(db));
+            Arc::new(store)
+        }),
         ..EngineConfig::default()
     };
     let engine = Engine::open(cfg).await.expect("engine");

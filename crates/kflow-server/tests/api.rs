@@ -155,6 +155,7 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/secrets", vec!["get"]),
         ("/api/v1/secrets/{namespace}/{name}", vec!["put", "delete"]),
         ("/api/v1/secrets/rotate-key", vec!["post"]),
+        ("/api/v1/nodes", vec!["get"]),
     ];
     for (path, methods) in &expect {
         let item = paths.get(*path).unwrap_or_else(|| {

@@ -233,6 +233,7 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
     match (rule.method, rule.path) {
         ("GET", "/healthz") => f("GET", "/healthz".into(), None, 200, 200, false),
         ("GET", "/metrics") => f("GET", "/metrics".into(), None, 200, 403, true),
+        ("GET", "/api/v1/nodes") => f("GET", "/api/v1/nodes".into(), None, 200, 403, true),
         // Filtered by namespace: every reader gets a list.
         ("GET", "/api/v1/alerts") => f("GET", "/api/v1/alerts".into(), None, 200, 200, false),
         ("GET", "/api/v1/openapi.json") => {

@@ -83,10 +83,14 @@ pub async fn list_alerts(
 /// The nodes on this database: on PostgreSQL every node seen in the last hour (which one holds
 /// the lease, the others' heartbeats); on SQLite, this one.
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "health",
-    responses((status = 200, description = "The nodes", body = kflow_api::security::NodeList)))]
+    responses((status = 200, description = "The nodes", body = kflow_api::security::NodeList),
+        (status = 403, description = "A token limited to some namespaces", body = ErrorBody)))]
 pub async fn list_nodes(
     State(st): State<AppState>,
+    caller: Caller,
 ) -> ApiResult<Json<kflow_api::security::NodeList>> {
+    // Server-wide, like the metrics: a token over every namespace.
+    caller.must_be_global()?;
     let engine = st.engine.clone();
     let list = tokio::task::spawn_blocking(move || engine.nodes())
         .await
