@@ -288,6 +288,23 @@ impl Store for Sealed {
     ) -> kflow_store::Result<Vec<kflow_store::AlertRow>> {
         self.inner.alerts(before_ms, limit)
     }
+
+    fn finished_before(&self, before_ms: i64, limit: u32) -> Result<Vec<Instance>> {
+        self.inner
+            .finished_before(before_ms, limit)?
+            .into_iter()
+            .map(|i| self.open_instance(i))
+            .collect()
+    }
+    fn delete_instances(&self, ids: &[String]) -> Result<usize> {
+        self.inner.delete_instances(ids)
+    }
+    fn prune_events(&self, before_ms: i64, limit: u32) -> Result<usize> {
+        self.inner.prune_events(before_ms, limit)
+    }
+    fn table_stats(&self) -> Result<Vec<kflow_store::TableStats>> {
+        self.inner.table_stats()
+    }
 }
 
 /// `kflow db encrypt`: seals every payload written before `encrypt_data` was turned on (what

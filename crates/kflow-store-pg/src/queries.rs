@@ -841,6 +841,78 @@ impl Store for PgStore {
             )
         })
     }
+
+    fn finished_before(&self, before_ms: i64, n: u32) -> Result<Vec<Instance>> {
+        let n = limit(n);
+        self.read(|c| {
+            all(
+                c.query(
+                    &format!(
+                        "SELECT {INSTANCE_COLUMNS} FROM instances \
+                         WHERE status IN ('completed', 'faulted', 'cancelled') AND updated_ms < $1 \
+                         ORDER BY updated_ms LIMIT $2"
+                    ),
+                    &[&before_ms, &n],
+                )?,
+                instance_row,
+            )
+        })
+    }
+
+    fn delete_instances(&self, ids: &[String]) -> Result<usize> {
+        let ids = ids.to_vec();
+        let n = crate::writes::fenced(self, |c| {
+            // History and work rows go with their instance (ON DELETE CASCADE).
+            Ok(c.execute(
+                "DELETE FROM instances WHERE id = ANY($1) AND status IN ('completed', 'faulted', 'cancelled')",
+                &[&ids],
+            )? as usize)
+        })?;
+        let mut known = self.last_seqs.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &ids {
+            known.remove(id);
+        }
+        Ok(n)
+    }
+
+    fn prune_events(&self, before_ms: i64, n: u32) -> Result<usize> {
+        let n = limit(n);
+        self.write(|c| {
+            Ok(c.execute(
+                "DELETE FROM events WHERE id IN \
+                 (SELECT id FROM events WHERE processed AND received_ms < $1 LIMIT $2)",
+                &[&before_ms, &n],
+            )? as usize)
+        })
+    }
+
+    fn table_stats(&self) -> Result<Vec<kflow_store::TableStats>> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for table in kflow_store::TABLES {
+                let row = c
+                    .query_opt(
+                        &format!("SELECT COUNT(*), pg_total_relation_size('{table}') FROM {table}"),
+                        &[],
+                    )?
+                    .ok_or_else(|| StoreError::Db("COUNT gave no row".into()))?;
+                out.push(kflow_store::TableStats {
+                    table: table.to_string(),
+                    rows: row.get(0),
+                    bytes: Some(row.get(1)),
+                });
+            }
+            let size: i64 = c
+                .query_opt("SELECT pg_database_size(current_database())", &[])?
+                .map_or(0, |r| r.get(0));
+            out.push(kflow_store::TableStats {
+                table: "(database)".into(),
+                rows: out.iter().map(|t| t.rows).sum(),
+                bytes: Some(size),
+            });
+            Ok(out)
+        })
+    }
 }
 
 /// The last history seq of an instance (0 when none).

@@ -54,6 +54,7 @@ CREATE INDEX instances_created    ON instances (created_ms, id);
 CREATE INDEX instances_definition ON instances (namespace, name, created_ms, id);
 CREATE INDEX instances_status     ON instances (status, created_ms, id);
 CREATE INDEX instances_running    ON instances (created_ms, id) WHERE status = 'running';
+CREATE INDEX instances_finished   ON instances (updated_ms) WHERE status IN ('completed', 'faulted', 'cancelled');
 
 CREATE TABLE history (
     instance_id TEXT COLLATE "C" NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
@@ -99,6 +100,7 @@ CREATE TABLE events (
     event       TEXT    NOT NULL
 );
 CREATE INDEX events_pending ON events (id) WHERE NOT processed;
+CREATE INDEX events_processed ON events (received_ms) WHERE processed;
 
 CREATE TABLE idempotency (
     namespace    TEXT COLLATE "C" NOT NULL,

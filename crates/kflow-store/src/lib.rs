@@ -361,7 +361,42 @@ pub trait Store: Send + Sync + 'static {
     fn clear_alert(&self, rule: &str, key: &str) -> Result<bool>;
     /// Alerts, newest first, at most `limit`, fired before `before_ms` when given.
     fn alerts(&self, before_ms: Option<i64>, limit: u32) -> Result<Vec<AlertRow>>;
+
+    // --- retention -------------------------------------------------------------------------
+    /// Finished instances (completed, faulted, cancelled) last updated before `before_ms`,
+    /// oldest first, at most `limit`: what retention prunes next.
+    fn finished_before(&self, before_ms: i64, limit: u32) -> Result<Vec<Instance>>;
+    /// Deletes these instances with their histories and work rows, in one transaction;
+    /// instances that are not finished are left alone. Returns how many were deleted.
+    fn delete_instances(&self, ids: &[String]) -> Result<usize>;
+    /// Deletes up to `limit` processed events received before `before_ms`; returns how many.
+    fn prune_events(&self, before_ms: i64, limit: u32) -> Result<usize>;
+    /// Rows (and bytes, where the backend knows them) per table: `kflow db stats`.
+    fn table_stats(&self) -> Result<Vec<TableStats>>;
 }
+
+/// The size of one table (or of the whole database, `table` = `(database)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableStats {
+    pub table: String,
+    pub rows: i64,
+    pub bytes: Option<i64>,
+}
+
+/// The tables `table_stats` reports, in order.
+pub const TABLES: &[&str] = &[
+    "definitions",
+    "instances",
+    "history",
+    "work",
+    "schedules",
+    "events",
+    "idempotency",
+    "tokens",
+    "audit",
+    "secrets",
+    "alerts",
+];
 
 /// A fired alert and its delivery state.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,6 +14,7 @@ mod alerts;
 #[macro_use]
 mod queries;
 mod commit;
+mod retention;
 mod schema;
 mod security;
 

@@ -114,7 +114,7 @@ fn definition_row(row: &Row<'_>) -> Result<Definition> {
     })
 }
 
-fn instance_row(row: &Row<'_>) -> Result<Instance> {
+pub(super) fn instance_row(row: &Row<'_>) -> Result<Instance> {
     let id: String = row.get(0)?;
     let status: String = row.get(4)?;
     let Some(status) = InstanceStatus::parse(&status) else {
@@ -858,5 +858,31 @@ impl Store for SqliteStore {
 
     fn alerts(&self, before_ms: Option<i64>, limit: u32) -> Result<Vec<crate::AlertRow>> {
         self.read(|conn| super::alerts::list(conn, before_ms, limit))
+    }
+
+    fn finished_before(&self, before_ms: i64, limit: u32) -> Result<Vec<Instance>> {
+        self.read(|conn| super::retention::finished_before(conn, before_ms, limit))
+    }
+
+    fn delete_instances(&self, ids: &[String]) -> Result<usize> {
+        let n = self.write(|conn| super::retention::delete_instances(conn, ids))?;
+        let mut known = self.last_seqs.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            known.remove(id);
+        }
+        Ok(n)
+    }
+
+    fn prune_events(&self, before_ms: i64, limit: u32) -> Result<usize> {
+        self.write(|conn| super::retention::prune_events(conn, before_ms, limit))
+    }
+
+    fn table_stats(&self) -> Result<Vec<crate::TableStats>> {
+        let wal = self.path.as_ref().and_then(|p| {
+            let mut w = p.as_os_str().to_owned();
+            w.push("-wal");
+            std::fs::metadata(w).ok().map(|m| m.len() as i64)
+        });
+        self.read(|conn| super::retention::table_stats(conn, wal))
     }
 }

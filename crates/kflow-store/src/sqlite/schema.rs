@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -186,6 +186,13 @@ CREATE TABLE alerts (
 );
 CREATE INDEX alerts_due ON alerts (next_ms) WHERE next_ms IS NOT NULL;
 CREATE INDEX alerts_fired ON alerts (fired_ms);
+";
+
+/// Retention: finished instances by their last update (what is pruned next), and processed
+/// events by their arrival.
+const V8: &str = "
+CREATE INDEX instances_finished ON instances (updated_ms) WHERE status IN ('completed', 'faulted', 'cancelled');
+CREATE INDEX events_processed ON events (received_ms) WHERE processed = 1;
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

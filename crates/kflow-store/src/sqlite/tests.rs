@@ -187,6 +187,19 @@ impl Store for TempStore {
     fn alerts(&self, before_ms: Option<i64>, limit: u32) -> crate::Result<Vec<crate::AlertRow>> {
         self.store.alerts(before_ms, limit)
     }
+
+    fn finished_before(&self, before_ms: i64, limit: u32) -> Result<Vec<Instance>> {
+        self.store.finished_before(before_ms, limit)
+    }
+    fn delete_instances(&self, ids: &[String]) -> Result<usize> {
+        self.store.delete_instances(ids)
+    }
+    fn prune_events(&self, before_ms: i64, limit: u32) -> Result<usize> {
+        self.store.prune_events(before_ms, limit)
+    }
+    fn table_stats(&self) -> Result<Vec<crate::TableStats>> {
+        self.store.table_stats()
+    }
 }
 
 mod conformance_in_memory {
@@ -400,7 +413,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE alerts; DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DROP INDEX work_timers; CREATE INDEX work_due ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen'; CREATE INDEX work_kind ON work (kind, due_ms); DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP INDEX instances_finished; DROP TABLE alerts; DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DROP INDEX work_timers; CREATE INDEX work_due ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen'; CREATE INDEX work_kind ON work (kind, due_ms); DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();

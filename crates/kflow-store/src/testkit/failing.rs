@@ -218,4 +218,17 @@ impl Store for FailingStore {
     fn alerts(&self, before_ms: Option<i64>, limit: u32) -> crate::Result<Vec<crate::AlertRow>> {
         self.inner.alerts(before_ms, limit)
     }
+
+    fn finished_before(&self, before_ms: i64, limit: u32) -> crate::Result<Vec<crate::Instance>> {
+        self.inner.finished_before(before_ms, limit)
+    }
+    fn delete_instances(&self, ids: &[String]) -> crate::Result<usize> {
+        self.inner.delete_instances(ids)
+    }
+    fn prune_events(&self, before_ms: i64, limit: u32) -> crate::Result<usize> {
+        self.inner.prune_events(before_ms, limit)
+    }
+    fn table_stats(&self) -> crate::Result<Vec<crate::TableStats>> {
+        self.inner.table_stats()
+    }
 }
