@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub tracing: crate::traces::TracingConfig,
     /// `postgres://...`: the database every node shares, instead of SQLite in `data_dir`.
     pub db: Option<String>,
+    /// Pruning of finished instances and processed events, and their archive.
+    pub retention: crate::retention::RetentionConfig,
     /// How long the database lease lives without a renewal: a standby takes over within this
     /// (plus a quarter second) of the active node's death.
     pub db_lease_ms: i64,
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             db: None,
             db_lease_ms: 4_000,
+            retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
             max_body_bytes: 1024 * 1024,
@@ -237,6 +240,7 @@ struct FileConfig {
     tracing: Option<crate::traces::TracingConfig>,
     db: Option<String>,
     db_lease_ms: Option<i64>,
+    retention: Option<crate::retention::RetentionConfig>,
 }
 
 /// A database URL kflow can use: `postgres://` or `postgresql://` (SQLite needs none: it is
@@ -388,6 +392,10 @@ impl ServerConfig {
         }
         if let Some(t) = file.tracing {
             c.tracing = t;
+        }
+        if let Some(r) = file.retention {
+            r.check().map_err(|e| format!("{name}: {e}"))?;
+            c.retention = r;
         }
         if let Some(a) = file.alerts {
             a.check().map_err(|e| format!("{name}: {e}"))?;

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod retention;
 pub mod schedule;
 pub mod sealed;
 pub mod secrets;

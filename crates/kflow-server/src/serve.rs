@@ -107,6 +107,9 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     .map_err(|e| format!("cannot start the scheduler: {e}"))?;
     let schedules = scheduler.spawn();
     let alerts = crate::alerts::Alerts::new(engine.clone(), cfg.alerts.clone())?.spawn();
+    let retention =
+        crate::retention::Retention::new(engine.clone(), cfg.retention.clone(), cfg.encrypt_data)
+            .spawn();
     let traces = crate::traces::Exporter::new(engine.clone(), &cfg.tracing)?.map(|e| e.spawn());
     let (auth, hosts) = security(&cfg, &engine).await?;
     let app = router(
@@ -174,6 +177,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             stop.notify_waiters();
             schedules.abort();
             alerts.abort();
+            retention.abort();
             if let Some(t) = traces {
                 t.abort();
             }
@@ -184,6 +188,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
     alerts.abort();
+    retention.abort();
     if let Some(t) = traces {
         t.abort();
     }

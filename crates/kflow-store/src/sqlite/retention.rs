@@ -5,9 +5,13 @@
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::queries::query_all;
-use crate::{Instance, Result, TableStats, TABLES};
+use crate::{Instance, Result, TABLES, TableStats};
 
-pub(super) fn finished_before(conn: &Connection, before_ms: i64, limit: u32) -> Result<Vec<Instance>> {
+pub(super) fn finished_before(
+    conn: &Connection,
+    before_ms: i64,
+    limit: u32,
+) -> Result<Vec<Instance>> {
     query_all(
         conn,
         concat!(
@@ -49,7 +53,8 @@ pub(super) fn prune_events(conn: &mut Connection, before_ms: i64, limit: u32) ->
 pub(super) fn table_stats(conn: &Connection, wal_bytes: Option<i64>) -> Result<Vec<TableStats>> {
     let mut out = Vec::new();
     for table in TABLES {
-        let rows: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+        let rows: i64 =
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
         out.push(TableStats {
             table: table.to_string(),
             rows,

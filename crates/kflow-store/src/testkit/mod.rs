@@ -1587,7 +1587,12 @@ pub use failing::FailingStore;
 // --- retention ------------------------------------------------------------------------------
 
 pub fn retention_prunes_finished_instances_only(store: &dyn Store) {
-    for (id, created) in [("old-done", 1), ("old-failed", 2), ("old-running", 3), ("new-done", 4)] {
+    for (id, created) in [
+        ("old-done", 1),
+        ("old-failed", 2),
+        ("old-running", 3),
+        ("new-done", 4),
+    ] {
         let mut c = create(&instance(id, created));
         c.add_work.push(work(id, 1, "timer", 10));
         ok(store.apply(&[c]));
@@ -1602,7 +1607,11 @@ pub fn retention_prunes_finished_instances_only(store: &dyn Store) {
         .into_iter()
         .map(|i| i.id)
         .collect();
-    assert_eq!(due, ["old-done", "old-failed"], "oldest first, finished only");
+    assert_eq!(
+        due,
+        ["old-done", "old-failed"],
+        "oldest first, finished only"
+    );
     assert_eq!(
         ok(store.finished_before(1_000, 1)).len(),
         1,
@@ -1618,7 +1627,10 @@ pub fn retention_prunes_finished_instances_only(store: &dyn Store) {
     assert_eq!(n, 2);
     for gone in ["old-done", "old-failed"] {
         assert_eq!(ok(store.get_instance(gone)), None);
-        assert!(ok(store.history(gone, 0, 100)).is_empty(), "{gone}: history");
+        assert!(
+            ok(store.history(gone, 0, 100)).is_empty(),
+            "{gone}: history"
+        );
         assert!(ok(store.work_of(gone)).is_empty(), "{gone}: work");
         assert_eq!(ok(store.last_seq(gone)), 0);
     }
@@ -1632,7 +1644,11 @@ pub fn retention_prunes_finished_instances_only(store: &dyn Store) {
     let stats = ok(store.table_stats());
     let rows = |t: &str| stats.iter().find(|s| s.table == t).map(|s| s.rows);
     assert_eq!(rows("instances"), Some(3), "{stats:?}");
-    assert_eq!(rows("work"), Some(2), "old-running's and new-done's: {stats:?}");
+    assert_eq!(
+        rows("work"),
+        Some(2),
+        "old-running's and new-done's: {stats:?}"
+    );
 }
 
 pub fn retention_prunes_processed_events_only(store: &dyn Store) {
@@ -1643,10 +1659,21 @@ pub fn retention_prunes_processed_events_only(store: &dyn Store) {
     let mut c = append("e", 2..=2);
     c.processed_events = vec![old, new];
     ok(store.apply(&[c]));
-    assert_eq!(ok(store.prune_events(1_000, 10)), 1, "the old processed one only");
+    assert_eq!(
+        ok(store.prune_events(1_000, 10)),
+        1,
+        "the old processed one only"
+    );
     assert_eq!(ok(store.prune_events(1_000, 10)), 0);
-    let left: Vec<i64> = ok(store.pending_events(10)).into_iter().map(|(id, _)| id).collect();
-    assert_eq!(left, [pending], "pending events are kept whatever their age");
+    let left: Vec<i64> = ok(store.pending_events(10))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        left,
+        [pending],
+        "pending events are kept whatever their age"
+    );
     let stats = ok(store.table_stats());
     let events = stats.iter().find(|s| s.table == "events").map(|s| s.rows);
     assert_eq!(events, Some(2), "{stats:?}");
