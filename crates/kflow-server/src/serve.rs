@@ -243,7 +243,7 @@ async fn join_cluster(
 /// Takes the data directory for this process: a second server on it is refused (two writers
 /// would drive the same instances twice). The lock is the kernel's (`flock`): it goes with the
 /// process, however it ends.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
     let path = dir.join("kflow.lock");
     let mut f = std::fs::OpenOptions::new()

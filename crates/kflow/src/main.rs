@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the workflow faulted, 2 invalid definition or bad usage.
 
 mod client;
+mod db;
 mod host;
 mod inputs;
 mod logs;
@@ -121,41 +122,15 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Work on a data directory directly.
+    /// Work on the database directly: sizes, backup and restore, sealing old data.
     Db {
         #[command(subcommand)]
-        command: DbCommand,
+        command: db::DbCommand,
     },
     // Verbs that talk to a kflow server: apply, start, get, ls, cancel, suspend, resume,
     // history, events (see client/mod.rs).
     #[command(flatten)]
     Client(client::ClientCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum DbCommand {
-    /// Seal the workflow data written before `encrypt_data: true` (inputs, outputs, histories,
-    /// work rows, events) with the master key. Safe to run again; run it with the server
-    /// stopped or already running with `encrypt_data: true`.
-    Encrypt {
-        /// The server's data directory (its kflow.db and master.key).
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
-fn db_encrypt(data_dir: &std::path::Path) -> anyhow::Result<u64> {
-    let path = data_dir.join("kflow.db");
-    if !path.exists() {
-        anyhow::bail!("no kflow database in {}", data_dir.display());
-    }
-    let store = Arc::new(kflow_store::sqlite::SqliteStore::open(
-        &path,
-        kflow_store::sqlite::Durability::Full,
-    )?);
-    let vault =
-        kflow_server::secrets::Vault::open(store.clone(), data_dir).map_err(anyhow::Error::msg)?;
-    kflow_server::sealed::encrypt_existing(&store, &vault).map_err(anyhow::Error::msg)
 }
 
 fn main() -> ExitCode {
@@ -237,27 +212,12 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "kflow", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Db {
-            command: DbCommand::Encrypt { data_dir },
-        } => match db_encrypt(&data_dir) {
-            Ok(n) => {
-                println!(
-                    "sealed {n} payloads in {}; set encrypt_data: true in the server's config \
-                     so that new data is sealed too",
-                    data_dir.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("kflow: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Db { command } => db::run(command),
         Command::Migrate {
             db,
             data_dir,
             check,
-        } => match migrate(db, data_dir, check) {
+        } => match db::migrate(db, data_dir, check) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kflow: {e:#}");
@@ -265,62 +225,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Client(cmd) => client::run(cmd),
-    }
-}
-
-/// `kflow migrate`: brings the schema to this build's version, or says where it stands.
-fn migrate(db: Option<String>, data_dir: Option<PathBuf>, check: bool) -> anyhow::Result<()> {
-    match db.filter(|u| !u.is_empty()) {
-        Some(url) => {
-            kflow_server::config::check_db_url(&url).map_err(|e| anyhow::anyhow!("--db: {e}"))?;
-            let options = kflow_store_pg::PgOptions::new(&url);
-            let (store, version) = kflow_store_pg::PgStore::open_unmigrated(&options)?;
-            let target = kflow_store_pg::SCHEMA_VERSION;
-            let found = version.unwrap_or(0);
-            if check {
-                match found.cmp(&target) {
-                    std::cmp::Ordering::Equal => {
-                        println!("{}: schema version {found}: up to date", store.label())
-                    }
-                    std::cmp::Ordering::Less => anyhow::bail!(
-                        "{}: schema version {found}, this kflow writes {target}: run kflow migrate",
-                        store.label()
-                    ),
-                    std::cmp::Ordering::Greater => anyhow::bail!(
-                        "{}: schema version {found} is newer than this kflow's ({target}): upgrade kflow",
-                        store.label()
-                    ),
-                }
-                return Ok(());
-            }
-            let m = store.migrate()?;
-            if m.from == m.to {
-                println!("{}: schema version {}: up to date", store.label(), m.to);
-            } else {
-                println!(
-                    "{}: schema migrated from version {} to {}",
-                    store.label(),
-                    m.from,
-                    m.to
-                );
-            }
-            Ok(())
-        }
-        None => {
-            let dir = data_dir.unwrap_or_else(|| PathBuf::from("kflow-data"));
-            let path = dir.join("kflow.db");
-            if check && !path.exists() {
-                anyhow::bail!("no kflow database in {}", dir.display());
-            }
-            // Opening migrates (in one transaction) and refuses a newer schema.
-            kflow_store::sqlite::SqliteStore::open(&path, kflow_store::sqlite::Durability::Full)?;
-            println!(
-                "{}: schema version {}: up to date",
-                path.display(),
-                kflow_store::sqlite::SCHEMA_VERSION
-            );
-            Ok(())
-        }
     }
 }
 

@@ -148,6 +148,50 @@ impl SqliteStore {
         self.write(|conn| security::rewrite_payloads(conn, f))
     }
 
+    /// Writes a consistent copy of the database to `file` (which must not exist), from one read
+    /// snapshot, while the store goes on committing (`VACUUM INTO`: the copy is compacted).
+    /// Returns its size in bytes.
+    pub fn backup_to(&self, file: &Path) -> Result<i64> {
+        if file.exists() {
+            return Err(StoreError::Db(format!("{} exists already", file.display())));
+        }
+        let Some(path) = &self.path else {
+            return Err(StoreError::Db("an in-memory database has no backup".into()));
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure_common(&conn)?;
+        let target = file.to_string_lossy().into_owned();
+        conn.execute("VACUUM INTO ?1", [target])
+            .map_err(|e| StoreError::Db(format!("backing up into {}: {e}", file.display())))?;
+        Ok(std::fs::metadata(file).map(|m| m.len() as i64).unwrap_or(0))
+    }
+
+    /// Checks that `file` is a kflow database this build can open (without changing it);
+    /// its schema version.
+    pub fn check_file(file: &Path) -> Result<i64> {
+        let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError::Db(format!("{}: {e}", file.display())))?;
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .map_err(|e| {
+                StoreError::Db(format!("{}: not a kflow database ({e})", file.display()))
+            })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Db(format!(
+                "{}: schema version {version} is newer than this kflow's ({SCHEMA_VERSION})",
+                file.display()
+            )));
+        }
+        let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(StoreError::Corrupt(format!("{}: {ok}", file.display())));
+        }
+        Ok(version)
+    }
+
     /// A private in-memory database (for tests): gone when the store is dropped.
     pub fn open_in_memory() -> Result<SqliteStore> {
         let mut writer = Connection::open_in_memory()?;
