@@ -253,24 +253,34 @@ async fn run_pipeline(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Vec<Row>
             client.query(st, a).await.map_err(db_error)
         }));
     }
-    // Polled in order, every time: each request is sent at its future's first poll, so the
-    // statements reach the server in the order of `ops`.
+    // The first pass polls every future in order: each sends its request at its first poll,
+    // so the statements reach the server in the order of `ops`. Answers come back in that
+    // order too, so later passes poll from the first unanswered one and stop at the first
+    // that is still waiting (a pass costs what it settles, not the whole batch).
     let mut answers: Vec<Option<Result<Vec<Row>>>> = (0..futures.len()).map(|_| None).collect();
+    let mut first_pass = true;
+    let mut next = 0;
     std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (fut, answer) in futures.iter_mut().zip(answers.iter_mut()) {
-            if answer.is_none() {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *answer = Some(v),
-                    std::task::Poll::Pending => pending = true,
+        while next < futures.len() {
+            if answers[next].is_none() {
+                match futures[next].as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => answers[next] = Some(v),
+                    std::task::Poll::Pending if first_pass => {
+                        // Send the rest now; come back here when woken.
+                        for i in next + 1..futures.len() {
+                            if let std::task::Poll::Ready(v) = futures[i].as_mut().poll(cx) {
+                                answers[i] = Some(v);
+                            }
+                        }
+                        first_pass = false;
+                        return std::task::Poll::Pending;
+                    }
+                    std::task::Poll::Pending => return std::task::Poll::Pending,
                 }
             }
+            next += 1;
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+        std::task::Poll::Ready(())
     })
     .await;
     drop(futures);

@@ -350,7 +350,16 @@ impl Engine {
     /// the config), recovers, and starts the driver.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
         let store: Arc<dyn Store> = match &config.database {
-            Some(db) => db.clone(),
+            Some(db) => {
+                // The master key lives in the data directory (unless KFLOW_MASTER_KEY).
+                std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                    EngineError::Store(StoreError::Db(format!(
+                        "cannot create the data directory {}: {e}",
+                        config.data_dir.display()
+                    )))
+                })?;
+                db.clone()
+            }
             None => {
                 let path = config.data_dir.join("kflow.db");
                 let durability = config.durability;

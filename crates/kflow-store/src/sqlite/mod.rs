@@ -51,6 +51,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// checkpointer normally keeps the WAL far below).
 const AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
+/// WAL size past which the checkpointer resets it (`TRUNCATE`): it waits for the readers of
+/// the moment to finish (new ones read the database file) instead of copying what it can
+/// (`PASSIVE`), which cannot reset a log that readers keep using: under a steady flow of
+/// overlapping reads the WAL would otherwise grow without bound.
+const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Read-only connections for a file database.
 const READERS: usize = 4;
 /// How long a statement waits for a lock held by another connection (or process).
@@ -63,6 +69,10 @@ pub struct SqliteStore {
     // Field order is drop order: the checkpointer and the readers close before the writer, so
     // that the writer, being the last connection, checkpoints and removes the WAL file.
     _checkpointer: Option<Checkpointer>,
+    /// The WAL size the checkpointer resets past (see [`WAL_LIMIT`]; tests lower it).
+    wal_limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set by the checkpointer when the WAL is past its limit: the writer resets it.
+    wal_big: std::sync::Arc<std::sync::atomic::AtomicBool>,
     readers: Option<ReadPool>,
     writer: Mutex<Connection>,
     path: Option<PathBuf>,
@@ -119,7 +129,10 @@ impl SqliteStore {
         configure_writer(&writer, Some(durability)).map_err(at)?;
         schema::migrate(&mut writer).map_err(at)?;
 
-        let checkpointer = Checkpointer::start(path).map_err(at)?;
+        let wal_limit = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(WAL_LIMIT));
+        let wal_big = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer =
+            Checkpointer::start(path, wal_limit.clone(), wal_big.clone()).map_err(at)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -129,6 +142,8 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             _checkpointer: Some(checkpointer),
+            wal_limit,
+            wal_big,
             readers: Some(ReadPool {
                 idle: Mutex::new(readers),
                 available: Condvar::new(),
@@ -199,6 +214,8 @@ impl SqliteStore {
         schema::migrate(&mut writer)?;
         Ok(SqliteStore {
             _checkpointer: None,
+            wal_limit: Default::default(),
+            wal_big: Default::default(),
             readers: None,
             writer: Mutex::new(writer),
             path: None,
@@ -233,6 +250,27 @@ impl SqliteStore {
             }
             None => self.write(|conn| f(conn)),
         }
+    }
+
+    /// After a commit, when the checkpointer found the WAL past its limit: a `TRUNCATE`
+    /// checkpoint on the writer's own connection. The writer holds the write lock between its
+    /// transactions, so it never loses it to a stream of commits (a checkpoint on another
+    /// connection would); it waits only for the readers of the moment (new ones read the
+    /// database file once everything is copied), then starts the log over from empty.
+    fn reset_wal(&self, conn: &Connection) {
+        if self
+            .wal_big
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+    }
+
+    /// Lowers the WAL size the checkpointer resets past (tests).
+    #[cfg(test)]
+    fn set_wal_limit(&self, bytes: u64) {
+        self.wal_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[cfg(test)]
@@ -360,7 +398,14 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer> {
+    fn start(
+        path: &Path,
+        limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        big: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Checkpointer> {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -378,8 +423,15 @@ impl Checkpointer {
                         .wait_timeout(stopped, CHECKPOINT_EVERY)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
-                    // Busy (another checkpoint, a writer being opened) is fine: next time.
+                    // Busy (another checkpoint, a writer being opened, readers that did not
+                    // finish within the busy timeout) is fine: next time.
                     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    // Too big: the writer resets it after its next commit (see `reset_wal`).
+                    if std::fs::metadata(&wal)
+                        .is_ok_and(|m| m.len() > limit.load(std::sync::atomic::Ordering::Relaxed))
+                    {
+                        big.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             })
             .map_err(|e| StoreError::Db(format!("cannot start the checkpointer: {e}")))?;

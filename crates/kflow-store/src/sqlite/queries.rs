@@ -425,6 +425,7 @@ impl Store for SqliteStore {
                 super::security::append_audit_in(&tx, &audit)?;
             }
             tx.commit()?;
+            self.reset_wal(conn);
             if known.len() + batch.len() > super::LAST_SEQS {
                 known.clear();
             }

@@ -811,3 +811,45 @@ fn the_database_files_are_private_to_their_owner() {
         }
     }
 }
+
+/// Readers that overlap without a pause keep a WAL in use: a passive checkpoint copies it but
+/// can never start it over, and it grows with every commit. Past its limit the checkpointer
+/// resets it (waiting for the readers of the moment), so it stays bounded.
+#[test]
+fn the_wal_stays_bounded_under_overlapping_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kflow.db");
+    let store = std::sync::Arc::new(SqliteStore::open(&path, Durability::Process).unwrap());
+    store.set_wal_limit(2 * 1024 * 1024);
+    store.apply(&[create(&instance("big", 1))]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = store.history("big", 0, 50);
+                }
+            })
+        })
+        .collect();
+    let wal = dir.path().join("kflow.db-wal");
+    let mut peak = 0;
+    let payload = serde_json::json!({"blob": "x".repeat(16 * 1024)});
+    // About 40 MB of history in 2,500 commits.
+    for seq in 2..2_502 {
+        let mut c = append("big", seq..=seq);
+        c.history[0].data = payload.clone();
+        store.apply(&[c]).unwrap();
+        peak = peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(
+        peak < 16 * 1024 * 1024,
+        "the WAL reached {} MiB with a 2 MiB limit",
+        peak / (1024 * 1024)
+    );
+}
