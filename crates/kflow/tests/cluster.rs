@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kflow_store_pg::testing::TestDb;
 use serde_json::json;
-use support::{ServerProcess, TempDir, TestServer, get_json, http_request, post_json};
+use support::{Cluster, ServerProcess, TempDir, TestServer, get_json, http_request, post_json};
 
 /// The database lease's time to live in this test (the default is 4 s).
 const LEASE_MS: u64 = 2_000;
@@ -42,52 +42,6 @@ do:
   - done:
       set: {i: '${ $workflow.input.i }', ok: true}
 "#;
-
-struct Cluster {
-    nodes: Vec<ServerProcess>,
-    /// How often each node became active so far (its log says so once each time).
-    promotions: Vec<usize>,
-}
-
-impl Cluster {
-    /// Waits for a node other than `not` to become active; its index and how long it took.
-    fn wait_active(&mut self, not: Option<usize>, since: Instant) -> (usize, Duration) {
-        let deadline = since + TAKEOVER_MAX + Duration::from_secs(20);
-        loop {
-            for i in 0..self.nodes.len() {
-                if Some(i) != not
-                    && self.nodes[i].pid().is_some()
-                    && self.nodes[i]
-                        .log()
-                        .matches("holds the database lease: active")
-                        .count()
-                        > self.promotions[i]
-                {
-                    let took = since.elapsed();
-                    self.promotions[i] += 1;
-                    self.nodes[i]
-                        .wait_ready(Duration::from_secs(30))
-                        .expect("the new active node listens");
-                    return (i, took);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no node took over\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("--- node {i}\n{}", n.log_tail(3000)))
-            .collect()
-    }
-}
 
 fn start_instances(base: &str, from: u64, n: u64) -> Vec<String> {
     (from..from + n)
@@ -122,13 +76,9 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     let key = support::base64(&[7u8; 32]);
     let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
     let args = ["--db", db.url.as_str(), "--config", config.as_str()];
-    let mut cluster = Cluster {
-        nodes: Vec::new(),
-        promotions: vec![0; 3],
-    };
+    let mut cluster = Cluster::new(TAKEOVER_MAX);
     for i in 0..3 {
-        let node = ServerProcess::spawn_with_env(&dir.path().join(format!("n{i}")), &args, &env);
-        cluster.nodes.push(node);
+        cluster.spawn(&dir.path().join(format!("n{i}")), &args, &env);
         if i == 0 {
             let (a, _) = cluster.wait_active(None, Instant::now());
             assert_eq!(a, 0);

@@ -321,8 +321,79 @@ fn describe_instance(base: &str, id: &str) -> String {
     s
 }
 
+/// What is killed: one server on SQLite (killed, then restarted), or three nodes on one
+/// PostgreSQL database (the active one killed; a standby takes over; the killed one rejoins as a
+/// standby).
+enum Target {
+    One(ServerProcess),
+    Cluster {
+        cluster: support::Cluster,
+        active: usize,
+        /// Dropped (with the database) after the nodes.
+        _db: kflow_store_pg::testing::TestDb,
+    },
+}
+
+impl Target {
+    fn server(&self) -> &ServerProcess {
+        match self {
+            Target::One(s) => s,
+            Target::Cluster {
+                cluster, active, ..
+            } => &cluster.nodes[*active],
+        }
+    }
+
+    fn base(&self) -> String {
+        self.server().base()
+    }
+
+    fn port(&self) -> u16 {
+        self.server().port
+    }
+
+    fn log_tail(&self, max: usize) -> String {
+        match self {
+            Target::One(s) => s.log_tail(max),
+            Target::Cluster { cluster, .. } => cluster.logs(),
+        }
+    }
+
+    /// `kill -9`, and the service back (restarted, or taken over).
+    fn crash(&mut self) {
+        match self {
+            Target::One(s) => {
+                s.kill9();
+                s.restart();
+            }
+            Target::Cluster {
+                cluster, active, ..
+            } => {
+                let (next, _) = cluster.kill_active(*active);
+                *active = next;
+            }
+        }
+    }
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
+    crash_test(None);
+}
+
+/// The same on three nodes sharing one PostgreSQL database: every kill is of the active node,
+/// a standby takes over, and the killed node rejoins as a standby.
+#[test]
+fn kill_9_of_the_active_node_of_a_postgres_cluster_loses_nothing() {
+    let Some(db) = kflow_store_pg::testing::TestDb::create(
+        "kill_9_of_the_active_node_of_a_postgres_cluster_loses_nothing",
+    ) else {
+        return;
+    };
+    crash_test(Some(db));
+}
+
+fn crash_test(db: Option<kflow_store_pg::testing::TestDb>) {
     let seed = std::env::var("KFLOW_CRASH_SEED")
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
@@ -351,11 +422,40 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
     )
     .expect("config");
     let config_s = config.to_str().expect("utf-8 temp path").to_string();
-    let mut server = ServerProcess::start(
-        &dir.path().join("data"),
-        &["--durability", &durability, "--config", &config_s],
-    );
-    let port = Arc::new(AtomicU16::new(server.port));
+    let mut server = match db {
+        None => Target::One(ServerProcess::start(
+            &dir.path().join("data"),
+            &["--durability", &durability, "--config", &config_s],
+        )),
+        Some(db) => {
+            // A short lease: a takeover in about 1.25 s after each kill.
+            std::fs::write(
+                &config,
+                format!(
+                    "sandbox:\n  read_write: [{:?}]\ndb_lease_ms: 1000\n",
+                    dir.path().display().to_string()
+                ),
+            )
+            .expect("config");
+            let key = support::base64(&[9u8; 32]);
+            let env = [("KFLOW_MASTER_KEY", key.as_str())];
+            let args = ["--db", db.url.as_str(), "--config", config_s.as_str()];
+            let mut cluster = support::Cluster::new(Duration::from_secs(5));
+            for n in 0..3 {
+                cluster.spawn(&dir.path().join(format!("node{n}")), &args, &env);
+                if n == 0 {
+                    cluster.wait_active(None, Instant::now());
+                }
+            }
+            println!("three nodes on PostgreSQL ({})", db.name);
+            Target::Cluster {
+                cluster,
+                active: 0,
+                _db: db,
+            }
+        }
+    };
+    let port = Arc::new(AtomicU16::new(server.port()));
 
     for (n, doc) in workflows(&service.base(), &log_s).iter().enumerate() {
         let r = http_request(
@@ -461,9 +561,8 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
         }
         std::thread::sleep(Duration::from_millis(rng.range(GAP_MS.0, GAP_MS.1)));
         acked_at_kill.push(count());
-        server.kill9();
-        server.restart();
-        port.store(server.port, Ordering::SeqCst);
+        server.crash();
+        port.store(server.port(), Ordering::SeqCst);
     }
     let kills = acked_at_kill.len();
     let kills_phase = t0.elapsed();

@@ -70,6 +70,7 @@ pub struct SqliteStore {
     // that the writer, being the last connection, checkpoints and removes the WAL file.
     _checkpointer: Option<Checkpointer>,
     /// The WAL size the checkpointer resets past (see [`WAL_LIMIT`]; tests lower it).
+    #[cfg_attr(not(test), allow(dead_code))]
     wal_limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Set by the checkpointer when the WAL is past its limit: the writer resets it.
     wal_big: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -847,7 +847,10 @@ fn the_wal_stays_bounded_under_overlapping_readers() {
     for r in readers {
         r.join().unwrap();
     }
-    eprintln!("WAL peak: {:.1} MiB (limit 2 MiB)", peak as f64 / (1024.0 * 1024.0));
+    eprintln!(
+        "WAL peak: {:.1} MiB (limit 2 MiB)",
+        peak as f64 / (1024.0 * 1024.0)
+    );
     assert!(
         peak < 16 * 1024 * 1024,
         "the WAL reached {} MiB with a 2 MiB limit",

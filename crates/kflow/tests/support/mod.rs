@@ -1224,3 +1224,81 @@ pub fn poll_until<T>(
         std::thread::sleep(every);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several `kflow server` nodes on one PostgreSQL database
+
+/// Server nodes sharing one database: one active (it listens), the others standing by.
+pub struct Cluster {
+    pub nodes: Vec<ServerProcess>,
+    /// How often each node became active so far (its log says so once each time).
+    pub promotions: Vec<usize>,
+    /// How long a takeover may take at most (the test's lease, the standby's poll, slack).
+    pub takeover_max: Duration,
+}
+
+impl Cluster {
+    pub fn new(takeover_max: Duration) -> Cluster {
+        Cluster {
+            nodes: Vec::new(),
+            promotions: Vec::new(),
+            takeover_max,
+        }
+    }
+
+    /// Spawns one more node (it becomes active or stands by).
+    pub fn spawn(&mut self, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> usize {
+        self.nodes
+            .push(ServerProcess::spawn_with_env(data_dir, args, env));
+        self.promotions.push(0);
+        self.nodes.len() - 1
+    }
+
+    /// Waits for a node other than `not` to become active; its index and how long it took.
+    pub fn wait_active(&mut self, not: Option<usize>, since: Instant) -> (usize, Duration) {
+        let deadline = since + self.takeover_max + Duration::from_secs(20);
+        loop {
+            for i in 0..self.nodes.len() {
+                if Some(i) != not
+                    && self.nodes[i].pid().is_some()
+                    && self.nodes[i]
+                        .log()
+                        .matches("holds the database lease: active")
+                        .count()
+                        > self.promotions[i]
+                {
+                    let took = since.elapsed();
+                    self.promotions[i] += 1;
+                    self.nodes[i]
+                        .wait_ready(Duration::from_secs(30))
+                        .expect("the new active node listens");
+                    return (i, took);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node took over\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` of node `i` (the active one), a standby takes over, `i` rejoins as a
+    /// standby; the new active node's index and how long the takeover took.
+    pub fn kill_active(&mut self, i: usize) -> (usize, Duration) {
+        let at = Instant::now();
+        self.nodes[i].kill9();
+        let (next, took) = self.wait_active(Some(i), at);
+        self.nodes[i].respawn();
+        (next, took)
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node {i}\n{}", n.log_tail(3000)))
+            .collect()
+    }
+}
