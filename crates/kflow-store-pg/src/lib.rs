@@ -12,6 +12,7 @@
 pub mod lease;
 mod pool;
 mod queries;
+mod rows;
 pub mod schema;
 pub mod testing;
 mod writes;

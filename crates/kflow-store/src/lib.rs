@@ -9,6 +9,7 @@
 //! The trait is synchronous: the server calls it from a dedicated writer thread (SQLite has one
 //! writer anyway) and from blocking tasks for reads.
 
+pub mod copy;
 pub mod cursor;
 pub mod security;
 pub mod semver;

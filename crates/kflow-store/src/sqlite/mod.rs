@@ -15,6 +15,7 @@ mod alerts;
 mod queries;
 mod commit;
 mod retention;
+mod rows;
 mod schema;
 mod security;
 
