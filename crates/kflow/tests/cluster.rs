@@ -372,3 +372,109 @@ fn migrate_creates_checks_and_a_newer_schema_is_refused() {
         out.describe()
     );
 }
+
+/// The database goes away under load (every connection cut, new ones refused for 1.5 s, twice):
+/// the node recovers by itself, without a restart, and every instance completes once.
+#[test]
+fn a_database_outage_under_load_is_survived_without_a_restart() {
+    let Some(db) = TestDb::create("a_database_outage_under_load_is_survived") else {
+        return;
+    };
+    // The node reaches the database through a proxy the test can cut.
+    let (head, tail) = db.url.split_once('@').expect("user@host in the URL");
+    let (hostport, rest) = tail.split_once('/').expect("host/database in the URL");
+    let proxy = support::TcpProxy::start(hostport);
+    let url = format!("{head}@127.0.0.1:{}/{rest}", proxy.port);
+    let service = TestServer::start_with(|r| {
+        if r.path() == "/step" {
+            std::thread::sleep(Duration::from_millis(100));
+            return Some((200, json!({"n": r.query("n")})));
+        }
+        None
+    });
+    let dir = TempDir::new("outage");
+    let key = support::base64(&[5u8; 32]);
+    let mut node = ServerProcess::spawn_with_env(
+        &dir.path().join("node"),
+        &["--db", url.as_str()],
+        &[("KFLOW_MASTER_KEY", key.as_str())],
+    );
+    node.wait_ready(Duration::from_secs(60))
+        .expect("the node listens");
+    let pid = node.pid();
+    let doc = WORKFLOW.replace("SERVICE", &service.base());
+    let r = http_request(
+        "POST",
+        &node.base(),
+        "/api/v1/definitions",
+        Some(("application/yaml", doc.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut ids = start_instances(&node.base(), 0, 30);
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(150));
+        proxy.refuse(true);
+        proxy.sever();
+        std::thread::sleep(Duration::from_millis(1_500));
+        proxy.refuse(false);
+        ids.extend(start_instances(&node.base(), 100 * (round + 1), 10));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for id in &ids {
+        loop {
+            let (code, v) =
+                get_json(&node.base(), &format!("/api/v1/instances/{id}")).expect("get");
+            assert_eq!(code, 200, "{id}: {v}");
+            if v["status"] == "completed" {
+                break;
+            }
+            assert!(
+                v["status"] == "running" && Instant::now() < deadline,
+                "{id}: {v}\n{}",
+                node.log_tail(4000)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (_, h) = get_json(
+            &node.base(),
+            &format!("/api/v1/instances/{id}/history?limit=1000"),
+        )
+        .expect("history");
+        let effects: Vec<u64> = h["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "delivery")
+            .filter_map(|e| e["data"]["effect"].as_u64())
+            .collect();
+        let unique: std::collections::BTreeSet<u64> = effects.iter().copied().collect();
+        assert_eq!(
+            effects.len(),
+            unique.len(),
+            "{id}: a step delivered twice: {h}"
+        );
+        assert_eq!(unique.len(), 3, "{id}: {h}");
+    }
+    assert_eq!(node.pid(), pid, "the same process all along");
+    assert!(
+        node.wait_exit(Duration::from_millis(10)).is_none(),
+        "still running"
+    );
+    let log = node.log();
+    assert!(!log.contains("stopping"), "{}", node.log_tail(4000));
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    eprintln!(
+        "outage: {} warnings, e.g. {:?}",
+        warnings.len(),
+        warnings.iter().rev().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("PostgreSQL") || l.contains("connection")),
+        "the outage was felt: {}",
+        node.log_tail(4000)
+    );
+}

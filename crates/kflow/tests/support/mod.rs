@@ -1302,3 +1302,92 @@ impl Cluster {
             .collect()
     }
 }
+
+/// A TCP forwarder on loopback that a test can cut: every connection through it closed at
+/// once (a database restarting, a proxy dropping its connections), and new ones refused for a
+/// while.
+pub struct TcpProxy {
+    pub port: u16,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    refuse: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TcpProxy {
+    pub fn start(target: &str) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, r2, s2, target) = (
+            conns.clone(),
+            refuse.clone(),
+            stop.clone(),
+            target.to_string(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if r2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    if let Ok(c) = s.try_clone() {
+                        c2.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        TcpProxy {
+            port,
+            conns,
+            refuse,
+            stop,
+        }
+    }
+
+    /// Closes every connection through the proxy now.
+    pub fn sever(&self) {
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Refuses (closes at once) new connections while `on`.
+    pub fn refuse(&self, on: bool) {
+        self.refuse.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.sever();
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
