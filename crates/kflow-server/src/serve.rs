@@ -15,6 +15,10 @@ use crate::engine::{Engine, EngineConfig};
 
 /// Runs the server until SIGTERM or Ctrl-C, then drains: no new work is taken, running tasks
 /// get `drain_seconds` to finish, unfinished ones stay durable and resume at the next start.
+///
+/// On PostgreSQL the node stands by until it holds the database lease, drives the workflows
+/// while it holds it, and stands by again if it loses it (another node took over while it was
+/// paused or cut off): a node recovers without a restart of its own.
 pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         format!(
@@ -23,14 +27,57 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         )
     })?;
     let sandbox = sandbox_of(&cfg.sandbox)?;
-    // SQLite is one node: a second server on the same data directory is refused. PostgreSQL:
-    // this node waits as a standby until it holds the database lease.
-    let (database, cluster, _dir_lock) = match &cfg.db {
-        Some(url) => match join_cluster(url, &cfg).await? {
-            Some((store, node, fence)) => (Some(store), Some((node, fence)), None),
-            None => return Ok(()), // stopped while standing by
-        },
-        None => (None, None, Some(lock_data_dir(&cfg.data_dir)?)),
+    let Some(url) = &cfg.db else {
+        // SQLite is one node: a second server on the same data directory is refused.
+        let _dir_lock = lock_data_dir(&cfg.data_dir)?;
+        return match run(&cfg, secrets, sandbox, None).await? {
+            Ended::Drained => Ok(()),
+            Ended::Lost(reason) => Err(reason),
+        };
+    };
+    let (store, node) = open_cluster(url, &cfg).await?;
+    loop {
+        let fence = tokio::select! {
+            fence = node.acquire() => fence,
+            _ = wait_for_signal() => {
+                node.stopped().await;
+                return Ok(());
+            }
+        };
+        let term = Some((store.clone(), node.clone(), fence));
+        match run(&cfg, secrets.clone(), sandbox.clone(), term).await? {
+            Ended::Drained => return Ok(()),
+            Ended::Lost(reason) => {
+                tracing::error!(reason = %reason, "stopped driving the workflows; standing by");
+                store.set_fence(None);
+            }
+        }
+    }
+}
+
+/// How one term of the engine ended.
+enum Ended {
+    /// SIGTERM: drained, the lease given up.
+    Drained,
+    /// The database lease was lost: everything stopped at once, without a drain.
+    Lost(String),
+}
+
+/// Opens the engine and serves the API until a signal (drained) or, on PostgreSQL, until the
+/// lease is lost.
+async fn run(
+    cfg: &ServerConfig,
+    secrets: Value,
+    sandbox: Option<kflow_tasks::SandboxConfig>,
+    term: Option<(
+        Arc<kflow_store_pg::PgStore>,
+        crate::cluster::Node,
+        kflow_store_pg::Fence,
+    )>,
+) -> Result<Ended, String> {
+    let (database, cluster) = match term {
+        Some((store, node, fence)) => (Some(store), Some((node, fence))),
+        None => (None, None),
     };
     // The database lease is renewed from now on for as long as this node runs (the engine's
     // recovery and the drain included). The engine learns until when it surely holds it.
@@ -181,7 +228,9 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             if let Some(t) = traces {
                 t.abort();
             }
-            return Err(format!("{reason}; stopped: restart this node to rejoin as a standby"));
+            engine.shutdown(Duration::ZERO).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+            return Ok(Ended::Lost(reason));
         }
     }
     tracing::info!(seconds = cfg.drain_seconds, "draining");
@@ -206,22 +255,14 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     // Open watch streams would keep the HTTP side alive forever: give it a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     tracing::info!("stopped");
-    Ok(())
+    Ok(Ended::Drained)
 }
 
-/// Opens the PostgreSQL database and waits, as a standby, for the lease; None when a signal
-/// came first.
-async fn join_cluster(
+/// Opens the PostgreSQL database (migrating it) and this node's place in the cluster.
+async fn open_cluster(
     url: &str,
     cfg: &ServerConfig,
-) -> Result<
-    Option<(
-        Arc<kflow_store_pg::PgStore>,
-        crate::cluster::Node,
-        kflow_store_pg::Fence,
-    )>,
-    String,
-> {
+) -> Result<(Arc<kflow_store_pg::PgStore>, crate::cluster::Node), String> {
     let mut options = kflow_store_pg::PgOptions::new(url);
     options.idle_in_transaction_ms = (cfg.db_lease_ms / 2).max(500) as u64;
     let store = tokio::task::spawn_blocking(move || kflow_store_pg::PgStore::open(&options))
@@ -231,13 +272,7 @@ async fn join_cluster(
     let store = Arc::new(store);
     let node = crate::cluster::Node::new(store.clone(), Some(cfg.listen.clone()), cfg.db_lease_ms);
     tracing::info!(node = %node.id, database = %store.label(), "joining the cluster");
-    tokio::select! {
-        fence = node.acquire() => Ok(Some((store, node, fence))),
-        _ = wait_for_signal() => {
-            node.stopped().await;
-            Ok(None)
-        }
-    }
+    Ok((store, node))
 }
 
 /// Takes the data directory for this process: a second server on it is refused (two writers

@@ -213,6 +213,12 @@ impl PgStore {
     /// The fence every commit checks, once this node holds the lease.
     pub fn set_fence(&self, fence: Option<Fence>) {
         *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+        // Another node may have committed since this store last did: what it remembered of
+        // last seqs is not to be trusted in a new term.
+        self.last_seqs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     pub(crate) fn fence(&self) -> Option<Fence> {

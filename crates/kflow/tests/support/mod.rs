@@ -1097,7 +1097,6 @@ impl ServerProcess {
         ] {
             let log = self.log.clone();
             std::thread::spawn(move || {
-                let mut told = false;
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     // Logged before the ready signal: a test that reads the log once the
@@ -1105,8 +1104,8 @@ impl ServerProcess {
                     log.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push_str(&format!("[server #{n}] {line}\n"));
-                    if !told && line.contains(LISTENING) {
-                        told = true;
+                    // Each time: a cluster node listens again when it becomes active again.
+                    if line.contains(LISTENING) {
                         if let Some(tx) = &tx {
                             let _ = tx.send(true);
                         }
