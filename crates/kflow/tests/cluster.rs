@@ -27,6 +27,17 @@ const CALL_MS: u64 = 300;
 /// taken before the batch commits).
 const COMMIT_SLACK_MS: i64 = 1_000;
 
+/// Fired every second by whichever node is active: each tick names its instance (the id is
+/// derived from the tick), so a tick cannot start twice, across takeovers included.
+const TICK: &str = r#"
+document: {dsl: '1.0.0', namespace: cluster, name: tick, version: '1.0.0'}
+schedule:
+  every: PT1S
+do:
+  - t:
+      set: {ok: true}
+"#;
+
 const WORKFLOW: &str = r#"
 document: {dsl: '1.0.0', namespace: cluster, name: steps, version: '1.0.0'}
 do:
@@ -106,6 +117,16 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     .expect("register");
     assert_eq!(r.status, 201, "{}", r.text());
 
+    let r = http_request(
+        "POST",
+        &cluster.nodes[0].base(),
+        "/api/v1/definitions",
+        Some(("application/yaml", TICK.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register the schedule");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let schedule_from = Instant::now();
     let mut ids = start_instances(&cluster.nodes[0].base(), 0, 30);
     // Some steps complete, others are in flight when the faults come.
     std::thread::sleep(Duration::from_millis(CALL_MS * 3));
@@ -233,6 +254,31 @@ fn three_nodes_fence_fail_over_and_hand_over() {
             }
         }
     }
+
+    // The schedule went on across the takeovers: ticks from the whole run, each once.
+    let (_, ticks) = get_json(
+        &base,
+        "/api/v1/instances?namespace=cluster&name=tick&limit=1000",
+    )
+    .expect("ticks");
+    let items = ticks["items"].as_array().cloned().unwrap_or_default();
+    let ids_of_ticks: std::collections::BTreeSet<&str> =
+        items.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(
+        ids_of_ticks.len(),
+        items.len(),
+        "a tick started twice: {ticks}"
+    );
+    let seconds = schedule_from.elapsed().as_secs();
+    eprintln!(
+        "cluster: {} ticks of an every-second schedule in {seconds} s",
+        items.len()
+    );
+    assert!(
+        items.len() as u64 + 6 >= seconds && items.len() as u64 <= seconds + 1,
+        "{} ticks in {seconds} s (takeovers may miss a few, never add any): {ticks}",
+        items.len()
+    );
 
     // One delivery per step in every history; no call of a step after its delivery was
     // committed (the idempotency key of a call is `<instance id>-<effect id>`).
