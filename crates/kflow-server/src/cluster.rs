@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kflow_store_pg::{Fence, PgStore};
 
-/// How often a standby tries to take the lease.
+/// How long a standby waits before trying again when it cannot read the lease.
 const STANDBY_POLL: Duration = Duration::from_millis(250);
 
 /// This node in the cluster.
@@ -64,11 +64,24 @@ impl Node {
     }
 
     /// Waits as a standby until this node holds the lease; its fence.
+    ///
+    /// No busy polling: a standby listens for the holder giving the lease up (a drain) and
+    /// otherwise sleeps until the lease would expire by the database's clock, at most a
+    /// second (the safety net), then tries to take it.
     pub async fn acquire(&self) -> Fence {
         let mut said = None::<String>;
         let mut last_beat = Instant::now() - Duration::from_secs(10);
+        let mut listener: Option<kflow_store_pg::Listener> = None;
         loop {
+            if listener.is_none() {
+                let store = self.store.clone();
+                listener = blocking(move || store.listen_lease())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
+            }
             let (store, id, ttl) = (self.store.clone(), self.id.clone(), self.lease_ms);
+            let mut wait = STANDBY_POLL;
             match blocking(move || store.try_acquire_lease(&id, ttl)).await {
                 Ok(Ok(Some(fence))) => {
                     tracing::info!(node = %self.id, epoch = fence.epoch, "this node holds the database lease: active");
@@ -78,16 +91,18 @@ impl Node {
                 }
                 Ok(Ok(None)) => {
                     let store = self.store.clone();
-                    if let Ok(Ok(Some(l))) = blocking(move || store.lease()).await
-                        && said.as_deref() != Some(l.node.as_str())
-                    {
-                        tracing::info!(
-                            node = %self.id,
-                            holder = %l.node,
-                            epoch = l.epoch,
-                            "standby: another node holds the database lease; taking over if it lapses"
-                        );
-                        said = Some(l.node);
+                    if let Ok(Ok(Some(l))) = blocking(move || store.lease()).await {
+                        wait =
+                            Duration::from_millis((l.expires_in_ms + 10).clamp(10, 1_000) as u64);
+                        if said.as_deref() != Some(l.node.as_str()) {
+                            tracing::info!(
+                                node = %self.id,
+                                holder = %l.node,
+                                epoch = l.epoch,
+                                "standby: another node holds the database lease; taking over if it lapses"
+                            );
+                            said = Some(l.node);
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -99,7 +114,21 @@ impl Node {
                 last_beat = Instant::now();
                 self.beat("standby", 0).await;
             }
-            tokio::time::sleep(STANDBY_POLL).await;
+            let told = async {
+                match listener.as_mut() {
+                    Some(l) => l.notifications.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                heard = told => {
+                    if heard.is_none() {
+                        // The listening connection closed: listen again next time round.
+                        listener = None;
+                    }
+                }
+            }
         }
     }
 

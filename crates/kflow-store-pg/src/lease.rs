@@ -88,15 +88,25 @@ impl PgStore {
         })
     }
 
-    /// Gives the lease up at once (a drain): a standby may take it now.
+    /// Gives the lease up at once (a drain): a standby may take it now, and the standbys
+    /// listening on [`LEASE_CHANNEL`] are told (with the commit).
     pub fn release_lease(&self, fence: &Fence) -> Result<bool> {
         self.write(|c| {
-            Ok(c.execute(
-                "UPDATE lease SET expires_at = clock_timestamp() - interval '1 millisecond' \
-                 WHERE id = 1 AND node = $1 AND epoch = $2",
-                &[&fence.node, &fence.epoch],
-            )? == 1)
+            c.transaction(|c| {
+                let released = c.execute(
+                    "UPDATE lease SET expires_at = clock_timestamp() - interval '1 millisecond' \
+                     WHERE id = 1 AND node = $1 AND epoch = $2",
+                    &[&fence.node, &fence.epoch],
+                )? == 1;
+                c.execute("SELECT pg_notify($1, $2)", &[&LEASE_CHANNEL, &fence.node])?;
+                Ok(released)
+            })
         })
+    }
+
+    /// Hears when a holder gives the lease up (see [`release_lease`](Self::release_lease)).
+    pub fn listen_lease(&self) -> Result<crate::pool::Listener> {
+        self.pool_listen(LEASE_CHANNEL)
     }
 
     /// Who holds the lease (None: never taken).
@@ -163,6 +173,9 @@ impl PgStore {
         })
     }
 }
+
+/// The channel standbys `LISTEN` on: a holder that gives the lease up notifies it.
+pub const LEASE_CHANNEL: &str = "kflow_lease";
 
 /// The error a fenced commit returns starts with this.
 pub const FENCED: &str = "fenced:";

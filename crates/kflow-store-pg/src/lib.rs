@@ -23,6 +23,7 @@ use std::time::Duration;
 use kflow_store::{Result, StoreError};
 
 pub use lease::{Fence, LeaseState};
+pub use pool::Listener;
 pub use schema::{Migrated, SCHEMA_VERSION};
 
 /// How long a caller waits for a free connection before the call fails.
@@ -166,6 +167,10 @@ impl PgStore {
         // Fail now, with the reason, when the database cannot be reached.
         drop(store.conn()?);
         Ok(store)
+    }
+
+    pub(crate) fn pool_listen(&self, channel: &str) -> Result<pool::Listener> {
+        self.pool.listen(channel).map_err(|e| self.at(e))
     }
 
     /// What this store is connected to (its URL without the password).

@@ -279,6 +279,44 @@ impl Pool {
         }
     }
 
+    /// A connection of its own that `LISTEN`s on `channel`: every notification's payload is
+    /// sent to the returned receiver, which closes when the connection does (the caller then
+    /// polls, and may listen again). The connection lives as long as the [`Listener`].
+    pub(crate) fn listen(&self, channel: &str) -> Result<Listener> {
+        if channel.is_empty() || !channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(StoreError::Db(format!("invalid channel name {channel:?}")));
+        }
+        let config = self.config.clone();
+        let sql = format!("LISTEN {channel}");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = self.runtime.as_ref().expect("runtime present until drop");
+        let task = runtime.spawn(async move {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                loop {
+                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            if tx.send(n.payload().to_string()).is_err() {
+                                break;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            });
+            client.batch_execute(&sql).await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        let client = block_on(task)
+            .map_err(|e| StoreError::Db(format!("cannot listen: {e}")))?
+            .map_err(db_error)?;
+        Ok(Listener {
+            _client: client,
+            notifications: rx,
+        })
+    }
+
     /// Connections open now (idle or in use).
     pub(crate) fn open(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).open
@@ -297,6 +335,12 @@ impl Drop for Pool {
             rt.shutdown_background();
         }
     }
+}
+
+/// A `LISTEN`ing connection and what it hears.
+pub struct Listener {
+    _client: Client,
+    pub notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// A connection taken from the pool; given back when dropped (unless it broke).

@@ -64,8 +64,15 @@ fn a_holder_paused_past_its_lease_is_fenced() {
     assert_eq!((l.node.as_str(), l.epoch), ("b", 2));
     assert!(l.expires_in_ms > 0);
 
-    // A drained holder gives it up: the next node takes it at once.
+    // A drained holder gives it up: the standbys hear it, and the next node takes it at once.
+    let mut listener = a.listen_lease().expect("listen");
     assert!(b.release_lease(&fb).unwrap());
+    let heard = pool_recv(&mut listener.notifications);
+    assert_eq!(
+        heard.as_deref(),
+        Some("b"),
+        "the standby is told who gave it up"
+    );
     let fa2 = a
         .try_acquire_lease("a", 1_000)
         .unwrap()
@@ -155,4 +162,17 @@ fn connections_killed_under_the_store_are_replaced() {
         .expect("sent again on a fresh connection");
     assert_eq!(store.last_seq("k").unwrap(), 3);
     assert_eq!(store.history("k", 0, 10).unwrap().len(), 3);
+}
+
+/// Waits (at most 5 s) for one notification.
+fn pool_recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(_) if std::time::Instant::now() > deadline => return None,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
 }

@@ -137,6 +137,7 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     let pid0 = cluster.nodes[0].pid();
     cluster.nodes[0].signal("STOP");
     let (b, took) = cluster.wait_active(Some(0), paused_at);
+    let after_pause = took;
     assert!(
         took <= TAKEOVER_MAX,
         "takeover after a pause took {took:?}\n{}",
@@ -166,6 +167,7 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     let killed_at = Instant::now();
     cluster.nodes[b].kill9();
     let (c, took) = cluster.wait_active(Some(b), killed_at);
+    let after_kill = took;
     assert!(took <= TAKEOVER_MAX, "takeover after a kill took {took:?}");
     cluster.nodes[b].respawn();
     let standby = support::poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
@@ -325,7 +327,8 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     let keys = calls.len();
     eprintln!(
         "cluster: {} instances, {keys} steps, {repeats} calls re-run after a fault; \
-         hand-over after a drain took {handover:?}",
+         takeover after a pause {after_pause:?}, after a kill {after_kill:?} (lease {LEASE_MS} ms), \
+         hand-over after a drain {handover:?}",
         ids.len()
     );
 }
