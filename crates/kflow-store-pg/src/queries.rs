@@ -313,12 +313,7 @@ impl Store for PgStore {
             };
             all(rows, definition_row)
         })?;
-        defs.sort_by(|a, b| {
-            a.namespace
-                .cmp(&b.namespace)
-                .then_with(|| a.name.cmp(&b.name))
-                .then_with(|| semver::compare(&b.version, &a.version))
-        });
+        semver::sort_definitions(&mut defs);
         Ok(defs)
     }
 

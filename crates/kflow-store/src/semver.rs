@@ -208,3 +208,13 @@ mod tests {
         assert_eq!(latest(std::iter::empty::<&str>()), None);
     }
 }
+
+/// Definitions in list order: by namespace, then name, then newest version first.
+pub fn sort_definitions(defs: &mut [crate::Definition]) {
+    defs.sort_by(|a, b| {
+        a.namespace
+            .cmp(&b.namespace)
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| compare(&b.version, &a.version))
+    });
+}

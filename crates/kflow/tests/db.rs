@@ -7,28 +7,18 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{ServerProcess, TempDir, get_json, http_request, kflow, post_json};
+use support::{ServerProcess, TempDir, get_json, kflow, post_json};
 
 #[test]
 fn backup_of_a_running_server_restores_elsewhere() {
     let dir = TempDir::new("db-backup");
     let data = dir.path().join("data");
     let server = ServerProcess::start(&data, &[]);
-    let doc = "document: {dsl: '1.0.0', namespace: db, name: hello, version: '1.0.0'}\ndo:\n  - a:\n      set: {ok: true}\n";
-    let r = http_request(
-        "POST",
+    support::register(
         &server.base(),
-        "/api/v1/definitions",
-        Some(("application/yaml", doc.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    for i in 0..20 {
-        let body = json!({"namespace": "db", "name": "hello", "id": format!("b-{i}"), "input": {}, "wait": true});
-        let (code, v) = post_json(&server.base(), "/api/v1/instances", &body).unwrap();
-        assert!(code == 201 || code == 200, "{v}");
-    }
+        "document: {dsl: '1.0.0', namespace: db, name: hello, version: '1.0.0'}\ndo:\n  - a:\n      set: {ok: true}\n",
+    );
+    support::start_and_wait(&server.base(), "db", "hello", "b", 0..20);
 
     let stats = kflow(["db", "stats", "--data-dir"]).arg(&data).run();
     assert_eq!(stats.code, Some(0), "{}", stats.describe());
@@ -105,21 +95,11 @@ fn copy_an_installation_to_postgres_and_run_on_it() {
     let dir = TempDir::new("db-copy");
     let data = dir.path().join("data");
     let server = ServerProcess::start(&data, &[]);
-    let doc = "document: {dsl: '1.0.0', namespace: db, name: hello, version: '1.0.0'}\ndo:\n  - a:\n      set: {ok: '${ $input.i }'}\n  - b:\n      wait: {milliseconds: 10}\n";
-    let r = http_request(
-        "POST",
+    support::register(
         &server.base(),
-        "/api/v1/definitions",
-        Some(("application/yaml", doc.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    for i in 0..25 {
-        let body = json!({"namespace": "db", "name": "hello", "id": format!("m-{i}"), "input": {"i": i}, "wait": true});
-        let (code, v) = post_json(&server.base(), "/api/v1/instances", &body).unwrap();
-        assert!(code == 201 || code == 200, "{v}");
-    }
+        "document: {dsl: '1.0.0', namespace: db, name: hello, version: '1.0.0'}\ndo:\n  - a:\n      set: {ok: '${ $input.i }'}\n  - b:\n      wait: {milliseconds: 10}\n",
+    );
+    support::start_and_wait(&server.base(), "db", "hello", "m", 0..25);
     // The copy refuses a source that a server is using.
     let busy = kflow(["db", "copy", "--from"])
         .arg(&data)

@@ -925,6 +925,29 @@ pub fn http_request_with(
     Ok(HttpResponse { status, body })
 }
 
+/// Registers a workflow document (YAML) with the server at `base`; panics unless created.
+pub fn register(base: &str, doc: &str) {
+    let r = http_request(
+        "POST",
+        base,
+        "/api/v1/definitions",
+        Some(("application/yaml", doc.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register a workflow");
+    assert_eq!(r.status, 201, "registering: {}\n{doc}", r.text());
+}
+
+/// Starts instances `prefix-N` of namespace/name (N in `range`, input `{"i": N}`), each
+/// waited for; panics unless each is created.
+pub fn start_and_wait(base: &str, ns: &str, name: &str, prefix: &str, range: std::ops::Range<u64>) {
+    for i in range {
+        let body = json!({"namespace": ns, "name": name, "id": format!("{prefix}-{i}"), "input": {"i": i}, "wait": true});
+        let (code, v) = post_json(base, "/api/v1/instances", &body).expect("start");
+        assert!(code == 201 || code == 200, "{v}");
+    }
+}
+
 /// GET `base` + `path` and parse the JSON answer (any status).
 pub fn get_json(base: &str, path: &str) -> Result<(u16, Value), String> {
     let r = http_request("GET", base, path, None, Duration::from_secs(30))?;
