@@ -31,6 +31,13 @@ const FENCE: &str = "SELECT 1 FROM lease WHERE id = 1 AND node = $1 AND epoch = 
                      AND expires_at > clock_timestamp() FOR SHARE";
 const CREATE_INSTANCE: &str = "INSERT INTO instances (id, namespace, name, version, status, created_ms, \
      updated_ms, input, output, error, attention) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// The fence and the status update of the one-round-trip path: instead of answering no row,
+/// they fail (division by zero), which aborts the transaction, so that `COMMIT` can be sent in
+/// the same pipeline and becomes a rollback.
+const FENCE_OR_FAIL: &str = "SELECT 1 / (SELECT COUNT(*)::int FROM (SELECT 1 FROM lease \
+     WHERE id = 1 AND node = $1 AND epoch = $2 AND expires_at > clock_timestamp() FOR SHARE) f)";
+const SET_STATUS_OR_FAIL: &str = "WITH u AS (UPDATE instances SET status = $2, output = $3, \
+     error = $4, updated_ms = $5 WHERE id = $1 RETURNING 1) SELECT 1 / (SELECT COUNT(*)::int FROM u)";
 const LAST_SEQS_OF: &str =
     "SELECT instance_id, MAX(seq) FROM history WHERE instance_id = ANY($1) GROUP BY instance_id";
 const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, time_ms, kind, data) \
@@ -102,10 +109,21 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
         }
     }
 
+    // One round trip when nothing must be read first: every history continues a seq this
+    // store knows (checked here, before anything is sent), and no audit entry (the chain is
+    // read and written in turn). The fence and the status updates then fail rather than
+    // answer nothing, and COMMIT goes in the same pipeline.
+    let audited = commits.iter().any(|c| !c.audit.is_empty());
+    let one_trip = lookup.is_empty() && !audited;
+    let batch_seqs = if one_trip {
+        Some(continuity(commits, &known, &HashMap::new())?)
+    } else {
+        None
+    };
     let mut ops: Vec<Op> = Vec::new();
     if let Some(f) = &fence {
         ops.push(Op {
-            sql: FENCE,
+            sql: if one_trip { FENCE_OR_FAIL } else { FENCE },
             args: vec![Box::new(f.node.clone()), Box::new(f.epoch)],
             check: Check::Fence,
         });
@@ -120,18 +138,55 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
     for c in commits {
         commit_ops(c, &mut ops)?;
     }
+    if one_trip {
+        for op in &mut ops {
+            if op.sql == SET_STATUS {
+                op.sql = SET_STATUS_OR_FAIL;
+            }
+        }
+    }
 
     // A connection that broke while idle in the pool (the server restarted) fails at BEGIN,
     // before anything was written: that batch is sent again on a fresh connection.
     let mut conn = store.conn()?;
-    let answers = match block_on(run_pipeline(&mut conn, &ops)) {
+    let answers = match block_on(run_pipeline(&mut conn, &ops, one_trip)) {
         Err(_) if conn.is_broken() => {
             drop(conn);
             conn = store.conn()?;
-            block_on(run_pipeline(&mut conn, &ops))?
+            block_on(run_pipeline(&mut conn, &ops, one_trip))?
         }
         other => other?,
     };
+    if let Some(batch) = batch_seqs {
+        // Committed unless a statement failed (then the server rolled the batch back).
+        let mut first_error = None;
+        for (op, answer) in ops.iter().zip(answers) {
+            if let Err(e) = answer {
+                let e = match (&op.check, &e) {
+                    (Check::Fence, StoreError::Db(m)) if m.contains("division by zero") => {
+                        fenced_error(fence.as_ref().expect("fence checked only when set"))
+                    }
+                    (Check::Status(id), StoreError::Db(m)) if m.contains("division by zero") => {
+                        StoreError::Db(format!(
+                            "cannot set the status of instance {id}: no such instance"
+                        ))
+                    }
+                    _ => e,
+                };
+                first_error.get_or_insert(e);
+            }
+        }
+        return match first_error {
+            Some(e) => Err(e),
+            None => {
+                if known.len() + batch.len() > LAST_SEQS {
+                    known.clear();
+                }
+                known.extend(batch);
+                Ok(())
+            }
+        };
+    }
 
     // Check the answers in order: the fence first, then continuity, then the first error.
     let mut last_seqs: HashMap<String, i64> = HashMap::new();
@@ -222,7 +277,7 @@ pub(crate) fn fenced<T>(store: &PgStore, f: impl FnOnce(&mut Conn) -> Result<T>)
 }
 
 /// Sends `BEGIN` and every statement without waiting, then collects the answers in order.
-async fn run_pipeline(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Vec<Row>>>> {
+async fn run_pipeline(conn: &mut Conn, ops: &[Op], commit: bool) -> Result<Vec<Result<Vec<Row>>>> {
     let mut stmts = Vec::with_capacity(ops.len());
     for o in ops {
         stmts.push(conn.prepare(o.sql).await?);
@@ -251,6 +306,14 @@ async fn run_pipeline(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Vec<Row>
     for (st, a) in stmts.iter().zip(&args) {
         futures.push(Box::pin(async move {
             client.query(st, a).await.map_err(db_error)
+        }));
+    }
+    if commit {
+        // After a failed statement the server answers COMMIT with a rollback (no error):
+        // the caller looks at every answer.
+        futures.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map_err(db_error)?;
+            Ok(Vec::new())
         }));
     }
     // The first pass polls every future in order: each sends its request at its first poll,
@@ -289,6 +352,14 @@ async fn run_pipeline(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Vec<Row>
         .map(|a| a.expect("every answer is in once the pipeline is done"))
         .collect();
     let begin = answers.remove(0);
+    if commit && let Some(Err(e)) = answers.pop() {
+        // The COMMIT itself failed: the batch's last answer says so.
+        if let Some(last) = answers.last_mut()
+            && last.is_ok()
+        {
+            *last = Err(e);
+        }
+    }
     if let Err(StoreError::Db(m)) = &begin
         && let Some(m) = m.strip_prefix(BROKEN)
     {
@@ -559,28 +630,26 @@ pub(crate) fn append_audit_in(c: &mut Conn, entries: &[AuditEntry]) -> Result<Op
         .query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?
         .map(|r| (r.get(0), r.get(1)))
         .unwrap_or((0, GENESIS.to_string()));
+    // The hashes are computed here, then every entry goes in one statement.
     let mut last = None;
-    let sql = format!(
-        "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    );
+    let n = entries.len();
+    let (mut seqs, mut ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut actors, mut actions, mut resources) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut namespaces, mut sources, mut results) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut prevs, mut hashes) = (Vec::new(), Vec::new());
     for e in entries {
         seq += 1;
         let hash = chain_hash(&prev, seq, e);
-        c.execute(
-            &sql,
-            &[
-                &seq,
-                &e.at_ms,
-                &e.actor,
-                &e.action,
-                &e.resource,
-                &e.namespace,
-                &e.source,
-                &e.result,
-                &prev,
-                &hash,
-            ],
-        )?;
+        seqs.push(seq);
+        ats.push(e.at_ms);
+        actors.push(e.actor.clone());
+        actions.push(e.action.clone());
+        resources.push(e.resource.clone());
+        namespaces.push(e.namespace.clone());
+        sources.push(e.source.clone());
+        results.push(e.result.clone());
+        prevs.push(prev.clone());
+        hashes.push(hash.clone());
         last = Some(AuditRow {
             seq,
             entry: e.clone(),
@@ -588,6 +657,25 @@ pub(crate) fn append_audit_in(c: &mut Conn, entries: &[AuditEntry]) -> Result<Op
             hash,
         });
     }
+    c.execute(
+        &format!(
+            "INSERT INTO audit ({AUDIT_COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::bigint[], \
+             $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+             $10::text[])"
+        ),
+        &[
+            &seqs,
+            &ats,
+            &actors,
+            &actions,
+            &resources,
+            &namespaces,
+            &sources,
+            &results,
+            &prevs,
+            &hashes,
+        ],
+    )?;
     Ok(last)
 }
 
