@@ -559,3 +559,78 @@ fn a_higher_priority_instance_runs_first() {
         "the urgent instance ran right after the blocker: {order:?}"
     );
 }
+
+/// SIGTERM while a remote worker runs a task: the server keeps its API up (a new start gets
+/// 503 with Retry-After), the worker finishes and reports, the result is committed, and only
+/// then does the server exit; after a restart nothing runs again.
+#[test]
+fn a_drain_waits_for_remote_workers_to_report() {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let endpoint = slow_endpoint(load.clone());
+    let dir = TempDir::new("workers-drain");
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    let base = server.base();
+    register(
+        &base,
+        &workflow("drained", "d", "{ cpu: 1 }", &endpoint.base(), 1500),
+    );
+    let _worker = Worker::start(
+        &base,
+        &[
+            "--queue",
+            "remote",
+            "--labels",
+            "zone=d",
+            "--capacity",
+            "cpu=1",
+        ],
+    );
+    let id = start(&base, "drained");
+    let t0 = Instant::now();
+    while endpoint.requests().iter().all(|r| r.path() != "/slow") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the worker never took the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    // Still answering: starts are refused with a hint to come back.
+    let body = serde_json::to_vec(&json!({"namespace": "test", "name": "drained"})).unwrap();
+    let r = support::http_request(
+        "POST",
+        &base,
+        "/api/v1/instances",
+        Some(("application/json", &body)),
+        Duration::from_secs(10),
+    )
+    .expect("the draining server answers");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("shutting down"), "{}", r.text());
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "the server did not finish its drain\n{}",
+                server.log_tail(3000)
+            )
+        });
+    assert!(status.success(), "{}", server.log_tail(3000));
+    // The worker's report was committed before the exit: the instance is done, and a restart
+    // runs nothing again.
+    server.restart();
+    let done = wait_done(
+        &server.base(),
+        std::slice::from_ref(&id),
+        Duration::from_secs(10),
+    );
+    assert_eq!(done[0]["status"], "completed", "{}", done[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    let calls = endpoint
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/slow")
+        .count();
+    assert_eq!(calls, 1, "the task ran once");
+}
