@@ -257,6 +257,19 @@ fn three_nodes_fence_fail_over_and_hand_over() {
         }
     }
 
+    // The CLI given every node finds the active one (standbys do not listen).
+    // The active one last: the others are tried first, and do not answer.
+    let mut all: Vec<String> = (0..cluster.nodes.len())
+        .filter(|i| *i != d)
+        .map(|i| cluster.nodes[i].base())
+        .collect();
+    all.push(cluster.nodes[d].base());
+    let out = support::kflow(["get", "c-0", "-o", "json"])
+        .env("KFLOW_SERVER", &all.join(","))
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.json().expect("json")["status"], "completed");
+
     // The schedule went on across the takeovers: ticks from the whole run, each once.
     let (_, ticks) = get_json(
         &base,

@@ -163,22 +163,36 @@ pub fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, Failure> {
     Ok(v)
 }
 
-/// The server at one base URL.
+/// The server, at one base URL or several (the nodes of a cluster: a request goes to the one
+/// that answered last, and to the next when it cannot be reached).
 pub struct Api {
-    base: Url,
+    bases: Vec<Url>,
+    current: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
+}
+
+/// The base URLs of `--server` (comma-separated), checked.
+pub fn parse_bases(raw: &str) -> Result<Vec<Url>, Failure> {
+    let mut bases = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let base = Url::parse(part)
+            .map_err(|e| Failure::Usage(format!("--server {part:?} is not a URL: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(Failure::Usage(format!(
+                "--server {part:?} must be an http:// or https:// URL"
+            )));
+        }
+        bases.push(base);
+    }
+    if bases.is_empty() {
+        return Err(Failure::Usage("--server is empty".into()));
+    }
+    Ok(bases)
 }
 
 impl Api {
     pub fn new(args: &ServerArgs) -> Result<Api, Failure> {
-        let raw = args.server.trim();
-        let base = Url::parse(raw)
-            .map_err(|e| Failure::Usage(format!("--server {raw:?} is not a URL: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(Failure::Usage(format!(
-                "--server {raw:?} must be an http:// or https:// URL"
-            )));
-        }
+        let bases = parse_bases(&args.server)?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = args.token()? {
             headers.insert(reqwest::header::AUTHORIZATION, bearer(&t)?);
@@ -190,17 +204,45 @@ impl Api {
             .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Failure::Usage(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Api { base, http })
+        Ok(Api {
+            bases,
+            current: Default::default(),
+            http,
+        })
     }
 
-    /// The base URL as the user gave it (for messages).
+    fn current_base(&self) -> &Url {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// The base URL (the one in use, of several) as the user gave it (for messages).
     pub fn base(&self) -> &str {
-        self.base.as_str().trim_end_matches('/')
+        self.current_base().as_str().trim_end_matches('/')
+    }
+
+    /// Sends the request `make` builds for the base in use; when that server cannot be reached
+    /// (nothing was sent), the same request to the next base, each once.
+    async fn send(
+        &self,
+        make: impl Fn(&Self) -> RequestBuilder,
+    ) -> Result<Response, reqwest::Error> {
+        let mut tries = self.bases.len();
+        loop {
+            match make(self).send().await {
+                Err(e) if e.is_connect() && tries > 1 => {
+                    tries -= 1;
+                    self.current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// `BASE/api/v1/<segments...>`, each segment percent-encoded.
     pub fn url(&self, segments: &[&str]) -> Url {
-        let mut u = self.base.clone();
+        let mut u = self.current_base().clone();
         u.set_query(None);
         u.set_fragment(None);
         if let Ok(mut p) = u.path_segments_mut() {
@@ -216,23 +258,27 @@ impl Api {
     }
 
     pub async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Value, Failure> {
-        let req = self.request(Method::GET, segments).query(query);
-        self.json(req).await.map(|(_, v)| v)
+        self.json(|a| a.request(Method::GET, segments).query(query))
+            .await
+            .map(|(_, v)| v)
     }
 
     pub async fn post_json(&self, segments: &[&str], body: &Value) -> Result<Value, Failure> {
-        let req = self.request(Method::POST, segments).json(body);
-        self.json(req).await.map(|(_, v)| v)
+        self.json(|a| a.request(Method::POST, segments).json(body))
+            .await
+            .map(|(_, v)| v)
     }
 
     pub async fn put_json(&self, segments: &[&str], body: &Value) -> Result<Value, Failure> {
-        let req = self.request(Method::PUT, segments).json(body);
-        self.json(req).await.map(|(_, v)| v)
+        self.json(|a| a.request(Method::PUT, segments).json(body))
+            .await
+            .map(|(_, v)| v)
     }
 
     pub async fn delete(&self, segments: &[&str]) -> Result<Value, Failure> {
-        let req = self.request(Method::DELETE, segments);
-        self.json(req).await.map(|(_, v)| v)
+        self.json(|a| a.request(Method::DELETE, segments))
+            .await
+            .map(|(_, v)| v)
     }
 
     /// POSTs raw bytes; returns the success status with the body.
@@ -242,19 +288,23 @@ impl Api {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Value), Failure> {
-        let req = self
-            .request(Method::POST, segments)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body);
-        self.json(req).await
+        self.json(|a| {
+            a.request(Method::POST, segments)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body.clone())
+        })
+        .await
     }
 
     /// Opens a server-sent-events stream (no overall timeout).
     pub async fn stream(&self, segments: &[&str]) -> Result<Response, Failure> {
-        let req = self
-            .request(Method::GET, segments)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let resp = self
+            .send(|a| {
+                a.request(Method::GET, segments)
+                    .header(reqwest::header::ACCEPT, "text/event-stream")
+            })
+            .await
+            .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
@@ -266,10 +316,9 @@ impl Api {
         Ok(resp)
     }
 
-    async fn json(&self, req: RequestBuilder) -> Result<(u16, Value), Failure> {
-        let resp = req
-            .timeout(TIMEOUT)
-            .send()
+    async fn json(&self, make: impl Fn(&Self) -> RequestBuilder) -> Result<(u16, Value), Failure> {
+        let resp = self
+            .send(|a| make(a).timeout(TIMEOUT))
             .await
             .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();

@@ -30,7 +30,8 @@ pub use http::Failure;
 /// Where the server is.
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// The kflow server's base URL.
+    /// The kflow server's base URL; several, comma-separated, for the nodes of a cluster (the
+    /// next is tried when one cannot be reached: a standby does not listen).
     #[arg(
         long,
         env = "KFLOW_SERVER",

@@ -66,11 +66,13 @@ pub struct RunArgs {
     pub server: ServerArgs,
 }
 
-/// A worker's HTTP client: bearer token on every request.
+/// A worker's HTTP client: bearer token on every request; with several servers (the nodes of
+/// a cluster), the next one when the one in use cannot be reached.
 #[derive(Clone)]
 struct Conn {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
 }
 
@@ -83,11 +85,21 @@ impl Conn {
             .timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| Failure::Usage(format!("cannot set up the HTTP client: {e}")))?;
+        let bases = super::http::parse_bases(&server.server)?
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .collect();
         Ok(Conn {
             http,
-            base: server.server.trim_end_matches('/').to_string(),
+            bases,
+            current: Default::default(),
             token,
         })
+    }
+
+    fn base(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
     }
 
     /// Posts `body` and reads a success as a `T` (an answer that is not one is an error, never
@@ -108,17 +120,28 @@ impl Conn {
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
-        let mut req = self
-            .http
-            .post(format!("{}/api/v1/{path}", self.base))
-            .json(body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("no kflow server answered at {} ({e})", self.base))?;
+        let mut tries = self.bases.len();
+        let resp = loop {
+            let mut req = self
+                .http
+                .post(format!("{}/api/v1/{path}", self.base()))
+                .json(body);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(r) => break r,
+                // Nothing was sent: the next server (a cluster's active node moved).
+                Err(e) if e.is_connect() && tries > 1 => {
+                    tries -= 1;
+                    self.current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    return Err(format!("no kflow server answered at {} ({e})", self.base()));
+                }
+            }
+        };
         let status = resp.status().as_u16();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         Ok((status, v))
@@ -191,7 +214,7 @@ async fn register(conn: &Conn, spec: &RegisterRequest) -> Result<(String, u64), 
         .call::<_, Registered>("workers", spec)
         .await
         .map_err(|detail| Failure::Unreachable {
-            url: conn.base.clone(),
+            url: conn.base().to_string(),
             detail,
         })?;
     match answer {
@@ -220,7 +243,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     eprintln!(
         "kflow worker {id}: serving queues {} at {}",
         args.queues.join(","),
-        conn.base
+        conn.base()
     );
     // Registering again (after a restart of the server) keeps the id the server gave.
     let spec = RegisterRequest {
