@@ -551,3 +551,61 @@ fn a_database_outage_under_load_is_survived_without_a_restart() {
         node.log_tail(4000)
     );
 }
+
+/// A remote worker given every node follows the active one: after a takeover it registers
+/// again with the new active node and takes its tasks.
+#[test]
+fn a_remote_worker_follows_the_active_node() {
+    let Some(db) = TestDb::create("a_remote_worker_follows_the_active_node") else {
+        return;
+    };
+    let service =
+        TestServer::start_with(|r| (r.path() == "/work").then(|| (200, json!({"done": true}))));
+    let dir = TempDir::new("worker-follows");
+    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
+    let config = config.to_string_lossy().into_owned();
+    let key = support::base64(&[3u8; 32]);
+    let env = [("KFLOW_MASTER_KEY", key.as_str())];
+    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
+    let mut cluster = Cluster::new(TAKEOVER_MAX);
+    cluster.spawn(&dir.path().join("a"), &args, &env);
+    let (a, _) = cluster.wait_active(None, Instant::now());
+    cluster.spawn(&dir.path().join("b"), &args, &env);
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: cluster, name: remote, version: '1.0.0'}}\n\
+         do:\n  - w:\n      metadata: {{kflow: {{queue: far}}}}\n      call: http\n      \
+         with: {{method: get, endpoint: '{}/work'}}\n",
+        service.base()
+    );
+    support::register(&cluster.nodes[a].base(), &doc);
+    let servers = format!("{},{}", cluster.nodes[1].base(), cluster.nodes[0].base());
+    let mut worker = std::process::Command::new(support::kflow_bin())
+        .args(["worker", "--queue", "far", "--server", servers.as_str()])
+        .env("KFLOW_TOKEN", support::TEST_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    let run = |base: &str, id: &str| {
+        let body = json!({"namespace": "cluster", "name": "remote", "id": id, "input": {}});
+        let (code, v) = post_json(base, "/api/v1/instances", &body).expect("start");
+        assert!(code == 201 || code == 200, "{v}");
+        let done = support::poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            let (_, v) = get_json(base, &format!("/api/v1/instances/{id}")).ok()?;
+            (v["status"] == "completed").then_some(())
+        });
+        assert!(done.is_some(), "{id} ran on the worker");
+    };
+    run(&cluster.nodes[a].base(), "before");
+    let (b, _) = cluster.kill_active(a);
+    run(&cluster.nodes[b].base(), "after");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let calls = service
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/work")
+        .count();
+    assert_eq!(calls, 2);
+}
