@@ -87,6 +87,13 @@ impl Node {
                     tracing::info!(node = %self.id, epoch = fence.epoch, "this node holds the database lease: active");
                     self.store.set_fence(Some(fence.clone()));
                     self.beat("active", 0).await;
+                    // Nodes gone for a week are forgotten (`kflow nodes` shows the last hour).
+                    let store = self.store.clone();
+                    if let Ok(Err(e)) =
+                        blocking(move || store.forget_nodes(7 * 24 * 3_600_000)).await
+                    {
+                        tracing::warn!(error = %e, "forgetting old nodes failed");
+                    }
                     return fence;
                 }
                 Ok(Ok(None)) => {

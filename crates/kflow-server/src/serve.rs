@@ -48,8 +48,9 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
         match run(&cfg, secrets.clone(), sandbox.clone(), term).await? {
             Ended::Drained => return Ok(()),
             Ended::Lost(reason) => {
+                // The old fence stays set until a new one replaces it: a write of the old
+                // term still in flight (a blocking call the stop did not reach) is refused.
                 tracing::error!(reason = %reason, "stopped driving the workflows; standing by");
-                store.set_fence(None);
             }
         }
     }

@@ -146,6 +146,17 @@ impl PgStore {
         })
     }
 
+    /// Forgets nodes not seen for `older_than_ms` (each start of a process is a node: the
+    /// table would otherwise keep every one); returns how many.
+    pub fn forget_nodes(&self, older_than_ms: i64) -> Result<u64> {
+        self.write(|c| {
+            c.execute(
+                "DELETE FROM nodes WHERE seen_at < clock_timestamp() - $1 * interval '1 millisecond'",
+                &[&(older_than_ms as f64)],
+            )
+        })
+    }
+
     /// Every node seen in the last `within_ms`, newest first.
     pub fn nodes(&self, within_ms: i64) -> Result<Vec<NodeRow>> {
         self.read(|c| {
