@@ -183,9 +183,12 @@ impl Retention {
             text.push(b'\n');
         }
         let path = archive_file(dir, now_ms);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        // Workflow data: readable by the server's user alone, as the database is.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
             .open(&path)
             .map_err(|e| format!("cannot open the archive {}: {e}", path.display()))?;
         let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());

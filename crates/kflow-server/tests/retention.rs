@@ -64,6 +64,12 @@ async fn finished_instances_are_archived_then_pruned() {
     // The archive holds each one, with its whole history.
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
     assert_eq!(files.len(), 1, "one file per day");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = files[0].metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the archive is private to the server's user");
+    }
     let lines = read_archive(&files[0].path()).unwrap();
     assert_eq!(lines.len(), 5);
     for line in &lines {

@@ -8,25 +8,6 @@ use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
 
-fn cell(table: &Table, name: &str, kind: Kind, v: &Value) -> Result<Box<dyn ToSql + Sync>> {
-    let bad = || StoreError::Db(format!("{}.{name}: {v} is not a {kind:?}", table.name));
-    Ok(match (kind, v) {
-        (Kind::Text, Value::Null) => Box::new(None::<String>),
-        (Kind::Text, Value::String(s)) => Box::new(Some(s.clone())),
-        (Kind::Int, Value::Null) => Box::new(None::<i64>),
-        (Kind::Int, Value::Number(n)) => Box::new(Some(n.as_i64().ok_or_else(bad)?)),
-        (Kind::Int32, Value::Null) => Box::new(None::<i32>),
-        (Kind::Int32, Value::Number(n)) => Box::new(Some(
-            n.as_i64()
-                .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(bad)?,
-        )),
-        (Kind::Bool, Value::Null) => Box::new(None::<bool>),
-        (Kind::Bool, Value::Bool(b)) => Box::new(Some(*b)),
-        _ => return Err(bad()),
-    })
-}
-
 impl Rows for PgStore {
     fn read_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Value>>> {
         let sql = format!(
@@ -64,9 +45,25 @@ impl Rows for PgStore {
         })
     }
 
+    /// One statement per page: every column as an array, `unnest`ed into rows, upserted by key.
     fn write_rows(&self, table: &Table, rows: &[Vec<Value>]) -> Result<()> {
-        let placeholders: Vec<String> =
-            (1..=table.columns.len()).map(|i| format!("${i}")).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let casts: Vec<String> = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, kind))| {
+                let t = match kind {
+                    Kind::Text => "text",
+                    Kind::Int => "bigint",
+                    Kind::Int32 => "integer",
+                    Kind::Bool => "boolean",
+                };
+                format!("${}::{t}[]", i + 1)
+            })
+            .collect();
         let updates: Vec<String> = table
             .columns
             .iter()
@@ -74,10 +71,10 @@ impl Rows for PgStore {
             .map(|(c, _)| format!("{c} = EXCLUDED.{c}"))
             .collect();
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {}",
+            "INSERT INTO {} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO {}",
             table.name,
             table.column_list(),
-            placeholders.join(", "),
+            casts.join(", "),
             table.key_list(),
             if updates.is_empty() {
                 "NOTHING".to_string()
@@ -85,33 +82,63 @@ impl Rows for PgStore {
                 format!("UPDATE SET {}", updates.join(", "))
             }
         );
-        let mut args = Vec::with_capacity(rows.len());
-        for r in rows {
-            if r.len() != table.columns.len() {
-                return Err(StoreError::Db(format!(
-                    "{}: a row of {} columns, {} expected",
-                    table.name,
-                    r.len(),
-                    table.columns.len()
-                )));
-            }
-            let cells: Vec<Box<dyn ToSql + Sync>> = table
-                .columns
-                .iter()
-                .zip(r)
-                .map(|((name, kind), v)| cell(table, name, *kind, v))
-                .collect::<Result<_>>()?;
-            args.push(cells);
+        let mut columns: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(table.columns.len());
+        for (i, (name, kind)) in table.columns.iter().enumerate() {
+            let cell = |r: &Vec<Value>| -> Result<Value> {
+                r.get(i).cloned().ok_or_else(|| {
+                    StoreError::Db(format!(
+                        "{}: a row of {} columns, {} expected",
+                        table.name,
+                        r.len(),
+                        table.columns.len()
+                    ))
+                })
+            };
+            let bad =
+                |v: &Value| StoreError::Db(format!("{}.{name}: {v} is not a {kind:?}", table.name));
+            columns.push(match kind {
+                Kind::Text => Box::new(
+                    rows.iter()
+                        .map(|r| match cell(r)? {
+                            Value::Null => Ok(None),
+                            Value::String(s) => Ok(Some(s)),
+                            v => Err(bad(&v)),
+                        })
+                        .collect::<Result<Vec<Option<String>>>>()?,
+                ),
+                Kind::Int => Box::new(
+                    rows.iter()
+                        .map(|r| match cell(r)? {
+                            Value::Null => Ok(None),
+                            v => v.as_i64().map(Some).ok_or_else(|| bad(&v)),
+                        })
+                        .collect::<Result<Vec<Option<i64>>>>()?,
+                ),
+                Kind::Int32 => Box::new(
+                    rows.iter()
+                        .map(|r| match cell(r)? {
+                            Value::Null => Ok(None),
+                            v => v
+                                .as_i64()
+                                .and_then(|n| i32::try_from(n).ok())
+                                .map(Some)
+                                .ok_or_else(|| bad(&v)),
+                        })
+                        .collect::<Result<Vec<Option<i32>>>>()?,
+                ),
+                Kind::Bool => Box::new(
+                    rows.iter()
+                        .map(|r| match cell(r)? {
+                            Value::Null => Ok(None),
+                            Value::Bool(b) => Ok(Some(b)),
+                            v => Err(bad(&v)),
+                        })
+                        .collect::<Result<Vec<Option<bool>>>>()?,
+                ),
+            });
         }
-        self.write(|c| {
-            c.transaction(|c| {
-                for cells in &args {
-                    let refs: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|b| b.as_ref()).collect();
-                    c.execute(&sql, &refs)?;
-                }
-                Ok(())
-            })
-        })
+        let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|b| b.as_ref()).collect();
+        self.write(|c| c.execute(&sql, &refs).map(|_| ()))
     }
 
     fn rows_written(&self) -> Result<()> {
