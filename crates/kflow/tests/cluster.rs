@@ -257,6 +257,16 @@ fn three_nodes_fence_fail_over_and_hand_over() {
         }
     }
 
+    // The web UI shows them too.
+    let page = http_request("GET", &base, "/ui/workers", None, Duration::from_secs(10))
+        .expect("the workers page");
+    let html = page.text();
+    assert_eq!(page.status, 200, "{html}");
+    assert!(
+        html.contains("Nodes") && html.contains(holder) && html.contains("epoch"),
+        "{html}"
+    );
+
     // The CLI given every node finds the active one (standbys do not listen).
     // The active one last: the others are tried first, and do not answer.
     let mut all: Vec<String> = (0..cluster.nodes.len())

@@ -63,7 +63,38 @@ fn amounts(m: &std::collections::BTreeMap<String, f64>) -> String {
 pub async fn workers(api: &Api) -> Result<(String, Markup), UiError> {
     let workers: WorkerList = api.get("/api/v1/workers").await?;
     let queues: QueuesResponse = api.get("/api/v1/queues").await?;
+    // Server-wide: a token limited to some namespaces does not see the nodes.
+    let nodes: Option<kflow_api::security::NodeList> = api.get("/api/v1/nodes").await.ok();
     let body = html! {
+        @if let Some(n) = nodes.as_ref().filter(|n| n.backend == "postgres") {
+            h1 { "Nodes" }
+            p.note { "PostgreSQL: one node holds the database lease and drives the workflows; the others stand by." }
+            div.scroll { table.list {
+                thead { tr { th { "Node" } th { "State" } th { "Host" } th { "Listen" } th { "Tasks" } th { "Heartbeat" } } }
+                tbody {
+                    @for node in &n.items {
+                        tr {
+                            td.mono { (node.id) }
+                            td {
+                                span.badge.(format!("s-{}", match node.state.as_str() {
+                                    "active" => "running",
+                                    "standby" => "suspended",
+                                    "stopped" => "completed",
+                                    _ => "faulted",
+                                })) { (node.state) }
+                                @if n.lease_holder.as_deref() == Some(node.id.as_str()) && node.state == "active" {
+                                    " epoch " (n.lease_epoch.unwrap_or(0))
+                                }
+                            }
+                            td { (node.host) }
+                            td.mono { (node.api.clone().unwrap_or_default()) }
+                            td { (node.running) }
+                            td.time { (duration(node.silent_ms)) " ago" }
+                        }
+                    }
+                }
+            } }
+        }
         h1 { "Workers" }
         div.scroll { table.list {
             thead { tr { th { "Worker" } th { "Queues" } th { "Labels" } th { "Capacity" } th { "In use" } th { "Leases" } th { "Last seen" } th { "" } } }
