@@ -1,7 +1,9 @@
 //! kflow-store: where durable state lives.
 //!
 //! The [`Store`] trait is what the server's engine needs from a database; [`sqlite`] is the
-//! embedded default backend (PostgreSQL comes as another implementation of the same trait).
+//! embedded default backend; the PostgreSQL backend is the crate `kflow-store-pg`, which passes
+//! the same conformance suite (`testkit`, feature `testkit`).
+//!
 //! Every state change of an instance is one [`Commit`], applied in one transaction: the history
 //! events, the work rows they imply, the instance's status. Several commits may be applied in
 //! one transaction ([`Store::apply`] takes a batch): that is group commit.
