@@ -46,6 +46,10 @@ pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
 pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let mut m = format!("{}: {}", db.severity(), db.message());
+        if matches!(db.severity(), "FATAL" | "PANIC") {
+            // The server ended the session (a restart, an operator): the next may work.
+            m = format!("{}: {m}", kflow_store::UNAVAILABLE);
+        }
         if let Some(d) = db.detail() {
             m.push_str(&format!(" ({d})"));
         }
@@ -55,10 +59,14 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Db(m);
     }
     if e.is_closed() {
-        return StoreError::Db("the connection to PostgreSQL was closed".to_string());
+        return StoreError::Db(format!(
+            "{}: the connection to PostgreSQL was closed",
+            kflow_store::UNAVAILABLE
+        ));
     }
-    // The source says what went wrong (an I/O error, a timeout, bad authentication, ...).
-    let mut m = e.to_string();
+    // The source says what went wrong (an I/O error, a timeout, ...): the database could not
+    // be reached.
+    let mut m = format!("{}: {e}", kflow_store::UNAVAILABLE);
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         m.push_str(&format!(": {s}"));
@@ -216,10 +224,18 @@ impl Pool {
             });
             Ok::<_, tokio_postgres::Error>(client)
         });
+        let unavailable = kflow_store::UNAVAILABLE;
         let client = block_on(task)
-            .map_err(|e| StoreError::Db(format!("cannot connect to PostgreSQL: {e}")))?
+            .map_err(|e| {
+                StoreError::Db(format!("{unavailable}: cannot connect to PostgreSQL: {e}"))
+            })?
             .map_err(|e| match db_error(e) {
-                StoreError::Db(m) => StoreError::Db(format!("cannot connect to PostgreSQL: {m}")),
+                StoreError::Db(m) => {
+                    let m = m
+                        .strip_prefix(unavailable)
+                        .map_or(m.as_str(), |r| r.trim_start_matches(": "));
+                    StoreError::Db(format!("{unavailable}: cannot connect to PostgreSQL: {m}"))
+                }
                 other => other,
             })?;
         let mut conn = Conn {
@@ -266,7 +282,8 @@ impl Pool {
             let now = std::time::Instant::now();
             if now >= deadline {
                 return Err(StoreError::Db(format!(
-                    "no PostgreSQL connection free after {} ms (all {} in use)",
+                    "{}: no PostgreSQL connection free after {} ms (all {} in use)",
+                    kflow_store::UNAVAILABLE,
                     wait.as_millis(),
                     self.max
                 )));

@@ -34,6 +34,17 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a backend puts in the message of an error that says the database cannot be reached
+/// now (a connection refused or lost): callers answer "try again" rather than "failed".
+pub const UNAVAILABLE: &str = "the database is unavailable";
+
+impl StoreError {
+    /// Whether the database could not be reached (see [`UNAVAILABLE`]): worth trying again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db(m) if m.contains(UNAVAILABLE))
+    }
+}
+
 /// A registered workflow definition (one version).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Definition {

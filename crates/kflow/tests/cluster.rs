@@ -500,7 +500,19 @@ fn a_database_outage_under_load_is_survived_without_a_restart() {
         std::thread::sleep(Duration::from_millis(150));
         proxy.refuse(true);
         proxy.sever();
-        std::thread::sleep(Duration::from_millis(1_500));
+        std::thread::sleep(Duration::from_millis(300));
+        // Meanwhile the API says "try again", not "failed".
+        let r = http_request(
+            "GET",
+            &node.base(),
+            "/api/v1/instances?limit=5",
+            None,
+            Duration::from_secs(30),
+        )
+        .expect("the API answers during the outage");
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().contains("cannot be reached"), "{}", r.text());
+        std::thread::sleep(Duration::from_millis(1_200));
         proxy.refuse(false);
         ids.extend(start_instances(&node.base(), 100 * (round + 1), 10));
     }

@@ -115,6 +115,12 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid { message, details } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).with_details(details)
             }
+            // Not reachable now (a restart, a network cut): try again, here or on another node.
+            EngineError::Store(e) if e.is_unavailable() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the database cannot be reached now; try again: {e}"),
+            ),
             EngineError::Store(e) => ApiError::internal(format!("the store failed: {e}")),
             EngineError::Unavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
