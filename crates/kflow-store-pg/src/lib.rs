@@ -10,8 +10,10 @@
 //! real server.
 
 pub mod lease;
+mod mapping;
 mod pool;
 mod queries;
+mod retention;
 mod rows;
 pub mod schema;
 pub mod testing;

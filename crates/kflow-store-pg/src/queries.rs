@@ -3,194 +3,18 @@
 
 use kflow_store::{
     AlertAttempt, AlertRow, AuditEntry, AuditFilter, AuditRow, Commit, Definition, HistoryEvent,
-    IdempotencyKey, Instance, InstanceFilter, InstanceStatus, Page, PutDefinition, Result,
-    ScheduleRow, SecretRow, Store, StoreError, TokenRow, WorkItem, cursor, semver,
+    IdempotencyKey, Instance, InstanceFilter, Page, PutDefinition, Result, ScheduleRow, SecretRow,
+    Store, StoreError, TokenRow, WorkItem, cursor, semver,
 };
 use serde_json::Value;
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
+use crate::mapping::*;
 use crate::pool::Conn;
-
-pub(crate) const DEFINITION_COLUMNS: &str =
-    "namespace, name, version, hash, deprecated, created_ms, source";
-pub(crate) const INSTANCE_COLUMNS: &str =
-    "id, namespace, name, version, status, created_ms, updated_ms, input, output, error, attention";
-const WORK_COLUMNS: &str =
-    "w.instance_id, w.effect_id, w.task, w.kind, w.due_ms, w.attempts, w.effect";
-pub(crate) const SCHEDULE_COLUMNS: &str =
-    "namespace, name, version, next_fire_ms, last_fire_ms, paused, revision, updated_ms, state";
-pub(crate) const ALERT_COLUMNS: &str = "id, rule, key, namespace, fired_ms, summary, data, delivered_ms, attempts, next_ms, last_error, resolved_ms";
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, name, role, namespaces, secret_sha256, created_ms, created_by, expires_ms, revoked_ms";
-pub(crate) const AUDIT_COLUMNS: &str =
-    "seq, at_ms, actor, action, resource, namespace, source, result, prev_hash, hash";
 
 /// Most rows a page of instances holds.
 const MAX_PAGE: u32 = 1000;
-
-pub(crate) fn to_json(v: &Value) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Db(format!("cannot serialize JSON: {e}")))
-}
-
-fn from_json(text: &str, what: impl FnOnce() -> String) -> Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("{}: invalid JSON: {e}", what())))
-}
-
-fn definition_row(row: &Row) -> Result<Definition> {
-    Ok(Definition {
-        namespace: row.get(0),
-        name: row.get(1),
-        version: row.get(2),
-        hash: row.get(3),
-        deprecated: row.get(4),
-        created_ms: row.get(5),
-        source: row.get(6),
-    })
-}
-
-pub(crate) fn instance_row(row: &Row) -> Result<Instance> {
-    let id: String = row.get(0);
-    let status: String = row.get(4);
-    let Some(status) = InstanceStatus::parse(&status) else {
-        return Err(StoreError::Corrupt(format!(
-            "instance {id}: unknown status {status:?}"
-        )));
-    };
-    let input: String = row.get(7);
-    let output: Option<String> = row.get(8);
-    let error: Option<String> = row.get(9);
-    Ok(Instance {
-        input: from_json(&input, || format!("instance {id}: input"))?,
-        output: output
-            .map(|t| from_json(&t, || format!("instance {id}: output")))
-            .transpose()?,
-        error: error
-            .map(|t| from_json(&t, || format!("instance {id}: error")))
-            .transpose()?,
-        namespace: row.get(1),
-        name: row.get(2),
-        version: row.get(3),
-        status,
-        created_ms: row.get(5),
-        updated_ms: row.get(6),
-        attention: row.get(10),
-        id,
-    })
-}
-
-fn work_row(row: &Row) -> Result<WorkItem> {
-    let instance_id: String = row.get(0);
-    let effect_id = row.get::<_, i64>(1) as u64;
-    let attempts: i32 = row.get(5);
-    let attempts = u32::try_from(attempts).map_err(|_| {
-        StoreError::Corrupt(format!(
-            "work {instance_id}/{effect_id}: attempts {attempts} out of range"
-        ))
-    })?;
-    let effect: String = row.get(6);
-    Ok(WorkItem {
-        effect: from_json(&effect, || {
-            format!("work {instance_id}/{effect_id}: effect")
-        })?,
-        task: row.get(2),
-        kind: row.get(3),
-        due_ms: row.get(4),
-        attempts,
-        effect_id,
-        instance_id,
-    })
-}
-
-pub(crate) fn schedule_row(row: &Row) -> Result<ScheduleRow> {
-    let namespace: String = row.get(0);
-    let name: String = row.get(1);
-    let state: String = row.get(8);
-    Ok(ScheduleRow {
-        state: from_json(&state, || format!("schedule {namespace}/{name}: state"))?,
-        version: row.get(2),
-        next_fire_ms: row.get(3),
-        last_fire_ms: row.get(4),
-        paused: row.get(5),
-        revision: row.get(6),
-        updated_ms: row.get(7),
-        namespace,
-        name,
-    })
-}
-
-fn history_row(row: &Row) -> Result<HistoryEvent> {
-    let seq: i64 = row.get(0);
-    let data: String = row.get(3);
-    Ok(HistoryEvent {
-        seq,
-        time_ms: row.get(1),
-        kind: row.get(2),
-        data: from_json(&data, || format!("history event {seq}"))?,
-    })
-}
-
-pub(crate) fn alert_row(r: &Row) -> Result<AlertRow> {
-    let data: String = r.get(6);
-    let attempts: i32 = r.get(8);
-    Ok(AlertRow {
-        id: r.get(0),
-        rule: r.get(1),
-        key: r.get(2),
-        namespace: r.get(3),
-        fired_ms: r.get(4),
-        summary: r.get(5),
-        data: serde_json::from_str(&data).unwrap_or(Value::Null),
-        delivered_ms: r.get(7),
-        attempts: attempts.max(0) as u32,
-        next_ms: r.get(9),
-        last_error: r.get(10),
-        resolved_ms: r.get(11),
-    })
-}
-
-pub(crate) fn token_row(row: &Row) -> Result<TokenRow> {
-    let namespaces: String = row.get(3);
-    Ok(TokenRow {
-        id: row.get(0),
-        name: row.get(1),
-        role: row.get(2),
-        namespaces: serde_json::from_str(&namespaces)
-            .map_err(|e| StoreError::Corrupt(format!("token namespaces: {e}")))?,
-        secret_sha256: row.get(4),
-        created_ms: row.get(5),
-        created_by: row.get(6),
-        expires_ms: row.get(7),
-        revoked_ms: row.get(8),
-    })
-}
-
-pub(crate) fn audit_row(row: &Row) -> Result<AuditRow> {
-    Ok(AuditRow {
-        seq: row.get(0),
-        entry: AuditEntry {
-            at_ms: row.get(1),
-            actor: row.get(2),
-            action: row.get(3),
-            resource: row.get(4),
-            namespace: row.get(5),
-            source: row.get(6),
-            result: row.get(7),
-        },
-        prev_hash: row.get(8),
-        hash: row.get(9),
-    })
-}
-
-fn all<T>(rows: Vec<Row>, map: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
-    rows.iter().map(map).collect()
-}
-
-fn limit(n: u32) -> i64 {
-    i64::from(n)
-}
 
 /// The `list_instances` statement (rows after the cursor's, `limit` of them) and its arguments.
 fn list_instances_sql(
@@ -838,75 +662,19 @@ impl Store for PgStore {
     }
 
     fn finished_before(&self, before_ms: i64, n: u32) -> Result<Vec<Instance>> {
-        let n = limit(n);
-        self.read(|c| {
-            all(
-                c.query(
-                    &format!(
-                        "SELECT {INSTANCE_COLUMNS} FROM instances \
-                         WHERE status IN ('completed', 'faulted', 'cancelled') AND updated_ms < $1 \
-                         ORDER BY updated_ms LIMIT $2"
-                    ),
-                    &[&before_ms, &n],
-                )?,
-                instance_row,
-            )
-        })
+        crate::retention::finished_before(self, before_ms, n)
     }
 
     fn delete_instances(&self, ids: &[String]) -> Result<usize> {
-        let ids = ids.to_vec();
-        let n = crate::writes::fenced(self, |c| {
-            // History and work rows go with their instance (ON DELETE CASCADE).
-            Ok(c.execute(
-                "DELETE FROM instances WHERE id = ANY($1) AND status IN ('completed', 'faulted', 'cancelled')",
-                &[&ids],
-            )? as usize)
-        })?;
-        let mut known = self.last_seqs.lock().unwrap_or_else(|p| p.into_inner());
-        for id in &ids {
-            known.remove(id);
-        }
-        Ok(n)
+        crate::retention::delete_instances(self, ids)
     }
 
     fn prune_events(&self, before_ms: i64, n: u32) -> Result<usize> {
-        let n = limit(n);
-        self.write(|c| {
-            Ok(c.execute(
-                "DELETE FROM events WHERE id IN \
-                 (SELECT id FROM events WHERE processed AND received_ms < $1 LIMIT $2)",
-                &[&before_ms, &n],
-            )? as usize)
-        })
+        crate::retention::prune_events(self, before_ms, n)
     }
 
     fn table_stats(&self) -> Result<Vec<kflow_store::TableStats>> {
-        self.read(|c| {
-            let mut out = Vec::new();
-            for table in kflow_store::TABLES {
-                let row = c
-                    .query_opt(
-                        &format!("SELECT COUNT(*), pg_total_relation_size('{table}') FROM {table}"),
-                        &[],
-                    )?
-                    .ok_or_else(|| StoreError::Db("COUNT gave no row".into()))?;
-                out.push(kflow_store::TableStats {
-                    table: table.to_string(),
-                    rows: row.get(0),
-                    bytes: Some(row.get(1)),
-                });
-            }
-            let size: i64 = c
-                .query_opt("SELECT pg_database_size(current_database())", &[])?
-                .map_or(0, |r| r.get(0));
-            out.push(kflow_store::TableStats {
-                table: "(database)".into(),
-                rows: out.iter().map(|t| t.rows).sum(),
-                bytes: Some(size),
-            });
-            Ok(out)
-        })
+        crate::retention::table_stats(self)
     }
 }
 

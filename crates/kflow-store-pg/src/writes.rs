@@ -18,10 +18,10 @@ use kflow_store::{
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use crate::pool::{Conn, block_on, db_error};
-use crate::queries::{
+use crate::mapping::{
     ALERT_COLUMNS, AUDIT_COLUMNS, DEFINITION_COLUMNS, SCHEDULE_COLUMNS, TOKEN_COLUMNS, to_json,
 };
+use crate::pool::{Conn, block_on, db_error};
 use crate::{Fence, LAST_SEQS, PgStore};
 
 /// The advisory lock that orders appends to the audit chain across nodes.

@@ -4,7 +4,8 @@
 
 use rusqlite::{Connection, params};
 
-use super::queries::{context, effect_key, last_seq, to_json};
+use super::mapping::{context, effect_key, to_json};
+use super::queries::last_seq;
 use crate::{Commit, Result, StoreError};
 
 /// One commit, inside the batch's transaction. Any error aborts the whole batch.

@@ -9,11 +9,12 @@
 //! An in-memory database ([`SqliteStore::open_in_memory`], for tests) cannot be shared between
 //! connections, so there reads go through the writer connection.
 
-mod alerts;
 // Its column-list macros serve the modules declared after it.
 #[macro_use]
-mod queries;
+mod mapping;
+mod alerts;
 mod commit;
+mod queries;
 mod retention;
 mod rows;
 mod schema;

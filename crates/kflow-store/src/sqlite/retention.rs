@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::queries::query_all;
+use super::mapping::query_all;
 use crate::{Instance, Result, TABLES, TableStats};
 
 pub(super) fn finished_before(
@@ -21,7 +21,7 @@ pub(super) fn finished_before(
              ORDER BY updated_ms LIMIT ?2"
         ),
         params![before_ms, limit],
-        super::queries::instance_row,
+        super::mapping::instance_row,
     )
 }
 

@@ -3,7 +3,7 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, Row, TransactionBehavior, params, params_from_iter};
 
-use super::queries::{query_all, query_opt};
+use super::mapping::{query_all, query_opt};
 use crate::security::{GENESIS, chain_hash};
 use crate::{AuditEntry, AuditFilter, AuditRow, Result, SecretRow, StoreError, TokenRow};
 
