@@ -185,8 +185,177 @@ impl PgStore {
     }
 }
 
+/// What a node took over from a node whose lease lapsed (or that left), see [`PgStore::adopt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// The node whose instances these were (None: instances of schema version 1, with no owner).
+    pub from: Option<String>,
+    pub ids: Vec<String>,
+    /// Where that node's event cursor stood: events after it (up to this node's cursor) were
+    /// never offered to its subscriptions.
+    pub event_cursor: Option<i64>,
+}
+
+/// The advisory lock that orders posted events: ids are taken and committed in turn, so a node
+/// that has read every event up to an id will never see a smaller one appear later.
+pub(crate) const EVENTS_LOCK: i64 = 0x6b_666c_6f77_0002;
+
+impl PgStore {
+    /// Joins the cluster as an active node: `node` (a new id for every term) gets a lease of
+    /// its own (epoch 1, `ttl_ms` from now by the database's clock) and an event cursor at the
+    /// newest posted event (what was posted before is no business of its instances). The fence
+    /// every commit of this node checks.
+    pub fn join(&self, node: &str, host: &str, api: Option<&str>, ttl_ms: i64) -> Result<Fence> {
+        self.write(|c| {
+            c.transaction(|c| {
+                c.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])?;
+                let row = c.query_opt(
+                    "INSERT INTO nodes (id, host, api, started_at, seen_at, state, running, epoch,                      expires_at, event_cursor) VALUES ($1, $2, $3, clock_timestamp(), clock_timestamp(),                      'active', 0, 1, clock_timestamp() + $4 * interval '1 millisecond',                      (SELECT COALESCE(MAX(id), 0) FROM events))                      ON CONFLICT (id) DO UPDATE SET epoch = nodes.epoch + 1, expires_at = EXCLUDED.expires_at,                      seen_at = EXCLUDED.seen_at, state = 'active' WHERE nodes.adopted_by IS NULL RETURNING epoch",
+                    &[&node, &host, &api, &(ttl_ms as f64)],
+                )?;
+                match row {
+                    Some(r) => Ok(Fence {
+                        node: node.to_string(),
+                        epoch: r.get(0),
+                    }),
+                    None => Err(StoreError::Db(format!(
+                        "node {node} cannot join again: its instances were taken over"
+                    ))),
+                }
+            })
+        })
+    }
+
+    /// Extends this node's own lease and records its heartbeat; false when the lease is no
+    /// longer this fence's (it lapsed, or another node adopted its instances).
+    pub fn renew_node(
+        &self,
+        fence: &Fence,
+        ttl_ms: i64,
+        state: &str,
+        running: i64,
+    ) -> Result<bool> {
+        self.write(|c| {
+            Ok(c.execute(
+                "UPDATE nodes SET expires_at = clock_timestamp() + $3 * interval '1 millisecond',                  seen_at = clock_timestamp(), state = $4, running = $5                  WHERE id = $1 AND epoch = $2 AND expires_at > clock_timestamp() AND adopted_by IS NULL",
+                &[&fence.node, &fence.epoch, &(ttl_ms as f64), &state, &running],
+            )? == 1)
+        })
+    }
+
+    /// Gives this node's lease up at once (the end of a drain): the other nodes, told on
+    /// [`LEASE_CHANNEL`], adopt its instances without waiting for the time to live.
+    pub fn release_node(&self, fence: &Fence) -> Result<bool> {
+        self.write(|c| {
+            c.transaction(|c| {
+                let released = c.execute(
+                    "UPDATE nodes SET expires_at = clock_timestamp() - interval '1 millisecond',                      state = 'stopped', seen_at = clock_timestamp() WHERE id = $1 AND epoch = $2",
+                    &[&fence.node, &fence.epoch],
+                )? == 1;
+                c.execute("SELECT pg_notify($1, $2)", &[&LEASE_CHANNEL, &fence.node])?;
+                Ok(released)
+            })
+        })
+    }
+
+    /// Takes over the unfinished instances of one node whose lease lapsed (or that left), or
+    /// else those that have no owner (written by schema version 1). Nodes racing for the same
+    /// dead node do not wait for each other (`SKIP LOCKED`): one of them takes it whole, so a
+    /// parent and its sub-workflows stay together. The dead node's commits in flight hold its
+    /// row `FOR SHARE`: it is skipped until they end, and then its epoch is moved on, so
+    /// nothing it sends later commits. None: nothing to adopt.
+    pub fn adopt(&self, fence: &Fence) -> Result<Option<Adopted>> {
+        self.write(|c| {
+            c.transaction(|c| {
+                c.batch("SET LOCAL lock_timeout = '1s'")?;
+                let me = c
+                    .query_opt(FENCE_ME, &[&fence.node, &fence.epoch])?
+                    .is_some();
+                if !me {
+                    return Err(fenced_error(fence));
+                }
+                let dead = c.query_opt(
+                    "SELECT id, event_cursor FROM nodes WHERE adopted_by IS NULL AND id <> $1                      AND expires_at < clock_timestamp() ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[&fence.node],
+                )?;
+                if let Some(row) = dead {
+                    let from: String = row.get(0);
+                    let cursor: i64 = row.get(1);
+                    let ids: Vec<String> = c
+                        .query(
+                            "UPDATE instances SET owner = $1 WHERE owner = $2                              AND status IN ('running', 'suspended') RETURNING id",
+                            &[&fence.node, &from],
+                        )?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    c.execute(
+                        "UPDATE nodes SET adopted_by = $1, epoch = epoch + 1, state = 'gone',                          running = 0 WHERE id = $2",
+                        &[&fence.node, &from],
+                    )?;
+                    return Ok(Some(Adopted {
+                        from: Some(from),
+                        ids,
+                        event_cursor: Some(cursor),
+                    }));
+                }
+                let ids: Vec<String> = c
+                    .query(
+                        "UPDATE instances SET owner = $1 WHERE id IN (SELECT id FROM instances                          WHERE owner IS NULL AND status IN ('running', 'suspended')                          LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING id",
+                        &[&fence.node],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                Ok((!ids.is_empty()).then_some(Adopted {
+                    from: None,
+                    ids,
+                    event_cursor: None,
+                }))
+            })
+        })
+    }
+
+    /// The node that drives an instance and the address of its API (when it is a live node),
+    /// None when the instance does not exist.
+    pub fn owner_of(&self, id: &str) -> Result<Option<Owner>> {
+        self.read(|c| {
+            Ok(c.query_opt(
+                "SELECT i.owner, n.api, (n.expires_at > clock_timestamp() AND n.adopted_by IS NULL)                  FROM instances i LEFT JOIN nodes n ON n.id = i.owner WHERE i.id = $1",
+                &[&id],
+            )?
+            .map(|r| Owner {
+                node: r.get(0),
+                api: r.get(1),
+                live: r.get::<_, Option<bool>>(2).unwrap_or(false),
+            }))
+        })
+    }
+}
+
+/// Who drives an instance (see [`PgStore::owner_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: Option<String>,
+    pub api: Option<String>,
+    pub live: bool,
+}
+
+/// This node's own lease, locked `FOR SHARE` (see `writes.rs`).
+pub(crate) const FENCE_ME: &str = "SELECT 1 FROM nodes WHERE id = $1 AND epoch = $2      AND expires_at > clock_timestamp() AND adopted_by IS NULL FOR SHARE";
+
+pub(crate) fn fenced_error(f: &Fence) -> StoreError {
+    StoreError::Db(format!(
+        "{} node {} no longer holds its database lease of epoch {} (it lapsed, and its          instances are another node's now): nothing was written",
+        FENCED, f.node, f.epoch
+    ))
+}
+
 /// The channel standbys `LISTEN` on: a holder that gives the lease up notifies it.
 pub const LEASE_CHANNEL: &str = "kflow_lease";
+
+/// The channel every node `LISTEN`s on for posted events (the payload is the event's id).
+pub const EVENTS_CHANNEL: &str = "kflow_events";
 
 /// The error a fenced commit returns starts with this.
 pub const FENCED: &str = "fenced:";

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use kflow_store::{Result, StoreError};
 
-pub use lease::{Fence, LeaseState};
+pub use lease::{Adopted, Fence, LeaseState, Owner};
 pub use pool::Listener;
 pub use schema::{Migrated, SCHEMA_VERSION};
 
@@ -226,6 +226,11 @@ impl PgStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+
+    /// This node, in a cluster (the owner its scans filter on).
+    pub(crate) fn node(&self) -> Option<String> {
+        self.fence().map(|f| f.node)
     }
 
     pub(crate) fn fence(&self) -> Option<Fence> {

@@ -14,6 +14,10 @@ use crate::mapping::*;
 use crate::pool::Conn;
 
 /// Most rows a page of instances holds.
+/// In a cluster, the engine's scans see only this node's instances (`$3`, or `$1` for MINE1).
+const MINE: &str = "AND ($3::text IS NULL OR i.owner = $3)";
+const MINE1: &str = "AND ($1::text IS NULL OR i.owner = $1)";
+
 const MAX_PAGE: u32 = 1000;
 
 /// The `list_instances` statement (rows after the cursor's, `limit` of them) and its arguments.
@@ -272,9 +276,9 @@ impl Store for PgStore {
                     &format!(
                         "SELECT {WORK_COLUMNS} FROM work w JOIN instances i ON i.id = w.instance_id \
                          WHERE w.due_ms <= $1 AND w.kind <> 'listen' AND i.status = 'running' AND i.attention IS NULL \
-                         ORDER BY w.due_ms, w.instance_id, w.effect_id LIMIT $2"
+                         {MINE} ORDER BY w.due_ms, w.instance_id, w.effect_id LIMIT $2"
                     ),
-                    &[&until_ms, &n],
+                    &[&until_ms, &n, &self.node()],
                 )?,
                 work_row,
             )
@@ -289,9 +293,9 @@ impl Store for PgStore {
                     &format!(
                         "SELECT {WORK_COLUMNS} FROM work w JOIN instances i ON i.id = w.instance_id \
                          WHERE w.kind = 'timer' AND w.due_ms <= $1 AND i.status = 'running' AND i.attention IS NULL \
-                         ORDER BY w.due_ms LIMIT $2"
+                         {MINE} ORDER BY w.due_ms LIMIT $2"
                     ),
-                    &[&until_ms, &n],
+                    &[&until_ms, &n, &self.node()],
                 )?,
                 work_row,
             )
@@ -301,9 +305,12 @@ impl Store for PgStore {
     fn next_timer(&self) -> Result<Option<i64>> {
         self.read(|c| {
             Ok(c.query_opt(
-                "SELECT w.due_ms FROM work w JOIN instances i ON i.id = w.instance_id \
-                 WHERE w.kind = 'timer' AND i.status = 'running' AND i.attention IS NULL ORDER BY w.due_ms LIMIT 1",
-                &[],
+                &format!(
+                    "SELECT w.due_ms FROM work w JOIN instances i ON i.id = w.instance_id \
+                     WHERE w.kind = 'timer' AND i.status = 'running' AND i.attention IS NULL \
+                     {MINE1} ORDER BY w.due_ms LIMIT 1"
+                ),
+                &[&self.node()],
             )?
             .map(|r| r.get(0)))
         })
@@ -311,7 +318,7 @@ impl Store for PgStore {
 
     fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
         let key = effect_id as i64;
-        let n: Option<i32> = crate::writes::fenced(self, |c| {
+        let n: Option<i32> = crate::writes::fenced(self, &[instance_id], |c| {
             Ok(c.query_opt(
                 "UPDATE work SET attempts = attempts + 1 WHERE instance_id = $1 AND effect_id = $2 RETURNING attempts",
                 &[&instance_id, &key],
@@ -335,9 +342,9 @@ impl Store for PgStore {
                     &format!(
                         "SELECT {WORK_COLUMNS} FROM work w JOIN instances i ON i.id = w.instance_id \
                          WHERE w.kind = 'listen' AND i.status = 'running' AND i.attention IS NULL \
-                         ORDER BY w.instance_id, w.effect_id"
+                         {MINE1} ORDER BY w.instance_id, w.effect_id"
                     ),
-                    &[],
+                    &[&self.node()],
                 )?,
                 work_row,
             )
@@ -347,8 +354,9 @@ impl Store for PgStore {
     fn running_instances(&self) -> Result<Vec<String>> {
         self.read(|c| {
             Ok(c.query(
-                "SELECT id FROM instances WHERE status = 'running' ORDER BY created_ms, id",
-                &[],
+                "SELECT id FROM instances i WHERE status = 'running' \
+                 AND ($1::text IS NULL OR i.owner = $1) ORDER BY created_ms, id",
+                &[&self.node()],
             )?
             .iter()
             .map(|r| r.get(0))
@@ -357,7 +365,7 @@ impl Store for PgStore {
     }
 
     fn set_attention(&self, id: &str, reason: Option<&str>) -> Result<()> {
-        crate::writes::fenced(self, |c| {
+        crate::writes::fenced(self, &[id], |c| {
             c.execute(
                 "UPDATE instances SET attention = $2 WHERE id = $1",
                 &[&id, &reason],
@@ -402,22 +410,43 @@ impl Store for PgStore {
     fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64> {
         let text = to_json(event)?;
         self.write(|c| {
-            c.query_opt(
-                "INSERT INTO events (received_ms, event) VALUES ($1, $2) RETURNING id",
-                &[&received_ms, &text],
-            )?
-            .map(|r| r.get(0))
-            .ok_or_else(|| StoreError::Db("INSERT ... RETURNING gave no row".into()))
+            c.transaction(|c| {
+                // Ids in commit order (see `lease::EVENTS_LOCK`), and every node told.
+                c.execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&crate::lease::EVENTS_LOCK],
+                )?;
+                let id: i64 = c
+                    .query_opt(
+                        "INSERT INTO events (received_ms, event) VALUES ($1, $2) RETURNING id",
+                        &[&received_ms, &text],
+                    )?
+                    .map(|r| r.get(0))
+                    .ok_or_else(|| StoreError::Db("INSERT ... RETURNING gave no row".into()))?;
+                c.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&crate::lease::EVENTS_CHANNEL, &id.to_string()],
+                )?;
+                Ok(id)
+            })
         })
     }
 
     fn pending_events(&self, n: u32) -> Result<Vec<(i64, Value)>> {
         let n = limit(n);
         self.read(|c| {
-            c.query(
-                "SELECT id, event FROM events WHERE NOT processed ORDER BY id LIMIT $1",
-                &[&n],
-            )?
+            match self.node() {
+                // In a cluster: every event after this node's cursor.
+                Some(node) => c.query(
+                    "SELECT id, event FROM events WHERE id > \
+                     (SELECT event_cursor FROM nodes WHERE id = $2) ORDER BY id LIMIT $1",
+                    &[&n, &node],
+                )?,
+                None => c.query(
+                    "SELECT id, event FROM events WHERE NOT processed ORDER BY id LIMIT $1",
+                    &[&n],
+                )?,
+            }
             .iter()
             .map(|r| {
                 let id: i64 = r.get(0);
@@ -457,11 +486,11 @@ impl Store for PgStore {
     }
 
     fn put_schedule(&self, row: &ScheduleRow) -> Result<bool> {
-        crate::writes::fenced(self, |c| crate::writes::put_schedule(c, row))
+        crate::writes::fenced(self, &[], |c| crate::writes::put_schedule(c, row))
     }
 
     fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool> {
-        crate::writes::fenced(self, |c| {
+        crate::writes::fenced(self, &[], |c| {
             Ok(c.execute(
                 "DELETE FROM schedules WHERE namespace = $1 AND name = $2",
                 &[&namespace, &name],
@@ -476,7 +505,7 @@ impl Store for PgStore {
         paused: bool,
         now_ms: i64,
     ) -> Result<Option<ScheduleRow>> {
-        crate::writes::fenced(self, |c| {
+        crate::writes::fenced(self, &[], |c| {
             c.query_opt(
                 &format!(
                     "UPDATE schedules SET paused = $3, revision = revision + 1, updated_ms = $4 \

@@ -25,7 +25,7 @@ pub(crate) fn finished_before(store: &PgStore, before_ms: i64, n: u32) -> Result
 
 pub(crate) fn delete_instances(store: &PgStore, ids: &[String]) -> Result<usize> {
     let ids = ids.to_vec();
-    let n = crate::writes::fenced(store, |c| {
+    let n = crate::writes::fenced(store, &[], |c| {
         // History and work rows go with their instance (ON DELETE CASCADE).
         Ok(c.execute(
             "DELETE FROM instances WHERE id = ANY($1) AND status IN ('completed', 'faulted', 'cancelled')",
@@ -44,7 +44,9 @@ pub(crate) fn prune_events(store: &PgStore, before_ms: i64, n: u32) -> Result<us
     store.write(|c| {
         Ok(c.execute(
             "DELETE FROM events WHERE id IN \
-             (SELECT id FROM events WHERE processed AND received_ms < $1 LIMIT $2)",
+             (SELECT id FROM events WHERE processed AND received_ms < $1 \
+             AND id <= COALESCE((SELECT MIN(event_cursor) FROM nodes \
+                 WHERE adopted_by IS NULL AND expires_at IS NOT NULL), id) LIMIT $2)",
             &[&before_ms, &n],
         )? as usize)
     })

@@ -16,13 +16,13 @@ use crate::pool::Conn;
 use kflow_store::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock taken while migrating (an arbitrary constant: "kflow" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b_666c_6f77;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION);
 
 const V1: &str = r#"
@@ -186,6 +186,21 @@ CREATE TABLE nodes (
     state      TEXT        NOT NULL,
     running    BIGINT      NOT NULL DEFAULT 0
 );
+"#;
+
+/// Several active nodes: every node holds a lease of its own (its row in `nodes`: `epoch`,
+/// `expires_at`), every unfinished instance has an owner (the node that drives it), and every
+/// node offers posted events from its own cursor. Instances of version 1 have no owner: the
+/// first node adopts them.
+const V2: &str = r#"
+ALTER TABLE instances ADD COLUMN owner TEXT COLLATE "C";
+CREATE INDEX instances_owner ON instances (owner) WHERE status IN ('running', 'suspended');
+ALTER TABLE nodes
+    ADD COLUMN epoch        BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN expires_at   TIMESTAMPTZ,
+    ADD COLUMN event_cursor BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN adopted_by   TEXT;
+CREATE INDEX nodes_expired ON nodes (expires_at) WHERE adopted_by IS NULL;
 "#;
 
 /// What [`migrate`] found and did.

@@ -18,24 +18,31 @@ use kflow_store::{
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use crate::lease::fenced_error;
 use crate::mapping::{
     ALERT_COLUMNS, AUDIT_COLUMNS, DEFINITION_COLUMNS, SCHEDULE_COLUMNS, TOKEN_COLUMNS, to_json,
 };
 use crate::pool::{Conn, block_on, db_error};
-use crate::{Fence, LAST_SEQS, PgStore};
+use crate::{LAST_SEQS, PgStore};
 
 /// The advisory lock that orders appends to the audit chain across nodes.
 const AUDIT_LOCK: i64 = 0x6b_666c_6f77_0001;
 
-const FENCE: &str = "SELECT 1 FROM lease WHERE id = 1 AND node = $1 AND epoch = $2 \
-                     AND expires_at > clock_timestamp() FOR SHARE";
+/// This node's own lease (its row in `nodes`, locked `FOR SHARE` so that an adoption waits for
+/// the commit), and every existing instance of the batch (`$3`) owned by this node.
+const FENCE: &str = "SELECT 1 FROM nodes WHERE id = $1 AND epoch = $2 \
+     AND expires_at > clock_timestamp() AND adopted_by IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM instances WHERE id = ANY($3) AND owner IS DISTINCT FROM $1) \
+     FOR SHARE OF nodes";
 const CREATE_INSTANCE: &str = "INSERT INTO instances (id, namespace, name, version, status, created_ms, \
-     updated_ms, input, output, error, attention) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     updated_ms, input, output, error, attention, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 /// The fence and the status update of the one-round-trip path: instead of answering no row,
 /// they fail (division by zero), which aborts the transaction, so that `COMMIT` can be sent in
 /// the same pipeline and becomes a rollback.
-const FENCE_OR_FAIL: &str = "SELECT 1 / (SELECT COUNT(*)::int FROM (SELECT 1 FROM lease \
-     WHERE id = 1 AND node = $1 AND epoch = $2 AND expires_at > clock_timestamp() FOR SHARE) f)";
+const FENCE_OR_FAIL: &str = "SELECT 1 / (SELECT COUNT(*)::int FROM (SELECT 1 FROM nodes \
+     WHERE id = $1 AND epoch = $2 AND expires_at > clock_timestamp() AND adopted_by IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM instances WHERE id = ANY($3) AND owner IS DISTINCT FROM $1) \
+     FOR SHARE OF nodes) f)";
 const SET_STATUS_OR_FAIL: &str = "WITH u AS (UPDATE instances SET status = $2, output = $3, \
      error = $4, updated_ms = $5 WHERE id = $1 RETURNING 1) SELECT 1 / (SELECT COUNT(*)::int FROM u)";
 const LAST_SEQS_OF: &str =
@@ -52,6 +59,10 @@ const UPSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency (namespace, key, reque
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (namespace, key) DO UPDATE SET \
      request_hash = EXCLUDED.request_hash, instance_id = EXCLUDED.instance_id, expires_ms = EXCLUDED.expires_ms";
 const MARK_EVENTS: &str = "UPDATE events SET processed = true WHERE id = ANY($1)";
+/// In a cluster every node offers every event to its own instances, in the order of their ids
+/// (see `lease::EVENTS_LOCK`), from its own cursor.
+const MOVE_EVENT_CURSOR: &str = "UPDATE nodes SET event_cursor = GREATEST(event_cursor, \
+     (SELECT MAX(x) FROM unnest($2::bigint[]) x)) WHERE id = $1";
 const SET_STATUS: &str = "UPDATE instances SET status = $2, output = $3, error = $4, updated_ms = $5 \
      WHERE id = $1 RETURNING 1";
 
@@ -122,9 +133,27 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
     };
     let mut ops: Vec<Op> = Vec::new();
     if let Some(f) = &fence {
+        // The instances this batch changes but does not create must be this node's.
+        let created: std::collections::HashSet<&str> = commits
+            .iter()
+            .filter(|c| c.create.is_some())
+            .map(|c| c.instance_id.as_str())
+            .collect();
+        let mut touched: Vec<String> = commits
+            .iter()
+            .map(|c| c.instance_id.as_str())
+            .filter(|id| !created.contains(id))
+            .map(str::to_string)
+            .collect();
+        touched.sort();
+        touched.dedup();
         ops.push(Op {
             sql: if one_trip { FENCE_OR_FAIL } else { FENCE },
-            args: vec![Box::new(f.node.clone()), Box::new(f.epoch)],
+            args: vec![
+                Box::new(f.node.clone()),
+                Box::new(f.epoch),
+                Box::new(touched),
+            ],
             check: Check::Fence,
         });
     }
@@ -136,7 +165,7 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
         });
     }
     for c in commits {
-        commit_ops(c, &mut ops)?;
+        commit_ops(c, fence.as_ref().map(|f| f.node.as_str()), &mut ops)?;
     }
     if one_trip {
         for op in &mut ops {
@@ -249,24 +278,22 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
     }
 }
 
-fn fenced_error(f: &Fence) -> StoreError {
-    StoreError::Db(format!(
-        "{} node {} no longer holds the database lease with epoch {} (another node took \
-         over); nothing was written",
-        crate::lease::FENCED,
-        f.node,
-        f.epoch
-    ))
-}
-
 /// Runs `f` in a transaction that first checks this node's fence (when it has one): the
 /// engine's writes besides commits (schedules, attempts, attention marks).
-pub(crate) fn fenced<T>(store: &PgStore, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+/// `ids`: the instances written, which must be this node's.
+pub(crate) fn fenced<T>(
+    store: &PgStore,
+    ids: &[&str],
+    f: impl FnOnce(&mut Conn) -> Result<T>,
+) -> Result<T> {
     match store.fence() {
         None => store.write(f),
         Some(fence) => store.write(|c| {
             c.transaction(|c| {
-                let held = c.query_opt(FENCE, &[&fence.node, &fence.epoch])?.is_some();
+                let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+                let held = c
+                    .query_opt(FENCE, &[&fence.node, &fence.epoch, &ids])?
+                    .is_some();
                 if !held {
                     return Err(fenced_error(&fence));
                 }
@@ -371,7 +398,9 @@ async fn run_pipeline(conn: &mut Conn, ops: &[Op], commit: bool) -> Result<Vec<R
 }
 
 /// The statements of one commit (checked for consistency first).
-fn commit_ops(c: &Commit, ops: &mut Vec<Op>) -> Result<()> {
+/// `owner`: this node, in a cluster (new instances are its own; processed events move its
+/// event cursor on).
+fn commit_ops(c: &Commit, owner: Option<&str>, ops: &mut Vec<Op>) -> Result<()> {
     let id = c.instance_id.clone();
     if let Some(inst) = &c.create {
         if inst.id != c.instance_id {
@@ -394,6 +423,7 @@ fn commit_ops(c: &Commit, ops: &mut Vec<Op>) -> Result<()> {
                 Box::new(inst.output.as_ref().map(to_json).transpose()?),
                 Box::new(inst.error.as_ref().map(to_json).transpose()?),
                 Box::new(inst.attention.clone()),
+                Box::new(owner.map(str::to_string)),
             ],
         ));
     }
@@ -460,6 +490,15 @@ fn commit_ops(c: &Commit, ops: &mut Vec<Op>) -> Result<()> {
     }
     if !c.processed_events.is_empty() {
         ops.push(op(MARK_EVENTS, vec![Box::new(c.processed_events.clone())]));
+        if let Some(node) = owner {
+            ops.push(op(
+                MOVE_EVENT_CURSOR,
+                vec![
+                    Box::new(node.to_string()),
+                    Box::new(c.processed_events.clone()),
+                ],
+            ));
+        }
     }
     if let Some((status, output, error)) = &c.status {
         ops.push(Op {

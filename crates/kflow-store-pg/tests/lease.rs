@@ -11,32 +11,67 @@ fn open(db: &TestDb) -> PgStore {
 }
 
 #[test]
-fn a_holder_paused_past_its_lease_is_fenced() {
-    let Some(db) = TestDb::create("a_holder_paused_past_its_lease_is_fenced") else {
+fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
+    let Some(db) = TestDb::create("a_node_paused_past_its_lease_is_fenced") else {
         return;
     };
     let (a, b) = (open(&db), open(&db));
-    let fa = a
-        .try_acquire_lease("a", 1_000)
-        .unwrap()
-        .expect("a takes the free lease");
+    let fa = a.join("a", "host", Some("127.0.0.1:1"), 1_000).unwrap();
     assert_eq!(fa.epoch, 1);
     a.set_fence(Some(fa.clone()));
-    assert_eq!(b.try_acquire_lease("b", 1_000).unwrap(), None, "a holds it");
-    a.apply(&[create(&instance("i", 1))])
-        .expect("the holder commits");
-    assert!(a.renew_lease(&fa, 1_000).unwrap());
-
-    // a "pauses": b takes over once the lease lapsed, with a new epoch.
-    std::thread::sleep(std::time::Duration::from_millis(1_100));
-    let fb = b
-        .try_acquire_lease("b", 5_000)
-        .unwrap()
-        .expect("b takes the lapsed lease");
-    assert_eq!(fb.epoch, 2);
+    let fb = b.join("b", "host", Some("127.0.0.1:2"), 60_000).unwrap();
     b.set_fence(Some(fb.clone()));
+    a.apply(&[create(&instance("i", 1))])
+        .expect("a commits its own instance");
+    b.apply(&[create(&instance("j", 1))])
+        .expect("b commits its own instance");
+    let owner = b.owner_of("i").unwrap().expect("i exists");
+    assert_eq!(
+        (owner.node.as_deref(), owner.api.as_deref(), owner.live),
+        (Some("a"), Some("127.0.0.1:1"), true)
+    );
+    // A live node cannot write another node's instance.
+    let e = b
+        .apply(&[append("i", 2..=2)])
+        .expect_err("not b's instance");
+    assert!(lease::is_fenced(&e), "{e}");
+    assert!(lease::is_fenced(
+        &b.set_attention("i", Some("x")).unwrap_err()
+    ));
+    // Each node's scans see its own instances only.
+    assert_eq!(a.running_instances().unwrap(), vec!["i".to_string()]);
+    assert_eq!(b.running_instances().unwrap(), vec!["j".to_string()]);
+    assert!(a.renew_node(&fa, 1_000, "active", 1).unwrap());
+    assert_eq!(b.adopt(&fb).unwrap(), None, "a is alive: nothing to adopt");
 
-    // a wakes up: none of its commits lands, and it learns that it lost the lease.
+    // An event posted now is offered by both nodes, each from its own cursor.
+    let ev = a
+        .add_event(&serde_json::json!({"type": "t", "id": "1"}), 1)
+        .unwrap();
+    assert_eq!(a.pending_events(10).unwrap().len(), 1);
+    assert_eq!(b.pending_events(10).unwrap().len(), 1);
+    let mut c = append("j", 2..=2);
+    c.processed_events = vec![ev];
+    b.apply(&[c]).unwrap();
+    assert!(
+        b.pending_events(10).unwrap().is_empty(),
+        "b's cursor moved on"
+    );
+    assert_eq!(a.pending_events(10).unwrap().len(), 1, "a's did not");
+
+    // a "pauses" past its lease: b adopts its instances, with a's event cursor.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let adopted = b.adopt(&fb).unwrap().expect("a's lease lapsed");
+    assert_eq!(adopted.from.as_deref(), Some("a"));
+    assert_eq!(adopted.ids, vec!["i".to_string()]);
+    assert_eq!(adopted.event_cursor, Some(ev - 1));
+    assert_eq!(b.adopt(&fb).unwrap(), None, "adopted once");
+    assert_eq!(
+        b.running_instances().unwrap(),
+        vec!["i".to_string(), "j".to_string()]
+    );
+
+    // a wakes up: none of its writes lands, and it learns that it lost its lease.
     let e = a.apply(&[append("i", 2..=2)]).expect_err("a fenced commit");
     assert!(lease::is_fenced(&e), "{e}");
     assert!(e.to_string().contains("epoch 1"), "{e}");
@@ -46,10 +81,9 @@ fn a_holder_paused_past_its_lease_is_fenced() {
         "nothing of the fenced batch was written"
     );
     assert!(
-        !a.renew_lease(&fa, 1_000).unwrap(),
+        !a.renew_node(&fa, 1_000, "active", 1).unwrap(),
         "the renewal finds the lease gone"
     );
-    // Nor do its other writes of engine state: a cron tick, an attempt, an attention mark.
     let e = a
         .put_schedule(&schedule("ns", "cron", Some(5)))
         .expect_err("a fenced schedule write");
@@ -58,26 +92,55 @@ fn a_holder_paused_past_its_lease_is_fenced() {
     assert!(lease::is_fenced(
         &a.set_attention("i", Some("x")).unwrap_err()
     ));
-    b.apply(&[append("i", 2..=2)])
-        .expect("the new holder commits");
-    let l = b.lease().unwrap().expect("lease");
-    assert_eq!((l.node.as_str(), l.epoch), ("b", 2));
-    assert!(l.expires_in_ms > 0);
-
-    // A drained holder gives it up: the standbys hear it, and the next node takes it at once.
-    let mut listener = a.listen_lease().expect("listen");
-    assert!(b.release_lease(&fb).unwrap());
-    let heard = pool_recv(&mut listener.notifications);
-    assert_eq!(
-        heard.as_deref(),
-        Some("b"),
-        "the standby is told who gave it up"
+    assert!(
+        a.join("a", "host", None, 1_000).is_err(),
+        "an adopted node cannot come back"
     );
-    let fa2 = a
-        .try_acquire_lease("a", 1_000)
+    b.apply(&[append("i", 2..=2)]).expect("the adopter commits");
+
+    // A drained node gives its lease up: the others hear it and adopt at once.
+    let fc = a.join("c", "host", None, 60_000).unwrap();
+    a.set_fence(Some(fc.clone()));
+    a.apply(&[create(&instance("k", 1))]).unwrap();
+    let mut listener = b.listen_lease().expect("listen");
+    assert!(a.release_node(&fc).unwrap());
+    assert_eq!(pool_recv(&mut listener.notifications).as_deref(), Some("c"));
+    let adopted = b.adopt(&fb).unwrap().expect("c left");
+    assert_eq!(adopted.ids, vec!["k".to_string()]);
+
+    // The leader lease (retention, alert deliveries): one holder, handed over at once.
+    let la = a.try_acquire_lease("a2", 1_000).unwrap().expect("free");
+    assert_eq!(
+        b.try_acquire_lease("b", 1_000).unwrap(),
+        None,
+        "a2 holds it"
+    );
+    assert!(a.renew_lease(&la, 1_000).unwrap());
+    assert!(a.release_lease(&la).unwrap());
+    let lb = b
+        .try_acquire_lease("b", 1_000)
         .unwrap()
         .expect("taken at once");
-    assert_eq!(fa2.epoch, 3);
+    assert_eq!(lb.epoch, 2);
+}
+
+#[test]
+fn instances_without_an_owner_are_adopted_in_batches() {
+    let Some(db) = TestDb::create("instances_without_an_owner_are_adopted") else {
+        return;
+    };
+    let a = open(&db);
+    // Written without a fence (schema version 1, `kflow db copy`): no owner.
+    a.apply(&[create(&instance("x", 1)), create(&instance("y", 1))])
+        .unwrap();
+    let fa = a.join("a", "host", None, 60_000).unwrap();
+    a.set_fence(Some(fa.clone()));
+    assert!(a.running_instances().unwrap().is_empty());
+    let adopted = a.adopt(&fa).unwrap().expect("orphans");
+    assert_eq!(adopted.from, None);
+    assert_eq!(adopted.ids.len(), 2);
+    assert_eq!(a.running_instances().unwrap().len(), 2);
+    assert_eq!(a.adopt(&fa).unwrap(), None);
 }
 
 #[test]
