@@ -160,10 +160,17 @@ pub struct NodeView {
     pub host: String,
     /// The address it listens on, as configured.
     pub api: Option<String>,
-    /// `active` (holds the database lease and drives the workflows), `standby`, `stopped`.
+    /// `active` (drives its instances), `draining`, `stopped`, `lost` (its lease lapsed: its
+    /// instances are about to be adopted), `gone` (adopted), `silent`.
     pub state: String,
     /// Tasks it runs now.
     pub running: i64,
+    /// Unfinished instances it drives.
+    #[serde(default)]
+    pub owned: i64,
+    /// The node that adopted its instances.
+    #[serde(default)]
+    pub adopted_by: Option<String>,
     pub started_ms: i64,
     /// Its last heartbeat (the database's clock).
     pub seen_ms: i64,
@@ -175,7 +182,7 @@ pub struct NodeView {
 pub struct NodeList {
     /// `sqlite` (one node) or `postgres`.
     pub backend: String,
-    /// The node holding the database lease, and its epoch.
+    /// The leader (it prunes and delivers alerts for all), and the epoch of its lease.
     pub lease_holder: Option<String>,
     pub lease_epoch: Option<i64>,
     /// Nodes seen in the last hour, newest first (on SQLite: this one).

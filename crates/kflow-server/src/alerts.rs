@@ -199,7 +199,10 @@ impl Alerts {
                     },
                     _ = tick.tick() => {
                         me.evaluate().await;
-                        me.deliver_due().await;
+                        // Several nodes: one of them (the leader) delivers for all.
+                        if me.engine.is_leader() {
+                            me.deliver_due().await;
+                        }
                     }
                 }
             }

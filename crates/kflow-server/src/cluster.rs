@@ -1,28 +1,29 @@
-//! Several nodes on one PostgreSQL database: the database lease (see `kflow_store_pg::lease`).
+//! Several nodes on one PostgreSQL database, all active (see `kflow_store_pg::lease`).
 //!
-//! A node starts as a **standby**: it registers in the `nodes` table and tries to take the
-//! lease every quarter second. The node that holds it is **active**: it opens the engine (which
-//! recovers every instance from the database, as after a restart), serves the API, and renews
-//! the lease every quarter of its time to live. Every commit of the active node checks its fence
-//! in the same transaction, so a node that lost the lease (paused past it, cut off) writes
-//! nothing more; when its renewal finds the lease gone it stops, and a supervisor restarts it as
-//! a standby. A drained node gives the lease up once its engine has stopped, so a standby takes
-//! over at once instead of after the time to live.
+//! Every node drives its own instances: the ones started through it, and the ones it adopted.
+//! Each term of a node (a start, or a new start after it lost its lease in the same process)
+//! joins with a **new node id** and a lease of its own, renewed every quarter of its time to live
+//! together with its heartbeat; every commit checks that lease and that the instances it writes
+//! are this node's. A node whose lease lapsed (killed, paused, cut off) is dead for good: the
+//! first live node to see it adopts all its unfinished instances in one transaction and brings
+//! them back from their work rows; a drained node gives its lease up and tells the others, who
+//! adopt at once. One node also holds the database's leader lease: it does the duties of one
+//! node for all (retention, alert deliveries).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kflow_store_pg::{Fence, PgStore};
 
-/// How long a standby waits before trying again when it cannot read the lease.
-const STANDBY_POLL: Duration = Duration::from_millis(250);
+use crate::engine::Engine;
 
 /// This node in the cluster.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub store: Arc<PgStore>,
-    pub id: String,
     pub host: String,
+    /// The address other nodes forward requests to (`http://host:port`).
     pub api: Option<String>,
     pub lease_ms: i64,
 }
@@ -31,6 +32,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("a database call panicked: {e}"))
+}
+
+/// What the lease keeper of a term is given.
+pub struct Term {
+    pub fence: Fence,
+    /// Set once the engine of the term is open.
+    pub engine: Arc<std::sync::OnceLock<Engine>>,
+    /// Set when the node drains: it adopts nothing more.
+    pub draining: Arc<AtomicBool>,
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -42,51 +53,29 @@ impl Node {
             .unwrap_or_else(|| "node".to_string());
         Node {
             store,
-            id: format!("{host}-{}", uuid::Uuid::now_v7().simple()),
             host,
             api,
             lease_ms: lease_ms.max(1_000),
         }
     }
 
-    async fn beat(&self, state: &'static str, running: i64) {
-        let (store, id, host, api) = (
-            self.store.clone(),
-            self.id.clone(),
-            self.host.clone(),
-            self.api.clone(),
-        );
-        match blocking(move || store.heartbeat(&id, &host, api.as_deref(), state, running)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "recording this node's heartbeat failed"),
-            Err(e) => tracing::warn!(error = %e, "recording this node's heartbeat failed"),
-        }
-    }
-
-    /// Waits as a standby until this node holds the lease; its fence.
-    ///
-    /// No busy polling: a standby listens for the holder giving the lease up (a drain) and
-    /// otherwise sleeps until the lease would expire by the database's clock, at most a
-    /// second (the safety net), then tries to take it.
-    pub async fn acquire(&self) -> Fence {
-        let mut said = None::<String>;
-        let mut last_beat = Instant::now() - Duration::from_secs(10);
-        let mut listener: Option<kflow_store_pg::Listener> = None;
+    /// Joins the cluster for a new term: a new node id and a lease of its own. Retries (with a
+    /// second between tries) while the database cannot be reached.
+    pub async fn join(&self) -> Fence {
+        let mut said = false;
         loop {
-            if listener.is_none() {
-                let store = self.store.clone();
-                listener = blocking(move || store.listen_lease())
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok());
-            }
-            let (store, id, ttl) = (self.store.clone(), self.id.clone(), self.lease_ms);
-            let mut wait = STANDBY_POLL;
-            match blocking(move || store.try_acquire_lease(&id, ttl)).await {
-                Ok(Ok(Some(fence))) => {
-                    tracing::info!(node = %self.id, epoch = fence.epoch, "this node holds the database lease: active");
+            let id = format!("{}-{}", self.host, uuid::Uuid::now_v7().simple());
+            let (store, host, api, ttl) = (
+                self.store.clone(),
+                self.host.clone(),
+                self.api.clone(),
+                self.lease_ms,
+            );
+            let i2 = id.clone();
+            match blocking(move || store.join(&i2, &host, api.as_deref(), ttl)).await {
+                Ok(Ok(fence)) => {
+                    tracing::info!(node = %id, "joined the cluster: driving the instances started here and those adopted");
                     self.store.set_fence(Some(fence.clone()));
-                    self.beat("active", 0).await;
                     // Nodes gone for a week are forgotten (`kflow nodes` shows the last hour).
                     let store = self.store.clone();
                     if let Ok(Err(e)) =
@@ -96,30 +85,46 @@ impl Node {
                     }
                     return fence;
                 }
-                Ok(Ok(None)) => {
-                    let store = self.store.clone();
-                    if let Ok(Ok(Some(l))) = blocking(move || store.lease()).await {
-                        wait =
-                            Duration::from_millis((l.expires_in_ms + 10).clamp(10, 1_000) as u64);
-                        if said.as_deref() != Some(l.node.as_str()) {
-                            tracing::info!(
-                                node = %self.id,
-                                holder = %l.node,
-                                epoch = l.epoch,
-                                "standby: another node holds the database lease; taking over if it lapses"
-                            );
-                            said = Some(l.node);
-                        }
-                    }
+                Ok(Err(e)) if !said => {
+                    said = true;
+                    tracing::warn!(error = %e, "joining the cluster failed; trying again every second")
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "trying to take the database lease failed")
+                Err(e) if !said => {
+                    said = true;
+                    tracing::warn!(error = %e, "joining the cluster failed; trying again every second")
                 }
-                Err(e) => tracing::warn!(error = %e, "trying to take the database lease failed"),
+                _ => {}
             }
-            if last_beat.elapsed() >= Duration::from_secs(1) {
-                last_beat = Instant::now();
-                self.beat("standby", 0).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Keeps this node's lease until it is lost (returns why) or `stop` is notified (None);
+    /// meanwhile takes or keeps the leader lease, and adopts the instances of nodes whose lease
+    /// lapsed (at once when a node says it left). `valid_until` is told, after every renewal,
+    /// until when (monotonic ms) the lease surely holds: the time the renewal was sent plus the
+    /// time to live. `refresh` runs after every renewal (tokens and secrets another node may
+    /// have changed).
+    pub async fn keep(
+        &self,
+        term: Term,
+        valid_until: impl Fn(i64),
+        refresh: impl Fn(),
+    ) -> Option<String> {
+        let every = Duration::from_millis((self.lease_ms / 4).max(100) as u64);
+        let fence = term.fence.clone();
+        let mut renewed = Instant::now();
+        let mut leader: Option<Fence> = None;
+        // Adopted in the database but not yet brought into the engine (it failed): retried.
+        let mut pending: Vec<kflow_store_pg::Adopted> = Vec::new();
+        let mut listener: Option<kflow_store_pg::Listener> = None;
+        loop {
+            if listener.is_none() {
+                let store = self.store.clone();
+                listener = blocking(move || store.listen_lease())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
             }
             let told = async {
                 match listener.as_mut() {
@@ -127,80 +132,172 @@ impl Node {
                     None => std::future::pending().await,
                 }
             };
+            let mut heard = false;
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                heard = told => {
-                    if heard.is_none() {
-                        // The listening connection closed: listen again next time round.
+                _ = term.stop.notified() => {
+                    self.give_up_leader(leader.take(), term.engine.get()).await;
+                    return None;
+                }
+                _ = tokio::time::sleep(every) => {}
+                n = told => {
+                    heard = true;
+                    if n.is_none() {
                         listener = None;
                     }
                 }
             }
+            if !heard || renewed.elapsed() >= every {
+                let draining = term.draining.load(Ordering::SeqCst);
+                let state = if draining { "draining" } else { "active" };
+                let running = term
+                    .engine
+                    .get()
+                    .map_or(0, |e| e.running_tasks().len() as i64);
+                let (store, f, ttl) = (self.store.clone(), fence.clone(), self.lease_ms);
+                let sent = crate::engine::mono_ms();
+                let failed = match blocking(move || store.renew_node(&f, ttl, state, running)).await
+                {
+                    Ok(Ok(true)) => {
+                        renewed = Instant::now();
+                        valid_until(sent + self.lease_ms);
+                        None
+                    }
+                    Ok(Ok(false)) => {
+                        self.give_up_leader(leader.take(), term.engine.get()).await;
+                        return Some(format!(
+                            "this node ({}) lost its database lease of epoch {}: it lapsed \
+                                 and its instances were adopted by another node",
+                            fence.node, fence.epoch
+                        ));
+                    }
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = failed {
+                    tracing::warn!(error = %e, "renewing this node's database lease failed; retrying");
+                    if renewed.elapsed() >= Duration::from_millis(self.lease_ms as u64) {
+                        self.give_up_leader(leader.take(), term.engine.get()).await;
+                        return Some(format!(
+                            "this node ({}) could not renew its database lease for {} ms: its \
+                             instances may have been adopted ({e})",
+                            fence.node, self.lease_ms
+                        ));
+                    }
+                    continue;
+                }
+                leader = self.lead(leader, &fence, term.engine.get()).await;
+                refresh();
+            }
+            if let Some(engine) = term.engine.get()
+                && !term.draining.load(Ordering::SeqCst)
+            {
+                self.adopt(&fence, engine, &mut pending).await;
+            }
         }
     }
 
-    /// Renews the lease until it is lost (returns why) or `stop` is notified (returns None).
-    /// `running` says how many instances this node drives (shown by `kflow nodes`).
-    /// `valid_until` is told, after every renewal, until when (monotonic ms) the lease surely
-    /// holds: the time the renewal was sent plus the time to live.
-    pub async fn keep(
+    /// Takes the leader lease when it is free, or keeps it; the fence held after.
+    async fn lead(
         &self,
-        fence: Fence,
-        running: impl Fn() -> i64,
-        valid_until: impl Fn(i64),
-        stop: Arc<tokio::sync::Notify>,
-    ) -> Option<String> {
-        let every = Duration::from_millis((self.lease_ms / 4).max(100) as u64);
-        let mut renewed = Instant::now();
-        loop {
-            tokio::select! {
-                _ = stop.notified() => return None,
-                _ = tokio::time::sleep(every) => {}
-            }
-            let (store, f, ttl) = (self.store.clone(), fence.clone(), self.lease_ms);
-            let sent = crate::engine::mono_ms();
-            let failed = match blocking(move || store.renew_lease(&f, ttl)).await {
-                Ok(Ok(true)) => {
-                    renewed = Instant::now();
-                    valid_until(sent + self.lease_ms);
-                    None
-                }
-                Ok(Ok(false)) => {
-                    return Some(format!(
-                        "this node ({}) lost the database lease of epoch {}: another node took over",
-                        self.id, fence.epoch
-                    ));
-                }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e),
-            };
-            if let Some(e) = failed {
-                tracing::warn!(error = %e, "renewing the database lease failed; retrying");
-                if renewed.elapsed() >= Duration::from_millis(self.lease_ms as u64) {
-                    return Some(format!(
-                        "this node ({}) could not renew the database lease for {} ms: it may \
-                         have been taken over ({e})",
-                        self.id, self.lease_ms
-                    ));
+        held: Option<Fence>,
+        me: &Fence,
+        engine: Option<&Engine>,
+    ) -> Option<Fence> {
+        let store = self.store.clone();
+        let ttl = self.lease_ms;
+        let now = match held {
+            Some(f) => {
+                let f2 = f.clone();
+                match blocking(move || store.renew_lease(&f2, ttl)).await {
+                    Ok(Ok(true)) => Some(f),
+                    Ok(Ok(false)) => {
+                        tracing::warn!(node = %me.node, "this node is no longer the leader");
+                        None
+                    }
+                    // Not renewed this time: still held until it lapses; tried again.
+                    _ => Some(f),
                 }
             }
-            self.beat("active", running()).await;
+            None => {
+                let id = me.node.clone();
+                match blocking(move || store.try_acquire_lease(&id, ttl)).await {
+                    Ok(Ok(Some(f))) => {
+                        tracing::info!(node = %me.node, epoch = f.epoch, "this node is the leader (retention, alert deliveries)");
+                        Some(f)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(e) = engine {
+            e.set_leader(now.is_some());
+        }
+        now
+    }
+
+    async fn give_up_leader(&self, held: Option<Fence>, engine: Option<&Engine>) {
+        if let Some(e) = engine {
+            e.set_leader(false);
+        }
+        if let Some(f) = held {
+            let store = self.store.clone();
+            let _ = blocking(move || store.release_lease(&f)).await;
         }
     }
 
-    /// Records a standby that stops.
-    pub async fn stopped(&self) {
-        self.beat("stopped", 0).await;
+    /// Adopts what nodes whose lease lapsed left, one node at a time, and brings it into the
+    /// engine.
+    async fn adopt(
+        &self,
+        fence: &Fence,
+        engine: &Engine,
+        pending: &mut Vec<kflow_store_pg::Adopted>,
+    ) {
+        loop {
+            let (store, f) = (self.store.clone(), fence.clone());
+            match blocking(move || store.adopt(&f)).await {
+                Ok(Ok(Some(a))) => {
+                    tracing::info!(
+                        node = %fence.node,
+                        from = a.from.as_deref().unwrap_or("(no owner)"),
+                        instances = a.ids.len(),
+                        "adopted the instances of a node whose lease lapsed"
+                    );
+                    pending.push(a);
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "adopting failed; trying again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "adopting failed; trying again");
+                    break;
+                }
+            }
+        }
+        while let Some(a) = pending.first() {
+            match engine.adopt(a.ids.clone(), a.event_cursor).await {
+                Ok(_) => {
+                    pending.remove(0);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "bringing adopted instances back failed; trying again");
+                    return;
+                }
+            }
+        }
     }
 
-    /// Gives the lease up (after a drain) and records the node as stopped.
+    /// Gives this node's lease up (after a drain): the other nodes adopt its instances at once.
     pub async fn leave(&self, fence: &Fence) {
         let (store, f) = (self.store.clone(), fence.clone());
-        match blocking(move || store.release_lease(&f)).await {
-            Ok(Ok(_)) => tracing::info!(node = %self.id, "gave the database lease up"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "giving the database lease up failed"),
-            Err(e) => tracing::warn!(error = %e, "giving the database lease up failed"),
+        match blocking(move || store.release_node(&f)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(node = %fence.node, "gave this node's lease up: its instances are adopted by the others")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "giving this node's lease up failed"),
+            Err(e) => tracing::warn!(error = %e, "giving this node's lease up failed"),
         }
-        self.beat("stopped", 0).await;
     }
 }

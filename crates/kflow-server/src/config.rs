@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// How long the database lease lives without a renewal: a standby takes over within this
     /// (plus a quarter second) of the active node's death.
     pub db_lease_ms: i64,
+    /// The URL other nodes reach this node's API at, to forward requests for the instances it
+    /// drives (default: `http://` or `https://` and `listen`, which must then be reachable).
+    pub advertise: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             db: None,
             db_lease_ms: 4_000,
+            advertise: None,
             retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
@@ -240,6 +244,7 @@ struct FileConfig {
     tracing: Option<crate::traces::TracingConfig>,
     db: Option<String>,
     db_lease_ms: Option<i64>,
+    advertise: Option<String>,
     retention: Option<crate::retention::RetentionConfig>,
 }
 
@@ -292,6 +297,14 @@ impl ServerConfig {
                 ));
             }
             c.db_lease_ms = v;
+        }
+        if let Some(v) = file.advertise {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(format!(
+                    "{name}: advertise: {v:?} is not an http:// or https:// URL"
+                ));
+            }
+            c.advertise = Some(v.trim_end_matches('/').to_string());
         }
         if let Some(v) = file.durability {
             c.durability = parse_durability(&v).map_err(|e| format!("{name}: durability: {e}"))?;

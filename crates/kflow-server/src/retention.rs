@@ -99,6 +99,11 @@ impl Retention {
             let every = Duration::from_secs(self.config.every_seconds.unwrap_or(60));
             let me = Arc::new(self);
             loop {
+                if !me.engine.is_leader() {
+                    // Several nodes: one of them (the leader) prunes for all.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 let m = me.clone();
                 let now = m.engine.now_ms();
                 match tokio::task::spawn_blocking(move || m.pass(now)).await {

@@ -213,6 +213,13 @@ impl Store for Sealed {
             .map(|(id, v)| Ok((id, self.open(CTX_EVENT, &v)?)))
             .collect()
     }
+    fn missed_events(&self, after: i64, limit: u32) -> Result<Vec<(i64, Value)>> {
+        self.inner
+            .missed_events(after, limit)?
+            .into_iter()
+            .map(|(id, v)| Ok((id, self.open(CTX_EVENT, &v)?)))
+            .collect()
+    }
     fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
         self.inner.list_schedules()
     }

@@ -261,6 +261,43 @@ impl Vault {
     }
 
     /// An instance's `$secrets`: `base` (the secrets file) overlaid with its namespace's.
+    /// Reads the secrets again (several nodes share one database: another node may have set,
+    /// removed or re-sealed some). A row this node's keys cannot open keeps its old value.
+    pub fn reload(&self) -> Result<(), String> {
+        let rows = self
+            .store
+            .secrets()
+            .map_err(|e| format!("reading secrets: {e}"))?;
+        let mut values: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        {
+            let key = self.key.read().unwrap_or_else(|p| p.into_inner());
+            let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
+            let old = self.values.read().unwrap_or_else(|p| p.into_inner());
+            for r in &rows {
+                let opened = key
+                    .open(r)
+                    .or_else(|e| previous.iter().find_map(|k| k.open(r).ok()).ok_or(e));
+                let v = match opened {
+                    Ok(v) => v,
+                    Err(e) => match old.get(&r.namespace).and_then(|m| m.get(&r.name)) {
+                        Some(v) => v.clone(),
+                        None => {
+                            tracing::warn!(namespace = %r.namespace, name = %r.name, error = %e,
+                                "a secret cannot be opened with this node's master key (do the nodes share KFLOW_MASTER_KEY?)");
+                            continue;
+                        }
+                    },
+                };
+                values
+                    .entry(r.namespace.clone())
+                    .or_default()
+                    .insert(r.name.clone(), v);
+            }
+        }
+        *self.values.write().unwrap_or_else(|p| p.into_inner()) = values;
+        Ok(())
+    }
+
     pub fn for_namespace(&self, base: &Value, ns: &str) -> Value {
         let values = self.values.read().unwrap_or_else(|p| p.into_inner());
         match values.get(ns) {

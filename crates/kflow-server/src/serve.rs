@@ -16,9 +16,9 @@ use crate::engine::{Engine, EngineConfig};
 /// Runs the server until SIGTERM or Ctrl-C, then drains: no new work is taken, running tasks
 /// get `drain_seconds` to finish, unfinished ones stay durable and resume at the next start.
 ///
-/// On PostgreSQL the node stands by until it holds the database lease, drives the workflows
-/// while it holds it, and stands by again if it loses it (another node took over while it was
-/// paused or cut off): a node recovers without a restart of its own.
+/// On PostgreSQL every node drives the instances started through it and adopts those of nodes
+/// that die or drain; a node that loses its own lease (it was paused or cut off past it) stops
+/// at once and joins again as a new node, in the same process.
 pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         format!(
@@ -38,11 +38,8 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
     let (store, node) = open_cluster(url, &cfg).await?;
     loop {
         let fence = tokio::select! {
-            fence = node.acquire() => fence,
-            _ = wait_for_signal() => {
-                node.stopped().await;
-                return Ok(());
-            }
+            fence = node.join() => fence,
+            _ = wait_for_signal() => return Ok(()),
         };
         let term = Some((store.clone(), node.clone(), fence));
         match run(&cfg, secrets.clone(), sandbox.clone(), term).await? {
@@ -50,7 +47,7 @@ pub async fn serve(cfg: ServerConfig, secrets: Value) -> Result<(), String> {
             Ended::Lost(reason) => {
                 // The old fence stays set until a new one replaces it: a write of the old
                 // term still in flight (a blocking call the stop did not reach) is refused.
-                tracing::error!(reason = %reason, "stopped driving the workflows; standing by");
+                tracing::error!(reason = %reason, "stopped driving the workflows; joining again as a new node");
             }
         }
     }
@@ -80,32 +77,55 @@ async fn run(
         Some((store, node, fence)) => (Some(store), Some((node, fence))),
         None => (None, None),
     };
-    // The database lease is renewed from now on for as long as this node runs (the engine's
+    // This node's lease is renewed from now on for as long as this term runs (the engine's
     // recovery and the drain included). The engine learns until when it surely holds it.
     let keep_stop = Arc::new(Notify::new());
     let engine_cell: Arc<std::sync::OnceLock<Engine>> = Arc::default();
+    let tokens_cell: Arc<std::sync::OnceLock<Arc<Tokens>>> = Arc::default();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Taken just now: it holds for a time to live from here at least.
     let valid_until = Arc::new(std::sync::atomic::AtomicI64::new(
         crate::engine::mono_ms() + cfg.db_lease_ms / 2,
     ));
     let keeper = cluster.as_ref().map(|(node, fence)| {
-        let (node, fence, stop) = (node.clone(), fence.clone(), keep_stop.clone());
-        let (cell, cell2, until) = (
+        let node = node.clone();
+        let term = crate::cluster::Term {
+            fence: fence.clone(),
+            engine: engine_cell.clone(),
+            draining: draining.clone(),
+            stop: keep_stop.clone(),
+        };
+        let (cell, cell2, tokens, until) = (
             engine_cell.clone(),
             engine_cell.clone(),
+            tokens_cell.clone(),
             valid_until.clone(),
         );
         tokio::spawn(async move {
             node.keep(
-                fence,
-                move || cell.get().map_or(0, |e| e.running_tasks().len() as i64),
+                term,
                 move |t| {
                     until.store(t, std::sync::atomic::Ordering::SeqCst);
-                    if let Some(e) = cell2.get() {
+                    if let Some(e) = cell.get() {
                         e.set_lease_valid_until(t);
                     }
                 },
-                stop,
+                move || {
+                    // Tokens and secrets another node may have changed.
+                    let (engine, tokens) = (cell2.get().cloned(), tokens.get().cloned());
+                    tokio::task::spawn_blocking(move || {
+                        if let Some(t) = tokens
+                            && let Err(e) = t.reload()
+                        {
+                            tracing::warn!(error = %e, "reading the tokens again failed");
+                        }
+                        if let Some(e) = engine
+                            && let Err(m) = e.reload_secrets()
+                        {
+                            tracing::warn!(error = %m, "reading the secrets again failed");
+                        }
+                    });
+                },
             )
             .await
         })
@@ -132,6 +152,7 @@ async fn run(
             process_timeout: cfg.sandbox.timeout_seconds.map(Duration::from_secs),
             ..kflow_tasks::ExecConfig::default()
         },
+        cluster: cluster.is_some(),
         ..EngineConfig::default()
     })
     .await
@@ -159,7 +180,14 @@ async fn run(
         crate::retention::Retention::new(engine.clone(), cfg.retention.clone(), cfg.encrypt_data)
             .spawn();
     let traces = crate::traces::Exporter::new(engine.clone(), &cfg.tracing)?.map(|e| e.spawn());
+    let pump = cluster.as_ref().map(|_| {
+        let e = engine.clone();
+        tokio::spawn(async move { e.run_event_pump().await })
+    });
     let (auth, hosts) = security(&cfg, &engine).await?;
+    if let AuthMode::Tokens(t) = &auth {
+        let _ = tokens_cell.set(t.clone());
+    }
     let app = router(
         engine.clone(),
         ApiConfig {
@@ -229,12 +257,16 @@ async fn run(
             if let Some(t) = traces {
                 t.abort();
             }
+            if let Some(p) = pump {
+                p.abort();
+            }
             engine.shutdown(Duration::ZERO).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
             return Ok(Ended::Lost(reason));
         }
     }
     tracing::info!(seconds = cfg.drain_seconds, "draining");
+    draining.store(true, std::sync::atomic::Ordering::SeqCst);
     // No new fires while draining; decided ones stay in their rows for the next start.
     schedules.abort();
     alerts.abort();
@@ -247,6 +279,9 @@ async fn run(
     engine
         .shutdown(Duration::from_secs(cfg.drain_seconds))
         .await;
+    if let Some(p) = pump {
+        p.abort();
+    }
     keep_stop.notify_waiters();
     if let Some((node, fence)) = &cluster {
         // Handed over now, not after the lease's time to live.
@@ -271,8 +306,17 @@ async fn open_cluster(
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open the database: {e}"))?;
     let store = Arc::new(store);
-    let node = crate::cluster::Node::new(store.clone(), Some(cfg.listen.clone()), cfg.db_lease_ms);
-    tracing::info!(node = %node.id, database = %store.label(), "joining the cluster");
+    let scheme = if cfg.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let api = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{}", cfg.listen));
+    let node = crate::cluster::Node::new(store.clone(), Some(api), cfg.db_lease_ms);
+    tracing::info!(database = %store.label(), "joining the cluster");
     Ok((store, node))
 }
 

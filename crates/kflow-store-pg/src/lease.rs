@@ -42,9 +42,15 @@ pub struct NodeRow {
     pub id: String,
     pub host: String,
     pub api: Option<String>,
-    /// `active` (holds the lease), `standby`, `draining`, `stopped`.
+    /// What it last said: `active`, `draining`, `stopped`; `gone` once adopted.
     pub state: String,
     pub running: i64,
+    /// Unfinished instances it drives.
+    pub owned: i64,
+    /// Its own lease has lapsed (or it never had one).
+    pub expired: bool,
+    /// The node that adopted its instances.
+    pub adopted_by: Option<String>,
     /// Unix milliseconds, by the database's clock.
     pub started_ms: i64,
     pub seen_ms: i64,
@@ -109,6 +115,11 @@ impl PgStore {
         self.pool_listen(LEASE_CHANNEL)
     }
 
+    /// Hears when events are posted (see [`EVENTS_CHANNEL`]).
+    pub fn listen_events(&self) -> Result<crate::pool::Listener> {
+        self.pool_listen(EVENTS_CHANNEL)
+    }
+
     /// Who holds the lease (None: never taken).
     pub fn lease(&self) -> Result<Option<LeaseState>> {
         self.read(|c| {
@@ -164,7 +175,10 @@ impl PgStore {
                 "SELECT id, host, api, state, running, \
                  (extract(epoch FROM started_at) * 1000)::bigint, \
                  (extract(epoch FROM seen_at) * 1000)::bigint, \
-                 (extract(epoch FROM clock_timestamp() - seen_at) * 1000)::bigint \
+                 (extract(epoch FROM clock_timestamp() - seen_at) * 1000)::bigint, \
+                 (SELECT COUNT(*) FROM instances i WHERE i.owner = nodes.id \
+                     AND i.status IN ('running', 'suspended')), \
+                 COALESCE(expires_at < clock_timestamp(), true), adopted_by \
                  FROM nodes WHERE seen_at > clock_timestamp() - $1 * interval '1 millisecond' \
                  ORDER BY started_at DESC",
                 &[&(within_ms as f64)],
@@ -179,6 +193,9 @@ impl PgStore {
                 started_ms: r.get(5),
                 seen_ms: r.get(6),
                 silent_ms: r.get(7),
+                owned: r.get(8),
+                expired: r.get(9),
+                adopted_by: r.get(10),
             })
             .collect())
         })

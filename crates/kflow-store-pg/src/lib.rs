@@ -229,7 +229,7 @@ impl PgStore {
     }
 
     /// This node, in a cluster (the owner its scans filter on).
-    pub(crate) fn node(&self) -> Option<String> {
+    pub fn node(&self) -> Option<String> {
         self.fence().map(|f| f.node)
     }
 

@@ -435,7 +435,7 @@ impl Store for PgStore {
     fn pending_events(&self, n: u32) -> Result<Vec<(i64, Value)>> {
         let n = limit(n);
         self.read(|c| {
-            match self.node() {
+            events(match self.node() {
                 // In a cluster: every event after this node's cursor.
                 Some(node) => c.query(
                     "SELECT id, event FROM events WHERE id > \
@@ -446,16 +446,21 @@ impl Store for PgStore {
                     "SELECT id, event FROM events WHERE NOT processed ORDER BY id LIMIT $1",
                     &[&n],
                 )?,
-            }
-            .iter()
-            .map(|r| {
-                let id: i64 = r.get(0);
-                let text: String = r.get(1);
-                serde_json::from_str(&text)
-                    .map(|v| (id, v))
-                    .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))
             })
-            .collect()
+        })
+    }
+
+    fn missed_events(&self, after: i64, n: u32) -> Result<Vec<(i64, Value)>> {
+        let Some(node) = self.node() else {
+            return Ok(Vec::new());
+        };
+        let n = limit(n);
+        self.read(|c| {
+            events(c.query(
+                "SELECT id, event FROM events WHERE id > $2 AND id <= \
+                 (SELECT event_cursor FROM nodes WHERE id = $3) ORDER BY id LIMIT $1",
+                &[&n, &after, &node],
+            )?)
         })
     }
 
@@ -714,4 +719,17 @@ pub(crate) fn last_seq(c: &mut Conn, id: &str) -> Result<i64> {
         &[&id],
     )?
     .map_or(0, |r| r.get(0)))
+}
+
+/// Rows of (id, event).
+fn events(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(i64, Value)>> {
+    rows.iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let text: String = r.get(1);
+            serde_json::from_str(&text)
+                .map(|v| (id, v))
+                .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))
+        })
+        .collect()
 }

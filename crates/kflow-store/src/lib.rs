@@ -316,8 +316,16 @@ pub trait Store: Send + Sync + 'static {
     // --- events ------------------------------------------------------------------------
     /// Records a posted CloudEvent before it is acknowledged; returns its id (increasing).
     fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64>;
-    /// Recorded events not yet marked processed by a commit, oldest first.
+    /// Recorded events not yet marked processed by a commit, oldest first. On a store shared by
+    /// several nodes: the events after this node's cursor.
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>>;
+    /// On a store shared by several nodes: the events after `after` that this node has already
+    /// offered to its own instances (up to its cursor), oldest first; instances it takes over
+    /// from a node whose cursor stood at `after` never saw them. One node: none.
+    fn missed_events(&self, after: i64, limit: u32) -> Result<Vec<(i64, Value)>> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
 
     // --- schedules ---------------------------------------------------------------------------
     /// Every schedule row, by namespace then name.

@@ -44,8 +44,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// A PostgreSQL database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, instead of
-        /// SQLite in the data directory. Several nodes may share one: one drives the
-        /// workflows, the others stand by and take over within `db_lease_ms` if it dies.
+        /// SQLite in the data directory. Several nodes may share one: each drives the
+        /// instances started through it, and adopts those of a node that dies (within
+        /// `db_lease_ms`) or is drained (at once).
         #[arg(long, env = "KFLOW_DATABASE_URL", value_name = "URL")]
         db: Option<String>,
         /// Address to listen on.

@@ -91,6 +91,11 @@ impl ApiError {
         )
     }
 
+    /// 503 (with `Retry-After`): try again in a moment.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     pub fn too_many(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
     }

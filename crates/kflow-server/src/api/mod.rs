@@ -13,6 +13,7 @@ pub mod documents;
 pub mod error;
 pub mod events;
 mod extract;
+mod forward;
 pub mod instances;
 pub mod routes;
 pub mod schedules;

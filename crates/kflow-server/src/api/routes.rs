@@ -226,6 +226,10 @@ pub fn build(engine: Engine, config: ApiConfig) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            super::forward::forward,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::auth::guard,
         ))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))

@@ -110,6 +110,18 @@ impl Tokens {
         })
     }
 
+    /// Reads the tokens again (several nodes share one database: a token created or revoked
+    /// on another node counts here within a second).
+    pub fn reload(&self) -> Result<(), TokenError> {
+        let rows = self
+            .store
+            .tokens()
+            .map_err(|e| TokenError::Store(e.to_string()))?;
+        *self.by_id.write().unwrap_or_else(|p| p.into_inner()) =
+            rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Ok(())
+    }
+
     /// Whether any token can log in (a live stored token or the environment's).
     pub fn any_live(&self, now_ms: i64) -> bool {
         self.env_admin.is_some()

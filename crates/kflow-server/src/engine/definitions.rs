@@ -158,6 +158,10 @@ impl Engine {
                 self.not_registered(ns, name, version).await,
             ));
         };
+        if self.clustered() {
+            // Another node may register or deprecate a version at any time: read afresh.
+            return Ok(def);
+        }
         self.shared
             .definitions
             .lock()

@@ -427,6 +427,9 @@ impl Engine {
             Some(o) => o.event_published(&event).await?,
             None => 0,
         };
+        if self.offers_by_pump() {
+            return Ok(self.offered_here(event_id).await.unwrap_or(0) + scheduled);
+        }
         let delivered = self
             .ask(|reply| Msg::Event {
                 event,

@@ -7,6 +7,8 @@
 //! straight to the store.
 
 pub mod clock;
+mod cluster;
+pub use cluster::Route;
 pub mod concurrency;
 mod definitions;
 mod dispatch;
@@ -97,6 +99,10 @@ pub struct EngineConfig {
     /// A PostgreSQL database (opened, and its lease taken, by the caller) instead of the
     /// SQLite file in `data_dir` (`Engine::open` only).
     pub database: Option<Arc<kflow_store_pg::PgStore>>,
+    /// Several nodes share the database (`crate::cluster`): posted events reach this node's
+    /// instances from its own cursor, definitions are read afresh, and the duties of one node
+    /// for all wait until this node is the leader.
+    pub cluster: bool,
 }
 
 /// Per-instance budgets: one instance can neither stall the engine nor grow without end.
@@ -187,6 +193,7 @@ impl Default for EngineConfig {
             faults: FaultInjection::default(),
             clock: Arc::new(clock::SystemClock),
             database: None,
+            cluster: false,
         }
     }
 }
@@ -232,6 +239,9 @@ pub(crate) struct Shared {
     /// Answers (a fired timer, a call's result) that reached a suspended instance and wait for
     /// its resume, by (instance, effect): what `explain` tells. Kept by the driver.
     pub held: Mutex<std::collections::HashSet<(String, u64)>>,
+    /// In a cluster: the offering of posted events (see `cluster.rs`).
+    pub pump: Option<Arc<cluster::Pump>>,
+    pub leader: cluster::Leader,
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
@@ -259,7 +269,6 @@ impl Shared {
         queue.lock().set_limits(config.rate_limits.clone());
         Shared {
             store,
-            config,
             workflows: Mutex::new(HashMap::new()),
             live,
             definitions: Mutex::new(HashMap::new()),
@@ -271,6 +280,9 @@ impl Shared {
             held: Mutex::new(Default::default()),
             metrics,
             ended: tokio::sync::broadcast::channel(16_384).0,
+            pump: config.cluster.then(|| Arc::new(cluster::Pump::new())),
+            leader: cluster::Leader::new(!config.cluster),
+            config,
         }
     }
 
@@ -498,6 +510,8 @@ impl Engine {
                     api: None,
                     state: "active".into(),
                     running: self.running_tasks().len() as i64,
+                    owned: 0,
+                    adopted_by: None,
                     started_ms: 0,
                     seen_ms: now_ms(),
                     silent_ms: 0,
@@ -505,24 +519,29 @@ impl Engine {
             });
         };
         let lease = db.lease()?;
-        let holder = lease.as_ref().map(|l| l.node.clone());
         let items = db
             .nodes(3_600_000)?
             .into_iter()
             .map(|n| NodeView {
-                // What the node last said, corrected by what the database knows: an "active"
-                // node that no longer holds the lease died or was cut off; a node that stopped
-                // beating without saying so is silent.
-                state: match n.state.as_str() {
-                    "active" if holder.as_deref() != Some(n.id.as_str()) => "lost".into(),
-                    "stopped" => n.state,
-                    _ if n.silent_ms > 10_000 => "silent".into(),
-                    _ => n.state,
+                // What the node last said, corrected by what the database knows: a node whose
+                // lease lapsed died or was cut off; a node that stopped beating is silent.
+                state: if n.adopted_by.is_some() {
+                    "gone".into()
+                } else if n.state == "stopped" {
+                    n.state
+                } else if n.expired {
+                    "lost".into()
+                } else if n.silent_ms > 10_000 {
+                    "silent".into()
+                } else {
+                    n.state
                 },
                 id: n.id,
                 host: n.host,
                 api: n.api,
                 running: n.running,
+                owned: n.owned,
+                adopted_by: n.adopted_by,
                 started_ms: n.started_ms,
                 seen_ms: n.seen_ms,
                 silent_ms: n.silent_ms,

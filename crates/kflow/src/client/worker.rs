@@ -225,6 +225,44 @@ async fn register(conn: &Conn, spec: &RegisterRequest) -> Result<(String, u64), 
     }
 }
 
+/// What the sessions of one worker process share: its slots, the tasks it runs, and whether it
+/// drains.
+struct Shared {
+    slots: usize,
+    /// Slots taken by polls in flight (a poll asks for at most the free slots).
+    reserved: std::sync::atomic::AtomicUsize,
+    running: Mutex<HashMap<String, JoinHandle<()>>>,
+    draining: std::sync::atomic::AtomicBool,
+    /// Set once a slot frees (a task ended): a poll waiting for one goes on at once.
+    freed: tokio::sync::Notify,
+    executor: Executor,
+}
+
+impl Shared {
+    fn busy(&self) -> usize {
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|_, h| !h.is_finished());
+        r.len()
+    }
+
+    /// Reserves the free slots (at most `max`); how many.
+    fn reserve(&self, max: usize) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut taken = 0;
+        let _ = self.reserved.fetch_update(SeqCst, SeqCst, |r| {
+            let free = self.slots.saturating_sub(self.busy() + r).min(max);
+            taken = free;
+            Some(r + free)
+        });
+        taken
+    }
+
+    fn release(&self, n: usize) {
+        self.reserved
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let labels = parse_labels(args.labels.as_deref())?;
     // Check the capacity here too, so a typo fails before any network traffic.
@@ -239,69 +277,6 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         labels,
         capacity: args.capacity.clone(),
     };
-    let (id, hb_ms) = register(&conn, &spec).await?;
-    eprintln!(
-        "kflow worker {id}: serving queues {} at {}",
-        args.queues.join(","),
-        conn.base()
-    );
-    // Registering again (after a restart of the server) keeps the id the server gave.
-    let spec = RegisterRequest {
-        id: Some(id.clone()),
-        ..spec
-    };
-
-    let running: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::new(Mutex::new(HashMap::new()));
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Heartbeats: renew leases, stop revoked ones, notice a drain.
-    {
-        let (conn, running, draining, id, spec) = (
-            conn.clone(),
-            running.clone(),
-            draining.clone(),
-            id.clone(),
-            spec.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(hb_ms)).await;
-                let leases: Vec<String> = {
-                    let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
-                    r.retain(|_, h| !h.is_finished());
-                    r.keys().cloned().collect()
-                };
-                match conn
-                    .call::<_, HeartbeatResponse>(
-                        &format!("workers/{id}/heartbeat"),
-                        &HeartbeatRequest { running: leases },
-                    )
-                    .await
-                {
-                    Ok(Answer::Refused(404, _)) => {
-                        let _ = register(&conn, &spec).await;
-                    }
-                    Ok(Answer::Ok(hb)) => {
-                        for lease in &hb.stop {
-                            if let Some(h) = running
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(lease)
-                            {
-                                h.abort();
-                            }
-                        }
-                        if hb.draining {
-                            draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Answer::Refused(_, message)) => {
-                        eprintln!("kflow worker {id}: heartbeat refused: {message}");
-                    }
-                    Err(e) => eprintln!("kflow worker {id}: heartbeat: {e}"),
-                }
-            }
-        });
-    }
     // Shell and script tasks are confined as on the server (Landlock, limits, their own
     // users when run as root, nothing outliving them), unless `--no-sandbox`.
     let sandbox = if args.no_sandbox {
@@ -318,55 +293,227 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         sandbox,
         ..ExecConfig::default()
     });
+    let shared = Arc::new(Shared {
+        slots,
+        reserved: Default::default(),
+        running: Mutex::new(HashMap::new()),
+        draining: Default::default(),
+        freed: tokio::sync::Notify::new(),
+        executor,
+    });
+    // Several servers are the nodes of a cluster: each drives its own instances, so the worker
+    // serves every one of them (a session each), with one budget of slots. One server: the same,
+    // with long polls.
+    let several = conn.bases.len() > 1;
+    let mut sessions = Vec::new();
+    let mut registered = 0;
+    let mut first_error = None;
+    for base in &conn.bases {
+        let c = Conn {
+            bases: vec![base.clone()],
+            current: Default::default(),
+            ..conn.clone()
+        };
+        match register(&c, &spec).await {
+            Ok((id, hb_ms)) => {
+                registered += 1;
+                eprintln!(
+                    "kflow worker {id}: serving queues {} at {}",
+                    args.queues.join(","),
+                    c.base()
+                );
+                sessions.push(tokio::spawn(session(
+                    c,
+                    spec.clone(),
+                    Some((id, hb_ms)),
+                    shared.clone(),
+                    several,
+                )));
+            }
+            Err(e) if several => {
+                eprintln!(
+                    "kflow worker: {} cannot be reached now ({e:?}); trying again",
+                    c.base()
+                );
+                sessions.push(tokio::spawn(session(
+                    c,
+                    spec.clone(),
+                    None,
+                    shared.clone(),
+                    several,
+                )));
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if registered == 0 {
+        for s in &sessions {
+            s.abort();
+        }
+        return Err(first_error.unwrap_or_else(|| Failure::Usage("no server given".into())));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let all_ended = async {
+        for s in &mut sessions {
+            let _ = s.await;
+        }
+    };
+    tokio::select! {
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {
+            shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        _ = all_ended => {}
+    }
+    eprintln!("kflow worker: draining");
+    while shared.busy() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("kflow worker: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One server's session: registers (again after the server restarted), heartbeats the leases
+/// it took from that server, polls it for tasks within the shared slots, runs them and reports
+/// their results to it. Ends when the server drains this worker (`kflow worker drain`, one
+/// server) or the process drains.
+async fn session(
+    conn: Conn,
+    spec: RegisterRequest,
+    registered: Option<(String, u64)>,
+    shared: Arc<Shared>,
+    several: bool,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (id, hb_ms) = match registered {
+        Some(r) => r,
+        None => loop {
+            if shared.draining.load(SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Ok(r) = register(&conn, &spec).await {
+                eprintln!("kflow worker {}: serving {}", r.0, conn.base());
+                break r;
+            }
+        },
+    };
+    // Registering again (after a restart of the server) keeps the id the server gave.
+    let spec = RegisterRequest {
+        id: Some(id.clone()),
+        ..spec
+    };
+    // The leases taken from this server.
+    let mine: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    // This server drains the worker (or drains itself): no new tasks from it.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heartbeat = {
+        let (conn, shared, mine, stopped, id, spec) = (
+            conn.clone(),
+            shared.clone(),
+            mine.clone(),
+            stopped.clone(),
+            id.clone(),
+            spec.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(hb_ms)).await;
+                let leases: Vec<String> = {
+                    let running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut m = mine.lock().unwrap_or_else(|p| p.into_inner());
+                    m.retain(|l| running.get(l).is_some_and(|h| !h.is_finished()));
+                    m.iter().cloned().collect()
+                };
+                match conn
+                    .call::<_, HeartbeatResponse>(
+                        &format!("workers/{id}/heartbeat"),
+                        &HeartbeatRequest { running: leases },
+                    )
+                    .await
+                {
+                    Ok(Answer::Refused(404, _)) => {
+                        // The server restarted: registered again, served again.
+                        if register(&conn, &spec).await.is_ok() {
+                            stopped.store(false, SeqCst);
+                        }
+                    }
+                    Ok(Answer::Ok(hb)) => {
+                        for lease in &hb.stop {
+                            if let Some(h) = shared
+                                .running
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(lease)
+                            {
+                                h.abort();
+                            }
+                        }
+                        if hb.draining {
+                            stopped.store(true, SeqCst);
+                        }
+                    }
+                    Ok(Answer::Refused(_, message)) => {
+                        eprintln!("kflow worker {id}: heartbeat refused: {message}");
+                    }
+                    Err(e) => eprintln!("kflow worker {id}: heartbeat: {e}"),
+                }
+            }
+        })
+    };
+    // Several servers: short polls, so that slots go round the servers.
+    let wait_ms = if several { 1_000 } else { 10_000 };
     loop {
-        if draining.load(std::sync::atomic::Ordering::Relaxed) {
+        if shared.draining.load(SeqCst) || (!several && stopped.load(SeqCst)) {
             break;
         }
-        let busy = {
-            let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
-            r.retain(|_, h| !h.is_finished());
-            r.len()
-        };
-        let free = slots.saturating_sub(busy);
+        if stopped.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let free = shared.reserve(shared.slots);
         if free == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Woken as soon as a task ends (or after a moment, for the other sessions' polls).
+            let _ = tokio::time::timeout(Duration::from_millis(100), shared.freed.notified()).await;
             continue;
         }
         let (poll_path, poll_body) = (
             format!("workers/{id}/poll"),
             PollRequest {
                 max: Some(free),
-                wait_ms: Some(10_000),
+                wait_ms: Some(wait_ms),
             },
         );
-        // Leases are read one by one: a task this worker cannot read is reported as failed,
-        // without losing the others of the same answer.
         let poll = conn.call::<_, Leases>(&poll_path, &poll_body);
         let answer = tokio::select! {
             a = poll => a,
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {
-                draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            _ = async { while !shared.draining.load(SeqCst) { tokio::time::sleep(Duration::from_millis(100)).await; } } => {
+                shared.release(free);
                 continue;
             }
         };
         let leases = match answer {
             Ok(Answer::Ok(Leases { leases })) => leases,
             Ok(Answer::Refused(404, _)) => {
+                shared.release(free);
                 let _ = register(&conn, &spec).await;
                 continue;
             }
             Ok(Answer::Refused(_, message)) => {
+                shared.release(free);
                 eprintln!("kflow worker {id}: poll refused: {message}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             Err(e) => {
+                shared.release(free);
                 eprintln!("kflow worker {id}: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
+        // Leases are read one by one: a task this worker cannot read is reported as failed,
+        // without losing the others of the same answer.
         for raw in leases {
             let l: Lease = match serde_json::from_value(raw.clone()) {
                 Ok(l) => l,
@@ -402,8 +549,15 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 limits: Default::default(),
                 traceparent: None,
             };
-            let (conn2, exec, id2, lease2) =
-                (conn.clone(), executor.clone(), id.clone(), lease.clone());
+            let (conn2, exec, id2, lease2, shared2) = (
+                conn.clone(),
+                shared.executor.clone(),
+                id.clone(),
+                lease.clone(),
+                shared.clone(),
+            );
+            // Registered before it can end, so that its slot is counted until it does.
+            let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
             let h = tokio::spawn(async move {
                 let (output, error) = match exec.perform(&ctx, &effect).await {
                     Ok(v) => (Some(v), None),
@@ -425,27 +579,32 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                     }
                     Err(e) => eprintln!("kflow worker: result for {lease2}: {e}"),
                 }
+                shared2.freed.notify_waiters();
             });
-            running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(lease, h);
+            running.insert(lease.clone(), h);
+            drop(running);
+            mine.lock().unwrap_or_else(|p| p.into_inner()).insert(lease);
         }
+        shared.release(free);
     }
-    eprintln!("kflow worker {id}: draining");
+    // What this server's tasks still run ends before the session does (their results go to
+    // it); the heartbeat keeps their leases meanwhile.
     loop {
         let left = {
-            let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
-            r.retain(|_, h| !h.is_finished());
-            r.len()
+            let running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+            mine.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|l| running.get(*l).is_some_and(|h| !h.is_finished()))
+                .count()
         };
         if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("kflow worker {id}: stopped");
-    Ok(ExitCode::SUCCESS)
+    heartbeat.abort();
+    eprintln!("kflow worker {id}: stopped serving {}", conn.base());
 }
 
 /// The `tasks` slot count of a capacity string (16 when not given); other names are checked
@@ -612,16 +771,17 @@ pub async fn nodes(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         .items
         .into_iter()
         .map(|n| {
-            let holds = list.lease_holder.as_deref() == Some(n.id.as_str()) && n.state == "active";
+            let leads = list.lease_holder.as_deref() == Some(n.id.as_str()) && n.state == "active";
             vec![
                 n.id,
-                if holds {
-                    format!("{} (epoch {})", n.state, list.lease_epoch.unwrap_or(0))
-                } else {
-                    n.state
+                match (leads, &n.adopted_by) {
+                    (true, _) => format!("{} (leader)", n.state),
+                    (false, Some(by)) => format!("{} (adopted by {by})", n.state),
+                    (false, None) => n.state,
                 },
                 n.host,
                 n.api.unwrap_or_default(),
+                n.owned.to_string(),
                 n.running.to_string(),
                 format!("{:.1}s ago", n.silent_ms as f64 / 1000.0),
             ]
@@ -631,7 +791,15 @@ pub async fn nodes(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     print!(
         "{}",
         super::render::table(
-            &["NODE", "STATE", "HOST", "LISTEN", "RUNNING", "HEARTBEAT"],
+            &[
+                "NODE",
+                "STATE",
+                "HOST",
+                "API",
+                "INSTANCES",
+                "TASKS",
+                "HEARTBEAT"
+            ],
             &rows
         )
     );

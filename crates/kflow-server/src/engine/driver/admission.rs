@@ -63,37 +63,50 @@ impl Driver {
         }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows.dedup_by(|a, b| a.id == b.id);
+        // On a store shared by several nodes: only this node's instances.
+        let mine: std::collections::HashSet<String> = match blocking(|| store.running_instances()) {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(_) => return Vec::new(),
+        };
         for row in rows {
-            let id = row.id.clone();
-            let Ok(head) = blocking(|| store.history(&id, 0, 2)) else {
-                continue;
-            };
-            let Ok(wf) = self
-                .shared
-                .workflow(&row.namespace, &row.name, &row.version)
-            else {
-                continue;
-            };
-            let Ok((groups, _)) = self.groups_of(&wf, &row.input) else {
-                continue;
-            };
-            if groups.is_empty() {
-                continue;
-            }
-            let records = match crate::engine::journal::decode_all(&id, &head) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.park(&id, &e.to_string());
-                    continue;
-                }
-            };
-            if records.iter().any(|r| matches!(r, Record::Started { .. })) {
-                self.groups.add_running(&id, &groups);
-            } else {
-                self.groups.add_waiting(&id, &groups);
+            if mine.contains(&row.id) {
+                self.regroup(row);
             }
         }
         self.groups.fill()
+    }
+
+    /// Counts one running instance in its concurrency groups (running or waiting for a slot).
+    pub(super) fn regroup(&mut self, row: Instance) {
+        let store = self.shared.store.clone();
+        let id = row.id.clone();
+        let Ok(head) = blocking(|| store.history(&id, 0, 2)) else {
+            return;
+        };
+        let Ok(wf) = self
+            .shared
+            .workflow(&row.namespace, &row.name, &row.version)
+        else {
+            return;
+        };
+        let Ok((groups, _)) = self.groups_of(&wf, &row.input) else {
+            return;
+        };
+        if groups.is_empty() {
+            return;
+        }
+        let records = match crate::engine::journal::decode_all(&id, &head) {
+            Ok(r) => r,
+            Err(e) => {
+                self.park(&id, &e.to_string());
+                return;
+            }
+        };
+        if records.iter().any(|r| matches!(r, Record::Started { .. })) {
+            self.groups.add_running(&id, &groups);
+        } else {
+            self.groups.add_waiting(&id, &groups);
+        }
     }
 
     /// Starts an instance that waited for a concurrency slot.

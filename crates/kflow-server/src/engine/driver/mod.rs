@@ -120,6 +120,15 @@ pub enum Msg {
         task: String,
         worker: String,
     },
+    /// Instances this node took over from a node whose lease lapsed or that left (see
+    /// `cluster.rs`): each is brought back from its work rows as after a restart. `since`:
+    /// where that node's event cursor stood; the events after it that this node already offered
+    /// to its own instances are offered to the adopted subscriptions. Answers how many.
+    Adopt {
+        ids: Vec<String>,
+        since: Option<i64>,
+        reply: oneshot::Sender<Result<usize>>,
+    },
     /// Answered once the driver has gone round its loop (timers due by the engine's clock
     /// fired, what it took committed): tests on a manual clock wait for it instead of sleeping.
     Sync { reply: oneshot::Sender<Result<()>> },
@@ -360,6 +369,12 @@ impl Driver {
                 let n = self.offer_event(&event, event_id, b, now);
                 b.after.push(After::ReplyCount(reply, n));
             }
+            Msg::Adopt { ids, since, reply } => match self.adopt(&ids, since, b, now) {
+                Ok(n) => b.after.push(After::ReplyCount(reply, n)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Msg::LeaseLost {
                 instance,
                 effect,

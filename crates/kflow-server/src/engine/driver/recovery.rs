@@ -43,6 +43,63 @@ impl Driver {
         Ok(())
     }
 
+    /// Takes over instances of another node (see `Msg::Adopt`): their subscriptions, near
+    /// timers and interrupted effects, as `recover` does for all of this node's at a start.
+    pub(super) fn adopt(
+        &mut self,
+        ids: &[String],
+        since: Option<i64>,
+        b: &mut Batch,
+        now: i64,
+    ) -> Result<usize> {
+        let store = self.shared.store.clone();
+        let mut subs: Vec<(String, u64)> = Vec::new();
+        let mut adopted = 0;
+        for id in ids {
+            // Nothing of it may linger from an earlier time this node had it.
+            self.active.remove(id);
+            let Some(row) = blocking(|| store.get_instance(id))? else {
+                continue;
+            };
+            adopted += 1;
+            if row.status != InstanceStatus::Running || row.attention.is_some() {
+                continue; // suspended or parked: its work moves again when it is resumed
+            }
+            for w in blocking(|| store.work_of(id))? {
+                if w.kind == "listen" {
+                    if let Some(sub) = serde_json::from_value::<Effect>(w.effect.clone())
+                        .ok()
+                        .as_ref()
+                        .and_then(Subscription::of)
+                    {
+                        subs.push((w.instance_id.clone(), w.effect_id));
+                        self.subs.insert((w.instance_id.clone(), w.effect_id), sub);
+                    }
+                } else if w.kind != "timer" || w.due_ms <= now + crate::engine::timers::HORIZON_MS {
+                    self.resume_work(w, now, &mut b.ready);
+                }
+            }
+            self.regroup(row);
+        }
+        for id in self.groups.fill() {
+            self.admit(&id, b, now);
+        }
+        if let (Some(since), false) = (since, subs.is_empty()) {
+            subs.sort();
+            for (event_id, event) in blocking(|| store.missed_events(since, 10_000))? {
+                for key in &subs {
+                    if self.subs.get(key).is_some_and(|s| s.matches(&event)) {
+                        b.ready
+                            .push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
+                        b.event_of.insert(key.clone(), event_id);
+                    }
+                }
+            }
+        }
+        self.drain_ready(b, now);
+        Ok(adopted)
+    }
+
     /// Puts a stored work row back in motion (timer armed, effect re-run, child checked).
     pub(super) fn resume_work(
         &mut self,
