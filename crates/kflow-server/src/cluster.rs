@@ -259,7 +259,7 @@ impl Node {
                 Ok(Ok(Some(a))) => {
                     tracing::info!(
                         node = %fence.node,
-                        from = a.from.as_deref().unwrap_or("(no owner)"),
+                        from = %a.from.as_deref().unwrap_or("(no owner)"),
                         instances = a.ids.len(),
                         "adopted the instances of a node whose lease lapsed"
                     );

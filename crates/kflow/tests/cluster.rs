@@ -66,8 +66,8 @@ fn start_instances(base: &str, from: u64, n: u64) -> Vec<String> {
 }
 
 #[test]
-fn three_nodes_fence_fail_over_and_hand_over() {
-    let Some(db) = TestDb::create("three_nodes_fence_fail_over_and_hand_over") else {
+fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
+    let Some(db) = TestDb::create("three_active_nodes_share_the_work") else {
         return;
     };
     let service = TestServer::start_with(|r| {
@@ -90,154 +90,100 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     let mut cluster = Cluster::new(TAKEOVER_MAX);
     for i in 0..3 {
         cluster.spawn(&dir.path().join(format!("n{i}")), &args, &env);
-        if i == 0 {
-            let (a, _) = cluster.wait_active(None, Instant::now());
-            assert_eq!(a, 0);
-        }
-    }
-    // The other two stand by.
-    for i in 1..3 {
-        let ok = support::poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            cluster.nodes[i].log().contains("standby:").then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "node {i} is not a standby\n{}",
-            cluster.logs()
-        );
     }
     let doc = WORKFLOW.replace("SERVICE", &service.base());
-    let r = http_request(
-        "POST",
-        &cluster.nodes[0].base(),
-        "/api/v1/definitions",
-        Some(("application/yaml", doc.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .expect("register");
-    assert_eq!(r.status, 201, "{}", r.text());
-
-    let r = http_request(
-        "POST",
-        &cluster.nodes[0].base(),
-        "/api/v1/definitions",
-        Some(("application/yaml", TICK.as_bytes())),
-        Duration::from_secs(30),
-    )
-    .expect("register the schedule");
-    assert_eq!(r.status, 201, "{}", r.text());
+    support::register(&cluster.nodes[0].base(), &doc);
+    support::register(&cluster.nodes[1].base(), TICK);
     let schedule_from = Instant::now();
-    let mut ids = start_instances(&cluster.nodes[0].base(), 0, 30);
-    // Some steps complete, others are in flight when the faults come.
-    std::thread::sleep(Duration::from_millis(CALL_MS * 3));
-
-    // 1. Pause the active node past its lease: another takes over; the paused one, resumed,
-    //    commits nothing, stops driving the workflows and stands by again (same process).
-    let paused_at = Instant::now();
-    let pid0 = cluster.nodes[0].pid();
-    cluster.nodes[0].signal("STOP");
-    let (b, took) = cluster.wait_active(Some(0), paused_at);
-    let after_pause = took;
+    // Every node takes starts and drives what it started.
+    let mut ids = Vec::new();
+    for n in 0..3u64 {
+        ids.extend(start_instances(&cluster.nodes[n as usize].base(), n * 20, 20));
+    }
+    let (code, nodes) = get_json(&cluster.nodes[2].base(), "/api/v1/nodes").expect("nodes");
+    assert_eq!(code, 200, "{nodes}");
+    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        items.iter().filter(|n| n["state"] == "active").count(),
+        3,
+        "three active nodes: {nodes}"
+    );
     assert!(
-        took <= TAKEOVER_MAX,
-        "takeover after a pause took {took:?}\n{}",
+        items
+            .iter()
+            .all(|n| n["owned"].as_i64().unwrap_or(0) > 0),
+        "each drives instances of its own: {nodes}"
+    );
+    // Any node answers for any instance: node 2 forwards the explanation of node 0's.
+    let (code, v) = get_json(&cluster.nodes[2].base(), "/api/v1/instances/c-0/explain")
+        .expect("explain");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["id"], "c-0", "{v}");
+    // Some steps complete, others are in flight when the faults come.
+    std::thread::sleep(Duration::from_millis(CALL_MS * 2));
+
+    // 1. Pause node 0 past its lease: another node adopts its instances; node 0, resumed,
+    //    commits nothing, and joins again as a new node in the same process.
+    let pid0 = cluster.nodes[0].pid();
+    let first = cluster.ids(0).pop().expect("node 0 joined");
+    let paused_at = Instant::now();
+    cluster.nodes[0].signal("STOP");
+    let (_, after_pause) = cluster.wait_adopted(&first, paused_at);
+    assert!(
+        after_pause <= TAKEOVER_MAX,
+        "adoption after a pause took {after_pause:?}\n{}",
         cluster.logs()
     );
     cluster.nodes[0].signal("CONT");
-    let demoted = support::poll_until(Duration::from_secs(15), Duration::from_millis(50), || {
-        let log = cluster.nodes[0].log();
-        let lost = log.find("lost the database lease")?;
-        log[lost..].contains("standby:").then_some(())
-    });
+    cluster.wait_joined(0, 2);
     assert!(
-        demoted.is_some(),
-        "the resumed node stands by again\n{}",
+        cluster.nodes[0].log().contains("lost its database lease"),
+        "{}",
         cluster.logs()
     );
     assert_eq!(cluster.nodes[0].pid(), pid0, "without a restart");
+    ids.extend(start_instances(&cluster.nodes[0].base(), 60, 20));
+    std::thread::sleep(Duration::from_millis(CALL_MS * 2));
+
+    // 2. Kill node 1: another adopts its instances; node 1 comes back as a new node.
+    let (_, after_kill) = cluster.kill_and_adopt(1);
     assert!(
-        cluster.nodes[0]
-            .wait_exit(Duration::from_millis(10))
-            .is_none()
+        after_kill <= TAKEOVER_MAX,
+        "adoption after a kill took {after_kill:?}"
     );
-    ids.extend(start_instances(&cluster.nodes[b].base(), 30, 30));
-    std::thread::sleep(Duration::from_millis(CALL_MS * 3));
+    ids.extend(start_instances(&cluster.nodes[1].base(), 80, 20));
 
-    // 2. Kill the new active node: a standby takes over; the killed one rejoins.
-    let killed_at = Instant::now();
-    cluster.nodes[b].kill9();
-    let (c, took) = cluster.wait_active(Some(b), killed_at);
-    let after_kill = took;
-    assert!(took <= TAKEOVER_MAX, "takeover after a kill took {took:?}");
-    cluster.nodes[b].respawn();
-    let standby = support::poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let log = cluster.nodes[b].log();
-        // Its second incarnation's log says it stands by.
-        log.lines()
-            .any(|l| l.starts_with("[server #2]") && l.contains("standby:"))
-            .then_some(())
-    });
-    assert!(standby.is_some(), "node {b} rejoins\n{}", cluster.logs());
-    ids.extend(start_instances(&cluster.nodes[c].base(), 60, 20));
-
-    // 3. Drain the active node: it keeps answering (a start gets 503 with Retry-After), then
-    //    hands the lease over at once.
-    let drained_at = Instant::now();
-    cluster.nodes[c].signal("TERM");
+    // 3. Drain node 2: it keeps answering (a start gets 503 with Retry-After), then gives its
+    //    lease up, and its instances are adopted at once.
+    let third = cluster.ids(2).pop().expect("node 2 joined");
+    // Calls in flight on node 2 when it is told to drain.
+    ids.extend(start_instances(&cluster.nodes[2].base(), 100, 20));
+    std::thread::sleep(Duration::from_millis(CALL_MS / 2));
+    cluster.nodes[2].signal("TERM");
     std::thread::sleep(Duration::from_millis(50));
     let body = json!({"namespace": "cluster", "name": "steps", "input": {"i": -1}});
     let late = http_request(
         "POST",
-        &cluster.nodes[c].base(),
+        &cluster.nodes[2].base(),
         "/api/v1/instances",
         Some(("application/json", &serde_json::to_vec(&body).unwrap())),
         Duration::from_secs(10),
     )
     .expect("a draining node still answers");
     assert_eq!(late.status, 503, "a start during a drain: {}", late.text());
-    let drained = cluster.nodes[c]
+    let drained = cluster.nodes[2]
         .wait_exit(Duration::from_secs(30))
         .expect("the drained node exits");
+    let exited_at = Instant::now();
     assert!(
         drained.success(),
         "a drain ends with success\n{}",
         cluster.logs()
     );
-    let (d, took) = cluster.wait_active(Some(c), drained_at);
-    assert!(d != c);
-    let handover = took;
+    let (_, handover) = cluster.wait_adopted(&third, exited_at);
 
-    // Every instance completes, once, on whichever node is active.
-    let base = cluster.nodes[d].base();
-    // `kflow nodes`: the active one holds the lease; the paused one, back, stands by or
-    // drives; the killed one is lost; the drained one stopped.
-    let (code, nodes) = get_json(&base, "/api/v1/nodes").expect("nodes");
-    assert_eq!(code, 200, "{nodes}");
-    assert_eq!(nodes["backend"], "postgres");
-    let items = nodes["items"].as_array().cloned().unwrap_or_default();
-    let states: Vec<&str> = items.iter().filter_map(|n| n["state"].as_str()).collect();
-    assert_eq!(
-        items.len(),
-        4,
-        "four incarnations of three nodes: {nodes}\n{}",
-        cluster.logs()
-    );
-    assert_eq!(
-        states.iter().filter(|s| **s == "active").count(),
-        1,
-        "{nodes}"
-    );
-    assert!(
-        states.contains(&"stopped") && states.contains(&"lost"),
-        "{nodes}"
-    );
-    let holder = nodes["lease_holder"].as_str().unwrap_or("");
-    assert!(
-        items
-            .iter()
-            .any(|n| n["id"] == holder && n["state"] == "active"),
-        "{nodes}"
-    );
+    // Every instance completes, once, whichever node drove it; any live node answers.
+    let base = cluster.nodes[0].base();
     let deadline = Instant::now() + Duration::from_secs(90);
     for id in &ids {
         loop {
@@ -257,30 +203,42 @@ fn three_nodes_fence_fail_over_and_hand_over() {
         }
     }
 
+    // `kflow nodes`: two active nodes (one of them the leader); the first terms of nodes 0
+    // and 1 gone (adopted); node 2 stopped and adopted.
+    let (code, nodes) = get_json(&base, "/api/v1/nodes").expect("nodes");
+    assert_eq!(code, 200, "{nodes}");
+    assert_eq!(nodes["backend"], "postgres");
+    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 5, "five terms of three nodes: {nodes}\n{}", cluster.logs());
+    let states: Vec<&str> = items.iter().filter_map(|n| n["state"].as_str()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "active").count(), 2, "{nodes}");
+    assert_eq!(states.iter().filter(|s| **s == "gone").count(), 3, "{nodes}");
+    let leader = nodes["lease_holder"].as_str().unwrap_or("");
+    assert!(
+        items.iter().any(|n| n["id"] == leader && n["state"] == "active"),
+        "{nodes}"
+    );
+
     // The web UI shows them too.
     let page = http_request("GET", &base, "/ui/workers", None, Duration::from_secs(10))
         .expect("the workers page");
     let html = page.text();
     assert_eq!(page.status, 200, "{html}");
     assert!(
-        html.contains("Nodes") && html.contains(holder) && html.contains("epoch"),
+        html.contains("Nodes") && html.contains(leader) && html.contains("adopted by"),
         "{html}"
     );
 
-    // The CLI given every node finds the active one (standbys do not listen).
-    // The active one last: the others are tried first, and do not answer.
-    let mut all: Vec<String> = (0..cluster.nodes.len())
-        .filter(|i| *i != d)
-        .map(|i| cluster.nodes[i].base())
-        .collect();
-    all.push(cluster.nodes[d].base());
+    // The CLI given every node (node 2 is down) gets its answer from a live one.
+    let all: Vec<String> = [2, 1, 0].iter().map(|i| cluster.nodes[*i].base()).collect();
     let out = support::kflow(["get", "c-0", "-o", "json"])
         .env("KFLOW_SERVER", &all.join(","))
         .run();
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert_eq!(out.json().expect("json")["status"], "completed");
 
-    // The schedule went on across the takeovers: ticks from the whole run, each once.
+    // The schedule went on across the faults: ticks from the whole run, each once, though
+    // every node's scheduler looks at it.
     let (_, ticks) = get_json(
         &base,
         "/api/v1/instances?namespace=cluster&name=tick&limit=1000",
@@ -301,7 +259,7 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     );
     assert!(
         items.len() as u64 + 6 >= seconds && items.len() as u64 <= seconds + 1,
-        "{} ticks in {seconds} s (takeovers may miss a few, never add any): {ticks}",
+        "{} ticks in {seconds} s (faults may miss a few, never add any): {ticks}",
         items.len()
     );
 
@@ -349,11 +307,101 @@ fn three_nodes_fence_fail_over_and_hand_over() {
     let repeats: usize = calls.values().map(|n| n - 1).sum();
     let keys = calls.len();
     eprintln!(
-        "cluster: {} instances, {keys} steps, {repeats} calls re-run after a fault; \
-         takeover after a pause {after_pause:?}, after a kill {after_kill:?} (lease {LEASE_MS} ms), \
-         hand-over after a drain {handover:?}",
+        "cluster: {} instances on three active nodes, {keys} steps, {repeats} calls re-run after \
+         a fault; adoption after a pause {after_pause:?}, after a kill {after_kill:?} (lease \
+         {LEASE_MS} ms), after a drain {handover:?} from the node's exit",
         ids.len()
     );
+}
+
+/// A posted event reaches the waiting instances of every node, whichever node it is posted to,
+/// once; and the instances of a node that dies are offered the events it had not seen.
+#[test]
+fn events_posted_to_any_node_reach_every_nodes_instances() {
+    let Some(db) = TestDb::create("events_posted_to_any_node") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-events");
+    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
+    let config = config.to_string_lossy().into_owned();
+    let key = support::base64(&[4u8; 32]);
+    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
+    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
+    let mut cluster = Cluster::new(TAKEOVER_MAX);
+    for i in 0..3 {
+        cluster.spawn(&dir.path().join(format!("n{i}")), &args, &env);
+    }
+    let doc = r#"
+document: {dsl: '1.0.0', namespace: cluster, name: waits, version: '1.0.0'}
+do:
+  - wait:
+      listen:
+        to:
+          one:
+            with: {type: com.example.go, source: test}
+      output:
+        as: '${ {got: .[0].n} }'
+"#;
+    support::register(&cluster.nodes[0].base(), doc);
+    let start = |node: usize, id: &str| {
+        let body = json!({"namespace": "cluster", "name": "waits", "id": id, "input": {}});
+        let (code, v) = post_json(&cluster.nodes[node].base(), "/api/v1/instances", &body)
+            .expect("start");
+        assert!(code == 201 || code == 200, "{v}");
+    };
+    let post = |node: usize, n: u64| {
+        let ev = json!({"specversion": "1.0", "id": format!("e{n}"), "source": "test",
+            "type": "com.example.go", "data": {"n": n}});
+        let (code, v) = post_json(&cluster.nodes[node].base(), "/api/v1/events", &ev).expect("post");
+        assert!(code < 300, "{v}");
+    };
+    for n in 0..3 {
+        start(n, &format!("w{n}"));
+    }
+    // Let the subscriptions be committed, then post to node 1 only.
+    std::thread::sleep(Duration::from_millis(500));
+    post(1, 1);
+    let got = |id: &str| {
+        support::poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            let (_, v) = get_json(&cluster.nodes[1].base(), &format!("/api/v1/instances/{id}")).ok()?;
+            (v["status"] == "completed").then(|| v["output"]["got"].clone())
+        })
+    };
+    for n in 0..3 {
+        assert_eq!(
+            got(&format!("w{n}")),
+            Some(json!(1)),
+            "w{n} (on node {n}) got the event posted to node 1\n{}",
+            cluster.logs()
+        );
+    }
+    // Node 2 waits again and is paused; an event is posted meanwhile (node 2 never sees it);
+    // the node that adopts its instance offers it.
+    start(2, "late");
+    std::thread::sleep(Duration::from_millis(500));
+    let id2 = cluster.ids(2).pop().expect("joined");
+    cluster.nodes[2].signal("STOP");
+    post(0, 2);
+    let at = Instant::now();
+    let (_, took) = cluster.wait_adopted(&id2, at);
+    assert_eq!(got("late"), Some(json!(2)), "{}", cluster.logs());
+    cluster.nodes[2].signal("CONT");
+    eprintln!("events: adopted {took:?} after the event, and offered it");
+    // One delivery each.
+    for id in ["w0", "w1", "w2", "late"] {
+        let (_, h) = get_json(
+            &cluster.nodes[0].base(),
+            &format!("/api/v1/instances/{id}/history?limit=100"),
+        )
+        .expect("history");
+        let deliveries = h["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "delivery")
+            .count();
+        assert_eq!(deliveries, 1, "{id}: {h}");
+    }
 }
 
 #[test]
@@ -600,24 +648,23 @@ fn a_database_outage_under_load_is_survived_without_a_restart() {
     );
 }
 
-/// A remote worker given every node follows the active one: after a takeover it registers
-/// again with the new active node and takes its tasks.
+/// A remote worker given every node serves all of them: each node's instances run on it; when
+/// a node dies, the node that adopts its instances hands their tasks to the worker.
 #[test]
-fn a_remote_worker_follows_the_active_node() {
-    let Some(db) = TestDb::create("a_remote_worker_follows_the_active_node") else {
+fn a_remote_worker_serves_every_node() {
+    let Some(db) = TestDb::create("a_remote_worker_serves_every_node") else {
         return;
     };
     let service =
         TestServer::start_with(|r| (r.path() == "/work").then(|| (200, json!({"done": true}))));
-    let dir = TempDir::new("worker-follows");
+    let dir = TempDir::new("worker-serves");
     let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
     let config = config.to_string_lossy().into_owned();
     let key = support::base64(&[3u8; 32]);
-    let env = [("KFLOW_MASTER_KEY", key.as_str())];
+    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
     let args = ["--db", db.url.as_str(), "--config", config.as_str()];
     let mut cluster = Cluster::new(TAKEOVER_MAX);
     cluster.spawn(&dir.path().join("a"), &args, &env);
-    let (a, _) = cluster.wait_active(None, Instant::now());
     cluster.spawn(&dir.path().join("b"), &args, &env);
     let doc = format!(
         "document: {{dsl: '1.0.0', namespace: cluster, name: remote, version: '1.0.0'}}\n\
@@ -625,29 +672,47 @@ fn a_remote_worker_follows_the_active_node() {
          with: {{method: get, endpoint: '{}/work'}}\n",
         service.base()
     );
-    support::register(&cluster.nodes[a].base(), &doc);
+    support::register(&cluster.nodes[0].base(), &doc);
     let servers = format!("{},{}", cluster.nodes[1].base(), cluster.nodes[0].base());
-    let mut worker = std::process::Command::new(support::kflow_bin())
-        .args(["worker", "--queue", "far", "--server", servers.as_str()])
-        .env("KFLOW_TOKEN", support::TEST_TOKEN)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start a worker");
-    let run = |base: &str, id: &str| {
+    let spawn_worker = || {
+        std::process::Command::new(support::kflow_bin())
+            .args(["worker", "--queue", "far", "--server", servers.as_str()])
+            .env("KFLOW_TOKEN", support::TEST_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a worker")
+    };
+    let mut worker = spawn_worker();
+    let start = |base: &str, id: &str| {
         let body = json!({"namespace": "cluster", "name": "remote", "id": id, "input": {}});
         let (code, v) = post_json(base, "/api/v1/instances", &body).expect("start");
         assert!(code == 201 || code == 200, "{v}");
+    };
+    let done = |base: &str, id: &str| {
         let done = support::poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
             let (_, v) = get_json(base, &format!("/api/v1/instances/{id}")).ok()?;
             (v["status"] == "completed").then_some(())
         });
         assert!(done.is_some(), "{id} ran on the worker");
     };
-    run(&cluster.nodes[a].base(), "before");
-    let (b, _) = cluster.kill_active(a);
-    run(&cluster.nodes[b].base(), "after");
+    start(&cluster.nodes[0].base(), "on-a");
+    done(&cluster.nodes[0].base(), "on-a");
+    start(&cluster.nodes[1].base(), "on-b");
+    done(&cluster.nodes[1].base(), "on-b");
+    // With no worker up, node a takes a start and dies with its task queued: node b adopts
+    // the instance, and a worker runs the task for b.
+    let _ = worker.kill();
+    let _ = worker.wait();
+    start(&cluster.nodes[0].base(), "orphan");
+    let a_id = cluster.ids(0).pop().expect("joined");
+    cluster.nodes[0].kill9();
+    cluster.wait_adopted(&a_id, Instant::now());
+    let mut worker = spawn_worker();
+    done(&cluster.nodes[1].base(), "orphan");
+    start(&cluster.nodes[1].base(), "after");
+    done(&cluster.nodes[1].base(), "after");
     let _ = worker.kill();
     let _ = worker.wait();
     let calls = service
@@ -655,5 +720,5 @@ fn a_remote_worker_follows_the_active_node() {
         .iter()
         .filter(|r| r.path() == "/work")
         .count();
-    assert_eq!(calls, 2);
+    assert_eq!(calls, 4, "on-a, on-b, orphan, after");
 }

@@ -68,9 +68,9 @@ pub async fn workers(api: &Api) -> Result<(String, Markup), UiError> {
     let body = html! {
         @if let Some(n) = nodes.as_ref().filter(|n| n.backend == "postgres") {
             h1 { "Nodes" }
-            p.note { "PostgreSQL: one node holds the database lease and drives the workflows; the others stand by." }
+            p.note { "PostgreSQL: every node drives the instances started through it; a node that dies or drains has its instances adopted by another. The leader also prunes and delivers alerts." }
             div.scroll { table.list {
-                thead { tr { th { "Node" } th { "State" } th { "Host" } th { "Listen" } th { "Tasks" } th { "Heartbeat" } } }
+                thead { tr { th { "Node" } th { "State" } th { "Host" } th { "API" } th { "Instances" } th { "Tasks" } th { "Heartbeat" } } }
                 tbody {
                     @for node in &n.items {
                         tr {
@@ -78,16 +78,20 @@ pub async fn workers(api: &Api) -> Result<(String, Markup), UiError> {
                             td {
                                 span.badge.(format!("s-{}", match node.state.as_str() {
                                     "active" => "running",
-                                    "standby" => "suspended",
-                                    "stopped" => "completed",
+                                    "draining" => "suspended",
+                                    "stopped" | "gone" => "completed",
                                     _ => "faulted",
                                 })) { (node.state) }
                                 @if n.lease_holder.as_deref() == Some(node.id.as_str()) && node.state == "active" {
-                                    " epoch " (n.lease_epoch.unwrap_or(0))
+                                    " leader"
+                                }
+                                @if let Some(by) = &node.adopted_by {
+                                    " adopted by " span.mono { (by) }
                                 }
                             }
                             td { (node.host) }
                             td.mono { (node.api.clone().unwrap_or_default()) }
+                            td { (node.owned) }
                             td { (node.running) }
                             td.time { (duration(node.silent_ms)) " ago" }
                         }

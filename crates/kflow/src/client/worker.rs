@@ -228,13 +228,14 @@ async fn register(conn: &Conn, spec: &RegisterRequest) -> Result<(String, u64), 
 /// What the sessions of one worker process share: its slots, the tasks it runs, and whether it
 /// drains.
 struct Shared {
-    slots: usize,
-    /// Slots taken by polls in flight (a poll asks for at most the free slots).
-    reserved: std::sync::atomic::AtomicUsize,
+    /// One permit per slot, handed out in turn (the semaphore is fair): a session waits for
+    /// one, takes up to its share more if free, polls for that many, and each task holds one
+    /// until it ends.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// The most a session takes for one poll: the slots divided among the servers.
+    share: usize,
     running: Mutex<HashMap<String, JoinHandle<()>>>,
     draining: std::sync::atomic::AtomicBool,
-    /// Set once a slot frees (a task ended): a poll waiting for one goes on at once.
-    freed: tokio::sync::Notify,
     executor: Executor,
 }
 
@@ -243,23 +244,6 @@ impl Shared {
         let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
         r.retain(|_, h| !h.is_finished());
         r.len()
-    }
-
-    /// Reserves the free slots (at most `max`); how many.
-    fn reserve(&self, max: usize) -> usize {
-        use std::sync::atomic::Ordering::SeqCst;
-        let mut taken = 0;
-        let _ = self.reserved.fetch_update(SeqCst, SeqCst, |r| {
-            let free = self.slots.saturating_sub(self.busy() + r).min(max);
-            taken = free;
-            Some(r + free)
-        });
-        taken
-    }
-
-    fn release(&self, n: usize) {
-        self.reserved
-            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -294,11 +278,10 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         ..ExecConfig::default()
     });
     let shared = Arc::new(Shared {
-        slots,
-        reserved: Default::default(),
+        permits: Arc::new(tokio::sync::Semaphore::new(slots)),
+        share: (slots / conn.bases.len()).max(1),
         running: Mutex::new(HashMap::new()),
         draining: Default::default(),
-        freed: tokio::sync::Notify::new(),
         executor,
     });
     // Several servers are the nodes of a cluster: each drives its own instances, so the worker
@@ -471,12 +454,22 @@ async fn session(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        let free = shared.reserve(shared.slots);
-        if free == 0 {
-            // Woken as soon as a task ends (or after a moment, for the other sessions' polls).
-            let _ = tokio::time::timeout(Duration::from_millis(100), shared.freed.notified()).await;
-            continue;
+        // A slot in turn with the other servers' sessions, then what else is free, up to a share.
+        let first = tokio::select! {
+            p = shared.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = async { while !shared.draining.load(SeqCst) { tokio::time::sleep(Duration::from_millis(100)).await; } } => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < shared.share {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
         }
+        let free = permits.len();
         let (poll_path, poll_body) = (
             format!("workers/{id}/poll"),
             PollRequest {
@@ -488,26 +481,24 @@ async fn session(
         let answer = tokio::select! {
             a = poll => a,
             _ = async { while !shared.draining.load(SeqCst) { tokio::time::sleep(Duration::from_millis(100)).await; } } => {
-                shared.release(free);
                 continue;
             }
         };
         let leases = match answer {
             Ok(Answer::Ok(Leases { leases })) => leases,
             Ok(Answer::Refused(404, _)) => {
-                shared.release(free);
                 let _ = register(&conn, &spec).await;
                 continue;
             }
             Ok(Answer::Refused(_, message)) => {
-                shared.release(free);
                 eprintln!("kflow worker {id}: poll refused: {message}");
+                drop(permits);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             Err(e) => {
-                shared.release(free);
                 eprintln!("kflow worker {id}: {e}; retrying");
+                drop(permits);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -549,13 +540,14 @@ async fn session(
                 limits: Default::default(),
                 traceparent: None,
             };
-            let (conn2, exec, id2, lease2, shared2) = (
+            let (conn2, exec, id2, lease2) = (
                 conn.clone(),
                 shared.executor.clone(),
                 id.clone(),
                 lease.clone(),
-                shared.clone(),
             );
+            // The task holds its slot until it ends (or is aborted).
+            let slot = permits.pop();
             // Registered before it can end, so that its slot is counted until it does.
             let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
             let h = tokio::spawn(async move {
@@ -579,13 +571,12 @@ async fn session(
                     }
                     Err(e) => eprintln!("kflow worker: result for {lease2}: {e}"),
                 }
-                shared2.freed.notify_waiters();
+                drop(slot);
             });
             running.insert(lease.clone(), h);
             drop(running);
             mine.lock().unwrap_or_else(|p| p.into_inner()).insert(lease);
         }
-        shared.release(free);
     }
     // What this server's tasks still run ends before the session does (their results go to
     // it); the heartbeat keeps their leases meanwhile.

@@ -1253,66 +1253,90 @@ pub fn poll_until<T>(
 /// Server nodes sharing one database: one active (it listens), the others standing by.
 pub struct Cluster {
     pub nodes: Vec<ServerProcess>,
-    /// How often each node became active so far (its log says so once each time).
-    pub promotions: Vec<usize>,
-    /// How long a takeover may take at most (the test's lease, the standby's poll, slack).
+    /// How long an adoption may take at most after a node stopped renewing (the test's lease,
+    /// a renewal period, slack).
     pub takeover_max: Duration,
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()
 }
 
 impl Cluster {
     pub fn new(takeover_max: Duration) -> Cluster {
         Cluster {
             nodes: Vec::new(),
-            promotions: Vec::new(),
             takeover_max,
         }
     }
 
-    /// Spawns one more node (it becomes active or stands by).
+    /// Spawns one more node and waits until it has joined and listens.
     pub fn spawn(&mut self, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> usize {
         self.nodes
             .push(ServerProcess::spawn_with_env(data_dir, args, env));
-        self.promotions.push(0);
-        self.nodes.len() - 1
+        let i = self.nodes.len() - 1;
+        self.wait_joined(i, 1);
+        i
     }
 
-    /// Waits for a node other than `not` to become active; its index and how long it took.
-    pub fn wait_active(&mut self, not: Option<usize>, since: Instant) -> (usize, Duration) {
+    /// The node ids node `i` joined with (one per term), oldest first.
+    pub fn ids(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .log()
+            .lines()
+            .filter(|l| l.contains("joined the cluster"))
+            .filter_map(|l| field(l, "node").map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until node `i` has joined `terms` times in all and listens; its newest id.
+    pub fn wait_joined(&mut self, i: usize, terms: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.ids(i).len() < terms {
+            assert!(Instant::now() < deadline, "node {i} did not join\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.nodes[i]
+            .wait_ready(Duration::from_secs(30))
+            .expect("the node listens");
+        self.ids(i).pop().expect("joined")
+    }
+
+    /// Waits until another node adopted what node id `from` left; the adopter's index and how
+    /// long it took since `since`.
+    pub fn wait_adopted(&self, from: &str, since: Instant) -> (usize, Duration) {
         let deadline = since + self.takeover_max + Duration::from_secs(20);
         loop {
-            for i in 0..self.nodes.len() {
-                if Some(i) != not
-                    && self.nodes[i].pid().is_some()
-                    && self.nodes[i]
-                        .log()
-                        .matches("holds the database lease: active")
-                        .count()
-                        > self.promotions[i]
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.pid().is_some()
+                    && n.log().lines().any(|l| {
+                        l.contains("adopted the instances") && field(l, "from") == Some(from)
+                    })
                 {
-                    let took = since.elapsed();
-                    self.promotions[i] += 1;
-                    self.nodes[i]
-                        .wait_ready(Duration::from_secs(30))
-                        .expect("the new active node listens");
-                    return (i, took);
+                    return (i, since.elapsed());
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "no node took over\n{}",
+                "nobody adopted the instances of {from}\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// `kill -9` of node `i` (the active one), a standby takes over, `i` rejoins as a
-    /// standby; the new active node's index and how long the takeover took.
-    pub fn kill_active(&mut self, i: usize) -> (usize, Duration) {
+    /// `kill -9` of node `i`: another node adopts its instances, and `i` comes back (a new
+    /// node); the adopter's index and how long the adoption took.
+    pub fn kill_and_adopt(&mut self, i: usize) -> (usize, Duration) {
+        let id = self.ids(i).pop().expect("node i joined");
+        let terms = self.ids(i).len();
         let at = Instant::now();
         self.nodes[i].kill9();
-        let (next, took) = self.wait_active(Some(i), at);
+        let (next, took) = self.wait_adopted(&id, at);
         self.nodes[i].respawn();
+        self.wait_joined(i, terms + 1);
         (next, took)
     }
 
