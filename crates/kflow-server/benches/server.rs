@@ -1,8 +1,9 @@
 //! Server benchmarks over HTTP on loopback, SQLite store in a temporary directory.
 //!
 //! `cargo bench -p kflow-server --bench server [-- --durability full] [-- --quick] [-- --watchers]
-//! [-- --traces] [-- --postgres]` (`--traces`: every ended instance's spans exported over OTLP to a local
-//! collector stand-in, the cost of tracing with export on)
+//! [-- --traces] [-- --postgres] [-- --nodes N]` (`--traces`: every ended instance's spans exported
+//! over OTLP to a local collector stand-in, the cost of tracing with export on; `--nodes N`: only
+//! the load, on N active nodes sharing one PostgreSQL database)
 //!
 //! Starts the real API router and engine in-process on 127.0.0.1, plus a local endpoint that
 //! answers at once, and measures what BENCHMARKS.md lists: seq40, set40, fanout100 (start to
@@ -209,9 +210,8 @@ async fn start_server(
             let store = kflow_store_pg::PgStore::open(&kflow_store_pg::PgOptions::new(&db.url))
                 .expect("open the bench database");
             let fence = store
-                .try_acquire_lease("bench", 600_000)
-                .expect("lease")
-                .expect("a new database's lease is free");
+                .join("bench", "bench", None, 600_000)
+                .expect("join the database as a node");
             store.set_fence(Some(fence));
             // Dropped (with the database) when the process ends.
             Box::leak(Box::new(db));
@@ -287,6 +287,82 @@ async fn load(b: &Arc<Bench>, engine: &Engine, n: usize, clients: usize) {
     );
 }
 
+/// `--nodes N` (PostgreSQL): N nodes in this process, each with its own pool, lease, engine and
+/// API on one fresh database, as N `kflow server --db` nodes; 8 clients start 10,000 five-call
+/// instances, client `w` through node `w % N` (which drives what it starts).
+async fn cluster_load(nodes: usize, endpoint: &str, n: usize) {
+    let db = kflow_store_pg::testing::TestDb::create("server bench cluster")
+        .expect("--nodes: no PostgreSQL server");
+    let dir = std::env::temp_dir().join(format!("kflow-bench-nodes-{}", std::process::id()));
+    let mut engines = Vec::new();
+    let mut benches = Vec::new();
+    for i in 0..nodes {
+        let store = kflow_store_pg::PgStore::open(&kflow_store_pg::PgOptions::new(&db.url))
+            .expect("open the bench database");
+        let fence = store
+            .join(&format!("bench-{i}"), "bench", None, 600_000)
+            .expect("join the database as a node");
+        store.set_fence(Some(fence));
+        let engine = Engine::open(EngineConfig {
+            // The master key file is shared: one directory for all.
+            data_dir: dir.clone(),
+            database: Some(Arc::new(store)),
+            cluster: true,
+            ..EngineConfig::default()
+        })
+        .await
+        .expect("engine");
+        let app = router(engine.clone(), ApiConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        engines.push(engine);
+        benches.push(Arc::new(Bench {
+            api: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }));
+    }
+    benches[0].register(doc("five", &calls(5, endpoint))).await;
+    let clients = 8;
+    let per = n / clients;
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..clients {
+        let (b, engine) = (benches[w % nodes].clone(), engines[w % nodes].clone());
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(per);
+            for i in 0..per {
+                ids.push(b.start("five", json!({"i": w * per + i})).await);
+            }
+            for id in &ids {
+                let v = engine
+                    .wait_finished(id, Duration::from_secs(600))
+                    .await
+                    .expect("wait");
+                assert_eq!(v.instance.status.as_str(), "completed");
+            }
+            ids.len()
+        }));
+    }
+    let mut done = 0;
+    for h in handles {
+        done += h.await.expect("client");
+    }
+    let took = t0.elapsed().as_secs_f64();
+    println!(
+        "nodes={nodes} load {done} instances x 5 calls, 8 clients: all done in {took:.2} s, {:.0} durable steps/s, peak RSS {:.0} MiB (all nodes in this process)",
+        (done * 5) as f64 / took,
+        peak_rss_mib()
+    );
+    for e in &engines {
+        e.shutdown(Duration::from_secs(5)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(db);
+}
+
 /// `n` idle live watchers (one SSE stream per waiting instance, never read), then the
 /// 8-client load beside them; then the watchers close and their memory should go.
 async fn watchers(b: &Arc<Bench>, engine: &Engine, n: usize, load_n: usize) {
@@ -340,6 +416,15 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("kflow-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let endpoint = answer_server().await;
+        if let Some(i) = args.iter().position(|a| a == "--nodes") {
+            let nodes: usize = args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .filter(|n| (1..=16).contains(n))
+                .expect("--nodes N (1 to 16)");
+            cluster_load(nodes, &endpoint, if quick { 1_000 } else { 10_000 }).await;
+            return;
+        }
         // `--auth`: every request carries a bearer token the server checks (audit is always on).
         let auth = args.iter().any(|a| a == "--auth");
         let (engine, api) = start_server(&dir, durability, auth).await;

@@ -213,6 +213,9 @@ impl Store for Sealed {
             .map(|(id, v)| Ok((id, self.open(CTX_EVENT, &v)?)))
             .collect()
     }
+    fn is_mine(&self, id: &str) -> Result<bool> {
+        self.inner.is_mine(id)
+    }
     fn missed_events(&self, after: i64, limit: u32) -> Result<Vec<(i64, Value)>> {
         self.inner
             .missed_events(after, limit)?

@@ -1,20 +1,30 @@
-//! The database lease: which node drives the workflows, and the fencing token of its commits.
+//! Leases of several active nodes on one database, and the fencing of their commits.
 //!
-//! One row (`lease`, id 1) names the holder, its `epoch`, and when the lease expires, in the
-//! **database's** clock (`clock_timestamp()`): nodes whose clocks disagree by seconds still agree
-//! on who holds it, because none of them reads its own clock for it.
+//! Times are the **database's** clock (`clock_timestamp()`): nodes whose clocks disagree by
+//! seconds still agree on whose lease lapsed, because none of them reads its own clock for it.
 //!
-//! - **Taken** by one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at < clock_timestamp()`:
-//!   only when nobody holds it or the holder let it expire; every take increments `epoch`.
-//! - **Renewed** by the holder (`UPDATE ... WHERE node = me AND epoch = mine`) every third of
-//!   its time to live; a renewal that finds the row changed means the lease was lost.
-//! - **Handed over** by a draining holder setting `expires_at` to now: a standby takes it at its
-//!   next try, without waiting for the time to live.
-//! - **Fenced**: every commit of the holder starts with `SELECT ... WHERE node = me AND
-//!   epoch = mine AND expires_at > clock_timestamp() FOR SHARE` in its own transaction. The row
-//!   lock makes a take (an UPDATE of that row) wait for commits in flight and commits wait for a
-//!   take, so a commit either ends before the take or sees the new epoch and writes nothing. A
-//!   node paused past its lease (GC, SIGSTOP, a partition) that wakes up cannot commit.
+//! - **A lease per node**: every term of a node joins with a new id (its row in `nodes`, epoch
+//!   1, `expires_at`) and renews it with its heartbeat (`UPDATE ... WHERE id = me AND epoch =
+//!   mine AND expires_at > now AND adopted_by IS NULL`); a renewal that changes no row means the
+//!   node lost its lease, and it stops at once.
+//! - **Ownership**: every unfinished instance names the node that drives it (`owner`): the
+//!   node it was started through, or the node that adopted it.
+//! - **Fenced commits**: every transaction that writes as a node first takes that node's
+//!   [`HOLD_NODE`] lock (shared), then checks, in a statement of its own, that the node's lease
+//!   holds and that every existing instance it writes is the node's. No row: it writes nothing
+//!   and fails with `fenced:`.
+//! - **Adoption**: a live node takes over a node whose lease lapsed, whole, in one transaction:
+//!   it locks the dead node's row (`FOR UPDATE SKIP LOCKED`: adopters do not wait for each
+//!   other), takes its `HOLD_NODE` lock exclusively (none of its commits is in flight; if one
+//!   is, not now), moves the owner of its unfinished instances to itself, and marks the node
+//!   adopted with a new epoch. A commit of the dead node that comes later waits for that lock,
+//!   then reads the row as the adoption left it: fenced. A node paused (GC, SIGSTOP, a
+//!   partition) past its lease writes nothing when it wakes.
+//! - **Handed over**: a drained node sets its `expires_at` to now and notifies
+//!   [`LEASE_CHANNEL`]: the others adopt its instances at once.
+//! - **The leader lease** (`lease`, one row): one node does the duties of one node for all
+//!   (retention, alert deliveries); taken by `INSERT ... ON CONFLICT DO UPDATE ... WHERE
+//!   expires_at < now`, its epoch growing at every take.
 
 use kflow_store::{Result, StoreError};
 
@@ -279,12 +289,13 @@ impl PgStore {
     /// else those that have no owner (written by schema version 1). Nodes racing for the same
     /// dead node do not wait for each other (`SKIP LOCKED`): one of them takes it whole, so a
     /// parent and its sub-workflows stay together. The dead node's commits in flight hold its
-    /// row `FOR SHARE`: it is skipped until they end, and then its epoch is moved on, so
-    /// nothing it sends later commits. None: nothing to adopt.
+    /// [`HOLD_NODE`] lock: it is left for the next try until they end; then its epoch is moved
+    /// on and it is marked adopted, so nothing it sends later commits. None: nothing to adopt.
     pub fn adopt(&self, fence: &Fence) -> Result<Option<Adopted>> {
         self.write(|c| {
             c.transaction(|c| {
                 c.batch("SET LOCAL lock_timeout = '1s'")?;
+                c.execute(HOLD_NODE, &[&fence.node])?;
                 let me = c
                     .query_opt(FENCE_ME, &[&fence.node, &fence.epoch])?
                     .is_some();
@@ -298,6 +309,17 @@ impl PgStore {
                 if let Some(row) = dead {
                     let from: String = row.get(0);
                     let cursor: i64 = row.get(1);
+                    // A commit of that node still in flight holds its lock: not now.
+                    let free: bool = c
+                        .query_opt(
+                            "SELECT pg_try_advisory_xact_lock(1802071151, hashtext($1))",
+                            &[&from],
+                        )?
+                        .map(|r| r.get(0))
+                        .unwrap_or(false);
+                    if !free {
+                        return Ok(None);
+                    }
                     let ids: Vec<String> = c
                         .query(
                             "UPDATE instances SET owner = $1 WHERE owner = $2                              AND status IN ('running', 'suspended') RETURNING id",
@@ -358,8 +380,15 @@ pub struct Owner {
     pub live: bool,
 }
 
-/// This node's own lease, locked `FOR SHARE` (see `writes.rs`).
-pub(crate) const FENCE_ME: &str = "SELECT 1 FROM nodes WHERE id = $1 AND epoch = $2      AND expires_at > clock_timestamp() AND adopted_by IS NULL FOR SHARE";
+/// Held (shared) by every transaction that writes as this node, until it ends; an adoption of
+/// this node takes it exclusively, so it never overlaps a commit of the node it adopts. An
+/// advisory lock, not a row lock: a row lock taken by every commit would be written to the row
+/// (and to the WAL) each time. `$1`: the node id (hashed; a collision only delays an adoption).
+pub(crate) const HOLD_NODE: &str = "SELECT pg_advisory_xact_lock_shared(1802071151, hashtext($1))";
+
+/// This node's own lease, read after [`HOLD_NODE`].
+pub(crate) const FENCE_ME: &str = "SELECT 1 FROM nodes WHERE id = $1 AND epoch = $2 \
+     AND expires_at > clock_timestamp() AND adopted_by IS NULL";
 
 pub(crate) fn fenced_error(f: &Fence) -> StoreError {
     StoreError::Db(format!(

@@ -318,7 +318,7 @@ impl Store for PgStore {
 
     fn mark_attempt(&self, instance_id: &str, effect_id: u64) -> Result<Option<u32>> {
         let key = effect_id as i64;
-        let n: Option<i32> = crate::writes::fenced(self, &[instance_id], |c| {
+        let n: Option<i32> = crate::writes::fenced(self, |c| {
             Ok(c.query_opt(
                 "UPDATE work SET attempts = attempts + 1 WHERE instance_id = $1 AND effect_id = $2 RETURNING attempts",
                 &[&instance_id, &key],
@@ -365,7 +365,7 @@ impl Store for PgStore {
     }
 
     fn set_attention(&self, id: &str, reason: Option<&str>) -> Result<()> {
-        crate::writes::fenced(self, &[id], |c| {
+        crate::writes::fenced(self, |c| {
             c.execute(
                 "UPDATE instances SET attention = $2 WHERE id = $1",
                 &[&id, &reason],
@@ -450,6 +450,20 @@ impl Store for PgStore {
         })
     }
 
+    fn is_mine(&self, id: &str) -> Result<bool> {
+        let Some(node) = self.node() else {
+            return Ok(true);
+        };
+        self.read(|c| {
+            Ok(
+                c.query_opt("SELECT owner FROM instances WHERE id = $1", &[&id])?
+                    .is_none_or(|r| {
+                        r.get::<_, Option<String>>(0).as_deref() == Some(node.as_str())
+                    }),
+            )
+        })
+    }
+
     fn missed_events(&self, after: i64, n: u32) -> Result<Vec<(i64, Value)>> {
         let Some(node) = self.node() else {
             return Ok(Vec::new());
@@ -491,11 +505,11 @@ impl Store for PgStore {
     }
 
     fn put_schedule(&self, row: &ScheduleRow) -> Result<bool> {
-        crate::writes::fenced(self, &[], |c| crate::writes::put_schedule(c, row))
+        crate::writes::fenced(self, |c| crate::writes::put_schedule(c, row))
     }
 
     fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool> {
-        crate::writes::fenced(self, &[], |c| {
+        crate::writes::fenced(self, |c| {
             Ok(c.execute(
                 "DELETE FROM schedules WHERE namespace = $1 AND name = $2",
                 &[&namespace, &name],
@@ -510,7 +524,7 @@ impl Store for PgStore {
         paused: bool,
         now_ms: i64,
     ) -> Result<Option<ScheduleRow>> {
-        crate::writes::fenced(self, &[], |c| {
+        crate::writes::fenced(self, |c| {
             c.query_opt(
                 &format!(
                     "UPDATE schedules SET paused = $3, revision = revision + 1, updated_ms = $4 \

@@ -25,7 +25,7 @@ pub(crate) fn finished_before(store: &PgStore, before_ms: i64, n: u32) -> Result
 
 pub(crate) fn delete_instances(store: &PgStore, ids: &[String]) -> Result<usize> {
     let ids = ids.to_vec();
-    let n = crate::writes::fenced(store, &[], |c| {
+    let n = crate::writes::fenced(store, |c| {
         // History and work rows go with their instance (ON DELETE CASCADE).
         Ok(c.execute(
             "DELETE FROM instances WHERE id = ANY($1) AND status IN ('completed', 'faulted', 'cancelled')",

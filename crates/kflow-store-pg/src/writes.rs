@@ -28,21 +28,20 @@ use crate::{LAST_SEQS, PgStore};
 /// The advisory lock that orders appends to the audit chain across nodes.
 const AUDIT_LOCK: i64 = 0x6b_666c_6f77_0001;
 
-/// This node's own lease (its row in `nodes`, locked `FOR SHARE` so that an adoption waits for
-/// the commit), and every existing instance of the batch (`$3`) owned by this node.
+/// This node's own lease (its row in `nodes`). Sent after [`HOLD_NODE`](crate::lease::HOLD_NODE),
+/// in a statement of its own: it reads the row as it is once an adoption in flight has
+/// committed. (That the instances written are this node's is checked when the engine loads
+/// one, see `Store::is_mine`: an instance changes owner only when its node's lease lapsed, and
+/// then this check fails for that node.)
 const FENCE: &str = "SELECT 1 FROM nodes WHERE id = $1 AND epoch = $2 \
-     AND expires_at > clock_timestamp() AND adopted_by IS NULL \
-     AND NOT EXISTS (SELECT 1 FROM instances WHERE id = ANY($3) AND owner IS DISTINCT FROM $1) \
-     FOR SHARE OF nodes";
+     AND expires_at > clock_timestamp() AND adopted_by IS NULL";
 const CREATE_INSTANCE: &str = "INSERT INTO instances (id, namespace, name, version, status, created_ms, \
      updated_ms, input, output, error, attention, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 /// The fence and the status update of the one-round-trip path: instead of answering no row,
 /// they fail (division by zero), which aborts the transaction, so that `COMMIT` can be sent in
 /// the same pipeline and becomes a rollback.
 const FENCE_OR_FAIL: &str = "SELECT 1 / (SELECT COUNT(*)::int FROM (SELECT 1 FROM nodes \
-     WHERE id = $1 AND epoch = $2 AND expires_at > clock_timestamp() AND adopted_by IS NULL \
-     AND NOT EXISTS (SELECT 1 FROM instances WHERE id = ANY($3) AND owner IS DISTINCT FROM $1) \
-     FOR SHARE OF nodes) f)";
+     WHERE id = $1 AND epoch = $2 AND expires_at > clock_timestamp() AND adopted_by IS NULL) f)";
 const SET_STATUS_OR_FAIL: &str = "WITH u AS (UPDATE instances SET status = $2, output = $3, \
      error = $4, updated_ms = $5 WHERE id = $1 RETURNING 1) SELECT 1 / (SELECT COUNT(*)::int FROM u)";
 const LAST_SEQS_OF: &str =
@@ -133,27 +132,10 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
     };
     let mut ops: Vec<Op> = Vec::new();
     if let Some(f) = &fence {
-        // The instances this batch changes but does not create must be this node's.
-        let created: std::collections::HashSet<&str> = commits
-            .iter()
-            .filter(|c| c.create.is_some())
-            .map(|c| c.instance_id.as_str())
-            .collect();
-        let mut touched: Vec<String> = commits
-            .iter()
-            .map(|c| c.instance_id.as_str())
-            .filter(|id| !created.contains(id))
-            .map(str::to_string)
-            .collect();
-        touched.sort();
-        touched.dedup();
+        ops.push(op(crate::lease::HOLD_NODE, vec![Box::new(f.node.clone())]));
         ops.push(Op {
             sql: if one_trip { FENCE_OR_FAIL } else { FENCE },
-            args: vec![
-                Box::new(f.node.clone()),
-                Box::new(f.epoch),
-                Box::new(touched),
-            ],
+            args: vec![Box::new(f.node.clone()), Box::new(f.epoch)],
             check: Check::Fence,
         });
     }
@@ -280,20 +262,13 @@ pub(crate) fn apply(store: &PgStore, commits: &[Commit]) -> Result<()> {
 
 /// Runs `f` in a transaction that first checks this node's fence (when it has one): the
 /// engine's writes besides commits (schedules, attempts, attention marks).
-/// `ids`: the instances written, which must be this node's.
-pub(crate) fn fenced<T>(
-    store: &PgStore,
-    ids: &[&str],
-    f: impl FnOnce(&mut Conn) -> Result<T>,
-) -> Result<T> {
+pub(crate) fn fenced<T>(store: &PgStore, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
     match store.fence() {
         None => store.write(f),
         Some(fence) => store.write(|c| {
             c.transaction(|c| {
-                let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-                let held = c
-                    .query_opt(FENCE, &[&fence.node, &fence.epoch, &ids])?
-                    .is_some();
+                c.execute(crate::lease::HOLD_NODE, &[&fence.node])?;
+                let held = c.query_opt(FENCE, &[&fence.node, &fence.epoch])?.is_some();
                 if !held {
                     return Err(fenced_error(&fence));
                 }

@@ -30,14 +30,13 @@ fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
         (owner.node.as_deref(), owner.api.as_deref(), owner.live),
         (Some("a"), Some("127.0.0.1:1"), true)
     );
-    // A live node cannot write another node's instance.
-    let e = b
-        .apply(&[append("i", 2..=2)])
-        .expect_err("not b's instance");
-    assert!(lease::is_fenced(&e), "{e}");
-    assert!(lease::is_fenced(
-        &b.set_attention("i", Some("x")).unwrap_err()
-    ));
+    // Each node knows which instances it drives (the engine loads no other).
+    assert!(a.is_mine("i").unwrap() && !b.is_mine("i").unwrap());
+    assert!(b.is_mine("j").unwrap() && !a.is_mine("j").unwrap());
+    assert!(
+        a.is_mine("nonexistent").unwrap(),
+        "unknown: the caller says so"
+    );
     // Each node's scans see its own instances only.
     assert_eq!(a.running_instances().unwrap(), vec!["i".to_string()]);
     assert_eq!(b.running_instances().unwrap(), vec!["j".to_string()]);
@@ -97,6 +96,7 @@ fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
         "an adopted node cannot come back"
     );
     b.apply(&[append("i", 2..=2)]).expect("the adopter commits");
+    assert!(b.is_mine("i").unwrap() && !a.is_mine("i").unwrap());
 
     // A drained node gives its lease up: the others hear it and adopt at once.
     let fc = a.join("c", "host", None, 60_000).unwrap();

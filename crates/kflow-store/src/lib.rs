@@ -319,6 +319,12 @@ pub trait Store: Send + Sync + 'static {
     /// Recorded events not yet marked processed by a commit, oldest first. On a store shared by
     /// several nodes: the events after this node's cursor.
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>>;
+    /// On a store shared by several nodes: whether this node drives instance `id` (true when it
+    /// does not exist: the caller says so). One node: always.
+    fn is_mine(&self, id: &str) -> Result<bool> {
+        let _ = id;
+        Ok(true)
+    }
     /// On a store shared by several nodes: the events after `after` that this node has already
     /// offered to its own instances (up to its cursor), oldest first; instances it takes over
     /// from a node whose cursor stood at `after` never saw them. One node: none.

@@ -98,7 +98,11 @@ fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
     // Every node takes starts and drives what it started.
     let mut ids = Vec::new();
     for n in 0..3u64 {
-        ids.extend(start_instances(&cluster.nodes[n as usize].base(), n * 20, 20));
+        ids.extend(start_instances(
+            &cluster.nodes[n as usize].base(),
+            n * 20,
+            20,
+        ));
     }
     let (code, nodes) = get_json(&cluster.nodes[2].base(), "/api/v1/nodes").expect("nodes");
     assert_eq!(code, 200, "{nodes}");
@@ -109,14 +113,12 @@ fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
         "three active nodes: {nodes}"
     );
     assert!(
-        items
-            .iter()
-            .all(|n| n["owned"].as_i64().unwrap_or(0) > 0),
+        items.iter().all(|n| n["owned"].as_i64().unwrap_or(0) > 0),
         "each drives instances of its own: {nodes}"
     );
     // Any node answers for any instance: node 2 forwards the explanation of node 0's.
-    let (code, v) = get_json(&cluster.nodes[2].base(), "/api/v1/instances/c-0/explain")
-        .expect("explain");
+    let (code, v) =
+        get_json(&cluster.nodes[2].base(), "/api/v1/instances/c-0/explain").expect("explain");
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["id"], "c-0", "{v}");
     // Some steps complete, others are in flight when the faults come.
@@ -209,13 +211,28 @@ fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
     assert_eq!(code, 200, "{nodes}");
     assert_eq!(nodes["backend"], "postgres");
     let items = nodes["items"].as_array().cloned().unwrap_or_default();
-    assert_eq!(items.len(), 5, "five terms of three nodes: {nodes}\n{}", cluster.logs());
+    assert_eq!(
+        items.len(),
+        5,
+        "five terms of three nodes: {nodes}\n{}",
+        cluster.logs()
+    );
     let states: Vec<&str> = items.iter().filter_map(|n| n["state"].as_str()).collect();
-    assert_eq!(states.iter().filter(|s| **s == "active").count(), 2, "{nodes}");
-    assert_eq!(states.iter().filter(|s| **s == "gone").count(), 3, "{nodes}");
+    assert_eq!(
+        states.iter().filter(|s| **s == "active").count(),
+        2,
+        "{nodes}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| **s == "gone").count(),
+        3,
+        "{nodes}"
+    );
     let leader = nodes["lease_holder"].as_str().unwrap_or("");
     assert!(
-        items.iter().any(|n| n["id"] == leader && n["state"] == "active"),
+        items
+            .iter()
+            .any(|n| n["id"] == leader && n["state"] == "active"),
         "{nodes}"
     );
 
@@ -345,14 +362,15 @@ do:
     support::register(&cluster.nodes[0].base(), doc);
     let start = |node: usize, id: &str| {
         let body = json!({"namespace": "cluster", "name": "waits", "id": id, "input": {}});
-        let (code, v) = post_json(&cluster.nodes[node].base(), "/api/v1/instances", &body)
-            .expect("start");
+        let (code, v) =
+            post_json(&cluster.nodes[node].base(), "/api/v1/instances", &body).expect("start");
         assert!(code == 201 || code == 200, "{v}");
     };
     let post = |node: usize, n: u64| {
         let ev = json!({"specversion": "1.0", "id": format!("e{n}"), "source": "test",
             "type": "com.example.go", "data": {"n": n}});
-        let (code, v) = post_json(&cluster.nodes[node].base(), "/api/v1/events", &ev).expect("post");
+        let (code, v) =
+            post_json(&cluster.nodes[node].base(), "/api/v1/events", &ev).expect("post");
         assert!(code < 300, "{v}");
     };
     for n in 0..3 {
@@ -363,7 +381,8 @@ do:
     post(1, 1);
     let got = |id: &str| {
         support::poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            let (_, v) = get_json(&cluster.nodes[1].base(), &format!("/api/v1/instances/{id}")).ok()?;
+            let (_, v) =
+                get_json(&cluster.nodes[1].base(), &format!("/api/v1/instances/{id}")).ok()?;
             (v["status"] == "completed").then(|| v["output"]["got"].clone())
         })
     };

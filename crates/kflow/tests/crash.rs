@@ -385,9 +385,9 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_effects() {
 /// talks to (it drives what the test started), another node adopts its instances, and the
 /// killed node comes back.
 #[test]
-fn kill_9_of_the_active_node_of_a_postgres_cluster_loses_nothing() {
+fn kill_9_of_a_node_of_a_postgres_cluster_loses_nothing() {
     let Some(db) = kflow_store_pg::testing::TestDb::create(
-        "kill_9_of_the_active_node_of_a_postgres_cluster_loses_nothing",
+        "kill_9_of_a_node_of_a_postgres_cluster_loses_nothing",
     ) else {
         return;
     };

@@ -212,8 +212,14 @@ impl Scheduler {
     }
 
     async fn run(self) {
-        const MAX_SLEEP_MS: i64 = 30_000;
+        const CLUSTER_SYNC: Duration = Duration::from_secs(5);
         let inner = &self.inner;
+        let max_sleep_ms: i64 = if inner.engine.clustered() {
+            5_000
+        } else {
+            30_000
+        };
+        let mut last_sync = std::time::Instant::now();
         // Instances started before a restart that someone waits for.
         if let Ok(rows) = {
             let store = inner.store.clone();
@@ -239,6 +245,14 @@ impl Scheduler {
                     tracing::warn!(error = %e, "the scheduler could not offer an emitted event");
                 }
             }
+            // Several nodes: definitions registered through another node are picked up here
+            // (the rows are shared; the plans this node caches are not).
+            if inner.engine.clustered() && last_sync.elapsed() >= CLUSTER_SYNC {
+                last_sync = std::time::Instant::now();
+                if let Err(e) = self.sync_all().await {
+                    tracing::warn!(error = %e, "reading the schedules again failed");
+                }
+            }
             let now = inner.clock.now_ms();
             if let Err(e) = self.tick(now).await {
                 tracing::warn!(error = %e, "the scheduler failed");
@@ -249,7 +263,7 @@ impl Scheduler {
                 .ok()
                 .flatten();
             let now = inner.clock.now_ms();
-            let sleep = next.map_or(MAX_SLEEP_MS, |t| (t - now).clamp(20, MAX_SLEEP_MS));
+            let sleep = next.map_or(max_sleep_ms, |t| (t - now).clamp(20, max_sleep_ms));
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(sleep as u64)) => {}
                 _ = inner.wake.notified() => {}

@@ -1295,7 +1295,11 @@ impl Cluster {
     pub fn wait_joined(&mut self, i: usize, terms: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.ids(i).len() < terms {
-            assert!(Instant::now() < deadline, "node {i} did not join\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not join\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.nodes[i]

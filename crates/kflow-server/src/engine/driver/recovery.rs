@@ -251,6 +251,10 @@ impl Driver {
         let store = self.shared.store.clone();
         let id2 = id.to_string();
         let (row, history) = blocking(|| -> kflow_store::Result<_> {
+            // Several nodes: only the node that drives an instance may change it.
+            if !store.is_mine(&id2)? {
+                return Ok((None, Vec::new()));
+            }
             let row = store.get_instance(&id2)?;
             let history = match &row {
                 Some(_) => store.history(&id2, 0, u32::MAX)?,
@@ -258,8 +262,20 @@ impl Driver {
             };
             Ok((row, history))
         })?;
-        let row =
-            row.ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
+        let row = match row {
+            Some(r) => r,
+            None if !blocking(|| store.is_mine(id))? => {
+                return Err(EngineError::Conflict(format!(
+                    "instance {id} is driven by another node: send the request to it (every \
+                     node forwards the requests it cannot serve)"
+                )));
+            }
+            None => {
+                return Err(EngineError::NotFound(format!(
+                    "instance {id} does not exist"
+                )));
+            }
+        };
         if let Some(reason) = &row.attention {
             self.parked.insert(id.to_string(), reason.clone());
             return Err(needs_attention(id, reason));
