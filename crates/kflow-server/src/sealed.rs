@@ -213,6 +213,9 @@ impl Store for Sealed {
             .map(|(id, v)| Ok((id, self.open(CTX_EVENT, &v)?)))
             .collect()
     }
+    fn claim_slots(&self, id: &str, groups: &[(String, usize)]) -> Result<bool> {
+        self.inner.claim_slots(id, groups)
+    }
     fn is_mine(&self, id: &str) -> Result<bool> {
         self.inner.is_mine(id)
     }

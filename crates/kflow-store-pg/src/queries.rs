@@ -450,6 +450,48 @@ impl Store for PgStore {
         })
     }
 
+    fn claim_slots(&self, id: &str, groups: &[(String, usize)]) -> Result<bool> {
+        if self.node().is_none() || groups.is_empty() {
+            return Ok(true);
+        }
+        let mut groups = groups.to_vec();
+        groups.sort();
+        self.write(|c| {
+            c.transaction(|c| {
+                // One claimer per group at a time, across nodes (in a fixed order: no deadlock).
+                for (g, _) in &groups {
+                    c.execute(
+                        "SELECT pg_advisory_xact_lock(1802071152, hashtext($1))",
+                        &[g],
+                    )?;
+                }
+                for (g, limit) in &groups {
+                    let taken: i64 = c
+                        .query_opt(
+                            "SELECT COUNT(*) FROM slots s LEFT JOIN instances i ON i.id = s.instance_id \
+                             WHERE s.grp = $1 AND s.instance_id <> $2 \
+                             AND (i.status IN ('running', 'suspended') \
+                                  OR (i.id IS NULL AND s.claimed_at > clock_timestamp() - interval '1 minute'))",
+                            &[g, &id],
+                        )?
+                        .map(|r| r.get(0))
+                        .unwrap_or(0);
+                    if taken >= *limit as i64 {
+                        return Ok(false);
+                    }
+                }
+                for (g, _) in &groups {
+                    c.execute(
+                        "INSERT INTO slots (grp, instance_id, claimed_at) VALUES ($1, $2, clock_timestamp()) \
+                         ON CONFLICT DO NOTHING",
+                        &[g, &id],
+                    )?;
+                }
+                Ok(true)
+            })
+        })
+    }
+
     fn is_mine(&self, id: &str) -> Result<bool> {
         let Some(node) = self.node() else {
             return Ok(true);

@@ -201,6 +201,17 @@ ALTER TABLE nodes
     ADD COLUMN event_cursor BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN adopted_by   TEXT;
 CREATE INDEX nodes_expired ON nodes (expires_at) WHERE adopted_by IS NULL;
+
+-- Concurrency slots across nodes: a running instance of a limited workflow (or namespace)
+-- holds one per group; a slot whose instance finished, or was never created (its batch failed)
+-- within a minute of the claim, no longer counts.
+CREATE TABLE slots (
+    grp         TEXT COLLATE "C" NOT NULL,
+    instance_id TEXT COLLATE "C" NOT NULL,
+    claimed_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (grp, instance_id)
+);
+CREATE INDEX slots_instance ON slots (instance_id);
 "#;
 
 /// What [`migrate`] found and did.

@@ -57,6 +57,7 @@ const CLEAR_WORK: &str = "DELETE FROM work WHERE instance_id = $1";
 const UPSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency (namespace, key, request_hash, instance_id, expires_ms) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (namespace, key) DO UPDATE SET \
      request_hash = EXCLUDED.request_hash, instance_id = EXCLUDED.instance_id, expires_ms = EXCLUDED.expires_ms";
+const RELEASE_SLOTS: &str = "DELETE FROM slots WHERE instance_id = $1";
 const MARK_EVENTS: &str = "UPDATE events SET processed = true WHERE id = ANY($1)";
 /// In a cluster every node offers every event to its own instances, in the order of their ids
 /// (see `lease::EVENTS_LOCK`), from its own cursor.
@@ -474,6 +475,12 @@ fn commit_ops(c: &Commit, owner: Option<&str>, ops: &mut Vec<Op>) -> Result<()> 
                 ],
             ));
         }
+    }
+    if let (Some(_), Some((status, _, _))) = (owner, &c.status)
+        && status.is_finished()
+    {
+        // Its concurrency slots go with it (they stopped counting anyway).
+        ops.push(op(RELEASE_SLOTS, vec![Box::new(id.clone())]));
     }
     if let Some((status, output, error)) = &c.status {
         ops.push(Op {

@@ -1,8 +1,9 @@
 //! The PostgreSQL backend's own behaviour on a real server: the lease and its fence, refusals
 //! of databases it must not touch, clear errors, and connections that break under it.
 
+use kflow_store::InstanceStatus;
 use kflow_store::Store;
-use kflow_store::testkit::{append, create, instance, schedule};
+use kflow_store::testkit::{append, create, instance, schedule, set_status};
 use kflow_store_pg::testing::TestDb;
 use kflow_store_pg::{PgOptions, PgStore, lease};
 
@@ -122,6 +123,44 @@ fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
         .unwrap()
         .expect("taken at once");
     assert_eq!(lb.epoch, 2);
+}
+
+#[test]
+fn concurrency_slots_count_every_nodes_instances() {
+    let Some(db) = TestDb::create("concurrency_slots_count_every_node") else {
+        return;
+    };
+    let (a, b) = (open(&db), open(&db));
+    let fa = a.join("a", "host", None, 60_000).unwrap();
+    a.set_fence(Some(fa));
+    let fb = b.join("b", "host", None, 60_000).unwrap();
+    b.set_fence(Some(fb));
+    let g = |limit| vec![("ns/w".to_string(), limit), ("ns:ns".to_string(), 10)];
+    assert!(a.claim_slots("x", &g(1)).unwrap(), "a free slot");
+    // Claimed, its instance not committed yet: it counts (for a minute).
+    assert!(
+        !b.claim_slots("y", &g(1)).unwrap(),
+        "full on the other node too"
+    );
+    assert!(
+        a.claim_slots("x", &g(1)).unwrap(),
+        "claiming again is idempotent"
+    );
+    a.apply(&[create(&instance("x", 1))]).unwrap();
+    assert!(!b.claim_slots("y", &g(1)).unwrap(), "x runs");
+    assert!(b.claim_slots("y", &g(2)).unwrap(), "a limit of 2 has room");
+    // x ends: its slot goes with it, and y2 gets it.
+    a.apply(&[set_status("x", InstanceStatus::Completed, 2)])
+        .unwrap();
+    assert!(b.claim_slots("y2", &g(2)).unwrap());
+    assert!(!a.claim_slots("z", &g(2)).unwrap(), "y and y2 hold both");
+    // All or none: a full namespace group takes no slot of the workflow group.
+    let tight = vec![("ns/other".to_string(), 5), ("ns:ns".to_string(), 2)];
+    assert!(!a.claim_slots("q", &tight).unwrap());
+    assert!(
+        a.claim_slots("q", &[("ns/other".to_string(), 1)]).unwrap(),
+        "q took nothing before"
+    );
 }
 
 #[test]

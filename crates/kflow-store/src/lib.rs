@@ -319,6 +319,13 @@ pub trait Store: Send + Sync + 'static {
     /// Recorded events not yet marked processed by a commit, oldest first. On a store shared by
     /// several nodes: the events after this node's cursor.
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>>;
+    /// On a store shared by several nodes: takes a concurrency slot for instance `id` in every
+    /// group of `groups` (name, limit), all or none, counting the running instances of every
+    /// node; false when a group is full. One node: the engine counts (always true).
+    fn claim_slots(&self, id: &str, groups: &[(String, usize)]) -> Result<bool> {
+        let _ = (id, groups);
+        Ok(true)
+    }
     /// On a store shared by several nodes: whether this node drives instance `id` (true when it
     /// does not exist: the caller says so). One node: always.
     fn is_mine(&self, id: &str) -> Result<bool> {

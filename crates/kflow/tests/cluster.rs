@@ -741,3 +741,66 @@ fn a_remote_worker_serves_every_node() {
         .count();
     assert_eq!(calls, 4, "on-a, on-b, orphan, after");
 }
+
+/// A workflow's concurrency limit holds for the whole cluster: instances started through two
+/// nodes never run more at once than the limit, and those that wait start when a slot frees on
+/// either node.
+#[test]
+fn a_concurrency_limit_holds_across_nodes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+    let Some(db) = TestDb::create("a_concurrency_limit_holds_across_nodes") else {
+        return;
+    };
+    let service = TestServer::start_with(|r| {
+        if r.path() != "/slow" {
+            return None;
+        }
+        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(400));
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("cluster-limit");
+    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
+    let config = config.to_string_lossy().into_owned();
+    let key = support::base64(&[6u8; 32]);
+    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
+    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
+    let mut cluster = Cluster::new(TAKEOVER_MAX);
+    cluster.spawn(&dir.path().join("a"), &args, &env);
+    cluster.spawn(&dir.path().join("b"), &args, &env);
+    let doc = format!(
+        "document:\n  dsl: '1.0.0'\n  namespace: cluster\n  name: limited\n  version: '1.0.0'\n  \
+         metadata: {{kflow: {{concurrency: {{limit: 2}}}}}}\n\
+         do:\n  - s:\n      call: http\n      with: {{method: get, endpoint: '{}/slow'}}\n",
+        service.base()
+    );
+    support::register(&cluster.nodes[0].base(), &doc);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let node = i % 2;
+        let id = format!("l-{i}");
+        let body = json!({"namespace": "cluster", "name": "limited", "id": id, "input": {}});
+        let (code, v) =
+            post_json(&cluster.nodes[node].base(), "/api/v1/instances", &body).expect("start");
+        assert!(code == 201 || code == 200, "{v}");
+        ids.push(id);
+    }
+    for id in &ids {
+        let done = support::poll_until(Duration::from_secs(60), Duration::from_millis(50), || {
+            let (_, v) =
+                get_json(&cluster.nodes[0].base(), &format!("/api/v1/instances/{id}")).ok()?;
+            (v["status"] == "completed").then_some(())
+        });
+        assert!(done.is_some(), "{id} completed\n{}", cluster.logs());
+    }
+    let most = MOST.load(Ordering::SeqCst);
+    eprintln!("limit 2 on two nodes: at most {most} calls at once");
+    assert_eq!(
+        most, 2,
+        "the limit is 2 across both nodes, and both slots were used"
+    );
+}

@@ -157,6 +157,36 @@ impl Groups {
         admitted
     }
 
+    /// The groups of an instance and their limits.
+    pub fn groups_of_id(&self, id: &str) -> Vec<(String, usize)> {
+        self.of
+            .get(id)
+            .map(|gs| {
+                gs.iter()
+                    .map(|g| (g.clone(), self.limits.get(g).copied().unwrap_or(usize::MAX)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Admitted instances that could not start after all (another node holds the slots):
+    /// waiting again, first in line, in their order.
+    pub fn requeue(&mut self, ids: Vec<String>) {
+        for id in ids.into_iter().rev() {
+            if let Some(groups) = self.of.get(&id) {
+                for g in groups {
+                    if let Some(r) = self.running.get_mut(g) {
+                        r.remove(&id);
+                        if r.is_empty() {
+                            self.running.remove(g);
+                        }
+                    }
+                }
+            }
+            self.waiting.push_front(id);
+        }
+    }
+
     pub fn is_waiting(&self, id: &str) -> bool {
         self.waiting.iter().any(|w| w == id)
     }

@@ -73,7 +73,7 @@ impl Driver {
                 self.regroup(row);
             }
         }
-        self.groups.fill()
+        self.fill_groups()
     }
 
     /// Counts one running instance in its concurrency groups (running or waiting for a slot).
@@ -107,6 +107,49 @@ impl Driver {
         } else {
             self.groups.add_waiting(&id, &groups);
         }
+    }
+
+    /// On several nodes: takes the instance's slots in the database (every node's running
+    /// instances count); a store that cannot be asked counts as full (asked again later).
+    pub(super) fn claim(&self, id: &str, groups: &[(String, usize)]) -> bool {
+        if self.shared.pump.is_none() {
+            return true;
+        }
+        let store = self.shared.store.clone();
+        match blocking(|| store.claim_slots(id, groups)) {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "claiming a concurrency slot failed; trying again");
+                false
+            }
+        }
+    }
+
+    /// The waiting instances that may start now (`Groups::fill`), each with its slots taken
+    /// in the database on several nodes; the others wait on, in their order.
+    pub(super) fn fill_groups(&mut self) -> Vec<String> {
+        let admitted = self.groups.fill();
+        self.claimed(admitted)
+    }
+
+    /// Of the instances the local groups admitted, those whose slots the database gives too
+    /// (on several nodes); the others wait again, first in line.
+    pub(super) fn claimed(&mut self, admitted: Vec<String>) -> Vec<String> {
+        if self.shared.pump.is_none() {
+            return admitted;
+        }
+        let mut ok = Vec::new();
+        let mut back = Vec::new();
+        for id in admitted {
+            let groups = self.groups.groups_of_id(&id);
+            if self.claim(&id, &groups) {
+                ok.push(id);
+            } else {
+                back.push(id);
+            }
+        }
+        self.groups.requeue(back);
+        ok
     }
 
     /// Starts an instance that waited for a concurrency slot.
@@ -169,9 +212,14 @@ impl Driver {
         if groups.is_empty() {
             return Ok(true);
         }
-        let Some((full, oldest)) = self.groups.full(&groups) else {
-            self.groups.add_running(id, &groups);
-            return Ok(true);
+        let (full, oldest) = match self.groups.full(&groups) {
+            // Room here; on several nodes, the database counts every node's instances too.
+            None if self.claim(id, &groups) => {
+                self.groups.add_running(id, &groups);
+                return Ok(true);
+            }
+            None => (groups[0].0.clone(), None),
+            Some(f) => f,
         };
         // The namespace limit always queues; the workflow's own limit follows its onLimit.
         let policy = if full.starts_with("ns:") {
@@ -194,7 +242,8 @@ impl Driver {
                         Ok((Record::Cancelled, Some(a.core.cancel(now))))
                     });
                 }
-                if self.groups.full(&groups).is_some() {
+                // The oldest may run on another node: then the new one waits its turn.
+                if self.groups.full(&groups).is_some() || !self.claim(id, &groups) {
                     self.create_queued(id, wf, input.clone(), priority, b, now);
                     self.groups.add_waiting(id, &groups);
                     return Ok(false);

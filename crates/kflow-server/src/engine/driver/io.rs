@@ -117,6 +117,12 @@ impl Driver {
                 next_scan = now + SCAN_EVERY_MS;
                 if !self.draining {
                     self.scan_timers(now);
+                    // Several nodes: a slot freed on another node is taken here.
+                    if self.shared.pump.is_some() {
+                        for id in self.fill_groups() {
+                            self.admit(&id, &mut b, now);
+                        }
+                    }
                 }
             }
             for m in msgs {

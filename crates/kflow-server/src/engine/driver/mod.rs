@@ -650,7 +650,8 @@ impl Driver {
     /// An instance finished: its concurrency slot goes to the next in line, and a
     /// sub-workflow answers its parent.
     fn ended(&mut self, id: &str, row: &Instance, b: &mut Batch, now: i64) {
-        for next in self.groups.finished(id) {
+        let admitted = self.groups.finished(id);
+        for next in self.claimed(admitted) {
             self.admit(&next, b, now);
         }
         if let Some((parent, effect)) = parent_of(id) {

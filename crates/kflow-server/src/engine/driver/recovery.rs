@@ -81,7 +81,7 @@ impl Driver {
             }
             self.regroup(row);
         }
-        for id in self.groups.fill() {
+        for id in self.fill_groups() {
             self.admit(&id, b, now);
         }
         if let (Some(since), false) = (since, subs.is_empty()) {
