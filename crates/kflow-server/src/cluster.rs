@@ -186,6 +186,12 @@ impl Node {
                     continue;
                 }
                 leader = self.lead(leader, &fence, term.engine.get()).await;
+                if let Some(engine) = term.engine.get() {
+                    let store = self.store.clone();
+                    if let Ok(Ok(n)) = blocking(move || store.live_nodes()).await {
+                        engine.set_live_nodes(n);
+                    }
+                }
                 refresh();
             }
             if let Some(engine) = term.engine.get()

@@ -270,6 +270,18 @@ impl PgStore {
         })
     }
 
+    /// How many nodes hold a live lease now (this one included).
+    pub fn live_nodes(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(c
+                .query_opt(
+                    "SELECT COUNT(*) FROM nodes WHERE expires_at > clock_timestamp() AND adopted_by IS NULL",
+                    &[],
+                )?
+                .map_or(1, |r| r.get(0)))
+        })
+    }
+
     /// Gives this node's lease up at once (the end of a drain): the other nodes, told on
     /// [`LEASE_CHANNEL`], adopt its instances without waiting for the time to live.
     pub fn release_node(&self, fence: &Fence) -> Result<bool> {

@@ -246,6 +246,29 @@ fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
         "{html}"
     );
 
+    // A live stream asked of node 0 for an instance node 1 drives is forwarded, and passed
+    // back as it comes (the instance ended: its history, then its end).
+    let stream = support::http_request_with(
+        "GET",
+        &base,
+        "/api/v1/instances/c-80/watch",
+        &[("accept", "text/event-stream")],
+        None,
+        Duration::from_secs(20),
+    )
+    .expect("watch");
+    let events = stream.text();
+    assert_eq!(stream.status, 200, "{events}");
+    assert_eq!(
+        stream.header("x-kflow-served-by"),
+        Some(cluster.nodes[1].base().as_str()),
+        "served by the node that drives it"
+    );
+    assert!(
+        events.contains("event: end") && events.contains("\"i\":80"),
+        "{events}"
+    );
+
     // The CLI given every node (node 2 is down) gets its answer from a live one.
     let all: Vec<String> = [2, 1, 0].iter().map(|i| cluster.nodes[*i].base()).collect();
     let out = support::kflow(["get", "c-0", "-o", "json"])

@@ -17,6 +17,9 @@ use crate::engine::Route;
 /// Set on a forwarded request: the node that forwarded it (never forwarded again).
 pub const FORWARDED: &str = "x-kflow-forwarded";
 
+/// Set on the answer to a forwarded request: the API of the node that served it.
+pub const SERVED_BY: &str = "x-kflow-served-by";
+
 /// The instance a path acts on, for the actions the driving node must serve.
 fn instance_of(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/api/v1/instances/")?;
@@ -94,7 +97,8 @@ async fn send(st: &AppState, api: &str, req: Request) -> Result<Response, String
     );
     let resp = out.body(bytes).send().await.map_err(|e| e.to_string())?;
     let mut builder = Response::builder()
-        .status(StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
+        .status(StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY))
+        .header(SERVED_BY, api);
     for (name, value) in resp.headers() {
         if !hop(name) {
             builder = builder.header(name, value);

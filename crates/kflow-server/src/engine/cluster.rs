@@ -69,6 +69,25 @@ impl Engine {
         self.shared.config.database.as_ref().and_then(|d| d.node())
     }
 
+    /// `n` nodes share the work now: each takes its share of the configured rate limits (the
+    /// rate divided by `n`), so that the cluster as a whole keeps to them.
+    pub fn set_live_nodes(&self, n: i64) {
+        let n = n.max(1);
+        let prev = self.shared.live_nodes.swap(n, Ordering::SeqCst);
+        if prev == n || self.shared.config.rate_limits.is_empty() {
+            return;
+        }
+        let share = self
+            .shared
+            .config
+            .rate_limits
+            .iter()
+            .map(|(k, r)| (k.clone(), r / n as f64))
+            .collect();
+        self.shared.queue.lock().set_limits(share);
+        tracing::info!(nodes = n, "rate limits shared among the live nodes");
+    }
+
     /// Reads the namespaces' secrets again (another node may have changed them).
     pub fn reload_secrets(&self) -> std::result::Result<(), String> {
         self.shared.vault.reload()

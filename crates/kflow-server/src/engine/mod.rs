@@ -242,6 +242,8 @@ pub(crate) struct Shared {
     /// In a cluster: the offering of posted events (see `cluster.rs`).
     pub pump: Option<Arc<cluster::Pump>>,
     pub leader: cluster::Leader,
+    /// Nodes sharing the work (1 on one node): rate limits are divided among them.
+    pub live_nodes: std::sync::atomic::AtomicI64,
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
@@ -282,6 +284,7 @@ impl Shared {
             ended: tokio::sync::broadcast::channel(16_384).0,
             pump: config.cluster.then(|| Arc::new(cluster::Pump::new())),
             leader: cluster::Leader::new(!config.cluster),
+            live_nodes: std::sync::atomic::AtomicI64::new(1),
             config,
         }
     }

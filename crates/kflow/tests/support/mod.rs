@@ -795,9 +795,18 @@ fn swagger(port: u16) -> Value {
 pub struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Headers, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> Result<Value, String> {
         serde_json::from_slice(&self.body).map_err(|e| {
             format!(
@@ -880,6 +889,7 @@ pub fn http_request_with(
         .ok_or_else(|| format!("no HTTP status line from {host}: {line:?}"))?;
     let mut length = None;
     let mut chunked = false;
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)
@@ -894,6 +904,7 @@ pub fn http_request_with(
         }
         if let Some((k, v)) = h.split_once(':') {
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            headers.push((k.clone(), v.to_string()));
             if k == "content-length" {
                 length = v.parse::<usize>().ok();
             } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
@@ -922,7 +933,11 @@ pub fn http_request_with(
     } else if method != "HEAD" && status != 204 && status != 304 {
         r.read_to_end(&mut body).map_err(broke)?;
     }
-    Ok(HttpResponse { status, body })
+    Ok(HttpResponse {
+        status,
+        body,
+        headers,
+    })
 }
 
 /// Registers a workflow document (YAML) with the server at `base`; panics unless created.
