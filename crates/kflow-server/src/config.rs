@@ -458,6 +458,11 @@ mod tests {
         );
         let e = ServerConfig::from_file_bytes(b"worker_token: x\n", "k.yaml").unwrap_err();
         assert!(e.contains("worker role"), "{e}");
+        let e = ServerConfig::from_file_bytes(b"advertise: host-a:8080\n", "k.yaml").unwrap_err();
+        assert!(e.contains("advertise") && e.contains("http://"), "{e}");
+        let c =
+            ServerConfig::from_file_bytes(b"advertise: http://host-a:8080/\n", "k.yaml").unwrap();
+        assert_eq!(c.advertise.as_deref(), Some("http://host-a:8080"));
     }
 
     #[test]

@@ -235,7 +235,29 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))?;
         if !row.status.is_finished() {
-            let _ = tokio::time::timeout(timeout, rx).await;
+            if self.clustered() {
+                // Another node may drive it (and finish it): its end is read, twice a second.
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut rx = rx;
+                loop {
+                    let step = deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .min(Duration::from_millis(500));
+                    if step.is_zero() || tokio::time::timeout(step, &mut rx).await.is_ok() {
+                        break;
+                    }
+                    let id2 = id.to_string();
+                    let finished = self
+                        .blocking(move |s| s.get_instance(&id2))
+                        .await?
+                        .is_none_or(|r| r.status.is_finished());
+                    if finished {
+                        break;
+                    }
+                }
+            } else {
+                let _ = tokio::time::timeout(timeout, rx).await;
+            }
             self.forget_closed_waiters(id);
         }
         self.instance(id).await
