@@ -184,6 +184,10 @@ async fn collector(batches: Arc<AtomicU64>) -> String {
     format!("http://{addr}")
 }
 
+/// The databases of `--postgres` runs, dropped when the bench ends.
+static BENCH_DBS: std::sync::Mutex<Vec<kflow_store_pg::testing::TestDb>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// The token every request carries with `--auth`.
 const BENCH_TOKEN: &str = "kflow-bench-admin-token-0123456789abcdef";
 
@@ -213,8 +217,8 @@ async fn start_server(
                 .join("bench", "bench", None, 600_000)
                 .expect("join the database as a node");
             store.set_fence(Some(fence));
-            // Dropped (with the database) when the process ends.
-            Box::leak(Box::new(db));
+            // Dropped (with the database) at the end of `main`.
+            BENCH_DBS.lock().unwrap_or_else(|p| p.into_inner()).push(db);
             Arc::new(store)
         }),
         ..EngineConfig::default()
@@ -533,4 +537,5 @@ fn main() {
         engine2.shutdown(Duration::from_secs(5)).await;
         let _ = std::fs::remove_dir_all(&dir);
     });
+    BENCH_DBS.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
