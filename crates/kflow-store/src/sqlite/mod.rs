@@ -72,8 +72,9 @@ pub struct SqliteStore {
     // that the writer, being the last connection, checkpoints and removes the WAL file.
     _checkpointer: Option<Checkpointer>,
     /// The WAL size the checkpointer resets past (see [`WAL_LIMIT`]; tests lower it).
-    #[cfg_attr(not(test), allow(dead_code))]
     wal_limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Commits since the writer last looked at the WAL's size itself.
+    commits: std::sync::atomic::AtomicU32,
     /// Set by the checkpointer when the WAL is past its limit: the writer resets it.
     wal_big: std::sync::Arc<std::sync::atomic::AtomicBool>,
     readers: Option<ReadPool>,
@@ -147,6 +148,7 @@ impl SqliteStore {
             _checkpointer: Some(checkpointer),
             wal_limit,
             wal_big,
+            commits: Default::default(),
             readers: Some(ReadPool {
                 idle: Mutex::new(readers),
                 available: Condvar::new(),
@@ -219,6 +221,7 @@ impl SqliteStore {
             _checkpointer: None,
             wal_limit: Default::default(),
             wal_big: Default::default(),
+            commits: Default::default(),
             readers: None,
             writer: Mutex::new(writer),
             path: None,
@@ -260,11 +263,20 @@ impl SqliteStore {
     /// transactions, so it never loses it to a stream of commits (a checkpoint on another
     /// connection would); it waits only for the readers of the moment (new ones read the
     /// database file once everything is copied), then starts the log over from empty.
+    /// Every 16 commits the writer also looks at the WAL's size itself: the bound then holds
+    /// even when the checkpointer's thread gets no CPU for a while (a loaded machine).
     fn reset_wal(&self, conn: &Connection) {
-        if self
-            .wal_big
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.commits.fetch_add(1, Relaxed) % 16 == 15
+            && let Some(path) = &self.path
         {
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > self.wal_limit.load(Relaxed)) {
+                self.wal_big.store(true, Relaxed);
+            }
+        }
+        if self.wal_big.swap(false, Relaxed) {
             let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         }
     }
