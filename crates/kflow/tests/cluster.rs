@@ -65,6 +65,20 @@ fn start_instances(base: &str, from: u64, n: u64) -> Vec<String> {
         .collect()
 }
 
+/// `n` nodes on `db`, each in a folder of `dir`, with the test's lease and one master key.
+fn nodes_on(db: &TestDb, dir: &TempDir, n: usize) -> Cluster {
+    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
+    let config = config.to_string_lossy().into_owned();
+    let key = support::base64(&[4u8; 32]);
+    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
+    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
+    let mut cluster = Cluster::new(TAKEOVER_MAX);
+    for i in 0..n {
+        cluster.spawn(&dir.path().join(format!("n{i}")), &args, &env);
+    }
+    cluster
+}
+
 #[test]
 fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
     let Some(db) = TestDb::create("three_active_nodes_share_the_work") else {
@@ -362,15 +376,7 @@ fn events_posted_to_any_node_reach_every_nodes_instances() {
         return;
     };
     let dir = TempDir::new("cluster-events");
-    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
-    let config = config.to_string_lossy().into_owned();
-    let key = support::base64(&[4u8; 32]);
-    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
-    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
-    let mut cluster = Cluster::new(TAKEOVER_MAX);
-    for i in 0..3 {
-        cluster.spawn(&dir.path().join(format!("n{i}")), &args, &env);
-    }
+    let cluster = nodes_on(&db, &dir, 3);
     let doc = r#"
 document: {dsl: '1.0.0', namespace: cluster, name: waits, version: '1.0.0'}
 do:
@@ -700,14 +706,7 @@ fn a_remote_worker_serves_every_node() {
     let service =
         TestServer::start_with(|r| (r.path() == "/work").then(|| (200, json!({"done": true}))));
     let dir = TempDir::new("worker-serves");
-    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
-    let config = config.to_string_lossy().into_owned();
-    let key = support::base64(&[3u8; 32]);
-    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
-    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
-    let mut cluster = Cluster::new(TAKEOVER_MAX);
-    cluster.spawn(&dir.path().join("a"), &args, &env);
-    cluster.spawn(&dir.path().join("b"), &args, &env);
+    let mut cluster = nodes_on(&db, &dir, 2);
     let doc = format!(
         "document: {{dsl: '1.0.0', namespace: cluster, name: remote, version: '1.0.0'}}\n\
          do:\n  - w:\n      metadata: {{kflow: {{queue: far}}}}\n      call: http\n      \
@@ -787,14 +786,7 @@ fn a_concurrency_limit_holds_across_nodes() {
         Some((200, json!({"ok": true})))
     });
     let dir = TempDir::new("cluster-limit");
-    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
-    let config = config.to_string_lossy().into_owned();
-    let key = support::base64(&[6u8; 32]);
-    let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
-    let args = ["--db", db.url.as_str(), "--config", config.as_str()];
-    let mut cluster = Cluster::new(TAKEOVER_MAX);
-    cluster.spawn(&dir.path().join("a"), &args, &env);
-    cluster.spawn(&dir.path().join("b"), &args, &env);
+    let cluster = nodes_on(&db, &dir, 2);
     let doc = format!(
         "document:\n  dsl: '1.0.0'\n  namespace: cluster\n  name: limited\n  version: '1.0.0'\n  \
          metadata: {{kflow: {{concurrency: {{limit: 2}}}}}}\n\
