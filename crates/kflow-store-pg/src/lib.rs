@@ -17,6 +17,7 @@ mod retention;
 mod rows;
 pub mod schema;
 pub mod testing;
+pub mod tls;
 mod writes;
 
 use std::sync::Mutex;
@@ -134,10 +135,18 @@ impl PgStore {
 
     fn connect(options: &PgOptions) -> Result<PgStore> {
         let label = redact(&options.url);
-        let mut config: tokio_postgres::Config = options
-            .url
+        let (url, mode, root) =
+            tls::split_url(&options.url).map_err(|e| StoreError::Db(format!("{label}: {e}")))?;
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Db(format!("invalid database URL {label}: {e}")))?;
+        config.ssl_mode(match mode {
+            tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tls::Tls::new(mode, root.as_deref())
+            .map_err(|e| StoreError::Db(format!("{label}: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -159,7 +168,7 @@ impl PgStore {
             ));
         }
         let setup = Some(setup);
-        let pool = pool::Pool::new(config, options.connections, setup)?;
+        let pool = pool::Pool::new(config, tls, options.connections, setup)?;
         let store = PgStore {
             pool,
             fence: Mutex::new(None),

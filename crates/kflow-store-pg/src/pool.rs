@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use kflow_store::{Result, StoreError};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 /// Statements kept per connection (list queries have one per filter combination).
 const STATEMENTS: usize = 256;
@@ -177,6 +177,7 @@ impl Conn {
 pub(crate) struct Pool {
     runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
+    tls: crate::tls::Tls,
     state: Mutex<PoolState>,
     available: Condvar,
     max: usize,
@@ -192,6 +193,7 @@ struct PoolState {
 impl Pool {
     pub(crate) fn new(
         config: tokio_postgres::Config,
+        tls: crate::tls::Tls,
         max: usize,
         setup: Option<String>,
     ) -> Result<Pool> {
@@ -204,6 +206,7 @@ impl Pool {
         Ok(Pool {
             runtime: Some(runtime),
             config,
+            tls,
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
@@ -215,10 +218,10 @@ impl Pool {
     }
 
     fn connect(&self) -> Result<Conn> {
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let runtime = self.runtime.as_ref().expect("runtime present until drop");
         let task = runtime.spawn(async move {
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.connect(tls).await?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -303,12 +306,12 @@ impl Pool {
         if channel.is_empty() || !channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
             return Err(StoreError::Db(format!("invalid channel name {channel:?}")));
         }
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let sql = format!("LISTEN {channel}");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let runtime = self.runtime.as_ref().expect("runtime present until drop");
         let task = runtime.spawn(async move {
-            let (client, mut connection) = config.connect(NoTls).await?;
+            let (client, mut connection) = config.connect(tls).await?;
             tokio::spawn(async move {
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -27,10 +27,11 @@ fn server() -> String {
 }
 
 fn admin_exec(admin: &str, sql: &str) -> Result<(), String> {
-    let config: tokio_postgres::Config = admin.parse().map_err(|e| format!("{e}"))?;
-    let mut config = config;
+    let (admin, mode, root) = crate::tls::split_url(admin).map_err(|e| e.to_string())?;
+    let mut config: tokio_postgres::Config = admin.parse().map_err(|e| format!("{e}"))?;
     config.connect_timeout(std::time::Duration::from_secs(3));
-    let pool = Pool::new(config, 1, None).map_err(|e| e.to_string())?;
+    let tls = crate::tls::Tls::new(mode, root.as_deref()).map_err(|e| e.to_string())?;
+    let pool = Pool::new(config, tls, 1, None).map_err(|e| e.to_string())?;
     let conn = pool
         .get(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
@@ -97,6 +98,21 @@ impl crate::PgStore {
 
 impl crate::PgStore {
     /// Runs statements as they are (tests that damage or inspect a database on purpose).
+    /// Whether this store's connections are encrypted, and the server's `ssl` and
+    /// `ssl_cert_file` settings.
+    pub fn tls_for_tests(&self) -> kflow_store::Result<(bool, bool, String)> {
+        self.read(|c| {
+            let row = c
+                .query_opt(
+                    "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false), \
+                     current_setting('ssl') = 'on', current_setting('ssl_cert_file')",
+                    &[],
+                )?
+                .ok_or_else(|| kflow_store::StoreError::Db("no row".into()))?;
+            Ok((row.get(0), row.get(1), row.get(2)))
+        })
+    }
+
     pub fn exec_for_tests(&self, sql: &str) -> kflow_store::Result<()> {
         self.write(|c| c.batch(sql))
     }

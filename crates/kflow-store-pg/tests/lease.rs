@@ -278,3 +278,61 @@ fn pool_recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<St
         }
     }
 }
+
+#[test]
+fn tls_follows_sslmode() {
+    let Some(db) = TestDb::create("tls_follows_sslmode") else {
+        return;
+    };
+    let (_, ssl_on, cert) = open(&db).tls_for_tests().unwrap();
+    if !ssl_on {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI: the PostgreSQL server does not serve TLS (ssl = off)"
+        );
+        eprintln!("TLS tests skipped: the PostgreSQL server has ssl = off");
+        return;
+    }
+    let with = |url: &str, q: &str| PgStore::open(&PgOptions::new(&format!("{url}?{q}")));
+    let tls = |s: PgStore| s.tls_for_tests().unwrap().0;
+    assert!(
+        !tls(with(&db.url, "sslmode=disable").unwrap()),
+        "disable: plain"
+    );
+    assert!(
+        tls(with(&db.url, "sslmode=require").unwrap()),
+        "require: encrypted"
+    );
+    assert!(
+        tls(open(&db)),
+        "prefer (the default): encrypted when the server offers it"
+    );
+    // The server's certificate is self-signed: not among the system's roots.
+    let e = with(&db.url, "sslmode=verify-full").err().expect("refused");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // Given as the root, it is accepted; verify-full also wants the host's name in it.
+    if std::fs::read(&cert).is_ok() {
+        let root = format!("sslrootcert={cert}");
+        assert!(tls(
+            with(&db.url, &format!("sslmode=verify-ca&{root}")).unwrap()
+        ));
+        let e = with(&db.url, &format!("sslmode=verify-full&{root}"))
+            .err()
+            .expect("127.0.0.1 is not the certificate's name");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        let named = db.url.replace("127.0.0.1", "localhost");
+        match with(&named, &format!("sslmode=verify-full&{root}")) {
+            Ok(s) => assert!(tls(s)),
+            // A certificate made for another name than localhost: refused, saying so.
+            Err(e) => assert!(e.to_string().contains("certificate"), "{e}"),
+        }
+        let e = with(&db.url, "sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem")
+            .err()
+            .expect("no such file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+    let e = with(&db.url, "sslmode=sometimes")
+        .err()
+        .expect("a bad mode");
+    assert!(e.to_string().contains("invalid sslmode"), "{e}");
+}
