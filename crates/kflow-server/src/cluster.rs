@@ -260,14 +260,14 @@ impl Node {
         pending: &mut Vec<kflow_store_pg::Adopted>,
     ) {
         loop {
-            let (store, f) = (self.store.clone(), fence.clone());
-            match blocking(move || store.adopt(&f)).await {
+            let (store, f, ttl) = (self.store.clone(), fence.clone(), self.lease_ms);
+            match blocking(move || store.adopt(&f, ttl)).await {
                 Ok(Ok(Some(a))) => {
                     tracing::info!(
                         node = %fence.node,
                         from = %a.from.as_deref().unwrap_or("(no owner)"),
                         instances = a.ids.len(),
-                        "adopted the instances of a node whose lease lapsed"
+                        "adopted (a share of) the instances of a node whose lease lapsed"
                     );
                     pending.push(a);
                 }

@@ -297,13 +297,15 @@ impl PgStore {
         })
     }
 
-    /// Takes over the unfinished instances of one node whose lease lapsed (or that left), or
-    /// else those that have no owner (written by schema version 1). Nodes racing for the same
-    /// dead node do not wait for each other (`SKIP LOCKED`): one of them takes it whole, so a
-    /// parent and its sub-workflows stay together. The dead node's commits in flight hold its
+    /// Takes over this node's share of the unfinished instances of one node whose lease lapsed
+    /// (or that left), or else instances that have no owner (written by schema version 1).
+    /// Nodes racing for the same dead node do not wait for each other (`SKIP LOCKED`). Shares
+    /// are whole trees (an instance and its sub-workflows stay together): the live nodes that
+    /// have not taken a share yet divide what is left, so the last one takes the rest; once
+    /// the dead node's lease lapsed a time to live ago (`ttl_ms`), whoever comes takes the rest. The dead node's commits in flight hold its
     /// [`HOLD_NODE`] lock: it is left for the next try until they end; then its epoch is moved
     /// on and it is marked adopted, so nothing it sends later commits. None: nothing to adopt.
-    pub fn adopt(&self, fence: &Fence) -> Result<Option<Adopted>> {
+    pub fn adopt(&self, fence: &Fence, ttl_ms: i64) -> Result<Option<Adopted>> {
         self.write(|c| {
             c.transaction(|c| {
                 c.batch("SET LOCAL lock_timeout = '1s'")?;
@@ -314,13 +316,22 @@ impl PgStore {
                 if !me {
                     return Err(fenced_error(fence));
                 }
+                // A dead node this node has not yet taken its share of (or whose share-out is
+                // overdue: then whoever comes takes the rest).
                 let dead = c.query_opt(
-                    "SELECT id, event_cursor FROM nodes WHERE adopted_by IS NULL AND id <> $1                      AND expires_at < clock_timestamp() ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    &[&fence.node],
+                    "SELECT id, event_cursor, cardinality(adopters), \
+                     expires_at < clock_timestamp() - $2 * interval '1 millisecond' \
+                     FROM nodes WHERE adopted_by IS NULL AND id <> $1 \
+                     AND expires_at < clock_timestamp() \
+                     AND NOT ($1 = ANY(adopters) AND expires_at > clock_timestamp() - $2 * interval '1 millisecond') \
+                     ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[&fence.node, &(ttl_ms as f64)],
                 )?;
                 if let Some(row) = dead {
                     let from: String = row.get(0);
                     let cursor: i64 = row.get(1);
+                    let shared_out: i32 = row.get(2);
+                    let overdue: bool = row.get(3);
                     // A commit of that node still in flight holds its lock: not now.
                     let free: bool = c
                         .query_opt(
@@ -332,18 +343,65 @@ impl PgStore {
                     if !free {
                         return Ok(None);
                     }
-                    let ids: Vec<String> = c
-                        .query(
-                            "UPDATE instances SET owner = $1 WHERE owner = $2                              AND status IN ('running', 'suspended') RETURNING id",
+                    // Its instances are shared out among the live nodes, a tree (an instance and
+                    // its sub-workflows, whose ids extend their parent's) at a time: each live
+                    // node takes its share at its next look, the last one what is left.
+                    let live: i64 = c
+                        .query_opt(
+                            "SELECT COUNT(*) FROM nodes WHERE expires_at > clock_timestamp() \
+                             AND adopted_by IS NULL",
+                            &[],
+                        )?
+                        .map_or(1, |r| r.get(0));
+                    let takers = (live - i64::from(shared_out)).max(1);
+                    let ids: Vec<String> = if overdue || takers == 1 {
+                        c.query(
+                            "UPDATE instances SET owner = $1 WHERE owner = $2 \
+                             AND status IN ('running', 'suspended') RETURNING id",
                             &[&fence.node, &from],
                         )?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    c.execute(
-                        "UPDATE nodes SET adopted_by = $1, epoch = epoch + 1, state = 'gone',                          running = 0 WHERE id = $2",
-                        &[&fence.node, &from],
-                    )?;
+                    } else {
+                        let roots: i64 = c
+                            .query_opt(
+                                "SELECT COUNT(*) FROM instances WHERE owner = $1 \
+                                 AND status IN ('running', 'suspended') AND strpos(id, '.') = 0",
+                                &[&from],
+                            )?
+                            .map_or(0, |r| r.get(0));
+                        let share = (roots + takers - 1) / takers;
+                        c.query(
+                            "WITH roots AS (SELECT id FROM instances WHERE owner = $2 \
+                             AND status IN ('running', 'suspended') AND strpos(id, '.') = 0 \
+                             ORDER BY id LIMIT $3) \
+                             UPDATE instances SET owner = $1 WHERE owner = $2 \
+                             AND status IN ('running', 'suspended') \
+                             AND split_part(id, '.', 1) IN (SELECT id FROM roots) RETURNING id",
+                            &[&fence.node, &from, &share],
+                        )?
+                    }
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                    let left: bool = c
+                        .query_opt(
+                            "SELECT EXISTS (SELECT 1 FROM instances WHERE owner = $1 \
+                             AND status IN ('running', 'suspended'))",
+                            &[&from],
+                        )?
+                        .is_some_and(|r| r.get(0));
+                    if left {
+                        c.execute(
+                            "UPDATE nodes SET adopters = array_append(adopters, $1), \
+                             epoch = epoch + 1, state = 'lost' WHERE id = $2",
+                            &[&fence.node, &from],
+                        )?;
+                    } else {
+                        c.execute(
+                            "UPDATE nodes SET adopted_by = $1, adopters = array_append(adopters, $1), \
+                             epoch = epoch + 1, state = 'gone', running = 0 WHERE id = $2",
+                            &[&fence.node, &from],
+                        )?;
+                    }
                     return Ok(Some(Adopted {
                         from: Some(from),
                         ids,

@@ -199,7 +199,8 @@ ALTER TABLE nodes
     ADD COLUMN epoch        BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN expires_at   TIMESTAMPTZ,
     ADD COLUMN event_cursor BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN adopted_by   TEXT;
+    ADD COLUMN adopted_by   TEXT,
+    ADD COLUMN adopters     TEXT[] NOT NULL DEFAULT '{}';
 CREATE INDEX nodes_expired ON nodes (expires_at) WHERE adopted_by IS NULL;
 
 -- Concurrency slots across nodes: a running instance of a limited workflow (or namespace)

@@ -42,7 +42,11 @@ fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
     assert_eq!(a.running_instances().unwrap(), vec!["i".to_string()]);
     assert_eq!(b.running_instances().unwrap(), vec!["j".to_string()]);
     assert!(a.renew_node(&fa, 1_000, "active", 1).unwrap());
-    assert_eq!(b.adopt(&fb).unwrap(), None, "a is alive: nothing to adopt");
+    assert_eq!(
+        b.adopt(&fb, 60_000).unwrap(),
+        None,
+        "a is alive: nothing to adopt"
+    );
 
     // An event posted now is offered by both nodes, each from its own cursor.
     let ev = a
@@ -61,11 +65,11 @@ fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
 
     // a "pauses" past its lease: b adopts its instances, with a's event cursor.
     std::thread::sleep(std::time::Duration::from_millis(1_100));
-    let adopted = b.adopt(&fb).unwrap().expect("a's lease lapsed");
+    let adopted = b.adopt(&fb, 60_000).unwrap().expect("a's lease lapsed");
     assert_eq!(adopted.from.as_deref(), Some("a"));
     assert_eq!(adopted.ids, vec!["i".to_string()]);
     assert_eq!(adopted.event_cursor, Some(ev - 1));
-    assert_eq!(b.adopt(&fb).unwrap(), None, "adopted once");
+    assert_eq!(b.adopt(&fb, 60_000).unwrap(), None, "adopted once");
     assert_eq!(
         b.running_instances().unwrap(),
         vec!["i".to_string(), "j".to_string()]
@@ -106,7 +110,7 @@ fn a_node_paused_past_its_lease_is_fenced_and_its_instances_adopted() {
     let mut listener = b.listen_lease().expect("listen");
     assert!(a.release_node(&fc).unwrap());
     assert_eq!(pool_recv(&mut listener.notifications).as_deref(), Some("c"));
-    let adopted = b.adopt(&fb).unwrap().expect("c left");
+    let adopted = b.adopt(&fb, 60_000).unwrap().expect("c left");
     assert_eq!(adopted.ids, vec!["k".to_string()]);
 
     // The leader lease (retention, alert deliveries): one holder, handed over at once.
@@ -164,6 +168,56 @@ fn concurrency_slots_count_every_nodes_instances() {
 }
 
 #[test]
+fn a_dead_nodes_instances_are_shared_out_whole_trees_at_a_time() {
+    let Some(db) = TestDb::create("a_dead_nodes_instances_are_shared_out") else {
+        return;
+    };
+    let dead = open(&db);
+    let fd = dead.join("dead", "host", None, 1_000).unwrap();
+    dead.set_fence(Some(fd));
+    // Ten instances, each with a sub-workflow (ids extend their parent's).
+    for i in 0..10 {
+        let root = format!("r{i}");
+        dead.apply(&[create(&instance(&root, 1))]).unwrap();
+        dead.apply(&[create(&instance(&format!("{root}.3"), 1))])
+            .unwrap();
+    }
+    let (b, c, d) = (open(&db), open(&db), open(&db));
+    let mut fences = Vec::new();
+    for (s, name) in [(&b, "b"), (&c, "c"), (&d, "d")] {
+        let f = s.join(name, "host", None, 60_000).unwrap();
+        s.set_fence(Some(f.clone()));
+        fences.push(f);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let mut taken = Vec::new();
+    for (s, f) in [(&b, &fences[0]), (&c, &fences[1]), (&d, &fences[2])] {
+        let a = s.adopt(f, 60_000).unwrap().expect("a share");
+        assert_eq!(a.from.as_deref(), Some("dead"));
+        assert_eq!(s.adopt(f, 60_000).unwrap(), None, "one share each");
+        // Every sub-workflow goes with its parent.
+        for id in &a.ids {
+            let root = id.split('.').next().unwrap();
+            assert!(
+                a.ids.iter().any(|x| x == root),
+                "{id} without {root}: {:?}",
+                a.ids
+            );
+        }
+        taken.push(a.ids.len());
+    }
+    assert_eq!(taken, vec![8, 6, 6], "4, 3 and 3 trees of two");
+    let nodes = b.nodes(60_000).unwrap();
+    let dead_row = nodes.iter().find(|n| n.id == "dead").unwrap();
+    assert_eq!(
+        dead_row.adopted_by.as_deref(),
+        Some("d"),
+        "the last taker closes it"
+    );
+    assert_eq!(dead_row.owned, 0);
+}
+
+#[test]
 fn instances_without_an_owner_are_adopted_in_batches() {
     let Some(db) = TestDb::create("instances_without_an_owner_are_adopted") else {
         return;
@@ -175,11 +229,11 @@ fn instances_without_an_owner_are_adopted_in_batches() {
     let fa = a.join("a", "host", None, 60_000).unwrap();
     a.set_fence(Some(fa.clone()));
     assert!(a.running_instances().unwrap().is_empty());
-    let adopted = a.adopt(&fa).unwrap().expect("orphans");
+    let adopted = a.adopt(&fa, 60_000).unwrap().expect("orphans");
     assert_eq!(adopted.from, None);
     assert_eq!(adopted.ids.len(), 2);
     assert_eq!(a.running_instances().unwrap().len(), 2);
-    assert_eq!(a.adopt(&fa).unwrap(), None);
+    assert_eq!(a.adopt(&fa, 60_000).unwrap(), None);
 }
 
 #[test]

@@ -1331,7 +1331,7 @@ impl Cluster {
             for (i, n) in self.nodes.iter().enumerate() {
                 if n.pid().is_some()
                     && n.log().lines().any(|l| {
-                        l.contains("adopted the instances") && field(l, "from") == Some(from)
+                        l.contains("of a node whose lease lapsed") && field(l, "from") == Some(from)
                     })
                 {
                     return (i, since.elapsed());
