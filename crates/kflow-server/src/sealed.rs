@@ -213,8 +213,13 @@ impl Store for Sealed {
             .map(|(id, v)| Ok((id, self.open(CTX_EVENT, &v)?)))
             .collect()
     }
-    fn claim_slots(&self, id: &str, groups: &[(String, usize)]) -> Result<bool> {
-        self.inner.claim_slots(id, groups)
+    fn claim_slots(
+        &self,
+        id: &str,
+        groups: &[(String, usize)],
+        replacing: Option<&str>,
+    ) -> Result<bool> {
+        self.inner.claim_slots(id, groups, replacing)
     }
     fn is_mine(&self, id: &str) -> Result<bool> {
         self.inner.is_mine(id)

@@ -261,7 +261,11 @@ async fn run(
                 p.abort();
             }
             engine.shutdown(Duration::ZERO).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+            // Open watch streams would keep this term's server (and engine) alive: cut them.
+            let mut http = http;
+            if tokio::time::timeout(Duration::from_secs(1), &mut http).await.is_err() {
+                http.abort();
+            }
             return Ok(Ended::Lost(reason));
         }
     }
@@ -311,12 +315,21 @@ async fn open_cluster(
     } else {
         "http"
     };
-    let api = cfg
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{}", cfg.listen));
+    let api = cfg.advertise.clone().unwrap_or_else(|| {
+        // Listening on every address: the others reach this node by its host name.
+        let listen = match cfg.listen.rsplit_once(':') {
+            Some((host, port)) if matches!(host, "0.0.0.0" | "[::]" | "::" | "") => {
+                let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into());
+                format!("{name}:{port}")
+            }
+            _ => cfg.listen.clone(),
+        };
+        format!("{scheme}://{listen}")
+    });
+    tracing::info!(database = %store.label(), api = %api, "joining the cluster (other nodes forward requests to this address; set `advertise` to change it)");
     let node = crate::cluster::Node::new(store.clone(), Some(api), cfg.db_lease_ms);
-    tracing::info!(database = %store.label(), "joining the cluster");
     Ok((store, node))
 }
 

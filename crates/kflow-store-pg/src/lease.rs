@@ -172,7 +172,12 @@ impl PgStore {
     pub fn forget_nodes(&self, older_than_ms: i64) -> Result<u64> {
         self.write(|c| {
             c.execute(
-                "DELETE FROM nodes WHERE seen_at < clock_timestamp() - $1 * interval '1 millisecond'",
+                // Never one that still owns unfinished instances (it is adopted first), nor one
+                // with a live lease.
+                "DELETE FROM nodes WHERE seen_at < clock_timestamp() - $1 * interval '1 millisecond' \
+                 AND (expires_at IS NULL OR expires_at < clock_timestamp()) \
+                 AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.owner = nodes.id \
+                     AND i.status IN ('running', 'suspended'))",
                 &[&(older_than_ms as f64)],
             )
         })

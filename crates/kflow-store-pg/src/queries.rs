@@ -450,7 +450,13 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_slots(&self, id: &str, groups: &[(String, usize)]) -> Result<bool> {
+    fn claim_slots(
+        &self,
+        id: &str,
+        groups: &[(String, usize)],
+        replacing: Option<&str>,
+    ) -> Result<bool> {
+        let replacing = replacing.unwrap_or("");
         if self.node().is_none() || groups.is_empty() {
             return Ok(true);
         }
@@ -469,14 +475,14 @@ impl Store for PgStore {
                     let taken: i64 = c
                         .query_opt(
                             "SELECT COUNT(*) FROM slots s LEFT JOIN instances i ON i.id = s.instance_id \
-                             WHERE s.grp = $1 AND s.instance_id <> $2 \
+                             WHERE s.grp = $1 AND s.instance_id <> $2 AND s.instance_id <> $3 \
                              AND (i.status IN ('running', 'suspended') \
                                   OR (i.id IS NULL AND s.claimed_at > clock_timestamp() - interval '1 minute'))",
-                            &[g, &id],
+                            &[g, &id, &replacing],
                         )?
                         .map(|r| r.get(0))
                         .unwrap_or(0);
-                    if taken >= *limit as i64 {
+                    if taken >= i64::try_from(*limit).unwrap_or(i64::MAX) {
                         return Ok(false);
                     }
                 }

@@ -38,17 +38,13 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a database URL: the URL tokio-postgres can parse,
-/// the mode, and the root certificate file.
+/// Takes `sslmode` and `sslrootcert` out of a database URL (`postgres://...?sslmode=...`) or
+/// key=value string (`host=... sslmode=...`): the string tokio-postgres can parse, the mode,
+/// and the root certificate file.
 pub fn split_url(url: &str) -> Result<(String, SslMode, Option<String>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), SslMode::Prefer, None));
-    };
     let mut mode = SslMode::Prefer;
     let mut root = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut take = |k: &str, v: &str| -> Result<bool> {
         match k {
             "sslmode" => {
                 mode = match v {
@@ -63,10 +59,35 @@ pub fn split_url(url: &str) -> Result<(String, SslMode, Option<String>)> {
                              require, verify-ca or verify-full"
                         )));
                     }
-                }
+                };
+                Ok(true)
             }
-            "sslrootcert" => root = Some(percent_decode(v)),
-            _ => kept.push(pair),
+            "sslrootcert" => {
+                root = Some(v.to_string());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    if !url.contains("://") {
+        // key=value pairs separated by spaces (values quoted with '...' are kept as they are).
+        let mut kept = Vec::new();
+        for pair in url.split_whitespace() {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !take(k.trim(), v.trim_matches('\''))? {
+                kept.push(pair);
+            }
+        }
+        return Ok((kept.join(" "), mode, root));
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), mode, root));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !take(k, &percent_decode(v))? {
+            kept.push(pair);
         }
     }
     let base = if kept.is_empty() {
@@ -366,5 +387,12 @@ mod tests {
         assert_eq!(r.as_deref(), Some("/etc/ca.pem"));
         let e = split_url("postgres://u@h/db?sslmode=maybe").unwrap_err();
         assert!(e.to_string().contains("invalid sslmode \"maybe\""), "{e}");
+        // The key=value form: a mode given there is honoured, never weakened.
+        let (u, m, r) =
+            split_url("host=db user=k sslmode=verify-full sslrootcert=/ca.pem dbname=x").unwrap();
+        assert_eq!(u, "host=db user=k dbname=x");
+        assert_eq!((m, r.as_deref()), (SslMode::VerifyFull, Some("/ca.pem")));
+        let (_, m, _) = split_url("host=db sslmode=require").unwrap();
+        assert_eq!(m, SslMode::Require);
     }
 }

@@ -140,29 +140,45 @@ fn concurrency_slots_count_every_nodes_instances() {
     let fb = b.join("b", "host", None, 60_000).unwrap();
     b.set_fence(Some(fb));
     let g = |limit| vec![("ns/w".to_string(), limit), ("ns:ns".to_string(), 10)];
-    assert!(a.claim_slots("x", &g(1)).unwrap(), "a free slot");
+    assert!(a.claim_slots("x", &g(1), None).unwrap(), "a free slot");
     // Claimed, its instance not committed yet: it counts (for a minute).
     assert!(
-        !b.claim_slots("y", &g(1)).unwrap(),
+        !b.claim_slots("y", &g(1), None).unwrap(),
         "full on the other node too"
     );
     assert!(
-        a.claim_slots("x", &g(1)).unwrap(),
+        a.claim_slots("x", &g(1), None).unwrap(),
         "claiming again is idempotent"
     );
     a.apply(&[create(&instance("x", 1))]).unwrap();
-    assert!(!b.claim_slots("y", &g(1)).unwrap(), "x runs");
-    assert!(b.claim_slots("y", &g(2)).unwrap(), "a limit of 2 has room");
+    assert!(!b.claim_slots("y", &g(1), None).unwrap(), "x runs");
+    assert!(
+        b.claim_slots("y", &g(2), None).unwrap(),
+        "a limit of 2 has room"
+    );
     // x ends: its slot goes with it, and y2 gets it.
     a.apply(&[set_status("x", InstanceStatus::Completed, 2)])
         .unwrap();
-    assert!(b.claim_slots("y2", &g(2)).unwrap());
-    assert!(!a.claim_slots("z", &g(2)).unwrap(), "y and y2 hold both");
+    assert!(b.claim_slots("y2", &g(2), None).unwrap());
+    assert!(
+        !a.claim_slots("z", &g(2), None).unwrap(),
+        "y and y2 hold both"
+    );
+    assert!(
+        a.claim_slots("z", &g(2), Some("y")).unwrap(),
+        "y is cancelled in the same batch (cancelOldest): its slot is z's"
+    );
+    assert!(
+        a.claim_slots("u", &[("ns/w".to_string(), usize::MAX)], None)
+            .unwrap(),
+        "no limit is no limit"
+    );
     // All or none: a full namespace group takes no slot of the workflow group.
     let tight = vec![("ns/other".to_string(), 5), ("ns:ns".to_string(), 2)];
-    assert!(!a.claim_slots("q", &tight).unwrap());
+    assert!(!a.claim_slots("q", &tight, None).unwrap());
     assert!(
-        a.claim_slots("q", &[("ns/other".to_string(), 1)]).unwrap(),
+        a.claim_slots("q", &[("ns/other".to_string(), 1)], None)
+            .unwrap(),
         "q took nothing before"
     );
 }

@@ -321,9 +321,16 @@ pub trait Store: Send + Sync + 'static {
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>>;
     /// On a store shared by several nodes: takes a concurrency slot for instance `id` in every
     /// group of `groups` (name, limit), all or none, counting the running instances of every
-    /// node; false when a group is full. One node: the engine counts (always true).
-    fn claim_slots(&self, id: &str, groups: &[(String, usize)]) -> Result<bool> {
-        let _ = (id, groups);
+    /// node; false when a group is full. `replacing`: an instance whose cancellation is in
+    /// the same batch (`onLimit: cancelOldest`), not counted. One node: the engine counts
+    /// (always true).
+    fn claim_slots(
+        &self,
+        id: &str,
+        groups: &[(String, usize)],
+        replacing: Option<&str>,
+    ) -> Result<bool> {
+        let _ = (id, groups, replacing);
         Ok(true)
     }
     /// On a store shared by several nodes: whether this node drives instance `id` (true when it

@@ -130,11 +130,38 @@ fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
         items.iter().all(|n| n["owned"].as_i64().unwrap_or(0) > 0),
         "each drives instances of its own: {nodes}"
     );
-    // Any node answers for any instance: node 2 forwards the explanation of node 0's.
+    // Any node answers for any instance: node 2 forwards the explanation of node 0's, and a
+    // browser's suspension of a new one of node 1's (its Origin is node 2's own address); node 0
+    // forwards its resumption.
+    let r = http_request(
+        "GET",
+        &cluster.nodes[2].base(),
+        "/api/v1/instances/c-0/explain",
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("explain");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().expect("json")["id"], "c-0");
+    let node = |i: usize| cluster.nodes[i].base();
+    assert_eq!(r.header("x-kflow-served-by"), Some(node(0).as_str()));
+    let origin = node(2);
+    ids.extend(start_instances(&node(1), 200, 1));
+    let r = support::http_request_with(
+        "POST",
+        &node(2),
+        "/api/v1/instances/c-200/suspend",
+        &[("origin", origin.as_str())],
+        Some(("application/json", b"{}")),
+        Duration::from_secs(10),
+    )
+    .expect("suspend");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().expect("json")["status"], "suspended");
+    assert_eq!(r.header("x-kflow-served-by"), Some(node(1).as_str()));
     let (code, v) =
-        get_json(&cluster.nodes[2].base(), "/api/v1/instances/c-0/explain").expect("explain");
-    assert_eq!(code, 200, "{v}");
-    assert_eq!(v["id"], "c-0", "{v}");
+        post_json(&node(0), "/api/v1/instances/c-200/resume", &json!({})).expect("resume");
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
     // Some steps complete, others are in flight when the faults come.
     std::thread::sleep(Duration::from_millis(CALL_MS * 2));
 

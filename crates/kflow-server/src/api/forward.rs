@@ -67,11 +67,20 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
-/// Headers never passed on (hop by hop, or set again by the client).
+/// Headers never passed on: hop by hop, set again by the client, or checked here already
+/// (`Origin` and `Referer` name this node's address, not the next one's: passed on, the next
+/// node would refuse a browser's request as cross-site).
 fn hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive" | "upgrade"
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "keep-alive"
+            | "upgrade"
+            | "origin"
+            | "referer"
     )
 }
 

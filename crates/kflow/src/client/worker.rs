@@ -234,7 +234,8 @@ struct Shared {
     permits: Arc<tokio::sync::Semaphore>,
     /// The most a session takes for one poll: the slots divided among the servers.
     share: usize,
-    running: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// By (server, lease): two servers may hand out the same lease id.
+    running: Mutex<HashMap<(String, String), JoinHandle<()>>>,
     draining: std::sync::atomic::AtomicBool,
     executor: Executor,
 }
@@ -405,7 +406,11 @@ async fn session(
                 let leases: Vec<String> = {
                     let running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
                     let mut m = mine.lock().unwrap_or_else(|p| p.into_inner());
-                    m.retain(|l| running.get(l).is_some_and(|h| !h.is_finished()));
+                    m.retain(|l| {
+                        running
+                            .get(&(conn.base().to_string(), l.clone()))
+                            .is_some_and(|h| !h.is_finished())
+                    });
                     m.iter().cloned().collect()
                 };
                 match conn
@@ -427,7 +432,7 @@ async fn session(
                                 .running
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .remove(lease)
+                                .remove(&(conn.base().to_string(), lease.clone()))
                             {
                                 h.abort();
                             }
@@ -573,7 +578,7 @@ async fn session(
                 }
                 drop(slot);
             });
-            running.insert(lease.clone(), h);
+            running.insert((conn.base().to_string(), lease.clone()), h);
             drop(running);
             mine.lock().unwrap_or_else(|p| p.into_inner()).insert(lease);
         }
@@ -586,7 +591,11 @@ async fn session(
             mine.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .filter(|l| running.get(*l).is_some_and(|h| !h.is_finished()))
+                .filter(|l| {
+                    running
+                        .get(&(conn.base().to_string(), (*l).clone()))
+                        .is_some_and(|h| !h.is_finished())
+                })
                 .count()
         };
         if left == 0 {

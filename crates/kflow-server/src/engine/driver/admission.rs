@@ -111,12 +111,17 @@ impl Driver {
 
     /// On several nodes: takes the instance's slots in the database (every node's running
     /// instances count); a store that cannot be asked counts as full (asked again later).
-    pub(super) fn claim(&self, id: &str, groups: &[(String, usize)]) -> bool {
+    pub(super) fn claim(
+        &self,
+        id: &str,
+        groups: &[(String, usize)],
+        replacing: Option<&str>,
+    ) -> bool {
         if self.shared.pump.is_none() {
             return true;
         }
         let store = self.shared.store.clone();
-        match blocking(|| store.claim_slots(id, groups)) {
+        match blocking(|| store.claim_slots(id, groups, replacing)) {
             Ok(ok) => ok,
             Err(e) => {
                 tracing::warn!(instance = %id, error = %e, "claiming a concurrency slot failed; trying again");
@@ -142,7 +147,7 @@ impl Driver {
         let mut back = Vec::new();
         for id in admitted {
             let groups = self.groups.groups_of_id(&id);
-            if self.claim(&id, &groups) {
+            if self.claim(&id, &groups, None) {
                 ok.push(id);
             } else {
                 back.push(id);
@@ -214,7 +219,7 @@ impl Driver {
         }
         let (full, oldest) = match self.groups.full(&groups) {
             // Room here; on several nodes, the database counts every node's instances too.
-            None if self.claim(id, &groups) => {
+            None if self.claim(id, &groups, None) => {
                 self.groups.add_running(id, &groups);
                 return Ok(true);
             }
@@ -237,13 +242,16 @@ impl Driver {
                 Ok(false)
             }
             OnLimit::CancelOldest => {
-                if let Some(o) = oldest {
-                    let _ = self.control(&o, b, now, |a, now| {
+                if let Some(o) = &oldest {
+                    let _ = self.control(o, b, now, |a, now| {
                         Ok((Record::Cancelled, Some(a.core.cancel(now))))
                     });
                 }
-                // The oldest may run on another node: then the new one waits its turn.
-                if self.groups.full(&groups).is_some() || !self.claim(id, &groups) {
+                // The oldest may run on another node: then the new one waits its turn. (The
+                // one cancelled here ends in this batch: its slot is the new one's.)
+                if self.groups.full(&groups).is_some()
+                    || !self.claim(id, &groups, oldest.as_deref())
+                {
                     self.create_queued(id, wf, input.clone(), priority, b, now);
                     self.groups.add_waiting(id, &groups);
                     return Ok(false);

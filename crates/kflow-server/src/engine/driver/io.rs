@@ -125,6 +125,10 @@ impl Driver {
                     }
                 }
             }
+            // Adoptions first: the events of this batch are then offered to the adopted
+            // subscriptions too, and what an adoption reads as already offered by this node is
+            // exactly what earlier batches committed.
+            msgs.sort_by_key(|m| !matches!(m, Msg::Adopt { .. }));
             for m in msgs {
                 match m {
                     Msg::Shutdown { deadline, reply } => {

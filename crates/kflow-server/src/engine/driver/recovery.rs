@@ -86,14 +86,25 @@ impl Driver {
         }
         if let (Some(since), false) = (since, subs.is_empty()) {
             subs.sort();
-            for (event_id, event) in blocking(|| store.missed_events(since, 10_000))? {
-                for key in &subs {
-                    if self.subs.get(key).is_some_and(|s| s.matches(&event)) {
-                        b.ready
-                            .push_back((key.0.clone(), key.1, Delivery::Event(event.clone())));
-                        b.event_of.insert(key.clone(), event_id);
+            let mut after = since;
+            loop {
+                let page = blocking(|| store.missed_events(after, 1_000))?;
+                let Some(last) = page.last().map(|(id, _)| *id) else {
+                    break;
+                };
+                for (event_id, event) in page {
+                    for key in &subs {
+                        if self.subs.get(key).is_some_and(|s| s.matches(&event)) {
+                            b.ready.push_back((
+                                key.0.clone(),
+                                key.1,
+                                Delivery::Event(event.clone()),
+                            ));
+                            b.event_of.insert(key.clone(), event_id);
+                        }
                     }
                 }
+                after = last;
             }
         }
         self.drain_ready(b, now);
