@@ -174,6 +174,9 @@ impl Node {
                     Err(e) => Some(e),
                 };
                 if let Some(e) = failed {
+                    if let Some(engine) = term.engine.get() {
+                        engine.count_renewal_failure();
+                    }
                     tracing::warn!(error = %e, "renewing this node's database lease failed; retrying");
                     if renewed.elapsed() >= Duration::from_millis(self.lease_ms as u64) {
                         self.give_up_leader(leader.take(), term.engine.get()).await;

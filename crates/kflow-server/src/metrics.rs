@@ -65,6 +65,13 @@ pub struct Metrics {
     pub tasks_running: Gauge,
     pub workers: Gauge,
     pub lease_expiries: Counter,
+    /// Several nodes on PostgreSQL (zero on one node).
+    pub cluster_nodes: Gauge,
+    pub cluster_leader: Gauge,
+    pub cluster_adopted: Counter,
+    pub cluster_forwarded: Counter,
+    pub cluster_renewal_failures: Counter,
+    pub cluster_events_offered: Counter,
     pub alerts_fired: Counter,
     pub schedule_fires: Family<WorkflowLabels, Counter>,
     pub schedule_skips: Family<WorkflowLabels, Counter>,
@@ -95,6 +102,12 @@ impl Metrics {
             tasks_running: Gauge::default(),
             workers: Gauge::default(),
             lease_expiries: Counter::default(),
+            cluster_nodes: Gauge::default(),
+            cluster_leader: Gauge::default(),
+            cluster_adopted: Counter::default(),
+            cluster_forwarded: Counter::default(),
+            cluster_renewal_failures: Counter::default(),
+            cluster_events_offered: Counter::default(),
             alerts_fired: Counter::default(),
             schedule_fires: Family::default(),
             schedule_skips: Family::default(),
@@ -145,6 +158,36 @@ impl Metrics {
             "lease_expiries",
             "Leases of silent workers expired (their tasks queued again)",
             m.lease_expiries.clone(),
+        );
+        registry.register(
+            "cluster_nodes",
+            "Nodes with a live lease on the shared database (0: one node on SQLite)",
+            m.cluster_nodes.clone(),
+        );
+        registry.register(
+            "cluster_leader",
+            "1 when this node is the leader (retention, alert deliveries)",
+            m.cluster_leader.clone(),
+        );
+        registry.register(
+            "cluster_adopted_instances",
+            "Instances this node took over from nodes whose lease lapsed or that left",
+            m.cluster_adopted.clone(),
+        );
+        registry.register(
+            "cluster_forwarded_requests",
+            "Requests this node forwarded to the node that drives their instance",
+            m.cluster_forwarded.clone(),
+        );
+        registry.register(
+            "cluster_lease_renewal_failures",
+            "Renewals of this node's lease that failed (the database did not answer)",
+            m.cluster_renewal_failures.clone(),
+        );
+        registry.register(
+            "cluster_events_offered",
+            "Posted events this node offered to its instances (every node offers every event)",
+            m.cluster_events_offered.clone(),
         );
         registry.register(
             "schedule_fires",

@@ -277,6 +277,18 @@ fn three_active_nodes_share_the_work_fence_adopt_and_hand_over() {
         "{nodes}"
     );
 
+    // So do the metrics: two live nodes, adoptions, forwarded requests, events offered.
+    let r = http_request("GET", &base, "/metrics", None, Duration::from_secs(10)).expect("metrics");
+    let metrics = r.text();
+    assert!(metrics.contains("kflow_cluster_nodes 2"), "{metrics}");
+    for name in [
+        "kflow_cluster_leader",
+        "kflow_cluster_adopted_instances_total",
+        "kflow_cluster_forwarded_requests_total",
+    ] {
+        assert!(metrics.contains(name), "{name}: {metrics}");
+    }
+
     // The web UI shows them too.
     let page = http_request("GET", &base, "/ui/workers", None, Duration::from_secs(10))
         .expect("the workers page");

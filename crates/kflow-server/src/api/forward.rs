@@ -45,7 +45,10 @@ pub async fn forward(State(st): State<AppState>, req: Request, next: Next) -> Re
              taking it over; try again in a moment"
         ))
         .into_response(),
-        Ok(Route::Node(api)) => match send(&st, &api, req).await {
+        Ok(Route::Node(api)) => match {
+            st.engine.count_forwarded();
+            send(&st, &api, req).await
+        } {
             Ok(r) => r,
             Err(m) => ApiError::unavailable(format!(
                 "instance {id} is driven by the node at {api}, which did not answer ({m}); \

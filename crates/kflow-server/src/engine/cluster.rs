@@ -62,6 +62,16 @@ impl Engine {
 
     pub fn set_leader(&self, on: bool) {
         self.shared.leader.0.store(on, Ordering::SeqCst);
+        self.shared.metrics.cluster_leader.set(i64::from(on));
+    }
+
+    /// Counts a request forwarded to another node, or a failed renewal of this node's lease.
+    pub fn count_forwarded(&self) {
+        self.shared.metrics.cluster_forwarded.inc();
+    }
+
+    pub fn count_renewal_failure(&self) {
+        self.shared.metrics.cluster_renewal_failures.inc();
     }
 
     /// This node's id in the cluster (None on one node).
@@ -73,6 +83,7 @@ impl Engine {
     /// rate divided by `n`), so that the cluster as a whole keeps to them.
     pub fn set_live_nodes(&self, n: i64) {
         let n = n.max(1);
+        self.shared.metrics.cluster_nodes.set(n);
         let prev = self.shared.live_nodes.swap(n, Ordering::SeqCst);
         if prev == n || self.shared.config.rate_limits.is_empty() {
             return;
@@ -133,7 +144,9 @@ impl Engine {
 
     /// Takes over instances of a node whose lease lapsed (see `Msg::Adopt`); how many.
     pub async fn adopt(&self, ids: Vec<String>, since: Option<i64>) -> Result<usize> {
-        self.ask(|reply| Msg::Adopt { ids, since, reply }).await
+        let n = self.ask(|reply| Msg::Adopt { ids, since, reply }).await?;
+        self.shared.metrics.cluster_adopted.inc_by(n as u64);
+        Ok(n)
     }
 
     /// Offers the events posted since this node's cursor to its instances, one at a time, in
@@ -162,6 +175,7 @@ impl Engine {
                 }
             }
             pump.mark.send_replace(id);
+            self.shared.metrics.cluster_events_offered.inc();
         }
         Ok(true)
     }
