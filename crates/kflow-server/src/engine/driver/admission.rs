@@ -143,11 +143,14 @@ impl Driver {
         if self.shared.pump.is_none() {
             return admitted;
         }
+        // At most this many claims (a transaction each) per turn of the driver: the rest wait
+        // for the next scan, so that many waiting instances cannot stall the driver.
+        const CLAIMS_PER_TURN: usize = 64;
         let mut ok = Vec::new();
         let mut back = Vec::new();
-        for id in admitted {
+        for (n, id) in admitted.into_iter().enumerate() {
             let groups = self.groups.groups_of_id(&id);
-            if self.claim(&id, &groups, None) {
+            if n < CLAIMS_PER_TURN && self.claim(&id, &groups, None) {
                 ok.push(id);
             } else {
                 back.push(id);
