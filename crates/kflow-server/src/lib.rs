@@ -4,6 +4,7 @@
 //! before acting on it; the API (REST under `/api/v1`, server-sent events) is a thin layer that
 //! maps requests to engine calls and engine errors to responses in one place.
 
+pub mod adaptive;
 pub mod alerts;
 pub mod api;
 pub mod auth;
