@@ -221,6 +221,16 @@ impl Store for Sealed {
     ) -> Result<bool> {
         self.inner.claim_slots(id, groups, replacing)
     }
+    fn task_stats(&self, namespace: &str, name: &str) -> Result<Vec<kflow_store::TaskStatsRow>> {
+        self.inner.task_stats(namespace, name)
+    }
+    fn merge_task_stats(
+        &self,
+        deltas: &[kflow_store::TaskStatsRow],
+        merge: &kflow_store::MergeFn,
+    ) -> Result<()> {
+        self.inner.merge_task_stats(deltas, merge)
+    }
     fn is_mine(&self, id: &str) -> Result<bool> {
         self.inner.is_mine(id)
     }

@@ -213,6 +213,18 @@ CREATE TABLE slots (
     PRIMARY KEY (grp, instance_id)
 );
 CREATE INDEX slots_instance ON slots (instance_id);
+
+-- Learned statistics of tasks (adaptive scheduling), per workflow version and task, merged
+-- into by every node.
+CREATE TABLE task_stats (
+    namespace  TEXT COLLATE "C" NOT NULL,
+    name       TEXT COLLATE "C" NOT NULL,
+    version    TEXT COLLATE "C" NOT NULL,
+    task       TEXT COLLATE "C" NOT NULL,
+    data       TEXT   NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (namespace, name, version, task)
+);
 "#;
 
 /// What [`migrate`] found and did.

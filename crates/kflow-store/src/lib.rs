@@ -240,6 +240,21 @@ pub struct ScheduleRow {
     pub state: Value,
 }
 
+/// The learned statistics of one task of one workflow version (what they hold is the engine's:
+/// the store keeps them as JSON and merges them with the engine's function).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatsRow {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    pub data: Value,
+    pub updated_ms: i64,
+}
+
+/// How two statistics merge (see [`Store::merge_task_stats`]).
+pub type MergeFn = dyn Fn(&Value, &Value) -> Value + Sync;
+
 pub trait Store: Send + Sync + 'static {
     // --- definitions -----------------------------------------------------------------
     fn put_definition(&self, def: &Definition) -> Result<PutDefinition>;
@@ -312,6 +327,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<IdempotencyKey>>;
     /// Deletes up to `limit` keys expired by `now_ms`; returns how many.
     fn prune_idempotency_keys(&self, now_ms: i64, limit: u32) -> Result<usize>;
+
+    // --- learned task statistics (adaptive scheduling) -------------------------------------
+    /// The learned statistics of a workflow's tasks, every version, by version then task.
+    fn task_stats(&self, namespace: &str, name: &str) -> Result<Vec<TaskStatsRow>> {
+        let _ = (namespace, name);
+        Ok(Vec::new())
+    }
+    /// Merges `deltas` into the stored statistics in one transaction: a row's data becomes
+    /// `merge(stored, delta)`, or the delta when none is stored (nodes sharing a database merge
+    /// into the same rows).
+    fn merge_task_stats(&self, deltas: &[TaskStatsRow], merge: &MergeFn) -> Result<()> {
+        let _ = (deltas, merge);
+        Ok(())
+    }
 
     // --- events ------------------------------------------------------------------------
     /// Records a posted CloudEvent before it is acknowledged; returns its id (increasing).

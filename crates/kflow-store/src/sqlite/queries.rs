@@ -654,6 +654,18 @@ impl Store for SqliteStore {
         self.read(|conn| super::security::audit(conn, filter, after, limit))
     }
 
+    fn task_stats(&self, namespace: &str, name: &str) -> Result<Vec<crate::TaskStatsRow>> {
+        self.read(|conn| super::security::task_stats(conn, namespace, name))
+    }
+
+    fn merge_task_stats(
+        &self,
+        deltas: &[crate::TaskStatsRow],
+        merge: &crate::MergeFn,
+    ) -> Result<()> {
+        self.write(|conn| super::security::merge_task_stats(conn, deltas, merge))
+    }
+
     fn put_secrets(&self, rows: &[crate::SecretRow]) -> Result<()> {
         self.write(|conn| super::security::put_secrets(conn, rows))
     }

@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -193,6 +193,19 @@ CREATE INDEX alerts_fired ON alerts (fired_ms);
 const V8: &str = "
 CREATE INDEX instances_finished ON instances (updated_ms) WHERE status IN ('completed', 'faulted', 'cancelled');
 CREATE INDEX events_processed ON events (received_ms) WHERE processed = 1;
+";
+
+/// Learned statistics of tasks (adaptive scheduling), per workflow version and task.
+const V9: &str = "
+CREATE TABLE task_stats (
+    namespace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    task       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, version, task)
+);
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

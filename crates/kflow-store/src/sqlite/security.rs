@@ -1,7 +1,7 @@
 //! Tokens and the audit chain in SQLite.
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, Row, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
 use super::mapping::{query_all, query_opt};
 use crate::security::{GENESIS, chain_hash};
@@ -392,4 +392,62 @@ pub(super) fn rewrite_payloads(
         tx.commit()?;
     }
     Ok(n)
+}
+
+pub(super) fn task_stats(
+    conn: &Connection,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<crate::TaskStatsRow>> {
+    query_all(
+        conn,
+        "SELECT namespace, name, version, task, data, updated_ms FROM task_stats \
+         WHERE namespace = ?1 AND name = ?2 ORDER BY version, task",
+        params![namespace, name],
+        |r| {
+            let text: String = r.get(4)?;
+            Ok(crate::TaskStatsRow {
+                namespace: r.get(0)?,
+                name: r.get(1)?,
+                version: r.get(2)?,
+                task: r.get(3)?,
+                data: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                updated_ms: r.get(5)?,
+            })
+        },
+    )
+}
+
+pub(super) fn merge_task_stats(
+    conn: &mut Connection,
+    deltas: &[crate::TaskStatsRow],
+    merge: &crate::MergeFn,
+) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for d in deltas {
+        let old: Option<String> = tx
+            .prepare_cached(
+                "SELECT data FROM task_stats WHERE namespace = ?1 AND name = ?2 AND version = ?3 AND task = ?4",
+            )?
+            .query_row(params![d.namespace, d.name, d.version, d.task], |r| r.get(0))
+            .optional()?;
+        let data = match old.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+            Some(old) => merge(&old, &d.data),
+            None => d.data.clone(),
+        };
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO task_stats (namespace, name, version, task, data, updated_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            d.namespace,
+            d.name,
+            d.version,
+            d.task,
+            data.to_string(),
+            d.updated_ms
+        ])?;
+    }
+    tx.commit()?;
+    Ok(())
 }

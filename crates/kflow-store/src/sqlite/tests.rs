@@ -86,6 +86,16 @@ impl Store for TempStore {
     fn add_event(&self, event: &serde_json::Value, received_ms: i64) -> Result<i64> {
         self.store.add_event(event, received_ms)
     }
+    fn task_stats(&self, namespace: &str, name: &str) -> Result<Vec<crate::TaskStatsRow>> {
+        self.store.task_stats(namespace, name)
+    }
+    fn merge_task_stats(
+        &self,
+        deltas: &[crate::TaskStatsRow],
+        merge: &crate::MergeFn,
+    ) -> Result<()> {
+        self.store.merge_task_stats(deltas, merge)
+    }
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, serde_json::Value)>> {
         self.store.pending_events(limit)
     }
@@ -413,7 +423,7 @@ fn a_version_1_database_is_migrated() {
     {
         // Back to what version 1 wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP INDEX instances_finished; DROP TABLE alerts; DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DROP INDEX work_timers; CREATE INDEX work_due ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen'; CREATE INDEX work_kind ON work (kind, due_ms); DELETE FROM schema_version WHERE version > 1;").unwrap();
+        conn.execute_batch("DROP TABLE task_stats; DROP INDEX instances_finished; DROP TABLE alerts; DROP TABLE schedules; DROP TABLE events; DROP TABLE idempotency; DROP TABLE tokens; DROP TABLE audit; DROP TABLE secrets; ALTER TABLE instances DROP COLUMN attention; DROP INDEX work_timers; CREATE INDEX work_due ON work (due_ms, instance_id, effect_id) WHERE kind <> 'listen'; CREATE INDEX work_kind ON work (kind, due_ms); DELETE FROM schema_version WHERE version > 1;").unwrap();
     }
     assert_eq!(schema_versions(&path), vec![1]);
     let store = SqliteStore::open(&path, Durability::Process).unwrap();

@@ -139,6 +139,16 @@ impl Store for FailingStore {
     fn add_event(&self, event: &Value, received_ms: i64) -> crate::Result<i64> {
         self.inner.add_event(event, received_ms)
     }
+    fn task_stats(&self, namespace: &str, name: &str) -> crate::Result<Vec<crate::TaskStatsRow>> {
+        self.inner.task_stats(namespace, name)
+    }
+    fn merge_task_stats(
+        &self,
+        deltas: &[crate::TaskStatsRow],
+        merge: &crate::MergeFn,
+    ) -> crate::Result<()> {
+        self.inner.merge_task_stats(deltas, merge)
+    }
     fn pending_events(&self, limit: u32) -> crate::Result<Vec<(i64, Value)>> {
         self.inner.pending_events(limit)
     }

@@ -73,6 +73,7 @@ cases!(
     alerts_fire_once_until_resolved,
     short_ids_match_a_prefix_then_a_suffix,
     history_of_kinds_reads_only_those,
+    task_stats_merge_per_version_and_task,
 );
 
 /// Runs every case on a fresh store from `make`; reports all failures at the end.
@@ -139,6 +140,7 @@ macro_rules! store_conformance_tests {
             alerts_fire_once_until_resolved,
             short_ids_match_a_prefix_then_a_suffix,
             history_of_kinds_reads_only_those,
+            task_stats_merge_per_version_and_task,
         );
     };
 }

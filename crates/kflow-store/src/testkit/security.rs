@@ -206,3 +206,32 @@ pub fn history_of_kinds_reads_only_those(store: &dyn Store) {
     assert_eq!(kinds(&["delivery"]), [3]);
     assert!(kinds(&[]).is_empty());
 }
+
+pub fn task_stats_merge_per_version_and_task(store: &dyn Store) {
+    let row = |version: &str, task: &str, n: i64| crate::TaskStatsRow {
+        namespace: "ns".into(),
+        name: "wf".into(),
+        version: version.into(),
+        task: task.into(),
+        data: serde_json::json!({"n": n}),
+        updated_ms: n,
+    };
+    // The merge adds the counts (the engine's merges sketches the same way).
+    let add = |a: &serde_json::Value, b: &serde_json::Value| serde_json::json!({"n": a["n"].as_i64().unwrap_or(0) + b["n"].as_i64().unwrap_or(0)});
+    assert!(ok(store.task_stats("ns", "wf")).is_empty());
+    ok(store.merge_task_stats(&[row("1.0.0", "a", 2), row("1.0.0", "b", 1)], &add));
+    ok(store.merge_task_stats(&[row("1.0.0", "a", 3), row("2.0.0", "a", 7)], &add));
+    let got: Vec<(String, String, i64)> = ok(store.task_stats("ns", "wf"))
+        .into_iter()
+        .map(|r| (r.version, r.task, r.data["n"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("1.0.0".into(), "a".into(), 5),
+            ("1.0.0".into(), "b".into(), 1),
+            ("2.0.0".into(), "a".into(), 7),
+        ]
+    );
+    assert!(ok(store.task_stats("ns", "other")).is_empty());
+}
