@@ -153,3 +153,46 @@ pub struct DiffLine {
     pub new: Option<u32>,
     pub text: String,
 }
+
+/// Quantiles of a duration, in milliseconds (within 1% of the true value).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// What kflow learned of one task of one version, from its runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskAnalysis {
+    /// The task's place in the document (its JSON pointer, `/do/0/name`).
+    pub task: String,
+    /// Runs that ended (ok + failed).
+    pub runs: u64,
+    pub failed: u64,
+    /// Runs that were not the task's first attempt.
+    pub retries: u64,
+    pub failure_rate: f64,
+    pub retry_rate: f64,
+    /// From taken by a worker to its result.
+    pub run_ms: Quantiles,
+    /// From queued to taken by a worker.
+    pub wait_ms: Quantiles,
+    /// False below 20 runs: the figures are indications only.
+    pub confident: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionAnalysis {
+    pub version: String,
+    pub tasks: Vec<TaskAnalysis>,
+}
+
+/// `GET /api/v1/definitions/{namespace}/{name}/analysis`: per version and task, durations
+/// and failures learned from the workflow's runs (empty: nothing learned yet).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Analysis {
+    pub namespace: String,
+    pub name: String,
+    pub versions: Vec<VersionAnalysis>,
+}

@@ -4,5 +4,6 @@
 //! the proof bench (`cargo bench -p kflow-server --bench dispatch`); the rank is what the
 //! dispatcher will order ready work by once durations are learned.
 
+pub mod learn;
 pub mod rank;
 pub mod sim;

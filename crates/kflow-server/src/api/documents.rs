@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::State;
 
-use kflow_api::definitions::{DefinitionDiff, DiffLine, Graph, ValidateResponse};
+use kflow_api::definitions::{Analysis, DefinitionDiff, DiffLine, Graph, ValidateResponse};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
@@ -182,6 +182,46 @@ pub async fn diff_definitions(
     .await
     .map_err(|e| ApiError::internal(format!("diff failed: {e}")))?;
     Ok(Json(diff))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AnalysisQuery {
+    /// Only this version (default: every version with runs).
+    pub version: Option<String>,
+}
+
+/// What kflow learned from a workflow's runs, per version and task: run time and queue wait
+/// (p50, p95, p99, within 1%), failure and retry rates, and whether there are enough runs to
+/// rely on them. Nothing learned yet: no versions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/definitions/{namespace}/{name}/analysis",
+    tag = "definitions",
+    params(
+        ("namespace" = String, Path, description = "Namespace"),
+        ("name" = String, Path, description = "Workflow name"),
+        AnalysisQuery,
+    ),
+    responses(
+        (status = 200, description = "The analysis", body = Analysis),
+        (status = 404, description = "The workflow is not registered", body = ErrorBody),
+    )
+)]
+pub async fn analyze_definition(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((ns, name)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<AnalysisQuery>,
+) -> ApiResult<Json<Analysis>> {
+    caller.must_see(&ns, || format!("no workflow {ns}/{name}"))?;
+    // Registered (a typo gets the usual "did you mean"), in the version asked for if any.
+    st.engine
+        .definition(&ns, &name, q.version.as_deref())
+        .await?;
+    Ok(Json(
+        st.engine.analysis(&ns, &name, q.version.as_deref()).await?,
+    ))
 }
 
 /// A unified diff of two texts, 3 lines of context; `@` lines separate the hunks.

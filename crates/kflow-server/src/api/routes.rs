@@ -135,6 +135,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(documents::validate_definition))
         .routes(routes!(documents::definition_graph))
         .routes(routes!(documents::diff_definitions))
+        .routes(routes!(documents::analyze_definition))
         .routes(routes!(
             instances::start_instance,
             instances::list_instances

@@ -128,6 +128,13 @@ pub const RULES: &[Rule] = &[
         false,
     ),
     r(
+        "GET",
+        "/api/v1/definitions/{namespace}/{name}/analysis",
+        Read,
+        "definitions.analysis",
+        false,
+    ),
+    r(
         "POST",
         "/api/v1/definitions/{namespace}/{name}/versions/{version}/deprecate",
         Edit,

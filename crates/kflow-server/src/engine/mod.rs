@@ -16,6 +16,7 @@ mod driver;
 mod explain;
 mod instances;
 pub mod journal;
+mod learned;
 pub mod live;
 pub mod queue;
 mod timers;
@@ -420,11 +421,13 @@ impl Engine {
         let shared = Arc::new(Shared::new(store, vault, config));
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = driver::spawn(shared.clone(), tx.clone(), rx).await?;
-        Ok(Engine {
+        let engine = Engine {
             shared,
             tx,
             driver: Arc::new(Mutex::new(Some(handle))),
-        })
+        };
+        engine.spawn_learning();
+        Ok(engine)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
@@ -572,6 +575,10 @@ impl Engine {
         let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.await;
+        }
+        // What the last tasks taught is kept.
+        if let Err(e) = self.flush_learned().await {
+            tracing::warn!(error = %e, "storing learned task durations failed");
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct WorkQueue {
     /// finds it lapsed when it wakes, even before it learns that another node took over, and
     /// starts nothing more. `i64::MAX`: no lease (SQLite).
     valid_until: std::sync::atomic::AtomicI64,
+    /// What finished tasks taught since the last flush (see `crate::adaptive::learn`).
+    pub learned: Arc<crate::adaptive::learn::Learned>,
 }
 
 impl WorkQueue {
@@ -48,7 +50,28 @@ impl WorkQueue {
             revoked: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
             valid_until: std::sync::atomic::AtomicI64::new(i64::MAX),
+            learned: Default::default(),
         }
+    }
+
+    /// A task finished: how long it waited and ran, learned for its workflow version.
+    pub(crate) fn learn(&self, lease: &Lease, run_s: f64, ok: bool) {
+        let item = &lease.item;
+        let Some((name, version)) = &item.workflow else {
+            return;
+        };
+        self.learned.record(
+            (
+                item.namespace.clone(),
+                name.clone(),
+                version.clone(),
+                item.task.clone(),
+            ),
+            (lease.leased_ms - item.enqueued_ms).max(0) as f64 / 1e3,
+            run_s,
+            ok,
+            item.attempt.unwrap_or(1),
+        );
     }
 
     /// The database lease holds until `mono_ms` (monotonic milliseconds, see `mono_ms`).
@@ -354,13 +377,15 @@ impl Builtin {
             };
             let t0 = std::time::Instant::now();
             let result = me.executor.perform(&ctx, &item.effect).await;
+            let took = t0.elapsed().as_secs_f64();
             me.queue
                 .metrics
                 .task_duration
                 .get_or_create(&crate::metrics::KindLabels {
                     kind: item.effect.kind(),
                 })
-                .observe(t0.elapsed().as_secs_f64());
+                .observe(took);
+            me.queue.learn(&lease, took, result.is_ok());
             // Refused only when the effect was cancelled meanwhile: nothing to do.
             let _ = deliver(&me.queue, &me.tx, &lease.id, BUILTIN, result, None);
             // Its slot is free: work that waited for one starts now.
@@ -472,6 +497,11 @@ pub(crate) fn deliver(
                 kind: lease.item.effect.kind(),
             })
             .observe((now_ms() - lease.leased_ms).max(0) as f64 / 1e3);
+        queue.learn(
+            &lease,
+            (now_ms() - lease.leased_ms).max(0) as f64 / 1e3,
+            result.is_ok(),
+        );
     }
     if worker == BUILTIN {
         queue

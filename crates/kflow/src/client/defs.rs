@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use kflow_api::definitions::{DefinitionDetail, DefinitionDiff, DefinitionList};
+use kflow_api::definitions::{Analysis, DefinitionDetail, DefinitionDiff, DefinitionList};
 
 use super::http::{Api, Failure, typed};
 use super::verbs::{default_namespace, parse_workflow_ref};
@@ -170,6 +170,76 @@ pub async fn diff(
     let d: DefinitionDiff = typed(&v, "the diff")?;
     print!("{}", render_diff(&d));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kflow analyze [NS/]NAME[@VERSION]`.
+pub async fn analyze(
+    workflow: &str,
+    out: OutputArgs,
+    server: ServerArgs,
+) -> Result<ExitCode, Failure> {
+    let wf = parse_workflow_ref(workflow, &default_namespace()).map_err(Failure::Usage)?;
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = &wf.version {
+        q.push(("version", v.clone()));
+    }
+    let v = Api::new(&server)?
+        .get(&["definitions", &wf.namespace, &wf.name, "analysis"], &q)
+        .await?;
+    if out.output.is_data() {
+        print_data(out.output, &v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let a: Analysis = typed(&v, "the analysis")?;
+    print!("{}", render_analysis(&a));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The analysis as tables, one per version, newest first.
+fn render_analysis(a: &Analysis) -> String {
+    if a.versions.is_empty() {
+        return format!(
+            "{}/{}: no runs learned yet (run times are learned as tasks finish; until then \
+             dispatch is first come, first served and timeouts are as configured)\n",
+            a.namespace, a.name
+        );
+    }
+    let mut s = String::new();
+    for v in &a.versions {
+        s.push_str(&format!("{}/{}@{}\n", a.namespace, a.name, v.version));
+        let rows: Vec<Vec<String>> = v
+            .tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.task.clone(),
+                    format!("{}{}", t.runs, if t.confident { "" } else { " (few)" }),
+                    format!(
+                        "{:.1} / {:.1} / {:.1}",
+                        t.run_ms.p50, t.run_ms.p95, t.run_ms.p99
+                    ),
+                    format!(
+                        "{:.1} / {:.1} / {:.1}",
+                        t.wait_ms.p50, t.wait_ms.p95, t.wait_ms.p99
+                    ),
+                    format!("{:.0}%", t.failure_rate * 100.0),
+                    format!("{:.0}%", t.retry_rate * 100.0),
+                ]
+            })
+            .collect();
+        s.push_str(&render::table(
+            &[
+                "TASK",
+                "RUNS",
+                "RUN MS p50/p95/p99",
+                "WAIT MS p50/p95/p99",
+                "FAILED",
+                "RETRIES",
+            ],
+            &rows,
+        ));
+    }
+    s
 }
 
 /// The diff as text: a header, the tasks, then the text hunks.

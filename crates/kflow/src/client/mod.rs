@@ -294,6 +294,16 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// What kflow learned from a workflow's runs, per version and task: run time and queue
+    /// wait (p50, p95, p99), failure and retry rates. `kflow analyze shop/order[@1.2.0]`.
+    Analyze {
+        /// [NS/]NAME[@VERSION]
+        workflow: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Registered workflow definitions: ls, get (the document), deprecate.
     Defs {
         #[command(subcommand)]
@@ -494,6 +504,11 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
             out,
             server,
         } => defs::diff(&workflow, to, out, server).await,
+        ClientCommand::Analyze {
+            workflow,
+            out,
+            server,
+        } => defs::analyze(&workflow, out, server).await,
         ClientCommand::Login { server } => security::login(&server).await,
         ClientCommand::Whoami { server } => security::whoami(&http::Api::new(&server)?).await,
         ClientCommand::Audit { command } => security::audit(command).await,

@@ -67,6 +67,10 @@ impl Driver {
                 .map(|wf| task_limits(&wf.kflow.task(&task_ref).limits))
                 .unwrap_or_default(),
             traceparent: self.active.get(instance).map(|a| a.trace.traceparent()),
+            workflow: self
+                .active
+                .get(instance)
+                .map(|a| (a.row.name.clone(), a.row.version.clone())),
         }
     }
 

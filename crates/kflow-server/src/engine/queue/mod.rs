@@ -60,6 +60,9 @@ pub struct Item {
     /// The W3C `traceparent` its calls send (the instance's trace and span).
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// Its workflow's name and version (what its run times are learned for).
+    #[serde(skip)]
+    pub workflow: Option<(String, String)>,
 }
 
 impl Item {

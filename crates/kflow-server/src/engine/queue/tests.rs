@@ -21,6 +21,7 @@ fn item(i: &str, queue: &str, priority: i64, needs: &[(&str, f64)], at: i64) -> 
         attempt: Some(1),
         limits: Default::default(),
         traceparent: None,
+        workflow: None,
     }
 }
 
@@ -149,6 +150,7 @@ mod limit_tests {
             attempt: Some(1),
             limits: Default::default(),
             traceparent: None,
+            workflow: None,
         }
     }
 

@@ -1,0 +1,145 @@
+//! The engine's side of learned durations (`crate::adaptive::learn`): flushing what finished
+//! tasks taught into the store, and the analysis `kflow analyze` shows.
+
+use std::time::Duration;
+
+use kflow_api::definitions::{Analysis, Quantiles, TaskAnalysis, VersionAnalysis};
+use kflow_store::TaskStatsRow;
+
+use crate::adaptive::learn::{TaskStats, merge_json};
+
+use super::{Engine, Result};
+
+/// How often a node merges what it learned into the store.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// Below this many runs a task's figures are shown as indications only.
+const CONFIDENT_RUNS: u64 = 20;
+
+impl Engine {
+    /// Merges what finished tasks taught since the last flush into the store (what could not
+    /// be written waits for the next flush).
+    pub async fn flush_learned(&self) -> Result<()> {
+        let learned = self.shared.queue.learned.clone();
+        let taken = learned.take();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let now = self.shared.now();
+        let rows: Vec<TaskStatsRow> = taken
+            .iter()
+            .filter_map(|((ns, name, version, task), s)| {
+                Some(TaskStatsRow {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    version: version.clone(),
+                    task: task.clone(),
+                    data: serde_json::to_value(s).ok()?,
+                    updated_ms: now,
+                })
+            })
+            .collect();
+        match self
+            .blocking(move |s| s.merge_task_stats(&rows, &merge_json))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                learned.put_back(taken);
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes every `FLUSH_EVERY` while the engine runs (holds it weakly).
+    pub(crate) fn spawn_learning(&self) {
+        let weak = std::sync::Arc::downgrade(&self.shared);
+        let (tx, driver) = (self.tx.clone(), self.driver.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FLUSH_EVERY).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let engine = Engine {
+                    shared,
+                    tx: tx.clone(),
+                    driver: driver.clone(),
+                };
+                if let Err(e) = engine.flush_learned().await {
+                    tracing::warn!(error = %e, "storing learned task durations failed; trying again");
+                }
+            }
+        });
+    }
+
+    /// What was learned of `ns/name` (every version, or `version`), per task.
+    pub async fn analysis(&self, ns: &str, name: &str, version: Option<&str>) -> Result<Analysis> {
+        let _ = self.flush_learned().await;
+        let (n, m) = (ns.to_string(), name.to_string());
+        let rows = self.blocking(move |s| s.task_stats(&n, &m)).await?;
+        let mut versions: Vec<VersionAnalysis> = Vec::new();
+        for r in rows {
+            if version.is_some_and(|v| v != r.version) {
+                continue;
+            }
+            let Ok(stats) = serde_json::from_value::<TaskStats>(r.data) else {
+                continue;
+            };
+            let runs = stats.count();
+            if runs == 0 {
+                continue;
+            }
+            let q = |sk: &sketches_ddsketch::DDSketch| {
+                let at = |p: f64| sk.quantile(p).ok().flatten().unwrap_or(0.0) * 1e3;
+                Quantiles {
+                    p50: round(at(0.5)),
+                    p95: round(at(0.95)),
+                    p99: round(at(0.99)),
+                }
+            };
+            let task = TaskAnalysis {
+                task: r.task,
+                runs,
+                failed: stats.failed,
+                retries: stats.retries,
+                failure_rate: stats.failed as f64 / runs as f64,
+                retry_rate: stats.retries as f64 / runs as f64,
+                run_ms: q(&stats.run),
+                wait_ms: q(&stats.wait),
+                confident: runs >= CONFIDENT_RUNS,
+            };
+            match versions.iter_mut().find(|v| v.version == r.version) {
+                Some(v) => v.tasks.push(task),
+                None => versions.push(VersionAnalysis {
+                    version: r.version,
+                    tasks: vec![task],
+                }),
+            }
+        }
+        versions.sort_by(|a, b| kflow_store::semver::compare(&b.version, &a.version));
+        for v in &mut versions {
+            v.tasks.sort_by_key(|t| task_order(&t.task));
+        }
+        Ok(Analysis {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            versions,
+        })
+    }
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
+}
+
+/// Tasks in document order: `/do/2/x` before `/do/10/y` (numbers compared as numbers).
+fn task_order(pointer: &str) -> Vec<(u64, String)> {
+    pointer
+        .split('/')
+        .map(|p| match p.parse::<u64>() {
+            Ok(n) => (n, String::new()),
+            Err(_) => (u64::MAX, p.to_string()),
+        })
+        .collect()
+}

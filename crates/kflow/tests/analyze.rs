@@ -1,0 +1,97 @@
+//! Learned durations (issue 11): the real server learns each task's run time and queue wait as
+//! tasks finish, keeps them across a restart, and `kflow analyze` shows them.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{ServerProcess, TempDir, TestServer, get_json, post_json};
+
+const SLOW_MS: u64 = 60;
+
+#[test]
+fn run_times_are_learned_kept_across_a_restart_and_shown() {
+    let service = TestServer::start_with(|r| {
+        if r.path() == "/slow" {
+            std::thread::sleep(Duration::from_millis(SLOW_MS));
+        }
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("analyze");
+    let mut server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let base = server.base();
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: learn, name: two, version: '1.0.0'}}\n\
+         do:\n  - slow:\n      call: http\n      with: {{method: get, endpoint: '{s}/slow'}}\n  \
+         - quick:\n      call: http\n      with: {{method: get, endpoint: '{s}/quick'}}\n",
+        s = service.base()
+    );
+    support::register(&base, &doc);
+    // Nothing learned yet: said so.
+    let out = support::kflow(["analyze", "learn/two"])
+        .env("KFLOW_SERVER", &base)
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("no runs learned yet"), "{}", out.stdout);
+    for i in 0..25 {
+        let (code, v) = post_json(
+            &base,
+            "/api/v1/instances",
+            &json!({"namespace": "learn", "name": "two", "input": {"i": i}, "wait": true}),
+        )
+        .expect("run");
+        assert!(code < 300 && v["status"] == "completed", "{v}");
+    }
+    let check = |a: &serde_json::Value| {
+        let tasks = a["versions"][0]["tasks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(a["versions"][0]["version"], "1.0.0", "{a}");
+        assert_eq!(tasks.len(), 2, "{a}");
+        assert_eq!(tasks[0]["task"], "/do/0/slow", "in document order: {a}");
+        assert_eq!(tasks[0]["runs"], 25, "{a}");
+        assert_eq!(tasks[0]["confident"], true, "{a}");
+        assert_eq!(tasks[0]["failure_rate"], 0.0, "{a}");
+        let p50 = tasks[0]["run_ms"]["p50"].as_f64().unwrap_or(0.0);
+        assert!(
+            (SLOW_MS as f64 * 0.95..SLOW_MS as f64 * 4.0).contains(&p50),
+            "the slow call's median run time is about {SLOW_MS} ms: {a}"
+        );
+        let quick = tasks[1]["run_ms"]["p50"].as_f64().unwrap_or(f64::MAX);
+        assert!(quick < p50, "the quick call is quicker: {a}");
+        assert!(tasks[0]["wait_ms"]["p99"].as_f64().is_some(), "{a}");
+    };
+    let (code, a) = get_json(&base, "/api/v1/definitions/learn/two/analysis").expect("analysis");
+    assert_eq!(code, 200, "{a}");
+    check(&a);
+    // Kept: a restart reads them back from the store.
+    server.signal("TERM");
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server stops");
+    server.restart();
+    let base = server.base();
+    let (_, a) = get_json(&base, "/api/v1/definitions/learn/two/analysis").expect("analysis");
+    check(&a);
+    let out = support::kflow(["analyze", "learn/two@1.0.0"])
+        .env("KFLOW_SERVER", &base)
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("learn/two@1.0.0") && out.stdout.contains("/do/0/slow"),
+        "{}",
+        out.stdout
+    );
+    // A workflow that is not registered: said so, with a suggestion.
+    let (code, e) = get_json(&base, "/api/v1/definitions/learn/tow/analysis").expect("analysis");
+    assert_eq!(code, 404, "{e}");
+    assert!(e.to_string().contains("learn/two"), "{e}");
+    let (code, e) = get_json(
+        &base,
+        "/api/v1/definitions/learn/two/analysis?version=9.9.9",
+    )
+    .expect("analysis");
+    assert_eq!(code, 404, "{e}");
+}
