@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// The URL other nodes reach this node's API at, to forward requests for the instances it
     /// drives (default: `http://` or `https://` and `listen`, which must then be reachable).
     pub advertise: Option<String>,
+    /// Queues that dispatch critical-path-first (`dispatch: {QUEUE: critical-path}`; `*`: all);
+    /// the others first come, first served.
+    pub critical_path_queues: std::collections::HashSet<String>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             db: None,
             db_lease_ms: 4_000,
             advertise: None,
+            critical_path_queues: Default::default(),
             retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
@@ -245,6 +249,7 @@ struct FileConfig {
     db: Option<String>,
     db_lease_ms: Option<i64>,
     advertise: Option<String>,
+    dispatch: Option<std::collections::BTreeMap<String, String>>,
     retention: Option<crate::retention::RetentionConfig>,
 }
 
@@ -297,6 +302,19 @@ impl ServerConfig {
                 ));
             }
             c.db_lease_ms = v;
+        }
+        for (queue, mode) in file.dispatch.unwrap_or_default() {
+            match mode.as_str() {
+                "critical-path" => {
+                    c.critical_path_queues.insert(queue);
+                }
+                "fifo" => {}
+                other => {
+                    return Err(format!(
+                        "{name}: dispatch: {queue}: {other:?} is not a dispatch order (fifo or critical-path)"
+                    ));
+                }
+            }
         }
         if let Some(v) = file.advertise {
             if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -460,6 +478,18 @@ mod tests {
         assert!(e.contains("worker role"), "{e}");
         let e = ServerConfig::from_file_bytes(b"advertise: host-a:8080\n", "k.yaml").unwrap_err();
         assert!(e.contains("advertise") && e.contains("http://"), "{e}");
+        let e =
+            ServerConfig::from_file_bytes(b"dispatch: {fast: soonest}\n", "k.yaml").unwrap_err();
+        assert!(
+            e.contains("dispatch: fast") && e.contains("critical-path"),
+            "{e}"
+        );
+        let c = ServerConfig::from_file_bytes(
+            b"dispatch: {'*': critical-path, slow: fifo}\n",
+            "k.yaml",
+        )
+        .unwrap();
+        assert!(c.critical_path_queues.contains("*") && !c.critical_path_queues.contains("slow"));
         let c =
             ServerConfig::from_file_bytes(b"advertise: http://host-a:8080/\n", "k.yaml").unwrap();
         assert_eq!(c.advertise.as_deref(), Some("http://host-a:8080"));

@@ -153,6 +153,7 @@ async fn run(
             ..kflow_tasks::ExecConfig::default()
         },
         cluster: cluster.is_some(),
+        critical_path_queues: cfg.critical_path_queues.clone(),
         ..EngineConfig::default()
     })
     .await

@@ -95,3 +95,74 @@ fn run_times_are_learned_kept_across_a_restart_and_shown() {
     .expect("analysis");
     assert_eq!(code, 404, "{e}");
 }
+
+/// Critical-path-first dispatch on the real server: with two slots, a fork whose last branch is
+/// a chain of two slow calls beside four quick ones. First come, first served runs the quick
+/// ones first (they are first in the document); once run times are learned, a queue set to
+/// `critical-path` starts the chain at once.
+#[test]
+fn a_critical_path_queue_starts_the_longest_remaining_path_first() {
+    for (mode, expect_first_long) in [("fifo", false), ("critical-path", true)] {
+        let service = TestServer::start_with(|r| {
+            let ms = if r.path() == "/long" { 150 } else { 20 };
+            std::thread::sleep(Duration::from_millis(ms));
+            Some((200, json!({"ok": true})))
+        });
+        let dir = TempDir::new("cp");
+        let config = dir.write(
+            "kflow.yaml",
+            format!("max_concurrent_effects: 2\ndispatch: {{'*': {mode}}}\n"),
+        );
+        let config = config.to_string_lossy().into_owned();
+        let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+        let base = server.base();
+        let call = |p: &str| {
+            format!(
+                "{{call: http, with: {{method: get, endpoint: '{}/{p}'}}}}",
+                service.base()
+            )
+        };
+        let doc = format!(
+            "document: {{dsl: '1.0.0', namespace: learn, name: fork, version: '1.0.0'}}\n\
+             do:\n  - all:\n      fork:\n        branches:\n          - q1: {q}\n          - q2: {q}\n          \
+             - q3: {q}\n          - q4: {q}\n          - chain:\n              do:\n                \
+             - a: {l}\n                - b: {l}\n",
+            q = call("quick"),
+            l = call("long"),
+        );
+        support::register(&base, &doc);
+        let run = || {
+            let (code, v) = post_json(
+                &base,
+                "/api/v1/instances",
+                &json!({"namespace": "learn", "name": "fork", "wait": true}),
+            )
+            .expect("run");
+            assert!(code < 300 && v["status"] == "completed", "{v}");
+        };
+        // Learn the run times, and let them be stored (every 2 s).
+        for _ in 0..3 {
+            run();
+        }
+        std::thread::sleep(Duration::from_millis(2_500));
+        let before = service.requests().len();
+        run();
+        let order: Vec<String> = service.requests()[before..]
+            .iter()
+            .map(|r| r.path().to_string())
+            .collect();
+        let first_long = order
+            .iter()
+            .position(|p| p == "/long")
+            .expect("a long call");
+        eprintln!("{mode}: calls in order {order:?}");
+        if expect_first_long {
+            assert!(
+                first_long < 2,
+                "{mode}: the chain starts at once: {order:?}"
+            );
+        } else {
+            assert_eq!(first_long, 4, "{mode}: the quick ones first: {order:?}");
+        }
+    }
+}

@@ -55,6 +55,62 @@ pub fn upward(dag: &Dag, d: &[f64]) -> Vec<f64> {
     rank
 }
 
+/// The upward rank (ms) of every task of a workflow's graph (`kflow_dsl::graph`), from the
+/// expected run time of each task (`expected_ms`, by JSON pointer; unknown tasks count 0).
+/// Loops and jumps back are not followed twice: a cycle counts once.
+pub fn of_graph(
+    graph: &kflow_dsl::graph::Graph,
+    expected_ms: &std::collections::HashMap<String, f64>,
+) -> std::collections::HashMap<String, f64> {
+    use std::collections::HashMap;
+    let index: HashMap<&str, usize> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+    for e in &graph.edges {
+        if let (Some(&a), Some(&b)) = (index.get(e.from.as_str()), index.get(e.to.as_str())) {
+            succ[a].push(b);
+        }
+    }
+    // 0: not seen, 1: on the path being explored (an edge to it closes a cycle), 2: done.
+    let mut state = vec![0u8; graph.nodes.len()];
+    let mut rank = vec![0.0_f64; graph.nodes.len()];
+    fn visit(
+        t: usize,
+        succ: &[Vec<usize>],
+        d: &dyn Fn(usize) -> f64,
+        state: &mut [u8],
+        rank: &mut [f64],
+    ) -> f64 {
+        match state[t] {
+            2 => return rank[t],
+            1 => return 0.0,
+            _ => {}
+        }
+        state[t] = 1;
+        let mut tail = 0.0_f64;
+        for &s in &succ[t] {
+            tail = tail.max(visit(s, succ, d, state, rank));
+        }
+        rank[t] = d(t) + tail;
+        state[t] = 2;
+        rank[t]
+    }
+    let d = |t: usize| expected_ms.get(&graph.nodes[t].id).copied().unwrap_or(0.0);
+    for t in 0..graph.nodes.len() {
+        visit(t, &succ, &d, &mut state, &mut rank);
+    }
+    graph
+        .nodes
+        .iter()
+        .zip(rank)
+        .map(|(n, r)| (n.id.clone(), r))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +126,47 @@ mod tests {
         let r = upward(&g, &[1.0, 2.0, 10.0, 1.0]);
         assert_eq!(r, vec![12.0, 3.0, 11.0, 1.0]);
         assert_eq!(g.preds(), vec![0, 1, 1, 2]);
+    }
+
+    #[test]
+    fn a_workflows_fork_branches_rank_by_their_remaining_work() {
+        let wf = kflow_dsl::load(
+            br#"
+document: {dsl: '1.0.0', namespace: t, name: r, version: '1.0.0'}
+do:
+  - both:
+      fork:
+        branches:
+          - long:
+              do:
+                - a: {call: http, with: {method: get, endpoint: 'http://x/a'}}
+                - b: {call: http, with: {method: get, endpoint: 'http://x/b'}}
+          - short: {call: http, with: {method: get, endpoint: 'http://x/c'}}
+  - last: {call: http, with: {method: get, endpoint: 'http://x/d'}}
+"#,
+        )
+        .expect("valid");
+        let g = kflow_dsl::graph::graph(&wf, None);
+        let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
+        let find = |suffix: &str| {
+            ids.iter()
+                .find(|i| i.ends_with(suffix))
+                .unwrap_or_else(|| panic!("{suffix} in {ids:?}"))
+                .to_string()
+        };
+        let (a, b, c, d) = (find("/a"), find("/b"), find("/short"), find("/last"));
+        let expected: std::collections::HashMap<String, f64> = [
+            (a.clone(), 100.0),
+            (b.clone(), 100.0),
+            (c.clone(), 10.0),
+            (d.clone(), 5.0),
+        ]
+        .into_iter()
+        .collect();
+        let r = of_graph(&g, &expected);
+        assert_eq!(r[&d], 5.0);
+        assert_eq!(r[&b], 105.0);
+        assert_eq!(r[&a], 205.0, "{r:?}");
+        assert_eq!(r[&c], 15.0, "{r:?}");
     }
 }

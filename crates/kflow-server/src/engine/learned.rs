@@ -8,7 +8,66 @@ use kflow_store::TaskStatsRow;
 
 use crate::adaptive::learn::{TaskStats, merge_json};
 
-use super::{Engine, Result};
+use super::{Engine, Result, Shared};
+
+/// How long the ranks of a workflow version are used before they are computed again from what
+/// was learned since.
+const RANKS_FOR_MS: i64 = 30_000;
+
+/// The ranks of one workflow version's tasks, and when (monotonic ms) they were computed.
+pub(crate) type Ranks = (i64, std::sync::Arc<std::collections::HashMap<String, f64>>);
+
+impl Shared {
+    /// A task's expected remaining path (ms): its upward rank in its workflow's graph from the
+    /// learned median run times (0 when nothing is learned). Computed once per workflow version
+    /// every 30 s (a read of its statistics), cached meanwhile.
+    pub(crate) fn rank_of(
+        &self,
+        wf: &kflow_dsl::Workflow,
+        ns: &str,
+        name: &str,
+        version: &str,
+        task: &str,
+    ) -> f64 {
+        let key = (ns.to_string(), name.to_string(), version.to_string());
+        let now = super::mono_ms();
+        if let Some((at, ranks)) = self
+            .ranks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && now - at < RANKS_FOR_MS
+        {
+            return ranks.get(task).copied().unwrap_or(0.0);
+        }
+        let rows = self.store.task_stats(ns, name).unwrap_or_default();
+        let expected: std::collections::HashMap<String, f64> = rows
+            .into_iter()
+            .filter(|r| r.version == version)
+            .filter_map(|r| {
+                let s: TaskStats = serde_json::from_value(r.data).ok()?;
+                Some((r.task, s.run.quantile(0.5).ok().flatten()? * 1e3))
+            })
+            .collect();
+        let ranks = std::sync::Arc::new(crate::adaptive::rank::of_graph(
+            &kflow_dsl::graph::graph(wf, None),
+            &expected,
+        ));
+        let r = ranks.get(task).copied().unwrap_or(0.0);
+        let mut cache = self.ranks.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        // Nothing learned yet: asked again after the next flush, not in 30 s.
+        let at = if expected.is_empty() {
+            now - RANKS_FOR_MS + FLUSH_EVERY.as_millis() as i64
+        } else {
+            now
+        };
+        cache.insert(key, (at, ranks));
+        r
+    }
+}
 
 /// How often a node merges what it learned into the store.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(2);

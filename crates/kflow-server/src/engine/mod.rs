@@ -100,6 +100,8 @@ pub struct EngineConfig {
     /// A PostgreSQL database (opened, and its lease taken, by the caller) instead of the
     /// SQLite file in `data_dir` (`Engine::open` only).
     pub database: Option<Arc<kflow_store_pg::PgStore>>,
+    /// Queues that dispatch critical-path-first (`*`: all), from `dispatch:` in the config.
+    pub critical_path_queues: std::collections::HashSet<String>,
     /// Several nodes share the database (`crate::cluster`): posted events reach this node's
     /// instances from its own cursor, definitions are read afresh, and the duties of one node
     /// for all wait until this node is the leader.
@@ -195,6 +197,7 @@ impl Default for EngineConfig {
             clock: Arc::new(clock::SystemClock),
             database: None,
             cluster: false,
+            critical_path_queues: Default::default(),
         }
     }
 }
@@ -245,6 +248,8 @@ pub(crate) struct Shared {
     pub leader: cluster::Leader,
     /// Nodes sharing the work (1 on one node): rate limits are divided among them.
     pub live_nodes: std::sync::atomic::AtomicI64,
+    /// Upward ranks of tasks by workflow version (critical-path-first dispatch).
+    pub ranks: Mutex<HashMap<(String, String, String), learned::Ranks>>,
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
@@ -270,6 +275,9 @@ impl Shared {
             metrics.clone(),
         ));
         queue.lock().set_limits(config.rate_limits.clone());
+        queue
+            .lock()
+            .set_critical_path(config.critical_path_queues.clone());
         Shared {
             store,
             workflows: Mutex::new(HashMap::new()),
@@ -286,6 +294,7 @@ impl Shared {
             pump: config.cluster.then(|| Arc::new(cluster::Pump::new())),
             leader: cluster::Leader::new(!config.cluster),
             live_nodes: std::sync::atomic::AtomicI64::new(1),
+            ranks: Mutex::new(HashMap::new()),
             config,
         }
     }

@@ -40,6 +40,7 @@ impl Driver {
             .map(|a| a.row.namespace.clone())
             .unwrap_or_default();
         let mut rate_keys = vec![format!("queue:{queue}")];
+        let queue_name = queue.clone();
         let uri = match &effect {
             Effect::Http(h) => Some(h.uri.as_str()),
             Effect::OpenApi(o) => Some(o.document.as_str()),
@@ -67,6 +68,18 @@ impl Driver {
                 .map(|wf| task_limits(&wf.kflow.task(&task_ref).limits))
                 .unwrap_or_default(),
             traceparent: self.active.get(instance).map(|a| a.trace.traceparent()),
+            rank_ms: match (&wf, self.active.get(instance)) {
+                (Some(wf), Some(a)) if self.shared.queue.lock().is_critical_path(&queue_name) => {
+                    self.shared.rank_of(
+                        wf,
+                        &a.row.namespace,
+                        &a.row.name,
+                        &a.row.version,
+                        &task_ref,
+                    )
+                }
+                _ => 0.0,
+            },
             workflow: self
                 .active
                 .get(instance)

@@ -9,6 +9,10 @@
 //!   plus one point per [`AGING_MS`] of waiting, so low priority is never starved; ties go to
 //!   the oldest;
 //! - among workers waiting for work, an item goes to the least loaded eligible one;
+//! - in a queue that dispatches critical-path-first (`dispatch:` in the config), among items of
+//!   equal effective priority the one with the longest expected remaining path (its upward rank
+//!   from learned run times) goes first; aging still raises waiting items a point per
+//!   [`AGING_MS`], a point no rank outweighs, so no item waits for ever;
 //! - among items of equal effective priority, the namespace holding the fewest leases goes
 //!   first, so namespaces share the workers fairly;
 //! - rate limits (per second, per queue `queue:NAME` or per target host `host:NAME`) are token
@@ -63,6 +67,10 @@ pub struct Item {
     /// Its workflow's name and version (what its run times are learned for).
     #[serde(skip)]
     pub workflow: Option<(String, String)>,
+    /// Its expected remaining path (ms: its upward rank from learned run times); ordered by
+    /// in queues that dispatch critical-path-first, 0 when nothing is learned.
+    #[serde(skip)]
+    pub rank_ms: f64,
 }
 
 impl Item {
@@ -160,6 +168,8 @@ pub struct Queue {
     buckets: HashMap<String, (f64, i64)>,
     /// Leases held per namespace, for fairness.
     ns_leases: HashMap<String, usize>,
+    /// Queues that dispatch critical-path-first (`*`: every queue).
+    critical_path: HashSet<String>,
 }
 
 /// Whether every bucket of `keys` has a token now (refilling them first).
@@ -259,6 +269,16 @@ impl Queue {
     }
 
     /// Sets the rate limits: bucket key (`queue:NAME`, `host:NAME`) to tasks per second.
+    /// Which queues order ready work critical-path-first (by `Item::rank_ms` within equal
+    /// effective priority); the others stay first come, first served.
+    pub fn set_critical_path(&mut self, queues: HashSet<String>) {
+        self.critical_path = queues;
+    }
+
+    pub fn is_critical_path(&self, queue: &str) -> bool {
+        self.critical_path.contains(queue) || self.critical_path.contains("*")
+    }
+
     pub fn set_limits(&mut self, limits: HashMap<String, f64>) {
         self.limits = limits.into_iter().filter(|(_, r)| *r > 0.0).collect();
         self.buckets.clear();
@@ -446,17 +466,19 @@ impl Queue {
     /// The item `worker` should take now: the best it can take (priority with aging, then the
     /// least served namespace), unless a less loaded worker waiting in a poll can take it too.
     fn pick(&mut self, worker: &str, now: i64, ttl_ms: i64) -> Option<usize> {
+        let cp_all = self.critical_path.contains("*");
         let Queue {
             items,
             workers,
             limits,
             buckets,
             ns_leases,
+            critical_path,
             ..
         } = self;
         let w = workers.get(worker)?;
         let my_load = w.load();
-        let mut best: Option<(usize, i64, usize)> = None;
+        let mut best: Option<(usize, i64, f64, usize)> = None;
         for (i, item) in items.iter().enumerate() {
             if !w.fits(item) || !rate_ok(limits, buckets, &item.rate_keys, now) {
                 continue;
@@ -473,12 +495,21 @@ impl Queue {
                 continue;
             }
             let s = item.score(now);
+            // Critical-path-first: within an equal effective priority (priority and aging
+            // still come first, so nothing starves), the longest expected remaining path.
+            let r = if cp_all || critical_path.contains(&item.queue) {
+                item.rank_ms
+            } else {
+                0.0
+            };
             let ns_load = ns_leases.get(&item.namespace).copied().unwrap_or(0);
-            if best.is_none_or(|(_, bs, bl)| s > bs || (s == bs && ns_load < bl)) {
-                best = Some((i, s, ns_load));
+            if best.is_none_or(|(_, bs, br, bl)| {
+                s > bs || (s == bs && (r > br || (r == br && ns_load < bl)))
+            }) {
+                best = Some((i, s, r, ns_load));
             }
         }
-        best.map(|(i, _, _)| i)
+        best.map(|(i, _, _, _)| i)
     }
 
     /// Ends a lease with its result; `Err` says why the result is refused.

@@ -22,6 +22,7 @@ fn item(i: &str, queue: &str, priority: i64, needs: &[(&str, f64)], at: i64) -> 
         limits: Default::default(),
         traceparent: None,
         workflow: None,
+        rank_ms: 0.0,
     }
 }
 
@@ -151,6 +152,7 @@ mod limit_tests {
             limits: Default::default(),
             traceparent: None,
             workflow: None,
+            rank_ms: 0.0,
         }
     }
 
@@ -284,4 +286,41 @@ mod limit_tests {
             ("eu", "7")
         );
     }
+}
+
+#[test]
+fn critical_path_first_orders_equal_priorities_by_rank_and_aging_still_wins() {
+    let mut q = Queue::default();
+    q.register(worker("w", "tasks=1"));
+    let mut short = item("short", "default", 0, &[], 0);
+    short.rank_ms = 10.0;
+    let mut long = item("long", "default", 0, &[], 5);
+    long.rank_ms = 900.0;
+    q.push(short.clone());
+    q.push(long.clone());
+    // First come, first served by default.
+    assert_eq!(q.take("w", 1, 10, 60_000)[0].item.instance, "short");
+    let mut q = Queue::default();
+    q.register(worker("w", "tasks=1"));
+    q.set_critical_path(["default".to_string()].into_iter().collect());
+    q.push(short.clone());
+    q.push(long.clone());
+    assert_eq!(
+        q.take("w", 1, 10, 60_000)[0].item.instance,
+        "long",
+        "longest path first"
+    );
+    // An item that waited an aging period longer outranks any path.
+    let mut q = Queue::default();
+    q.register(worker("w", "tasks=1"));
+    q.set_critical_path(["*".to_string()].into_iter().collect());
+    q.push(short);
+    q.push(item("later", "default", 0, &[], AGING_MS));
+    let mut l = long;
+    l.enqueued_ms = AGING_MS;
+    q.push(l);
+    assert_eq!(
+        q.take("w", 1, AGING_MS + 1, 60_000)[0].item.instance,
+        "short"
+    );
 }
