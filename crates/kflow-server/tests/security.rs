@@ -284,6 +284,14 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
             404,
             false,
         ),
+        ("GET", "/api/v1/definitions/{namespace}/{name}/analysis") => f(
+            "GET",
+            "/api/v1/definitions/team/wait/analysis".into(),
+            None,
+            200,
+            404,
+            false,
+        ),
         ("GET", "/api/v1/definitions/{namespace}/{name}/diff") => f(
             "GET",
             "/api/v1/definitions/team/wait/diff?from=1.0.0&to=1.0.0".into(),
