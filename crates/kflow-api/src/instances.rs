@@ -114,6 +114,17 @@ pub struct InstanceViewDto {
     pub queued: Vec<String>,
     /// Tasks waiting on a timer or for events.
     pub waiting: Vec<WaitingDto>,
+    /// Expected time to completion of a running instance, from learned run times (absent:
+    /// finished, nothing learned of its version yet, or waiting for an event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<EtaDto>,
+}
+
+/// The remaining critical path by the learned median run times, and by their p95.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EtaDto {
+    pub remaining_ms_p50: f64,
+    pub remaining_ms_p95: f64,
 }
 
 /// A page of instances, newest first.

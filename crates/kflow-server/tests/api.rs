@@ -146,7 +146,10 @@ async fn openapi_document_lists_every_path() {
             "/api/v1/definitions/{namespace}/{name}/versions/{version}/graph",
             vec!["get"],
         ),
-        ("/api/v1/definitions/{namespace}/{name}/analysis", vec!["get"]),
+        (
+            "/api/v1/definitions/{namespace}/{name}/analysis",
+            vec!["get"],
+        ),
         ("/api/v1/definitions/{namespace}/{name}/diff", vec!["get"]),
         ("/api/v1/whoami", vec!["get"]),
         ("/api/v1/tokens", vec!["get", "post"]),

@@ -166,3 +166,87 @@ fn a_critical_path_queue_starts_the_longest_remaining_path_first() {
         }
     }
 }
+
+/// The expected time to completion of a running instance, from learned run times: absent
+/// before anything is learned, then within 20% (median over five instances) of when the
+/// instance really ends.
+#[test]
+fn the_eta_of_a_running_instance_follows_learned_run_times() {
+    const STEP_MS: u64 = 250;
+    let service = TestServer::start_with(|_| {
+        std::thread::sleep(Duration::from_millis(STEP_MS));
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("eta");
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let base = server.base();
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: learn, name: eta, version: '1.0.0'}}\n\
+         do:\n  - one:\n      call: http\n      with: {{method: get, endpoint: '{s}/1'}}\n  \
+         - two:\n      call: http\n      with: {{method: get, endpoint: '{s}/2'}}\n",
+        s = service.base()
+    );
+    support::register(&base, &doc);
+    let start = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let (code, v) = post_json(
+                    &base,
+                    "/api/v1/instances",
+                    &json!({"namespace": "learn", "name": "eta"}),
+                )
+                .expect("start");
+                assert!(code < 300, "{v}");
+                v["id"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    let done = |id: &str| {
+        support::poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            let (_, v) = get_json(&base, &format!("/api/v1/instances/{id}")).ok()?;
+            (v["status"] == "completed").then(|| v["updated_ms"].as_i64().unwrap_or(0))
+        })
+        .expect("completed")
+    };
+    // Nothing learned yet: no estimate.
+    let first = start(1);
+    let (_, v) = get_json(&base, &format!("/api/v1/instances/{}", first[0])).expect("get");
+    assert!(v.get("eta").is_none(), "{v}");
+    done(&first[0]);
+    // Twenty runs learned (side by side), and stored.
+    for id in start(20) {
+        done(&id);
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let ids = start(5);
+    std::thread::sleep(Duration::from_millis(STEP_MS + 50));
+    let mut asked = Vec::new();
+    for id in &ids {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let (_, v) = get_json(&base, &format!("/api/v1/instances/{id}")).expect("get");
+        let eta = v["eta"]["remaining_ms_p50"].as_f64().expect("an estimate");
+        let p95 = v["eta"]["remaining_ms_p95"].as_f64().expect("a band");
+        assert!(p95 >= eta, "{v}");
+        asked.push((id.clone(), now, eta));
+    }
+    let mut errors: Vec<f64> = asked
+        .iter()
+        .map(|(id, at, eta)| {
+            let actual = (done(id) - at).max(1) as f64;
+            (eta - actual).abs() / actual
+        })
+        .collect();
+    errors.sort_by(|a, b| a.total_cmp(b));
+    let median = errors[errors.len() / 2];
+    eprintln!(
+        "ETA: median absolute error {:.1}% over {} instances ({errors:?})",
+        median * 100.0,
+        errors.len()
+    );
+    assert!(median < 0.2, "median error {median}: {errors:?}");
+    let (_, v) = get_json(&base, &format!("/api/v1/instances/{}", ids[0])).expect("get");
+    assert!(v.get("eta").is_none(), "finished: no estimate: {v}");
+}

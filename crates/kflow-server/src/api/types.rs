@@ -154,6 +154,10 @@ impl From<InstanceView> for InstanceViewDto {
             running: v.running,
             queued: v.queued,
             waiting: v.waiting.into_iter().map(WaitingDto::from).collect(),
+            eta: v.eta.map(|e| kflow_api::instances::EtaDto {
+                remaining_ms_p50: e.remaining_ms_p50,
+                remaining_ms_p95: e.remaining_ms_p95,
+            }),
         }
     }
 }

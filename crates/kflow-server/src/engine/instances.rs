@@ -47,6 +47,17 @@ pub struct InstanceView {
     pub queued: Vec<String>,
     /// Tasks waiting on a timer or for events.
     pub waiting: Vec<Waiting>,
+    /// Expected time to completion, from learned run times (None: finished, nothing learned
+    /// yet, or waiting for an event).
+    pub eta: Option<Eta>,
+}
+
+/// The expected time to completion of a running instance: its remaining critical path by the
+/// learned median run times, and by their p95 (the band).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Eta {
+    pub remaining_ms_p50: f64,
+    pub remaining_ms_p95: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +195,10 @@ impl Engine {
         let mut running = Vec::new();
         let mut queued = Vec::new();
         let mut waiting = Vec::new();
+        let pending: Vec<(String, String, i64)> = work
+            .iter()
+            .map(|w| (w.task.clone(), w.kind.clone(), w.due_ms))
+            .collect();
         let in_queue: std::collections::HashSet<u64> = {
             let q = self.shared.queue.lock();
             q.items()
@@ -208,11 +223,64 @@ impl Engine {
                 _ => running.push(w.task),
             }
         }
+        let eta = if instance.status == kflow_store::InstanceStatus::Running {
+            self.eta(&instance, pending).await
+        } else {
+            None
+        };
         Ok(InstanceView {
             instance,
             running,
             queued,
             waiting,
+            eta,
+        })
+    }
+
+    /// The expected time to completion (see [`Eta`]) of a running instance whose pending work
+    /// is `pending` (task, kind, due): for each, its remaining path (its rank, less what it has
+    /// already run; a timer's time left plus the path after it); the longest. None when nothing
+    /// is learned of its version, or when it waits for an event.
+    async fn eta(&self, inst: &Instance, pending: Vec<(String, String, i64)>) -> Option<Eta> {
+        if pending.is_empty() || pending.iter().any(|(_, kind, _)| kind == "listen") {
+            return None;
+        }
+        let wf = self
+            .shared
+            .workflow(&inst.namespace, &inst.name, &inst.version)
+            .ok()?;
+        let shared = self.shared.clone();
+        let (ns, name, version) = (
+            inst.namespace.clone(),
+            inst.name.clone(),
+            inst.version.clone(),
+        );
+        let set = tokio::task::spawn_blocking(move || shared.ranks_of(&wf, &ns, &name, &version))
+            .await
+            .ok()?;
+        if set.d50.is_empty() {
+            return None;
+        }
+        let now = self.shared.now();
+        let (mut p50, mut p95) = (0.0_f64, 0.0_f64);
+        for (task, kind, due) in pending {
+            let r50 = set.rank50.get(&task).copied().unwrap_or(0.0);
+            let r95 = set.rank95.get(&task).copied().unwrap_or(0.0);
+            let (a, b) = if kind == "timer" {
+                let left = (due - now).max(0) as f64;
+                (left + r50, left + r95)
+            } else {
+                let ran = (now - due).max(0) as f64;
+                let d50 = set.d50.get(&task).copied().unwrap_or(0.0);
+                let d95 = set.d95.get(&task).copied().unwrap_or(0.0);
+                (r50 - ran.min(d50), r95 - ran.min(d95))
+            };
+            p50 = p50.max(a);
+            p95 = p95.max(b);
+        }
+        Some(Eta {
+            remaining_ms_p50: p50.round(),
+            remaining_ms_p95: p95.max(p50).round(),
         })
     }
 

@@ -14,13 +14,28 @@ use super::{Engine, Result, Shared};
 /// was learned since.
 const RANKS_FOR_MS: i64 = 30_000;
 
-/// The ranks of one workflow version's tasks, and when (monotonic ms) they were computed.
-pub(crate) type Ranks = (i64, std::sync::Arc<std::collections::HashMap<String, f64>>);
+/// How often a node merges what it learned into the store.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// Below this many runs a task's figures are shown as indications only.
+const CONFIDENT_RUNS: u64 = 20;
+
+/// What was learned of one workflow version, ready for dispatch and estimates: per task
+/// pointer, its upward rank and its own expected run time, at the median and at p95.
+#[derive(Debug, Default)]
+pub(crate) struct RankSet {
+    pub rank50: std::collections::HashMap<String, f64>,
+    pub rank95: std::collections::HashMap<String, f64>,
+    pub d50: std::collections::HashMap<String, f64>,
+    pub d95: std::collections::HashMap<String, f64>,
+}
+
+/// A workflow version's rank set, and when (monotonic ms) it was computed.
+pub(crate) type Ranks = (i64, std::sync::Arc<RankSet>);
 
 impl Shared {
     /// A task's expected remaining path (ms): its upward rank in its workflow's graph from the
-    /// learned median run times (0 when nothing is learned). Computed once per workflow version
-    /// every 30 s (a read of its statistics), cached meanwhile.
+    /// learned median run times (0 when nothing is learned).
     pub(crate) fn rank_of(
         &self,
         wf: &kflow_dsl::Workflow,
@@ -29,6 +44,22 @@ impl Shared {
         version: &str,
         task: &str,
     ) -> f64 {
+        self.ranks_of(wf, ns, name, version)
+            .rank50
+            .get(task)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// The rank set of a workflow version: computed once every 30 s (a read of its
+    /// statistics; every 2 s while nothing is learned), cached meanwhile.
+    pub(crate) fn ranks_of(
+        &self,
+        wf: &kflow_dsl::Workflow,
+        ns: &str,
+        name: &str,
+        version: &str,
+    ) -> std::sync::Arc<RankSet> {
         let key = (ns.to_string(), name.to_string(), version.to_string());
         let now = super::mono_ms();
         if let Some((at, ranks)) = self
@@ -38,42 +69,39 @@ impl Shared {
             .get(&key)
             && now - at < RANKS_FOR_MS
         {
-            return ranks.get(task).copied().unwrap_or(0.0);
+            return ranks.clone();
         }
         let rows = self.store.task_stats(ns, name).unwrap_or_default();
-        let expected: std::collections::HashMap<String, f64> = rows
-            .into_iter()
-            .filter(|r| r.version == version)
-            .filter_map(|r| {
-                let s: TaskStats = serde_json::from_value(r.data).ok()?;
-                Some((r.task, s.run.quantile(0.5).ok().flatten()? * 1e3))
-            })
-            .collect();
-        let ranks = std::sync::Arc::new(crate::adaptive::rank::of_graph(
-            &kflow_dsl::graph::graph(wf, None),
-            &expected,
-        ));
-        let r = ranks.get(task).copied().unwrap_or(0.0);
+        let mut set = RankSet::default();
+        for r in rows.into_iter().filter(|r| r.version == version) {
+            let Ok(s) = serde_json::from_value::<TaskStats>(r.data) else {
+                continue;
+            };
+            let q = |p: f64| s.run.quantile(p).ok().flatten().map(|v| v * 1e3);
+            if let (Some(a), Some(b)) = (q(0.5), q(0.95)) {
+                set.d50.insert(r.task.clone(), a);
+                set.d95.insert(r.task, b);
+            }
+        }
+        let graph = kflow_dsl::graph::graph(wf, None);
+        set.rank50 = crate::adaptive::rank::of_graph(&graph, &set.d50);
+        set.rank95 = crate::adaptive::rank::of_graph(&graph, &set.d95);
+        let learned = !set.d50.is_empty();
+        let set = std::sync::Arc::new(set);
         let mut cache = self.ranks.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
         }
         // Nothing learned yet: asked again after the next flush, not in 30 s.
-        let at = if expected.is_empty() {
-            now - RANKS_FOR_MS + FLUSH_EVERY.as_millis() as i64
-        } else {
+        let at = if learned {
             now
+        } else {
+            now - RANKS_FOR_MS + FLUSH_EVERY.as_millis() as i64
         };
-        cache.insert(key, (at, ranks));
-        r
+        cache.insert(key, (at, set.clone()));
+        set
     }
 }
-
-/// How often a node merges what it learned into the store.
-pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(2);
-
-/// Below this many runs a task's figures are shown as indications only.
-const CONFIDENT_RUNS: u64 = 20;
 
 impl Engine {
     /// Merges what finished tasks taught since the last flush into the store (what could not

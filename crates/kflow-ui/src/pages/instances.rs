@@ -330,6 +330,10 @@ pub async fn detail(
             " · created " span.time { (inst.created) }
             " · updated " span.time #updated { (inst.updated) }
             @if finished { " · took " (duration(inst.updated_ms - inst.created_ms)) }
+            @if let Some(eta) = &view.eta {
+                " · ETA about " span #eta { (duration(eta.remaining_ms_p50 as i64)) }
+                " (p95 " (duration(eta.remaining_ms_p95 as i64)) ")"
+            }
         }
         @if let Some(a) = &inst.attention { p.note.warn { (a) } }
         @if let Some(f) = &retried_from { p.note { "A retry of " a.mono href=(instance_url(f)) { (f) } ": what ran before the retried task was reused, not run again." } }

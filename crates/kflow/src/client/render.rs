@@ -170,6 +170,16 @@ pub fn instance_summary(view: &InstanceViewDto) -> String {
         let lines: Vec<String> = view.waiting.iter().map(waiting_line).collect();
         field("Waiting", &lines.join(&format!("\n{pad}")));
     }
+    if let Some(eta) = &view.eta {
+        field(
+            "ETA",
+            &format!(
+                "about {} (up to {} at p95), from learned run times",
+                fmt_ms(eta.remaining_ms_p50),
+                fmt_ms(eta.remaining_ms_p95)
+            ),
+        );
+    }
     for (name, v) in [("Output", &inst.output), ("Error", &inst.error)] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
             field(name, &indented_json(v, W + 1));
@@ -357,5 +367,17 @@ mod tests {
              3    1970-01-01 00:00:00.009+00:00  notice     task.faulted /do/0/x: boom\n\
              4    1970-01-01 00:00:00.010+00:00  cancelled\n"
         );
+    }
+}
+
+/// Milliseconds as a short duration: `850 ms`, `12.4 s`, `3 min 5 s`.
+fn fmt_ms(ms: f64) -> String {
+    if ms < 1_000.0 {
+        format!("{ms:.0} ms")
+    } else if ms < 60_000.0 {
+        format!("{:.1} s", ms / 1e3)
+    } else {
+        let s = (ms / 1e3).round() as u64;
+        format!("{} min {} s", s / 60, s % 60)
     }
 }
