@@ -17,7 +17,7 @@
 //! `id`: a receiver that gets a retried delivery twice can tell. Deliveries are retried with
 //! exponential back-off (1 s doubling to 5 min) up to `max_attempts`; every attempt is recorded.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub enum On {
     InstanceFaulted,
     InstanceDuration,
     TaskDuration,
+    /// A task running past its learned p99 run time × `factor` (default 3), once 20 runs of it
+    /// are known.
+    TaskAnomaly,
     QueueWait,
     WorkerLost,
     ScheduleMissed,
@@ -68,6 +71,7 @@ impl On {
             On::InstanceFaulted => "instance_faulted",
             On::InstanceDuration => "instance_duration",
             On::TaskDuration => "task_duration",
+            On::TaskAnomaly => "task_anomaly",
             On::QueueWait => "queue_wait",
             On::WorkerLost => "worker_lost",
             On::ScheduleMissed => "schedule_missed",
@@ -88,6 +92,8 @@ pub struct Rule {
     pub queue: Option<String>,
     /// The threshold of `instance_duration` and `queue_wait`.
     pub seconds: Option<f64>,
+    /// `task_anomaly`: how many times its learned p99 a task may run (default 3).
+    pub factor: Option<f64>,
     /// Webhooks to send to (default: every webhook).
     #[serde(default)]
     pub webhooks: Vec<String>,
@@ -124,6 +130,13 @@ impl AlertsConfig {
                     errors.push(format!("{at}: `{}` takes no `seconds`", r.on.as_str()))
                 }
                 _ => {}
+            }
+            if let Some(f) = r.factor
+                && (r.on != On::TaskAnomaly || !(f >= 1.0 && f.is_finite()))
+            {
+                errors.push(format!(
+                    "{at}: `factor` applies to task_anomaly only, and must be at least 1"
+                ));
             }
             if r.queue.is_some() && r.on != On::QueueWait {
                 errors.push(format!("{at}: `queue` applies to queue_wait only"));
@@ -304,6 +317,54 @@ impl Alerts {
                             ),
                             json!({"instance": instance, "namespace": ns, "task": task,
                                    "running_ms": wall - leased_ms}),
+                        )
+                        .await;
+                    }
+                }
+                On::TaskAnomaly => {
+                    let factor = r.factor.unwrap_or(3.0);
+                    let wall = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let mut learned: HashMap<(String, String, String), HashMap<String, f64>> =
+                        HashMap::new();
+                    for (instance, ns, name, version, task, effect, leased_ms) in
+                        self.engine.running_tasks_of_workflows()
+                    {
+                        if !Self::matches(r, &ns, &name) {
+                            continue;
+                        }
+                        let key = (ns.clone(), name.clone(), version.clone());
+                        if !learned.contains_key(&key) {
+                            let p = self
+                                .engine
+                                .learned_p99(&ns, &name, &version)
+                                .await
+                                .unwrap_or_default();
+                            learned.insert(key.clone(), p);
+                        }
+                        let Some(p99) = learned[&key].get(&task).copied() else {
+                            continue;
+                        };
+                        let running = (wall - leased_ms) as f64;
+                        if running <= p99 * factor {
+                            continue;
+                        }
+                        let alert_key = format!("{instance}#{effect}");
+                        firing.insert((r.name.clone(), alert_key.clone()));
+                        self.fire(
+                            r,
+                            &alert_key,
+                            Some(&ns),
+                            format!(
+                                "task {task} of instance {instance} ({ns}/{name}@{version}) has run \
+                                 for {:.1} s, more than {factor} × its learned p99 ({:.1} s)",
+                                running / 1e3,
+                                p99 / 1e3
+                            ),
+                            json!({"instance": instance, "namespace": ns, "workflow": name,
+                                   "version": version, "task": task, "running_ms": running,
+                                   "p99_ms": p99, "factor": factor}),
                         )
                         .await;
                     }

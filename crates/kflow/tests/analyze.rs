@@ -250,3 +250,58 @@ fn the_eta_of_a_running_instance_follows_learned_run_times() {
     let (_, v) = get_json(&base, &format!("/api/v1/instances/{}", ids[0])).expect("get");
     assert!(v.get("eta").is_none(), "finished: no estimate: {v}");
 }
+
+/// A task running far past its learned p99 fires the `task_anomaly` alert rule.
+#[test]
+fn a_task_running_past_its_learned_p99_raises_an_alert() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let service = TestServer::start_with(|_| {
+        // Twenty quick runs, then a stuck one.
+        let n = CALLS.fetch_add(1, Ordering::SeqCst);
+        let ms = if n < 20 { 30 } else { 4_000 };
+        std::thread::sleep(Duration::from_millis(ms));
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("anomaly");
+    let config = dir.write(
+        "kflow.yaml",
+        "alerts:\n  rules:\n    - {name: slow-task, on: task_anomaly, factor: 3}\n",
+    );
+    let config = config.to_string_lossy().into_owned();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let base = server.base();
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: learn, name: stuck, version: '1.0.0'}}\n\
+         do:\n  - call:\n      call: http\n      with: {{method: get, endpoint: '{}/x'}}\n",
+        service.base()
+    );
+    support::register(&base, &doc);
+    for _ in 0..20 {
+        let (code, v) = post_json(
+            &base,
+            "/api/v1/instances",
+            &json!({"namespace": "learn", "name": "stuck", "wait": true}),
+        )
+        .expect("run");
+        assert!(code < 300 && v["status"] == "completed", "{v}");
+    }
+    let (_, v) = post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "learn", "name": "stuck"}),
+    )
+    .expect("start");
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let alert = support::poll_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        let (_, a) = get_json(&base, "/api/v1/alerts").ok()?;
+        a["items"]
+            .as_array()?
+            .iter()
+            .find(|x| x["rule"] == "slow-task")
+            .cloned()
+    })
+    .expect("the anomaly alert fired");
+    assert!(alert.to_string().contains(&id), "{alert}");
+    assert!(alert.to_string().contains("learned p99"), "{alert}");
+}

@@ -210,6 +210,47 @@ impl Engine {
             .collect()
     }
 
+    /// The tasks running on workers with their workflow: (instance, namespace, workflow,
+    /// version, task, effect, leased at).
+    #[allow(clippy::type_complexity)]
+    pub fn running_tasks_of_workflows(
+        &self,
+    ) -> Vec<(String, String, String, String, String, u64, i64)> {
+        self.shared
+            .queue
+            .lock()
+            .leases()
+            .filter_map(|l| {
+                let (name, version) = l.item.workflow.clone()?;
+                Some((
+                    l.item.instance.clone(),
+                    l.item.namespace.clone(),
+                    name,
+                    version,
+                    l.item.task.clone(),
+                    l.item.effect_id,
+                    l.leased_ms,
+                ))
+            })
+            .collect()
+    }
+
+    /// The learned p99 run time (ms) of each task of `ns/name@version` with at least 20 runs.
+    pub async fn learned_p99(
+        &self,
+        ns: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<std::collections::HashMap<String, f64>> {
+        let a = self.analysis(ns, name, Some(version)).await?;
+        Ok(a.versions
+            .into_iter()
+            .flat_map(|v| v.tasks)
+            .filter(|t| t.confident)
+            .map(|t| (t.task, t.run_ms.p99))
+            .collect())
+    }
+
     /// Dispatch latency from ready to leased over recent dispatches: (count, p50 µs, p99 µs);
     /// `reset` starts a new measurement.
     pub fn dispatch_latency(&self, reset: bool) -> (usize, u64, u64) {
