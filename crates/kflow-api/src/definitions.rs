@@ -186,6 +186,21 @@ pub struct TaskAnalysis {
 pub struct VersionAnalysis {
     pub version: String,
     pub tasks: Vec<TaskAnalysis>,
+    /// What could be better, with its evidence (only tasks with 20 runs or more are judged).
+    #[serde(default)]
+    pub recommendations: Vec<Recommendation>,
+}
+
+/// A recommendation of `kflow analyze`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Recommendation {
+    /// `useless-retries`, `loose-timeout`, `tight-timeout`, `queue-bound`.
+    pub kind: String,
+    pub task: String,
+    /// The line of the document it concerns (the task's, or the `try` whose retry it is).
+    pub line: Option<u32>,
+    pub message: String,
+    pub evidence: String,
 }
 
 /// `GET /api/v1/definitions/{namespace}/{name}/analysis`: per version and task, durations

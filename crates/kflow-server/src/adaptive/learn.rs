@@ -22,6 +22,9 @@ pub struct TaskStats {
     pub failed: u64,
     /// Runs that were not the task's first attempt.
     pub retries: u64,
+    /// Of those, the ones that succeeded.
+    #[serde(default)]
+    pub retry_ok: u64,
 }
 
 /// Relative accuracy of the quantiles (1%), and the most buckets a sketch keeps (its memory
@@ -38,6 +41,7 @@ impl Default for TaskStats {
             ok: 0,
             failed: 0,
             retries: 0,
+            retry_ok: 0,
         }
     }
 }
@@ -49,6 +53,7 @@ impl TaskStats {
         self.ok += o.ok;
         self.failed += o.failed;
         self.retries += o.retries;
+        self.retry_ok += o.retry_ok;
     }
 
     pub fn count(&self) -> u64 {
@@ -102,6 +107,9 @@ impl Learned {
         }
         if attempt > 1 {
             s.retries += 1;
+            if ok {
+                s.retry_ok += 1;
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! the proof bench (`cargo bench -p kflow-server --bench dispatch`); the rank is what the
 //! dispatcher will order ready work by once durations are learned.
 
+pub mod advice;
 pub mod learn;
 pub mod rank;
 pub mod sim;

@@ -166,6 +166,10 @@ impl Engine {
         let (n, m) = (ns.to_string(), name.to_string());
         let rows = self.blocking(move |s| s.task_stats(&n, &m)).await?;
         let mut versions: Vec<VersionAnalysis> = Vec::new();
+        let mut retry_ok: std::collections::HashMap<
+            String,
+            std::collections::HashMap<String, u64>,
+        > = Default::default();
         for r in rows {
             if version.is_some_and(|v| v != r.version) {
                 continue;
@@ -177,6 +181,10 @@ impl Engine {
             if runs == 0 {
                 continue;
             }
+            retry_ok
+                .entry(r.version.clone())
+                .or_default()
+                .insert(r.task.clone(), stats.retry_ok);
             let q = |sk: &sketches_ddsketch::DDSketch| {
                 let at = |p: f64| sk.quantile(p).ok().flatten().unwrap_or(0.0) * 1e3;
                 Quantiles {
@@ -201,12 +209,25 @@ impl Engine {
                 None => versions.push(VersionAnalysis {
                     version: r.version,
                     tasks: vec![task],
+                    recommendations: Vec::new(),
                 }),
             }
         }
         versions.sort_by(|a, b| kflow_store::semver::compare(&b.version, &a.version));
         for v in &mut versions {
             v.tasks.sort_by_key(|t| task_order(&t.task));
+            // The document of that version: its tasks' settings and lines.
+            if let (Ok(def), Ok(wf)) = (
+                self.definition(ns, name, Some(&v.version)).await,
+                self.compiled(ns, name, &v.version),
+            ) {
+                v.recommendations = crate::adaptive::advice::advise(
+                    &wf,
+                    &def.source,
+                    &v.tasks,
+                    &retry_ok.remove(&v.version).unwrap_or_default(),
+                );
+            }
         }
         Ok(Analysis {
             namespace: ns.to_string(),

@@ -238,6 +238,10 @@ fn render_analysis(a: &Analysis) -> String {
             ],
             &rows,
         ));
+        for r in &v.recommendations {
+            let at = r.line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            s.push_str(&format!("  ! {at}{} ({})\n", r.message, r.evidence));
+        }
     }
     s
 }

@@ -1,0 +1,137 @@
+//! `kflow analyze`'s recommendations on crafted statistics, one case per recommendation: the
+//! exact text each gives, with its evidence and the document line it names.
+
+use kflow_server::adaptive::learn::{TaskStats, merge_json};
+use kflow_server::engine::{Engine, EngineConfig};
+use kflow_store::TaskStatsRow;
+
+const DOC: &str = "document: {dsl: '1.0.0', namespace: adv, name: flow, version: '1.0.0'}
+do:
+  - guarded:
+      try:
+        - flaky:
+            call: http
+            with: {method: get, endpoint: 'http://127.0.0.1:9/flaky'}
+      catch:
+        retry:
+          delay: {milliseconds: 10}
+          limit: {attempt: {count: 3}}
+  - loose:
+      call: http
+      with: {method: get, endpoint: 'http://127.0.0.1:9/loose'}
+      timeout: {after: {minutes: 10}}
+  - tight:
+      call: http
+      with: {method: get, endpoint: 'http://127.0.0.1:9/tight'}
+      timeout: {after: {seconds: 1}}
+  - busy:
+      call: http
+      with: {method: get, endpoint: 'http://127.0.0.1:9/busy'}
+";
+
+/// Statistics of `runs` runs of `run_ms` each, after `wait_ms` in the queue.
+fn stats(runs: u64, run_ms: f64, wait_ms: f64, retries: u64, retry_ok: u64) -> TaskStats {
+    let mut s = TaskStats::default();
+    for _ in 0..runs {
+        s.run.add(run_ms / 1e3);
+        s.wait.add(wait_ms / 1e3);
+    }
+    s.ok = runs;
+    s.retries = retries;
+    s.retry_ok = retry_ok;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_recommendation_names_its_evidence_and_line() {
+    let dir = std::env::temp_dir().join(format!("kflow-analysis-{}", uuid::Uuid::now_v7()));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.clone(),
+        ..EngineConfig::default()
+    })
+    .await
+    .expect("engine");
+    engine.register(DOC.as_bytes()).await.expect("register");
+    let row = |task: &str, s: TaskStats| TaskStatsRow {
+        namespace: "adv".into(),
+        name: "flow".into(),
+        version: "1.0.0".into(),
+        task: task.into(),
+        data: serde_json::to_value(s).unwrap(),
+        updated_ms: 1,
+    };
+    engine
+        .store()
+        .merge_task_stats(
+            &[
+                row("/do/0/guarded/try/0/flaky", stats(30, 20.0, 1.0, 12, 0)),
+                row("/do/1/loose", stats(30, 50.0, 1.0, 0, 0)),
+                row("/do/2/tight", stats(30, 900.0, 1.0, 0, 0)),
+                row("/do/3/busy", stats(30, 40.0, 400.0, 0, 0)),
+                // Too few runs to judge, whatever they show.
+                row("/do/9/few", stats(5, 40.0, 400.0, 0, 0)),
+            ],
+            &merge_json,
+        )
+        .expect("stats");
+    let a = engine
+        .analysis("adv", "flow", None)
+        .await
+        .expect("analysis");
+    let got: Vec<(String, String, Option<u32>, String, String)> = a.versions[0]
+        .recommendations
+        .iter()
+        .map(|r| {
+            (
+                r.kind.clone(),
+                r.task.clone(),
+                r.line,
+                r.message.clone(),
+                r.evidence.clone(),
+            )
+        })
+        .collect();
+    let expect: Vec<(&str, &str, Option<u32>, &str, &str)> = vec![
+        (
+            "useless-retries",
+            "/do/0/guarded/try/0/flaky",
+            Some(3),
+            "retries of /do/0/guarded/try/0/flaky almost never succeed: reconsider the retry policy (or what the task calls)",
+            "0 of 12 retries succeeded",
+        ),
+        (
+            "loose-timeout",
+            "/do/1/loose",
+            Some(12),
+            "the timeout of /do/1/loose is far above its run times: a stuck run holds its slot that long",
+            "timeout 600000 ms, p99 run time 50.3 ms (30 runs)",
+        ),
+        (
+            "tight-timeout",
+            "/do/2/tight",
+            Some(16),
+            "the timeout of /do/2/tight is close to its usual run times: slow runs will time out",
+            "timeout 1000 ms, p95 run time 895.8 ms (30 runs)",
+        ),
+        (
+            "queue-bound",
+            "/do/3/busy",
+            Some(20),
+            "/do/3/busy waits for a worker longer than it runs: add capacity to queue default",
+            "median wait 402.5 ms, median run 40.4 ms (30 runs)",
+        ),
+    ];
+    let got_ref: Vec<(&str, &str, Option<u32>, &str, &str)> = got
+        .iter()
+        .map(|(a, b, c, d, e)| (a.as_str(), b.as_str(), *c, d.as_str(), e.as_str()))
+        .collect();
+    assert_eq!(got_ref, expect);
+    let few = a.versions[0]
+        .tasks
+        .iter()
+        .find(|t| t.task == "/do/9/few")
+        .expect("few");
+    assert!(!few.confident);
+    engine.shutdown(std::time::Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
