@@ -52,6 +52,13 @@ async fn each_recommendation_names_its_evidence_and_line() {
     .await
     .expect("engine");
     engine.register(DOC.as_bytes()).await.expect("register");
+    engine
+        .register(
+            DOC.replace("version: '1.0.0'", "version: '2.0.0'")
+                .as_bytes(),
+        )
+        .await
+        .expect("register 2.0.0");
     let row = |task: &str, s: TaskStats| TaskStatsRow {
         namespace: "adv".into(),
         name: "flow".into(),
@@ -70,6 +77,11 @@ async fn each_recommendation_names_its_evidence_and_line() {
                 row("/do/3/busy", stats(30, 40.0, 400.0, 0, 0)),
                 // Too few runs to judge, whatever they show.
                 row("/do/9/few", stats(5, 40.0, 400.0, 0, 0)),
+                // Version 2.0.0 made `busy` slower.
+                TaskStatsRow {
+                    version: "2.0.0".into(),
+                    ..row("/do/3/busy", stats(25, 120.0, 1.0, 0, 0))
+                },
             ],
             &merge_json,
         )
@@ -78,7 +90,19 @@ async fn each_recommendation_names_its_evidence_and_line() {
         .analysis("adv", "flow", None)
         .await
         .expect("analysis");
-    let got: Vec<(String, String, Option<u32>, String, String)> = a.versions[0]
+    assert_eq!(a.versions[0].version, "2.0.0", "newest first");
+    let drift = &a.versions[0].recommendations;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].kind, "drift");
+    assert_eq!(
+        drift[0].message,
+        "/do/3/busy got slower with version 2.0.0: its p95 run time rose by 194%"
+    );
+    assert_eq!(
+        drift[0].evidence,
+        "p95 118.8 ms in 2.0.0 (25 runs), 40.4 ms in 1.0.0 (30 runs)"
+    );
+    let got: Vec<(String, String, Option<u32>, String, String)> = a.versions[1]
         .recommendations
         .iter()
         .map(|r| {
@@ -126,7 +150,7 @@ async fn each_recommendation_names_its_evidence_and_line() {
         .map(|(a, b, c, d, e)| (a.as_str(), b.as_str(), *c, d.as_str(), e.as_str()))
         .collect();
     assert_eq!(got_ref, expect);
-    let few = a.versions[0]
+    let few = a.versions[1]
         .tasks
         .iter()
         .find(|t| t.task == "/do/9/few")
