@@ -56,6 +56,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/workflows", get(workflows))
         .route("/ui/workflows/{ns}/{name}", get(workflow))
         .route("/ui/workflows/{ns}/{name}/diff", get(diff))
+        .route("/ui/workflows/{ns}/{name}/analysis", get(analysis))
         .route("/ui/workflows/{ns}/{name}/start", get(start))
         .route("/ui/editor", get(editor))
         .route("/ui/editor/check", post(pages::editor::check))
@@ -144,6 +145,18 @@ async fn diff(
 ) -> Response {
     serve(&ui, &h, &uri, "workflows", |api, _| async move {
         pages::workflows::diff(&api, &ns, &name, &q).await
+    })
+    .await
+}
+
+async fn analysis(
+    State(ui): State<Ui>,
+    h: HeaderMap,
+    uri: Uri,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    serve(&ui, &h, &uri, "workflows", |api, _| async move {
+        pages::workflows::analysis(&api, &ns, &name).await
     })
     .await
 }

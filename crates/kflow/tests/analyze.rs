@@ -84,6 +84,21 @@ fn run_times_are_learned_kept_across_a_restart_and_shown() {
         "{}",
         out.stdout
     );
+    // The web UI's analysis page shows the same.
+    let page = support::http_request(
+        "GET",
+        &base,
+        "/ui/workflows/learn/two/analysis",
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("the analysis page");
+    let html = page.text();
+    assert_eq!(page.status, 200, "{html}");
+    assert!(
+        html.contains("/do/0/slow") && html.contains("Run ms p50"),
+        "{html}"
+    );
     // A workflow that is not registered: said so, with a suggestion.
     let (code, e) = get_json(&base, "/api/v1/definitions/learn/tow/analysis").expect("analysis");
     assert_eq!(code, 404, "{e}");

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kflow_api::definitions::{DefinitionDetail, DefinitionDiff, DefinitionList, Graph};
+use kflow_api::definitions::{Analysis, DefinitionDetail, DefinitionDiff, DefinitionList, Graph};
 use kflow_api::instances::InstanceList;
 use maud::{Markup, html};
 
@@ -102,7 +102,7 @@ pub async fn detail(
             }
         }
         @if def.summary.deprecated { p.note { "This version is deprecated: it starts no new instances." } }
-        p.meta { "Registered " span.time { (def.summary.created) } " · hash " code { (def.summary.hash.get(..12).unwrap_or(&def.summary.hash)) } }
+        p.meta { "Registered " span.time { (def.summary.created) } " · hash " code { (def.summary.hash.get(..12).unwrap_or(&def.summary.hash)) } " · " a href={ (url) "/analysis" } { "analysis" } }
         div.split {
             section.graphbox {
                 h2 { "Graph" }
@@ -238,4 +238,56 @@ pub async fn diff(
         }
     };
     Ok((format!("{ns}/{name} {} → {}", d.from, d.to), body))
+}
+
+/// What kflow learned from a workflow's runs: per version, per task, run time and wait
+/// quantiles, failures and retries; then the recommendations with their evidence and line.
+pub async fn analysis(api: &Api, ns: &str, name: &str) -> Result<(String, Markup), UiError> {
+    let a: Analysis = api
+        .get(&format!(
+            "/api/v1/definitions/{}/{}/analysis",
+            enc(ns),
+            enc(name)
+        ))
+        .await?;
+    let url = workflow_url(ns, name);
+    let ms = |v: f64| format!("{v:.1}");
+    let body = html! {
+        h1 { a href=(url) { (ns) "/" (name) } " · analysis" }
+        @if a.versions.is_empty() {
+            p.note { "No runs learned yet: run times are learned as tasks finish. Until then dispatch is first come, first served, and timeouts are as configured." }
+        }
+        @for v in &a.versions {
+            section {
+                h2 { a href={ (url) "?version=" (enc(&v.version)) } { (v.version) } }
+                div.scroll { table.list {
+                    thead { tr { th { "Task" } th { "Runs" } th { "Run ms p50 / p95 / p99" } th { "Wait ms p50 / p95 / p99" } th { "Failed" } th { "Retries" } } }
+                    tbody {
+                        @for t in &v.tasks {
+                            tr {
+                                td.mono { (t.task) }
+                                td { (t.runs) @if !t.confident { " " span.badge { "few" } } }
+                                td { (ms(t.run_ms.p50)) " / " (ms(t.run_ms.p95)) " / " (ms(t.run_ms.p99)) }
+                                td { (ms(t.wait_ms.p50)) " / " (ms(t.wait_ms.p95)) " / " (ms(t.wait_ms.p99)) }
+                                td { (format!("{:.0}%", t.failure_rate * 100.0)) }
+                                td { (format!("{:.0}%", t.retry_rate * 100.0)) }
+                            }
+                        }
+                    }
+                } }
+                @if !v.recommendations.is_empty() {
+                    h2 { "Recommendations" }
+                    ul.recommendations {
+                        @for r in &v.recommendations {
+                            li {
+                                @if let Some(l) = r.line { span.mono { "line " (l) } ": " }
+                                (r.message) " " span.note { "(" (r.evidence) ")" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok((format!("{ns}/{name} analysis"), body))
 }
