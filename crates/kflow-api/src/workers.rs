@@ -171,6 +171,18 @@ pub struct QueueView {
 pub struct QueuesResponse {
     pub items: Vec<QueueView>,
     pub dispatch_latency: DispatchLatency,
+    /// Hosts with an adaptive concurrency limit (`adaptive_concurrency:`).
+    #[serde(default)]
+    pub hosts: Vec<HostLimit>,
+}
+
+/// The adaptive concurrency limit toward one host, now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct HostLimit {
+    pub host: String,
+    /// Calls that may be in flight at once (its floor).
+    pub limit: f64,
+    pub in_flight: usize,
 }
 
 /// Time from ready to leased to a worker, over recent dispatches.

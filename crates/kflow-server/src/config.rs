@@ -71,6 +71,8 @@ pub struct ServerConfig {
     /// Queues that dispatch critical-path-first (`dispatch: {QUEUE: critical-path}`; `*`: all);
     /// the others first come, first served.
     pub critical_path_queues: std::collections::HashSet<String>,
+    /// Per target host, a concurrency limit that adapts to its latency and errors.
+    pub adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             db_lease_ms: 4_000,
             advertise: None,
             critical_path_queues: Default::default(),
+            adaptive_concurrency: None,
             retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
@@ -250,6 +253,7 @@ struct FileConfig {
     db_lease_ms: Option<i64>,
     advertise: Option<String>,
     dispatch: Option<std::collections::BTreeMap<String, String>>,
+    adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
     retention: Option<crate::retention::RetentionConfig>,
 }
 
@@ -302,6 +306,16 @@ impl ServerConfig {
                 ));
             }
             c.db_lease_ms = v;
+        }
+        if let Some(a) = file.adaptive_concurrency {
+            if a.hosts.is_empty()
+                || !(a.min >= 1.0 && a.min <= a.initial && a.initial <= a.max && a.max.is_finite())
+            {
+                return Err(format!(
+                    "{name}: adaptive_concurrency: name hosts (or '*'), with 1 <= min <= initial <= max"
+                ));
+            }
+            c.adaptive_concurrency = Some(a);
         }
         for (queue, mode) in file.dispatch.unwrap_or_default() {
             match mode.as_str() {

@@ -154,6 +154,7 @@ async fn run(
         },
         cluster: cluster.is_some(),
         critical_path_queues: cfg.critical_path_queues.clone(),
+        adaptive_concurrency: cfg.adaptive_concurrency.clone(),
         ..EngineConfig::default()
     })
     .await

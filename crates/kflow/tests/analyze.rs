@@ -320,3 +320,69 @@ fn a_task_running_past_its_learned_p99_raises_an_alert() {
     assert!(alert.to_string().contains(&id), "{alert}");
     assert!(alert.to_string().contains("learned p99"), "{alert}");
 }
+
+/// Adaptive concurrency toward a host: a local service that answers in 20 ms up to 4 calls at
+/// once and slows down beyond (latency grows with the square of the excess). 120 calls started
+/// together: the limit toward the host settles near 4, and the service is not hammered.
+#[test]
+fn the_concurrency_toward_a_struggling_host_settles_near_what_it_serves_well() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    static SERVED: AtomicUsize = AtomicUsize::new(0);
+    static MOST_LATE: AtomicUsize = AtomicUsize::new(0);
+    let service = TestServer::start_with(|_| {
+        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+        if SERVED.load(Ordering::SeqCst) >= 40 {
+            MOST_LATE.fetch_max(now, Ordering::SeqCst);
+        }
+        let over = (now as f64 / 4.0).max(1.0);
+        std::thread::sleep(Duration::from_millis((20.0 * over * over) as u64));
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        SERVED.fetch_add(1, Ordering::SeqCst);
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("aimd");
+    let config = dir.write(
+        "kflow.yaml",
+        "adaptive_concurrency: {hosts: ['*'], initial: 2}\n",
+    );
+    let config = config.to_string_lossy().into_owned();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let base = server.base();
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: learn, name: hit, version: '1.0.0'}}\n\
+         do:\n  - call:\n      call: http\n      with: {{method: get, endpoint: '{}/x'}}\n",
+        service.base()
+    );
+    support::register(&base, &doc);
+    let ids: Vec<String> = (0..120)
+        .map(|_| {
+            let (code, v) = post_json(
+                &base,
+                "/api/v1/instances",
+                &json!({"namespace": "learn", "name": "hit"}),
+            )
+            .expect("start");
+            assert!(code < 300, "{v}");
+            v["id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    for id in &ids {
+        let done = support::poll_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            let (_, v) = get_json(&base, &format!("/api/v1/instances/{id}")).ok()?;
+            (v["status"] == "completed").then_some(())
+        });
+        assert!(done.is_some(), "{id} completed");
+    }
+    let (_, q) = get_json(&base, "/api/v1/queues").expect("queues");
+    let host = &q["hosts"][0];
+    let limit = host["limit"].as_f64().expect("an adaptive limit");
+    let most = MOST_LATE.load(Ordering::SeqCst);
+    eprintln!(
+        "adaptive limit toward the host: {limit:.2}; at most {most} calls at once after the first 40"
+    );
+    assert!((2.0..=8.0).contains(&limit), "settled near 4: {q}");
+    assert!(most <= 8, "not hammered: {most} at once");
+    let out = support::kflow(["queues"]).env("KFLOW_SERVER", &base).run();
+    assert!(out.stdout.contains("HOST (ADAPTIVE)"), "{}", out.stdout);
+}

@@ -6,5 +6,6 @@
 
 pub mod advice;
 pub mod learn;
+pub mod limit;
 pub mod rank;
 pub mod sim;

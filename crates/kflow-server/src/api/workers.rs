@@ -200,6 +200,16 @@ pub async fn list_queues(
             p50_us: p50,
             p99_us: p99,
         },
+        hosts: st
+            .engine
+            .host_limits()
+            .into_iter()
+            .map(|(host, limit, in_flight)| kflow_api::workers::HostLimit {
+                host,
+                limit: (limit * 100.0).round() / 100.0,
+                in_flight,
+            })
+            .collect(),
     }))
 }
 

@@ -102,6 +102,8 @@ pub struct EngineConfig {
     pub database: Option<Arc<kflow_store_pg::PgStore>>,
     /// Queues that dispatch critical-path-first (`*`: all), from `dispatch:` in the config.
     pub critical_path_queues: std::collections::HashSet<String>,
+    /// Adaptive concurrency toward hosts (`adaptive_concurrency:` in the config).
+    pub adaptive_concurrency: Option<queue::AdaptiveHosts>,
     /// Several nodes share the database (`crate::cluster`): posted events reach this node's
     /// instances from its own cursor, definitions are read afresh, and the duties of one node
     /// for all wait until this node is the leader.
@@ -198,6 +200,7 @@ impl Default for EngineConfig {
             database: None,
             cluster: false,
             critical_path_queues: Default::default(),
+            adaptive_concurrency: None,
         }
     }
 }
@@ -278,6 +281,9 @@ impl Shared {
         queue
             .lock()
             .set_critical_path(config.critical_path_queues.clone());
+        queue
+            .lock()
+            .set_adaptive(config.adaptive_concurrency.clone());
         Shared {
             store,
             workflows: Mutex::new(HashMap::new()),

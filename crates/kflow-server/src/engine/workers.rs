@@ -56,6 +56,8 @@ impl WorkQueue {
 
     /// A task finished: how long it waited and ran, learned for its workflow version.
     pub(crate) fn learn(&self, lease: &Lease, run_s: f64, ok: bool) {
+        // Adaptive concurrency toward the call's host learns from every answer.
+        self.lock().answered(lease, run_s * 1e3, ok);
         let item = &lease.item;
         let Some((name, version)) = &item.workflow else {
             return;

@@ -263,6 +263,11 @@ impl Engine {
     }
 
     /// Per queue: depth, age of the oldest waiting item (ms), and the workers serving it.
+    /// The adaptive concurrency limits toward hosts: (host, limit, calls in flight).
+    pub fn host_limits(&self) -> Vec<(String, f64, usize)> {
+        self.shared.queue.lock().host_limits()
+    }
+
     pub fn queues(&self) -> Vec<QueueView> {
         let q = self.shared.queue.lock();
         let now = self.shared.now();

@@ -696,6 +696,7 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     let list: QueuesResponse = typed(&v, "queues")?;
+    let hosts = list.hosts.clone();
     let rows: Vec<Vec<String>> = list
         .items
         .into_iter()
@@ -721,6 +722,22 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
             &rows
         )
     );
+    if !hosts.is_empty() {
+        let rows: Vec<Vec<String>> = hosts
+            .into_iter()
+            .map(|h| {
+                vec![
+                    h.host,
+                    format!("{:.0}", h.limit.floor()),
+                    h.in_flight.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "\n{}",
+            super::render::table(&["HOST (ADAPTIVE)", "LIMIT", "IN FLIGHT"], &rows)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

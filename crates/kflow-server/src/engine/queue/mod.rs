@@ -151,6 +151,9 @@ pub struct Lease {
     pub expires_ms: i64,
     pub attempt: Option<u32>,
     pub item: Item,
+    /// Calls to its host in flight when it was taken, itself included (adaptive concurrency).
+    #[serde(skip)]
+    pub host_in_flight: usize,
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +173,39 @@ pub struct Queue {
     ns_leases: HashMap<String, usize>,
     /// Queues that dispatch critical-path-first (`*`: every queue).
     critical_path: HashSet<String>,
+    /// Adaptive concurrency toward hosts: which hosts (`*`: all), and each host's limiter.
+    adaptive: Option<AdaptiveHosts>,
+    hosts: HashMap<String, crate::adaptive::limit::Aimd>,
+}
+
+/// Which hosts get an adaptive concurrency limit, and its bounds (`adaptive_concurrency:`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveHosts {
+    /// Host names, or `*` for every host a call goes to.
+    pub hosts: Vec<String>,
+    /// Where a host's limit starts (default 4).
+    #[serde(default = "default_initial")]
+    pub initial: f64,
+    #[serde(default = "default_min")]
+    pub min: f64,
+    #[serde(default = "default_max")]
+    pub max: f64,
+}
+
+fn default_initial() -> f64 {
+    4.0
+}
+fn default_min() -> f64 {
+    1.0
+}
+fn default_max() -> f64 {
+    256.0
+}
+
+/// The host of an item (its `host:NAME` rate key).
+fn host_of(item: &Item) -> Option<&str> {
+    item.rate_keys.iter().find_map(|k| k.strip_prefix("host:"))
 }
 
 /// Whether every bucket of `keys` has a token now (refilling them first).
@@ -275,6 +311,46 @@ impl Queue {
         self.critical_path = queues;
     }
 
+    /// Turns adaptive concurrency toward hosts on (or off).
+    pub fn set_adaptive(&mut self, adaptive: Option<AdaptiveHosts>) {
+        self.adaptive = adaptive;
+        self.hosts.clear();
+    }
+
+    /// The limiter of an item's host, when adaptive concurrency applies to it.
+    fn limiter(&mut self, item: &Item) -> Option<&mut crate::adaptive::limit::Aimd> {
+        let a = self.adaptive.as_ref()?;
+        let host = host_of(item)?;
+        if !a.hosts.iter().any(|h| h == "*" || h == host) {
+            return None;
+        }
+        let (initial, min, max) = (a.initial, a.min, a.max);
+        Some(
+            self.hosts
+                .entry(host.to_string())
+                .or_insert_with(|| crate::adaptive::limit::Aimd::new(initial, min, max)),
+        )
+    }
+
+    /// A call to an adaptively limited host answered after `ms`, `ok` or not.
+    pub fn answered(&mut self, lease: &Lease, ms: f64, ok: bool) {
+        let at_start = lease.host_in_flight;
+        if let Some(l) = self.limiter(&lease.item) {
+            l.answered(ms, ok, at_start);
+        }
+    }
+
+    /// Every adaptively limited host: (host, limit, calls in flight).
+    pub fn host_limits(&self) -> Vec<(String, f64, usize)> {
+        let mut v: Vec<(String, f64, usize)> = self
+            .hosts
+            .iter()
+            .map(|(h, l)| (h.clone(), l.limit, l.in_flight))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn is_critical_path(&self, queue: &str) -> bool {
         self.critical_path.contains(queue) || self.critical_path.contains("*")
     }
@@ -326,6 +402,9 @@ impl Queue {
     fn release(&mut self, lease: &Lease) {
         if let Some(n) = self.ns_leases.get_mut(&lease.item.namespace) {
             *n = n.saturating_sub(1);
+        }
+        if let Some(l) = self.limiter(&lease.item) {
+            l.in_flight = l.in_flight.saturating_sub(1);
         }
         if let Some(w) = self.workers.get_mut(&lease.worker) {
             w.leases.remove(&lease.id);
@@ -430,6 +509,13 @@ impl Queue {
             };
             let item = self.items.remove(i);
             self.consume(&item.rate_keys);
+            let host_in_flight = match self.limiter(&item) {
+                Some(l) => {
+                    l.in_flight += 1;
+                    l.in_flight
+                }
+                None => 0,
+            };
             *self.ns_leases.entry(item.namespace.clone()).or_insert(0) += 1;
             let waited = mono_us().saturating_sub(item.ready_us);
             if self.latencies.len() < 10_000 {
@@ -446,6 +532,7 @@ impl Queue {
                 expires_ms: now + ttl_ms,
                 attempt: item.attempt,
                 item,
+                host_in_flight,
             };
             if let Some(w) = self.workers.get_mut(worker) {
                 w.leases.insert(lease.id.clone());
@@ -478,9 +565,24 @@ impl Queue {
         } = self;
         let w = workers.get(worker)?;
         let my_load = w.load();
+        // Hosts whose adaptive limit is reached take nothing more now.
+        let full_hosts: HashSet<&str> = match &self.adaptive {
+            Some(a) => self
+                .hosts
+                .iter()
+                .filter(|(h, l)| {
+                    !l.has_room() && a.hosts.iter().any(|x| x == "*" || x == h.as_str())
+                })
+                .map(|(h, _)| h.as_str())
+                .collect(),
+            None => HashSet::new(),
+        };
         let mut best: Option<(usize, i64, f64, usize)> = None;
         for (i, item) in items.iter().enumerate() {
             if !w.fits(item) || !rate_ok(limits, buckets, &item.rate_keys, now) {
+                continue;
+            }
+            if host_of(item).is_some_and(|h| full_hosts.contains(h)) {
                 continue;
             }
             // Only workers parked in a poll right now, and heard from recently, count.
