@@ -227,7 +227,7 @@ async fn queues_answer_their_fields_in_order() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(keys(&doc), ["items", "dispatch_latency"]);
+    assert_eq!(keys(&doc), ["items", "dispatch_latency", "hosts"]);
     assert_eq!(
         keys(&doc["dispatch_latency"]),
         ["count", "p50_us", "p99_us"]
