@@ -10,6 +10,27 @@ use support::{ServerProcess, TempDir, TestServer, get_json, post_json};
 
 const SLOW_MS: u64 = 60;
 
+/// A server on a fresh data directory with `config` (YAML), and `learn/NAME`: one call to
+/// `service`.
+fn server_with_one_call(
+    tag: &str,
+    config: &str,
+    name: &str,
+    service: &TestServer,
+) -> (TempDir, ServerProcess) {
+    let dir = TempDir::new(tag);
+    let config = dir.write("kflow.yaml", config);
+    let config = config.to_string_lossy().into_owned();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: learn, name: {name}, version: '1.0.0'}}\n\
+         do:\n  - call:\n      call: http\n      with: {{method: get, endpoint: '{}/x'}}\n",
+        service.base()
+    );
+    support::register(&server.base(), &doc);
+    (dir, server)
+}
+
 #[test]
 fn run_times_are_learned_kept_across_a_restart_and_shown() {
     let service = TestServer::start_with(|r| {
@@ -278,20 +299,13 @@ fn a_task_running_past_its_learned_p99_raises_an_alert() {
         std::thread::sleep(Duration::from_millis(ms));
         Some((200, json!({"ok": true})))
     });
-    let dir = TempDir::new("anomaly");
-    let config = dir.write(
-        "kflow.yaml",
+    let (_dir, server) = server_with_one_call(
+        "anomaly",
         "alerts:\n  rules:\n    - {name: slow-task, on: task_anomaly, factor: 3}\n",
+        "stuck",
+        &service,
     );
-    let config = config.to_string_lossy().into_owned();
-    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
     let base = server.base();
-    let doc = format!(
-        "document: {{dsl: '1.0.0', namespace: learn, name: stuck, version: '1.0.0'}}\n\
-         do:\n  - call:\n      call: http\n      with: {{method: get, endpoint: '{}/x'}}\n",
-        service.base()
-    );
-    support::register(&base, &doc);
     for _ in 0..20 {
         let (code, v) = post_json(
             &base,
@@ -341,20 +355,13 @@ fn the_concurrency_toward_a_struggling_host_settles_near_what_it_serves_well() {
         SERVED.fetch_add(1, Ordering::SeqCst);
         Some((200, json!({"ok": true})))
     });
-    let dir = TempDir::new("aimd");
-    let config = dir.write(
-        "kflow.yaml",
+    let (_dir, server) = server_with_one_call(
+        "aimd",
         "adaptive_concurrency: {hosts: ['*'], initial: 2}\n",
+        "hit",
+        &service,
     );
-    let config = config.to_string_lossy().into_owned();
-    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
     let base = server.base();
-    let doc = format!(
-        "document: {{dsl: '1.0.0', namespace: learn, name: hit, version: '1.0.0'}}\n\
-         do:\n  - call:\n      call: http\n      with: {{method: get, endpoint: '{}/x'}}\n",
-        service.base()
-    );
-    support::register(&base, &doc);
     let ids: Vec<String> = (0..120)
         .map(|_| {
             let (code, v) = post_json(
