@@ -333,6 +333,12 @@ fn a_task_running_past_its_learned_p99_raises_an_alert() {
     .expect("the anomaly alert fired");
     assert!(alert.to_string().contains(&id), "{alert}");
     assert!(alert.to_string().contains("learned p99"), "{alert}");
+    // `kflow explain` names it too.
+    let out = support::kflow(["explain", &id])
+        .env("KFLOW_SERVER", &base)
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("an anomaly"), "{}", out.stdout);
 }
 
 /// Adaptive concurrency toward a host: a local service that answers in 20 ms up to 4 calls at

@@ -143,6 +143,16 @@ impl Engine {
         let id2 = id.to_string();
         let work = self.blocking(move |s| s.work_of(&id2)).await?;
         let now = self.shared.now();
+        // What was learned of its tasks' run times (p99, with 20 runs or more): a task running
+        // far past it is named as an anomaly.
+        let p99 = self
+            .learned_p99(
+                &view.instance.namespace,
+                &view.instance.name,
+                &view.instance.version,
+            )
+            .await
+            .unwrap_or_default();
         let mut reasons = Vec::new();
         for w in work {
             let held = status == InstanceStatus::Suspended
@@ -173,12 +183,22 @@ impl Engine {
                 _ => {
                     let q = self.shared.queue.lock();
                     if let Some(l) = q.lease_of(&w.instance_id, w.effect_id) {
-                        format!(
+                        let mut why = format!(
                             "running on worker {} (attempt {}, lease until {})",
                             l.worker,
                             w.attempts,
                             kflow_core::time::iso8601(l.expires_ms)
-                        )
+                        );
+                        let ran = (super::now_ms() - l.leased_ms).max(0) as f64;
+                        if let Some(p) = p99.get(&w.task).filter(|p| **p > 0.0 && ran > 3.0 * **p) {
+                            why.push_str(&format!(
+                                "; an anomaly: it has run {:.1} s, {:.0} × its learned p99 ({:.1} s)",
+                                ran / 1e3,
+                                ran / p,
+                                p / 1e3
+                            ));
+                        }
+                        why
                     } else if let Some(item) = q
                         .items()
                         .iter()
