@@ -485,3 +485,16 @@ pub const FENCED: &str = "fenced:";
 pub fn is_fenced(e: &StoreError) -> bool {
     matches!(e, StoreError::Db(m) if m.contains(FENCED))
 }
+
+/// Whether this node drives instance `id` (true when it does not exist, or on one node).
+pub(crate) fn is_mine(store: &PgStore, id: &str) -> Result<bool> {
+    let Some(node) = store.node() else {
+        return Ok(true);
+    };
+    store.read(|c| {
+        Ok(
+            c.query_opt("SELECT owner FROM instances WHERE id = $1", &[&id])?
+                .is_none_or(|r| r.get::<_, Option<String>>(0).as_deref() == Some(node.as_str())),
+        )
+    })
+}

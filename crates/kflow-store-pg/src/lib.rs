@@ -9,6 +9,7 @@
 //! The same conformance suite as SQLite's runs on this backend (`tests/conformance.rs`), on a
 //! real server.
 
+mod events;
 pub mod lease;
 mod mapping;
 mod pool;
@@ -16,6 +17,8 @@ mod queries;
 mod retention;
 mod rows;
 pub mod schema;
+mod slots;
+mod stats;
 pub mod testing;
 pub mod tls;
 mod writes;

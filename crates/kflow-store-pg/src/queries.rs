@@ -408,46 +408,15 @@ impl Store for PgStore {
     }
 
     fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64> {
-        let text = to_json(event)?;
-        self.write(|c| {
-            c.transaction(|c| {
-                // Ids in commit order (see `lease::EVENTS_LOCK`), and every node told.
-                c.execute(
-                    "SELECT pg_advisory_xact_lock($1)",
-                    &[&crate::lease::EVENTS_LOCK],
-                )?;
-                let id: i64 = c
-                    .query_opt(
-                        "INSERT INTO events (received_ms, event) VALUES ($1, $2) RETURNING id",
-                        &[&received_ms, &text],
-                    )?
-                    .map(|r| r.get(0))
-                    .ok_or_else(|| StoreError::Db("INSERT ... RETURNING gave no row".into()))?;
-                c.execute(
-                    "SELECT pg_notify($1, $2)",
-                    &[&crate::lease::EVENTS_CHANNEL, &id.to_string()],
-                )?;
-                Ok(id)
-            })
-        })
+        crate::events::add(self, event, received_ms)
     }
 
     fn pending_events(&self, n: u32) -> Result<Vec<(i64, Value)>> {
-        let n = limit(n);
-        self.read(|c| {
-            events(match self.node() {
-                // In a cluster: every event after this node's cursor.
-                Some(node) => c.query(
-                    "SELECT id, event FROM events WHERE id > \
-                     (SELECT event_cursor FROM nodes WHERE id = $2) ORDER BY id LIMIT $1",
-                    &[&n, &node],
-                )?,
-                None => c.query(
-                    "SELECT id, event FROM events WHERE NOT processed ORDER BY id LIMIT $1",
-                    &[&n],
-                )?,
-            })
-        })
+        crate::events::pending(self, n)
+    }
+
+    fn missed_events(&self, after: i64, n: u32) -> Result<Vec<(i64, Value)>> {
+        crate::events::missed(self, after, n)
     }
 
     fn claim_slots(
@@ -456,66 +425,15 @@ impl Store for PgStore {
         groups: &[(String, usize)],
         replacing: Option<&str>,
     ) -> Result<bool> {
-        let replacing = replacing.unwrap_or("");
-        if self.node().is_none() || groups.is_empty() {
-            return Ok(true);
-        }
-        let mut groups = groups.to_vec();
-        groups.sort();
-        self.write(|c| {
-            c.transaction(|c| {
-                // One claimer per group at a time, across nodes (in a fixed order: no deadlock).
-                for (g, _) in &groups {
-                    c.execute(
-                        "SELECT pg_advisory_xact_lock(1802071152, hashtext($1))",
-                        &[g],
-                    )?;
-                }
-                for (g, limit) in &groups {
-                    let taken: i64 = c
-                        .query_opt(
-                            "SELECT COUNT(*) FROM slots s LEFT JOIN instances i ON i.id = s.instance_id \
-                             WHERE s.grp = $1 AND s.instance_id <> $2 AND s.instance_id <> $3 \
-                             AND (i.status IN ('running', 'suspended') \
-                                  OR (i.id IS NULL AND s.claimed_at > clock_timestamp() - interval '1 minute'))",
-                            &[g, &id, &replacing],
-                        )?
-                        .map(|r| r.get(0))
-                        .unwrap_or(0);
-                    if taken >= i64::try_from(*limit).unwrap_or(i64::MAX) {
-                        return Ok(false);
-                    }
-                }
-                for (g, _) in &groups {
-                    c.execute(
-                        "INSERT INTO slots (grp, instance_id, claimed_at) VALUES ($1, $2, clock_timestamp()) \
-                         ON CONFLICT DO NOTHING",
-                        &[g, &id],
-                    )?;
-                }
-                Ok(true)
-            })
-        })
+        crate::slots::claim(self, id, groups, replacing)
+    }
+
+    fn is_mine(&self, id: &str) -> Result<bool> {
+        crate::lease::is_mine(self, id)
     }
 
     fn task_stats(&self, namespace: &str, name: &str) -> Result<Vec<kflow_store::TaskStatsRow>> {
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT namespace, name, version, task, data, updated_ms FROM task_stats \
-                 WHERE namespace = $1 AND name = $2 ORDER BY version, task",
-                &[&namespace, &name],
-            )?
-            .iter()
-            .map(|r| kflow_store::TaskStatsRow {
-                namespace: r.get(0),
-                name: r.get(1),
-                version: r.get(2),
-                task: r.get(3),
-                data: serde_json::from_str(r.get::<_, &str>(4)).unwrap_or(Value::Null),
-                updated_ms: r.get(5),
-            })
-            .collect())
-        })
+        crate::stats::task_stats(self, namespace, name)
     }
 
     fn merge_task_stats(
@@ -523,68 +441,7 @@ impl Store for PgStore {
         deltas: &[kflow_store::TaskStatsRow],
         merge: &kflow_store::MergeFn,
     ) -> Result<()> {
-        // Rows locked in key order: two nodes merging the same rows wait, never deadlock.
-        let mut deltas: Vec<&kflow_store::TaskStatsRow> = deltas.iter().collect();
-        deltas.sort_by(|a, b| {
-            (&a.namespace, &a.name, &a.version, &a.task).cmp(&(
-                &b.namespace,
-                &b.name,
-                &b.version,
-                &b.task,
-            ))
-        });
-        self.write(|c| {
-            c.transaction(|c| {
-                for d in &deltas {
-                    let old = c.query_opt(
-                        "SELECT data FROM task_stats WHERE namespace = $1 AND name = $2 \
-                         AND version = $3 AND task = $4 FOR UPDATE",
-                        &[&d.namespace, &d.name, &d.version, &d.task],
-                    )?;
-                    let data = match old
-                        .and_then(|r| serde_json::from_str::<Value>(r.get::<_, &str>(0)).ok())
-                    {
-                        Some(old) => merge(&old, &d.data),
-                        None => d.data.clone(),
-                    };
-                    c.execute(
-                        "INSERT INTO task_stats (namespace, name, version, task, data, updated_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (namespace, name, version, task) \
-                         DO UPDATE SET data = EXCLUDED.data, updated_ms = EXCLUDED.updated_ms",
-                        &[&d.namespace, &d.name, &d.version, &d.task, &data.to_string(), &d.updated_ms],
-                    )?;
-                }
-                Ok(())
-            })
-        })
-    }
-
-    fn is_mine(&self, id: &str) -> Result<bool> {
-        let Some(node) = self.node() else {
-            return Ok(true);
-        };
-        self.read(|c| {
-            Ok(
-                c.query_opt("SELECT owner FROM instances WHERE id = $1", &[&id])?
-                    .is_none_or(|r| {
-                        r.get::<_, Option<String>>(0).as_deref() == Some(node.as_str())
-                    }),
-            )
-        })
-    }
-
-    fn missed_events(&self, after: i64, n: u32) -> Result<Vec<(i64, Value)>> {
-        let Some(node) = self.node() else {
-            return Ok(Vec::new());
-        };
-        let n = limit(n);
-        self.read(|c| {
-            events(c.query(
-                "SELECT id, event FROM events WHERE id > $2 AND id <= \
-                 (SELECT event_cursor FROM nodes WHERE id = $3) ORDER BY id LIMIT $1",
-                &[&n, &after, &node],
-            )?)
-        })
+        crate::stats::merge(self, deltas, merge)
     }
 
     fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
@@ -842,17 +699,4 @@ pub(crate) fn last_seq(c: &mut Conn, id: &str) -> Result<i64> {
         &[&id],
     )?
     .map_or(0, |r| r.get(0)))
-}
-
-/// Rows of (id, event).
-fn events(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(i64, Value)>> {
-    rows.iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            let text: String = r.get(1);
-            serde_json::from_str(&text)
-                .map(|v| (id, v))
-                .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))
-        })
-        .collect()
 }
