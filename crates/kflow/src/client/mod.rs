@@ -11,6 +11,7 @@
 mod apply;
 mod defs;
 mod http;
+mod ops;
 mod profile;
 mod render;
 mod schedules;
@@ -419,19 +420,19 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
             worker::worker(args).await
         }
         ClientCommand::Workers { out, server } => {
-            worker::workers(&http::Api::new(&server)?, out.output).await
+            ops::workers(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Alerts { out, server } => {
-            worker::alerts(&http::Api::new(&server)?, out.output).await
+            ops::alerts(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Nodes { out, server } => {
-            worker::nodes(&http::Api::new(&server)?, out.output).await
+            ops::nodes(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Queues { out, server } => {
-            worker::queues(&http::Api::new(&server)?, out.output).await
+            ops::queues(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Explain { id, out, server } => {
-            worker::explain(&http::Api::new(&server)?, &id, out.output).await
+            ops::explain(&http::Api::new(&server)?, &id, out.output).await
         }
         ClientCommand::Apply { files, server } => {
             apply::apply(&http::Api::new(&server)?, &files).await

@@ -40,7 +40,11 @@ impl Driver {
             .map(|a| a.row.namespace.clone())
             .unwrap_or_default();
         let mut rate_keys = vec![format!("queue:{queue}")];
-        let queue_name = queue.clone();
+        // Ranked only in queues that dispatch critical-path-first.
+        let critical_path = {
+            let cp = &self.shared.config.critical_path_queues;
+            cp.contains("*") || cp.contains(&queue)
+        };
         let uri = match &effect {
             Effect::Http(h) => Some(h.uri.as_str()),
             Effect::OpenApi(o) => Some(o.document.as_str()),
@@ -69,15 +73,13 @@ impl Driver {
                 .unwrap_or_default(),
             traceparent: self.active.get(instance).map(|a| a.trace.traceparent()),
             rank_ms: match (&wf, self.active.get(instance)) {
-                (Some(wf), Some(a)) if self.shared.queue.lock().is_critical_path(&queue_name) => {
-                    self.shared.rank_of(
-                        wf,
-                        &a.row.namespace,
-                        &a.row.name,
-                        &a.row.version,
-                        &task_ref,
-                    )
-                }
+                (Some(wf), Some(a)) if critical_path => self.shared.rank_of(
+                    wf,
+                    &a.row.namespace,
+                    &a.row.name,
+                    &a.row.version,
+                    &task_ref,
+                ),
                 _ => 0.0,
             },
             workflow: self

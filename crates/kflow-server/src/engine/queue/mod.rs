@@ -351,10 +351,6 @@ impl Queue {
         v
     }
 
-    pub fn is_critical_path(&self, queue: &str) -> bool {
-        self.critical_path.contains(queue) || self.critical_path.contains("*")
-    }
-
     pub fn set_limits(&mut self, limits: HashMap<String, f64>) {
         self.limits = limits.into_iter().filter(|(_, r)| *r > 0.0).collect();
         self.buckets.clear();
