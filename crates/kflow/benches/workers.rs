@@ -7,65 +7,12 @@
 //! throughput, the server-side dispatch latency (ready → leased to a worker: p50/p99), the time
 //! to detect a killed worker and queue its task again, and a 1,000-task DAG's run time.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-fn answer_server(delay_ms: u64) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf);
-                if delay_ms > 0 {
-                    std::thread::sleep(Duration::from_millis(delay_ms));
-                }
-                let body = b"{\"ok\":true}";
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(body);
-            });
-        }
-    });
-    port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18_181)
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_kflow"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn kflow"),
-    )
-}
+use common::{Client, Proc, answer_server, spawn};
+use serde_json::json;
 
 fn doc(name: &str, endpoint: &str) -> String {
     format!(
@@ -97,52 +44,6 @@ fn dag_doc(n: usize) -> String {
     s
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
-        r.json().await.unwrap_or(Value::Null)
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("get");
-        r.json().await.unwrap_or(Value::Null)
-    }
-
-    async fn register(&self, text: String) -> bool {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/definitions", self.base))
-            .body(text)
-            .send()
-            .await
-            .expect("register");
-        r.status().is_success()
-    }
-
-    async fn running(&self) -> usize {
-        let v = self
-            .get("/api/v1/instances?status=running&limit=1000")
-            .await;
-        v["items"].as_array().map(Vec::len).unwrap_or(0)
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -150,28 +51,8 @@ async fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 300 } else { 2_000 };
-    let dir = std::env::temp_dir().join(format!("kflow-wbench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let data = dir.to_string_lossy().to_string();
-    let _server = spawn(&[
-        "server",
-        "--data-dir",
-        &data,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let c = Client {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-    };
-    for _ in 0..200 {
-        if c.http.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_server, c, dir) = common::server("wbench", None).await;
+    let base = c.base.clone();
     let fast = answer_server(0);
     let slow = answer_server(5_000);
     assert!(

@@ -297,6 +297,12 @@ impl Expr {
         &self.inner.source
     }
 
+    /// Whether the filter may observe its input (`.`, or a filter that runs on it): false
+    /// only when it reads nothing but variables and literals. Conservative: unsure is true.
+    pub fn reads_input(&self) -> bool {
+        self.inner.program.reads_input
+    }
+
     /// Names (without `$`) of the variables the filter references.
     pub fn variables(&self) -> impl Iterator<Item = &str> {
         self.inner.program.globals.iter().map(String::as_str)

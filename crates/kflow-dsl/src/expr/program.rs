@@ -39,6 +39,8 @@ pub(super) struct Program {
     pub keys: Vec<(String, String)>,
     /// The syntax tree is nested deeper than [`MAX_INLINE_DEPTH`]: evaluate on a big stack.
     pub deep: bool,
+    /// The filter may observe its input (see [`reads_input`]).
+    pub reads_input: bool,
 }
 
 /// Deepest syntax tree evaluated inline. Evaluation recurses along the tree without ticking
@@ -56,6 +58,7 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
         .map_err(|errs| parse_message(src, &errs))?;
 
     let deep = depth(&term) > MAX_INLINE_DEPTH;
+    let reads_input = reads_input(&term);
     let mut refs = BTreeSet::new();
     collect_refs(&term, &mut refs);
     if let Some(name) = refs.iter().find(|n| n.starts_with(RESERVED)) {
@@ -127,6 +130,7 @@ pub(super) fn compile(src: &str) -> Result<Program, String> {
         globals,
         keys,
         deep,
+        reads_input,
     })
 }
 
@@ -353,6 +357,74 @@ fn collect_refs<'s>(t: &Term<&'s str>, out: &mut BTreeSet<&'s str>) {
         _ => {}
     }
     children(t, &mut |c| collect_refs(c, out));
+}
+
+/// Filters (name, arity) that never look at their input: their arguments may.
+const IGNORE_INPUT: &[(&str, usize)] = &[
+    ("true", 0),
+    ("false", 0),
+    ("null", 0),
+    ("empty", 0),
+    ("now", 0),
+    ("infinite", 0),
+    ("nan", 0),
+    ("range", 1),
+    ("range", 2),
+    ("range", 3),
+    ("error", 1),
+];
+
+/// Whether `t` may observe its input (`.`): false only when every value it reads comes from
+/// variables, literals, or filters known to ignore their input (`$workflow.input.id`,
+/// `"x" + $context.y`, `range(3)`). Anything unsure counts as a read: a call of any other
+/// filter (it runs on `.`), a local definition, a format string.
+fn reads_input(t: &Term<&str>) -> bool {
+    fn pattern(p: &Pattern<&str>) -> bool {
+        match p {
+            Pattern::Var(_) => false,
+            Pattern::Arr(ps) => ps.iter().any(pattern),
+            Pattern::Obj(kps) => kps.iter().any(|(k, p)| reads_input(k) || pattern(p)),
+        }
+    }
+    match t {
+        Term::Id | Term::Recurse | Term::Str(Some(_), _) | Term::Def(..) => true,
+        Term::Num(_) | Term::Var(_) | Term::Break(_) => false,
+        Term::Str(None, parts) => parts
+            .iter()
+            .any(|p| matches!(p, StrPart::Term(t) if reads_input(t))),
+        Term::Arr(a) => a.as_deref().is_some_and(reads_input),
+        // `{a}` is `{a: .a}`; `{$x}` reads the variable.
+        Term::Obj(kvs) => kvs.iter().any(|(k, v)| match v {
+            Some(v) => reads_input(k) || reads_input(v),
+            None => !matches!(k, Term::Var(_)),
+        }),
+        Term::Neg(t) | Term::Label(_, t) => reads_input(t),
+        // `l | r`: r sees l's outputs, not the input; `l as $x | r`: r sees the input.
+        Term::BinOp(l, BinaryOp::Pipe(None), _) => reads_input(l),
+        Term::BinOp(l, BinaryOp::Pipe(Some(p)), r) => {
+            reads_input(l) || pattern(p) || reads_input(r)
+        }
+        Term::BinOp(l, _, r) => reads_input(l) || reads_input(r),
+        // The update (and extract) of `reduce`/`foreach` run on the accumulator.
+        Term::Fold(_, xs, p, args) => {
+            reads_input(xs) || pattern(p) || args.first().is_some_and(reads_input)
+        }
+        Term::TryCatch(t, c) => reads_input(t) || c.as_deref().is_some_and(reads_input),
+        Term::IfThenElse(its, e) => {
+            its.iter().any(|(i, t)| reads_input(i) || reads_input(t))
+                || e.as_deref().is_some_and(reads_input)
+        }
+        Term::Call(name, args) => {
+            !IGNORE_INPUT.contains(&(*name, args.len())) || args.iter().any(reads_input)
+        }
+        Term::Path(t, path) => {
+            reads_input(t)
+                || path.0.iter().any(|(part, _)| match part {
+                    Part::Index(i) => reads_input(i),
+                    Part::Range(a, b) => a.iter().chain(b.iter()).any(reads_input),
+                })
+        }
+    }
 }
 
 /// All `$variables` referenced in `t`, in order of first appearance.

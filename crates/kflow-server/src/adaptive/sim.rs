@@ -131,13 +131,14 @@ pub struct Case {
 
 impl Case {
     /// Mean makespan of both orders over `runs` draws of the durations (the same draws for
-    /// both): (FIFO, critical-path-first).
-    pub fn compare(&self, runs: usize) -> (f64, f64) {
+    /// both), and the mean lower bound no order can beat: (FIFO, critical-path-first, bound).
+    pub fn compare(&self, runs: usize) -> (f64, f64, f64) {
         let expected: Vec<f64> = self.dist.iter().map(|d| d.mean).collect();
         let mut rng = Rng::new(self.seed ^ 0x5EED);
-        let (mut fifo, mut cp) = (0.0, 0.0);
+        let (mut fifo, mut cp, mut bound) = (0.0, 0.0, 0.0);
         for _ in 0..runs {
             let actual: Vec<f64> = self.dist.iter().map(|&d| rng.draw(d)).collect();
+            bound += lower_bound(&self.dag, &actual, self.capacity);
             fifo += makespan(&self.dag, &expected, &actual, self.capacity, Order::Fifo);
             cp += makespan(
                 &self.dag,
@@ -147,8 +148,27 @@ impl Case {
                 Order::CriticalPath,
             );
         }
-        (fifo / runs as f64, cp / runs as f64)
+        let n = runs as f64;
+        (fifo / n, cp / n, bound / n)
     }
+
+    /// One draw of the durations (the `k`-th of this case's own sequence, apart from the draws
+    /// of `compare`): what a real run of the case sleeps.
+    pub fn draw(&self, k: usize) -> Vec<f64> {
+        let mut rng = Rng::new(self.seed ^ 0xD8A3);
+        let mut out = Vec::new();
+        for _ in 0..=k {
+            out = self.dist.iter().map(|&d| rng.draw(d)).collect();
+        }
+        out
+    }
+}
+
+/// The makespan no dispatch order can beat with durations `d` on `capacity` slots: the longest
+/// path, or all the work spread evenly over the slots, whichever is longer.
+pub fn lower_bound(dag: &Dag, d: &[f64], capacity: usize) -> f64 {
+    let path = upward(dag, d).into_iter().fold(0.0_f64, f64::max);
+    path.max(d.iter().sum::<f64>() / capacity.max(1) as f64)
 }
 
 /// The suite: 24 synthetic DAGs of the shapes workflows take (chains beside fan-outs, layered
@@ -353,13 +373,20 @@ mod tests {
         assert_eq!(makespan(&g, &d, &d, 2, Order::Fifo), 11.0);
         // Critical path first: 2 at 0 (rank 10), 0 beside it, 1 at 1, 3 at 5: 10.
         assert_eq!(makespan(&g, &d, &d, 2, Order::CriticalPath), 10.0);
+        // The bound: the chain 2 -> 3 (10) is longer than 12 / 2.
+        assert_eq!(lower_bound(&g, &d, 2), 10.0);
+        assert_eq!(lower_bound(&g, &d, 1), 12.0);
     }
 
     #[test]
     fn the_suite_is_reproducible() {
-        let a: Vec<(f64, f64)> = suite().iter().map(|c| c.compare(3)).collect();
-        let b: Vec<(f64, f64)> = suite().iter().map(|c| c.compare(3)).collect();
+        let a: Vec<(f64, f64, f64)> = suite().iter().map(|c| c.compare(3)).collect();
+        let b: Vec<(f64, f64, f64)> = suite().iter().map(|c| c.compare(3)).collect();
         assert_eq!(a, b);
         assert!(suite().len() >= 20);
+        // No order beats the bound.
+        for (f, c, lb) in a {
+            assert!(f >= lb - 1e-9 && c >= lb - 1e-9, "{f} {c} {lb}");
+        }
     }
 }

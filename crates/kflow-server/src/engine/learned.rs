@@ -130,7 +130,21 @@ impl Engine {
             .blocking(move |s| s.merge_task_stats(&rows, &merge_json))
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A rank set that lacks a task learned just now is computed again at its next
+                // use, not up to 30 s later: the first runs of a version shape dispatch soon.
+                let mut cache = self.shared.ranks.lock().unwrap_or_else(|p| p.into_inner());
+                for ((ns, name, version, task), _) in &taken {
+                    let key = (ns.clone(), name.clone(), version.clone());
+                    if cache
+                        .get(&key)
+                        .is_some_and(|(_, r)| !r.d50.contains_key(task))
+                    {
+                        cache.remove(&key);
+                    }
+                }
+                Ok(())
+            }
             Err(e) => {
                 learned.put_back(taken);
                 Err(e)
