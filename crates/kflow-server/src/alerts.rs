@@ -60,6 +60,9 @@ pub enum On {
     /// A task running past its learned p99 run time × `factor` (default 3), once 20 runs of it
     /// are known.
     TaskAnomaly,
+    /// A task of a workflow's newest version (with 20 runs) whose p95 run time is more than
+    /// `factor` (default 1.5) × its p95 in the version before.
+    VersionDrift,
     QueueWait,
     WorkerLost,
     ScheduleMissed,
@@ -72,6 +75,7 @@ impl On {
             On::InstanceDuration => "instance_duration",
             On::TaskDuration => "task_duration",
             On::TaskAnomaly => "task_anomaly",
+            On::VersionDrift => "version_drift",
             On::QueueWait => "queue_wait",
             On::WorkerLost => "worker_lost",
             On::ScheduleMissed => "schedule_missed",
@@ -92,7 +96,8 @@ pub struct Rule {
     pub queue: Option<String>,
     /// The threshold of `instance_duration` and `queue_wait`.
     pub seconds: Option<f64>,
-    /// `task_anomaly`: how many times its learned p99 a task may run (default 3).
+    /// `task_anomaly`: how many times its learned p99 a task may run (default 3);
+    /// `version_drift`: how many times its p95 in the version before (default 1.5).
     pub factor: Option<f64>,
     /// Webhooks to send to (default: every webhook).
     #[serde(default)]
@@ -132,10 +137,12 @@ impl AlertsConfig {
                 _ => {}
             }
             if let Some(f) = r.factor
-                && (r.on != On::TaskAnomaly || !(f >= 1.0 && f.is_finite()))
+                && (!matches!(r.on, On::TaskAnomaly | On::VersionDrift)
+                    || !(f >= 1.0 && f.is_finite()))
             {
                 errors.push(format!(
-                    "{at}: `factor` applies to task_anomaly only, and must be at least 1"
+                    "{at}: `factor` applies to task_anomaly and version_drift only, and must be \
+                     at least 1"
                 ));
             }
             if r.queue.is_some() && r.on != On::QueueWait {
@@ -171,7 +178,20 @@ pub struct Alerts {
     http: reqwest::Client,
     /// Conditions seen firing at the last evaluation, by (rule, key): cleared ones resolve.
     active: std::sync::Mutex<HashSet<(String, String)>>,
+    /// `version_drift` findings per rule, and when they are due to be worked out again (they
+    /// are read from the learned statistics now and then, not every tick).
+    drifts: tokio::sync::Mutex<HashMap<String, (std::time::Instant, Vec<Finding>)>>,
 }
+
+/// What a rule found: its key, namespace, summary and details.
+type Finding = (String, String, String, Value);
+
+/// How often at most `version_drift` reads the learned statistics again; a pass that took long
+/// waits 50 times as long before the next (at most 2% of a core spent on it).
+const DRIFT_EVERY: Duration = Duration::from_secs(5);
+
+/// Most workflows one `version_drift` pass looks at.
+const DRIFT_MAX_WORKFLOWS: usize = 1_000;
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -188,6 +208,7 @@ impl Alerts {
             config,
             http,
             active: Default::default(),
+            drifts: Default::default(),
         }))
     }
 
@@ -369,6 +390,12 @@ impl Alerts {
                         .await;
                     }
                 }
+                On::VersionDrift => {
+                    for (key, ns, summary, details) in self.version_drifts(r).await {
+                        firing.insert((r.name.clone(), key.clone()));
+                        self.fire(r, &key, Some(&ns), summary, details).await;
+                    }
+                }
                 On::QueueWait => {
                     let limit_ms = (r.seconds.unwrap_or(0.0) * 1000.0) as i64;
                     for q in self.engine.queues() {
@@ -461,6 +488,59 @@ impl Alerts {
     }
 
     /// Records an alert (once per rule and key); a new one is delivered at the next tick.
+    /// The drifts `r` sees: per workflow, the tasks of its newest learned version whose p95
+    /// rose past `factor` × the version before (both with enough runs). Worked out again every
+    /// `DRIFT_EVERY` or 50 × the last pass, whichever is longer.
+    async fn version_drifts(&self, r: &Rule) -> Vec<Finding> {
+        let mut cache = self.drifts.lock().await;
+        if let Some((due, found)) = cache.get(&r.name)
+            && std::time::Instant::now() < *due
+        {
+            return found.clone();
+        }
+        let started = std::time::Instant::now();
+        let factor = r.factor.unwrap_or(1.5);
+        let mut workflows: Vec<(String, String)> = self
+            .engine
+            .definitions(r.namespace.clone())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| (d.namespace, d.name))
+            .filter(|(ns, name)| Self::matches(r, ns, name))
+            .collect();
+        workflows.sort();
+        workflows.dedup();
+        workflows.truncate(DRIFT_MAX_WORKFLOWS);
+        let mut found = Vec::new();
+        for (ns, name) in workflows {
+            let Ok(a) = self.engine.analysis(&ns, &name, None).await else {
+                continue;
+            };
+            // Newest first: the newest version with runs to judge, and the one before it.
+            let mut judged = a
+                .versions
+                .iter()
+                .filter(|v| v.tasks.iter().any(|t| t.confident));
+            let (Some(newer), Some(older)) = (judged.next(), judged.next()) else {
+                continue;
+            };
+            for d in crate::engine::drifted(newer, older, factor) {
+                found.push((
+                    format!("{ns}/{name}@{}#{}", newer.version, d.task),
+                    ns.clone(),
+                    format!("{ns}/{name}: {}", d.message),
+                    json!({"namespace": ns, "workflow": name, "version": newer.version,
+                           "previous_version": older.version, "task": d.task,
+                           "evidence": d.evidence, "factor": factor}),
+                ));
+            }
+        }
+        let due = std::time::Instant::now() + DRIFT_EVERY.max(started.elapsed() * 50);
+        cache.insert(r.name.clone(), (due, found.clone()));
+        found
+    }
+
     async fn fire(
         &self,
         r: &Rule,

@@ -341,6 +341,58 @@ fn a_task_running_past_its_learned_p99_raises_an_alert() {
     assert!(out.stdout.contains("an anomaly"), "{}", out.stdout);
 }
 
+/// A new version whose task got three times slower fires the `version_drift` alert rule,
+/// naming the version and the task.
+#[test]
+fn a_version_that_made_a_task_slower_raises_an_alert() {
+    let service = TestServer::start_with(|r| {
+        let ms = if r.path() == "/v2" { 90 } else { 30 };
+        std::thread::sleep(Duration::from_millis(ms));
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("drift");
+    let config = dir.write(
+        "kflow.yaml",
+        "alerts:\n  rules:\n    - {name: drifted, on: version_drift, factor: 2}\n",
+    );
+    let config = config.to_string_lossy().into_owned();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let base = server.base();
+    for (version, path) in [("1.0.0", "v1"), ("2.0.0", "v2")] {
+        let doc = format!(
+            "document: {{dsl: '1.0.0', namespace: learn, name: drifty, version: '{version}'}}\n\
+             do:\n  - call:\n      call: http\n      with: {{method: get, endpoint: '{}/{path}'}}\n",
+            service.base()
+        );
+        support::register(&base, &doc);
+        for _ in 0..20 {
+            let (code, v) = post_json(
+                &base,
+                "/api/v1/instances",
+                &json!({"namespace": "learn", "name": "drifty", "wait": true}),
+            )
+            .expect("run");
+            assert!(code < 300 && v["status"] == "completed", "{v}");
+            assert_eq!(v["version"], version, "{v}");
+        }
+    }
+    let alert = support::poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let (_, a) = get_json(&base, "/api/v1/alerts").ok()?;
+        a["items"]
+            .as_array()?
+            .iter()
+            .find(|x| x["rule"] == "drifted")
+            .cloned()
+    })
+    .expect("the drift alert fired");
+    let text = alert.to_string();
+    assert!(
+        text.contains("learn/drifty: /do/0/call got slower with version 2.0.0"),
+        "{alert}"
+    );
+    assert!(text.contains("\"previous_version\":\"1.0.0\""), "{alert}");
+}
+
 /// Adaptive concurrency toward a host: a local service that answers in 20 ms up to 4 calls at
 /// once and slows down beyond (latency grows with the square of the excess). 120 calls started
 /// together: the limit toward the host settles near 4, and the service is not hammered.

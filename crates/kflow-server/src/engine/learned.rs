@@ -247,36 +247,8 @@ impl Engine {
         // version that changed it (both with enough runs).
         for i in 0..versions.len().saturating_sub(1) {
             let (newer, older) = versions.split_at_mut(i + 1);
-            let (newer, older) = (&mut newer[i], &older[0]);
-            let mut found = Vec::new();
-            for t in newer.tasks.iter().filter(|t| t.confident) {
-                if let Some(o) = older.tasks.iter().find(|o| o.task == t.task && o.confident)
-                    && o.run_ms.p95 > 0.0
-                    && t.run_ms.p95 > 1.5 * o.run_ms.p95
-                {
-                    found.push(kflow_api::definitions::Recommendation {
-                        kind: "drift".into(),
-                        task: t.task.clone(),
-                        line: None,
-                        message: format!(
-                            "{} got slower with version {}: its p95 run time rose by {:.0}%",
-                            t.task,
-                            newer.version,
-                            (t.run_ms.p95 / o.run_ms.p95 - 1.0) * 100.0
-                        ),
-                        evidence: format!(
-                            "p95 {:.1} ms in {} ({} runs), {:.1} ms in {} ({} runs)",
-                            t.run_ms.p95,
-                            newer.version,
-                            t.runs,
-                            o.run_ms.p95,
-                            older.version,
-                            o.runs
-                        ),
-                    });
-                }
-            }
-            newer.recommendations.extend(found);
+            let found = drifted(&newer[i], &older[0], 1.5);
+            newer[i].recommendations.extend(found);
         }
         Ok(Analysis {
             namespace: ns.to_string(),
@@ -299,4 +271,37 @@ fn task_order(pointer: &str) -> Vec<(u64, String)> {
             Err(_) => (u64::MAX, p.to_string()),
         })
         .collect()
+}
+
+/// The tasks of `newer` whose p95 run time is more than `factor` × what it was in `older`, both
+/// with enough runs to judge, as `drift` recommendations naming the version that changed it.
+pub(crate) fn drifted(
+    newer: &VersionAnalysis,
+    older: &VersionAnalysis,
+    factor: f64,
+) -> Vec<kflow_api::definitions::Recommendation> {
+    let mut found = Vec::new();
+    for t in newer.tasks.iter().filter(|t| t.confident) {
+        if let Some(o) = older.tasks.iter().find(|o| o.task == t.task && o.confident)
+            && o.run_ms.p95 > 0.0
+            && t.run_ms.p95 > factor * o.run_ms.p95
+        {
+            found.push(kflow_api::definitions::Recommendation {
+                kind: "drift".into(),
+                task: t.task.clone(),
+                line: None,
+                message: format!(
+                    "{} got slower with version {}: its p95 run time rose by {:.0}%",
+                    t.task,
+                    newer.version,
+                    (t.run_ms.p95 / o.run_ms.p95 - 1.0) * 100.0
+                ),
+                evidence: format!(
+                    "p95 {:.1} ms in {} ({} runs), {:.1} ms in {} ({} runs)",
+                    t.run_ms.p95, newer.version, t.runs, o.run_ms.p95, older.version, o.runs
+                ),
+            });
+        }
+    }
+    found
 }

@@ -17,6 +17,7 @@ mod explain;
 mod instances;
 pub mod journal;
 mod learned;
+pub(crate) use learned::drifted;
 pub mod live;
 pub mod queue;
 mod timers;

@@ -60,10 +60,15 @@ impl Drop for Proc {
     }
 }
 
+/// The admin token bench servers start with; workers and the client use it.
+pub const TOKEN: &str = "kflow-bench-admin-token-0123456789abcdef";
+
 pub fn spawn(args: &[&str]) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_kflow"))
             .args(args)
+            .env("KFLOW_ADMIN_TOKEN", TOKEN)
+            .env("KFLOW_TOKEN", TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -88,10 +93,7 @@ pub async fn server(tag: &str, config: Option<&str>) -> (Proc, Client, std::path
         args.extend(["--config", &config_path]);
     }
     let proc = spawn(&args);
-    let c = Client {
-        http: reqwest::Client::new(),
-        base,
-    };
+    let c = Client::new(base);
     for _ in 0..200 {
         if c.http
             .get(format!("{}/healthz", c.base))
@@ -112,6 +114,20 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of `base` sending the bench token.
+    pub fn new(base: String) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("a header"),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client");
+        Client { http, base }
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Value {
         let r = self
             .http
@@ -141,7 +157,14 @@ impl Client {
             .send()
             .await
             .expect("register");
-        r.status().is_success()
+        let ok = r.status().is_success();
+        if !ok {
+            eprintln!(
+                "registration refused: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        ok
     }
 
     pub async fn running(&self) -> usize {
