@@ -192,6 +192,8 @@ fn bad_rules_are_refused_with_their_place() {
         "rules": [
             {"name": "a", "on": "queue_wait"},
             {"name": "a", "on": "instance_faulted", "seconds": 3, "webhooks": ["pager"]},
+            {"name": "d", "on": "version_drift", "factor": 0.5},
+            {"name": "q", "on": "queue_wait", "seconds": 1, "factor": 2},
         ],
     }))
     .unwrap();
@@ -202,6 +204,8 @@ fn bad_rules_are_refused_with_their_place() {
         "rule names must be unique",
         "`instance_faulted` takes no `seconds`",
         "no webhook named \"pager\"",
+        "alerts.rules[2] (\"d\"): `factor` applies to task_anomaly and version_drift only, and must be at least 1",
+        "alerts.rules[3] (\"q\"): `factor`",
     ] {
         assert!(e.contains(want), "missing {want:?} in {e}");
     }

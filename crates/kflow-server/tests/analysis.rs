@@ -232,7 +232,7 @@ do:
     );
     assert_eq!(
         r.evidence,
-        "/do/1/orders reads nothing of its input; median run 80.2 ms and 120.3 ms: about 80.2 ms \
+        "/do/1/orders reads nothing of its input; median run 79.7 ms and 118.8 ms: about 79.7 ms \
          less per run (30 and 30 runs)"
     );
     engine.shutdown(std::time::Duration::from_secs(1)).await;
