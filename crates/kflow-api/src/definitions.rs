@@ -189,12 +189,27 @@ pub struct VersionAnalysis {
     /// What could be better, with its evidence (only tasks with 20 runs or more are judged).
     #[serde(default)]
     pub recommendations: Vec<Recommendation>,
+    /// The tasks on the longest path through the workflow by median run times, in order.
+    #[serde(default)]
+    pub critical_path: Vec<String>,
+    /// That path's length (ms, by median run times).
+    #[serde(default)]
+    pub critical_path_ms: f64,
+    /// All learned tasks' median run times added up (ms): the critical path's share of it says
+    /// how much runs side by side.
+    #[serde(default)]
+    pub task_time_ms: f64,
+    /// Tasks that fail or are retried in 5% of runs or more, the most failures and retries
+    /// first.
+    #[serde(default)]
+    pub hot_spots: Vec<String>,
 }
 
 /// A recommendation of `kflow analyze`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Recommendation {
-    /// `useless-retries`, `loose-timeout`, `tight-timeout`, `queue-bound`.
+    /// `useless-retries`, `loose-timeout`, `tight-timeout`, `queue-bound`, `drift`,
+    /// `could-run-in-parallel`.
     pub kind: String,
     pub task: String,
     /// The line of the document it concerns (the task's, or the `try` whose retry it is).

@@ -156,6 +156,10 @@ async fn each_recommendation_names_its_evidence_and_line() {
         .map(|(a, b, c, d, e)| (a.as_str(), b.as_str(), *c, d.as_str(), e.as_str()))
         .collect();
     assert_eq!(got_ref, expect);
+    // Retried in 12 of 30 runs: the one hot spot.
+    assert_eq!(a.versions[1].hot_spots, vec!["/do/0/guarded/try/0/flaky"]);
+    // One after the other: the critical path is every task.
+    assert_eq!(a.versions[1].critical_path.len(), 4, "{:?}", a.versions[1]);
     let few = a.versions[1]
         .tasks
         .iter()

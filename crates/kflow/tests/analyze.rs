@@ -83,6 +83,16 @@ fn run_times_are_learned_kept_across_a_restart_and_shown() {
         let quick = tasks[1]["run_ms"]["p50"].as_f64().unwrap_or(f64::MAX);
         assert!(quick < p50, "the quick call is quicker: {a}");
         assert!(tasks[0]["wait_ms"]["p99"].as_f64().is_some(), "{a}");
+        // One after the other: both on the critical path, which is all the task time.
+        let v = &a["versions"][0];
+        assert_eq!(
+            v["critical_path"],
+            json!(["/do/0/slow", "/do/1/quick"]),
+            "{a}"
+        );
+        let (cp, total) = (v["critical_path_ms"].as_f64(), v["task_time_ms"].as_f64());
+        assert!(cp.is_some() && cp == total, "{a}");
+        assert_eq!(v["hot_spots"], json!([]), "{a}");
     };
     let (code, a) = get_json(&base, "/api/v1/definitions/learn/two/analysis").expect("analysis");
     assert_eq!(code, 200, "{a}");
@@ -101,7 +111,11 @@ fn run_times_are_learned_kept_across_a_restart_and_shown() {
         .run();
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert!(
-        out.stdout.contains("learn/two@1.0.0") && out.stdout.contains("/do/0/slow"),
+        out.stdout.contains("learn/two@1.0.0")
+            && out.stdout.contains("/do/0/slow")
+            && out.stdout.contains("critical path (p50)")
+            && out.stdout.contains("100% of")
+            && out.stdout.contains("/do/0/slow -> /do/1/quick"),
         "{}",
         out.stdout
     );
@@ -117,7 +131,9 @@ fn run_times_are_learned_kept_across_a_restart_and_shown() {
     let html = page.text();
     assert_eq!(page.status, 200, "{html}");
     assert!(
-        html.contains("/do/0/slow") && html.contains("Run ms p50"),
+        html.contains("/do/0/slow")
+            && html.contains("Run ms p50")
+            && html.contains("Critical path (p50)"),
         "{html}"
     );
     // A workflow that is not registered: said so, with a suggestion.

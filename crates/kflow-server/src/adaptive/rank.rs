@@ -111,6 +111,58 @@ pub fn of_graph(
         .collect()
 }
 
+/// The critical path of a workflow's graph by expected run times (ms, by JSON pointer): from
+/// the task of highest rank, each time on to the successor of highest rank. Returns the tasks
+/// on it that have an expected time (composite tasks are passed through), and its length.
+pub fn critical_path(
+    graph: &kflow_dsl::graph::Graph,
+    expected_ms: &std::collections::HashMap<String, f64>,
+) -> (Vec<String>, f64) {
+    use std::collections::{HashMap, HashSet};
+    let rank = of_graph(graph, expected_ms);
+    let mut succ: HashMap<&str, Vec<&str>> = HashMap::new();
+    for e in &graph.edges {
+        succ.entry(e.from.as_str()).or_default().push(e.to.as_str());
+    }
+    let r = |id: &str| rank.get(id).copied().unwrap_or(0.0);
+    // The first node of highest rank (document order breaks ties).
+    let Some(start) =
+        graph
+            .nodes
+            .iter()
+            .map(|n| n.id.as_str())
+            .fold(None, |best: Option<&str>, id| match best {
+                Some(b) if r(b) >= r(id) => Some(b),
+                _ => Some(id),
+            })
+    else {
+        return (Vec::new(), 0.0);
+    };
+    let length = r(start);
+    let mut path = Vec::new();
+    let mut seen = HashSet::new();
+    let mut at = start;
+    while seen.insert(at) {
+        if expected_ms.get(at).is_some_and(|d| *d > 0.0) {
+            path.push(at.to_string());
+        }
+        let next = succ.get(at).and_then(|s| {
+            s.iter()
+                .copied()
+                .filter(|n| !seen.contains(n))
+                .fold(None, |best: Option<&str>, id| match best {
+                    Some(b) if r(b) >= r(id) => Some(b),
+                    _ => Some(id),
+                })
+        });
+        match next {
+            Some(n) => at = n,
+            None => break,
+        }
+    }
+    (path, length)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +220,8 @@ do:
         assert_eq!(r[&b], 105.0);
         assert_eq!(r[&a], 205.0, "{r:?}");
         assert_eq!(r[&c], 15.0, "{r:?}");
+        let (path, length) = critical_path(&g, &expected);
+        assert_eq!(path, vec![a, b, d]);
+        assert_eq!(length, 205.0);
     }
 }

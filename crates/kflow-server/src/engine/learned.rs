@@ -224,17 +224,37 @@ impl Engine {
                     version: r.version,
                     tasks: vec![task],
                     recommendations: Vec::new(),
+                    critical_path: Vec::new(),
+                    critical_path_ms: 0.0,
+                    task_time_ms: 0.0,
+                    hot_spots: Vec::new(),
                 }),
             }
         }
         versions.sort_by(|a, b| kflow_store::semver::compare(&b.version, &a.version));
         for v in &mut versions {
             v.tasks.sort_by_key(|t| task_order(&t.task));
+            let mut hot: Vec<&TaskAnalysis> = v
+                .tasks
+                .iter()
+                .filter(|t| t.failure_rate + t.retry_rate >= 0.05)
+                .collect();
+            hot.sort_by_key(|t| std::cmp::Reverse(t.failed + t.retries));
+            v.hot_spots = hot.iter().map(|t| t.task.clone()).collect();
+            let d50: std::collections::HashMap<String, f64> = v
+                .tasks
+                .iter()
+                .map(|t| (t.task.clone(), t.run_ms.p50))
+                .collect();
+            v.task_time_ms = d50.values().sum();
             // The document of that version: its tasks' settings and lines.
             if let (Ok(def), Ok(wf)) = (
                 self.definition(ns, name, Some(&v.version)).await,
                 self.compiled(ns, name, &v.version),
             ) {
+                let graph = kflow_dsl::graph::graph(&wf, None);
+                (v.critical_path, v.critical_path_ms) =
+                    crate::adaptive::rank::critical_path(&graph, &d50);
                 v.recommendations = crate::adaptive::advice::advise(
                     &wf,
                     &def.source,

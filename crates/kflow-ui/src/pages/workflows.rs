@@ -265,7 +265,7 @@ pub async fn analysis(api: &Api, ns: &str, name: &str) -> Result<(String, Markup
                     tbody {
                         @for t in &v.tasks {
                             tr {
-                                td.mono { (t.task) }
+                                td.mono { (t.task) @if v.critical_path.contains(&t.task) { " " span.badge { "critical path" } } }
                                 td { (t.runs) @if !t.confident { " " span.badge { "few" } } }
                                 td { (ms(t.run_ms.p50)) " / " (ms(t.run_ms.p95)) " / " (ms(t.run_ms.p99)) }
                                 td { (ms(t.wait_ms.p50)) " / " (ms(t.wait_ms.p95)) " / " (ms(t.wait_ms.p99)) }
@@ -275,6 +275,20 @@ pub async fn analysis(api: &Api, ns: &str, name: &str) -> Result<(String, Markup
                         }
                     }
                 } }
+                @if !v.critical_path.is_empty() && v.task_time_ms > 0.0 {
+                    p { "Critical path (p50): " strong { (ms(v.critical_path_ms)) " ms" } ", "
+                        (format!("{:.0}%", v.critical_path_ms / v.task_time_ms * 100.0))
+                        " of " (ms(v.task_time_ms)) " ms of task time: "
+                        span.mono { (v.critical_path.join(" → ")) } }
+                }
+                @if !v.hot_spots.is_empty() {
+                    p { "Hot spots (failures and retries): "
+                        @for (i, h) in v.hot_spots.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            span.mono { (h) }
+                        }
+                    }
+                }
                 @if !v.recommendations.is_empty() {
                     h2 { "Recommendations" }
                     ul.recommendations {

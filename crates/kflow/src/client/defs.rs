@@ -238,6 +238,31 @@ fn render_analysis(a: &Analysis) -> String {
             ],
             &rows,
         ));
+        if !v.critical_path.is_empty() && v.task_time_ms > 0.0 {
+            s.push_str(&format!(
+                "  critical path (p50): {:.1} ms, {:.0}% of {:.1} ms of task time: {}\n",
+                v.critical_path_ms,
+                v.critical_path_ms / v.task_time_ms * 100.0,
+                v.task_time_ms,
+                v.critical_path.join(" -> ")
+            ));
+        }
+        let hot: Vec<String> = v
+            .hot_spots
+            .iter()
+            .filter_map(|h| v.tasks.iter().find(|t| &t.task == h))
+            .map(|t| {
+                format!(
+                    "{} ({:.0}% failed, {:.0}% retried)",
+                    t.task,
+                    t.failure_rate * 100.0,
+                    t.retry_rate * 100.0
+                )
+            })
+            .collect();
+        if !hot.is_empty() {
+            s.push_str(&format!("  hot spots: {}\n", hot.join(", ")));
+        }
         for r in &v.recommendations {
             let at = r.line.map(|l| format!("line {l}: ")).unwrap_or_default();
             s.push_str(&format!("  ! {at}{} ({})\n", r.message, r.evidence));
