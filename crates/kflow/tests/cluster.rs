@@ -67,7 +67,12 @@ fn start_instances(base: &str, from: u64, n: u64) -> Vec<String> {
 
 /// `n` nodes on `db`, each in a folder of `dir`, with the test's lease and one master key.
 fn nodes_on(db: &TestDb, dir: &TempDir, n: usize) -> Cluster {
-    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n"));
+    nodes_with(db, dir, n, "")
+}
+
+/// [`nodes_on`] with more `config` (YAML lines).
+fn nodes_with(db: &TestDb, dir: &TempDir, n: usize, config: &str) -> Cluster {
+    let config = dir.write("kflow.yaml", format!("db_lease_ms: {LEASE_MS}\n{config}"));
     let config = config.to_string_lossy().into_owned();
     let key = support::base64(&[4u8; 32]);
     let env = [("KFLOW_MASTER_KEY", key.as_str()), ("RUST_LOG", "info")];
@@ -856,5 +861,83 @@ fn a_concurrency_limit_holds_across_nodes() {
     assert_eq!(
         most, 2,
         "the limit is 2 across both nodes, and both slots were used"
+    );
+}
+
+/// Adaptive concurrency on two nodes toward one struggling host (it answers in 20 ms up to 4
+/// calls at once, slower with the square of the excess): each node keeps its own limit, and
+/// both back off from the latency they see, as TCP flows share a link. The host is not
+/// hammered: after warm-up it never sees much more than it serves well, although 160 calls
+/// are started at once.
+#[test]
+fn adaptive_limits_on_two_nodes_keep_a_struggling_host_near_what_it_serves_well() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    static SERVED: AtomicUsize = AtomicUsize::new(0);
+    static MOST_LATE: AtomicUsize = AtomicUsize::new(0);
+    let Some(db) = TestDb::create("adaptive_limits_on_two_nodes") else {
+        return;
+    };
+    let service = TestServer::start_with(|r| {
+        if r.path() != "/busy" {
+            return None;
+        }
+        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+        if SERVED.load(Ordering::SeqCst) >= 60 {
+            MOST_LATE.fetch_max(now, Ordering::SeqCst);
+        }
+        let over = (now as f64 / 4.0).max(1.0);
+        std::thread::sleep(Duration::from_millis((20.0 * over * over) as u64));
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        SERVED.fetch_add(1, Ordering::SeqCst);
+        Some((200, json!({"ok": true})))
+    });
+    let dir = TempDir::new("cluster-adaptive");
+    let cluster = nodes_with(
+        &db,
+        &dir,
+        2,
+        "adaptive_concurrency: {hosts: ['*'], initial: 2}\n",
+    );
+    let doc = format!(
+        "document: {{dsl: '1.0.0', namespace: cluster, name: busy, version: '1.0.0'}}\n\
+         do:\n  - s:\n      call: http\n      with: {{method: get, endpoint: '{}/busy'}}\n",
+        service.base()
+    );
+    support::register(&cluster.nodes[0].base(), &doc);
+    let ids: Vec<String> = (0..160)
+        .map(|i| {
+            let id = format!("a-{i}");
+            let body = json!({"namespace": "cluster", "name": "busy", "id": id, "input": {}});
+            let (code, v) =
+                post_json(&cluster.nodes[i % 2].base(), "/api/v1/instances", &body).expect("start");
+            assert!(code == 201 || code == 200, "{v}");
+            id
+        })
+        .collect();
+    for id in &ids {
+        let done = support::poll_until(Duration::from_secs(90), Duration::from_millis(50), || {
+            let (_, v) =
+                get_json(&cluster.nodes[0].base(), &format!("/api/v1/instances/{id}")).ok()?;
+            (v["status"] == "completed").then_some(())
+        });
+        assert!(done.is_some(), "{id} completed\n{}", cluster.logs());
+    }
+    let limits: Vec<f64> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let (_, q) = get_json(&n.base(), "/api/v1/queues").ok()?;
+            q["hosts"][0]["limit"].as_f64()
+        })
+        .collect();
+    let most = MOST_LATE.load(Ordering::SeqCst);
+    eprintln!(
+        "two nodes, adaptive limits {limits:?}; after the first 60 calls at most {most} at once"
+    );
+    assert_eq!(limits.len(), 2, "both nodes called the host: {limits:?}");
+    assert!(
+        most <= 10,
+        "not hammered: {most} calls at once (160 started)"
     );
 }
