@@ -414,21 +414,7 @@ fn a_version_that_made_a_task_slower_raises_an_alert() {
 /// together: the limit toward the host settles near 4, and the service is not hammered.
 #[test]
 fn the_concurrency_toward_a_struggling_host_settles_near_what_it_serves_well() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-    static SERVED: AtomicUsize = AtomicUsize::new(0);
-    static MOST_LATE: AtomicUsize = AtomicUsize::new(0);
-    let service = TestServer::start_with(|_| {
-        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
-        if SERVED.load(Ordering::SeqCst) >= 40 {
-            MOST_LATE.fetch_max(now, Ordering::SeqCst);
-        }
-        let over = (now as f64 / 4.0).max(1.0);
-        std::thread::sleep(Duration::from_millis((20.0 * over * over) as u64));
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-        SERVED.fetch_add(1, Ordering::SeqCst);
-        Some((200, json!({"ok": true})))
-    });
+    let (service, seen) = support::struggling_service(None, 4, 40);
     let (_dir, server) = server_with_one_call(
         "aimd",
         "adaptive_concurrency: {hosts: ['*'], initial: 2}\n",
@@ -458,7 +444,7 @@ fn the_concurrency_toward_a_struggling_host_settles_near_what_it_serves_well() {
     let (_, q) = get_json(&base, "/api/v1/queues").expect("queues");
     let host = &q["hosts"][0];
     let limit = host["limit"].as_f64().expect("an adaptive limit");
-    let most = MOST_LATE.load(Ordering::SeqCst);
+    let most = seen.most_late.load(std::sync::atomic::Ordering::SeqCst);
     eprintln!(
         "adaptive limit toward the host: {limit:.2}; at most {most} calls at once after the first 40"
     );

@@ -871,27 +871,10 @@ fn a_concurrency_limit_holds_across_nodes() {
 /// are started at once.
 #[test]
 fn adaptive_limits_on_two_nodes_keep_a_struggling_host_near_what_it_serves_well() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-    static SERVED: AtomicUsize = AtomicUsize::new(0);
-    static MOST_LATE: AtomicUsize = AtomicUsize::new(0);
     let Some(db) = TestDb::create("adaptive_limits_on_two_nodes") else {
         return;
     };
-    let service = TestServer::start_with(|r| {
-        if r.path() != "/busy" {
-            return None;
-        }
-        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
-        if SERVED.load(Ordering::SeqCst) >= 60 {
-            MOST_LATE.fetch_max(now, Ordering::SeqCst);
-        }
-        let over = (now as f64 / 4.0).max(1.0);
-        std::thread::sleep(Duration::from_millis((20.0 * over * over) as u64));
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-        SERVED.fetch_add(1, Ordering::SeqCst);
-        Some((200, json!({"ok": true})))
-    });
+    let (service, seen) = support::struggling_service(Some("/busy"), 4, 60);
     let dir = TempDir::new("cluster-adaptive");
     let cluster = nodes_with(
         &db,
@@ -931,7 +914,7 @@ fn adaptive_limits_on_two_nodes_keep_a_struggling_host_near_what_it_serves_well(
             q["hosts"][0]["limit"].as_f64()
         })
         .collect();
-    let most = MOST_LATE.load(Ordering::SeqCst);
+    let most = seen.most_late.load(std::sync::atomic::Ordering::SeqCst);
     eprintln!(
         "two nodes, adaptive limits {limits:?}; after the first 60 calls at most {most} at once"
     );

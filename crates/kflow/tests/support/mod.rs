@@ -1456,3 +1456,38 @@ impl Drop for TcpProxy {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// What a [`struggling_service`] saw.
+#[derive(Default)]
+pub struct Struggling {
+    in_flight: AtomicUsize,
+    served: AtomicUsize,
+    /// The most calls at once after the first `warm_up` were served.
+    pub most_late: AtomicUsize,
+}
+
+/// A service that answers in 20 ms up to `well` calls at once and slows down beyond, with the
+/// square of the excess (as one short of memory or locks does); only at `path` when given.
+pub fn struggling_service(
+    path: Option<&'static str>,
+    well: usize,
+    warm_up: usize,
+) -> (TestServer, Arc<Struggling>) {
+    let seen = Arc::new(Struggling::default());
+    let s = seen.clone();
+    let server = TestServer::start_with(move |r| {
+        if path.is_some_and(|p| r.path() != p) {
+            return None;
+        }
+        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        if s.served.load(Ordering::SeqCst) >= warm_up {
+            s.most_late.fetch_max(now, Ordering::SeqCst);
+        }
+        let over = (now as f64 / well as f64).max(1.0);
+        std::thread::sleep(Duration::from_millis((20.0 * over * over) as u64));
+        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+        s.served.fetch_add(1, Ordering::SeqCst);
+        Some((200, json!({"ok": true})))
+    });
+    (server, seen)
+}
