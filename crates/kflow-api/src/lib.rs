@@ -10,4 +10,5 @@ pub mod definitions;
 pub mod instances;
 pub mod schedules;
 pub mod security;
+pub mod services;
 pub mod workers;

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub critical_path_queues: std::collections::HashSet<String>,
     /// Per target host, a concurrency limit that adapts to its latency and errors.
     pub adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
+    /// Named services `service://NAME/...` calls go to (checked at load).
+    pub services: std::collections::BTreeMap<String, kflow_tasks::services::ServiceSpec>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             advertise: None,
             critical_path_queues: Default::default(),
             adaptive_concurrency: None,
+            services: Default::default(),
             retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
@@ -254,6 +257,7 @@ struct FileConfig {
     advertise: Option<String>,
     dispatch: Option<std::collections::BTreeMap<String, String>>,
     adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
+    services: Option<std::collections::BTreeMap<String, kflow_tasks::services::ServiceSpec>>,
     retention: Option<crate::retention::RetentionConfig>,
 }
 
@@ -316,6 +320,11 @@ impl ServerConfig {
                 ));
             }
             c.adaptive_concurrency = Some(a);
+        }
+        if let Some(services) = file.services {
+            kflow_tasks::services::Registry::new(services.clone())
+                .map_err(|e| format!("{name}: {e}"))?;
+            c.services = services;
         }
         for (queue, mode) in file.dispatch.unwrap_or_default() {
             match mode.as_str() {

@@ -150,6 +150,10 @@ async fn run(
             egress: cfg.egress.clone(),
             sandbox,
             process_timeout: cfg.sandbox.timeout_seconds.map(Duration::from_secs),
+            services: std::sync::Arc::new(
+                kflow_tasks::services::Registry::new(cfg.services.clone())
+                    .map_err(|e| format!("services: {e}"))?,
+            ),
             ..kflow_tasks::ExecConfig::default()
         },
         cluster: cluster.is_some(),

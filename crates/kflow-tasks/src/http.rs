@@ -114,8 +114,10 @@ pub(crate) fn parse_url(uri: &str) -> Result<Url, WfError> {
         .map_err(|e| WfError::configuration(format!("'{uri}' is not an absolute URI: {e}")))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
+        "service" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
         other => Err(WfError::configuration(format!(
-            "'{uri}': the scheme '{other}' is not supported (use http or https)"
+            "'{uri}': the scheme '{other}' is not supported (use http, https, or \
+             service://NAME/path for a service of the server's config)"
         ))),
     }
 }
@@ -401,11 +403,66 @@ async fn send_once(
     headers: &HeaderMap,
     follow: bool,
 ) -> Result<Received, WfError> {
+    if out.url.scheme() == "service" {
+        return send_to_service(inner, ctx, out, headers, follow).await;
+    }
+    send_direct(inner, ctx, out, headers, follow)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// A `service://NAME/path` request: to one of the service's endpoints, through its circuit,
+/// bulkhead and retry budget; a failed connection goes on to another endpoint at once (no
+/// retry of the task spent). A 5xx or a transport error counts as a failure of the service.
+async fn send_to_service(
+    inner: &Inner,
+    ctx: &EffectCtx,
+    out: &Outgoing,
+    headers: &HeaderMap,
+    follow: bool,
+) -> Result<Received, WfError> {
+    let name = out.url.host_str().unwrap_or_default();
+    let mut call = inner
+        .cfg
+        .services
+        .begin(name, &ctx.instance_id, &ctx.task, inner.cfg.http_timeout)
+        .await?;
+    loop {
+        let attempt = Outgoing {
+            url: call.next_url(&out.url)?,
+            ..out.clone()
+        };
+        match send_direct(inner, ctx, &attempt, headers, follow).await {
+            Ok(r) => {
+                call.finish(r.status >= 500);
+                return Ok(r);
+            }
+            Err((_, true)) => call.connect_failed(),
+            Err((e, false)) => {
+                call.finish(true);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// One exchange with `out.url`; the error says whether the connection itself failed (nothing
+/// was sent).
+async fn send_direct(
+    inner: &Inner,
+    ctx: &EffectCtx,
+    out: &Outgoing,
+    headers: &HeaderMap,
+    follow: bool,
+) -> Result<Received, (WfError, bool)> {
     let clients = inner.clients(&ctx.namespace);
     clients.policy.check_url(&out.url).map_err(|m| {
-        crate::egress::denied(format!("{} {}: {m}", out.method, redact_url(&out.url)))
+        (
+            crate::egress::denied(format!("{} {}: {m}", out.method, redact_url(&out.url))),
+            false,
+        )
     })?;
-    let client = clients.client(follow)?;
+    let client = clients.client(follow).map_err(|e| (e, false))?;
     let mut rb = client
         .request(out.method.clone(), out.url.clone())
         .headers(headers.clone());
@@ -416,7 +473,7 @@ async fn send_once(
     let mut resp = rb
         .send()
         .await
-        .map_err(|e| transport_error(out, &e, timeout))?;
+        .map_err(|e| (transport_error(out, &e, timeout), e.is_connect()))?;
     let status = resp.status();
     let max = inner.cfg.max_response_bytes;
     let too_big = || {
@@ -430,28 +487,31 @@ async fn send_once(
         )
     };
     if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(too_big());
+        return Err((too_big(), false));
     }
     let mut body = Vec::new();
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > max {
-                    return Err(too_big());
+                    return Err((too_big(), false));
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) if e.is_timeout() => return Err(transport_error(out, &e, timeout)),
+            Err(e) if e.is_timeout() => return Err((transport_error(out, &e, timeout), false)),
             Err(e) => {
-                return Err(WfError::communication(
-                    502,
-                    format!(
-                        "{} {}: reading the response body failed: {}",
-                        out.method,
-                        redact_url(&out.url),
-                        error_chain(&e)
+                return Err((
+                    WfError::communication(
+                        502,
+                        format!(
+                            "{} {}: reading the response body failed: {}",
+                            out.method,
+                            redact_url(&out.url),
+                            error_chain(&e)
+                        ),
                     ),
+                    false,
                 ));
             }
         }

@@ -18,6 +18,7 @@ pub mod emit;
 mod http;
 mod openapi;
 mod process;
+pub mod services;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct ExecConfig {
     /// How shell and script tasks are confined (`None`: only the clean environment, private
     /// directory and process group of every process).
     pub sandbox: Option<SandboxConfig>,
+    /// The named services `service://NAME/...` calls go to (shared by every clone).
+    pub services: Arc<services::Registry>,
 }
 
 /// The user a task runs as.
@@ -164,6 +167,7 @@ impl Default for ExecConfig {
             process_timeout: None,
             egress: egress::EgressConfig::default(),
             sandbox: None,
+            services: Arc::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod instances;
 pub mod routes;
 pub mod schedules;
 pub mod security;
+pub mod services;
 pub mod types;
 pub mod watch;
 pub mod workers;

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use super::error::{self, ErrorBody};
 use super::{
     ApiConfig, AppState, alerts, definitions, documents, events, instances, schedules, security,
-    watch, workers,
+    services, watch, workers,
 };
 use crate::engine::Engine;
 
@@ -162,6 +162,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(alerts::list_nodes))
+        .routes(routes!(services::list_services))
+        .routes(routes!(
+            services::register_endpoint,
+            services::remove_endpoint
+        ))
         .routes(routes!(security::whoami))
         .routes(routes!(security::create_token, security::list_tokens))
         .routes(routes!(security::revoke_token))

@@ -256,6 +256,22 @@ pub const RULES: &[Rule] = &[
         true,
     ),
     r("GET", "/api/v1/queues", Read, "queues.list", false),
+    r("GET", "/api/v1/services", Read, "services.list", false),
+    // An endpoint's heartbeat: a machine's, not recorded each time.
+    r(
+        "PUT",
+        "/api/v1/services/{name}/endpoints",
+        Work,
+        "services.register",
+        false,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/services/{name}/endpoints",
+        Work,
+        "services.deregister",
+        true,
+    ),
     // access control
     r("POST", "/api/v1/tokens", Admin, "tokens.create", true),
     r("GET", "/api/v1/tokens", Admin, "tokens.list", false),

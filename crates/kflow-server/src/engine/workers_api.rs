@@ -268,6 +268,11 @@ impl Engine {
         self.shared.queue.lock().host_limits()
     }
 
+    /// The named services calls go to (`service://NAME/...`).
+    pub fn services(&self) -> std::sync::Arc<kflow_tasks::services::Registry> {
+        self.shared.config.executor.services.clone()
+    }
+
     pub fn queues(&self) -> Vec<QueueView> {
         let q = self.shared.queue.lock();
         let now = self.shared.now();

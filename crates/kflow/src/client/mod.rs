@@ -157,6 +157,14 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List the named services (`services:` in the server's config): each endpoint's health,
+    /// latency and load, the circuit, the bulkhead, and what the calls met.
+    Services {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// List the queues: depth, oldest waiting task, workers.
     Queues {
         #[command(flatten)]
@@ -427,6 +435,9 @@ async fn dispatch(cmd: ClientCommand) -> Result<ExitCode, Failure> {
         }
         ClientCommand::Nodes { out, server } => {
             ops::nodes(&http::Api::new(&server)?, out.output).await
+        }
+        ClientCommand::Services { out, server } => {
+            ops::services(&http::Api::new(&server)?, out.output).await
         }
         ClientCommand::Queues { out, server } => {
             ops::queues(&http::Api::new(&server)?, out.output).await

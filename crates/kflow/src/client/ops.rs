@@ -127,6 +127,97 @@ pub async fn queues(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kflow services`: per service its circuit, bulkhead and counts, then its endpoints.
+pub async fn services(api: &Api, out: Format) -> Result<ExitCode, Failure> {
+    let v = api.get(&["services"], &[]).await?;
+    if out.is_data() {
+        super::print_data(out, &v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: kflow_api::services::ServiceList = typed(&v, "services")?;
+    if list.items.is_empty() {
+        println!("no services (add them under services: in the server's config)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .items
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                match s.open_for_s {
+                    Some(t) => format!("{} ({t:.1} s)", s.circuit),
+                    None => s.circuit.clone(),
+                },
+                s.balance.clone(),
+                match s.bulkhead {
+                    Some(b) => format!("{}/{b}", s.in_flight),
+                    None => s.in_flight.to_string(),
+                },
+                format!("{:.0}%", s.error_rate * 100.0),
+                format!("{}/{}", s.failures, s.calls),
+                s.failovers.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    s.rejected_open, s.rejected_budget, s.rejected_bulkhead
+                ),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::render::table(
+            &[
+                "SERVICE",
+                "CIRCUIT",
+                "BALANCE",
+                "IN FLIGHT",
+                "ERROR RATE",
+                "FAILED/CALLS",
+                "FAILOVERS",
+                "REFUSED OPEN/BUDGET/BULKHEAD"
+            ],
+            &rows
+        )
+    );
+    let rows: Vec<Vec<String>> = list
+        .items
+        .iter()
+        .flat_map(|s| {
+            s.endpoints.iter().map(|e| {
+                vec![
+                    s.name.clone(),
+                    e.url.clone(),
+                    if e.healthy { "up" } else { "down" }.to_string(),
+                    format!("{:.1} ms", e.latency_ms),
+                    e.outstanding.to_string(),
+                    format!("{}/{}", e.failures, e.calls),
+                    match e.expires_in_s {
+                        Some(t) => format!("{} ({t:.0} s left)", e.source),
+                        None => e.source.clone(),
+                    },
+                ]
+            })
+        })
+        .collect();
+    print!(
+        "\n{}",
+        super::render::table(
+            &[
+                "SERVICE",
+                "ENDPOINT",
+                "HEALTH",
+                "LATENCY",
+                "OUTSTANDING",
+                "FAILED/CALLS",
+                "SOURCE"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kflow alerts`: the alerts fired, newest first.
 pub async fn alerts(api: &Api, out: Format) -> Result<ExitCode, Failure> {
     let v = api.get(&["alerts"], &[]).await?;

@@ -1,0 +1,1180 @@
+//! Named services (`services:` in the server's config): a call to `service://NAME/path` goes to
+//! one of the service's healthy endpoints, chosen by the service's balancing rule, through its
+//! circuit breaker, bulkhead and retry budget.
+//!
+//! - **Endpoints** come from the config (`endpoints:` base URLs), from DNS (`dns:`, every A/AAAA
+//!   address of a name, looked up again every health interval), or are registered at run time
+//!   with a time to live that heartbeats renew ([`Registry::register`]).
+//! - **Health**: an endpoint whose connection fails is out of rotation at once, and the call
+//!   goes on to another endpoint without spending one of the task's retries. It comes back when
+//!   its health check (an HTTP path answering 2xx/3xx, or a TCP connect) passes; without a
+//!   health check, after a cool-down, on probation.
+//! - **Balancing**: round robin, least outstanding requests, or peak EWMA (the latency, its
+//!   peaks taken at once and forgotten over 10 s, times the requests in flight).
+//! - **Circuit breaker**: once `min_calls` calls in the window have run and `failure_rate` of
+//!   them failed (a transport error or a 5xx), calls fail fast for `open_seconds` with a
+//!   `Circuit Open` communication error (status 503) a workflow can `catch`; then one probe
+//!   call is let through, whose success closes the circuit.
+//! - **Bulkhead**: at most `bulkhead` calls in flight to the service; the others wait (up to
+//!   the HTTP timeout) for a seat.
+//! - **Retry budget**: a call of a task that failed against the service in the last minute is
+//!   a retry; retries may be at most `ratio` of first calls (plus `min_per_second`), so retries
+//!   cannot multiply the load on a failing service. Past it, a retry fails fast.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use kflow_effects::WfError;
+use kflow_effects::errors;
+
+/// How endpoints are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+    PeakEwma,
+}
+
+/// One service of `services:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ServiceSpec {
+    /// Base URLs (`http://10.0.0.5:8080`, `https://billing.internal/api`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `http://NAME:PORT[/base]`: every address NAME resolves to is an endpoint.
+    pub dns: Option<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub circuit: CircuitSpec,
+    /// Calls in flight at most.
+    pub bulkhead: Option<usize>,
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct HealthSpec {
+    /// An HTTP path that answers 2xx or 3xx when the endpoint is well (else a TCP connect).
+    pub path: Option<String>,
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_interval() -> u64 {
+    1_000
+}
+
+fn default_health_timeout() -> u64 {
+    500
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+pub struct CircuitSpec {
+    pub failure_rate: f64,
+    pub min_calls: u32,
+    pub window_seconds: f64,
+    pub open_seconds: f64,
+}
+
+impl Default for CircuitSpec {
+    fn default() -> Self {
+        CircuitSpec {
+            failure_rate: 0.5,
+            min_calls: 10,
+            window_seconds: 10.0,
+            open_seconds: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+pub struct RetryBudgetSpec {
+    pub ratio: f64,
+    pub min_per_second: f64,
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        RetryBudgetSpec {
+            ratio: 0.2,
+            min_per_second: 5.0,
+        }
+    }
+}
+
+/// Without a health check, how long an endpoint whose connection failed stays out.
+const COOL_DOWN: Duration = Duration::from_secs(5);
+/// How long a task's failure against a service makes its next call there a retry.
+const RETRY_MEMORY: Duration = Duration::from_secs(60);
+/// Tasks remembered per service for the retry budget.
+const MAX_REMEMBERED: usize = 10_000;
+/// Peak EWMA forgets over this time constant.
+const EWMA_TAU_MS: f64 = 10_000.0;
+
+/// Where an endpoint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Dns,
+    Registered,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    base: Url,
+    source: Source,
+    healthy: bool,
+    /// When it went out of rotation (a failed connect or health check).
+    down_since: Option<Instant>,
+    /// Registered endpoints: gone after this unless renewed.
+    expires: Option<Instant>,
+    outstanding: usize,
+    ewma_ms: f64,
+    last: Instant,
+    calls: u64,
+    failures: u64,
+}
+
+impl Endpoint {
+    fn new(base: Url, source: Source) -> Endpoint {
+        Endpoint {
+            base,
+            source,
+            healthy: true,
+            down_since: None,
+            expires: None,
+            outstanding: 0,
+            ewma_ms: 0.0,
+            last: Instant::now(),
+            calls: 0,
+            failures: 0,
+        }
+    }
+
+    /// In rotation now: healthy, or (without a health check) past its cool-down.
+    fn usable(&self, checked: bool, now: Instant) -> bool {
+        self.healthy
+            || (!checked
+                && self
+                    .down_since
+                    .is_some_and(|d| now.duration_since(d) >= COOL_DOWN))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Circuit {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+#[derive(Debug)]
+struct State {
+    endpoints: Vec<Endpoint>,
+    rr: usize,
+    circuit: Circuit,
+    window_start: Instant,
+    window_calls: u32,
+    window_failures: u32,
+    /// Retry budget: tokens (a first call adds `ratio`, time adds `min_per_second`).
+    tokens: f64,
+    tokens_at: Instant,
+    failed_tasks: HashMap<(String, String), Instant>,
+    totals: Totals,
+}
+
+/// What a service has seen since the server started.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub calls: u64,
+    pub failures: u64,
+    /// Connections that failed and went on to another endpoint.
+    pub failovers: u64,
+    pub rejected_open: u64,
+    pub rejected_budget: u64,
+    pub rejected_bulkhead: u64,
+    pub circuit_opened: u64,
+}
+
+/// One service: its spec and its live state.
+pub struct Service {
+    name: String,
+    spec: ServiceSpec,
+    state: Mutex<State>,
+    bulkhead: Option<Arc<tokio::sync::Semaphore>>,
+    checker: AtomicBool,
+}
+
+/// The services of a server (empty: no `services:`).
+#[derive(Default)]
+pub struct Registry {
+    services: BTreeMap<String, Arc<Service>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.services.keys()).finish()
+    }
+}
+
+/// A service as `kflow services` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub balance: Balance,
+    /// `closed`, `open` or `half-open`.
+    pub circuit: &'static str,
+    /// Seconds until an open circuit lets a probe through.
+    pub open_for_s: Option<f64>,
+    pub bulkhead: Option<usize>,
+    pub in_flight: usize,
+    pub endpoints: Vec<EndpointView>,
+    pub totals: Totals,
+    /// Failures over calls in the current window.
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    pub url: String,
+    pub source: Source,
+    pub healthy: bool,
+    pub outstanding: usize,
+    pub latency_ms: f64,
+    pub calls: u64,
+    pub failures: u64,
+    pub expires_in_s: Option<f64>,
+}
+
+fn parse_base(s: &str) -> Result<Url, String> {
+    let u = Url::parse(s.trim()).map_err(|e| format!("{s:?} is not an absolute URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!("{s:?}: only http and https endpoints"));
+    }
+    if u.host_str().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(u)
+}
+
+impl Registry {
+    /// The registry of `specs`; every mistake named (`services.NAME.field: ...`).
+    pub fn new(specs: BTreeMap<String, ServiceSpec>) -> Result<Registry, String> {
+        let mut errors = Vec::new();
+        let mut services = BTreeMap::new();
+        for (name, spec) in specs {
+            let at = format!("services.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                errors.push(format!("{at}: a name is letters, digits, '-', '_' and '.'"));
+            }
+            let mut endpoints = Vec::new();
+            for e in &spec.endpoints {
+                match parse_base(e) {
+                    Ok(u) => endpoints.push(Endpoint::new(u, Source::Config)),
+                    Err(m) => errors.push(format!("{at}.endpoints: {m}")),
+                }
+            }
+            if let Some(d) = &spec.dns {
+                match parse_base(d) {
+                    Ok(u) if u.scheme() == "https" => errors.push(format!(
+                        "{at}.dns: https endpoints cannot be reached by address (the certificate \
+                         names the host): list them under endpoints"
+                    )),
+                    Ok(u) if u.port_or_known_default().is_none() => {
+                        errors.push(format!("{at}.dns: {d:?} needs a port"))
+                    }
+                    Ok(_) => {}
+                    Err(m) => errors.push(format!("{at}.dns: {m}")),
+                }
+            }
+            let c = &spec.circuit;
+            if !(c.failure_rate > 0.0 && c.failure_rate <= 1.0) {
+                errors.push(format!(
+                    "{at}.circuit.failure_rate: between 0 (excluded) and 1"
+                ));
+            }
+            if !(c.window_seconds > 0.0 && c.window_seconds.is_finite())
+                || !(c.open_seconds > 0.0 && c.open_seconds.is_finite())
+            {
+                errors.push(format!(
+                    "{at}.circuit: window_seconds and open_seconds must be positive"
+                ));
+            }
+            if c.min_calls == 0 {
+                errors.push(format!("{at}.circuit.min_calls: at least 1"));
+            }
+            let b = &spec.retry_budget;
+            if !(b.ratio >= 0.0 && b.ratio.is_finite())
+                || !(b.min_per_second >= 0.0 && b.min_per_second.is_finite())
+            {
+                errors.push(format!(
+                    "{at}.retry_budget: ratio and min_per_second must be 0 or more"
+                ));
+            }
+            if spec.bulkhead == Some(0) {
+                errors.push(format!("{at}.bulkhead: at least 1"));
+            }
+            if let Some(h) = &spec.health {
+                if h.interval_ms < 10 || h.timeout_ms == 0 {
+                    errors.push(format!(
+                        "{at}.health: interval_ms at least 10, timeout_ms at least 1"
+                    ));
+                }
+                if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                    errors.push(format!("{at}.health.path: starts with '/'"));
+                }
+            }
+            let now = Instant::now();
+            let tokens = b.min_per_second.max(1.0);
+            let bulkhead = spec
+                .bulkhead
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+            services.insert(
+                name.clone(),
+                Arc::new(Service {
+                    name,
+                    state: Mutex::new(State {
+                        endpoints,
+                        rr: 0,
+                        circuit: Circuit::Closed,
+                        window_start: now,
+                        window_calls: 0,
+                        window_failures: 0,
+                        tokens,
+                        tokens_at: now,
+                        failed_tasks: HashMap::new(),
+                        totals: Totals::default(),
+                    }),
+                    bulkhead,
+                    checker: AtomicBool::new(false),
+                    spec,
+                }),
+            );
+        }
+        if errors.is_empty() {
+            Ok(Registry { services })
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.services.contains_key(name)
+    }
+
+    fn get(&self, name: &str) -> Result<&Arc<Service>, WfError> {
+        self.services.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+            WfError::configuration(if known.is_empty() {
+                format!("service://{name}: no services are configured here (services: in the server's config)")
+            } else {
+                format!(
+                    "service://{name}: no such service (configured: {})",
+                    known.join(", ")
+                )
+            })
+        })
+    }
+
+    /// Registers (or renews) an endpoint of `name` for `ttl`; `Err` says why not.
+    pub fn register(&self, name: &str, url: &str, ttl: Duration) -> Result<(), String> {
+        let s = self.get(name).map_err(|e| e.detail.unwrap_or_default())?;
+        let base = parse_base(url)?;
+        let mut st = s.lock();
+        let expires = Some(Instant::now() + ttl);
+        match st.endpoints.iter_mut().find(|e| e.base == base) {
+            Some(e) if e.source == Source::Registered => e.expires = expires,
+            Some(_) => {
+                return Err(format!(
+                    "{url} is already an endpoint of {name} (config or DNS)"
+                ));
+            }
+            None => {
+                let mut e = Endpoint::new(base, Source::Registered);
+                e.expires = expires;
+                st.endpoints.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a registered endpoint; false when there was none.
+    pub fn deregister(&self, name: &str, url: &str) -> bool {
+        let (Ok(s), Ok(base)) = (self.get(name), parse_base(url)) else {
+            return false;
+        };
+        let mut st = s.lock();
+        let before = st.endpoints.len();
+        st.endpoints
+            .retain(|e| !(e.source == Source::Registered && e.base == base));
+        st.endpoints.len() != before
+    }
+
+    /// Every service as it is now.
+    pub fn views(&self) -> Vec<ServiceView> {
+        self.services.values().map(|s| s.view()).collect()
+    }
+
+    /// Starts a call to `name` for the task `(instance, task)`: the circuit, the retry budget
+    /// and the bulkhead are passed (or the call fails fast with why).
+    pub(crate) async fn begin(
+        &self,
+        name: &str,
+        instance: &str,
+        task: &str,
+        timeout: Duration,
+    ) -> Result<Call, WfError> {
+        let s = self.get(name)?.clone();
+        s.ensure_checker();
+        let probe = s.admit(instance, task)?;
+        let permit = match &s.bulkhead {
+            Some(b) => match tokio::time::timeout(timeout, b.clone().acquire_owned()).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    let mut st = s.lock();
+                    st.totals.rejected_bulkhead += 1;
+                    if probe {
+                        st.circuit = Circuit::HalfOpen { probing: false };
+                    }
+                    return Err(WfError::standard(
+                        errors::COMMUNICATION,
+                        503,
+                        "Bulkhead Full",
+                        format!(
+                            "service://{name}: all {} seats were taken for {} s",
+                            s.spec.bulkhead.unwrap_or(0),
+                            timeout.as_secs_f64()
+                        ),
+                    ));
+                }
+            },
+            None => None,
+        };
+        Ok(Call {
+            service: s,
+            _permit: permit,
+            probe,
+            instance: instance.to_string(),
+            task: task.to_string(),
+            tried: Vec::new(),
+            current: None,
+            started: Instant::now(),
+            ended: false,
+        })
+    }
+}
+
+impl Service {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The circuit and the retry budget: Ok(probe) when the call may go.
+    fn admit(&self, instance: &str, task: &str) -> Result<bool, WfError> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let name = &self.name;
+        let probe = match st.circuit {
+            Circuit::Closed => false,
+            Circuit::Open { until } if now < until => {
+                st.totals.rejected_open += 1;
+                return Err(WfError::standard(
+                    errors::COMMUNICATION,
+                    503,
+                    "Circuit Open",
+                    format!(
+                        "service://{name}: the circuit is open after too many failures; calls fail \
+                         fast for {:.1} s more",
+                        until.duration_since(now).as_secs_f64()
+                    ),
+                ));
+            }
+            Circuit::Open { .. } | Circuit::HalfOpen { probing: false } => {
+                st.circuit = Circuit::HalfOpen { probing: true };
+                true
+            }
+            Circuit::HalfOpen { probing: true } => {
+                st.totals.rejected_open += 1;
+                return Err(WfError::standard(
+                    errors::COMMUNICATION,
+                    503,
+                    "Circuit Open",
+                    format!(
+                        "service://{name}: the circuit is half open and its probe call is still \
+                         running; calls fail fast until it answers"
+                    ),
+                ));
+            }
+        };
+        // The retry budget.
+        let b = &self.spec.retry_budget;
+        let cap = (b.min_per_second * 10.0).max(b.ratio * 100.0).max(1.0);
+        let dt = now.duration_since(st.tokens_at).as_secs_f64();
+        st.tokens = (st.tokens + dt * b.min_per_second).min(cap);
+        st.tokens_at = now;
+        let key = (instance.to_string(), task.to_string());
+        let retry = st
+            .failed_tasks
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < RETRY_MEMORY);
+        if retry {
+            if st.tokens < 1.0 {
+                st.totals.rejected_budget += 1;
+                if probe {
+                    st.circuit = Circuit::HalfOpen { probing: false };
+                }
+                return Err(WfError::standard(
+                    errors::COMMUNICATION,
+                    503,
+                    "Retry Budget Spent",
+                    format!(
+                        "service://{name}: retries are at most {:.0}% of calls (plus {} a \
+                         second), and that budget is spent: this retry is not sent",
+                        b.ratio * 100.0,
+                        b.min_per_second
+                    ),
+                ));
+            }
+            st.tokens -= 1.0;
+        } else {
+            st.tokens = (st.tokens + b.ratio).min(cap);
+        }
+        Ok(probe)
+    }
+
+    /// The next endpoint by the balancing rule, among usable ones not in `tried`.
+    fn pick(&self, tried: &[Url]) -> Option<(Url, usize)> {
+        let now = Instant::now();
+        let checked = self.spec.health.is_some() || self.spec.dns.is_some();
+        let mut st = self.lock();
+        st.endpoints.retain(|e| e.expires.is_none_or(|x| x > now));
+        let n = st.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let ok = |e: &Endpoint| e.usable(checked, now) && !tried.contains(&e.base);
+        let start = st.rr % n;
+        let order = (0..n).map(|i| (start + i) % n);
+        let i = match self.spec.balance {
+            Balance::RoundRobin => order.clone().find(|&i| ok(&st.endpoints[i])),
+            Balance::LeastOutstanding => order
+                .clone()
+                .filter(|&i| ok(&st.endpoints[i]))
+                .min_by_key(|&i| st.endpoints[i].outstanding),
+            Balance::PeakEwma => {
+                order
+                    .clone()
+                    .filter(|&i| ok(&st.endpoints[i]))
+                    .min_by(|&a, &b| {
+                        let cost =
+                            |e: &Endpoint| (decayed(e, now) + 1.0) * (e.outstanding + 1) as f64;
+                        cost(&st.endpoints[a]).total_cmp(&cost(&st.endpoints[b]))
+                    })
+            }
+        }?;
+        st.rr = i + 1;
+        let e = &mut st.endpoints[i];
+        // A cooled-down endpoint is on probation: in rotation until it fails again.
+        e.healthy = true;
+        e.down_since = None;
+        e.outstanding += 1;
+        e.calls += 1;
+        Some((e.base.clone(), i))
+    }
+
+    fn with_endpoint(&self, base: &Url, f: impl FnOnce(&mut Endpoint)) {
+        let mut st = self.lock();
+        if let Some(e) = st.endpoints.iter_mut().find(|e| &e.base == base) {
+            f(e);
+        }
+    }
+
+    /// A call ended: `failed` (transport error or 5xx), after `ms`.
+    fn ended(&self, probe: bool, failed: bool, instance: &str, task: &str) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.totals.calls += 1;
+        let key = (instance.to_string(), task.to_string());
+        if failed {
+            st.totals.failures += 1;
+            if st.failed_tasks.len() >= MAX_REMEMBERED {
+                st.failed_tasks
+                    .retain(|_, t| now.duration_since(*t) < RETRY_MEMORY);
+                if st.failed_tasks.len() >= MAX_REMEMBERED {
+                    st.failed_tasks.clear();
+                }
+            }
+            st.failed_tasks.insert(key, now);
+        } else {
+            st.failed_tasks.remove(&key);
+        }
+        let c = self.spec.circuit.clone();
+        if probe {
+            st.circuit = if failed {
+                st.totals.circuit_opened += 1;
+                Circuit::Open {
+                    until: now + Duration::from_secs_f64(c.open_seconds),
+                }
+            } else {
+                Circuit::Closed
+            };
+            st.window_start = now;
+            st.window_calls = 0;
+            st.window_failures = 0;
+            return;
+        }
+        if now.duration_since(st.window_start).as_secs_f64() > c.window_seconds {
+            st.window_start = now;
+            st.window_calls = 0;
+            st.window_failures = 0;
+        }
+        st.window_calls += 1;
+        st.window_failures += failed as u32;
+        if st.circuit == Circuit::Closed
+            && st.window_calls >= c.min_calls
+            && st.window_failures as f64 >= c.failure_rate * st.window_calls as f64
+        {
+            st.totals.circuit_opened += 1;
+            st.circuit = Circuit::Open {
+                until: now + Duration::from_secs_f64(c.open_seconds),
+            };
+            st.window_start = now;
+            st.window_calls = 0;
+            st.window_failures = 0;
+        }
+    }
+
+    fn view(&self) -> ServiceView {
+        let now = Instant::now();
+        let st = self.lock();
+        let (circuit, open_for_s) = match st.circuit {
+            Circuit::Closed => ("closed", None),
+            Circuit::Open { until } if until > now => {
+                ("open", Some(until.duration_since(now).as_secs_f64()))
+            }
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => ("half-open", None),
+        };
+        ServiceView {
+            name: self.name.clone(),
+            balance: self.spec.balance,
+            circuit,
+            open_for_s,
+            bulkhead: self.spec.bulkhead,
+            in_flight: st.endpoints.iter().map(|e| e.outstanding).sum(),
+            endpoints: st
+                .endpoints
+                .iter()
+                .filter(|e| e.expires.is_none_or(|x| x > now))
+                .map(|e| EndpointView {
+                    url: e.base.to_string(),
+                    source: e.source,
+                    healthy: e.healthy,
+                    outstanding: e.outstanding,
+                    latency_ms: decayed(e, now),
+                    calls: e.calls,
+                    failures: e.failures,
+                    expires_in_s: e.expires.map(|x| x.duration_since(now).as_secs_f64()),
+                })
+                .collect(),
+            totals: st.totals,
+            error_rate: if st.window_calls == 0 {
+                0.0
+            } else {
+                st.window_failures as f64 / st.window_calls as f64
+            },
+        }
+    }
+
+    /// Starts the health checker (and DNS lookups) once, on the current runtime.
+    fn ensure_checker(self: &Arc<Self>) {
+        if (self.spec.health.is_none() && self.spec.dns.is_none())
+            || self.checker.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.checker.store(false, Ordering::SeqCst);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let interval =
+            Duration::from_millis(self.spec.health.as_ref().map_or(5_000, |h| h.interval_ms));
+        rt.spawn(async move {
+            let http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .ok();
+            loop {
+                let Some(s) = weak.upgrade() else { return };
+                s.check_once(http.as_ref()).await;
+                drop(s);
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    /// One round of DNS lookups and health checks.
+    async fn check_once(&self, http: Option<&reqwest::Client>) {
+        if let Some(d) = &self.spec.dns
+            && let Ok(u) = Url::parse(d)
+            && let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default())
+            && let Ok(addrs) = tokio::net::lookup_host((host, port)).await
+        {
+            let found: Vec<Url> = addrs
+                .filter_map(|a| {
+                    let mut b = u.clone();
+                    b.set_ip_host(a.ip()).ok()?;
+                    Some(b)
+                })
+                .collect();
+            let mut st = self.lock();
+            st.endpoints
+                .retain(|e| e.source != Source::Dns || found.contains(&e.base));
+            for b in found {
+                if !st.endpoints.iter().any(|e| e.base == b) {
+                    st.endpoints.push(Endpoint::new(b, Source::Dns));
+                }
+            }
+        }
+        let Some(h) = &self.spec.health else { return };
+        let bases: Vec<Url> = self
+            .lock()
+            .endpoints
+            .iter()
+            .map(|e| e.base.clone())
+            .collect();
+        let timeout = Duration::from_millis(h.timeout_ms);
+        let mut checks = tokio::task::JoinSet::new();
+        for base in bases {
+            let (path, http) = (h.path.clone(), http.cloned());
+            checks.spawn(async move {
+                let ok = match (path, http) {
+                    (Some(p), Some(c)) => matches!(
+                        tokio::time::timeout(timeout, c.get(join(&base, &p)).send()).await,
+                        Ok(Ok(r)) if r.status().as_u16() < 400
+                    ),
+                    _ => match (base.host_str(), base.port_or_known_default()) {
+                        (Some(host), Some(port)) => matches!(
+                            tokio::time::timeout(
+                                timeout,
+                                tokio::net::TcpStream::connect((
+                                    host.trim_matches(['[', ']']),
+                                    port
+                                ))
+                            )
+                            .await,
+                            Ok(Ok(_))
+                        ),
+                        _ => false,
+                    },
+                };
+                (base, ok)
+            });
+        }
+        let results = checks.join_all().await;
+        let now = Instant::now();
+        let mut st = self.lock();
+        for (base, ok) in results {
+            if let Some(e) = st.endpoints.iter_mut().find(|e| e.base == base) {
+                e.healthy = ok;
+                e.down_since = if ok { None } else { e.down_since.or(Some(now)) };
+            }
+        }
+    }
+}
+
+/// The peak EWMA latency of an endpoint now (decayed since its last answer).
+fn decayed(e: &Endpoint, now: Instant) -> f64 {
+    let dt = now.duration_since(e.last).as_secs_f64() * 1e3;
+    e.ewma_ms * (-dt / EWMA_TAU_MS).exp()
+}
+
+/// `base` with `path_and_query` (a `service://` URL's path and query) appended to its path.
+fn join(base: &Url, path_and_query: &str) -> Url {
+    let mut u = base.clone();
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let joined = format!(
+        "{}/{}",
+        base.path().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    u.set_path(&joined);
+    u.set_query(query);
+    u
+}
+
+/// One call to a service: where it went, until it ends (dropping it ends it as failed if it
+/// was not ended: a cancelled task frees its seat and its endpoint's count).
+pub(crate) struct Call {
+    service: Arc<Service>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    probe: bool,
+    instance: String,
+    task: String,
+    tried: Vec<Url>,
+    current: Option<(Url, Instant)>,
+    started: Instant,
+    ended: bool,
+}
+
+impl Call {
+    /// The URL to send to next for `target` (a `service://NAME/...` URL), or why there is none.
+    pub(crate) fn next_url(&mut self, target: &Url) -> Result<Url, WfError> {
+        let Some((base, _)) = self.service.pick(&self.tried) else {
+            let name = &self.service.name;
+            return Err(WfError::communication(
+                503,
+                if self.tried.is_empty() {
+                    format!("service://{name}: no endpoint is healthy now")
+                } else {
+                    let tried: Vec<String> = self.tried.iter().map(Url::to_string).collect();
+                    format!(
+                        "service://{name}: no endpoint answered (tried {})",
+                        tried.join(", ")
+                    )
+                },
+            ));
+        };
+        let mut pq = target.path().to_string();
+        if let Some(q) = target.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let url = join(&base, &pq);
+        self.tried.push(base.clone());
+        self.current = Some((base, Instant::now()));
+        Ok(url)
+    }
+
+    /// The connection to the current endpoint failed: it leaves the rotation, and the call may
+    /// go on to another endpoint.
+    pub(crate) fn connect_failed(&mut self) {
+        if let Some((base, _)) = self.current.take() {
+            self.service.with_endpoint(&base, |e| {
+                e.outstanding = e.outstanding.saturating_sub(1);
+                e.failures += 1;
+                e.healthy = false;
+                e.down_since = Some(Instant::now());
+            });
+            self.service.lock().totals.failovers += 1;
+        }
+    }
+
+    /// The call ended with an answer (`failed`: a 5xx or a transport error).
+    pub(crate) fn finish(mut self, failed: bool) {
+        self.end(failed);
+    }
+
+    fn end(&mut self, failed: bool) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some((base, t0)) = self.current.take() {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            let now = Instant::now();
+            self.service.with_endpoint(&base, |e| {
+                e.outstanding = e.outstanding.saturating_sub(1);
+                e.failures += failed as u64;
+                let cur = decayed(e, now);
+                e.ewma_ms = if ms > cur {
+                    ms
+                } else {
+                    let w = (-(now.duration_since(e.last).as_secs_f64() * 1e3) / EWMA_TAU_MS).exp();
+                    e.ewma_ms * w + ms * (1.0 - w)
+                };
+                e.last = now;
+            });
+        }
+        let _ = self.started;
+        self.service
+            .ended(self.probe, failed, &self.instance, &self.task);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.end(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(yaml: serde_json::Value) -> Registry {
+        let specs: BTreeMap<String, ServiceSpec> = serde_json::from_value(yaml).expect("spec");
+        Registry::new(specs).expect("valid")
+    }
+
+    #[test]
+    fn a_path_joins_the_endpoints_base() {
+        let b = Url::parse("http://h:1/api/").unwrap();
+        assert_eq!(join(&b, "/v1/x?a=1").as_str(), "http://h:1/api/v1/x?a=1");
+        let b = Url::parse("http://h:1").unwrap();
+        assert_eq!(join(&b, "/x").as_str(), "http://h:1/x");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let specs: BTreeMap<String, ServiceSpec> = serde_json::from_value(serde_json::json!({
+            "a b": {"endpoints": ["ftp://x", "nope"], "bulkhead": 0,
+                     "circuit": {"failure_rate": 2.0, "min_calls": 0}},
+            "d": {"dns": "https://svc:443"},
+        }))
+        .unwrap();
+        let e = Registry::new(specs).unwrap_err();
+        for want in [
+            "services.a b: a name is",
+            "services.a b.endpoints: \"ftp://x\": only http and https",
+            "services.a b.endpoints: \"nope\" is not an absolute URL",
+            "services.a b.bulkhead: at least 1",
+            "services.a b.circuit.failure_rate",
+            "services.a b.circuit.min_calls",
+            "services.d.dns: https endpoints cannot be reached by address",
+        ] {
+            assert!(e.contains(want), "{want} in {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn round_robin_skips_an_endpoint_whose_connection_failed() {
+        let r = registry(
+            serde_json::json!({"s": {"endpoints": ["http://a:1", "http://b:1", "http://c:1"]}}),
+        );
+        let target = Url::parse("service://s/x").unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let mut c = r
+                .begin("s", "i", "t", Duration::from_secs(1))
+                .await
+                .unwrap();
+            seen.push(c.next_url(&target).unwrap().host_str().unwrap().to_string());
+            c.finish(false);
+        }
+        assert_eq!(seen, ["a", "b", "c"]);
+        // b's connection fails: the call goes on to c, and b is out of rotation.
+        let mut c = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(c.next_url(&target).unwrap().host_str(), Some("a"));
+        c.finish(false);
+        let mut c = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(c.next_url(&target).unwrap().host_str(), Some("b"));
+        c.connect_failed();
+        assert_eq!(c.next_url(&target).unwrap().host_str(), Some("c"));
+        c.finish(false);
+        let hosts: Vec<String> = futures_hosts(&r, &target, 4).await;
+        assert!(!hosts.contains(&"b".to_string()), "{hosts:?}");
+        assert_eq!(r.views()[0].totals.failovers, 1);
+    }
+
+    async fn futures_hosts(r: &Registry, target: &Url, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut c = r
+                .begin("s", "i", "t", Duration::from_secs(1))
+                .await
+                .unwrap();
+            out.push(c.next_url(target).unwrap().host_str().unwrap().to_string());
+            c.finish(false);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_circuit_opens_on_failures_and_a_probe_closes_it() {
+        let r = registry(serde_json::json!({"s": {"endpoints": ["http://a:1"],
+            "circuit": {"failure_rate": 0.5, "min_calls": 4, "window_seconds": 60, "open_seconds": 0.05}}}));
+        let target = Url::parse("service://s/x").unwrap();
+        for i in 0..4 {
+            let mut c = r
+                .begin("s", &format!("i{i}"), "t", Duration::from_secs(1))
+                .await
+                .unwrap();
+            c.next_url(&target).unwrap();
+            c.finish(i % 2 == 0);
+        }
+        let e = r
+            .begin("s", "j", "t", Duration::from_secs(1))
+            .await
+            .err()
+            .expect("open");
+        assert_eq!(e.title.as_deref(), Some("Circuit Open"));
+        assert_eq!(e.status, 503);
+        assert_eq!(r.views()[0].circuit, "open");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // One probe goes; a second call meanwhile fails fast.
+        let mut probe = r
+            .begin("s", "k", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            r.begin("s", "l", "t", Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+        probe.next_url(&target).unwrap();
+        probe.finish(false);
+        assert_eq!(r.views()[0].circuit, "closed");
+        assert!(r.begin("s", "m", "t", Duration::from_secs(1)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn retries_past_the_budget_fail_fast() {
+        let r = registry(serde_json::json!({"s": {"endpoints": ["http://a:1"],
+            "circuit": {"min_calls": 1000},
+            "retry_budget": {"ratio": 0.1, "min_per_second": 0.0}}}));
+        let target = Url::parse("service://s/x").unwrap();
+        // 20 tasks fail once each: 20 first calls earn 2 retries (plus the 1 to start with).
+        for i in 0..20 {
+            let mut c = r
+                .begin("s", &format!("i{i}"), "t", Duration::from_secs(1))
+                .await
+                .unwrap();
+            c.next_url(&target).unwrap();
+            c.finish(true);
+        }
+        let mut sent = 0;
+        let mut refused = 0;
+        for i in 0..20 {
+            match r
+                .begin("s", &format!("i{i}"), "t", Duration::from_secs(1))
+                .await
+            {
+                Ok(mut c) => {
+                    c.next_url(&target).unwrap();
+                    c.finish(true);
+                    sent += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.title.as_deref(), Some("Retry Budget Spent"));
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((sent, refused), (3, 17));
+        assert_eq!(r.views()[0].totals.rejected_budget, 17);
+    }
+
+    #[tokio::test]
+    async fn least_outstanding_and_peak_ewma_avoid_the_busy_or_slow_endpoint() {
+        let r = registry(
+            serde_json::json!({"s": {"endpoints": ["http://a:1", "http://b:1"],
+            "balance": "least-outstanding"}}),
+        );
+        let target = Url::parse("service://s/x").unwrap();
+        let mut held = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(held.next_url(&target).unwrap().host_str(), Some("a"));
+        for _ in 0..3 {
+            let mut c = r
+                .begin("s", "i", "t", Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert_eq!(c.next_url(&target).unwrap().host_str(), Some("b"));
+            c.finish(false);
+        }
+        held.finish(false);
+        let r = registry(
+            serde_json::json!({"s": {"endpoints": ["http://a:1", "http://b:1"],
+            "balance": "peak-ewma"}}),
+        );
+        // a answers slowly once: its peak counts at once.
+        let mut c = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(c.next_url(&target).unwrap().host_str(), Some("a"));
+        std::thread::sleep(Duration::from_millis(30));
+        c.finish(false);
+        let mut c = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(c.next_url(&target).unwrap().host_str(), Some("b"));
+        c.finish(false);
+        for _ in 0..3 {
+            let mut c = r
+                .begin("s", "i", "t", Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert_eq!(
+                c.next_url(&target).unwrap().host_str(),
+                Some("b"),
+                "{:?}",
+                r.views()
+            );
+            c.finish(false);
+        }
+    }
+
+    #[tokio::test]
+    async fn registered_endpoints_expire_unless_renewed() {
+        let r = registry(serde_json::json!({"s": {}}));
+        let target = Url::parse("service://s/x").unwrap();
+        assert!(
+            r.begin("s", "i", "t", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .next_url(&target)
+                .is_err()
+        );
+        r.register("s", "http://r:1", Duration::from_millis(40))
+            .unwrap();
+        let mut c = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(c.next_url(&target).unwrap().host_str(), Some("r"));
+        c.finish(false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = r
+            .begin("s", "i", "t", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .next_url(&target);
+        assert!(e.is_err(), "expired");
+        assert!(
+            r.register("nope", "http://r:1", Duration::from_secs(1))
+                .is_err()
+        );
+        assert!(
+            r.register("s", "ftp://r:1", Duration::from_secs(1))
+                .is_err()
+        );
+    }
+}
