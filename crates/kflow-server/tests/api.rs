@@ -134,6 +134,8 @@ async fn openapi_document_lists_every_path() {
         ("/api/v1/workers/{id}/drain", vec!["post"]),
         ("/api/v1/leases/{lease}/complete", vec!["post"]),
         ("/api/v1/queues", vec!["get"]),
+        ("/api/v1/services", vec!["get"]),
+        ("/api/v1/services/{name}/endpoints", vec!["delete", "put"]),
         ("/api/v1/instances/{id}/explain", vec!["get"]),
         ("/api/v1/schedules/{namespace}/{name}/pause", vec!["post"]),
         ("/api/v1/schedules/{namespace}/{name}/resume", vec!["post"]),

@@ -234,6 +234,24 @@ async fn fixture(ctx: &Ctx, rule: &Rule, caller: &Caller) -> Fixture {
         ("GET", "/healthz") => f("GET", "/healthz".into(), None, 200, 200, false),
         ("GET", "/metrics") => f("GET", "/metrics".into(), None, 200, 403, true),
         ("GET", "/api/v1/nodes") => f("GET", "/api/v1/nodes".into(), None, 200, 403, true),
+        ("GET", "/api/v1/services") => f("GET", "/api/v1/services".into(), None, 200, 403, true),
+        // No services in this server's config: past every access check, none is found.
+        ("PUT", "/api/v1/services/{name}/endpoints") => f(
+            "PUT",
+            "/api/v1/services/billing/endpoints".into(),
+            json_body(json!({"url": "http://127.0.0.1:9", "ttl_seconds": 5})),
+            404,
+            403,
+            true,
+        ),
+        ("DELETE", "/api/v1/services/{name}/endpoints") => f(
+            "DELETE",
+            "/api/v1/services/billing/endpoints".into(),
+            json_body(json!({"url": "http://127.0.0.1:9"})),
+            404,
+            403,
+            true,
+        ),
         // Filtered by namespace: every reader gets a list.
         ("GET", "/api/v1/alerts") => f("GET", "/api/v1/alerts".into(), None, 200, 200, false),
         ("GET", "/api/v1/openapi.json") => {
@@ -506,6 +524,8 @@ fn intended(method: &str, path: &str) -> Need {
             Admin
         }
         (_, p) if p.starts_with("/api/v1/workers") || p.starts_with("/api/v1/leases") => Work,
+        // A service's endpoints register themselves, as workers do.
+        ("PUT" | "DELETE", p) if p.starts_with("/api/v1/services/") => Work,
         ("GET", _) => Read,
         // Checking a document changes nothing: a read.
         ("POST", "/api/v1/definitions/validate") => Read,

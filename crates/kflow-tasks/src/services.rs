@@ -11,8 +11,8 @@
 //!   health check, after a cool-down, on probation.
 //! - **Balancing**: round robin, least outstanding requests, or peak EWMA (the latency, its
 //!   peaks taken at once and forgotten over 10 s, times the requests in flight).
-//! - **Circuit breaker**: once `min_calls` calls in the window have run and `failure_rate` of
-//!   them failed (a transport error or a 5xx), calls fail fast for `open_seconds` with a
+//! - **Circuit breaker**: once `min_calls` calls in the last `window_seconds` (a window of ten
+//!   sliding buckets) have run and `failure_rate` of them failed (a transport error or a 5xx), calls fail fast for `open_seconds` with a
 //!   `Circuit Open` communication error (status 503) a workflow can `catch`; then one probe
 //!   call is let through, whose success closes the circuit.
 //! - **Bulkhead**: at most `bulkhead` calls in flight to the service; the others wait (up to
@@ -189,14 +189,63 @@ struct State {
     endpoints: Vec<Endpoint>,
     rr: usize,
     circuit: Circuit,
-    window_start: Instant,
-    window_calls: u32,
-    window_failures: u32,
+    window: Window,
     /// Retry budget: tokens (a first call adds `ratio`, time adds `min_per_second`).
     tokens: f64,
     tokens_at: Instant,
     failed_tasks: HashMap<(String, String), Instant>,
     totals: Totals,
+}
+
+/// Calls and failures over the last `window_seconds`, in ten buckets that slide.
+#[derive(Debug)]
+struct Window {
+    buckets: [(u32, u32); 10],
+    /// When the current bucket began.
+    at: Instant,
+    current: usize,
+}
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            buckets: [(0, 0); 10],
+            at: now,
+            current: 0,
+        }
+    }
+
+    /// Moves on to `now`, clearing the buckets that slid out.
+    fn slide(&mut self, now: Instant, window: Duration) {
+        let width = window / 10;
+        let mut passed = 0;
+        while now.duration_since(self.at) >= width && passed < 10 {
+            self.current = (self.current + 1) % 10;
+            self.buckets[self.current] = (0, 0);
+            self.at += width;
+            passed += 1;
+        }
+        if passed == 10 {
+            self.at = now;
+        }
+    }
+
+    fn add(&mut self, failed: bool) {
+        let b = &mut self.buckets[self.current];
+        b.0 += 1;
+        b.1 += failed as u32;
+    }
+
+    /// (calls, failures) in the window.
+    fn sums(&self) -> (u32, u32) {
+        self.buckets
+            .iter()
+            .fold((0, 0), |(c, f), b| (c + b.0, f + b.1))
+    }
+
+    fn clear(&mut self, now: Instant) {
+        *self = Window::new(now);
+    }
 }
 
 /// What a service has seen since the server started.
@@ -357,9 +406,7 @@ impl Registry {
                         endpoints,
                         rr: 0,
                         circuit: Circuit::Closed,
-                        window_start: now,
-                        window_calls: 0,
-                        window_failures: 0,
+                        window: Window::new(now),
                         tokens,
                         tokens_at: now,
                         failed_tasks: HashMap::new(),
@@ -642,35 +689,33 @@ impl Service {
             } else {
                 Circuit::Closed
             };
-            st.window_start = now;
-            st.window_calls = 0;
-            st.window_failures = 0;
+            st.window.clear(now);
             return;
         }
-        if now.duration_since(st.window_start).as_secs_f64() > c.window_seconds {
-            st.window_start = now;
-            st.window_calls = 0;
-            st.window_failures = 0;
-        }
-        st.window_calls += 1;
-        st.window_failures += failed as u32;
+        st.window
+            .slide(now, Duration::from_secs_f64(c.window_seconds));
+        st.window.add(failed);
+        let (calls, failures) = st.window.sums();
         if st.circuit == Circuit::Closed
-            && st.window_calls >= c.min_calls
-            && st.window_failures as f64 >= c.failure_rate * st.window_calls as f64
+            && calls >= c.min_calls
+            && failures as f64 >= c.failure_rate * calls as f64
         {
             st.totals.circuit_opened += 1;
             st.circuit = Circuit::Open {
                 until: now + Duration::from_secs_f64(c.open_seconds),
             };
-            st.window_start = now;
-            st.window_calls = 0;
-            st.window_failures = 0;
+            st.window.clear(now);
         }
     }
 
     fn view(&self) -> ServiceView {
         let now = Instant::now();
-        let st = self.lock();
+        let mut st = self.lock();
+        st.window.slide(
+            now,
+            Duration::from_secs_f64(self.spec.circuit.window_seconds),
+        );
+        let (calls, failures) = st.window.sums();
         let (circuit, open_for_s) = match st.circuit {
             Circuit::Closed => ("closed", None),
             Circuit::Open { until } if until > now => {
@@ -701,10 +746,10 @@ impl Service {
                 })
                 .collect(),
             totals: st.totals,
-            error_rate: if st.window_calls == 0 {
+            error_rate: if calls == 0 {
                 0.0
             } else {
-                st.window_failures as f64 / st.window_calls as f64
+                failures as f64 / calls as f64
             },
         }
     }
