@@ -433,9 +433,14 @@ impl Registry {
         self.services.contains_key(name)
     }
 
+    /// The names of the services, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.services.keys().map(String::as_str).collect()
+    }
+
     fn get(&self, name: &str) -> Result<&Arc<Service>, WfError> {
         self.services.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+            let known = self.names();
             WfError::configuration(if known.is_empty() {
                 format!("service://{name}: no services are configured here (services: in the server's config)")
             } else {

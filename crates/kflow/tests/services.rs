@@ -107,6 +107,26 @@ fn calls_fail_over_and_the_circuit_opens_and_closes() {
          do:\n  - charge:\n      call: http\n      with: {method: get, endpoint: 'service://billing/work'}\n",
     );
 
+    // A service the config does not name: refused at registration, with its place.
+    let typo = "document: {dsl: '1.0.0', namespace: svc, name: typo, version: '1.0.0'}\n\
+         do:\n  - charge:\n      call: http\n      with: {method: get, endpoint: 'service://biling/work'}\n";
+    let r = support::http_request(
+        "POST",
+        &base,
+        "/api/v1/definitions",
+        Some(("application/yaml", typo.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("register");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains(
+            "5:38: service://biling is not a service of this server's config (services: billing)"
+        ),
+        "{}",
+        r.text()
+    );
+
     // Load; mid-way a is killed and b turns slow.
     let mut ids = start(&base, 30);
     std::thread::sleep(Duration::from_millis(150));

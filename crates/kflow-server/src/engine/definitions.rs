@@ -82,6 +82,13 @@ impl Engine {
             )));
         }
         let text = String::from_utf8_lossy(source).into_owned();
+        let unknown = unknown_services(&text, &self.shared.config.executor.services);
+        if !unknown.is_empty() {
+            return Err(EngineError::Invalid {
+                message: "the workflow calls services this server does not know".into(),
+                details: unknown,
+            });
+        }
         let d = &wf.document;
         let def = Definition {
             namespace: d.namespace.clone(),
@@ -278,4 +285,36 @@ impl Engine {
     pub fn compiled(&self, ns: &str, name: &str, version: &str) -> Result<Arc<Workflow>> {
         self.shared.workflow(ns, name, version)
     }
+}
+
+/// `LINE:COL: ...` for every literal `service://NAME` of `text` whose NAME is not a service of
+/// `services` (URLs built by expressions are checked when called).
+fn unknown_services(text: &str, services: &kflow_tasks::services::Registry) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut from = 0;
+        while let Some(at) = line[from..].find("service://") {
+            let start = from + at;
+            let rest = &line[start + "service://".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect();
+            if !name.is_empty() && !services.contains(&name) {
+                let col = line[..start].chars().count() + 1;
+                let known = services.names();
+                out.push(format!(
+                    "{}:{col}: service://{name} is not a service of this server's config{}",
+                    i + 1,
+                    if known.is_empty() {
+                        " (it has no services:)".to_string()
+                    } else {
+                        format!(" (services: {})", known.join(", "))
+                    }
+                ));
+            }
+            from = start + "service://".len();
+        }
+    }
+    out
 }
