@@ -40,6 +40,19 @@ pub struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// A service of the config (`services:`): bounded by the config.
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceOutcomeLabels {
+    pub service: String,
+    /// ok, failed, failover, refused_open, refused_budget, refused_bulkhead.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: String,
     /// The route's template (`/api/v1/instances/{id}`), never the path itself.
@@ -61,6 +74,11 @@ pub struct Metrics {
     pub task_duration: Family<KindLabels, Histogram>,
     pub queue_wait: Family<QueueLabels, Histogram>,
     pub queue_depth: Family<QueueLabels, Gauge>,
+    /// 0 closed, 1 open, 2 half open.
+    pub service_circuit: Family<ServiceLabels, Gauge>,
+    pub service_healthy_endpoints: Family<ServiceLabels, Gauge>,
+    pub service_in_flight: Family<ServiceLabels, Gauge>,
+    pub service_calls: Family<ServiceOutcomeLabels, Counter>,
     pub queue_oldest_wait: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tasks_running: Gauge,
     pub workers: Gauge,
@@ -98,6 +116,10 @@ impl Metrics {
             task_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             queue_wait: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             queue_depth: Family::default(),
+            service_circuit: Family::default(),
+            service_healthy_endpoints: Family::default(),
+            service_in_flight: Family::default(),
+            service_calls: Family::default(),
             queue_oldest_wait: Family::default(),
             tasks_running: Gauge::default(),
             workers: Gauge::default(),
@@ -142,6 +164,26 @@ impl Metrics {
             "queue_depth",
             "Tasks waiting in a queue (not leased)",
             m.queue_depth.clone(),
+        );
+        registry.register(
+            "service_circuit_state",
+            "A named service's circuit: 0 closed, 1 open (calls fail fast), 2 half open",
+            m.service_circuit.clone(),
+        );
+        registry.register(
+            "service_healthy_endpoints",
+            "A named service's endpoints in rotation",
+            m.service_healthy_endpoints.clone(),
+        );
+        registry.register(
+            "service_in_flight",
+            "Calls in flight to a named service",
+            m.service_in_flight.clone(),
+        );
+        registry.register(
+            "service_calls",
+            "Calls to a named service by outcome (failover: a failed connection that went on to another endpoint; refused_*: failed fast)",
+            m.service_calls.clone(),
         );
         registry.register(
             "queue_oldest_wait_seconds",

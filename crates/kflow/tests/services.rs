@@ -207,6 +207,16 @@ fn calls_fail_over_and_the_circuit_opens_and_closes() {
         out.stdout
     );
 
+    let metrics = support::http_request("GET", &base, "/metrics", None, Duration::from_secs(10))
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("service_circuit_state{service=\"billing\"} 1")
+            && metrics
+                .contains("service_calls_total{service=\"billing\",outcome=\"refused_open\"}"),
+        "{metrics}"
+    );
+
     // They recover: after open_seconds one probe goes through and closes the circuit.
     b.failing.store(false, Ordering::SeqCst);
     c.failing.store(false, Ordering::SeqCst);

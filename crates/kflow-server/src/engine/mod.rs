@@ -475,6 +475,7 @@ impl Engine {
     pub fn metrics_text(&self) -> String {
         let queues = self.queues();
         let workers = self.workers();
+        let services = self.services().views();
         self.shared.metrics.render(|m| {
             for q in &queues {
                 let l = crate::metrics::QueueLabels {
@@ -488,6 +489,40 @@ impl Engine {
             m.workers.set(workers.len() as i64);
             m.tasks_running
                 .set(workers.iter().map(|w| w.leases.len() as i64).sum());
+            for s in &services {
+                let l = crate::metrics::ServiceLabels {
+                    service: s.name.clone(),
+                };
+                m.service_circuit.get_or_create(&l).set(match s.circuit {
+                    "closed" => 0,
+                    "open" => 1,
+                    _ => 2,
+                });
+                m.service_healthy_endpoints
+                    .get_or_create(&l)
+                    .set(s.endpoints.iter().filter(|e| e.healthy).count() as i64);
+                m.service_in_flight
+                    .get_or_create(&l)
+                    .set(s.in_flight as i64);
+                let t = &s.totals;
+                for (outcome, total) in [
+                    ("ok", t.calls - t.failures.min(t.calls)),
+                    ("failed", t.failures),
+                    ("failover", t.failovers),
+                    ("refused_open", t.rejected_open),
+                    ("refused_budget", t.rejected_budget),
+                    ("refused_bulkhead", t.rejected_bulkhead),
+                ] {
+                    let c = m
+                        .service_calls
+                        .get_or_create(&crate::metrics::ServiceOutcomeLabels {
+                            service: s.name.clone(),
+                            outcome,
+                        });
+                    // The registry's totals only grow: the counter catches up.
+                    c.inc_by(total.saturating_sub(c.get()));
+                }
+            }
         })
     }
 
