@@ -880,9 +880,32 @@ fn join(base: &Url, path_and_query: &str) -> Url {
     u
 }
 
+/// A `service://NAME/path` URL, checked (for benches and tools).
+pub fn parse_target(s: &str) -> Result<Url, String> {
+    let u = Url::parse(s).map_err(|e| e.to_string())?;
+    if u.scheme() != "service" || u.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} is not a service://NAME/path URL"));
+    }
+    Ok(u)
+}
+
+impl Registry {
+    /// [`Registry::begin`] for benches: a call's whole admission and accounting, no I/O.
+    #[doc(hidden)]
+    pub async fn begin_for_bench(
+        &self,
+        name: &str,
+        instance: &str,
+        task: &str,
+    ) -> Result<Call, WfError> {
+        self.begin(name, instance, task, Duration::from_secs(1))
+            .await
+    }
+}
+
 /// One call to a service: where it went, until it ends (dropping it ends it as failed if it
 /// was not ended: a cancelled task frees its seat and its endpoint's count).
-pub(crate) struct Call {
+pub struct Call {
     service: Arc<Service>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     probe: bool,
@@ -896,7 +919,7 @@ pub(crate) struct Call {
 
 impl Call {
     /// The URL to send to next for `target` (a `service://NAME/...` URL), or why there is none.
-    pub(crate) fn next_url(&mut self, target: &Url) -> Result<Url, WfError> {
+    pub fn next_url(&mut self, target: &Url) -> Result<Url, WfError> {
         let Some((base, _)) = self.service.pick(&self.tried) else {
             let name = &self.service.name;
             return Err(WfError::communication(
@@ -938,7 +961,7 @@ impl Call {
     }
 
     /// The call ended with an answer (`failed`: a 5xx or a transport error).
-    pub(crate) fn finish(mut self, failed: bool) {
+    pub fn finish(mut self, failed: bool) {
         self.end(failed);
     }
 
