@@ -51,7 +51,7 @@ pub fn alert_view(a: AlertRow) -> AlertView {
 /// The alerts fired, newest first. A token limited to some namespaces sees the alerts of those
 /// namespaces; the server-wide ones (queues, workers) need a token over every namespace.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "health", params(AlertQuery),
-    responses((status = 200, description = "The alerts", body = AlertList), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "The alerts", body = AlertList), (status = 400, description = "The request is invalid (the error says where)", body = ErrorBody)))]
 pub async fn list_alerts(
     State(st): State<AppState>,
     caller: Caller,

@@ -75,8 +75,8 @@ pub async fn healthz(State(st): State<AppState>) -> (StatusCode, String) {
     tag = "health",
     responses(
         (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"),
-        (status = 401, body = super::error::ErrorBody),
-        (status = 403, body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "The token may not do this", body = super::error::ErrorBody),
     )
 )]
 pub async fn metrics(

@@ -28,7 +28,7 @@ fn scope_list(c: &Caller) -> Vec<String> {
 
 /// The caller: token name, role and namespaces.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "security",
-    responses((status = 200, body = Whoami), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Whoami), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn whoami(State(st): State<AppState>, caller: Caller) -> Json<Whoami> {
     Json(Whoami {
         namespaces: scope_list(&caller),
@@ -87,8 +87,8 @@ fn token_error(e: TokenError) -> ApiError {
 
 /// Creates a token (admin). The answer holds the token once; only its hash is stored.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "security", request_body = CreateToken,
-    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, description = "A live token has that name", body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = CreatedToken), (status = 400, description = "The request is invalid (the error says where)", body = ErrorBody),
+        (status = 403, description = "The token may not do this", body = ErrorBody), (status = 409, description = "A live token has that name", body = ErrorBody)))]
 pub async fn create_token(
     State(st): State<AppState>,
     caller: Caller,
@@ -143,7 +143,7 @@ pub async fn create_token(
 
 /// Lists the tokens within the caller's namespaces (admin), revoked ones included.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "security",
-    responses((status = 200, body = TokenList), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = TokenList), (status = 403, description = "The token may not do this", body = ErrorBody)))]
 pub async fn list_tokens(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<TokenList>> {
     Ok(Json(TokenList {
         items: tokens(&st)?
@@ -157,7 +157,7 @@ pub async fn list_tokens(State(st): State<AppState>, caller: Caller) -> ApiResul
 /// Revokes a token by id or name (admin): it stops working at once.
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", tag = "security",
     params(("id" = String, Path, description = "Token id or name")),
-    responses((status = 200, body = TokenView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = TokenView), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn revoke_token(
     State(st): State<AppState>,
     caller: Caller,
@@ -201,7 +201,7 @@ fn blocking<T: Send + 'static>(
 
 /// Lists audit entries (admin over every namespace), oldest first, filtered.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "security", params(AuditQuery),
-    responses((status = 200, body = AuditList), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = AuditList), (status = 403, description = "The token may not do this", body = ErrorBody)))]
 pub async fn list_audit(
     State(st): State<AppState>,
     caller: Caller,
@@ -236,7 +236,7 @@ pub struct VerifyQuery {
 /// Recomputes the whole chain (admin over every namespace) and names the first entry that was
 /// altered, removed or reordered; with an exported head, also a truncated tail.
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "security", params(VerifyQuery),
-    responses((status = 200, body = AuditVerdict), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = AuditVerdict), (status = 403, description = "The token may not do this", body = ErrorBody)))]
 pub async fn verify_audit(
     State(st): State<AppState>,
     caller: Caller,
@@ -305,7 +305,7 @@ fn secret_name(kind: &str, s: &str) -> ApiResult<()> {
 
 /// Lists the secrets of the caller's namespaces: names only (admin).
 #[utoipa::path(get, path = "/api/v1/secrets", tag = "security",
-    responses((status = 200, body = SecretList), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = SecretList), (status = 403, description = "The token may not do this", body = ErrorBody)))]
 pub async fn list_secrets(
     State(st): State<AppState>,
     caller: Caller,
@@ -333,7 +333,7 @@ pub async fn list_secrets(
 #[utoipa::path(put, path = "/api/v1/secrets/{namespace}/{name}", tag = "security",
     request_body = SecretValue,
     params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Secret name")),
-    responses((status = 200, body = SecretView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = SecretView), (status = 400, description = "The request is invalid (the error says where)", body = ErrorBody), (status = 403, description = "The token may not do this", body = ErrorBody)))]
 pub async fn put_secret(
     State(st): State<AppState>,
     caller: Caller,
@@ -367,7 +367,7 @@ pub async fn put_secret(
 /// Removes a secret (admin of its namespace).
 #[utoipa::path(delete, path = "/api/v1/secrets/{namespace}/{name}", tag = "security",
     params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Secret name")),
-    responses((status = 200, description = "Removed"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Removed"), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn delete_secret(
     State(st): State<AppState>,
     caller: Caller,
@@ -396,7 +396,7 @@ pub async fn delete_secret(
 /// Seals every secret under a new master key (admin over every namespace), without downtime;
 /// the old key file is kept beside the new one.
 #[utoipa::path(post, path = "/api/v1/secrets/rotate-key", tag = "security",
-    responses((status = 200, body = Rotated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Rotated), (status = 403, description = "The token may not do this", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 pub async fn rotate_key(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Rotated>> {
     caller.must_be_global()?;
     let now = st.engine.now_ms();

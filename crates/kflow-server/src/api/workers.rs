@@ -47,7 +47,7 @@ fn owner_of(st: &AppState, caller: &Caller) -> Option<String> {
 
 /// Registers a worker (again, with the same id, after a restart of the server).
 #[utoipa::path(post, path = "/api/v1/workers", tag = "workers", request_body = RegisterRequest,
-    responses((status = 200, body = Registered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Registered), (status = 400, description = "The request is invalid (the error says where)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn register_worker(
     State(st): State<AppState>,
     caller: Caller,
@@ -73,7 +73,7 @@ pub async fn register_worker(
 /// Long-polls for tasks this worker can take (queue, labels, free capacity).
 #[utoipa::path(post, path = "/api/v1/workers/{id}/poll", tag = "workers", request_body = PollRequest,
     params(("id" = String, Path, description = "Worker id")),
-    responses((status = 200, body = PollResponse), (status = 401, body = ErrorBody), (status = 404, description = "Unknown worker: register again", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = PollResponse), (status = 401, description = "No valid token", body = ErrorBody), (status = 404, description = "Unknown worker: register again", body = ErrorBody)))]
 pub async fn poll_work(
     State(st): State<AppState>,
     caller: Caller,
@@ -101,7 +101,7 @@ pub async fn poll_work(
 /// Renews the worker's leases.
 #[utoipa::path(post, path = "/api/v1/workers/{id}/heartbeat", tag = "workers", request_body = HeartbeatRequest,
     params(("id" = String, Path, description = "Worker id")),
-    responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = HeartbeatResponse), (status = 401, description = "No valid token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn heartbeat(
     State(st): State<AppState>,
     caller: Caller,
@@ -117,7 +117,7 @@ pub async fn heartbeat(
 /// Reports a lease's result. Refused (409) when the lease is no longer held by this worker.
 #[utoipa::path(post, path = "/api/v1/leases/{lease}/complete", tag = "workers", request_body = CompleteRequest,
     params(("lease" = String, Path, description = "Lease id")),
-    responses((status = 200, description = "Accepted: committed", body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
+    responses((status = 200, description = "Accepted: committed", body = Accepted), (status = 400, description = "The request is invalid (the error says where)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 409, description = "Lease expired or not held", body = ErrorBody)))]
 pub async fn complete_lease(
     State(st): State<AppState>,
     caller: Caller,
@@ -141,7 +141,7 @@ pub async fn complete_lease(
 /// Stops a worker taking new tasks; it finishes those it has.
 #[utoipa::path(post, path = "/api/v1/workers/{id}/drain", tag = "workers",
     params(("id" = String, Path, description = "Worker id")),
-    responses((status = 200, description = "Draining", body = Draining), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Draining", body = Draining), (status = 401, description = "No valid token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn drain_worker(
     State(st): State<AppState>,
     caller: Caller,
@@ -214,6 +214,7 @@ pub async fn list_queues(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QueuesQuery {
     /// Start a new dispatch-latency measurement after this read.
     pub reset_latency: Option<bool>,
@@ -222,7 +223,7 @@ pub struct QueuesQuery {
 /// What an instance is waiting for: timers, events, sub-workflows, a worker or a free slot.
 #[utoipa::path(get, path = "/api/v1/instances/{id}/explain", tag = "instances",
     params(("id" = String, Path, description = "Instance id")),
-    responses((status = 200, description = "Reasons", body = kflow_api::instances::Explanation), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Reasons", body = kflow_api::instances::Explanation), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn explain(
     State(st): State<AppState>,
     caller: Caller,
