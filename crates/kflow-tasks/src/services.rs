@@ -117,6 +117,12 @@ impl Default for RetryBudgetSpec {
     }
 }
 
+/// A call refused before it is sent: a communication error (503) whose title says why, so a
+/// `try` can catch it by title.
+fn refused(title: &str, detail: String) -> WfError {
+    WfError::standard(errors::COMMUNICATION, 503, title, detail)
+}
+
 /// Without a health check, how long an endpoint whose connection failed stays out.
 const COOL_DOWN: Duration = Duration::from_secs(5);
 /// How long a task's failure against a service makes its next call there a retry.
@@ -512,9 +518,7 @@ impl Registry {
                     if probe {
                         st.circuit = Circuit::HalfOpen { probing: false };
                     }
-                    return Err(WfError::standard(
-                        errors::COMMUNICATION,
-                        503,
+                    return Err(refused(
                         "Bulkhead Full",
                         format!(
                             "service://{name}: all {} seats were taken for {} s",
@@ -554,9 +558,7 @@ impl Service {
             Circuit::Closed => false,
             Circuit::Open { until } if now < until => {
                 st.totals.rejected_open += 1;
-                return Err(WfError::standard(
-                    errors::COMMUNICATION,
-                    503,
+                return Err(refused(
                     "Circuit Open",
                     format!(
                         "service://{name}: the circuit is open after too many failures; calls fail \
@@ -571,9 +573,7 @@ impl Service {
             }
             Circuit::HalfOpen { probing: true } => {
                 st.totals.rejected_open += 1;
-                return Err(WfError::standard(
-                    errors::COMMUNICATION,
-                    503,
+                return Err(refused(
                     "Circuit Open",
                     format!(
                         "service://{name}: the circuit is half open and its probe call is still \
@@ -599,9 +599,7 @@ impl Service {
                 if probe {
                     st.circuit = Circuit::HalfOpen { probing: false };
                 }
-                return Err(WfError::standard(
-                    errors::COMMUNICATION,
-                    503,
+                return Err(refused(
                     "Retry Budget Spent",
                     format!(
                         "service://{name}: retries are at most {:.0}% of calls (plus {} a \
