@@ -185,7 +185,7 @@ pub fn kind_of(kind: &TaskKind) -> String {
             Process::Shell { .. } => "run shell".into(),
             Process::Script { language, .. } => format!("run script ({language})"),
             Process::Workflow { name, .. } => format!("run workflow {name}"),
-            Process::Container => "run container".into(),
+            Process::Container(_) => "run container".into(),
         },
         other => other.keyword().into(),
     }

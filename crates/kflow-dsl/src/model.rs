@@ -568,8 +568,29 @@ pub enum Process {
         version: String,
         input: Option<Template>,
     },
-    /// `run: container`: not supported yet; refused when run.
-    Container,
+    /// `run: container`: run through the docker or podman CLI.
+    Container(Box<ContainerDef>),
+}
+
+/// `run.container`.
+#[derive(Debug, Clone)]
+pub struct ContainerDef {
+    pub image: Template,
+    pub name: Option<Template>,
+    pub command: Option<Template>,
+    /// `{HOST_PORT: CONTAINER_PORT}`.
+    pub ports: Option<Template>,
+    /// `{HOST_PATH: CONTAINER_PATH}`.
+    pub volumes: Option<Template>,
+    pub environment: Option<Template>,
+    pub stdin: Option<Template>,
+    pub arguments: Option<Template>,
+    /// `always`, `never` (the spec's default) or `eventually`.
+    pub cleanup: String,
+    /// With `eventually`: how long after the run the container is removed.
+    pub cleanup_after: Option<crate::duration::DurationSpec>,
+    /// `ifNotPresent` (default), `always` or `never`.
+    pub pull_policy: String,
 }
 
 // ---------------------------------------------------------------------------------------------

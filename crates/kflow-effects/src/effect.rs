@@ -131,8 +131,37 @@ pub struct ProcessRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Program {
-    Shell { command: String },
-    Script { language: String, code: String },
+    Shell {
+        command: String,
+    },
+    Script {
+        language: String,
+        code: String,
+    },
+    /// `run: container` (through the docker or podman CLI).
+    Container(Box<ContainerProgram>),
+}
+
+/// A container to run: the image, and how (see `run.container` in the DSL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerProgram {
+    pub image: String,
+    pub name: Option<String>,
+    /// Run by `/bin/sh -c` in the container (the arguments are `$1`, `$2`, ...); none: the
+    /// image's own command, with the arguments.
+    pub command: Option<String>,
+    /// Host port to container port.
+    #[serde(default)]
+    pub ports: Map<String, Value>,
+    /// Host path to container path.
+    #[serde(default)]
+    pub volumes: Map<String, Value>,
+    /// `ifNotPresent`, `always` or `never`.
+    pub pull_policy: String,
+    /// `always`, `never` or `eventually`.
+    pub cleanup: String,
+    /// With `eventually`: removed this long after the run.
+    pub cleanup_after_ms: Option<u64>,
 }
 
 /// The host's answer to an effect.

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
     /// Named services `service://NAME/...` calls go to (checked at load).
     pub services: std::collections::BTreeMap<String, kflow_tasks::services::ServiceSpec>,
+    /// How `run: container` runs.
+    pub containers: kflow_tasks::container::ContainerConfig,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +89,7 @@ impl Default for ServerConfig {
             critical_path_queues: Default::default(),
             adaptive_concurrency: None,
             services: Default::default(),
+            containers: Default::default(),
             retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
@@ -179,6 +182,19 @@ impl Default for SandboxSettings {
     }
 }
 
+/// `containers:` in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct ContainersFile {
+    /// `docker`, `podman`, or a path (default: docker, then podman, on PATH).
+    runtime: Option<String>,
+    /// The daemon's address (`unix:///run/user/1000/podman/podman.sock`, `tcp://...`).
+    host: Option<String>,
+    /// Host directories containers may mount (absolute).
+    #[serde(default)]
+    allow_volumes: Vec<PathBuf>,
+}
+
 /// `egress:` in the file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -258,6 +274,7 @@ struct FileConfig {
     dispatch: Option<std::collections::BTreeMap<String, String>>,
     adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
     services: Option<std::collections::BTreeMap<String, kflow_tasks::services::ServiceSpec>>,
+    containers: Option<ContainersFile>,
     retention: Option<crate::retention::RetentionConfig>,
 }
 
@@ -320,6 +337,20 @@ impl ServerConfig {
                 ));
             }
             c.adaptive_concurrency = Some(a);
+        }
+        if let Some(k) = file.containers {
+            if let Some(d) = k.allow_volumes.iter().find(|d| !d.is_absolute()) {
+                return Err(format!(
+                    "{name}: containers.allow_volumes: {} is not an absolute path",
+                    d.display()
+                ));
+            }
+            c.containers = kflow_tasks::container::ContainerConfig {
+                runtime: k.runtime,
+                search_path: None,
+                host: k.host,
+                allow_volumes: k.allow_volumes,
+            };
         }
         if let Some(services) = file.services {
             kflow_tasks::services::Registry::new(services.clone())

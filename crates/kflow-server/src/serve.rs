@@ -150,6 +150,7 @@ async fn run(
             egress: cfg.egress.clone(),
             sandbox,
             process_timeout: cfg.sandbox.timeout_seconds.map(Duration::from_secs),
+            containers: cfg.containers.clone(),
             services: std::sync::Arc::new(
                 kflow_tasks::services::Registry::new(cfg.services.clone())
                     .map_err(|e| format!("services: {e}"))?,

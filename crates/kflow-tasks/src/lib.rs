@@ -13,6 +13,7 @@
 //! abandoned, a child process's whole process group is killed and its working directory removed.
 
 mod auth;
+pub mod container;
 pub mod egress;
 pub mod emit;
 mod http;
@@ -53,6 +54,8 @@ pub struct ExecConfig {
     pub sandbox: Option<SandboxConfig>,
     /// The named services `service://NAME/...` calls go to (shared by every clone).
     pub services: Arc<services::Registry>,
+    /// How `run: container` runs (the runtime CLI, its daemon, the volumes allowed).
+    pub containers: container::ContainerConfig,
 }
 
 /// The user a task runs as.
@@ -168,6 +171,7 @@ impl Default for ExecConfig {
             egress: egress::EgressConfig::default(),
             sandbox: None,
             services: Arc::default(),
+            containers: Default::default(),
         }
     }
 }

@@ -64,10 +64,13 @@ pub(crate) async fn perform(
             403,
             "Processes forbidden",
             format!(
-                "run shell and run script are forbidden in namespace '{}' by the server's settings",
+                "run shell, run script and run container are forbidden in namespace '{}' by the server's settings",
                 ctx.namespace
             ),
         ));
+    }
+    if let Program::Container(c) = &req.program {
+        return crate::container::perform(cfg, ctx, req, c).await;
     }
     let args = arguments(&req.arguments)?;
     let user_env = environment(&req.environment)?;
@@ -99,6 +102,7 @@ pub(crate) async fn perform(
             })?;
             (path, Some((file, code.as_str())))
         }
+        Program::Container(_) => return Err(WfError::runtime("run: a container is not a process")),
     };
 
     let lease = match cfg.sandbox.as_ref().map(|s| s.user) {
@@ -221,7 +225,7 @@ pub(crate) async fn perform(
 
 /// Waits for the process while feeding stdin and draining both pipes; kills the group as soon as
 /// the leader exits.
-async fn run_to_end(
+pub(crate) async fn run_to_end(
     child: &mut tokio::process::Child,
     pgid: Option<u32>,
     input: Option<&str>,
@@ -260,7 +264,7 @@ async fn run_to_end(
     }
 }
 
-async fn feed(stdin: Option<tokio::process::ChildStdin>, data: Option<&str>) {
+pub(crate) async fn feed(stdin: Option<tokio::process::ChildStdin>, data: Option<&str>) {
     if let Some(mut w) = stdin {
         if let Some(d) = data {
             // A child that exits without reading its input closes the pipe: not an error.
@@ -272,14 +276,14 @@ async fn feed(stdin: Option<tokio::process::ChildStdin>, data: Option<&str>) {
 }
 
 /// Up to `limit` bytes of a stream; the rest is read and dropped.
-struct Capture {
+pub(crate) struct Capture {
     buf: Vec<u8>,
     limit: usize,
     truncated: bool,
 }
 
 impl Capture {
-    fn new(limit: usize) -> Capture {
+    pub(crate) fn new(limit: usize) -> Capture {
         Capture {
             buf: Vec::new(),
             limit,
@@ -306,7 +310,7 @@ impl Capture {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let s = String::from_utf8_lossy(&self.buf).into_owned();
         match s.strip_suffix('\n') {
             Some(t) => t.strip_suffix('\r').unwrap_or(t).to_string(),
@@ -324,7 +328,7 @@ fn exit_code(status: ExitStatus) -> i64 {
     }
 }
 
-fn shape(
+pub(crate) fn shape(
     mode: ReturnMode,
     status: ExitStatus,
     out: Capture,
@@ -364,7 +368,7 @@ fn tail(s: &str, max: usize) -> String {
     format!("…{}", &s[start..])
 }
 
-fn arguments(v: &Value) -> Result<Vec<String>, WfError> {
+pub(crate) fn arguments(v: &Value) -> Result<Vec<String>, WfError> {
     let args: Vec<String> = match v {
         Value::Null => Vec::new(),
         Value::Array(items) => items.iter().map(crate::http::text_of).collect(),
@@ -382,7 +386,7 @@ fn arguments(v: &Value) -> Result<Vec<String>, WfError> {
     Ok(args)
 }
 
-fn environment(env: &Map<String, Value>) -> Result<Vec<(String, String)>, WfError> {
+pub(crate) fn environment(env: &Map<String, Value>) -> Result<Vec<(String, String)>, WfError> {
     let mut out = Vec::new();
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -417,7 +421,7 @@ fn spawn_error(program: &Path, e: &io::Error) -> WfError {
     }
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

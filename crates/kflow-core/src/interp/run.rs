@@ -101,10 +101,34 @@ pub(super) async fn run(
             }
             return Ok((cx.sh.effect(&named.reference, effect).await?, None, None));
         }
-        Process::Container => {
-            return Err(WfError::configuration(
-                "run container is not supported yet by kflow (supported: shell, script, workflow)",
-            ));
+        Process::Container(c) => {
+            let map = |t: &Option<kflow_dsl::template::Template>, what: &str| match opt(t)? {
+                None | Some(Value::Null) => Ok(Map::new()),
+                Some(Value::Object(m)) => Ok(m),
+                Some(other) => Err(WfError::validation(format!(
+                    "run container: '{what}' must be an object, got {other}"
+                ))),
+            };
+            let program = crate::effect::ContainerProgram {
+                image: text(cx.eval(&c.image, input, scope)?),
+                name: opt(&c.name)?.map(text),
+                command: opt(&c.command)?.map(text),
+                ports: map(&c.ports, "ports")?,
+                volumes: map(&c.volumes, "volumes")?,
+                pull_policy: c.pull_policy.clone(),
+                cleanup: c.cleanup.clone(),
+                cleanup_after_ms: c
+                    .cleanup_after
+                    .as_ref()
+                    .map(|d| cx.millis(d, input, scope))
+                    .transpose()?,
+            };
+            (
+                Program::Container(Box::new(program)),
+                opt(&c.arguments)?,
+                env_map(opt(&c.environment)?)?,
+                opt(&c.stdin)?,
+            )
         }
     };
     let arguments = match arguments {

@@ -1,7 +1,7 @@
 //! The `run` task: exactly one process (shell, script, workflow, or container, which is checked
 //! but not run), plus `await` and `return`.
 
-use crate::model::{Process, ReturnMode, RunDef};
+use crate::model::{ContainerDef, Process, ReturnMode, RunDef};
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
 
@@ -187,7 +187,7 @@ fn workflow(cx: &mut Cx, obj: &Obj) -> Option<Process> {
     })
 }
 
-/// Containers are not run by kflow yet; the definition is still checked.
+/// `run.container`: every field checked; strings and maps may hold runtime expressions.
 fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
     obj.check(
         cx,
@@ -204,35 +204,44 @@ fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
             "pullPolicy",
         ],
     );
-    let mut ok = obj
+    let image = obj
         .req(cx, "image")
-        .and_then(|n| common::string(cx, n, &obj.field("image")))
-        .is_some();
-    for key in ["name", "command", "stdin"] {
-        if let Some(n) = obj.get(key) {
-            ok &= common::string(cx, n, &obj.field(key)).is_some();
+        .and_then(|n| common::string_template(cx, n, &obj.field("image")));
+    let mut ok = image.is_some();
+    let mut text = |cx: &mut Cx, key: &str| match obj.get(key) {
+        Some(n) => {
+            let t = common::string_template(cx, n, &obj.field(key));
+            ok &= t.is_some();
+            t
         }
-    }
-    for key in ["ports", "volumes", "environment"] {
-        if let Some(n) = obj.get(key) {
-            ok &= common::mapping(cx, n, &obj.field(key)).is_some();
+        None => None,
+    };
+    let (name, command) = (text(cx, "name"), text(cx, "command"));
+    let mut map = |cx: &mut Cx, key: &str| match obj.get(key) {
+        Some(n) => {
+            let t = common::mapping_template(cx, n, &obj.field(key));
+            ok &= t.is_some();
+            t
         }
-    }
-    if let Some(n) = obj.get("arguments") {
-        ok &= common::string_list(cx, n, &obj.field("arguments")).is_some();
-    }
-    if let Some(n) = obj.get("pullPolicy") {
-        ok &= common::one_of(
+        None => None,
+    };
+    let (ports, volumes) = (map(cx, "ports"), map(cx, "volumes"));
+    let (stdin, arguments, environment) = io(cx, obj);
+    let pull_policy = match obj.get("pullPolicy") {
+        Some(n) => common::one_of(
             cx,
             n,
             &obj.field("pullPolicy"),
             &["ifNotPresent", "always", "never"],
-        )
-        .is_some();
-    }
+        ),
+        None => Some("ifNotPresent"),
+    };
+    ok &= pull_policy.is_some();
+    let mut cleanup = Some("never");
+    let mut cleanup_after = None;
     if let Some(lifetime) = obj.get("lifetime").and_then(|n| obj.sub(cx, "lifetime", n)) {
         lifetime.check(cx, &["cleanup", "after"]);
-        let cleanup = lifetime.req(cx, "cleanup").and_then(|n| {
+        cleanup = lifetime.req(cx, "cleanup").and_then(|n| {
             common::one_of(
                 cx,
                 n,
@@ -240,13 +249,15 @@ fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
                 &["always", "never", "eventually"],
             )
         });
+        ok &= cleanup.is_some();
         match (cleanup, lifetime.get("after")) {
             (Some("eventually"), None) => {
                 cx.at(lifetime.node, "missing required property 'after' in 'run.container.lifetime' (cleanup is eventually)");
                 ok = false;
             }
             (Some("eventually"), Some(after)) => {
-                ok &= common::duration(cx, after, &lifetime.field("after")).is_some();
+                cleanup_after = common::duration(cx, after, &lifetime.field("after"));
+                ok &= cleanup_after.is_some();
             }
             (Some(other), Some(after)) => {
                 cx.at(
@@ -258,6 +269,20 @@ fn container(cx: &mut Cx, obj: &Obj) -> Option<Process> {
             _ => {}
         }
     }
-    ok &= common::template(cx, obj.node).is_some();
-    ok.then_some(Process::Container)
+    if !ok {
+        return None;
+    }
+    Some(Process::Container(Box::new(ContainerDef {
+        image: image?,
+        name,
+        command,
+        ports,
+        volumes,
+        environment,
+        stdin,
+        arguments,
+        cleanup: cleanup?.to_string(),
+        cleanup_after,
+        pull_policy: pull_policy?.to_string(),
+    })))
 }
