@@ -276,3 +276,66 @@ fn calls_fail_over_and_the_circuit_opens_and_closes() {
         "{s}"
     );
 }
+
+/// A remote `kflow worker` resolves `service://` with the `services:` of its `--config`; without
+/// one it says it has no services.
+#[test]
+fn a_remote_worker_resolves_services_from_its_config() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let e = endpoint("r", log.clone());
+    let url = e.server.as_ref().map(|s| s.base()).unwrap_or_default();
+    let dir = TempDir::new("services-worker");
+    let services = format!("services:\n  billing:\n    endpoints: ['{url}']\n");
+    let server_config = dir.write("server.yaml", &services);
+    let worker_config = dir.write("worker.yaml", &services);
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--config", &server_config.to_string_lossy()],
+    );
+    let base = server.base();
+    support::register(
+        &base,
+        "document: {dsl: '1.0.0', namespace: svc, name: far, version: '1.0.0'}\n\
+         do:\n  - charge:\n      metadata: {kflow: {queue: remote}}\n      call: http\n      \
+         with: {method: get, endpoint: 'service://billing/work'}\n",
+    );
+    let worker = |config: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(support::kflow_bin());
+        cmd.args(["worker", "--server", &base, "--queue", "remote"])
+            .env("KFLOW_TOKEN", support::TEST_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.spawn().expect("a worker")
+    };
+    let run = || {
+        let (code, v) = post_json(
+            &base,
+            "/api/v1/instances",
+            &json!({"namespace": "svc", "name": "far", "wait": true, "wait_seconds": 30}),
+        )
+        .expect("run");
+        assert!(code < 300, "{v}");
+        v
+    };
+    let mut w = worker(None);
+    let v = run();
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(v["status"], "faulted", "{v}");
+    assert!(
+        v["error"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("service://billing: no services are configured here")),
+        "{v}"
+    );
+    let mut w = worker(Some(&worker_config));
+    let v = run();
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["output"]["served_by"], "r", "{v}");
+}

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Run shell and script tasks without the sandbox (as this worker's user, unconfined).
     #[arg(long)]
     pub no_sandbox: bool,
+    /// A config file (the server's format) whose `services:` and `containers:` this worker
+    /// uses for `service://` calls and `run: container` (its other settings are the server's).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -270,12 +274,30 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         kflow_server::serve::sandbox_of(&kflow_server::config::SandboxSettings::default())
             .map_err(Failure::Usage)?
     };
+    // `services:` and `containers:` of a config file, checked before any network traffic.
+    let (services, containers) = match &args.config {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("--config {}: {e}", path.display())))?;
+            let cfg = kflow_server::config::ServerConfig::from_file_bytes(
+                &bytes,
+                &path.display().to_string(),
+            )
+            .map_err(Failure::Usage)?;
+            let registry = kflow_tasks::services::Registry::new(cfg.services)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            (Arc::new(registry), cfg.containers)
+        }
+        None => Default::default(),
+    };
     let executor = Executor::new(ExecConfig {
         process_timeout: sandbox
             .as_ref()
             .and(kflow_server::config::SandboxSettings::default().timeout_seconds)
             .map(std::time::Duration::from_secs),
         sandbox,
+        services,
+        containers,
         ..ExecConfig::default()
     });
     let shared = Arc::new(Shared {
