@@ -206,6 +206,23 @@ fn calls_fail_over_and_the_circuit_opens_and_closes() {
         "{}",
         out.stdout
     );
+    // A workflow catches the open circuit by its title and falls back.
+    support::register(
+        &base,
+        "document: {dsl: '1.0.0', namespace: svc, name: guarded, version: '1.0.0'}\n\
+         do:\n  - charge:\n      try:\n        - call:\n            call: http\n            \
+         with: {method: get, endpoint: 'service://billing/work'}\n      catch:\n        \
+         errors:\n          with: {type: communication, status: 503, title: Circuit Open}\n        \
+         do:\n          - fallback: {set: {queued_for_later: true}}\n",
+    );
+    let (_, v) = post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "svc", "name": "guarded", "wait": true}),
+    )
+    .expect("run");
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["output"]["queued_for_later"], true, "{v}");
 
     let metrics = support::http_request("GET", &base, "/metrics", None, Duration::from_secs(10))
         .expect("metrics")
