@@ -361,19 +361,8 @@ pub(crate) async fn perform(
     let rt = runtime(cc)?;
     probe(&rt, cc).await?;
     let mut cmd = command(&rt, cc);
-    cmd.args(&argv)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(if req.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    if req.await_ {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    }
+    cmd.args(&argv).process_group(0).kill_on_drop(true);
+    process::pipes(&mut cmd, req);
     let mut child = cmd.spawn().map_err(|e| {
         WfError::runtime(format!(
             "run container: starting {} failed: {e}",

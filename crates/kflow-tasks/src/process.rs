@@ -157,17 +157,8 @@ pub(crate) async fn perform(
         .process_group(0)
         // The sandbox launcher is stopped by the guard with SIGTERM (it then kills everything
         // below it); a SIGKILL would orphan what escaped the group.
-        .kill_on_drop(cfg.sandbox.is_none())
-        .stdin(if req.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    if req.await_ {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    }
+        .kill_on_drop(cfg.sandbox.is_none());
+    pipes(&mut cmd, req);
     let mut child = cmd.spawn().map_err(|e| spawn_error(&program, &e))?;
     guard.pgid = child.id();
 
@@ -221,6 +212,21 @@ pub(crate) async fn perform(
     let status =
         status.map_err(|e| WfError::runtime(format!("waiting for the process failed: {e}")))?;
     shape(req.return_, status, out, err)
+}
+
+/// stdin piped when the task has some (else closed); stdout and stderr piped when the task
+/// waits for the result (else dropped).
+pub(crate) fn pipes(cmd: &mut tokio::process::Command, req: &ProcessRequest) {
+    cmd.stdin(if req.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    if req.await_ {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
 }
 
 /// Waits for the process while feeding stdin and draining both pipes; kills the group as soon as
