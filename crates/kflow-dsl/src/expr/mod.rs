@@ -128,6 +128,7 @@ mod program;
 mod runtime;
 #[cfg(test)]
 mod tests;
+mod walk;
 mod worker;
 
 use std::borrow::Cow;
