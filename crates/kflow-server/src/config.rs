@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub services: std::collections::BTreeMap<String, kflow_tasks::services::ServiceSpec>,
     /// How `run: container` runs.
     pub containers: kflow_tasks::container::ContainerConfig,
+    /// Message brokers events are taken from and published to (checked at load).
+    pub brokers: std::collections::BTreeMap<String, crate::brokers::BrokerSpec>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +92,7 @@ impl Default for ServerConfig {
             adaptive_concurrency: None,
             services: Default::default(),
             containers: Default::default(),
+            brokers: Default::default(),
             retention: Default::default(),
             data_dir: PathBuf::from("kflow-data"),
             durability: Durability::Process,
@@ -275,6 +278,7 @@ struct FileConfig {
     adaptive_concurrency: Option<crate::engine::queue::AdaptiveHosts>,
     services: Option<std::collections::BTreeMap<String, kflow_tasks::services::ServiceSpec>>,
     containers: Option<ContainersFile>,
+    brokers: Option<std::collections::BTreeMap<String, crate::brokers::BrokerSpec>>,
     retention: Option<crate::retention::RetentionConfig>,
 }
 
@@ -356,6 +360,10 @@ impl ServerConfig {
             kflow_tasks::services::Registry::new(services.clone())
                 .map_err(|e| format!("{name}: {e}"))?;
             c.services = services;
+        }
+        if let Some(brokers) = file.brokers {
+            crate::brokers::check(&brokers).map_err(|e| format!("{name}: {e}"))?;
+            c.brokers = brokers;
         }
         for (queue, mode) in file.dispatch.unwrap_or_default() {
             match mode.as_str() {

@@ -8,6 +8,7 @@ pub mod adaptive;
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod brokers;
 pub mod cluster;
 pub mod config;
 pub mod engine;

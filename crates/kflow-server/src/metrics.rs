@@ -53,6 +53,19 @@ pub struct ServiceOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabels {
+    /// A broker of the config (`brokers:`): bounded by the config.
+    pub broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerOutcomeLabels {
+    pub broker: String,
+    /// Taken: delivered, duplicate, refused. Published: published, unreachable, refused.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: String,
     /// The route's template (`/api/v1/instances/{id}`), never the path itself.
@@ -79,6 +92,9 @@ pub struct Metrics {
     pub service_healthy_endpoints: Family<ServiceLabels, Gauge>,
     pub service_in_flight: Family<ServiceLabels, Gauge>,
     pub service_calls: Family<ServiceOutcomeLabels, Counter>,
+    pub broker_connected: Family<BrokerLabels, Gauge>,
+    pub broker_messages: Family<BrokerOutcomeLabels, Counter>,
+    pub broker_published: Family<BrokerOutcomeLabels, Counter>,
     pub queue_oldest_wait: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tasks_running: Gauge,
     pub workers: Gauge,
@@ -120,6 +136,9 @@ impl Metrics {
             service_healthy_endpoints: Family::default(),
             service_in_flight: Family::default(),
             service_calls: Family::default(),
+            broker_connected: Family::default(),
+            broker_messages: Family::default(),
+            broker_published: Family::default(),
             queue_oldest_wait: Family::default(),
             tasks_running: Gauge::default(),
             workers: Gauge::default(),
@@ -184,6 +203,21 @@ impl Metrics {
             "service_calls",
             "Calls to a named service by outcome (failover: a failed connection that went on to another endpoint; refused_*: failed fast)",
             m.service_calls.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "Whether a broker's consumer is connected (1) or trying again (0)",
+            m.broker_connected.clone(),
+        );
+        registry.register(
+            "broker_messages",
+            "Messages taken from a broker: delivered (recorded and offered), duplicate (recorded before: acknowledged only), refused (not a CloudEvent)",
+            m.broker_messages.clone(),
+        );
+        registry.register(
+            "broker_published",
+            "Emitted events published to a broker: published (confirmed), unreachable (tried again), refused (the task failed)",
+            m.broker_published.clone(),
         );
         registry.register(
             "queue_oldest_wait_seconds",

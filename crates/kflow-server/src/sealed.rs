@@ -206,6 +206,13 @@ impl Store for Sealed {
         self.inner
             .add_event(&self.seal(CTX_EVENT, event), received_ms)
     }
+    fn add_event_once(&self, event: &Value, dedup: &str, received_ms: i64) -> Result<Option<i64>> {
+        if !self.seal_writes {
+            return self.inner.add_event_once(event, dedup, received_ms);
+        }
+        self.inner
+            .add_event_once(&self.seal(CTX_EVENT, event), dedup, received_ms)
+    }
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>> {
         self.inner
             .pending_events(limit)?

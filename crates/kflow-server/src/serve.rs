@@ -130,6 +130,7 @@ async fn run(
             .await
         })
     });
+    let brokers = Arc::new(crate::brokers::Brokers::new(&cfg.brokers, &secrets)?);
     let engine = Engine::open(EngineConfig {
         database: database.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -160,6 +161,7 @@ async fn run(
         cluster: cluster.is_some(),
         critical_path_queues: cfg.critical_path_queues.clone(),
         adaptive_concurrency: cfg.adaptive_concurrency.clone(),
+        brokers: brokers.clone(),
         ..EngineConfig::default()
     })
     .await
@@ -182,6 +184,7 @@ async fn run(
     .await
     .map_err(|e| format!("cannot start the scheduler: {e}"))?;
     let schedules = scheduler.spawn();
+    let consumers = brokers.spawn(engine.clone());
     let alerts = crate::alerts::Alerts::new(engine.clone(), cfg.alerts.clone())?.spawn();
     let retention =
         crate::retention::Retention::new(engine.clone(), cfg.retention.clone(), cfg.encrypt_data)
@@ -259,6 +262,7 @@ async fn run(
             tracing::error!(reason = %reason, "stopping");
             stop.notify_waiters();
             schedules.abort();
+            consumers.iter().for_each(|c| c.abort());
             alerts.abort();
             retention.abort();
             if let Some(t) = traces {
@@ -278,8 +282,10 @@ async fn run(
     }
     tracing::info!(seconds = cfg.drain_seconds, "draining");
     draining.store(true, std::sync::atomic::Ordering::SeqCst);
-    // No new fires while draining; decided ones stay in their rows for the next start.
+    // No new fires while draining; decided ones stay in their rows for the next start. No new
+    // broker messages: those not acknowledged come again to the next start.
     schedules.abort();
+    consumers.iter().for_each(|c| c.abort());
     alerts.abort();
     retention.abort();
     if let Some(t) = traces {

@@ -8,7 +8,19 @@ use crate::PgStore;
 use crate::mapping::{limit, to_json};
 
 pub(crate) fn add(store: &PgStore, event: &Value, received_ms: i64) -> Result<i64> {
+    add_once(store, event, "", received_ms)?
+        .ok_or_else(|| StoreError::Db("INSERT ... RETURNING gave no row".into()))
+}
+
+/// `dedup` empty: always recorded (no key).
+pub(crate) fn add_once(
+    store: &PgStore,
+    event: &Value,
+    dedup: &str,
+    received_ms: i64,
+) -> Result<Option<i64>> {
     let text = to_json(event)?;
+    let dedup = (!dedup.is_empty()).then_some(dedup);
     store.write(|c| {
         c.transaction(|c| {
             // Ids in commit order (see `lease::EVENTS_LOCK`), and every node told.
@@ -16,18 +28,21 @@ pub(crate) fn add(store: &PgStore, event: &Value, received_ms: i64) -> Result<i6
                 "SELECT pg_advisory_xact_lock($1)",
                 &[&crate::lease::EVENTS_LOCK],
             )?;
-            let id: i64 = c
+            let Some(id) = c
                 .query_opt(
-                    "INSERT INTO events (received_ms, event) VALUES ($1, $2) RETURNING id",
-                    &[&received_ms, &text],
+                    "INSERT INTO events (received_ms, event, dedup) VALUES ($1, $2, $3) \
+                     ON CONFLICT (dedup) WHERE dedup IS NOT NULL DO NOTHING RETURNING id",
+                    &[&received_ms, &text, &dedup],
                 )?
-                .map(|r| r.get(0))
-                .ok_or_else(|| StoreError::Db("INSERT ... RETURNING gave no row".into()))?;
+                .map(|r| r.get::<_, i64>(0))
+            else {
+                return Ok(None);
+            };
             c.execute(
                 "SELECT pg_notify($1, $2)",
                 &[&crate::lease::EVENTS_CHANNEL, &id.to_string()],
             )?;
-            Ok(id)
+            Ok(Some(id))
         })
     })
 }

@@ -411,6 +411,10 @@ impl Store for PgStore {
         crate::events::add(self, event, received_ms)
     }
 
+    fn add_event_once(&self, event: &Value, dedup: &str, received_ms: i64) -> Result<Option<i64>> {
+        crate::events::add_once(self, event, dedup, received_ms)
+    }
+
     fn pending_events(&self, n: u32) -> Result<Vec<(i64, Value)>> {
         crate::events::pending(self, n)
     }

@@ -16,13 +16,13 @@ use crate::pool::Conn;
 use kflow_store::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock taken while migrating (an arbitrary constant: "kflow" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b_666c_6f77;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION);
 
 const V1: &str = r#"
@@ -225,6 +225,13 @@ CREATE TABLE task_stats (
     updated_ms BIGINT NOT NULL,
     PRIMARY KEY (namespace, name, version, task)
 );
+"#;
+
+/// Events taken from a broker: their CloudEvents source and id (`dedup`), recorded once, so a
+/// message the broker delivers again (its acknowledgement lost in a crash) changes nothing.
+const V3: &str = r#"
+ALTER TABLE events ADD COLUMN dedup TEXT COLLATE "C";
+CREATE UNIQUE INDEX events_dedup ON events (dedup) WHERE dedup IS NOT NULL;
 "#;
 
 /// What [`migrate`] found and did.

@@ -123,6 +123,7 @@ pub const COPY_TABLES: &[Table] = &[
             ("received_ms", Int),
             ("processed", Bool),
             ("event", Text),
+            ("dedup", Text),
         ],
         key: &["id"],
     },

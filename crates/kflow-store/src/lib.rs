@@ -345,6 +345,10 @@ pub trait Store: Send + Sync + 'static {
     // --- events ------------------------------------------------------------------------
     /// Records a posted CloudEvent before it is acknowledged; returns its id (increasing).
     fn add_event(&self, event: &Value, received_ms: i64) -> Result<i64>;
+    /// Records an event at most once per `dedup` key (a broker's message: its CloudEvents
+    /// source and id): `None` when an event with that key was recorded before (and not yet
+    /// pruned), and nothing is written.
+    fn add_event_once(&self, event: &Value, dedup: &str, received_ms: i64) -> Result<Option<i64>>;
     /// Recorded events not yet marked processed by a commit, oldest first. On a store shared by
     /// several nodes: the events after this node's cursor.
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>>;

@@ -513,6 +513,25 @@ impl Engine {
         // deliveries were not committed (a crash in between) is offered again at the next start.
         let (e2, now) = (event.clone(), self.shared.now());
         let event_id = self.blocking(move |s| s.add_event(&e2, now)).await?;
+        self.offer_recorded(event, event_id).await
+    }
+
+    /// [`publish_event`](Self::publish_event) at most once per CloudEvents `source` and `id`
+    /// (a broker's message, delivered again when its acknowledgement was lost): `None` when an
+    /// event with both was recorded before, and it is not offered again.
+    pub async fn publish_event_once(&self, event: Value) -> Result<Option<usize>> {
+        let key = dedup_key(&event);
+        let (e2, now) = (event.clone(), self.shared.now());
+        let Some(event_id) = self
+            .blocking(move |s| s.add_event_once(&e2, &key, now))
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.offer_recorded(event, event_id).await.map(Some)
+    }
+
+    async fn offer_recorded(&self, event: Value, event_id: i64) -> Result<usize> {
         let scheduled = match self.observer() {
             Some(o) => o.event_published(&event).await?,
             None => 0,
@@ -545,6 +564,18 @@ impl Engine {
     pub fn watchers(&self) -> usize {
         self.shared.live.watchers()
     }
+}
+
+/// The key an event is recorded once by: a digest of its `source` and `id` (fixed length, and
+/// nothing of either readable in the store).
+fn dedup_key(event: &Value) -> String {
+    use sha2::Digest;
+    let text = |k: &str| event.get(k).and_then(Value::as_str).unwrap_or_default();
+    let mut h = sha2::Sha256::new();
+    h.update(text("source").as_bytes());
+    h.update([0]);
+    h.update(text("id").as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A client-chosen instance id: 1 to 128 letters, digits, `-` and `_` (no `.`: it separates

@@ -109,6 +109,8 @@ pub struct EngineConfig {
     /// instances from its own cursor, definitions are read afresh, and the duties of one node
     /// for all wait until this node is the leader.
     pub cluster: bool,
+    /// Brokers (`brokers:` in the config): where emitted events are published.
+    pub brokers: Arc<crate::brokers::Brokers>,
 }
 
 /// Per-instance budgets: one instance can neither stall the engine nor grow without end.
@@ -202,6 +204,7 @@ impl Default for EngineConfig {
             cluster: false,
             critical_path_queues: Default::default(),
             adaptive_concurrency: None,
+            brokers: Arc::default(),
         }
     }
 }
@@ -523,6 +526,7 @@ impl Engine {
                     c.inc_by(total.saturating_sub(c.get()));
                 }
             }
+            self.shared.config.brokers.render_metrics(m);
         })
     }
 

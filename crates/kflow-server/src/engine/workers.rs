@@ -336,6 +336,11 @@ impl Builtin {
         }
     }
 
+    /// Where results go: the driver's queue.
+    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Msg> {
+        self.tx.clone()
+    }
+
     /// Takes, now, the queued work the built-in worker has room for, and runs it.
     pub fn pump(&self) {
         let free = self.permits.available_permits();

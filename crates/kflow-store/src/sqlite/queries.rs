@@ -397,6 +397,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn add_event_once(&self, event: &Value, dedup: &str, received_ms: i64) -> Result<Option<i64>> {
+        let text = to_json(event)?;
+        self.write(|conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO events (received_ms, event, dedup) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (dedup) WHERE dedup IS NOT NULL DO NOTHING",
+                )?
+                .execute(params![received_ms, text, dedup])?;
+            Ok((n == 1).then(|| conn.last_insert_rowid()))
+        })
+    }
+
     fn pending_events(&self, limit: u32) -> Result<Vec<(i64, Value)>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(

@@ -12,10 +12,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// `MIGRATIONS[i]` brings a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 const V1: &str = "
@@ -206,6 +206,13 @@ CREATE TABLE task_stats (
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (namespace, name, version, task)
 );
+";
+
+/// Events taken from a broker: their CloudEvents source and id (`dedup`), recorded once, so a
+/// message the broker delivers again (its acknowledgement lost in a crash) changes nothing.
+const V10: &str = "
+ALTER TABLE events ADD COLUMN dedup TEXT;
+CREATE UNIQUE INDEX events_dedup ON events (dedup) WHERE dedup IS NOT NULL;
 ";
 
 /// Creates or migrates the schema (in one IMMEDIATE transaction).

@@ -86,6 +86,14 @@ impl Store for TempStore {
     fn add_event(&self, event: &serde_json::Value, received_ms: i64) -> Result<i64> {
         self.store.add_event(event, received_ms)
     }
+    fn add_event_once(
+        &self,
+        event: &serde_json::Value,
+        dedup: &str,
+        received_ms: i64,
+    ) -> Result<Option<i64>> {
+        self.store.add_event_once(event, dedup, received_ms)
+    }
     fn task_stats(&self, namespace: &str, name: &str) -> Result<Vec<crate::TaskStatsRow>> {
         self.store.task_stats(namespace, name)
     }

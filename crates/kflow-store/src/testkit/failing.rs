@@ -139,6 +139,15 @@ impl Store for FailingStore {
     fn add_event(&self, event: &Value, received_ms: i64) -> crate::Result<i64> {
         self.inner.add_event(event, received_ms)
     }
+    fn add_event_once(
+        &self,
+        event: &Value,
+        dedup: &str,
+        received_ms: i64,
+    ) -> crate::Result<Option<i64>> {
+        self.check(&self.fail_writes, "recording an event")?;
+        self.inner.add_event_once(event, dedup, received_ms)
+    }
     fn task_stats(&self, namespace: &str, name: &str) -> crate::Result<Vec<crate::TaskStatsRow>> {
         self.inner.task_stats(namespace, name)
     }

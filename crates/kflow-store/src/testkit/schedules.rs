@@ -157,6 +157,30 @@ pub fn events_are_pending_until_a_commit_processes_them(store: &dyn Store) {
     assert_eq!(ok(store.pending_events(10)).len(), 1);
 }
 
+pub fn events_with_a_dedup_key_are_recorded_once(store: &dyn Store) {
+    let e = serde_json::json!({"id": "m1", "source": "s"});
+    let first = ok(store.add_event_once(&e, "k1", 1)).expect("the first is recorded");
+    // The same key again (a broker's redelivery), even processed meanwhile: nothing written.
+    ok(store.apply(&[Commit {
+        processed_events: vec![first],
+        ..Default::default()
+    }]));
+    assert_eq!(ok(store.add_event_once(&e, "k1", 2)), None);
+    let other = ok(store.add_event_once(&e, "k2", 3)).expect("another key");
+    assert!(other > first);
+    // Events without a key are never deduplicated.
+    let a = ok(store.add_event(&e, 4));
+    let b = ok(store.add_event(&e, 5));
+    assert!(b > a && a > other);
+    assert_eq!(
+        ok(store.pending_events(10))
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        [other, a, b]
+    );
+}
+
 pub fn attention_parks_an_instance(store: &dyn Store) {
     let a = instance("a", 1);
     let b = instance("b", 2);

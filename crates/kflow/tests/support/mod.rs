@@ -1061,6 +1061,14 @@ impl ServerProcess {
         s
     }
 
+    /// Sets (`Some`) or removes (`None`) a variable of the next incarnations' environment.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// Spawns the next incarnation (same port and data) without waiting.
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "respawn: the server is still running");

@@ -102,6 +102,14 @@ impl Driver {
             Effect::Timer { at_ms } => *at_ms,
             _ => now,
         };
+        // An emitted event is completed (id, time, source) before its row is written: published
+        // again after a crash, it is the same event with the same id.
+        let e = match e {
+            Effect::Emit { event } => Effect::Emit {
+                event: complete_event(event, id, now),
+            },
+            other => other,
+        };
         let row = WorkItem {
             instance_id: id.to_string(),
             effect_id: effect,
@@ -135,7 +143,6 @@ impl Driver {
                 due: at_ms,
             }),
             Effect::Emit { event } => {
-                let event = complete_event(event, id, now);
                 // Emitted events also reach this server's listeners.
                 let mut keys: Vec<(String, u64)> = self.subs.keys().cloned().collect();
                 keys.sort();
@@ -146,8 +153,17 @@ impl Driver {
                     }
                 }
                 b.after.push(After::Emitted(event.clone()));
-                b.ready
-                    .push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
+                if self.shared.config.brokers.publishes(&event) {
+                    // Answered once the brokers confirmed it (after this commit).
+                    b.after.push(After::Publish {
+                        instance: id.to_string(),
+                        effect,
+                        event,
+                    });
+                } else {
+                    b.ready
+                        .push_back((id.to_string(), effect, Delivery::Result(Ok(event))));
+                }
             }
             Effect::Listen { filters, args } => {
                 let sub = Subscription::new(&filters, args.as_ref());

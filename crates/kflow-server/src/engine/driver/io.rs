@@ -355,6 +355,11 @@ impl Driver {
                         o.event_emitted(event);
                     }
                 }
+                After::Publish {
+                    instance,
+                    effect,
+                    event,
+                } => self.publish(instance, effect, event),
                 After::Yield { instance, effect } => {
                     if !self.draining {
                         self.deferred.push_back((instance, effect));
@@ -375,6 +380,29 @@ impl Driver {
     }
 
     /// An instance's row: from memory when active, else from the store.
+    /// Publishes an emitted event to the brokers that take it, then answers the emit (a
+    /// refusal fails it). Not answered while the engine stops: its row makes the next start
+    /// publish it again.
+    pub(super) fn publish(&self, instance: String, effect: u64, event: Value) {
+        let brokers = self.shared.config.brokers.clone();
+        let tx = self.builtin.sender();
+        tokio::spawn(async move {
+            let delivery = match brokers.publish(&event, || !tx.is_closed()).await {
+                Ok(false) => return,
+                Ok(true) => Delivery::Result(Ok(event)),
+                Err(e) => Delivery::Result(Err(kflow_core::error::WfError::communication(502, e))),
+            };
+            crate::brokers::failpoint("emit-after-publish");
+            let _ = tx.send(Msg::Deliver {
+                instance,
+                effect,
+                delivery,
+                ack: None,
+                leased_ms: None,
+            });
+        });
+    }
+
     fn instance_row(&self, id: &str) -> Result<Instance> {
         if let Some(a) = self.active.get(id) {
             return Ok(a.row.clone());

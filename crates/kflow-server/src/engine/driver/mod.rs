@@ -181,6 +181,13 @@ enum After {
     },
     /// An event an instance emitted: offered to event-driven schedules once committed.
     Emitted(Value),
+    /// An emitted event for the brokers (`crate::brokers`): published once committed, and the
+    /// emit answered when they confirmed it.
+    Publish {
+        instance: String,
+        effect: u64,
+        event: Value,
+    },
 }
 
 #[derive(Default)]

@@ -174,11 +174,17 @@ impl Driver {
                 }
             }
             Effect::Emit { event } => {
-                ready.push_back((
-                    w.instance_id.clone(),
-                    w.effect_id,
-                    Delivery::Result(Ok(complete_event(event, &w.instance_id, now))),
-                ));
+                let event = complete_event(event, &w.instance_id, now);
+                if self.shared.config.brokers.publishes(&event) {
+                    // Published before the crash or not: again, with the same id.
+                    self.publish(w.instance_id.clone(), w.effect_id, event);
+                } else {
+                    ready.push_back((
+                        w.instance_id.clone(),
+                        w.effect_id,
+                        Delivery::Result(Ok(event)),
+                    ));
+                }
             }
             other => {
                 if !self.shared.queue.is_active(&w.instance_id, w.effect_id) {

@@ -1,0 +1,535 @@
+//! Brokers on the real server (issue 12), against the NATS JetStream, RabbitMQ and Mosquitto
+//! servers of this machine: CloudEvents taken from a broker start workflows (`schedule.on`),
+//! their `emit`s are published back out; a message that is not a CloudEvent is refused without
+//! stalling the rest, a redelivered one is recorded once; a `kill -9` between taking a message
+//! and acknowledging it, and between publishing an emit and committing it, loses nothing and
+//! runs nothing twice.
+//!
+//! Each test uses names of its own (a random suffix), so runs never see each other's messages.
+//! A broker that does not answer is skipped on a developer's machine and fails under `CI=true`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::{ServerProcess, TempDir, get_json, poll_until};
+
+/// The test's own side of a broker: it publishes to where kflow consumes and collects what
+/// kflow publishes.
+trait Wire {
+    fn publish(&self, payload: &[u8]);
+    fn received(&self) -> Vec<Value>;
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn up(port: u16, name: &str) -> bool {
+    if std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+    {
+        return true;
+    }
+    support::missing(&format!("{name} on 127.0.0.1:{port}"));
+    false
+}
+
+fn uniq() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:x}", n, std::process::id())
+}
+
+// --- NATS ---------------------------------------------------------------------------------
+
+struct Nats {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    u: String,
+}
+
+impl Nats {
+    fn new(u: &str) -> Nats {
+        let rt = rt();
+        let js = rt.block_on(async {
+            let c = async_nats::connect("127.0.0.1:4222").await.expect("NATS");
+            let js = async_nats::jetstream::new(c);
+            // Where kflow publishes: a stream of the test's own.
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: format!("OUT_{u}"),
+                subjects: vec![format!("out.{u}.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("the out stream");
+            js
+        });
+        Nats {
+            rt,
+            js,
+            u: u.to_string(),
+        }
+    }
+}
+
+impl Wire for Nats {
+    fn publish(&self, payload: &[u8]) {
+        self.rt.block_on(async {
+            self.js
+                .publish(
+                    format!("in.{}.order", self.u),
+                    bytes::Bytes::copy_from_slice(payload),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("the stream's ack");
+        })
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.rt.block_on(async {
+            let stream = self
+                .js
+                .get_stream(format!("OUT_{}", self.u))
+                .await
+                .expect("the out stream");
+            let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+                .await
+                .expect("a consumer");
+            let mut batch = consumer
+                .fetch()
+                .max_messages(100)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .expect("fetch");
+            let mut out = Vec::new();
+            while let Some(Ok(m)) = batch.next().await {
+                out.push(serde_json::from_slice(&m.payload).unwrap_or(Value::Null));
+            }
+            out
+        })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(async {
+            let _ = self.js.delete_stream(format!("OUT_{}", self.u)).await;
+            self.js.delete_stream(format!("IN_{}", self.u)).await
+        });
+    }
+}
+
+// --- RabbitMQ -----------------------------------------------------------------------------
+
+struct Amqp {
+    rt: tokio::runtime::Runtime,
+    channel: Option<amqprs::channel::Channel>,
+    /// Both closed in the runtime's context (see `Drop`).
+    connection: Option<amqprs::connection::Connection>,
+    /// Every message taken off the out queue so far (a get takes it away).
+    got: Mutex<Vec<Value>>,
+    u: String,
+}
+
+impl Amqp {
+    fn new(u: &str) -> Amqp {
+        use amqprs::channel::QueueDeclareArguments;
+        use amqprs::connection::{Connection, OpenConnectionArguments};
+        let rt = rt();
+        let (connection, channel) = rt.block_on(async {
+            let c = Connection::open(&OpenConnectionArguments::new(
+                "127.0.0.1",
+                5672,
+                "guest",
+                "guest",
+            ))
+            .await
+            .expect("RabbitMQ");
+            let ch = c.open_channel(None).await.expect("a channel");
+            ch.queue_declare(QueueDeclareArguments::durable_client_named(&format!(
+                "out.{u}"
+            )))
+            .await
+            .expect("the out queue");
+            (c, ch)
+        });
+        Amqp {
+            rt,
+            channel: Some(channel),
+            connection: Some(connection),
+            got: Mutex::new(Vec::new()),
+            u: u.to_string(),
+        }
+    }
+}
+
+impl Amqp {
+    fn ch(&self) -> &amqprs::channel::Channel {
+        self.channel.as_ref().expect("open until dropped")
+    }
+}
+
+impl Wire for Amqp {
+    fn publish(&self, payload: &[u8]) {
+        use amqprs::BasicProperties;
+        use amqprs::channel::BasicPublishArguments;
+        self.rt.block_on(async {
+            self.ch()
+                .basic_publish(
+                    BasicProperties::default().with_persistence(true).finish(),
+                    payload.to_vec(),
+                    BasicPublishArguments::new("", &format!("in.{}", self.u)),
+                )
+                .await
+                .expect("publish");
+        })
+    }
+
+    fn received(&self) -> Vec<Value> {
+        use amqprs::channel::BasicGetArguments;
+        self.rt.block_on(async {
+            let mut got = self.got.lock().unwrap();
+            let mut args = BasicGetArguments::new(&format!("out.{}", self.u));
+            args.no_ack(true);
+            while let Ok(Some((_, _, body))) = self.ch().basic_get(args.clone()).await {
+                got.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            }
+            got.clone()
+        })
+    }
+}
+
+impl Drop for Amqp {
+    fn drop(&mut self) {
+        use amqprs::channel::QueueDeleteArguments;
+        self.rt.block_on(async {
+            for q in [format!("out.{}", self.u), format!("in.{}", self.u)] {
+                let _ = self.ch().queue_delete(QueueDeleteArguments::new(&q)).await;
+            }
+        });
+        let _in_runtime = self.rt.enter();
+        drop(self.channel.take());
+        drop(self.connection.take());
+    }
+}
+
+// --- MQTT ---------------------------------------------------------------------------------
+
+struct Mqtt {
+    rt: tokio::runtime::Runtime,
+    client: rumqttc::AsyncClient,
+    got: Arc<Mutex<Vec<Value>>>,
+    u: String,
+}
+
+impl Mqtt {
+    fn new(u: &str) -> Mqtt {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let rt = rt();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut o = MqttOptions::new(format!("test-{u}"), "127.0.0.1", 1883);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(o, 64);
+        let (g, subscribed) = (got.clone(), Arc::new(tokio::sync::Notify::new()));
+        let s2 = subscribed.clone();
+        rt.spawn(async move {
+            while let Ok(ev) = events.poll().await {
+                match ev {
+                    Event::Incoming(Packet::SubAck(_)) => s2.notify_one(),
+                    Event::Incoming(Packet::Publish(p)) => g
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&p.payload).unwrap_or(Value::Null)),
+                    _ => {}
+                }
+            }
+        });
+        rt.block_on(async {
+            client
+                .subscribe(format!("out/{u}/#"), QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            tokio::time::timeout(Duration::from_secs(10), subscribed.notified())
+                .await
+                .expect("subscribed");
+        });
+        Mqtt {
+            rt,
+            client,
+            got,
+            u: u.to_string(),
+        }
+    }
+}
+
+impl Wire for Mqtt {
+    fn publish(&self, payload: &[u8]) {
+        self.rt.block_on(async {
+            self.client
+                .publish(
+                    format!("in/{}/order", self.u),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    payload.to_vec(),
+                )
+                .await
+                .expect("publish");
+        });
+        // The event loop sends it (and gets the PUBACK) in the background.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+// --- the scenario -------------------------------------------------------------------------
+
+fn order(u: &str, id: &str, n: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "urn:test:shop",
+        "type": format!("com.test.order.{u}"),
+        "data": {"order": n}
+    }))
+    .unwrap_or_default()
+}
+
+/// `kflow_broker_*` samples of the server's metrics, by their labels.
+fn metrics(base: &str) -> BTreeMap<String, f64> {
+    let text = support::http_request("GET", base, "/metrics", None, Duration::from_secs(10))
+        .map(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("kflow_broker_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The instances of the test's workflow by the order number they were started for.
+fn orders(base: &str) -> BTreeMap<u64, Vec<String>> {
+    let (_, v) = get_json(base, "/api/v1/instances?namespace=brk&limit=1000").unwrap_or_default();
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for i in v["items"].as_array().into_iter().flatten() {
+        if let Some(n) = i["input"][0]["order"].as_u64() {
+            out.entry(n)
+                .or_default()
+                .push(i["status"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, server: &ServerProcess, mut f: impl FnMut() -> bool) {
+    if poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        f().then_some(())
+    })
+    .is_none()
+    {
+        panic!("{what}\n{}", server.log_tail(3000));
+    }
+}
+
+/// The shipped events by order number: every copy's id.
+fn shipped(wire: &dyn Wire, u: &str) -> BTreeMap<u64, Vec<String>> {
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for e in wire.received() {
+        assert_eq!(e["type"], format!("com.test.shipped.{u}"), "{e}");
+        if let Some(n) = e["data"]["order"].as_u64() {
+            out.entry(n)
+                .or_default()
+                .push(e["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+fn scenario(kind: &str, broker: Value, wire: &dyn Wire, u: &str) {
+    let dir = TempDir::new(&format!("brokers-{kind}"));
+    let config = dir.write(
+        "kflow.yaml",
+        serde_json::to_string(&json!({ "brokers": { "bus": broker } })).unwrap_or_default(),
+    );
+    let config = config.to_string_lossy().into_owned();
+    let mut server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let base = server.base();
+    support::register(
+        &base,
+        &format!(
+            "document:\n  dsl: '1.0.3'\n  namespace: brk\n  name: ship\n  version: '1.0.0'\n\
+             schedule:\n  on:\n    one:\n      with:\n        type: com.test.order.{u}\n\
+             do:\n  - ship:\n      emit:\n        event:\n          with:\n\
+             \x20           type: com.test.shipped.{u}\n            source: urn:test:kflow\n\
+             \x20           data: ${{ .[0] }}\n"
+        ),
+    );
+    let connected = "kflow_broker_connected{broker=\"bus\"}";
+    wait_for("the consumer connects", &server, || {
+        metrics(&base).get(connected) == Some(&1.0)
+    });
+
+    // Garbage first: refused, and the orders behind it still go through. Order 1 twice (a
+    // redelivery, as a broker does after a lost acknowledgement): one instance.
+    wire.publish(b"this is not a CloudEvent");
+    wire.publish(&order(u, "o1", 1));
+    wire.publish(&order(u, "o1", 1));
+    wire.publish(&order(u, "o2", 2));
+    wait_for("orders 1 and 2 shipped", &server, || {
+        let s = shipped(wire, u);
+        s.contains_key(&1) && s.contains_key(&2)
+    });
+    let m = metrics(&base);
+    let count = |what: &str, outcome: &str| {
+        m.get(&format!(
+            "kflow_broker_{what}_total{{broker=\"bus\",outcome=\"{outcome}\"}}"
+        ))
+        .copied()
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        (
+            count("messages", "refused"),
+            count("messages", "duplicate"),
+            count("messages", "delivered"),
+            count("published", "published"),
+        ),
+        (1.0, 1.0, 2.0, 2.0),
+        "{m:?}"
+    );
+
+    // kill -9 after an event is recorded and offered, before the broker hears the ack.
+    server.kill9();
+    server.set_env("KFLOW_FAILPOINT", Some("broker-after-record"));
+    server.restart();
+    wire.publish(&order(u, "o3", 3));
+    if server.wait_exit(Duration::from_secs(30)).is_none() {
+        panic!("the failpoint did not fire\n{}", server.log_tail(3000));
+    }
+    server.set_env("KFLOW_FAILPOINT", None);
+    server.restart();
+    let base = server.base();
+    wait_for("order 3 shipped after the redelivery", &server, || {
+        shipped(wire, u).contains_key(&3)
+            && orders(&base)
+                .get(&3)
+                .is_some_and(|s| s.iter().all(|s| s == "completed"))
+    });
+    // kill -9 after an emit is published, before its result is committed.
+    server.kill9();
+    server.set_env("KFLOW_FAILPOINT", Some("emit-after-publish"));
+    server.restart();
+    wire.publish(&order(u, "o4", 4));
+    if server.wait_exit(Duration::from_secs(30)).is_none() {
+        panic!("the emit failpoint did not fire\n{}", server.log_tail(3000));
+    }
+    server.set_env("KFLOW_FAILPOINT", None);
+    server.restart();
+    let base = server.base();
+    wait_for("every order's instance completed", &server, || {
+        let o = orders(&base);
+        (1..=4).all(|n| {
+            o.get(&n)
+                .is_some_and(|s| s.iter().all(|s| s == "completed"))
+        })
+    });
+
+    // Once each: one instance per order, one event id per order (copies of a republished emit
+    // carry the same id; JetStream keeps one).
+    let o = orders(&base);
+    assert_eq!(
+        o.values().map(Vec::len).collect::<Vec<_>>(),
+        [1, 1, 1, 1],
+        "{o:?}"
+    );
+    let s = shipped(wire, u);
+    for (n, ids) in &s {
+        assert!(
+            ids.iter().all(|id| id == &ids[0]),
+            "order {n} was shipped as different events: {ids:?}"
+        );
+    }
+    assert_eq!(s.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4], "{s:?}");
+    if kind == "nats" {
+        assert!(s.values().all(|ids| ids.len() == 1), "{s:?}");
+    }
+}
+
+#[test]
+fn nats_jetstream_events_in_and_out_once_across_kill_9() {
+    if !up(4222, "NATS") {
+        return;
+    }
+    let u = uniq();
+    let wire = Nats::new(&u);
+    scenario(
+        "nats",
+        json!({
+            "url": "nats://127.0.0.1:4222",
+            "consume": {"stream": format!("IN_{u}"), "subjects": [format!("in.{u}.>")]},
+            "publish": {"subject": format!("out.{u}.{{type}}")},
+        }),
+        &wire,
+        &u,
+    );
+}
+
+#[test]
+fn rabbitmq_events_in_and_out_once_across_kill_9() {
+    if !up(5672, "RabbitMQ") {
+        return;
+    }
+    let u = uniq();
+    let wire = Amqp::new(&u);
+    scenario(
+        "amqp",
+        json!({
+            "url": "amqp://127.0.0.1:5672",
+            "consume": {"queue": format!("in.{u}")},
+            "publish": {"subject": format!("out.{u}")},
+        }),
+        &wire,
+        &u,
+    );
+}
+
+#[test]
+fn mqtt_events_in_and_out_once_across_kill_9() {
+    if !up(1883, "Mosquitto") {
+        return;
+    }
+    let u = uniq();
+    let wire = Mqtt::new(&u);
+    scenario(
+        "mqtt",
+        json!({
+            "url": "mqtt://127.0.0.1:1883",
+            "consume": {"subjects": [format!("in/{u}/#")], "durable": format!("kflow-{u}")},
+            "publish": {"subject": format!("out/{u}/shipped")},
+        }),
+        &wire,
+        &u,
+    );
+}
