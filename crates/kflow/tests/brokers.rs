@@ -533,3 +533,152 @@ fn mqtt_events_in_and_out_once_across_kill_9() {
         &u,
     );
 }
+
+/// A TCP forwarder to a broker that can be cut: while cut, every connection is closed at once
+/// (and those open are cut), as when the broker is down.
+struct Cuttable {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cuttable {
+    fn new(target: u16) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (o, c) = (open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        c.lock().unwrap().push(s);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cuttable { port, open, conns }
+    }
+
+    fn set_open(&self, yes: bool) {
+        self.open.store(yes, std::sync::atomic::Ordering::SeqCst);
+        if !yes {
+            for s in self.conns.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// A broker down when the server starts, then up, then gone mid-run and back: the emit waits
+/// for it and is published once it answers, and an event sent while kflow was cut off is taken
+/// when it reconnects. Nothing is lost.
+#[test]
+fn nats_down_at_start_and_mid_run_loses_nothing() {
+    if !up(4222, "NATS") {
+        return;
+    }
+    let u = uniq();
+    let wire = Nats::new(&u);
+    let cut = Cuttable::new(4222);
+    let dir = TempDir::new("brokers-down");
+    let broker = json!({
+        "url": format!("nats://127.0.0.1:{}", cut.port),
+        "consume": {"stream": format!("IN_{u}"), "subjects": [format!("in.{u}.>")]},
+        "publish": {"subject": format!("out.{u}.{{type}}")},
+    });
+    let config = dir.write(
+        "kflow.yaml",
+        serde_json::to_string(&json!({ "brokers": { "bus": broker } })).unwrap_or_default(),
+    );
+    let config = config.to_string_lossy().into_owned();
+    // The stream kflow consumes exists already (the broker is down for kflow only).
+    wire.rt.block_on(async {
+        wire.js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: format!("IN_{u}"),
+                subjects: vec![format!("in.{u}.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("the in stream");
+    });
+    let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let base = server.base();
+    support::register(
+        &base,
+        &format!(
+            "document:\n  dsl: '1.0.3'\n  namespace: brk\n  name: ship\n  version: '1.0.0'\n\
+             schedule:\n  on:\n    one:\n      with:\n        type: com.test.order.{u}\n\
+             do:\n  - ship:\n      emit:\n        event:\n          with:\n\
+             \x20           type: com.test.shipped.{u}\n            source: urn:test:kflow\n\
+             \x20           data: ${{ .[0] }}\n"
+        ),
+    );
+    // Down: an instance started over the API emits, and waits for the broker.
+    let (code, v) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "brk", "name": "ship", "input": [{"order": 1}]}),
+    )
+    .expect("start");
+    assert!(code < 300, "{v}");
+    wait_for("publishing is retried", &server, || {
+        metrics(&base)
+            .get("kflow_broker_published_total{broker=\"bus\",outcome=\"unreachable\"}")
+            .is_some_and(|n| *n >= 2.0)
+    });
+    assert_eq!(
+        orders(&base).get(&1).cloned(),
+        Some(vec!["running".to_string()])
+    );
+    assert!(shipped(&wire, &u).is_empty());
+    // Up: published, the instance completes; the consumer connects.
+    cut.set_open(true);
+    wait_for("order 1 shipped", &server, || {
+        orders(&base)
+            .get(&1)
+            .is_some_and(|s| s == &["completed".to_string()])
+    });
+    let connected = "kflow_broker_connected{broker=\"bus\"}";
+    wait_for("the consumer connects", &server, || {
+        metrics(&base).get(connected) == Some(&1.0)
+    });
+    // Gone mid-run: an order sent meanwhile waits in the stream and is taken on reconnection.
+    cut.set_open(false);
+    wire.publish(&order(&u, "o2", 2));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!orders(&base).contains_key(&2));
+    cut.set_open(true);
+    wait_for(
+        "order 2 taken and shipped after the reconnection",
+        &server,
+        || shipped(&wire, &u).contains_key(&2),
+    );
+    let s = shipped(&wire, &u);
+    assert_eq!(
+        s.iter().map(|(n, ids)| (*n, ids.len())).collect::<Vec<_>>(),
+        [(1, 1), (2, 1)],
+        "{s:?}"
+    );
+}
