@@ -58,7 +58,7 @@ pub struct Lease {
     pub effect: u64,
     /// The task's reference in the document.
     pub task: String,
-    /// The effect to perform (http, openapi or process), fully resolved.
+    /// The effect to perform (http, openapi, grpc or process), fully resolved.
     #[schema(value_type = Object)]
     pub effect_def: Effect,
     /// The attempt number (1 for a first run); with `instance` and `effect`, what makes

@@ -178,6 +178,7 @@ pub fn kind_of(kind: &TaskKind) -> String {
         TaskKind::Call(call) => match call {
             Call::Http(_) => "call http".into(),
             Call::OpenApi(_) => "call openapi".into(),
+            Call::Grpc(_) => "call grpc".into(),
             Call::Function { name, .. } => format!("call {name}"),
             Call::Unsupported { kind } => format!("call {kind}"),
         },

@@ -157,6 +157,7 @@ impl TaskKind {
 pub enum Call {
     Http(HttpCall),
     OpenApi(OpenApiCall),
+    Grpc(GrpcCall),
     /// `call: <name>` of a function declared in `use.functions`: the function's task, run with
     /// `with:` as its input.
     Function {
@@ -243,6 +244,21 @@ pub struct OpenApiCall {
     pub authentication: Option<Arc<AuthPolicy>>,
     pub output: OutputFormat,
     pub redirect: bool,
+}
+
+/// `call: grpc`: a unary method of a service described by a `.proto` file.
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    pub proto: Endpoint,
+    /// `service.name`: the fully qualified service (`package.Service`).
+    pub service: String,
+    pub host: String,
+    /// `service.port`; 80 when absent. 443 is TLS (HTTP/2 over TLS); any other port is
+    /// cleartext HTTP/2.
+    pub port: u16,
+    pub authentication: Option<Arc<AuthPolicy>>,
+    pub method: String,
+    pub arguments: Option<Template>,
 }
 
 // ---------------------------------------------------------------------------------------------

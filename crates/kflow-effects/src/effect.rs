@@ -18,6 +18,7 @@ pub type EffectId = u64;
 pub enum Effect {
     Http(HttpRequest),
     OpenApi(OpenApiRequest),
+    Grpc(GrpcRequest),
     Process(ProcessRequest),
     /// Publish a CloudEvent; the host fills `id`, `time`, `source`, `specversion` when absent
     /// and answers with the event as emitted.
@@ -58,6 +59,7 @@ impl Effect {
         match self {
             Effect::Http(_) => "http",
             Effect::OpenApi(_) => "openapi",
+            Effect::Grpc(_) => "grpc",
             Effect::Process(_) => "process",
             Effect::Emit { .. } => "emit",
             Effect::Listen { .. } => "listen",
@@ -114,6 +116,23 @@ pub struct OpenApiRequest {
     pub auth: Option<Auth>,
     pub output: OutputFormat,
     pub redirect: bool,
+}
+
+/// A unary gRPC call: the host compiles the `.proto` at `proto`, turns `arguments` into the
+/// method's request message (the proto3 JSON mapping) and answers with the response message
+/// as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpcRequest {
+    /// Where the `.proto` file is (`file://`, `http://`, `https://`).
+    pub proto: String,
+    pub proto_auth: Option<Auth>,
+    /// The service's fully qualified name (`package.Service`).
+    pub service: String,
+    pub host: String,
+    pub port: u16,
+    pub method: String,
+    pub arguments: Map<String, Value>,
+    pub auth: Option<Auth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

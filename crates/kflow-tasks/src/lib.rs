@@ -16,6 +16,7 @@ mod auth;
 pub mod container;
 pub mod egress;
 pub mod emit;
+mod grpc;
 mod http;
 mod openapi;
 mod process;
@@ -226,6 +227,7 @@ pub(crate) struct Inner {
     /// namespace with a policy of its own under its name (built when first used).
     clients: std::sync::Mutex<std::collections::HashMap<String, Arc<Clients>>>,
     pub(crate) docs: openapi::DocCache,
+    pub(crate) protos: grpc::ProtoCache,
     pub(crate) tokens: auth::TokenCache,
 }
 
@@ -236,6 +238,10 @@ pub(crate) struct Clients {
     follow: Result<reqwest::Client, String>,
     /// Never follows redirects (`redirect: false`).
     no_follow: Result<reqwest::Client, String>,
+    /// HTTP/2 with prior knowledge (cleartext gRPC); built when first used.
+    h2c: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    /// The timeouts and resolver of the others, for building `h2c`.
+    timeout: Duration,
 }
 
 impl Clients {
@@ -271,7 +277,35 @@ impl Clients {
             follow: build(true),
             no_follow: build(false),
             policy,
+            h2c: std::sync::OnceLock::new(),
+            timeout: cfg.http_timeout,
         }
+    }
+
+    /// The client of a gRPC call: TLS (ALPN h2) through the usual one, cleartext through an
+    /// HTTP/2-only one; never following redirects.
+    pub(crate) fn grpc(&self, tls: bool) -> Result<&reqwest::Client, WfError> {
+        if tls {
+            return self.client(false);
+        }
+        self.h2c
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .dns_resolver(Arc::new(egress::Resolver {
+                        policy: self.policy.clone(),
+                    }))
+                    .http2_prior_knowledge()
+                    .timeout(self.timeout)
+                    .connect_timeout(self.timeout.min(Duration::from_secs(30)))
+                    .user_agent(concat!("kflow/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| http::error_chain(&e))
+            })
+            .as_ref()
+            .map_err(|e| {
+                WfError::runtime(format!("the HTTP/2 client could not be initialised: {e}"))
+            })
     }
 
     pub(crate) fn client(&self, follow_redirects: bool) -> Result<&reqwest::Client, WfError> {
@@ -309,6 +343,7 @@ impl Executor {
                 cfg,
                 clients: Default::default(),
                 docs: openapi::DocCache::default(),
+                protos: grpc::ProtoCache::default(),
                 tokens: auth::TokenCache::default(),
             }),
         }
@@ -325,9 +360,10 @@ impl Executor {
         match effect {
             Effect::Http(req) => http::perform(&self.inner, ctx, req).await,
             Effect::OpenApi(req) => openapi::perform(&self.inner, ctx, req).await,
+            Effect::Grpc(req) => grpc::perform(&self.inner, ctx, req).await,
             Effect::Process(req) => process::perform(&self.inner.cfg, ctx, req).await,
             other => Err(WfError::runtime(format!(
-                "kflow-tasks does not perform '{}' effects (only http, openapi and process); the host must",
+                "kflow-tasks does not perform '{}' effects (only http, openapi, grpc and process); the host must",
                 other.kind()
             ))),
         }

@@ -82,51 +82,16 @@ async fn document(
     {
         return Ok(d.clone());
     }
-    let max = inner.cfg.max_response_bytes;
-    let bytes = if url.scheme() == "file" {
-        let path = url.to_file_path().map_err(|_| {
-            WfError::configuration(format!("call openapi: '{url}' is not a usable file URI"))
-        })?;
-        let meta = tokio::fs::metadata(&path).await.map_err(|e| {
-            WfError::configuration(format!(
-                "call openapi: cannot read the document {}: {e}",
-                path.display()
-            ))
-        })?;
-        if meta.len() > max as u64 {
-            return Err(WfError::configuration(format!(
-                "call openapi: the document {} is larger than {max} bytes",
-                path.display()
-            )));
-        }
-        tokio::fs::read(&path).await.map_err(|e| {
-            WfError::configuration(format!(
-                "call openapi: cannot read the document {}: {e}",
-                path.display()
-            ))
-        })?
-    } else {
-        let url = http::parse_url(url.as_str())?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::ACCEPT,
-            HeaderValue::from_static("application/json, application/yaml;q=0.9, */*;q=0.5"),
-        );
-        let out = Outgoing {
-            method: reqwest::Method::GET,
-            url,
-            headers,
-            body: None,
-        };
-        let (_, resp) = http::send(inner, ctx, &out, auth, true).await?;
-        http::check_status(&out, &resp, true).map_err(|e| WfError {
-            detail: e
-                .detail
-                .map(|d| format!("fetching the OpenAPI document: {d}")),
-            ..e
-        })?;
-        resp.body
-    };
+    let bytes = fetch(
+        inner,
+        ctx,
+        url,
+        auth,
+        "call openapi",
+        "the document",
+        "application/json, application/yaml;q=0.9, */*;q=0.5",
+    )
+    .await?;
     let doc = Arc::new(parse_document(&bytes, url)?);
     let mut docs = inner.docs.docs.lock().unwrap_or_else(|p| p.into_inner());
     if docs.len() >= MAX_DOCS {
@@ -134,6 +99,55 @@ async fn document(
     }
     docs.insert(key, doc.clone());
     Ok(doc)
+}
+
+/// The bytes of an external resource (`file://` or http(s), through the egress policy and the
+/// resource's authentication), at most `max_response_bytes`. Errors start with `call` (`call
+/// openapi`) and name the resource as `what` (`the document`).
+pub(crate) async fn fetch(
+    inner: &Inner,
+    ctx: &EffectCtx,
+    url: &Url,
+    auth: Option<&Auth>,
+    call: &str,
+    what: &str,
+    accept: &'static str,
+) -> Result<Vec<u8>, WfError> {
+    let max = inner.cfg.max_response_bytes;
+    if url.scheme() == "file" {
+        let path = url.to_file_path().map_err(|_| {
+            WfError::configuration(format!("{call}: '{url}' is not a usable file URI"))
+        })?;
+        let unreadable = |e: std::io::Error| {
+            WfError::configuration(format!(
+                "{call}: cannot read {what} {}: {e}",
+                path.display()
+            ))
+        };
+        let meta = tokio::fs::metadata(&path).await.map_err(unreadable)?;
+        if meta.len() > max as u64 {
+            return Err(WfError::configuration(format!(
+                "{call}: {what} {} is larger than {max} bytes",
+                path.display()
+            )));
+        }
+        return tokio::fs::read(&path).await.map_err(unreadable);
+    }
+    let url = http::parse_url(url.as_str())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static(accept));
+    let out = Outgoing {
+        method: reqwest::Method::GET,
+        url,
+        headers,
+        body: None,
+    };
+    let (_, resp) = http::send(inner, ctx, &out, auth, true).await?;
+    http::check_status(&out, &resp, true).map_err(|e| WfError {
+        detail: e.detail.map(|d| format!("fetching {what}: {d}")),
+        ..e
+    })?;
+    Ok(resp.body)
 }
 
 fn parse_document(bytes: &[u8], url: &Url) -> Result<Value, WfError> {

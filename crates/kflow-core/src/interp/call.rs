@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use kflow_dsl::model::{AuthPolicy, AuthScheme, Call, Endpoint, NamedTask, UriSpec};
 
 use super::{Cx, KindResult, Scope};
-use crate::effect::{Auth, Effect, HttpRequest, OpenApiRequest};
+use crate::effect::{Auth, Effect, GrpcRequest, HttpRequest, OpenApiRequest};
 use crate::error::WfError;
 
 pub(super) async fn call(
@@ -70,6 +70,25 @@ pub(super) async fn call(
             let out = cx.sh.effect(&named.reference, Effect::OpenApi(req)).await?;
             Ok((out, None, authorization))
         }
+        Call::Grpc(g) => {
+            let proto = resolve_uri(cx, &g.proto, input, scope)?;
+            let proto_auth = resolve_auth(cx, g.proto.authentication.as_deref(), input, scope)?;
+            let auth = resolve_auth(cx, g.authentication.as_deref(), input, scope)?;
+            let arguments = object_of(cx, g.arguments.as_ref(), input, scope, "arguments")?;
+            let authorization = auth.as_ref().map(authorization_descriptor);
+            let req = GrpcRequest {
+                proto,
+                proto_auth,
+                service: g.service.clone(),
+                host: g.host.clone(),
+                port: g.port,
+                method: g.method.clone(),
+                arguments,
+                auth,
+            };
+            let out = cx.sh.effect(&named.reference, Effect::Grpc(req)).await?;
+            Ok((out, None, authorization))
+        }
         Call::Function { name, task, with } => {
             let fn_input = match with {
                 None => input.clone(),
@@ -86,7 +105,7 @@ pub(super) async fn call(
             Ok((out, None, None))
         }
         Call::Unsupported { kind } => Err(WfError::configuration(format!(
-            "call {kind} is not supported yet by kflow (supported: http, openapi, functions from use.functions)"
+            "call {kind} is not supported yet by kflow (supported: http, openapi, grpc, functions from use.functions)"
         ))),
     }
 }

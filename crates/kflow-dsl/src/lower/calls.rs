@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::expr;
 use crate::model::{
-    AuthPolicy, AuthScheme, Call, Endpoint, HttpCall, OpenApiCall, OutputFormat, UriSpec,
+    AuthPolicy, AuthScheme, Call, Endpoint, GrpcCall, HttpCall, OpenApiCall, OutputFormat, UriSpec,
 };
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
@@ -38,6 +38,7 @@ pub(super) fn call(cx: &mut Cx, task: &Obj, value: &Node) -> Option<Call> {
             match target {
                 "http" => http(cx, &obj).map(Call::Http),
                 "openapi" => openapi(cx, &obj).map(Call::OpenApi),
+                "grpc" => grpc(cx, &obj).map(Call::Grpc),
                 _ => {
                     unsupported(cx, &obj, target);
                     Some(Call::Unsupported {
@@ -185,6 +186,69 @@ fn openapi(cx: &mut Cx, obj: &Obj) -> Option<OpenApiCall> {
         authentication: authentication.flatten(),
         output: output.flatten().unwrap_or_default(),
         redirect: redirect.flatten().unwrap_or(false),
+    })
+}
+
+fn grpc(cx: &mut Cx, obj: &Obj) -> Option<GrpcCall> {
+    obj.check(cx, &["proto", "service", "method", "arguments"]);
+    let proto = obj
+        .req(cx, "proto")
+        .and_then(|n| external_resource(cx, n, &obj.child("proto")));
+    let method = obj
+        .req(cx, "method")
+        .and_then(|n| common::string(cx, n, &obj.field("method")));
+    let arguments = obj
+        .get("arguments")
+        .map(|n| common::mapping_template(cx, n, &obj.field("arguments")));
+    let service = obj.req(cx, "service").and_then(|n| {
+        let path = obj.child("service");
+        let s = Obj::new(cx, n, format!("'{path}'"), &path)?;
+        s.check(cx, &["name", "host", "port", "authentication"]);
+        let name = s
+            .req(cx, "name")
+            .and_then(|n| common::string(cx, n, &s.field("name")));
+        let host = s
+            .req(cx, "host")
+            .and_then(|n| common::string(cx, n, &s.field("host")));
+        let port = match s.get("port") {
+            None => Some(80),
+            Some(n) => common::integer(cx, n, &s.field("port")).and_then(|p| {
+                let port = u16::try_from(p).ok().filter(|p| *p > 0);
+                if port.is_none() {
+                    cx.at(
+                        n,
+                        format!("{} must be a port (1 to 65535), got {p}", s.field("port")),
+                    );
+                }
+                port
+            }),
+        };
+        let auth = s
+            .get("authentication")
+            .map(|n| authentication(cx, n, &s.child("authentication")));
+        if let Some(h) = host
+            && (h.is_empty() || h.contains(['/', ' ', '@']))
+        {
+            cx.at(
+                n,
+                format!(
+                    "{} must be a host name or address, got {h:?}",
+                    s.field("host")
+                ),
+            );
+            return None;
+        }
+        Some((name?.to_string(), host?.to_string(), port?, auth.flatten()))
+    });
+    let (service, host, port, authentication) = service?;
+    Some(GrpcCall {
+        proto: proto?,
+        service,
+        host,
+        port,
+        authentication,
+        method: method?.to_string(),
+        arguments: arguments.flatten(),
     })
 }
 

@@ -52,6 +52,8 @@ impl Driver {
         };
         if let Some(host) = uri.and_then(host_of) {
             rate_keys.push(format!("host:{host}"));
+        } else if let Effect::Grpc(g) = &effect {
+            rate_keys.push(format!("host:{}", g.host));
         }
         Item {
             instance: instance.to_string(),
@@ -128,7 +130,7 @@ impl Driver {
             // Calls and processes are dispatched right after this commit: that is attempt 1.
             attempts: u32::from(matches!(
                 e,
-                Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_)
+                Effect::Http(_) | Effect::OpenApi(_) | Effect::Grpc(_) | Effect::Process(_)
             )),
         };
         b.commit_for(id, now).add_work.push(row);

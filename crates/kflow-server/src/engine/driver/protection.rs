@@ -54,9 +54,13 @@ pub(super) fn stored_effect(
 ) -> Value {
     let v = serde_json::to_value(e).unwrap_or(Value::Null);
     match e {
-        Effect::Http(_) | Effect::OpenApi(_) | Effect::Process(_) if reads_secrets => shared
-            .vault
-            .seal_value(&crate::sealed::ctx_work(id, effect), &v),
+        Effect::Http(_) | Effect::OpenApi(_) | Effect::Grpc(_) | Effect::Process(_)
+            if reads_secrets =>
+        {
+            shared
+                .vault
+                .seal_value(&crate::sealed::ctx_work(id, effect), &v)
+        }
         _ => v,
     }
 }
