@@ -15,57 +15,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::{ServerProcess, TempDir, post_json};
 
-const PROTO: &str = r#"syntax = "proto3";
-package shop;
-
-service Orders {
-  rpc Get (GetRequest) returns (Order);
+/// The `.proto` and the Python server, shared with kflow-tasks' gRPC bench.
+fn shared(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kflow-tasks/tests/grpc")
+        .join(file)
 }
-
-message GetRequest {
-  string order_id = 1;
-  repeated string fields = 2;
-}
-
-message Order {
-  string order_id = 1;
-  int32 item_count = 2;
-  Status status = 3;
-  map<string, string> labels = 4;
-  int64 total_cents = 5;
-}
-
-enum Status {
-  STATUS_UNKNOWN = 0;
-  OPEN = 1;
-  SHIPPED = 2;
-}
-"#;
-
-const SERVER: &str = r#"
-import sys, os, concurrent.futures
-from grpc_tools import protoc
-here = os.path.dirname(os.path.abspath(__file__))
-if protoc.main(["protoc", f"-I{here}", f"--python_out={here}", f"--grpc_python_out={here}", os.path.join(here, "shop.proto")]) != 0:
-    sys.exit("protoc failed")
-sys.path.insert(0, here)
-import grpc, shop_pb2, shop_pb2_grpc
-
-class Orders(shop_pb2_grpc.OrdersServicer):
-    def Get(self, request, context):
-        if request.order_id == "missing":
-            context.abort(grpc.StatusCode.NOT_FOUND, "no such order: missing")
-        return shop_pb2.Order(order_id=request.order_id, item_count=len(request.fields),
-                              status=shop_pb2.SHIPPED, labels={"by": "python"},
-                              total_cents=12345678901)
-
-server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
-shop_pb2_grpc.add_OrdersServicer_to_server(Orders(), server)
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(f"PORT {port}", flush=True)
-server.wait_for_termination()
-"#;
 
 struct Python(Child);
 
@@ -90,10 +45,9 @@ fn grpcio_present() -> bool {
 }
 
 fn start_python(dir: &TempDir) -> (Python, u16) {
-    dir.write("shop.proto", PROTO);
-    let script = dir.write("server.py", SERVER);
     let mut child = Command::new("python3")
-        .arg(&script)
+        .arg(shared("server.py"))
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -132,7 +86,13 @@ fn unary_calls_against_a_real_grpc_server() {
     }
     let dir = TempDir::new("grpc");
     let (_python, port) = start_python(&dir);
-    let proto = format!("file://{}", dir.path().join("shop.proto").display());
+    let proto = format!(
+        "file://{}",
+        shared("shop.proto")
+            .canonicalize()
+            .expect("shop.proto")
+            .display()
+    );
     let server = ServerProcess::start(&dir.path().join("data"), &[]);
     let base = server.base();
     let call = |method: &str| {
