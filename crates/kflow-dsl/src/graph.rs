@@ -179,6 +179,7 @@ pub fn kind_of(kind: &TaskKind) -> String {
             Call::Http(_) => "call http".into(),
             Call::OpenApi(_) => "call openapi".into(),
             Call::Grpc(_) => "call grpc".into(),
+            Call::Worker(w) => format!("call worker {}", w.function),
             Call::Function { name, .. } => format!("call {name}"),
             Call::Unsupported { kind } => format!("call {kind}"),
         },

@@ -158,6 +158,8 @@ pub enum Call {
     Http(HttpCall),
     OpenApi(OpenApiCall),
     Grpc(GrpcCall),
+    /// `call: worker` (kflow's): a function an external worker serves.
+    Worker(WorkerCall),
     /// `call: <name>` of a function declared in `use.functions`: the function's task, run with
     /// `with:` as its input.
     Function {
@@ -258,6 +260,15 @@ pub struct GrpcCall {
     pub port: u16,
     pub authentication: Option<Arc<AuthPolicy>>,
     pub method: String,
+    pub arguments: Option<Template>,
+}
+
+/// `call: worker`: `function`, served by a worker of `queue` (never `default`, the server's own
+/// worker); `arguments` default to the task's input.
+#[derive(Debug, Clone)]
+pub struct WorkerCall {
+    pub queue: String,
+    pub function: String,
     pub arguments: Option<Template>,
 }
 

@@ -19,6 +19,9 @@ pub enum Effect {
     Http(HttpRequest),
     OpenApi(OpenApiRequest),
     Grpc(GrpcRequest),
+    /// A function served by an external worker (`call: worker`): queued on `queue` for a worker
+    /// that registered a handler for `function` (the Python and TypeScript worker libraries).
+    Function(FunctionRequest),
     Process(ProcessRequest),
     /// Publish a CloudEvent; the host fills `id`, `time`, `source`, `specversion` when absent
     /// and answers with the event as emitted.
@@ -60,6 +63,7 @@ impl Effect {
             Effect::Http(_) => "http",
             Effect::OpenApi(_) => "openapi",
             Effect::Grpc(_) => "grpc",
+            Effect::Function(_) => "function",
             Effect::Process(_) => "process",
             Effect::Emit { .. } => "emit",
             Effect::Listen { .. } => "listen",
@@ -133,6 +137,15 @@ pub struct GrpcRequest {
     pub method: String,
     pub arguments: Map<String, Value>,
     pub auth: Option<Auth>,
+}
+
+/// What a worker's handler gets: the function's name and its arguments; its answer is the
+/// task's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRequest {
+    pub queue: String,
+    pub function: String,
+    pub arguments: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

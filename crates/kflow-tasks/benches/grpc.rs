@@ -64,7 +64,10 @@ async fn main() {
     let exec = Arc::new(Executor::new(ExecConfig::default()));
     let req = |i: u32| {
         Effect::Grpc(GrpcRequest {
-            proto: format!("file://{}", here("shop.proto").canonicalize().expect("proto").display()),
+            proto: format!(
+                "file://{}",
+                here("shop.proto").canonicalize().expect("proto").display()
+            ),
             proto_auth: None,
             service: "shop.Orders".into(),
             host: "127.0.0.1".into(),

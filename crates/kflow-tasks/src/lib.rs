@@ -361,6 +361,10 @@ impl Executor {
             Effect::Http(req) => http::perform(&self.inner, ctx, req).await,
             Effect::OpenApi(req) => openapi::perform(&self.inner, ctx, req).await,
             Effect::Grpc(req) => grpc::perform(&self.inner, ctx, req).await,
+            Effect::Function(f) => Err(WfError::configuration(format!(
+                "call worker: {} is served by the workers of queue '{}' that registered a handler for it (the Python or TypeScript worker library); this process has none",
+                f.function, f.queue
+            ))),
             Effect::Process(req) => process::perform(&self.inner.cfg, ctx, req).await,
             other => Err(WfError::runtime(format!(
                 "kflow-tasks does not perform '{}' effects (only http, openapi, grpc and process); the host must",

@@ -168,7 +168,11 @@ impl Run {
 
     fn start(&mut self, id: EffectId, task: String, effect: Effect) {
         match effect {
-            Effect::Http(_) | Effect::OpenApi(_) | Effect::Grpc(_) | Effect::Process(_) => {
+            Effect::Http(_)
+            | Effect::OpenApi(_)
+            | Effect::Grpc(_)
+            | Effect::Function(_)
+            | Effect::Process(_) => {
                 let exec = self.host.executor.clone();
                 let ctx = EffectCtx {
                     instance_id: self.instance_id.clone(),

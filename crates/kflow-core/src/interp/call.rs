@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use kflow_dsl::model::{AuthPolicy, AuthScheme, Call, Endpoint, NamedTask, UriSpec};
 
 use super::{Cx, KindResult, Scope};
-use crate::effect::{Auth, Effect, GrpcRequest, HttpRequest, OpenApiRequest};
+use crate::effect::{Auth, Effect, FunctionRequest, GrpcRequest, HttpRequest, OpenApiRequest};
 use crate::error::WfError;
 
 pub(super) async fn call(
@@ -88,6 +88,22 @@ pub(super) async fn call(
             };
             let out = cx.sh.effect(&named.reference, Effect::Grpc(req)).await?;
             Ok((out, None, authorization))
+        }
+        Call::Worker(w) => {
+            let arguments = match &w.arguments {
+                None => input.clone(),
+                Some(t) => cx.eval(t, input, scope)?,
+            };
+            let req = FunctionRequest {
+                queue: w.queue.clone(),
+                function: w.function.clone(),
+                arguments,
+            };
+            let out = cx
+                .sh
+                .effect(&named.reference, Effect::Function(req))
+                .await?;
+            Ok((out, None, None))
         }
         Call::Function { name, task, with } => {
             let fn_input = match with {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::expr;
 use crate::model::{
     AuthPolicy, AuthScheme, Call, Endpoint, GrpcCall, HttpCall, OpenApiCall, OutputFormat, UriSpec,
+    WorkerCall,
 };
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
@@ -32,13 +33,14 @@ pub(super) fn call(cx: &mut Cx, task: &Obj, value: &Node) -> Option<Call> {
     let target = common::string(cx, value, &task.field("call"))?;
     let with = task.get("with");
     match target {
-        "http" | "openapi" | "grpc" | "asyncapi" | "a2a" | "mcp" => {
+        "http" | "openapi" | "grpc" | "worker" | "asyncapi" | "a2a" | "mcp" => {
             let with = task.req(cx, "with")?;
             let obj = Obj::new(cx, with, format!("call {target} 'with'"), "with")?;
             match target {
                 "http" => http(cx, &obj).map(Call::Http),
                 "openapi" => openapi(cx, &obj).map(Call::OpenApi),
                 "grpc" => grpc(cx, &obj).map(Call::Grpc),
+                "worker" => worker(cx, &obj).map(Call::Worker),
                 _ => {
                     unsupported(cx, &obj, target);
                     Some(Call::Unsupported {
@@ -186,6 +188,49 @@ fn openapi(cx: &mut Cx, obj: &Obj) -> Option<OpenApiCall> {
         authentication: authentication.flatten(),
         output: output.flatten().unwrap_or_default(),
         redirect: redirect.flatten().unwrap_or(false),
+    })
+}
+
+/// `call: worker` (kflow's): `queue` and `function` are names, `arguments` any value.
+fn worker(cx: &mut Cx, obj: &Obj) -> Option<WorkerCall> {
+    obj.check(cx, &["queue", "function", "arguments"]);
+    let name = |cx: &mut Cx, key: &str| -> Option<String> {
+        let n = obj.req(cx, key)?;
+        let s = common::string(cx, n, &obj.field(key))?;
+        let ok = !s.is_empty()
+            && s.len() <= 200
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'/')
+            });
+        if !ok {
+            cx.at(
+                n,
+                format!(
+                    "{} must be a name (letters, digits, '.', '-', '_', ':', '/'), got {s:?}",
+                    obj.field(key)
+                ),
+            );
+            return None;
+        }
+        Some(s.to_string())
+    };
+    let queue = name(cx, "queue");
+    let function = name(cx, "function");
+    if let (Some("default"), Some(n)) = (queue.as_deref(), obj.get("queue")) {
+        cx.at(
+            n,
+            format!(
+                "{}: 'default' is the server's own worker, which serves no worker functions; name a queue your workers serve",
+                obj.field("queue")
+            ),
+        );
+        return None;
+    }
+    let arguments = obj.get("arguments").map(|n| common::template(cx, n));
+    Some(WorkerCall {
+        queue: queue?,
+        function: function?,
+        arguments: arguments.flatten(),
     })
 }
 

@@ -25,13 +25,17 @@ impl Driver {
                 .and_then(|_| self.active.get(instance).map(|a| a.wf.clone())),
         };
         let instance_priority = self.active.get(instance).map(|a| a.priority).unwrap_or(0);
-        let (queue, priority, needs, labels) = match &wf {
+        let (mut queue, priority, needs, labels) = match &wf {
             Some(wf) => crate::engine::queue::task_hints(wf, &task, instance_priority),
             None => {
                 let (q, _, n, l) = hints(None);
                 (q, instance_priority, n, l)
             }
         };
+        // A worker function goes to the queue its definition names.
+        if let Effect::Function(f) = &effect {
+            queue = f.queue.clone();
+        }
         let ready_us = crate::engine::queue::mono_us();
         let task_ref = task.clone();
         let namespace = self
@@ -130,7 +134,11 @@ impl Driver {
             // Calls and processes are dispatched right after this commit: that is attempt 1.
             attempts: u32::from(matches!(
                 e,
-                Effect::Http(_) | Effect::OpenApi(_) | Effect::Grpc(_) | Effect::Process(_)
+                Effect::Http(_)
+                    | Effect::OpenApi(_)
+                    | Effect::Grpc(_)
+                    | Effect::Function(_)
+                    | Effect::Process(_)
             )),
         };
         b.commit_for(id, now).add_work.push(row);

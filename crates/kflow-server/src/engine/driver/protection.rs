@@ -54,7 +54,11 @@ pub(super) fn stored_effect(
 ) -> Value {
     let v = serde_json::to_value(e).unwrap_or(Value::Null);
     match e {
-        Effect::Http(_) | Effect::OpenApi(_) | Effect::Grpc(_) | Effect::Process(_)
+        Effect::Http(_)
+        | Effect::OpenApi(_)
+        | Effect::Grpc(_)
+        | Effect::Function(_)
+        | Effect::Process(_)
             if reads_secrets =>
         {
             shared
