@@ -570,7 +570,7 @@ fn run_shell_request_is_fully_resolved() {
 
 #[test]
 fn unsupported_calls_fail_clearly() {
-    let body = "do:\n  - g:\n      call: grpc\n      with:\n        proto:\n          endpoint: file://app/greet.proto\n        service:\n          name: GreeterApi.Greeter\n          host: localhost\n        method: SayHello\n";
+    let body = "do:\n  - g:\n      call: asyncapi\n      with:\n        document:\n          endpoint: file://app/api.yaml\n        operation: send\n        message:\n          payload: {}\n";
     let e = run(body, json!({})).error();
     assert!(
         e.detail
@@ -578,6 +578,36 @@ fn unsupported_calls_fail_clearly() {
             .unwrap_or("")
             .contains("not supported yet"),
         "{e:?}"
+    );
+}
+
+#[test]
+fn grpc_and_worker_calls_become_resolved_effects() {
+    let body = "use:\n  functions:\n    acme.resize:\n      call: worker\n      with:\n        queue: images\n        function: acme.resize\ndo:\n  - g:\n      call: grpc\n      with:\n        proto:\n          endpoint: file:///app/greet.proto\n        service:\n          name: greet.Greeter\n          host: localhost\n          port: 5011\n        method: SayHello\n        arguments:\n          name: ${ .who }\n  - w:\n      call: acme.resize\n      with:\n        url: ${ .name }\n";
+    let mut s = Sim::new(load(&doc(body)));
+    let mut seen = Vec::new();
+    s.run(json!({"who": "ada"}), |e| {
+        seen.push(e.clone());
+        Reply::Now(Ok(json!({"name": "hello ada"})))
+    });
+    let [Effect::Grpc(g), Effect::Function(f)] = seen.as_slice() else {
+        panic!("{seen:?}")
+    };
+    assert_eq!(
+        (
+            g.service.as_str(),
+            g.host.as_str(),
+            g.port,
+            g.method.as_str()
+        ),
+        ("greet.Greeter", "localhost", 5011, "SayHello")
+    );
+    assert_eq!(g.proto, "file:///app/greet.proto");
+    assert_eq!(g.arguments["name"], "ada");
+    // The function's arguments are the call's `with`, as its input.
+    assert_eq!(
+        (f.queue.as_str(), f.function.as_str(), &f.arguments),
+        ("images", "acme.resize", &json!({"url": "hello ada"}))
     );
 }
 

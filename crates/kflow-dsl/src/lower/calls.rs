@@ -252,9 +252,8 @@ fn grpc(cx: &mut Cx, obj: &Obj) -> Option<GrpcCall> {
         let name = s
             .req(cx, "name")
             .and_then(|n| common::string(cx, n, &s.field("name")));
-        let host = s
-            .req(cx, "host")
-            .and_then(|n| common::string(cx, n, &s.field("host")));
+        let host_node = s.req(cx, "host");
+        let host = host_node.and_then(|n| common::string(cx, n, &s.field("host")));
         let port = match s.get("port") {
             None => Some(80),
             Some(n) => common::integer(cx, n, &s.field("port")).and_then(|p| {
@@ -271,11 +270,11 @@ fn grpc(cx: &mut Cx, obj: &Obj) -> Option<GrpcCall> {
         let auth = s
             .get("authentication")
             .map(|n| authentication(cx, n, &s.child("authentication")));
-        if let Some(h) = host
+        if let (Some(h), Some(hn)) = (host, host_node)
             && (h.is_empty() || h.contains(['/', ' ', '@']))
         {
             cx.at(
-                n,
+                hn,
                 format!(
                     "{} must be a host name or address, got {h:?}",
                     s.field("host")

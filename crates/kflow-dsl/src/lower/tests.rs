@@ -313,13 +313,53 @@ fn run_and_call_defaults() {
     };
     assert!(matches!(c.endpoint.uri, UriSpec::Expr(_)));
     assert_eq!((c.output, c.redirect), (OutputFormat::Response, false));
-    assert!(
-        matches!(&w.do_[3].task.kind, TaskKind::Call(Call::Unsupported { kind }) if kind == "grpc")
+    let TaskKind::Call(Call::Grpc(d)) = &w.do_[3].task.kind else {
+        panic!("grpc")
+    };
+    assert_eq!(
+        (
+            d.service.as_str(),
+            d.host.as_str(),
+            d.port,
+            d.method.as_str()
+        ),
+        ("Greeter", "localhost", 80, "SayHello")
     );
     assert!(matches!(
         &w.do_[4].task.kind,
         TaskKind::Call(Call::Unsupported { .. })
     ));
+}
+
+#[test]
+fn grpc_and_worker_mistakes_are_placed() {
+    let got = errors(
+        "do:
+  - a:
+      call: worker
+      with: {queue: default, function: acme.resize}
+  - b:
+      call: worker
+      with: {queue: 'has space', function: f}
+  - c:
+      call: worker
+      with: {queue: q}
+  - d:
+      call: grpc
+      with:
+        proto: {endpoint: 'file:///x.proto'}
+        service: {name: s.S, host: 'h/x', port: 70000}
+        method: M
+",
+    );
+    let want = [
+        "9:21: 'with.queue': 'default' is the server's own worker, which serves no worker functions; name a queue your workers serve",
+        "12:21: 'with.queue' must be a name (letters, digits, '.', '-', '_', ':', '/'), got \"has space\"",
+        "15:13: missing required property 'function' in call worker 'with'",
+        "20:36: 'with.service.host' must be a host name or address, got \"h/x\"",
+        "20:49: 'with.service.port' must be a port (1 to 65535), got 70000",
+    ];
+    assert_eq!(got, want, "{got:#?}");
 }
 
 #[test]
