@@ -38,20 +38,61 @@ impl Service {
         });
     }
 
+    /// The endpoints DNS gives now (`None`: the lookup failed; the last ones stay).
+    pub(super) async fn dns_bases(&self) -> Option<Vec<Url>> {
+        let u = Url::parse(self.spec.dns.as_deref()?).ok()?;
+        let host = u.host_str()?;
+        // (host, port) pairs to resolve, and the URL each address goes into.
+        let mut targets: Vec<(String, u16)> = Vec::new();
+        let template = if u.scheme() == "srv+http" {
+            let server = match &self.spec.dns_server {
+                Some(s) => s.parse().ok()?,
+                None => super::srv::system_nameserver()?,
+            };
+            let records = super::srv::lookup(host, server).await;
+            let error = records.as_ref().err().cloned();
+            let mut last = self.dns_error.lock().unwrap_or_else(|p| p.into_inner());
+            if *last != error {
+                if let Some(e) = &error {
+                    eprintln!("kflow: service {}: {e}; its last endpoints stay", self.name);
+                }
+                *last = error;
+            }
+            drop(last);
+            let records = records.ok()?;
+            let best = records.first().map(|r| r.priority);
+            targets.extend(
+                records
+                    .into_iter()
+                    .filter(|r| Some(r.priority) == best && !r.target.is_empty())
+                    .map(|r| (r.target, r.port)),
+            );
+            let mut t = Url::parse(&format!("http://x{}", u.path())).ok()?;
+            t.set_query(u.query());
+            t
+        } else {
+            targets.push((host.to_string(), u.port_or_known_default()?));
+            u.clone()
+        };
+        let mut found = Vec::new();
+        for (host, port) in targets {
+            let addrs = tokio::net::lookup_host((host.as_str(), port)).await.ok()?;
+            for a in addrs {
+                let mut b = template.clone();
+                if b.set_ip_host(a.ip()).is_ok()
+                    && b.set_port(Some(port)).is_ok()
+                    && !found.contains(&b)
+                {
+                    found.push(b);
+                }
+            }
+        }
+        Some(found)
+    }
+
     /// One round of DNS lookups and health checks.
     async fn check_once(&self, http: Option<&reqwest::Client>) {
-        if let Some(d) = &self.spec.dns
-            && let Ok(u) = Url::parse(d)
-            && let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default())
-            && let Ok(addrs) = tokio::net::lookup_host((host, port)).await
-        {
-            let found: Vec<Url> = addrs
-                .filter_map(|a| {
-                    let mut b = u.clone();
-                    b.set_ip_host(a.ip()).ok()?;
-                    Some(b)
-                })
-                .collect();
+        if let Some(found) = self.dns_bases().await {
             let mut st = self.lock();
             st.endpoints
                 .retain(|e| e.source != Source::Dns || found.contains(&e.base));

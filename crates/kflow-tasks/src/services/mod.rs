@@ -27,6 +27,7 @@
 mod call;
 mod health;
 mod spec;
+mod srv;
 #[cfg(test)]
 mod tests;
 
@@ -201,6 +202,8 @@ pub struct Service {
     state: Mutex<State>,
     bulkhead: Option<Arc<tokio::sync::Semaphore>>,
     checker: AtomicBool,
+    /// The last DNS lookup's failure (told on stderr when it changes).
+    dns_error: Mutex<Option<String>>,
 }
 
 /// The services of a server (empty: no `services:`).
@@ -276,7 +279,22 @@ impl Registry {
                     Err(m) => errors.push(format!("{at}.endpoints: {m}")),
                 }
             }
-            if let Some(d) = &spec.dns {
+            if let Some(d) = spec.dns.as_deref().filter(|d| d.starts_with("srv+")) {
+                match Url::parse(d) {
+                    Ok(u) if u.scheme() != "srv+http" => errors.push(format!(
+                        "{at}.dns: {d:?}: SRV endpoints are srv+http:// (https ones cannot be \
+                         reached by address)"
+                    )),
+                    Ok(u) if u.port().is_some() || u.host_str().is_none_or(|h| !h.starts_with('_')) => {
+                        errors.push(format!(
+                            "{at}.dns: {d:?}: name the SRV records (srv+http://_SERVICE._tcp.NAME), \
+                             without a port: each record has its own"
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.push(format!("{at}.dns: {d:?}: {e}")),
+                }
+            } else if let Some(d) = &spec.dns {
                 match parse_base(d) {
                     Ok(u) if u.scheme() == "https" => errors.push(format!(
                         "{at}.dns: https endpoints cannot be reached by address (the certificate \
@@ -288,6 +306,11 @@ impl Registry {
                     Ok(_) => {}
                     Err(m) => errors.push(format!("{at}.dns: {m}")),
                 }
+            }
+            if let Some(s) = &spec.dns_server
+                && s.parse::<std::net::SocketAddr>().is_err()
+            {
+                errors.push(format!("{at}.dns_server: {s:?} is not IP:PORT"));
             }
             let c = &spec.circuit;
             if !(c.failure_rate > 0.0 && c.failure_rate <= 1.0) {
@@ -334,6 +357,7 @@ impl Registry {
             services.insert(
                 name.clone(),
                 Arc::new(Service {
+                    dns_error: Mutex::new(None),
                     name,
                     state: Mutex::new(State {
                         endpoints,

@@ -20,7 +20,12 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub endpoints: Vec<String>,
     /// `http://NAME:PORT[/base]`: every address NAME resolves to is an endpoint.
+    /// `srv+http://_SERVICE._tcp.NAME[/base]`: every target of NAME's SRV records of the
+    /// lowest priority, at its port, is.
     pub dns: Option<String>,
+    /// The DNS server SRV queries go to (`IP:PORT`); default: the first `nameserver` of
+    /// /etc/resolv.conf.
+    pub dns_server: Option<String>,
     #[serde(default)]
     pub balance: Balance,
     pub health: Option<HealthSpec>,

@@ -250,3 +250,97 @@ async fn registered_endpoints_expire_unless_renewed() {
             .is_err()
     );
 }
+
+/// A DNS server on loopback that answers every SRV query with `records` (priority, weight,
+/// port, target), names compressed against the question.
+async fn fake_dns(records: Vec<(u16, u16, u16, &'static str)>) -> std::net::SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let q = &buf[..n];
+            let mut a = Vec::new();
+            a.extend_from_slice(&q[..2]);
+            a.extend_from_slice(&[0x81, 0x80, 0, 1]);
+            a.extend_from_slice(&(records.len() as u16).to_be_bytes());
+            a.extend_from_slice(&[0, 0, 0, 0]);
+            a.extend_from_slice(&q[12..]); // the question
+            for (p, w, port, target) in &records {
+                a.extend_from_slice(&[0xC0, 12, 0, 33, 0, 1, 0, 0, 0, 60]);
+                let mut rdata = Vec::new();
+                for v in [p, w, port] {
+                    rdata.extend_from_slice(&v.to_be_bytes());
+                }
+                for l in target.split('.').filter(|l| !l.is_empty()) {
+                    rdata.push(l.len() as u8);
+                    rdata.extend_from_slice(l.as_bytes());
+                }
+                rdata.push(0);
+                a.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                a.extend_from_slice(&rdata);
+            }
+            let _ = sock.send_to(&a, from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn srv_records_of_the_lowest_priority_are_the_endpoints() {
+    let dns = fake_dns(vec![
+        (20, 1, 7003, "127.0.0.1"),
+        (10, 5, 7001, "127.0.0.1"),
+        (10, 1, 7002, "127.0.0.1."),
+    ])
+    .await;
+    let r = registry(serde_json::json!({
+        "api": {"dns": "srv+http://_api._tcp.test.internal/v1", "dns_server": dns.to_string()}
+    }));
+    let s = r.services["api"].clone();
+    let found = s.dns_bases().await.expect("a lookup");
+    let found: Vec<&str> = found.iter().map(Url::as_str).collect();
+    assert_eq!(
+        found,
+        ["http://127.0.0.1:7001/v1", "http://127.0.0.1:7002/v1"]
+    );
+    // A server that does not answer keeps the endpoints as they were (and says so once).
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let r = registry(serde_json::json!({
+        "api": {"dns": "srv+http://_api._tcp.x", "dns_server": silent.local_addr().unwrap().to_string()}
+    }));
+    assert_eq!(r.services["api"].dns_bases().await, None);
+}
+
+#[test]
+fn srv_answers_are_read_with_care() {
+    let q = srv::encode_query(7, "_a._tcp.x").unwrap();
+    // NXDOMAIN: no endpoints.
+    let mut nx = q.clone();
+    nx[2..4].copy_from_slice(&[0x81, 0x83]);
+    assert_eq!(srv::parse_answer(&nx), Ok(Vec::new()));
+    // Truncated, or a compression loop: errors, never a hang.
+    let mut tc = q.clone();
+    tc[2..4].copy_from_slice(&[0x83, 0x80]);
+    assert!(srv::parse_answer(&tc).unwrap_err().contains("truncated"));
+    let mut lp = q.clone();
+    lp[6..8].copy_from_slice(&[0, 1]);
+    lp.extend_from_slice(&[0xC0, lp.len() as u8]); // a name pointing at itself
+    assert!(srv::parse_answer(&lp).unwrap_err().contains("loop"));
+    assert!(srv::parse_answer(&[1, 2, 3]).is_err());
+    assert!(srv::encode_query(1, "a..b").is_err());
+    let bad: BTreeMap<String, ServiceSpec> = serde_json::from_value(serde_json::json!({
+        "a": {"dns": "srv+http://_a._tcp.x:80"},
+        "b": {"dns": "srv+https://_b._tcp.x"},
+        "c": {"dns": "srv+http://_c._tcp.x", "dns_server": "nameserver"},
+    }))
+    .unwrap();
+    let e = Registry::new(bad).unwrap_err();
+    for want in [
+        "services.a.dns: \"srv+http://_a._tcp.x:80\": name the SRV records",
+        "services.b.dns: \"srv+https://_b._tcp.x\": SRV endpoints are srv+http://",
+        "services.c.dns_server: \"nameserver\" is not IP:PORT",
+    ] {
+        assert!(e.contains(want), "{want} in {e}");
+    }
+}
