@@ -45,6 +45,7 @@ pub(in crate::engine) async fn spawn(
         recover: Default::default(),
         retry: VecDeque::new(),
         next_recovery: 0,
+        publishing: Default::default(),
     };
     d.recover()?;
     Ok(tokio::spawn(d.run(rx)))
@@ -341,6 +342,10 @@ impl Driver {
                 } => self.timers.offer(now, due, &instance, effect),
                 After::Abort { instance, effect } => {
                     self.shared.queue.cancel(&instance, effect);
+                    self.publishing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(instance.clone(), effect));
                     self.subs.remove(&(instance, effect));
                 }
                 After::Emitted(event) => {
@@ -386,8 +391,26 @@ impl Driver {
     pub(super) fn publish(&self, instance: String, effect: u64, event: Value) {
         let brokers = self.shared.config.brokers.clone();
         let tx = self.builtin.sender();
+        let publishing = self.publishing.clone();
+        let key = (instance.clone(), effect);
+        publishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
         tokio::spawn(async move {
-            let delivery = match brokers.publish(&event, || !tx.is_closed()).await {
+            let wanted = || {
+                !tx.is_closed()
+                    && publishing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&key)
+            };
+            let published = brokers.publish(&event, wanted).await;
+            publishing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let delivery = match published {
                 Ok(false) => return,
                 Ok(true) => Delivery::Result(Ok(event)),
                 Err(e) => Delivery::Result(Err(kflow_core::error::WfError::communication(502, e))),

@@ -249,6 +249,9 @@ struct Driver {
     retry: VecDeque<(String, u64, Delivery, Option<i64>)>,
     /// Not before this (ms): the store just failed.
     next_recovery: i64,
+    /// Emits being published to brokers, by (instance, effect): one that is aborted (the task
+    /// timed out, the instance was cancelled) is taken out, and its publisher stops retrying.
+    publishing: Arc<std::sync::Mutex<std::collections::HashSet<(String, u64)>>>,
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {

@@ -53,6 +53,7 @@ fn driver() -> (Driver, Arc<dyn Store>) {
         recover: Default::default(),
         retry: Default::default(),
         next_recovery: 0,
+        publishing: Default::default(),
     };
     (d, store)
 }
