@@ -570,7 +570,7 @@ fn run_shell_request_is_fully_resolved() {
 
 #[test]
 fn unsupported_calls_fail_clearly() {
-    let body = "do:\n  - g:\n      call: asyncapi\n      with:\n        document:\n          endpoint: file://app/api.yaml\n        operation: send\n        message:\n          payload: {}\n";
+    let body = "do:\n  - g:\n      call: asyncapi\n      with:\n        document:\n          endpoint: file://app/api.yaml\n        operation: inbox\n        subscription:\n          consume:\n            amount: 1\n";
     let e = run(body, json!({})).error();
     assert!(
         e.detail

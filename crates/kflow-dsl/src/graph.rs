@@ -180,6 +180,7 @@ pub fn kind_of(kind: &TaskKind) -> String {
             Call::OpenApi(_) => "call openapi".into(),
             Call::Grpc(_) => "call grpc".into(),
             Call::Worker(w) => format!("call worker {}", w.function),
+            Call::AsyncApi(_) => "call asyncapi".into(),
             Call::Function { name, .. } => format!("call {name}"),
             Call::Unsupported { kind } => format!("call {kind}"),
         },

@@ -160,6 +160,8 @@ pub enum Call {
     Grpc(GrpcCall),
     /// `call: worker` (kflow's): a function an external worker serves.
     Worker(WorkerCall),
+    /// `call: asyncapi` publishing a message (`message`); subscriptions are `Unsupported`.
+    AsyncApi(AsyncApiCall),
     /// `call: <name>` of a function declared in `use.functions`: the function's task, run with
     /// `with:` as its input.
     Function {
@@ -261,6 +263,21 @@ pub struct GrpcCall {
     pub authentication: Option<Arc<AuthPolicy>>,
     pub method: String,
     pub arguments: Option<Template>,
+}
+
+/// `call: asyncapi` with `message`: publish to the operation's (v3) or channel's (v2) address
+/// on the chosen server of the document.
+#[derive(Debug, Clone)]
+pub struct AsyncApiCall {
+    pub document: Endpoint,
+    pub operation: Option<String>,
+    pub channel: Option<String>,
+    pub server: Option<String>,
+    pub variables: Option<Template>,
+    pub protocol: Option<String>,
+    pub payload: Option<Template>,
+    pub headers: Option<Template>,
+    pub authentication: Option<Arc<AuthPolicy>>,
 }
 
 /// `call: worker`: `function`, served by a worker of `queue` (never `default`, the server's own

@@ -22,6 +22,9 @@ pub enum Effect {
     /// A function served by an external worker (`call: worker`): queued on `queue` for a worker
     /// that registered a handler for `function` (the Python and TypeScript worker libraries).
     Function(FunctionRequest),
+    /// Publish one message through an AsyncAPI document's operation (performed by the server,
+    /// which holds the broker connections).
+    AsyncApi(AsyncApiRequest),
     Process(ProcessRequest),
     /// Publish a CloudEvent; the host fills `id`, `time`, `source`, `specversion` when absent
     /// and answers with the event as emitted.
@@ -64,6 +67,7 @@ impl Effect {
             Effect::OpenApi(_) => "openapi",
             Effect::Grpc(_) => "grpc",
             Effect::Function(_) => "function",
+            Effect::AsyncApi(_) => "asyncapi",
             Effect::Process(_) => "process",
             Effect::Emit { .. } => "emit",
             Effect::Listen { .. } => "listen",
@@ -136,6 +140,22 @@ pub struct GrpcRequest {
     pub port: u16,
     pub method: String,
     pub arguments: Map<String, Value>,
+    pub auth: Option<Auth>,
+}
+
+/// `call asyncapi` with `message`, every expression resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncApiRequest {
+    pub document: String,
+    pub document_auth: Option<Auth>,
+    /// AsyncAPI 3: the operation's id; AsyncAPI 2: `channel` instead.
+    pub operation: Option<String>,
+    pub channel: Option<String>,
+    pub server: Option<String>,
+    pub variables: Map<String, Value>,
+    pub protocol: Option<String>,
+    pub payload: Value,
+    pub headers: Map<String, Value>,
     pub auth: Option<Auth>,
 }
 

@@ -16,7 +16,7 @@ pub mod errors;
 pub mod time;
 
 pub use effect::{
-    Auth, Command, Delivery, Effect, EffectId, FunctionRequest, GrpcRequest, HttpRequest,
-    OpenApiRequest, OutputFormat, ProcessRequest, Program, ReturnMode,
+    AsyncApiRequest, Auth, Command, Delivery, Effect, EffectId, FunctionRequest, GrpcRequest,
+    HttpRequest, OpenApiRequest, OutputFormat, ProcessRequest, Program, ReturnMode,
 };
 pub use error::WfError;

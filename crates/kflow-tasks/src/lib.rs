@@ -12,6 +12,7 @@
 //! Dropping the future returned by [`Executor::perform`] cancels the effect: the HTTP request is
 //! abandoned, a child process's whole process group is killed and its working directory removed.
 
+pub mod asyncapi;
 mod auth;
 pub mod container;
 pub mod egress;
@@ -349,6 +350,16 @@ impl Executor {
         }
     }
 
+    /// Where a `call asyncapi` message goes: its document fetched (egress policy, its
+    /// authentication) and read.
+    pub async fn asyncapi_target(
+        &self,
+        ctx: &EffectCtx,
+        req: &kflow_effects::effect::AsyncApiRequest,
+    ) -> Result<asyncapi::Target, WfError> {
+        asyncapi::resolve(&self.inner, ctx, req).await
+    }
+
     /// The configuration this executor was built with.
     pub fn config(&self) -> &ExecConfig {
         &self.inner.cfg
@@ -361,6 +372,9 @@ impl Executor {
             Effect::Http(req) => http::perform(&self.inner, ctx, req).await,
             Effect::OpenApi(req) => openapi::perform(&self.inner, ctx, req).await,
             Effect::Grpc(req) => grpc::perform(&self.inner, ctx, req).await,
+            Effect::AsyncApi(_) => Err(WfError::configuration(
+                "call asyncapi publishes from a kflow server, which holds the broker connections; kflow run and kflow worker do not",
+            )),
             Effect::Function(f) => Err(WfError::configuration(format!(
                 "call worker: {} is served by the workers of queue '{}' that registered a handler for it (the Python or TypeScript worker library); this process has none",
                 f.function, f.queue

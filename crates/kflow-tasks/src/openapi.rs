@@ -168,7 +168,7 @@ fn parse_document(bytes: &[u8], url: &Url) -> Result<Value, WfError> {
 }
 
 /// YAML through kflow-dsl's node parser (bounded, positions in errors).
-fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
+pub(crate) fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
     // The parser is shared with the DSL loader; guard against it panicking so that a faulty
     // document can never take the executor down.
     let parsed = std::panic::catch_unwind(|| {

@@ -172,6 +172,7 @@ impl Run {
             | Effect::OpenApi(_)
             | Effect::Grpc(_)
             | Effect::Function(_)
+            | Effect::AsyncApi(_)
             | Effect::Process(_) => {
                 let exec = self.host.executor.clone();
                 let ctx = EffectCtx {

@@ -682,3 +682,127 @@ fn nats_down_at_start_and_mid_run_loses_nothing() {
         "{s:?}"
     );
 }
+
+/// `call asyncapi` publishes through an AsyncAPI 3.0 document's `send` operations to NATS,
+/// RabbitMQ and Mosquitto (and through a 2.6 document's channel), with the server's variables
+/// filled; an operation the document lacks fails with the ones it has.
+#[test]
+fn asyncapi_calls_publish_to_the_documents_servers() {
+    if !(up(4222, "NATS") && up(5672, "RabbitMQ") && up(1883, "Mosquitto")) {
+        return;
+    }
+    let u = uniq();
+    let (nats, amqp, mqtt) = (Nats::new(&u), Amqp::new(&u), Mqtt::new(&u));
+    let dir = TempDir::new("asyncapi");
+    let v3 = json!({
+        "asyncapi": "3.0.0",
+        "info": {"title": "shop", "version": "1.0.0"},
+        "servers": {
+            "bus": {"host": "{host}:4222", "protocol": "nats",
+                    "variables": {"host": {"default": "localhost"}}},
+            "rabbit": {"host": "127.0.0.1:5672", "protocol": "amqp"},
+            "mosquitto": {"host": "127.0.0.1:1883", "protocol": "mqtt"}
+        },
+        "channels": {
+            "shippedNats": {"address": format!("out.{u}.asyncapi"), "servers": [{"$ref": "#/servers/bus"}]},
+            "shippedAmqp": {"address": format!("out.{u}"), "servers": [{"$ref": "#/servers/rabbit"}]},
+            "shippedMqtt": {"address": format!("out/{u}/asyncapi"), "servers": [{"$ref": "#/servers/mosquitto"}]}
+        },
+        "operations": {
+            "shipNats": {"action": "send", "channel": {"$ref": "#/channels/shippedNats"}},
+            "shipAmqp": {"action": "send", "channel": {"$ref": "#/channels/shippedAmqp"}},
+            "shipMqtt": {"action": "send", "channel": {"$ref": "#/channels/shippedMqtt"}},
+            "inbox": {"action": "receive", "channel": {"$ref": "#/channels/shippedNats"}}
+        }
+    });
+    let v2 = json!({
+        "asyncapi": "2.6.0",
+        "info": {"title": "shop", "version": "1.0.0"},
+        "servers": {"bus": {"url": "nats://127.0.0.1:4222", "protocol": "nats"}},
+        "channels": {format!("out.{u}.v2"): {"publish": {"message": {"payload": {"type": "object"}}}}}
+    });
+    let p3 = dir.write("v3.json", v3.to_string());
+    let p2 = dir.write("v2.json", v2.to_string());
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let base = server.base();
+    let call = |op: &str, doc: &std::path::Path, extra: &str| {
+        format!(
+            "      call: asyncapi\n      with:\n        document:\n          endpoint: 'file://{}'\n\
+             \x20       {op}\n{extra}        message:\n          payload:\n            order: ${{ $workflow.input.order }}\n",
+            doc.display()
+        )
+    };
+    support::register(
+        &base,
+        &format!(
+            "document:\n  dsl: '1.0.3'\n  namespace: aapi\n  name: ship\n  version: '1.0.0'\n\
+             do:\n  - nats:\n{}  - amqp:\n{}  - mqtt:\n{}  - v2:\n{}",
+            call(
+                "operation: shipNats",
+                &p3,
+                "        server:\n          name: bus\n          variables:\n            host: 127.0.0.1\n"
+            )
+            .replace(
+                "            order: ${ $workflow.input.order }\n",
+                "            order: ${ $workflow.input.order }\n          headers:\n            tenant: acme\n"
+            ),
+            call("operation: shipAmqp", &p3, ""),
+            call("operation: shipMqtt", &p3, "        protocol: mqtt\n"),
+            call("channel: 'out.U.v2'".replace('U', &u).as_str(), &p2, ""),
+        ),
+    );
+    let (code, v) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "aapi", "name": "ship", "input": {"order": 5}, "wait": true}),
+    )
+    .expect("start");
+    assert!(code < 300, "{v}");
+    assert_eq!(v["status"], "completed", "{v}\n{}", server.log_tail(2000));
+    // The last call's output: where its message went.
+    assert_eq!(
+        (
+            &v["output"]["server"],
+            &v["output"]["protocol"],
+            &v["output"]["address"]
+        ),
+        (&json!("bus"), &json!("nats"), &json!(format!("out.{u}.v2"))),
+        "{v}"
+    );
+    assert!(
+        v["output"]["messageId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with(v["id"].as_str().unwrap_or("?"))),
+        "{v}"
+    );
+    let payloads = |w: &dyn Wire| w.received();
+    let want = json!({"order": 5});
+    wait_for("every broker got the message", &server, || {
+        let n = payloads(&nats);
+        n.iter().filter(|p| **p == want).count() == 2
+            && payloads(&amqp).contains(&want)
+            && payloads(&mqtt).contains(&want)
+    });
+    // An operation the document does not have is named with the ones it has.
+    support::register(
+        &base,
+        &format!(
+            "document:\n  dsl: '1.0.3'\n  namespace: aapi\n  name: bad\n  version: '1.0.0'\n\
+             do:\n  - a:\n{}",
+            call("operation: ${ .op }", &p3, "")
+                .replace("operation: ${ .op }", "operation: shipFax")
+        ),
+    );
+    let (_, v) = support::post_json(
+        &base,
+        "/api/v1/instances",
+        &json!({"namespace": "aapi", "name": "bad", "input": {"order": 1}, "wait": true}),
+    )
+    .expect("start");
+    assert_eq!(v["status"], "faulted", "{v}");
+    assert_eq!(
+        v["error"]["detail"],
+        "call asyncapi: the document has no operation shipFax (it has: shipNats, shipAmqp, shipMqtt, inbox)",
+        "{v}"
+    );
+}

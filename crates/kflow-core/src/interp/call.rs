@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 use kflow_dsl::model::{AuthPolicy, AuthScheme, Call, Endpoint, NamedTask, UriSpec};
 
 use super::{Cx, KindResult, Scope};
-use crate::effect::{Auth, Effect, FunctionRequest, GrpcRequest, HttpRequest, OpenApiRequest};
+use crate::effect::{
+    AsyncApiRequest, Auth, Effect, FunctionRequest, GrpcRequest, HttpRequest, OpenApiRequest,
+};
 use crate::error::WfError;
 
 pub(super) async fn call(
@@ -88,6 +90,35 @@ pub(super) async fn call(
             };
             let out = cx.sh.effect(&named.reference, Effect::Grpc(req)).await?;
             Ok((out, None, authorization))
+        }
+        Call::AsyncApi(a) => {
+            let document = resolve_uri(cx, &a.document, input, scope)?;
+            let document_auth =
+                resolve_auth(cx, a.document.authentication.as_deref(), input, scope)?;
+            let auth = resolve_auth(cx, a.authentication.as_deref(), input, scope)?;
+            let variables = object_of(cx, a.variables.as_ref(), input, scope, "server.variables")?;
+            let headers = object_of(cx, a.headers.as_ref(), input, scope, "message.headers")?;
+            let payload = match &a.payload {
+                None => Value::Null,
+                Some(t) => cx.eval(t, input, scope)?,
+            };
+            let req = AsyncApiRequest {
+                document,
+                document_auth,
+                operation: a.operation.clone(),
+                channel: a.channel.clone(),
+                server: a.server.clone(),
+                variables,
+                protocol: a.protocol.clone(),
+                payload,
+                headers,
+                auth,
+            };
+            let out = cx
+                .sh
+                .effect(&named.reference, Effect::AsyncApi(req))
+                .await?;
+            Ok((out, None, None))
         }
         Call::Worker(w) => {
             let arguments = match &w.arguments {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::expr;
 use crate::model::{
-    AuthPolicy, AuthScheme, Call, Endpoint, GrpcCall, HttpCall, OpenApiCall, OutputFormat, UriSpec,
-    WorkerCall,
+    AsyncApiCall, AuthPolicy, AuthScheme, Call, Endpoint, GrpcCall, HttpCall, OpenApiCall,
+    OutputFormat, UriSpec, WorkerCall,
 };
 use crate::node::{Node, NodeKind};
 use crate::template::Template;
@@ -41,6 +41,7 @@ pub(super) fn call(cx: &mut Cx, task: &Obj, value: &Node) -> Option<Call> {
                 "openapi" => openapi(cx, &obj).map(Call::OpenApi),
                 "grpc" => grpc(cx, &obj).map(Call::Grpc),
                 "worker" => worker(cx, &obj).map(Call::Worker),
+                "asyncapi" => asyncapi(cx, &obj),
                 _ => {
                     unsupported(cx, &obj, target);
                     Some(Call::Unsupported {
@@ -297,8 +298,9 @@ fn grpc(cx: &mut Cx, obj: &Obj) -> Option<GrpcCall> {
 }
 
 /// grpc, asyncapi, a2a, mcp: the top-level shape of `with`, its expressions and its
-/// authentication references are checked; kflow refuses to run them.
-fn unsupported(cx: &mut Cx, obj: &Obj, kind: &str) {
+/// authentication references are checked; kflow refuses to run them. Returns the external
+/// resource and the authentication it read (for `asyncapi`'s publish, which kflow runs).
+fn unsupported(cx: &mut Cx, obj: &Obj, kind: &str) -> (Option<Endpoint>, Option<Arc<AuthPolicy>>) {
     let (allowed, required): (&[&str], &[&str]) = match kind {
         "grpc" => (
             &["proto", "service", "method", "arguments"],
@@ -351,15 +353,65 @@ fn unsupported(cx: &mut Cx, obj: &Obj, kind: &str) {
             }
         }
     }
+    let mut resource = None;
     for key in ["document", "proto", "agentCard"] {
         if let Some(n) = obj.get(key) {
-            external_resource(cx, n, &obj.child(key));
+            resource = external_resource(cx, n, &obj.child(key));
         }
     }
-    if let Some(n) = obj.get("authentication") {
-        authentication(cx, n, &obj.child("authentication"));
-    }
+    let auth = obj
+        .get("authentication")
+        .and_then(|n| authentication(cx, n, &obj.child("authentication")));
     common::template(cx, obj.node);
+    (resource, auth)
+}
+
+/// `call asyncapi`: shape-checked as the spec says; a publish (`message`) is run, a
+/// subscription is refused when run.
+fn asyncapi(cx: &mut Cx, obj: &Obj) -> Option<Call> {
+    let (document, authentication) = unsupported(cx, obj, "asyncapi");
+    if !obj.has("message") {
+        return Some(Call::Unsupported {
+            kind: "asyncapi (a subscription)".into(),
+        });
+    }
+    let text = |cx: &mut Cx, key: &str| -> Option<String> {
+        obj.get(key)
+            .and_then(|n| common::string(cx, n, &obj.field(key)))
+            .map(str::to_string)
+    };
+    let operation = text(cx, "operation");
+    let channel = text(cx, "channel");
+    let protocol = text(cx, "protocol");
+    let mut server = None;
+    let mut variables = None;
+    if let Some(n) = obj.get("server") {
+        let path = obj.child("server");
+        let s = Obj::new(cx, n, format!("'{path}'"), &path)?;
+        s.check(cx, &["name", "variables"]);
+        server = s
+            .req(cx, "name")
+            .and_then(|n| common::string(cx, n, &s.field("name")))
+            .map(str::to_string);
+        variables = s.get("variables").and_then(|n| common::template(cx, n));
+    }
+    let m = obj.get("message")?;
+    let path = obj.child("message");
+    let m = Obj::new(cx, m, format!("'{path}'"), &path)?;
+    m.check(cx, &["payload", "headers"]);
+    let payload = m.get("payload").and_then(|n| common::template(cx, n));
+    let headers = m.get("headers").and_then(|n| common::template(cx, n));
+    Some(Call::AsyncApi(AsyncApiCall {
+        document: document?,
+        operation,
+        channel,
+        server,
+        variables,
+        protocol,
+        payload,
+        headers,
+        authentication,
+    }))
 }
 
 /// An external resource: `{ name?, endpoint }`; its endpoint is what kflow keeps.

@@ -279,6 +279,8 @@ fn subject_matches(filter: &str, subject: &str, kind: Kind) -> bool {
 #[derive(Default)]
 pub struct Brokers {
     brokers: Vec<Broker>,
+    /// Publishers to the servers of AsyncAPI documents (`call asyncapi`), by address and user.
+    adhoc: std::sync::Mutex<std::collections::HashMap<String, Arc<Publisher>>>,
 }
 
 impl std::fmt::Debug for Brokers {
@@ -371,7 +373,116 @@ impl Brokers {
                 stats: Stats::default(),
             });
         }
-        Ok(Brokers { brokers })
+        Ok(Brokers {
+            brokers,
+            adhoc: Default::default(),
+        })
+    }
+
+    /// Publishes one `call asyncapi` message to `target` (JSON payload; headers over NATS),
+    /// trying again with back-off while the broker cannot be reached and `wanted` says so.
+    /// `Ok(false)`: given up.
+    pub async fn publish_to(
+        &self,
+        target: &kflow_tasks::asyncapi::Target,
+        auth: Option<&kflow_core::effect::Auth>,
+        id: &str,
+        payload: &Value,
+        headers: &Map<String, Value>,
+        wanted: impl Fn() -> bool,
+    ) -> Result<bool, kflow_core::WfError> {
+        use kflow_core::WfError;
+        let bad = |m: String| WfError::configuration(format!("call asyncapi: {m}"));
+        let kind = match target.protocol.as_str() {
+            "nats" => Kind::Nats,
+            "amqp" => Kind::Amqp,
+            _ => Kind::Mqtt,
+        };
+        if kind != Kind::Nats && !headers.is_empty() {
+            return Err(bad(format!(
+                "message headers are sent over nats only; server {} is {}",
+                target.server, target.protocol
+            )));
+        }
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(kflow_core::effect::Auth::Basic { username, password }) => {
+                (Some(username.clone()), Some(password.clone()))
+            }
+            Some(_) => {
+                return Err(bad(
+                    "only basic authentication reaches a broker (its user and password)".into(),
+                ));
+            }
+        };
+        let endpoint = Endpoint {
+            name: format!("asyncapi:{}", target.server),
+            address: Address {
+                kind,
+                host: target.host.clone(),
+                port: target.port.unwrap_or(match kind {
+                    Kind::Nats => 4222,
+                    Kind::Amqp => 5672,
+                    Kind::Mqtt => 1883,
+                }),
+                vhost: if target.pathname.is_empty() {
+                    "/".into()
+                } else {
+                    target.pathname.clone()
+                },
+            },
+            username,
+            password,
+        };
+        let key = format!(
+            "{}|{}|{}",
+            endpoint.label(),
+            endpoint.address.vhost,
+            endpoint.username.as_deref().unwrap_or_default()
+        );
+        let publisher = self
+            .adhoc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(match kind {
+                    Kind::Nats => Publisher::Nats(nats::Publisher::new(endpoint.clone())),
+                    Kind::Amqp => Publisher::Amqp(amqp::Publisher::new(endpoint.clone())),
+                    Kind::Mqtt => Publisher::Mqtt(mqtt::Publisher::new(endpoint.clone())),
+                })
+            })
+            .clone();
+        let body = serde_json::to_vec(payload).unwrap_or_default();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let r = match &*publisher {
+                Publisher::Nats(n) => n.publish(&target.address, id, &body, headers).await,
+                Publisher::Amqp(a) => a.publish("", &target.address, id, &body).await,
+                Publisher::Mqtt(m) => m.publish(&target.address, &body).await,
+            };
+            match r {
+                Ok(()) => return Ok(true),
+                Err(PublishError::Refused(e)) => {
+                    return Err(WfError::communication(
+                        502,
+                        format!(
+                            "call asyncapi: {} refused the message for {}: {e}",
+                            endpoint.label(),
+                            target.address
+                        ),
+                    ));
+                }
+                Err(PublishError::Unreachable(e)) => {
+                    tracing::warn!(broker = %endpoint.label(), error = %e, "publishing a call asyncapi message failed; trying again");
+                    if !wanted() {
+                        return Ok(false);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -430,7 +541,7 @@ impl Brokers {
             let mut pause = Duration::from_millis(100);
             loop {
                 let r = match &b.publisher {
-                    Publisher::Nats(n) => n.publish(&subject, id, &payload).await,
+                    Publisher::Nats(n) => n.publish(&subject, id, &payload, &Map::new()).await,
                     Publisher::Amqp(a) => {
                         a.publish(p.exchange.as_deref().unwrap_or(""), &subject, id, &payload)
                             .await

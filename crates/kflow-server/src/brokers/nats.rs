@@ -41,6 +41,7 @@ impl Publisher {
         subject: &str,
         id: &str,
         payload: &[u8],
+        headers: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), PublishError> {
         let js = {
             let mut slot = self.context.lock().await;
@@ -56,9 +57,16 @@ impl Publisher {
                 }
             }
         };
-        let message = jetstream::message::PublishMessage::build()
+        let mut message = jetstream::message::PublishMessage::build()
             .payload(bytes::Bytes::copy_from_slice(payload))
             .message_id(id);
+        for (k, v) in headers {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            message = message.header(k.as_str(), v.as_str());
+        }
         let sent = js.send_publish(subject.to_string(), message).await;
         let acked = match sent {
             Ok(ack) => ack.await.map(|_| ()),

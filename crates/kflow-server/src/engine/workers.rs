@@ -336,6 +336,11 @@ impl Builtin {
         }
     }
 
+    /// The executor (`call asyncapi` resolves its document through it).
+    pub(crate) fn executor(&self) -> Executor {
+        self.executor.clone()
+    }
+
     /// Where results go: the driver's queue.
     pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Msg> {
         self.tx.clone()

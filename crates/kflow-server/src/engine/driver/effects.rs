@@ -138,6 +138,7 @@ impl Driver {
                     | Effect::OpenApi(_)
                     | Effect::Grpc(_)
                     | Effect::Function(_)
+                    | Effect::AsyncApi(_)
                     | Effect::Process(_)
             )),
         };
@@ -201,6 +202,11 @@ impl Driver {
                     )),
                 }
             }
+            Effect::AsyncApi(req) => b.after.push(After::AsyncApi {
+                instance: id.to_string(),
+                effect,
+                req,
+            }),
             other => b.after.push(After::Dispatch {
                 instance: id.to_string(),
                 effect,

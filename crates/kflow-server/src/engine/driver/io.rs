@@ -365,6 +365,15 @@ impl Driver {
                     effect,
                     event,
                 } => self.publish(instance, effect, event),
+                After::AsyncApi {
+                    instance,
+                    effect,
+                    req,
+                } => {
+                    if !self.draining {
+                        self.publish_asyncapi(instance, effect, req);
+                    }
+                }
                 After::Yield { instance, effect } => {
                     if !self.draining {
                         self.deferred.push_back((instance, effect));
@@ -420,6 +429,85 @@ impl Driver {
                 instance,
                 effect,
                 delivery,
+                ack: None,
+                leased_ms: None,
+            });
+        });
+    }
+
+    /// Publishes a `call asyncapi` message to the server its document names, then answers the
+    /// call with where it went. Retried while the broker cannot be reached and the call is
+    /// wanted; its row makes the next start publish it again, with the same message id.
+    pub(super) fn publish_asyncapi(
+        &self,
+        instance: String,
+        effect: u64,
+        req: kflow_core::effect::AsyncApiRequest,
+    ) {
+        let brokers = self.shared.config.brokers.clone();
+        let executor = self.builtin.executor();
+        let tx = self.builtin.sender();
+        let publishing = self.publishing.clone();
+        let key = (instance.clone(), effect);
+        let namespace = self
+            .active
+            .get(&instance)
+            .map(|a| a.row.namespace.clone())
+            .unwrap_or_default();
+        publishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        tokio::spawn(async move {
+            let wanted = || {
+                !tx.is_closed()
+                    && publishing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&key)
+            };
+            let ctx = kflow_tasks::EffectCtx {
+                instance_id: instance.clone(),
+                effect_id: effect,
+                task: String::new(),
+                attempt: 1,
+                namespace,
+                limits: Default::default(),
+                traceparent: None,
+            };
+            let id = format!("{instance}-{effect}");
+            let result = match executor.asyncapi_target(&ctx, &req).await {
+                Err(e) => Some(Err(e)),
+                Ok(target) => match brokers
+                    .publish_to(
+                        &target,
+                        req.auth.as_ref(),
+                        &id,
+                        &req.payload,
+                        &req.headers,
+                        wanted,
+                    )
+                    .await
+                {
+                    Ok(false) => None,
+                    Ok(true) => Some(Ok(serde_json::json!({
+                        "server": target.server,
+                        "protocol": target.protocol,
+                        "address": target.address,
+                        "messageId": id,
+                    }))),
+                    Err(e) => Some(Err(e)),
+                },
+            };
+            publishing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let Some(result) = result else { return };
+            let _ = tx.send(Msg::Deliver {
+                instance,
+                effect,
+                delivery: Delivery::Result(result),
                 ack: None,
                 leased_ms: None,
             });

@@ -188,6 +188,13 @@ enum After {
         effect: u64,
         event: Value,
     },
+    /// A `call asyncapi` message: published once committed, the call answered when the broker
+    /// confirmed it.
+    AsyncApi {
+        instance: String,
+        effect: u64,
+        req: kflow_core::effect::AsyncApiRequest,
+    },
 }
 
 #[derive(Default)]

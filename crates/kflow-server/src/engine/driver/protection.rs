@@ -58,6 +58,7 @@ pub(super) fn stored_effect(
         | Effect::OpenApi(_)
         | Effect::Grpc(_)
         | Effect::Function(_)
+        | Effect::AsyncApi(_)
         | Effect::Process(_)
             if reads_secrets =>
         {

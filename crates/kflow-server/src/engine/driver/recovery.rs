@@ -173,6 +173,10 @@ impl Driver {
                     }
                 }
             }
+            Effect::AsyncApi(req) => {
+                // Published before the crash or not: again, with the same message id.
+                self.publish_asyncapi(w.instance_id.clone(), w.effect_id, req);
+            }
             Effect::Emit { event } => {
                 let event = complete_event(event, &w.instance_id, now);
                 if self.shared.config.brokers.publishes(&event) {
