@@ -61,6 +61,20 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// A call or a process: performed outside the engine (a worker, a broker, a child
+    /// process), with attempts counted, and sealed at rest when its workflow reads secrets.
+    pub fn is_call(&self) -> bool {
+        matches!(
+            self,
+            Effect::Http(_)
+                | Effect::OpenApi(_)
+                | Effect::Grpc(_)
+                | Effect::Function(_)
+                | Effect::AsyncApi(_)
+                | Effect::Process(_)
+        )
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::Http(_) => "http",

@@ -367,17 +367,20 @@ fn shipped(wire: &dyn Wire, u: &str) -> BTreeMap<u64, Vec<String>> {
     out
 }
 
-fn scenario(kind: &str, broker: Value, wire: &dyn Wire, u: &str) {
-    let dir = TempDir::new(&format!("brokers-{kind}"));
-    let config = dir.write(
+/// A config file naming one broker, `bus`; its path.
+fn config_with(dir: &TempDir, broker: Value) -> String {
+    let path = dir.write(
         "kflow.yaml",
         serde_json::to_string(&json!({ "brokers": { "bus": broker } })).unwrap_or_default(),
     );
-    let config = config.to_string_lossy().into_owned();
-    let mut server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
-    let base = server.base();
+    path.to_string_lossy().into_owned()
+}
+
+/// `brk/ship`: started by each order event (`schedule.on`), it emits a shipped event with the
+/// order's data.
+fn register_ship(base: &str, u: &str) {
     support::register(
-        &base,
+        base,
         &format!(
             "document:\n  dsl: '1.0.3'\n  namespace: brk\n  name: ship\n  version: '1.0.0'\n\
              schedule:\n  on:\n    one:\n      with:\n        type: com.test.order.{u}\n\
@@ -386,6 +389,14 @@ fn scenario(kind: &str, broker: Value, wire: &dyn Wire, u: &str) {
              \x20           data: ${{ .[0] }}\n"
         ),
     );
+}
+
+fn scenario(kind: &str, broker: Value, wire: &dyn Wire, u: &str) {
+    let dir = TempDir::new(&format!("brokers-{kind}"));
+    let config = config_with(&dir, broker);
+    let mut server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
+    let base = server.base();
+    register_ship(&base, u);
     let connected = "kflow_broker_connected{broker=\"bus\"}";
     wait_for("the consumer connects", &server, || {
         metrics(&base).get(connected) == Some(&1.0)
@@ -607,11 +618,7 @@ fn nats_down_at_start_and_mid_run_loses_nothing() {
         "consume": {"stream": format!("IN_{u}"), "subjects": [format!("in.{u}.>")]},
         "publish": {"subject": format!("out.{u}.{{type}}")},
     });
-    let config = dir.write(
-        "kflow.yaml",
-        serde_json::to_string(&json!({ "brokers": { "bus": broker } })).unwrap_or_default(),
-    );
-    let config = config.to_string_lossy().into_owned();
+    let config = config_with(&dir, broker);
     // The stream kflow consumes exists already (the broker is down for kflow only).
     wire.rt.block_on(async {
         wire.js
@@ -625,16 +632,7 @@ fn nats_down_at_start_and_mid_run_loses_nothing() {
     });
     let server = ServerProcess::start(&dir.path().join("data"), &["--config", &config]);
     let base = server.base();
-    support::register(
-        &base,
-        &format!(
-            "document:\n  dsl: '1.0.3'\n  namespace: brk\n  name: ship\n  version: '1.0.0'\n\
-             schedule:\n  on:\n    one:\n      with:\n        type: com.test.order.{u}\n\
-             do:\n  - ship:\n      emit:\n        event:\n          with:\n\
-             \x20           type: com.test.shipped.{u}\n            source: urn:test:kflow\n\
-             \x20           data: ${{ .[0] }}\n"
-        ),
-    );
+    register_ship(&base, &u);
     // Down: an instance started over the API emits, and waits for the broker.
     let (code, v) = support::post_json(
         &base,

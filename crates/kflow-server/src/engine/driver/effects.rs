@@ -132,15 +132,7 @@ impl Driver {
             ),
             due_ms: due,
             // Calls and processes are dispatched right after this commit: that is attempt 1.
-            attempts: u32::from(matches!(
-                e,
-                Effect::Http(_)
-                    | Effect::OpenApi(_)
-                    | Effect::Grpc(_)
-                    | Effect::Function(_)
-                    | Effect::AsyncApi(_)
-                    | Effect::Process(_)
-            )),
+            attempts: u32::from(e.is_call()),
         };
         b.commit_for(id, now).add_work.push(row);
         match e {

@@ -394,31 +394,30 @@ impl Driver {
     }
 
     /// An instance's row: from memory when active, else from the store.
+    /// A publish in flight for (instance, effect), until the returned guard is dropped.
+    fn track(&self, instance: &str, effect: u64, tx: &mpsc::UnboundedSender<Msg>) -> Tracked {
+        let key = (instance.to_string(), effect);
+        self.publishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        Tracked {
+            set: self.publishing.clone(),
+            key,
+            tx: tx.clone(),
+        }
+    }
+
     /// Publishes an emitted event to the brokers that take it, then answers the emit (a
     /// refusal fails it). Not answered while the engine stops: its row makes the next start
     /// publish it again.
     pub(super) fn publish(&self, instance: String, effect: u64, event: Value) {
         let brokers = self.shared.config.brokers.clone();
         let tx = self.builtin.sender();
-        let publishing = self.publishing.clone();
-        let key = (instance.clone(), effect);
-        publishing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
+        let track = self.track(&instance, effect, &tx);
         tokio::spawn(async move {
-            let wanted = || {
-                !tx.is_closed()
-                    && publishing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains(&key)
-            };
-            let published = brokers.publish(&event, wanted).await;
-            publishing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            let published = brokers.publish(&event, || track.wanted()).await;
+            drop(track);
             let delivery = match published {
                 Ok(false) => return,
                 Ok(true) => Delivery::Result(Ok(event)),
@@ -447,25 +446,14 @@ impl Driver {
         let brokers = self.shared.config.brokers.clone();
         let executor = self.builtin.executor();
         let tx = self.builtin.sender();
-        let publishing = self.publishing.clone();
-        let key = (instance.clone(), effect);
+        let track = self.track(&instance, effect, &tx);
         let namespace = self
             .active
             .get(&instance)
             .map(|a| a.row.namespace.clone())
             .unwrap_or_default();
-        publishing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
         tokio::spawn(async move {
-            let wanted = || {
-                !tx.is_closed()
-                    && publishing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains(&key)
-            };
+            let wanted = || track.wanted();
             let ctx = kflow_tasks::EffectCtx {
                 instance_id: instance.clone(),
                 effect_id: effect,
@@ -499,10 +487,7 @@ impl Driver {
                     Err(e) => Some(Err(e)),
                 },
             };
-            publishing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            drop(track);
             let Some(result) = result else { return };
             let _ = tx.send(Msg::Deliver {
                 instance,
@@ -521,5 +506,33 @@ impl Driver {
         let store = self.shared.store.clone();
         blocking(|| store.get_instance(id))?
             .ok_or_else(|| EngineError::NotFound(format!("instance {id} does not exist")))
+    }
+}
+
+/// A publish in flight (see `Driver::publishing`).
+pub(super) struct Tracked {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, u64)>>>,
+    key: (String, u64),
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Tracked {
+    /// Still wanted: the engine runs and the effect was not aborted.
+    fn wanted(&self) -> bool {
+        !self.tx.is_closed()
+            && self
+                .set
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&self.key)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }

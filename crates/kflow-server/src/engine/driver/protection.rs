@@ -53,19 +53,11 @@ pub(super) fn stored_effect(
     reads_secrets: bool,
 ) -> Value {
     let v = serde_json::to_value(e).unwrap_or(Value::Null);
-    match e {
-        Effect::Http(_)
-        | Effect::OpenApi(_)
-        | Effect::Grpc(_)
-        | Effect::Function(_)
-        | Effect::AsyncApi(_)
-        | Effect::Process(_)
-            if reads_secrets =>
-        {
-            shared
-                .vault
-                .seal_value(&crate::sealed::ctx_work(id, effect), &v)
-        }
-        _ => v,
+    if e.is_call() && reads_secrets {
+        shared
+            .vault
+            .seal_value(&crate::sealed::ctx_work(id, effect), &v)
+    } else {
+        v
     }
 }
