@@ -393,7 +393,6 @@ impl Driver {
         }
     }
 
-    /// An instance's row: from memory when active, else from the store.
     /// A publish in flight for (instance, effect), until the returned guard is dropped.
     fn track(&self, instance: &str, effect: u64, tx: &mpsc::UnboundedSender<Msg>) -> Tracked {
         let key = (instance.to_string(), effect);
@@ -499,6 +498,7 @@ impl Driver {
         });
     }
 
+    /// An instance's row: from memory when active, else from the store.
     fn instance_row(&self, id: &str) -> Result<Instance> {
         if let Some(a) = self.active.get(id) {
             return Ok(a.row.clone());
