@@ -719,9 +719,18 @@ pub(crate) fn failpoint(name: &str) {
     }
 }
 
+/// The largest message taken as an event (a posted event's default limit too).
+const MAX_MESSAGE: usize = 1 << 20;
+
 /// A message's body as a CloudEvent (structured mode): a JSON object with `specversion` 1.0,
 /// `id`, `source` and `type` as non-empty strings.
 fn parse_event(payload: &[u8]) -> Result<Map<String, Value>, String> {
+    if payload.len() > MAX_MESSAGE {
+        return Err(format!(
+            "the message is {} bytes, more than the {MAX_MESSAGE} an event may be",
+            payload.len()
+        ));
+    }
     let v: Value =
         serde_json::from_slice(payload).map_err(|e| format!("the body is not JSON: {e}"))?;
     let Value::Object(m) = v else {

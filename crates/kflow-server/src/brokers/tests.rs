@@ -113,6 +113,12 @@ fn only_cloudevents_are_taken() {
     ] {
         assert_eq!(parse_event(body).unwrap_err(), want);
     }
+    let big = vec![b' '; MAX_MESSAGE + 1];
+    assert!(
+        parse_event(&big)
+            .unwrap_err()
+            .starts_with("the message is 1048577 bytes")
+    );
 }
 
 #[test]
