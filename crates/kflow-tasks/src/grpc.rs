@@ -128,8 +128,28 @@ impl protox::file::FileResolver for Source {
     }
 }
 
+/// The deepest nesting of `{` (or `[`, `(`, `<`) a `.proto` may have: the parser recurses on
+/// each, and a hostile file must not exhaust the stack (a panic can be caught, an overflow
+/// cannot).
+const MAX_NESTING: usize = 64;
+
 /// Compiles one `.proto` (and the well-known types it imports).
 pub(crate) fn compile(source: &str, url: &Url) -> Result<DescriptorPool, WfError> {
+    let mut depth = 0usize;
+    for b in source.bytes() {
+        match b {
+            b'{' | b'[' | b'(' | b'<' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(WfError::configuration(format!(
+                        "call grpc: the proto at {url} nests deeper than {MAX_NESTING} levels"
+                    )));
+                }
+            }
+            b'}' | b']' | b')' | b'>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
     let name = url
         .path_segments()
         .and_then(|mut s| s.next_back())
@@ -447,6 +467,11 @@ message Order { string order_id = 1; int32 count = 2; google.protobuf.Timestamp 
                 .is_some_and(|d| d
                     .starts_with("call grpc: the proto at file:///x/shop.proto does not compile")),
             "{bad:?}"
+        );
+        let deep = format!("syntax = \"proto3\";\n{}", "message M {".repeat(10_000));
+        assert_eq!(
+            compile(&deep, &url).unwrap_err().detail.as_deref(),
+            Some("call grpc: the proto at file:///x/shop.proto nests deeper than 64 levels")
         );
         let import = compile("syntax = \"proto3\";\nimport \"other.proto\";", &url).unwrap_err();
         assert!(

@@ -52,7 +52,11 @@ async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let n: usize = if std::env::args().any(|a| a == "--quick") { 300 } else { 3_000 };
+    let n: usize = if std::env::args().any(|a| a == "--quick") {
+        300
+    } else {
+        3_000
+    };
     let u = format!("{:x}", std::process::id());
     let nats = match async_nats::connect("127.0.0.1:4222").await {
         Ok(c) => c,
