@@ -24,7 +24,7 @@ pub enum Effect {
     Function(FunctionRequest),
     /// Publish one message through an AsyncAPI document's operation (performed by the server,
     /// which holds the broker connections).
-    AsyncApi(AsyncApiRequest),
+    AsyncApi(Box<AsyncApiRequest>),
     Process(ProcessRequest),
     /// Publish a CloudEvent; the host fills `id`, `time`, `source`, `specversion` when absent
     /// and answers with the event as emitted.

@@ -116,7 +116,7 @@ pub(super) async fn call(
             };
             let out = cx
                 .sh
-                .effect(&named.reference, Effect::AsyncApi(req))
+                .effect(&named.reference, Effect::AsyncApi(Box::new(req)))
                 .await?;
             Ok((out, None, None))
         }

@@ -1,3 +1,5 @@
+use super::intake::{MAX_MESSAGE, parse_event};
+use super::spec::subject_matches;
 use super::*;
 
 fn spec(yaml: &str) -> Result<(), String> {

@@ -440,7 +440,7 @@ impl Driver {
         &self,
         instance: String,
         effect: u64,
-        req: kflow_core::effect::AsyncApiRequest,
+        req: Box<kflow_core::effect::AsyncApiRequest>,
     ) {
         let brokers = self.shared.config.brokers.clone();
         let executor = self.builtin.executor();

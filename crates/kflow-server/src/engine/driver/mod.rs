@@ -193,7 +193,7 @@ enum After {
     AsyncApi {
         instance: String,
         effect: u64,
-        req: kflow_core::effect::AsyncApiRequest,
+        req: Box<kflow_core::effect::AsyncApiRequest>,
     },
 }
 
