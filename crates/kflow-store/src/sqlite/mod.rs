@@ -22,6 +22,8 @@ mod security;
 
 pub use security::PayloadAt;
 #[cfg(test)]
+mod temp_store;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
