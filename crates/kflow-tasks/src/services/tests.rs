@@ -7,6 +7,16 @@ fn registry(yaml: serde_json::Value) -> Registry {
     Registry::new(specs).expect("valid")
 }
 
+/// One call of service `s` for `instance`: admitted, sent to an endpoint, finished.
+async fn call(r: &Registry, instance: &str, target: &Url, failed: bool) {
+    let mut c = r
+        .begin("s", instance, "t", Duration::from_secs(1))
+        .await
+        .unwrap();
+    c.next_url(target).unwrap();
+    c.finish(failed);
+}
+
 #[test]
 fn a_path_joins_the_endpoints_base() {
     let b = Url::parse("http://h:1/api/").unwrap();
@@ -92,12 +102,7 @@ async fn the_circuit_opens_on_failures_and_a_probe_closes_it() {
         "circuit": {"failure_rate": 0.5, "min_calls": 4, "window_seconds": 60, "open_seconds": 0.05}}}));
     let target = Url::parse("service://s/x").unwrap();
     for i in 0..4 {
-        let mut c = r
-            .begin("s", &format!("i{i}"), "t", Duration::from_secs(1))
-            .await
-            .unwrap();
-        c.next_url(&target).unwrap();
-        c.finish(i % 2 == 0);
+        call(&r, &format!("i{i}"), &target, i % 2 == 0).await;
     }
     let e = r
         .begin("s", "j", "t", Duration::from_secs(1))
@@ -132,12 +137,7 @@ async fn retries_past_the_budget_fail_fast() {
     let target = Url::parse("service://s/x").unwrap();
     // 20 tasks fail once each: 20 first calls earn 2 retries (plus the 1 to start with).
     for i in 0..20 {
-        let mut c = r
-            .begin("s", &format!("i{i}"), "t", Duration::from_secs(1))
-            .await
-            .unwrap();
-        c.next_url(&target).unwrap();
-        c.finish(true);
+        call(&r, &format!("i{i}"), &target, true).await;
     }
     let mut sent = 0;
     let mut refused = 0;
