@@ -87,6 +87,60 @@ enum Publisher {
     Mqtt(mqtt::Publisher),
 }
 
+/// One message to publish.
+struct Message<'a> {
+    /// AMQP only.
+    exchange: &'a str,
+    /// The subject, routing key or topic.
+    address: &'a str,
+    id: &'a str,
+    body: &'a [u8],
+    /// NATS only.
+    headers: &'a Map<String, Value>,
+}
+
+impl Publisher {
+    /// Publishes until the broker confirms (`Ok(true)`), refuses (`Err`, its reason), or
+    /// cannot be reached and `wanted` says to stop (`Ok(false)`); tries again with back-off
+    /// (100 ms doubling to 5 s). `counted` hears each outcome (published, refused,
+    /// unreachable).
+    async fn send_until_confirmed(
+        &self,
+        endpoint: &Endpoint,
+        m: &Message<'_>,
+        wanted: &impl Fn() -> bool,
+        counted: impl Fn(&str),
+    ) -> Result<bool, String> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let r = match self {
+                Publisher::Nats(n) => n.publish(m.address, m.id, m.body, m.headers).await,
+                Publisher::Amqp(a) => a.publish(m.exchange, m.address, m.id, m.body).await,
+                Publisher::Mqtt(q) => q.publish(m.address, m.body).await,
+            };
+            match r {
+                Ok(()) => {
+                    counted("published");
+                    return Ok(true);
+                }
+                Err(PublishError::Refused(e)) => {
+                    counted("refused");
+                    return Err(e);
+                }
+                Err(PublishError::Unreachable(e)) => {
+                    counted("unreachable");
+                    tracing::warn!(broker = %endpoint.label(), error = %e, "publishing failed; trying again");
+                    if !wanted() {
+                        return Ok(false);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 /// Why a publish did not happen.
 #[derive(Debug)]
 pub enum PublishError {
@@ -216,35 +270,26 @@ impl Brokers {
             })
             .clone();
         let body = serde_json::to_vec(payload).unwrap_or_default();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let r = match &*publisher {
-                Publisher::Nats(n) => n.publish(&target.address, id, &body, headers).await,
-                Publisher::Amqp(a) => a.publish("", &target.address, id, &body).await,
-                Publisher::Mqtt(m) => m.publish(&target.address, &body).await,
-            };
-            match r {
-                Ok(()) => return Ok(true),
-                Err(PublishError::Refused(e)) => {
-                    return Err(WfError::communication(
-                        502,
-                        format!(
-                            "call asyncapi: {} refused the message for {}: {e}",
-                            endpoint.label(),
-                            target.address
-                        ),
-                    ));
-                }
-                Err(PublishError::Unreachable(e)) => {
-                    tracing::warn!(broker = %endpoint.label(), error = %e, "publishing a call asyncapi message failed; trying again");
-                    if !wanted() {
-                        return Ok(false);
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let message = Message {
+            exchange: "",
+            address: &target.address,
+            id,
+            body: &body,
+            headers,
+        };
+        publisher
+            .send_until_confirmed(&endpoint, &message, &wanted, |_| {})
+            .await
+            .map_err(|e| {
+                WfError::communication(
+                    502,
+                    format!(
+                        "call asyncapi: {} refused the message for {}: {e}",
+                        endpoint.label(),
+                        target.address
+                    ),
+                )
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -300,38 +345,27 @@ impl Brokers {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let subject = p.subject.replace("{type}", ty);
-            let mut pause = Duration::from_millis(100);
-            loop {
-                let r = match &b.publisher {
-                    Publisher::Nats(n) => n.publish(&subject, id, &payload, &Map::new()).await,
-                    Publisher::Amqp(a) => {
-                        a.publish(p.exchange.as_deref().unwrap_or(""), &subject, id, &payload)
-                            .await
-                    }
-                    Publisher::Mqtt(m) => m.publish(&subject, &payload).await,
-                };
-                match r {
-                    Ok(()) => {
-                        bump(&b.stats.published, PUBLISHED, "published");
-                        break;
-                    }
-                    Err(PublishError::Refused(e)) => {
-                        bump(&b.stats.published, PUBLISHED, "refused");
-                        return Err(format!(
-                            "emit: {} refused the event for {subject}: {e}",
-                            b.endpoint.label()
-                        ));
-                    }
-                    Err(PublishError::Unreachable(e)) => {
-                        bump(&b.stats.published, PUBLISHED, "unreachable");
-                        tracing::warn!(broker = %b.endpoint.label(), error = %e, "publishing an emitted event failed; trying again");
-                        if !keep_trying() {
-                            return Ok(false);
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
+            let message = Message {
+                exchange: p.exchange.as_deref().unwrap_or(""),
+                address: &subject,
+                id,
+                body: &payload,
+                headers: &Map::new(),
+            };
+            let sent = b
+                .publisher
+                .send_until_confirmed(&b.endpoint, &message, &keep_trying, |outcome| {
+                    bump(&b.stats.published, PUBLISHED, outcome)
+                })
+                .await
+                .map_err(|e| {
+                    format!(
+                        "emit: {} refused the event for {subject}: {e}",
+                        b.endpoint.label()
+                    )
+                })?;
+            if !sent {
+                return Ok(false);
             }
         }
         Ok(true)
